@@ -1,0 +1,1 @@
+"""Adapters: the ports implemented on real things (and in memory, for fast tests)."""

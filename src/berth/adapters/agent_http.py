@@ -1,0 +1,44 @@
+"""The AgentClient port over HTTP: pooled aiohttp (chosen by measurement: see bench/proxy.py)."""
+
+from __future__ import annotations
+
+import aiohttp
+
+from berth.ports import AgentReply, AgentUnreachable
+
+__all__ = ["HttpAgentClient"]
+
+
+class HttpAgentClient:
+    def __init__(self, *, pool_size: int = 256) -> None:
+        self._pool_size = pool_size
+        self._session: aiohttp.ClientSession | None = None
+
+    def _get(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=self._pool_size, keepalive_timeout=30, use_dns_cache=True),
+                auto_decompress=True, skip_auto_headers=("User-Agent",),
+            )
+        return self._session
+
+    async def post(self, url: str, body: bytes, headers: dict[str, str], timeout: float) -> AgentReply:
+        return await self._call("POST", url, body, headers, timeout)
+
+    async def get(self, url: str, headers: dict[str, str], timeout: float) -> AgentReply:
+        return await self._call("GET", url, None, headers, timeout)
+
+    async def _call(self, method: str, url: str, body: bytes | None, headers: dict[str, str],
+                    timeout: float) -> AgentReply:
+        try:
+            async with self._get().request(
+                method, url, data=body, headers=headers, timeout=aiohttp.ClientTimeout(total=timeout),
+            ) as resp:
+                data = await resp.read()
+                return AgentReply(resp.status, data, resp.headers.get("content-type", "application/json"))
+        except (TimeoutError, aiohttp.ClientError, OSError) as e:
+            raise AgentUnreachable(f"{type(e).__name__}: {e}".rstrip(": ")) from e
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()

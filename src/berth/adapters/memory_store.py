@@ -1,0 +1,242 @@
+"""The Store port in memory: reference semantics for the contract tests, and fast unit tests."""
+
+from __future__ import annotations
+
+import copy
+import itertools
+from dataclasses import replace
+from typing import Any
+
+from berth.domain.delivery import FINAL, Delivery, DeliveryStatus, check_move
+from berth.domain.errors import Conflict, NotFound
+from berth.domain.lifecycle import WorkspaceState
+from berth.domain.restart import RestartRecord
+from berth.domain.workspace import Workspace
+from berth.ports import Settle
+
+D = DeliveryStatus
+__all__ = ["MemoryStore"]
+
+
+class MemoryStore:
+    def __init__(self) -> None:
+        self._ws: dict[str, Workspace] = {}
+        self._d: dict[str, Delivery] = {}
+        self._by_key: dict[tuple[str, str], str] = {}
+        self._restarts: dict[str, RestartRecord] = {}
+        self._seq = itertools.count(1)
+
+    async def migrate(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+    # workspaces ------------------------------------------------------------
+    async def create_workspace(self, ws: Workspace) -> None:
+        if ws.id in self._ws or any(w.name == ws.name for w in self._ws.values()):
+            raise Conflict(f"a workspace named {ws.name!r} exists", code="name_taken")
+        self._ws[ws.id] = copy.deepcopy(ws)
+
+    async def get_workspace(self, ref: str) -> Workspace:
+        ws = self._ws.get(ref) or next((w for w in self._ws.values() if w.name == ref), None)
+        if ws is None:
+            raise NotFound(f"no workspace {ref!r}", code="workspace_not_found")
+        return copy.deepcopy(ws)
+
+    async def list_workspaces(self) -> list[Workspace]:
+        return [copy.deepcopy(w) for w in sorted(self._ws.values(), key=lambda w: w.created_at)]
+
+    async def update_workspace(self, ws_id: str, **fields: Any) -> Workspace:
+        ws = self._ws.get(ws_id)
+        if ws is None:
+            raise NotFound(f"no workspace {ws_id!r}", code="workspace_not_found")
+        for k, v in fields.items():
+            if not hasattr(ws, k):
+                raise AttributeError(k)
+            setattr(ws, k, copy.deepcopy(v))
+        return copy.deepcopy(ws)
+
+    async def move_workspace(
+        self, ws_id: str, to: WorkspaceState, *, only_from: frozenset[WorkspaceState] | None = None,
+        **fields: Any,
+    ) -> Workspace | None:
+        ws = self._ws.get(ws_id)
+        if ws is None or (only_from is not None and ws.state not in only_from):
+            return None
+        return await self.update_workspace(ws_id, state=to, **fields)
+
+    async def delete_workspace(self, ws_id: str) -> None:
+        self._ws.pop(ws_id, None)
+
+    async def workspace_by_token(self, token_hash: str) -> Workspace | None:
+        for w in self._ws.values():
+            if token_hash in (w.token_hash, w.run_token_hash):
+                return copy.deepcopy(w)
+        return None
+
+    # deliveries ------------------------------------------------------------
+    async def accept(self, d: Delivery) -> tuple[Delivery, bool]:
+        key = (d.workspace_id, d.message_id)
+        if key in self._by_key:
+            return copy.deepcopy(self._d[self._by_key[key]]), False
+        stored = replace(d, seq=next(self._seq))
+        self._d[d.id] = stored
+        self._by_key[key] = d.id
+        return copy.deepcopy(stored), True
+
+    async def get_delivery(self, delivery_id: str) -> Delivery:
+        d = self._d.get(delivery_id)
+        if d is None:
+            raise NotFound(f"no delivery {delivery_id!r}", code="delivery_not_found")
+        return copy.deepcopy(d)
+
+    async def find_delivery(self, workspace_id: str, message_id: str) -> Delivery | None:
+        did = self._by_key.get((workspace_id, message_id))
+        return None if did is None else copy.deepcopy(self._d[did])
+
+    def _of(self, workspace_id: str | None, status: DeliveryStatus | None = None) -> list[Delivery]:
+        return sorted(
+            (d for d in self._d.values()
+             if (workspace_id is None or d.workspace_id == workspace_id)
+             and (status is None or d.status is status)),
+            key=lambda d: d.seq,
+        )
+
+    async def claim(
+        self, workspace_id: str, *, capacity: int | None, owner: str, lease_seconds: float, now: float,
+    ) -> list[Delivery]:
+        room = None if capacity is None else capacity - len(self._of(workspace_id, D.IN_FLIGHT))
+        if room is not None and room <= 0:
+            return []
+        out = []
+        for d in self._of(workspace_id, D.QUEUED):
+            if room is not None and len(out) >= room:
+                break
+            if d.not_before > now:
+                continue
+            d.status, d.lease_owner, d.lease_until = D.IN_FLIGHT, owner, now + lease_seconds
+            d.forwards += 1
+            d.first_forwarded_at = d.first_forwarded_at or now
+            d.updated_at = now
+            out.append(copy.deepcopy(d))
+        return out
+
+    async def renew(self, owner: str, ids: list[str], lease_until: float) -> int:
+        n = 0
+        for i in ids:
+            d = self._d.get(i)
+            if d is not None and d.status is D.IN_FLIGHT and d.lease_owner == owner:
+                d.lease_until = lease_until
+                n += 1
+        return n
+
+    async def settle(self, delivery_id: str, owner: str, how: Settle, now: float) -> Delivery | None:
+        d = self._d.get(delivery_id)
+        if d is None or d.status is not D.IN_FLIGHT or d.lease_owner != owner:
+            return None
+        check_move(d.status, how.status)
+        d.status = how.status
+        d.attempts += 1 if how.count_attempt else 0
+        if how.reply is not None:
+            d.reply, d.reply_status = how.reply, how.reply_status
+        d.reason = how.reason
+        d.not_before = how.not_before
+        d.lease_owner = d.lease_until = None
+        d.updated_at = now
+        if how.status in FINAL:
+            d.finished_at = now
+        return copy.deepcopy(d)
+
+    async def requeue_in_flight(self, workspace_id: str | None = None) -> list[str]:
+        out = []
+        for d in self._of(workspace_id, D.IN_FLIGHT):
+            d.status, d.lease_owner, d.lease_until = D.QUEUED, None, None
+            out.append(d.id)
+        return out
+
+    async def requeue_expired(self, now: float) -> list[Delivery]:
+        out = []
+        for d in self._of(None, D.IN_FLIGHT):
+            if d.lease_until is not None and d.lease_until < now:
+                d.status, d.lease_owner, d.lease_until = D.QUEUED, None, None
+                d.reason = "lease expired: redelivered"
+                out.append(copy.deepcopy(d))
+        return out
+
+    async def cancel(self, delivery_id: str, now: float, reason: str) -> Delivery:
+        d = self._d.get(delivery_id)
+        if d is None:
+            raise NotFound(f"no delivery {delivery_id!r}", code="delivery_not_found")
+        if d.status is not D.QUEUED:
+            raise Conflict(f"only a queued delivery can be canceled; this one is {d.status.value}",
+                           code="not_cancelable")
+        d.status, d.reason, d.finished_at, d.updated_at = D.CANCELED, reason, now, now
+        return copy.deepcopy(d)
+
+    async def cancel_pending(self, workspace_id: str, now: float, reason: str) -> list[Delivery]:
+        out = []
+        for d in self._of(workspace_id):
+            if d.status in (D.QUEUED, D.IN_FLIGHT):
+                d.status, d.reason, d.finished_at, d.updated_at = D.CANCELED, reason, now, now
+                d.lease_owner = d.lease_until = None
+                out.append(copy.deepcopy(d))
+        return out
+
+    async def retry(self, delivery_id: str, now: float) -> Delivery:
+        d = self._d.get(delivery_id)
+        if d is None:
+            raise NotFound(f"no delivery {delivery_id!r}", code="delivery_not_found")
+        if d.status not in (D.DEAD, D.CANCELED, D.EXPIRED):
+            raise Conflict(f"only a dead, canceled or expired delivery can be retried; this one is "
+                           f"{d.status.value}", code="not_retryable")
+        d.status, d.attempts, d.reason, d.finished_at = D.QUEUED, 0, "retried by an operator", None
+        d.not_before, d.updated_at, d.seq = 0.0, now, next(self._seq)
+        return copy.deepcopy(d)
+
+    async def expire_due(self, now: float) -> list[Delivery]:
+        out = []
+        for d in self._of(None, D.QUEUED):
+            if d.expires_at is not None and d.expires_at <= now:
+                d.status, d.reason, d.finished_at, d.updated_at = D.EXPIRED, "ttl passed", now, now
+                out.append(copy.deepcopy(d))
+        return out
+
+    async def list_deliveries(
+        self, workspace_id: str, status: DeliveryStatus | None = None, limit: int = 100,
+    ) -> list[Delivery]:
+        return [copy.deepcopy(d) for d in self._of(workspace_id, status)[-limit:]]
+
+    async def counts(self, workspace_id: str | None = None) -> dict[DeliveryStatus, int]:
+        out = {s: 0 for s in D}
+        for d in self._of(workspace_id):
+            out[d.status] += 1
+        return out
+
+    async def next_ready_at(self, workspace_id: str) -> float | None:
+        return min((d.not_before for d in self._of(workspace_id, D.QUEUED)), default=None)
+
+    async def prune_finished(self, before: float) -> int:
+        gone = [d for d in self._d.values() if d.status in FINAL and (d.finished_at or 0) < before]
+        for d in gone:
+            del self._d[d.id]
+            del self._by_key[(d.workspace_id, d.message_id)]
+        return len(gone)
+
+    # restarts --------------------------------------------------------------
+    async def save_restart(self, r: RestartRecord) -> None:
+        self._restarts[r.id] = copy.deepcopy(r)
+
+    async def get_restart(self, workspace_id: str, restart_id: str) -> RestartRecord:
+        r = self._restarts.get(restart_id)
+        if r is None or r.workspace_id != workspace_id:
+            raise NotFound(f"no restart {restart_id!r}", code="restart_not_found")
+        return copy.deepcopy(r)
+
+    async def list_restarts(self, workspace_id: str, limit: int = 50) -> list[RestartRecord]:
+        rs = [r for r in self._restarts.values() if r.workspace_id == workspace_id]
+        return [copy.deepcopy(r) for r in sorted(rs, key=lambda r: r.created_at, reverse=True)[:limit]]
+
+    async def active_restart(self, workspace_id: str) -> RestartRecord | None:
+        rs = [r for r in self._restarts.values() if r.workspace_id == workspace_id and not r.finished]
+        return copy.deepcopy(max(rs, key=lambda r: r.created_at)) if rs else None

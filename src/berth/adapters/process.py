@@ -1,0 +1,185 @@
+"""The `process` provisioner: each workspace is a child process of berth.
+
+The process gets its identity in the environment (CONTRACT §4), a free port, its own
+session (a Ctrl-C at berth's terminal reaches berth, which drains, not the agents), and a
+log file per workspace. Stop is SIGTERM, a grace period, then SIGKILL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+from pathlib import Path
+
+from berth.domain.workspace import Workspace
+from berth.ports import ExitCallback, RunInfo
+
+log = logging.getLogger("berth.process")
+__all__ = ["ProcessProvisioner", "free_port"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class ProcessProvisioner:
+    runtime = "process"
+
+    def __init__(self, root: Path, *, instance: str) -> None:
+        self.root = root
+        self.instance = instance
+        self._procs: dict[str, asyncio.subprocess.Process] = {}
+        self._watchers: dict[str, asyncio.Task[None]] = {}
+        self._callbacks: list[ExitCallback] = []
+
+    def on_exit(self, callback: ExitCallback) -> None:
+        self._callbacks.append(callback)
+
+    def state_dir(self, ws: Workspace) -> Path:
+        return self.root / ws.id / "state"
+
+    def log_path(self, ws: Workspace) -> Path:
+        return self.root / ws.id / "agent.log"
+
+    async def start(self, ws: Workspace, identity: dict[str, str]) -> RunInfo:
+        if await self.is_running(ws):
+            await self.stop(ws, 1.0)
+        assert ws.command, "a process workspace has a command"
+        state = self.state_dir(ws)
+        state.mkdir(parents=True, exist_ok=True)
+        port = free_port()
+        env = {**_inherited(), **ws.env, **identity, "BERTH_PORT": str(port), "BERTH_STATE_DIR": str(state),
+               "PYTHONUNBUFFERED": "1"}
+        logf = open(self.log_path(ws), "ab", buffering=0)  # noqa: SIM115 - handed to the child
+        try:
+            logf.write(f"--- berth: starting {' '.join(ws.command)} on port {port}\n".encode())
+            proc = await asyncio.create_subprocess_exec(
+                *ws.command, env=env, cwd=str(state), stdin=asyncio.subprocess.DEVNULL,
+                stdout=logf, stderr=logf, start_new_session=True,
+            )
+        finally:
+            logf.close()
+        self._procs[ws.id] = proc
+        self._watchers[ws.id] = asyncio.create_task(self._watch(ws.id, proc))
+        return RunInfo(url=f"http://127.0.0.1:{port}", pid=proc.pid, state_dir=str(state))
+
+    async def _watch(self, ws_id: str, proc: asyncio.subprocess.Process) -> None:
+        code = await proc.wait()
+        if self._procs.get(ws_id) is proc:
+            del self._procs[ws_id]
+        for cb in self._callbacks:
+            try:
+                cb(ws_id, code)
+            except Exception:
+                log.exception("exit callback failed")
+
+    async def stop(self, ws: Workspace, grace: float) -> None:
+        proc = self._procs.get(ws.id)
+        if proc is None or proc.returncode is not None:
+            if ws.pid and _ours(ws.pid, ws.id, self.instance):
+                await _terminate_pid(ws.pid, grace)
+            return
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(proc.wait(), grace)
+        except TimeoutError:
+            log.warning("workspace %s did not stop within %.1f s; killing it", ws.name, grace)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            await proc.wait()
+        watcher = self._watchers.pop(ws.id, None)
+        if watcher is not None:
+            await asyncio.gather(watcher, return_exceptions=True)
+
+    async def is_running(self, ws: Workspace) -> bool:
+        proc = self._procs.get(ws.id)
+        return proc is not None and proc.returncode is None
+
+    async def cleanup_orphans(self, known: dict[str, Workspace]) -> list[str]:
+        """Stop agent processes a previous berth on this data directory left running.
+
+        They drain on SIGTERM, so work they were doing finishes and is recorded by the SDK's
+        dedupe; the message is then redelivered to the fresh process and answered from it."""
+        stopped = []
+        for pid, ws_id in _instance_processes(self.instance):
+            if ws_id in self._procs and self._procs[ws_id].pid == pid:
+                continue
+            ws = known.get(ws_id)
+            grace = max(ws.drain_seconds + 2, 5.0) if ws is not None else 5.0
+            await _terminate_pid(pid, grace)
+            stopped.append(ws.name if ws is not None else ws_id)
+        return stopped
+
+    async def logs(self, ws: Workspace, tail: int = 200) -> str:
+        path = self.log_path(ws)
+        if not path.exists():
+            return ""
+        lines = path.read_bytes().decode(errors="replace").splitlines()
+        return "\n".join(lines[-tail:]) + ("\n" if lines else "")
+
+    async def close(self) -> None:
+        for t in self._watchers.values():
+            t.cancel()
+        await asyncio.gather(*self._watchers.values(), return_exceptions=True)
+
+
+def _inherited() -> dict[str, str]:
+    """berth's environment minus its own settings (the admin token must not leak to agents)."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("BERTH_")}
+
+
+def _environ(pid: int) -> dict[str, str]:
+    try:
+        raw = Path(f"/proc/{pid}/environ").read_bytes()
+    except OSError:
+        return {}
+    out = {}
+    for item in raw.split(b"\0"):
+        k, _, v = item.partition(b"=")
+        if k.startswith(b"BERTH_"):
+            out[k.decode()] = v.decode(errors="replace")
+    return out
+
+
+def _ours(pid: int, ws_id: str, instance: str) -> bool:
+    env = _environ(pid)
+    return env.get("BERTH_INSTANCE") == instance and env.get("BERTH_WORKSPACE_ID") == ws_id
+
+
+def _instance_processes(instance: str) -> list[tuple[int, str]]:
+    out = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        env = _environ(int(entry.name))
+        if env.get("BERTH_INSTANCE") == instance and "BERTH_WORKSPACE_ID" in env:
+            out.append((int(entry.name), env["BERTH_WORKSPACE_ID"]))
+    return out
+
+
+async def _terminate_pid(pid: int, grace: float) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + grace
+    while loop.time() < deadline:
+        if not _alive(pid):
+            return
+        await asyncio.sleep(0.05)
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False

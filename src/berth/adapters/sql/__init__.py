@@ -1,0 +1,1 @@
+"""SQL adapters of the Store port: one schema, SQLite (embedded) and PostgreSQL."""

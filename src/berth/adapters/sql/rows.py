@@ -1,0 +1,97 @@
+"""Mapping between table rows and domain objects, shared by every SQL dialect."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from berth.domain.delivery import Delivery, DeliveryStatus
+from berth.domain.lifecycle import WorkspaceState
+from berth.domain.restart import Phase, PhaseTiming, RestartRecord, Trigger
+from berth.domain.workspace import RestartPolicy, Runtime, Workspace
+
+WS_JSON = {"command", "env", "limits", "agent_card", "capabilities"}
+WS_ENUMS: dict[str, Any] = {"runtime": Runtime, "restart_policy": RestartPolicy, "state": WorkspaceState}
+WS_COLUMNS = [
+    "id", "name", "runtime", "command", "image", "url", "env", "max_concurrency", "drain_seconds",
+    "restart_policy", "limits", "state", "token_hash", "run_token_hash", "agent_url", "agent_card",
+    "capabilities", "last_heartbeat", "active_tasks", "restart_count", "crash_count", "pid",
+    "state_dir", "owner", "last_error", "created_at", "updated_at",
+]
+D_COLUMNS = [
+    "id", "workspace_id", "message_id", "method", "request", "headers", "status", "attempts",
+    "forwards", "reply", "reply_status", "reason", "lease_owner", "lease_until", "not_before",
+    "expires_at", "created_at", "first_forwarded_at", "finished_at", "updated_at",
+]
+R_COLUMNS = [
+    "id", "workspace_id", "trigger", "reason", "drain_seconds", "phase", "phases", "drain_report",
+    "error", "created_at", "finished_at",
+]
+
+
+def ws_value(column: str, value: Any) -> Any:
+    if column in WS_JSON:
+        return None if value is None else json.dumps(value)
+    if column in WS_ENUMS and value is not None:
+        return value.value
+    return value
+
+
+def ws_params(ws: Workspace) -> dict[str, Any]:
+    return {c: ws_value(c, getattr(ws, c)) for c in WS_COLUMNS}
+
+
+def ws_from_row(row: Mapping[str, Any]) -> Workspace:
+    kw: dict[str, Any] = {}
+    for c in WS_COLUMNS:
+        v = row[c]
+        if c in WS_JSON and v is not None:
+            v = json.loads(v)
+        elif c in WS_ENUMS:
+            v = WS_ENUMS[c](v)
+        kw[c] = v
+    kw["env"] = kw["env"] or {}
+    kw["limits"] = kw["limits"] or {}
+    kw["capabilities"] = kw["capabilities"] or {}
+    return Workspace(**kw)
+
+
+def d_params(d: Delivery) -> dict[str, Any]:
+    out = {c: getattr(d, c) for c in D_COLUMNS}
+    out["headers"] = json.dumps(d.headers)
+    out["status"] = d.status.value
+    return out
+
+
+def d_from_row(row: Mapping[str, Any]) -> Delivery:
+    kw = {c: row[c] for c in D_COLUMNS}
+    kw["headers"] = json.loads(kw["headers"] or "{}")
+    kw["status"] = DeliveryStatus(kw["status"])
+    kw["request"] = bytes(kw["request"])
+    kw["reply"] = None if kw["reply"] is None else bytes(kw["reply"])
+    return Delivery(seq=row["seq"], **kw)
+
+
+def r_params(r: RestartRecord) -> dict[str, Any]:
+    return {
+        "id": r.id, "workspace_id": r.workspace_id, "trigger": r.trigger.value, "reason": r.reason,
+        "drain_seconds": r.drain_seconds, "phase": r.phase.value,
+        "phases": json.dumps([{"phase": p.phase.value, "started_at": p.started_at,
+                               "ended_at": p.ended_at, "detail": p.detail} for p in r.phases]),
+        "drain_report": None if r.drain_report is None else json.dumps(r.drain_report),
+        "error": r.error, "created_at": r.created_at, "finished_at": r.finished_at,
+    }
+
+
+def r_from_row(row: Mapping[str, Any]) -> RestartRecord:
+    phases = [
+        PhaseTiming(Phase(p["phase"]), p["started_at"], p["ended_at"], p.get("detail"))
+        for p in json.loads(row["phases"] or "[]")
+    ]
+    return RestartRecord(
+        id=row["id"], workspace_id=row["workspace_id"], trigger=Trigger(row["trigger"]),
+        reason=row["reason"], drain_seconds=row["drain_seconds"], phase=Phase(row["phase"]),
+        phases=phases, drain_report=None if row["drain_report"] is None else json.loads(row["drain_report"]),
+        error=row["error"], created_at=row["created_at"], finished_at=row["finished_at"],
+    )

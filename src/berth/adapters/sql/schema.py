@@ -1,0 +1,99 @@
+"""The schema as numbered migrations, one list per dialect, kept in step.
+
+Types differ only where the dialects do: the sequence column, blobs and floats.
+A migration test checks that replaying every migration gives the schema of a fresh install.
+"""
+
+from __future__ import annotations
+
+_COMMON = """
+CREATE TABLE workspaces (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    runtime TEXT NOT NULL,
+    command TEXT,
+    image TEXT,
+    url TEXT,
+    env TEXT NOT NULL DEFAULT '{{}}',
+    max_concurrency INTEGER NOT NULL DEFAULT 1,
+    drain_seconds {real} NOT NULL DEFAULT 30,
+    restart_policy TEXT NOT NULL,
+    limits TEXT NOT NULL DEFAULT '{{}}',
+    state TEXT NOT NULL,
+    token_hash TEXT NOT NULL,
+    run_token_hash TEXT,
+    agent_url TEXT,
+    agent_card TEXT,
+    capabilities TEXT NOT NULL DEFAULT '{{}}',
+    last_heartbeat {real},
+    active_tasks INTEGER NOT NULL DEFAULT 0,
+    restart_count INTEGER NOT NULL DEFAULT 0,
+    crash_count INTEGER NOT NULL DEFAULT 0,
+    pid INTEGER,
+    state_dir TEXT,
+    owner TEXT,
+    last_error TEXT,
+    created_at {real} NOT NULL,
+    updated_at {real} NOT NULL
+);
+CREATE INDEX workspaces_token ON workspaces (token_hash);
+CREATE INDEX workspaces_run_token ON workspaces (run_token_hash);
+
+CREATE TABLE deliveries (
+    seq {serial},
+    id TEXT NOT NULL UNIQUE,
+    workspace_id TEXT NOT NULL,
+    message_id TEXT NOT NULL,
+    method TEXT NOT NULL,
+    request {blob} NOT NULL,
+    headers TEXT NOT NULL DEFAULT '{{}}',
+    status TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    forwards INTEGER NOT NULL DEFAULT 0,
+    reply {blob},
+    reply_status INTEGER,
+    reason TEXT,
+    lease_owner TEXT,
+    lease_until {real},
+    not_before {real} NOT NULL DEFAULT 0,
+    expires_at {real},
+    created_at {real} NOT NULL,
+    first_forwarded_at {real},
+    finished_at {real},
+    updated_at {real} NOT NULL,
+    UNIQUE (workspace_id, message_id)
+);
+CREATE INDEX deliveries_queued ON deliveries (workspace_id, seq) WHERE status = 'queued';
+CREATE INDEX deliveries_in_flight ON deliveries (workspace_id) WHERE status = 'in_flight';
+CREATE INDEX deliveries_lease ON deliveries (lease_until) WHERE status = 'in_flight';
+CREATE INDEX deliveries_finished ON deliveries (finished_at)
+    WHERE status IN ('done', 'dead', 'canceled', 'expired');
+CREATE INDEX deliveries_by_ws ON deliveries (workspace_id, seq);
+
+CREATE TABLE restarts (
+    id TEXT PRIMARY KEY,
+    workspace_id TEXT NOT NULL,
+    trigger TEXT NOT NULL,
+    reason TEXT,
+    drain_seconds {real} NOT NULL,
+    phase TEXT NOT NULL,
+    phases TEXT NOT NULL DEFAULT '[]',
+    drain_report TEXT,
+    error TEXT,
+    created_at {real} NOT NULL,
+    finished_at {real}
+);
+CREATE INDEX restarts_by_ws ON restarts (workspace_id, created_at);
+"""
+
+SQLITE = {"serial": "INTEGER PRIMARY KEY AUTOINCREMENT", "blob": "BLOB", "real": "REAL"}
+POSTGRES = {"serial": "BIGSERIAL PRIMARY KEY", "blob": "BYTEA", "real": "DOUBLE PRECISION"}
+
+
+def migrations(types: dict[str, str]) -> list[tuple[int, str]]:
+    """(version, script) pairs in order; a script may hold several statements."""
+    return [(1, _COMMON.format(**types))]
+
+
+def statements(script: str) -> list[str]:
+    return [s.strip() for s in script.split(";") if s.strip()]

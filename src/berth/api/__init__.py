@@ -1,0 +1,1 @@
+"""The HTTP edge: parse input, call one service, render output."""

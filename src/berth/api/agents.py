@@ -1,0 +1,35 @@
+"""The agent-facing API (CONTRACT §4): registration and heartbeats, with workspace tokens."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from fastapi import APIRouter, Request
+
+from berth.api.auth import bearer
+from berth.domain.errors import InvalidInput
+
+router = APIRouter(prefix="/v1/agents")
+__all__ = ["router"]
+
+
+async def _json(request: Request) -> Any:
+    try:
+        return orjson.loads(await request.body())
+    except orjson.JSONDecodeError:
+        raise InvalidInput("the body is not valid JSON", code="invalid_json", status=400) from None
+
+
+@router.post("/register", summary="An agent announces where it listens (workspace token)")
+async def register(request: Request) -> dict[str, Any]:
+    c = request.app.state.berth
+    result: dict[str, Any] = await c.registry.register(bearer(request), await _json(request))
+    return result
+
+
+@router.post("/heartbeat", summary="An agent reports it is alive (workspace token)")
+async def heartbeat(request: Request) -> dict[str, Any]:
+    c = request.app.state.berth
+    result: dict[str, Any] = await c.registry.heartbeat(bearer(request), await _json(request))
+    return result

@@ -1,0 +1,73 @@
+"""The ASGI application: routes, the one error mapping, and the lifespan that owns every
+background loop."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+
+from fastapi import FastAPI, Request
+from starlette.responses import JSONResponse, PlainTextResponse
+from starlette.routing import Route
+
+from berth import __version__
+from berth.api import agents, errors, management
+from berth.api.a2a import a2a_endpoint, agent_card_endpoint
+from berth.bootstrap import Container, build
+from berth.domain.delivery import DeliveryStatus
+from berth.settings import Settings
+
+__all__ = ["create_app"]
+
+
+def create_app(settings: Settings | None = None, container: Container | None = None) -> FastAPI:
+    c = container or build(settings or Settings.from_env())
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await c.start()
+        app.state.ready = True
+        if c.settings.demo:
+            from berth.demo import ensure_demo
+
+            await ensure_demo(c)
+        try:
+            yield
+        finally:
+            app.state.ready = False
+            await c.stop()
+
+    app = FastAPI(title="berth", version=__version__, lifespan=lifespan,
+                  description="A control plane for A2A agent workspaces that never loses a message.")
+    app.state.berth = c
+    app.state.ready = False
+    errors.install(app)
+    app.include_router(management.router)
+    app.include_router(agents.router)
+    for path in ("/v1/workspaces/{ref}/a2a", "/v1/workspaces/{ref}/a2a/"):
+        app.router.routes.append(Route(path, a2a_endpoint, methods=["POST"], name="a2a" if path[-1] == "a" else None))
+    for path in ("/v1/workspaces/{ref}/.well-known/agent-card.json",
+                 "/v1/workspaces/{ref}/a2a/.well-known/agent-card.json"):
+        app.router.routes.append(Route(path, agent_card_endpoint, methods=["GET"]))
+
+    @app.get("/healthz", include_in_schema=False)
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", include_in_schema=False)
+    async def readyz(request: Request) -> JSONResponse:
+        ready = bool(request.app.state.ready)
+        return JSONResponse({"ready": ready}, status_code=200 if ready else 503)
+
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics() -> PlainTextResponse:
+        depth, busy = {}, {}
+        for ws in c.roster.all():
+            counts = await c.store.counts(ws.id)
+            key = (("workspace", ws.name),)
+            depth[key] = float(counts[DeliveryStatus.QUEUED])
+            busy[key] = float(counts[DeliveryStatus.IN_FLIGHT])
+        text = c.metrics.render({"berth_queue_depth": depth, "berth_in_flight": busy})
+        return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
+
+    return app

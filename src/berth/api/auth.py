@@ -1,0 +1,29 @@
+"""Bearer tokens: the admin token for operators, workspace tokens for agents."""
+
+from __future__ import annotations
+
+import hmac
+
+from starlette.requests import Request
+
+from berth.domain.errors import Forbidden, Unauthorized
+
+__all__ = ["bearer", "require_admin"]
+
+
+def bearer(request: Request) -> str | None:
+    value = request.headers.get("authorization", "")
+    scheme, _, token = value.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return None
+    return token.strip()
+
+
+def require_admin(request: Request) -> None:
+    token = bearer(request)
+    if token is None:
+        raise Unauthorized("the admin token is required (Authorization: Bearer …)")
+    if not hmac.compare_digest(token.encode(), request.app.state.berth.admin_token.encode()):
+        if token.startswith("bws_"):
+            raise Forbidden("a workspace token cannot use the management API", code="forbidden")
+        raise Unauthorized("invalid admin token", code="invalid_token")

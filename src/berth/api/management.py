@@ -1,0 +1,189 @@
+"""The management API (CONTRACT §3): workspaces, restarts, deliveries, events."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections.abc import AsyncIterator
+from typing import Any, Literal
+
+import orjson
+from fastapi import APIRouter, Depends, Query, Request
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.responses import JSONResponse, PlainTextResponse, StreamingResponse
+
+from berth.api.auth import require_admin
+from berth.bootstrap import Container
+from berth.domain.delivery import DeliveryStatus
+from berth.domain.errors import InvalidInput
+from berth.services.events import EVENT_TOPIC
+
+router = APIRouter(prefix="/v1", dependencies=[Depends(require_admin)])
+__all__ = ["router"]
+
+
+def berth(request: Request) -> Container:
+    c: Container = request.app.state.berth
+    return c
+
+
+class WorkspaceCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(description="unique; lowercase letters, digits and '-'")
+    runtime: Literal["process", "docker", "external"] = "process"
+    command: list[str] | None = Field(None, description="argv (process; optional for docker)")
+    image: str | None = Field(None, description="container image (docker)")
+    url: str | None = Field(None, description="agent URL (external; optional, the agent registers)")
+    env: dict[str, str] = {}
+    max_concurrency: int = 1
+    drain_seconds: float = 30
+    restart_policy: Literal["on-failure", "always", "never"] = "on-failure"
+    memory: str | None = Field(None, description="memory limit (docker), e.g. 512m")
+    cpus: float | None = Field(None, description="CPU limit (docker)")
+
+
+class RestartRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    drain_seconds: float | None = Field(None, ge=0, le=3600)
+    reason: str | None = Field(None, max_length=500)
+
+
+async def json_body(request: Request) -> Any:
+    """The body as JSON, whatever Content-Type the caller sent (curl -d sends a form type)."""
+    raw = await request.body()
+    try:
+        return orjson.loads(raw) if raw.strip() else {}
+    except orjson.JSONDecodeError:
+        raise InvalidInput("the body is not valid JSON", code="invalid_json", status=400) from None
+
+
+_CREATE_DOC = {"requestBody": {"required": True, "content": {"application/json": {
+    "schema": WorkspaceCreate.model_json_schema(ref_template="#/components/schemas/{model}")}}}}
+
+
+@router.post("/workspaces", status_code=201, summary="Create and start a workspace", openapi_extra=_CREATE_DOC)
+async def create_workspace(request: Request, c: Container = Depends(berth)) -> JSONResponse:
+    ws, token = await c.workspaces.create(await json_body(request))
+    counts = await c.store.counts(ws.id)
+    out = ws.public(counts[DeliveryStatus.QUEUED], counts[DeliveryStatus.IN_FLIGHT])
+    return JSONResponse({**out, "token": token}, status_code=201)
+
+
+@router.get("/workspaces", summary="List workspaces")
+async def list_workspaces(c: Container = Depends(berth)) -> dict[str, Any]:
+    return {"workspaces": await c.workspaces.list()}
+
+
+@router.get("/workspaces/{ref}", summary="Show a workspace")
+async def show_workspace(ref: str, c: Container = Depends(berth)) -> dict[str, Any]:
+    return await c.workspaces.show(ref)
+
+
+@router.delete("/workspaces/{ref}", summary="Stop and remove; pending deliveries are canceled")
+async def remove_workspace(ref: str, c: Container = Depends(berth)) -> dict[str, Any]:
+    return await c.workspaces.remove(ref)
+
+
+@router.post("/workspaces/{ref}/restart", status_code=202, summary="Restart with drain (joined if running)")
+async def restart_workspace(ref: str, request: Request, c: Container = Depends(berth)) -> JSONResponse:
+    try:
+        body = RestartRequest.model_validate(await json_body(request))
+    except ValueError as e:
+        raise InvalidInput(f"restart body: {_first_error(e)}") from None
+    record, joined = await c.workspaces.restart(ref, reason=body.reason, drain_seconds=body.drain_seconds)
+    return JSONResponse({**record.public(), "joined": joined}, status_code=202)
+
+
+@router.get("/workspaces/{ref}/restarts", summary="Restart records, newest first")
+async def list_restarts(ref: str, limit: int = Query(50, ge=1, le=500), c: Container = Depends(berth)) -> dict[str, Any]:
+    ws = await c.workspaces.get(ref)
+    return {"restarts": [r.public() for r in await c.store.list_restarts(ws.id, limit)]}
+
+
+@router.get("/workspaces/{ref}/restarts/{restart_id}", summary="One restart record")
+async def show_restart(ref: str, restart_id: str, c: Container = Depends(berth)) -> dict[str, Any]:
+    ws = await c.workspaces.get(ref)
+    return (await c.store.get_restart(ws.id, restart_id)).public()
+
+
+@router.post("/workspaces/{ref}/pause", summary="Drain and stop; messages are held")
+async def pause_workspace(ref: str, c: Container = Depends(berth)) -> dict[str, Any]:
+    return await c.workspaces.pause(ref)
+
+
+@router.post("/workspaces/{ref}/resume", summary="Start a paused workspace and deliver what waited")
+async def resume_workspace(ref: str, c: Container = Depends(berth)) -> dict[str, Any]:
+    return await c.workspaces.resume(ref)
+
+
+@router.get("/workspaces/{ref}/deliveries", summary="The workspace's delivery log")
+async def list_deliveries(
+    ref: str, status: DeliveryStatus | None = None, limit: int = Query(100, ge=1, le=1000),
+    c: Container = Depends(berth),
+) -> dict[str, Any]:
+    ws = await c.workspaces.get(ref)
+    return {"deliveries": [d.public() for d in await c.store.list_deliveries(ws.id, status, limit)]}
+
+
+@router.get("/workspaces/{ref}/logs", summary="The tail of the workspace's log", response_class=PlainTextResponse)
+async def workspace_logs(ref: str, tail: int = Query(200, ge=1, le=100000), c: Container = Depends(berth)) -> PlainTextResponse:
+    ws = await c.workspaces.get(ref)
+    p = c.runner.provisioner(ws)
+    text = "" if p is None else await p.logs(ws, tail)
+    return PlainTextResponse(text)
+
+
+@router.get("/deliveries/{delivery_id}", summary="One delivery, with the agent's reply once done")
+async def show_delivery(delivery_id: str, c: Container = Depends(berth)) -> dict[str, Any]:
+    return (await c.store.get_delivery(delivery_id)).public()
+
+
+@router.post("/deliveries/{delivery_id}/retry", summary="Queue a dead, canceled or expired delivery again")
+async def retry_delivery(delivery_id: str, c: Container = Depends(berth)) -> dict[str, Any]:
+    d = await c.store.retry(delivery_id, time.time())
+    c.dispatcher.wake(d.workspace_id)
+    return d.public()
+
+
+@router.post("/deliveries/{delivery_id}/cancel", summary="Cancel a delivery still waiting in the queue")
+async def cancel_delivery(delivery_id: str, c: Container = Depends(berth)) -> dict[str, Any]:
+    d = await c.store.cancel(delivery_id, time.time(), "canceled by an operator")
+    await c.dispatcher.finished(d)
+    return d.public()
+
+
+@router.get("/events", summary="Server-sent events: workspace and delivery lifecycle")
+async def events(request: Request, workspace: str | None = None, c: Container = Depends(berth)) -> StreamingResponse:
+    ws_id = (await c.workspaces.get(workspace)).id if workspace else None
+    sub = c.bus.subscribe(EVENT_TOPIC + "*")
+
+    async def stream() -> AsyncIterator[bytes]:
+        try:
+            yield b": berth events\n\n"
+            while True:
+                try:
+                    topic, payload = await asyncio.wait_for(sub.__anext__(), 15.0)
+                except TimeoutError:
+                    yield b": keep-alive\n\n"
+                    continue
+                if ws_id and payload.get("workspace_id") != ws_id:
+                    continue
+                kind = topic[len(EVENT_TOPIC):]
+                yield f"event: {kind}\ndata: {json.dumps(payload)}\n\n".encode()
+        finally:
+            with contextlib.suppress(Exception):
+                await sub.aclose()
+
+    return StreamingResponse(stream(), media_type="text/event-stream",
+                             headers={"cache-control": "no-cache", "x-accel-buffering": "no"})
+
+
+def _first_error(e: Exception) -> str:
+    errors = getattr(e, "errors", None)
+    if callable(errors):
+        for err in errors():
+            loc = ".".join(str(x) for x in err.get("loc", ()))
+            return f"{loc}: {err.get('msg')}" if loc else str(err.get("msg"))
+    return str(e)

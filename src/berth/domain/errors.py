@@ -1,0 +1,58 @@
+"""The domain's own exception tree; the API edge maps each to an HTTP status and code.
+
+    BerthError
+    ├── NotFound              (404 not_found)
+    ├── Conflict              (409 conflict)
+    │   └── IllegalTransition (409 illegal_transition)
+    ├── InvalidInput          (400/422 invalid_input)
+    └── Unauthorized          (401 unauthorized) / Forbidden (403 forbidden)
+"""
+
+from __future__ import annotations
+
+
+class BerthError(Exception):
+    code = "internal_error"
+    status = 500
+
+    def __init__(self, message: str, *, code: str | None = None, status: int | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+        if status is not None:
+            self.status = status
+
+
+class NotFound(BerthError):
+    code = "not_found"
+    status = 404
+
+
+class Conflict(BerthError):
+    code = "conflict"
+    status = 409
+
+
+class IllegalTransition(Conflict):
+    code = "illegal_transition"
+
+
+class InvalidInput(BerthError):
+    code = "invalid_input"
+    status = 422
+
+
+class Unauthorized(BerthError):
+    code = "unauthorized"
+    status = 401
+
+
+class Forbidden(BerthError):
+    code = "forbidden"
+    status = 403
+
+
+class Unavailable(BerthError):
+    code = "unavailable"
+    status = 503

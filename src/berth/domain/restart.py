@@ -1,0 +1,75 @@
+"""Restart records: one cycle, its phases with timings, and the drain report."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class Phase(str, enum.Enum):
+    REQUESTED = "requested"
+    DRAINING = "draining"
+    SIGNAL = "signal"
+    STOPPING = "stopping"
+    REQUEUE = "requeue"
+    STARTING = "starting"
+    REPLAY = "replay"
+    DONE = "done"
+    FAILED = "failed"
+
+
+class Trigger(str, enum.Enum):
+    API = "api"
+    POLICY = "policy"  # restart policy after a crash
+    RESUME = "resume"
+    STARTUP = "startup"
+    CONFIG = "config"
+
+
+@dataclass
+class PhaseTiming:
+    phase: Phase
+    started_at: float
+    ended_at: float | None = None
+    detail: str | None = None
+
+    def public(self) -> dict[str, Any]:
+        dur = None if self.ended_at is None else round(self.ended_at - self.started_at, 4)
+        return {"phase": self.phase.value, "started_at": self.started_at,
+                "ended_at": self.ended_at, "seconds": dur, "detail": self.detail}
+
+
+@dataclass
+class RestartRecord:
+    id: str
+    workspace_id: str
+    trigger: Trigger
+    reason: str | None
+    drain_seconds: float
+    phase: Phase = Phase.REQUESTED
+    phases: list[PhaseTiming] = field(default_factory=list)
+    drain_report: dict[str, Any] | None = None
+    error: str | None = None
+    created_at: float = 0.0
+    finished_at: float | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.phase in (Phase.DONE, Phase.FAILED)
+
+    def public(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "workspace_id": self.workspace_id,
+            "trigger": self.trigger.value,
+            "reason": self.reason,
+            "drain_seconds": self.drain_seconds,
+            "phase": self.phase.value,
+            "phases": [p.public() for p in self.phases],
+            "drain_report": self.drain_report,
+            "error": self.error,
+            "created_at": self.created_at,
+            "finished_at": self.finished_at,
+            "seconds": None if self.finished_at is None else round(self.finished_at - self.created_at, 4),
+        }

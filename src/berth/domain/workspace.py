@@ -1,0 +1,156 @@
+"""Workspaces: what a user asks for (spec) and what berth knows of them (record)."""
+
+from __future__ import annotations
+
+import enum
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from berth.domain.errors import InvalidInput
+from berth.domain.lifecycle import WorkspaceState
+
+
+class Runtime(str, enum.Enum):
+    PROCESS = "process"
+    DOCKER = "docker"
+    EXTERNAL = "external"
+
+
+class RestartPolicy(str, enum.Enum):
+    ON_FAILURE = "on-failure"
+    ALWAYS = "always"
+    NEVER = "never"
+
+
+NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+
+
+@dataclass
+class Workspace:
+    id: str
+    name: str
+    runtime: Runtime
+    command: list[str] | None = None
+    image: str | None = None
+    url: str | None = None
+    env: dict[str, str] = field(default_factory=dict)
+    max_concurrency: int = 1
+    drain_seconds: float = 30.0
+    restart_policy: RestartPolicy = RestartPolicy.ON_FAILURE
+    limits: dict[str, Any] = field(default_factory=dict)
+    state: WorkspaceState = WorkspaceState.PROVISIONING
+    token_hash: str = ""
+    run_token_hash: str | None = None
+    agent_url: str | None = None
+    agent_card: dict[str, Any] | None = None
+    capabilities: dict[str, Any] = field(default_factory=dict)
+    last_heartbeat: float | None = None
+    active_tasks: int = 0
+    restart_count: int = 0
+    crash_count: int = 0
+    pid: int | None = None
+    state_dir: str | None = None
+    owner: str | None = None
+    last_error: str | None = None
+    created_at: float = 0.0
+    updated_at: float = 0.0
+
+    @property
+    def native_session(self) -> bool:
+        return bool(self.capabilities.get("native_session"))
+
+    @property
+    def short_id(self) -> str:
+        return self.id[:12]
+
+    def public(self, queue_depth: int | None = None, in_flight: int | None = None) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "id": self.id,
+            "name": self.name,
+            "runtime": self.runtime.value,
+            "status": self.state.value,
+            "url": self.agent_url,
+            "command": self.command,
+            "image": self.image,
+            "env": sorted(self.env),
+            "max_concurrency": self.max_concurrency,
+            "drain_seconds": self.drain_seconds,
+            "restart_policy": self.restart_policy.value,
+            "active_tasks": self.active_tasks,
+            "capabilities": self.capabilities,
+            "last_heartbeat": self.last_heartbeat,
+            "restart_count": self.restart_count,
+            "crash_count": self.crash_count,
+            "last_error": self.last_error,
+            "created_at": self.created_at,
+        }
+        if queue_depth is not None:
+            out["queue_depth"] = queue_depth
+        if in_flight is not None:
+            out["in_flight"] = in_flight
+        if self.runtime is Runtime.PROCESS:
+            out["pid"] = self.pid
+            out["state_dir"] = self.state_dir
+        if self.runtime is Runtime.DOCKER:
+            out["container"] = f"ws-{self.short_id}"
+            out["state_dir"] = self.state_dir
+        return out
+
+
+def validate_spec(body: dict[str, Any]) -> dict[str, Any]:
+    """Check a create request; return normalised fields or raise InvalidInput."""
+    if not isinstance(body, dict):
+        raise InvalidInput("the body must be a JSON object")
+    name = body.get("name")
+    if not isinstance(name, str) or not NAME_RE.match(name):
+        raise InvalidInput("name: 1-63 lowercase letters, digits or '-', not starting or ending with '-'")
+    try:
+        runtime = Runtime(body.get("runtime", "process"))
+    except ValueError:
+        raise InvalidInput("runtime: one of process, docker, external") from None
+    command = body.get("command")
+    if runtime is Runtime.PROCESS:
+        if not (isinstance(command, list) and command and all(isinstance(c, str) for c in command)):
+            raise InvalidInput("command: a non-empty list of strings is required for runtime process")
+    elif command is not None and not (isinstance(command, list) and all(isinstance(c, str) for c in command)):
+        raise InvalidInput("command: a list of strings")
+    image = body.get("image")
+    if runtime is Runtime.DOCKER and not (isinstance(image, str) and image):
+        raise InvalidInput("image: required for runtime docker")
+    url = body.get("url")
+    if runtime is Runtime.EXTERNAL and url is not None and not (
+        isinstance(url, str) and url.startswith(("http://", "https://"))
+    ):
+        raise InvalidInput("url: an http(s) URL")
+    env = body.get("env", {}) or {}
+    if not isinstance(env, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in env.items()):
+        raise InvalidInput("env: an object of string values")
+    if any(k.startswith("BERTH_") and k not in _USER_BERTH_ENV for k in env):
+        raise InvalidInput("env: BERTH_* variables are set by berth")
+    mc = body.get("max_concurrency", 1)
+    if not isinstance(mc, int) or isinstance(mc, bool) or not 1 <= mc <= 1000:
+        raise InvalidInput("max_concurrency: an integer from 1 to 1000")
+    ds = body.get("drain_seconds", 30)
+    if not isinstance(ds, (int, float)) or isinstance(ds, bool) or not 0 <= ds <= 3600:
+        raise InvalidInput("drain_seconds: a number from 0 to 3600")
+    try:
+        policy = RestartPolicy(body.get("restart_policy", "on-failure"))
+    except ValueError:
+        raise InvalidInput("restart_policy: one of on-failure, always, never") from None
+    limits = {k: body[k] for k in ("memory", "cpus") if body.get(k) is not None}
+    unknown = set(body) - _SPEC_KEYS
+    if unknown:
+        raise InvalidInput(f"unknown field(s): {', '.join(sorted(unknown))}")
+    return {
+        "name": name, "runtime": runtime, "command": command, "image": image, "url": url,
+        "env": env, "max_concurrency": mc, "drain_seconds": float(ds),
+        "restart_policy": policy, "limits": limits,
+    }
+
+
+_USER_BERTH_ENV = {"BERTH_DRAIN_SECONDS", "BERTH_MAX_CONCURRENCY"}
+_SPEC_KEYS = {
+    "name", "runtime", "command", "image", "url", "env", "max_concurrency",
+    "drain_seconds", "restart_policy", "memory", "cpus",
+}

@@ -1,0 +1,38 @@
+"""`berth serve`: run the app under uvicorn, optionally with the demo workspace."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+import uvicorn
+
+from berth.api.app import create_app
+from berth.settings import Settings
+
+__all__ = ["serve"]
+log = logging.getLogger("berth")
+
+
+def serve(args: argparse.Namespace) -> None:
+    settings = Settings.from_env(
+        host=args.host, port=args.port, data_dir=args.data_dir, database_url=args.database_url,
+        redis_url=args.redis_url, admin_token=args.admin_token, public_url=args.public_url,
+        demo=True if args.demo else None, log_level=args.log_level,
+    )
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    app = create_app(settings)
+    print(f"berth {settings.advertised_url} · data {settings.data_path} · store {settings.store_url.split('@')[-1]}",
+          file=sys.stderr)
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning",
+                loop="uvloop" if _has("uvloop") else "asyncio", http="httptools" if _has("httptools") else "h11",
+                timeout_graceful_shutdown=60)
+
+
+def _has(mod: str) -> bool:
+    try:
+        __import__(mod)
+        return True
+    except ImportError:
+        return False

@@ -1,0 +1,1 @@
+"""Use cases: the proxy, the dispatcher, the restart cycle, the registry and workspaces."""

@@ -1,0 +1,213 @@
+"""The dispatcher: claims deliveries in order, forwards them, and settles what came back.
+
+One loop per workspace with work, woken on accept, on settle and when the workspace comes
+online. A workspace that is not online is simply not claimed for: a restart changes only
+who may claim, never the path a message takes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+
+from berth.domain.delivery import Delivery, DeliveryPolicy, DeliveryStatus, Outcome
+from berth.domain.lifecycle import PLANNED_INTERRUPTION, WorkspaceState
+from berth.domain.workspace import Workspace
+from berth.metrics import Metrics
+from berth.ports import AgentClient, AgentUnreachable, Settle, Store
+from berth.services.agent_link import AgentLink
+from berth.services.events import DONE_TOPIC, Events
+from berth.services.replies import classify
+from berth.services.roster import Roster
+from berth.services.waiters import Waiters
+
+log = logging.getLogger("berth.dispatcher")
+__all__ = ["Dispatcher"]
+
+DRAINING_HOLD = 0.5  # seconds to wait before re-offering a message the agent refused while draining
+CRASH_NOTICE = 0.3  # seconds a transport failure waits for the exit of the agent to be noticed
+
+
+class Dispatcher:
+    def __init__(
+        self, store: Store, client: AgentClient, roster: Roster, link: AgentLink, waiters: Waiters,
+        events: Events, metrics: Metrics, policy: DeliveryPolicy, *, owner: str,
+        lease_seconds: float, forward_timeout: float, poll_seconds: float = 1.0,
+    ) -> None:
+        self._store, self._client, self._roster, self._link = store, client, roster, link
+        self._waiters, self._events, self._metrics, self._policy = waiters, events, metrics, policy
+        self.owner = owner
+        self._lease = lease_seconds
+        self._timeout = forward_timeout
+        self._poll = poll_seconds
+        self._wake: dict[str, asyncio.Event] = {}
+        self._loops: dict[str, asyncio.Task[None]] = {}
+        self._forwards: dict[str, dict[str, asyncio.Task[None]]] = {}
+        self._idle: dict[str, asyncio.Event] = {}
+        self._closing = False
+
+    # wake-ups --------------------------------------------------------------
+    def wake(self, ws_id: str) -> None:
+        if self._closing:
+            return
+        ev = self._wake.get(ws_id)
+        if ev is None:
+            ev = self._wake[ws_id] = asyncio.Event()
+        ev.set()
+        task = self._loops.get(ws_id)
+        if task is None or task.done():
+            self._loops[ws_id] = asyncio.create_task(self._loop(ws_id), name=f"dispatch-{ws_id[:8]}")
+
+    def in_flight(self, ws_id: str) -> list[str]:
+        """Delivery ids this replica is forwarding to the workspace right now."""
+        return list(self._forwards.get(ws_id, {}))
+
+    async def wait_idle(self, ws_id: str, timeout: float) -> bool:
+        """Wait until this replica forwards nothing to the workspace (berth-side drain)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self._forwards.get(ws_id):
+            ev = self._idle.setdefault(ws_id, asyncio.Event())
+            ev.clear()
+            left = deadline - loop.time()
+            if left <= 0:
+                return False
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(ev.wait(), left)
+        return True
+
+    # the loop --------------------------------------------------------------
+    async def _loop(self, ws_id: str) -> None:
+        ev = self._wake[ws_id]
+        while not self._closing:
+            ev.clear()
+            ws = self._roster.peek(ws_id)
+            if ws is None or ws.state is WorkspaceState.REMOVED:
+                return
+            claimed: list[Delivery] = []
+            if ws.state is WorkspaceState.ONLINE:
+                cap = None if ws.native_session else ws.max_concurrency
+                busy = len(self._forwards.get(ws_id, {}))
+                if cap is None or busy < cap:
+                    try:
+                        claimed = await self._store.claim(
+                            ws_id, capacity=cap, owner=self.owner, lease_seconds=self._lease, now=time.time())
+                    except Exception:
+                        log.exception("claim failed for %s", ws.name)
+                for d in claimed:
+                    self._start(ws, d)
+            if claimed:
+                continue
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(ev.wait(), self._poll * (1 if ws.state is WorkspaceState.ONLINE else 5))
+
+    def _start(self, ws: Workspace, d: Delivery) -> None:
+        task = asyncio.create_task(self._forward(ws, d), name=f"forward-{d.id[:8]}")
+        self._forwards.setdefault(ws.id, {})[d.id] = task
+
+    async def _forward(self, ws: Workspace, d: Delivery) -> None:
+        started = time.monotonic()
+        if d.forwards > 1:
+            self._metrics.inc("berth_redeliveries_total", workspace=ws.name)
+        detail = None
+        try:
+            url = self._link.target(ws)
+            if url is None:
+                raise AgentUnreachable("no agent url known")
+            reply = await self._client.post(url, d.request, {**d.headers, "content-type": "application/json"},
+                                            timeout=self._timeout)
+            outcome = classify(reply)
+            detail = f"HTTP {reply.status}"
+        except AgentUnreachable as e:
+            outcome, reply, detail = Outcome.TRANSPORT, None, str(e) or type(e).__name__
+        except Exception as e:  # never lose a claimed delivery to a bug: treat as transport
+            log.exception("forward of %s failed", d.id)
+            outcome, reply, detail = Outcome.TRANSPORT, None, repr(e)
+        try:
+            self._metrics.observe("berth_forward_seconds", time.monotonic() - started)
+            await self._settle(ws, d, outcome, reply.body if reply else None,
+                               reply.status if reply else None, detail)
+        except Exception:
+            log.exception("settling %s failed; its lease will expire and it will be redelivered", d.id)
+        finally:
+            forwards = self._forwards.get(ws.id, {})
+            forwards.pop(d.id, None)
+            if not forwards:
+                ev = self._idle.get(ws.id)
+                if ev is not None:
+                    ev.set()
+            self.wake(ws.id)
+
+    async def _settle(
+        self, ws: Workspace, d: Delivery, outcome: Outcome, body: bytes | None, status: int | None,
+        detail: str | None,
+    ) -> None:
+        now_ws = self._roster.peek(ws.id)
+        if outcome is Outcome.TRANSPORT and now_ws is not None and now_ws.state is WorkspaceState.ONLINE:
+            await asyncio.sleep(CRASH_NOTICE)  # let a crash of the agent be noticed first
+            now_ws = self._roster.peek(ws.id)
+        planned = now_ws is None or now_ws.state in PLANNED_INTERRUPTION
+        crashed = now_ws is not None and now_ws.crash_count > ws.crash_count
+        verdict = self._policy.judge(outcome, attempts=d.attempts, planned=planned, crashed=crashed)
+        now = time.time()
+        hold = DRAINING_HOLD if outcome is Outcome.DRAINING else verdict.retry_in
+        reason = verdict.reason
+        if outcome is Outcome.TRANSPORT and verdict.status is not DeliveryStatus.DONE and detail:
+            reason = f"{reason or 'transport failure'}: {detail}"
+        how = Settle(verdict.status, verdict.count_attempt,
+                     reply=body if verdict.status is DeliveryStatus.DONE else None,
+                     reply_status=status, reason=reason, not_before=now + hold if hold else 0.0)
+        settled = await self._store.settle(d.id, self.owner, how, now)
+        if settled is None:
+            return  # the lease was lost (a restart requeued it, or another replica took over)
+        if outcome is Outcome.TRANSPORT:
+            self._metrics.inc("berth_forward_failures_total", kind="planned" if planned else "transport")
+        if hold:
+            asyncio.get_running_loop().call_later(hold, self.wake, ws.id)
+        if settled.status.final:
+            await self.finished(settled)
+
+    async def finished(self, d: Delivery) -> None:
+        """Tell everyone a delivery reached a final status (called by whoever settled it)."""
+        self._metrics.inc("berth_deliveries_total", outcome=d.status.value)
+        if d.finished_at is not None:
+            self._metrics.observe("berth_delivery_seconds", d.finished_at - d.created_at)
+        self._waiters.resolve(d)
+        await self._events.signal(DONE_TOPIC, id=d.id, workspace_id=d.workspace_id)
+        if d.status is not DeliveryStatus.DONE:
+            await self._events.emit(f"delivery.{d.status.value}", delivery_id=d.id,
+                                    workspace_id=d.workspace_id, message_id=d.message_id, reason=d.reason)
+
+    # background upkeep -----------------------------------------------------
+    async def upkeep(self) -> None:
+        """Renew this replica's leases, take over expired ones, expire TTLs (runs in the lifespan)."""
+        last_renew = 0.0
+        while not self._closing:
+            await asyncio.sleep(self._poll)
+            now = time.time()
+            try:
+                if now - last_renew >= self._lease / 3:
+                    ids = [i for fw in self._forwards.values() for i in fw]
+                    await self._store.renew(self.owner, ids, now + self._lease)
+                    last_renew = now
+                for d in await self._store.requeue_expired(now):
+                    log.warning("lease of delivery %s expired; redelivering", d.id)
+                    self.wake(d.workspace_id)
+                for d in await self._store.expire_due(now):
+                    await self.finished(d)
+                for ws in self._roster.all():
+                    if ws.state is WorkspaceState.ONLINE:
+                        self.wake(ws.id)
+            except Exception:
+                log.exception("dispatcher upkeep failed; retrying")
+
+    async def close(self) -> None:
+        self._closing = True
+        for ev in self._wake.values():
+            ev.set()
+        tasks = list(self._loops.values()) + [t for fw in self._forwards.values() for t in fw.values()]
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)

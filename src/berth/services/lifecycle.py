@@ -1,0 +1,203 @@
+"""The steps every lifecycle operation is made of: drain, stop, start.
+
+Restart, pause, resume, delete, crash recovery and berth's own start and shutdown are
+ladders of these steps (see services/restart.py); each step does one thing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import secrets
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from berth.domain.errors import BerthError, InvalidInput
+from berth.domain.lifecycle import WorkspaceState
+from berth.domain.workspace import Runtime, Workspace
+from berth.ports import Provisioner, Store
+from berth.services.agent_link import AgentLink, SignalOutcome
+from berth.services.dispatcher import Dispatcher
+from berth.services.events import WS_TOPIC, Events
+from berth.services.roster import Roster
+
+log = logging.getLogger("berth.lifecycle")
+S = WorkspaceState
+__all__ = ["Runner", "StartFailed", "hash_token", "new_token"]
+
+
+def new_token() -> str:
+    return "bws_" + secrets.token_urlsafe(32)
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+class StartFailed(BerthError):
+    code = "start_failed"
+    status = 502
+
+
+@dataclass
+class DrainReport:
+    mode: str  # "agent", "berth" or "skipped"
+    drained: bool
+    completed: list[str] = field(default_factory=list)
+    unfinished: list[str] = field(default_factory=list)
+    in_flight: int = 0
+    detail: str | None = None
+
+    def public(self) -> dict[str, Any]:
+        return {"mode": self.mode, "drained": self.drained, "in_flight": self.in_flight,
+                "completed": self.completed, "unfinished": self.unfinished, "detail": self.detail}
+
+
+class Runner:
+    def __init__(
+        self, store: Store, roster: Roster, provisioners: dict[str, Provisioner], link: AgentLink,
+        dispatcher: Dispatcher, events: Events, *, berth_url: str, owner: str, start_timeout: float,
+        stop_grace: float, heartbeat_seconds: float, instance: str,
+    ) -> None:
+        self.store, self.roster, self.provisioners, self.link = store, roster, provisioners, link
+        self.dispatcher, self.events = dispatcher, events
+        self.berth_url, self.owner, self.instance = berth_url, owner, instance
+        self.start_timeout, self.stop_grace = start_timeout, stop_grace
+        self.heartbeat_seconds = heartbeat_seconds
+        self.stopping: set[str] = set()  # exits of these are expected
+        self._start_exit: dict[str, asyncio.Future[int | None]] = {}
+
+    def provisioner(self, ws: Workspace) -> Provisioner | None:
+        if ws.runtime is Runtime.EXTERNAL:
+            return None
+        p = self.provisioners.get(ws.runtime.value)
+        if p is None:
+            raise InvalidInput(f"runtime {ws.runtime.value} is not available on this server",
+                               code="runtime_unavailable")
+        return p
+
+    async def move(self, ws: Workspace, to: WorkspaceState, *, only_from: frozenset[WorkspaceState] | None = None,
+                   **fields: Any) -> Workspace | None:
+        moved = await self.store.move_workspace(ws.id, to, only_from=only_from, **fields)
+        if moved is not None:
+            self.roster.put(moved)
+            await self.events.signal(WS_TOPIC, workspace_id=ws.id)
+            if moved.state is not ws.state:
+                await self.events.emit("workspace.state", workspace_id=ws.id, name=ws.name,
+                                       state=moved.state.value, previous=ws.state.value)
+        return moved
+
+    # drain ----------------------------------------------------------------
+    async def drain(self, ws: Workspace, *, restart_id: str, drain_seconds: float,
+                    reason: str | None) -> DrainReport:
+        """Ask the agent to drain; if it cannot, drain on berth's side. Never blocks past
+        drain_seconds plus a small margin."""
+        before = set(self.dispatcher.in_flight(ws.id))
+        res = await self.link.signal_restart(ws, restart_id=restart_id, drain_seconds=drain_seconds,
+                                             reason=reason)
+        if res.outcome is SignalOutcome.DRAINED:
+            r = res.report
+            report = DrainReport("agent", bool(r.get("drained")), list(r.get("completed") or []),
+                                 list(r.get("unfinished") or []), int(r.get("in_flight") or 0))
+            # The agent has answered those it completed; give their replies a moment to land.
+            await self.dispatcher.wait_idle(ws.id, 2.0 if not report.unfinished else 0.2)
+            return report
+        if res.outcome is SignalOutcome.NO_DRAIN:
+            idle = await self.dispatcher.wait_idle(ws.id, drain_seconds)
+            left = set(self.dispatcher.in_flight(ws.id))
+            ids = await self._message_ids(before)
+            done = [ids[i] for i in before - left if i in ids]
+            return DrainReport("berth", idle, done, [ids[i] for i in left if i in ids], len(left), res.detail)
+        return DrainReport("skipped", False, detail=f"{res.outcome.value}: {res.detail}")
+
+    async def _message_ids(self, delivery_ids: set[str]) -> dict[str, str]:
+        out = {}
+        for i in delivery_ids:
+            try:
+                out[i] = (await self.store.get_delivery(i)).message_id
+            except BerthError:
+                pass
+        return out
+
+    # stop -----------------------------------------------------------------
+    async def stop(self, ws: Workspace, grace: float | None = None) -> None:
+        p = self.provisioner(ws)
+        if p is None:
+            return
+        self.stopping.add(ws.id)
+        try:
+            await p.stop(ws, self.stop_grace if grace is None else grace)
+        finally:
+            self.stopping.discard(ws.id)
+        await self.link.forget(ws.id)
+
+    async def requeue(self, ws: Workspace) -> int:
+        ids = await self.store.requeue_in_flight(ws.id)
+        return len(ids)
+
+    # start ----------------------------------------------------------------
+    async def start(self, ws: Workspace) -> Workspace:
+        """Start the runtime and wait until the agent registers (the workspace is online)."""
+        p = self.provisioner(ws)
+        token = new_token()
+        moved = await self.move(ws, S.PROVISIONING, run_token_hash=hash_token(token), owner=self.owner,
+                                agent_url=None if p is not None else ws.agent_url)
+        if moved is None:
+            raise StartFailed(f"workspace {ws.name} vanished while starting")
+        ws = moved
+        if p is None:  # external: it comes online when it registers or heartbeats
+            return ws
+        exited: asyncio.Future[int | None] = asyncio.get_running_loop().create_future()
+        self._start_exit[ws.id] = exited
+        try:
+            info = await p.start(ws, self.identity(ws, token))
+            ws = await self.store.update_workspace(ws.id, pid=info.pid, state_dir=info.state_dir)
+            self.roster.put(ws)
+            online = asyncio.ensure_future(self.roster.wait_for(
+                ws.id, lambda w: w is None or w.state is not S.PROVISIONING, self.start_timeout))
+            done, _ = await asyncio.wait({online, exited}, return_when=asyncio.FIRST_COMPLETED)
+            if exited in done:
+                online.cancel()
+                raise StartFailed(f"the agent exited with code {exited.result()} before registering")
+            current = self.roster.peek(ws.id)
+            if current is None or current.state is not S.ONLINE:
+                state = "gone" if current is None else current.state.value
+                raise StartFailed(f"the agent did not register within {self.start_timeout:g} s ({state})")
+            return current
+        except StartFailed:
+            await self.stop(ws, grace=1.0)
+            raise
+        except BerthError:
+            raise
+        except Exception as e:
+            log.exception("starting %s failed", ws.name)
+            raise StartFailed(f"could not start: {e}") from e
+        finally:
+            self._start_exit.pop(ws.id, None)
+
+    def exited_while_starting(self, ws_id: str, code: int | None) -> bool:
+        fut = self._start_exit.get(ws_id)
+        if fut is None:
+            return False
+        if not fut.done():
+            fut.set_result(code)
+        return True
+
+    def identity(self, ws: Workspace, token: str) -> dict[str, str]:
+        return {
+            "BERTH_URL": self.berth_url,
+            "BERTH_WORKSPACE_ID": ws.id,
+            "BERTH_WORKSPACE_NAME": ws.name,
+            "BERTH_WORKSPACE_TOKEN": token,
+            "BERTH_DRAIN_SECONDS": f"{ws.drain_seconds:g}",
+            "BERTH_MAX_CONCURRENCY": str(ws.max_concurrency),
+            "BERTH_INSTANCE": self.instance,
+        }
+
+    async def wait_gone(self, ws: Workspace, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        p = self.provisioner(ws)
+        while p is not None and time.monotonic() < deadline and await p.is_running(ws):
+            await asyncio.sleep(0.05)

@@ -1,0 +1,218 @@
+"""The A2A proxy (CONTRACT §5): sends are accepted into the delivery log before anything
+else and answered when the agent's reply is in; other methods pass through, held while
+the workspace restarts."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import json
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from berth.domain.delivery import Delivery, DeliveryStatus
+from berth.domain.lifecycle import WorkspaceState
+from berth.domain.workspace import Workspace
+from berth.metrics import Metrics
+from berth.ports import AgentClient, AgentUnreachable, Store
+from berth.services.agent_link import AgentLink
+from berth.services.dispatcher import Dispatcher
+from berth.services.replies import error_reply
+from berth.services.roster import Roster
+from berth.services.waiters import Waiters
+
+__all__ = ["A2A_HEADERS", "SEND_METHODS", "STREAM_METHODS", "Proxy", "ProxyReply"]
+
+SEND_METHODS = frozenset({"message/send", "SendMessage"})
+STREAM_METHODS = frozenset({"message/stream", "SendStreamingMessage"})
+A2A_HEADERS = ("a2a-version", "a2a-extensions", "x-a2a-extensions")
+PASS_THROUGH_MAX_WAIT = 30.0
+MAX_MESSAGE_ID = 256
+
+
+@dataclass
+class ProxyReply:
+    status: int
+    body: bytes
+    headers: dict[str, str] = field(default_factory=dict)
+    content_type: str = "application/json"
+
+
+class BadRequest(Exception):
+    def __init__(self, reply: ProxyReply) -> None:
+        self.reply = reply
+
+
+def rpc_error(request_id: Any, code: int, message: str, status: int = 200, **headers: str) -> ProxyReply:
+    return ProxyReply(status, error_reply(request_id, code, message), dict(headers))
+
+
+class Proxy:
+    def __init__(
+        self, store: Store, roster: Roster, dispatcher: Dispatcher, waiters: Waiters, client: AgentClient,
+        link: AgentLink, metrics: Metrics, *, default_wait: float, forward_timeout: float,
+    ) -> None:
+        self._store, self._roster, self._dispatcher = store, roster, dispatcher
+        self._waiters, self._client, self._link, self._metrics = waiters, client, link, metrics
+        self._default_wait = default_wait
+        self._timeout = forward_timeout
+
+    # entry ----------------------------------------------------------------
+    async def handle(self, ws: Workspace, raw: bytes, headers: dict[str, str]) -> ProxyReply:
+        try:
+            doc = parse_envelope(raw)
+            wait = wait_seconds(headers.get("x-berth-wait"), self._default_wait)
+        except BadRequest as e:
+            return e.reply
+        method = doc["method"]
+        if method in SEND_METHODS:
+            return await self.send(ws, doc, raw, headers, wait)
+        if method in STREAM_METHODS:
+            return rpc_error(doc.get("id"), -32004, "streaming through berth is not supported by this "
+                             "server version; use message/send or SendMessage")
+        return await self.pass_through(ws, raw, headers, min(wait, PASS_THROUGH_MAX_WAIT), doc.get("id"))
+
+    # sends ----------------------------------------------------------------
+    async def send(self, ws: Workspace, doc: dict[str, Any], raw: bytes, headers: dict[str, str],
+                   wait: float) -> ProxyReply:
+        rid = doc.get("id")
+        params = doc.get("params")
+        message = params.get("message") if isinstance(params, dict) else None
+        if not isinstance(message, dict):
+            return rpc_error(rid, -32602, "params.message is required for a send (an A2A Message object)")
+        message_id = message.get("messageId")
+        if message_id is None or message_id == "":
+            message_id = str(uuid.uuid4())
+            doc = copy.deepcopy(doc)
+            doc["params"]["message"]["messageId"] = message_id
+            raw = orjson.dumps(doc)
+        elif not isinstance(message_id, str) or len(message_id) > MAX_MESSAGE_ID:
+            return rpc_error(rid, -32602, f"params.message.messageId must be a string of at most "
+                             f"{MAX_MESSAGE_ID} characters")
+        try:
+            ttl = _ttl(headers.get("x-berth-ttl"))
+        except BadRequest as e:
+            return e.reply
+        now = time.time()
+        d = Delivery(
+            id=str(uuid.uuid4()), workspace_id=ws.id, message_id=message_id, seq=0, method=doc["method"],
+            request=raw, headers={k: v for k, v in headers.items() if k in A2A_HEADERS},
+            created_at=now, updated_at=now, expires_at=None if ttl is None else now + ttl,
+        )
+        stored, created = await self._store.accept(d)
+        if created:
+            self._metrics.inc("berth_deliveries_accepted_total", workspace=ws.name)
+            self._dispatcher.wake(ws.id)
+        if not stored.status.final:
+            got = await self._waiters.wait(stored.id, wait) if wait > 0 else None
+            if got is None:
+                return self._accepted(stored)
+            stored = got
+        return self._answer(stored, rid, original=created)
+
+    def _accepted(self, d: Delivery) -> ProxyReply:
+        body = json.dumps({"delivery_id": d.id, "status": d.status.value,
+                           "status_url": f"/v1/deliveries/{d.id}"}).encode()
+        return ProxyReply(202, body, _ids(d))
+
+    def _answer(self, d: Delivery, rid: Any, *, original: bool) -> ProxyReply:
+        if d.status is DeliveryStatus.DONE and d.reply is not None:
+            body = d.reply
+            if not original and orjson.loads(d.request).get("id") != rid:
+                reply = orjson.loads(body)
+                reply["id"] = rid
+                body = orjson.dumps(reply)
+            return ProxyReply(d.reply_status or 200, body, _ids(d))
+        body = orjson.dumps({"jsonrpc": "2.0", "id": rid, "error": {
+            "code": -32603, "message": f"berth did not deliver this message: {d.status.value}"
+                                       f"{': ' + d.reason if d.reason else ''}",
+            "data": {"berth": {"delivery_id": d.id, "status": d.status.value, "reason": d.reason}},
+        }})
+        return ProxyReply(200, body, _ids(d))
+
+    # everything else ----------------------------------------------------------
+    async def pass_through(self, ws: Workspace, raw: bytes, headers: dict[str, str], wait: float,
+                           rid: Any) -> ProxyReply:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait
+        fwd = {k: v for k, v in headers.items() if k in A2A_HEADERS}
+        fwd["content-type"] = "application/json"
+        while True:
+            current = self._roster.peek(ws.id) or ws
+            if current.state is WorkspaceState.ONLINE and (url := self._link.target(current)):
+                try:
+                    r = await self._client.post(url, raw, fwd, timeout=self._timeout)
+                    return ProxyReply(r.status, r.body, content_type=r.content_type)
+                except AgentUnreachable:
+                    pass
+            left = deadline - loop.time()
+            if left <= 0:
+                return rpc_error(rid, -32603, f"workspace {ws.name} is {current.state.value}; try again",
+                                 status=503, **{"retry-after": "5"})
+            await self._roster.wait_for(ws.id, lambda w: w is not None and w.state is WorkspaceState.ONLINE,
+                                        min(left, 1.0))
+
+    def agent_card(self, ws: Workspace, proxy_url: str) -> dict[str, Any] | None:
+        card = self._roster.peek(ws.id)
+        src = (card or ws).agent_card
+        if not src:
+            return None
+        out = copy.deepcopy(src)
+        if "url" in out or "supportedInterfaces" not in out:
+            out["url"] = proxy_url
+        for iface in out.get("supportedInterfaces") or []:
+            if isinstance(iface, dict):
+                iface["url"] = proxy_url
+        for iface in out.get("additionalInterfaces") or []:
+            if isinstance(iface, dict):
+                iface["url"] = proxy_url
+        return out
+
+
+def _ids(d: Delivery) -> dict[str, str]:
+    return {"x-berth-delivery-id": d.id, "x-berth-message-id": d.message_id}
+
+
+def parse_envelope(raw: bytes) -> dict[str, Any]:
+    try:
+        doc = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise BadRequest(rpc_error(None, -32700, "parse error: the body is not valid JSON")) from None
+    if isinstance(doc, list):
+        raise BadRequest(rpc_error(None, -32600, "batch requests are not supported; send one request"))
+    if not isinstance(doc, dict) or doc.get("jsonrpc") != "2.0" or not isinstance(doc.get("method"), str):
+        rid = doc.get("id") if isinstance(doc, dict) else None
+        raise BadRequest(rpc_error(rid, -32600, "invalid request: a JSON-RPC 2.0 request object with "
+                                   "\"jsonrpc\": \"2.0\" and a string \"method\" is required"))
+    if "params" in doc and not isinstance(doc["params"], (dict, list)):
+        raise BadRequest(rpc_error(doc.get("id"), -32602, "params must be an object"))
+    return doc
+
+
+def wait_seconds(value: str | None, default: float) -> float:
+    if value is None:
+        return default
+    try:
+        w = float(value)
+    except ValueError:
+        w = -1.0
+    if not 0 <= w <= 86400:
+        raise BadRequest(rpc_error(None, -32600, "X-Berth-Wait must be a number of seconds from 0 to 86400",
+                                   status=400))
+    return w
+
+
+def _ttl(value: str | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        t = float(value)
+    except ValueError:
+        t = -1.0
+    if t <= 0:
+        raise BadRequest(rpc_error(None, -32600, "X-Berth-TTL must be a positive number of seconds", status=400))
+    return t

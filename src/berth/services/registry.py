@@ -1,0 +1,176 @@
+"""The agent side of the registry: registration, heartbeats, liveness and crash handling,
+plus what berth does for its workspaces when it starts and stops."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import defaultdict, deque
+from typing import Any
+
+from berth.domain.errors import InvalidInput, Unauthorized
+from berth.domain.lifecycle import SHOULD_RUN, WorkspaceState
+from berth.domain.restart import Trigger
+from berth.domain.workspace import RestartPolicy, Runtime, Workspace
+from berth.metrics import Metrics
+from berth.services.lifecycle import Runner, hash_token
+from berth.services.restart import RestartService
+
+log = logging.getLogger("berth.registry")
+S = WorkspaceState
+__all__ = ["Registry"]
+
+COMES_ONLINE = frozenset({S.PROVISIONING, S.OFFLINE})
+
+
+class Registry:
+    def __init__(
+        self, runner: Runner, restarts: RestartService, metrics: Metrics, *, heartbeat_timeout: float,
+        crash_loop_limit: int, crash_loop_window: float,
+    ) -> None:
+        self.run = runner
+        self.restarts = restarts
+        self._metrics = metrics
+        self._hb_timeout = heartbeat_timeout
+        self._loop_limit = crash_loop_limit
+        self._loop_window = crash_loop_window
+        self._crashes: dict[str, deque[float]] = defaultdict(deque)
+
+    async def authenticate(self, token: str | None) -> Workspace:
+        if not token:
+            raise Unauthorized("a workspace token is required (Authorization: Bearer …)")
+        ws = await self.run.store.workspace_by_token(hash_token(token))
+        if ws is None:
+            raise Unauthorized("unknown or outdated workspace token", code="invalid_token")
+        return ws
+
+    async def register(self, token: str | None, body: Any) -> dict[str, Any]:
+        ws = await self.authenticate(token)
+        if not isinstance(body, dict):
+            raise InvalidInput("the body must be a JSON object")
+        url = body.get("url")
+        if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+            raise InvalidInput("url: the http(s) URL where berth reaches the agent")
+        card = body.get("agent_card")
+        caps = body.get("capabilities") or {}
+        if card is not None and not isinstance(card, dict) or not isinstance(caps, dict):
+            raise InvalidInput("agent_card and capabilities must be JSON objects")
+        fields: dict[str, Any] = {"agent_url": url, "agent_card": card, "capabilities": caps,
+                                  "last_heartbeat": time.time()}
+        mc = body.get("max_concurrency")
+        if mc is not None:
+            if not isinstance(mc, int) or isinstance(mc, bool) or mc < 1:
+                raise InvalidInput("max_concurrency: a positive integer")
+            fields["max_concurrency"] = mc
+        if ws.state in COMES_ONLINE:
+            moved = await self.run.move(ws, S.ONLINE, only_from=COMES_ONLINE, **fields)
+        else:
+            moved = None
+        if moved is None:
+            moved = await self.run.store.update_workspace(ws.id, **fields)
+            self.run.roster.put(moved)
+        await self.run.link.remember(moved)
+        await self.run.events.emit("workspace.registered", workspace_id=ws.id, name=ws.name, url=url)
+        self.run.dispatcher.wake(ws.id)
+        return {"workspace_id": ws.id, "name": ws.name, "heartbeat_seconds": self.run.heartbeat_seconds}
+
+    async def heartbeat(self, token: str | None, body: Any) -> dict[str, Any]:
+        ws = await self.authenticate(token)
+        if not isinstance(body, dict):
+            raise InvalidInput("the body must be a JSON object")
+        active = body.get("active_tasks", 0)
+        if not isinstance(active, int) or isinstance(active, bool) or active < 0:
+            raise InvalidInput("active_tasks: a non-negative integer")
+        updated = await self.run.store.update_workspace(ws.id, last_heartbeat=time.time(), active_tasks=active)
+        self.run.roster.put(updated)
+        return {"ok": True, "reregister": updated.state in COMES_ONLINE or updated.agent_url is None}
+
+    # crashes ---------------------------------------------------------------
+    def on_exit(self, ws_id: str, code: int | None) -> None:
+        """The provisioner saw the workspace's runtime exit (callback; schedules the handling)."""
+        if ws_id in self.run.stopping or self.run.exited_while_starting(ws_id, code):
+            return
+        asyncio.ensure_future(self._crashed(ws_id, f"exited with code {code}"))
+
+    async def _crashed(self, ws_id: str, why: str) -> None:
+        ws = self.run.roster.peek(ws_id)
+        if ws is None or ws.state not in (S.ONLINE, S.PROVISIONING) or ws.owner not in (None, self.run.owner):
+            return
+        now = time.time()
+        crashes = self._crashes[ws_id]
+        crashes.append(now)
+        while crashes and crashes[0] < now - self._loop_window:
+            crashes.popleft()
+        self._metrics.inc("berth_crashes_total", workspace=ws.name)
+        log.warning("workspace %s %s", ws.name, why)
+        moved = await self.run.move(ws, S.OFFLINE, only_from=frozenset({S.ONLINE, S.PROVISIONING}),
+                                    crash_count=ws.crash_count + 1, last_error=why)
+        if moved is None:
+            return
+        await self.run.events.emit("workspace.crashed", workspace_id=ws.id, name=ws.name, detail=why)
+        if moved.restart_policy is RestartPolicy.NEVER:
+            await self.run.move(moved, S.FAILED, last_error=f"{why}; restart policy is never")
+            return
+        if len(crashes) >= self._loop_limit:
+            await self.run.move(moved, S.FAILED, last_error=(
+                f"crash loop: {len(crashes)} crashes in {self._loop_window:g} s; last: {why}"))
+            return
+        delay = min(30.0, 0.5 * 2 ** (len(crashes) - 1))
+        await self.restarts.request(moved, trigger=Trigger.POLICY, reason=why, delay=delay)
+
+    async def liveness(self, period: float) -> None:
+        """Treat a workspace that stopped heartbeating as crashed (runs in the lifespan)."""
+        while True:
+            await asyncio.sleep(period)
+            now = time.time()
+            for ws in self.run.roster.all():
+                if ws.state is not S.ONLINE or ws.owner not in (None, self.run.owner):
+                    continue
+                if ws.last_heartbeat is not None and now - ws.last_heartbeat > self._hb_timeout:
+                    try:
+                        await self._lost(ws, now - ws.last_heartbeat)
+                    except Exception:
+                        log.exception("liveness handling of %s failed", ws.name)
+
+    async def _lost(self, ws: Workspace, silent: float) -> None:
+        why = f"no heartbeat for {silent:.1f} s"
+        if ws.runtime is Runtime.EXTERNAL:
+            await self.run.move(ws, S.OFFLINE, only_from=frozenset({S.ONLINE}), last_error=why)
+            return
+        await self.run.stop(ws, grace=1.0)
+        await self._crashed(ws.id, why)
+
+    # berth's own start and stop ---------------------------------------------
+    async def recover(self, *, take_over_leases: bool) -> None:
+        """On start: stop agents a previous berth left behind, return its in-flight deliveries
+        to the queue, and start every workspace that should run."""
+        await self.run.roster.refresh()
+        mine = {w.id: w for w in self.run.roster.all() if w.owner in (None, self.run.owner)}
+        for p in self.run.provisioners.values():
+            for name in await p.cleanup_orphans(mine):
+                log.info("stopped orphaned agent %s", name)
+        if take_over_leases:
+            n = await self.run.store.requeue_in_flight(None)
+            if n:
+                log.info("returned %d in-flight deliveries to the queue", len(n))
+        for ws in mine.values():
+            if ws.runtime is Runtime.EXTERNAL or ws.state not in SHOULD_RUN:
+                continue
+            await self.run.move(ws, S.OFFLINE)
+            await self.restarts.request(await self.run.roster.get(ws.id), trigger=Trigger.STARTUP,
+                                        reason="berth started")
+
+    async def shutdown(self) -> None:
+        """Drain and stop the workspaces this replica runs; they start again with berth."""
+        running = [w for w in self.run.roster.all()
+                   if w.runtime is not Runtime.EXTERNAL and w.owner in (None, self.run.owner)
+                   and w.state in SHOULD_RUN]
+
+        async def one(ws: Workspace) -> None:
+            try:
+                await self.restarts.drain_and_stop(ws, S.OFFLINE, "berth is stopping")
+            except Exception:
+                log.exception("stopping %s failed", ws.name)
+
+        await asyncio.gather(*(one(w) for w in running))

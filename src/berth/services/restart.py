@@ -1,0 +1,217 @@
+"""Restart with drain (CONTRACT §7): one cycle for every trigger, one at a time per workspace.
+
+A second request while a cycle runs joins it. Pause, resume and crash recovery are the
+same cycle with some steps left out, so there is one code path to reason about.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from berth.domain.errors import BerthError, Conflict
+from berth.domain.lifecycle import WorkspaceState
+from berth.domain.restart import Phase, PhaseTiming, RestartRecord, Trigger
+from berth.domain.workspace import Runtime, Workspace
+from berth.metrics import Metrics
+from berth.ports import Locks
+from berth.services.lifecycle import Runner
+
+log = logging.getLogger("berth.restart")
+S = WorkspaceState
+__all__ = ["RestartService"]
+
+LOCK_TTL = 30.0
+RESTARTABLE = frozenset({S.ONLINE, S.PROVISIONING, S.OFFLINE, S.FAILED, S.DRAINING})
+
+
+class RestartService:
+    def __init__(self, runner: Runner, locks: Locks, metrics: Metrics) -> None:
+        self.run = runner
+        self._locks = locks
+        self._metrics = metrics
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._done: dict[str, asyncio.Event] = {}
+
+    # requests -------------------------------------------------------------
+    async def request(
+        self, ws: Workspace, *, trigger: Trigger, reason: str | None = None,
+        drain_seconds: float | None = None, delay: float = 0.0,
+    ) -> tuple[RestartRecord, bool]:
+        """Start a restart cycle, or join the one running. Returns (record, joined)."""
+        if ws.state not in RESTARTABLE:
+            raise Conflict(f"workspace {ws.name} is {ws.state.value}; it cannot be restarted",
+                           code="not_restartable")
+        token = await self._locks.acquire(_key(ws.id), LOCK_TTL)
+        if token is None:
+            return await self._joined(ws), True
+        record = RestartRecord(
+            id=str(uuid.uuid4()), workspace_id=ws.id, trigger=trigger, reason=reason,
+            drain_seconds=ws.drain_seconds if drain_seconds is None else drain_seconds,
+            created_at=time.time(),
+        )
+        await self.run.store.save_restart(record)
+        self._done[record.id] = asyncio.Event()
+        self._spawn(self._cycle(ws, record, token, delay))
+        await self.run.events.emit("restart.requested", workspace_id=ws.id, restart_id=record.id,
+                                   trigger=trigger.value, reason=reason)
+        return record, False
+
+    async def _joined(self, ws: Workspace) -> RestartRecord:
+        for _ in range(100):  # the holder saves its record right after taking the lock
+            active = await self.run.store.active_restart(ws.id)
+            if active is not None:
+                return active
+            await asyncio.sleep(0.02)
+        raise Conflict(f"workspace {ws.name} is busy with another operation", code="busy")
+
+    async def wait(self, record_id: str, timeout: float) -> None:
+        ev = self._done.get(record_id)
+        if ev is not None:
+            await asyncio.wait_for(ev.wait(), timeout)
+
+    # the cycle ------------------------------------------------------------
+    async def _cycle(self, ws: Workspace, r: RestartRecord, token: str, delay: float) -> None:
+        started = time.monotonic()
+        try:
+            async with self._holding(ws.id, token):
+                if delay:
+                    await asyncio.sleep(delay)
+                ws = await self.run.roster.get(ws.id)
+                running = await self._is_running(ws)
+                if running:
+                    await self._drain_and_stop(ws, r)
+                else:
+                    await self._phase(r, Phase.STOPPING, self._stop_quietly(ws), detail="not running")
+                n = await self.run.requeue(ws)
+                await self._phase(r, Phase.REQUEUE, _noop(), detail=f"{n} returned to the queue")
+                ws = await self.run.roster.get(ws.id)
+                await self._phase(r, Phase.STARTING, self.run.start(ws))
+                if ws.runtime is Runtime.EXTERNAL and ws.agent_url and await self.run.link.signal_resume(ws):
+                    await self.run.move(ws, S.ONLINE, only_from=frozenset({S.PROVISIONING}))
+                await self._phase(r, Phase.REPLAY, _noop())
+                self.run.dispatcher.wake(ws.id)
+                await self._finish(r, Phase.DONE)
+                if r.trigger in (Trigger.API, Trigger.POLICY, Trigger.CONFIG):
+                    current = await self.run.roster.get(ws.id)
+                    await self.run.store.update_workspace(ws.id, restart_count=current.restart_count + 1)
+                    await self.run.roster.refresh(ws.id)
+        except Exception as e:
+            msg = e.message if isinstance(e, BerthError) else repr(e)
+            log.warning("restart %s of %s failed: %s", r.id, ws.name, msg)
+            r.error = msg
+            await self._finish(r, Phase.FAILED)
+            current = self.run.roster.peek(ws.id)
+            if current is not None and current.state is not S.REMOVED:
+                await self.run.move(current, S.FAILED, last_error=f"restart failed: {msg}")
+        finally:
+            self._metrics.inc("berth_restarts_total", trigger=r.trigger.value, result=r.phase.value)
+            self._metrics.observe("berth_restart_seconds", time.monotonic() - started)
+            ev = self._done.pop(r.id, None)
+            if ev is not None:
+                ev.set()
+
+    async def _drain_and_stop(self, ws: Workspace, r: RestartRecord) -> None:
+        moved = await self.run.move(ws, S.DRAINING)
+        ws = moved or ws
+        t0 = time.monotonic()
+        report = await self._phase(r, Phase.DRAINING, self.run.drain(
+            ws, restart_id=r.id, drain_seconds=r.drain_seconds, reason=r.reason))
+        self._metrics.observe("berth_drain_seconds", time.monotonic() - t0)
+        r.drain_report = report.public()
+        await self.run.move(ws, S.STOPPING)
+        await self._phase(r, Phase.STOPPING, self.run.stop(ws))
+
+    async def _stop_quietly(self, ws: Workspace) -> None:
+        if ws.runtime is not Runtime.EXTERNAL:
+            await self.run.stop(ws, grace=1.0)
+
+    async def _is_running(self, ws: Workspace) -> bool:
+        if ws.runtime is Runtime.EXTERNAL:
+            return ws.state is S.ONLINE
+        p = self.run.provisioner(ws)
+        return p is not None and await p.is_running(ws)
+
+    async def _phase(self, r: RestartRecord, phase: Phase, work, detail: str | None = None):  # type: ignore[no-untyped-def]
+        timing = PhaseTiming(phase, time.time(), detail=detail)
+        r.phase = phase
+        r.phases.append(timing)
+        await self.run.store.save_restart(r)
+        await self.run.events.emit("restart.phase", workspace_id=r.workspace_id, restart_id=r.id,
+                                   phase=phase.value)
+        try:
+            return await work
+        finally:
+            timing.ended_at = time.time()
+            await self.run.store.save_restart(r)
+
+    async def _finish(self, r: RestartRecord, phase: Phase) -> None:
+        r.phase, r.finished_at = phase, time.time()
+        await self.run.store.save_restart(r)
+        await self.run.events.emit("restart.finished", workspace_id=r.workspace_id, restart_id=r.id,
+                                   phase=phase.value, error=r.error, drain_report=r.drain_report)
+
+    @asynccontextmanager
+    async def _holding(self, ws_id: str, token: str) -> AsyncIterator[None]:
+        async def keep() -> None:
+            while True:
+                await asyncio.sleep(LOCK_TTL / 3)
+                if not await self._locks.refresh(_key(ws_id), token, LOCK_TTL):
+                    log.error("lost the restart lock of %s", ws_id)
+                    return
+
+        keeper = asyncio.create_task(keep())
+        try:
+            yield
+        finally:
+            keeper.cancel()
+            await self._locks.release(_key(ws_id), token)
+
+    # pause, resume, stop --------------------------------------------------
+    @asynccontextmanager
+    async def exclusive(self, ws: Workspace) -> AsyncIterator[None]:
+        """Hold the workspace's lifecycle lock for an operation that is not a restart."""
+        token = await self._locks.acquire(_key(ws.id), LOCK_TTL)
+        if token is None:
+            raise Conflict(f"workspace {ws.name} is restarting; try again when it is done", code="busy")
+        async with self._holding(ws.id, token):
+            yield
+
+    async def drain_and_stop(self, ws: Workspace, final: WorkspaceState, reason: str) -> dict[str, object] | None:
+        """Drain and stop a running workspace, leaving it in `final` (paused, offline, removed)."""
+        report = None
+        if await self._is_running(ws):
+            ws = await self.run.move(ws, S.DRAINING) or ws
+            rep = await self.run.drain(ws, restart_id=f"{final.value}-{uuid.uuid4()}",
+                                       drain_seconds=ws.drain_seconds, reason=reason)
+            report = rep.public()
+            ws = await self.run.move(ws, S.STOPPING) or ws
+            await self.run.stop(ws)
+        elif ws.runtime is not Runtime.EXTERNAL:
+            await self.run.stop(ws, grace=1.0)
+        await self.run.requeue(ws)
+        if final is not S.REMOVED:
+            await self.run.move(ws, final)
+        return report
+
+    def _spawn(self, coro) -> None:  # type: ignore[no-untyped-def]
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def close(self) -> None:
+        for t in list(self._tasks):
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+def _key(ws_id: str) -> str:
+    return f"lifecycle:{ws_id}"
+
+
+async def _noop() -> None:
+    return None

@@ -1,0 +1,88 @@
+"""This replica's view of every workspace, so the hot path does not read the database.
+
+Whoever changes a workspace in the store puts the new record here (`put`); changes made by
+other replicas arrive as WS_TOPIC notifications and a periodic refresh.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+from berth.domain.errors import NotFound
+from berth.domain.workspace import Workspace
+from berth.ports import Store
+
+__all__ = ["Roster"]
+
+
+class Roster:
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self._by_id: dict[str, Workspace] = {}
+        self._names: dict[str, str] = {}
+        self._changed: dict[str, asyncio.Condition] = {}
+        self._listeners: list[Callable[[Workspace], None]] = []
+
+    def on_change(self, fn: Callable[[Workspace], None]) -> None:
+        self._listeners.append(fn)
+
+    def peek(self, ws_id: str) -> Workspace | None:
+        return self._by_id.get(ws_id)
+
+    def all(self) -> list[Workspace]:
+        return list(self._by_id.values())
+
+    async def get(self, ref: str) -> Workspace:
+        ws_id = ref if ref in self._by_id else self._names.get(ref)
+        if ws_id is not None:
+            return self._by_id[ws_id]
+        ws = await self._store.get_workspace(ref)
+        self.put(ws)
+        return ws
+
+    def put(self, ws: Workspace) -> None:
+        old = self._by_id.get(ws.id)
+        if old is not None and old.name != ws.name:
+            self._names.pop(old.name, None)
+        self._by_id[ws.id] = ws
+        self._names[ws.name] = ws.id
+        cond = self._changed.get(ws.id)
+        if cond is not None:
+            asyncio.ensure_future(_notify(cond))
+        for fn in self._listeners:
+            fn(ws)
+
+    def drop(self, ws_id: str) -> None:
+        ws = self._by_id.pop(ws_id, None)
+        if ws is not None:
+            self._names.pop(ws.name, None)
+
+    async def refresh(self, ws_id: str | None = None) -> None:
+        if ws_id is None:
+            current = await self._store.list_workspaces()
+            for gone in set(self._by_id) - {w.id for w in current}:
+                self.drop(gone)
+            for w in current:
+                if self._by_id.get(w.id) != w:
+                    self.put(w)
+            return
+        try:
+            self.put(await self._store.get_workspace(ws_id))
+        except NotFound:
+            self.drop(ws_id)
+
+    async def wait_for(self, ws_id: str, pred: Callable[[Workspace | None], bool], timeout: float) -> bool:
+        """Wait until `pred(workspace)` holds; False if `timeout` passes first."""
+        cond = self._changed.setdefault(ws_id, asyncio.Condition())
+        try:
+            async with cond:
+                await asyncio.wait_for(cond.wait_for(lambda: pred(self._by_id.get(ws_id))), timeout)
+            return True
+        except TimeoutError:
+            return pred(self._by_id.get(ws_id))
+
+
+async def _notify(cond: asyncio.Condition) -> None:
+    async with cond:
+        cond.notify_all()

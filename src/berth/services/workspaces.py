@@ -1,0 +1,92 @@
+"""Workspace use cases for operators: create, show, list, pause, resume, restart, remove."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+from berth.domain.delivery import DeliveryStatus
+from berth.domain.errors import Conflict
+from berth.domain.lifecycle import WorkspaceState
+from berth.domain.restart import RestartRecord, Trigger
+from berth.domain.workspace import Workspace, validate_spec
+from berth.ports import Store
+from berth.services.lifecycle import Runner, hash_token, new_token
+from berth.services.restart import RestartService
+
+S = WorkspaceState
+__all__ = ["Workspaces"]
+
+
+class Workspaces:
+    def __init__(self, store: Store, runner: Runner, restarts: RestartService) -> None:
+        self.store = store
+        self.run = runner
+        self.restarts = restarts
+
+    async def create(self, body: dict[str, Any]) -> tuple[Workspace, str]:
+        spec = validate_spec(body)
+        now = time.time()
+        token = new_token()
+        ws = Workspace(id=str(uuid.uuid4()), token_hash=hash_token(token), created_at=now, updated_at=now,
+                       state=S.OFFLINE, url=spec.pop("url"), owner=self.run.owner, **spec)
+        if ws.url:
+            ws.agent_url = ws.url
+        self.run.provisioner(ws)  # fails early if the runtime is unavailable here
+        await self.store.create_workspace(ws)
+        self.run.roster.put(ws)
+        await self.run.events.emit("workspace.created", workspace_id=ws.id, name=ws.name)
+        await self.restarts.request(ws, trigger=Trigger.STARTUP, reason="created")
+        return await self.run.roster.get(ws.id), token
+
+    async def get(self, ref: str) -> Workspace:
+        return await self.run.roster.get(ref)
+
+    async def show(self, ref: str) -> dict[str, Any]:
+        ws = await self.get(ref)
+        counts = await self.store.counts(ws.id)
+        return ws.public(counts[DeliveryStatus.QUEUED], counts[DeliveryStatus.IN_FLIGHT])
+
+    async def list(self) -> list[dict[str, Any]]:
+        await self.run.roster.refresh()
+        out = []
+        for ws in sorted(self.run.roster.all(), key=lambda w: w.created_at):
+            counts = await self.store.counts(ws.id)
+            out.append(ws.public(counts[DeliveryStatus.QUEUED], counts[DeliveryStatus.IN_FLIGHT]))
+        return out
+
+    async def restart(self, ref: str, *, reason: str | None, drain_seconds: float | None) -> tuple[RestartRecord, bool]:
+        ws = await self.get(ref)
+        return await self.restarts.request(ws, trigger=Trigger.API, reason=reason, drain_seconds=drain_seconds)
+
+    async def pause(self, ref: str) -> dict[str, Any]:
+        ws = await self.get(ref)
+        if ws.state is S.PAUSED:
+            return {"workspace": ws.public(), "drain_report": None}
+        async with self.restarts.exclusive(ws):
+            ws = await self.get(ref)
+            report = await self.restarts.drain_and_stop(ws, S.PAUSED, "paused by an operator")
+        return {"workspace": (await self.get(ref)).public(), "drain_report": report}
+
+    async def resume(self, ref: str) -> dict[str, Any]:
+        ws = await self.get(ref)
+        if ws.state is not S.PAUSED:
+            raise Conflict(f"workspace {ws.name} is {ws.state.value}, not paused", code="not_paused")
+        ws = await self.run.move(ws, S.OFFLINE, only_from=frozenset({S.PAUSED})) or ws
+        record, _ = await self.restarts.request(ws, trigger=Trigger.RESUME, reason="resumed by an operator")
+        return {"workspace": (await self.get(ref)).public(), "restart": record.public()}
+
+    async def remove(self, ref: str) -> dict[str, Any]:
+        ws = await self.get(ref)
+        async with self.restarts.exclusive(ws):
+            ws = await self.get(ref)
+            await self.restarts.drain_and_stop(ws, S.REMOVED, "workspace removed")
+            canceled = await self.store.cancel_pending(ws.id, time.time(), "workspace removed")
+            await self.store.delete_workspace(ws.id)
+        self.run.roster.drop(ws.id)
+        for d in canceled:
+            await self.run.dispatcher.finished(d)
+        await self.run.events.emit("workspace.removed", workspace_id=ws.id, name=ws.name)
+        return {"workspace": {**ws.public(), "status": S.REMOVED.value},
+                "canceled": [d.public() for d in canceled]}

@@ -1,0 +1,95 @@
+"""Settings: the one place that reads the environment. Every option is also `BERTH_<NAME>`."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+__all__ = ["Settings"]
+
+
+@dataclass
+class Settings:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    data_dir: str = ".berth"
+    database_url: str | None = None  # sqlite:///path or postgresql://…; default: SQLite in data_dir
+    redis_url: str | None = None
+    admin_token: str | None = None
+    public_url: str | None = None  # how agents reach berth; default http://<host>:<port>
+    replica_id: str | None = None
+    sqlite_synchronous: str = "NORMAL"
+    max_body_bytes: int = 1024 * 1024
+    default_wait_seconds: float = 300.0
+    forward_timeout: float = 600.0
+    lease_seconds: float = 30.0
+    heartbeat_seconds: float = 2.0
+    heartbeat_timeout: float = 10.0
+    start_timeout: float = 30.0
+    stop_grace_seconds: float = 10.0
+    max_attempts: int = 3
+    crash_loop_limit: int = 5
+    crash_loop_window: float = 120.0
+    retention_hours: float = 24.0
+    docker_network: str = "berth"
+    in_docker: bool | None = None  # None: detect from /.dockerenv
+    demo: bool = False
+    log_level: str = "info"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None, **overrides: Any) -> Settings:
+        env = os.environ if environ is None else environ
+        kw: dict[str, Any] = {}
+        for f in fields(cls):
+            if f.name == "extra":
+                continue
+            raw = env.get(f"BERTH_{f.name.upper()}")
+            if raw is not None and raw != "":
+                kw[f.name] = _coerce(f.type, raw)
+        kw.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**kw)
+
+    @property
+    def data_path(self) -> Path:
+        return Path(self.data_dir).expanduser().resolve()
+
+    @property
+    def store_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.data_path / 'berth.db'}"
+
+    @property
+    def advertised_url(self) -> str:
+        if self.public_url:
+            return self.public_url.rstrip("/")
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
+        return f"http://{host}:{self.port}"
+
+    @property
+    def instance(self) -> str:
+        """Stable id of this data directory: marks the agent processes this berth started."""
+        return hashlib.sha256(str(self.data_path).encode()).hexdigest()[:16]
+
+    @property
+    def replica(self) -> str:
+        return self.replica_id or f"{socket.gethostname()}-{self.instance[:8]}"
+
+    def running_in_docker(self) -> bool:
+        if self.in_docker is not None:
+            return self.in_docker
+        return os.path.exists("/.dockerenv")
+
+
+def _coerce(type_name: Any, raw: str) -> Any:
+    t = str(type_name)
+    if "bool" in t:
+        return raw.strip().lower() in ("1", "true", "yes", "on")
+    if t.startswith("int"):
+        return int(raw)
+    if t.startswith("float"):
+        return float(raw)
+    return raw
