@@ -1,0 +1,158 @@
+"""Real `berth serve` processes for end-to-end tests, and helpers to talk A2A through them."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+ADMIN = "bad_test_admin_token"
+ECHO = [sys.executable, "-m", "berth.examples.echo"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class BerthServer:
+    def __init__(self, data_dir: Path, *, port: int | None = None, env: dict[str, str] | None = None,
+                 args: list[str] | None = None) -> None:
+        self.data_dir = data_dir
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.env = {"BERTH_HEARTBEAT_SECONDS": "1", "BERTH_HEARTBEAT_TIMEOUT": "4", "BERTH_LOG_LEVEL": "info",
+                    "BERTH_START_TIMEOUT": "30", **(env or {})}
+        self.args = args or []
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log = data_dir / f"serve-{self.port}.log"
+
+    def start(self, timeout: float = 30.0) -> BerthServer:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("BERTH_")}
+        env.update({"BERTH_ADMIN_TOKEN": ADMIN, **self.env})
+        with open(self.log, "ab") as logf:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "berth", "serve", "--port", str(self.port), "--data-dir",
+                 str(self.data_dir), *self.args], env=env, stdout=logf, stderr=subprocess.STDOUT,
+                start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"berth exited with {self.proc.returncode}:\n{self.log.read_text()[-3000:]}")
+            try:
+                if httpx.get(self.url + "/readyz", timeout=1).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError(f"berth did not become ready:\n{self.log.read_text()[-3000:]}")
+
+    def stop(self, timeout: float = 60.0) -> int | None:
+        if self.proc is None or self.proc.poll() is not None:
+            return None if self.proc is None else self.proc.returncode
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill9()
+            return None
+
+    def kill9(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def client(self, timeout: float = 120.0) -> httpx.AsyncClient:
+        return httpx.AsyncClient(base_url=self.url, headers={"authorization": f"Bearer {ADMIN}"},
+                                 timeout=timeout, limits=httpx.Limits(max_connections=64))
+
+
+async def create(client: httpx.AsyncClient, name: str, *, online: bool = True, **spec: Any) -> dict[str, Any]:
+    body = {"name": name, "command": ECHO, **spec}
+    r = await client.post("/v1/workspaces", json=body)
+    assert r.status_code == 201, r.text
+    ws: dict[str, Any] = r.json()
+    if online:
+        await wait_status(client, name, "online")
+    return ws
+
+
+async def wait_status(client: httpx.AsyncClient, ref: str, status: str, timeout: float = 30.0) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    last: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        r = await client.get(f"/v1/workspaces/{ref}")
+        if r.status_code == 200:
+            last = r.json()
+            if last["status"] == status:
+                return last
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{ref} is not {status} after {timeout} s: {last}")
+
+
+def send_body(text: str, message_id: str | None = None, *, v03: bool = False, rid: Any = 1) -> dict[str, Any]:
+    mid = message_id or str(uuid.uuid4())
+    if v03:
+        msg = {"kind": "message", "role": "user", "messageId": mid, "parts": [{"kind": "text", "text": text}]}
+        return {"jsonrpc": "2.0", "id": rid, "method": "message/send", "params": {"message": msg}}
+    msg = {"role": "ROLE_USER", "messageId": mid, "parts": [{"text": text}]}
+    return {"jsonrpc": "2.0", "id": rid, "method": "SendMessage", "params": {"message": msg}}
+
+
+async def send(client: httpx.AsyncClient, ref: str, text: str, message_id: str | None = None, *,
+               wait: float | None = None, v03: bool = False, rid: Any = 1) -> httpx.Response:
+    headers = {} if v03 else {"a2a-version": "1.0"}
+    if wait is not None:
+        headers["x-berth-wait"] = str(wait)
+    return await client.post(f"/v1/workspaces/{ref}/a2a", json=send_body(text, message_id, v03=v03, rid=rid),
+                             headers=headers)
+
+
+def reply_text(doc: dict[str, Any]) -> str:
+    """The text of an echo reply, v1.0 or v0.3, message or task."""
+    res = doc["result"]
+    msg = res.get("message") or (res if res.get("kind") == "message" else None)
+    if msg is None:
+        task = res.get("task") or res
+        parts = [p for a in task.get("artifacts") or [] for p in a.get("parts") or []]
+        if not parts and task.get("status", {}).get("message"):
+            parts = task["status"]["message"].get("parts") or []
+    else:
+        parts = msg.get("parts") or []
+    return "".join(p.get("text", "") for p in parts)
+
+
+def executions(state_dir: str | Path) -> tuple[Counter[str], Counter[str]]:
+    """(starts, dones) per messageId from the echo's executions.log."""
+    starts: Counter[str] = Counter()
+    dones: Counter[str] = Counter()
+    path = Path(state_dir) / "executions.log"
+    if not path.exists():
+        return starts, dones
+    for line in path.read_text().splitlines():
+        kind, _, mid = line.partition(" ")
+        (starts if kind == "start" else dones)[mid] += 1
+    return starts, dones
+
+
+async def wait_deliveries_final(client: httpx.AsyncClient, ids: list[str], timeout: float = 60.0) -> list[dict[str, Any]]:
+    deadline = time.monotonic() + timeout
+    while True:
+        out = [(await client.get(f"/v1/deliveries/{i}")).json() for i in ids]
+        if all(d["status"] in ("done", "dead", "canceled", "expired") for d in out):
+            return out
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not final after {timeout} s: {[d['status'] for d in out]}")
+        await asyncio.sleep(0.2)
