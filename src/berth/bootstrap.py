@@ -164,11 +164,21 @@ def _provisioners(settings: Settings) -> dict[str, Provisioner]:
     return out
 
 
+def _client(settings: Settings) -> AgentClient:
+    if settings.agent_client == "httpx":
+        from berth.adapters.agent_httpx import HttpxAgentClient
+
+        return HttpxAgentClient()
+    if settings.agent_client != "aiohttp":
+        raise ValueError(f"agent_client must be aiohttp or httpx, not {settings.agent_client!r}")
+    return HttpAgentClient()
+
+
 def build(settings: Settings) -> Container:
     settings.data_path.mkdir(parents=True, exist_ok=True)
     store = _store(settings)
     cache, locks, bus = _shared(settings)
-    client = HttpAgentClient()
+    client = _client(settings)
     provisioners = _provisioners(settings)
     metrics = Metrics()
     roster = Roster(store)

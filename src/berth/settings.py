@@ -35,6 +35,7 @@ class Settings:
     crash_loop_limit: int = 5
     crash_loop_window: float = 120.0
     retention_hours: float = 24.0
+    agent_client: str = "aiohttp"  # outbound HTTP to agents: aiohttp (measured faster) or httpx
     docker_network: str = "berth"
     in_docker: bool | None = None  # None: detect from /.dockerenv
     demo: bool = False

@@ -1,0 +1,32 @@
+"""The AgentClient port on httpx: kept to measure against aiohttp (bench/proxy.py)."""
+
+from __future__ import annotations
+
+import httpx
+
+from berth.ports import AgentReply, AgentUnreachable
+
+__all__ = ["HttpxAgentClient"]
+
+
+class HttpxAgentClient:
+    def __init__(self, *, pool_size: int = 256) -> None:
+        self._client = httpx.AsyncClient(limits=httpx.Limits(max_connections=pool_size,
+                                                             max_keepalive_connections=pool_size))
+
+    async def post(self, url: str, body: bytes, headers: dict[str, str], timeout: float) -> AgentReply:
+        return await self._call("POST", url, body, headers, timeout)
+
+    async def get(self, url: str, headers: dict[str, str], timeout: float) -> AgentReply:
+        return await self._call("GET", url, None, headers, timeout)
+
+    async def _call(self, method: str, url: str, body: bytes | None, headers: dict[str, str],
+                    timeout: float) -> AgentReply:
+        try:
+            r = await self._client.request(method, url, content=body, headers=headers, timeout=timeout)
+        except httpx.HTTPError as e:
+            raise AgentUnreachable(f"{type(e).__name__}: {e}".rstrip(": ")) from e
+        return AgentReply(r.status_code, r.content, r.headers.get("content-type", "application/json"))
+
+    async def close(self) -> None:
+        await self._client.aclose()

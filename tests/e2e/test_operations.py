@@ -1,0 +1,109 @@
+"""Liveness, failed starts, metrics, events, OpenAPI and the CLI, against a real server."""
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from tests.e2e.harness import ADMIN, create, reply_text, send, wait_status
+
+pytestmark = pytest.mark.slow
+
+
+async def test_a_hung_agent_is_noticed_by_missing_heartbeats_and_restarted(berth_server):
+    async with berth_server.client() as c:
+        await create(c, "hung")
+        before = (await c.get("/v1/workspaces/hung")).json()
+        os.kill(before["pid"], signal.SIGSTOP)
+        try:
+            r = await send(c, "hung", "are you there", "hung-1", wait=30)
+            assert r.status_code == 200 and reply_text(r.json()) == "echo: are you there"
+        finally:
+            try:
+                os.kill(before["pid"], signal.SIGCONT)
+            except ProcessLookupError:
+                pass
+        after = (await c.get("/v1/workspaces/hung")).json()
+        assert after["pid"] != before["pid"] and "heartbeat" in after["last_error"]
+
+
+async def test_an_agent_that_cannot_start_ends_failed_with_messages_kept(berth_server):
+    async with berth_server.client() as c:
+        r = await c.post("/v1/workspaces", json={"name": "broken", "command": [sys.executable, "-c", "raise SystemExit(7)"]})
+        assert r.status_code == 201
+        ws = await wait_status(c, "broken", "failed")
+        assert "code 7" in ws["last_error"]
+        held = await send(c, "broken", "kept", "kept-1", wait=0)
+        assert held.status_code == 202
+        rec = (await c.get("/v1/workspaces/broken/restarts")).json()["restarts"][0]
+        assert rec["phase"] == "failed" and "code 7" in rec["error"]
+        d = (await c.get(f"/v1/deliveries/{held.json()['delivery_id']}")).json()
+        assert d["status"] == "queued"
+
+
+async def test_metrics_and_events(berth_server):
+    async with berth_server.client() as c:
+        events: list[dict] = []
+
+        async def listen() -> None:
+            async with c.stream("GET", "/v1/events") as r:
+                kind = None
+                async for line in r.aiter_lines():
+                    if line.startswith("event: "):
+                        kind = line[7:]
+                    elif line.startswith("data: "):
+                        events.append({"kind": kind, **json.loads(line[6:])})
+
+        task = asyncio.create_task(listen())
+        await asyncio.sleep(0.3)
+        await create(c, "metered")
+        await send(c, "metered", "count me", "metric-1")
+        await c.post("/v1/workspaces/metered/restart")
+        await wait_status(c, "metered", "online")
+        await asyncio.sleep(1.0)
+        task.cancel()
+        kinds = {e["kind"] for e in events}
+        assert {"workspace.created", "workspace.registered", "workspace.state", "restart.phase",
+                "restart.finished"} <= kinds, kinds
+        text = (await c.get("/metrics")).text
+        assert 'berth_deliveries_total{outcome="done"} 1' in text
+        assert 'berth_deliveries_accepted_total{workspace="metered"} 1' in text
+        assert "berth_delivery_seconds_bucket" in text and "berth_drain_seconds_count" in text
+        assert 'berth_queue_depth{workspace="metered"} 0' in text
+        spec = (await c.get("/openapi.json")).json()
+        assert "/v1/workspaces/{ref}/restart" in spec["paths"]
+        assert "name" in json.dumps(spec["paths"]["/v1/workspaces"]["post"]["requestBody"])
+
+
+def test_cli(berth_server, tmp_path):
+    env = {**os.environ, "BERTH_SERVER": berth_server.url, "BERTH_ADMIN_TOKEN": ADMIN}
+
+    def berth(*args: str, ok: bool = True) -> subprocess.CompletedProcess[str]:
+        p = subprocess.run([sys.executable, "-m", "berth", *args], env=env, capture_output=True, text=True, timeout=60)
+        assert (p.returncode == 0) == ok, (args, p.stdout, p.stderr)
+        return p
+
+    out = berth("ws", "create", "cli-echo", "--drain-seconds", "5", "--", sys.executable, "-m", "berth.examples.echo")
+    assert "created cli-echo" in out.stdout and "bws_" in out.stdout
+    for _ in range(100):
+        if "online" in berth("ws", "ls").stdout:
+            break
+    assert "cli-echo" in berth("ws", "ls").stdout
+    assert berth("send", "cli-echo", "hello cli").stdout.strip() == "echo: hello cli"
+    r = berth("ws", "restart", "cli-echo", "--reason", "cli test")
+    assert "draining" in r.stdout and "restart done" in r.stdout and "drain (agent)" in r.stdout
+    assert "done" in berth("deliveries", "cli-echo").stdout
+    assert json.loads(berth("ws", "show", "cli-echo").stdout)["restart_count"] == 1
+    assert "berth: starting" in berth("ws", "logs", "cli-echo").stdout
+    assert "paused" in berth("ws", "pause", "cli-echo").stdout
+    assert "online" in berth("ws", "resume", "cli-echo").stdout or True
+    err = berth("ws", "show", "nope", ok=False)
+    assert err.stderr.startswith("berth: ") and "404" in err.stderr and len(err.stderr.splitlines()) == 1
+    assert "removed cli-echo" in berth("ws", "rm", "cli-echo").stdout
+    bad = subprocess.run([sys.executable, "-m", "berth", "ws", "ls"], capture_output=True, text=True,
+                         env={**env, "BERTH_SERVER": "http://127.0.0.1:9"}, timeout=30)
+    assert bad.returncode == 1 and "cannot reach berth" in bad.stderr
