@@ -202,8 +202,9 @@ def build(settings: Settings) -> Container:
     )
     for p in provisioners.values():
         p.on_exit(registry.on_exit)
-    proxy = Proxy(store, roster, dispatcher, waiters, client, link, metrics,
-                  default_wait=settings.default_wait_seconds, forward_timeout=settings.forward_timeout)
+    proxy = Proxy(store, roster, dispatcher, waiters, client, link, metrics, bus,
+                  default_wait=settings.default_wait_seconds, forward_timeout=settings.forward_timeout,
+                  keep_alive=settings.stream_keep_alive)
     return Container(
         settings=settings, store=store, cache=cache, locks=locks, bus=bus, client=client,
         provisioners=provisioners, metrics=metrics, roster=roster, events=events, waiters=waiters,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -150,6 +150,13 @@ class AgentUnreachable(Exception):
 
 
 class AgentClient(Protocol):
+    """HTTP to agents. `stream` yields ("event", data) per SSE event, or one ("reply", body)
+    when the agent answered with plain JSON; a broken stream raises AgentUnreachable."""
+
+    def stream(
+        self, url: str, body: bytes, headers: dict[str, str], timeout: float,
+    ) -> AsyncIterator[tuple[str, bytes]]: ...
+
     async def post(
         self, url: str, body: bytes, headers: dict[str, str], timeout: float,
     ) -> AgentReply: ...

@@ -26,6 +26,7 @@ class Settings:
     max_body_bytes: int = 1024 * 1024
     default_wait_seconds: float = 300.0
     forward_timeout: float = 600.0
+    stream_keep_alive: float = 10.0
     lease_seconds: float = 30.0
     heartbeat_seconds: float = 2.0
     heartbeat_timeout: float = 10.0

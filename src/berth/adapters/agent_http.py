@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncIterator
+
 import aiohttp
 
 from berth.ports import AgentReply, AgentUnreachable
@@ -24,6 +27,32 @@ class HttpAgentClient:
 
     async def post(self, url: str, body: bytes, headers: dict[str, str], timeout: float) -> AgentReply:
         return await self._call("POST", url, body, headers, timeout)
+
+    async def stream(
+        self, url: str, body: bytes, headers: dict[str, str], timeout: float,
+    ) -> AsyncIterator[tuple[str, bytes]]:
+        """SSE events as they arrive (`timeout` bounds the wait for each chunk, not the stream)."""
+        try:
+            async with self._get().post(
+                url, data=body, headers={**headers, "accept": "text/event-stream"},
+                timeout=aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=timeout),
+            ) as resp:
+                if not resp.headers.get("content-type", "").startswith("text/event-stream"):
+                    yield "reply", await resp.read()
+                    return
+                data: list[bytes] = []
+                async for raw in resp.content:
+                    line = raw.rstrip(b"\r\n")
+                    if not line:
+                        if data:
+                            yield "event", b"\n".join(data)
+                            data = []
+                    elif line.startswith(b"data:"):
+                        data.append(line[5:].lstrip(b" "))
+                if data:
+                    yield "event", b"\n".join(data)
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as e:
+            raise AgentUnreachable(f"{type(e).__name__}: {e}".rstrip(": ")) from e
 
     async def get(self, url: str, headers: dict[str, str], timeout: float) -> AgentReply:
         return await self._call("GET", url, None, headers, timeout)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
 import httpx
 
 from berth.ports import AgentReply, AgentUnreachable
@@ -16,6 +18,28 @@ class HttpxAgentClient:
 
     async def post(self, url: str, body: bytes, headers: dict[str, str], timeout: float) -> AgentReply:
         return await self._call("POST", url, body, headers, timeout)
+
+    async def stream(
+        self, url: str, body: bytes, headers: dict[str, str], timeout: float,
+    ) -> AsyncIterator[tuple[str, bytes]]:
+        try:
+            async with self._client.stream("POST", url, content=body, timeout=httpx.Timeout(timeout, connect=10),
+                                           headers={**headers, "accept": "text/event-stream"}) as r:
+                if not r.headers.get("content-type", "").startswith("text/event-stream"):
+                    yield "reply", await r.aread()
+                    return
+                data: list[str] = []
+                async for line in r.aiter_lines():
+                    if not line:
+                        if data:
+                            yield "event", "\n".join(data).encode()
+                            data = []
+                    elif line.startswith("data:"):
+                        data.append(line[5:].lstrip(" "))
+                if data:
+                    yield "event", "\n".join(data).encode()
+        except httpx.HTTPError as e:
+            raise AgentUnreachable(f"{type(e).__name__}: {e}".rstrip(": ")) from e
 
     async def get(self, url: str, headers: dict[str, str], timeout: float) -> AgentReply:
         return await self._call("GET", url, None, headers, timeout)

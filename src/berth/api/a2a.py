@@ -6,7 +6,7 @@ from __future__ import annotations
 import hmac
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from berth.api.auth import bearer
 from berth.bootstrap import Container
@@ -69,6 +69,9 @@ async def a2a_endpoint(request: Request) -> Response:
         return _rpc_error(413, -32600, f"request body over the limit of {c.settings.max_body_bytes} bytes")
     headers = {k: v for k, v in request.headers.items()}
     reply = await c.proxy.handle(ws, raw, headers)
+    if reply.stream is not None:
+        return StreamingResponse(reply.stream, status_code=reply.status, media_type="text/event-stream",
+                                 headers={**reply.headers, "cache-control": "no-cache", "x-accel-buffering": "no"})
     return Response(reply.body, status_code=reply.status, media_type=reply.content_type, headers=reply.headers)
 
 

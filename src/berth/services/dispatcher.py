@@ -16,14 +16,16 @@ from berth.domain.delivery import Delivery, DeliveryPolicy, DeliveryStatus, Outc
 from berth.domain.lifecycle import PLANNED_INTERRUPTION, WorkspaceState
 from berth.domain.workspace import Workspace
 from berth.metrics import Metrics
-from berth.ports import AgentClient, AgentUnreachable, Settle, Store
+from berth.ports import AgentClient, AgentReply, AgentUnreachable, Settle, Store
 from berth.services.agent_link import AgentLink
 from berth.services.events import DONE_TOPIC, Events
 from berth.services.replies import classify
 from berth.services.roster import Roster
+from berth.services.streams import is_terminal_event, stream_topic
 from berth.services.waiters import Waiters
 
 log = logging.getLogger("berth.dispatcher")
+STREAM_METHODS = frozenset({"message/stream", "SendStreamingMessage"})
 __all__ = ["Dispatcher"]
 
 DRAINING_HOLD = 0.5  # seconds to wait before re-offering a message the agent refused while draining
@@ -116,8 +118,11 @@ class Dispatcher:
             url = self._link.target(ws)
             if url is None:
                 raise AgentUnreachable("no agent url known")
-            reply = await self._client.post(url, d.request, {**d.headers, "content-type": "application/json"},
-                                            timeout=self._timeout)
+            headers = {**d.headers, "content-type": "application/json"}
+            if d.method in STREAM_METHODS:
+                reply = await self._stream(d, url, headers)
+            else:
+                reply = await self._client.post(url, d.request, headers, timeout=self._timeout)
             outcome = classify(reply)
             detail = f"HTTP {reply.status}"
         except AgentUnreachable as e:
@@ -139,6 +144,17 @@ class Dispatcher:
                 if ev is not None:
                     ev.set()
             self.wake(ws.id)
+
+    async def _stream(self, d: Delivery, url: str, headers: dict[str, str]) -> AgentReply:
+        """Forward a stream, publishing each event; the reply is its terminal event."""
+        topic = stream_topic(d.id)
+        async for kind, data in self._client.stream(url, d.request, headers, self._timeout):
+            if kind == "reply":
+                return AgentReply(200, data)
+            await self._events.signal(topic, t="event", data=data.decode(), forward=d.forwards)
+            if is_terminal_event(data):
+                return AgentReply(200, data)
+        raise AgentUnreachable("the stream ended before a final event")
 
     async def _settle(
         self, ws: Workspace, d: Delivery, outcome: Outcome, body: bytes | None, status: int | None,
@@ -176,6 +192,8 @@ class Dispatcher:
             self._metrics.observe("berth_delivery_seconds", d.finished_at - d.created_at)
         self._waiters.resolve(d)
         await self._events.signal(DONE_TOPIC, id=d.id, workspace_id=d.workspace_id)
+        if d.method in STREAM_METHODS:
+            await self._events.signal(stream_topic(d.id), t="final", status=d.status.value)
         if d.status is not DeliveryStatus.DONE:
             await self._events.emit(f"delivery.{d.status.value}", delivery_id=d.id,
                                     workspace_id=d.workspace_id, message_id=d.message_id, reason=d.reason)

@@ -9,27 +9,31 @@ import copy
 import json
 import time
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 
 from berth.domain.delivery import Delivery, DeliveryStatus
+from berth.domain.errors import Conflict, NotFound
 from berth.domain.lifecycle import WorkspaceState
 from berth.domain.workspace import Workspace
 from berth.metrics import Metrics
-from berth.ports import AgentClient, AgentUnreachable, Store
+from berth.ports import AgentClient, AgentUnreachable, Bus, Store, Subscription
 from berth.services.agent_link import AgentLink
-from berth.services.dispatcher import Dispatcher
+from berth.services.dispatcher import STREAM_METHODS, Dispatcher
 from berth.services.replies import error_reply
 from berth.services.roster import Roster
+from berth.services.streams import KEEP_ALIVE, sse, stream_topic
 from berth.services.waiters import Waiters
 
 __all__ = ["A2A_HEADERS", "SEND_METHODS", "STREAM_METHODS", "Proxy", "ProxyReply"]
 
 SEND_METHODS = frozenset({"message/send", "SendMessage"})
-STREAM_METHODS = frozenset({"message/stream", "SendStreamingMessage"})
+SUBSCRIBE_METHODS = frozenset({"tasks/resubscribe", "SubscribeToTask"})
 A2A_HEADERS = ("a2a-version", "a2a-extensions", "x-a2a-extensions")
+CANCEL_METHODS = frozenset({"tasks/cancel", "CancelTask"})
 PASS_THROUGH_MAX_WAIT = 30.0
 MAX_MESSAGE_ID = 256
 
@@ -40,6 +44,7 @@ class ProxyReply:
     body: bytes
     headers: dict[str, str] = field(default_factory=dict)
     content_type: str = "application/json"
+    stream: AsyncIterator[bytes] | None = None  # an SSE body, sent as it is produced
 
 
 class BadRequest(Exception):
@@ -54,12 +59,15 @@ def rpc_error(request_id: Any, code: int, message: str, status: int = 200, **hea
 class Proxy:
     def __init__(
         self, store: Store, roster: Roster, dispatcher: Dispatcher, waiters: Waiters, client: AgentClient,
-        link: AgentLink, metrics: Metrics, *, default_wait: float, forward_timeout: float,
+        link: AgentLink, metrics: Metrics, bus: Bus, *, default_wait: float, forward_timeout: float,
+        keep_alive: float = 10.0,
     ) -> None:
+        self._bus = bus
         self._store, self._roster, self._dispatcher = store, roster, dispatcher
         self._waiters, self._client, self._link, self._metrics = waiters, client, link, metrics
         self._default_wait = default_wait
         self._timeout = forward_timeout
+        self.keep_alive = keep_alive
 
     # entry ----------------------------------------------------------------
     async def handle(self, ws: Workspace, raw: bytes, headers: dict[str, str]) -> ProxyReply:
@@ -69,12 +77,14 @@ class Proxy:
         except BadRequest as e:
             return e.reply
         method = doc["method"]
-        if method in SEND_METHODS:
+        if method in SEND_METHODS or method in STREAM_METHODS:
             return await self.send(ws, doc, raw, headers, wait)
-        if method in STREAM_METHODS:
-            return rpc_error(doc.get("id"), -32004, "streaming through berth is not supported by this "
-                             "server version; use message/send or SendMessage")
-        return await self.pass_through(ws, raw, headers, min(wait, PASS_THROUGH_MAX_WAIT), doc.get("id"))
+        if method in CANCEL_METHODS:
+            canceled = await self.cancel_queued(ws, doc)
+            if canceled is not None:
+                return canceled
+        return await self.pass_through(ws, raw, headers, min(wait, PASS_THROUGH_MAX_WAIT), doc.get("id"),
+                                       stream=method in SUBSCRIBE_METHODS)
 
     # sends ----------------------------------------------------------------
     async def send(self, ws: Workspace, doc: dict[str, Any], raw: bytes, headers: dict[str, str],
@@ -103,10 +113,22 @@ class Proxy:
             request=raw, headers={k: v for k, v in headers.items() if k in A2A_HEADERS},
             created_at=now, updated_at=now, expires_at=None if ttl is None else now + ttl,
         )
-        stored, created = await self._store.accept(d)
+        streaming = d.method in STREAM_METHODS
+        sub = self._bus.subscribe(stream_topic(d.id)) if streaming else None
+        try:
+            stored, created = await self._store.accept(d)
+        except BaseException:
+            if sub is not None:
+                await sub.aclose()
+            raise
         if created:
             self._metrics.inc("berth_deliveries_accepted_total", workspace=ws.name)
             self._dispatcher.wake(ws.id)
+        if sub is not None:
+            if not created:
+                await sub.aclose()
+                sub = self._bus.subscribe(stream_topic(stored.id))
+            return ProxyReply(200, b"", _ids(stored), "text/event-stream", self._pipe(stored, sub, rid))
         if not stored.status.final:
             got = await self._waiters.wait(stored.id, wait) if wait > 0 else None
             if got is None:
@@ -134,9 +156,66 @@ class Proxy:
         }})
         return ProxyReply(200, body, _ids(d))
 
+    async def _pipe(self, d: Delivery, sub: Subscription, rid: Any) -> AsyncIterator[bytes]:
+        """The caller's SSE stream: the agent's events as they come, across redeliveries,
+        with keep-alive comments while the workspace restarts; ends after the final event."""
+        last: bytes | None = None
+        try:
+            current = await self._store.get_delivery(d.id)
+            while not current.status.final:
+                try:
+                    _, item = await asyncio.wait_for(sub.__anext__(), self.keep_alive)
+                except asyncio.TimeoutError:
+                    current = await self._store.get_delivery(d.id)
+                    if not current.status.final:
+                        yield KEEP_ALIVE
+                    continue
+                if item.get("t") == "event":
+                    last = item["data"].encode()
+                    yield sse(last)
+                elif item.get("t") == "final":
+                    current = await self._store.get_delivery(d.id)
+            if current.status is DeliveryStatus.DONE and current.reply is not None:
+                if current.reply != last:
+                    yield sse(current.reply)
+            else:
+                yield sse(self._answer(current, rid, original=True).body)
+        finally:
+            await sub.aclose()
+
+    async def cancel_queued(self, ws: Workspace, doc: dict[str, Any]) -> ProxyReply | None:
+        """A cancel naming a delivery still waiting in berth's queue (by delivery id or
+        messageId) cancels it there, without forwarding anything; else None."""
+        params = doc.get("params")
+        target = params.get("id") if isinstance(params, dict) else None
+        if not isinstance(target, str):
+            return None
+        d = await self._store.find_delivery(ws.id, target)
+        if d is None:
+            try:
+                d = await self._store.get_delivery(target)
+            except NotFound:
+                return None
+            if d.workspace_id != ws.id:
+                return None
+        if d.status is not DeliveryStatus.QUEUED:
+            return None
+        try:
+            d = await self._store.cancel(d.id, time.time(), "canceled by the caller before delivery")
+        except Conflict:
+            return None  # it was claimed meanwhile: the agent will get the cancel
+        await self._dispatcher.finished(d)
+        v03 = doc["method"] == "tasks/cancel"
+        state = "canceled" if v03 else "TASK_STATE_CANCELED"
+        task: dict[str, Any] = {"id": target, "contextId": "", "status": {"state": state},
+                                "metadata": {"berth": {"delivery_id": d.id, "canceled_in_queue": True}}}
+        if v03:
+            task["kind"] = "task"
+        return ProxyReply(200, orjson.dumps({"jsonrpc": "2.0", "id": doc.get("id"), "result": task}), _ids(d))
+
     # everything else ----------------------------------------------------------
     async def pass_through(self, ws: Workspace, raw: bytes, headers: dict[str, str], wait: float,
-                           rid: Any) -> ProxyReply:
+                           rid: Any, *, stream: bool = False) -> ProxyReply:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait
         fwd = {k: v for k, v in headers.items() if k in A2A_HEADERS}
@@ -144,6 +223,8 @@ class Proxy:
         while True:
             current = self._roster.peek(ws.id) or ws
             if current.state is WorkspaceState.ONLINE and (url := self._link.target(current)):
+                if stream:
+                    return ProxyReply(200, b"", {}, "text/event-stream", self._relay(url, raw, fwd))
                 try:
                     r = await self._client.post(url, raw, fwd, timeout=self._timeout)
                     return ProxyReply(r.status, r.body, content_type=r.content_type)
@@ -155,6 +236,16 @@ class Proxy:
                                  status=503, **{"retry-after": "5"})
             await self._roster.wait_for(ws.id, lambda w: w is not None and w.state is WorkspaceState.ONLINE,
                                         min(left, 1.0))
+
+    async def _relay(self, url: str, raw: bytes, headers: dict[str, str]) -> AsyncIterator[bytes]:
+        """A subscription's SSE, straight from the agent (not logged: nothing to redeliver)."""
+        try:
+            async for kind, data in self._client.stream(url, raw, headers, self._timeout):
+                yield sse(data)
+                if kind == "reply":
+                    return
+        except AgentUnreachable as e:
+            yield sse(error_reply(None, -32603, f"the agent's stream broke: {e}"))
 
     def agent_card(self, ws: Workspace, proxy_url: str) -> dict[str, Any] | None:
         card = self._roster.peek(ws.id)
