@@ -138,7 +138,8 @@ class Dispatcher:
             log.exception("settling %s failed; its lease will expire and it will be redelivered", d.id)
         finally:
             forwards = self._forwards.get(ws.id, {})
-            forwards.pop(d.id, None)
+            if forwards.get(d.id) is asyncio.current_task():
+                del forwards[d.id]
             if not forwards:
                 ev = self._idle.get(ws.id)
                 if ev is not None:
@@ -216,7 +217,8 @@ class Dispatcher:
                 for d in await self._store.expire_due(now):
                     await self.finished(d)
                 for ws in self._roster.all():
-                    if ws.state is WorkspaceState.ONLINE:
+                    loop = self._loops.get(ws.id)
+                    if ws.state is WorkspaceState.ONLINE and (loop is None or loop.done()):
                         self.wake(ws.id)
             except Exception:
                 log.exception("dispatcher upkeep failed; retrying")

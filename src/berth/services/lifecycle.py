@@ -178,8 +178,11 @@ class Runner:
             self._start_exit.pop(ws.id, None)
 
     def exited_while_starting(self, ws_id: str, code: int | None) -> bool:
+        """True if this exit fails a start in progress (the agent never registered); an exit
+        after registration is a crash, even if the start has not returned yet."""
         fut = self._start_exit.get(ws_id)
-        if fut is None:
+        ws = self.roster.peek(ws_id)
+        if fut is None or ws is None or ws.state is not S.PROVISIONING:
             return False
         if not fut.done():
             fut.set_result(code)

@@ -130,7 +130,7 @@ class Proxy:
                 sub = self._bus.subscribe(stream_topic(stored.id))
             return ProxyReply(200, b"", _ids(stored), "text/event-stream", self._pipe(stored, sub, rid))
         if not stored.status.final:
-            got = await self._waiters.wait(stored.id, wait) if wait > 0 else None
+            got = await self._waiters.wait(stored.id, wait, fresh=created) if wait > 0 else None
             if got is None:
                 return self._accepted(stored)
             stored = got

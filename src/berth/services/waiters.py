@@ -30,17 +30,20 @@ class Waiters:
             if not fut.done():
                 fut.set_result(d)
 
-    async def wait(self, delivery_id: str, timeout: float) -> Delivery | None:
-        """The delivery once final, or None when `timeout` passes first."""
+    async def wait(self, delivery_id: str, timeout: float, *, fresh: bool = False) -> Delivery | None:
+        """The delivery once final, or None when `timeout` passes first. `fresh`: the caller
+        has just accepted it, so it cannot be final yet and the first store read is skipped."""
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Delivery] = loop.create_future()
         self._futs.setdefault(delivery_id, set()).add(fut)
         deadline = loop.time() + timeout
         try:
             while True:
-                d = await self._store.get_delivery(delivery_id)
-                if d.status.final:
-                    return d
+                if not fresh:
+                    d = await self._store.get_delivery(delivery_id)
+                    if d.status.final:
+                        return d
+                fresh = False
                 left = deadline - loop.time()
                 if left <= 0:
                     return None
