@@ -91,7 +91,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
 
 def cmd_ws_create(args: argparse.Namespace) -> None:
     body: dict[str, Any] = {"name": args.name, "runtime": args.runtime}
-    command = [c for c in args.command if c != "--"]
+    command = list(args.command)
     if command:
         body["command"] = command
     for key in ("image", "url", "max_concurrency", "drain_seconds", "restart_policy", "memory", "cpus"):
@@ -249,7 +249,7 @@ def parser() -> argparse.ArgumentParser:
     ws = sub.add_parser("ws", help="manage workspaces").add_subparsers(dest="ws_cmd", required=True)
     c = ws.add_parser("create", parents=[common], help="create and start a workspace")
     c.add_argument("name")
-    c.add_argument("command", nargs=argparse.REMAINDER, help="-- argv of the agent (process runtime)")
+    c.add_argument("command", nargs="*", help="after --: the agent's argv (process runtime)")
     c.add_argument("--runtime", default="process", choices=["process", "docker", "external"])
     c.add_argument("--image")
     c.add_argument("--url")
@@ -296,7 +296,17 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> NoReturn:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    tail: list[str] = []
+    if "--" in argv:  # everything after -- is the agent's own argv, options included
+        at = argv.index("--")
+        argv, tail = argv[:at], argv[at + 1:]
     args = parser().parse_args(argv)
+    if tail:
+        if not hasattr(args, "command"):
+            print("berth: '--' is only for `berth ws create NAME -- argv…`", file=sys.stderr)
+            sys.exit(2)
+        args.command = list(args.command) + tail
     try:
         args.fn(args)
     except CliError as e:

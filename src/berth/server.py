@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import sys
+from collections.abc import Iterator
 
 import uvicorn
 
@@ -25,9 +27,22 @@ def serve(args: argparse.Namespace) -> None:
     app = create_app(settings)
     print(f"berth {settings.advertised_url} · data {settings.data_path} · store {settings.store_url.split('@')[-1]}",
           file=sys.stderr)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning",
-                loop="uvloop" if _has("uvloop") else "asyncio", http="httptools" if _has("httptools") else "h11",
-                timeout_graceful_shutdown=60)
+    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level="warning",
+                            loop="uvloop" if _has("uvloop") else "asyncio",
+                            http="httptools" if _has("httptools") else "h11", timeout_graceful_shutdown=60)
+    _Server(config).run()
+
+
+class _Server(uvicorn.Server):
+    """Exit 0 after a graceful shutdown on SIGTERM/SIGINT (uvicorn re-raises the signal)."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        with super().capture_signals():
+            try:
+                yield
+            finally:
+                self._captured_signals.clear()
 
 
 def _has(mod: str) -> bool:

@@ -16,20 +16,25 @@ async def test_kill9_of_agent_with_work_in_flight_and_queued(berth_server):
         ws = await create(c, "crashy", max_concurrency=1)
         ids = []
         for i in range(6):
-            r = await send(c, "crashy", f"sleep:0.3 m{i}", f"k-{i}", wait=0)
+            r = await send(c, "crashy", f"sleep:1 m{i}", f"k-{i}", wait=0)
             assert r.status_code == 202
             ids.append(r.json()["delivery_id"])
         await asyncio.sleep(0.5)  # the first is in flight, the rest queued
         info = (await c.get("/v1/workspaces/crashy")).json()
         assert info["in_flight"] == 1 and info["queue_depth"] >= 3
+        cut = (await c.get("/v1/workspaces/crashy/deliveries?status=in_flight")).json()["deliveries"][0]
         os.kill(info["pid"], signal.SIGKILL)
         final = await wait_deliveries_final(c, ids, timeout=60)
         assert [d["status"] for d in final] == ["done"] * 6
-        assert final[0]["forwards"] >= 2 and final[0]["attempts"] == 1
+        redelivered = next(d for d in final if d["id"] == cut["id"])
+        assert redelivered["forwards"] == 2 and redelivered["attempts"] == 1
+        assert all(d["attempts"] == 0 for d in final if d["id"] != cut["id"])
         back = await wait_status(c, "crashy", "online")
         assert back["crash_count"] == 1 and back["pid"] != info["pid"]
-        starts, dones = executions(ws["state_dir"] if ws.get("state_dir") else back["state_dir"])
+        starts, dones = executions(back["state_dir"])
         assert all(dones[f"k-{i}"] == 1 for i in range(6))
+        assert starts[cut["message_id"]] == 2  # cut mid-execution by the kill, so it ran again
+        del ws
 
 
 async def test_kill9_of_berth_with_work_queued_and_in_flight(tmp_path):

@@ -26,6 +26,7 @@ S = WorkspaceState
 __all__ = ["RestartService"]
 
 LOCK_TTL = 30.0
+JOIN_WAIT = 120.0  # how long pause/remove wait for a running cycle to finish
 RESTARTABLE = frozenset({S.ONLINE, S.PROVISIONING, S.OFFLINE, S.FAILED, S.DRAINING})
 
 
@@ -43,12 +44,17 @@ class RestartService:
         drain_seconds: float | None = None, delay: float = 0.0,
     ) -> tuple[RestartRecord, bool]:
         """Start a restart cycle, or join the one running. Returns (record, joined)."""
-        if ws.state not in RESTARTABLE:
-            raise Conflict(f"workspace {ws.name} is {ws.state.value}; it cannot be restarted",
-                           code="not_restartable")
         token = await self._locks.acquire(_key(ws.id), LOCK_TTL)
         if token is None:
-            return await self._joined(ws), True
+            active = await self.run.store.active_restart(ws.id)
+            if active is not None:
+                return active, True
+            token = await self._acquire(ws, JOIN_WAIT)  # a pause or removal holds it: wait for it
+        ws = await self.run.roster.get(ws.id)
+        if ws.state not in RESTARTABLE:
+            await self._locks.release(_key(ws.id), token)
+            raise Conflict(f"workspace {ws.name} is {ws.state.value}; it cannot be restarted",
+                           code="not_restartable")
         record = RestartRecord(
             id=str(uuid.uuid4()), workspace_id=ws.id, trigger=trigger, reason=reason,
             drain_seconds=ws.drain_seconds if drain_seconds is None else drain_seconds,
@@ -61,13 +67,17 @@ class RestartService:
                                    trigger=trigger.value, reason=reason)
         return record, False
 
-    async def _joined(self, ws: Workspace) -> RestartRecord:
-        for _ in range(100):  # the holder saves its record right after taking the lock
-            active = await self.run.store.active_restart(ws.id)
-            if active is not None:
-                return active
-            await asyncio.sleep(0.02)
-        raise Conflict(f"workspace {ws.name} is busy with another operation", code="busy")
+    async def _acquire(self, ws: Workspace, timeout: float) -> str:
+        """Take the workspace's lifecycle lock, waiting up to `timeout` for its holder."""
+        deadline = time.monotonic() + timeout
+        while True:
+            token = await self._locks.acquire(_key(ws.id), LOCK_TTL)
+            if token is not None:
+                return token
+            if time.monotonic() > deadline:
+                raise Conflict(f"workspace {ws.name} is busy with another operation; try again",
+                               code="busy")
+            await asyncio.sleep(0.05)
 
     async def wait(self, record_id: str, timeout: float) -> None:
         ev = self._done.get(record_id)
@@ -175,9 +185,7 @@ class RestartService:
     @asynccontextmanager
     async def exclusive(self, ws: Workspace) -> AsyncIterator[None]:
         """Hold the workspace's lifecycle lock for an operation that is not a restart."""
-        token = await self._locks.acquire(_key(ws.id), LOCK_TTL)
-        if token is None:
-            raise Conflict(f"workspace {ws.name} is restarting; try again when it is done", code="busy")
+        token = await self._acquire(ws, JOIN_WAIT)
         async with self._holding(ws.id, token):
             yield
 

@@ -1,0 +1,1 @@
+"""Example agents built on berth.sdk."""

@@ -1,0 +1,85 @@
+"""The echo agent of CONTRACT §8: replies `echo: <text>`.
+
+A text beginning `sleep:<seconds> ` works that long first, passing the tool gate every
+100 ms; a text beginning `crash` kills the process mid-execution (for poison tests).
+Each execution appends `start <messageId>` and `done <messageId>` to
+$BERTH_STATE_DIR/executions.log.
+
+    python -m berth.examples.echo [--port 8000] [--host 127.0.0.1] [--drain-seconds 30]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+from pathlib import Path
+
+from a2a.helpers.proto_helpers import new_text_message
+from a2a.server.agent_execution import AgentExecutor, RequestContext
+from a2a.server.events import EventQueue
+from a2a.types import AgentCapabilities, AgentCard, AgentInterface, AgentSkill, Role
+
+from berth.sdk import serve, tool_gate
+
+__all__ = ["EchoExecutor", "card", "main"]
+
+
+class EchoExecutor(AgentExecutor):
+    def __init__(self, state_dir: Path) -> None:
+        state_dir.mkdir(parents=True, exist_ok=True)
+        self._log = open(state_dir / "executions.log", "a", buffering=1)  # noqa: SIM115 - lives with the process
+
+    def _record(self, kind: str, message_id: str) -> None:
+        self._log.write(f"{kind} {message_id}\n")
+        self._log.flush()
+        os.fsync(self._log.fileno())
+
+    async def execute(self, context: RequestContext, event_queue: EventQueue) -> None:
+        text = context.get_user_input()
+        mid = context.message.message_id if context.message else "?"
+        self._record("start", mid)
+        if text.startswith("crash"):
+            os._exit(3)
+        if text.startswith("sleep:"):
+            head = text.split(" ", 1)[0]
+            try:
+                seconds = float(head[len("sleep:"):])
+            except ValueError:
+                seconds = 0.0
+            steps = max(0, round(seconds * 10))
+            for _ in range(steps):
+                async with tool_gate():
+                    await asyncio.sleep(0.1)
+        reply = new_text_message(f"echo: {text}", context_id=context.context_id, role=Role.ROLE_AGENT)
+        await event_queue.enqueue_event(reply)
+        self._record("done", mid)
+
+    async def cancel(self, context: RequestContext, event_queue: EventQueue) -> None:
+        return None
+
+
+def card(url: str) -> AgentCard:
+    return AgentCard(
+        name="echo", description="Replies echo: <text>; 'sleep:<s> ...' works that long first.",
+        version="1.0.0", default_input_modes=["text/plain"], default_output_modes=["text/plain"],
+        capabilities=AgentCapabilities(streaming=True),
+        supported_interfaces=[AgentInterface(url=url, protocol_binding="JSONRPC", protocol_version="1.0")],
+        skills=[AgentSkill(id="echo", name="echo", description="echo the text back", tags=["echo"])],
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(prog="python -m berth.examples.echo")
+    ap.add_argument("--port", type=int)
+    ap.add_argument("--host", default="127.0.0.1")
+    ap.add_argument("--drain-seconds", type=float)
+    args = ap.parse_args(argv)
+    port = int(os.environ.get("BERTH_PORT") or args.port or 8000)
+    state = Path(os.environ.get("BERTH_STATE_DIR") or ".berth-state")
+    url = os.environ.get("BERTH_ADVERTISE_URL") or f"http://{args.host}:{port}/"
+    serve(EchoExecutor(state), card(url), port=port, host=args.host, drain_seconds=args.drain_seconds)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,93 @@
+"""Talking to berth: registration and heartbeats, with the identity berth provides."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from berth.sdk.drain import Drain
+
+log = logging.getLogger("berth.sdk")
+__all__ = ["Identity", "Platform"]
+
+
+@dataclass
+class Identity:
+    berth_url: str | None
+    workspace_id: str | None
+    token: str | None
+    port: int
+    state_dir: Path
+    drain_seconds: float
+    advertise_url: str
+    max_concurrency: int | None
+
+    @classmethod
+    def from_env(cls, port: int | None = None, drain_seconds: float | None = None) -> Identity:
+        env = os.environ
+        p = int(env.get("BERTH_PORT") or port or 8000)
+        mc = env.get("BERTH_MAX_CONCURRENCY")
+        return cls(
+            berth_url=env.get("BERTH_URL") or None, workspace_id=env.get("BERTH_WORKSPACE_ID"),
+            token=env.get("BERTH_WORKSPACE_TOKEN"), port=p,
+            state_dir=Path(env.get("BERTH_STATE_DIR") or ".berth-state"),
+            drain_seconds=float(env.get("BERTH_DRAIN_SECONDS") or drain_seconds or 30),
+            advertise_url=env.get("BERTH_ADVERTISE_URL") or f"http://127.0.0.1:{p}",
+            max_concurrency=int(mc) if mc else None,
+        )
+
+
+class Platform:
+    """Registers once the server listens, then heartbeats; never crashes the agent."""
+
+    def __init__(self, ident: Identity, drain: Drain, card: dict[str, Any], capabilities: dict[str, Any]) -> None:
+        self.ident = ident
+        self._drain = drain
+        self._card = card
+        self._caps = capabilities
+        self.heartbeat_seconds = 2.0
+        self.registered = asyncio.Event()
+
+    async def run(self) -> None:
+        if not self.ident.berth_url:
+            return
+        headers = {"authorization": f"Bearer {self.ident.token}"}
+        async with httpx.AsyncClient(base_url=self.ident.berth_url, headers=headers, timeout=10) as c:
+            await self._register(c)
+            while True:
+                await asyncio.sleep(self.heartbeat_seconds)
+                try:
+                    r = await c.post("/v1/agents/heartbeat", json={
+                        "active_tasks": len(self._drain.in_flight), "draining": self._drain.draining,
+                        "in_flight": self._drain.in_flight})
+                    if r.status_code in (404, 409) or (r.status_code == 200 and r.json().get("reregister")):
+                        await self._register(c)
+                    elif r.status_code == 401:
+                        log.warning("berth refused this agent's token (a newer run replaced it)")
+                except httpx.HTTPError as e:
+                    log.info("heartbeat failed: %s", e)
+
+    async def _register(self, c: httpx.AsyncClient) -> None:
+        body: dict[str, Any] = {"url": self.ident.advertise_url, "agent_card": self._card,
+                                "capabilities": self._caps}
+        if self.ident.max_concurrency:
+            body["max_concurrency"] = self.ident.max_concurrency
+        delay = 0.1
+        while True:
+            try:
+                r = await c.post("/v1/agents/register", json=body)
+                if r.status_code == 200:
+                    self.heartbeat_seconds = float(r.json().get("heartbeat_seconds", 2.0))
+                    self.registered.set()
+                    return
+                log.warning("register answered %s: %s", r.status_code, r.text[:200])
+            except httpx.HTTPError as e:
+                log.info("register failed: %s", e)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
