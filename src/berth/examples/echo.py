@@ -1,7 +1,9 @@
 """The echo agent of CONTRACT §8: replies `echo: <text>`.
 
 A text beginning `sleep:<seconds> ` works that long first, passing the tool gate every
-100 ms; a text beginning `crash` kills the process mid-execution (for poison tests).
+100 ms; a text beginning `crash` kills the process mid-execution (for poison tests). A
+leading word `task` makes the reply a Task (working, then completed with the echo as its
+status message and artifact) instead of a Message, for the task methods.
 Each execution appends `start <messageId>` and `done <messageId>` to
 $BERTH_STATE_DIR/executions.log.
 
@@ -18,7 +20,18 @@ from pathlib import Path
 from a2a.helpers.proto_helpers import new_text_message
 from a2a.server.agent_execution import AgentExecutor, RequestContext
 from a2a.server.events import EventQueue
-from a2a.types import AgentCapabilities, AgentCard, AgentInterface, AgentSkill, Role
+from a2a.server.tasks import TaskUpdater
+from a2a.types import (
+    AgentCapabilities,
+    AgentCard,
+    AgentInterface,
+    AgentSkill,
+    Part,
+    Role,
+    Task,
+    TaskState,
+    TaskStatus,
+)
 
 from berth.sdk import serve, tool_gate
 
@@ -41,22 +54,42 @@ class EchoExecutor(AgentExecutor):
         self._record("start", mid)
         if text.startswith("crash"):
             os._exit(3)
-        if text.startswith("sleep:"):
-            head = text.split(" ", 1)[0]
-            try:
-                seconds = float(head[len("sleep:"):])
-            except ValueError:
-                seconds = 0.0
-            steps = max(0, round(seconds * 10))
-            for _ in range(steps):
-                async with tool_gate():
-                    await asyncio.sleep(0.1)
-        reply = new_text_message(f"echo: {text}", context_id=context.context_id, role=Role.ROLE_AGENT)
-        await event_queue.enqueue_event(reply)
+        as_task, seconds = _options(text)
+        updater = TaskUpdater(event_queue, context.task_id or "", context.context_id or "")
+        if as_task:
+            await event_queue.enqueue_event(Task(
+                id=context.task_id, context_id=context.context_id,
+                status=TaskStatus(state=TaskState.TASK_STATE_WORKING),
+                history=[context.message] if context.message else []))
+        for _ in range(max(0, round(seconds * 10))):
+            async with tool_gate():
+                await asyncio.sleep(0.1)
+        if as_task:
+            await updater.add_artifact([Part(text=f"echo: {text}")], name="echo")
+            await updater.complete(updater.new_agent_message([Part(text=f"echo: {text}")]))
+        else:
+            reply = new_text_message(f"echo: {text}", context_id=context.context_id, role=Role.ROLE_AGENT)
+            await event_queue.enqueue_event(reply)
         self._record("done", mid)
 
     async def cancel(self, context: RequestContext, event_queue: EventQueue) -> None:
         return None
+
+
+def _options(text: str) -> tuple[bool, float]:
+    """The leading words `task` and `sleep:<seconds>`, in any order."""
+    as_task, seconds = False, 0.0
+    for word in text.split(" "):
+        if word == "task":
+            as_task = True
+        elif word.startswith("sleep:"):
+            try:
+                seconds = float(word[len("sleep:"):])
+            except ValueError:
+                seconds = 0.0
+        else:
+            break
+    return as_task, seconds
 
 
 def card(url: str) -> AgentCard:

@@ -45,7 +45,7 @@ class DrainReport:
 class Drain:
     def __init__(self) -> None:
         self._work: Counter[str] = Counter()
-        self._changed = asyncio.Condition()
+        self._idle_waiters: list[asyncio.Future[None]] = []
         self.draining = False
         self.deadline: float | None = None
         self._completed: list[str] = []
@@ -59,25 +59,31 @@ class Drain:
     def in_flight(self) -> list[str]:
         return sorted(self._work)
 
-    async def enter(self, message_id: str) -> None:
+    # enter/leave are synchronous on purpose: `leave` runs in `finally` blocks of work that
+    # may be being cancelled (a caller hanging up mid-stream), where an await could be cut
+    # short and leave the message counted forever.
+    def enter(self, message_id: str) -> None:
         self._work[message_id] += 1
 
-    async def leave(self, message_id: str) -> None:
+    def leave(self, message_id: str) -> None:
         self._work[message_id] -= 1
         if self._work[message_id] <= 0:
             del self._work[message_id]
             if self.draining:
                 self._completed.append(message_id)
-        async with self._changed:
-            self._changed.notify_all()
+        if not self._work:
+            for f in self._idle_waiters:
+                if not f.done():
+                    f.set_result(None)
+            self._idle_waiters.clear()
 
     @asynccontextmanager
     async def working(self, message_id: str) -> AsyncIterator[None]:
-        await self.enter(message_id)
+        self.enter(message_id)
         try:
             yield
         finally:
-            await self.leave(message_id)
+            self.leave(message_id)
 
     async def drain(self, seconds: float) -> DrainReport:
         """Refuse new work and wait for in-flight work, at most `seconds` (never a fixed sleep)."""
@@ -88,12 +94,13 @@ class Drain:
             self.deadline = loop.time() + seconds
             self._closer = loop.call_at(self.deadline, self._gate_open.clear)
         deadline = min(self.deadline or 0.0, loop.time() + seconds)
-        try:
-            async with self._changed:
-                await asyncio.wait_for(self._changed.wait_for(lambda: not self._work),
-                                       max(0.0, deadline - loop.time()))
-        except TimeoutError:
-            pass
+        if self._work:
+            idle: asyncio.Future[None] = loop.create_future()
+            self._idle_waiters.append(idle)
+            try:
+                await asyncio.wait_for(asyncio.shield(idle), max(0.0, deadline - loop.time()))
+            except TimeoutError:
+                pass
         return DrainReport(not self._work, len(self._work), list(self._completed), self.in_flight)
 
     def resume(self) -> None:

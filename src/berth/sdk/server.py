@@ -17,11 +17,14 @@ from typing import Any
 os.environ.setdefault("OTEL_INSTRUMENTATION_A2A_SDK_ENABLED", "true" if os.environ.get("BERTH_OTEL") == "1" else "false")
 
 import uvicorn  # noqa: E402
+from a2a.helpers.proto_helpers import new_text_message  # noqa: E402
 from a2a.server.agent_execution import AgentExecutor, RequestContext  # noqa: E402
+from a2a.server.context import ServerCallContext  # noqa: E402
 from a2a.server.events import EventQueue  # noqa: E402
 from a2a.server.request_handlers import DefaultRequestHandler  # noqa: E402
 from a2a.server.routes import create_agent_card_routes, create_jsonrpc_routes  # noqa: E402
-from a2a.types import AgentCard  # noqa: E402
+from a2a.server.tasks import TaskStore  # noqa: E402
+from a2a.types import AgentCard, Role, TaskState, TaskStatus  # noqa: E402
 from google.protobuf.json_format import MessageToDict  # noqa: E402
 from starlette.applications import Starlette  # noqa: E402
 from starlette.requests import Request  # noqa: E402
@@ -35,23 +38,70 @@ from berth.sdk.protocol import SEND_METHODS, STREAM_METHODS, draining_error, rpc
 from berth.sdk.tasks import durable_task_store  # noqa: E402
 
 log = logging.getLogger("berth.sdk")
-__all__ = ["AgentRuntime", "build_app", "serve"]
+__all__ = ["AgentRuntime", "build_app", "close_cut_task", "serve"]
 
 
 class _Counted(AgentExecutor):
-    """The author's executor, with every execution counted (also work that outlives its request)."""
+    """The author's executor, with every execution counted (also work that outlives its request)
+    and recorded, so that a task a stop cut short is closed when its message comes again."""
 
-    def __init__(self, inner: AgentExecutor, drain: Drain) -> None:
+    def __init__(self, inner: AgentExecutor, drain: Drain, dedupe: Dedupe, store: TaskStore) -> None:
         self.inner = inner
         self.drain = drain
+        self.dedupe = dedupe
+        self.store = store
 
     async def execute(self, context: RequestContext, event_queue: EventQueue) -> None:
         mid = (context.message.message_id if context.message else None) or context.task_id or "?"
-        async with self.drain.working(mid):
-            await self.inner.execute(context, event_queue)
+        recorded = bool(context.message and context.message.message_id and context.task_id)
+        if recorded:
+            await self._close_cut_task(mid, context)
+            self.dedupe.started(mid, context.task_id or "")
+        try:
+            async with self.drain.working(mid):
+                await self.inner.execute(context, event_queue)
+        finally:
+            if recorded:
+                self.dedupe.ended(mid)
+
+    async def _close_cut_task(self, mid: str, context: RequestContext) -> None:
+        old_id = self.dedupe.cut_execution(mid)
+        if old_id is None or old_id == context.task_id:
+            return
+        try:
+            await close_cut_task(self.store, old_id, context.task_id, context.call_context)
+        except Exception:  # noqa: BLE001 - bookkeeping must never stop the execution itself
+            log.exception("could not close cut task %s", old_id)
 
     async def cancel(self, context: RequestContext, event_queue: EventQueue) -> None:
         await self.inner.cancel(context, event_queue)
+
+
+_TERMINAL = {TaskState.TASK_STATE_COMPLETED, TaskState.TASK_STATE_FAILED, TaskState.TASK_STATE_CANCELED,
+             TaskState.TASK_STATE_REJECTED}
+
+
+async def close_cut_task(store: TaskStore, task_id: str, restarted_as: str | None,
+                         call: ServerCallContext | None) -> bool:
+    """Close a task whose execution a stop cut short: state canceled, metadata
+    `berth.interrupted: true` and, once its message runs again, `berth.restarted_as: <task id>`.
+    A task that finished on its own is left alone. Returns whether the task was changed."""
+    call = call or ServerCallContext()
+    task = await store.get(task_id, call)
+    if task is None:
+        return False
+    interrupted = task.metadata.fields.get("berth.interrupted") is not None
+    if task.status.state in _TERMINAL and not interrupted:
+        return False
+    note = f"interrupted by a restart of the workspace; continued as task {restarted_as}" if restarted_as \
+        else "interrupted by a restart of the workspace"
+    task.status.CopyFrom(TaskStatus(state=TaskState.TASK_STATE_CANCELED, message=new_text_message(
+        note, context_id=task.context_id, task_id=task.id, role=Role.ROLE_AGENT)))
+    task.metadata.update({"berth.interrupted": True})
+    if restarted_as:
+        task.metadata.update({"berth.restarted_as": restarted_as})
+    await store.save(task, call)
+    return True
 
 
 @dataclass
@@ -73,7 +123,7 @@ def build_app(executor: AgentExecutor, card: AgentCard, *, port: int | None = No
     drain = Drain()
     dedupe = Dedupe(ident.state_dir)
     store, engine = durable_task_store(ident.state_dir)
-    handler = DefaultRequestHandler(agent_executor=_Counted(executor, drain), task_store=store, agent_card=card)
+    handler = DefaultRequestHandler(agent_executor=_Counted(executor, drain, dedupe, store), task_store=store, agent_card=card)
     a2a = create_jsonrpc_routes(handler, rpc_url="/", enable_v0_3_compat=True)[0].endpoint
     platform = Platform(ident, drain, _card_dict(card), capabilities or {})
 
@@ -101,18 +151,18 @@ def build_app(executor: AgentExecutor, card: AgentCard, *, port: int | None = No
         if stored is not None:
             return _replay(stored[1], rid, stream)
         dedupe.begin(mid)
-        await drain.enter(mid)
+        drain.enter(mid)
         try:
             resp = await a2a(request)
         except BaseException:
-            await drain.leave(mid)
-            await dedupe.finish(mid, method, None)
+            drain.leave(mid)
+            dedupe.finish(mid, method, None)
             raise
         if not stream or not hasattr(resp, "body_iterator"):
             body = getattr(resp, "body", b"")
             keep = b'"jsonrpc"' in body and b"DRAINING" not in body
-            await dedupe.finish(mid, method, body if keep else None)
-            await drain.leave(mid)
+            dedupe.finish(mid, method, body if keep else None)
+            drain.leave(mid)
             return resp
         resp.body_iterator = _capture(resp.body_iterator, mid, method, dedupe, drain)
         return resp
@@ -147,6 +197,10 @@ def build_app(executor: AgentExecutor, card: AgentCard, *, port: int | None = No
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
         await store.initialize()  # create the table once, before concurrent first requests race to
+        for mid, task_id in dedupe.cut_executions():  # cut by the last stop: not `working` forever
+            with contextlib.suppress(Exception):
+                await close_cut_task(store, task_id, None, None)
+            log.info("execution of %s (task %s) was cut by the last stop", mid, task_id)
         task = asyncio.create_task(platform.run())
         try:
             yield
@@ -182,8 +236,8 @@ async def _capture(events: Any, mid: str, method: str, dedupe: Dedupe, drain: Dr
             yield item
     finally:
         done = last is not None and _final(last)
-        await dedupe.finish(mid, method, last.encode() if done and last else None)
-        await drain.leave(mid)
+        dedupe.finish(mid, method, last.encode() if done and last else None)
+        drain.leave(mid)
 
 
 def _final(data: str) -> bool:
