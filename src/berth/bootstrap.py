@@ -59,6 +59,7 @@ class Container:
 
     async def start(self) -> None:
         await self.store.migrate()
+        await self.bus.start()  # subscribed across replicas before anything listens or publishes
         self.tasks += [
             asyncio.create_task(self.dispatcher.upkeep(), name="dispatcher-upkeep"),
             asyncio.create_task(self.waiters.listen(), name="waiters"),
@@ -112,6 +113,7 @@ class Container:
         await self.client.close()
         await self.bus.close()
         await self.cache.close()
+        await self.locks.close()
         await self.store.close()
 
 
@@ -148,7 +150,8 @@ def _shared(settings: Settings) -> tuple[Cache, Locks, Bus]:
         return MemoryCache(), MemoryLocks(), MemoryBus()
     from berth.adapters.redis import RedisBus, RedisCache, RedisLocks
 
-    return RedisCache(settings.redis_url), RedisLocks(settings.redis_url), RedisBus(settings.redis_url)
+    url, prefix = settings.redis_url, settings.redis_prefix
+    return RedisCache(url, prefix=prefix), RedisLocks(url, prefix=prefix), RedisBus(url, prefix=prefix)
 
 
 def _provisioners(settings: Settings) -> dict[str, Provisioner]:

@@ -49,8 +49,8 @@ class MemoryLocks:
 
     async def refresh(self, key: str, token: str, ttl: float) -> bool:
         held = self._held.get(key)
-        if held is None or held[0] != token:
-            return False
+        if held is None or held[0] != token or held[1] <= time.monotonic():
+            return False  # like Redis: an expired lease is gone, even if nobody took it
         self._held[key] = (token, time.monotonic() + ttl)
         return True
 
@@ -58,6 +58,9 @@ class MemoryLocks:
         held = self._held.get(key)
         if held is not None and held[0] == token:
             del self._held[key]
+
+    async def close(self) -> None:
+        return None
 
 
 class Subscription:
@@ -93,6 +96,9 @@ class MemoryBus:
         sub = Subscription(self, topics)
         self._subs.append(sub)
         return sub
+
+    async def start(self) -> None:
+        """Nothing to connect: in one process every subscription is live at once."""
 
     def _drop(self, sub: Subscription) -> None:
         if sub in self._subs:

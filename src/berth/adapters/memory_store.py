@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import copy
 import itertools
-from dataclasses import replace
+import time
+from dataclasses import fields, replace
 from typing import Any
 
 from berth.domain.delivery import FINAL, Delivery, DeliveryStatus, check_move
@@ -15,6 +16,7 @@ from berth.domain.workspace import Workspace
 from berth.ports import Settle
 
 D = DeliveryStatus
+_WS_FIELDS = frozenset(f.name for f in fields(Workspace))
 __all__ = ["MemoryStore"]
 
 
@@ -48,12 +50,14 @@ class MemoryStore:
         return [copy.deepcopy(w) for w in sorted(self._ws.values(), key=lambda w: w.created_at)]
 
     async def update_workspace(self, ws_id: str, **fields: Any) -> Workspace:
+        # Like the SQL adapters: the id is not a field, and every update stamps updated_at.
+        for k in fields:
+            if k == "id" or k not in _WS_FIELDS:
+                raise AttributeError(k)
         ws = self._ws.get(ws_id)
         if ws is None:
             raise NotFound(f"no workspace {ws_id!r}", code="workspace_not_found")
-        for k, v in fields.items():
-            if not hasattr(ws, k):
-                raise AttributeError(k)
+        for k, v in {"updated_at": time.time(), **fields}.items():
             setattr(ws, k, copy.deepcopy(v))
         return copy.deepcopy(ws)
 
@@ -61,6 +65,9 @@ class MemoryStore:
         self, ws_id: str, to: WorkspaceState, *, only_from: frozenset[WorkspaceState] | None = None,
         **fields: Any,
     ) -> Workspace | None:
+        for k in fields:
+            if k == "id" or k not in _WS_FIELDS:
+                raise AttributeError(k)
         ws = self._ws.get(ws_id)
         if ws is None or (only_from is not None and ws.state not in only_from):
             return None
@@ -80,7 +87,7 @@ class MemoryStore:
         key = (d.workspace_id, d.message_id)
         if key in self._by_key:
             return copy.deepcopy(self._d[self._by_key[key]]), False
-        stored = replace(d, seq=next(self._seq))
+        stored = replace(copy.deepcopy(d), seq=next(self._seq))  # the caller keeps its own copy
         self._d[d.id] = stored
         self._by_key[key] = d.id
         return copy.deepcopy(stored), True
@@ -109,7 +116,7 @@ class MemoryStore:
         room = None if capacity is None else capacity - len(self._of(workspace_id, D.IN_FLIGHT))
         if room is not None and room <= 0:
             return []
-        out = []
+        out: list[Delivery] = []
         for d in self._of(workspace_id, D.QUEUED):
             if room is not None and len(out) >= room:
                 break
@@ -117,14 +124,15 @@ class MemoryStore:
                 continue
             d.status, d.lease_owner, d.lease_until = D.IN_FLIGHT, owner, now + lease_seconds
             d.forwards += 1
-            d.first_forwarded_at = d.first_forwarded_at or now
+            if d.first_forwarded_at is None:
+                d.first_forwarded_at = now
             d.updated_at = now
             out.append(copy.deepcopy(d))
         return out
 
     async def renew(self, owner: str, ids: list[str], lease_until: float) -> int:
         n = 0
-        for i in ids:
+        for i in dict.fromkeys(ids):  # a repeated id counts once, as in SQL
             d = self._d.get(i)
             if d is not None and d.status is D.IN_FLIGHT and d.lease_owner == owner:
                 d.lease_until = lease_until
@@ -132,10 +140,10 @@ class MemoryStore:
         return n
 
     async def settle(self, delivery_id: str, owner: str, how: Settle, now: float) -> Delivery | None:
+        check_move(D.IN_FLIGHT, how.status)  # a wrong settle is a bug even when nothing matches
         d = self._d.get(delivery_id)
         if d is None or d.status is not D.IN_FLIGHT or d.lease_owner != owner:
             return None
-        check_move(d.status, how.status)
         d.status = how.status
         d.attempts += 1 if how.count_attempt else 0
         if how.reply is not None:
@@ -144,8 +152,7 @@ class MemoryStore:
         d.not_before = how.not_before
         d.lease_owner = d.lease_until = None
         d.updated_at = now
-        if how.status in FINAL:
-            d.finished_at = now
+        d.finished_at = now if how.status in FINAL else None
         return copy.deepcopy(d)
 
     async def requeue_in_flight(self, workspace_id: str | None = None) -> list[str]:
@@ -217,7 +224,8 @@ class MemoryStore:
         return min((d.not_before for d in self._of(workspace_id, D.QUEUED)), default=None)
 
     async def prune_finished(self, before: float) -> int:
-        gone = [d for d in self._d.values() if d.status in FINAL and (d.finished_at or 0) < before]
+        gone = [d for d in self._d.values()
+                if d.status in FINAL and d.finished_at is not None and d.finished_at < before]
         for d in gone:
             del self._d[d.id]
             del self._by_key[(d.workspace_id, d.message_id)]

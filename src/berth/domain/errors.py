@@ -5,7 +5,9 @@
     ├── Conflict              (409 conflict)
     │   └── IllegalTransition (409 illegal_transition)
     ├── InvalidInput          (400/422 invalid_input)
-    └── Unauthorized          (401 unauthorized) / Forbidden (403 forbidden)
+    ├── Unauthorized          (401 unauthorized) / Forbidden (403 forbidden)
+    └── Unavailable           (503 unavailable)
+        └── LocksUnavailable  (503 locks_unavailable): the shared lock service is unreachable
 """
 
 from __future__ import annotations
@@ -56,3 +58,10 @@ class Forbidden(BerthError):
 class Unavailable(BerthError):
     code = "unavailable"
     status = 503
+
+
+class LocksUnavailable(Unavailable):
+    """The shared lock service (Redis) could not be reached. A lease taken before it stays
+    held until its ttl runs out."""
+
+    code = "locks_unavailable"

@@ -13,7 +13,7 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from berth.domain.errors import BerthError, Conflict
+from berth.domain.errors import BerthError, Conflict, LocksUnavailable
 from berth.domain.lifecycle import WorkspaceState
 from berth.domain.restart import Phase, PhaseTiming, RestartRecord, Trigger
 from berth.domain.workspace import Runtime, Workspace
@@ -44,12 +44,16 @@ class RestartService:
         drain_seconds: float | None = None, delay: float = 0.0,
     ) -> tuple[RestartRecord, bool]:
         """Start a restart cycle, or join the one running. Returns (record, joined)."""
-        token = await self._locks.acquire(_key(ws.id), LOCK_TTL)
-        if token is None:
+        deadline = time.monotonic() + JOIN_WAIT
+        while (token := await self._locks.acquire(_key(ws.id), LOCK_TTL)) is None:
+            # Someone holds the lock: a restart (maybe on another replica, which records it
+            # just after taking the lock) is joined; a pause or removal is waited for.
             active = await self.run.store.active_restart(ws.id)
             if active is not None:
                 return active, True
-            token = await self._acquire(ws, JOIN_WAIT)  # a pause or removal holds it: wait for it
+            if time.monotonic() > deadline:
+                raise Conflict(f"workspace {ws.name} is busy with another operation; try again", code="busy")
+            await asyncio.sleep(0.02)
         ws = await self.run.roster.get(ws.id)
         if ws.state not in RESTARTABLE:
             await self._locks.release(_key(ws.id), token)
@@ -79,10 +83,19 @@ class RestartService:
                                code="busy")
             await asyncio.sleep(0.05)
 
-    async def wait(self, record_id: str, timeout: float) -> None:
+    async def wait(self, record_id: str, timeout: float, workspace_id: str | None = None) -> None:
+        """Until the cycle ends; a cycle run by another replica is followed in the store."""
         ev = self._done.get(record_id)
         if ev is not None:
             await asyncio.wait_for(ev.wait(), timeout)
+            return
+        if workspace_id is None:
+            return
+        deadline = time.monotonic() + timeout
+        while (await self.run.store.get_restart(workspace_id, record_id)).finished_at is None:
+            if time.monotonic() > deadline:
+                raise TimeoutError(record_id)
+            await asyncio.sleep(0.1)
 
     # the cycle ------------------------------------------------------------
     async def _cycle(self, ws: Workspace, r: RestartRecord, token: str, delay: float) -> None:
@@ -170,16 +183,22 @@ class RestartService:
         async def keep() -> None:
             while True:
                 await asyncio.sleep(LOCK_TTL / 3)
-                if not await self._locks.refresh(_key(ws_id), token, LOCK_TTL):
-                    log.error("lost the restart lock of %s", ws_id)
-                    return
+                try:
+                    if not await self._locks.refresh(_key(ws_id), token, LOCK_TTL):
+                        log.error("lost the restart lock of %s", ws_id)
+                        return
+                except LocksUnavailable as e:  # Redis is away: keep going, retry the refresh
+                    log.warning("could not refresh the restart lock of %s: %s", ws_id, e)
 
         keeper = asyncio.create_task(keep())
         try:
             yield
         finally:
             keeper.cancel()
-            await self._locks.release(_key(ws_id), token)
+            try:
+                await self._locks.release(_key(ws_id), token)
+            except LocksUnavailable as e:  # it expires by itself within LOCK_TTL
+                log.warning("could not release the restart lock of %s: %s", ws_id, e)
 
     # pause, resume, stop --------------------------------------------------
     @asynccontextmanager

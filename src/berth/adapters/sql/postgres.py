@@ -1,0 +1,380 @@
+"""The Store port on PostgreSQL: for several berth replicas sharing one delivery log.
+
+Same schema (berth.adapters.sql.schema) and row mapping (berth.adapters.sql.rows) as
+SQLite, and the same semantics; the differences are about running replicas side by side:
+
+* migrations run under a session advisory lock, so replicas starting together apply
+  each migration once, and record it in schema_migrations;
+* a claim takes a per-workspace transaction advisory lock, so the capacity check and the
+  claim are one atomic step across replicas, and picks rows with FOR UPDATE SKIP LOCKED
+  through the partial index on queued rows, so finished deliveries never slow it down;
+* leases (owner + lease_until) decide who may renew or settle; any replica takes over
+  an expired lease in requeue_expired.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
+
+from berth.adapters.sql import rows, schema
+from berth.domain.delivery import FINAL, Delivery, DeliveryStatus, check_move
+from berth.domain.errors import Conflict, NotFound
+from berth.domain.lifecycle import WorkspaceState
+from berth.domain.restart import RestartRecord
+from berth.domain.workspace import Workspace
+from berth.ports import Settle
+
+try:
+    import asyncpg
+except ImportError as e:  # pragma: no cover - exercised only without the extra installed
+    raise ImportError("PostgreSQL support needs asyncpg: pip install 'berth[postgres]'") from e
+
+T = TypeVar("T")
+D = DeliveryStatus
+_FINAL = [s.value for s in FINAL]
+# Advisory lock keys. The one-key (bigint) and two-key (int, int) spaces never overlap.
+_MIGRATE_LOCK = 0x6265727468  # "berth"
+_CLAIM_LOCK_CLASS = 0x62657274  # "bert": first key of the per-workspace claim lock
+__all__ = ["PostgresStore"]
+
+Conn = Any  # asyncpg.Connection (or a pool proxy for one); asyncpg ships no type hints
+
+
+def _insert(table: str, params: dict[str, Any], tail: str = "") -> tuple[str, list[Any]]:
+    """An INSERT of `params` with $n placeholders, and its arguments in order."""
+    cols = list(params)
+    marks = ", ".join(f"${i}" for i in range(1, len(cols) + 1))
+    return f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({marks}) {tail}", [params[c] for c in cols]
+
+
+class PostgresStore:
+    def __init__(self, url: str, *, min_size: int = 1, max_size: int = 10) -> None:
+        self.url = url
+        self._min_size = min_size
+        self._max_size = max_size
+        self._pool: asyncpg.Pool | None = None
+
+    # plumbing --------------------------------------------------------------
+    async def _get_pool(self) -> asyncpg.Pool:
+        if self._pool is None:
+            self._pool = await asyncpg.create_pool(
+                self.url, min_size=self._min_size, max_size=self._max_size,
+            )
+        return self._pool
+
+    async def _tx(self, fn: Callable[[Conn], Awaitable[T]]) -> T:
+        """Run `fn` in one transaction: every Store operation is atomic, as on SQLite."""
+        pool = await self._get_pool()
+        async with pool.acquire() as conn, conn.transaction():
+            return await fn(conn)
+
+    async def _fetch(self, sql: str, *args: Any) -> list[Any]:
+        pool = await self._get_pool()
+        return list(await pool.fetch(sql, *args))
+
+    async def _fetchrow(self, sql: str, *args: Any) -> Any:
+        pool = await self._get_pool()
+        return await pool.fetchrow(sql, *args)
+
+    async def migrate(self) -> None:
+        """Create the pool and bring the schema up to date, once across all replicas."""
+        pool = await self._get_pool()
+        async with pool.acquire() as conn:
+            await conn.execute("SELECT pg_advisory_lock($1)", _MIGRATE_LOCK)
+            try:
+                await conn.execute(schema.migrations_table(schema.POSTGRES))
+                done = {r[0] for r in await conn.fetch("SELECT version FROM schema_migrations")}
+                for version, script in schema.migrations(schema.POSTGRES):
+                    if version not in done:
+                        await self._apply(conn, version, script)
+            finally:
+                await conn.execute("SELECT pg_advisory_unlock($1)", _MIGRATE_LOCK)
+
+    @staticmethod
+    async def _apply(conn: Conn, version: int, script: str) -> None:
+        async with conn.transaction():
+            for stmt in schema.statements(script):
+                await conn.execute(stmt)
+            await conn.execute("INSERT INTO schema_migrations (version, applied_at) VALUES ($1, $2)",
+                               version, time.time())
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            pool, self._pool = self._pool, None
+            await pool.close()
+
+    # workspaces ------------------------------------------------------------
+    async def create_workspace(self, ws: Workspace) -> None:
+        sql, args = _insert("workspaces", rows.ws_params(ws))
+        pool = await self._get_pool()
+        try:
+            await pool.execute(sql, *args)
+        except asyncpg.UniqueViolationError:
+            raise Conflict(f"a workspace named {ws.name!r} exists", code="name_taken") from None
+
+    async def get_workspace(self, ref: str) -> Workspace:
+        row = await self._fetchrow(
+            "SELECT * FROM workspaces WHERE id = $1 OR name = $1 ORDER BY id = $1 DESC LIMIT 1", ref)
+        if row is None:
+            raise NotFound(f"no workspace {ref!r}", code="workspace_not_found")
+        return rows.ws_from_row(row)
+
+    async def list_workspaces(self) -> list[Workspace]:
+        return [rows.ws_from_row(r) for r in await self._fetch("SELECT * FROM workspaces ORDER BY created_at")]
+
+    async def update_workspace(self, ws_id: str, **fields: Any) -> Workspace:
+        ws = await self._update_ws(ws_id, None, fields)
+        if ws is None:
+            raise NotFound(f"no workspace {ws_id!r}", code="workspace_not_found")
+        return ws
+
+    async def move_workspace(
+        self, ws_id: str, to: WorkspaceState, *, only_from: frozenset[WorkspaceState] | None = None,
+        **fields: Any,
+    ) -> Workspace | None:
+        return await self._update_ws(ws_id, only_from, {"state": to, **fields})
+
+    async def _update_ws(
+        self, ws_id: str, only_from: frozenset[WorkspaceState] | None, fields: dict[str, Any],
+    ) -> Workspace | None:
+        fields = {"updated_at": time.time(), **fields}
+        for k in fields:
+            if k not in rows.WS_COLUMNS or k == "id":
+                raise AttributeError(k)
+        args: list[Any] = [ws_id]
+        sets = []
+        for k, v in fields.items():
+            args.append(rows.ws_value(k, v))
+            sets.append(f"{k} = ${len(args)}")
+        where = "id = $1"
+        if only_from is not None:
+            args.append([s.value for s in only_from])
+            where += f" AND state = ANY(${len(args)}::text[])"
+        row = await self._fetchrow(f"UPDATE workspaces SET {', '.join(sets)} WHERE {where} RETURNING *", *args)
+        return None if row is None else rows.ws_from_row(row)
+
+    async def delete_workspace(self, ws_id: str) -> None:
+        pool = await self._get_pool()
+        await pool.execute("DELETE FROM workspaces WHERE id = $1", ws_id)
+
+    async def workspace_by_token(self, token_hash: str) -> Workspace | None:
+        row = await self._fetchrow(
+            "SELECT * FROM workspaces WHERE token_hash = $1 OR run_token_hash = $1 LIMIT 1", token_hash)
+        return None if row is None else rows.ws_from_row(row)
+
+    # deliveries ------------------------------------------------------------
+    async def accept(self, d: Delivery) -> tuple[Delivery, bool]:
+        sql, args = _insert("deliveries", rows.d_params(d),
+                            "ON CONFLICT (workspace_id, message_id) DO NOTHING RETURNING *")
+
+        async def go(c: Conn) -> tuple[Delivery, bool]:
+            row = await c.fetchrow(sql, *args)
+            if row is not None:
+                return rows.d_from_row(row), True
+            # The conflicting row is committed (ON CONFLICT waited for it), so this sees it.
+            row = await c.fetchrow("SELECT * FROM deliveries WHERE workspace_id = $1 AND message_id = $2",
+                                   d.workspace_id, d.message_id)
+            return rows.d_from_row(row), False
+
+        return await self._tx(go)
+
+    async def get_delivery(self, delivery_id: str) -> Delivery:
+        row = await self._fetchrow("SELECT * FROM deliveries WHERE id = $1", delivery_id)
+        if row is None:
+            raise NotFound(f"no delivery {delivery_id!r}", code="delivery_not_found")
+        return rows.d_from_row(row)
+
+    async def find_delivery(self, workspace_id: str, message_id: str) -> Delivery | None:
+        row = await self._fetchrow("SELECT * FROM deliveries WHERE workspace_id = $1 AND message_id = $2",
+                                   workspace_id, message_id)
+        return None if row is None else rows.d_from_row(row)
+
+    async def claim(
+        self, workspace_id: str, *, capacity: int | None, owner: str, lease_seconds: float, now: float,
+    ) -> list[Delivery]:
+        async def go(c: Conn) -> list[Delivery]:
+            limit = None
+            if capacity is not None:
+                # One capped claimer per workspace at a time, on every replica: the in-flight
+                # count below stays true until this transaction commits. Uncapped claims
+                # need no lock: SKIP LOCKED alone keeps them from taking a row twice.
+                await c.execute("SELECT pg_advisory_xact_lock($1, hashtext($2))",
+                                _CLAIM_LOCK_CLASS, workspace_id)
+                busy = await c.fetchval(
+                    "SELECT count(*) FROM deliveries WHERE workspace_id = $1 AND status = 'in_flight'",
+                    workspace_id)
+                limit = capacity - busy
+                if limit <= 0:
+                    return []
+            got = await c.fetch(_CLAIM_SQL, workspace_id, float(now), limit, owner, float(now + lease_seconds))
+            return sorted((rows.d_from_row(r) for r in got), key=lambda d: d.seq)
+
+        return await self._tx(go)
+
+    async def renew(self, owner: str, ids: list[str], lease_until: float) -> int:
+        if not ids:
+            return 0
+        pool = await self._get_pool()
+        status = await pool.execute(
+            "UPDATE deliveries SET lease_until = $1 WHERE status = 'in_flight' AND lease_owner = $2 "
+            "AND id = ANY($3::text[])", float(lease_until), owner, list(ids))
+        return _rowcount(status)
+
+    async def settle(self, delivery_id: str, owner: str, how: Settle, now: float) -> Delivery | None:
+        check_move(D.IN_FLIGHT, how.status)
+        args: list[Any] = [delivery_id, owner, how.status.value, int(how.count_attempt), how.reason,
+                           float(how.not_before), float(now), float(now) if how.status in FINAL else None]
+        sets = ("status = $3, attempts = attempts + $4, reason = $5, not_before = $6, "
+                "lease_owner = NULL, lease_until = NULL, updated_at = $7, finished_at = $8")
+        if how.reply is not None:
+            args += [how.reply, how.reply_status]
+            sets += ", reply = $9, reply_status = $10"
+        row = await self._fetchrow(f"UPDATE deliveries SET {sets} WHERE id = $1 AND status = 'in_flight' "
+                                   "AND lease_owner = $2 RETURNING *", *args)
+        return None if row is None else rows.d_from_row(row)
+
+    async def requeue_in_flight(self, workspace_id: str | None = None) -> list[str]:
+        where, args = ("AND workspace_id = $1", [workspace_id]) if workspace_id else ("", [])
+        got = await self._fetch(
+            "WITH moved AS (UPDATE deliveries SET status = 'queued', lease_owner = NULL, lease_until = NULL "
+            f"WHERE status = 'in_flight' {where} RETURNING id, seq) SELECT id FROM moved ORDER BY seq", *args)
+        return [r["id"] for r in got]
+
+    async def requeue_expired(self, now: float) -> list[Delivery]:
+        got = await self._fetch(
+            "UPDATE deliveries SET status = 'queued', lease_owner = NULL, lease_until = NULL, "
+            "reason = 'lease expired: redelivered' WHERE status = 'in_flight' AND lease_until < $1 "
+            "RETURNING *", float(now))
+        return _by_seq(got)
+
+    async def cancel(self, delivery_id: str, now: float, reason: str) -> Delivery:
+        async def go(c: Conn) -> Delivery:
+            row = await c.fetchrow(
+                "UPDATE deliveries SET status = 'canceled', reason = $2, finished_at = $3, updated_at = $3 "
+                "WHERE id = $1 AND status = 'queued' RETURNING *", delivery_id, reason, float(now))
+            if row is not None:
+                return rows.d_from_row(row)
+            cur = await c.fetchval("SELECT status FROM deliveries WHERE id = $1", delivery_id)
+            if cur is None:
+                raise NotFound(f"no delivery {delivery_id!r}", code="delivery_not_found")
+            raise Conflict(f"only a queued delivery can be canceled; this one is {cur}", code="not_cancelable")
+
+        return await self._tx(go)
+
+    async def cancel_pending(self, workspace_id: str, now: float, reason: str) -> list[Delivery]:
+        got = await self._fetch(
+            "UPDATE deliveries SET status = 'canceled', reason = $2, finished_at = $3, updated_at = $3, "
+            "lease_owner = NULL, lease_until = NULL WHERE workspace_id = $1 "
+            "AND status IN ('queued', 'in_flight') RETURNING *", workspace_id, reason, float(now))
+        return _by_seq(got)
+
+    async def retry(self, delivery_id: str, now: float) -> Delivery:
+        async def go(c: Conn) -> Delivery:
+            cur = await c.fetchval("SELECT status FROM deliveries WHERE id = $1 FOR UPDATE", delivery_id)
+            if cur is None:
+                raise NotFound(f"no delivery {delivery_id!r}", code="delivery_not_found")
+            if cur not in ("dead", "canceled", "expired"):
+                raise Conflict("only a dead, canceled or expired delivery can be retried; this one is "
+                               f"{cur}", code="not_retryable")
+            # A retried delivery goes to the back of the queue: it takes a new sequence number.
+            row = await c.fetchrow(
+                "UPDATE deliveries SET status = 'queued', attempts = 0, reason = 'retried by an operator', "
+                "finished_at = NULL, not_before = 0, updated_at = $2, "
+                "seq = nextval(pg_get_serial_sequence('deliveries', 'seq')) WHERE id = $1 RETURNING *",
+                delivery_id, float(now))
+            return rows.d_from_row(row)
+
+        return await self._tx(go)
+
+    async def expire_due(self, now: float) -> list[Delivery]:
+        got = await self._fetch(
+            "UPDATE deliveries SET status = 'expired', reason = 'ttl passed', finished_at = $1, updated_at = $1 "
+            "WHERE status = 'queued' AND expires_at IS NOT NULL AND expires_at <= $1 RETURNING *", float(now))
+        return _by_seq(got)
+
+    async def list_deliveries(
+        self, workspace_id: str, status: DeliveryStatus | None = None, limit: int = 100,
+    ) -> list[Delivery]:
+        where, args = "workspace_id = $1", [workspace_id]
+        if status is not None:
+            where += " AND status = $2"
+            args.append(status.value)
+        got = await self._fetch(f"SELECT * FROM deliveries WHERE {where} ORDER BY seq DESC LIMIT {int(limit)}",
+                                *args)
+        return [rows.d_from_row(r) for r in reversed(got)]
+
+    async def counts(self, workspace_id: str | None = None) -> dict[DeliveryStatus, int]:
+        where, args = ("WHERE workspace_id = $1", [workspace_id]) if workspace_id else ("", [])
+        out = {s: 0 for s in D}
+        for r in await self._fetch(f"SELECT status, count(*) AS n FROM deliveries {where} GROUP BY status", *args):
+            out[D(r["status"])] = r["n"]
+        return out
+
+    async def next_ready_at(self, workspace_id: str) -> float | None:
+        pool = await self._get_pool()
+        value: float | None = await pool.fetchval(
+            "SELECT min(not_before) FROM deliveries WHERE workspace_id = $1 AND status = 'queued'", workspace_id)
+        return value
+
+    async def prune_finished(self, before: float) -> int:
+        pool = await self._get_pool()
+        status = await pool.execute(
+            "DELETE FROM deliveries WHERE status = ANY($1::text[]) AND finished_at < $2", _FINAL, float(before))
+        return _rowcount(status)
+
+    # restarts --------------------------------------------------------------
+    async def save_restart(self, r: RestartRecord) -> None:
+        p = rows.r_params(r)
+        updates = ", ".join(f"{k} = excluded.{k}" for k in p if k != "id")
+        sql, args = _insert("restarts", p, f"ON CONFLICT (id) DO UPDATE SET {updates}")
+        pool = await self._get_pool()
+        await pool.execute(sql, *args)
+
+    async def get_restart(self, workspace_id: str, restart_id: str) -> RestartRecord:
+        row = await self._fetchrow("SELECT * FROM restarts WHERE id = $1 AND workspace_id = $2",
+                                   restart_id, workspace_id)
+        if row is None:
+            raise NotFound(f"no restart {restart_id!r}", code="restart_not_found")
+        return rows.r_from_row(row)
+
+    async def list_restarts(self, workspace_id: str, limit: int = 50) -> list[RestartRecord]:
+        got = await self._fetch("SELECT * FROM restarts WHERE workspace_id = $1 ORDER BY created_at DESC "
+                                "LIMIT $2", workspace_id, limit)
+        return [rows.r_from_row(r) for r in got]
+
+    async def active_restart(self, workspace_id: str) -> RestartRecord | None:
+        row = await self._fetchrow("SELECT * FROM restarts WHERE workspace_id = $1 "
+                                   "AND phase NOT IN ('done', 'failed') ORDER BY created_at DESC LIMIT 1",
+                                   workspace_id)
+        return None if row is None else rows.r_from_row(row)
+
+
+# The claim: the oldest ready queued rows of one workspace, through the partial index
+# deliveries_queued (workspace_id, seq) WHERE status = 'queued'. SKIP LOCKED passes over
+# rows another transaction is changing (a cancel, a retry) instead of waiting for it.
+_CLAIM_SQL = """
+WITH picked AS (
+    SELECT seq FROM deliveries
+    WHERE workspace_id = $1 AND status = 'queued' AND not_before <= $2
+    ORDER BY seq
+    LIMIT $3
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE deliveries AS d
+SET status = 'in_flight', lease_owner = $4, lease_until = $5, forwards = d.forwards + 1,
+    first_forwarded_at = COALESCE(d.first_forwarded_at, $2), updated_at = $2
+FROM picked
+WHERE d.seq = picked.seq
+RETURNING d.*
+"""
+
+
+def _rowcount(status: str) -> int:
+    """The row count of an asyncpg command tag such as 'UPDATE 3' or 'DELETE 0'."""
+    return int(status.rsplit(" ", 1)[-1])
+
+
+def _by_seq(got: Sequence[Any]) -> list[Delivery]:
+    return sorted((rows.d_from_row(r) for r in got), key=lambda d: d.seq)

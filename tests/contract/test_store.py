@@ -1,0 +1,620 @@
+"""The Store contract: every adapter must behave exactly like this, whatever its database.
+
+Each test runs once per backend (see conftest.py). The SQLite adapter is the reference;
+a test that only one adapter fails is a bug in that adapter, not a reason to branch here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import Any
+
+import pytest
+
+from berth.domain.delivery import Delivery, DeliveryStatus
+from berth.domain.errors import Conflict, IllegalTransition, NotFound
+from berth.domain.lifecycle import WorkspaceState
+from berth.domain.restart import Phase, PhaseTiming, RestartRecord, Trigger
+from berth.domain.workspace import RestartPolicy, Runtime, Workspace
+from berth.ports import Settle, Store
+from tests.contract.conftest import Backend
+
+D = DeliveryStatus
+S = WorkspaceState
+T0 = 1000.0
+LEASE = 30.0
+
+
+# builders -------------------------------------------------------------------
+def make_ws(name: str = "alpha", **kw: Any) -> Workspace:
+    fields: dict[str, Any] = {
+        "id": uuid.uuid4().hex, "name": name, "runtime": Runtime.PROCESS,
+        "command": ["python", "-m", "agent"], "token_hash": f"tok-{name}",
+        "created_at": T0, "updated_at": T0,
+    }
+    fields.update(kw)
+    return Workspace(**fields)
+
+
+def make_d(ws_id: str, msg: str, **kw: Any) -> Delivery:
+    fields: dict[str, Any] = {
+        "id": uuid.uuid4().hex, "workspace_id": ws_id, "message_id": msg, "seq": 0,
+        "method": "message/send", "request": b'{"jsonrpc": "2.0"}', "headers": {"x-a": "1"},
+        "created_at": T0, "updated_at": T0,
+    }
+    fields.update(kw)
+    return Delivery(**fields)
+
+
+async def accept_many(store: Store, ws_id: str, n: int, **kw: Any) -> list[Delivery]:
+    out = []
+    for i in range(n):
+        d, created = await store.accept(make_d(ws_id, f"m{i}", **kw))
+        assert created
+        out.append(d)
+    return out
+
+
+async def claim(store: Store, ws_id: str, *, capacity: int | None = None, owner: str = "a",
+                now: float = T0) -> list[Delivery]:
+    return await store.claim(ws_id, capacity=capacity, owner=owner, lease_seconds=LEASE, now=now)
+
+
+def ids(ds: list[Delivery]) -> list[str]:
+    return [d.id for d in ds]
+
+
+# workspaces -----------------------------------------------------------------
+async def test_create_and_get_by_id_and_name(store: Store) -> None:
+    ws = make_ws("alpha", env={"K": "v"}, limits={"memory": "1g"}, agent_card={"name": "a"},
+                 capabilities={"native_session": True}, restart_policy=RestartPolicy.ALWAYS,
+                 max_concurrency=3, drain_seconds=2.5, pid=42, last_heartbeat=T0 + 1)
+    await store.create_workspace(ws)
+    assert await store.get_workspace(ws.id) == ws
+    assert await store.get_workspace("alpha") == ws
+
+
+async def test_get_missing_workspace_raises_not_found(store: Store) -> None:
+    with pytest.raises(NotFound) as e:
+        await store.get_workspace("nope")
+    assert e.value.code == "workspace_not_found"
+
+
+async def test_create_duplicate_name_or_id_conflicts(store: Store) -> None:
+    ws = make_ws("alpha")
+    await store.create_workspace(ws)
+    with pytest.raises(Conflict) as e:
+        await store.create_workspace(make_ws("alpha"))
+    assert e.value.code == "name_taken"
+    with pytest.raises(Conflict):
+        await store.create_workspace(make_ws("beta", id=ws.id))
+    assert [w.name for w in await store.list_workspaces()] == ["alpha"]
+
+
+async def test_stored_workspace_is_a_copy(store: Store) -> None:
+    """Mutating what the caller holds must never change the stored record."""
+    ws = make_ws("alpha", env={"K": "v"})
+    await store.create_workspace(ws)
+    ws.env["K"] = "changed"
+    got = await store.get_workspace(ws.id)
+    got.env["K"] = "changed again"
+    assert (await store.get_workspace(ws.id)).env == {"K": "v"}
+
+
+async def test_list_workspaces_by_creation_time(store: Store) -> None:
+    await store.create_workspace(make_ws("late", created_at=T0 + 2))
+    await store.create_workspace(make_ws("early", created_at=T0))
+    await store.create_workspace(make_ws("mid", created_at=T0 + 1))
+    assert [w.name for w in await store.list_workspaces()] == ["early", "mid", "late"]
+
+
+async def test_update_workspace(store: Store) -> None:
+    ws = make_ws("alpha")
+    await store.create_workspace(ws)
+    got = await store.update_workspace(ws.id, agent_url="http://x", capabilities={"a": 1},
+                                       state=S.ONLINE, active_tasks=2)
+    assert (got.agent_url, got.capabilities, got.state, got.active_tasks) == (
+        "http://x", {"a": 1}, S.ONLINE, 2)
+    assert got.updated_at > T0  # stamped by the store
+    assert await store.get_workspace(ws.id) == got
+    got = await store.update_workspace(ws.id, agent_card=None, updated_at=T0 + 5)
+    assert got.agent_card is None and got.updated_at == T0 + 5
+
+
+async def test_update_workspace_errors(store: Store) -> None:
+    with pytest.raises(NotFound):
+        await store.update_workspace("nope", agent_url="http://x")
+    ws = make_ws("alpha")
+    await store.create_workspace(ws)
+    with pytest.raises(AttributeError):
+        await store.update_workspace(ws.id, no_such_field=1)
+    with pytest.raises(AttributeError):
+        await store.update_workspace(ws.id, id="other")
+    assert await store.get_workspace(ws.id) == ws
+
+
+async def test_move_workspace_only_from(store: Store) -> None:
+    ws = make_ws("alpha", state=S.PROVISIONING)
+    await store.create_workspace(ws)
+    assert await store.move_workspace(ws.id, S.ONLINE, only_from=frozenset({S.OFFLINE})) is None
+    assert (await store.get_workspace(ws.id)).state is S.PROVISIONING
+    assert await store.move_workspace(ws.id, S.ONLINE, only_from=frozenset()) is None
+    moved = await store.move_workspace(ws.id, S.ONLINE, only_from=frozenset({S.PROVISIONING}),
+                                       agent_url="http://x")
+    assert moved is not None and moved.state is S.ONLINE and moved.agent_url == "http://x"
+    moved = await store.move_workspace(ws.id, S.DRAINING)
+    assert moved is not None and moved.state is S.DRAINING
+    assert (await store.get_workspace(ws.id)).state is S.DRAINING
+    assert await store.move_workspace("nope", S.ONLINE) is None
+
+
+async def test_delete_workspace(store: Store) -> None:
+    ws = make_ws("alpha")
+    await store.create_workspace(ws)
+    await store.delete_workspace(ws.id)
+    await store.delete_workspace(ws.id)  # idempotent
+    with pytest.raises(NotFound):
+        await store.get_workspace(ws.id)
+    assert await store.list_workspaces() == []
+    await store.create_workspace(make_ws("alpha"))  # the name is free again
+
+
+async def test_workspace_by_token(store: Store) -> None:
+    ws = make_ws("alpha", token_hash="t1", run_token_hash="r1")
+    await store.create_workspace(ws)
+    await store.create_workspace(make_ws("beta", token_hash="t2"))
+    assert (await store.workspace_by_token("t1")) == ws
+    assert (await store.workspace_by_token("r1")) == ws
+    assert (await store.workspace_by_token("t2")).name == "beta"  # type: ignore[union-attr]
+    assert await store.workspace_by_token("zz") is None
+
+
+# accept and read ------------------------------------------------------------
+async def test_accept_is_idempotent_by_message_id(store: Store) -> None:
+    first, created = await store.accept(make_d("w1", "m1", request=b"one"))
+    assert created and first.status is D.QUEUED and first.seq > 0
+    again, created = await store.accept(make_d("w1", "m1", request=b"two"))
+    assert not created and again == first and again.request == b"one"
+    other, created = await store.accept(make_d("w2", "m1"))  # same message, other workspace
+    assert created and other.seq > first.seq
+    assert await store.get_delivery(first.id) == first
+    assert await store.find_delivery("w1", "m1") == first
+    assert await store.find_delivery("w1", "m2") is None
+
+
+async def test_accept_keeps_every_field(store: Store) -> None:
+    d = make_d("w1", "m1", request=b"\x00\xffbinary", headers={"a": "b"}, not_before=T0 + 3,
+               expires_at=T0 + 60)
+    got, _ = await store.accept(d)
+    d.seq = got.seq
+    assert got == d
+    d.headers["a"] = "mutated"
+    assert (await store.get_delivery(d.id)).headers == {"a": "b"}
+
+
+async def test_sequence_is_increasing(store: Store) -> None:
+    ds = await accept_many(store, "w1", 5)
+    seqs = [d.seq for d in ds]
+    assert seqs == sorted(seqs) and len(set(seqs)) == 5
+
+
+async def test_get_missing_delivery(store: Store) -> None:
+    with pytest.raises(NotFound) as e:
+        await store.get_delivery("nope")
+    assert e.value.code == "delivery_not_found"
+
+
+# claim ----------------------------------------------------------------------
+async def test_claim_fifo_and_lease(store: Store) -> None:
+    ds = await accept_many(store, "w1", 3)
+    await accept_many(store, "w2", 2)
+    got = await claim(store, "w1", owner="a", now=T0 + 1)
+    assert ids(got) == ids(ds)
+    for d in got:
+        assert d.status is D.IN_FLIGHT and d.lease_owner == "a"
+        assert d.lease_until == T0 + 1 + LEASE
+        assert d.forwards == 1 and d.first_forwarded_at == T0 + 1 and d.updated_at == T0 + 1
+    assert await store.get_delivery(ds[0].id) == got[0]
+    assert await claim(store, "w1", owner="b") == []
+    assert (await store.counts("w2"))[D.QUEUED] == 2
+
+
+async def test_claim_capacity_counts_in_flight(store: Store) -> None:
+    ds = await accept_many(store, "w1", 5)
+    assert ids(await claim(store, "w1", capacity=2)) == ids(ds[:2])
+    assert await claim(store, "w1", capacity=2, owner="b") == []
+    assert ids(await claim(store, "w1", capacity=3, owner="b")) == ids(ds[2:3])
+    await store.settle(ds[0].id, "a", Settle(D.DONE), T0)
+    assert ids(await claim(store, "w1", capacity=3, owner="c")) == ids(ds[3:4])
+    assert await claim(store, "w1", capacity=0) == []
+    assert ids(await claim(store, "w1", capacity=None)) == ids(ds[4:])
+
+
+async def test_claim_respects_not_before(store: Store) -> None:
+    later = (await store.accept(make_d("w1", "m0", not_before=T0 + 10)))[0]
+    now_ = (await store.accept(make_d("w1", "m1", not_before=T0)))[0]
+    assert ids(await claim(store, "w1", now=T0)) == [now_.id]  # m0 waits; m1 may pass it
+    assert await claim(store, "w1", now=T0 + 9.9) == []
+    got = await claim(store, "w1", now=T0 + 10)
+    assert ids(got) == [later.id] and got[0].first_forwarded_at == T0 + 10
+
+
+async def test_claim_skips_deliveries_leased_by_others(store: Store) -> None:
+    ds = await accept_many(store, "w1", 2)
+    assert ids(await claim(store, "w1", capacity=None, owner="a")) == ids(ds)
+    await store.accept(make_d("w1", "m9"))
+    got = await claim(store, "w1", capacity=None, owner="b")
+    assert [d.message_id for d in got] == ["m9"] and got[0].lease_owner == "b"
+    assert {d.lease_owner for d in await store.list_deliveries("w1")} == {"a", "b"}
+
+
+async def test_reclaim_counts_forwards_and_keeps_first_forward(store: Store) -> None:
+    (d,) = await accept_many(store, "w1", 1)
+    await claim(store, "w1", now=T0 + 1)
+    await store.settle(d.id, "a", Settle(D.QUEUED), T0 + 2)
+    (again,) = await claim(store, "w1", owner="b", now=T0 + 3)
+    assert again.forwards == 2 and again.first_forwarded_at == T0 + 1 and again.lease_owner == "b"
+
+
+# renew and settle -----------------------------------------------------------
+async def test_renew_only_for_owner(store: Store) -> None:
+    ds = await accept_many(store, "w1", 3)
+    await claim(store, "w1", capacity=2, owner="a")
+    assert await store.renew("b", ids(ds), T0 + 100) == 0
+    assert await store.renew("a", [], T0 + 100) == 0
+    assert await store.renew("a", [*ids(ds), ds[0].id, "nope"], T0 + 100) == 2
+    assert [d.lease_until for d in await store.list_deliveries("w1")] == [T0 + 100, T0 + 100, None]
+
+
+async def test_settle_done(store: Store) -> None:
+    (d,) = await accept_many(store, "w1", 1)
+    await claim(store, "w1")
+    how = Settle(D.DONE, reply=b'{"result": 1}', reply_status=200, reason="ok")
+    got = await store.settle(d.id, "a", how, T0 + 5)
+    assert got is not None
+    assert (got.status, got.reply, got.reply_status, got.reason) == (D.DONE, b'{"result": 1}', 200, "ok")
+    assert (got.lease_owner, got.lease_until, got.finished_at, got.updated_at) == (None, None, T0 + 5, T0 + 5)
+    assert got.attempts == 0
+    assert await store.get_delivery(d.id) == got
+    assert await store.settle(d.id, "a", how, T0 + 6) is None  # not in flight any more
+
+
+async def test_settle_requeue_with_backoff(store: Store) -> None:
+    (d,) = await accept_many(store, "w1", 1)
+    await claim(store, "w1")
+    got = await store.settle(d.id, "a", Settle(D.QUEUED, count_attempt=True, reason="transport",
+                                                not_before=T0 + 7), T0 + 1)
+    assert got is not None
+    assert (got.status, got.attempts, got.reason, got.not_before) == (D.QUEUED, 1, "transport", T0 + 7)
+    assert got.finished_at is None and got.lease_owner is None and got.reply is None
+    assert await claim(store, "w1", now=T0 + 6) == []
+    assert await store.next_ready_at("w1") == T0 + 7
+
+
+async def test_settle_dead_and_canceled_keep_earlier_reply(store: Store) -> None:
+    a, b = await accept_many(store, "w1", 2)
+    await claim(store, "w1")
+    dead = await store.settle(a.id, "a", Settle(D.DEAD, count_attempt=True, reason="poison"), T0 + 1)
+    assert dead is not None and dead.status is D.DEAD and dead.attempts == 1 and dead.finished_at == T0 + 1
+    gone = await store.settle(b.id, "a", Settle(D.CANCELED, reason="stop"), T0 + 2)
+    assert gone is not None and gone.status is D.CANCELED and gone.reply is None
+
+
+async def test_settle_by_wrong_owner_or_missing(store: Store) -> None:
+    (d,) = await accept_many(store, "w1", 1)
+    assert await store.settle(d.id, "a", Settle(D.DONE), T0) is None  # still queued
+    await claim(store, "w1", owner="a")
+    assert await store.settle(d.id, "b", Settle(D.DONE), T0) is None
+    assert await store.settle("nope", "a", Settle(D.DONE), T0) is None
+    assert (await store.get_delivery(d.id)).status is D.IN_FLIGHT
+
+
+async def test_settle_illegal_status(store: Store) -> None:
+    (d,) = await accept_many(store, "w1", 1)
+    await claim(store, "w1")
+    with pytest.raises(IllegalTransition):
+        await store.settle(d.id, "a", Settle(D.EXPIRED), T0)
+    with pytest.raises(IllegalTransition):
+        await store.settle("nope", "a", Settle(D.EXPIRED), T0)  # checked before the lookup
+    assert (await store.get_delivery(d.id)).status is D.IN_FLIGHT
+
+
+# requeue --------------------------------------------------------------------
+async def test_requeue_in_flight(store: Store) -> None:
+    a = await accept_many(store, "w1", 2)
+    b = (await store.accept(make_d("w2", "x")))[0]
+    await claim(store, "w1")
+    await claim(store, "w2")
+    assert set(await store.requeue_in_flight("w1")) == set(ids(a))
+    for d in await store.list_deliveries("w1"):
+        assert (d.status, d.lease_owner, d.lease_until, d.forwards) == (D.QUEUED, None, None, 1)
+    assert (await store.get_delivery(b.id)).status is D.IN_FLIGHT
+    await claim(store, "w1")
+    assert set(await store.requeue_in_flight()) == {*ids(a), b.id}
+    assert await store.requeue_in_flight() == []
+
+
+async def test_requeue_expired_takes_over_any_owner(store: Store) -> None:
+    a = (await store.accept(make_d("w1", "a")))[0]
+    b = (await store.accept(make_d("w2", "b")))[0]
+    c = (await store.accept(make_d("w3", "c")))[0]
+    await claim(store, "w1", owner="r1", now=T0)  # lease until T0 + 30
+    await claim(store, "w2", owner="r2", now=T0 + 5)  # lease until T0 + 35
+    await claim(store, "w3", owner="r3", now=T0 + 20)  # lease until T0 + 50
+    assert await store.requeue_expired(T0 + LEASE) == []  # not yet: strictly before now
+    got = await store.requeue_expired(T0 + 40)
+    assert sorted(ids(got)) == sorted([a.id, b.id])
+    for d in got:
+        assert (d.status, d.lease_owner, d.lease_until) == (D.QUEUED, None, None)
+        assert d.reason == "lease expired: redelivered"
+    assert (await store.get_delivery(c.id)).lease_owner == "r3"
+    assert await store.settle(a.id, "r1", Settle(D.DONE), T0 + 41) is None  # the old owner lost it
+    assert ids(await claim(store, "w1", owner="r9", now=T0 + 41)) == [a.id]
+
+
+async def test_renew_keeps_a_lease_from_expiring(store: Store) -> None:
+    (d,) = await accept_many(store, "w1", 1)
+    await claim(store, "w1", owner="a", now=T0)
+    assert await store.renew("a", [d.id], T0 + 100) == 1
+    assert await store.requeue_expired(T0 + 50) == []
+
+
+# cancel, retry, expire -------------------------------------------------------
+async def test_cancel_only_queued(store: Store) -> None:
+    a, b = await accept_many(store, "w1", 2)
+    got = await store.cancel(a.id, T0 + 1, "by user")
+    assert (got.status, got.reason, got.finished_at, got.updated_at) == (D.CANCELED, "by user", T0 + 1, T0 + 1)
+    with pytest.raises(Conflict) as e:
+        await store.cancel(a.id, T0 + 2, "again")
+    assert e.value.code == "not_cancelable"
+    await claim(store, "w1")
+    with pytest.raises(Conflict):
+        await store.cancel(b.id, T0 + 2, "in flight")
+    with pytest.raises(NotFound):
+        await store.cancel("nope", T0, "x")
+
+
+async def test_cancel_pending(store: Store) -> None:
+    ds = await accept_many(store, "w1", 3)
+    other = (await store.accept(make_d("w2", "x")))[0]
+    await claim(store, "w1", capacity=1)
+    await store.settle(ds[0].id, "a", Settle(D.DONE), T0)
+    await claim(store, "w1", capacity=1)  # ds[1] in flight, ds[2] queued
+    got = await store.cancel_pending("w1", T0 + 3, "removed")
+    assert ids(got) == ids(ds[1:])
+    for d in got:
+        assert (d.status, d.reason, d.finished_at, d.lease_owner, d.lease_until) == (
+            D.CANCELED, "removed", T0 + 3, None, None)
+    assert (await store.get_delivery(ds[0].id)).status is D.DONE
+    assert (await store.get_delivery(other.id)).status is D.QUEUED
+    assert await store.cancel_pending("w1", T0 + 4, "again") == []
+
+
+async def test_retry_goes_to_the_back_of_the_queue(store: Store) -> None:
+    a, b = await accept_many(store, "w1", 2)
+    await claim(store, "w1", capacity=1)
+    await store.settle(a.id, "a", Settle(D.DEAD, count_attempt=True, reason="poison",
+                                         reply=b"{}", reply_status=500), T0 + 1)
+    got = await store.retry(a.id, T0 + 2)
+    assert got.id == a.id and got.seq > b.seq
+    assert (got.status, got.attempts, got.reason, got.finished_at, got.not_before, got.updated_at) == (
+        D.QUEUED, 0, "retried by an operator", None, 0.0, T0 + 2)
+    assert got.forwards == 1 and got.message_id == a.message_id
+    assert await store.get_delivery(a.id) == got
+    assert await store.find_delivery("w1", a.message_id) == got
+    assert ids(await claim(store, "w1", now=T0 + 3)) == [b.id, a.id]
+
+
+async def test_retry_rules(store: Store) -> None:
+    a, b = await accept_many(store, "w1", 2, expires_at=T0 + 1)
+    c = (await store.accept(make_d("w1", "c")))[0]
+    with pytest.raises(Conflict) as e:
+        await store.retry(a.id, T0)
+    assert e.value.code == "not_retryable"
+    with pytest.raises(NotFound):
+        await store.retry("nope", T0)
+    await store.cancel(a.id, T0, "x")
+    await store.expire_due(T0 + 1)
+    assert (await store.retry(a.id, T0 + 2)).status is D.QUEUED  # canceled
+    assert (await store.retry(b.id, T0 + 2)).status is D.QUEUED  # expired
+    await claim(store, "w1", now=T0 + 3)
+    assert await store.settle(c.id, "a", Settle(D.DONE), T0 + 4) is not None
+    with pytest.raises(Conflict):
+        await store.retry(c.id, T0 + 5)  # done is done
+
+
+async def test_expire_due(store: Store) -> None:
+    soon = (await store.accept(make_d("w1", "soon", expires_at=T0 + 5)))[0]
+    late = (await store.accept(make_d("w1", "late", expires_at=T0 + 50)))[0]
+    never = (await store.accept(make_d("w1", "never")))[0]
+    busy = (await store.accept(make_d("w2", "busy", expires_at=T0 + 5)))[0]
+    await claim(store, "w2")
+    assert await store.expire_due(T0 + 4.9) == []
+    got = await store.expire_due(T0 + 5)
+    assert ids(got) == [soon.id]
+    assert (got[0].status, got[0].reason, got[0].finished_at) == (D.EXPIRED, "ttl passed", T0 + 5)
+    for d in (late, never):
+        assert (await store.get_delivery(d.id)).status is D.QUEUED
+    assert (await store.get_delivery(busy.id)).status is D.IN_FLIGHT  # only queued ones expire
+
+
+# listing --------------------------------------------------------------------
+async def test_list_deliveries(store: Store) -> None:
+    ds = await accept_many(store, "w1", 5)
+    await store.accept(make_d("w2", "x"))
+    await store.cancel(ds[1].id, T0, "x")
+    assert ids(await store.list_deliveries("w1")) == ids(ds)
+    assert ids(await store.list_deliveries("w1", limit=2)) == ids(ds[3:])  # the newest, oldest first
+    assert ids(await store.list_deliveries("w1", D.QUEUED)) == ids([ds[0], *ds[2:]])
+    assert ids(await store.list_deliveries("w1", D.CANCELED)) == [ds[1].id]
+    assert await store.list_deliveries("w1", D.DONE) == []
+    assert await store.list_deliveries("nope") == []
+
+
+async def test_counts(store: Store) -> None:
+    ds = await accept_many(store, "w1", 4)
+    await store.accept(make_d("w2", "x"))
+    await claim(store, "w1", capacity=2)
+    await store.settle(ds[0].id, "a", Settle(D.DONE), T0)
+    await store.cancel(ds[3].id, T0, "x")
+    zero = {s: 0 for s in D}
+    assert await store.counts("w1") == {**zero, D.QUEUED: 1, D.IN_FLIGHT: 1, D.DONE: 1, D.CANCELED: 1}
+    assert await store.counts() == {**zero, D.QUEUED: 2, D.IN_FLIGHT: 1, D.DONE: 1, D.CANCELED: 1}
+    assert await store.counts("nope") == zero
+
+
+async def test_next_ready_at(store: Store) -> None:
+    assert await store.next_ready_at("w1") is None
+    await store.accept(make_d("w1", "a", not_before=T0 + 9))
+    b = (await store.accept(make_d("w1", "b", not_before=T0 + 4)))[0]
+    assert await store.next_ready_at("w1") == T0 + 4
+    await store.cancel(b.id, T0, "x")
+    assert await store.next_ready_at("w1") == T0 + 9
+    await store.accept(make_d("w1", "c"))
+    assert await store.next_ready_at("w1") == 0.0
+
+
+async def test_prune_finished(store: Store) -> None:
+    ds = await accept_many(store, "w1", 6)
+    await claim(store, "w1", capacity=3, now=T0)
+    await store.settle(ds[0].id, "a", Settle(D.DONE), T0 + 1)
+    await store.settle(ds[1].id, "a", Settle(D.DEAD), T0 + 10)  # finished, but too recently
+    await store.cancel(ds[3].id, T0 + 2, "x")  # ds[2] stays in flight, ds[4:] queued
+    await store.retry(ds[3].id, T0 + 3)
+    await store.cancel(ds[4].id, T0 + 2, "x")
+    assert await store.prune_finished(T0 + 5) == 2
+    left = {d.id: d.status for d in await store.list_deliveries("w1")}
+    assert left == {ds[1].id: D.DEAD, ds[2].id: D.IN_FLIGHT, ds[3].id: D.QUEUED, ds[5].id: D.QUEUED}
+    with pytest.raises(NotFound):
+        await store.get_delivery(ds[0].id)
+    assert await store.find_delivery("w1", ds[0].message_id) is None
+    again, created = await store.accept(make_d("w1", ds[0].message_id))
+    assert created and again.id != ds[0].id  # a pruned message id may come back
+    assert await store.prune_finished(T0 + 5) == 0
+
+
+# restarts -------------------------------------------------------------------
+def make_restart(ws_id: str, created_at: float, phase: Phase = Phase.REQUESTED, **kw: Any) -> RestartRecord:
+    return RestartRecord(id=uuid.uuid4().hex, workspace_id=ws_id, trigger=Trigger.API, reason="why",
+                         drain_seconds=5.0, phase=phase, created_at=created_at, **kw)
+
+
+async def test_restart_records(store: Store) -> None:
+    r = make_restart("w1", T0)
+    await store.save_restart(r)
+    assert await store.get_restart("w1", r.id) == r
+    r.phase = Phase.DONE
+    r.phases = [PhaseTiming(Phase.DRAINING, T0, T0 + 1, "2 finished"), PhaseTiming(Phase.DONE, T0 + 1)]
+    r.drain_report = {"finished": 2, "requeued": ["x"]}
+    r.error, r.finished_at = "none", T0 + 2
+    await store.save_restart(r)  # an upsert
+    assert await store.get_restart("w1", r.id) == r
+    with pytest.raises(NotFound) as e:
+        await store.get_restart("w2", r.id)
+    assert e.value.code == "restart_not_found"
+    with pytest.raises(NotFound):
+        await store.get_restart("w1", "nope")
+
+
+async def test_list_restarts_newest_first(store: Store) -> None:
+    rs = [make_restart("w1", T0 + i, Phase.DONE) for i in range(4)]
+    for r in rs:
+        await store.save_restart(r)
+    await store.save_restart(make_restart("w2", T0))
+    assert [r.id for r in await store.list_restarts("w1")] == [r.id for r in reversed(rs)]
+    assert [r.id for r in await store.list_restarts("w1", limit=2)] == [rs[3].id, rs[2].id]
+    assert await store.list_restarts("nope") == []
+
+
+async def test_active_restart(store: Store) -> None:
+    assert await store.active_restart("w1") is None
+    done = make_restart("w1", T0 + 5, Phase.DONE)
+    failed = make_restart("w1", T0 + 6, Phase.FAILED)
+    old = make_restart("w1", T0, Phase.DRAINING)
+    new = make_restart("w1", T0 + 1, Phase.STARTING)
+    for r in (done, failed, old, new):
+        await store.save_restart(r)
+    assert await store.active_restart("w1") == new
+    new.phase = Phase.DONE
+    await store.save_restart(new)
+    assert await store.active_restart("w1") == old
+    assert await store.active_restart("w2") is None
+
+
+# concurrency ----------------------------------------------------------------
+async def _stores(backend: Backend, n: int) -> list[Store]:
+    """n stores on one database: stand-ins for n berth replicas."""
+    return [await backend.open() for _ in range(n)]
+
+
+async def test_concurrent_claimers_respect_capacity_one(backend: Backend) -> None:
+    stores = await _stores(backend, 4)
+    ds = await accept_many(stores[0], "w1", 24)
+    holding: set[str] = set()
+    claimed: list[str] = []
+    worst = 0
+
+    async def worker(i: int, store: Store) -> None:
+        nonlocal worst
+        owner = f"r{i}"
+        while True:
+            got = await store.claim("w1", capacity=1, owner=owner, lease_seconds=LEASE, now=T0)
+            if not got:
+                if (await store.counts("w1"))[D.QUEUED] == 0:
+                    return
+                await asyncio.sleep(0.001)
+                continue
+            assert len(got) == 1
+            holding.add(got[0].id)
+            worst = max(worst, len(holding))
+            claimed.append(got[0].id)
+            assert (await store.counts("w1"))[D.IN_FLIGHT] == 1
+            await asyncio.sleep(0)
+            holding.discard(got[0].id)  # before settling: the next claim can only follow it
+            assert await store.settle(got[0].id, owner, Settle(D.DONE), T0) is not None
+
+    await asyncio.wait_for(asyncio.gather(*(worker(i, s) for i, s in enumerate(stores))), 20)
+    assert worst == 1
+    assert sorted(claimed) == sorted(ids(ds))
+    assert (await stores[0].counts("w1"))[D.DONE] == len(ds)
+
+
+async def test_concurrent_claimers_claim_each_delivery_once(backend: Backend) -> None:
+    stores = await _stores(backend, 4)
+    ds = await accept_many(stores[0], "w1", 40)
+    claimed: list[tuple[str, str]] = []
+
+    async def worker(i: int, store: Store) -> None:
+        owner = f"r{i}"
+        while True:
+            got = await store.claim("w1", capacity=None, owner=owner, lease_seconds=LEASE, now=T0)
+            if not got and (await store.counts("w1"))[D.QUEUED] == 0:
+                return
+            for d in got:
+                claimed.append((d.id, owner))
+                assert d.lease_owner == owner
+                assert await store.settle(d.id, owner, Settle(D.DONE), T0) is not None
+            await asyncio.sleep(0)
+
+    async def feeder() -> None:
+        """More messages arrive while the claimers run."""
+        for i in range(20):
+            ds.append((await stores[-1].accept(make_d("w1", f"late{i}")))[0])
+            await asyncio.sleep(0)
+
+    await asyncio.wait_for(asyncio.gather(feeder(), *(worker(i, s) for i, s in enumerate(stores))), 20)
+    for i, s in enumerate(stores):  # whatever arrived after a worker gave up
+        await worker(i, s)
+    assert sorted(d for d, _ in claimed) == sorted(ids(ds))
+    done = await stores[0].list_deliveries("w1", D.DONE, limit=1000)
+    assert len(done) == len(ds) and all(d.forwards == 1 for d in done)
+
+
+async def test_first_forward_at_time_zero_is_kept(store: Store) -> None:
+    """A zero timestamp is a time, not "never" (the memory adapter once confused the two)."""
+    (d,) = await accept_many(store, "w1", 1)
+    await claim(store, "w1", now=0.0)
+    await store.settle(d.id, "a", Settle(D.QUEUED), 1.0)
+    (again,) = await claim(store, "w1", now=2.0)
+    assert again.first_forwarded_at == 0.0

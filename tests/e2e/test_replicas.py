@@ -1,0 +1,249 @@
+"""Issue #3: several `berth serve` replicas on one PostgreSQL and one Redis.
+
+Real processes, real services: an external echo agent, sends spread over the replicas,
+kill -9 of one replica mid-traffic; and a restart asked of two replicas at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.e2e.harness import BerthServer, executions, free_port, reply_text, send, wait_status
+from tests.services import Outage, require_postgres, require_redis
+
+pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.redis]
+
+
+@dataclass
+class Cluster:
+    replicas: list[BerthServer]
+    database_url: str
+
+    def clients(self) -> list[httpx.AsyncClient]:
+        return [r.client() for r in self.replicas]
+
+
+async def _admin(url: str, sql: str) -> None:
+    import asyncpg
+
+    conn = await asyncpg.connect(url, timeout=5)
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+@pytest.fixture
+async def cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
+    pg = require_postgres()
+    redis = require_redis()
+    name = f"berth_e2e_{uuid.uuid4().hex[:10]}"
+    await _admin(pg, f"CREATE DATABASE {name}")
+    db_url = pg.rsplit("/", 1)[0] + "/" + name
+    env = {"BERTH_DATABASE_URL": db_url, "BERTH_REDIS_URL": redis, "BERTH_REDIS_PREFIX": f"t-{name}:",
+           "BERTH_LEASE_SECONDS": "3"}
+    replicas = [BerthServer(tmp_path / f"r{i}", env={**env, "BERTH_REPLICA_ID": f"replica-{i}"}) for i in range(3)]
+    try:
+        for r in replicas:
+            r.start()
+        yield Cluster(replicas, db_url)
+    finally:
+        for r in replicas:
+            r.stop()
+            r.kill9()
+        await _admin(pg, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+@pytest.fixture
+def agent_port() -> int:
+    return free_port()
+
+
+class ExternalEcho:
+    """An echo agent that runs outside berth and registers itself (CONTRACT §4)."""
+
+    def __init__(self, state: Path, port: int, berth_url: str, ws_id: str, token: str) -> None:
+        env = {**{k: v for k, v in os.environ.items() if not k.startswith("BERTH_")},
+               "BERTH_URL": berth_url, "BERTH_WORKSPACE_ID": ws_id, "BERTH_WORKSPACE_TOKEN": token,
+               "BERTH_PORT": str(port), "BERTH_STATE_DIR": str(state)}
+        state.mkdir(parents=True, exist_ok=True)
+        self.state = state
+        self.proc = subprocess.Popen([sys.executable, "-m", "berth.examples.echo"], env=env,
+                                     stdout=subprocess.DEVNULL, stderr=open(state.parent / "agent.log", "ab"))
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+@pytest.fixture
+def external(tmp_path: Path) -> Iterator[list[ExternalEcho]]:
+    agents: list[ExternalEcho] = []
+    yield agents
+    for a in agents:
+        a.stop()
+
+
+async def _external_workspace(c: httpx.AsyncClient, name: str, port: int, berth_url: str, tmp_path: Path,
+                              agents: list[ExternalEcho], **spec: object) -> dict:
+    r = await c.post("/v1/workspaces", json={"name": name, "runtime": "external",
+                                             "url": f"http://127.0.0.1:{port}", **spec})
+    assert r.status_code == 201, r.text
+    ws = r.json()
+    agents.append(ExternalEcho(tmp_path / f"agent-{name}" / "state", port, berth_url, ws["id"], ws["token"]))
+    await wait_status(c, name, "online")
+    return ws
+
+
+async def test_sends_over_three_replicas_survive_kill9_of_one(cluster: Cluster, tmp_path: Path, agent_port: int,
+                                                               external: list[ExternalEcho]):
+    a, b, c = cluster.replicas
+    clients = cluster.clients()
+    try:
+        await _external_workspace(clients[0], "ext", agent_port, b.url, tmp_path, external, max_concurrency=4)
+        for cl in clients[1:]:
+            await wait_status(cl, "ext", "online")
+        n = 120
+        ids = [f"m-{i:03d}" for i in range(n)]
+        queue: asyncio.Queue[int] = asyncio.Queue()
+        for i in range(n):
+            queue.put_nowait(i)
+        replies: dict[str, str] = {}
+        cut: list[str] = []
+        victim_killed = asyncio.Event()
+
+        async def caller() -> None:
+            while not queue.empty():
+                i = queue.get_nowait()
+                mid = ids[i]
+                text = f"sleep:0.3 {mid}" if i % 5 == 0 else mid
+                replica = i % 3
+                if replica == 2 and victim_killed.is_set():
+                    replica = i % 2
+                try:
+                    r = await send(clients[replica], "ext", text, mid)
+                    replies[mid] = reply_text(r.json())
+                except httpx.TransportError:
+                    cut.append(mid)  # the replica died under this caller
+
+        async def killer() -> None:
+            while len(replies) < n * 0.4:
+                await asyncio.sleep(0.02)
+            c.kill9()
+            victim_killed.set()
+
+        await asyncio.gather(killer(), *[caller() for _ in range(8)])
+        assert c.proc is not None and c.proc.returncode == -9
+        # A caller cut off by the dead replica sends again (same messageId) to a live one,
+        # as any A2A client retrying would: it gets the one result, never a second run.
+        for mid in cut:
+            r = await send(clients[len(cut) % 2], "ext", mid if int(mid[2:]) % 5 else f"sleep:0.3 {mid}", mid)
+            replies[mid] = reply_text(r.json())
+        assert sorted(replies) == ids
+        assert all(replies[m].endswith(m) and replies[m].startswith("echo: ") for m in ids)
+
+        deliveries = (await clients[0].get("/v1/workspaces/ext/deliveries", params={"limit": 1000})).json()
+        assert len(deliveries["deliveries"]) == n
+        assert {d["status"] for d in deliveries["deliveries"]} == {"done"}
+        starts, dones = executions(external[0].state)
+        # The agent lived through it all, so even work the dead replica had forwarded ran
+        # once: its redelivery found the agent's stored result (dedupe by messageId).
+        assert all(starts[m] == 1 and dones[m] == 1 for m in ids), {m: starts[m] for m in ids if starts[m] != 1}
+    finally:
+        for cl in clients:
+            await cl.aclose()
+
+
+async def test_a_restart_asked_of_two_replicas_at_once_runs_once(cluster: Cluster, tmp_path: Path, agent_port: int,
+                                                                 external: list[ExternalEcho]):
+    a, b, _ = cluster.replicas
+    clients = cluster.clients()
+    try:
+        await _external_workspace(clients[0], "twice", agent_port, a.url, tmp_path, external, drain_seconds=1)
+        await wait_status(clients[1], "twice", "online")
+        r1, r2 = await asyncio.gather(*[
+            cl.post("/v1/workspaces/twice/restart", json={"reason": f"from replica {i}"})
+            for i, cl in enumerate(clients[:2])])
+        assert r1.status_code == r2.status_code == 202, (r1.text, r2.text)
+        assert r1.json()["id"] == r2.json()["id"]
+        assert sorted([r1.json()["joined"], r2.json()["joined"]]) == [False, True]
+        records = (await clients[2].get("/v1/workspaces/twice/restarts")).json()["restarts"]
+        assert [x["id"] for x in records if x["trigger"] == "api"] == [r1.json()["id"]]
+        deadline = asyncio.get_running_loop().time() + 30
+        while (rec := (await clients[1].get(f"/v1/workspaces/twice/restarts/{r1.json()['id']}")).json())[
+                "phase"] not in ("done", "failed"):
+            assert asyncio.get_running_loop().time() < deadline, rec
+            await asyncio.sleep(0.1)
+        assert rec["phase"] == "done"
+        r = await send(clients[1], "twice", "after the restart")
+        assert reply_text(r.json()) == "echo: after the restart"
+    finally:
+        for cl in clients:
+            await cl.aclose()
+
+
+async def test_a_caller_waiting_on_one_replica_is_answered_when_another_delivers(
+        cluster: Cluster, tmp_path: Path, agent_port: int, external: list[ExternalEcho]):
+    """The workspace is paused on replica A; the send waits on B; resume on C delivers it."""
+    clients = cluster.clients()
+    try:
+        await _external_workspace(clients[0], "wake", agent_port, cluster.replicas[0].url, tmp_path, external)
+        assert (await clients[0].post("/v1/workspaces/wake/pause")).status_code == 200
+        waiting = asyncio.create_task(send(clients[1], "wake", "held across replicas", "x-1"))
+        await asyncio.sleep(1.0)
+        assert not waiting.done()
+        assert (await clients[2].post("/v1/workspaces/wake/resume")).status_code in (200, 202)
+        r = await asyncio.wait_for(waiting, 30)
+        assert reply_text(r.json()) == "echo: held across replicas"
+    finally:
+        for cl in clients:
+            await cl.aclose()
+
+
+async def test_deliveries_keep_working_while_redis_is_away(tmp_path: Path, agent_port: int,
+                                                           external: list[ExternalEcho]):
+    """Two replicas reach Redis through a proxy that goes away for a while: sends on both
+    replicas are still answered (from the database, slower), and nothing is lost."""
+    pg = require_postgres()
+    outage = Outage(require_redis())
+    await outage.up()
+    name = f"berth_e2e_{uuid.uuid4().hex[:10]}"
+    await _admin(pg, f"CREATE DATABASE {name}")
+    env = {"BERTH_DATABASE_URL": pg.rsplit("/", 1)[0] + "/" + name, "BERTH_REDIS_URL": outage.url,
+           "BERTH_REDIS_PREFIX": f"t-{name}:", "BERTH_LEASE_SECONDS": "3"}
+    replicas = [BerthServer(tmp_path / f"r{i}", env={**env, "BERTH_REPLICA_ID": f"replica-{i}"}) for i in range(2)]
+    clients: list[httpx.AsyncClient] = []
+    try:
+        for r in replicas:
+            r.start()
+        clients = [r.client() for r in replicas]
+        await _external_workspace(clients[0], "no-redis", agent_port, replicas[0].url, tmp_path, external,
+                                  max_concurrency=2)
+        await outage.down()
+        sends = [send(clients[i % 2], "no-redis", f"while redis is away {i}", f"nr-{i}") for i in range(20)]
+        replies = await asyncio.wait_for(asyncio.gather(*sends), 60)
+        assert [reply_text(r.json()) for r in replies] == [f"echo: while redis is away {i}" for i in range(20)]
+        await outage.up()
+        r = await send(clients[1], "no-redis", "redis is back", "nr-back")
+        assert reply_text(r.json()) == "echo: redis is back"
+        starts, _ = executions(external[0].state)
+        assert all(starts[f"nr-{i}"] == 1 for i in range(20))
+    finally:
+        for cl in clients:
+            await cl.aclose()
+        for r in replicas:
+            r.stop()
+            r.kill9()
+        await outage.down()
+        await _admin(pg, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
