@@ -143,7 +143,10 @@ def executions(state_dir: str | Path) -> tuple[Counter[str], Counter[str]]:
         return starts, dones
     for line in path.read_text().splitlines():
         kind, _, mid = line.partition(" ")
-        (starts if kind == "start" else dones)[mid] += 1
+        if kind == "start":
+            starts[mid] += 1
+        elif kind == "done":
+            dones[mid] += 1
     return starts, dones
 
 

@@ -5,7 +5,7 @@ A text beginning `sleep:<seconds> ` works that long first, passing the tool gate
 leading word `task` makes the reply a Task (working, then completed with the echo as its
 status message and artifact) instead of a Message, for the task methods.
 Each execution appends `start <messageId>` and `done <messageId>` to
-$BERTH_STATE_DIR/executions.log.
+$BERTH_STATE_DIR/executions.log (and `cancel <messageId>` when its task is canceled).
 
     python -m berth.examples.echo [--port 8000] [--host 127.0.0.1] [--drain-seconds 30]
 """
@@ -73,7 +73,11 @@ class EchoExecutor(AgentExecutor):
         self._record("done", mid)
 
     async def cancel(self, context: RequestContext, event_queue: EventQueue) -> None:
-        return None
+        """Cancel a running task: a2a-sdk then cancels the execution itself."""
+        task = context.current_task
+        mid = task.history[0].message_id if task is not None and task.history else (context.task_id or "?")
+        self._record("cancel", mid)
+        await TaskUpdater(event_queue, context.task_id or "", context.context_id or "").cancel()
 
 
 def _options(text: str) -> tuple[bool, float]:
@@ -97,7 +101,9 @@ def card(url: str) -> AgentCard:
         name="echo", description="Replies echo: <text>; 'sleep:<s> ...' works that long first.",
         version="1.0.0", default_input_modes=["text/plain"], default_output_modes=["text/plain"],
         capabilities=AgentCapabilities(streaming=True),
-        supported_interfaces=[AgentInterface(url=url, protocol_binding="JSONRPC", protocol_version="1.0")],
+        # one endpoint, both vocabularies (the SDK serves v0.3 through a2a-sdk's compat layer)
+        supported_interfaces=[AgentInterface(url=url, protocol_binding="JSONRPC", protocol_version="1.0"),
+                              AgentInterface(url=url, protocol_binding="JSONRPC", protocol_version="0.3")],
         skills=[AgentSkill(id="echo", name="echo", description="echo the text back", tags=["echo"])],
     )
 
