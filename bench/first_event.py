@@ -1,0 +1,97 @@
+"""Time to first event of a stream, through berth vs straight to the same echo agent.
+
+    python bench/first_event.py [--n 200] [--database-url postgresql://…]
+
+Each request is `SendStreamingMessage` of `task sleep:0.2 …`: the echo agent sends its
+first event (the task, `working`) at once and the last after 0.2 s, so the first-event
+time measures the stream path (accept into the delivery log, claim, forward, pipe) and
+not the work. One request at a time (sequential), then 8 at once. Figures, not assertions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import aiohttp
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from proxy import ADMIN, start_berth, start_echo  # noqa: E402
+
+
+def _body() -> dict[str, object]:
+    return {"jsonrpc": "2.0", "id": 1, "method": "SendStreamingMessage", "params": {"message": {
+        "role": "ROLE_USER", "messageId": str(uuid.uuid4()), "parts": [{"text": "task sleep:0.2 bench"}]}}}
+
+
+async def _one(s: aiohttp.ClientSession, url: str) -> tuple[float, float]:
+    """(seconds to the first SSE event, seconds to the end of the stream)."""
+    t0 = time.perf_counter()
+    first = 0.0
+    async with s.post(url, json=_body()) as r:
+        assert r.status == 200, await r.text()
+        async for line in r.content:
+            if line.startswith(b"data: ") and not first:
+                first = time.perf_counter() - t0
+    return first, time.perf_counter() - t0
+
+
+async def measure(url: str, n: int, concurrency: int, headers: dict[str, str]) -> tuple[list[float], list[float]]:
+    async with aiohttp.ClientSession(headers={**headers, "a2a-version": "1.0"},
+                                     connector=aiohttp.TCPConnector(limit=concurrency * 2)) as s:
+        for _ in range(5):  # warm up connections and code paths
+            await _one(s, url)
+        firsts: list[float] = []
+        totals: list[float] = []
+        todo = iter(range(n))
+
+        async def worker() -> None:
+            for _ in todo:
+                f, t = await _one(s, url)
+                firsts.append(f)
+                totals.append(t)
+
+        await asyncio.gather(*[worker() for _ in range(concurrency)])
+        return firsts, totals
+
+
+def pct(xs: list[float], p: float) -> float:
+    s = sorted(xs)
+    return s[min(len(s) - 1, int(p / 100 * len(s)))] * 1000
+
+
+async def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--n", type=int, default=200)
+    ap.add_argument("--database-url")
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as t:
+        tmp = Path(t)
+        echo, direct = start_echo(tmp)
+        berth, via = start_berth(tmp, "aiohttp", args.database_url)
+        try:
+            store = "postgresql" if args.database_url else "sqlite"
+            print(f"# time to first stream event: store {store}, {args.n} streams per row, agent works 0.2 s")
+            for c in (1, 8):
+                d_first, d_total = await measure(direct, args.n, c, {})
+                b_first, b_total = await measure(via, args.n, c, {"authorization": f"Bearer {ADMIN}"})
+                for label, f, tot in (("direct to echo", d_first, d_total), ("via berth", b_first, b_total)):
+                    print(f"{label:<16} c={c:<2} first event p50 {pct(f, 50):6.2f} ms  p99 {pct(f, 99):7.2f} ms"
+                          f"   whole stream p50 {pct(tot, 50):7.2f} ms")
+                print(f"{'':<16} added by berth to the first event: p50 "
+                      f"{pct(b_first, 50) - pct(d_first, 50):+.2f} ms, mean "
+                      f"{(statistics.mean(b_first) - statistics.mean(d_first)) * 1000:+.2f} ms")
+        finally:
+            for p in (echo, berth):
+                p.terminate()
+                p.wait(30)
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
