@@ -116,8 +116,9 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     port = int(os.environ.get("BERTH_PORT") or args.port or 8000)
     state = Path(os.environ.get("BERTH_STATE_DIR") or ".berth-state")
-    url = os.environ.get("BERTH_ADVERTISE_URL") or f"http://{args.host}:{port}/"
-    serve(EchoExecutor(state), card(url), port=port, host=args.host, drain_seconds=args.drain_seconds)
+    host = os.environ.get("BERTH_HOST") or args.host
+    url = os.environ.get("BERTH_ADVERTISE_URL") or f"http://{host}:{port}/"
+    serve(EchoExecutor(state), card(url), port=port, host=host, drain_seconds=args.drain_seconds)
 
 
 if __name__ == "__main__":
