@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.e2e.harness import BerthServer, executions, free_port, reply_text, send, wait_status
+from tests.e2e.harness import BerthServer, create, executions, free_port, reply_text, send, wait_status
 from tests.services import Outage, require_postgres, require_redis
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.redis]
@@ -226,7 +226,7 @@ async def test_deliveries_keep_working_while_redis_is_away(tmp_path: Path, agent
     clients: list[httpx.AsyncClient] = []
     try:
         for r in replicas:
-            r.start()
+            await asyncio.to_thread(r.start)  # the proxy runs on this loop: keep it turning
         clients = [r.client() for r in replicas]
         await _external_workspace(clients[0], "no-redis", agent_port, replicas[0].url, tmp_path, external,
                                   max_concurrency=2)
@@ -243,7 +243,43 @@ async def test_deliveries_keep_working_while_redis_is_away(tmp_path: Path, agent
         for cl in clients:
             await cl.aclose()
         for r in replicas:
-            r.stop()
+            await asyncio.to_thread(r.stop)  # their shutdown goes through the proxy on this loop
             r.kill9()
+        await outage.down()
+        await _admin(pg, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+async def test_database_away_means_503_then_back_to_work(tmp_path: Path):
+    """PostgreSQL goes away under a running berth: sends answer 503 (nothing accepted, so the
+    caller retries), /readyz says why; when it is back, berth works again by itself."""
+    pg = require_postgres()
+    name = f"berth_e2e_{uuid.uuid4().hex[:10]}"
+    await _admin(pg, f"CREATE DATABASE {name}")
+    outage = Outage(pg.rsplit("/", 1)[0] + "/" + name)
+    await outage.up()
+    server = BerthServer(tmp_path / "r", env={"BERTH_DATABASE_URL": outage.url})
+    try:
+        await asyncio.to_thread(server.start)  # the proxy runs on this loop: keep it turning
+        async with server.client() as c:
+            await create(c, "pg-away")
+            assert reply_text((await send(c, "pg-away", "before", "pa-1")).json()) == "echo: before"
+            await outage.down()
+            r = await send(c, "pg-away", "while away", "pa-2")
+            assert r.status_code == 503, r.text
+            assert r.json()["error"]["data"]["reason"] == "store_unavailable" and r.json()["id"] == 1
+            ready = await c.get("/readyz")
+            assert ready.status_code == 503 and "store" in ready.json()["problem"]
+            await outage.up()
+            deadline = asyncio.get_running_loop().time() + 20
+            while (await c.get("/readyz")).status_code != 200:
+                assert asyncio.get_running_loop().time() < deadline
+                await asyncio.sleep(0.2)
+            assert reply_text((await send(c, "pg-away", "while away", "pa-2")).json()) == "echo: while away"
+            info = await wait_status(c, "pg-away", "online")
+            starts, _ = executions(info["state_dir"])
+            assert starts["pa-1"] == 1 and starts["pa-2"] == 1
+    finally:
+        await asyncio.to_thread(server.stop)  # its shutdown goes through the proxy on this loop
+        server.kill9()
         await outage.down()
         await _admin(pg, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")

@@ -28,6 +28,9 @@ class MemoryStore:
         self._restarts: dict[str, RestartRecord] = {}
         self._seq = itertools.count(1)
 
+    async def ping(self) -> None:
+        return None
+
     async def migrate(self) -> None:
         return None
 

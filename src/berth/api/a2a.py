@@ -4,7 +4,9 @@ validation layer because it is the hot path and passes bodies through."""
 from __future__ import annotations
 
 import hmac
+from typing import Any
 
+import orjson
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
@@ -45,9 +47,18 @@ async def _body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def _rpc_error(status: int, code: int, message: str, **headers: str) -> Response:
-    return Response(error_reply(None, code, message), status_code=status, media_type="application/json",
+def _rpc_error(status: int, code: int, message: str, *, rid: Any = None, data: dict[str, Any] | None = None,
+               **headers: str) -> Response:
+    return Response(error_reply(rid, code, message, data), status_code=status, media_type="application/json",
                     headers=headers)
+
+
+def _request_id(raw: bytes) -> Any:
+    try:
+        doc = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    return doc.get("id") if isinstance(doc, dict) else None
 
 
 async def _workspace(c: Container, request: Request) -> Workspace:
@@ -68,7 +79,11 @@ async def a2a_endpoint(request: Request) -> Response:
     except TooLarge:
         return _rpc_error(413, -32600, f"request body over the limit of {c.settings.max_body_bytes} bytes")
     headers = {k: v for k, v in request.headers.items()}
-    reply = await c.proxy.handle(ws, raw, headers)
+    try:
+        reply = await c.proxy.handle(ws, raw, headers)
+    except BerthError as e:  # e.g. the database is away: nothing was accepted, the caller may retry
+        extra = {"retry-after": "5"} if e.status == 503 else {}
+        return _rpc_error(e.status, -32603, e.message, rid=_request_id(raw), data={"reason": e.code}, **extra)
     if reply.stream is not None:
         return StreamingResponse(reply.stream, status_code=reply.status, media_type="text/event-stream",
                                  headers={**reply.headers, "cache-control": "no-cache", "x-accel-buffering": "no"})

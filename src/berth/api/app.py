@@ -3,6 +3,7 @@ background loop."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 
@@ -57,7 +58,14 @@ def create_app(settings: Settings | None = None, container: Container | None = N
     @app.get("/readyz", include_in_schema=False)
     async def readyz(request: Request) -> JSONResponse:
         ready = bool(request.app.state.ready)
-        return JSONResponse({"ready": ready}, status_code=200 if ready else 503)
+        problem = None if ready else "starting"
+        if ready:
+            try:
+                await asyncio.wait_for(c.store.ping(), 2.0)
+            except Exception as e:  # noqa: BLE001 - any failure means not ready
+                ready, problem = False, f"store: {e.__class__.__name__}: {e}"
+        body = {"ready": ready} if ready else {"ready": False, "problem": problem}
+        return JSONResponse(body, status_code=200 if ready else 503)
 
     @app.get("/metrics", include_in_schema=False)
     async def metrics() -> PlainTextResponse:

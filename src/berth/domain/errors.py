@@ -60,6 +60,12 @@ class Unavailable(BerthError):
     status = 503
 
 
+class StoreUnavailable(Unavailable):
+    """The database could not be reached: nothing was accepted, so the caller may retry."""
+
+    code = "store_unavailable"
+
+
 class LocksUnavailable(Unavailable):
     """The shared lock service (Redis) could not be reached. A lease taken before it stays
     held until its ttl runs out."""

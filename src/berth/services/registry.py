@@ -120,14 +120,31 @@ class Registry:
         await self.restarts.request(moved, trigger=Trigger.POLICY, reason=why, delay=delay)
 
     async def liveness(self, period: float) -> None:
-        """Treat a workspace that stopped heartbeating as crashed (runs in the lifespan)."""
+        """Treat a workspace that stopped heartbeating as crashed (runs in the lifespan).
+
+        Heartbeats are recorded in the store, so while the store is away they cannot be, and
+        their silence says nothing about the agents: liveness waits, and counts silence
+        only from the moment the store answers again."""
+        store_back_at = 0.0
         while True:
             await asyncio.sleep(period)
+            try:
+                await self.run.store.ping()
+            except Exception as e:  # noqa: BLE001 - any failure: the store is away
+                if store_back_at >= 0:
+                    log.warning("store unavailable (%s); liveness checks wait for it", e)
+                store_back_at = -1.0
+                continue
             now = time.time()
+            if store_back_at < 0:
+                store_back_at = now
             for ws in self.run.roster.all():
                 if ws.state is not S.ONLINE or ws.owner not in (None, self.run.owner):
                     continue
-                if ws.last_heartbeat is not None and now - ws.last_heartbeat > self._hb_timeout:
+                if ws.last_heartbeat is None:
+                    continue
+                silent = now - max(ws.last_heartbeat, store_back_at)
+                if silent > self._hb_timeout:
                     try:
                         await self._lost(ws, now - ws.last_heartbeat)
                     except Exception:

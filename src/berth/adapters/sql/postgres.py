@@ -15,12 +15,13 @@ SQLite, and the same semantics; the differences are about running replicas side 
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any, TypeVar
 
 from berth.adapters.sql import rows, schema
 from berth.domain.delivery import FINAL, Delivery, DeliveryStatus, check_move
-from berth.domain.errors import Conflict, NotFound
+from berth.domain.errors import Conflict, NotFound, StoreUnavailable
 from berth.domain.lifecycle import WorkspaceState
 from berth.domain.restart import RestartRecord
 from berth.domain.workspace import Workspace
@@ -66,17 +67,23 @@ class PostgresStore:
 
     async def _tx(self, fn: Callable[[Conn], Awaitable[T]]) -> T:
         """Run `fn` in one transaction: every Store operation is atomic, as on SQLite."""
-        pool = await self._get_pool()
-        async with pool.acquire() as conn, conn.transaction():
-            return await fn(conn)
+        with _reachable():
+            pool = await self._get_pool()
+            async with pool.acquire(timeout=_ACQUIRE_TIMEOUT) as conn, conn.transaction():
+                return await fn(conn)
 
     async def _fetch(self, sql: str, *args: Any) -> list[Any]:
-        pool = await self._get_pool()
-        return list(await pool.fetch(sql, *args))
+        with _reachable():
+            pool = await self._get_pool()
+            return list(await pool.fetch(sql, *args, timeout=_QUERY_TIMEOUT))
 
     async def _fetchrow(self, sql: str, *args: Any) -> Any:
-        pool = await self._get_pool()
-        return await pool.fetchrow(sql, *args)
+        with _reachable():
+            pool = await self._get_pool()
+            return await pool.fetchrow(sql, *args, timeout=_QUERY_TIMEOUT)
+
+    async def ping(self) -> None:
+        await self._fetchrow("SELECT 1")
 
     async def migrate(self) -> None:
         """Create the pool and bring the schema up to date, once across all replicas."""
@@ -369,6 +376,20 @@ FROM picked
 WHERE d.seq = picked.seq
 RETURNING d.*
 """
+
+
+_ACQUIRE_TIMEOUT = 10.0
+_QUERY_TIMEOUT = 30.0
+
+
+@contextmanager
+def _reachable() -> Iterator[None]:
+    """A lost or refused connection is the service being away (503), not a bug (500)."""
+    try:
+        yield
+    except (OSError, TimeoutError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
+            asyncpg.CannotConnectNowError, asyncpg.TooManyConnectionsError) as e:
+        raise StoreUnavailable(f"the database is unavailable: {e.__class__.__name__}: {e}") from e
 
 
 def _rowcount(status: str) -> int:

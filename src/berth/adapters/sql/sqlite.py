@@ -73,6 +73,9 @@ class SqliteStore:
 
         await self._run(go)
 
+    async def ping(self) -> None:
+        await self._run(lambda c: c.execute("SELECT 1").fetchone(), write=False)
+
     async def close(self) -> None:
         def shut() -> None:
             if self._conn is not None:
