@@ -6,7 +6,14 @@ import signal
 
 import pytest
 
-from tests.e2e.harness import BerthServer, create, executions, send, wait_deliveries_final, wait_status
+from tests.e2e.harness import (
+    BerthServer,
+    create,
+    executions,
+    send,
+    wait_deliveries_final,
+    wait_status,
+)
 
 pytestmark = pytest.mark.slow
 

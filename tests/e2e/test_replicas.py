@@ -18,7 +18,15 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.e2e.harness import BerthServer, create, executions, free_port, reply_text, send, wait_status
+from tests.e2e.harness import (
+    BerthServer,
+    create,
+    executions,
+    free_port,
+    reply_text,
+    send,
+    wait_status,
+)
 from tests.services import Outage, require_postgres, require_redis
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.redis]

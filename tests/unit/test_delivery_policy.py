@@ -1,6 +1,7 @@
 import pytest
 
-from berth.domain.delivery import DeliveryPolicy, DeliveryStatus as D, Outcome, check_move
+from berth.domain.delivery import DeliveryPolicy, Outcome, check_move
+from berth.domain.delivery import DeliveryStatus as D
 from berth.domain.errors import IllegalTransition
 
 policy = DeliveryPolicy(max_attempts=3, backoff_base=0.2, backoff_max=1.0)
