@@ -2,6 +2,7 @@
 
 import asyncio
 import time
+from pathlib import Path
 
 import pytest
 
@@ -82,6 +83,8 @@ async def test_pause_holds_messages_and_resume_delivers_them(berth_server):
 async def test_remove_cancels_pending_and_lists_them(berth_server):
     async with berth_server.client() as c:
         await create(c, "doomed")
+        state_dir = Path((await wait_status(c, "doomed", "online"))["state_dir"])
+        assert state_dir.exists()
         await c.post("/v1/workspaces/doomed/pause")
         ids = [(await send(c, "doomed", f"x{i}", f"doomed-{i}", wait=0)).json()["delivery_id"] for i in range(3)]
         r = await c.delete("/v1/workspaces/doomed")
@@ -90,6 +93,7 @@ async def test_remove_cancels_pending_and_lists_them(berth_server):
         assert all(d["status"] == "canceled" for d in r.json()["canceled"])
         assert (await c.get("/v1/workspaces/doomed")).status_code == 404
         assert (await c.get(f"/v1/deliveries/{ids[0]}")).json()["status"] == "canceled"
+        assert not state_dir.exists()  # removed for good: its state goes with it
 
 
 async def test_cancel_and_retry_of_a_queued_delivery(berth_server):

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import shutil
 import signal
 import socket
 from pathlib import Path
@@ -123,6 +124,14 @@ class ProcessProvisioner:
             return ""
         lines = path.read_bytes().decode(errors="replace").splitlines()
         return "\n".join(lines[-tail:]) + ("\n" if lines else "")
+
+    async def remove_state(self, ws: Workspace) -> bool:
+        """Delete the workspace's folder (state and log), once it is removed for good."""
+        folder = self.root / ws.id
+        if not folder.exists():
+            return False
+        await asyncio.to_thread(shutil.rmtree, folder, True)
+        return True
 
     async def close(self) -> None:
         for t in self._watchers.values():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from typing import Any
@@ -16,6 +17,7 @@ from berth.services.lifecycle import Runner, hash_token, new_token
 from berth.services.restart import RestartService
 
 S = WorkspaceState
+log = logging.getLogger("berth.workspaces")
 __all__ = ["Workspaces"]
 
 
@@ -85,6 +87,12 @@ class Workspaces:
             canceled = await self.store.cancel_pending(ws.id, time.time(), "workspace removed")
             await self.store.delete_workspace(ws.id)
         self.run.roster.drop(ws.id)
+        provisioner = self.run.provisioner(ws)
+        if provisioner is not None:
+            try:
+                await provisioner.remove_state(ws)
+            except Exception:  # noqa: BLE001 - the workspace is gone either way; say so in the log
+                log.warning("could not remove the state of %s", ws.name, exc_info=True)
         for d in canceled:
             await self.run.dispatcher.finished(d)
         await self.run.events.emit("workspace.removed", workspace_id=ws.id, name=ws.name)
