@@ -89,15 +89,22 @@ class Container:
             await sub.aclose()
 
     async def _prune(self) -> None:
+        """Retention and orphans, every `housekeeping_seconds`."""
         import time
 
         while True:
-            await asyncio.sleep(60)
+            await asyncio.sleep(self.settings.housekeeping_seconds)
             try:
                 n = await self.store.prune_finished(time.time() - self.settings.retention_hours * 3600)
                 if n:
                     log.info("pruned %d finished deliveries", n)
                 await self.roster.refresh()
+                # agents whose workspace is gone (removed on another replica, or left by a
+                # crash between a start and its record): only those of no workspace at all
+                known = {w.id: w for w in self.roster.all()}
+                for p in self.provisioners.values():
+                    for name in await p.cleanup_orphans(known):
+                        log.info("removed orphaned agent %s", name)
             except Exception:
                 log.exception("retention pass failed")
 

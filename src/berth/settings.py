@@ -37,6 +37,7 @@ class Settings:
     crash_loop_limit: int = 5
     crash_loop_window: float = 120.0
     retention_hours: float = 24.0
+    housekeeping_seconds: float = 60.0  # how often retention pruning and orphan cleanup run
     agent_client: str = "aiohttp"  # outbound HTTP to agents: aiohttp (measured faster) or httpx
     docker_network: str = "berth"
     in_docker: bool | None = None  # None: detect from /.dockerenv

@@ -107,3 +107,32 @@ def test_cli(berth_server, tmp_path):
     bad = subprocess.run([sys.executable, "-m", "berth", "ws", "ls"], capture_output=True, text=True,
                          env={**env, "BERTH_SERVER": "http://127.0.0.1:9"}, timeout=30)
     assert bad.returncode == 1 and "cannot reach berth" in bad.stderr
+
+
+async def test_an_orphaned_agent_process_is_stopped_by_housekeeping(tmp_path):
+    """An agent process of this berth whose workspace does not exist (say, left by a crash
+    between a start and its record) is stopped by the periodic pass, not only at start."""
+    from pathlib import Path
+
+    from tests.e2e.harness import BerthServer
+
+    server = BerthServer(tmp_path / "b", env={"BERTH_HOUSEKEEPING_SECONDS": "1"}).start()
+    orphan = None
+    try:
+        async with server.client() as c:
+            await create(c, "keeper")
+            info = await wait_status(c, "keeper", "online")
+            real = dict(item.split("=", 1) for item in Path(f"/proc/{info['pid']}/environ").read_text().split("\0")
+                        if item.startswith("BERTH_INSTANCE="))
+            env = {**os.environ, **real, "BERTH_WORKSPACE_ID": "no-such-workspace",
+                   "BERTH_STATE_DIR": str(tmp_path / "orphan"), "BERTH_PORT": "0"}
+            orphan = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], env=env)
+            t0 = asyncio.get_running_loop().time()
+            while orphan.poll() is None and asyncio.get_running_loop().time() - t0 < 15:
+                await asyncio.sleep(0.1)
+            assert orphan.poll() is not None, "the orphan is still running"
+            assert (await c.get("/v1/workspaces/keeper")).json()["status"] == "online"  # its own agent is kept
+    finally:
+        if orphan is not None and orphan.poll() is None:
+            orphan.kill()
+        server.stop()

@@ -109,7 +109,7 @@ class ProcessProvisioner:
         They drain on SIGTERM, so work they were doing finishes and is recorded by the SDK's
         dedupe; the message is then redelivered to the fresh process and answered from it."""
         stopped = []
-        for pid, ws_id in _instance_processes(self.instance):
+        for pid, ws_id in await asyncio.to_thread(_instance_processes, self.instance):
             if ws_id in self._procs and self._procs[ws_id].pid == pid:
                 continue
             ws = known.get(ws_id)
