@@ -64,7 +64,9 @@ def _api(args: argparse.Namespace) -> Api:
 def _table(rows: list[dict[str, Any]], cols: list[str]) -> str:
     cells = [[_cell(r.get(c)) for c in cols] for r in rows]
     widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(cols)]
-    line = lambda vals: "  ".join(v.ljust(w) for v, w in zip(vals, widths, strict=True)).rstrip()  # noqa: E731
+    def line(vals: list[str]) -> str:
+        return "  ".join(v.ljust(w) for v, w in zip(vals, widths, strict=True)).rstrip()
+
     return "\n".join([line([c.upper() for c in cols])] + [line(r) for r in cells])
 
 
@@ -200,10 +202,10 @@ def cmd_send(args: argparse.Namespace) -> None:
 def _text_of(result: dict[str, Any]) -> str:
     msg = result.get("message") or result
     parts = msg.get("parts") or []
-    texts = [p.get("text") for p in parts if isinstance(p, dict) and p.get("text")]
+    texts = [str(p["text"]) for p in parts if isinstance(p, dict) and p.get("text")]
     if not texts and "task" in result:
         for a in result["task"].get("artifacts") or []:
-            texts += [p.get("text") for p in a.get("parts") or [] if p.get("text")]
+            texts += [str(p["text"]) for p in a.get("parts") or [] if p.get("text")]
     return "\n".join(texts)
 
 

@@ -48,7 +48,7 @@ async def _body(request: Request, limit: int) -> bytes:
 
 
 def _rpc_error(status: int, code: int, message: str, *, rid: Any = None, data: dict[str, Any] | None = None,
-               **headers: str) -> Response:
+               headers: dict[str, str] | None = None) -> Response:
     return Response(error_reply(rid, code, message, data), status_code=status, media_type="application/json",
                     headers=headers)
 
@@ -71,7 +71,7 @@ async def a2a_endpoint(request: Request) -> Response:
         await _authorize(c, request)
         ws = await _workspace(c, request)
     except (Unauthorized, Forbidden) as e:
-        return _rpc_error(e.status, -32600, e.message, **{"www-authenticate": "Bearer"})
+        return _rpc_error(e.status, -32600, e.message, headers={"www-authenticate": "Bearer"})
     except BerthError as e:
         return _rpc_error(e.status, -32001 if e.status == 404 else -32603, e.message)
     try:
@@ -82,8 +82,10 @@ async def a2a_endpoint(request: Request) -> Response:
     try:
         reply = await c.proxy.handle(ws, raw, headers)
     except BerthError as e:  # e.g. the database is away: nothing was accepted, the caller may retry
-        extra = {"retry-after": "5"} if e.status == 503 else {}
-        return _rpc_error(e.status, -32603, e.message, rid=_request_id(raw), data={"reason": e.code}, **extra)
+        out = _rpc_error(e.status, -32603, e.message, rid=_request_id(raw), data={"reason": e.code})
+        if e.status == 503:
+            out.headers["retry-after"] = "5"
+        return out
     if reply.stream is not None:
         return StreamingResponse(reply.stream, status_code=reply.status, media_type="text/event-stream",
                                  headers={**reply.headers, "cache-control": "no-cache", "x-accel-buffering": "no"})

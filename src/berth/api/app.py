@@ -69,10 +69,11 @@ def create_app(settings: Settings | None = None, container: Container | None = N
 
     @app.get("/metrics", include_in_schema=False)
     async def metrics() -> PlainTextResponse:
-        depth, busy = {}, {}
+        depth: dict[tuple[tuple[str, str], ...], float] = {}
+        busy: dict[tuple[tuple[str, str], ...], float] = {}
         for ws in c.roster.all():
             counts = await c.store.counts(ws.id)
-            key = (("workspace", ws.name),)
+            key: tuple[tuple[str, str], ...] = (("workspace", ws.name),)
             depth[key] = float(counts[DeliveryStatus.QUEUED])
             busy[key] = float(counts[DeliveryStatus.IN_FLIGHT])
         text = c.metrics.render({"berth_queue_depth": depth, "berth_in_flight": busy})

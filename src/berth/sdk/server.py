@@ -114,7 +114,8 @@ class AgentRuntime:
 
 
 def _card_dict(card: AgentCard) -> dict[str, Any]:
-    return MessageToDict(card)
+    out: dict[str, Any] = MessageToDict(card)
+    return out
 
 
 def build_app(executor: AgentExecutor, card: AgentCard, *, port: int | None = None,
@@ -139,8 +140,8 @@ def build_app(executor: AgentExecutor, card: AgentCard, *, port: int | None = No
         rid = doc.get("id")
         if drain.draining:
             return Response(draining_error(rid), media_type="application/json")
-        params = doc.get("params") if isinstance(doc.get("params"), dict) else {}
-        message = params.get("message") if isinstance(params.get("message"), dict) else {}
+        params: dict[str, Any] = doc["params"] if isinstance(doc.get("params"), dict) else {}
+        message: dict[str, Any] = params["message"] if isinstance(params.get("message"), dict) else {}
         mid = message.get("messageId")
         if not isinstance(mid, str) or not mid:
             return await a2a(request)  # type: ignore[no-any-return]
@@ -163,9 +164,9 @@ def build_app(executor: AgentExecutor, card: AgentCard, *, port: int | None = No
             keep = b'"jsonrpc"' in body and b"DRAINING" not in body
             dedupe.finish(mid, method, body if keep else None)
             drain.leave(mid)
-            return resp
+            return resp  # type: ignore[no-any-return]
         resp.body_iterator = _capture(resp.body_iterator, mid, method, dedupe, drain)
-        return resp
+        return resp  # type: ignore[no-any-return]
 
     async def restart_pending(request: Request) -> Response:
         try:
@@ -196,7 +197,7 @@ def build_app(executor: AgentExecutor, card: AgentCard, *, port: int | None = No
 
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
-        await store.initialize()  # create the table once, before concurrent first requests race to
+        await store.initialize()  # type: ignore[attr-defined]  # create the table once, before concurrent first requests race to
         for mid, task_id in dedupe.cut_executions():  # cut by the last stop: not `working` forever
             with contextlib.suppress(Exception):
                 await close_cut_task(store, task_id, None, None)

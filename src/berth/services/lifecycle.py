@@ -157,7 +157,8 @@ class Runner:
             self.roster.put(ws)
             online = asyncio.ensure_future(self.roster.wait_for(
                 ws.id, lambda w: w is None or w.state is not S.PROVISIONING, self.start_timeout))
-            done, _ = await asyncio.wait({online, exited}, return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait({online, exited},  # type: ignore[type-var]
+                                         return_when=asyncio.FIRST_COMPLETED)
             if exited in done:
                 online.cancel()
                 raise StartFailed(f"the agent exited with code {exited.result()} before registering")

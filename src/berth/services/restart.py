@@ -128,9 +128,9 @@ class RestartService:
             log.warning("restart %s of %s failed: %s", r.id, ws.name, msg)
             r.error = msg
             await self._finish(r, Phase.FAILED)
-            current = self.run.roster.peek(ws.id)
-            if current is not None and current.state is not S.REMOVED:
-                await self.run.move(current, S.FAILED, last_error=f"restart failed: {msg}")
+            now_ws = self.run.roster.peek(ws.id)
+            if now_ws is not None and now_ws.state is not S.REMOVED:
+                await self.run.move(now_ws, S.FAILED, last_error=f"restart failed: {msg}")
         finally:
             self._metrics.inc("berth_restarts_total", trigger=r.trigger.value, result=r.phase.value)
             self._metrics.observe("berth_restart_seconds", time.monotonic() - started)
