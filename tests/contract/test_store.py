@@ -462,6 +462,9 @@ async def test_counts(store: Store) -> None:
     assert await store.counts("w1") == {**zero, D.QUEUED: 1, D.IN_FLIGHT: 1, D.DONE: 1, D.CANCELED: 1}
     assert await store.counts() == {**zero, D.QUEUED: 2, D.IN_FLIGHT: 1, D.DONE: 1, D.CANCELED: 1}
     assert await store.counts("nope") == zero
+    assert await store.pending("w1") == (1, 1)
+    assert await store.pending("w2") == (1, 0)
+    assert await store.pending("nope") == (0, 0)
 
 
 async def test_next_ready_at(store: Store) -> None:

@@ -223,6 +223,11 @@ class MemoryStore:
             out[d.status] += 1
         return out
 
+    async def pending(self, workspace_id: str) -> tuple[int, int]:
+        mine = self._of(workspace_id)
+        return (sum(d.status is DeliveryStatus.QUEUED for d in mine),
+                sum(d.status is DeliveryStatus.IN_FLIGHT for d in mine))
+
     async def next_ready_at(self, workspace_id: str) -> float | None:
         return min((d.not_before for d in self._of(workspace_id, D.QUEUED)), default=None)
 

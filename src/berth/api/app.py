@@ -15,7 +15,6 @@ from berth import __version__
 from berth.api import agents, errors, management
 from berth.api.a2a import a2a_endpoint, agent_card_endpoint
 from berth.bootstrap import Container, build
-from berth.domain.delivery import DeliveryStatus
 from berth.settings import Settings
 
 __all__ = ["create_app"]
@@ -72,10 +71,10 @@ def create_app(settings: Settings | None = None, container: Container | None = N
         depth: dict[tuple[tuple[str, str], ...], float] = {}
         busy: dict[tuple[tuple[str, str], ...], float] = {}
         for ws in c.roster.all():
-            counts = await c.store.counts(ws.id)
+            queued, in_flight = await c.store.pending(ws.id)
             key: tuple[tuple[str, str], ...] = (("workspace", ws.name),)
-            depth[key] = float(counts[DeliveryStatus.QUEUED])
-            busy[key] = float(counts[DeliveryStatus.IN_FLIGHT])
+            depth[key] = float(queued)
+            busy[key] = float(in_flight)
         text = c.metrics.render({"berth_queue_depth": depth, "berth_in_flight": busy})
         return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
 

@@ -66,8 +66,7 @@ _CREATE_DOC = {"requestBody": {"required": True, "content": {"application/json":
 @router.post("/workspaces", status_code=201, summary="Create and start a workspace", openapi_extra=_CREATE_DOC)
 async def create_workspace(request: Request, c: Container = Depends(berth)) -> JSONResponse:
     ws, token = await c.workspaces.create(await json_body(request))
-    counts = await c.store.counts(ws.id)
-    out = ws.public(counts[DeliveryStatus.QUEUED], counts[DeliveryStatus.IN_FLIGHT])
+    out = ws.public(*await c.store.pending(ws.id))
     return JSONResponse({**out, "token": token}, status_code=201)
 
 

@@ -7,7 +7,6 @@ import time
 import uuid
 from typing import Any
 
-from berth.domain.delivery import DeliveryStatus
 from berth.domain.errors import Conflict
 from berth.domain.lifecycle import WorkspaceState
 from berth.domain.restart import RestartRecord, Trigger
@@ -47,15 +46,13 @@ class Workspaces:
 
     async def show(self, ref: str) -> dict[str, Any]:
         ws = await self.get(ref)
-        counts = await self.store.counts(ws.id)
-        return ws.public(counts[DeliveryStatus.QUEUED], counts[DeliveryStatus.IN_FLIGHT])
+        return ws.public(*await self.store.pending(ws.id))
 
     async def list(self) -> list[dict[str, Any]]:
         await self.run.roster.refresh()
         out = []
         for ws in sorted(self.run.roster.all(), key=lambda w: w.created_at):
-            counts = await self.store.counts(ws.id)
-            out.append(ws.public(counts[DeliveryStatus.QUEUED], counts[DeliveryStatus.IN_FLIGHT]))
+            out.append(ws.public(*await self.store.pending(ws.id)))
         return out
 
     async def restart(self, ref: str, *, reason: str | None, drain_seconds: float | None) -> tuple[RestartRecord, bool]:

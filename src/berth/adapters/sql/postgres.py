@@ -312,6 +312,13 @@ class PostgresStore:
                                 *args)
         return [rows.d_from_row(r) for r in reversed(got)]
 
+    async def pending(self, workspace_id: str) -> tuple[int, int]:
+        row = await self._fetchrow(
+            "SELECT (SELECT count(*) FROM deliveries WHERE workspace_id = $1 AND status = 'queued') AS q, "
+            "(SELECT count(*) FROM deliveries WHERE workspace_id = $1 AND status = 'in_flight') AS f",
+            workspace_id)
+        return int(row["q"]), int(row["f"])
+
     async def counts(self, workspace_id: str | None = None) -> dict[DeliveryStatus, int]:
         where, args = ("WHERE workspace_id = $1", [workspace_id]) if workspace_id else ("", [])
         out = {s: 0 for s in D}

@@ -316,6 +316,16 @@ class SqliteStore:
 
         return await self._run(go, write=False)
 
+    async def pending(self, workspace_id: str) -> tuple[int, int]:
+        def go(c: sqlite3.Connection) -> tuple[int, int]:
+            row = c.execute(
+                "SELECT (SELECT count(*) FROM deliveries WHERE workspace_id = ? AND status = 'queued'), "
+                "(SELECT count(*) FROM deliveries WHERE workspace_id = ? AND status = 'in_flight')",
+                (workspace_id, workspace_id)).fetchone()
+            return int(row[0]), int(row[1])
+
+        return await self._run(go, write=False)
+
     async def counts(self, workspace_id: str | None = None) -> dict[DeliveryStatus, int]:
         where, args = ("WHERE workspace_id = ?", (workspace_id,)) if workspace_id else ("", ())
 
