@@ -136,3 +136,28 @@ async def test_an_orphaned_agent_process_is_stopped_by_housekeeping(tmp_path):
         if orphan is not None and orphan.poll() is None:
             orphan.kill()
         server.stop()
+
+
+async def test_finished_deliveries_are_pruned_after_the_retention_window(tmp_path):
+    """Retention: finished deliveries stay for the idempotency window, then a background
+    pass prunes them; queued ones are never touched."""
+    from tests.e2e.harness import BerthServer
+
+    server = BerthServer(tmp_path / "b", env={"BERTH_RETENTION_HOURS": str(2 / 3600),
+                                              "BERTH_HOUSEKEEPING_SECONDS": "0.5"}).start()
+    try:
+        async with server.client() as c:
+            await create(c, "short-memory")
+            r = await send(c, "short-memory", "remember briefly", "rb-1")
+            did = r.headers["x-berth-delivery-id"]
+            again = await send(c, "short-memory", "remember briefly", "rb-1")  # inside the window
+            assert again.headers["x-berth-delivery-id"] == did
+            await c.post("/v1/workspaces/short-memory/pause")
+            held = (await send(c, "short-memory", "held", "rb-2", wait=0)).json()["delivery_id"]
+            t0 = asyncio.get_running_loop().time()
+            while (await c.get(f"/v1/deliveries/{did}")).status_code != 404:
+                assert asyncio.get_running_loop().time() - t0 < 15, "not pruned"
+                await asyncio.sleep(0.2)
+            assert (await c.get(f"/v1/deliveries/{held}")).json()["status"] == "queued"
+    finally:
+        server.stop()
