@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import shutil
 import sys
+from pathlib import Path
 
 from berth.bootstrap import Container
 from berth.domain.errors import NotFound
@@ -19,13 +22,30 @@ async def ensure_demo(c: Container) -> None:
     except NotFound:
         ws, _ = await c.workspaces.create(
             {"name": DEMO_NAME, "command": [sys.executable, "-m", "berth.examples.echo"]})
+    # say "online" only when it is: the first start takes a couple of seconds, and the agent
+    # registers over HTTP, so this waits in the background while the server serves
+    c.tasks.append(asyncio.create_task(_announce(c, ws.id), name="demo-announce"))
+
+
+async def _announce(c: Container, ws_id: str) -> None:
+    await c.roster.wait_for(ws_id, lambda w: w is None or w.state.value in ("online", "failed"), 30)
+    ws = c.roster.peek(ws_id)
+    if ws is None:
+        return
+    berth_cli = "berth" if shutil.which("berth") else str(Path(sys.executable).parent / "berth")
     url = c.settings.advertised_url
+    flags = ""  # the CLI's defaults are this server and ./.berth
+    if url != "http://127.0.0.1:8080":
+        flags += f" --server {url}"
+    if c.settings.data_path.resolve() != (Path.cwd() / ".berth").resolve():
+        flags += f" --data-dir {c.settings.data_path}"
     token_file = c.settings.data_path / "admin_token"
     auth = f"$(cat {token_file})" if not c.settings.admin_token else "$BERTH_ADMIN_TOKEN"
     print(
         f"\nberth is serving {url}; demo workspace '{ws.name}' is {ws.state.value}.\n"
         f"Message it:\n"
-        f"  berth send {DEMO_NAME} 'hello'            (from this folder)\n"
+        f"  {berth_cli} send {DEMO_NAME} 'hello'{flags}\n"
+        f"  {berth_cli} ws restart {DEMO_NAME}{flags}      (live phases, then the drain report)\n"
         f"  curl -s {url}/v1/workspaces/{DEMO_NAME}/a2a -H \"authorization: Bearer {auth}\" \\\n"
         f"    -H 'a2a-version: 1.0' -H 'content-type: application/json' -d '{{\"jsonrpc\":\"2.0\",\"id\":1,"
         f"\"method\":\"SendMessage\",\"params\":{{\"message\":{{\"role\":\"ROLE_USER\",\"messageId\":\"m1\","
