@@ -14,6 +14,7 @@ SQLite, and the same semantics; the differences are about running replicas side 
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -51,18 +52,21 @@ def _insert(table: str, params: dict[str, Any], tail: str = "") -> tuple[str, li
 
 
 class PostgresStore:
-    def __init__(self, url: str, *, min_size: int = 1, max_size: int = 10) -> None:
+    def __init__(self, url: str, *, min_size: int = 1, max_size: int = 20) -> None:
         self.url = url
         self._min_size = min_size
         self._max_size = max_size
         self._pool: asyncpg.Pool | None = None
+        self._pool_lock = asyncio.Lock()
 
     # plumbing --------------------------------------------------------------
     async def _get_pool(self) -> asyncpg.Pool:
         if self._pool is None:
-            self._pool = await asyncpg.create_pool(
-                self.url, min_size=self._min_size, max_size=self._max_size,
-            )
+            async with self._pool_lock:  # several first calls at once must not make several pools
+                if self._pool is None:
+                    self._pool = await asyncpg.create_pool(
+                        self.url, min_size=self._min_size, max_size=self._max_size, reset=_no_reset,
+                    )
         return self._pool
 
     async def _tx(self, fn: Callable[[Conn], Awaitable[T]]) -> T:
@@ -96,6 +100,8 @@ class PostgresStore:
                 for version, script in schema.migrations(schema.POSTGRES):
                     if version not in done:
                         await self._apply(conn, version, script)
+                # code, not schema: replaced on every start, so it always matches this berth
+                await conn.execute(_CLAIM_FUNCTION)
             finally:
                 await conn.execute("SELECT pg_advisory_unlock($1)", _MIGRATE_LOCK)
 
@@ -176,16 +182,14 @@ class PostgresStore:
         sql, args = _insert("deliveries", rows.d_params(d),
                             "ON CONFLICT (workspace_id, message_id) DO NOTHING RETURNING *")
 
-        async def go(c: Conn) -> tuple[Delivery, bool]:
-            row = await c.fetchrow(sql, *args)
-            if row is not None:
-                return rows.d_from_row(row), True
-            # The conflicting row is committed (ON CONFLICT waited for it), so this sees it.
-            row = await c.fetchrow("SELECT * FROM deliveries WHERE workspace_id = $1 AND message_id = $2",
+        # One autocommit statement in the common case (the hot path: one round trip).
+        row = await self._fetchrow(sql, *args)
+        if row is not None:
+            return rows.d_from_row(row), True
+        # The conflicting row is committed (ON CONFLICT waited for it), so this sees it.
+        row = await self._fetchrow("SELECT * FROM deliveries WHERE workspace_id = $1 AND message_id = $2",
                                    d.workspace_id, d.message_id)
-            return rows.d_from_row(row), False
-
-        return await self._tx(go)
+        return rows.d_from_row(row), False
 
     async def get_delivery(self, delivery_id: str) -> Delivery:
         row = await self._fetchrow("SELECT * FROM deliveries WHERE id = $1", delivery_id)
@@ -201,24 +205,10 @@ class PostgresStore:
     async def claim(
         self, workspace_id: str, *, capacity: int | None, owner: str, lease_seconds: float, now: float,
     ) -> list[Delivery]:
-        async def go(c: Conn) -> list[Delivery]:
-            limit = None
-            if capacity is not None:
-                # One capped claimer per workspace at a time, on every replica: the in-flight
-                # count below stays true until this transaction commits. Uncapped claims
-                # need no lock: SKIP LOCKED alone keeps them from taking a row twice.
-                await c.execute("SELECT pg_advisory_xact_lock($1, hashtext($2))",
-                                _CLAIM_LOCK_CLASS, workspace_id)
-                busy = await c.fetchval(
-                    "SELECT count(*) FROM deliveries WHERE workspace_id = $1 AND status = 'in_flight'",
-                    workspace_id)
-                limit = capacity - busy
-                if limit <= 0:
-                    return []
-            got = await c.fetch(_CLAIM_SQL, workspace_id, float(now), limit, owner, float(now + lease_seconds))
-            return sorted((rows.d_from_row(r) for r in got), key=lambda d: d.seq)
-
-        return await self._tx(go)
+        # One round trip, also when there is nothing to claim (see _CLAIM_FUNCTION).
+        got = await self._fetch("SELECT * FROM berth_claim($1, $2, $3, $4, $5)", workspace_id, capacity,
+                                owner, float(now), float(now + lease_seconds))
+        return sorted((rows.d_from_row(r) for r in got), key=lambda d: d.seq)
 
     async def renew(self, owner: str, ids: list[str], lease_until: float) -> int:
         if not ids:
@@ -368,14 +358,49 @@ class PostgresStore:
 # The claim: the oldest ready queued rows of one workspace, through the partial index
 # deliveries_queued (workspace_id, seq) WHERE status = 'queued'. SKIP LOCKED passes over
 # rows another transaction is changing (a cancel, a retry) instead of waiting for it.
-_CLAIM_SQL = """
-WITH picked AS (
-    SELECT seq FROM deliveries
-    WHERE workspace_id = $1 AND status = 'queued' AND not_before <= $2
-    ORDER BY seq
-    LIMIT $3
-    FOR UPDATE SKIP LOCKED
-)
+async def _no_reset(conn: Conn) -> None:
+    """The pool's reset on release: nothing to undo. berth leaves no session state on a
+    connection (no LISTEN, cursors, SET, or session locks outside migrate(), which unlocks in
+    `finally`); asyncpg's default reset costs a round trip per operation."""
+
+
+# Which rows a claim takes: over the partial index deliveries_queued (workspace_id, seq)
+# WHERE status = 'queued', however many finished rows the table holds.
+_PICK = ("SELECT seq FROM deliveries WHERE workspace_id = {ws} AND status = 'queued' "
+         "AND not_before <= {now} ORDER BY seq LIMIT {limit} FOR UPDATE SKIP LOCKED")
+
+# The claim, as one function call: the per-workspace lock (capacity across replicas), the
+# in-flight count and the SKIP LOCKED claim in one round trip. Each statement of a VOLATILE
+# function takes a fresh snapshot (READ COMMITTED), so the count sees every claim committed
+# before the lock was granted. The lock key is the same as a claim in separate statements.
+_CLAIM_FUNCTION = f"""
+CREATE OR REPLACE FUNCTION berth_claim(p_ws text, p_cap integer, p_owner text, p_now double precision,
+                                       p_until double precision)
+RETURNS SETOF deliveries LANGUAGE plpgsql VOLATILE AS $$
+DECLARE n bigint;  -- NULL: uncapped
+BEGIN
+    IF p_cap IS NOT NULL THEN
+        PERFORM pg_advisory_xact_lock({_CLAIM_LOCK_CLASS}, hashtext(p_ws));
+        SELECT p_cap - count(*) INTO n FROM deliveries WHERE workspace_id = p_ws AND status = 'in_flight';
+        IF n <= 0 THEN RETURN; END IF;
+    END IF;
+    RETURN QUERY
+    WITH picked AS (
+        {_PICK.format(ws="p_ws", now="p_now", limit="n")}
+    ), moved AS (
+        UPDATE deliveries AS d
+        SET status = 'in_flight', lease_owner = p_owner, lease_until = p_until, forwards = d.forwards + 1,
+            first_forwarded_at = COALESCE(d.first_forwarded_at, p_now), updated_at = p_now
+        FROM picked WHERE d.seq = picked.seq
+        RETURNING d.*
+    )
+    SELECT * FROM moved;
+END $$
+"""
+
+# The claim statement the function runs, with positional parameters (for EXPLAIN in tests).
+_CLAIM_SQL = f"""
+WITH picked AS ({_PICK.format(ws="$1", now="$2", limit="$3")})
 UPDATE deliveries AS d
 SET status = 'in_flight', lease_owner = $4, lease_until = $5, forwards = d.forwards + 1,
     first_forwarded_at = COALESCE(d.first_forwarded_at, $2), updated_at = $2
