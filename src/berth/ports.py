@@ -155,7 +155,14 @@ class AgentReply:
 
 
 class AgentUnreachable(Exception):
-    """The agent could not be reached or the connection broke: a transport failure."""
+    """The agent could not be reached or the connection broke: a transport failure.
+
+    `reached=False` when the request certainly never got to the agent (connection refused,
+    no such host, no URL): such a failure says nothing about the message."""
+
+    def __init__(self, message: str = "", *, reached: bool = True) -> None:
+        super().__init__(message)
+        self.reached = reached
 
 
 class AgentClient(Protocol):

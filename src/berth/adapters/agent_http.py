@@ -52,7 +52,7 @@ class HttpAgentClient:
                 if data:
                     yield "event", b"\n".join(data)
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as e:
-            raise AgentUnreachable(f"{type(e).__name__}: {e}".rstrip(": ")) from e
+            raise _unreachable(e) from e
 
     async def get(self, url: str, headers: dict[str, str], timeout: float) -> AgentReply:
         return await self._call("GET", url, None, headers, timeout)
@@ -66,8 +66,14 @@ class HttpAgentClient:
                 data = await resp.read()
                 return AgentReply(resp.status, data, resp.headers.get("content-type", "application/json"))
         except (TimeoutError, aiohttp.ClientError, OSError) as e:
-            raise AgentUnreachable(f"{type(e).__name__}: {e}".rstrip(": ")) from e
+            raise _unreachable(e) from e
 
     async def close(self) -> None:
         if self._session is not None:
             await self._session.close()
+
+
+def _unreachable(e: BaseException) -> AgentUnreachable:
+    # a connector error is raised before any byte of the request was sent
+    return AgentUnreachable(f"{type(e).__name__}: {e}".rstrip(": "),
+                            reached=not isinstance(e, aiohttp.ClientConnectorError))

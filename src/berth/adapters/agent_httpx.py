@@ -39,7 +39,8 @@ class HttpxAgentClient:
                 if data:
                     yield "event", "\n".join(data).encode()
         except httpx.HTTPError as e:
-            raise AgentUnreachable(f"{type(e).__name__}: {e}".rstrip(": ")) from e
+            raise AgentUnreachable(f"{type(e).__name__}: {e}".rstrip(": "),
+                                   reached=not isinstance(e, httpx.ConnectError)) from e
 
     async def get(self, url: str, headers: dict[str, str], timeout: float) -> AgentReply:
         return await self._call("GET", url, None, headers, timeout)
@@ -49,7 +50,8 @@ class HttpxAgentClient:
         try:
             r = await self._client.request(method, url, content=body, headers=headers, timeout=timeout)
         except httpx.HTTPError as e:
-            raise AgentUnreachable(f"{type(e).__name__}: {e}".rstrip(": ")) from e
+            raise AgentUnreachable(f"{type(e).__name__}: {e}".rstrip(": "),
+                                   reached=not isinstance(e, httpx.ConnectError)) from e
         return AgentReply(r.status_code, r.content, r.headers.get("content-type", "application/json"))
 
     async def close(self) -> None:

@@ -42,12 +42,16 @@ def check_move(src: DeliveryStatus, dst: DeliveryStatus) -> DeliveryStatus:
     return dst
 
 
+UNREACHED_RETRY = 1.0  # seconds before a delivery that could not reach its agent is tried again
+
+
 class Outcome(str, enum.Enum):
     """What one forward attempt came to, as the dispatcher saw it."""
 
     REPLIED = "replied"  # the agent answered (a JSON-RPC result or error): final
     DRAINING = "draining"  # the agent refused because it drains: hold, no attempt counted
-    TRANSPORT = "transport"  # connection refused/reset, timeout, 5xx without JSON-RPC body
+    TRANSPORT = "transport"  # connection reset, timeout, 5xx without JSON-RPC body
+    UNREACHED = "unreached"  # connection refused, no such host: the request never got there
     REJECTED = "rejected"  # a 4xx without a JSON-RPC body: the agent will never take it
 
 
@@ -83,6 +87,9 @@ class DeliveryPolicy:
             return Verdict(D.DONE, count_attempt=False)
         if outcome is Outcome.DRAINING or (outcome is Outcome.TRANSPORT and planned):
             return Verdict(D.QUEUED, count_attempt=False, reason="deferred: workspace restarting")
+        if outcome is Outcome.UNREACHED:  # not the message's fault: never an attempt, never poison
+            return Verdict(D.QUEUED, count_attempt=False, retry_in=UNREACHED_RETRY,
+                           reason="deferred: agent not reachable")
         if outcome is Outcome.REJECTED:
             return Verdict(D.DEAD, count_attempt=True, reason="agent rejected the message")
         counted = attempts + 1

@@ -48,6 +48,7 @@ class Dispatcher:
         self._loops: dict[str, asyncio.Task[None]] = {}
         self._forwards: dict[str, dict[str, asyncio.Task[None]]] = {}
         self._idle: dict[str, asyncio.Event] = {}
+        self._draining_run: dict[str, str | None] = {}  # ws id -> the run whose agent refused: DRAINING
         self._closing = False
 
     # wake-ups --------------------------------------------------------------
@@ -117,7 +118,7 @@ class Dispatcher:
         try:
             url = self._link.target(ws)
             if url is None:
-                raise AgentUnreachable("no agent url known")
+                raise AgentUnreachable("no agent url known", reached=False)
             headers = {**d.headers, "content-type": "application/json"}
             if d.method in STREAM_METHODS:
                 reply = await self._stream(d, url, headers)
@@ -126,7 +127,8 @@ class Dispatcher:
             outcome = classify(reply)
             detail = f"HTTP {reply.status}"
         except AgentUnreachable as e:
-            outcome, reply, detail = Outcome.TRANSPORT, None, str(e) or type(e).__name__
+            outcome = Outcome.TRANSPORT if e.reached else Outcome.UNREACHED
+            reply, detail = None, str(e) or type(e).__name__
         except Exception as e:  # never lose a claimed delivery to a bug: treat as transport
             log.exception("forward of %s failed", d.id)
             outcome, reply, detail = Outcome.TRANSPORT, None, repr(e)
@@ -162,16 +164,24 @@ class Dispatcher:
         detail: str | None,
     ) -> None:
         now_ws = self._roster.peek(ws.id)
-        if outcome is Outcome.TRANSPORT and now_ws is not None and now_ws.state is WorkspaceState.ONLINE:
+        failed = outcome in (Outcome.TRANSPORT, Outcome.UNREACHED)
+        if failed and now_ws is not None and now_ws.state is WorkspaceState.ONLINE:
             await asyncio.sleep(CRASH_NOTICE)  # let a crash of the agent be noticed first
             now_ws = self._roster.peek(ws.id)
-        planned = now_ws is None or now_ws.state in PLANNED_INTERRUPTION
+        if outcome is Outcome.DRAINING:
+            self._draining_run[ws.id] = ws.run_token_hash
+        # An agent that said it drains (a SIGTERM from outside berth: `docker stop`, `kill`)
+        # then goes away: a failed forward to that same run is its planned exit, not the
+        # message's fault, even before berth notices the exit.
+        planned = (now_ws is None or now_ws.state in PLANNED_INTERRUPTION
+                   or (outcome is Outcome.TRANSPORT and ws.run_token_hash is not None
+                       and self._draining_run.get(ws.id) == ws.run_token_hash))
         crashed = now_ws is not None and now_ws.crash_count > ws.crash_count
         verdict = self._policy.judge(outcome, attempts=d.attempts, planned=planned, crashed=crashed)
         now = time.time()
         hold = DRAINING_HOLD if outcome is Outcome.DRAINING else verdict.retry_in
         reason = verdict.reason
-        if outcome is Outcome.TRANSPORT and verdict.status is not DeliveryStatus.DONE and detail:
+        if failed and verdict.status is not DeliveryStatus.DONE and detail:
             reason = f"{reason or 'transport failure'}: {detail}"
         how = Settle(verdict.status, verdict.count_attempt,
                      reply=body if verdict.status is DeliveryStatus.DONE else None,
@@ -179,8 +189,9 @@ class Dispatcher:
         settled = await self._store.settle(d.id, self.owner, how, now)
         if settled is None:
             return  # the lease was lost (a restart requeued it, or another replica took over)
-        if outcome is Outcome.TRANSPORT:
-            self._metrics.inc("berth_forward_failures_total", kind="planned" if planned else "transport")
+        if failed:
+            kind = "planned" if planned else outcome.value
+            self._metrics.inc("berth_forward_failures_total", kind=kind)
         if hold:
             asyncio.get_running_loop().call_later(hold, self.wake, ws.id)
         if settled.status.final:
