@@ -291,3 +291,42 @@ async def test_database_away_means_503_then_back_to_work(tmp_path: Path):
         server.kill9()
         await outage.down()
         await _admin(pg, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+def _agent_pids(ws_id: str) -> list[int]:
+    out = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            env = (entry / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if f"BERTH_WORKSPACE_ID={ws_id}".encode() in env:
+            out.append(int(entry.name))
+    return out
+
+
+async def test_a_process_workspace_is_run_by_its_owner_only(cluster: Cluster):
+    """Replica 0 runs a process workspace; replica 1 routes to it but never starts, stops or
+    duplicates it, also when replica 1 itself stops and starts again."""
+    clients = cluster.clients()
+    try:
+        ws = await clients[0].post("/v1/workspaces", json={
+            "name": "owned", "command": [sys.executable, "-m", "berth.examples.echo"]})
+        assert ws.status_code == 201
+        ws_id = ws.json()["id"]
+        info = await wait_status(clients[0], "owned", "online")
+        assert _agent_pids(ws_id) == [info["pid"]]
+        assert reply_text((await send(clients[1], "owned", "via the other replica")).json()) == \
+            "echo: via the other replica"
+        await asyncio.to_thread(cluster.replicas[1].stop)  # drains and stops only what it owns
+        await asyncio.to_thread(cluster.replicas[1].start)
+        again = await wait_status(clients[1], "owned", "online")
+        assert again["pid"] == info["pid"] and _agent_pids(ws_id) == [info["pid"]]
+        assert again["restart_count"] == 0
+        assert reply_text((await send(clients[1], "owned", "still the same agent")).json()) == \
+            "echo: still the same agent"
+    finally:
+        for cl in clients:
+            await cl.aclose()
