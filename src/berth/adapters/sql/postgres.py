@@ -51,7 +51,7 @@ def _insert(table: str, params: dict[str, Any], tail: str = "") -> tuple[str, li
     return f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({marks}) {tail}", [params[c] for c in cols]
 
 
-class PostgresStore:
+class PostgresStore(rows.WorkspaceUpdates):
     def __init__(self, url: str, *, min_size: int = 1, max_size: int = 20) -> None:
         self.url = url
         self._min_size = min_size
@@ -137,25 +137,10 @@ class PostgresStore:
     async def list_workspaces(self) -> list[Workspace]:
         return [rows.ws_from_row(r) for r in await self._fetch("SELECT * FROM workspaces ORDER BY created_at")]
 
-    async def update_workspace(self, ws_id: str, **fields: Any) -> Workspace:
-        ws = await self._update_ws(ws_id, None, fields)
-        if ws is None:
-            raise NotFound(f"no workspace {ws_id!r}", code="workspace_not_found")
-        return ws
-
-    async def move_workspace(
-        self, ws_id: str, to: WorkspaceState, *, only_from: frozenset[WorkspaceState] | None = None,
-        **fields: Any,
-    ) -> Workspace | None:
-        return await self._update_ws(ws_id, only_from, {"state": to, **fields})
-
     async def _update_ws(
         self, ws_id: str, only_from: frozenset[WorkspaceState] | None, fields: dict[str, Any],
     ) -> Workspace | None:
-        fields = {"updated_at": time.time(), **fields}
-        for k in fields:
-            if k not in rows.WS_COLUMNS or k == "id":
-                raise AttributeError(k)
+        fields = rows.ws_update(fields)
         args: list[Any] = [ws_id]
         sets = []
         for k, v in fields.items():

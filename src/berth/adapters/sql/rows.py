@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Mapping
 from typing import Any
 
 from berth.domain.delivery import Delivery, DeliveryStatus
+from berth.domain.errors import NotFound
 from berth.domain.lifecycle import WorkspaceState
 from berth.domain.restart import Phase, PhaseTiming, RestartRecord, Trigger
 from berth.domain.workspace import RestartPolicy, Runtime, Workspace
@@ -95,3 +97,35 @@ def r_from_row(row: Mapping[str, Any]) -> RestartRecord:
         phases=phases, drain_report=None if row["drain_report"] is None else json.loads(row["drain_report"]),
         error=row["error"], created_at=row["created_at"], finished_at=row["finished_at"],
     )
+
+
+def ws_update(fields: dict[str, Any]) -> dict[str, Any]:
+    """The columns an update writes: `updated_at` unless given; unknown columns (and the id)
+    are a programming error."""
+    fields = {"updated_at": time.time(), **fields}
+    for k in fields:
+        if k not in WS_COLUMNS or k == "id":
+            raise AttributeError(k)
+    return fields
+
+
+class WorkspaceUpdates:
+    """update_workspace / move_workspace of both SQL stores, over their `_update_ws`."""
+
+    async def _update_ws(
+        self, ws_id: str, only_from: frozenset[WorkspaceState] | None, fields: dict[str, Any],
+    ) -> Workspace | None:
+        raise NotImplementedError
+
+    async def update_workspace(self, ws_id: str, **fields: Any) -> Workspace:
+        ws = await self._update_ws(ws_id, None, fields)
+        if ws is None:
+            raise NotFound(f"no workspace {ws_id!r}", code="workspace_not_found")
+        return ws
+
+    async def move_workspace(
+        self, ws_id: str, to: WorkspaceState, *, only_from: frozenset[WorkspaceState] | None = None,
+        **fields: Any,
+    ) -> Workspace | None:
+        return await self._update_ws(ws_id, only_from, {"state": to, **fields})
+

@@ -28,7 +28,7 @@ _FINAL_SQL = "('done', 'dead', 'canceled', 'expired')"
 __all__ = ["SqliteStore"]
 
 
-class SqliteStore:
+class SqliteStore(rows.WorkspaceUpdates):
     def __init__(self, path: str, *, synchronous: str = "NORMAL") -> None:
         self.path = path
         self._sync = synchronous.upper()
@@ -114,25 +114,10 @@ class SqliteStore:
             write=False,
         )
 
-    async def update_workspace(self, ws_id: str, **fields: Any) -> Workspace:
-        ws = await self._update_ws(ws_id, None, fields)
-        if ws is None:
-            raise NotFound(f"no workspace {ws_id!r}", code="workspace_not_found")
-        return ws
-
-    async def move_workspace(
-        self, ws_id: str, to: WorkspaceState, *, only_from: frozenset[WorkspaceState] | None = None,
-        **fields: Any,
-    ) -> Workspace | None:
-        return await self._update_ws(ws_id, only_from, {"state": to, **fields})
-
     async def _update_ws(
         self, ws_id: str, only_from: frozenset[WorkspaceState] | None, fields: dict[str, Any],
     ) -> Workspace | None:
-        fields = {"updated_at": time.time(), **fields}
-        for k in fields:
-            if k not in rows.WS_COLUMNS or k == "id":
-                raise AttributeError(k)
+        fields = rows.ws_update(fields)
         sets = ", ".join(f"{k} = :{k}" for k in fields)
         params = {k: rows.ws_value(k, v) for k, v in fields.items()}
         params["_id"] = ws_id
