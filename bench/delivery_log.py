@@ -398,7 +398,7 @@ class PgBackend:
         return (f"PostgreSQL {s['server_version']}: SHOW fsync = {s['fsync']}, SHOW synchronous_commit = "
                 f"{s['synchronous_commit']}, wal_sync_method {s['wal_sync_method']}, shared_buffers "
                 f"{s['shared_buffers']}; database {self.db} (created and dropped by the bench); "
-                f"PostgresStore pool max_size {self.pool_size or 'default (10)'}")
+                f"PostgresStore pool max_size {self.pool_size or 'default'}")
 
     async def seed(self, n: int) -> None:
         c = self.conn
