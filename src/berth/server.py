@@ -5,12 +5,14 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import socket
 import sys
 from collections.abc import Iterator
 
 import uvicorn
 
 from berth.api.app import create_app
+from berth.bootstrap import Container
 from berth.settings import Settings
 
 __all__ = ["serve"]
@@ -30,7 +32,39 @@ def serve(args: argparse.Namespace) -> None:
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level="warning",
                             loop="uvloop" if _has("uvloop") else "asyncio",
                             http="httptools" if _has("httptools") else "h11", timeout_graceful_shutdown=60)
-    _Server(config).run()
+    _Server(config).run(sockets=_sockets(settings, app.state.berth))
+
+
+def _sockets(settings: Settings, container: Container) -> list[socket.socket] | None:
+    """berth's listening sockets. Bound to the loopback (the default) with Docker workspaces
+    on the same host, berth also listens on the host's address on the workspaces' network,
+    so their agents can register without exposing berth on every interface."""
+    docker = container.provisioners.get("docker")
+    gateway = getattr(docker, "gateway", None)
+    if settings.host not in ("127.0.0.1", "localhost", "::1") or settings.running_in_docker() or gateway is None:
+        return None
+    addresses = [settings.host]
+    extra = gateway()
+    if extra:
+        addresses.append(extra)
+    out = []
+    for address in addresses:
+        family = socket.AF_INET6 if ":" in address else socket.AF_INET
+        s = socket.socket(family, socket.SOCK_STREAM)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((address, settings.port))
+        except OSError as e:
+            s.close()
+            if address == settings.host:
+                raise
+            log.warning("cannot also listen on %s:%s for docker workspaces: %s", address, settings.port, e)
+            continue
+        s.set_inheritable(True)
+        out.append(s)
+        if address != settings.host:
+            log.info("also listening on %s:%s, for docker workspaces", address, settings.port)
+    return out
 
 
 class _Server(uvicorn.Server):

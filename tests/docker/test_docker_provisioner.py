@@ -376,3 +376,29 @@ def test_factory_without_an_engine_is_none(monkeypatch: pytest.MonkeyPatch, tmp_
     t0 = time.monotonic()
     assert docker_provisioner(Settings(data_dir=str(tmp_path))) is None
     assert time.monotonic() - t0 < 2.0
+
+
+async def test_a_default_berth_on_the_loopback_serves_docker_workspaces(docker_engine: Any, tmp_path: Any) -> None:
+    """`berth serve` as the quick start runs it (127.0.0.1 only): berth also listens on the
+    host's address on the workspaces' network, so a container can register, and nothing
+    else is exposed."""
+    from berth.settings import Settings
+    from tests.e2e.harness import BerthServer, create, reply_text, send
+
+    server = BerthServer(tmp_path / "berth", env={"BERTH_DOCKER_NETWORK": NETWORK}).start()
+    instance = Settings(data_dir=str(tmp_path / "berth")).instance
+    try:
+        async with server.client() as c:
+            ws = await create(c, "loopback-dock", runtime="docker", image=IMAGE, command=None)
+            r = await send(c, "loopback-dock", "over the gateway", "lb-1")
+            assert reply_text(r.json()) == "echo: over the gateway"
+            env = docker_engine.containers.get(f"ws-{ws['id'][:12]}").attrs["Config"]["Env"]
+            assert f"BERTH_URL=http://host.docker.internal:{server.port}" in env
+        gateway = docker_engine.networks.get(NETWORK).attrs["IPAM"]["Config"][0]["Gateway"]
+        assert "also listening on " + gateway in server.log.read_text()
+    finally:
+        server.stop()
+        server.kill9()
+        from tests.docker.conftest import remove_instance
+
+        remove_instance(docker_engine, instance)

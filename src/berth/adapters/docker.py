@@ -82,12 +82,6 @@ def docker_provisioner(settings: Any) -> DockerProvisioner | None:
         in_docker = _container_of(client)
         settings.in_docker = in_docker
         log.info("berth %s a container of this Docker engine", "is" if in_docker else "is not")
-    if not in_docker and not settings.public_url and settings.host in ("127.0.0.1", "localhost", "::1"):
-        log.warning(
-            "berth listens on %s only: docker workspaces (which reach berth at %s) cannot "
-            "register; serve with --host 0.0.0.0 (or set --public-url) to use them",
-            settings.host, HOST_ALIAS,
-        )
     return DockerProvisioner(client, instance=settings.instance, network=settings.docker_network,
                              in_docker=in_docker)
 
@@ -107,6 +101,7 @@ class DockerProvisioner:
         self._expected: dict[str, float] = {}  # container ids berth stops or removes itself
         self._old_logs: dict[str, str] = {}  # ws id -> log tail of its removed containers
         self._network_ready = False
+        self._gateway: str | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._events: Any = None  # the open event stream
         self._watch_lock: asyncio.Lock | None = None
@@ -255,7 +250,9 @@ class DockerProvisioner:
             "restart_policy": {"Name": "no"},
         }
         if not self.in_docker:
-            kwargs["extra_hosts"] = {HOST_ALIAS: "host-gateway"}
+            # the host as seen from the workspaces' network: berth listens there too (see
+            # gateway()), so agents reach it even when berth binds the loopback only
+            kwargs["extra_hosts"] = {HOST_ALIAS: self.gateway() or "host-gateway"}
         if ws.command:
             kwargs["command"] = list(ws.command)
         memory = ws.limits.get("memory")
@@ -304,6 +301,19 @@ class DockerProvisioner:
             if self.in_docker:
                 self._join(net)
             self._network_ready = True
+
+    def gateway(self) -> str | None:
+        """The host's address on the workspaces' network (created if missing), or None."""
+        if getattr(self, "_gateway", None) is None:
+            try:
+                self._ensure_network()
+                net = self.client.networks.get(self.network)
+                configs = (net.attrs.get("IPAM") or {}).get("Config") or []
+                self._gateway = next((c["Gateway"] for c in configs if c.get("Gateway")), None)
+            except Exception as e:  # noqa: BLE001 - no gateway: containers use host-gateway
+                log.warning("could not read the gateway of network %s: %s", self.network, e)
+                return None
+        return self._gateway
 
     def _join(self, net: Any) -> None:
         """berth in a container: make sure it is on the workspaces' network (best effort)."""
