@@ -84,6 +84,8 @@ class Container:
                     continue
                 if topic == WS_TOPIC:
                     await self.roster.refresh(ws_id)
+                elif payload.get("replica") == self.dispatcher.owner:
+                    continue  # our own announcement: this replica woke its loop already
                 self.dispatcher.wake(ws_id)
         finally:
             await sub.aclose()
@@ -199,6 +201,7 @@ def build(settings: Settings) -> Container:
     dispatcher = Dispatcher(
         store, client, roster, link, waiters, events, metrics, DeliveryPolicy(max_attempts=settings.max_attempts),
         owner=owner, lease_seconds=settings.lease_seconds, forward_timeout=settings.forward_timeout,
+        sole=isinstance(store, SqliteStore),
     )
     runner = Runner(
         store, roster, provisioners, link, dispatcher, events, berth_url=settings.advertised_url, owner=owner,

@@ -18,7 +18,7 @@ from berth.domain.workspace import Workspace
 from berth.metrics import Metrics
 from berth.ports import AgentClient, AgentReply, AgentUnreachable, Settle, Store
 from berth.services.agent_link import AgentLink
-from berth.services.events import DONE_TOPIC, Events
+from berth.services.events import DONE_TOPIC, WORK_TOPIC, Events
 from berth.services.replies import classify
 from berth.services.roster import Roster
 from berth.services.streams import is_terminal_event, stream_topic
@@ -36,7 +36,7 @@ class Dispatcher:
     def __init__(
         self, store: Store, client: AgentClient, roster: Roster, link: AgentLink, waiters: Waiters,
         events: Events, metrics: Metrics, policy: DeliveryPolicy, *, owner: str,
-        lease_seconds: float, forward_timeout: float, poll_seconds: float = 1.0,
+        lease_seconds: float, forward_timeout: float, poll_seconds: float = 1.0, sole: bool = False,
     ) -> None:
         self._store, self._client, self._roster, self._link = store, client, roster, link
         self._waiters, self._events, self._metrics, self._policy = waiters, events, metrics, policy
@@ -44,17 +44,29 @@ class Dispatcher:
         self._lease = lease_seconds
         self._timeout = forward_timeout
         self._poll = poll_seconds
+        # the only dispatcher on this log (SQLite): a forward that ends frees capacity only
+        # here, so it needs no claim unless the queue may hold more. With several replicas
+        # another replica's queued work may be waiting for exactly that capacity.
+        self._sole = sole
         self._wake: dict[str, asyncio.Event] = {}
         self._loops: dict[str, asyncio.Task[None]] = {}
         self._forwards: dict[str, dict[str, asyncio.Task[None]]] = {}
         self._idle: dict[str, asyncio.Event] = {}
-        self._draining_run: dict[str, str | None] = {}  # ws id -> the run whose agent refused: DRAINING
+        self._draining_run: dict[str, str | None] = {}
+        # per workspace: may the log hold claimable work this replica has not tried to claim?
+        # False after a claim that took less than it could (the queue was empty then) until
+        # new work is announced (an accept, a requeue, another replica, a poll timeout).
+        self._maybe_queued: dict[str, bool] = {}  # ws id -> the run whose agent refused: DRAINING
         self._closing = False
 
     # wake-ups --------------------------------------------------------------
-    def wake(self, ws_id: str) -> None:
+    def wake(self, ws_id: str, *, work: bool = True) -> None:
+        """Run the workspace's loop. `work=False`: only capacity was freed (a forward ended),
+        so a claim is worth its round trip only if the queue may hold more."""
         if self._closing:
             return
+        if work or not self._sole:
+            self._maybe_queued[ws_id] = True
         ev = self._wake.get(ws_id)
         if ev is None:
             ev = self._wake[ws_id] = asyncio.Event()
@@ -62,6 +74,12 @@ class Dispatcher:
         task = self._loops.get(ws_id)
         if task is None or task.done():
             self._loops[ws_id] = asyncio.create_task(self._loop(ws_id), name=f"dispatch-{ws_id[:8]}")
+
+    async def announce(self, ws_id: str) -> None:
+        """New work for a workspace: wake this replica's loop and every other replica's."""
+        self.wake(ws_id)
+        if not self._sole:
+            await self._events.signal(WORK_TOPIC, workspace_id=ws_id, replica=self.owner)
 
     def in_flight(self, ws_id: str) -> list[str]:
         """Delivery ids this replica is forwarding to the workspace right now."""
@@ -93,18 +111,25 @@ class Dispatcher:
             if ws.state is WorkspaceState.ONLINE:
                 cap = None if ws.native_session else ws.max_concurrency
                 busy = len(self._forwards.get(ws_id, {}))
-                if cap is None or busy < cap:
+                if (cap is None or busy < cap) and self._maybe_queued.get(ws_id, True):
+                    self._maybe_queued[ws_id] = False  # an accept during the claim sets it again
                     try:
                         claimed = await self._store.claim(
                             ws_id, capacity=cap, owner=self.owner, lease_seconds=self._lease, now=time.time())
                     except Exception:
+                        self._maybe_queued[ws_id] = True
                         log.exception("claim failed for %s", ws.name)
+                    if cap is not None and len(claimed) >= cap - busy:
+                        self._maybe_queued[ws_id] = True  # it took all it could: there may be more
                 for d in claimed:
                     self._start(ws, d)
-            if claimed:
+            if claimed and self._maybe_queued.get(ws_id, True):
                 continue
-            with contextlib.suppress(asyncio.TimeoutError):
+            try:
                 await asyncio.wait_for(ev.wait(), self._poll * (1 if ws.state is WorkspaceState.ONLINE else 5))
+            except asyncio.TimeoutError:
+                # the slow poll: work a lost notification did not announce (Redis away)
+                self._maybe_queued[ws_id] = True
 
     def _start(self, ws: Workspace, d: Delivery) -> None:
         task = asyncio.create_task(self._forward(ws, d), name=f"forward-{d.id[:8]}")
@@ -146,7 +171,7 @@ class Dispatcher:
                 ev = self._idle.get(ws.id)
                 if ev is not None:
                     ev.set()
-            self.wake(ws.id)
+            self.wake(ws.id, work=False)
 
     async def _stream(self, d: Delivery, url: str, headers: dict[str, str]) -> AgentReply:
         """Forward a stream, publishing each event; the reply is its terminal event."""
@@ -192,6 +217,8 @@ class Dispatcher:
         if failed:
             kind = "planned" if planned else outcome.value
             self._metrics.inc("berth_forward_failures_total", kind=kind)
+        if settled.status is DeliveryStatus.QUEUED:
+            self._maybe_queued[ws.id] = True  # back in the queue: the next claim must look
         if hold:
             asyncio.get_running_loop().call_later(hold, self.wake, ws.id)
         if settled.status.final:

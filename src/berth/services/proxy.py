@@ -123,7 +123,7 @@ class Proxy:
             raise
         if created:
             self._metrics.inc("berth_deliveries_accepted_total", workspace=ws.name)
-            self._dispatcher.wake(ws.id)
+            await self._dispatcher.announce(ws.id)
         if sub is not None:
             if not created:
                 await sub.aclose()
