@@ -60,8 +60,7 @@ def _sockets(settings: Settings, container: Container) -> list[socket.socket] | 
                 raise
             log.warning("cannot also listen on %s:%s for docker workspaces: %s", address, settings.port, e)
             continue
-        s.set_inheritable(True)
-        out.append(s)
+        out.append(s)  # not inheritable: agents berth starts must not hold berth's port
         if address != settings.host:
             log.info("also listening on %s:%s, for docker workspaces", address, settings.port)
     return out
