@@ -52,11 +52,11 @@ class Dispatcher:
         self._loops: dict[str, asyncio.Task[None]] = {}
         self._forwards: dict[str, dict[str, asyncio.Task[None]]] = {}
         self._idle: dict[str, asyncio.Event] = {}
-        self._draining_run: dict[str, str | None] = {}
+        self._draining_run: dict[str, str | None] = {}  # ws id -> the run whose agent refused: DRAINING
         # per workspace: may the log hold claimable work this replica has not tried to claim?
         # False after a claim that took less than it could (the queue was empty then) until
         # new work is announced (an accept, a requeue, another replica, a poll timeout).
-        self._maybe_queued: dict[str, bool] = {}  # ws id -> the run whose agent refused: DRAINING
+        self._maybe_queued: dict[str, bool] = {}
         self._closing = False
 
     # wake-ups --------------------------------------------------------------

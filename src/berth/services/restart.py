@@ -36,7 +36,6 @@ class RestartService:
         self._locks = locks
         self._metrics = metrics
         self._tasks: set[asyncio.Task[None]] = set()
-        self._done: dict[str, asyncio.Event] = {}
 
     # requests -------------------------------------------------------------
     async def request(
@@ -52,7 +51,7 @@ class RestartService:
             if active is not None:
                 return active, True
             if time.monotonic() > deadline:
-                raise Conflict(f"workspace {ws.name} is busy with another operation; try again", code="busy")
+                raise _busy(ws)
             await asyncio.sleep(0.02)
         ws = await self.run.roster.get(ws.id)
         if ws.state not in RESTARTABLE:
@@ -65,7 +64,6 @@ class RestartService:
             created_at=time.time(),
         )
         await self.run.store.save_restart(record)
-        self._done[record.id] = asyncio.Event()
         self._spawn(self._cycle(ws, record, token, delay))
         await self.run.events.emit("restart.requested", workspace_id=ws.id, restart_id=record.id,
                                    trigger=trigger.value, reason=reason)
@@ -79,23 +77,8 @@ class RestartService:
             if token is not None:
                 return token
             if time.monotonic() > deadline:
-                raise Conflict(f"workspace {ws.name} is busy with another operation; try again",
-                               code="busy")
+                raise _busy(ws)
             await asyncio.sleep(0.05)
-
-    async def wait(self, record_id: str, timeout: float, workspace_id: str | None = None) -> None:
-        """Until the cycle ends; a cycle run by another replica is followed in the store."""
-        ev = self._done.get(record_id)
-        if ev is not None:
-            await asyncio.wait_for(ev.wait(), timeout)
-            return
-        if workspace_id is None:
-            return
-        deadline = time.monotonic() + timeout
-        while (await self.run.store.get_restart(workspace_id, record_id)).finished_at is None:
-            if time.monotonic() > deadline:
-                raise TimeoutError(record_id)
-            await asyncio.sleep(0.1)
 
     # the cycle ------------------------------------------------------------
     async def _cycle(self, ws: Workspace, r: RestartRecord, token: str, delay: float) -> None:
@@ -134,9 +117,6 @@ class RestartService:
         finally:
             self._metrics.inc("berth_restarts_total", trigger=r.trigger.value, result=r.phase.value)
             self._metrics.observe("berth_restart_seconds", time.monotonic() - started)
-            ev = self._done.pop(r.id, None)
-            if ev is not None:
-                ev.set()
 
     async def _drain_and_stop(self, ws: Workspace, r: RestartRecord) -> None:
         moved = await self.run.move(ws, S.DRAINING)
@@ -242,3 +222,7 @@ def _key(ws_id: str) -> str:
 
 async def _noop() -> None:
     return None
+
+
+def _busy(ws: Workspace) -> Conflict:
+    return Conflict(f"workspace {ws.name} is busy with another operation; try again", code="busy")
