@@ -32,7 +32,7 @@ async def _announce(c: Container, ws_id: str) -> None:
     ws = c.roster.peek(ws_id)
     if ws is None:
         return
-    berth_cli = "berth" if shutil.which("berth") else str(Path(sys.executable).parent / "berth")
+    berth_cli = _cli_path()
     url = c.settings.advertised_url
     flags = ""  # the CLI's defaults are this server and ./.berth
     if url != "http://127.0.0.1:8080":
@@ -52,3 +52,16 @@ async def _announce(c: Container, ws_id: str) -> None:
         f"\"parts\":[{{\"text\":\"hello\"}}]}}}}}}'\n",
         file=sys.stderr, flush=True,
     )
+
+
+def _cli_path() -> str:
+    """This install's `berth`, as a user in another terminal would type it: `.venv/bin/berth`
+    from the folder berth runs in (scripts/serve-demo puts it on PATH only for itself)."""
+    exe = Path(sys.executable).parent / "berth"
+    if not exe.exists():
+        return shutil.which("berth") or "berth"
+    try:
+        return str(exe.relative_to(Path.cwd()))
+    except ValueError:
+        return str(exe)
+
