@@ -30,19 +30,39 @@ class Result:
         return xs[min(len(xs) - 1, int(p / 100 * len(xs)))] * 1000
 
     def row(self) -> str:
-        return (f"{self.label:<28} c={self.concurrency:<3} {self.rps:>8.0f} req/s   p50 {self.pct(50):6.2f} ms   "
-                f"p99 {self.pct(99):7.2f} ms   errors {self.errors}")
+        return (
+            f"{self.label:<28} c={self.concurrency:<3} {self.rps:>8.0f} req/s   p50 {self.pct(50):6.2f} ms   "
+            f"p99 {self.pct(99):7.2f} ms   errors {self.errors}"
+        )
 
 
 def body(text: str) -> dict[str, Any]:
-    return {"jsonrpc": "2.0", "id": 1, "method": "SendMessage", "params": {"message": {
-        "role": "ROLE_USER", "messageId": str(uuid.uuid4()), "parts": [{"text": text}]}}}
+    return {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "SendMessage",
+        "params": {
+            "message": {
+                "role": "ROLE_USER",
+                "messageId": str(uuid.uuid4()),
+                "parts": [{"text": text}],
+            }
+        },
+    }
 
 
-async def run(label: str, url: str, concurrency: int, seconds: float, headers: dict[str, str],
-              warmup: float = 1.0) -> Result:
+async def run(
+    label: str,
+    url: str,
+    concurrency: int,
+    seconds: float,
+    headers: dict[str, str],
+    warmup: float = 1.0,
+) -> Result:
     conn = aiohttp.TCPConnector(limit=concurrency * 2)
-    async with aiohttp.ClientSession(connector=conn, headers={**headers, "a2a-version": "1.0"}) as s:
+    async with aiohttp.ClientSession(
+        connector=conn, headers={**headers, "a2a-version": "1.0"}
+    ) as s:
         lat: list[float] = []
         errors = 0
         stop_at = 0.0
@@ -72,6 +92,8 @@ async def run(label: str, url: str, concurrency: int, seconds: float, headers: d
 
 
 def summary(direct: Result, via: Result) -> str:
-    return (f"  -> berth/direct throughput {via.rps / direct.rps * 100:5.1f} %, "
-            f"added p50 {via.pct(50) - direct.pct(50):+.2f} ms, added p99 {via.pct(99) - direct.pct(99):+.2f} ms"
-            f" (median of per-request latencies: direct {statistics.median(direct.latencies) * 1000:.2f} ms)")
+    return (
+        f"  -> berth/direct throughput {via.rps / direct.rps * 100:5.1f} %, "
+        f"added p50 {via.pct(50) - direct.pct(50):+.2f} ms, added p99 {via.pct(99) - direct.pct(99):+.2f} ms"
+        f" (median of per-request latencies: direct {statistics.median(direct.latencies) * 1000:.2f} ms)"
+    )

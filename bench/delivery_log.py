@@ -57,12 +57,27 @@ from berth.ports import Settle, Store
 WORKSPACES = 8
 MAX_CONCURRENCY = 4
 LEASE = 30.0
-REQUEST = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "SendMessage", "params": {"message": {
-    "role": "ROLE_USER", "messageId": "m", "parts": [{"text": "bench " * 20}]}}}).encode()
-REPLY = json.dumps({"jsonrpc": "2.0", "id": 1, "result": {"role": "ROLE_AGENT", "messageId": "r",
-                                                          "parts": [{"text": "echo " * 20}]}}).encode()
+REQUEST = json.dumps(
+    {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "SendMessage",
+        "params": {
+            "message": {"role": "ROLE_USER", "messageId": "m", "parts": [{"text": "bench " * 20}]}
+        },
+    }
+).encode()
+REPLY = json.dumps(
+    {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "result": {"role": "ROLE_AGENT", "messageId": "r", "parts": [{"text": "echo " * 20}]},
+    }
+).encode()
 DEFAULT_PG = "postgresql://postgres@127.0.0.1:5432/test"
-ROLE: contextvars.ContextVar[str] = contextvars.ContextVar("role", default="main")  # which task is calling
+ROLE: contextvars.ContextVar[str] = contextvars.ContextVar(
+    "role", default="main"
+)  # which task is calling
 
 
 # the engines: one hot path through berth's Store, one in bare SQL ---------------------------
@@ -80,15 +95,24 @@ class BerthEngine:
 
     async def accept(self, delivery_id: str, ws_id: str) -> None:
         now = time.time()
-        d = Delivery(id=delivery_id, workspace_id=ws_id, message_id=str(uuid.uuid4()), seq=0,
-                     method="SendMessage", request=REQUEST, headers={"a2a-version": "1.0"},
-                     created_at=now, updated_at=now)
+        d = Delivery(
+            id=delivery_id,
+            workspace_id=ws_id,
+            message_id=str(uuid.uuid4()),
+            seq=0,
+            method="SendMessage",
+            request=REQUEST,
+            headers={"a2a-version": "1.0"},
+            created_at=now,
+            updated_at=now,
+        )
         _, created = await self.store.accept(d)
         assert created
 
     async def claim(self, ws_id: str, owner: str) -> list[str]:
-        got = await self.store.claim(ws_id, capacity=MAX_CONCURRENCY, owner=owner, lease_seconds=LEASE,
-                                     now=time.time())
+        got = await self.store.claim(
+            ws_id, capacity=MAX_CONCURRENCY, owner=owner, lease_seconds=LEASE, now=time.time()
+        )
         return [d.id for d in got]
 
     async def settle(self, delivery_id: str, owner: str) -> None:
@@ -97,20 +121,26 @@ class BerthEngine:
         assert d is not None and d.status is DeliveryStatus.DONE
 
 
-_BARE_COLS = ("id, workspace_id, message_id, method, request, headers, status, attempts, forwards, "
-              "not_before, created_at, updated_at")
+_BARE_COLS = (
+    "id, workspace_id, message_id, method, request, headers, status, attempts, forwards, "
+    "not_before, created_at, updated_at"
+)
 
 
 class BarePgEngine:
     """Bare SQL on asyncpg: one connection per task, autocommit, no berth code."""
 
     INSERT = f"INSERT INTO deliveries ({_BARE_COLS}) VALUES ($1, $2, $3, 'SendMessage', $4, $5, 'queued', 0, 0, 0, $6, $6)"
-    CLAIM = ("UPDATE deliveries SET status = 'in_flight', lease_owner = $2, lease_until = $3, "
-             "forwards = forwards + 1, first_forwarded_at = COALESCE(first_forwarded_at, $4), updated_at = $4 "
-             "WHERE seq = (SELECT seq FROM deliveries WHERE workspace_id = $1 AND status = 'queued' "
-             "AND not_before <= $4 ORDER BY seq LIMIT 1 FOR UPDATE SKIP LOCKED) RETURNING id")
-    ACK = ("UPDATE deliveries SET status = 'done', reply = $2, reply_status = 200, lease_owner = NULL, "
-           "lease_until = NULL, finished_at = $3, updated_at = $3 WHERE id = $1")
+    CLAIM = (
+        "UPDATE deliveries SET status = 'in_flight', lease_owner = $2, lease_until = $3, "
+        "forwards = forwards + 1, first_forwarded_at = COALESCE(first_forwarded_at, $4), updated_at = $4 "
+        "WHERE seq = (SELECT seq FROM deliveries WHERE workspace_id = $1 AND status = 'queued' "
+        "AND not_before <= $4 ORDER BY seq LIMIT 1 FOR UPDATE SKIP LOCKED) RETURNING id"
+    )
+    ACK = (
+        "UPDATE deliveries SET status = 'done', reply = $2, reply_status = 200, lease_owner = NULL, "
+        "lease_until = NULL, finished_at = $3, updated_at = $3 WHERE id = $1"
+    )
 
     def __init__(self, url: str) -> None:
         self.url = url
@@ -127,8 +157,15 @@ class BarePgEngine:
 
     async def accept(self, delivery_id: str, ws_id: str) -> None:
         c = await self._conn()
-        await c.execute(self.INSERT, delivery_id, ws_id, str(uuid.uuid4()), REQUEST,
-                        '{"a2a-version": "1.0"}', time.time())
+        await c.execute(
+            self.INSERT,
+            delivery_id,
+            ws_id,
+            str(uuid.uuid4()),
+            REQUEST,
+            '{"a2a-version": "1.0"}',
+            time.time(),
+        )
 
     async def claim(self, ws_id: str, owner: str) -> list[str]:
         c = await self._conn()
@@ -149,12 +186,16 @@ class BareSqliteEngine:
     """Bare SQL on sqlite3: one connection, autocommit statements, one thread (as SqliteStore)."""
 
     INSERT = f"INSERT INTO deliveries ({_BARE_COLS}) VALUES (?, ?, ?, 'SendMessage', ?, ?, 'queued', 0, 0, 0, ?, ?)"
-    CLAIM = ("UPDATE deliveries SET status = 'in_flight', lease_owner = ?2, lease_until = ?3, "
-             "forwards = forwards + 1, first_forwarded_at = COALESCE(first_forwarded_at, ?4), updated_at = ?4 "
-             "WHERE seq = (SELECT seq FROM deliveries WHERE workspace_id = ?1 AND status = 'queued' "
-             "AND not_before <= ?4 ORDER BY seq LIMIT 1) RETURNING id")
-    ACK = ("UPDATE deliveries SET status = 'done', reply = ?, reply_status = 200, lease_owner = NULL, "
-           "lease_until = NULL, finished_at = ?, updated_at = ? WHERE id = ?")
+    CLAIM = (
+        "UPDATE deliveries SET status = 'in_flight', lease_owner = ?2, lease_until = ?3, "
+        "forwards = forwards + 1, first_forwarded_at = COALESCE(first_forwarded_at, ?4), updated_at = ?4 "
+        "WHERE seq = (SELECT seq FROM deliveries WHERE workspace_id = ?1 AND status = 'queued' "
+        "AND not_before <= ?4 ORDER BY seq LIMIT 1) RETURNING id"
+    )
+    ACK = (
+        "UPDATE deliveries SET status = 'done', reply = ?, reply_status = 200, lease_owner = NULL, "
+        "lease_until = NULL, finished_at = ?, updated_at = ? WHERE id = ?"
+    )
 
     def __init__(self, path: str, synchronous: str) -> None:
         self._pool = ThreadPoolExecutor(max_workers=1)
@@ -172,7 +213,9 @@ class BareSqliteEngine:
 
     async def claim(self, ws_id: str, owner: str) -> list[str]:
         now = time.time()
-        row = await self._run(lambda: self._c.execute(self.CLAIM, (ws_id, owner, now + LEASE, now)).fetchone())
+        row = await self._run(
+            lambda: self._c.execute(self.CLAIM, (ws_id, owner, now + LEASE, now)).fetchone()
+        )
         return [] if row is None else [row[0]]
 
     async def settle(self, delivery_id: str, owner: str) -> None:
@@ -201,8 +244,9 @@ class Result:
         return xs[min(len(xs) - 1, int(p / 100 * len(xs)))] * 1000
 
 
-async def drive(eng: Engine, ws_ids: list[str], count: int, dispatchers: int, producers: int,
-                window: int) -> Result:
+async def drive(
+    eng: Engine, ws_ids: list[str], count: int, dispatchers: int, producers: int, window: int
+) -> Result:
     """Accept `count` deliveries and wait until all are settled; at most `window` outstanding."""
     t0s: dict[str, float] = {}
     lat: list[float] = []
@@ -231,7 +275,7 @@ async def drive(eng: Engine, ws_ids: list[str], count: int, dispatchers: int, pr
     async def dispatcher(k: int) -> None:
         ROLE.set(f"dispatcher-{k}")
         owner = f"bench-{os.getpid()}-{k}"
-        order = ws_ids[k % len(ws_ids):] + ws_ids[:k % len(ws_ids)]
+        order = ws_ids[k % len(ws_ids) :] + ws_ids[: k % len(ws_ids)]
         while not finished.is_set():
             work.clear()
             claimed = 0
@@ -254,17 +298,31 @@ async def drive(eng: Engine, ws_ids: list[str], count: int, dispatchers: int, pr
 # the backends -----------------------------------------------------------------------------
 def make_workspaces() -> list[Workspace]:
     now = time.time()
-    return [Workspace(id=uuid.uuid4().hex, name=f"bench-{i}", runtime=Runtime.EXTERNAL,
-                      url="http://127.0.0.1:9/", max_concurrency=MAX_CONCURRENCY, state=WorkspaceState.ONLINE,
-                      token_hash=uuid.uuid4().hex, created_at=now, updated_at=now)
-            for i in range(WORKSPACES)]
+    return [
+        Workspace(
+            id=uuid.uuid4().hex,
+            name=f"bench-{i}",
+            runtime=Runtime.EXTERNAL,
+            url="http://127.0.0.1:9/",
+            max_concurrency=MAX_CONCURRENCY,
+            state=WorkspaceState.ONLINE,
+            token_hash=uuid.uuid4().hex,
+            created_at=now,
+            updated_at=now,
+        )
+        for i in range(WORKSPACES)
+    ]
 
 
 EngineFactory = Callable[[], Awaitable[tuple[Engine, Callable[[], Awaitable[None]]]]]
-_SEED_COLS = ("id, workspace_id, message_id, method, request, headers, status, attempts, forwards, reply, "
-              "reply_status, not_before, created_at, first_forwarded_at, finished_at, updated_at")
-_QUEUED_PICK = ("SELECT seq FROM deliveries WHERE workspace_id = {ws} AND status = 'queued' "
-                "AND not_before <= {now} ORDER BY seq LIMIT 4")
+_SEED_COLS = (
+    "id, workspace_id, message_id, method, request, headers, status, attempts, forwards, reply, "
+    "reply_status, not_before, created_at, first_forwarded_at, finished_at, updated_at"
+)
+_QUEUED_PICK = (
+    "SELECT seq FROM deliveries WHERE workspace_id = {ws} AND status = 'queued' "
+    "AND not_before <= {now} ORDER BY seq LIMIT 4"
+)
 _BUSY = "SELECT count(*) FROM deliveries WHERE workspace_id = {ws} AND status = 'in_flight'"
 
 
@@ -315,8 +373,15 @@ class SqliteBackend:
             "json_extract(:ws, '$[' || (n % :w) || ']'), lower(hex(randomblob(16))), 'SendMessage', :req, '{}', "
             "'done', 0, 1, :rep, 200, 0, :t0 + n * 0.0001, :t0 + n * 0.0001, :t0 + n * 0.0001 + 0.01, "
             ":t0 + n * 0.0001 + 0.01 FROM g",
-            {"n": n, "ws": json.dumps([w.id for w in self.ws]), "w": len(self.ws), "req": REQUEST, "rep": REPLY,
-             "t0": t0}) if n else None
+            {
+                "n": n,
+                "ws": json.dumps([w.id for w in self.ws]),
+                "w": len(self.ws),
+                "req": REQUEST,
+                "rep": REPLY,
+                "t0": t0,
+            },
+        ) if n else None
         c.execute("COMMIT")
         c.execute("ANALYZE")
         self.seed_max = c.execute("SELECT coalesce(max(seq), 0) FROM deliveries").fetchone()[0]
@@ -332,8 +397,10 @@ class SqliteBackend:
         c = self._c()
         out = []
         for what, sql in (("claim pick", _QUEUED_PICK), ("in-flight count", _BUSY)):
-            plan = c.execute("EXPLAIN QUERY PLAN " + sql.format(ws=":ws", now=":now"),
-                             {"ws": self.ws[0].id, "now": time.time()})
+            plan = c.execute(
+                "EXPLAIN QUERY PLAN " + sql.format(ws=":ws", now=":now"),
+                {"ws": self.ws[0].id, "now": time.time()},
+            )
             out.append(f"{what}: " + "; ".join(r[3] for r in plan))
         c.close()
         return out
@@ -341,6 +408,7 @@ class SqliteBackend:
     def variants(self) -> list[Variant]:
         out = []
         for mode in self.modes:
+
             async def berth(mode: str = mode) -> tuple[Engine, Callable[[], Awaitable[None]]]:
                 store = SqliteStore(self.path, synchronous=mode)
                 await store.migrate()
@@ -389,29 +457,45 @@ class PgBackend:
             await store.create_workspace(ws)
         await store.close()
         self.conn = await asyncpg.connect(self.url)
-        for k in ("server_version", "fsync", "synchronous_commit", "wal_sync_method", "shared_buffers",
-                  "max_connections"):
+        for k in (
+            "server_version",
+            "fsync",
+            "synchronous_commit",
+            "wal_sync_method",
+            "shared_buffers",
+            "max_connections",
+        ):
             self.settings[k] = await self.conn.fetchval(f"SHOW {k}")
 
     def info(self) -> str:
         s = self.settings
-        return (f"PostgreSQL {s['server_version']}: SHOW fsync = {s['fsync']}, SHOW synchronous_commit = "
-                f"{s['synchronous_commit']}, wal_sync_method {s['wal_sync_method']}, shared_buffers "
-                f"{s['shared_buffers']}; database {self.db} (created and dropped by the bench); "
-                f"PostgresStore pool max_size {self.pool_size or 'default'}")
+        return (
+            f"PostgreSQL {s['server_version']}: SHOW fsync = {s['fsync']}, SHOW synchronous_commit = "
+            f"{s['synchronous_commit']}, wal_sync_method {s['wal_sync_method']}, shared_buffers "
+            f"{s['shared_buffers']}; database {self.db} (created and dropped by the bench); "
+            f"PostgresStore pool max_size {self.pool_size or 'default'}"
+        )
 
     async def seed(self, n: int) -> None:
         c = self.conn
         await c.execute("TRUNCATE deliveries")
         if n:
-            await c.execute("SET synchronous_commit = off")  # this session only: the seed, not the runs
+            await c.execute(
+                "SET synchronous_commit = off"
+            )  # this session only: the seed, not the runs
             await c.execute(
                 f"INSERT INTO deliveries ({_SEED_COLS}) SELECT md5('d' || g || $7)::uuid::text, "
                 "($1::text[])[1 + g % $2], md5('m' || g || $7)::uuid::text, 'SendMessage', $3, '{}', 'done', 0, 1, "
                 "$4, 200, 0, $5 + g * 0.0001, $5 + g * 0.0001, $5 + g * 0.0001 + 0.01, $5 + g * 0.0001 + 0.01 "
                 "FROM generate_series(1, $6) AS g",
-                [w.id for w in self.ws], len(self.ws), REQUEST, REPLY, time.time() - 2 * 86400, n,
-                uuid.uuid4().hex)
+                [w.id for w in self.ws],
+                len(self.ws),
+                REQUEST,
+                REPLY,
+                time.time() - 2 * 86400,
+                n,
+                uuid.uuid4().hex,
+            )
             await c.execute("RESET synchronous_commit")
         await c.execute("VACUUM ANALYZE deliveries")
         self.seed_max = await c.fetchval("SELECT coalesce(max(seq), 0) FROM deliveries")
@@ -431,8 +515,12 @@ class PgBackend:
         out.append("claim (custom plan): " + " | ".join(r[0].strip() for r in plan))
         await c.execute("SET plan_cache_mode = force_generic_plan")
         try:
-            await c.execute("PREPARE bench_claim(text, float8, bigint, text, float8) AS " + _CLAIM_SQL)
-            plan = await c.fetch(f"EXPLAIN EXECUTE bench_claim('{ws}', {now}, 4, 'explain', {now + LEASE})")
+            await c.execute(
+                "PREPARE bench_claim(text, float8, bigint, text, float8) AS " + _CLAIM_SQL
+            )
+            plan = await c.fetch(
+                f"EXPLAIN EXECUTE bench_claim('{ws}', {now}, 4, 'explain', {now + LEASE})"
+            )
             out.append("claim (generic plan): " + " | ".join(r[0].strip() for r in plan))
             await c.execute("DEALLOCATE bench_claim")
         finally:
@@ -445,7 +533,9 @@ class PgBackend:
         from berth.adapters.sql.postgres import PostgresStore
 
         async def berth() -> tuple[Engine, Callable[[], Awaitable[None]]]:
-            store = PostgresStore(self.url, **({"max_size": self.pool_size} if self.pool_size else {}))
+            store = PostgresStore(
+                self.url, **({"max_size": self.pool_size} if self.pool_size else {})
+            )
             await store.migrate()  # as berth starts: makes the pool before concurrent first use
             return BerthEngine(store), store.close
 
@@ -485,11 +575,19 @@ def host_cpu() -> tuple[int, int, int]:
 def host_busy(before: tuple[int, int, int]) -> str:
     after = host_cpu()
     busy, steal, total = (a - b for a, b in zip(after, before, strict=True))
-    return f"host cpu busy {busy / total * 100:.0f}% (steal {steal / total * 100:.0f}%)" if total else ""
+    return (
+        f"host cpu busy {busy / total * 100:.0f}% (steal {steal / total * 100:.0f}%)"
+        if total
+        else ""
+    )
 
 
-async def measure(factory: EngineFactory, backend: SqliteBackend | PgBackend, args: argparse.Namespace,
-                  dispatchers: int) -> Result:
+async def measure(
+    factory: EngineFactory,
+    backend: SqliteBackend | PgBackend,
+    args: argparse.Namespace,
+    dispatchers: int,
+) -> Result:
     eng, close = await factory()
     ws_ids = [w.id for w in backend.ws]
     try:
@@ -501,8 +599,10 @@ async def measure(factory: EngineFactory, backend: SqliteBackend | PgBackend, ar
         await backend.cleanup()
 
 
-HEAD = (f"{'backend':<16}{'disp':>5}{'finished':>10} | {'berth/s':>8}{'p50 ms':>8}{'p99 ms':>8}{'cpu':>6} | "
-        f"{'bare/s':>8}{'p50 ms':>8}{'p99 ms':>8}{'cpu':>6} | {'berth/bare':>10}")
+HEAD = (
+    f"{'backend':<16}{'disp':>5}{'finished':>10} | {'berth/s':>8}{'p50 ms':>8}{'p99 ms':>8}{'cpu':>6} | "
+    f"{'bare/s':>8}{'p50 ms':>8}{'p99 ms':>8}{'cpu':>6} | {'berth/bare':>10}"
+)
 
 
 def row(label: str, disp: int, finished: int, b: Result, r: Result) -> str:
@@ -519,12 +619,24 @@ async def main() -> None:
     ap.add_argument("--finished", default="0,1000000", help="'done' rows already in the table")
     ap.add_argument("--dispatchers", default="1,8")
     ap.add_argument("--producers", type=int, default=4, help="concurrent accepting tasks")
-    ap.add_argument("--window", type=int, default=64, help="most deliveries accepted but not yet settled")
-    ap.add_argument("--warmup", type=int, default=500, help="deliveries run (and dropped) before each measurement")
+    ap.add_argument(
+        "--window", type=int, default=64, help="most deliveries accepted but not yet settled"
+    )
+    ap.add_argument(
+        "--warmup",
+        type=int,
+        default=500,
+        help="deliveries run (and dropped) before each measurement",
+    )
     ap.add_argument("--sqlite-sync", default="NORMAL,FULL")
-    ap.add_argument("--database-url", default=os.environ.get("BERTH_BENCH_PG", DEFAULT_PG),
-                    help="an existing database to connect to for CREATE/DROP DATABASE")
-    ap.add_argument("--pool-size", type=int, help="PostgresStore max_size (default: the store's own)")
+    ap.add_argument(
+        "--database-url",
+        default=os.environ.get("BERTH_BENCH_PG", DEFAULT_PG),
+        help="an existing database to connect to for CREATE/DROP DATABASE",
+    )
+    ap.add_argument(
+        "--pool-size", type=int, help="PostgresStore max_size (default: the store's own)"
+    )
     ap.add_argument("--quick", action="store_true", help="small numbers for a smoke run")
     args = ap.parse_args()
     if args.quick:
@@ -534,10 +646,14 @@ async def main() -> None:
     levels = [int(x) for x in args.finished.split(",")]
     disps = [int(x) for x in args.dispatchers.split(",")]
     started = time.perf_counter()
-    print(f"# berth delivery log benchmark: {os.cpu_count()} cores, load average {load()}; {args.count} "
-          f"deliveries per run (+{args.warmup} warm-up), {args.producers} producers, window {args.window}, "
-          f"{WORKSPACES} workspaces x max_concurrency {MAX_CONCURRENCY}")
-    print("# cpu = CPU time of the bench process (client side) / wall time; berth/bare = throughput ratio")
+    print(
+        f"# berth delivery log benchmark: {os.cpu_count()} cores, load average {load()}; {args.count} "
+        f"deliveries per run (+{args.warmup} warm-up), {args.producers} producers, window {args.window}, "
+        f"{WORKSPACES} workspaces x max_concurrency {MAX_CONCURRENCY}"
+    )
+    print(
+        "# cpu = CPU time of the bench process (client side) / wall time; berth/bare = throughput ratio"
+    )
     lines: list[str] = []
     with tempfile.TemporaryDirectory(prefix="berth-bench-") as tmp:
         for name in args.backends.split(","):
@@ -554,7 +670,9 @@ async def main() -> None:
                 for finished in levels:
                     t = time.perf_counter()
                     await backend.seed(finished)
-                    print(f"# {name}: {finished:,} finished rows in place ({time.perf_counter() - t:.1f} s)")
+                    print(
+                        f"# {name}: {finished:,} finished rows in place ({time.perf_counter() - t:.1f} s)"
+                    )
                     if finished == max(levels):
                         for line in await backend.explain():
                             print(f"#   plan with {finished:,} finished rows, {line}")

@@ -26,8 +26,18 @@ from proxy import ADMIN, start_berth, start_echo  # noqa: E402
 
 
 def _body() -> dict[str, object]:
-    return {"jsonrpc": "2.0", "id": 1, "method": "SendStreamingMessage", "params": {"message": {
-        "role": "ROLE_USER", "messageId": str(uuid.uuid4()), "parts": [{"text": "task sleep:0.2 bench"}]}}}
+    return {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "SendStreamingMessage",
+        "params": {
+            "message": {
+                "role": "ROLE_USER",
+                "messageId": str(uuid.uuid4()),
+                "parts": [{"text": "task sleep:0.2 bench"}],
+            }
+        },
+    }
 
 
 async def _one(s: aiohttp.ClientSession, url: str) -> tuple[float, float]:
@@ -42,9 +52,13 @@ async def _one(s: aiohttp.ClientSession, url: str) -> tuple[float, float]:
     return first, time.perf_counter() - t0
 
 
-async def measure(url: str, n: int, concurrency: int, headers: dict[str, str]) -> tuple[list[float], list[float]]:
-    async with aiohttp.ClientSession(headers={**headers, "a2a-version": "1.0"},
-                                     connector=aiohttp.TCPConnector(limit=concurrency * 2)) as s:
+async def measure(
+    url: str, n: int, concurrency: int, headers: dict[str, str]
+) -> tuple[list[float], list[float]]:
+    async with aiohttp.ClientSession(
+        headers={**headers, "a2a-version": "1.0"},
+        connector=aiohttp.TCPConnector(limit=concurrency * 2),
+    ) as s:
         for _ in range(5):  # warm up connections and code paths
             await _one(s, url)
         firsts: list[float] = []
@@ -77,16 +91,27 @@ async def main() -> None:
         berth, via = start_berth(tmp, "aiohttp", args.database_url)
         try:
             store = "postgresql" if args.database_url else "sqlite"
-            print(f"# time to first stream event: store {store}, {args.n} streams per row, agent works 0.2 s")
+            print(
+                f"# time to first stream event: store {store}, {args.n} streams per row, agent works 0.2 s"
+            )
             for c in (1, 8):
                 d_first, d_total = await measure(direct, args.n, c, {})
-                b_first, b_total = await measure(via, args.n, c, {"authorization": f"Bearer {ADMIN}"})
-                for label, f, tot in (("direct to echo", d_first, d_total), ("via berth", b_first, b_total)):
-                    print(f"{label:<16} c={c:<2} first event p50 {pct(f, 50):6.2f} ms  p99 {pct(f, 99):7.2f} ms"
-                          f"   whole stream p50 {pct(tot, 50):7.2f} ms")
-                print(f"{'':<16} added by berth to the first event: p50 "
-                      f"{pct(b_first, 50) - pct(d_first, 50):+.2f} ms, mean "
-                      f"{(statistics.mean(b_first) - statistics.mean(d_first)) * 1000:+.2f} ms")
+                b_first, b_total = await measure(
+                    via, args.n, c, {"authorization": f"Bearer {ADMIN}"}
+                )
+                for label, f, tot in (
+                    ("direct to echo", d_first, d_total),
+                    ("via berth", b_first, b_total),
+                ):
+                    print(
+                        f"{label:<16} c={c:<2} first event p50 {pct(f, 50):6.2f} ms  p99 {pct(f, 99):7.2f} ms"
+                        f"   whole stream p50 {pct(tot, 50):7.2f} ms"
+                    )
+                print(
+                    f"{'':<16} added by berth to the first event: p50 "
+                    f"{pct(b_first, 50) - pct(d_first, 50):+.2f} ms, mean "
+                    f"{(statistics.mean(b_first) - statistics.mean(d_first)) * 1000:+.2f} ms"
+                )
         finally:
             for p in (echo, berth):
                 p.terminate()

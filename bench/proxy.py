@@ -52,27 +52,43 @@ def env(**extra: str) -> dict[str, str]:
 
 def start_echo(tmp: Path) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "berth.examples.echo", "--port", str(port)],
-                            env=env(BERTH_STATE_DIR=str(tmp / "direct-state")), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "berth.examples.echo", "--port", str(port)],
+        env=env(BERTH_STATE_DIR=str(tmp / "direct-state")),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     wait_http(f"http://127.0.0.1:{port}/healthz")
     return proc, f"http://127.0.0.1:{port}/"
 
 
-def start_berth(tmp: Path, client: str, database_url: str | None) -> tuple[subprocess.Popen[bytes], str]:
+def start_berth(
+    tmp: Path, client: str, database_url: str | None
+) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
     data = tmp / f"berth-{client}"
     extra = {"BERTH_ADMIN_TOKEN": ADMIN, "BERTH_AGENT_CLIENT": client, "BERTH_LOG_LEVEL": "warning"}
     if database_url:
         extra["BERTH_DATABASE_URL"] = database_url
-    proc = subprocess.Popen([sys.executable, "-m", "berth", "serve", "--port", str(port), "--data-dir", str(data)],
-                            env=env(**extra), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "berth", "serve", "--port", str(port), "--data-dir", str(data)],
+        env=env(**extra),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     url = f"http://127.0.0.1:{port}"
     wait_http(url + "/healthz")
     h = {"authorization": f"Bearer {ADMIN}"}
     name = f"bench-{client}-{os.getpid()}"
-    r = httpx.post(url + "/v1/workspaces", headers=h, json={
-        "name": name, "command": [sys.executable, "-m", "berth.examples.echo"], "max_concurrency": 64})
+    r = httpx.post(
+        url + "/v1/workspaces",
+        headers=h,
+        json={
+            "name": name,
+            "command": [sys.executable, "-m", "berth.examples.echo"],
+            "max_concurrency": 64,
+        },
+    )
     r.raise_for_status()
     for _ in range(300):
         if httpx.get(f"{url}/v1/workspaces/{name}", headers=h).json()["status"] == "online":
@@ -101,13 +117,20 @@ async def main() -> None:
                 procs.append(p)
                 targets.append((client, url))
             store = "postgresql" if args.database_url else "sqlite"
-            print(f"# berth proxy benchmark: {os.cpu_count()} cores, store {store}, {args.seconds:g} s per run")
+            print(
+                f"# berth proxy benchmark: {os.cpu_count()} cores, store {store}, {args.seconds:g} s per run"
+            )
             for c in levels:
                 direct = await run("direct to echo", direct_url, c, args.seconds, {})
                 print(direct.row())
                 for client, url in targets:
-                    via = await run(f"via berth ({client})", url, c, args.seconds,
-                                    {"authorization": f"Bearer {ADMIN}"})
+                    via = await run(
+                        f"via berth ({client})",
+                        url,
+                        c,
+                        args.seconds,
+                        {"authorization": f"Bearer {ADMIN}"},
+                    )
                     print(via.row())
                     print(summary(direct, via))
         finally:

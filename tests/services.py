@@ -76,8 +76,10 @@ def require_postgres() -> str:
     try:
         _run(probe)
     except Exception as e:  # any failure means "not usable here"
-        _unavailable(f"PostgreSQL at {url} does not answer ({type(e).__name__}: {e}); "
-                     f"set {POSTGRES_URL_ENV} or start it with scripts/services start")
+        _unavailable(
+            f"PostgreSQL at {url} does not answer ({type(e).__name__}: {e}); "
+            f"set {POSTGRES_URL_ENV} or start it with scripts/services start"
+        )
     return url
 
 
@@ -99,8 +101,10 @@ def require_redis() -> str:
     try:
         _run(probe)
     except Exception as e:
-        _unavailable(f"Redis at {url} does not answer ({type(e).__name__}: {e}); "
-                     f"set {REDIS_URL_ENV} or start it with scripts/services start")
+        _unavailable(
+            f"Redis at {url} does not answer ({type(e).__name__}: {e}); "
+            f"set {REDIS_URL_ENV} or start it with scripts/services start"
+        )
     return url
 
 

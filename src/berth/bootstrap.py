@@ -63,7 +63,9 @@ class Container:
         self.tasks += [
             asyncio.create_task(self.dispatcher.upkeep(), name="dispatcher-upkeep"),
             asyncio.create_task(self.waiters.listen(), name="waiters"),
-            asyncio.create_task(self.registry.liveness(self.settings.heartbeat_seconds), name="liveness"),
+            asyncio.create_task(
+                self.registry.liveness(self.settings.heartbeat_seconds), name="liveness"
+            ),
             asyncio.create_task(self._follow_replicas(), name="replicas"),
             asyncio.create_task(self._prune(), name="retention"),
         ]
@@ -97,7 +99,9 @@ class Container:
         while True:
             await asyncio.sleep(self.settings.housekeeping_seconds)
             try:
-                n = await self.store.prune_finished(time.time() - self.settings.retention_hours * 3600)
+                n = await self.store.prune_finished(
+                    time.time() - self.settings.retention_hours * 3600
+                )
                 if n:
                     log.info("pruned %d finished deliveries", n)
                 await self.roster.refresh()
@@ -144,7 +148,7 @@ def admin_token(settings: Settings) -> str:
 def _store(settings: Settings) -> Store:
     url = settings.store_url
     if url.startswith("sqlite:///"):
-        path = Path(url[len("sqlite:///"):])
+        path = Path(url[len("sqlite:///") :])
         path.parent.mkdir(parents=True, exist_ok=True)
         return SqliteStore(str(path), synchronous=settings.sqlite_synchronous)
     if url.startswith(("postgresql://", "postgres://")):
@@ -160,12 +164,18 @@ def _shared(settings: Settings) -> tuple[Cache, Locks, Bus]:
     from berth.adapters.redis import RedisBus, RedisCache, RedisLocks
 
     url, prefix = settings.redis_url, settings.redis_prefix
-    return RedisCache(url, prefix=prefix), RedisLocks(url, prefix=prefix), RedisBus(url, prefix=prefix)
+    return (
+        RedisCache(url, prefix=prefix),
+        RedisLocks(url, prefix=prefix),
+        RedisBus(url, prefix=prefix),
+    )
 
 
 def _provisioners(settings: Settings) -> dict[str, Provisioner]:
     out: dict[str, Provisioner] = {
-        "process": ProcessProvisioner(settings.data_path / "workspaces", instance=settings.instance),
+        "process": ProcessProvisioner(
+            settings.data_path / "workspaces", instance=settings.instance
+        ),
     }
     with contextlib.suppress(ImportError):
         from berth.adapters.docker import docker_provisioner
@@ -199,29 +209,75 @@ def build(settings: Settings) -> Container:
     waiters = Waiters(store, bus)
     link = AgentLink(store, cache, client, in_docker=settings.running_in_docker())
     dispatcher = Dispatcher(
-        store, client, roster, link, waiters, events, metrics, DeliveryPolicy(max_attempts=settings.max_attempts),
-        owner=owner, lease_seconds=settings.lease_seconds, forward_timeout=settings.forward_timeout,
+        store,
+        client,
+        roster,
+        link,
+        waiters,
+        events,
+        metrics,
+        DeliveryPolicy(max_attempts=settings.max_attempts),
+        owner=owner,
+        lease_seconds=settings.lease_seconds,
+        forward_timeout=settings.forward_timeout,
         sole=isinstance(store, SqliteStore),
     )
     runner = Runner(
-        store, roster, provisioners, link, dispatcher, events, berth_url=settings.advertised_url, owner=owner,
-        start_timeout=settings.start_timeout, stop_grace=settings.stop_grace_seconds,
-        heartbeat_seconds=settings.heartbeat_seconds, instance=settings.instance,
+        store,
+        roster,
+        provisioners,
+        link,
+        dispatcher,
+        events,
+        berth_url=settings.advertised_url,
+        owner=owner,
+        start_timeout=settings.start_timeout,
+        stop_grace=settings.stop_grace_seconds,
+        heartbeat_seconds=settings.heartbeat_seconds,
+        instance=settings.instance,
     )
     restarts = RestartService(runner, locks, metrics)
     registry = Registry(
-        runner, restarts, metrics, heartbeat_timeout=settings.heartbeat_timeout,
-        crash_loop_limit=settings.crash_loop_limit, crash_loop_window=settings.crash_loop_window,
+        runner,
+        restarts,
+        metrics,
+        heartbeat_timeout=settings.heartbeat_timeout,
+        crash_loop_limit=settings.crash_loop_limit,
+        crash_loop_window=settings.crash_loop_window,
     )
     for p in provisioners.values():
         p.on_exit(registry.on_exit)
-    proxy = Proxy(store, roster, dispatcher, waiters, client, link, metrics, bus,
-                  default_wait=settings.default_wait_seconds, forward_timeout=settings.forward_timeout,
-                  keep_alive=settings.stream_keep_alive)
+    proxy = Proxy(
+        store,
+        roster,
+        dispatcher,
+        waiters,
+        client,
+        link,
+        metrics,
+        bus,
+        default_wait=settings.default_wait_seconds,
+        forward_timeout=settings.forward_timeout,
+        keep_alive=settings.stream_keep_alive,
+    )
     return Container(
-        settings=settings, store=store, cache=cache, locks=locks, bus=bus, client=client,
-        provisioners=provisioners, metrics=metrics, roster=roster, events=events, waiters=waiters,
-        dispatcher=dispatcher, link=link, runner=runner, restarts=restarts,
-        workspaces=Workspaces(store, runner, restarts), registry=registry, proxy=proxy,
+        settings=settings,
+        store=store,
+        cache=cache,
+        locks=locks,
+        bus=bus,
+        client=client,
+        provisioners=provisioners,
+        metrics=metrics,
+        roster=roster,
+        events=events,
+        waiters=waiters,
+        dispatcher=dispatcher,
+        link=link,
+        runner=runner,
+        restarts=restarts,
+        workspaces=Workspaces(store, runner, restarts),
+        registry=registry,
+        proxy=proxy,
         admin_token=admin_token(settings),
     )

@@ -29,10 +29,19 @@ class Api:
         self._h = {"authorization": f"Bearer {token}"} if token else {}
         self._client = httpx.Client(timeout=httpx.Timeout(30.0, read=None))
 
-    def call(self, method: str, path: str, body: Any = None, *, headers: dict[str, str] | None = None,
-             ok: tuple[int, ...] = (200, 201, 202)) -> httpx.Response:
+    def call(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        *,
+        headers: dict[str, str] | None = None,
+        ok: tuple[int, ...] = (200, 201, 202),
+    ) -> httpx.Response:
         try:
-            r = self._client.request(method, self.url + path, json=body, headers={**self._h, **(headers or {})})
+            r = self._client.request(
+                method, self.url + path, json=body, headers={**self._h, **(headers or {})}
+            )
         except httpx.HTTPError as e:
             raise CliError(f"cannot reach berth at {self.url}: {e}") from None
         if r.status_code not in ok:
@@ -55,8 +64,10 @@ def _api(args: argparse.Namespace) -> Api:
         if path.exists():
             token = path.read_text().strip()
     if not token:
-        raise CliError("no admin token: set BERTH_ADMIN_TOKEN, pass --token, or run in the folder whose "
-                       ".berth/admin_token berth created")
+        raise CliError(
+            "no admin token: set BERTH_ADMIN_TOKEN, pass --token, or run in the folder whose "
+            ".berth/admin_token berth created"
+        )
     return Api(url, token)
 
 
@@ -64,6 +75,7 @@ def _api(args: argparse.Namespace) -> Api:
 def _table(rows: list[dict[str, Any]], cols: list[str]) -> str:
     cells = [[_cell(r.get(c)) for c in cols] for r in rows]
     widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(cols)]
+
     def line(vals: list[str]) -> str:
         return "  ".join(v.ljust(w) for v, w in zip(vals, widths, strict=True)).rstrip()
 
@@ -96,7 +108,15 @@ def cmd_ws_create(args: argparse.Namespace) -> None:
     command = list(args.command)
     if command:
         body["command"] = command
-    for key in ("image", "url", "max_concurrency", "drain_seconds", "restart_policy", "memory", "cpus"):
+    for key in (
+        "image",
+        "url",
+        "max_concurrency",
+        "drain_seconds",
+        "restart_policy",
+        "memory",
+        "cpus",
+    ):
         if getattr(args, key) is not None:
             body[key] = getattr(args, key)
     if args.env:
@@ -114,7 +134,11 @@ def cmd_ws_ls(args: argparse.Namespace) -> None:
     if args.json:
         _print(rows)
         return
-    print(_table(rows, ["name", "runtime", "status", "queue_depth", "in_flight", "restart_count", "url"]))
+    print(
+        _table(
+            rows, ["name", "runtime", "status", "queue_depth", "in_flight", "restart_count", "url"]
+        )
+    )
 
 
 def cmd_ws_show(args: argparse.Namespace) -> None:
@@ -123,7 +147,11 @@ def cmd_ws_show(args: argparse.Namespace) -> None:
 
 def cmd_ws_restart(args: argparse.Namespace) -> None:
     api = _api(args)
-    body = {k: v for k, v in {"drain_seconds": args.drain_seconds, "reason": args.reason}.items() if v is not None}
+    body = {
+        k: v
+        for k, v in {"drain_seconds": args.drain_seconds, "reason": args.reason}.items()
+        if v is not None
+    }
     r = api.json("POST", f"/v1/workspaces/{args.ref}/restart", body)
     print(f"restart {r['id']}" + (" (joined the one already running)" if r.get("joined") else ""))
     if args.no_follow:
@@ -142,8 +170,10 @@ def cmd_ws_restart(args: argparse.Namespace) -> None:
             print(f"  {p['phase']:<10} {p['seconds']:.3f} s")
     rep = r.get("drain_report")
     if rep:
-        print(f"drain ({rep['mode']}): drained={rep['drained']} completed={rep['completed']} "
-              f"unfinished={rep['unfinished']}")
+        print(
+            f"drain ({rep['mode']}): drained={rep['drained']} completed={rep['completed']} "
+            f"unfinished={rep['unfinished']}"
+        )
     if r["phase"] == "failed":
         raise CliError(f"restart failed: {r['error']}")
     print(f"restart done in {r['seconds']:.2f} s")
@@ -154,7 +184,9 @@ def cmd_ws_simple(action: str) -> Any:
         api = _api(args)
         if action == "rm":
             out = api.json("DELETE", f"/v1/workspaces/{args.ref}")
-            print(f"removed {out['workspace']['name']}; canceled {len(out['canceled'])} pending deliveries")
+            print(
+                f"removed {out['workspace']['name']}; canceled {len(out['canceled'])} pending deliveries"
+            )
             for d in out["canceled"]:
                 print(f"  canceled {d['id']} (message {d['message_id']})")
             return
@@ -175,7 +207,11 @@ def cmd_ws_logs(args: argparse.Namespace) -> None:
         new = api.call("GET", f"/v1/workspaces/{args.ref}/logs?tail={args.tail}").text
         if new != text:
             old_lines = text.splitlines()
-            for line in new.splitlines()[len(old_lines):] if new.startswith(text[:200]) else new.splitlines():
+            for line in (
+                new.splitlines()[len(old_lines) :]
+                if new.startswith(text[:200])
+                else new.splitlines()
+            ):
                 print(line)
             text = new
 
@@ -183,10 +219,24 @@ def cmd_ws_logs(args: argparse.Namespace) -> None:
 def cmd_send(args: argparse.Namespace) -> None:
     api = _api(args)
     message_id = args.message_id or str(uuid.uuid4())
-    body = {"jsonrpc": "2.0", "id": 1, "method": "SendMessage", "params": {"message": {
-        "role": "ROLE_USER", "messageId": message_id, "parts": [{"text": args.text}]}}}
-    r = api.call("POST", f"/v1/workspaces/{args.ref}/a2a", body,
-                 headers={"a2a-version": "1.0", "x-berth-wait": str(args.wait)})
+    body = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "SendMessage",
+        "params": {
+            "message": {
+                "role": "ROLE_USER",
+                "messageId": message_id,
+                "parts": [{"text": args.text}],
+            }
+        },
+    }
+    r = api.call(
+        "POST",
+        f"/v1/workspaces/{args.ref}/a2a",
+        body,
+        headers={"a2a-version": "1.0", "x-berth-wait": str(args.wait)},
+    )
     if r.status_code == 202:
         print(f"accepted, still delivering: {r.json()['status_url']}")
         return
@@ -215,7 +265,9 @@ def cmd_deliveries(args: argparse.Namespace) -> None:
     if args.json:
         _print(rows)
         return
-    print(_table(rows, ["id", "message_id", "status", "attempts", "forwards", "created_at", "reason"]))
+    print(
+        _table(rows, ["id", "message_id", "status", "attempts", "forwards", "created_at", "reason"])
+    )
 
 
 def _kv(s: str) -> tuple[str, str]:
@@ -228,12 +280,20 @@ def _kv(s: str) -> tuple[str, str]:
 # --- the parser -----------------------------------------------------------------
 def parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--server", help="berth's URL (env BERTH_SERVER; default http://127.0.0.1:8080)")
-    common.add_argument("--token", help="admin token (env BERTH_ADMIN_TOKEN; default: <data dir>/admin_token)")
-    common.add_argument("--data-dir", help="where to find admin_token (env BERTH_DATA_DIR; default .berth)")
+    common.add_argument(
+        "--server", help="berth's URL (env BERTH_SERVER; default http://127.0.0.1:8080)"
+    )
+    common.add_argument(
+        "--token", help="admin token (env BERTH_ADMIN_TOKEN; default: <data dir>/admin_token)"
+    )
+    common.add_argument(
+        "--data-dir", help="where to find admin_token (env BERTH_DATA_DIR; default .berth)"
+    )
     common.add_argument("--json", action="store_true", help="print JSON")
 
-    p = argparse.ArgumentParser(prog="berth", description="A control plane for A2A agent workspaces.")
+    p = argparse.ArgumentParser(
+        prog="berth", description="A control plane for A2A agent workspaces."
+    )
     sub = p.add_subparsers(dest="cmd", required=True)
 
     s = sub.add_parser("serve", help="run the berth server")
@@ -244,7 +304,9 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--redis-url")
     s.add_argument("--admin-token")
     s.add_argument("--public-url", help="the URL agents use to reach berth")
-    s.add_argument("--demo", action="store_true", help=f"create an echo workspace named {DEMO_NAME}")
+    s.add_argument(
+        "--demo", action="store_true", help=f"create an echo workspace named {DEMO_NAME}"
+    )
     s.add_argument("--log-level")
     s.set_defaults(fn=cmd_serve)
 
@@ -263,10 +325,12 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--cpus", type=float)
     c.set_defaults(fn=cmd_ws_create)
     ws.add_parser("ls", parents=[common], help="list workspaces").set_defaults(fn=cmd_ws_ls)
-    for name, fn, text in (("show", cmd_ws_show, "show one workspace"),
-                           ("pause", cmd_ws_simple("pause"), "drain and stop; messages wait"),
-                           ("resume", cmd_ws_simple("resume"), "start again and deliver"),
-                           ("rm", cmd_ws_simple("rm"), "stop and remove")):
+    for name, fn, text in (
+        ("show", cmd_ws_show, "show one workspace"),
+        ("pause", cmd_ws_simple("pause"), "drain and stop; messages wait"),
+        ("resume", cmd_ws_simple("resume"), "start again and deliver"),
+        ("rm", cmd_ws_simple("rm"), "stop and remove"),
+    ):
         x = ws.add_parser(name, parents=[common], help=text)
         x.add_argument("ref")
         x.set_defaults(fn=fn)
@@ -291,7 +355,9 @@ def parser() -> argparse.ArgumentParser:
 
     dl = sub.add_parser("deliveries", parents=[common], help="a workspace's delivery log")
     dl.add_argument("ref")
-    dl.add_argument("--status", choices=["queued", "in_flight", "done", "dead", "canceled", "expired"])
+    dl.add_argument(
+        "--status", choices=["queued", "in_flight", "done", "dead", "canceled", "expired"]
+    )
     dl.add_argument("--limit", type=int, default=50)
     dl.set_defaults(fn=cmd_deliveries)
     return p
@@ -302,7 +368,7 @@ def main(argv: list[str] | None = None) -> NoReturn:
     tail: list[str] = []
     if "--" in argv:  # everything after -- is the agent's own argv, options included
         at = argv.index("--")
-        argv, tail = argv[:at], argv[at + 1:]
+        argv, tail = argv[:at], argv[at + 1 :]
     args = parser().parse_args(argv)
     if tail:
         if not hasattr(args, "command"):

@@ -21,7 +21,8 @@ async def ensure_demo(c: Container) -> None:
         ws = await c.workspaces.get(DEMO_NAME)
     except NotFound:
         ws, _ = await c.workspaces.create(
-            {"name": DEMO_NAME, "command": [sys.executable, "-m", "berth.examples.echo"]})
+            {"name": DEMO_NAME, "command": [sys.executable, "-m", "berth.examples.echo"]}
+        )
     # say "online" only when it is: the first start takes a couple of seconds, and the agent
     # registers over HTTP, so this waits in the background while the server serves
     c.tasks.append(asyncio.create_task(_announce(c, ws.id), name="demo-announce"))
@@ -46,11 +47,12 @@ async def _announce(c: Container, ws_id: str) -> None:
         f"Message it:\n"
         f"  {berth_cli} send {DEMO_NAME} 'hello'{flags}\n"
         f"  {berth_cli} ws restart {DEMO_NAME}{flags}      (live phases, then the drain report)\n"
-        f"  curl -s {url}/v1/workspaces/{DEMO_NAME}/a2a -H \"authorization: Bearer {auth}\" \\\n"
-        f"    -H 'a2a-version: 1.0' -H 'content-type: application/json' -d '{{\"jsonrpc\":\"2.0\",\"id\":1,"
-        f"\"method\":\"SendMessage\",\"params\":{{\"message\":{{\"role\":\"ROLE_USER\",\"messageId\":\"m1\","
-        f"\"parts\":[{{\"text\":\"hello\"}}]}}}}}}'\n",
-        file=sys.stderr, flush=True,
+        f'  curl -s {url}/v1/workspaces/{DEMO_NAME}/a2a -H "authorization: Bearer {auth}" \\\n'
+        f'    -H \'a2a-version: 1.0\' -H \'content-type: application/json\' -d \'{{"jsonrpc":"2.0","id":1,'
+        f'"method":"SendMessage","params":{{"message":{{"role":"ROLE_USER","messageId":"m1",'
+        f'"parts":[{{"text":"hello"}}]}}}}}}\'\n',
+        file=sys.stderr,
+        flush=True,
     )
 
 
@@ -64,4 +66,3 @@ def _cli_path() -> str:
         return str(exe.relative_to(Path.cwd()))
     except ValueError:
         return str(exe)
-

@@ -9,7 +9,25 @@ from collections.abc import Callable
 __all__ = ["Metrics"]
 
 Labels = tuple[tuple[str, str], ...]
-_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+_BUCKETS = (
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1,
+    2.5,
+    5,
+    10,
+    30,
+    60,
+    120,
+    300,
+)
 
 
 class Metrics:
@@ -21,20 +39,25 @@ class Metrics:
         self.declare()
 
     def declare(self) -> None:
-        self._help.update({
-            "berth_deliveries_accepted_total": ("counter", "Deliveries accepted into the log"),
-            "berth_deliveries_total": ("counter", "Deliveries that reached a final status, by outcome"),
-            "berth_redeliveries_total": ("counter", "Forwards of a delivery after its first"),
-            "berth_forward_failures_total": ("counter", "Failed forward attempts, by kind"),
-            "berth_delivery_seconds": ("histogram", "From accepted to final"),
-            "berth_forward_seconds": ("histogram", "One forward to the agent"),
-            "berth_restarts_total": ("counter", "Restart cycles, by trigger and result"),
-            "berth_drain_seconds": ("histogram", "Drain phase of restart cycles"),
-            "berth_restart_seconds": ("histogram", "Whole restart cycles"),
-            "berth_crashes_total": ("counter", "Unplanned workspace exits"),
-            "berth_queue_depth": ("gauge", "Queued deliveries per workspace"),
-            "berth_in_flight": ("gauge", "In-flight deliveries per workspace"),
-        })
+        self._help.update(
+            {
+                "berth_deliveries_accepted_total": ("counter", "Deliveries accepted into the log"),
+                "berth_deliveries_total": (
+                    "counter",
+                    "Deliveries that reached a final status, by outcome",
+                ),
+                "berth_redeliveries_total": ("counter", "Forwards of a delivery after its first"),
+                "berth_forward_failures_total": ("counter", "Failed forward attempts, by kind"),
+                "berth_delivery_seconds": ("histogram", "From accepted to final"),
+                "berth_forward_seconds": ("histogram", "One forward to the agent"),
+                "berth_restarts_total": ("counter", "Restart cycles, by trigger and result"),
+                "berth_drain_seconds": ("histogram", "Drain phase of restart cycles"),
+                "berth_restart_seconds": ("histogram", "Whole restart cycles"),
+                "berth_crashes_total": ("counter", "Unplanned workspace exits"),
+                "berth_queue_depth": ("gauge", "Queued deliveries per workspace"),
+                "berth_in_flight": ("gauge", "In-flight deliveries per workspace"),
+            }
+        )
 
     def inc(self, name: str, n: float = 1.0, **labels: str) -> None:
         key = tuple(sorted(labels.items()))

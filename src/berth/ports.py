@@ -12,8 +12,17 @@ from berth.domain.restart import RestartRecord
 from berth.domain.workspace import Workspace
 
 __all__ = [
-    "AgentClient", "AgentReply", "AgentUnreachable", "Bus", "Cache", "Locks",
-    "Provisioner", "RunInfo", "Settle", "Store", "Subscription",
+    "AgentClient",
+    "AgentReply",
+    "AgentUnreachable",
+    "Bus",
+    "Cache",
+    "Locks",
+    "Provisioner",
+    "RunInfo",
+    "Settle",
+    "Store",
+    "Subscription",
 ]
 
 
@@ -42,7 +51,11 @@ class Store(Protocol):
     async def list_workspaces(self) -> list[Workspace]: ...
     async def update_workspace(self, ws_id: str, **fields: Any) -> Workspace: ...
     async def move_workspace(
-        self, ws_id: str, to: WorkspaceState, *, only_from: frozenset[WorkspaceState] | None = None,
+        self,
+        ws_id: str,
+        to: WorkspaceState,
+        *,
+        only_from: frozenset[WorkspaceState] | None = None,
         **fields: Any,
     ) -> Workspace | None: ...
     async def delete_workspace(self, ws_id: str) -> None: ...
@@ -53,18 +66,31 @@ class Store(Protocol):
     async def get_delivery(self, delivery_id: str) -> Delivery: ...
     async def find_delivery(self, workspace_id: str, message_id: str) -> Delivery | None: ...
     async def claim(
-        self, workspace_id: str, *, capacity: int | None, owner: str, lease_seconds: float, now: float,
+        self,
+        workspace_id: str,
+        *,
+        capacity: int | None,
+        owner: str,
+        lease_seconds: float,
+        now: float,
     ) -> list[Delivery]: ...
     async def renew(self, owner: str, ids: list[str], lease_until: float) -> int: ...
-    async def settle(self, delivery_id: str, owner: str, how: Settle, now: float) -> Delivery | None: ...
+    async def settle(
+        self, delivery_id: str, owner: str, how: Settle, now: float
+    ) -> Delivery | None: ...
     async def requeue_in_flight(self, workspace_id: str | None = None) -> list[str]: ...
     async def requeue_expired(self, now: float) -> list[Delivery]: ...
     async def cancel(self, delivery_id: str, now: float, reason: str) -> Delivery: ...
-    async def cancel_pending(self, workspace_id: str, now: float, reason: str) -> list[Delivery]: ...
+    async def cancel_pending(
+        self, workspace_id: str, now: float, reason: str
+    ) -> list[Delivery]: ...
     async def retry(self, delivery_id: str, now: float) -> Delivery: ...
     async def expire_due(self, now: float) -> list[Delivery]: ...
     async def list_deliveries(
-        self, workspace_id: str, status: DeliveryStatus | None = None, limit: int = 100,
+        self,
+        workspace_id: str,
+        status: DeliveryStatus | None = None,
+        limit: int = 100,
     ) -> list[Delivery]: ...
     async def counts(self, workspace_id: str | None = None) -> dict[DeliveryStatus, int]: ...
     # (queued, in flight) of one workspace: through the partial indexes only, so it stays
@@ -170,11 +196,19 @@ class AgentClient(Protocol):
     when the agent answered with plain JSON; a broken stream raises AgentUnreachable."""
 
     def stream(
-        self, url: str, body: bytes, headers: dict[str, str], timeout: float,
+        self,
+        url: str,
+        body: bytes,
+        headers: dict[str, str],
+        timeout: float,
     ) -> AsyncIterator[tuple[str, bytes]]: ...
 
     async def post(
-        self, url: str, body: bytes, headers: dict[str, str], timeout: float,
+        self,
+        url: str,
+        body: bytes,
+        headers: dict[str, str],
+        timeout: float,
     ) -> AgentReply: ...
     async def get(self, url: str, headers: dict[str, str], timeout: float) -> AgentReply: ...
     async def close(self) -> None: ...

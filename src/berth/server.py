@@ -21,17 +21,33 @@ log = logging.getLogger("berth")
 
 def serve(args: argparse.Namespace) -> None:
     settings = Settings.from_env(
-        host=args.host, port=args.port, data_dir=args.data_dir, database_url=args.database_url,
-        redis_url=args.redis_url, admin_token=args.admin_token, public_url=args.public_url,
-        demo=True if args.demo else None, log_level=args.log_level,
+        host=args.host,
+        port=args.port,
+        data_dir=args.data_dir,
+        database_url=args.database_url,
+        redis_url=args.redis_url,
+        admin_token=args.admin_token,
+        public_url=args.public_url,
+        demo=True if args.demo else None,
+        log_level=args.log_level,
     )
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     app = create_app(settings)
-    print(f"berth {settings.advertised_url} · data {settings.data_path} · store {settings.store_url.split('@')[-1]}",
-          file=sys.stderr)
-    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level="warning",
-                            loop="uvloop" if _has("uvloop") else "asyncio",
-                            http="httptools" if _has("httptools") else "h11", timeout_graceful_shutdown=60)
+    print(
+        f"berth {settings.advertised_url} · data {settings.data_path} · store {settings.store_url.split('@')[-1]}",
+        file=sys.stderr,
+    )
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level="warning",
+        loop="uvloop" if _has("uvloop") else "asyncio",
+        http="httptools" if _has("httptools") else "h11",
+        timeout_graceful_shutdown=60,
+    )
     _Server(config).run(sockets=_sockets(settings, app.state.berth))
 
 
@@ -41,7 +57,11 @@ def _sockets(settings: Settings, container: Container) -> list[socket.socket] | 
     so their agents can register without exposing berth on every interface."""
     docker = container.provisioners.get("docker")
     gateway = getattr(docker, "gateway", None)
-    if settings.host not in ("127.0.0.1", "localhost", "::1") or settings.running_in_docker() or gateway is None:
+    if (
+        settings.host not in ("127.0.0.1", "localhost", "::1")
+        or settings.running_in_docker()
+        or gateway is None
+    ):
         return None
     addresses = [settings.host]
     extra = gateway()
@@ -58,7 +78,9 @@ def _sockets(settings: Settings, container: Container) -> list[socket.socket] | 
             s.close()
             if address == settings.host:
                 raise
-            log.warning("cannot also listen on %s:%s for docker workspaces: %s", address, settings.port, e)
+            log.warning(
+                "cannot also listen on %s:%s for docker workspaces: %s", address, settings.port, e
+            )
             continue
         out.append(s)  # not inheritable: agents berth starts must not hold berth's port
         if address != settings.host:

@@ -19,7 +19,9 @@ class Settings:
     data_dir: str = ".berth"
     database_url: str | None = None  # sqlite:///path or postgresql://…; default: SQLite in data_dir
     redis_url: str | None = None
-    redis_prefix: str = "berth:"  # keys and channels; one prefix per berth deployment sharing a Redis
+    redis_prefix: str = (
+        "berth:"  # keys and channels; one prefix per berth deployment sharing a Redis
+    )
     admin_token: str | None = None
     public_url: str | None = None  # how agents reach berth; default http://<host>:<port>
     replica_id: str | None = None

@@ -38,8 +38,9 @@ class Declared:
 
 
 _CREATE_TABLE = re.compile(r"CREATE TABLE (?:IF NOT EXISTS )?(\w+)\s*\((.*)\)\s*$", re.S | re.I)
-_CREATE_INDEX = re.compile(r"CREATE (?:UNIQUE )?INDEX (?:IF NOT EXISTS )?(\w+) ON (\w+)\s*\([^)]*\)(.*)$",
-                           re.S | re.I)
+_CREATE_INDEX = re.compile(
+    r"CREATE (?:UNIQUE )?INDEX (?:IF NOT EXISTS )?(\w+) ON (\w+)\s*\([^)]*\)(.*)$", re.S | re.I
+)
 _ADD_COLUMN = re.compile(r"ALTER TABLE (\w+) ADD COLUMN (?:IF NOT EXISTS )?(\w+)", re.I)
 _DROP_INDEX = re.compile(r"DROP INDEX (?:IF EXISTS )?(\w+)", re.I)
 _CONSTRAINT_WORDS = {"UNIQUE", "PRIMARY", "CONSTRAINT", "CHECK", "FOREIGN"}
@@ -78,7 +79,9 @@ def declared(types: dict[str, str]) -> Declared:
                 out.indexes.pop(m[1])
                 out.partial.discard(m[1])
             else:
-                pytest.fail(f"test_migrations cannot read this migration statement; teach it: {stmt[:80]}")
+                pytest.fail(
+                    f"test_migrations cannot read this migration statement; teach it: {stmt[:80]}"
+                )
     return out
 
 
@@ -87,8 +90,15 @@ def test_declaration_is_read() -> None:
     for types in (schema.SQLITE, schema.POSTGRES):
         d = declared(types)
         assert {"workspaces", "deliveries", "restarts"} <= set(d.tables)
-        assert {"seq", "status", "lease_owner", "lease_until", "not_before"} <= d.tables["deliveries"]
-        assert {"deliveries_queued", "deliveries_in_flight", "deliveries_lease", "deliveries_finished"} <= d.partial
+        assert {"seq", "status", "lease_owner", "lease_until", "not_before"} <= d.tables[
+            "deliveries"
+        ]
+        assert {
+            "deliveries_queued",
+            "deliveries_in_flight",
+            "deliveries_lease",
+            "deliveries_finished",
+        } <= d.partial
     assert declared(schema.SQLITE) == declared(schema.POSTGRES)  # the dialects are kept in step
 
 
@@ -108,8 +118,9 @@ def _only_first(monkeypatch: pytest.MonkeyPatch, k: int) -> None:
 # SQLite ----------------------------------------------------------------------------
 def _sqlite_schema(path: Path) -> list[tuple[str, str, str, str]]:
     with sqlite3.connect(path) as c:
-        got = c.execute("SELECT type, name, tbl_name, coalesce(sql, '') FROM sqlite_master "
-                        "ORDER BY type, name").fetchall()
+        got = c.execute(
+            "SELECT type, name, tbl_name, coalesce(sql, '') FROM sqlite_master ORDER BY type, name"
+        ).fetchall()
     return [(t, n, tb, " ".join(sql.split())) for t, n, tb, sql in got]
 
 
@@ -127,7 +138,8 @@ async def _sqlite_migrate(path: Path) -> None:
 
 
 async def test_sqlite_replayed_migrations_equal_fresh_install(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     fresh, replayed = tmp_path / "fresh.db", tmp_path / "replayed.db"
     await _sqlite_migrate(fresh)
@@ -146,13 +158,19 @@ async def test_sqlite_schema_is_the_declared_one(tmp_path: Path) -> None:
     await _sqlite_migrate(path)  # idempotent
     assert _sqlite_schema(path) == first
     with sqlite3.connect(path) as c:
-        assert [r[0] for r in c.execute("SELECT version FROM schema_migrations ORDER BY version")] == _versions()
+        assert [
+            r[0] for r in c.execute("SELECT version FROM schema_migrations ORDER BY version")
+        ] == _versions()
     want = declared(schema.SQLITE)
     tables = {n for t, n, _, _ in first if t == "table" and not n.startswith("sqlite_")}
     assert tables == set(want.tables) | set(_BOOKKEEPING)
     for table, columns in {**want.tables, **_BOOKKEEPING}.items():
         assert _sqlite_columns(path, table) == columns, table
-    indexes = {n: (tb, sql) for t, n, tb, sql in first if t == "index" and not n.startswith("sqlite_autoindex")}
+    indexes = {
+        n: (tb, sql)
+        for t, n, tb, sql in first
+        if t == "index" and not n.startswith("sqlite_autoindex")
+    }
     assert {n: tb for n, (tb, _) in indexes.items()} == want.indexes
     assert {n for n, (_, sql) in indexes.items() if " WHERE " in sql.upper()} == want.partial
 
@@ -182,11 +200,16 @@ async def _pg_schema(url: str) -> dict[str, Any]:
     """Columns (with types, defaults, nullability) and index definitions of the store's schema."""
     here = (await _pg_fetch(url, "SELECT current_schema()"))[0][0]
     columns = await _pg_fetch(
-        url, "SELECT table_name, column_name, data_type, column_default, is_nullable, ordinal_position "
-        "FROM information_schema.columns WHERE table_schema = $1 ORDER BY table_name, ordinal_position", here)
+        url,
+        "SELECT table_name, column_name, data_type, column_default, is_nullable, ordinal_position "
+        "FROM information_schema.columns WHERE table_schema = $1 ORDER BY table_name, ordinal_position",
+        here,
+    )
     indexes = await _pg_fetch(
-        url, "SELECT tablename, indexname, indexdef FROM pg_indexes WHERE schemaname = $1 ORDER BY indexname",
-        here)
+        url,
+        "SELECT tablename, indexname, indexdef FROM pg_indexes WHERE schemaname = $1 ORDER BY indexname",
+        here,
+    )
     return {
         "columns": [tuple(r) for r in columns],
         # the definitions name the schema, which differs between the two installs
@@ -195,7 +218,9 @@ async def _pg_schema(url: str) -> dict[str, Any]:
 
 
 @pytest.mark.postgres
-async def test_postgres_replayed_migrations_equal_fresh_install(monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_postgres_replayed_migrations_equal_fresh_install(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     async with fresh_schema() as fresh, fresh_schema() as replayed:
         await _pg_migrate(fresh)
         with monkeypatch.context() as mp:
@@ -231,7 +256,9 @@ async def test_postgres_schema_is_the_declared_one(pg_empty_url: str) -> None:
 @pytest.mark.postgres
 async def test_postgres_replicas_migrating_together_do_not_race(pg_empty_url: str) -> None:
     await asyncio.gather(*(_pg_migrate(pg_empty_url) for _ in range(4)))
-    versions = await _pg_fetch(pg_empty_url, "SELECT version FROM schema_migrations ORDER BY version")
+    versions = await _pg_fetch(
+        pg_empty_url, "SELECT version FROM schema_migrations ORDER BY version"
+    )
     assert [r[0] for r in versions] == _versions()
 
 
@@ -242,15 +269,21 @@ async def test_postgres_hot_queries_use_partial_indexes(pg_empty_url: str) -> No
 
     url = pg_empty_url
     await _pg_migrate(url)
-    await _pg_fetch(url, """
+    await _pg_fetch(
+        url,
+        """
         INSERT INTO deliveries (id, workspace_id, message_id, method, request, status, created_at,
                                 updated_at, finished_at)
         SELECT 'd' || i, 'w' || (i % 5), 'm' || i, 'message/send', '\\x00', 'done', 0, 0, 0
-        FROM generate_series(1, 20000) AS i""")
-    await _pg_fetch(url, """
+        FROM generate_series(1, 20000) AS i""",
+    )
+    await _pg_fetch(
+        url,
+        """
         INSERT INTO deliveries (id, workspace_id, message_id, method, request, status, created_at, updated_at)
         SELECT 'q' || i, 'w1', 'q' || i, 'message/send', '\\x00', 'queued', 0, 0
-        FROM generate_series(1, 3) AS i""")
+        FROM generate_series(1, 3) AS i""",
+    )
     await _pg_fetch(url, "ANALYZE deliveries")
 
     async def plan(sql: str, *args: Any) -> str:
@@ -261,7 +294,10 @@ async def test_postgres_hot_queries_use_partial_indexes(pg_empty_url: str) -> No
     for sql, arg in [
         ("SELECT count(*) FROM deliveries WHERE workspace_id = $1 AND status = 'in_flight'", "w1"),
         ("SELECT id FROM deliveries WHERE status = 'in_flight' AND lease_until < $1", 5.0),
-        ("SELECT min(not_before) FROM deliveries WHERE workspace_id = $1 AND status = 'queued'", "w1"),
+        (
+            "SELECT min(not_before) FROM deliveries WHERE workspace_id = $1 AND status = 'queued'",
+            "w1",
+        ),
     ]:
         got = await plan(sql, arg)
         assert any(i in got for i in _LIVE_INDEXES) and "Seq Scan" not in got, got

@@ -337,7 +337,9 @@ async def test_prefixes_isolate_deployments(redis_buses: Callable[[], Any]) -> N
 
 @pytest.mark.redis
 async def test_subscription_survives_a_killed_connection(
-    redis_buses: Callable[..., Any], admin: Any, names: Names,
+    redis_buses: Callable[..., Any],
+    admin: Any,
+    names: Names,
 ) -> None:
     bus = redis_buses(max_backoff=0.2)
     await bus.start()

@@ -52,7 +52,8 @@ async def _with_finished(path: Path, n: int) -> SqliteStore:
         "INSERT INTO deliveries (id, workspace_id, message_id, method, request, headers, status, attempts, "
         "forwards, not_before, created_at, updated_at, finished_at) "
         "VALUES (?, 'w1', ?, 'message/send', x'7b7d', '{}', 'done', 0, 1, 0, 1, 1, 1)",
-        [(f"old-{i}", f"old-{i}") for i in range(n)])
+        [(f"old-{i}", f"old-{i}") for i in range(n)],
+    )
     conn.execute("COMMIT")
     return store
 

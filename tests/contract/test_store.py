@@ -29,9 +29,13 @@ LEASE = 30.0
 # builders -------------------------------------------------------------------
 def make_ws(name: str = "alpha", **kw: Any) -> Workspace:
     fields: dict[str, Any] = {
-        "id": uuid.uuid4().hex, "name": name, "runtime": Runtime.PROCESS,
-        "command": ["python", "-m", "agent"], "token_hash": f"tok-{name}",
-        "created_at": T0, "updated_at": T0,
+        "id": uuid.uuid4().hex,
+        "name": name,
+        "runtime": Runtime.PROCESS,
+        "command": ["python", "-m", "agent"],
+        "token_hash": f"tok-{name}",
+        "created_at": T0,
+        "updated_at": T0,
     }
     fields.update(kw)
     return Workspace(**fields)
@@ -39,9 +43,15 @@ def make_ws(name: str = "alpha", **kw: Any) -> Workspace:
 
 def make_d(ws_id: str, msg: str, **kw: Any) -> Delivery:
     fields: dict[str, Any] = {
-        "id": uuid.uuid4().hex, "workspace_id": ws_id, "message_id": msg, "seq": 0,
-        "method": "message/send", "request": b'{"jsonrpc": "2.0"}', "headers": {"x-a": "1"},
-        "created_at": T0, "updated_at": T0,
+        "id": uuid.uuid4().hex,
+        "workspace_id": ws_id,
+        "message_id": msg,
+        "seq": 0,
+        "method": "message/send",
+        "request": b'{"jsonrpc": "2.0"}',
+        "headers": {"x-a": "1"},
+        "created_at": T0,
+        "updated_at": T0,
     }
     fields.update(kw)
     return Delivery(**fields)
@@ -56,8 +66,9 @@ async def accept_many(store: Store, ws_id: str, n: int, **kw: Any) -> list[Deliv
     return out
 
 
-async def claim(store: Store, ws_id: str, *, capacity: int | None = None, owner: str = "a",
-                now: float = T0) -> list[Delivery]:
+async def claim(
+    store: Store, ws_id: str, *, capacity: int | None = None, owner: str = "a", now: float = T0
+) -> list[Delivery]:
     return await store.claim(ws_id, capacity=capacity, owner=owner, lease_seconds=LEASE, now=now)
 
 
@@ -67,9 +78,18 @@ def ids(ds: list[Delivery]) -> list[str]:
 
 # workspaces -----------------------------------------------------------------
 async def test_create_and_get_by_id_and_name(store: Store) -> None:
-    ws = make_ws("alpha", env={"K": "v"}, limits={"memory": "1g"}, agent_card={"name": "a"},
-                 capabilities={"native_session": True}, restart_policy=RestartPolicy.ALWAYS,
-                 max_concurrency=3, drain_seconds=2.5, pid=42, last_heartbeat=T0 + 1)
+    ws = make_ws(
+        "alpha",
+        env={"K": "v"},
+        limits={"memory": "1g"},
+        agent_card={"name": "a"},
+        capabilities={"native_session": True},
+        restart_policy=RestartPolicy.ALWAYS,
+        max_concurrency=3,
+        drain_seconds=2.5,
+        pid=42,
+        last_heartbeat=T0 + 1,
+    )
     await store.create_workspace(ws)
     assert await store.get_workspace(ws.id) == ws
     assert await store.get_workspace("alpha") == ws
@@ -112,10 +132,15 @@ async def test_list_workspaces_by_creation_time(store: Store) -> None:
 async def test_update_workspace(store: Store) -> None:
     ws = make_ws("alpha")
     await store.create_workspace(ws)
-    got = await store.update_workspace(ws.id, agent_url="http://x", capabilities={"a": 1},
-                                       state=S.ONLINE, active_tasks=2)
+    got = await store.update_workspace(
+        ws.id, agent_url="http://x", capabilities={"a": 1}, state=S.ONLINE, active_tasks=2
+    )
     assert (got.agent_url, got.capabilities, got.state, got.active_tasks) == (
-        "http://x", {"a": 1}, S.ONLINE, 2)
+        "http://x",
+        {"a": 1},
+        S.ONLINE,
+        2,
+    )
     assert got.updated_at > T0  # stamped by the store
     assert await store.get_workspace(ws.id) == got
     got = await store.update_workspace(ws.id, agent_card=None, updated_at=T0 + 5)
@@ -140,8 +165,9 @@ async def test_move_workspace_only_from(store: Store) -> None:
     assert await store.move_workspace(ws.id, S.ONLINE, only_from=frozenset({S.OFFLINE})) is None
     assert (await store.get_workspace(ws.id)).state is S.PROVISIONING
     assert await store.move_workspace(ws.id, S.ONLINE, only_from=frozenset()) is None
-    moved = await store.move_workspace(ws.id, S.ONLINE, only_from=frozenset({S.PROVISIONING}),
-                                       agent_url="http://x")
+    moved = await store.move_workspace(
+        ws.id, S.ONLINE, only_from=frozenset({S.PROVISIONING}), agent_url="http://x"
+    )
     assert moved is not None and moved.state is S.ONLINE and moved.agent_url == "http://x"
     moved = await store.move_workspace(ws.id, S.DRAINING)
     assert moved is not None and moved.state is S.DRAINING
@@ -184,8 +210,14 @@ async def test_accept_is_idempotent_by_message_id(store: Store) -> None:
 
 
 async def test_accept_keeps_every_field(store: Store) -> None:
-    d = make_d("w1", "m1", request=b"\x00\xffbinary", headers={"a": "b"}, not_before=T0 + 3,
-               expires_at=T0 + 60)
+    d = make_d(
+        "w1",
+        "m1",
+        request=b"\x00\xffbinary",
+        headers={"a": "b"},
+        not_before=T0 + 3,
+        expires_at=T0 + 60,
+    )
     got, _ = await store.accept(d)
     d.seq = got.seq
     assert got == d
@@ -273,8 +305,18 @@ async def test_settle_done(store: Store) -> None:
     how = Settle(D.DONE, reply=b'{"result": 1}', reply_status=200, reason="ok")
     got = await store.settle(d.id, "a", how, T0 + 5)
     assert got is not None
-    assert (got.status, got.reply, got.reply_status, got.reason) == (D.DONE, b'{"result": 1}', 200, "ok")
-    assert (got.lease_owner, got.lease_until, got.finished_at, got.updated_at) == (None, None, T0 + 5, T0 + 5)
+    assert (got.status, got.reply, got.reply_status, got.reason) == (
+        D.DONE,
+        b'{"result": 1}',
+        200,
+        "ok",
+    )
+    assert (got.lease_owner, got.lease_until, got.finished_at, got.updated_at) == (
+        None,
+        None,
+        T0 + 5,
+        T0 + 5,
+    )
     assert got.attempts == 0
     assert await store.get_delivery(d.id) == got
     assert await store.settle(d.id, "a", how, T0 + 6) is None  # not in flight any more
@@ -283,10 +325,19 @@ async def test_settle_done(store: Store) -> None:
 async def test_settle_requeue_with_backoff(store: Store) -> None:
     (d,) = await accept_many(store, "w1", 1)
     await claim(store, "w1")
-    got = await store.settle(d.id, "a", Settle(D.QUEUED, count_attempt=True, reason="transport",
-                                                not_before=T0 + 7), T0 + 1)
+    got = await store.settle(
+        d.id,
+        "a",
+        Settle(D.QUEUED, count_attempt=True, reason="transport", not_before=T0 + 7),
+        T0 + 1,
+    )
     assert got is not None
-    assert (got.status, got.attempts, got.reason, got.not_before) == (D.QUEUED, 1, "transport", T0 + 7)
+    assert (got.status, got.attempts, got.reason, got.not_before) == (
+        D.QUEUED,
+        1,
+        "transport",
+        T0 + 7,
+    )
     assert got.finished_at is None and got.lease_owner is None and got.reply is None
     assert await claim(store, "w1", now=T0 + 6) == []
     assert await store.next_ready_at("w1") == T0 + 7
@@ -295,8 +346,15 @@ async def test_settle_requeue_with_backoff(store: Store) -> None:
 async def test_settle_dead_and_canceled_keep_earlier_reply(store: Store) -> None:
     a, b = await accept_many(store, "w1", 2)
     await claim(store, "w1")
-    dead = await store.settle(a.id, "a", Settle(D.DEAD, count_attempt=True, reason="poison"), T0 + 1)
-    assert dead is not None and dead.status is D.DEAD and dead.attempts == 1 and dead.finished_at == T0 + 1
+    dead = await store.settle(
+        a.id, "a", Settle(D.DEAD, count_attempt=True, reason="poison"), T0 + 1
+    )
+    assert (
+        dead is not None
+        and dead.status is D.DEAD
+        and dead.attempts == 1
+        and dead.finished_at == T0 + 1
+    )
     gone = await store.settle(b.id, "a", Settle(D.CANCELED, reason="stop"), T0 + 2)
     assert gone is not None and gone.status is D.CANCELED and gone.reply is None
 
@@ -364,7 +422,12 @@ async def test_renew_keeps_a_lease_from_expiring(store: Store) -> None:
 async def test_cancel_only_queued(store: Store) -> None:
     a, b = await accept_many(store, "w1", 2)
     got = await store.cancel(a.id, T0 + 1, "by user")
-    assert (got.status, got.reason, got.finished_at, got.updated_at) == (D.CANCELED, "by user", T0 + 1, T0 + 1)
+    assert (got.status, got.reason, got.finished_at, got.updated_at) == (
+        D.CANCELED,
+        "by user",
+        T0 + 1,
+        T0 + 1,
+    )
     with pytest.raises(Conflict) as e:
         await store.cancel(a.id, T0 + 2, "again")
     assert e.value.code == "not_cancelable"
@@ -385,7 +448,12 @@ async def test_cancel_pending(store: Store) -> None:
     assert ids(got) == ids(ds[1:])
     for d in got:
         assert (d.status, d.reason, d.finished_at, d.lease_owner, d.lease_until) == (
-            D.CANCELED, "removed", T0 + 3, None, None)
+            D.CANCELED,
+            "removed",
+            T0 + 3,
+            None,
+            None,
+        )
     assert (await store.get_delivery(ds[0].id)).status is D.DONE
     assert (await store.get_delivery(other.id)).status is D.QUEUED
     assert await store.cancel_pending("w1", T0 + 4, "again") == []
@@ -394,12 +462,22 @@ async def test_cancel_pending(store: Store) -> None:
 async def test_retry_goes_to_the_back_of_the_queue(store: Store) -> None:
     a, b = await accept_many(store, "w1", 2)
     await claim(store, "w1", capacity=1)
-    await store.settle(a.id, "a", Settle(D.DEAD, count_attempt=True, reason="poison",
-                                         reply=b"{}", reply_status=500), T0 + 1)
+    await store.settle(
+        a.id,
+        "a",
+        Settle(D.DEAD, count_attempt=True, reason="poison", reply=b"{}", reply_status=500),
+        T0 + 1,
+    )
     got = await store.retry(a.id, T0 + 2)
     assert got.id == a.id and got.seq > b.seq
-    assert (got.status, got.attempts, got.reason, got.finished_at, got.not_before, got.updated_at) == (
-        D.QUEUED, 0, "retried by an operator", None, 0.0, T0 + 2)
+    assert (
+        got.status,
+        got.attempts,
+        got.reason,
+        got.finished_at,
+        got.not_before,
+        got.updated_at,
+    ) == (D.QUEUED, 0, "retried by an operator", None, 0.0, T0 + 2)
     assert got.forwards == 1 and got.message_id == a.message_id
     assert await store.get_delivery(a.id) == got
     assert await store.find_delivery("w1", a.message_id) == got
@@ -445,7 +523,9 @@ async def test_list_deliveries(store: Store) -> None:
     await store.accept(make_d("w2", "x"))
     await store.cancel(ds[1].id, T0, "x")
     assert ids(await store.list_deliveries("w1")) == ids(ds)
-    assert ids(await store.list_deliveries("w1", limit=2)) == ids(ds[3:])  # the newest, oldest first
+    assert ids(await store.list_deliveries("w1", limit=2)) == ids(
+        ds[3:]
+    )  # the newest, oldest first
     assert ids(await store.list_deliveries("w1", D.QUEUED)) == ids([ds[0], *ds[2:]])
     assert ids(await store.list_deliveries("w1", D.CANCELED)) == [ds[1].id]
     assert await store.list_deliveries("w1", D.DONE) == []
@@ -459,7 +539,13 @@ async def test_counts(store: Store) -> None:
     await store.settle(ds[0].id, "a", Settle(D.DONE), T0)
     await store.cancel(ds[3].id, T0, "x")
     zero = {s: 0 for s in D}
-    assert await store.counts("w1") == {**zero, D.QUEUED: 1, D.IN_FLIGHT: 1, D.DONE: 1, D.CANCELED: 1}
+    assert await store.counts("w1") == {
+        **zero,
+        D.QUEUED: 1,
+        D.IN_FLIGHT: 1,
+        D.DONE: 1,
+        D.CANCELED: 1,
+    }
     assert await store.counts() == {**zero, D.QUEUED: 2, D.IN_FLIGHT: 1, D.DONE: 1, D.CANCELED: 1}
     assert await store.counts("nope") == zero
     assert await store.pending("w1") == (1, 1)
@@ -498,9 +584,19 @@ async def test_prune_finished(store: Store) -> None:
 
 
 # restarts -------------------------------------------------------------------
-def make_restart(ws_id: str, created_at: float, phase: Phase = Phase.REQUESTED, **kw: Any) -> RestartRecord:
-    return RestartRecord(id=uuid.uuid4().hex, workspace_id=ws_id, trigger=Trigger.API, reason="why",
-                         drain_seconds=5.0, phase=phase, created_at=created_at, **kw)
+def make_restart(
+    ws_id: str, created_at: float, phase: Phase = Phase.REQUESTED, **kw: Any
+) -> RestartRecord:
+    return RestartRecord(
+        id=uuid.uuid4().hex,
+        workspace_id=ws_id,
+        trigger=Trigger.API,
+        reason="why",
+        drain_seconds=5.0,
+        phase=phase,
+        created_at=created_at,
+        **kw,
+    )
 
 
 async def test_restart_records(store: Store) -> None:
@@ -508,7 +604,10 @@ async def test_restart_records(store: Store) -> None:
     await store.save_restart(r)
     assert await store.get_restart("w1", r.id) == r
     r.phase = Phase.DONE
-    r.phases = [PhaseTiming(Phase.DRAINING, T0, T0 + 1, "2 finished"), PhaseTiming(Phase.DONE, T0 + 1)]
+    r.phases = [
+        PhaseTiming(Phase.DRAINING, T0, T0 + 1, "2 finished"),
+        PhaseTiming(Phase.DONE, T0 + 1),
+    ]
     r.drain_report = {"finished": 2, "requeued": ["x"]}
     r.error, r.finished_at = "none", T0 + 2
     await store.save_restart(r)  # an upsert
@@ -606,7 +705,9 @@ async def test_concurrent_claimers_claim_each_delivery_once(backend: Backend) ->
             ds.append((await stores[-1].accept(make_d("w1", f"late{i}")))[0])
             await asyncio.sleep(0)
 
-    await asyncio.wait_for(asyncio.gather(feeder(), *(worker(i, s) for i, s in enumerate(stores))), 20)
+    await asyncio.wait_for(
+        asyncio.gather(feeder(), *(worker(i, s) for i, s in enumerate(stores))), 20
+    )
     for i, s in enumerate(stores):  # whatever arrived after a worker gave up
         await worker(i, s)
     assert sorted(d for d, _ in claimed) == sorted(ids(ds))

@@ -55,20 +55,31 @@ def docker_engine() -> Iterator[Any]:
     if not os.environ.get("DOCKER_HOST") or not _answers():
         t0 = time.monotonic()
         try:
-            r = subprocess.run([str(ROOT / "scripts/docker-engine.sh"), "start"], capture_output=True,
-                               text=True, timeout=600)
+            r = subprocess.run(
+                [str(ROOT / "scripts/docker-engine.sh"), "start"],
+                capture_output=True,
+                text=True,
+                timeout=600,
+            )
         except (OSError, subprocess.TimeoutExpired) as e:
             _unavailable(f"scripts/docker-engine.sh: {e}")
         lines = r.stdout.strip().splitlines()
         if r.returncode != 0 or not lines or not lines[-1].startswith("export DOCKER_HOST="):
-            _unavailable(f"scripts/docker-engine.sh exited {r.returncode}: {r.stderr.strip()[-600:]}")
+            _unavailable(
+                f"scripts/docker-engine.sh exited {r.returncode}: {r.stderr.strip()[-600:]}"
+            )
         os.environ["DOCKER_HOST"] = lines[-1].split("=", 1)[1].strip().strip("'\"")
         print(f"\n[docker] engine at {os.environ['DOCKER_HOST']} ({time.monotonic() - t0:.1f} s)")
     if not _answers():
         _unavailable(f"the engine at {os.environ.get('DOCKER_HOST')} does not answer")
     t0 = time.monotonic()
-    r = subprocess.run([str(ROOT / "scripts/build-images.sh"), "echo"], capture_output=True, text=True,
-                       timeout=900, env={**os.environ})
+    r = subprocess.run(
+        [str(ROOT / "scripts/build-images.sh"), "echo"],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env={**os.environ},
+    )
     if r.returncode != 0:
         _unavailable(f"scripts/build-images.sh failed: {r.stderr.strip()[-1200:]}")
     print(f"[docker] images ready ({time.monotonic() - t0:.1f} s)")

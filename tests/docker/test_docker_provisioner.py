@@ -26,14 +26,28 @@ UNREACHABLE_BERTH = "http://127.0.0.1:9"  # nothing listens: the agent's registr
 
 def make_ws(**kw: Any) -> Workspace:
     ws_id = str(uuid.uuid4())
-    return Workspace(id=ws_id, name=f"t-{ws_id[:8]}", runtime=Runtime.DOCKER, image=IMAGE,
-                     drain_seconds=2.0, **kw)
+    return Workspace(
+        id=ws_id,
+        name=f"t-{ws_id[:8]}",
+        runtime=Runtime.DOCKER,
+        image=IMAGE,
+        drain_seconds=2.0,
+        **kw,
+    )
 
 
-def identity(p: DockerProvisioner, ws: Workspace, berth_url: str = UNREACHABLE_BERTH) -> dict[str, str]:
-    return {"BERTH_URL": berth_url, "BERTH_WORKSPACE_ID": ws.id, "BERTH_WORKSPACE_NAME": ws.name,
-            "BERTH_WORKSPACE_TOKEN": "bws_test", "BERTH_DRAIN_SECONDS": f"{ws.drain_seconds:g}",
-            "BERTH_MAX_CONCURRENCY": "1", "BERTH_INSTANCE": p.instance}
+def identity(
+    p: DockerProvisioner, ws: Workspace, berth_url: str = UNREACHABLE_BERTH
+) -> dict[str, str]:
+    return {
+        "BERTH_URL": berth_url,
+        "BERTH_WORKSPACE_ID": ws.id,
+        "BERTH_WORKSPACE_NAME": ws.name,
+        "BERTH_WORKSPACE_TOKEN": "bws_test",
+        "BERTH_DRAIN_SECONDS": f"{ws.drain_seconds:g}",
+        "BERTH_MAX_CONCURRENCY": "1",
+        "BERTH_INSTANCE": p.instance,
+    }
 
 
 async def wait_card(url: str, timeout: float = 30.0) -> dict[str, Any]:
@@ -53,8 +67,18 @@ async def wait_card(url: str, timeout: float = 30.0) -> dict[str, Any]:
 
 
 async def send(url: str, text: str, message_id: str) -> dict[str, Any]:
-    body = {"jsonrpc": "2.0", "id": 1, "method": "message/send", "params": {"message": {
-        "role": "user", "messageId": message_id, "parts": [{"kind": "text", "text": text}]}}}
+    body = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "message/send",
+        "params": {
+            "message": {
+                "role": "user",
+                "messageId": message_id,
+                "parts": [{"kind": "text", "text": text}],
+            }
+        },
+    }
     async with httpx.AsyncClient(timeout=30.0) as c:
         r = await c.post(url + "/", json=body)
     assert r.status_code == 200, r.text
@@ -67,7 +91,9 @@ def read_state_file(client: Any, ws: Workspace, path: str) -> str:
     return out.output.decode()  # type: ignore[no-any-return]
 
 
-async def test_start_serves_the_agent_and_stop_drains(provisioner: DockerProvisioner, docker_engine: Any) -> None:
+async def test_start_serves_the_agent_and_stop_drains(
+    provisioner: DockerProvisioner, docker_engine: Any
+) -> None:
     ws = make_ws(limits={"memory": "256m", "cpus": 0.5})
     t0 = time.monotonic()
     info = await provisioner.start(ws, identity(provisioner, ws))
@@ -75,8 +101,10 @@ async def test_start_serves_the_agent_and_stop_drains(provisioner: DockerProvisi
     assert info.url and info.url.startswith("http://127.0.0.1:")
     card = await wait_card(info.url)
     t_http = time.monotonic() - t0
-    print(f"\n[docker] start() {t_started:.2f} s; start -> first agent-card answer {t_http:.2f} s "
-          f"(BERTH_URL unreachable: the agent serves while its registration retries)")
+    print(
+        f"\n[docker] start() {t_started:.2f} s; start -> first agent-card answer {t_http:.2f} s "
+        f"(BERTH_URL unreachable: the agent serves while its registration retries)"
+    )
     assert card["name"] == "echo"
     assert info.state_dir == volume_name(ws)
     assert info.container_id
@@ -97,7 +125,9 @@ async def test_start_serves_the_agent_and_stop_drains(provisioner: DockerProvisi
     assert env["BERTH_ADVERTISE_URL"] == info.url
     net = attrs["NetworkSettings"]["Networks"][NETWORK]
     assert container_name(ws) in (net.get("Aliases") or [])
-    assert any(m["Name"] == volume_name(ws) and m["Destination"] == "/state" for m in attrs["Mounts"])
+    assert any(
+        m["Name"] == volume_name(ws) and m["Destination"] == "/state" for m in attrs["Mounts"]
+    )
 
     exits: list[tuple[str, int | None]] = []
     provisioner.on_exit(lambda ws_id, code: exits.append((ws_id, code)))
@@ -114,7 +144,9 @@ async def test_start_serves_the_agent_and_stop_drains(provisioner: DockerProvisi
     assert exits == [], "a stop berth asked for was reported as an exit"
 
 
-async def test_kill_from_outside_fires_on_exit(provisioner: DockerProvisioner, docker_engine: Any) -> None:
+async def test_kill_from_outside_fires_on_exit(
+    provisioner: DockerProvisioner, docker_engine: Any
+) -> None:
     exits: asyncio.Queue[tuple[str, int | None]] = asyncio.Queue()
     provisioner.on_exit(lambda ws_id, code: exits.put_nowait((ws_id, code)))
     ws = make_ws()
@@ -138,17 +170,27 @@ async def test_kill_from_outside_fires_on_exit(provisioner: DockerProvisioner, d
     assert exits.empty()
 
 
-async def test_cleanup_removes_orphans_and_keeps_its_own(provisioner: DockerProvisioner, docker_engine: Any) -> None:
+async def test_cleanup_removes_orphans_and_keeps_its_own(
+    provisioner: DockerProvisioner, docker_engine: Any
+) -> None:
     ws = make_ws()
     info = await provisioner.start(ws, identity(provisioner, ws))
     orphan_id = str(uuid.uuid4())
     orphan = await asyncio.to_thread(
-        docker_engine.containers.run, IMAGE, ["sleep", "300"], detach=True, init=True,
+        docker_engine.containers.run,
+        IMAGE,
+        ["sleep", "300"],
+        detach=True,
+        init=True,
         name=f"ws-{orphan_id[:12]}",
         labels={"berth.workspace": orphan_id, "berth.instance": provisioner.instance},
     )
     other = await asyncio.to_thread(  # another berth's container: not ours to touch
-        docker_engine.containers.run, IMAGE, ["sleep", "300"], detach=True, init=True,
+        docker_engine.containers.run,
+        IMAGE,
+        ["sleep", "300"],
+        detach=True,
+        init=True,
         labels={"berth.workspace": orphan_id, "berth.instance": "someone-else"},
     )
     try:
@@ -164,15 +206,18 @@ async def test_cleanup_removes_orphans_and_keeps_its_own(provisioner: DockerProv
         other.remove(force=True)
 
 
-async def test_cleanup_removes_containers_a_previous_berth_left(provisioner: DockerProvisioner,
-                                                                 docker_engine: Any) -> None:
+async def test_cleanup_removes_containers_a_previous_berth_left(
+    provisioner: DockerProvisioner, docker_engine: Any
+) -> None:
     """A new berth (a new provisioner, same instance) stops what the old one left running,
     even for known workspaces: they are started afresh by the recovery."""
     ws = make_ws()
     await provisioner.start(ws, identity(provisioner, ws))
     from docker.client import DockerClient
 
-    fresh = DockerProvisioner(DockerClient.from_env(timeout=60), instance=provisioner.instance, network=NETWORK)
+    fresh = DockerProvisioner(
+        DockerClient.from_env(timeout=60), instance=provisioner.instance, network=NETWORK
+    )
     try:
         assert await fresh.cleanup_orphans({ws.id: ws}) == [ws.name]
         assert not await fresh.is_running(ws)
@@ -180,22 +225,30 @@ async def test_cleanup_removes_containers_a_previous_berth_left(provisioner: Doc
         await fresh.close()
 
 
-async def test_state_volume_survives_stop_and_start(provisioner: DockerProvisioner, docker_engine: Any) -> None:
+async def test_state_volume_survives_stop_and_start(
+    provisioner: DockerProvisioner, docker_engine: Any
+) -> None:
     ws = make_ws()
     info = await provisioner.start(ws, identity(provisioner, ws))
     assert info.url
     await wait_card(info.url)
     first = await send(info.url, "hello", "m-persist-1")
     assert "echo: hello" in json.dumps(first)
-    assert read_state_file(docker_engine, ws, "executions.log").split() == ["start", "m-persist-1",
-                                                                             "done", "m-persist-1"]
+    assert read_state_file(docker_engine, ws, "executions.log").split() == [
+        "start",
+        "m-persist-1",
+        "done",
+        "m-persist-1",
+    ]
     await provisioner.stop(ws, grace=10.0)
 
     t0 = time.monotonic()
     info = await provisioner.start(ws, identity(provisioner, ws))
     assert info.url
     await wait_card(info.url)
-    print(f"\n[docker] restart on an existing volume: start -> first answer {time.monotonic() - t0:.2f} s")
+    print(
+        f"\n[docker] restart on an existing volume: start -> first answer {time.monotonic() - t0:.2f} s"
+    )
     log = read_state_file(docker_engine, ws, "executions.log")
     assert "done m-persist-1" in log
     # The SDK's dedupe store is in the volume too: the redelivered message is not run again.
@@ -212,20 +265,31 @@ async def test_berth_in_docker_reaches_agents_by_name(docker_engine: Any) -> Non
     http://ws-<id[:12]>:8000 and that name answers from the network."""
     from docker.client import DockerClient
 
-    p = DockerProvisioner(DockerClient.from_env(timeout=60), instance=f"test-{uuid.uuid4().hex[:12]}",
-                          network=NETWORK, in_docker=True)
+    p = DockerProvisioner(
+        DockerClient.from_env(timeout=60),
+        instance=f"test-{uuid.uuid4().hex[:12]}",
+        network=NETWORK,
+        in_docker=True,
+    )
     try:
         ws = make_ws()
         info = await p.start(ws, identity(p, ws, berth_url="http://berth:8080"))
         name = container_name(ws)
-        env = dict(e.split("=", 1) for e in docker_engine.api.inspect_container(name)["Config"]["Env"])
+        env = dict(
+            e.split("=", 1) for e in docker_engine.api.inspect_container(name)["Config"]["Env"]
+        )
         assert env["BERTH_ADVERTISE_URL"] == f"http://{name}:8000"
         assert env["BERTH_URL"] == "http://berth:8080"  # left alone: berth is on the network
         assert info.url
         await wait_card(info.url)  # still published on the engine host's loopback, for people
         probe = "import urllib.request as u; print(u.urlopen('http://%s:8000/.well-known/agent-card.json').status)"
-        out = await asyncio.to_thread(docker_engine.containers.run, IMAGE, ["python", "-c", probe % name],
-                                      network=NETWORK, remove=True)
+        out = await asyncio.to_thread(
+            docker_engine.containers.run,
+            IMAGE,
+            ["python", "-c", probe % name],
+            network=NETWORK,
+            remove=True,
+        )
         assert out.strip() == b"200"
     finally:
         await p.close()
@@ -240,7 +304,9 @@ class _FakeBerth(BaseHTTPRequestHandler):
     def do_POST(self) -> None:  # noqa: N802 - http.server's naming
         body = self.rfile.read(int(self.headers.get("content-length") or 0))
         if self.path == "/v1/agents/register":
-            type(self).registered.append({"auth": self.headers.get("authorization"), **json.loads(body)})
+            type(self).registered.append(
+                {"auth": self.headers.get("authorization"), **json.loads(body)}
+            )
         out = json.dumps({"heartbeat_seconds": 2, "ok": True}).encode()
         self.send_response(200)
         self.send_header("content-type", "application/json")
@@ -268,14 +334,17 @@ def fake_berth() -> Iterator[tuple[int, list[dict[str, Any]]]]:
         server.server_close()
 
 
-async def test_agent_registers_with_berth_on_the_host(provisioner: DockerProvisioner,
-                                                      fake_berth: tuple[int, list[dict[str, Any]]]) -> None:
+async def test_agent_registers_with_berth_on_the_host(
+    provisioner: DockerProvisioner, fake_berth: tuple[int, list[dict[str, Any]]]
+) -> None:
     """BERTH_URL on the host's loopback reaches berth from the container, and the URL the
     agent registers is the published port, where berth (on the host) reaches it."""
     port, registered = fake_berth
     ws = make_ws()
     t0 = time.monotonic()
-    info = await provisioner.start(ws, identity(provisioner, ws, berth_url=f"http://127.0.0.1:{port}"))
+    info = await provisioner.start(
+        ws, identity(provisioner, ws, berth_url=f"http://127.0.0.1:{port}")
+    )
     deadline = time.monotonic() + 30
     while not registered and time.monotonic() < deadline:
         await asyncio.sleep(0.05)
@@ -294,18 +363,26 @@ async def test_berth_runs_a_docker_workspace_end_to_end(docker_engine: Any, tmp_
     from berth.settings import Settings
     from tests.e2e.harness import BerthServer, create, reply_text, send, wait_status
 
-    server = BerthServer(tmp_path / "berth", args=["--host", "0.0.0.0"],
-                         env={"BERTH_DOCKER_NETWORK": NETWORK}).start()
-    instance = Settings(data_dir=str(tmp_path / "berth")).instance  # what berth labels its containers with
+    server = BerthServer(
+        tmp_path / "berth", args=["--host", "0.0.0.0"], env={"BERTH_DOCKER_NETWORK": NETWORK}
+    ).start()
+    instance = Settings(
+        data_dir=str(tmp_path / "berth")
+    ).instance  # what berth labels its containers with
     try:
         async with server.client() as c:
             t0 = time.monotonic()
-            ws = await create(c, "dock", runtime="docker", image=IMAGE, command=None, drain_seconds=5)
+            ws = await create(
+                c, "dock", runtime="docker", image=IMAGE, command=None, drain_seconds=5
+            )
             print(f"\n[docker] berth: create -> online {time.monotonic() - t0:.2f} s")
             shown = (await c.get("/v1/workspaces/dock")).json()
             assert shown["container"] == f"ws-{ws['id'][:12]}"
             assert shown["state_dir"] == f"berth-ws-{ws['id'][:12]}"
-            assert docker_engine.containers.get(shown["container"]).labels["berth.instance"] == instance
+            assert (
+                docker_engine.containers.get(shown["container"]).labels["berth.instance"]
+                == instance
+            )
 
             r = await send(c, "dock", "hello", "e2e-1")
             assert r.status_code == 200, r.text
@@ -321,7 +398,9 @@ async def test_berth_runs_a_docker_workspace_end_to_end(docker_engine: Any, tmp_
                 if rec.get("phase") in ("done", "failed") or time.monotonic() > deadline:
                     break
                 await asyncio.sleep(0.1)
-            print(f"[docker] berth: restart cycle {time.monotonic() - t0:.2f} s: {rec.get('phase')}")
+            print(
+                f"[docker] berth: restart cycle {time.monotonic() - t0:.2f} s: {rec.get('phase')}"
+            )
             assert rec["phase"] == "done", rec
             await wait_status(c, "dock", "online")
             r = await send(c, "dock", "again", "e2e-2")
@@ -350,7 +429,9 @@ async def test_berth_runs_a_docker_workspace_end_to_end(docker_engine: Any, tmp_
         remove_instance(docker_engine, instance)
 
 
-async def test_factory_finds_the_engine_and_where_berth_runs(docker_engine: Any, tmp_path: Any) -> None:
+async def test_factory_finds_the_engine_and_where_berth_runs(
+    docker_engine: Any, tmp_path: Any
+) -> None:
     from berth.adapters.docker import docker_provisioner
     from berth.settings import Settings
 
@@ -378,7 +459,9 @@ def test_factory_without_an_engine_is_none(monkeypatch: pytest.MonkeyPatch, tmp_
     assert time.monotonic() - t0 < 2.0
 
 
-async def test_a_default_berth_on_the_loopback_serves_docker_workspaces(docker_engine: Any, tmp_path: Any) -> None:
+async def test_a_default_berth_on_the_loopback_serves_docker_workspaces(
+    docker_engine: Any, tmp_path: Any
+) -> None:
     """`berth serve` as the quick start runs it (127.0.0.1 only): berth also listens on the
     host's address on the workspaces' network, so a container can register, and nothing
     else is exposed."""

@@ -54,8 +54,9 @@ def docker_berth(docker_engine: Any, tmp_path: Path) -> Iterator[BerthServer]:
     (containers reach it through the bridge gateway); its containers and volumes are
     removed afterwards."""
     data = tmp_path / "berth"
-    server = BerthServer(data, args=["--host", "0.0.0.0"],
-                         env={"BERTH_DOCKER_NETWORK": NETWORK}).start()
+    server = BerthServer(
+        data, args=["--host", "0.0.0.0"], env={"BERTH_DOCKER_NETWORK": NETWORK}
+    ).start()
     instance = Settings(data_dir=str(data)).instance  # what berth labels its containers with
     try:
         yield server
@@ -73,8 +74,12 @@ def state_dir(client: Any, ws_id: str, tmp: Path) -> Path:
     with contextlib.suppress(OSError):
         (mount / "executions.log").read_bytes()
         return mount
-    out = client.containers.run(IMAGE, ["cat", "/state/executions.log"], remove=True,
-                                volumes={volume_name(ws_id): {"bind": "/state", "mode": "ro"}})
+    out = client.containers.run(
+        IMAGE,
+        ["cat", "/state/executions.log"],
+        remove=True,
+        volumes={volume_name(ws_id): {"bind": "/state", "mode": "ro"}},
+    )
     copy = tmp / f"state-{ws_id[:12]}"
     copy.mkdir(parents=True, exist_ok=True)
     (copy / "executions.log").write_bytes(out)
@@ -85,7 +90,9 @@ def container_of(client: Any, ws_id: str) -> Any:
     return client.containers.get(container_name(ws_id))
 
 
-async def restart(c: httpx.AsyncClient, ref: str, reason: str, timeout: float = 60.0) -> dict[str, Any]:
+async def restart(
+    c: httpx.AsyncClient, ref: str, reason: str, timeout: float = 60.0
+) -> dict[str, Any]:
     """Restart through the API and wait for the cycle to end; the final restart record."""
     r = await c.post(f"/v1/workspaces/{ref}/restart", json={"reason": reason})
     assert r.status_code == 202, r.text
@@ -93,7 +100,9 @@ async def restart(c: httpx.AsyncClient, ref: str, reason: str, timeout: float = 
     return await wait_restart(c, ref, rec["id"], timeout)
 
 
-async def wait_restart(c: httpx.AsyncClient, ref: str, rid: str, timeout: float = 60.0) -> dict[str, Any]:
+async def wait_restart(
+    c: httpx.AsyncClient, ref: str, rid: str, timeout: float = 60.0
+) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     while True:
         rec: dict[str, Any] = (await c.get(f"/v1/workspaces/{ref}/restarts/{rid}")).json()
@@ -104,8 +113,14 @@ async def wait_restart(c: httpx.AsyncClient, ref: str, rid: str, timeout: float 
         await asyncio.sleep(0.05)
 
 
-async def wait_crash_handled(c: httpx.AsyncClient, ref: str, crashes: int, old_container: str | None,
-                             client: Any, timeout: float = 60.0) -> dict[str, Any]:
+async def wait_crash_handled(
+    c: httpx.AsyncClient,
+    ref: str,
+    crashes: int,
+    old_container: str | None,
+    client: Any,
+    timeout: float = 60.0,
+) -> dict[str, Any]:
     """Until the workspace counted `crashes` crashes and is online again in a new container."""
     deadline = time.monotonic() + timeout
     now: dict[str, Any] = {}
@@ -145,7 +160,8 @@ def docker_time(text: str) -> float:
 
 # 1. restart under load -----------------------------------------------------------------------
 async def test_restart_under_load_every_caller_answered_every_message_once(
-        docker_berth: BerthServer, docker_engine: Any, tmp_path: Path) -> None:
+    docker_berth: BerthServer, docker_engine: Any, tmp_path: Path
+) -> None:
     """Two docker echo workspaces, 8 concurrent callers (112 sends, some `sleep:0.4`), each
     workspace restarted three times through the API during the traffic: every caller gets
     its echo; each messageId is started and done exactly once (in flight at a restart: it
@@ -153,10 +169,25 @@ async def test_restart_under_load_every_caller_answered_every_message_once(
     t_test = time.monotonic()
     async with docker_berth.client() as c:
         a, b = await asyncio.gather(
-            create(c, "dload-a", runtime="docker", image=IMAGE, command=None, max_concurrency=2,
-                   drain_seconds=10),
-            create(c, "dload-b", runtime="docker", image=IMAGE, command=None, max_concurrency=1,
-                   drain_seconds=10))
+            create(
+                c,
+                "dload-a",
+                runtime="docker",
+                image=IMAGE,
+                command=None,
+                max_concurrency=2,
+                drain_seconds=10,
+            ),
+            create(
+                c,
+                "dload-b",
+                runtime="docker",
+                image=IMAGE,
+                command=None,
+                max_concurrency=1,
+                drain_seconds=10,
+            ),
+        )
         targets = ["dload-a", "dload-b"]
         sent: dict[str, str] = {}
         first_containers = {ws["id"]: container_of(docker_engine, ws["id"]).id for ws in (a, b)}
@@ -181,8 +212,9 @@ async def test_restart_under_load_every_caller_answered_every_message_once(
             return done
 
         t0 = time.monotonic()
-        results = await asyncio.gather(*(caller(n) for n in range(8)),
-                                       *(restart_three_times(w) for w in targets))
+        results = await asyncio.gather(
+            *(caller(n) for n in range(8)), *(restart_three_times(w) for w in targets)
+        )
         t_traffic = time.monotonic() - t0
         assert len(sent) == 8 * 14
         records: list[dict[str, Any]] = [r for group in results[-2:] if group for r in group]
@@ -204,24 +236,38 @@ async def test_restart_under_load_every_caller_answered_every_message_once(
             assert all(starts[m] == 1 for m in mine), {m: starts[m] for m in mine if starts[m] != 1}
             assert all(dones[m] == 1 for m in mine), {m: dones[m] for m in mine if dones[m] != 1}
         cycles = [r["seconds"] for r in records]
-        by_phase = {ph: statistics.median(phase_seconds(r).get(ph, 0.0) for r in records)
-                    for ph in ("draining", "stopping", "starting")}
-        print("\n[docker] restart under load, median by phase: "
-              + ", ".join(f"{ph} {v:.2f} s" for ph, v in by_phase.items()))
-        print(f"[docker] restart under load: 112 sends, 6 restarts in {t_traffic:.1f} s "
-              f"(cycles {min(cycles):.2f}-{max(cycles):.2f} s, {completed} messages finished inside "
-              f"drains); test {time.monotonic() - t_test:.1f} s")
+        by_phase = {
+            ph: statistics.median(phase_seconds(r).get(ph, 0.0) for r in records)
+            for ph in ("draining", "stopping", "starting")
+        }
+        print(
+            "\n[docker] restart under load, median by phase: "
+            + ", ".join(f"{ph} {v:.2f} s" for ph, v in by_phase.items())
+        )
+        print(
+            f"[docker] restart under load: 112 sends, 6 restarts in {t_traffic:.1f} s "
+            f"(cycles {min(cycles):.2f}-{max(cycles):.2f} s, {completed} messages finished inside "
+            f"drains); test {time.monotonic() - t_test:.1f} s"
+        )
 
 
 # 2. docker kill from outside ---------------------------------------------------------------
-async def test_docker_kill_with_work_in_flight_and_queued(docker_berth: BerthServer, docker_engine: Any,
-                                                           tmp_path: Path) -> None:
+async def test_docker_kill_with_work_in_flight_and_queued(
+    docker_berth: BerthServer, docker_engine: Any, tmp_path: Path
+) -> None:
     """`docker kill` of the container (not through berth) with one delivery in flight and
     more queued: berth's restart policy (not Docker's) starts a new container and every
     delivery ends done; the one cut mid-execution is forwarded again."""
     async with docker_berth.client() as c:
-        ws = await create(c, "dkilled", runtime="docker", image=IMAGE, command=None,
-                          max_concurrency=1, drain_seconds=5)
+        ws = await create(
+            c,
+            "dkilled",
+            runtime="docker",
+            image=IMAGE,
+            command=None,
+            max_concurrency=1,
+            drain_seconds=5,
+        )
         old = container_of(docker_engine, ws["id"])
         no_docker_restart_policy(docker_engine, old.id)
         ids = []
@@ -232,7 +278,9 @@ async def test_docker_kill_with_work_in_flight_and_queued(docker_berth: BerthSer
         await asyncio.sleep(0.5)  # the first is in flight, the rest queued
         info = (await c.get("/v1/workspaces/dkilled")).json()
         assert info["in_flight"] == 1 and info["queue_depth"] >= 3, info
-        cut = (await c.get("/v1/workspaces/dkilled/deliveries?status=in_flight")).json()["deliveries"][0]
+        cut = (await c.get("/v1/workspaces/dkilled/deliveries?status=in_flight")).json()[
+            "deliveries"
+        ][0]
 
         t0 = time.monotonic()
         await asyncio.to_thread(old.kill)
@@ -249,8 +297,9 @@ async def test_docker_kill_with_work_in_flight_and_queued(docker_berth: BerthSer
         new = container_of(docker_engine, ws["id"])
         assert new.id != old.id and new.status == "running"
         no_docker_restart_policy(docker_engine, new.id)
-        assert not docker_engine.containers.list(all=True, filters={"id": old.id}), \
+        assert not docker_engine.containers.list(all=True, filters={"id": old.id}), (
             "berth left the killed container behind"
+        )
         policy = (await c.get("/v1/workspaces/dkilled/restarts")).json()["restarts"]
         assert any(r["trigger"] == "policy" and r["phase"] == "done" for r in policy), policy
 
@@ -259,21 +308,31 @@ async def test_docker_kill_with_work_in_flight_and_queued(docker_berth: BerthSer
         assert starts[cut["message_id"]] == 2, starts  # cut mid-execution by the kill: ran again
         r = await send(c, "dkilled", "after kill", "dk-after")
         assert reply_text(r.json()) == "echo: after kill"
-        print(f"\n[docker] docker kill -> all 6 deliveries done {t_final:.2f} s "
-              f"(new container {new.short_id}, old {old.short_id})")
+        print(
+            f"\n[docker] docker kill -> all 6 deliveries done {t_final:.2f} s "
+            f"(new container {new.short_id}, old {old.short_id})"
+        )
 
 
 # 3. docker stop from outside ---------------------------------------------------------------
 async def test_docker_stop_from_outside_drains_then_berth_restarts(
-        docker_berth: BerthServer, docker_engine: Any, tmp_path: Path) -> None:
+    docker_berth: BerthServer, docker_engine: Any, tmp_path: Path
+) -> None:
     """`docker stop` (SIGTERM, 10 s grace) issued outside berth while a `sleep:2` message is
     in flight: the SDK drains, the work finishes inside the grace period (the caller gets its
     echo, executed once, exit code 0), then berth restarts the workspace by its policy. A
     message sent while the agent drains is refused by it (DRAINING), held by berth and
     answered by the new container, executed once."""
     async with docker_berth.client() as c:
-        ws = await create(c, "dstopped", runtime="docker", image=IMAGE, command=None,
-                          max_concurrency=2, drain_seconds=10)
+        ws = await create(
+            c,
+            "dstopped",
+            runtime="docker",
+            image=IMAGE,
+            command=None,
+            max_concurrency=2,
+            drain_seconds=10,
+        )
         old = container_of(docker_engine, ws["id"])
         caller = asyncio.ensure_future(send(c, "dstopped", "sleep:2 slow", "ds-1"))
         await asyncio.sleep(0.6)
@@ -312,17 +371,21 @@ async def test_docker_stop_from_outside_drains_then_berth_restarts(
         d2 = (await c.get(f"/v1/deliveries/{r2.headers['x-berth-delivery-id']}")).json()
         # Refused while the agent drained, then failed while it exited (its port closed before
         # berth saw the container die): neither counts as an attempt. Answered by the new one.
-        assert d2["status"] == "done" and d2["forwards"] >= 2 and d2["attempts"] == 0, \
-            {k: v for k, v in d2.items() if k != "reply"}
+        assert d2["status"] == "done" and d2["forwards"] >= 2 and d2["attempts"] == 0, {
+            k: v for k, v in d2.items() if k != "reply"
+        }
         r = await send(c, "dstopped", "after stop", "ds-2")
         assert r.status_code == 200, r.text
         assert reply_text(r.json()) == "echo: after stop"
-        print(f"\n[docker] docker stop with sleep:2 in flight: stopped (drained, exit 0) in {t_stop:.2f} s")
+        print(
+            f"\n[docker] docker stop with sleep:2 in flight: stopped (drained, exit 0) in {t_stop:.2f} s"
+        )
 
 
 # timings: docker vs process ------------------------------------------------------------------
-async def test_start_and_restart_timings_docker_vs_process(docker_berth: BerthServer,
-                                                           docker_engine: Any) -> None:
+async def test_start_and_restart_timings_docker_vs_process(
+    docker_berth: BerthServer, docker_engine: Any
+) -> None:
     """One docker and one process echo workspace on the same berth: create -> online,
     container start -> registered, and the restart cycle by phase (from the restart records),
     printed with -s for the notes."""
@@ -330,7 +393,9 @@ async def test_start_and_restart_timings_docker_vs_process(docker_berth: BerthSe
     async with docker_berth.client() as c:
         out: dict[str, dict[str, Any]] = {}
         specs: list[tuple[str, dict[str, Any]]] = [
-            ("docker", {"runtime": "docker", "image": IMAGE, "command": None}), ("process", {})]
+            ("docker", {"runtime": "docker", "image": IMAGE, "command": None}),
+            ("process", {}),
+        ]
         for runtime, spec in specs:
             name = f"timing-{runtime}"
             t0 = time.monotonic()
@@ -353,18 +418,26 @@ async def test_start_and_restart_timings_docker_vs_process(docker_berth: BerthSe
                     registered.append(container_to_registered(docker_engine, ws["id"], rec))
             r = await send(c, name, "timed", f"timing-{runtime}-1")
             assert reply_text(r.json()) == "echo: timed"
-            out[runtime] = {"online": t_online, "starting": starting, "registered": registered,
-                            "cycles": cycles}
+            out[runtime] = {
+                "online": t_online,
+                "starting": starting,
+                "registered": registered,
+                "cycles": cycles,
+            }
 
     def med(xs: list[float]) -> str:
         return f"{statistics.median(xs):6.2f}" if xs else "     -"
 
     phases = ["draining", "stopping", "requeue", "starting", "replay"]
-    lines = [f"\n[timing] start and restart, median of {runs} idle restarts (seconds)",
-             f"[timing] {'':28}{'docker':>8}{'process':>9}"]
+    lines = [
+        f"\n[timing] start and restart, median of {runs} idle restarts (seconds)",
+        f"[timing] {'':28}{'docker':>8}{'process':>9}",
+    ]
 
     def row(label: str, key: Any) -> None:
-        lines.append(f"[timing] {label:28}{med(key(out['docker'])):>8}{med(key(out['process'])):>9}")
+        lines.append(
+            f"[timing] {label:28}{med(key(out['docker'])):>8}{med(key(out['process'])):>9}"
+        )
 
     row("create -> online (API)", lambda o: [o["online"]])
     row("start phase (spawn->online)", lambda o: o["starting"])
@@ -385,8 +458,13 @@ BERTH_NETWORK = "berth"  # the default BERTH_DOCKER_NETWORK
 @pytest.fixture(scope="session")
 def berth_image(docker_engine: Any) -> str:
     """berth:local, built by scripts/build-images.sh (at once when up to date)."""
-    r = subprocess.run([str(ROOT / "scripts/build-images.sh"), "berth"], capture_output=True, text=True,
-                       timeout=900, env={**os.environ})
+    r = subprocess.run(
+        [str(ROOT / "scripts/build-images.sh"), "berth"],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env={**os.environ},
+    )
     if r.returncode != 0:  # skips, or fails when CI=true, like a missing engine
         _unavailable(f"scripts/build-images.sh berth failed: {r.stderr.strip()[-1200:]}")
     return BERTH_IMAGE
@@ -396,7 +474,7 @@ def engine_socket() -> str:
     host = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
     if not host.startswith("unix://"):
         pytest.skip(f"berth in a container needs the engine's unix socket, not {host}")
-    return host[len("unix://"):]
+    return host[len("unix://") :]
 
 
 @contextlib.asynccontextmanager
@@ -416,13 +494,21 @@ async def berth_container(client: Any, image: str) -> AsyncIterator[tuple[Any, s
     name = f"berth-it-{uuid.uuid4().hex[:8]}"
     port = free_port()
     container = await asyncio.to_thread(
-        client.containers.run, image, detach=True, name=name, hostname=name, network=BERTH_NETWORK,
+        client.containers.run,
+        image,
+        detach=True,
+        name=name,
+        hostname=name,
+        network=BERTH_NETWORK,
         environment={
-            "BERTH_ADMIN_TOKEN": ADMIN, "BERTH_IN_DOCKER": "1",
+            "BERTH_ADMIN_TOKEN": ADMIN,
+            "BERTH_IN_DOCKER": "1",
             "BERTH_PUBLIC_URL": f"http://{name}:8080",
             # a data dir (so an instance label) of its own: no other berth's containers are its orphans
             "BERTH_DATA_DIR": f"/data/{name}",
-            "BERTH_HEARTBEAT_SECONDS": "1", "BERTH_HEARTBEAT_TIMEOUT": "4", "BERTH_LOG_LEVEL": "info",
+            "BERTH_HEARTBEAT_SECONDS": "1",
+            "BERTH_HEARTBEAT_TIMEOUT": "4",
+            "BERTH_LOG_LEVEL": "info",
         },
         ports={"8080/tcp": ("127.0.0.1", port)},
         volumes={sock: {"bind": "/var/run/docker.sock", "mode": "rw"}},
@@ -441,8 +527,10 @@ async def berth_container(client: Any, image: str) -> AsyncIterator[tuple[Any, s
                     pass
                 container.reload()
                 if container.status not in ("created", "running") or time.monotonic() > deadline:
-                    raise AssertionError(f"berth in a container did not become ready ({container.status}):\n"
-                                         + container.logs(tail=60).decode(errors="replace"))
+                    raise AssertionError(
+                        f"berth in a container did not become ready ({container.status}):\n"
+                        + container.logs(tail=60).decode(errors="replace")
+                    )
                 await asyncio.sleep(0.1)
         yield container, url
     finally:
@@ -456,20 +544,26 @@ async def berth_container(client: Any, image: str) -> AsyncIterator[tuple[Any, s
                 client.networks.get(BERTH_NETWORK).remove()
 
 
-async def test_berth_in_a_container_reaches_its_agents_by_name(docker_engine: Any, berth_image: str,
-                                                               tmp_path: Path) -> None:
+async def test_berth_in_a_container_reaches_its_agents_by_name(
+    docker_engine: Any, berth_image: str, tmp_path: Path
+) -> None:
     """berth:local on the engine (socket mounted, BERTH_IN_DOCKER=1, BERTH_PUBLIC_URL by
     container name): a docker workspace created from the host through the published port
     answers through berth at http://ws-<id[:12]>:8000, and a restart's drain signal reaches
     the agent by that name (the drain report comes from the agent)."""
     async with berth_container(docker_engine, berth_image) as (berth_c, url):
-        async with httpx.AsyncClient(base_url=url, headers={"authorization": f"Bearer {ADMIN}"},
-                                     timeout=120.0) as c:
+        async with httpx.AsyncClient(
+            base_url=url, headers={"authorization": f"Bearer {ADMIN}"}, timeout=120.0
+        ) as c:
             t0 = time.monotonic()
-            ws = await create(c, "indock", runtime="docker", image=IMAGE, command=None, drain_seconds=5)
+            ws = await create(
+                c, "indock", runtime="docker", image=IMAGE, command=None, drain_seconds=5
+            )
             t_online = time.monotonic() - t0
             ws_c = container_of(docker_engine, ws["id"])
-            assert ws_c.labels["berth.instance"] == Settings(data_dir=f"/data/{berth_c.name}").instance
+            assert (
+                ws_c.labels["berth.instance"] == Settings(data_dir=f"/data/{berth_c.name}").instance
+            )
             env = dict(e.split("=", 1) for e in ws_c.attrs["Config"]["Env"])
             by_name = f"http://{container_name(ws['id'])}:8000"
             assert env["BERTH_URL"] == f"http://{berth_c.name}:8080", env["BERTH_URL"]
@@ -503,13 +597,21 @@ async def test_berth_in_a_container_reaches_its_agents_by_name(docker_engine: An
             r = await send(c, "indock", "after restart", "ind-3")
             assert reply_text(r.json()) == "echo: after restart"
             starts, dones = executions(state_dir(docker_engine, ws["id"], tmp_path))
-            assert all(starts[m] == 1 and dones[m] == 1 for m in ("ind-1", "ind-2", "ind-3")), (starts, dones)
+            assert all(starts[m] == 1 and dones[m] == 1 for m in ("ind-1", "ind-2", "ind-3")), (
+                starts,
+                dones,
+            )
 
             logs = berth_c.logs().decode(errors="replace")
             assert "Traceback" not in logs, logs[-3000:]
             r = await c.delete("/v1/workspaces/indock")
             assert r.status_code == 200, r.text
-            assert not docker_engine.containers.list(all=True, filters={"name": container_name(ws["id"])})
-            print(f"\n[docker] berth in a container: create -> online {t_online:.2f} s; restart "
-                  f"with a message in flight {t_cycle:.2f} s (" + ", ".join(
-                      f"{k} {v:.2f} s" for k, v in phase_seconds(rec).items()) + ")")
+            assert not docker_engine.containers.list(
+                all=True, filters={"name": container_name(ws["id"])}
+            )
+            print(
+                f"\n[docker] berth in a container: create -> online {t_online:.2f} s; restart "
+                f"with a message in flight {t_cycle:.2f} s ("
+                + ", ".join(f"{k} {v:.2f} s" for k, v in phase_seconds(rec).items())
+                + ")"
+            )

@@ -27,13 +27,24 @@ def free_port() -> int:
 
 
 class BerthServer:
-    def __init__(self, data_dir: Path, *, port: int | None = None, env: dict[str, str] | None = None,
-                 args: list[str] | None = None) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        port: int | None = None,
+        env: dict[str, str] | None = None,
+        args: list[str] | None = None,
+    ) -> None:
         self.data_dir = data_dir
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.env = {"BERTH_HEARTBEAT_SECONDS": "1", "BERTH_HEARTBEAT_TIMEOUT": "4", "BERTH_LOG_LEVEL": "info",
-                    "BERTH_START_TIMEOUT": "30", **(env or {})}
+        self.env = {
+            "BERTH_HEARTBEAT_SECONDS": "1",
+            "BERTH_HEARTBEAT_TIMEOUT": "4",
+            "BERTH_LOG_LEVEL": "info",
+            "BERTH_START_TIMEOUT": "30",
+            **(env or {}),
+        }
         self.args = args or []
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = data_dir / f"serve-{self.port}.log"
@@ -44,13 +55,28 @@ class BerthServer:
         env.update({"BERTH_ADMIN_TOKEN": ADMIN, **self.env})
         with open(self.log, "ab") as logf:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "berth", "serve", "--port", str(self.port), "--data-dir",
-                 str(self.data_dir), *self.args], env=env, stdout=logf, stderr=subprocess.STDOUT,
-                start_new_session=True)
+                [
+                    sys.executable,
+                    "-m",
+                    "berth",
+                    "serve",
+                    "--port",
+                    str(self.port),
+                    "--data-dir",
+                    str(self.data_dir),
+                    *self.args,
+                ],
+                env=env,
+                stdout=logf,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"berth exited with {self.proc.returncode}:\n{self.log.read_text()[-3000:]}")
+                raise RuntimeError(
+                    f"berth exited with {self.proc.returncode}:\n{self.log.read_text()[-3000:]}"
+                )
             try:
                 if httpx.get(self.url + "/readyz", timeout=1).status_code == 200:
                     return self
@@ -75,11 +101,17 @@ class BerthServer:
             self.proc.wait()
 
     def client(self, timeout: float = 120.0) -> httpx.AsyncClient:
-        return httpx.AsyncClient(base_url=self.url, headers={"authorization": f"Bearer {ADMIN}"},
-                                 timeout=timeout, limits=httpx.Limits(max_connections=64))
+        return httpx.AsyncClient(
+            base_url=self.url,
+            headers={"authorization": f"Bearer {ADMIN}"},
+            timeout=timeout,
+            limits=httpx.Limits(max_connections=64),
+        )
 
 
-async def create(client: httpx.AsyncClient, name: str, *, online: bool = True, **spec: Any) -> dict[str, Any]:
+async def create(
+    client: httpx.AsyncClient, name: str, *, online: bool = True, **spec: Any
+) -> dict[str, Any]:
     body = {"name": name, "command": ECHO, **spec}
     r = await client.post("/v1/workspaces", json=body)
     assert r.status_code == 201, r.text
@@ -89,7 +121,9 @@ async def create(client: httpx.AsyncClient, name: str, *, online: bool = True, *
     return ws
 
 
-async def wait_status(client: httpx.AsyncClient, ref: str, status: str, timeout: float = 30.0) -> dict[str, Any]:
+async def wait_status(
+    client: httpx.AsyncClient, ref: str, status: str, timeout: float = 30.0
+) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     last: dict[str, Any] = {}
     while time.monotonic() < deadline:
@@ -102,22 +136,40 @@ async def wait_status(client: httpx.AsyncClient, ref: str, status: str, timeout:
     raise AssertionError(f"{ref} is not {status} after {timeout} s: {last}")
 
 
-def send_body(text: str, message_id: str | None = None, *, v03: bool = False, rid: Any = 1) -> dict[str, Any]:
+def send_body(
+    text: str, message_id: str | None = None, *, v03: bool = False, rid: Any = 1
+) -> dict[str, Any]:
     mid = message_id or str(uuid.uuid4())
     if v03:
-        msg = {"kind": "message", "role": "user", "messageId": mid, "parts": [{"kind": "text", "text": text}]}
+        msg = {
+            "kind": "message",
+            "role": "user",
+            "messageId": mid,
+            "parts": [{"kind": "text", "text": text}],
+        }
         return {"jsonrpc": "2.0", "id": rid, "method": "message/send", "params": {"message": msg}}
     msg = {"role": "ROLE_USER", "messageId": mid, "parts": [{"text": text}]}
     return {"jsonrpc": "2.0", "id": rid, "method": "SendMessage", "params": {"message": msg}}
 
 
-async def send(client: httpx.AsyncClient, ref: str, text: str, message_id: str | None = None, *,
-               wait: float | None = None, v03: bool = False, rid: Any = 1) -> httpx.Response:
+async def send(
+    client: httpx.AsyncClient,
+    ref: str,
+    text: str,
+    message_id: str | None = None,
+    *,
+    wait: float | None = None,
+    v03: bool = False,
+    rid: Any = 1,
+) -> httpx.Response:
     headers = {} if v03 else {"a2a-version": "1.0"}
     if wait is not None:
         headers["x-berth-wait"] = str(wait)
-    return await client.post(f"/v1/workspaces/{ref}/a2a", json=send_body(text, message_id, v03=v03, rid=rid),
-                             headers=headers)
+    return await client.post(
+        f"/v1/workspaces/{ref}/a2a",
+        json=send_body(text, message_id, v03=v03, rid=rid),
+        headers=headers,
+    )
 
 
 def reply_text(doc: dict[str, Any]) -> str:
@@ -150,7 +202,9 @@ def executions(state_dir: str | Path) -> tuple[Counter[str], Counter[str]]:
     return starts, dones
 
 
-async def wait_deliveries_final(client: httpx.AsyncClient, ids: list[str], timeout: float = 60.0) -> list[dict[str, Any]]:
+async def wait_deliveries_final(
+    client: httpx.AsyncClient, ids: list[str], timeout: float = 60.0
+) -> list[dict[str, Any]]:
     deadline = time.monotonic() + timeout
     while True:
         out = [(await client.get(f"/v1/deliveries/{i}")).json() for i in ids]

@@ -17,11 +17,16 @@ async def test_a2a_sdk_client_through_berth(berth_server):
         await create(c, "sdk-client")
         card = (await c.get("/v1/workspaces/sdk-client/.well-known/agent-card.json")).json()
         proxy = f"{berth_server.url}/v1/workspaces/sdk-client/a2a"
-        assert all(i["url"] == proxy for i in card.get("supportedInterfaces", [])) or card.get("url") == proxy
+        assert (
+            all(i["url"] == proxy for i in card.get("supportedInterfaces", []))
+            or card.get("url") == proxy
+        )
 
     async with httpx.AsyncClient(headers={"authorization": f"Bearer {ADMIN}"}, timeout=30) as http:
-        client = await create_client(f"{berth_server.url}/v1/workspaces/sdk-client",
-                                     ClientConfig(streaming=False, httpx_client=http))
+        client = await create_client(
+            f"{berth_server.url}/v1/workspaces/sdk-client",
+            ClientConfig(streaming=False, httpx_client=http),
+        )
         texts = []
         request = SendMessageRequest(message=new_text_message("through berth", role=Role.ROLE_USER))
         async for event in client.send_message(request):

@@ -16,7 +16,9 @@ from tests.e2e.harness import ADMIN, create
 pytestmark = pytest.mark.slow
 
 
-async def _client(berth_url: str, ref: str, http: httpx.AsyncClient, *, streaming: bool, version: str):
+async def _client(
+    berth_url: str, ref: str, http: httpx.AsyncClient, *, streaming: bool, version: str
+):
     from a2a.client import ClientConfig, ClientFactory
     from a2a.types import AgentCard
     from google.protobuf.json_format import ParseDict
@@ -24,7 +26,9 @@ async def _client(berth_url: str, ref: str, http: httpx.AsyncClient, *, streamin
     raw = (await http.get(f"{berth_url}/v1/workspaces/{ref}/.well-known/agent-card.json")).json()
     proxy = f"{berth_url}/v1/workspaces/{ref}/a2a"
     assert {i["url"] for i in raw["supportedInterfaces"]} == {proxy}
-    raw["supportedInterfaces"] = [i for i in raw["supportedInterfaces"] if i["protocolVersion"] == version]
+    raw["supportedInterfaces"] = [
+        i for i in raw["supportedInterfaces"] if i["protocolVersion"] == version
+    ]
     card = ParseDict(raw, AgentCard(), ignore_unknown_fields=True)
     return ClientFactory(ClientConfig(streaming=streaming, httpx_client=http)).create(card)
 
@@ -42,14 +46,30 @@ async def test_a2a_sdk_clients_through_berth(berth_server, version: str, streami
     async with berth_server.client() as c:
         await create(c, "clients")
     async with httpx.AsyncClient(headers={"authorization": f"Bearer {ADMIN}"}, timeout=30) as http:
-        client = await _client(berth_server.url, "clients", http, streaming=streaming, version=version)
+        client = await _client(
+            berth_server.url, "clients", http, streaming=streaming, version=version
+        )
         # a Message reply
-        got = _events([e async for e in client.send_message(
-            SendMessageRequest(message=new_text_message("hello", role=Role.ROLE_USER)))])
+        got = _events(
+            [
+                e
+                async for e in client.send_message(
+                    SendMessageRequest(message=new_text_message("hello", role=Role.ROLE_USER))
+                )
+            ]
+        )
         assert got[-1]["message"]["parts"][0]["text"] == "echo: hello"
         # a Task reply: in a stream the events come in the agent's order
-        got = _events([e async for e in client.send_message(
-            SendMessageRequest(message=new_text_message("task sleep:0.3 hi", role=Role.ROLE_USER)))])
+        got = _events(
+            [
+                e
+                async for e in client.send_message(
+                    SendMessageRequest(
+                        message=new_text_message("task sleep:0.3 hi", role=Role.ROLE_USER)
+                    )
+                )
+            ]
+        )
         kinds = [next(iter(e)) for e in got]
         if streaming:
             assert kinds == ["task", "artifactUpdate", "statusUpdate"], got
@@ -57,14 +77,23 @@ async def test_a2a_sdk_clients_through_berth(berth_server, version: str, streami
             assert got[-1]["statusUpdate"]["status"]["state"] == "TASK_STATE_COMPLETED"
             task_id = got[0]["task"]["id"]
         else:
-            assert kinds == ["task"] and got[0]["task"]["status"]["state"] == "TASK_STATE_COMPLETED", got
+            assert (
+                kinds == ["task"] and got[0]["task"]["status"]["state"] == "TASK_STATE_COMPLETED"
+            ), got
             task_id = got[0]["task"]["id"]
         task = MessageToDict(await client.get_task(GetTaskRequest(id=task_id)))
         assert task["status"]["state"] == "TASK_STATE_COMPLETED"
         assert task["artifacts"][0]["parts"][0]["text"] == "echo: task sleep:0.3 hi"
         await client.close()
     async with berth_server.client() as c:
-        methods = {d["method"] for d in (await c.get("/v1/workspaces/clients/deliveries")).json()["deliveries"]}
-    expected = {("1.0", False): "SendMessage", ("1.0", True): "SendStreamingMessage",
-                ("0.3", False): "message/send", ("0.3", True): "message/stream"}[(version, streaming)]
+        methods = {
+            d["method"]
+            for d in (await c.get("/v1/workspaces/clients/deliveries")).json()["deliveries"]
+        }
+    expected = {
+        ("1.0", False): "SendMessage",
+        ("1.0", True): "SendStreamingMessage",
+        ("0.3", False): "message/send",
+        ("0.3", True): "message/stream",
+    }[(version, streaming)]
     assert methods == {expected}  # the client really spoke that version, through the delivery log

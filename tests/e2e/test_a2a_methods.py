@@ -21,7 +21,12 @@ def stream_body(text: str, mid: str) -> dict:
 async def test_up_front_stream_errors_are_plain_jsonrpc_errors(berth_server):
     async with berth_server.client() as c:
         await create(c, "errs")
-        bad = {"jsonrpc": "2.0", "id": 3, "method": "SendStreamingMessage", "params": {"message": "not an object"}}
+        bad = {
+            "jsonrpc": "2.0",
+            "id": 3,
+            "method": "SendStreamingMessage",
+            "params": {"message": "not an object"},
+        }
         r = await c.post("/v1/workspaces/errs/a2a", json=bad, headers=V1)
         assert r.status_code == 200 and r.headers["content-type"].startswith("application/json")
         assert r.json()["id"] == 3 and r.json()["error"]["code"] == -32602
@@ -38,9 +43,15 @@ async def test_a_stream_whose_message_kills_its_agent_ends_with_an_sse_error_eve
         async with server.client() as c:
             await create(c, "poison-stream")
             events = []
-            async with c.stream("POST", "/v1/workspaces/poison-stream/a2a", json=stream_body("crash now", "ps-1"),
-                                headers=V1) as r:
-                assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+            async with c.stream(
+                "POST",
+                "/v1/workspaces/poison-stream/a2a",
+                json=stream_body("crash now", "ps-1"),
+                headers=V1,
+            ) as r:
+                assert r.status_code == 200 and r.headers["content-type"].startswith(
+                    "text/event-stream"
+                )
                 async for line in r.aiter_lines():
                     if line.startswith("data: "):
                         events.append(json.loads(line[6:]))
@@ -57,8 +68,12 @@ async def test_resubscribe_and_push_config_are_forwarded(berth_server):
         task_id: list[str] = []
 
         async def first_stream() -> None:
-            async with c.stream("POST", "/v1/workspaces/subs/a2a", json=stream_body("task sleep:1.5 sub", "sb-1"),
-                                headers=V1) as r:
+            async with c.stream(
+                "POST",
+                "/v1/workspaces/subs/a2a",
+                json=stream_body("task sleep:1.5 sub", "sb-1"),
+                headers=V1,
+            ) as r:
                 async for line in r.aiter_lines():
                     if line.startswith("data: ") and not task_id:
                         task_id.append(json.loads(line[6:])["result"]["task"]["id"])
@@ -67,8 +82,17 @@ async def test_resubscribe_and_push_config_are_forwarded(berth_server):
         while not task_id:
             await asyncio.sleep(0.05)
         events = []
-        async with c.stream("POST", "/v1/workspaces/subs/a2a", headers=V1, json={
-                "jsonrpc": "2.0", "id": 4, "method": "SubscribeToTask", "params": {"id": task_id[0]}}) as r:
+        async with c.stream(
+            "POST",
+            "/v1/workspaces/subs/a2a",
+            headers=V1,
+            json={
+                "jsonrpc": "2.0",
+                "id": 4,
+                "method": "SubscribeToTask",
+                "params": {"id": task_id[0]},
+            },
+        ) as r:
             assert r.headers["content-type"].startswith("text/event-stream")
             async for line in r.aiter_lines():
                 if line.startswith("data: "):
@@ -77,10 +101,19 @@ async def test_resubscribe_and_push_config_are_forwarded(berth_server):
         assert events and all(e["id"] == 4 for e in events)
         assert events[-1]["result"]["statusUpdate"]["status"]["state"] == "TASK_STATE_COMPLETED"
         # the echo agent declares no push notifications: the agent's own error comes back
-        r = await c.post("/v1/workspaces/subs/a2a", headers=V1, json={
-            "jsonrpc": "2.0", "id": 5, "method": "CreateTaskPushNotificationConfig",
-            "params": {"taskId": task_id[0], "config": {"url": "http://127.0.0.1:9/hook"}}})
+        r = await c.post(
+            "/v1/workspaces/subs/a2a",
+            headers=V1,
+            json={
+                "jsonrpc": "2.0",
+                "id": 5,
+                "method": "CreateTaskPushNotificationConfig",
+                "params": {"taskId": task_id[0], "config": {"url": "http://127.0.0.1:9/hook"}},
+            },
+        )
         assert r.status_code == 200 and r.json()["id"] == 5 and "error" in r.json()
-        r = await c.post("/v1/workspaces/subs/a2a", json={"jsonrpc": "2.0", "id": 6, "method": "tasks/get",
-                                                          "params": {"id": task_id[0]}})
+        r = await c.post(
+            "/v1/workspaces/subs/a2a",
+            json={"jsonrpc": "2.0", "id": 6, "method": "tasks/get", "params": {"id": task_id[0]}},
+        )
         assert r.json()["result"]["status"]["state"] == "completed"  # v0.3 shapes for a v0.3 read

@@ -27,20 +27,46 @@ async def test_proxy_bad_input(berth_server):
         e = await rpc(b'{"jsonrpc":"2.0","id":1,"method":"SendMessage","params":{}}')
         assert e["code"] == -32602 and "params.message" in e["message"]
         assert (await rpc(b'{"jsonrpc":"2.0","id":1,"method":"message/send"}'))["code"] == -32602
-        big = b'{"jsonrpc":"2.0","id":1,"method":"SendMessage","params":{"message":{"parts":[{"text":"' + \
-            b"x" * (1024 * 1024) + b'"}]}}}'
+        big = (
+            b'{"jsonrpc":"2.0","id":1,"method":"SendMessage","params":{"message":{"parts":[{"text":"'
+            + b"x" * (1024 * 1024)
+            + b'"}]}}}'
+        )
         assert "limit" in (await rpc(big, 413))["message"]
-        assert (await rpc(b'{"jsonrpc":"2.0","id":1,"method":"SendMessage","params":{}}', 404,
-                          "/v1/workspaces/nope/a2a"))["code"] == -32001
+        assert (
+            await rpc(
+                b'{"jsonrpc":"2.0","id":1,"method":"SendMessage","params":{}}',
+                404,
+                "/v1/workspaces/nope/a2a",
+            )
+        )["code"] == -32001
         wait_bad = {**h, "x-berth-wait": "soon"}
-        assert (await rpc(b'{"jsonrpc":"2.0","id":1,"method":"SendMessage","params":{}}', 400,
-                          headers=wait_bad))["code"] == -32600
+        assert (
+            await rpc(
+                b'{"jsonrpc":"2.0","id":1,"method":"SendMessage","params":{}}',
+                400,
+                headers=wait_bad,
+            )
+        )["code"] == -32600
         # nothing was accepted
         assert (await c.get("/v1/workspaces/bad/deliveries")).json()["deliveries"] == []
         # trailing slash answers too (no redirect), and the service keeps working
-        r = await c.post(A2A + "/", json={"jsonrpc": "2.0", "id": 2, "method": "SendMessage", "params": {
-            "message": {"role": "ROLE_USER", "messageId": "after", "parts": [{"text": "still here"}]}}},
-            headers={"a2a-version": "1.0"})
+        r = await c.post(
+            A2A + "/",
+            json={
+                "jsonrpc": "2.0",
+                "id": 2,
+                "method": "SendMessage",
+                "params": {
+                    "message": {
+                        "role": "ROLE_USER",
+                        "messageId": "after",
+                        "parts": [{"text": "still here"}],
+                    }
+                },
+            },
+            headers={"a2a-version": "1.0"},
+        )
         assert r.status_code == 200 and reply_text(r.json()) == "echo: still here"
 
 
@@ -59,14 +85,32 @@ async def test_auth(berth_server):
             r = await anon.post("/v1/workspaces/authz/a2a", json={})
             assert r.status_code == 401
             # a workspace token may call the proxy (the caller is then that workspace)
-            r = await send(anon, "authz", "hi", "tok-1", wait=30) if False else await anon.post(
-                "/v1/workspaces/authz/a2a", headers={"authorization": f"Bearer {ws['token']}", "a2a-version": "1.0"},
-                json={"jsonrpc": "2.0", "id": 1, "method": "SendMessage", "params": {"message": {
-                    "role": "ROLE_USER", "messageId": "tok-1", "parts": [{"text": "hi"}]}}})
+            r = (
+                await send(anon, "authz", "hi", "tok-1", wait=30)
+                if False
+                else await anon.post(
+                    "/v1/workspaces/authz/a2a",
+                    headers={"authorization": f"Bearer {ws['token']}", "a2a-version": "1.0"},
+                    json={
+                        "jsonrpc": "2.0",
+                        "id": 1,
+                        "method": "SendMessage",
+                        "params": {
+                            "message": {
+                                "role": "ROLE_USER",
+                                "messageId": "tok-1",
+                                "parts": [{"text": "hi"}],
+                            }
+                        },
+                    },
+                )
+            )
             assert r.status_code == 200 and reply_text(r.json()) == "echo: hi"
             r = await anon.post("/v1/agents/heartbeat", json={"active_tasks": 0})
             assert r.status_code == 401
-            r = await anon.post("/v1/agents/heartbeat", headers={"authorization": f"Bearer {ADMIN}"}, json={})
+            r = await anon.post(
+                "/v1/agents/heartbeat", headers={"authorization": f"Bearer {ADMIN}"}, json={}
+            )
             assert r.status_code == 401
             for path in ("/healthz", "/readyz", "/metrics", "/openapi.json"):
                 assert (await anon.get(path)).status_code == 200
@@ -81,7 +125,11 @@ async def test_management_bad_input(berth_server):
             ({"name": "ok", "runtime": "docker"}, 422, "image"),
             ({"name": "ok", "command": ["x"], "max_concurrency": 0}, 422, "max_concurrency"),
             ({"name": "ok", "command": ["x"], "drain_seconds": -1}, 422, "drain_seconds"),
-            ({"name": "ok", "command": ["x"], "restart_policy": "sometimes"}, 422, "restart_policy"),
+            (
+                {"name": "ok", "command": ["x"], "restart_policy": "sometimes"},
+                422,
+                "restart_policy",
+            ),
             ({"name": "ok", "command": ["x"], "env": {"A": 1}}, 422, "env"),
             ({"name": "ok", "command": ["x"], "env": {"BERTH_URL": "x"}}, 422, "BERTH_"),
             ({"name": "ok", "command": ["x"], "colour": "red"}, 422, "colour"),
@@ -96,11 +144,19 @@ async def test_management_bad_input(berth_server):
         await create(c, "dupe", online=False)
         r = await c.post("/v1/workspaces", json={"name": "dupe", "command": ["x"]})
         assert r.status_code == 409 and r.json()["error"]["code"] == "name_taken"
-        for method, path in (("GET", "/v1/workspaces/ghost"), ("DELETE", "/v1/workspaces/ghost"),
-                             ("POST", "/v1/workspaces/ghost/restart"), ("GET", "/v1/deliveries/ghost"),
-                             ("POST", "/v1/deliveries/ghost/cancel"), ("GET", "/v1/workspaces/ghost/restarts")):
+        for method, path in (
+            ("GET", "/v1/workspaces/ghost"),
+            ("DELETE", "/v1/workspaces/ghost"),
+            ("POST", "/v1/workspaces/ghost/restart"),
+            ("GET", "/v1/deliveries/ghost"),
+            ("POST", "/v1/deliveries/ghost/cancel"),
+            ("GET", "/v1/workspaces/ghost/restarts"),
+        ):
             r = await c.request(method, path)
-            assert r.status_code == 404 and r.json()["error"]["code"].endswith("not_found"), (path, r.text)
+            assert r.status_code == 404 and r.json()["error"]["code"].endswith("not_found"), (
+                path,
+                r.text,
+            )
         r = await c.post("/v1/workspaces/dupe/restart", json={"drain_seconds": -5})
         assert r.status_code == 422
         r = await c.post("/v1/workspaces/dupe/resume")

@@ -29,7 +29,9 @@ async def test_kill9_of_agent_with_work_in_flight_and_queued(berth_server):
         await asyncio.sleep(0.5)  # the first is in flight, the rest queued
         info = (await c.get("/v1/workspaces/crashy")).json()
         assert info["in_flight"] == 1 and info["queue_depth"] >= 3
-        cut = (await c.get("/v1/workspaces/crashy/deliveries?status=in_flight")).json()["deliveries"][0]
+        cut = (await c.get("/v1/workspaces/crashy/deliveries?status=in_flight")).json()[
+            "deliveries"
+        ][0]
         os.kill(info["pid"], signal.SIGKILL)
         final = await wait_deliveries_final(c, ids, timeout=60)
         assert [d["status"] for d in final] == ["done"] * 6
@@ -80,7 +82,9 @@ async def test_poison_message_ends_dead_and_the_workspace_keeps_serving(berth_se
         r = await send(c, "poisoned", "crash now", "poison-1", wait=60)
         assert r.status_code == 200
         err = r.json()["error"]
-        assert err["data"]["berth"]["status"] == "dead" and "poison" in err["data"]["berth"]["reason"]
+        assert (
+            err["data"]["berth"]["status"] == "dead" and "poison" in err["data"]["berth"]["reason"]
+        )
         d = (await c.get(f"/v1/deliveries/{r.headers['x-berth-delivery-id']}")).json()
         assert d["status"] == "dead" and d["attempts"] == 3
         await wait_status(c, "poisoned", "online")

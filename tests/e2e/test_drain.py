@@ -38,14 +38,16 @@ async def test_in_flight_finishes_inside_the_drain_and_new_work_waits(berth_serv
         phases = [p["phase"] for p in rec["phases"]]
         assert phases == ["draining", "stopping", "requeue", "starting", "replay"]
         drain = rec["phases"][0]
-        assert drain["seconds"] < 5, "the drain answered when the work was done, not after drain_seconds"
+        assert drain["seconds"] < 5, (
+            "the drain answered when the work was done, not after drain_seconds"
+        )
         # the message sent during the drain ran on the new process, after the restart
         new = await wait_status(c, "drainy", "online")
         assert new["pid"] != info["pid"]
         starts, dones = executions(new["state_dir"])
         assert starts["in-flight-1"] == dones["in-flight-1"] == 1
         assert starts["during-1"] == dones["during-1"] == 1
-        lines = (open(f"{new['state_dir']}/executions.log").read().splitlines())
+        lines = open(f"{new['state_dir']}/executions.log").read().splitlines()
         assert lines.index("start during-1") > lines.index("done in-flight-1")
         d = (await c.get(f"/v1/deliveries/{second.headers['x-berth-delivery-id']}")).json()
         assert d["first_forwarded_at"] >= rec["phases"][-2]["started_at"]
@@ -54,11 +56,15 @@ async def test_in_flight_finishes_inside_the_drain_and_new_work_waits(berth_serv
 async def test_a_second_restart_request_joins_the_first(berth_server):
     async with berth_server.client() as c:
         await create(c, "joiny")
-        r1, r2 = await asyncio.gather(c.post("/v1/workspaces/joiny/restart"), c.post("/v1/workspaces/joiny/restart"))
+        r1, r2 = await asyncio.gather(
+            c.post("/v1/workspaces/joiny/restart"), c.post("/v1/workspaces/joiny/restart")
+        )
         a, b = r1.json(), r2.json()
         assert a["id"] == b["id"] and sorted([a["joined"], b["joined"]]) == [False, True]
         await wait_status(c, "joiny", "online")
-        assert len((await c.get("/v1/workspaces/joiny/restarts")).json()["restarts"]) == 2  # start + one restart
+        assert (
+            len((await c.get("/v1/workspaces/joiny/restarts")).json()["restarts"]) == 2
+        )  # start + one restart
 
 
 async def test_pause_holds_messages_and_resume_delivers_them(berth_server):
@@ -70,9 +76,16 @@ async def test_pause_holds_messages_and_resume_delivers_them(berth_server):
         held = await send(c, "pausy", "held", "held-1", wait=0.5)
         assert held.status_code == 202 and time.monotonic() - t0 >= 0.5
         # other methods answer 503 with Retry-After while paused
-        g = await c.post("/v1/workspaces/pausy/a2a", headers={"a2a-version": "1.0", "x-berth-wait": "0.2"},
-                         json={"jsonrpc": "2.0", "id": 3, "method": "GetTask", "params": {"id": "t"}})
-        assert g.status_code == 503 and g.headers["retry-after"] and g.json()["error"]["code"] == -32603
+        g = await c.post(
+            "/v1/workspaces/pausy/a2a",
+            headers={"a2a-version": "1.0", "x-berth-wait": "0.2"},
+            json={"jsonrpc": "2.0", "id": 3, "method": "GetTask", "params": {"id": "t"}},
+        )
+        assert (
+            g.status_code == 503
+            and g.headers["retry-after"]
+            and g.json()["error"]["code"] == -32603
+        )
         waiting = asyncio.create_task(send(c, "pausy", "held", "held-1"))
         await asyncio.sleep(0.3)
         assert not waiting.done()
@@ -86,7 +99,10 @@ async def test_remove_cancels_pending_and_lists_them(berth_server):
         state_dir = Path((await wait_status(c, "doomed", "online"))["state_dir"])
         assert state_dir.exists()
         await c.post("/v1/workspaces/doomed/pause")
-        ids = [(await send(c, "doomed", f"x{i}", f"doomed-{i}", wait=0)).json()["delivery_id"] for i in range(3)]
+        ids = [
+            (await send(c, "doomed", f"x{i}", f"doomed-{i}", wait=0)).json()["delivery_id"]
+            for i in range(3)
+        ]
         r = await c.delete("/v1/workspaces/doomed")
         assert r.status_code == 200
         assert sorted(d["id"] for d in r.json()["canceled"]) == sorted(ids)

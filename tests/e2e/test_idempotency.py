@@ -19,7 +19,9 @@ async def test_sequential_and_concurrent_duplicates(berth_server):
         assert again.json()["id"] == "second-caller" and first.json()["id"] == 1
         assert first.headers["x-berth-delivery-id"] == again.headers["x-berth-delivery-id"]
 
-        together = await asyncio.gather(*(send(c, "idem", "sleep:0.3 twice", "dup-2", rid=i) for i in range(5)))
+        together = await asyncio.gather(
+            *(send(c, "idem", "sleep:0.3 twice", "dup-2", rid=i) for i in range(5))
+        )
         assert {reply_text(r.json()) for r in together} == {"echo: sleep:0.3 twice"}
         assert len({r.headers["x-berth-delivery-id"] for r in together}) == 1
         assert [r.json()["id"] for r in together] == list(range(5))
@@ -36,8 +38,12 @@ async def test_sequential_and_concurrent_duplicates(berth_server):
 async def test_a_send_without_message_id_gets_one(berth_server):
     async with berth_server.client() as c:
         await create(c, "noid")
-        body = {"jsonrpc": "2.0", "id": 7, "method": "SendMessage",
-                "params": {"message": {"role": "ROLE_USER", "parts": [{"text": "anon"}]}}}
+        body = {
+            "jsonrpc": "2.0",
+            "id": 7,
+            "method": "SendMessage",
+            "params": {"message": {"role": "ROLE_USER", "parts": [{"text": "anon"}]}},
+        }
         r = await c.post("/v1/workspaces/noid/a2a", json=body, headers={"a2a-version": "1.0"})
         assert r.status_code == 200 and reply_text(r.json()) == "echo: anon"
         assert len(r.headers["x-berth-message-id"]) >= 32
@@ -49,7 +55,10 @@ async def test_wait_zero_gives_202_and_the_reply_is_readable_later(berth_server)
         r = await send(c, "later", "sleep:0.2 eventually", "later-1", wait=0)
         assert r.status_code == 202
         doc = r.json()
-        assert doc["status"] in ("queued", "in_flight") and doc["status_url"] == f"/v1/deliveries/{doc['delivery_id']}"
+        assert (
+            doc["status"] in ("queued", "in_flight")
+            and doc["status_url"] == f"/v1/deliveries/{doc['delivery_id']}"
+        )
         for _ in range(100):
             d = (await c.get(doc["status_url"])).json()
             if d["status"] == "done":

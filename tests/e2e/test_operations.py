@@ -33,7 +33,10 @@ async def test_a_hung_agent_is_noticed_by_missing_heartbeats_and_restarted(berth
 
 async def test_an_agent_that_cannot_start_ends_failed_with_messages_kept(berth_server):
     async with berth_server.client() as c:
-        r = await c.post("/v1/workspaces", json={"name": "broken", "command": [sys.executable, "-c", "raise SystemExit(7)"]})
+        r = await c.post(
+            "/v1/workspaces",
+            json={"name": "broken", "command": [sys.executable, "-c", "raise SystemExit(7)"]},
+        )
         assert r.status_code == 201
         ws = await wait_status(c, "broken", "failed")
         assert "code 7" in ws["last_error"]
@@ -67,8 +70,13 @@ async def test_metrics_and_events(berth_server):
         await asyncio.sleep(1.0)
         task.cancel()
         kinds = {e["kind"] for e in events}
-        assert {"workspace.created", "workspace.registered", "workspace.state", "restart.phase",
-                "restart.finished"} <= kinds, kinds
+        assert {
+            "workspace.created",
+            "workspace.registered",
+            "workspace.state",
+            "restart.phase",
+            "restart.finished",
+        } <= kinds, kinds
         text = (await c.get("/metrics")).text
         assert 'berth_deliveries_total{outcome="done"} 1' in text
         assert 'berth_deliveries_accepted_total{workspace="metered"} 1' in text
@@ -83,11 +91,27 @@ def test_cli(berth_server, tmp_path):
     env = {**os.environ, "BERTH_SERVER": berth_server.url, "BERTH_ADMIN_TOKEN": ADMIN}
 
     def berth(*args: str, ok: bool = True) -> subprocess.CompletedProcess[str]:
-        p = subprocess.run([sys.executable, "-m", "berth", *args], env=env, capture_output=True, text=True, timeout=60)
+        p = subprocess.run(
+            [sys.executable, "-m", "berth", *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert (p.returncode == 0) == ok, (args, p.stdout, p.stderr)
         return p
 
-    out = berth("ws", "create", "cli-echo", "--drain-seconds", "5", "--", sys.executable, "-m", "berth.examples.echo")
+    out = berth(
+        "ws",
+        "create",
+        "cli-echo",
+        "--drain-seconds",
+        "5",
+        "--",
+        sys.executable,
+        "-m",
+        "berth.examples.echo",
+    )
     assert "created cli-echo" in out.stdout and "bws_" in out.stdout
     for _ in range(100):
         if "online" in berth("ws", "ls").stdout:
@@ -102,10 +126,19 @@ def test_cli(berth_server, tmp_path):
     assert "paused" in berth("ws", "pause", "cli-echo").stdout
     assert "online" in berth("ws", "resume", "cli-echo").stdout or True
     err = berth("ws", "show", "nope", ok=False)
-    assert err.stderr.startswith("berth: ") and "404" in err.stderr and len(err.stderr.splitlines()) == 1
+    assert (
+        err.stderr.startswith("berth: ")
+        and "404" in err.stderr
+        and len(err.stderr.splitlines()) == 1
+    )
     assert "removed cli-echo" in berth("ws", "rm", "cli-echo").stdout
-    bad = subprocess.run([sys.executable, "-m", "berth", "ws", "ls"], capture_output=True, text=True,
-                         env={**env, "BERTH_SERVER": "http://127.0.0.1:9"}, timeout=30)
+    bad = subprocess.run(
+        [sys.executable, "-m", "berth", "ws", "ls"],
+        capture_output=True,
+        text=True,
+        env={**env, "BERTH_SERVER": "http://127.0.0.1:9"},
+        timeout=30,
+    )
     assert bad.returncode == 1 and "cannot reach berth" in bad.stderr
 
 
@@ -122,16 +155,28 @@ async def test_an_orphaned_agent_process_is_stopped_by_housekeeping(tmp_path):
         async with server.client() as c:
             await create(c, "keeper")
             info = await wait_status(c, "keeper", "online")
-            real = dict(item.split("=", 1) for item in Path(f"/proc/{info['pid']}/environ").read_text().split("\0")
-                        if item.startswith("BERTH_INSTANCE="))
-            env = {**os.environ, **real, "BERTH_WORKSPACE_ID": "no-such-workspace",
-                   "BERTH_STATE_DIR": str(tmp_path / "orphan"), "BERTH_PORT": "0"}
-            orphan = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], env=env)
+            real = dict(
+                item.split("=", 1)
+                for item in Path(f"/proc/{info['pid']}/environ").read_text().split("\0")
+                if item.startswith("BERTH_INSTANCE=")
+            )
+            env = {
+                **os.environ,
+                **real,
+                "BERTH_WORKSPACE_ID": "no-such-workspace",
+                "BERTH_STATE_DIR": str(tmp_path / "orphan"),
+                "BERTH_PORT": "0",
+            }
+            orphan = subprocess.Popen(
+                [sys.executable, "-c", "import time; time.sleep(60)"], env=env
+            )
             t0 = asyncio.get_running_loop().time()
             while orphan.poll() is None and asyncio.get_running_loop().time() - t0 < 15:
                 await asyncio.sleep(0.1)
             assert orphan.poll() is not None, "the orphan is still running"
-            assert (await c.get("/v1/workspaces/keeper")).json()["status"] == "online"  # its own agent is kept
+            assert (await c.get("/v1/workspaces/keeper")).json()[
+                "status"
+            ] == "online"  # its own agent is kept
     finally:
         if orphan is not None and orphan.poll() is None:
             orphan.kill()
@@ -143,8 +188,10 @@ async def test_finished_deliveries_are_pruned_after_the_retention_window(tmp_pat
     pass prunes them; queued ones are never touched."""
     from tests.e2e.harness import BerthServer
 
-    server = BerthServer(tmp_path / "b", env={"BERTH_RETENTION_HOURS": str(2 / 3600),
-                                              "BERTH_HOUSEKEEPING_SECONDS": "0.5"}).start()
+    server = BerthServer(
+        tmp_path / "b",
+        env={"BERTH_RETENTION_HOURS": str(2 / 3600), "BERTH_HOUSEKEEPING_SECONDS": "0.5"},
+    ).start()
     try:
         async with server.client() as c:
             await create(c, "short-memory")

@@ -58,9 +58,16 @@ async def cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
     name = f"berth_e2e_{uuid.uuid4().hex[:10]}"
     await _admin(pg, f"CREATE DATABASE {name}")
     db_url = pg.rsplit("/", 1)[0] + "/" + name
-    env = {"BERTH_DATABASE_URL": db_url, "BERTH_REDIS_URL": redis, "BERTH_REDIS_PREFIX": f"t-{name}:",
-           "BERTH_LEASE_SECONDS": "3"}
-    replicas = [BerthServer(tmp_path / f"r{i}", env={**env, "BERTH_REPLICA_ID": f"replica-{i}"}) for i in range(3)]
+    env = {
+        "BERTH_DATABASE_URL": db_url,
+        "BERTH_REDIS_URL": redis,
+        "BERTH_REDIS_PREFIX": f"t-{name}:",
+        "BERTH_LEASE_SECONDS": "3",
+    }
+    replicas = [
+        BerthServer(tmp_path / f"r{i}", env={**env, "BERTH_REPLICA_ID": f"replica-{i}"})
+        for i in range(3)
+    ]
     try:
         for r in replicas:
             r.start()
@@ -81,13 +88,22 @@ class ExternalEcho:
     """An echo agent that runs outside berth and registers itself (CONTRACT §4)."""
 
     def __init__(self, state: Path, port: int, berth_url: str, ws_id: str, token: str) -> None:
-        env = {**{k: v for k, v in os.environ.items() if not k.startswith("BERTH_")},
-               "BERTH_URL": berth_url, "BERTH_WORKSPACE_ID": ws_id, "BERTH_WORKSPACE_TOKEN": token,
-               "BERTH_PORT": str(port), "BERTH_STATE_DIR": str(state)}
+        env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith("BERTH_")},
+            "BERTH_URL": berth_url,
+            "BERTH_WORKSPACE_ID": ws_id,
+            "BERTH_WORKSPACE_TOKEN": token,
+            "BERTH_PORT": str(port),
+            "BERTH_STATE_DIR": str(state),
+        }
         state.mkdir(parents=True, exist_ok=True)
         self.state = state
-        self.proc = subprocess.Popen([sys.executable, "-m", "berth.examples.echo"], env=env,
-                                     stdout=subprocess.DEVNULL, stderr=open(state.parent / "agent.log", "ab"))
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "berth.examples.echo"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=open(state.parent / "agent.log", "ab"),
+        )
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -103,23 +119,37 @@ def external(tmp_path: Path) -> Iterator[list[ExternalEcho]]:
         a.stop()
 
 
-async def _external_workspace(c: httpx.AsyncClient, name: str, port: int, berth_url: str, tmp_path: Path,
-                              agents: list[ExternalEcho], **spec: object) -> dict:
-    r = await c.post("/v1/workspaces", json={"name": name, "runtime": "external",
-                                             "url": f"http://127.0.0.1:{port}", **spec})
+async def _external_workspace(
+    c: httpx.AsyncClient,
+    name: str,
+    port: int,
+    berth_url: str,
+    tmp_path: Path,
+    agents: list[ExternalEcho],
+    **spec: object,
+) -> dict:
+    r = await c.post(
+        "/v1/workspaces",
+        json={"name": name, "runtime": "external", "url": f"http://127.0.0.1:{port}", **spec},
+    )
     assert r.status_code == 201, r.text
     ws = r.json()
-    agents.append(ExternalEcho(tmp_path / f"agent-{name}" / "state", port, berth_url, ws["id"], ws["token"]))
+    agents.append(
+        ExternalEcho(tmp_path / f"agent-{name}" / "state", port, berth_url, ws["id"], ws["token"])
+    )
     await wait_status(c, name, "online")
     return ws
 
 
-async def test_sends_over_three_replicas_survive_kill9_of_one(cluster: Cluster, tmp_path: Path, agent_port: int,
-                                                               external: list[ExternalEcho]):
+async def test_sends_over_three_replicas_survive_kill9_of_one(
+    cluster: Cluster, tmp_path: Path, agent_port: int, external: list[ExternalEcho]
+):
     a, b, c = cluster.replicas
     clients = cluster.clients()
     try:
-        await _external_workspace(clients[0], "ext", agent_port, b.url, tmp_path, external, max_concurrency=4)
+        await _external_workspace(
+            clients[0], "ext", agent_port, b.url, tmp_path, external, max_concurrency=4
+        )
         for cl in clients[1:]:
             await wait_status(cl, "ext", "online")
         n = 120
@@ -156,41 +186,54 @@ async def test_sends_over_three_replicas_survive_kill9_of_one(cluster: Cluster, 
         # A caller cut off by the dead replica sends again (same messageId) to a live one,
         # as any A2A client retrying would: it gets the one result, never a second run.
         for mid in cut:
-            r = await send(clients[len(cut) % 2], "ext", mid if int(mid[2:]) % 5 else f"sleep:0.3 {mid}", mid)
+            r = await send(
+                clients[len(cut) % 2], "ext", mid if int(mid[2:]) % 5 else f"sleep:0.3 {mid}", mid
+            )
             replies[mid] = reply_text(r.json())
         assert sorted(replies) == ids
         assert all(replies[m].endswith(m) and replies[m].startswith("echo: ") for m in ids)
 
-        deliveries = (await clients[0].get("/v1/workspaces/ext/deliveries", params={"limit": 1000})).json()
+        deliveries = (
+            await clients[0].get("/v1/workspaces/ext/deliveries", params={"limit": 1000})
+        ).json()
         assert len(deliveries["deliveries"]) == n
         assert {d["status"] for d in deliveries["deliveries"]} == {"done"}
         starts, dones = executions(external[0].state)
         # The agent lived through it all, so even work the dead replica had forwarded ran
         # once: its redelivery found the agent's stored result (dedupe by messageId).
-        assert all(starts[m] == 1 and dones[m] == 1 for m in ids), {m: starts[m] for m in ids if starts[m] != 1}
+        assert all(starts[m] == 1 and dones[m] == 1 for m in ids), {
+            m: starts[m] for m in ids if starts[m] != 1
+        }
     finally:
         for cl in clients:
             await cl.aclose()
 
 
-async def test_a_restart_asked_of_two_replicas_at_once_runs_once(cluster: Cluster, tmp_path: Path, agent_port: int,
-                                                                 external: list[ExternalEcho]):
+async def test_a_restart_asked_of_two_replicas_at_once_runs_once(
+    cluster: Cluster, tmp_path: Path, agent_port: int, external: list[ExternalEcho]
+):
     a, b, _ = cluster.replicas
     clients = cluster.clients()
     try:
-        await _external_workspace(clients[0], "twice", agent_port, a.url, tmp_path, external, drain_seconds=1)
+        await _external_workspace(
+            clients[0], "twice", agent_port, a.url, tmp_path, external, drain_seconds=1
+        )
         await wait_status(clients[1], "twice", "online")
-        r1, r2 = await asyncio.gather(*[
-            cl.post("/v1/workspaces/twice/restart", json={"reason": f"from replica {i}"})
-            for i, cl in enumerate(clients[:2])])
+        r1, r2 = await asyncio.gather(
+            *[
+                cl.post("/v1/workspaces/twice/restart", json={"reason": f"from replica {i}"})
+                for i, cl in enumerate(clients[:2])
+            ]
+        )
         assert r1.status_code == r2.status_code == 202, (r1.text, r2.text)
         assert r1.json()["id"] == r2.json()["id"]
         assert sorted([r1.json()["joined"], r2.json()["joined"]]) == [False, True]
         records = (await clients[2].get("/v1/workspaces/twice/restarts")).json()["restarts"]
         assert [x["id"] for x in records if x["trigger"] == "api"] == [r1.json()["id"]]
         deadline = asyncio.get_running_loop().time() + 30
-        while (rec := (await clients[1].get(f"/v1/workspaces/twice/restarts/{r1.json()['id']}")).json())[
-                "phase"] not in ("done", "failed"):
+        while (
+            rec := (await clients[1].get(f"/v1/workspaces/twice/restarts/{r1.json()['id']}")).json()
+        )["phase"] not in ("done", "failed"):
             assert asyncio.get_running_loop().time() < deadline, rec
             await asyncio.sleep(0.1)
         assert rec["phase"] == "done"
@@ -202,11 +245,14 @@ async def test_a_restart_asked_of_two_replicas_at_once_runs_once(cluster: Cluste
 
 
 async def test_a_caller_waiting_on_one_replica_is_answered_when_another_delivers(
-        cluster: Cluster, tmp_path: Path, agent_port: int, external: list[ExternalEcho]):
+    cluster: Cluster, tmp_path: Path, agent_port: int, external: list[ExternalEcho]
+):
     """The workspace is paused on replica A; the send waits on B; resume on C delivers it."""
     clients = cluster.clients()
     try:
-        await _external_workspace(clients[0], "wake", agent_port, cluster.replicas[0].url, tmp_path, external)
+        await _external_workspace(
+            clients[0], "wake", agent_port, cluster.replicas[0].url, tmp_path, external
+        )
         assert (await clients[0].post("/v1/workspaces/wake/pause")).status_code == 200
         waiting = asyncio.create_task(send(clients[1], "wake", "held across replicas", "x-1"))
         await asyncio.sleep(1.0)
@@ -219,8 +265,9 @@ async def test_a_caller_waiting_on_one_replica_is_answered_when_another_delivers
             await cl.aclose()
 
 
-async def test_deliveries_keep_working_while_redis_is_away(tmp_path: Path, agent_port: int,
-                                                           external: list[ExternalEcho]):
+async def test_deliveries_keep_working_while_redis_is_away(
+    tmp_path: Path, agent_port: int, external: list[ExternalEcho]
+):
     """Two replicas reach Redis through a proxy that goes away for a while: sends on both
     replicas are still answered (from the database, slower), and nothing is lost."""
     pg = require_postgres()
@@ -228,20 +275,39 @@ async def test_deliveries_keep_working_while_redis_is_away(tmp_path: Path, agent
     await outage.up()
     name = f"berth_e2e_{uuid.uuid4().hex[:10]}"
     await _admin(pg, f"CREATE DATABASE {name}")
-    env = {"BERTH_DATABASE_URL": pg.rsplit("/", 1)[0] + "/" + name, "BERTH_REDIS_URL": outage.url,
-           "BERTH_REDIS_PREFIX": f"t-{name}:", "BERTH_LEASE_SECONDS": "3"}
-    replicas = [BerthServer(tmp_path / f"r{i}", env={**env, "BERTH_REPLICA_ID": f"replica-{i}"}) for i in range(2)]
+    env = {
+        "BERTH_DATABASE_URL": pg.rsplit("/", 1)[0] + "/" + name,
+        "BERTH_REDIS_URL": outage.url,
+        "BERTH_REDIS_PREFIX": f"t-{name}:",
+        "BERTH_LEASE_SECONDS": "3",
+    }
+    replicas = [
+        BerthServer(tmp_path / f"r{i}", env={**env, "BERTH_REPLICA_ID": f"replica-{i}"})
+        for i in range(2)
+    ]
     clients: list[httpx.AsyncClient] = []
     try:
         for r in replicas:
             await asyncio.to_thread(r.start)  # the proxy runs on this loop: keep it turning
         clients = [r.client() for r in replicas]
-        await _external_workspace(clients[0], "no-redis", agent_port, replicas[0].url, tmp_path, external,
-                                  max_concurrency=2)
+        await _external_workspace(
+            clients[0],
+            "no-redis",
+            agent_port,
+            replicas[0].url,
+            tmp_path,
+            external,
+            max_concurrency=2,
+        )
         await outage.down()
-        sends = [send(clients[i % 2], "no-redis", f"while redis is away {i}", f"nr-{i}") for i in range(20)]
+        sends = [
+            send(clients[i % 2], "no-redis", f"while redis is away {i}", f"nr-{i}")
+            for i in range(20)
+        ]
         replies = await asyncio.wait_for(asyncio.gather(*sends), 60)
-        assert [reply_text(r.json()) for r in replies] == [f"echo: while redis is away {i}" for i in range(20)]
+        assert [reply_text(r.json()) for r in replies] == [
+            f"echo: while redis is away {i}" for i in range(20)
+        ]
         await outage.up()
         r = await send(clients[1], "no-redis", "redis is back", "nr-back")
         assert reply_text(r.json()) == "echo: redis is back"
@@ -274,7 +340,9 @@ async def test_database_away_means_503_then_back_to_work(tmp_path: Path):
             await outage.down()
             r = await send(c, "pg-away", "while away", "pa-2")
             assert r.status_code == 503, r.text
-            assert r.json()["error"]["data"]["reason"] == "store_unavailable" and r.json()["id"] == 1
+            assert (
+                r.json()["error"]["data"]["reason"] == "store_unavailable" and r.json()["id"] == 1
+            )
             ready = await c.get("/readyz")
             assert ready.status_code == 503 and "store" in ready.json()["problem"]
             await outage.up()
@@ -282,7 +350,10 @@ async def test_database_away_means_503_then_back_to_work(tmp_path: Path):
             while (await c.get("/readyz")).status_code != 200:
                 assert asyncio.get_running_loop().time() < deadline
                 await asyncio.sleep(0.2)
-            assert reply_text((await send(c, "pg-away", "while away", "pa-2")).json()) == "echo: while away"
+            assert (
+                reply_text((await send(c, "pg-away", "while away", "pa-2")).json())
+                == "echo: while away"
+            )
             info = await wait_status(c, "pg-away", "online")
             starts, _ = executions(info["state_dir"])
             assert starts["pa-1"] == 1 and starts["pa-2"] == 1
@@ -312,21 +383,27 @@ async def test_a_process_workspace_is_run_by_its_owner_only(cluster: Cluster):
     duplicates it, also when replica 1 itself stops and starts again."""
     clients = cluster.clients()
     try:
-        ws = await clients[0].post("/v1/workspaces", json={
-            "name": "owned", "command": [sys.executable, "-m", "berth.examples.echo"]})
+        ws = await clients[0].post(
+            "/v1/workspaces",
+            json={"name": "owned", "command": [sys.executable, "-m", "berth.examples.echo"]},
+        )
         assert ws.status_code == 201
         ws_id = ws.json()["id"]
         info = await wait_status(clients[0], "owned", "online")
         assert _agent_pids(ws_id) == [info["pid"]]
-        assert reply_text((await send(clients[1], "owned", "via the other replica")).json()) == \
-            "echo: via the other replica"
+        assert (
+            reply_text((await send(clients[1], "owned", "via the other replica")).json())
+            == "echo: via the other replica"
+        )
         await asyncio.to_thread(cluster.replicas[1].stop)  # drains and stops only what it owns
         await asyncio.to_thread(cluster.replicas[1].start)
         again = await wait_status(clients[1], "owned", "online")
         assert again["pid"] == info["pid"] and _agent_pids(ws_id) == [info["pid"]]
         assert again["restart_count"] == 0
-        assert reply_text((await send(clients[1], "owned", "still the same agent")).json()) == \
-            "echo: still the same agent"
+        assert (
+            reply_text((await send(clients[1], "owned", "still the same agent")).json())
+            == "echo: still the same agent"
+        )
     finally:
         for cl in clients:
             await cl.aclose()

@@ -43,11 +43,15 @@ async def test_every_caller_answered_and_every_message_executed_once(berth_serve
                 done.append(rec)
             return done
 
-        results = await asyncio.gather(*(caller(n) for n in range(8)), *(restart_three_times(w) for w in targets))
+        results = await asyncio.gather(
+            *(caller(n) for n in range(8)), *(restart_three_times(w) for w in targets)
+        )
         assert len(sent) == 8 * 14
         records = [r for group in results[-2:] for r in group]
         assert [r["phase"] for r in records] == ["done"] * 6, records
-        assert sum(len(r["drain_report"]["completed"]) for r in records) >= 1, "no restart hit in-flight work"
+        assert sum(len(r["drain_report"]["completed"]) for r in records) >= 1, (
+            "no restart hit in-flight work"
+        )
 
         for ws in (a, b):
             info = (await c.get(f"/v1/workspaces/{ws['name']}")).json()

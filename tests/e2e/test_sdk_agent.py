@@ -30,11 +30,19 @@ class Echo:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> Echo:
-        env = {**os.environ, "BERTH_STATE_DIR": str(self.state), "BERTH_PORT": str(self.port),
-               "BERTH_DRAIN_SECONDS": str(self.drain_seconds)}
+        env = {
+            **os.environ,
+            "BERTH_STATE_DIR": str(self.state),
+            "BERTH_PORT": str(self.port),
+            "BERTH_DRAIN_SECONDS": str(self.drain_seconds),
+        }
         env.pop("BERTH_URL", None)
-        self.proc = subprocess.Popen([sys.executable, "-m", "berth.examples.echo"], env=env,
-                                     stdout=subprocess.DEVNULL, stderr=open(self.state.parent / "echo.log", "ab"))
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "berth.examples.echo"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=open(self.state.parent / "echo.log", "ab"),
+        )
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             try:
@@ -62,15 +70,24 @@ def client(e: Echo) -> httpx.AsyncClient:
 
 
 async def signal_drain(c: httpx.AsyncClient, seconds: float) -> dict:
-    r = await c.post("/signals/restart_pending", json={"jsonrpc": "2.0", "id": "sig", "method": "restart_pending",
-                                                       "params": {"drain_seconds": seconds, "reason": "test"}})
+    r = await c.post(
+        "/signals/restart_pending",
+        json={
+            "jsonrpc": "2.0",
+            "id": "sig",
+            "method": "restart_pending",
+            "params": {"drain_seconds": seconds, "reason": "test"},
+        },
+    )
     assert r.status_code == 200
     return r.json()["result"]
 
 
 async def test_drain_signal_returns_when_in_flight_work_is_done(echo: Echo):
     async with client(echo) as c:
-        work = asyncio.create_task(c.post("/", json=send_body("sleep:1 finish me", "w-1"), headers=V1))
+        work = asyncio.create_task(
+            c.post("/", json=send_body("sleep:1 finish me", "w-1"), headers=V1)
+        )
         await asyncio.sleep(0.3)
         t0 = time.monotonic()
         report = await signal_drain(c, 20)
@@ -91,13 +108,23 @@ async def test_while_draining_sends_are_refused_and_reads_keep_working(echo: Ech
         refused = await c.post("/", json=send_body("new work", "w-3", rid=7), headers=V1)
         assert refused.status_code == 200
         err = refused.json()["error"]
-        assert refused.json()["id"] == 7 and err["code"] == -32603 and err["data"]["reason"] == "DRAINING"
-        got = await c.post("/", json={"jsonrpc": "2.0", "id": 2, "method": "GetTask", "params": {"id": task_id}},
-                           headers=V1)
+        assert (
+            refused.json()["id"] == 7
+            and err["code"] == -32603
+            and err["data"]["reason"] == "DRAINING"
+        )
+        got = await c.post(
+            "/",
+            json={"jsonrpc": "2.0", "id": 2, "method": "GetTask", "params": {"id": task_id}},
+            headers=V1,
+        )
         assert got.json()["result"]["status"]["state"] == "TASK_STATE_COMPLETED"
         assert (await c.get("/healthz")).json()["status"] == "draining"
         await c.post("/signals/resume", json={"jsonrpc": "2.0", "id": 3, "method": "resume"})
-        assert reply_text((await c.post("/", json=send_body("after", "w-4"), headers=V1)).json()) == "echo: after"
+        assert (
+            reply_text((await c.post("/", json=send_body("after", "w-4"), headers=V1)).json())
+            == "echo: after"
+        )
         await slow
     starts, _ = executions(echo.state)
     assert "w-3" not in starts  # the refused send never ran
@@ -108,8 +135,12 @@ async def test_duplicates_run_once_and_get_the_same_reply(echo: Echo):
         first = await c.post("/", json=send_body("once", "dup-1", rid=1), headers=V1)
         again = await c.post("/", json=send_body("once", "dup-1", rid=2), headers=V1)
         assert again.json()["id"] == 2 and again.json()["result"] == first.json()["result"]
-        together = await asyncio.gather(*[
-            c.post("/", json=send_body("sleep:0.5 together", "dup-2", rid=i), headers=V1) for i in range(5)])
+        together = await asyncio.gather(
+            *[
+                c.post("/", json=send_body("sleep:0.5 together", "dup-2", rid=i), headers=V1)
+                for i in range(5)
+            ]
+        )
         results = {json.dumps(r.json()["result"], sort_keys=True) for r in together}
         assert len(results) == 1 and [r.json()["id"] for r in together] == list(range(5))
     starts, dones = executions(echo.state)
@@ -134,7 +165,9 @@ async def test_dedupe_survives_a_restart_of_the_agent(tmp_path: Path):
 
 async def test_sigterm_drains_then_exits_zero(echo: Echo):
     async with client(echo) as c:
-        work = asyncio.create_task(c.post("/", json=send_body("sleep:1 on sigterm", "term-1"), headers=V1))
+        work = asyncio.create_task(
+            c.post("/", json=send_body("sleep:1 on sigterm", "term-1"), headers=V1)
+        )
         await asyncio.sleep(0.3)
         assert echo.proc is not None
         echo.proc.send_signal(signal.SIGTERM)
@@ -149,13 +182,19 @@ async def test_tasks_survive_a_restart_and_a_cut_task_points_to_its_successor(tm
     e = Echo(tmp_path / "state").start()
     try:
         async with client(e) as c:
-            done = (await c.post("/", json=send_body("task finished before", "tk-1"), headers=V1)).json()
+            done = (
+                await c.post("/", json=send_body("task finished before", "tk-1"), headers=V1)
+            ).json()
             done_id = done["result"]["task"]["id"]
             cut = await c.post("/", json=send_body("task sleep:0.2 never mind", "tk-0"), headers=V1)
             assert cut.status_code == 200
             # a stream shows the task id at once; the execution is then cut by kill -9
-            async with c.stream("POST", "/", json={**send_body("task sleep:5 cut me", "tk-2"),
-                                                   "method": "SendStreamingMessage"}, headers=V1) as s:
+            async with c.stream(
+                "POST",
+                "/",
+                json={**send_body("task sleep:5 cut me", "tk-2"), "method": "SendStreamingMessage"},
+                headers=V1,
+            ) as s:
                 async for line in s.aiter_lines():
                     if line.startswith("data: "):
                         cut_id = json.loads(line[6:])["result"]["task"]["id"]
@@ -163,23 +202,39 @@ async def test_tasks_survive_a_restart_and_a_cut_task_points_to_its_successor(tm
         e.kill9()
         e = Echo(tmp_path / "state").start()
         async with client(e) as c:
+
             async def get(task_id: str) -> dict:
-                r = await c.post("/", json={"jsonrpc": "2.0", "id": 9, "method": "GetTask",
-                                            "params": {"id": task_id}}, headers=V1)
+                r = await c.post(
+                    "/",
+                    json={
+                        "jsonrpc": "2.0",
+                        "id": 9,
+                        "method": "GetTask",
+                        "params": {"id": task_id},
+                    },
+                    headers=V1,
+                )
                 return r.json()["result"]
 
             assert (await get(done_id))["status"]["state"] == "TASK_STATE_COMPLETED"
             interrupted = await get(cut_id)  # not `working` forever: closed at start
             assert interrupted["status"]["state"] == "TASK_STATE_CANCELED"
             assert interrupted["metadata"]["berth.interrupted"] is True
-            redo = (await c.post("/", json=send_body("task sleep:0.2 cut me", "tk-2"), headers=V1)).json()
+            redo = (
+                await c.post("/", json=send_body("task sleep:0.2 cut me", "tk-2"), headers=V1)
+            ).json()
             new_id = redo["result"]["task"]["id"]
-            assert new_id != cut_id and redo["result"]["task"]["status"]["state"] == "TASK_STATE_COMPLETED"
+            assert (
+                new_id != cut_id
+                and redo["result"]["task"]["status"]["state"] == "TASK_STATE_COMPLETED"
+            )
             old = await get(cut_id)
             assert old["metadata"]["berth.restarted_as"] == new_id
             assert new_id in old["status"]["message"]["parts"][0]["text"]
-            v03 = await c.post("/", json={"jsonrpc": "2.0", "id": 10, "method": "tasks/get",
-                                          "params": {"id": cut_id}})
+            v03 = await c.post(
+                "/",
+                json={"jsonrpc": "2.0", "id": 10, "method": "tasks/get", "params": {"id": cut_id}},
+            )
             assert v03.json()["result"]["metadata"]["berth.restarted_as"] == new_id
     finally:
         e.kill9()
@@ -187,8 +242,12 @@ async def test_tasks_survive_a_restart_and_a_cut_task_points_to_its_successor(tm
 
 async def test_a_caller_hanging_up_mid_stream_does_not_leave_work_counted(echo: Echo):
     async with client(echo) as c:
-        async with c.stream("POST", "/", json={**send_body("task sleep:0.5 bye", "hang-1"),
-                                               "method": "SendStreamingMessage"}, headers=V1) as s:
+        async with c.stream(
+            "POST",
+            "/",
+            json={**send_body("task sleep:0.5 bye", "hang-1"), "method": "SendStreamingMessage"},
+            headers=V1,
+        ) as s:
             async for line in s.aiter_lines():
                 if line.startswith("data: "):
                     break  # hang up after the first event
@@ -203,7 +262,14 @@ async def test_signal_with_bad_input_is_a_jsonrpc_error(echo: Echo):
     async with client(echo) as c:
         r = await c.post("/signals/restart_pending", content=b"{nope")
         assert r.json()["error"]["code"] == -32700
-        r = await c.post("/signals/restart_pending", json={"jsonrpc": "2.0", "id": 1, "method": "restart_pending",
-                                                           "params": {"drain_seconds": -1}})
+        r = await c.post(
+            "/signals/restart_pending",
+            json={
+                "jsonrpc": "2.0",
+                "id": 1,
+                "method": "restart_pending",
+                "params": {"drain_seconds": -1},
+            },
+        )
         assert r.json()["error"]["code"] == -32602
         assert (await c.get("/healthz")).json()["status"] == "ok"  # a bad signal starts no drain

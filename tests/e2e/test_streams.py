@@ -44,10 +44,14 @@ async def test_stream_v1_and_v03(berth_server):
         await create(c, "streamy")
         events, _, _ = await read_stream(c, "streamy", stream_body("hello stream", "st-1"))
         assert "echo: hello stream" in final_text(events) and "result" in events[-1]
-        events3, _, _ = await read_stream(c, "streamy", stream_body("old stream", "st-2", v03=True), v03=True)
+        events3, _, _ = await read_stream(
+            c, "streamy", stream_body("old stream", "st-2", v03=True), v03=True
+        )
         assert "echo: old stream" in final_text(events3)
         d = (await c.get("/v1/workspaces/streamy/deliveries")).json()["deliveries"]
-        assert [x["status"] for x in d] == ["done", "done"] and d[0]["method"] == "SendStreamingMessage"
+        assert [x["status"] for x in d] == ["done", "done"] and d[0][
+            "method"
+        ] == "SendStreamingMessage"
 
 
 async def test_a_stream_survives_a_restart_of_its_workspace(tmp_path):
@@ -57,9 +61,13 @@ async def test_a_stream_survives_a_restart_of_its_workspace(tmp_path):
     try:
         async with server.client() as c:
             await create(c, "stream-restart", drain_seconds=0.5)
-            reader = asyncio.create_task(read_stream(c, "stream-restart", stream_body("sleep:2 across", "sr-1")))
+            reader = asyncio.create_task(
+                read_stream(c, "stream-restart", stream_body("sleep:2 across", "sr-1"))
+            )
             await asyncio.sleep(0.6)
-            r = await c.post("/v1/workspaces/stream-restart/restart", json={"reason": "cut the stream"})
+            r = await c.post(
+                "/v1/workspaces/stream-restart/restart", json={"reason": "cut the stream"}
+            )
             assert r.status_code == 202
             events, keep_alives, _ = await reader
             assert "echo: sleep:2 across" in final_text(events)
@@ -76,8 +84,12 @@ async def test_a_stream_survives_a_restart_of_its_workspace(tmp_path):
 async def test_a_disconnected_stream_is_still_delivered(berth_server):
     async with berth_server.client() as c:
         await create(c, "dropper")
-        async with c.stream("POST", "/v1/workspaces/dropper/a2a", json=stream_body("sleep:0.5 dropped", "drop-1"),
-                            headers={"a2a-version": "1.0"}) as r:
+        async with c.stream(
+            "POST",
+            "/v1/workspaces/dropper/a2a",
+            json=stream_body("sleep:0.5 dropped", "drop-1"),
+            headers={"a2a-version": "1.0"},
+        ) as r:
             did = r.headers["x-berth-delivery-id"]
         for _ in range(100):
             d = (await c.get(f"/v1/deliveries/{did}")).json()
@@ -93,10 +105,16 @@ async def test_cancel_of_a_queued_delivery_never_reaches_the_agent(berth_server)
         await c.post("/v1/workspaces/canceler/pause")
         r = await send(c, "canceler", "never", "cancel-me", wait=0)
         did = r.json()["delivery_id"]
-        cancel = await c.post("/v1/workspaces/canceler/a2a", headers={"a2a-version": "1.0"},
-                              json={"jsonrpc": "2.0", "id": 9, "method": "CancelTask", "params": {"id": "cancel-me"}})
+        cancel = await c.post(
+            "/v1/workspaces/canceler/a2a",
+            headers={"a2a-version": "1.0"},
+            json={"jsonrpc": "2.0", "id": 9, "method": "CancelTask", "params": {"id": "cancel-me"}},
+        )
         res = cancel.json()["result"]
-        assert res["status"]["state"] == "TASK_STATE_CANCELED" and res["metadata"]["berth"]["delivery_id"] == did
+        assert (
+            res["status"]["state"] == "TASK_STATE_CANCELED"
+            and res["metadata"]["berth"]["delivery_id"] == did
+        )
         await c.post("/v1/workspaces/canceler/resume")
         info = await wait_status(c, "canceler", "online")
         await asyncio.sleep(0.5)
@@ -106,8 +124,11 @@ async def test_cancel_of_a_queued_delivery_never_reaches_the_agent(berth_server)
 
 
 async def _rpc(c, ref: str, method: str, params: dict, rid: int = 5) -> dict:
-    r = await c.post(f"/v1/workspaces/{ref}/a2a", json={"jsonrpc": "2.0", "id": rid, "method": method,
-                                                        "params": params}, headers={"a2a-version": "1.0"})
+    r = await c.post(
+        f"/v1/workspaces/{ref}/a2a",
+        json={"jsonrpc": "2.0", "id": rid, "method": method, "params": params},
+        headers={"a2a-version": "1.0"},
+    )
     assert r.status_code == 200, r.text
     return r.json()
 
@@ -121,14 +142,21 @@ async def test_get_task_after_a_restart_done_or_pointing_to_its_successor(tmp_pa
     try:
         async with server.client() as c:
             await create(c, "tasks", drain_seconds=0.3)
-            done = (await _rpc(c, "tasks", "SendMessage",
-                               send_body("task finished first", "tr-0")["params"]))["result"]["task"]
+            done = (
+                await _rpc(
+                    c, "tasks", "SendMessage", send_body("task finished first", "tr-0")["params"]
+                )
+            )["result"]["task"]
             first_id: list[str] = []
 
             async def stream() -> list[dict]:
                 events = []
-                async with c.stream("POST", "/v1/workspaces/tasks/a2a", headers={"a2a-version": "1.0"},
-                                    json=stream_body("task sleep:2 cut by a restart", "tr-1")) as r:
+                async with c.stream(
+                    "POST",
+                    "/v1/workspaces/tasks/a2a",
+                    headers={"a2a-version": "1.0"},
+                    json=stream_body("task sleep:2 cut by a restart", "tr-1"),
+                ) as r:
                     async for line in r.aiter_lines():
                         if line.startswith("data: "):
                             events.append(json.loads(line[6:]))
@@ -150,8 +178,9 @@ async def test_get_task_after_a_restart_done_or_pointing_to_its_successor(tmp_pa
             old = (await _rpc(c, "tasks", "GetTask", {"id": first_id[0]}))["result"]
             assert old["status"]["state"] == "TASK_STATE_CANCELED"
             assert old["metadata"]["berth.restarted_as"] == new_id
-            assert (await _rpc(c, "tasks", "GetTask", {"id": new_id}))["result"]["status"]["state"] == \
-                "TASK_STATE_COMPLETED"
+            assert (await _rpc(c, "tasks", "GetTask", {"id": new_id}))["result"]["status"][
+                "state"
+            ] == "TASK_STATE_COMPLETED"
             before = (await _rpc(c, "tasks", "GetTask", {"id": done["id"]}))["result"]
             assert before["status"]["state"] == "TASK_STATE_COMPLETED"
             listed = (await _rpc(c, "tasks", "ListTasks", {}))["result"]["tasks"]
@@ -168,8 +197,12 @@ async def test_cancel_of_a_running_task_reaches_the_agent(berth_server):
 
         async def stream() -> list[dict]:
             events = []
-            async with c.stream("POST", "/v1/workspaces/canceler/a2a", headers={"a2a-version": "1.0"},
-                                json=stream_body("task sleep:10 stop me", "cx-1")) as r:
+            async with c.stream(
+                "POST",
+                "/v1/workspaces/canceler/a2a",
+                headers={"a2a-version": "1.0"},
+                json=stream_body("task sleep:10 stop me", "cx-1"),
+            ) as r:
                 async for line in r.aiter_lines():
                     if line.startswith("data: "):
                         events.append(json.loads(line[6:]))
@@ -189,4 +222,6 @@ async def test_cancel_of_a_running_task_reaches_the_agent(berth_server):
         log = (Path(info["state_dir"]) / "executions.log").read_text().split("\n")
         assert "start cx-1" in log and "cancel cx-1" in log and "done cx-1" not in log
         did = (await c.get("/v1/workspaces/canceler/deliveries")).json()["deliveries"][0]
-        assert did["status"] == "done"  # the agent answered (with a canceled task): nothing to redeliver
+        assert (
+            did["status"] == "done"
+        )  # the agent answered (with a canceled task): nothing to redeliver

@@ -21,11 +21,16 @@ def ws(runtime=Runtime.DOCKER, url=None) -> Workspace:
 
 # rewrite_for_docker ---------------------------------------------------------------
 def test_non_loopback_url_is_unchanged():
-    assert rewrite_for_docker("http://agent.internal:9000", ws(), True) == "http://agent.internal:9000"
+    assert (
+        rewrite_for_docker("http://agent.internal:9000", ws(), True) == "http://agent.internal:9000"
+    )
 
 
 def test_loopback_unchanged_when_workspace_is_not_docker():
-    assert rewrite_for_docker("http://127.0.0.1:5555", ws(Runtime.PROCESS), True) == "http://127.0.0.1:5555"
+    assert (
+        rewrite_for_docker("http://127.0.0.1:5555", ws(Runtime.PROCESS), True)
+        == "http://127.0.0.1:5555"
+    )
 
 
 def test_loopback_unchanged_when_berth_is_not_in_docker():
@@ -34,7 +39,10 @@ def test_loopback_unchanged_when_berth_is_not_in_docker():
 
 def test_loopback_rewritten_when_both_hold():
     assert rewrite_for_docker("http://127.0.0.1:5555", ws(), True) == "http://ws-0123456789ab:8000"
-    assert rewrite_for_docker("http://localhost:5555/a2a", ws(), True) == "http://ws-0123456789ab:8000/a2a"
+    assert (
+        rewrite_for_docker("http://localhost:5555/a2a", ws(), True)
+        == "http://ws-0123456789ab:8000/a2a"
+    )
 
 
 def test_docker_detection(tmp_path, monkeypatch):
@@ -82,7 +90,9 @@ async def test_database_error_skips_the_signal_and_goes_on():
             raise OSError("database is down")
 
     link, _, _ = await make_link(store=Broken())
-    res = await link.signal_restart(ws(Runtime.PROCESS), restart_id="r", drain_seconds=1, reason=None)
+    res = await link.signal_restart(
+        ws(Runtime.PROCESS), restart_id="r", drain_seconds=1, reason=None
+    )
     assert res.outcome is SignalOutcome.UNRESOLVED and "database is down" in res.detail
 
 
@@ -100,8 +110,11 @@ async def agent():
 
     async def signal(request):
         state["seen"].append(await request.json())
-        return web.Response(status=state["status"], body=json.dumps(state["body"]).encode(),
-                            content_type="application/json")
+        return web.Response(
+            status=state["status"],
+            body=json.dumps(state["body"]).encode(),
+            content_type="application/json",
+        )
 
     app = web.Application()
     app.router.add_post("/signals/restart_pending", signal)
@@ -119,19 +132,29 @@ async def signal_with(agent_url):
     link, store, _ = await make_link(client=client)
     await store.create_workspace(ws(Runtime.PROCESS, url=agent_url))
     try:
-        return await link.signal_restart(ws(Runtime.PROCESS), restart_id="r1", drain_seconds=2, reason="test")
+        return await link.signal_restart(
+            ws(Runtime.PROCESS), restart_id="r1", drain_seconds=2, reason="test"
+        )
     finally:
         await client.close()
 
 
 async def test_200_records_the_drain_report(agent):
-    agent["body"] = {"jsonrpc": "2.0", "id": "x", "result": {
-        "drained": True, "in_flight": 0, "completed": ["m1"], "unfinished": []}}
+    agent["body"] = {
+        "jsonrpc": "2.0",
+        "id": "x",
+        "result": {"drained": True, "in_flight": 0, "completed": ["m1"], "unfinished": []},
+    }
     res = await signal_with(agent["url"])
     assert res.outcome is SignalOutcome.DRAINED and res.report["completed"] == ["m1"]
     sent = agent["seen"][0]
     assert sent["method"] == "signals/restart_pending" and sent["jsonrpc"] == "2.0"
-    assert sent["params"] == {"workspace_id": WS_ID, "restart_id": "r1", "drain_seconds": 2, "reason": "test"}
+    assert sent["params"] == {
+        "workspace_id": WS_ID,
+        "restart_id": "r1",
+        "drain_seconds": 2,
+        "reason": "test",
+    }
 
 
 @pytest.mark.parametrize("status", [404, 405, 501])

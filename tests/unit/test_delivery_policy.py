@@ -12,8 +12,10 @@ def test_a_reply_is_final_even_when_it_is_a_jsonrpc_error():
     assert v.status is D.DONE and not v.count_attempt
 
 
-@pytest.mark.parametrize("outcome,planned", [(Outcome.DRAINING, False), (Outcome.TRANSPORT, True),
-                                             (Outcome.DRAINING, True)])
+@pytest.mark.parametrize(
+    "outcome,planned",
+    [(Outcome.DRAINING, False), (Outcome.TRANSPORT, True), (Outcome.DRAINING, True)],
+)
 def test_planned_interruptions_are_deferrals_that_never_count(outcome, planned):
     for attempts in range(0, 10):
         v = policy.judge(outcome, attempts=attempts, planned=planned, crashed=False)
@@ -40,8 +42,9 @@ def test_rejected_is_dead_at_once():
     assert v.status is D.DEAD
 
 
-@pytest.mark.parametrize("src,dst", [(D.DONE, D.QUEUED), (D.QUEUED, D.DONE), (D.CANCELED, D.IN_FLIGHT),
-                                     (D.DONE, D.DEAD)])
+@pytest.mark.parametrize(
+    "src,dst", [(D.DONE, D.QUEUED), (D.QUEUED, D.DONE), (D.CANCELED, D.IN_FLIGHT), (D.DONE, D.DEAD)]
+)
 def test_delivery_moves_are_checked(src, dst):
     with pytest.raises(IllegalTransition):
         check_move(src, dst)

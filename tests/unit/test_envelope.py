@@ -14,11 +14,20 @@ def code_of(raw: bytes) -> int:
     return json.loads(e.value.reply.body)["error"]["code"]
 
 
-@pytest.mark.parametrize("raw,code", [
-    (b"{nope", -32700), (b"", -32700), (b"[]", -32600), (b'[{"jsonrpc":"2.0","method":"x"}]', -32600),
-    (b'{"method":"x"}', -32600), (b'{"jsonrpc":"1.0","method":"x"}', -32600), (b'"hi"', -32600),
-    (b'{"jsonrpc":"2.0","method":5}', -32600), (b'{"jsonrpc":"2.0","method":"x","params":3}', -32602),
-])
+@pytest.mark.parametrize(
+    "raw,code",
+    [
+        (b"{nope", -32700),
+        (b"", -32700),
+        (b"[]", -32600),
+        (b'[{"jsonrpc":"2.0","method":"x"}]', -32600),
+        (b'{"method":"x"}', -32600),
+        (b'{"jsonrpc":"1.0","method":"x"}', -32600),
+        (b'"hi"', -32600),
+        (b'{"jsonrpc":"2.0","method":5}', -32600),
+        (b'{"jsonrpc":"2.0","method":"x","params":3}', -32602),
+    ],
+)
 def test_bad_envelopes(raw, code):
     assert code_of(raw) == code
 
@@ -45,10 +54,26 @@ def reply(status: int, doc) -> AgentReply:
 def test_classify():
     ok = {"jsonrpc": "2.0", "id": 1, "result": {"message": {}}}
     err = {"jsonrpc": "2.0", "id": 1, "error": {"code": -32001, "message": "task not found"}}
-    v1_draining = {"jsonrpc": "2.0", "id": 1, "error": {"code": -32603, "message": "draining", "data": [
-        {"@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": "DRAINING", "metadata": {}}]}}
-    v03_draining = {"jsonrpc": "2.0", "id": 1, "error": {"code": -32603, "message": "x",
-                                                         "data": {"reason": "DRAINING"}}}
+    v1_draining = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "error": {
+            "code": -32603,
+            "message": "draining",
+            "data": [
+                {
+                    "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+                    "reason": "DRAINING",
+                    "metadata": {},
+                }
+            ],
+        },
+    }
+    v03_draining = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "error": {"code": -32603, "message": "x", "data": {"reason": "DRAINING"}},
+    }
     assert classify(reply(200, ok)) is Outcome.REPLIED
     assert classify(reply(200, err)) is Outcome.REPLIED
     assert classify(reply(200, v1_draining)) is Outcome.DRAINING

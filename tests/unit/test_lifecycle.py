@@ -11,10 +11,16 @@ def test_a_restart_walks_the_table():
         assert check_move(a, b) is b
 
 
-@pytest.mark.parametrize("src,dst", [
-    (S.REMOVED, S.ONLINE), (S.PAUSED, S.ONLINE), (S.OFFLINE, S.ONLINE), (S.FAILED, S.ONLINE),
-    (S.PAUSED, S.DRAINING),
-])
+@pytest.mark.parametrize(
+    "src,dst",
+    [
+        (S.REMOVED, S.ONLINE),
+        (S.PAUSED, S.ONLINE),
+        (S.OFFLINE, S.ONLINE),
+        (S.FAILED, S.ONLINE),
+        (S.PAUSED, S.DRAINING),
+    ],
+)
 def test_illegal_moves_raise(src, dst):
     with pytest.raises(IllegalTransition) as e:
         check_move(src, dst)

@@ -8,9 +8,19 @@ PROBE = "import berth.examples.echo, a2a.utils.telemetry as t; print(t.otel_enab
 
 
 def _probe(**env: str) -> str:
-    base = {k: v for k, v in os.environ.items() if k not in ("OTEL_INSTRUMENTATION_A2A_SDK_ENABLED", "BERTH_OTEL")}
-    out = subprocess.run([sys.executable, "-c", PROBE], env={**base, **env}, capture_output=True, text=True,
-                         check=True, timeout=60)
+    base = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("OTEL_INSTRUMENTATION_A2A_SDK_ENABLED", "BERTH_OTEL")
+    }
+    out = subprocess.run(
+        [sys.executable, "-c", PROBE],
+        env={**base, **env},
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
     return out.stdout.strip()
 
 

@@ -20,21 +20,32 @@ class HttpAgentClient:
     def _get(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=self._pool_size, keepalive_timeout=30, use_dns_cache=True),
-                auto_decompress=True, skip_auto_headers=("User-Agent",),
+                connector=aiohttp.TCPConnector(
+                    limit=self._pool_size, keepalive_timeout=30, use_dns_cache=True
+                ),
+                auto_decompress=True,
+                skip_auto_headers=("User-Agent",),
             )
         return self._session
 
-    async def post(self, url: str, body: bytes, headers: dict[str, str], timeout: float) -> AgentReply:
+    async def post(
+        self, url: str, body: bytes, headers: dict[str, str], timeout: float
+    ) -> AgentReply:
         return await self._call("POST", url, body, headers, timeout)
 
     async def stream(
-        self, url: str, body: bytes, headers: dict[str, str], timeout: float,
+        self,
+        url: str,
+        body: bytes,
+        headers: dict[str, str],
+        timeout: float,
     ) -> AsyncIterator[tuple[str, bytes]]:
         """SSE events as they arrive (`timeout` bounds the wait for each chunk, not the stream)."""
         try:
             async with self._get().post(
-                url, data=body, headers={**headers, "accept": "text/event-stream"},
+                url,
+                data=body,
+                headers={**headers, "accept": "text/event-stream"},
                 timeout=aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=timeout),
             ) as resp:
                 if not resp.headers.get("content-type", "").startswith("text/event-stream"):
@@ -57,14 +68,21 @@ class HttpAgentClient:
     async def get(self, url: str, headers: dict[str, str], timeout: float) -> AgentReply:
         return await self._call("GET", url, None, headers, timeout)
 
-    async def _call(self, method: str, url: str, body: bytes | None, headers: dict[str, str],
-                    timeout: float) -> AgentReply:
+    async def _call(
+        self, method: str, url: str, body: bytes | None, headers: dict[str, str], timeout: float
+    ) -> AgentReply:
         try:
             async with self._get().request(
-                method, url, data=body, headers=headers, timeout=aiohttp.ClientTimeout(total=timeout),
+                method,
+                url,
+                data=body,
+                headers=headers,
+                timeout=aiohttp.ClientTimeout(total=timeout),
             ) as resp:
                 data = await resp.read()
-                return AgentReply(resp.status, data, resp.headers.get("content-type", "application/json"))
+                return AgentReply(
+                    resp.status, data, resp.headers.get("content-type", "application/json")
+                )
         except (TimeoutError, aiohttp.ClientError, OSError) as e:
             raise _unreachable(e) from e
 
@@ -75,5 +93,7 @@ class HttpAgentClient:
 
 def _unreachable(e: BaseException) -> AgentUnreachable:
     # a connector error is raised before any byte of the request was sent
-    return AgentUnreachable(f"{type(e).__name__}: {e}".rstrip(": "),
-                            reached=not isinstance(e, aiohttp.ClientConnectorError))
+    return AgentUnreachable(
+        f"{type(e).__name__}: {e}".rstrip(": "),
+        reached=not isinstance(e, aiohttp.ClientConnectorError),
+    )

@@ -13,18 +13,30 @@ __all__ = ["HttpxAgentClient"]
 
 class HttpxAgentClient:
     def __init__(self, *, pool_size: int = 256) -> None:
-        self._client = httpx.AsyncClient(limits=httpx.Limits(max_connections=pool_size,
-                                                             max_keepalive_connections=pool_size))
+        self._client = httpx.AsyncClient(
+            limits=httpx.Limits(max_connections=pool_size, max_keepalive_connections=pool_size)
+        )
 
-    async def post(self, url: str, body: bytes, headers: dict[str, str], timeout: float) -> AgentReply:
+    async def post(
+        self, url: str, body: bytes, headers: dict[str, str], timeout: float
+    ) -> AgentReply:
         return await self._call("POST", url, body, headers, timeout)
 
     async def stream(
-        self, url: str, body: bytes, headers: dict[str, str], timeout: float,
+        self,
+        url: str,
+        body: bytes,
+        headers: dict[str, str],
+        timeout: float,
     ) -> AsyncIterator[tuple[str, bytes]]:
         try:
-            async with self._client.stream("POST", url, content=body, timeout=httpx.Timeout(timeout, connect=10),
-                                           headers={**headers, "accept": "text/event-stream"}) as r:
+            async with self._client.stream(
+                "POST",
+                url,
+                content=body,
+                timeout=httpx.Timeout(timeout, connect=10),
+                headers={**headers, "accept": "text/event-stream"},
+            ) as r:
                 if not r.headers.get("content-type", "").startswith("text/event-stream"):
                     yield "reply", await r.aread()
                     return
@@ -39,20 +51,29 @@ class HttpxAgentClient:
                 if data:
                     yield "event", "\n".join(data).encode()
         except httpx.HTTPError as e:
-            raise AgentUnreachable(f"{type(e).__name__}: {e}".rstrip(": "),
-                                   reached=not isinstance(e, httpx.ConnectError)) from e
+            raise AgentUnreachable(
+                f"{type(e).__name__}: {e}".rstrip(": "),
+                reached=not isinstance(e, httpx.ConnectError),
+            ) from e
 
     async def get(self, url: str, headers: dict[str, str], timeout: float) -> AgentReply:
         return await self._call("GET", url, None, headers, timeout)
 
-    async def _call(self, method: str, url: str, body: bytes | None, headers: dict[str, str],
-                    timeout: float) -> AgentReply:
+    async def _call(
+        self, method: str, url: str, body: bytes | None, headers: dict[str, str], timeout: float
+    ) -> AgentReply:
         try:
-            r = await self._client.request(method, url, content=body, headers=headers, timeout=timeout)
+            r = await self._client.request(
+                method, url, content=body, headers=headers, timeout=timeout
+            )
         except httpx.HTTPError as e:
-            raise AgentUnreachable(f"{type(e).__name__}: {e}".rstrip(": "),
-                                   reached=not isinstance(e, httpx.ConnectError)) from e
-        return AgentReply(r.status_code, r.content, r.headers.get("content-type", "application/json"))
+            raise AgentUnreachable(
+                f"{type(e).__name__}: {e}".rstrip(": "),
+                reached=not isinstance(e, httpx.ConnectError),
+            ) from e
+        return AgentReply(
+            r.status_code, r.content, r.headers.get("content-type", "application/json")
+        )
 
     async def close(self) -> None:
         await self._client.aclose()

@@ -82,19 +82,24 @@ def docker_provisioner(settings: Any) -> DockerProvisioner | None:
         in_docker = _container_of(client)
         settings.in_docker = in_docker
         log.info("berth %s a container of this Docker engine", "is" if in_docker else "is not")
-    return DockerProvisioner(client, instance=settings.instance, network=settings.docker_network,
-                             in_docker=in_docker)
+    return DockerProvisioner(
+        client, instance=settings.instance, network=settings.docker_network, in_docker=in_docker
+    )
 
 
 class DockerProvisioner:
     runtime = "docker"
 
-    def __init__(self, client: Any, *, instance: str, network: str = "berth", in_docker: bool = False) -> None:
+    def __init__(
+        self, client: Any, *, instance: str, network: str = "berth", in_docker: bool = False
+    ) -> None:
         self.client = client
         self.instance = instance
         self.network = network
         self.in_docker = in_docker
-        self.exit_codes: dict[str, int | None] = {}  # ws id -> exit code of its last stopped container
+        self.exit_codes: dict[
+            str, int | None
+        ] = {}  # ws id -> exit code of its last stopped container
         self._callbacks: list[ExitCallback] = []
         self._lock = threading.Lock()
         self._current: dict[str, str] = {}  # ws id -> id of the container this berth started
@@ -124,11 +129,17 @@ class DockerProvisioner:
             if self._watcher is not None or self._closed.is_set():
                 return
             await asyncio.to_thread(self._open_events, None)
-            self._watcher = threading.Thread(target=self._follow, name="berth-docker-events", daemon=True)
+            self._watcher = threading.Thread(
+                target=self._follow, name="berth-docker-events", daemon=True
+            )
             self._watcher.start()
 
     def _open_events(self, since: int | None) -> None:
-        filters = {"type": "container", "event": ["die"], "label": [f"berth.instance={self.instance}"]}
+        filters = {
+            "type": "container",
+            "event": ["die"],
+            "label": [f"berth.instance={self.instance}"],
+        }
         self._events = self.client.api.events(decode=True, filters=filters, since=since)
 
     def _follow(self) -> None:
@@ -204,10 +215,17 @@ class DockerProvisioner:
         self._ensure_volume(vol, ws)
         for attempt in range(5):
             host_port = None if self.in_docker else free_port()
-            advertise = (f"http://{name}:{AGENT_PORT}" if self.in_docker
-                         else f"http://127.0.0.1:{host_port}")
-            env = {**ws.env, **identity, "BERTH_PORT": str(AGENT_PORT), "BERTH_STATE_DIR": STATE_MOUNT,
-                   "BERTH_ADVERTISE_URL": advertise, "PYTHONUNBUFFERED": "1"}
+            advertise = (
+                f"http://{name}:{AGENT_PORT}" if self.in_docker else f"http://127.0.0.1:{host_port}"
+            )
+            env = {
+                **ws.env,
+                **identity,
+                "BERTH_PORT": str(AGENT_PORT),
+                "BERTH_STATE_DIR": STATE_MOUNT,
+                "BERTH_ADVERTISE_URL": advertise,
+                "PYTHONUNBUFFERED": "1",
+            }
             if "BERTH_URL" in env and not self.in_docker:
                 env["BERTH_URL"] = _reachable_from_container(env["BERTH_URL"])
             kwargs = self._create_kwargs(ws, name, vol, env, host_port)
@@ -234,19 +252,33 @@ class DockerProvisioner:
         published = _published_port(container.attrs) or host_port
         url = f"http://127.0.0.1:{published}" if published else advertise
         log.info("started %s (%s) from %s, agent at %s", name, container.short_id, ws.image, url)
-        return RunInfo(url=url, container_id=container.id, state_dir=vol,
-                       extra={"container": name, "volume": vol, "port": published, "image": ws.image})
+        return RunInfo(
+            url=url,
+            container_id=container.id,
+            state_dir=vol,
+            extra={"container": name, "volume": vol, "port": published, "image": ws.image},
+        )
 
-    def _create_kwargs(self, ws: Workspace, name: str, vol: str, env: dict[str, str],
-                       host_port: int | None) -> dict[str, Any]:
+    def _create_kwargs(
+        self, ws: Workspace, name: str, vol: str, env: dict[str, str], host_port: int | None
+    ) -> dict[str, Any]:
         kwargs: dict[str, Any] = {
-            "name": name, "hostname": name, "detach": True, "init": True, "environment": env,
-            "labels": {"berth.workspace": ws.id, "berth.instance": self.instance,
-                       "berth.workspace.name": ws.name},
+            "name": name,
+            "hostname": name,
+            "detach": True,
+            "init": True,
+            "environment": env,
+            "labels": {
+                "berth.workspace": ws.id,
+                "berth.instance": self.instance,
+                "berth.workspace.name": ws.name,
+            },
             "ports": {f"{AGENT_PORT}/tcp": ("127.0.0.1", host_port)},
             "volumes": {vol: {"bind": STATE_MOUNT, "mode": "rw"}},
             "network": self.network,
-            "networking_config": {self.network: self.client.api.create_endpoint_config(aliases=[name])},
+            "networking_config": {
+                self.network: self.client.api.create_endpoint_config(aliases=[name])
+            },
             "restart_policy": {"Name": "no"},
         }
         if not self.in_docker:
@@ -275,12 +307,16 @@ class DockerProvisioner:
                 self._network_ready = False
                 self._ensure_network()
                 return self.client.containers.create(image, **kwargs)
-            raise RuntimeError(f"the engine refused to create {kwargs['name']}: {_explain(e)}") from e
+            raise RuntimeError(
+                f"the engine refused to create {kwargs['name']}: {_explain(e)}"
+            ) from e
         try:
             log.info("image %s is not on the engine; pulling it", image)
             self.client.images.pull(image)
         except docker.errors.APIError as e:
-            raise RuntimeError(f"image {image} is not on the engine and could not be pulled: {_explain(e)}") from e
+            raise RuntimeError(
+                f"image {image} is not on the engine and could not be pulled: {_explain(e)}"
+            ) from e
         return self.client.containers.create(image, **kwargs)
 
     def _ensure_network(self) -> None:
@@ -293,8 +329,12 @@ class DockerProvisioner:
                 net = self.client.networks.get(self.network)
             except docker.errors.NotFound:
                 try:
-                    net = self.client.networks.create(self.network, driver="bridge", check_duplicate=True,
-                                                      labels={"berth.managed": "true"})
+                    net = self.client.networks.create(
+                        self.network,
+                        driver="bridge",
+                        check_duplicate=True,
+                        labels={"berth.managed": "true"},
+                    )
                     log.info("created Docker network %s", self.network)
                 except docker.errors.APIError:  # created meanwhile by another berth
                     net = self.client.networks.get(self.network)
@@ -334,7 +374,9 @@ class DockerProvisioner:
         try:
             self.client.volumes.get(vol)
         except docker.errors.NotFound:
-            self.client.volumes.create(vol, labels={"berth.workspace": ws.id, "berth.instance": self.instance})
+            self.client.volumes.create(
+                vol, labels={"berth.workspace": ws.id, "berth.instance": self.instance}
+            )
 
     # stop -------------------------------------------------------------------
     async def stop(self, ws: Workspace, grace: float) -> None:
@@ -420,7 +462,9 @@ class DockerProvisioner:
         import docker.errors
 
         removed = []
-        for c in self.client.containers.list(all=True, filters={"label": f"berth.instance={self.instance}"}):
+        for c in self.client.containers.list(
+            all=True, filters={"label": f"berth.instance={self.instance}"}
+        ):
             ws_id = c.labels.get("berth.workspace", "")
             with self._lock:
                 if self._current.get(ws_id) == c.id:
@@ -509,7 +553,7 @@ def _reachable_from_container(url: str) -> str:
     hostport, slash, path = rest.partition("/")
     for host in _LOOPBACK_HOSTS:
         if hostport == host or hostport.startswith(host + ":"):
-            return f"{scheme}://{HOST_ALIAS}{hostport[len(host):]}{slash}{path}"
+            return f"{scheme}://{HOST_ALIAS}{hostport[len(host) :]}{slash}{path}"
     return url
 
 

@@ -65,7 +65,11 @@ class MemoryStore:
         return copy.deepcopy(ws)
 
     async def move_workspace(
-        self, ws_id: str, to: WorkspaceState, *, only_from: frozenset[WorkspaceState] | None = None,
+        self,
+        ws_id: str,
+        to: WorkspaceState,
+        *,
+        only_from: frozenset[WorkspaceState] | None = None,
         **fields: Any,
     ) -> Workspace | None:
         for k in fields:
@@ -107,14 +111,23 @@ class MemoryStore:
 
     def _of(self, workspace_id: str | None, status: DeliveryStatus | None = None) -> list[Delivery]:
         return sorted(
-            (d for d in self._d.values()
-             if (workspace_id is None or d.workspace_id == workspace_id)
-             and (status is None or d.status is status)),
+            (
+                d
+                for d in self._d.values()
+                if (workspace_id is None or d.workspace_id == workspace_id)
+                and (status is None or d.status is status)
+            ),
             key=lambda d: d.seq,
         )
 
     async def claim(
-        self, workspace_id: str, *, capacity: int | None, owner: str, lease_seconds: float, now: float,
+        self,
+        workspace_id: str,
+        *,
+        capacity: int | None,
+        owner: str,
+        lease_seconds: float,
+        now: float,
     ) -> list[Delivery]:
         room = None if capacity is None else capacity - len(self._of(workspace_id, D.IN_FLIGHT))
         if room is not None and room <= 0:
@@ -142,7 +155,9 @@ class MemoryStore:
                 n += 1
         return n
 
-    async def settle(self, delivery_id: str, owner: str, how: Settle, now: float) -> Delivery | None:
+    async def settle(
+        self, delivery_id: str, owner: str, how: Settle, now: float
+    ) -> Delivery | None:
         check_move(D.IN_FLIGHT, how.status)  # a wrong settle is a bug even when nothing matches
         d = self._d.get(delivery_id)
         if d is None or d.status is not D.IN_FLIGHT or d.lease_owner != owner:
@@ -179,8 +194,10 @@ class MemoryStore:
         if d is None:
             raise NotFound(f"no delivery {delivery_id!r}", code="delivery_not_found")
         if d.status is not D.QUEUED:
-            raise Conflict(f"only a queued delivery can be canceled; this one is {d.status.value}",
-                           code="not_cancelable")
+            raise Conflict(
+                f"only a queued delivery can be canceled; this one is {d.status.value}",
+                code="not_cancelable",
+            )
         d.status, d.reason, d.finished_at, d.updated_at = D.CANCELED, reason, now, now
         return copy.deepcopy(d)
 
@@ -198,8 +215,11 @@ class MemoryStore:
         if d is None:
             raise NotFound(f"no delivery {delivery_id!r}", code="delivery_not_found")
         if d.status not in (D.DEAD, D.CANCELED, D.EXPIRED):
-            raise Conflict(f"only a dead, canceled or expired delivery can be retried; this one is "
-                           f"{d.status.value}", code="not_retryable")
+            raise Conflict(
+                f"only a dead, canceled or expired delivery can be retried; this one is "
+                f"{d.status.value}",
+                code="not_retryable",
+            )
         d.status, d.attempts, d.reason, d.finished_at = D.QUEUED, 0, "retried by an operator", None
         d.not_before, d.updated_at, d.seq = 0.0, now, next(self._seq)
         return copy.deepcopy(d)
@@ -213,7 +233,10 @@ class MemoryStore:
         return out
 
     async def list_deliveries(
-        self, workspace_id: str, status: DeliveryStatus | None = None, limit: int = 100,
+        self,
+        workspace_id: str,
+        status: DeliveryStatus | None = None,
+        limit: int = 100,
     ) -> list[Delivery]:
         return [copy.deepcopy(d) for d in self._of(workspace_id, status)[-limit:]]
 
@@ -225,15 +248,20 @@ class MemoryStore:
 
     async def pending(self, workspace_id: str) -> tuple[int, int]:
         mine = self._of(workspace_id)
-        return (sum(d.status is DeliveryStatus.QUEUED for d in mine),
-                sum(d.status is DeliveryStatus.IN_FLIGHT for d in mine))
+        return (
+            sum(d.status is DeliveryStatus.QUEUED for d in mine),
+            sum(d.status is DeliveryStatus.IN_FLIGHT for d in mine),
+        )
 
     async def next_ready_at(self, workspace_id: str) -> float | None:
         return min((d.not_before for d in self._of(workspace_id, D.QUEUED)), default=None)
 
     async def prune_finished(self, before: float) -> int:
-        gone = [d for d in self._d.values()
-                if d.status in FINAL and d.finished_at is not None and d.finished_at < before]
+        gone = [
+            d
+            for d in self._d.values()
+            if d.status in FINAL and d.finished_at is not None and d.finished_at < before
+        ]
         for d in gone:
             del self._d[d.id]
             del self._by_key[(d.workspace_id, d.message_id)]
@@ -251,8 +279,12 @@ class MemoryStore:
 
     async def list_restarts(self, workspace_id: str, limit: int = 50) -> list[RestartRecord]:
         rs = [r for r in self._restarts.values() if r.workspace_id == workspace_id]
-        return [copy.deepcopy(r) for r in sorted(rs, key=lambda r: r.created_at, reverse=True)[:limit]]
+        return [
+            copy.deepcopy(r) for r in sorted(rs, key=lambda r: r.created_at, reverse=True)[:limit]
+        ]
 
     async def active_restart(self, workspace_id: str) -> RestartRecord | None:
-        rs = [r for r in self._restarts.values() if r.workspace_id == workspace_id and not r.finished]
+        rs = [
+            r for r in self._restarts.values() if r.workspace_id == workspace_id and not r.finished
+        ]
         return copy.deepcopy(max(rs, key=lambda r: r.created_at)) if rs else None

@@ -55,14 +55,25 @@ class ProcessProvisioner:
         state = self.state_dir(ws)
         state.mkdir(parents=True, exist_ok=True)
         port = free_port()
-        env = {**_inherited(), **ws.env, **identity, "BERTH_PORT": str(port), "BERTH_STATE_DIR": str(state),
-               "PYTHONUNBUFFERED": "1"}
+        env = {
+            **_inherited(),
+            **ws.env,
+            **identity,
+            "BERTH_PORT": str(port),
+            "BERTH_STATE_DIR": str(state),
+            "PYTHONUNBUFFERED": "1",
+        }
         logf = open(self.log_path(ws), "ab", buffering=0)  # noqa: SIM115 - handed to the child
         try:
             logf.write(f"--- berth: starting {' '.join(ws.command)} on port {port}\n".encode())
             proc = await asyncio.create_subprocess_exec(
-                *ws.command, env=env, cwd=str(state), stdin=asyncio.subprocess.DEVNULL,
-                stdout=logf, stderr=logf, start_new_session=True,
+                *ws.command,
+                env=env,
+                cwd=str(state),
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=logf,
+                stderr=logf,
+                start_new_session=True,
             )
         finally:
             logf.close()

@@ -60,8 +60,12 @@ def _client(url: str, *, name: str, timeout: float, retries: int) -> Redis:
     `name` shows in CLIENT LIST, so an operator can tell berth's connections apart."""
     backoff = ExponentialBackoff(cap=0.1, base=0.01) if retries else NoBackoff()
     return Redis.from_url(
-        url, socket_connect_timeout=timeout, socket_timeout=timeout,
-        retry=Retry(backoff, retries), health_check_interval=0, client_name=name,
+        url,
+        socket_connect_timeout=timeout,
+        socket_timeout=timeout,
+        retry=Retry(backoff, retries),
+        health_check_interval=0,
+        client_name=name,
     )
 
 
@@ -71,7 +75,12 @@ def _ms(ttl: float) -> int:
 
 class RedisCache:
     def __init__(
-        self, url: str, *, prefix: str = DEFAULT_PREFIX, timeout: float = 1.0, name: str = "berth",
+        self,
+        url: str,
+        *,
+        prefix: str = DEFAULT_PREFIX,
+        timeout: float = 1.0,
+        name: str = "berth",
     ) -> None:
         self._r = _client(url, name=f"{name}-cache", timeout=timeout, retries=1)
         self._prefix = prefix + "cache:"
@@ -110,7 +119,12 @@ class RedisLocks:
     """SET NX PX with a random token; refresh and release only by the token's holder."""
 
     def __init__(
-        self, url: str, *, prefix: str = DEFAULT_PREFIX, timeout: float = 2.0, name: str = "berth",
+        self,
+        url: str,
+        *,
+        prefix: str = DEFAULT_PREFIX,
+        timeout: float = 2.0,
+        name: str = "berth",
     ) -> None:
         self._r = _client(url, name=f"{name}-locks", timeout=timeout, retries=1)
         self._prefix = prefix + "lock:"
@@ -179,8 +193,14 @@ class RedisBus:
     """Topics are matched exactly, or by prefix when the subscription ends with '*'."""
 
     def __init__(
-        self, url: str, *, prefix: str = DEFAULT_PREFIX, timeout: float = 2.0,
-        ready_wait: float = 3.0, max_backoff: float = 2.0, name: str = "berth",
+        self,
+        url: str,
+        *,
+        prefix: str = DEFAULT_PREFIX,
+        timeout: float = 2.0,
+        ready_wait: float = 3.0,
+        max_backoff: float = 2.0,
+        name: str = "berth",
     ) -> None:
         self._pub = _client(url, name=f"{name}-pub", timeout=timeout, retries=1)
         # the listener handles its own reconnects, so its client never retries by itself
@@ -224,8 +244,9 @@ class RedisBus:
         try:
             await asyncio.wait_for(self._ready.wait(), self._ready_wait)
         except asyncio.TimeoutError:
-            log.warning("redis bus not connected after %.1fs; retrying in the background",
-                        self._ready_wait)
+            log.warning(
+                "redis bus not connected after %.1fs; retrying in the background", self._ready_wait
+            )
 
     @property
     def ready(self) -> bool:
@@ -300,7 +321,7 @@ class RedisBus:
             await asyncio.sleep(delay * (0.5 + secrets.randbelow(1000) / 1000))
 
     def _deliver(self, channel: bytes, data: bytes) -> None:
-        topic = channel.decode()[len(self._channel):]
+        topic = channel.decode()[len(self._channel) :]
         subs = [s for s in self._subs if _matches(s.topics, topic)]
         if not subs:
             return

@@ -27,7 +27,9 @@ class TooLarge(Exception):
 async def _authorize(c: Container, request: Request) -> None:
     token = bearer(request)
     if token is None:
-        raise Unauthorized("the admin token or a workspace token is required (Authorization: Bearer …)")
+        raise Unauthorized(
+            "the admin token or a workspace token is required (Authorization: Bearer …)"
+        )
     if hmac.compare_digest(token.encode(), c.admin_token.encode()):
         return
     if await c.store.workspace_by_token(hash_token(token)) is None:
@@ -47,10 +49,21 @@ async def _body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def _rpc_error(status: int, code: int, message: str, *, rid: Any = None, data: dict[str, Any] | None = None,
-               headers: dict[str, str] | None = None) -> Response:
-    return Response(error_reply(rid, code, message, data), status_code=status, media_type="application/json",
-                    headers=headers)
+def _rpc_error(
+    status: int,
+    code: int,
+    message: str,
+    *,
+    rid: Any = None,
+    data: dict[str, Any] | None = None,
+    headers: dict[str, str] | None = None,
+) -> Response:
+    return Response(
+        error_reply(rid, code, message, data),
+        status_code=status,
+        media_type="application/json",
+        headers=headers,
+    )
 
 
 def _request_id(raw: bytes) -> Any:
@@ -77,7 +90,9 @@ async def a2a_endpoint(request: Request) -> Response:
     try:
         raw = await _body(request, c.settings.max_body_bytes)
     except TooLarge:
-        return _rpc_error(413, -32600, f"request body over the limit of {c.settings.max_body_bytes} bytes")
+        return _rpc_error(
+            413, -32600, f"request body over the limit of {c.settings.max_body_bytes} bytes"
+        )
     headers = {k: v for k, v in request.headers.items()}
     try:
         reply = await c.proxy.handle(ws, raw, headers)
@@ -87,9 +102,15 @@ async def a2a_endpoint(request: Request) -> Response:
             out.headers["retry-after"] = "5"
         return out
     if reply.stream is not None:
-        return StreamingResponse(reply.stream, status_code=reply.status, media_type="text/event-stream",
-                                 headers={**reply.headers, "cache-control": "no-cache", "x-accel-buffering": "no"})
-    return Response(reply.body, status_code=reply.status, media_type=reply.content_type, headers=reply.headers)
+        return StreamingResponse(
+            reply.stream,
+            status_code=reply.status,
+            media_type="text/event-stream",
+            headers={**reply.headers, "cache-control": "no-cache", "x-accel-buffering": "no"},
+        )
+    return Response(
+        reply.body, status_code=reply.status, media_type=reply.content_type, headers=reply.headers
+    )
 
 
 async def agent_card_endpoint(request: Request) -> Response:
@@ -102,7 +123,14 @@ async def agent_card_endpoint(request: Request) -> Response:
     proxy_url = str(request.url_for("a2a", ref=request.path_params["ref"]))
     card = c.proxy.agent_card(ws, proxy_url)
     if card is None:
-        return JSONResponse({"error": {"code": "no_agent_card",
-                                       "message": f"workspace {ws.name} has not registered an agent card yet"}},
-                            status_code=503, headers={"retry-after": "5"})
+        return JSONResponse(
+            {
+                "error": {
+                    "code": "no_agent_card",
+                    "message": f"workspace {ws.name} has not registered an agent card yet",
+                }
+            },
+            status_code=503,
+            headers={"retry-after": "5"},
+        )
     return JSONResponse(card)

@@ -37,17 +37,25 @@ def create_app(settings: Settings | None = None, container: Container | None = N
             app.state.ready = False
             await c.stop()
 
-    app = FastAPI(title="berth", version=__version__, lifespan=lifespan,
-                  description="A control plane for A2A agent workspaces that never loses a message.")
+    app = FastAPI(
+        title="berth",
+        version=__version__,
+        lifespan=lifespan,
+        description="A control plane for A2A agent workspaces that never loses a message.",
+    )
     app.state.berth = c
     app.state.ready = False
     errors.install(app)
     app.include_router(management.router)
     app.include_router(agents.router)
     for path in ("/v1/workspaces/{ref}/a2a", "/v1/workspaces/{ref}/a2a/"):
-        app.router.routes.append(Route(path, a2a_endpoint, methods=["POST"], name="a2a" if path[-1] == "a" else None))
-    for path in ("/v1/workspaces/{ref}/.well-known/agent-card.json",
-                 "/v1/workspaces/{ref}/a2a/.well-known/agent-card.json"):
+        app.router.routes.append(
+            Route(path, a2a_endpoint, methods=["POST"], name="a2a" if path[-1] == "a" else None)
+        )
+    for path in (
+        "/v1/workspaces/{ref}/.well-known/agent-card.json",
+        "/v1/workspaces/{ref}/a2a/.well-known/agent-card.json",
+    ):
         app.router.routes.append(Route(path, agent_card_endpoint, methods=["GET"]))
 
     @app.get("/healthz", include_in_schema=False)

@@ -59,11 +59,26 @@ async def json_body(request: Request) -> Any:
         raise InvalidInput("the body is not valid JSON", code="invalid_json", status=400) from None
 
 
-_CREATE_DOC = {"requestBody": {"required": True, "content": {"application/json": {
-    "schema": WorkspaceCreate.model_json_schema(ref_template="#/components/schemas/{model}")}}}}
+_CREATE_DOC = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": WorkspaceCreate.model_json_schema(
+                    ref_template="#/components/schemas/{model}"
+                )
+            }
+        },
+    }
+}
 
 
-@router.post("/workspaces", status_code=201, summary="Create and start a workspace", openapi_extra=_CREATE_DOC)
+@router.post(
+    "/workspaces",
+    status_code=201,
+    summary="Create and start a workspace",
+    openapi_extra=_CREATE_DOC,
+)
 async def create_workspace(request: Request, c: Container = Depends(berth)) -> JSONResponse:
     ws, token = await c.workspaces.create(await json_body(request))
     out = ws.public(*await c.store.pending(ws.id))
@@ -85,18 +100,26 @@ async def remove_workspace(ref: str, c: Container = Depends(berth)) -> dict[str,
     return await c.workspaces.remove(ref)
 
 
-@router.post("/workspaces/{ref}/restart", status_code=202, summary="Restart with drain (joined if running)")
-async def restart_workspace(ref: str, request: Request, c: Container = Depends(berth)) -> JSONResponse:
+@router.post(
+    "/workspaces/{ref}/restart", status_code=202, summary="Restart with drain (joined if running)"
+)
+async def restart_workspace(
+    ref: str, request: Request, c: Container = Depends(berth)
+) -> JSONResponse:
     try:
         body = RestartRequest.model_validate(await json_body(request))
     except ValueError as e:
         raise InvalidInput(f"restart body: {_first_error(e)}") from None
-    record, joined = await c.workspaces.restart(ref, reason=body.reason, drain_seconds=body.drain_seconds)
+    record, joined = await c.workspaces.restart(
+        ref, reason=body.reason, drain_seconds=body.drain_seconds
+    )
     return JSONResponse({**record.public(), "joined": joined}, status_code=202)
 
 
 @router.get("/workspaces/{ref}/restarts", summary="Restart records, newest first")
-async def list_restarts(ref: str, limit: int = Query(50, ge=1, le=500), c: Container = Depends(berth)) -> dict[str, Any]:
+async def list_restarts(
+    ref: str, limit: int = Query(50, ge=1, le=500), c: Container = Depends(berth)
+) -> dict[str, Any]:
     ws = await c.workspaces.get(ref)
     return {"restarts": [r.public() for r in await c.store.list_restarts(ws.id, limit)]}
 
@@ -119,15 +142,23 @@ async def resume_workspace(ref: str, c: Container = Depends(berth)) -> dict[str,
 
 @router.get("/workspaces/{ref}/deliveries", summary="The workspace's delivery log")
 async def list_deliveries(
-    ref: str, status: DeliveryStatus | None = None, limit: int = Query(100, ge=1, le=1000),
+    ref: str,
+    status: DeliveryStatus | None = None,
+    limit: int = Query(100, ge=1, le=1000),
     c: Container = Depends(berth),
 ) -> dict[str, Any]:
     ws = await c.workspaces.get(ref)
     return {"deliveries": [d.public() for d in await c.store.list_deliveries(ws.id, status, limit)]}
 
 
-@router.get("/workspaces/{ref}/logs", summary="The tail of the workspace's log", response_class=PlainTextResponse)
-async def workspace_logs(ref: str, tail: int = Query(200, ge=1, le=100000), c: Container = Depends(berth)) -> PlainTextResponse:
+@router.get(
+    "/workspaces/{ref}/logs",
+    summary="The tail of the workspace's log",
+    response_class=PlainTextResponse,
+)
+async def workspace_logs(
+    ref: str, tail: int = Query(200, ge=1, le=100000), c: Container = Depends(berth)
+) -> PlainTextResponse:
     ws = await c.workspaces.get(ref)
     p = c.runner.provisioner(ws)
     text = "" if p is None else await p.logs(ws, tail)
@@ -139,14 +170,18 @@ async def show_delivery(delivery_id: str, c: Container = Depends(berth)) -> dict
     return (await c.store.get_delivery(delivery_id)).public()
 
 
-@router.post("/deliveries/{delivery_id}/retry", summary="Queue a dead, canceled or expired delivery again")
+@router.post(
+    "/deliveries/{delivery_id}/retry", summary="Queue a dead, canceled or expired delivery again"
+)
 async def retry_delivery(delivery_id: str, c: Container = Depends(berth)) -> dict[str, Any]:
     d = await c.store.retry(delivery_id, time.time())
     c.dispatcher.wake(d.workspace_id)
     return d.public()
 
 
-@router.post("/deliveries/{delivery_id}/cancel", summary="Cancel a delivery still waiting in the queue")
+@router.post(
+    "/deliveries/{delivery_id}/cancel", summary="Cancel a delivery still waiting in the queue"
+)
 async def cancel_delivery(delivery_id: str, c: Container = Depends(berth)) -> dict[str, Any]:
     d = await c.store.cancel(delivery_id, time.time(), "canceled by an operator")
     await c.dispatcher.finished(d)
@@ -154,7 +189,9 @@ async def cancel_delivery(delivery_id: str, c: Container = Depends(berth)) -> di
 
 
 @router.get("/events", summary="Server-sent events: workspace and delivery lifecycle")
-async def events(request: Request, workspace: str | None = None, c: Container = Depends(berth)) -> StreamingResponse:
+async def events(
+    request: Request, workspace: str | None = None, c: Container = Depends(berth)
+) -> StreamingResponse:
     ws_id = (await c.workspaces.get(workspace)).id if workspace else None
     sub = c.bus.subscribe(EVENT_TOPIC + "*")
 
@@ -169,14 +206,17 @@ async def events(request: Request, workspace: str | None = None, c: Container = 
                     continue
                 if ws_id and payload.get("workspace_id") != ws_id:
                     continue
-                kind = topic[len(EVENT_TOPIC):]
+                kind = topic[len(EVENT_TOPIC) :]
                 yield f"event: {kind}\ndata: {json.dumps(payload)}\n\n".encode()
         finally:
             with contextlib.suppress(Exception):
                 await sub.aclose()
 
-    return StreamingResponse(stream(), media_type="text/event-stream",
-                             headers={"cache-control": "no-cache", "x-accel-buffering": "no"})
+    return StreamingResponse(
+        stream(),
+        media_type="text/event-stream",
+        headers={"cache-control": "no-cache", "x-accel-buffering": "no"},
+    )
 
 
 def _first_error(e: Exception) -> str:

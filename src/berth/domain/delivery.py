@@ -88,8 +88,12 @@ class DeliveryPolicy:
         if outcome is Outcome.DRAINING or (outcome is Outcome.TRANSPORT and planned):
             return Verdict(D.QUEUED, count_attempt=False, reason="deferred: workspace restarting")
         if outcome is Outcome.UNREACHED:  # not the message's fault: never an attempt, never poison
-            return Verdict(D.QUEUED, count_attempt=False, retry_in=UNREACHED_RETRY,
-                           reason="deferred: agent not reachable")
+            return Verdict(
+                D.QUEUED,
+                count_attempt=False,
+                retry_in=UNREACHED_RETRY,
+                reason="deferred: agent not reachable",
+            )
         if outcome is Outcome.REJECTED:
             return Verdict(D.DEAD, count_attempt=True, reason="agent rejected the message")
         counted = attempts + 1

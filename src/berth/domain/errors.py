@@ -1,13 +1,13 @@
 """The domain's own exception tree; the API edge maps each to an HTTP status and code.
 
-    BerthError
-    ├── NotFound              (404 not_found)
-    ├── Conflict              (409 conflict)
-    │   └── IllegalTransition (409 illegal_transition)
-    ├── InvalidInput          (400/422 invalid_input)
-    ├── Unauthorized          (401 unauthorized) / Forbidden (403 forbidden)
-    └── Unavailable           (503 unavailable)
-        └── LocksUnavailable  (503 locks_unavailable): the shared lock service is unreachable
+BerthError
+├── NotFound              (404 not_found)
+├── Conflict              (409 conflict)
+│   └── IllegalTransition (409 illegal_transition)
+├── InvalidInput          (400/422 invalid_input)
+├── Unauthorized          (401 unauthorized) / Forbidden (403 forbidden)
+└── Unavailable           (503 unavailable)
+    └── LocksUnavailable  (503 locks_unavailable): the shared lock service is unreachable
 """
 
 from __future__ import annotations

@@ -36,8 +36,13 @@ class PhaseTiming:
 
     def public(self) -> dict[str, Any]:
         dur = None if self.ended_at is None else round(self.ended_at - self.started_at, 4)
-        return {"phase": self.phase.value, "started_at": self.started_at,
-                "ended_at": self.ended_at, "seconds": dur, "detail": self.detail}
+        return {
+            "phase": self.phase.value,
+            "started_at": self.started_at,
+            "ended_at": self.ended_at,
+            "seconds": dur,
+            "detail": self.detail,
+        }
 
 
 @dataclass
@@ -71,5 +76,7 @@ class RestartRecord:
             "error": self.error,
             "created_at": self.created_at,
             "finished_at": self.finished_at,
-            "seconds": None if self.finished_at is None else round(self.finished_at - self.created_at, 4),
+            "seconds": None
+            if self.finished_at is None
+            else round(self.finished_at - self.created_at, 4),
         }

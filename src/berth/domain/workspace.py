@@ -64,7 +64,9 @@ class Workspace:
     def short_id(self) -> str:
         return self.id[:12]
 
-    def public(self, queue_depth: int | None = None, in_flight: int | None = None) -> dict[str, Any]:
+    def public(
+        self, queue_depth: int | None = None, in_flight: int | None = None
+    ) -> dict[str, Any]:
         out: dict[str, Any] = {
             "id": self.id,
             "name": self.name,
@@ -104,7 +106,9 @@ def validate_spec(body: dict[str, Any]) -> dict[str, Any]:
         raise InvalidInput("the body must be a JSON object")
     name = body.get("name")
     if not isinstance(name, str) or not NAME_RE.match(name):
-        raise InvalidInput("name: 1-63 lowercase letters, digits or '-', not starting or ending with '-'")
+        raise InvalidInput(
+            "name: 1-63 lowercase letters, digits or '-', not starting or ending with '-'"
+        )
     try:
         runtime = Runtime(body.get("runtime", "process"))
     except ValueError:
@@ -112,19 +116,27 @@ def validate_spec(body: dict[str, Any]) -> dict[str, Any]:
     command = body.get("command")
     if runtime is Runtime.PROCESS:
         if not (isinstance(command, list) and command and all(isinstance(c, str) for c in command)):
-            raise InvalidInput("command: a non-empty list of strings is required for runtime process")
-    elif command is not None and not (isinstance(command, list) and all(isinstance(c, str) for c in command)):
+            raise InvalidInput(
+                "command: a non-empty list of strings is required for runtime process"
+            )
+    elif command is not None and not (
+        isinstance(command, list) and all(isinstance(c, str) for c in command)
+    ):
         raise InvalidInput("command: a list of strings")
     image = body.get("image")
     if runtime is Runtime.DOCKER and not (isinstance(image, str) and image):
         raise InvalidInput("image: required for runtime docker")
     url = body.get("url")
-    if runtime is Runtime.EXTERNAL and url is not None and not (
-        isinstance(url, str) and url.startswith(("http://", "https://"))
+    if (
+        runtime is Runtime.EXTERNAL
+        and url is not None
+        and not (isinstance(url, str) and url.startswith(("http://", "https://")))
     ):
         raise InvalidInput("url: an http(s) URL")
     env = body.get("env", {}) or {}
-    if not isinstance(env, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in env.items()):
+    if not isinstance(env, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in env.items()
+    ):
         raise InvalidInput("env: an object of string values")
     if any(k.startswith("BERTH_") and k not in _USER_BERTH_ENV for k in env):
         raise InvalidInput("env: BERTH_* variables are set by berth")
@@ -143,14 +155,30 @@ def validate_spec(body: dict[str, Any]) -> dict[str, Any]:
     if unknown:
         raise InvalidInput(f"unknown field(s): {', '.join(sorted(unknown))}")
     return {
-        "name": name, "runtime": runtime, "command": command, "image": image, "url": url,
-        "env": env, "max_concurrency": mc, "drain_seconds": float(ds),
-        "restart_policy": policy, "limits": limits,
+        "name": name,
+        "runtime": runtime,
+        "command": command,
+        "image": image,
+        "url": url,
+        "env": env,
+        "max_concurrency": mc,
+        "drain_seconds": float(ds),
+        "restart_policy": policy,
+        "limits": limits,
     }
 
 
 _USER_BERTH_ENV = {"BERTH_DRAIN_SECONDS", "BERTH_MAX_CONCURRENCY"}
 _SPEC_KEYS = {
-    "name", "runtime", "command", "image", "url", "env", "max_concurrency",
-    "drain_seconds", "restart_policy", "memory", "cpus",
+    "name",
+    "runtime",
+    "command",
+    "image",
+    "url",
+    "env",
+    "max_concurrency",
+    "drain_seconds",
+    "restart_policy",
+    "memory",
+    "cpus",
 }

@@ -58,10 +58,14 @@ class EchoExecutor(AgentExecutor):
         as_task, seconds = _options(text)
         updater = TaskUpdater(event_queue, context.task_id or "", context.context_id or "")
         if as_task:
-            await event_queue.enqueue_event(Task(
-                id=context.task_id, context_id=context.context_id,
-                status=TaskStatus(state=TaskState.TASK_STATE_WORKING),
-                history=[context.message] if context.message else []))
+            await event_queue.enqueue_event(
+                Task(
+                    id=context.task_id,
+                    context_id=context.context_id,
+                    status=TaskStatus(state=TaskState.TASK_STATE_WORKING),
+                    history=[context.message] if context.message else [],
+                )
+            )
         for _ in range(max(0, round(seconds * 10))):
             async with tool_gate():
                 await asyncio.sleep(0.1)
@@ -69,14 +73,20 @@ class EchoExecutor(AgentExecutor):
             await updater.add_artifact([Part(text=f"echo: {text}")], name="echo")
             await updater.complete(updater.new_agent_message([Part(text=f"echo: {text}")]))
         else:
-            reply = new_text_message(f"echo: {text}", context_id=context.context_id, role=Role.ROLE_AGENT)
+            reply = new_text_message(
+                f"echo: {text}", context_id=context.context_id, role=Role.ROLE_AGENT
+            )
             await event_queue.enqueue_event(reply)
         self._record("done", mid)
 
     async def cancel(self, context: RequestContext, event_queue: EventQueue) -> None:
         """Cancel a running task: a2a-sdk then cancels the execution itself."""
         task = context.current_task
-        mid = task.history[0].message_id if task is not None and task.history else (context.task_id or "?")
+        mid = (
+            task.history[0].message_id
+            if task is not None and task.history
+            else (context.task_id or "?")
+        )
         self._record("cancel", mid)
         await TaskUpdater(event_queue, context.task_id or "", context.context_id or "").cancel()
 
@@ -89,7 +99,7 @@ def _options(text: str) -> tuple[bool, float]:
             as_task = True
         elif word.startswith("sleep:"):
             try:
-                seconds = float(word[len("sleep:"):])
+                seconds = float(word[len("sleep:") :])
             except ValueError:
                 seconds = 0.0
         else:
@@ -99,13 +109,20 @@ def _options(text: str) -> tuple[bool, float]:
 
 def card(url: str) -> AgentCard:
     return AgentCard(
-        name="echo", description="Replies echo: <text>; 'sleep:<s> ...' works that long first.",
-        version="1.0.0", default_input_modes=["text/plain"], default_output_modes=["text/plain"],
+        name="echo",
+        description="Replies echo: <text>; 'sleep:<s> ...' works that long first.",
+        version="1.0.0",
+        default_input_modes=["text/plain"],
+        default_output_modes=["text/plain"],
         capabilities=AgentCapabilities(streaming=True),
         # one endpoint, both vocabularies (the SDK serves v0.3 through a2a-sdk's compat layer)
-        supported_interfaces=[AgentInterface(url=url, protocol_binding="JSONRPC", protocol_version="1.0"),
-                              AgentInterface(url=url, protocol_binding="JSONRPC", protocol_version="0.3")],
-        skills=[AgentSkill(id="echo", name="echo", description="echo the text back", tags=["echo"])],
+        supported_interfaces=[
+            AgentInterface(url=url, protocol_binding="JSONRPC", protocol_version="1.0"),
+            AgentInterface(url=url, protocol_binding="JSONRPC", protocol_version="0.3"),
+        ],
+        skills=[
+            AgentSkill(id="echo", name="echo", description="echo the text back", tags=["echo"])
+        ],
     )
 
 

@@ -21,19 +21,27 @@ __all__ = ["Dedupe"]
 class Dedupe:
     def __init__(self, state_dir: Path) -> None:
         state_dir.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(state_dir / "dedupe.sqlite", check_same_thread=False, isolation_level=None)
+        self._db = sqlite3.connect(
+            state_dir / "dedupe.sqlite", check_same_thread=False, isolation_level=None
+        )
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute("CREATE TABLE IF NOT EXISTS results (message_id TEXT PRIMARY KEY, kind TEXT NOT NULL, "
-                         "body BLOB NOT NULL, at REAL NOT NULL)")
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS results (message_id TEXT PRIMARY KEY, kind TEXT NOT NULL, "
+            "body BLOB NOT NULL, at REAL NOT NULL)"
+        )
         # Which task each message's execution runs as, and whether it ended: a row that never
         # ended is an execution a stop cut short (see server._Counted).
-        self._db.execute("CREATE TABLE IF NOT EXISTS executions (message_id TEXT PRIMARY KEY, "
-                         "task_id TEXT NOT NULL, started REAL NOT NULL, ended REAL)")
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS executions (message_id TEXT PRIMARY KEY, "
+            "task_id TEXT NOT NULL, started REAL NOT NULL, ended REAL)"
+        )
         self._running: dict[str, asyncio.Future[tuple[str, bytes] | None]] = {}
 
     def lookup(self, message_id: str) -> tuple[str, bytes] | None:
-        row = self._db.execute("SELECT kind, body FROM results WHERE message_id = ?", (message_id,)).fetchone()
+        row = self._db.execute(
+            "SELECT kind, body FROM results WHERE message_id = ?", (message_id,)
+        ).fetchone()
         return None if row is None else (row[0], bytes(row[1]))
 
     def running(self, message_id: str) -> asyncio.Future[tuple[str, bytes] | None] | None:
@@ -48,29 +56,40 @@ class Dedupe:
         Synchronous (a WAL commit without fsync, well under a millisecond) so that it also
         completes in the `finally` of a stream whose caller hung up."""
         if body is not None:
-            self._db.execute("INSERT OR REPLACE INTO results VALUES (?, ?, ?, ?)",
-                             (message_id, kind, body, time.time()))
+            self._db.execute(
+                "INSERT OR REPLACE INTO results VALUES (?, ?, ?, ?)",
+                (message_id, kind, body, time.time()),
+            )
         fut = self._running.pop(message_id, None)
         if fut is not None and not fut.done():
             fut.set_result(None if body is None else (kind, body))
 
     def cut_execution(self, message_id: str) -> str | None:
         """The task id of this message's earlier execution, if it started and never ended."""
-        row = self._db.execute("SELECT task_id FROM executions WHERE message_id = ? AND ended IS NULL",
-                               (message_id,)).fetchone()
+        row = self._db.execute(
+            "SELECT task_id FROM executions WHERE message_id = ? AND ended IS NULL", (message_id,)
+        ).fetchone()
         return None if row is None else str(row[0])
 
     def cut_executions(self) -> list[tuple[str, str]]:
         """(messageId, task id) of every execution that started and never ended."""
-        return [(r[0], r[1]) for r in self._db.execute(
-            "SELECT message_id, task_id FROM executions WHERE ended IS NULL ORDER BY started")]
+        return [
+            (r[0], r[1])
+            for r in self._db.execute(
+                "SELECT message_id, task_id FROM executions WHERE ended IS NULL ORDER BY started"
+            )
+        ]
 
     def started(self, message_id: str, task_id: str) -> None:
-        self._db.execute("INSERT OR REPLACE INTO executions VALUES (?, ?, ?, NULL)",
-                         (message_id, task_id, time.time()))
+        self._db.execute(
+            "INSERT OR REPLACE INTO executions VALUES (?, ?, ?, NULL)",
+            (message_id, task_id, time.time()),
+        )
 
     def ended(self, message_id: str) -> None:
-        self._db.execute("UPDATE executions SET ended = ? WHERE message_id = ?", (time.time(), message_id))
+        self._db.execute(
+            "UPDATE executions SET ended = ? WHERE message_id = ?", (time.time(), message_id)
+        )
 
     def prune(self, older_than: float) -> None:
         cutoff = time.time() - older_than

@@ -38,8 +38,12 @@ class DrainReport:
     unfinished: list[str] = field(default_factory=list)
 
     def public(self) -> dict[str, Any]:
-        return {"drained": self.drained, "in_flight": self.in_flight, "completed": self.completed,
-                "unfinished": self.unfinished}
+        return {
+            "drained": self.drained,
+            "in_flight": self.in_flight,
+            "completed": self.completed,
+            "unfinished": self.unfinished,
+        }
 
 
 class Drain:
@@ -133,10 +137,10 @@ async def tool_gate() -> AsyncIterator[None]:
 
 def tool(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
     """Decorator form of `tool_gate` for async tool functions."""
+
     @wraps(fn)
     async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         async with tool_gate():
             return await fn(*args, **kwargs)
 
     return wrapper
-

@@ -34,8 +34,10 @@ class Identity:
         p = int(env.get("BERTH_PORT") or port or 8000)
         mc = env.get("BERTH_MAX_CONCURRENCY")
         return cls(
-            berth_url=env.get("BERTH_URL") or None, workspace_id=env.get("BERTH_WORKSPACE_ID"),
-            token=env.get("BERTH_WORKSPACE_TOKEN"), port=p,
+            berth_url=env.get("BERTH_URL") or None,
+            workspace_id=env.get("BERTH_WORKSPACE_ID"),
+            token=env.get("BERTH_WORKSPACE_TOKEN"),
+            port=p,
             state_dir=Path(env.get("BERTH_STATE_DIR") or ".berth-state"),
             drain_seconds=float(env.get("BERTH_DRAIN_SECONDS") or drain_seconds or 30),
             advertise_url=env.get("BERTH_ADVERTISE_URL") or f"http://127.0.0.1:{p}",
@@ -46,7 +48,9 @@ class Identity:
 class Platform:
     """Registers once the server listens, then heartbeats; never crashes the agent."""
 
-    def __init__(self, ident: Identity, drain: Drain, card: dict[str, Any], capabilities: dict[str, Any]) -> None:
+    def __init__(
+        self, ident: Identity, drain: Drain, card: dict[str, Any], capabilities: dict[str, Any]
+    ) -> None:
         self.ident = ident
         self._drain = drain
         self._card = card
@@ -58,15 +62,24 @@ class Platform:
         if not self.ident.berth_url:
             return
         headers = {"authorization": f"Bearer {self.ident.token}"}
-        async with httpx.AsyncClient(base_url=self.ident.berth_url, headers=headers, timeout=10) as c:
+        async with httpx.AsyncClient(
+            base_url=self.ident.berth_url, headers=headers, timeout=10
+        ) as c:
             await self._register(c)
             while True:
                 await asyncio.sleep(self.heartbeat_seconds)
                 try:
-                    r = await c.post("/v1/agents/heartbeat", json={
-                        "active_tasks": len(self._drain.in_flight), "draining": self._drain.draining,
-                        "in_flight": self._drain.in_flight})
-                    if r.status_code in (404, 409) or (r.status_code == 200 and r.json().get("reregister")):
+                    r = await c.post(
+                        "/v1/agents/heartbeat",
+                        json={
+                            "active_tasks": len(self._drain.in_flight),
+                            "draining": self._drain.draining,
+                            "in_flight": self._drain.in_flight,
+                        },
+                    )
+                    if r.status_code in (404, 409) or (
+                        r.status_code == 200 and r.json().get("reregister")
+                    ):
                         await self._register(c)
                     elif r.status_code == 401:
                         log.warning("berth refused this agent's token (a newer run replaced it)")
@@ -74,8 +87,11 @@ class Platform:
                     log.info("heartbeat failed: %s", e)
 
     async def _register(self, c: httpx.AsyncClient) -> None:
-        body: dict[str, Any] = {"url": self.ident.advertise_url, "agent_card": self._card,
-                                "capabilities": self._caps}
+        body: dict[str, Any] = {
+            "url": self.ident.advertise_url,
+            "agent_card": self._card,
+            "capabilities": self._caps,
+        }
         if self.ident.max_concurrency:
             body["max_concurrency"] = self.ident.max_concurrency
         delay = 0.1

@@ -14,7 +14,14 @@ from __future__ import annotations
 import json
 from typing import Any
 
-__all__ = ["SEND_METHODS", "STREAM_METHODS", "draining_error", "is_draining_error", "rpc_result", "rpc_error"]
+__all__ = [
+    "SEND_METHODS",
+    "STREAM_METHODS",
+    "draining_error",
+    "is_draining_error",
+    "rpc_result",
+    "rpc_error",
+]
 
 SEND_METHODS = frozenset({"message/send", "SendMessage"})
 STREAM_METHODS = frozenset({"message/stream", "SendStreamingMessage"})
@@ -22,8 +29,12 @@ RETRY_AFTER = "5"
 
 
 def draining_error(request_id: Any) -> bytes:
-    return rpc_error(request_id, -32603, "agent is draining for a restart; send again after it",
-                     {"reason": "DRAINING", "retryAfterSeconds": RETRY_AFTER})
+    return rpc_error(
+        request_id,
+        -32603,
+        "agent is draining for a restart; send again after it",
+        {"reason": "DRAINING", "retryAfterSeconds": RETRY_AFTER},
+    )
 
 
 def is_draining_error(error: Any) -> bool:
@@ -31,8 +42,13 @@ def is_draining_error(error: Any) -> bool:
         return False
     data = error.get("data")
     for item in data if isinstance(data, list) else [data]:
-        if isinstance(item, dict) and (item.get("reason") == "DRAINING" or (
-                isinstance(item.get("metadata"), dict) and item["metadata"].get("reason") == "DRAINING")):
+        if isinstance(item, dict) and (
+            item.get("reason") == "DRAINING"
+            or (
+                isinstance(item.get("metadata"), dict)
+                and item["metadata"].get("reason") == "DRAINING"
+            )
+        ):
             return True
     return False
 

@@ -14,7 +14,10 @@ from dataclasses import dataclass
 from types import FrameType
 from typing import Any
 
-os.environ.setdefault("OTEL_INSTRUMENTATION_A2A_SDK_ENABLED", "true" if os.environ.get("BERTH_OTEL") == "1" else "false")
+os.environ.setdefault(
+    "OTEL_INSTRUMENTATION_A2A_SDK_ENABLED",
+    "true" if os.environ.get("BERTH_OTEL") == "1" else "false",
+)
 
 import uvicorn  # noqa: E402
 from a2a.helpers.proto_helpers import new_text_message  # noqa: E402
@@ -45,7 +48,9 @@ class _Counted(AgentExecutor):
     """The author's executor, with every execution counted (also work that outlives its request)
     and recorded, so that a task a stop cut short is closed when its message comes again."""
 
-    def __init__(self, inner: AgentExecutor, drain: Drain, dedupe: Dedupe, store: TaskStore) -> None:
+    def __init__(
+        self, inner: AgentExecutor, drain: Drain, dedupe: Dedupe, store: TaskStore
+    ) -> None:
         self.inner = inner
         self.drain = drain
         self.dedupe = dedupe
@@ -77,12 +82,17 @@ class _Counted(AgentExecutor):
         await self.inner.cancel(context, event_queue)
 
 
-_TERMINAL = {TaskState.TASK_STATE_COMPLETED, TaskState.TASK_STATE_FAILED, TaskState.TASK_STATE_CANCELED,
-             TaskState.TASK_STATE_REJECTED}
+_TERMINAL = {
+    TaskState.TASK_STATE_COMPLETED,
+    TaskState.TASK_STATE_FAILED,
+    TaskState.TASK_STATE_CANCELED,
+    TaskState.TASK_STATE_REJECTED,
+}
 
 
-async def close_cut_task(store: TaskStore, task_id: str, restarted_as: str | None,
-                         call: ServerCallContext | None) -> bool:
+async def close_cut_task(
+    store: TaskStore, task_id: str, restarted_as: str | None, call: ServerCallContext | None
+) -> bool:
     """Close a task whose execution a stop cut short: state canceled, metadata
     `berth.interrupted: true` and, once its message runs again, `berth.restarted_as: <task id>`.
     A task that finished on its own is left alone. Returns whether the task was changed."""
@@ -93,10 +103,19 @@ async def close_cut_task(store: TaskStore, task_id: str, restarted_as: str | Non
     interrupted = task.metadata.fields.get("berth.interrupted") is not None
     if task.status.state in _TERMINAL and not interrupted:
         return False
-    note = f"interrupted by a restart of the workspace; continued as task {restarted_as}" if restarted_as \
+    note = (
+        f"interrupted by a restart of the workspace; continued as task {restarted_as}"
+        if restarted_as
         else "interrupted by a restart of the workspace"
-    task.status.CopyFrom(TaskStatus(state=TaskState.TASK_STATE_CANCELED, message=new_text_message(
-        note, context_id=task.context_id, task_id=task.id, role=Role.ROLE_AGENT)))
+    )
+    task.status.CopyFrom(
+        TaskStatus(
+            state=TaskState.TASK_STATE_CANCELED,
+            message=new_text_message(
+                note, context_id=task.context_id, task_id=task.id, role=Role.ROLE_AGENT
+            ),
+        )
+    )
     task.metadata.update({"berth.interrupted": True})
     if restarted_as:
         task.metadata.update({"berth.restarted_as": restarted_as})
@@ -118,13 +137,21 @@ def _card_dict(card: AgentCard) -> dict[str, Any]:
     return out
 
 
-def build_app(executor: AgentExecutor, card: AgentCard, *, port: int | None = None,
-              drain_seconds: float | None = None, capabilities: dict[str, Any] | None = None) -> AgentRuntime:
+def build_app(
+    executor: AgentExecutor,
+    card: AgentCard,
+    *,
+    port: int | None = None,
+    drain_seconds: float | None = None,
+    capabilities: dict[str, Any] | None = None,
+) -> AgentRuntime:
     ident = Identity.from_env(port, drain_seconds)
     drain = Drain()
     dedupe = Dedupe(ident.state_dir)
     store, engine = durable_task_store(ident.state_dir)
-    handler = DefaultRequestHandler(agent_executor=_Counted(executor, drain, dedupe, store), task_store=store, agent_card=card)
+    handler = DefaultRequestHandler(
+        agent_executor=_Counted(executor, drain, dedupe, store), task_store=store, agent_card=card
+    )
     a2a = create_jsonrpc_routes(handler, rpc_url="/", enable_v0_3_compat=True)[0].endpoint
     platform = Platform(ident, drain, _card_dict(card), capabilities or {})
 
@@ -141,7 +168,9 @@ def build_app(executor: AgentExecutor, card: AgentCard, *, port: int | None = No
         if drain.draining:
             return Response(draining_error(rid), media_type="application/json")
         params: dict[str, Any] = doc["params"] if isinstance(doc.get("params"), dict) else {}
-        message: dict[str, Any] = params["message"] if isinstance(params.get("message"), dict) else {}
+        message: dict[str, Any] = (
+            params["message"] if isinstance(params.get("message"), dict) else {}
+        )
         mid = message.get("messageId")
         if not isinstance(mid, str) or not mid:
             return await a2a(request)  # type: ignore[no-any-return]
@@ -174,12 +203,18 @@ def build_app(executor: AgentExecutor, card: AgentCard, *, port: int | None = No
         except ValueError:
             return Response(rpc_error(None, -32700, "parse error"), media_type="application/json")
         if not isinstance(doc, dict) or doc.get("jsonrpc") != "2.0":
-            return Response(rpc_error(None, -32600, "invalid request"), media_type="application/json")
+            return Response(
+                rpc_error(None, -32600, "invalid request"), media_type="application/json"
+            )
         params = doc.get("params") or {}
-        seconds = params.get("drain_seconds", ident.drain_seconds) if isinstance(params, dict) else None
+        seconds = (
+            params.get("drain_seconds", ident.drain_seconds) if isinstance(params, dict) else None
+        )
         if not isinstance(seconds, (int, float)) or isinstance(seconds, bool) or seconds < 0:
-            return Response(rpc_error(doc.get("id"), -32602, "drain_seconds: a number >= 0"),
-                            media_type="application/json")
+            return Response(
+                rpc_error(doc.get("id"), -32602, "drain_seconds: a number >= 0"),
+                media_type="application/json",
+            )
         log.info("draining for %s (%s s)", params.get("reason"), seconds)
         report = await drain.drain(float(seconds))
         return Response(rpc_result(doc.get("id"), report.public()), media_type="application/json")
@@ -193,7 +228,9 @@ def build_app(executor: AgentExecutor, card: AgentCard, *, port: int | None = No
         return Response(rpc_result(rid, {"resumed": True}), media_type="application/json")
 
     async def healthz(_: Request) -> Response:
-        return JSONResponse({"status": "draining" if drain.draining else "ok", "in_flight": len(drain.in_flight)})
+        return JSONResponse(
+            {"status": "draining" if drain.draining else "ok", "in_flight": len(drain.in_flight)}
+        )
 
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
@@ -213,8 +250,11 @@ def build_app(executor: AgentExecutor, card: AgentCard, *, port: int | None = No
 
     routes = [Route(p, rpc, methods=["POST"]) for p in ("/", "/a2a", "/a2a/")]
     routes += create_agent_card_routes(card)
-    routes += [Route("/signals/restart_pending", restart_pending, methods=["POST"]),
-               Route("/signals/resume", resume, methods=["POST"]), Route("/healthz", healthz)]
+    routes += [
+        Route("/signals/restart_pending", restart_pending, methods=["POST"]),
+        Route("/signals/resume", resume, methods=["POST"]),
+        Route("/healthz", healthz),
+    ]
     app = Starlette(routes=routes, lifespan=lifespan)
     return AgentRuntime(ident, drain, dedupe, platform, app)
 
@@ -228,7 +268,9 @@ def _replay(body: bytes, rid: Any, stream: bool) -> Response:
     return Response(f"data: {data}\n\n", media_type="text/event-stream")
 
 
-async def _capture(events: Any, mid: str, method: str, dedupe: Dedupe, drain: Drain) -> AsyncIterator[Any]:
+async def _capture(
+    events: Any, mid: str, method: str, dedupe: Dedupe, drain: Drain
+) -> AsyncIterator[Any]:
     last: str | None = None
     try:
         async for item in events:
@@ -254,7 +296,13 @@ def _final(data: str) -> bool:
     for inner in (res.get("task"), res.get("statusUpdate"), res):
         state = (inner or {}).get("status", {}).get("state", "") if isinstance(inner, dict) else ""
         if state.replace("TASK_STATE_", "").lower().replace("_", "-") in (
-                "completed", "failed", "canceled", "rejected", "input-required", "auth-required"):
+            "completed",
+            "failed",
+            "canceled",
+            "rejected",
+            "input-required",
+            "auth-required",
+        ):
             return True
     return False
 
@@ -295,13 +343,29 @@ class _Server(uvicorn.Server):
         self.should_exit = True
 
 
-def serve(executor: AgentExecutor, card: AgentCard, *, port: int | None = None, host: str = "127.0.0.1",
-          drain_seconds: float | None = None, capabilities: dict[str, Any] | None = None) -> None:
+def serve(
+    executor: AgentExecutor,
+    card: AgentCard,
+    *,
+    port: int | None = None,
+    host: str = "127.0.0.1",
+    drain_seconds: float | None = None,
+    capabilities: dict[str, Any] | None = None,
+) -> None:
     """Serve `executor` until SIGTERM (drained) or SIGINT; blocking."""
-    rt = build_app(executor, card, port=port, drain_seconds=drain_seconds, capabilities=capabilities)
+    rt = build_app(
+        executor, card, port=port, drain_seconds=drain_seconds, capabilities=capabilities
+    )
     loop = "uvloop" if _has("uvloop") else "asyncio"
-    config = uvicorn.Config(rt.app, host=host, port=rt.ident.port, log_level="warning", loop=loop,
-                            http="httptools" if _has("httptools") else "h11", timeout_graceful_shutdown=5)
+    config = uvicorn.Config(
+        rt.app,
+        host=host,
+        port=rt.ident.port,
+        log_level="warning",
+        loop=loop,
+        http="httptools" if _has("httptools") else "h11",
+        timeout_graceful_shutdown=5,
+    )
     _Server(config, rt.drain, rt.ident.drain_seconds).run()
 
 
@@ -311,5 +375,3 @@ def _has(mod: str) -> bool:
         return True
     except ImportError:
         return False
-
-

@@ -86,10 +86,17 @@ class AgentLink:
 
     def target(self, ws: Workspace) -> str | None:
         """The URL for the hot path, from the workspace record already in hand."""
-        return None if ws.agent_url is None else rewrite_for_docker(ws.agent_url, ws, self._in_docker)
+        return (
+            None if ws.agent_url is None else rewrite_for_docker(ws.agent_url, ws, self._in_docker)
+        )
 
     async def signal_restart(
-        self, ws: Workspace, *, restart_id: str, drain_seconds: float, reason: str | None,
+        self,
+        ws: Workspace,
+        *,
+        restart_id: str,
+        drain_seconds: float,
+        reason: str | None,
         margin: float = 5.0,
     ) -> SignalResult:
         try:
@@ -98,15 +105,25 @@ class AgentLink:
             return SignalResult(SignalOutcome.UNRESOLVED, detail=f"url resolution failed: {e}")
         if not url:
             return SignalResult(SignalOutcome.UNRESOLVED, detail="no agent url known")
-        body = json.dumps({
-            "jsonrpc": "2.0", "id": str(uuid.uuid4()), "method": "signals/restart_pending",
-            "params": {"workspace_id": ws.id, "restart_id": restart_id,
-                       "drain_seconds": drain_seconds, "reason": reason},
-        }).encode()
+        body = json.dumps(
+            {
+                "jsonrpc": "2.0",
+                "id": str(uuid.uuid4()),
+                "method": "signals/restart_pending",
+                "params": {
+                    "workspace_id": ws.id,
+                    "restart_id": restart_id,
+                    "drain_seconds": drain_seconds,
+                    "reason": reason,
+                },
+            }
+        ).encode()
         try:
             reply = await self._client.post(
-                url.rstrip("/") + "/signals/restart_pending", body,
-                {"content-type": "application/json"}, timeout=drain_seconds + margin,
+                url.rstrip("/") + "/signals/restart_pending",
+                body,
+                {"content-type": "application/json"},
+                timeout=drain_seconds + margin,
             )
         except AgentUnreachable as e:
             return SignalResult(SignalOutcome.UNREACHABLE, detail=str(e))
@@ -114,7 +131,9 @@ class AgentLink:
             return SignalResult(SignalOutcome.NO_DRAIN, detail=f"HTTP {reply.status}")
         report = _report(reply.body)
         if reply.status != 200 or report is None:
-            return SignalResult(SignalOutcome.ERROR, detail=f"HTTP {reply.status}: {reply.body[:200]!r}")
+            return SignalResult(
+                SignalOutcome.ERROR, detail=f"HTTP {reply.status}: {reply.body[:200]!r}"
+            )
         return SignalResult(SignalOutcome.DRAINED, report=report)
 
     async def signal_resume(self, ws: Workspace) -> bool:
@@ -122,10 +141,16 @@ class AgentLink:
         url = self.target(ws)
         if not url:
             return False
-        body = json.dumps({"jsonrpc": "2.0", "id": "resume", "method": "signals/resume", "params": {}})
+        body = json.dumps(
+            {"jsonrpc": "2.0", "id": "resume", "method": "signals/resume", "params": {}}
+        )
         try:
-            reply = await self._client.post(url.rstrip("/") + "/signals/resume", body.encode(),
-                                            {"content-type": "application/json"}, timeout=5.0)
+            reply = await self._client.post(
+                url.rstrip("/") + "/signals/resume",
+                body.encode(),
+                {"content-type": "application/json"},
+                timeout=5.0,
+            )
         except AgentUnreachable:
             log.info("resume signal to %s not delivered", ws.name)
             return False

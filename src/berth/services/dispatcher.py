@@ -34,9 +34,21 @@ CRASH_NOTICE = 0.3  # seconds a transport failure waits for the exit of the agen
 
 class Dispatcher:
     def __init__(
-        self, store: Store, client: AgentClient, roster: Roster, link: AgentLink, waiters: Waiters,
-        events: Events, metrics: Metrics, policy: DeliveryPolicy, *, owner: str,
-        lease_seconds: float, forward_timeout: float, poll_seconds: float = 1.0, sole: bool = False,
+        self,
+        store: Store,
+        client: AgentClient,
+        roster: Roster,
+        link: AgentLink,
+        waiters: Waiters,
+        events: Events,
+        metrics: Metrics,
+        policy: DeliveryPolicy,
+        *,
+        owner: str,
+        lease_seconds: float,
+        forward_timeout: float,
+        poll_seconds: float = 1.0,
+        sole: bool = False,
     ) -> None:
         self._store, self._client, self._roster, self._link = store, client, roster, link
         self._waiters, self._events, self._metrics, self._policy = waiters, events, metrics, policy
@@ -52,7 +64,9 @@ class Dispatcher:
         self._loops: dict[str, asyncio.Task[None]] = {}
         self._forwards: dict[str, dict[str, asyncio.Task[None]]] = {}
         self._idle: dict[str, asyncio.Event] = {}
-        self._draining_run: dict[str, str | None] = {}  # ws id -> the run whose agent refused: DRAINING
+        self._draining_run: dict[
+            str, str | None
+        ] = {}  # ws id -> the run whose agent refused: DRAINING
         # per workspace: may the log hold claimable work this replica has not tried to claim?
         # False after a claim that took less than it could (the queue was empty then) until
         # new work is announced (an accept, a requeue, another replica, a poll timeout).
@@ -73,7 +87,9 @@ class Dispatcher:
         ev.set()
         task = self._loops.get(ws_id)
         if task is None or task.done():
-            self._loops[ws_id] = asyncio.create_task(self._loop(ws_id), name=f"dispatch-{ws_id[:8]}")
+            self._loops[ws_id] = asyncio.create_task(
+                self._loop(ws_id), name=f"dispatch-{ws_id[:8]}"
+            )
 
     async def announce(self, ws_id: str) -> None:
         """New work for a workspace: wake this replica's loop and every other replica's."""
@@ -115,7 +131,12 @@ class Dispatcher:
                     self._maybe_queued[ws_id] = False  # an accept during the claim sets it again
                     try:
                         claimed = await self._store.claim(
-                            ws_id, capacity=cap, owner=self.owner, lease_seconds=self._lease, now=time.time())
+                            ws_id,
+                            capacity=cap,
+                            owner=self.owner,
+                            lease_seconds=self._lease,
+                            now=time.time(),
+                        )
                     except Exception:
                         self._maybe_queued[ws_id] = True
                         log.exception("claim failed for %s", ws.name)
@@ -126,7 +147,9 @@ class Dispatcher:
             if claimed and self._maybe_queued.get(ws_id, True):
                 continue
             try:
-                await asyncio.wait_for(ev.wait(), self._poll * (1 if ws.state is WorkspaceState.ONLINE else 5))
+                await asyncio.wait_for(
+                    ev.wait(), self._poll * (1 if ws.state is WorkspaceState.ONLINE else 5)
+                )
             except asyncio.TimeoutError:
                 # the slow poll: work a lost notification did not announce (Redis away)
                 self._maybe_queued[ws_id] = True
@@ -159,10 +182,18 @@ class Dispatcher:
             outcome, reply, detail = Outcome.TRANSPORT, None, repr(e)
         try:
             self._metrics.observe("berth_forward_seconds", time.monotonic() - started)
-            await self._settle(ws, d, outcome, reply.body if reply else None,
-                               reply.status if reply else None, detail)
+            await self._settle(
+                ws,
+                d,
+                outcome,
+                reply.body if reply else None,
+                reply.status if reply else None,
+                detail,
+            )
         except Exception:
-            log.exception("settling %s failed; its lease will expire and it will be redelivered", d.id)
+            log.exception(
+                "settling %s failed; its lease will expire and it will be redelivered", d.id
+            )
         finally:
             forwards = self._forwards.get(ws.id, {})
             if forwards.get(d.id) is asyncio.current_task():
@@ -185,7 +216,12 @@ class Dispatcher:
         raise AgentUnreachable("the stream ended before a final event")
 
     async def _settle(
-        self, ws: Workspace, d: Delivery, outcome: Outcome, body: bytes | None, status: int | None,
+        self,
+        ws: Workspace,
+        d: Delivery,
+        outcome: Outcome,
+        body: bytes | None,
+        status: int | None,
         detail: str | None,
     ) -> None:
         now_ws = self._roster.peek(ws.id)
@@ -198,9 +234,15 @@ class Dispatcher:
         # An agent that said it drains (a SIGTERM from outside berth: `docker stop`, `kill`)
         # then goes away: a failed forward to that same run is its planned exit, not the
         # message's fault, even before berth notices the exit.
-        planned = (now_ws is None or now_ws.state in PLANNED_INTERRUPTION
-                   or (outcome is Outcome.TRANSPORT and ws.run_token_hash is not None
-                       and self._draining_run.get(ws.id) == ws.run_token_hash))
+        planned = (
+            now_ws is None
+            or now_ws.state in PLANNED_INTERRUPTION
+            or (
+                outcome is Outcome.TRANSPORT
+                and ws.run_token_hash is not None
+                and self._draining_run.get(ws.id) == ws.run_token_hash
+            )
+        )
         crashed = now_ws is not None and now_ws.crash_count > ws.crash_count
         verdict = self._policy.judge(outcome, attempts=d.attempts, planned=planned, crashed=crashed)
         now = time.time()
@@ -208,9 +250,14 @@ class Dispatcher:
         reason = verdict.reason
         if failed and verdict.status is not DeliveryStatus.DONE and detail:
             reason = f"{reason or 'transport failure'}: {detail}"
-        how = Settle(verdict.status, verdict.count_attempt,
-                     reply=body if verdict.status is DeliveryStatus.DONE else None,
-                     reply_status=status, reason=reason, not_before=now + hold if hold else 0.0)
+        how = Settle(
+            verdict.status,
+            verdict.count_attempt,
+            reply=body if verdict.status is DeliveryStatus.DONE else None,
+            reply_status=status,
+            reason=reason,
+            not_before=now + hold if hold else 0.0,
+        )
         settled = await self._store.settle(d.id, self.owner, how, now)
         if settled is None:
             return  # the lease was lost (a restart requeued it, or another replica took over)
@@ -234,8 +281,13 @@ class Dispatcher:
         if d.method in STREAM_METHODS:
             await self._events.signal(stream_topic(d.id), t="final", status=d.status.value)
         if d.status is not DeliveryStatus.DONE:
-            await self._events.emit(f"delivery.{d.status.value}", delivery_id=d.id,
-                                    workspace_id=d.workspace_id, message_id=d.message_id, reason=d.reason)
+            await self._events.emit(
+                f"delivery.{d.status.value}",
+                delivery_id=d.id,
+                workspace_id=d.workspace_id,
+                message_id=d.message_id,
+                reason=d.reason,
+            )
 
     # background upkeep -----------------------------------------------------
     async def upkeep(self) -> None:
@@ -265,7 +317,9 @@ class Dispatcher:
         self._closing = True
         for ev in self._wake.values():
             ev.set()
-        tasks = list(self._loops.values()) + [t for fw in self._forwards.values() for t in fw.values()]
+        tasks = list(self._loops.values()) + [
+            t for fw in self._forwards.values() for t in fw.values()
+        ]
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)

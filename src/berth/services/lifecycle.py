@@ -51,15 +51,32 @@ class DrainReport:
     detail: str | None = None
 
     def public(self) -> dict[str, Any]:
-        return {"mode": self.mode, "drained": self.drained, "in_flight": self.in_flight,
-                "completed": self.completed, "unfinished": self.unfinished, "detail": self.detail}
+        return {
+            "mode": self.mode,
+            "drained": self.drained,
+            "in_flight": self.in_flight,
+            "completed": self.completed,
+            "unfinished": self.unfinished,
+            "detail": self.detail,
+        }
 
 
 class Runner:
     def __init__(
-        self, store: Store, roster: Roster, provisioners: dict[str, Provisioner], link: AgentLink,
-        dispatcher: Dispatcher, events: Events, *, berth_url: str, owner: str, start_timeout: float,
-        stop_grace: float, heartbeat_seconds: float, instance: str,
+        self,
+        store: Store,
+        roster: Roster,
+        provisioners: dict[str, Provisioner],
+        link: AgentLink,
+        dispatcher: Dispatcher,
+        events: Events,
+        *,
+        berth_url: str,
+        owner: str,
+        start_timeout: float,
+        stop_grace: float,
+        heartbeat_seconds: float,
+        instance: str,
     ) -> None:
         self.store, self.roster, self.provisioners, self.link = store, roster, provisioners, link
         self.dispatcher, self.events = dispatcher, events
@@ -74,33 +91,53 @@ class Runner:
             return None
         p = self.provisioners.get(ws.runtime.value)
         if p is None:
-            raise InvalidInput(f"runtime {ws.runtime.value} is not available on this server",
-                               code="runtime_unavailable")
+            raise InvalidInput(
+                f"runtime {ws.runtime.value} is not available on this server",
+                code="runtime_unavailable",
+            )
         return p
 
-    async def move(self, ws: Workspace, to: WorkspaceState, *, only_from: frozenset[WorkspaceState] | None = None,
-                   **fields: Any) -> Workspace | None:
+    async def move(
+        self,
+        ws: Workspace,
+        to: WorkspaceState,
+        *,
+        only_from: frozenset[WorkspaceState] | None = None,
+        **fields: Any,
+    ) -> Workspace | None:
         moved = await self.store.move_workspace(ws.id, to, only_from=only_from, **fields)
         if moved is not None:
             self.roster.put(moved)
             await self.events.signal(WS_TOPIC, workspace_id=ws.id)
             if moved.state is not ws.state:
-                await self.events.emit("workspace.state", workspace_id=ws.id, name=ws.name,
-                                       state=moved.state.value, previous=ws.state.value)
+                await self.events.emit(
+                    "workspace.state",
+                    workspace_id=ws.id,
+                    name=ws.name,
+                    state=moved.state.value,
+                    previous=ws.state.value,
+                )
         return moved
 
     # drain ----------------------------------------------------------------
-    async def drain(self, ws: Workspace, *, restart_id: str, drain_seconds: float,
-                    reason: str | None) -> DrainReport:
+    async def drain(
+        self, ws: Workspace, *, restart_id: str, drain_seconds: float, reason: str | None
+    ) -> DrainReport:
         """Ask the agent to drain; if it cannot, drain on berth's side. Never blocks past
         drain_seconds plus a small margin."""
         before = set(self.dispatcher.in_flight(ws.id))
-        res = await self.link.signal_restart(ws, restart_id=restart_id, drain_seconds=drain_seconds,
-                                             reason=reason)
+        res = await self.link.signal_restart(
+            ws, restart_id=restart_id, drain_seconds=drain_seconds, reason=reason
+        )
         if res.outcome is SignalOutcome.DRAINED:
             r = res.report
-            report = DrainReport("agent", bool(r.get("drained")), list(r.get("completed") or []),
-                                 list(r.get("unfinished") or []), int(r.get("in_flight") or 0))
+            report = DrainReport(
+                "agent",
+                bool(r.get("drained")),
+                list(r.get("completed") or []),
+                list(r.get("unfinished") or []),
+                int(r.get("in_flight") or 0),
+            )
             # The agent has answered those it completed; give their replies a moment to land.
             await self.dispatcher.wait_idle(ws.id, 2.0 if not report.unfinished else 0.2)
             return report
@@ -109,7 +146,9 @@ class Runner:
             left = set(self.dispatcher.in_flight(ws.id))
             ids = await self._message_ids(before)
             done = [ids[i] for i in before - left if i in ids]
-            return DrainReport("berth", idle, done, [ids[i] for i in left if i in ids], len(left), res.detail)
+            return DrainReport(
+                "berth", idle, done, [ids[i] for i in left if i in ids], len(left), res.detail
+            )
         return DrainReport("skipped", False, detail=f"{res.outcome.value}: {res.detail}")
 
     async def _message_ids(self, delivery_ids: set[str]) -> dict[str, str]:
@@ -142,8 +181,13 @@ class Runner:
         """Start the runtime and wait until the agent registers (the workspace is online)."""
         p = self.provisioner(ws)
         token = new_token()
-        moved = await self.move(ws, S.PROVISIONING, run_token_hash=hash_token(token), owner=self.owner,
-                                agent_url=None if p is not None else ws.agent_url)
+        moved = await self.move(
+            ws,
+            S.PROVISIONING,
+            run_token_hash=hash_token(token),
+            owner=self.owner,
+            agent_url=None if p is not None else ws.agent_url,
+        )
         if moved is None:
             raise StartFailed(f"workspace {ws.name} vanished while starting")
         ws = moved
@@ -155,17 +199,26 @@ class Runner:
             info = await p.start(ws, self.identity(ws, token))
             ws = await self.store.update_workspace(ws.id, pid=info.pid, state_dir=info.state_dir)
             self.roster.put(ws)
-            online = asyncio.ensure_future(self.roster.wait_for(
-                ws.id, lambda w: w is None or w.state is not S.PROVISIONING, self.start_timeout))
-            done, _ = await asyncio.wait({online, exited},  # type: ignore[type-var]
-                                         return_when=asyncio.FIRST_COMPLETED)
+            online = asyncio.ensure_future(
+                self.roster.wait_for(
+                    ws.id, lambda w: w is None or w.state is not S.PROVISIONING, self.start_timeout
+                )
+            )
+            done, _ = await asyncio.wait(
+                {online, exited},  # type: ignore[type-var]
+                return_when=asyncio.FIRST_COMPLETED,
+            )
             if exited in done:
                 online.cancel()
-                raise StartFailed(f"the agent exited with code {exited.result()} before registering")
+                raise StartFailed(
+                    f"the agent exited with code {exited.result()} before registering"
+                )
             current = self.roster.peek(ws.id)
             if current is None or current.state is not S.ONLINE:
                 state = "gone" if current is None else current.state.value
-                raise StartFailed(f"the agent did not register within {self.start_timeout:g} s ({state})")
+                raise StartFailed(
+                    f"the agent did not register within {self.start_timeout:g} s ({state})"
+                )
             return current
         except StartFailed:
             await self.stop(ws, grace=1.0)

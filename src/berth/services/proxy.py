@@ -52,14 +52,26 @@ class BadRequest(Exception):
         self.reply = reply
 
 
-def rpc_error(request_id: Any, code: int, message: str, status: int = 200, **headers: str) -> ProxyReply:
+def rpc_error(
+    request_id: Any, code: int, message: str, status: int = 200, **headers: str
+) -> ProxyReply:
     return ProxyReply(status, error_reply(request_id, code, message), dict(headers))
 
 
 class Proxy:
     def __init__(
-        self, store: Store, roster: Roster, dispatcher: Dispatcher, waiters: Waiters, client: AgentClient,
-        link: AgentLink, metrics: Metrics, bus: Bus, *, default_wait: float, forward_timeout: float,
+        self,
+        store: Store,
+        roster: Roster,
+        dispatcher: Dispatcher,
+        waiters: Waiters,
+        client: AgentClient,
+        link: AgentLink,
+        metrics: Metrics,
+        bus: Bus,
+        *,
+        default_wait: float,
+        forward_timeout: float,
         keep_alive: float = 10.0,
     ) -> None:
         self._bus = bus
@@ -83,17 +95,26 @@ class Proxy:
             canceled = await self.cancel_queued(ws, doc)
             if canceled is not None:
                 return canceled
-        return await self.pass_through(ws, raw, headers, min(wait, PASS_THROUGH_MAX_WAIT), doc.get("id"),
-                                       stream=method in SUBSCRIBE_METHODS)
+        return await self.pass_through(
+            ws,
+            raw,
+            headers,
+            min(wait, PASS_THROUGH_MAX_WAIT),
+            doc.get("id"),
+            stream=method in SUBSCRIBE_METHODS,
+        )
 
     # sends ----------------------------------------------------------------
-    async def send(self, ws: Workspace, doc: dict[str, Any], raw: bytes, headers: dict[str, str],
-                   wait: float) -> ProxyReply:
+    async def send(
+        self, ws: Workspace, doc: dict[str, Any], raw: bytes, headers: dict[str, str], wait: float
+    ) -> ProxyReply:
         rid = doc.get("id")
         params = doc.get("params")
         message = params.get("message") if isinstance(params, dict) else None
         if not isinstance(message, dict):
-            return rpc_error(rid, -32602, "params.message is required for a send (an A2A Message object)")
+            return rpc_error(
+                rid, -32602, "params.message is required for a send (an A2A Message object)"
+            )
         message_id = message.get("messageId")
         if message_id is None or message_id == "":
             message_id = str(uuid.uuid4())
@@ -101,17 +122,27 @@ class Proxy:
             doc["params"]["message"]["messageId"] = message_id
             raw = orjson.dumps(doc)
         elif not isinstance(message_id, str) or len(message_id) > MAX_MESSAGE_ID:
-            return rpc_error(rid, -32602, f"params.message.messageId must be a string of at most "
-                             f"{MAX_MESSAGE_ID} characters")
+            return rpc_error(
+                rid,
+                -32602,
+                f"params.message.messageId must be a string of at most {MAX_MESSAGE_ID} characters",
+            )
         try:
             ttl = _ttl(headers.get("x-berth-ttl"))
         except BadRequest as e:
             return e.reply
         now = time.time()
         d = Delivery(
-            id=str(uuid.uuid4()), workspace_id=ws.id, message_id=message_id, seq=0, method=doc["method"],
-            request=raw, headers={k: v for k, v in headers.items() if k in A2A_HEADERS},
-            created_at=now, updated_at=now, expires_at=None if ttl is None else now + ttl,
+            id=str(uuid.uuid4()),
+            workspace_id=ws.id,
+            message_id=message_id,
+            seq=0,
+            method=doc["method"],
+            request=raw,
+            headers={k: v for k, v in headers.items() if k in A2A_HEADERS},
+            created_at=now,
+            updated_at=now,
+            expires_at=None if ttl is None else now + ttl,
         )
         streaming = d.method in STREAM_METHODS
         sub = self._bus.subscribe(stream_topic(d.id)) if streaming else None
@@ -128,7 +159,9 @@ class Proxy:
             if not created:
                 await sub.aclose()
                 sub = self._bus.subscribe(stream_topic(stored.id))
-            return ProxyReply(200, b"", _ids(stored), "text/event-stream", self._pipe(stored, sub, rid))
+            return ProxyReply(
+                200, b"", _ids(stored), "text/event-stream", self._pipe(stored, sub, rid)
+            )
         if not stored.status.final:
             got = await self._waiters.wait(stored.id, wait, fresh=created) if wait > 0 else None
             if got is None:
@@ -137,8 +170,9 @@ class Proxy:
         return self._answer(stored, rid, original=created)
 
     def _accepted(self, d: Delivery) -> ProxyReply:
-        body = json.dumps({"delivery_id": d.id, "status": d.status.value,
-                           "status_url": f"/v1/deliveries/{d.id}"}).encode()
+        body = json.dumps(
+            {"delivery_id": d.id, "status": d.status.value, "status_url": f"/v1/deliveries/{d.id}"}
+        ).encode()
         return ProxyReply(202, body, _ids(d))
 
     def _answer(self, d: Delivery, rid: Any, *, original: bool) -> ProxyReply:
@@ -149,11 +183,20 @@ class Proxy:
                 reply["id"] = rid
                 body = orjson.dumps(reply)
             return ProxyReply(d.reply_status or 200, body, _ids(d))
-        body = orjson.dumps({"jsonrpc": "2.0", "id": rid, "error": {
-            "code": -32603, "message": f"berth did not deliver this message: {d.status.value}"
-                                       f"{': ' + d.reason if d.reason else ''}",
-            "data": {"berth": {"delivery_id": d.id, "status": d.status.value, "reason": d.reason}},
-        }})
+        body = orjson.dumps(
+            {
+                "jsonrpc": "2.0",
+                "id": rid,
+                "error": {
+                    "code": -32603,
+                    "message": f"berth did not deliver this message: {d.status.value}"
+                    f"{': ' + d.reason if d.reason else ''}",
+                    "data": {
+                        "berth": {"delivery_id": d.id, "status": d.status.value, "reason": d.reason}
+                    },
+                },
+            }
+        )
         return ProxyReply(200, body, _ids(d))
 
     async def _pipe(self, d: Delivery, sub: Subscription, rid: Any) -> AsyncIterator[bytes]:
@@ -201,21 +244,37 @@ class Proxy:
         if d.status is not DeliveryStatus.QUEUED:
             return None
         try:
-            d = await self._store.cancel(d.id, time.time(), "canceled by the caller before delivery")
+            d = await self._store.cancel(
+                d.id, time.time(), "canceled by the caller before delivery"
+            )
         except Conflict:
             return None  # it was claimed meanwhile: the agent will get the cancel
         await self._dispatcher.finished(d)
         v03 = doc["method"] == "tasks/cancel"
         state = "canceled" if v03 else "TASK_STATE_CANCELED"
-        task: dict[str, Any] = {"id": target, "contextId": "", "status": {"state": state},
-                                "metadata": {"berth": {"delivery_id": d.id, "canceled_in_queue": True}}}
+        task: dict[str, Any] = {
+            "id": target,
+            "contextId": "",
+            "status": {"state": state},
+            "metadata": {"berth": {"delivery_id": d.id, "canceled_in_queue": True}},
+        }
         if v03:
             task["kind"] = "task"
-        return ProxyReply(200, orjson.dumps({"jsonrpc": "2.0", "id": doc.get("id"), "result": task}), _ids(d))
+        return ProxyReply(
+            200, orjson.dumps({"jsonrpc": "2.0", "id": doc.get("id"), "result": task}), _ids(d)
+        )
 
     # everything else ----------------------------------------------------------
-    async def pass_through(self, ws: Workspace, raw: bytes, headers: dict[str, str], wait: float,
-                           rid: Any, *, stream: bool = False) -> ProxyReply:
+    async def pass_through(
+        self,
+        ws: Workspace,
+        raw: bytes,
+        headers: dict[str, str],
+        wait: float,
+        rid: Any,
+        *,
+        stream: bool = False,
+    ) -> ProxyReply:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait
         fwd = {k: v for k, v in headers.items() if k in A2A_HEADERS}
@@ -232,10 +291,16 @@ class Proxy:
                     pass
             left = deadline - loop.time()
             if left <= 0:
-                return rpc_error(rid, -32603, f"workspace {ws.name} is {current.state.value}; try again",
-                                 status=503, **{"retry-after": "5"})
-            await self._roster.wait_for(ws.id, lambda w: w is not None and w.state is WorkspaceState.ONLINE,
-                                        min(left, 1.0))
+                return rpc_error(
+                    rid,
+                    -32603,
+                    f"workspace {ws.name} is {current.state.value}; try again",
+                    status=503,
+                    **{"retry-after": "5"},
+                )
+            await self._roster.wait_for(
+                ws.id, lambda w: w is not None and w.state is WorkspaceState.ONLINE, min(left, 1.0)
+            )
 
     async def _relay(self, url: str, raw: bytes, headers: dict[str, str]) -> AsyncIterator[bytes]:
         """A subscription's SSE, straight from the agent (not logged: nothing to redeliver)."""
@@ -272,13 +337,27 @@ def parse_envelope(raw: bytes) -> dict[str, Any]:
     try:
         doc = orjson.loads(raw)
     except orjson.JSONDecodeError:
-        raise BadRequest(rpc_error(None, -32700, "parse error: the body is not valid JSON")) from None
+        raise BadRequest(
+            rpc_error(None, -32700, "parse error: the body is not valid JSON")
+        ) from None
     if isinstance(doc, list):
-        raise BadRequest(rpc_error(None, -32600, "batch requests are not supported; send one request"))
-    if not isinstance(doc, dict) or doc.get("jsonrpc") != "2.0" or not isinstance(doc.get("method"), str):
+        raise BadRequest(
+            rpc_error(None, -32600, "batch requests are not supported; send one request")
+        )
+    if (
+        not isinstance(doc, dict)
+        or doc.get("jsonrpc") != "2.0"
+        or not isinstance(doc.get("method"), str)
+    ):
         rid = doc.get("id") if isinstance(doc, dict) else None
-        raise BadRequest(rpc_error(rid, -32600, "invalid request: a JSON-RPC 2.0 request object with "
-                                   "\"jsonrpc\": \"2.0\" and a string \"method\" is required"))
+        raise BadRequest(
+            rpc_error(
+                rid,
+                -32600,
+                "invalid request: a JSON-RPC 2.0 request object with "
+                '"jsonrpc": "2.0" and a string "method" is required',
+            )
+        )
     if "params" in doc and not isinstance(doc["params"], (dict, list)):
         raise BadRequest(rpc_error(doc.get("id"), -32602, "params must be an object"))
     return doc
@@ -292,8 +371,11 @@ def wait_seconds(value: str | None, default: float) -> float:
     except ValueError:
         w = -1.0
     if not 0 <= w <= 86400:
-        raise BadRequest(rpc_error(None, -32600, "X-Berth-Wait must be a number of seconds from 0 to 86400",
-                                   status=400))
+        raise BadRequest(
+            rpc_error(
+                None, -32600, "X-Berth-Wait must be a number of seconds from 0 to 86400", status=400
+            )
+        )
     return w
 
 
@@ -305,5 +387,7 @@ def _ttl(value: str | None) -> float | None:
     except ValueError:
         t = -1.0
     if t <= 0:
-        raise BadRequest(rpc_error(None, -32600, "X-Berth-TTL must be a positive number of seconds", status=400))
+        raise BadRequest(
+            rpc_error(None, -32600, "X-Berth-TTL must be a positive number of seconds", status=400)
+        )
     return t

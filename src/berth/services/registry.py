@@ -26,8 +26,14 @@ COMES_ONLINE = frozenset({S.PROVISIONING, S.OFFLINE})
 
 class Registry:
     def __init__(
-        self, runner: Runner, restarts: RestartService, metrics: Metrics, *, heartbeat_timeout: float,
-        crash_loop_limit: int, crash_loop_window: float,
+        self,
+        runner: Runner,
+        restarts: RestartService,
+        metrics: Metrics,
+        *,
+        heartbeat_timeout: float,
+        crash_loop_limit: int,
+        crash_loop_window: float,
     ) -> None:
         self.run = runner
         self.restarts = restarts
@@ -56,8 +62,12 @@ class Registry:
         caps = body.get("capabilities") or {}
         if card is not None and not isinstance(card, dict) or not isinstance(caps, dict):
             raise InvalidInput("agent_card and capabilities must be JSON objects")
-        fields: dict[str, Any] = {"agent_url": url, "agent_card": card, "capabilities": caps,
-                                  "last_heartbeat": time.time()}
+        fields: dict[str, Any] = {
+            "agent_url": url,
+            "agent_card": card,
+            "capabilities": caps,
+            "last_heartbeat": time.time(),
+        }
         mc = body.get("max_concurrency")
         if mc is not None:
             if not isinstance(mc, int) or isinstance(mc, bool) or mc < 1:
@@ -71,9 +81,15 @@ class Registry:
             moved = await self.run.store.update_workspace(ws.id, **fields)
             self.run.roster.put(moved)
         await self.run.link.remember(moved)
-        await self.run.events.emit("workspace.registered", workspace_id=ws.id, name=ws.name, url=url)
+        await self.run.events.emit(
+            "workspace.registered", workspace_id=ws.id, name=ws.name, url=url
+        )
         self.run.dispatcher.wake(ws.id)
-        return {"workspace_id": ws.id, "name": ws.name, "heartbeat_seconds": self.run.heartbeat_seconds}
+        return {
+            "workspace_id": ws.id,
+            "name": ws.name,
+            "heartbeat_seconds": self.run.heartbeat_seconds,
+        }
 
     async def heartbeat(self, token: str | None, body: Any) -> dict[str, Any]:
         ws = await self.authenticate(token)
@@ -82,9 +98,14 @@ class Registry:
         active = body.get("active_tasks", 0)
         if not isinstance(active, int) or isinstance(active, bool) or active < 0:
             raise InvalidInput("active_tasks: a non-negative integer")
-        updated = await self.run.store.update_workspace(ws.id, last_heartbeat=time.time(), active_tasks=active)
+        updated = await self.run.store.update_workspace(
+            ws.id, last_heartbeat=time.time(), active_tasks=active
+        )
         self.run.roster.put(updated)
-        return {"ok": True, "reregister": updated.state in COMES_ONLINE or updated.agent_url is None}
+        return {
+            "ok": True,
+            "reregister": updated.state in COMES_ONLINE or updated.agent_url is None,
+        }
 
     # crashes ---------------------------------------------------------------
     def on_exit(self, ws_id: str, code: int | None) -> None:
@@ -95,7 +116,11 @@ class Registry:
 
     async def _crashed(self, ws_id: str, why: str) -> None:
         ws = self.run.roster.peek(ws_id)
-        if ws is None or ws.state not in (S.ONLINE, S.PROVISIONING) or ws.owner not in (None, self.run.owner):
+        if (
+            ws is None
+            or ws.state not in (S.ONLINE, S.PROVISIONING)
+            or ws.owner not in (None, self.run.owner)
+        ):
             return
         now = time.time()
         crashes = self._crashes[ws_id]
@@ -104,17 +129,29 @@ class Registry:
             crashes.popleft()
         self._metrics.inc("berth_crashes_total", workspace=ws.name)
         log.warning("workspace %s %s", ws.name, why)
-        moved = await self.run.move(ws, S.OFFLINE, only_from=frozenset({S.ONLINE, S.PROVISIONING}),
-                                    crash_count=ws.crash_count + 1, last_error=why)
+        moved = await self.run.move(
+            ws,
+            S.OFFLINE,
+            only_from=frozenset({S.ONLINE, S.PROVISIONING}),
+            crash_count=ws.crash_count + 1,
+            last_error=why,
+        )
         if moved is None:
             return
-        await self.run.events.emit("workspace.crashed", workspace_id=ws.id, name=ws.name, detail=why)
+        await self.run.events.emit(
+            "workspace.crashed", workspace_id=ws.id, name=ws.name, detail=why
+        )
         if moved.restart_policy is RestartPolicy.NEVER:
             await self.run.move(moved, S.FAILED, last_error=f"{why}; restart policy is never")
             return
         if len(crashes) >= self._loop_limit:
-            await self.run.move(moved, S.FAILED, last_error=(
-                f"crash loop: {len(crashes)} crashes in {self._loop_window:g} s; last: {why}"))
+            await self.run.move(
+                moved,
+                S.FAILED,
+                last_error=(
+                    f"crash loop: {len(crashes)} crashes in {self._loop_window:g} s; last: {why}"
+                ),
+            )
             return
         delay = min(30.0, 0.5 * 2 ** (len(crashes) - 1))
         await self.restarts.request(moved, trigger=Trigger.POLICY, reason=why, delay=delay)
@@ -175,14 +212,19 @@ class Registry:
             if ws.runtime is Runtime.EXTERNAL or ws.state not in SHOULD_RUN:
                 continue
             await self.run.move(ws, S.OFFLINE)
-            await self.restarts.request(await self.run.roster.get(ws.id), trigger=Trigger.STARTUP,
-                                        reason="berth started")
+            await self.restarts.request(
+                await self.run.roster.get(ws.id), trigger=Trigger.STARTUP, reason="berth started"
+            )
 
     async def shutdown(self) -> None:
         """Drain and stop the workspaces this replica runs; they start again with berth."""
-        running = [w for w in self.run.roster.all()
-                   if w.runtime is not Runtime.EXTERNAL and w.owner in (None, self.run.owner)
-                   and w.state in SHOULD_RUN]
+        running = [
+            w
+            for w in self.run.roster.all()
+            if w.runtime is not Runtime.EXTERNAL
+            and w.owner in (None, self.run.owner)
+            and w.state in SHOULD_RUN
+        ]
 
         async def one(ws: Workspace) -> None:
             try:

@@ -21,7 +21,10 @@ def is_draining_error(error: Any) -> bool:
     for item in items:
         if isinstance(item, dict) and (
             item.get("reason") == "DRAINING"
-            or (isinstance(item.get("metadata"), dict) and item["metadata"].get("reason") == "DRAINING")
+            or (
+                isinstance(item.get("metadata"), dict)
+                and item["metadata"].get("reason") == "DRAINING"
+            )
         ):
             return True
     return False
@@ -45,7 +48,9 @@ def classify(reply: AgentReply) -> Outcome:
     return Outcome.REJECTED
 
 
-def error_reply(request_id: Any, code: int, message: str, data: dict[str, Any] | None = None) -> bytes:
+def error_reply(
+    request_id: Any, code: int, message: str, data: dict[str, Any] | None = None
+) -> bytes:
     err: dict[str, Any] = {"code": code, "message": message}
     if data is not None:
         err["data"] = data

@@ -39,8 +39,13 @@ class RestartService:
 
     # requests -------------------------------------------------------------
     async def request(
-        self, ws: Workspace, *, trigger: Trigger, reason: str | None = None,
-        drain_seconds: float | None = None, delay: float = 0.0,
+        self,
+        ws: Workspace,
+        *,
+        trigger: Trigger,
+        reason: str | None = None,
+        drain_seconds: float | None = None,
+        delay: float = 0.0,
     ) -> tuple[RestartRecord, bool]:
         """Start a restart cycle, or join the one running. Returns (record, joined)."""
         deadline = time.monotonic() + JOIN_WAIT
@@ -56,17 +61,27 @@ class RestartService:
         ws = await self.run.roster.get(ws.id)
         if ws.state not in RESTARTABLE:
             await self._locks.release(_key(ws.id), token)
-            raise Conflict(f"workspace {ws.name} is {ws.state.value}; it cannot be restarted",
-                           code="not_restartable")
+            raise Conflict(
+                f"workspace {ws.name} is {ws.state.value}; it cannot be restarted",
+                code="not_restartable",
+            )
         record = RestartRecord(
-            id=str(uuid.uuid4()), workspace_id=ws.id, trigger=trigger, reason=reason,
+            id=str(uuid.uuid4()),
+            workspace_id=ws.id,
+            trigger=trigger,
+            reason=reason,
             drain_seconds=ws.drain_seconds if drain_seconds is None else drain_seconds,
             created_at=time.time(),
         )
         await self.run.store.save_restart(record)
         self._spawn(self._cycle(ws, record, token, delay))
-        await self.run.events.emit("restart.requested", workspace_id=ws.id, restart_id=record.id,
-                                   trigger=trigger.value, reason=reason)
+        await self.run.events.emit(
+            "restart.requested",
+            workspace_id=ws.id,
+            restart_id=record.id,
+            trigger=trigger.value,
+            reason=reason,
+        )
         return record, False
 
     async def _acquire(self, ws: Workspace, timeout: float) -> str:
@@ -92,19 +107,27 @@ class RestartService:
                 if running:
                     await self._drain_and_stop(ws, r)
                 else:
-                    await self._phase(r, Phase.STOPPING, self._stop_quietly(ws), detail="not running")
+                    await self._phase(
+                        r, Phase.STOPPING, self._stop_quietly(ws), detail="not running"
+                    )
                 n = await self.run.requeue(ws)
                 await self._phase(r, Phase.REQUEUE, _noop(), detail=f"{n} returned to the queue")
                 ws = await self.run.roster.get(ws.id)
                 await self._phase(r, Phase.STARTING, self.run.start(ws))
-                if ws.runtime is Runtime.EXTERNAL and ws.agent_url and await self.run.link.signal_resume(ws):
+                if (
+                    ws.runtime is Runtime.EXTERNAL
+                    and ws.agent_url
+                    and await self.run.link.signal_resume(ws)
+                ):
                     await self.run.move(ws, S.ONLINE, only_from=frozenset({S.PROVISIONING}))
                 await self._phase(r, Phase.REPLAY, _noop())
                 self.run.dispatcher.wake(ws.id)
                 await self._finish(r, Phase.DONE)
                 if r.trigger in (Trigger.API, Trigger.POLICY, Trigger.CONFIG):
                     current = await self.run.roster.get(ws.id)
-                    await self.run.store.update_workspace(ws.id, restart_count=current.restart_count + 1)
+                    await self.run.store.update_workspace(
+                        ws.id, restart_count=current.restart_count + 1
+                    )
                     await self.run.roster.refresh(ws.id)
         except Exception as e:
             msg = e.message if isinstance(e, BerthError) else repr(e)
@@ -122,8 +145,11 @@ class RestartService:
         moved = await self.run.move(ws, S.DRAINING)
         ws = moved or ws
         t0 = time.monotonic()
-        report = await self._phase(r, Phase.DRAINING, self.run.drain(
-            ws, restart_id=r.id, drain_seconds=r.drain_seconds, reason=r.reason))
+        report = await self._phase(
+            r,
+            Phase.DRAINING,
+            self.run.drain(ws, restart_id=r.id, drain_seconds=r.drain_seconds, reason=r.reason),
+        )
         self._metrics.observe("berth_drain_seconds", time.monotonic() - t0)
         r.drain_report = report.public()
         await self.run.move(ws, S.STOPPING)
@@ -144,8 +170,9 @@ class RestartService:
         r.phase = phase
         r.phases.append(timing)
         await self.run.store.save_restart(r)
-        await self.run.events.emit("restart.phase", workspace_id=r.workspace_id, restart_id=r.id,
-                                   phase=phase.value)
+        await self.run.events.emit(
+            "restart.phase", workspace_id=r.workspace_id, restart_id=r.id, phase=phase.value
+        )
         try:
             return await work
         finally:
@@ -155,8 +182,14 @@ class RestartService:
     async def _finish(self, r: RestartRecord, phase: Phase) -> None:
         r.phase, r.finished_at = phase, time.time()
         await self.run.store.save_restart(r)
-        await self.run.events.emit("restart.finished", workspace_id=r.workspace_id, restart_id=r.id,
-                                   phase=phase.value, error=r.error, drain_report=r.drain_report)
+        await self.run.events.emit(
+            "restart.finished",
+            workspace_id=r.workspace_id,
+            restart_id=r.id,
+            phase=phase.value,
+            error=r.error,
+            drain_report=r.drain_report,
+        )
 
     @asynccontextmanager
     async def _holding(self, ws_id: str, token: str) -> AsyncIterator[None]:
@@ -188,13 +221,19 @@ class RestartService:
         async with self._holding(ws.id, token):
             yield
 
-    async def drain_and_stop(self, ws: Workspace, final: WorkspaceState, reason: str) -> dict[str, object] | None:
+    async def drain_and_stop(
+        self, ws: Workspace, final: WorkspaceState, reason: str
+    ) -> dict[str, object] | None:
         """Drain and stop a running workspace, leaving it in `final` (paused, offline, removed)."""
         report = None
         if await self._is_running(ws):
             ws = await self.run.move(ws, S.DRAINING) or ws
-            rep = await self.run.drain(ws, restart_id=f"{final.value}-{uuid.uuid4()}",
-                                       drain_seconds=ws.drain_seconds, reason=reason)
+            rep = await self.run.drain(
+                ws,
+                restart_id=f"{final.value}-{uuid.uuid4()}",
+                drain_seconds=ws.drain_seconds,
+                reason=reason,
+            )
             report = rep.public()
             ws = await self.run.move(ws, S.STOPPING) or ws
             await self.run.stop(ws)

@@ -72,7 +72,9 @@ class Roster:
         except NotFound:
             self.drop(ws_id)
 
-    async def wait_for(self, ws_id: str, pred: Callable[[Workspace | None], bool], timeout: float) -> bool:
+    async def wait_for(
+        self, ws_id: str, pred: Callable[[Workspace | None], bool], timeout: float
+    ) -> bool:
         """Wait until `pred(workspace)` holds; False if `timeout` passes first."""
         cond = self._changed.setdefault(ws_id, asyncio.Condition())
         try:

@@ -14,9 +14,18 @@ __all__ = ["is_terminal_event", "sse", "stream_topic", "KEEP_ALIVE"]
 
 KEEP_ALIVE = b": keep-alive\n\n"
 _TERMINAL = {
-    "TASK_STATE_COMPLETED", "TASK_STATE_FAILED", "TASK_STATE_CANCELED", "TASK_STATE_REJECTED",
-    "TASK_STATE_INPUT_REQUIRED", "TASK_STATE_AUTH_REQUIRED",
-    "completed", "failed", "canceled", "rejected", "input-required", "auth-required",
+    "TASK_STATE_COMPLETED",
+    "TASK_STATE_FAILED",
+    "TASK_STATE_CANCELED",
+    "TASK_STATE_REJECTED",
+    "TASK_STATE_INPUT_REQUIRED",
+    "TASK_STATE_AUTH_REQUIRED",
+    "completed",
+    "failed",
+    "canceled",
+    "rejected",
+    "input-required",
+    "auth-required",
 }
 
 

@@ -30,7 +30,9 @@ class Waiters:
             if not fut.done():
                 fut.set_result(d)
 
-    async def wait(self, delivery_id: str, timeout: float, *, fresh: bool = False) -> Delivery | None:
+    async def wait(
+        self, delivery_id: str, timeout: float, *, fresh: bool = False
+    ) -> Delivery | None:
         """The delivery once final, or None when `timeout` passes first. `fresh`: the caller
         has just accepted it, so it cannot be final yet and the first store read is skipped."""
         loop = asyncio.get_running_loop()

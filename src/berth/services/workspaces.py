@@ -30,8 +30,16 @@ class Workspaces:
         spec = validate_spec(body)
         now = time.time()
         token = new_token()
-        ws = Workspace(id=str(uuid.uuid4()), token_hash=hash_token(token), created_at=now, updated_at=now,
-                       state=S.OFFLINE, url=spec.pop("url"), owner=self.run.owner, **spec)
+        ws = Workspace(
+            id=str(uuid.uuid4()),
+            token_hash=hash_token(token),
+            created_at=now,
+            updated_at=now,
+            state=S.OFFLINE,
+            url=spec.pop("url"),
+            owner=self.run.owner,
+            **spec,
+        )
         if ws.url:
             ws.agent_url = ws.url
         self.run.provisioner(ws)  # fails early if the runtime is unavailable here
@@ -55,9 +63,13 @@ class Workspaces:
             out.append(ws.public(*await self.store.pending(ws.id)))
         return out
 
-    async def restart(self, ref: str, *, reason: str | None, drain_seconds: float | None) -> tuple[RestartRecord, bool]:
+    async def restart(
+        self, ref: str, *, reason: str | None, drain_seconds: float | None
+    ) -> tuple[RestartRecord, bool]:
         ws = await self.get(ref)
-        return await self.restarts.request(ws, trigger=Trigger.API, reason=reason, drain_seconds=drain_seconds)
+        return await self.restarts.request(
+            ws, trigger=Trigger.API, reason=reason, drain_seconds=drain_seconds
+        )
 
     async def pause(self, ref: str) -> dict[str, Any]:
         ws = await self.get(ref)
@@ -71,9 +83,13 @@ class Workspaces:
     async def resume(self, ref: str) -> dict[str, Any]:
         ws = await self.get(ref)
         if ws.state is not S.PAUSED:
-            raise Conflict(f"workspace {ws.name} is {ws.state.value}, not paused", code="not_paused")
+            raise Conflict(
+                f"workspace {ws.name} is {ws.state.value}, not paused", code="not_paused"
+            )
         ws = await self.run.move(ws, S.OFFLINE, only_from=frozenset({S.PAUSED})) or ws
-        record, _ = await self.restarts.request(ws, trigger=Trigger.RESUME, reason="resumed by an operator")
+        record, _ = await self.restarts.request(
+            ws, trigger=Trigger.RESUME, reason="resumed by an operator"
+        )
         return {"workspace": (await self.get(ref)).public(), "restart": record.public()}
 
     async def remove(self, ref: str) -> dict[str, Any]:
@@ -93,5 +109,7 @@ class Workspaces:
         for d in canceled:
             await self.run.dispatcher.finished(d)
         await self.run.events.emit("workspace.removed", workspace_id=ws.id, name=ws.name)
-        return {"workspace": {**ws.public(), "status": S.REMOVED.value},
-                "canceled": [d.public() for d in canceled]}
+        return {
+            "workspace": {**ws.public(), "status": S.REMOVED.value},
+            "canceled": [d.public() for d in canceled],
+        }

@@ -48,7 +48,9 @@ def _insert(table: str, params: dict[str, Any], tail: str = "") -> tuple[str, li
     """An INSERT of `params` with $n placeholders, and its arguments in order."""
     cols = list(params)
     marks = ", ".join(f"${i}" for i in range(1, len(cols) + 1))
-    return f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({marks}) {tail}", [params[c] for c in cols]
+    return f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({marks}) {tail}", [
+        params[c] for c in cols
+    ]
 
 
 class PostgresStore(rows.WorkspaceUpdates):
@@ -65,7 +67,10 @@ class PostgresStore(rows.WorkspaceUpdates):
             async with self._pool_lock:  # several first calls at once must not make several pools
                 if self._pool is None:
                     self._pool = await asyncpg.create_pool(
-                        self.url, min_size=self._min_size, max_size=self._max_size, reset=_no_reset,
+                        self.url,
+                        min_size=self._min_size,
+                        max_size=self._max_size,
+                        reset=_no_reset,
                     )
         return self._pool
 
@@ -110,8 +115,11 @@ class PostgresStore(rows.WorkspaceUpdates):
         async with conn.transaction():
             for stmt in schema.statements(script):
                 await conn.execute(stmt)
-            await conn.execute("INSERT INTO schema_migrations (version, applied_at) VALUES ($1, $2)",
-                               version, time.time())
+            await conn.execute(
+                "INSERT INTO schema_migrations (version, applied_at) VALUES ($1, $2)",
+                version,
+                time.time(),
+            )
 
     async def close(self) -> None:
         if self._pool is not None:
@@ -129,16 +137,23 @@ class PostgresStore(rows.WorkspaceUpdates):
 
     async def get_workspace(self, ref: str) -> Workspace:
         row = await self._fetchrow(
-            "SELECT * FROM workspaces WHERE id = $1 OR name = $1 ORDER BY id = $1 DESC LIMIT 1", ref)
+            "SELECT * FROM workspaces WHERE id = $1 OR name = $1 ORDER BY id = $1 DESC LIMIT 1", ref
+        )
         if row is None:
             raise NotFound(f"no workspace {ref!r}", code="workspace_not_found")
         return rows.ws_from_row(row)
 
     async def list_workspaces(self) -> list[Workspace]:
-        return [rows.ws_from_row(r) for r in await self._fetch("SELECT * FROM workspaces ORDER BY created_at")]
+        return [
+            rows.ws_from_row(r)
+            for r in await self._fetch("SELECT * FROM workspaces ORDER BY created_at")
+        ]
 
     async def _update_ws(
-        self, ws_id: str, only_from: frozenset[WorkspaceState] | None, fields: dict[str, Any],
+        self,
+        ws_id: str,
+        only_from: frozenset[WorkspaceState] | None,
+        fields: dict[str, Any],
     ) -> Workspace | None:
         fields = rows.ws_update(fields)
         args: list[Any] = [ws_id]
@@ -150,7 +165,9 @@ class PostgresStore(rows.WorkspaceUpdates):
         if only_from is not None:
             args.append([s.value for s in only_from])
             where += f" AND state = ANY(${len(args)}::text[])"
-        row = await self._fetchrow(f"UPDATE workspaces SET {', '.join(sets)} WHERE {where} RETURNING *", *args)
+        row = await self._fetchrow(
+            f"UPDATE workspaces SET {', '.join(sets)} WHERE {where} RETURNING *", *args
+        )
         return None if row is None else rows.ws_from_row(row)
 
     async def delete_workspace(self, ws_id: str) -> None:
@@ -159,21 +176,29 @@ class PostgresStore(rows.WorkspaceUpdates):
 
     async def workspace_by_token(self, token_hash: str) -> Workspace | None:
         row = await self._fetchrow(
-            "SELECT * FROM workspaces WHERE token_hash = $1 OR run_token_hash = $1 LIMIT 1", token_hash)
+            "SELECT * FROM workspaces WHERE token_hash = $1 OR run_token_hash = $1 LIMIT 1",
+            token_hash,
+        )
         return None if row is None else rows.ws_from_row(row)
 
     # deliveries ------------------------------------------------------------
     async def accept(self, d: Delivery) -> tuple[Delivery, bool]:
-        sql, args = _insert("deliveries", rows.d_params(d),
-                            "ON CONFLICT (workspace_id, message_id) DO NOTHING RETURNING *")
+        sql, args = _insert(
+            "deliveries",
+            rows.d_params(d),
+            "ON CONFLICT (workspace_id, message_id) DO NOTHING RETURNING *",
+        )
 
         # One autocommit statement in the common case (the hot path: one round trip).
         row = await self._fetchrow(sql, *args)
         if row is not None:
             return rows.d_from_row(row), True
         # The conflicting row is committed (ON CONFLICT waited for it), so this sees it.
-        row = await self._fetchrow("SELECT * FROM deliveries WHERE workspace_id = $1 AND message_id = $2",
-                                   d.workspace_id, d.message_id)
+        row = await self._fetchrow(
+            "SELECT * FROM deliveries WHERE workspace_id = $1 AND message_id = $2",
+            d.workspace_id,
+            d.message_id,
+        )
         return rows.d_from_row(row), False
 
     async def get_delivery(self, delivery_id: str) -> Delivery:
@@ -183,16 +208,31 @@ class PostgresStore(rows.WorkspaceUpdates):
         return rows.d_from_row(row)
 
     async def find_delivery(self, workspace_id: str, message_id: str) -> Delivery | None:
-        row = await self._fetchrow("SELECT * FROM deliveries WHERE workspace_id = $1 AND message_id = $2",
-                                   workspace_id, message_id)
+        row = await self._fetchrow(
+            "SELECT * FROM deliveries WHERE workspace_id = $1 AND message_id = $2",
+            workspace_id,
+            message_id,
+        )
         return None if row is None else rows.d_from_row(row)
 
     async def claim(
-        self, workspace_id: str, *, capacity: int | None, owner: str, lease_seconds: float, now: float,
+        self,
+        workspace_id: str,
+        *,
+        capacity: int | None,
+        owner: str,
+        lease_seconds: float,
+        now: float,
     ) -> list[Delivery]:
         # One round trip, also when there is nothing to claim (see _CLAIM_FUNCTION).
-        got = await self._fetch("SELECT * FROM berth_claim($1, $2, $3, $4, $5)", workspace_id, capacity,
-                                owner, float(now), float(now + lease_seconds))
+        got = await self._fetch(
+            "SELECT * FROM berth_claim($1, $2, $3, $4, $5)",
+            workspace_id,
+            capacity,
+            owner,
+            float(now),
+            float(now + lease_seconds),
+        )
         return sorted((rows.d_from_row(r) for r in got), key=lambda d: d.seq)
 
     async def renew(self, owner: str, ids: list[str], lease_until: float) -> int:
@@ -201,47 +241,76 @@ class PostgresStore(rows.WorkspaceUpdates):
         pool = await self._get_pool()
         status = await pool.execute(
             "UPDATE deliveries SET lease_until = $1 WHERE status = 'in_flight' AND lease_owner = $2 "
-            "AND id = ANY($3::text[])", float(lease_until), owner, list(ids))
+            "AND id = ANY($3::text[])",
+            float(lease_until),
+            owner,
+            list(ids),
+        )
         return _rowcount(status)
 
-    async def settle(self, delivery_id: str, owner: str, how: Settle, now: float) -> Delivery | None:
+    async def settle(
+        self, delivery_id: str, owner: str, how: Settle, now: float
+    ) -> Delivery | None:
         check_move(D.IN_FLIGHT, how.status)
-        args: list[Any] = [delivery_id, owner, how.status.value, int(how.count_attempt), how.reason,
-                           float(how.not_before), float(now), float(now) if how.status in FINAL else None]
-        sets = ("status = $3, attempts = attempts + $4, reason = $5, not_before = $6, "
-                "lease_owner = NULL, lease_until = NULL, updated_at = $7, finished_at = $8")
+        args: list[Any] = [
+            delivery_id,
+            owner,
+            how.status.value,
+            int(how.count_attempt),
+            how.reason,
+            float(how.not_before),
+            float(now),
+            float(now) if how.status in FINAL else None,
+        ]
+        sets = (
+            "status = $3, attempts = attempts + $4, reason = $5, not_before = $6, "
+            "lease_owner = NULL, lease_until = NULL, updated_at = $7, finished_at = $8"
+        )
         if how.reply is not None:
             args += [how.reply, how.reply_status]
             sets += ", reply = $9, reply_status = $10"
-        row = await self._fetchrow(f"UPDATE deliveries SET {sets} WHERE id = $1 AND status = 'in_flight' "
-                                   "AND lease_owner = $2 RETURNING *", *args)
+        row = await self._fetchrow(
+            f"UPDATE deliveries SET {sets} WHERE id = $1 AND status = 'in_flight' "
+            "AND lease_owner = $2 RETURNING *",
+            *args,
+        )
         return None if row is None else rows.d_from_row(row)
 
     async def requeue_in_flight(self, workspace_id: str | None = None) -> list[str]:
         where, args = ("AND workspace_id = $1", [workspace_id]) if workspace_id else ("", [])
         got = await self._fetch(
             "WITH moved AS (UPDATE deliveries SET status = 'queued', lease_owner = NULL, lease_until = NULL "
-            f"WHERE status = 'in_flight' {where} RETURNING id, seq) SELECT id FROM moved ORDER BY seq", *args)
+            f"WHERE status = 'in_flight' {where} RETURNING id, seq) SELECT id FROM moved ORDER BY seq",
+            *args,
+        )
         return [r["id"] for r in got]
 
     async def requeue_expired(self, now: float) -> list[Delivery]:
         got = await self._fetch(
             "UPDATE deliveries SET status = 'queued', lease_owner = NULL, lease_until = NULL, "
             "reason = 'lease expired: redelivered' WHERE status = 'in_flight' AND lease_until < $1 "
-            "RETURNING *", float(now))
+            "RETURNING *",
+            float(now),
+        )
         return _by_seq(got)
 
     async def cancel(self, delivery_id: str, now: float, reason: str) -> Delivery:
         async def go(c: Conn) -> Delivery:
             row = await c.fetchrow(
                 "UPDATE deliveries SET status = 'canceled', reason = $2, finished_at = $3, updated_at = $3 "
-                "WHERE id = $1 AND status = 'queued' RETURNING *", delivery_id, reason, float(now))
+                "WHERE id = $1 AND status = 'queued' RETURNING *",
+                delivery_id,
+                reason,
+                float(now),
+            )
             if row is not None:
                 return rows.d_from_row(row)
             cur = await c.fetchval("SELECT status FROM deliveries WHERE id = $1", delivery_id)
             if cur is None:
                 raise NotFound(f"no delivery {delivery_id!r}", code="delivery_not_found")
-            raise Conflict(f"only a queued delivery can be canceled; this one is {cur}", code="not_cancelable")
+            raise Conflict(
+                f"only a queued delivery can be canceled; this one is {cur}", code="not_cancelable"
+            )
 
         return await self._tx(go)
 
@@ -249,23 +318,33 @@ class PostgresStore(rows.WorkspaceUpdates):
         got = await self._fetch(
             "UPDATE deliveries SET status = 'canceled', reason = $2, finished_at = $3, updated_at = $3, "
             "lease_owner = NULL, lease_until = NULL WHERE workspace_id = $1 "
-            "AND status IN ('queued', 'in_flight') RETURNING *", workspace_id, reason, float(now))
+            "AND status IN ('queued', 'in_flight') RETURNING *",
+            workspace_id,
+            reason,
+            float(now),
+        )
         return _by_seq(got)
 
     async def retry(self, delivery_id: str, now: float) -> Delivery:
         async def go(c: Conn) -> Delivery:
-            cur = await c.fetchval("SELECT status FROM deliveries WHERE id = $1 FOR UPDATE", delivery_id)
+            cur = await c.fetchval(
+                "SELECT status FROM deliveries WHERE id = $1 FOR UPDATE", delivery_id
+            )
             if cur is None:
                 raise NotFound(f"no delivery {delivery_id!r}", code="delivery_not_found")
             if cur not in ("dead", "canceled", "expired"):
-                raise Conflict("only a dead, canceled or expired delivery can be retried; this one is "
-                               f"{cur}", code="not_retryable")
+                raise Conflict(
+                    f"only a dead, canceled or expired delivery can be retried; this one is {cur}",
+                    code="not_retryable",
+                )
             # A retried delivery goes to the back of the queue: it takes a new sequence number.
             row = await c.fetchrow(
                 "UPDATE deliveries SET status = 'queued', attempts = 0, reason = 'retried by an operator', "
                 "finished_at = NULL, not_before = 0, updated_at = $2, "
                 "seq = nextval(pg_get_serial_sequence('deliveries', 'seq')) WHERE id = $1 RETURNING *",
-                delivery_id, float(now))
+                delivery_id,
+                float(now),
+            )
             return rows.d_from_row(row)
 
         return await self._tx(go)
@@ -273,44 +352,58 @@ class PostgresStore(rows.WorkspaceUpdates):
     async def expire_due(self, now: float) -> list[Delivery]:
         got = await self._fetch(
             "UPDATE deliveries SET status = 'expired', reason = 'ttl passed', finished_at = $1, updated_at = $1 "
-            "WHERE status = 'queued' AND expires_at IS NOT NULL AND expires_at <= $1 RETURNING *", float(now))
+            "WHERE status = 'queued' AND expires_at IS NOT NULL AND expires_at <= $1 RETURNING *",
+            float(now),
+        )
         return _by_seq(got)
 
     async def list_deliveries(
-        self, workspace_id: str, status: DeliveryStatus | None = None, limit: int = 100,
+        self,
+        workspace_id: str,
+        status: DeliveryStatus | None = None,
+        limit: int = 100,
     ) -> list[Delivery]:
         where, args = "workspace_id = $1", [workspace_id]
         if status is not None:
             where += " AND status = $2"
             args.append(status.value)
-        got = await self._fetch(f"SELECT * FROM deliveries WHERE {where} ORDER BY seq DESC LIMIT {int(limit)}",
-                                *args)
+        got = await self._fetch(
+            f"SELECT * FROM deliveries WHERE {where} ORDER BY seq DESC LIMIT {int(limit)}", *args
+        )
         return [rows.d_from_row(r) for r in reversed(got)]
 
     async def pending(self, workspace_id: str) -> tuple[int, int]:
         row = await self._fetchrow(
             "SELECT (SELECT count(*) FROM deliveries WHERE workspace_id = $1 AND status = 'queued') AS q, "
             "(SELECT count(*) FROM deliveries WHERE workspace_id = $1 AND status = 'in_flight') AS f",
-            workspace_id)
+            workspace_id,
+        )
         return int(row["q"]), int(row["f"])
 
     async def counts(self, workspace_id: str | None = None) -> dict[DeliveryStatus, int]:
         where, args = ("WHERE workspace_id = $1", [workspace_id]) if workspace_id else ("", [])
         out = {s: 0 for s in D}
-        for r in await self._fetch(f"SELECT status, count(*) AS n FROM deliveries {where} GROUP BY status", *args):
+        for r in await self._fetch(
+            f"SELECT status, count(*) AS n FROM deliveries {where} GROUP BY status", *args
+        ):
             out[D(r["status"])] = r["n"]
         return out
 
     async def next_ready_at(self, workspace_id: str) -> float | None:
         pool = await self._get_pool()
         value: float | None = await pool.fetchval(
-            "SELECT min(not_before) FROM deliveries WHERE workspace_id = $1 AND status = 'queued'", workspace_id)
+            "SELECT min(not_before) FROM deliveries WHERE workspace_id = $1 AND status = 'queued'",
+            workspace_id,
+        )
         return value
 
     async def prune_finished(self, before: float) -> int:
         pool = await self._get_pool()
         status = await pool.execute(
-            "DELETE FROM deliveries WHERE status = ANY($1::text[]) AND finished_at < $2", _FINAL, float(before))
+            "DELETE FROM deliveries WHERE status = ANY($1::text[]) AND finished_at < $2",
+            _FINAL,
+            float(before),
+        )
         return _rowcount(status)
 
     # restarts --------------------------------------------------------------
@@ -322,21 +415,27 @@ class PostgresStore(rows.WorkspaceUpdates):
         await pool.execute(sql, *args)
 
     async def get_restart(self, workspace_id: str, restart_id: str) -> RestartRecord:
-        row = await self._fetchrow("SELECT * FROM restarts WHERE id = $1 AND workspace_id = $2",
-                                   restart_id, workspace_id)
+        row = await self._fetchrow(
+            "SELECT * FROM restarts WHERE id = $1 AND workspace_id = $2", restart_id, workspace_id
+        )
         if row is None:
             raise NotFound(f"no restart {restart_id!r}", code="restart_not_found")
         return rows.r_from_row(row)
 
     async def list_restarts(self, workspace_id: str, limit: int = 50) -> list[RestartRecord]:
-        got = await self._fetch("SELECT * FROM restarts WHERE workspace_id = $1 ORDER BY created_at DESC "
-                                "LIMIT $2", workspace_id, limit)
+        got = await self._fetch(
+            "SELECT * FROM restarts WHERE workspace_id = $1 ORDER BY created_at DESC LIMIT $2",
+            workspace_id,
+            limit,
+        )
         return [rows.r_from_row(r) for r in got]
 
     async def active_restart(self, workspace_id: str) -> RestartRecord | None:
-        row = await self._fetchrow("SELECT * FROM restarts WHERE workspace_id = $1 "
-                                   "AND phase NOT IN ('done', 'failed') ORDER BY created_at DESC LIMIT 1",
-                                   workspace_id)
+        row = await self._fetchrow(
+            "SELECT * FROM restarts WHERE workspace_id = $1 "
+            "AND phase NOT IN ('done', 'failed') ORDER BY created_at DESC LIMIT 1",
+            workspace_id,
+        )
         return None if row is None else rows.r_from_row(row)
 
 
@@ -351,8 +450,10 @@ async def _no_reset(conn: Conn) -> None:
 
 # Which rows a claim takes: over the partial index deliveries_queued (workspace_id, seq)
 # WHERE status = 'queued', however many finished rows the table holds.
-_PICK = ("SELECT seq FROM deliveries WHERE workspace_id = {ws} AND status = 'queued' "
-         "AND not_before <= {now} ORDER BY seq LIMIT {limit} FOR UPDATE SKIP LOCKED")
+_PICK = (
+    "SELECT seq FROM deliveries WHERE workspace_id = {ws} AND status = 'queued' "
+    "AND not_before <= {now} ORDER BY seq LIMIT {limit} FOR UPDATE SKIP LOCKED"
+)
 
 # The claim, as one function call: the per-workspace lock (capacity across replicas), the
 # in-flight count and the SKIP LOCKED claim in one round trip. Each statement of a VOLATILE
@@ -404,8 +505,14 @@ def _reachable() -> Iterator[None]:
     """A lost or refused connection is the service being away (503), not a bug (500)."""
     try:
         yield
-    except (OSError, TimeoutError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
-            asyncpg.CannotConnectNowError, asyncpg.TooManyConnectionsError) as e:
+    except (
+        OSError,
+        TimeoutError,
+        asyncpg.PostgresConnectionError,
+        asyncpg.InterfaceError,
+        asyncpg.CannotConnectNowError,
+        asyncpg.TooManyConnectionsError,
+    ) as e:
         raise StoreUnavailable(f"the database is unavailable: {e.__class__.__name__}: {e}") from e
 
 

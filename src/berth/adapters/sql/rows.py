@@ -14,21 +14,74 @@ from berth.domain.restart import Phase, PhaseTiming, RestartRecord, Trigger
 from berth.domain.workspace import RestartPolicy, Runtime, Workspace
 
 WS_JSON = {"command", "env", "limits", "agent_card", "capabilities"}
-WS_ENUMS: dict[str, Any] = {"runtime": Runtime, "restart_policy": RestartPolicy, "state": WorkspaceState}
+WS_ENUMS: dict[str, Any] = {
+    "runtime": Runtime,
+    "restart_policy": RestartPolicy,
+    "state": WorkspaceState,
+}
 WS_COLUMNS = [
-    "id", "name", "runtime", "command", "image", "url", "env", "max_concurrency", "drain_seconds",
-    "restart_policy", "limits", "state", "token_hash", "run_token_hash", "agent_url", "agent_card",
-    "capabilities", "last_heartbeat", "active_tasks", "restart_count", "crash_count", "pid",
-    "state_dir", "owner", "last_error", "created_at", "updated_at",
+    "id",
+    "name",
+    "runtime",
+    "command",
+    "image",
+    "url",
+    "env",
+    "max_concurrency",
+    "drain_seconds",
+    "restart_policy",
+    "limits",
+    "state",
+    "token_hash",
+    "run_token_hash",
+    "agent_url",
+    "agent_card",
+    "capabilities",
+    "last_heartbeat",
+    "active_tasks",
+    "restart_count",
+    "crash_count",
+    "pid",
+    "state_dir",
+    "owner",
+    "last_error",
+    "created_at",
+    "updated_at",
 ]
 D_COLUMNS = [
-    "id", "workspace_id", "message_id", "method", "request", "headers", "status", "attempts",
-    "forwards", "reply", "reply_status", "reason", "lease_owner", "lease_until", "not_before",
-    "expires_at", "created_at", "first_forwarded_at", "finished_at", "updated_at",
+    "id",
+    "workspace_id",
+    "message_id",
+    "method",
+    "request",
+    "headers",
+    "status",
+    "attempts",
+    "forwards",
+    "reply",
+    "reply_status",
+    "reason",
+    "lease_owner",
+    "lease_until",
+    "not_before",
+    "expires_at",
+    "created_at",
+    "first_forwarded_at",
+    "finished_at",
+    "updated_at",
 ]
 R_COLUMNS = [
-    "id", "workspace_id", "trigger", "reason", "drain_seconds", "phase", "phases", "drain_report",
-    "error", "created_at", "finished_at",
+    "id",
+    "workspace_id",
+    "trigger",
+    "reason",
+    "drain_seconds",
+    "phase",
+    "phases",
+    "drain_report",
+    "error",
+    "created_at",
+    "finished_at",
 ]
 
 
@@ -77,12 +130,27 @@ def d_from_row(row: Mapping[str, Any]) -> Delivery:
 
 def r_params(r: RestartRecord) -> dict[str, Any]:
     return {
-        "id": r.id, "workspace_id": r.workspace_id, "trigger": r.trigger.value, "reason": r.reason,
-        "drain_seconds": r.drain_seconds, "phase": r.phase.value,
-        "phases": json.dumps([{"phase": p.phase.value, "started_at": p.started_at,
-                               "ended_at": p.ended_at, "detail": p.detail} for p in r.phases]),
+        "id": r.id,
+        "workspace_id": r.workspace_id,
+        "trigger": r.trigger.value,
+        "reason": r.reason,
+        "drain_seconds": r.drain_seconds,
+        "phase": r.phase.value,
+        "phases": json.dumps(
+            [
+                {
+                    "phase": p.phase.value,
+                    "started_at": p.started_at,
+                    "ended_at": p.ended_at,
+                    "detail": p.detail,
+                }
+                for p in r.phases
+            ]
+        ),
         "drain_report": None if r.drain_report is None else json.dumps(r.drain_report),
-        "error": r.error, "created_at": r.created_at, "finished_at": r.finished_at,
+        "error": r.error,
+        "created_at": r.created_at,
+        "finished_at": r.finished_at,
     }
 
 
@@ -92,10 +160,17 @@ def r_from_row(row: Mapping[str, Any]) -> RestartRecord:
         for p in json.loads(row["phases"] or "[]")
     ]
     return RestartRecord(
-        id=row["id"], workspace_id=row["workspace_id"], trigger=Trigger(row["trigger"]),
-        reason=row["reason"], drain_seconds=row["drain_seconds"], phase=Phase(row["phase"]),
-        phases=phases, drain_report=None if row["drain_report"] is None else json.loads(row["drain_report"]),
-        error=row["error"], created_at=row["created_at"], finished_at=row["finished_at"],
+        id=row["id"],
+        workspace_id=row["workspace_id"],
+        trigger=Trigger(row["trigger"]),
+        reason=row["reason"],
+        drain_seconds=row["drain_seconds"],
+        phase=Phase(row["phase"]),
+        phases=phases,
+        drain_report=None if row["drain_report"] is None else json.loads(row["drain_report"]),
+        error=row["error"],
+        created_at=row["created_at"],
+        finished_at=row["finished_at"],
     )
 
 
@@ -113,7 +188,10 @@ class WorkspaceUpdates:
     """update_workspace / move_workspace of both SQL stores, over their `_update_ws`."""
 
     async def _update_ws(
-        self, ws_id: str, only_from: frozenset[WorkspaceState] | None, fields: dict[str, Any],
+        self,
+        ws_id: str,
+        only_from: frozenset[WorkspaceState] | None,
+        fields: dict[str, Any],
     ) -> Workspace | None:
         raise NotImplementedError
 
@@ -124,8 +202,11 @@ class WorkspaceUpdates:
         return ws
 
     async def move_workspace(
-        self, ws_id: str, to: WorkspaceState, *, only_from: frozenset[WorkspaceState] | None = None,
+        self,
+        ws_id: str,
+        to: WorkspaceState,
+        *,
+        only_from: frozenset[WorkspaceState] | None = None,
         **fields: Any,
     ) -> Workspace | None:
         return await self._update_ws(ws_id, only_from, {"state": to, **fields})
-

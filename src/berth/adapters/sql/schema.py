@@ -97,8 +97,10 @@ def migrations(types: dict[str, str]) -> list[tuple[int, str]]:
 
 def migrations_table(types: dict[str, str]) -> str:
     """The bookkeeping table: one row per applied migration version (made before any migration)."""
-    return ("CREATE TABLE IF NOT EXISTS schema_migrations "
-            f"(version INTEGER PRIMARY KEY, applied_at {types['real']})")
+    return (
+        "CREATE TABLE IF NOT EXISTS schema_migrations "
+        f"(version INTEGER PRIMARY KEY, applied_at {types['real']})"
+    )
 
 
 def statements(script: str) -> list[str]:
