@@ -4,36 +4,55 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import fcntl
+import json
 import logging
+import os
 import socket
 import sys
+import time
 from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-import uvicorn
-
-from berth.api.app import create_app
-from berth.bootstrap import Container
+from berth.logs import configure
 from berth.settings import Settings
 
-__all__ = ["serve"]
+if TYPE_CHECKING:
+    from berth.bootstrap import Container
+
+__all__ = ["DataDirInUse", "SERVE_OPTIONS", "lock_data_dir", "serve"]
 log = logging.getLogger("berth")
+LOCK_FILE = "berth.lock"
+# the Settings that `berth serve` takes as options (every one is also BERTH_<NAME>)
+SERVE_OPTIONS = (
+    "host",
+    "port",
+    "data_dir",
+    "database_url",
+    "redis_url",
+    "admin_token",
+    "public_url",
+    "log_level",
+    "log_format",
+)
+
+
+class DataDirInUse(Exception):
+    pass
 
 
 def serve(args: argparse.Namespace) -> None:
     settings = Settings.from_env(
-        host=args.host,
-        port=args.port,
-        data_dir=args.data_dir,
-        database_url=args.database_url,
-        redis_url=args.redis_url,
-        admin_token=args.admin_token,
-        public_url=args.public_url,
-        demo=True if args.demo else None,
-        log_level=args.log_level,
+        **{k: getattr(args, k, None) for k in SERVE_OPTIONS}, demo=True if args.demo else None
     )
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    # before anything else: a second berth on this data dir must touch nothing of the first's
+    lock = lock_data_dir(settings.data_path, settings.advertised_url)
+    configure(settings.log_level, settings.log_format)
+    import uvicorn
+
+    from berth.api.app import create_app
+
     app = create_app(settings)
     print(
         f"berth {settings.advertised_url} · data {settings.data_path} · store {settings.store_url.split('@')[-1]}",
@@ -48,7 +67,43 @@ def serve(args: argparse.Namespace) -> None:
         http="httptools" if _has("httptools") else "h11",
         timeout_graceful_shutdown=60,
     )
-    _Server(config).run(sockets=_sockets(settings, app.state.berth))
+    try:
+        _server_class()(config).run(sockets=_sockets(settings, app.state.berth))
+    finally:
+        os.close(lock)
+
+
+def lock_data_dir(path: Path, url: str) -> int:
+    """Hold `<data dir>/berth.lock` (flock) for this process's life; the kernel drops it when
+    the process ends, kill -9 included. Raises DataDirInUse, touching nothing, if another
+    berth holds it. The descriptor is not inherited by the agents berth starts."""
+    path.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.read(fd, 4096).decode(errors="replace")
+        os.close(fd)
+        raise DataDirInUse(_in_use(path, holder)) from None
+    os.ftruncate(fd, 0)
+    info = {"pid": os.getpid(), "url": url, "since": time.time()}
+    os.pwrite(fd, (json.dumps(info) + "\n").encode(), 0)
+    return fd
+
+
+def _in_use(path: Path, holder: str) -> str:
+    try:
+        info = json.loads(holder)
+        who = (
+            f"pid {info['pid']}, serving {info['url']} since "
+            f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(info['since']))}"
+        )
+    except (ValueError, KeyError, TypeError):
+        who = "pid unknown"
+    return (
+        f"another berth server is using the data dir {path} ({who}). "
+        f"Stop it first, or give this one its own --data-dir (BERTH_DATA_DIR)."
+    )
 
 
 def _sockets(settings: Settings, container: Container) -> list[socket.socket] | None:
@@ -88,16 +143,21 @@ def _sockets(settings: Settings, container: Container) -> list[socket.socket] | 
     return out
 
 
-class _Server(uvicorn.Server):
-    """Exit 0 after a graceful shutdown on SIGTERM/SIGINT (uvicorn re-raises the signal)."""
+def _server_class() -> Any:
+    import uvicorn
 
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        with super().capture_signals():
-            try:
-                yield
-            finally:
-                self._captured_signals.clear()
+    class _Server(uvicorn.Server):
+        """Exit 0 after a graceful shutdown on SIGTERM/SIGINT (uvicorn re-raises the signal)."""
+
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            with super().capture_signals():
+                try:
+                    yield
+                finally:
+                    self._captured_signals.clear()
+
+    return _Server
 
 
 def _has(mod: str) -> bool:

@@ -5,11 +5,12 @@ from __future__ import annotations
 import hashlib
 import os
 import socket
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Settings"]
+__all__ = ["ClientSettings", "Settings", "env_name"]
 
 
 @dataclass
@@ -45,20 +46,12 @@ class Settings:
     in_docker: bool | None = None  # None: detect from /.dockerenv
     demo: bool = False
     log_level: str = "info"
+    log_format: str = "text"  # text or json (one JSON object per line)
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def from_env(cls, environ: dict[str, str] | None = None, **overrides: Any) -> Settings:
-        env = os.environ if environ is None else environ
-        kw: dict[str, Any] = {}
-        for f in fields(cls):
-            if f.name == "extra":
-                continue
-            raw = env.get(f"BERTH_{f.name.upper()}")
-            if raw is not None and raw != "":
-                kw[f.name] = _coerce(f.type, raw)
-        kw.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**kw)
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        return cls(**_read(cls, environ, overrides))
 
     @property
     def data_path(self) -> Path:
@@ -88,6 +81,42 @@ class Settings:
         if self.in_docker is not None:
             return self.in_docker
         return os.path.exists("/.dockerenv")
+
+
+@dataclass
+class ClientSettings:
+    """What the `berth` CLI reads from the environment: which server, and the operator's token
+    (BERTH_ADMIN_TOKEN, else `<data_dir>/admin_token`)."""
+
+    server: str = "http://127.0.0.1:8080"
+    admin_token: str | None = None
+    data_dir: str = ".berth"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> ClientSettings:
+        return cls(**_read(cls, environ, overrides))
+
+    @property
+    def token_file(self) -> Path:
+        return Path(self.data_dir).expanduser() / "admin_token"
+
+
+def env_name(name: str) -> str:
+    """The environment variable of a setting: `log_level` -> `BERTH_LOG_LEVEL`."""
+    return f"BERTH_{name.upper()}"
+
+
+def _read(cls: Any, environ: Mapping[str, str] | None, overrides: dict[str, Any]) -> dict[str, Any]:
+    env = os.environ if environ is None else environ
+    kw: dict[str, Any] = {}
+    for f in fields(cls):
+        if f.name == "extra":
+            continue
+        raw = env.get(env_name(f.name))
+        if raw is not None and raw != "":
+            kw[f.name] = _coerce(f.type, raw)
+    kw.update({k: v for k, v in overrides.items() if v is not None})
+    return kw
 
 
 def _coerce(type_name: Any, raw: str) -> Any:

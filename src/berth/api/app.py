@@ -12,9 +12,10 @@ from starlette.responses import JSONResponse, PlainTextResponse
 from starlette.routing import Route
 
 from berth import __version__
-from berth.api import agents, errors, management
+from berth.api import agents, errors, lookups, management
 from berth.api.a2a import a2a_endpoint, agent_card_endpoint
 from berth.bootstrap import Container, build
+from berth.eventlog import EventLog
 from berth.settings import Settings
 
 __all__ = ["create_app"]
@@ -22,9 +23,11 @@ __all__ = ["create_app"]
 
 def create_app(settings: Settings | None = None, container: Container | None = None) -> FastAPI:
     c = container or build(settings or Settings.from_env())
+    event_log = EventLog(c)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        c.tasks.append(event_log.start())
         await c.start()
         app.state.ready = True
         if c.settings.demo:
@@ -44,9 +47,11 @@ def create_app(settings: Settings | None = None, container: Container | None = N
         description="A control plane for A2A agent workspaces that never loses a message.",
     )
     app.state.berth = c
+    app.state.event_log = event_log
     app.state.ready = False
     errors.install(app)
     app.include_router(management.router)
+    app.include_router(lookups.router)
     app.include_router(agents.router)
     for path in ("/v1/workspaces/{ref}/a2a", "/v1/workspaces/{ref}/a2a/"):
         app.router.routes.append(
