@@ -3,7 +3,7 @@
 - The container is `ws-<id[:12]>`, labelled `berth.workspace=<id>` and
   `berth.instance=<instance>`, run with `--init` (so SIGTERM reaches the agent, which
   drains) and no Docker restart policy: berth's own restart policy decides.
-- It gets its identity in the environment (CONTRACT §4) with `BERTH_PORT=8000` and
+- It gets its identity in the environment (see docs/sdk.md) with `BERTH_PORT=8000` and
   `BERTH_STATE_DIR=/state`, a named volume `berth-ws-<id[:12]>` mounted at /state that
   outlives the container, and the limits `memory` ("512m") and `cpus` (1.5).
 - Port 8000 is published on 127.0.0.1 and the agent is told to register that URL
@@ -44,6 +44,12 @@ HOST_ALIAS = "host.docker.internal"
 _LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]", "0.0.0.0")
 _PORT_TAKEN = ("port is already allocated", "address already in use")
 _KEEP_LOG_LINES = 1000
+DEFAULT_SOCKET = "/var/run/docker.sock"
+
+
+def _first_line(e: Exception) -> str:
+    text = str(e).splitlines()[0] if str(e) else ""
+    return f"{e.__class__.__name__}: {text[:120]}" if text else e.__class__.__name__
 
 
 def container_name(ws: Workspace | str) -> str:
@@ -63,6 +69,9 @@ def docker_provisioner(settings: Any) -> DockerProvisioner | None:
         from docker.client import DockerClient
     except ImportError:
         return None
+    if not os.environ.get("DOCKER_HOST") and not os.path.exists(DEFAULT_SOCKET):
+        log.debug("no Docker engine configured (DOCKER_HOST unset, no %s)", DEFAULT_SOCKET)
+        return None
     try:
         probe = DockerClient.from_env(timeout=1)
         try:
@@ -71,7 +80,12 @@ def docker_provisioner(settings: Any) -> DockerProvisioner | None:
             probe.close()
         client = DockerClient.from_env(timeout=60)
     except Exception as e:
-        log.info("no Docker engine answers (%s); the docker runtime is unavailable", e)
+        where = os.environ.get("DOCKER_HOST") or DEFAULT_SOCKET
+        log.info(
+            "the Docker engine at %s does not answer (%s): docker runtime off",
+            where,
+            _first_line(e),
+        )
         return None
     in_docker = settings.in_docker
     if in_docker is None:
