@@ -49,8 +49,9 @@ async def _announce(c: Container, ws_id: str) -> None:
         f"  {berth_cli} ws restart {DEMO_NAME}{flags}      (live phases, then the drain report)\n"
         f'  curl -s {url}/v1/workspaces/{DEMO_NAME}/a2a -H "authorization: Bearer {auth}" \\\n'
         f'    -H \'a2a-version: 1.0\' -H \'content-type: application/json\' -d \'{{"jsonrpc":"2.0","id":1,'
-        f'"method":"SendMessage","params":{{"message":{{"role":"ROLE_USER","messageId":"m1",'
-        f'"parts":[{{"text":"hello"}}]}}}}}}\'\n',
+        f'"method":"SendMessage","params":{{"message":{{"role":"ROLE_USER",'
+        f'"messageId":"\'$(cat /proc/sys/kernel/random/uuid)\'","parts":[{{"text":"hello"}}]}}}}}}\'\n'
+        f"  (a fresh messageId each time: berth answers a repeated one with the first reply)\n",
         file=sys.stderr,
         flush=True,
     )

@@ -182,7 +182,7 @@ def _deliveries(sub: Any, common: argparse.ArgumentParser) -> None:
         "FORWARDS counts the times berth sent a message to its agent; FAILURES the forwards\n"
         "that failed and count toward the dead-letter limit (BERTH_MAX_ATTEMPTS).",
     ).add_subparsers(dest="d_cmd", required=True, metavar="COMMAND")
-    ls = d.add_parser("ls", parents=[common], help="a workspace's deliveries, newest first")
+    ls = d.add_parser("ls", parents=[common], help="a workspace's deliveries")
     ls.add_argument("ref", metavar="NAME", help="workspace name or id")
     ls.add_argument("--status", choices=STATUSES, help="only these")
     ls.add_argument("--limit", type=int, default=50, help="how many (default 50)")
