@@ -85,7 +85,7 @@ def agent_port() -> int:
 
 
 class ExternalEcho:
-    """An echo agent that runs outside berth and registers itself (CONTRACT §4)."""
+    """An echo agent that runs outside berth and registers itself (docs/sdk.md)."""
 
     def __init__(self, state: Path, port: int, berth_url: str, ws_id: str, token: str) -> None:
         env = {

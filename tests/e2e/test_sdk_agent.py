@@ -1,4 +1,4 @@
-"""The agent SDK on its own (CONTRACT §8): a real `python -m berth.examples.echo` process,
+"""The agent SDK on its own: a real `python -m berth.examples.echo` process,
 spoken to over HTTP as berth speaks to it, with no berth in between."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The SDK's drain and tool gate, in one process (CONTRACT §8)."""
+"""The SDK's drain and tool gate, in one process."""
 
 import asyncio
 import time

@@ -1,4 +1,4 @@
-"""The agent-facing API (CONTRACT §4): registration and heartbeats, with workspace tokens."""
+"""The agent-facing API: registration and heartbeats, with workspace tokens."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The echo agent of CONTRACT §8: replies `echo: <text>`.
+"""The echo agent: replies `echo: <text>`.
 
 A text beginning `sleep:<seconds> ` works that long first, passing the tool gate every
 100 ms; a text beginning `crash` kills the process mid-execution (for poison tests). A
