@@ -159,7 +159,7 @@ ExitCallback = Callable[[str, "int | None"], None]
 
 
 class Provisioner(Protocol):
-    """Runs workspaces of one runtime. `identity` is the BERTH_* environment of CONTRACT §4."""
+    """Runs workspaces of one runtime. `identity` is the BERTH_* environment of docs/sdk.md."""
 
     runtime: str
 

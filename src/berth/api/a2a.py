@@ -1,4 +1,4 @@
-"""The A2A proxy route (CONTRACT §5): a plain Starlette endpoint, kept off FastAPI's
+"""The A2A proxy route: a plain Starlette endpoint, kept off FastAPI's
 validation layer because it is the hot path and passes bodies through."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The management API (CONTRACT §3): workspaces, restarts, deliveries, events."""
+"""The management API: workspaces, restarts, deliveries, events."""
 
 from __future__ import annotations
 

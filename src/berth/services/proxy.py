@@ -1,4 +1,4 @@
-"""The A2A proxy (CONTRACT §5): sends are accepted into the delivery log before anything
+"""The A2A proxy: sends are accepted into the delivery log before anything
 else and answered when the agent's reply is in; other methods pass through, held while
 the workspace restarts."""
 
