@@ -1,4 +1,5 @@
-"""Liveness, failed starts, metrics, events, OpenAPI and the CLI, against a real server."""
+"""Liveness, failed starts, metrics, events and OpenAPI, against a real server (the CLI:
+tests/cli)."""
 
 import asyncio
 import json
@@ -9,7 +10,7 @@ import sys
 
 import pytest
 
-from tests.e2e.harness import ADMIN, create, reply_text, send, wait_status
+from tests.e2e.harness import create, reply_text, send, wait_status
 
 pytestmark = pytest.mark.slow
 
@@ -85,61 +86,6 @@ async def test_metrics_and_events(berth_server):
         spec = (await c.get("/openapi.json")).json()
         assert "/v1/workspaces/{ref}/restart" in spec["paths"]
         assert "name" in json.dumps(spec["paths"]["/v1/workspaces"]["post"]["requestBody"])
-
-
-def test_cli(berth_server, tmp_path):
-    env = {**os.environ, "BERTH_SERVER": berth_server.url, "BERTH_ADMIN_TOKEN": ADMIN}
-
-    def berth(*args: str, ok: bool = True) -> subprocess.CompletedProcess[str]:
-        p = subprocess.run(
-            [sys.executable, "-m", "berth", *args],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        assert (p.returncode == 0) == ok, (args, p.stdout, p.stderr)
-        return p
-
-    out = berth(
-        "ws",
-        "create",
-        "cli-echo",
-        "--drain-seconds",
-        "5",
-        "--",
-        sys.executable,
-        "-m",
-        "berth.examples.echo",
-    )
-    assert "created cli-echo" in out.stdout and "bws_" in out.stdout
-    for _ in range(100):
-        if "online" in berth("ws", "ls").stdout:
-            break
-    assert "cli-echo" in berth("ws", "ls").stdout
-    assert berth("send", "cli-echo", "hello cli").stdout.strip() == "echo: hello cli"
-    r = berth("ws", "restart", "cli-echo", "--reason", "cli test")
-    assert "draining" in r.stdout and "restart done" in r.stdout and "drain (agent)" in r.stdout
-    assert "done" in berth("deliveries", "cli-echo").stdout
-    assert json.loads(berth("ws", "show", "cli-echo").stdout)["restart_count"] == 1
-    assert "berth: starting" in berth("ws", "logs", "cli-echo").stdout
-    assert "paused" in berth("ws", "pause", "cli-echo").stdout
-    assert "online" in berth("ws", "resume", "cli-echo").stdout or True
-    err = berth("ws", "show", "nope", ok=False)
-    assert (
-        err.stderr.startswith("berth: ")
-        and "404" in err.stderr
-        and len(err.stderr.splitlines()) == 1
-    )
-    assert "removed cli-echo" in berth("ws", "rm", "cli-echo").stdout
-    bad = subprocess.run(
-        [sys.executable, "-m", "berth", "ws", "ls"],
-        capture_output=True,
-        text=True,
-        env={**env, "BERTH_SERVER": "http://127.0.0.1:9"},
-        timeout=30,
-    )
-    assert bad.returncode == 1 and "cannot reach berth" in bad.stderr
 
 
 async def test_an_orphaned_agent_process_is_stopped_by_housekeeping(tmp_path):
