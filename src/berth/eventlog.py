@@ -21,6 +21,19 @@ __all__ = ["EventLog"]
 log = logging.getLogger("berth.events")
 
 QUIET = frozenset({"workspace.crashed"})  # the registry logs crashes itself
+LOGGED = frozenset(
+    {
+        "workspace.state",
+        "workspace.created",
+        "workspace.removed",
+        "restart.requested",
+        "restart.phase",
+        "restart.finished",
+        "delivery.dead",
+        "delivery.expired",
+        "delivery.canceled",
+    }
+)
 
 
 class EventLog:
@@ -63,8 +76,8 @@ class EventLog:
 
     def write(self, e: dict[str, Any]) -> None:
         kind = e["kind"]
-        if kind in QUIET:
-            return
+        if kind in QUIET or (kind not in LOGGED and not log.isEnabledFor(logging.DEBUG)):
+            return  # per-message events: cheap to skip on the hot path
         name = self._name(e)
         extra = {"event": e}
         rid = str(e.get("restart_id") or "")[:8]

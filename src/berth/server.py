@@ -54,12 +54,17 @@ def serve(args: argparse.Namespace) -> None:
     from berth.api.app import create_app
 
     app = create_app(settings)
-    print(
-        f"berth {settings.advertised_url} · data {settings.data_path} · store {settings.store_url.split('@')[-1]}",
-        file=sys.stderr,
+    where = (
+        f"berth {settings.advertised_url} · data {settings.data_path} · "
+        f"store {settings.store_url.split('@')[-1]}"
     )
+    if settings.log_format == "json":
+        log.info(where)
+    else:
+        print(where, file=sys.stderr)
     config = uvicorn.Config(
         app,
+        log_config=None,  # uvicorn's own lines go through berth's handler (text or JSON)
         host=settings.host,
         port=settings.port,
         log_level="warning",

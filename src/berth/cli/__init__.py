@@ -35,12 +35,14 @@ def main(argv: list[str] | None = None) -> NoReturn:
         args.command = list(args.command) + tail
     out = Out(as_json=bool(getattr(args, "json", False)))
     try:
-        sys.exit(run(args, out))
+        code = run(args, out)
+        sys.stdout.flush()
     except BrokenPipeError:
         # the reader went away (`berth … | head`): stop quietly, as a shell tool does
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
-        sys.exit(Exit.OK)
+        code = Exit.OK
+    sys.exit(code)
 
 
 def run(args: argparse.Namespace, out: Out) -> int:
@@ -59,7 +61,6 @@ def run(args: argparse.Namespace, out: Out) -> int:
         return int(e.code)
     except KeyboardInterrupt:
         return int(Exit.INTERRUPTED)
-    sys.stdout.flush()
     return int(Exit.OK)
 
 
