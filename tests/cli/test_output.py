@@ -96,15 +96,20 @@ def test_restart_piped_prints_each_phase_once_with_its_time(server):
 
 def test_restart_on_a_terminal_is_one_updating_line_per_phase(server):
     echo(server, "tty", drain_seconds=10)
-    # a slow message keeps the drain open long enough to see the line update
-    api(
+    # a slow message, in flight when the restart begins, keeps the drain open for seconds
+    r = api(
         server,
         "POST",
         "/v1/workspaces/tty/a2a",
-        json=_send("sleep:3 slow"),
+        json=_send("sleep:5 slow"),
         headers={"x-berth-wait": "0", "a2a-version": "1.0"},
     )
-    time.sleep(0.3)
+    deadline = time.monotonic() + 30
+    while api(server, "GET", f"/v1/deliveries/{r.json()['delivery_id']}").json()["status"] != (
+        "in_flight"
+    ):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
     out, code = _in_pty(["ws", "restart", "tty"], server)
     assert code == 0, out
     assert ESC + "1A" in out or ESC + "2K" in out  # rich redraws the lines in place
@@ -177,3 +182,41 @@ def _last_frame(out: str) -> str:
     """What the terminal shows at the end: the text after the last redraw."""
     tail = out.rsplit(ESC + "2K", 1)[-1]
     return re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", tail)
+
+
+def test_top_is_live_on_a_terminal_and_a_snapshot_when_piped(server):
+    echo(server, "watched")
+    snap = berth(server, "top")
+    assert snap.returncode == 0 and ESC not in snap.stdout
+    row = next(x for x in snap.stdout.splitlines() if x.startswith("watched "))
+    assert "online" in row
+    master, slave = pty.openpty()
+    p = subprocess.Popen(
+        [sys.executable, "-m", "berth", "top", "--interval", "0.3"],
+        env=cli_env(server, TERM="xterm-256color", COLUMNS="120", LINES="40"),
+        stdin=slave,
+        stdout=slave,
+        stderr=slave,
+    )
+    os.close(slave)
+    out = b""
+    deadline = time.monotonic() + 4
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([master], [], [], 0.2)
+        if ready:
+            out += os.read(master, 65536)
+    p.send_signal(2)  # Ctrl-C
+    code = p.wait(10)
+    os.close(master)
+    text = out.decode(errors="replace")
+    assert code == 130
+    assert len(re.findall(r"\d\d:\d\d:\d\d · \d+ workspaces?", text)) >= 3  # redrawn, live
+    assert "watched" in text and "Traceback" not in text
+
+
+def test_events_in_words(server):
+    echo(server, "storyteller")
+    assert berth(server, "ws", "restart", "storyteller").returncode == 0
+    out = berth(server, "events", "--ws", "storyteller", "--limit", "100").stdout
+    assert re.search(r"^\d\d:\d\d:\d\d\s+workspace\.state\s+storyteller\s+\w+ → \w+$", out, re.M)
+    assert re.search(r"restart\.finished\s+storyteller\s+[0-9a-f]{8} done$", out, re.M)
