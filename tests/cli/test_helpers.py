@@ -75,3 +75,15 @@ def test_no_stray_environment_reads_in_the_cli() -> None:
 
     for f in Path(pkg.__file__).parent.glob("*.py"):
         assert "os.environ" not in f.read_text() and "getenv" not in f.read_text(), f
+
+
+def test_data_prints_as_it_is_not_as_markup(capsys: pytest.CaptureFixture[str]) -> None:
+    from berth.cli.output import Out
+
+    out = Out()
+    out.line("[bold]x[/] :smile: [errno 2]")
+    out.note("[red]reason[/]")
+    out.fields([("reason", "[dim]poison[/]")])
+    got = capsys.readouterr()
+    assert got.out == "[bold]x[/] :smile: [errno 2]\nreason  [dim]poison[/]\n"
+    assert got.err == "[red]reason[/]\n"

@@ -8,6 +8,8 @@ import os
 import sys
 from typing import NoReturn
 
+from rich.text import Text
+
 from berth.cli.errors import CliError, Exit
 from berth.cli.output import Out
 from berth.cli.parser import DELIVERY_COMMANDS, build
@@ -55,9 +57,9 @@ def run(args: argparse.Namespace, out: Out) -> int:
 
         command(args, connect(args), out)
     except CliError as e:
-        out.err.print(f"[bold red]berth:[/] {_escape(e.message)}")
+        out.note(Text.assemble(("berth:", "bold red"), " ", e.message))
         if e.hint:
-            out.err.print(f"[dim]hint: {_escape(e.hint)}[/]")
+            out.note(Text("hint: " + e.hint, style="dim"))
         return int(e.code)
     except KeyboardInterrupt:
         return int(Exit.INTERRUPTED)
@@ -75,9 +77,3 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"berth: {e}", file=sys.stderr)
         return int(Exit.FAILED)
     return int(Exit.OK)
-
-
-def _escape(text: str) -> str:
-    from rich.markup import escape
-
-    return escape(text)

@@ -54,6 +54,8 @@ class Out:
         sys.stdout.flush()
 
     def line(self, text: RenderableType = "") -> None:
+        if isinstance(text, str):
+            text = Text(text)  # data, not markup: `[x]` and `:name:` print as they are
         if self.tty:
             self.console.print(text)
             return
@@ -63,7 +65,7 @@ class Out:
         sys.stdout.flush()
 
     def note(self, text: str | Text) -> None:
-        self.err.print(text)
+        self.err.print(Text(text) if isinstance(text, str) else text)
 
     def table(self, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
         self.line(table(columns, rows))
@@ -76,7 +78,7 @@ class Out:
         for k, v in pairs:
             if v is None or v == "" or v == []:
                 continue
-            t.add_row(k, v if isinstance(v, Text) else str(v))
+            t.add_row(k, v if isinstance(v, Text) else Text(str(v)))
         self.line(t)
 
 
