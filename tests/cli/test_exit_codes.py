@@ -143,6 +143,10 @@ def test_a_failed_start_shows_its_reason_and_create_exits_1(server, tmp_path):
     ls = berth(server, "ws", "ls")
     row = next(line for line in ls.stdout.splitlines() if line.startswith("broken "))
     assert "failed" in row and "exited with code 2" in row
+    sent = berth(server, "send", "broken", "anyone?", "--wait", "1")
+    assert sent.returncode == Exit.PENDING
+    assert "broken is failed; restart failed: the agent exited with code 2" in sent.stderr
+    assert "berth ws restart broken" in sent.stderr
 
 
 def test_a_relative_command_path_resolves_against_the_creators_folder(server, tmp_path):
