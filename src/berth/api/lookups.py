@@ -10,7 +10,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from berth.api.auth import require_admin
 from berth.bootstrap import Container
 from berth.domain.delivery import Delivery
-from berth.domain.errors import BerthError, NotFound
+from berth.domain.errors import NotFound
 
 router = APIRouter(prefix="/v1", dependencies=[Depends(require_admin)])
 __all__ = ["router"]
@@ -30,7 +30,7 @@ async def find_delivery(ref: str, key: str, c: Container = Depends(berth)) -> di
     d: Delivery | None = None
     try:
         d = await c.store.get_delivery(key)
-    except BerthError:
+    except NotFound:
         d = None
     if d is None or d.workspace_id != ws.id:
         d = await c.store.find_delivery(ws.id, key)
