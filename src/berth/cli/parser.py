@@ -112,15 +112,17 @@ def _ws(sub: Any, common: argparse.ArgumentParser) -> None:
     c.add_argument(
         "--env", action="append", metavar="KEY=VALUE", help="environment for the agent (repeatable)"
     )
-    c.add_argument("--max-concurrency", type=int, help="messages at once (default 1)")
-    c.add_argument("--drain-seconds", type=float, help="drain window on restart (default 30)")
+    c.add_argument("--max-concurrency", type=int, metavar="N", help="messages at once (default 1)")
+    c.add_argument(
+        "--drain-seconds", type=float, metavar="S", help="drain window on restart (default 30)"
+    )
     c.add_argument(
         "--restart-policy",
         choices=["on-failure", "always", "never"],
         help="after a crash (default on-failure)",
     )
     c.add_argument("--memory", help="memory limit, e.g. 512m (docker)")
-    c.add_argument("--cpus", type=float, help="CPU limit (docker)")
+    c.add_argument("--cpus", type=float, metavar="N", help="CPU limit (docker)")
     c.add_argument(
         "--wait",
         type=float,
@@ -155,7 +157,10 @@ def _ws(sub: Any, common: argparse.ArgumentParser) -> None:
         )
         if name == "restart":
             r.add_argument(
-                "--drain-seconds", type=float, help="drain window (default: the workspace's)"
+                "--drain-seconds",
+                type=float,
+                metavar="S",
+                help="drain window (default: the workspace's)",
             )
             r.add_argument("--reason", help="recorded with the restart")
             r.set_defaults(fn="restarts.restart")
