@@ -6,13 +6,13 @@ import argparse
 import importlib
 import os
 import sys
-from typing import NoReturn
-
-from rich.text import Text
+from typing import TYPE_CHECKING, NoReturn
 
 from berth.cli.errors import CliError, Exit
-from berth.cli.output import Out
 from berth.cli.parser import DELIVERY_COMMANDS, build
+
+if TYPE_CHECKING:
+    from berth.cli.output import Out
 
 __all__ = ["main"]
 
@@ -35,7 +35,11 @@ def main(argv: list[str] | None = None) -> NoReturn:
             print("berth: '--' is only for `berth ws create NAME -- argv…`", file=sys.stderr)
             sys.exit(Exit.USAGE)
         args.command = list(args.command) + tail
-    out = Out(as_json=bool(getattr(args, "json", False)))
+    if args.fn == "serve":  # no terminal rendering to load: a refusal comes at once
+        sys.exit(_serve(args))
+    from berth.cli.output import Out
+
+    out = Out(as_json=bool(args.json))
     try:
         code = run(args, out)
         sys.stdout.flush()
@@ -48,9 +52,9 @@ def main(argv: list[str] | None = None) -> NoReturn:
 
 
 def run(args: argparse.Namespace, out: Out) -> int:
+    from rich.text import Text
+
     try:
-        if args.fn == "serve":
-            return _serve(args)
         module, fn = args.fn.split(".")
         command = getattr(importlib.import_module(f"berth.cli.{module}"), fn)
         from berth.cli.client import connect
