@@ -11,6 +11,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from tests.cli.conftest import api, berth, cli_env, echo
 
 PHASES = ("draining", "stopping", "requeue", "starting", "replay")
@@ -24,6 +26,7 @@ def ok_json(server, *args: str):  # noqa: ANN001, ANN201 - test helper
     return json.loads(r.stdout)
 
 
+@pytest.mark.timeout(900)  # some thirty CLI runs; each is seconds on a loaded machine
 def test_json_on_every_command(server, tmp_path):
     ws = ok_json(server, "ws", "create", "js", "--", *_echo())
     assert ws["status"] == "online" and ws["token"].startswith("bws_")
@@ -95,13 +98,14 @@ def test_restart_piped_prints_each_phase_once_with_its_time(server):
 
 
 def test_restart_on_a_terminal_is_one_updating_line_per_phase(server):
-    echo(server, "tty", drain_seconds=10)
-    # a slow message, in flight when the restart begins, keeps the drain open for seconds
+    echo(server, "tty", drain_seconds=3)
+    # a long message in flight, and a drain window of 3 s: the draining phase lasts 3 s,
+    # however long the CLI takes to start
     r = api(
         server,
         "POST",
         "/v1/workspaces/tty/a2a",
-        json=_send("sleep:5 slow"),
+        json=_send("sleep:60 long"),
         headers={"x-berth-wait": "0", "a2a-version": "1.0"},
     )
     deadline = time.monotonic() + 30
@@ -110,16 +114,16 @@ def test_restart_on_a_terminal_is_one_updating_line_per_phase(server):
     ):
         assert time.monotonic() < deadline
         time.sleep(0.05)
-    out, code = _in_pty(["ws", "restart", "tty"], server)
+    out, code = _in_pty(["ws", "restart", "tty", "--drain-seconds", "3"], server)
     assert code == 0, out
     assert ESC + "1A" in out or ESC + "2K" in out  # rich redraws the lines in place
     final = _last_frame(out)
     for phase in PHASES:
         assert re.search(rf"✓\s+{phase}\s+\d+\.\d+ s", final), (phase, final)
-    draining = re.findall(r"draining\s+(\d+\.\d+) s", out)
-    assert len(set(draining)) >= 3  # the running phase's elapsed time was shown rising
-    assert float(draining[-1]) >= 1.0
-    assert "restart done in" in final
+    draining = [float(x) for x in re.findall(r"draining\s+(\d+\.\d+) s", out)]
+    assert len(set(draining)) >= 2 and draining == sorted(draining)  # shown rising, live
+    assert draining[-1] >= 2.5
+    assert "restart done in" in final and "1 unfinished (requeued)" in final
 
 
 def test_a_closed_pipe_ends_quietly(server):
@@ -200,17 +204,23 @@ def test_top_is_live_on_a_terminal_and_a_snapshot_when_piped(server):
     )
     os.close(slave)
     out = b""
-    deadline = time.monotonic() + 4
+    frames = re.compile(rb"\d\d:\d\d:\d\d \xc2\xb7 \d+ workspaces?")
+    deadline = time.monotonic() + 60
+    first_at = None
     while time.monotonic() < deadline:
         ready, _, _ = select.select([master], [], [], 0.2)
         if ready:
             out += os.read(master, 65536)
+        if first_at is None and frames.search(out):
+            first_at = time.monotonic()
+        if first_at is not None and time.monotonic() - first_at > 4:
+            break
     p.send_signal(2)  # Ctrl-C
     code = p.wait(10)
     os.close(master)
     text = out.decode(errors="replace")
     assert code == 130
-    assert len(re.findall(r"\d\d:\d\d:\d\d · \d+ workspaces?", text)) >= 3  # redrawn, live
+    assert len(set(re.findall(r"\d\d:\d\d:\d\d · \d+ workspaces?", text))) >= 2  # redrawn
     assert "watched" in text and "Traceback" not in text
 
 
