@@ -56,7 +56,7 @@ def test_a_second_server_on_a_data_dir_refuses_and_touches_nothing(tmp_path):
         assert p.returncode == 1, p.stderr
         assert "another berth server is using the data dir" in p.stderr
         assert f"pid {first.proc.pid}" in p.stderr and first.url in p.stderr  # type: ignore[union-attr]
-        assert took < 10 and "Traceback" not in p.stderr
+        assert took < 20 and "Traceback" not in p.stderr  # at once: no database, no agents
         with __import__("pytest").raises(httpx.HTTPError):
             httpx.get(f"http://127.0.0.1:{second_port}/healthz", timeout=1)
         time.sleep(3)  # anything the second one might have set off would show by now
