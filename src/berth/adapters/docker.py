@@ -77,10 +77,9 @@ def docker_provisioner(settings: Any) -> DockerProvisioner | None:
     if in_docker is None:
         # /.dockerenv alone is not enough: a VM or CI job can have it and run its own engine.
         # berth is "in Docker" for its workspaces only as a container of this very engine
-        # (then it reaches them by name on the network). The link layer's URL rewrite
-        # (settings.running_in_docker()) must agree, so the answer is recorded there.
+        # (then it reaches them by name on the network). bootstrap hands this answer to the
+        # link layer's URL rewrite, so both agree.
         in_docker = _container_of(client)
-        settings.in_docker = in_docker
         log.info("berth %s a container of this Docker engine", "is" if in_docker else "is not")
     return DockerProvisioner(
         client, instance=settings.instance, network=settings.docker_network, in_docker=in_docker

@@ -79,7 +79,7 @@ def create_app(settings: Settings | None = None, container: Container | None = N
         depth: dict[tuple[tuple[str, str], ...], float] = {}
         busy: dict[tuple[tuple[str, str], ...], float] = {}
         for ws in c.roster.all():
-            queued, in_flight = await c.store.pending(ws.id)
+            queued, in_flight = await c.deliveries.pending(ws.id)
             key: tuple[tuple[str, str], ...] = (("workspace", ws.name),)
             depth[key] = float(queued)
             busy[key] = float(in_flight)

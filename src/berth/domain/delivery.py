@@ -36,8 +36,24 @@ _MOVES: dict[DeliveryStatus, frozenset[DeliveryStatus]] = {
 }
 
 
+# The rules every adapter and service reads from here, never re-types:
+PENDING = frozenset({D.QUEUED, D.IN_FLIGHT})  # not final: a workspace's removal cancels these
+CANCELABLE = frozenset({D.QUEUED})  # a caller or operator cancels only what no agent has yet
+RETRYABLE = frozenset(s for s in FINAL if D.QUEUED in _MOVES[s])  # an operator's retry
+SETTLE_TO = _MOVES[D.IN_FLIGHT] - {D.CANCELED}  # what a forward's answer can make of a claim
+
+
+def can_move(src: DeliveryStatus, dst: DeliveryStatus) -> bool:
+    return dst in _MOVES[src]
+
+
+def sources(dst: DeliveryStatus) -> frozenset[DeliveryStatus]:
+    """The statuses a delivery may be in to move to `dst`."""
+    return frozenset(s for s, to in _MOVES.items() if dst in to)
+
+
 def check_move(src: DeliveryStatus, dst: DeliveryStatus) -> DeliveryStatus:
-    if dst not in _MOVES[src]:
+    if not can_move(src, dst):
         raise IllegalTransition(f"delivery cannot go from {src.value} to {dst.value}")
     return dst
 

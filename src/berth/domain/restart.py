@@ -27,6 +27,9 @@ class Trigger(str, enum.Enum):
     CONFIG = "config"
 
 
+FINISHED = frozenset({Phase.DONE, Phase.FAILED})  # a cycle in these is over
+
+
 @dataclass
 class PhaseTiming:
     phase: Phase
@@ -61,7 +64,7 @@ class RestartRecord:
 
     @property
     def finished(self) -> bool:
-        return self.phase in (Phase.DONE, Phase.FAILED)
+        return self.phase in FINISHED
 
     def public(self) -> dict[str, Any]:
         return {

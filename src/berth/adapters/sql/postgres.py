@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from typing import Any, TypeVar
 
 from berth.adapters.sql import rows, schema
-from berth.domain.delivery import FINAL, Delivery, DeliveryStatus, check_move
+from berth.domain.delivery import FINAL, Delivery, DeliveryStatus
 from berth.domain.errors import Conflict, NotFound, StoreUnavailable
 from berth.domain.lifecycle import WorkspaceState
 from berth.domain.restart import RestartRecord
@@ -35,7 +35,6 @@ except ImportError as e:  # pragma: no cover - exercised only without the extra 
 
 T = TypeVar("T")
 D = DeliveryStatus
-_FINAL = [s.value for s in FINAL]
 # Advisory lock keys. The one-key (bigint) and two-key (int, int) spaces never overlap.
 _MIGRATE_LOCK = 0x6265727468  # "berth"
 _CLAIM_LOCK_CLASS = 0x62657274  # "bert": first key of the per-workspace claim lock
@@ -155,7 +154,6 @@ class PostgresStore(rows.WorkspaceUpdates):
         only_from: frozenset[WorkspaceState] | None,
         fields: dict[str, Any],
     ) -> Workspace | None:
-        fields = rows.ws_update(fields)
         args: list[Any] = [ws_id]
         sets = []
         for k, v in fields.items():
@@ -163,8 +161,7 @@ class PostgresStore(rows.WorkspaceUpdates):
             sets.append(f"{k} = ${len(args)}")
         where = "id = $1"
         if only_from is not None:
-            args.append([s.value for s in only_from])
-            where += f" AND state = ANY(${len(args)}::text[])"
+            where += f" AND state IN {rows.sql_set(only_from)}"
         row = await self._fetchrow(
             f"UPDATE workspaces SET {', '.join(sets)} WHERE {where} RETURNING *", *args
         )
@@ -240,7 +237,7 @@ class PostgresStore(rows.WorkspaceUpdates):
             return 0
         pool = await self._get_pool()
         status = await pool.execute(
-            "UPDATE deliveries SET lease_until = $1 WHERE status = 'in_flight' AND lease_owner = $2 "
+            f"UPDATE deliveries SET lease_until = $1 WHERE status = '{rows.IN_FLIGHT}' AND lease_owner = $2 "
             "AND id = ANY($3::text[])",
             float(lease_until),
             owner,
@@ -251,7 +248,6 @@ class PostgresStore(rows.WorkspaceUpdates):
     async def settle(
         self, delivery_id: str, owner: str, how: Settle, now: float
     ) -> Delivery | None:
-        check_move(D.IN_FLIGHT, how.status)
         args: list[Any] = [
             delivery_id,
             owner,
@@ -270,7 +266,7 @@ class PostgresStore(rows.WorkspaceUpdates):
             args += [how.reply, how.reply_status]
             sets += ", reply = $9, reply_status = $10"
         row = await self._fetchrow(
-            f"UPDATE deliveries SET {sets} WHERE id = $1 AND status = 'in_flight' "
+            f"UPDATE deliveries SET {sets} WHERE id = $1 AND status = '{rows.IN_FLIGHT}' "
             "AND lease_owner = $2 RETURNING *",
             *args,
         )
@@ -279,80 +275,85 @@ class PostgresStore(rows.WorkspaceUpdates):
     async def requeue_in_flight(self, workspace_id: str | None = None) -> list[str]:
         where, args = ("AND workspace_id = $1", [workspace_id]) if workspace_id else ("", [])
         got = await self._fetch(
-            "WITH moved AS (UPDATE deliveries SET status = 'queued', lease_owner = NULL, lease_until = NULL "
-            f"WHERE status = 'in_flight' {where} RETURNING id, seq) SELECT id FROM moved ORDER BY seq",
+            f"WITH moved AS (UPDATE deliveries SET status = '{rows.QUEUED}', lease_owner = NULL, lease_until = NULL "
+            f"WHERE status = '{rows.IN_FLIGHT}' {where} RETURNING id, seq) SELECT id FROM moved ORDER BY seq",
             *args,
         )
         return [r["id"] for r in got]
 
     async def requeue_expired(self, now: float) -> list[Delivery]:
         got = await self._fetch(
-            "UPDATE deliveries SET status = 'queued', lease_owner = NULL, lease_until = NULL, "
-            "reason = 'lease expired: redelivered' WHERE status = 'in_flight' AND lease_until < $1 "
+            f"UPDATE deliveries SET status = '{rows.QUEUED}', lease_owner = NULL, lease_until = NULL, "
+            f"reason = 'lease expired: redelivered' WHERE status = '{rows.IN_FLIGHT}' AND lease_until < $1 "
             "RETURNING *",
             float(now),
         )
         return _by_seq(got)
 
-    async def cancel(self, delivery_id: str, now: float, reason: str) -> Delivery:
-        async def go(c: Conn) -> Delivery:
-            row = await c.fetchrow(
-                "UPDATE deliveries SET status = 'canceled', reason = $2, finished_at = $3, updated_at = $3 "
-                "WHERE id = $1 AND status = 'queued' RETURNING *",
-                delivery_id,
-                reason,
-                float(now),
-            )
-            if row is not None:
-                return rows.d_from_row(row)
-            cur = await c.fetchval("SELECT status FROM deliveries WHERE id = $1", delivery_id)
-            if cur is None:
-                raise NotFound(f"no delivery {delivery_id!r}", code="delivery_not_found")
-            raise Conflict(
-                f"only a queued delivery can be canceled; this one is {cur}", code="not_cancelable"
-            )
+    async def finish(
+        self,
+        delivery_id: str,
+        to: DeliveryStatus,
+        *,
+        only_from: frozenset[DeliveryStatus],
+        now: float,
+        reason: str,
+    ) -> Delivery | None:
+        row = await self._fetchrow(
+            "UPDATE deliveries SET status = $2, reason = $3, finished_at = $4, updated_at = $4, "
+            "lease_owner = NULL, lease_until = NULL "
+            f"WHERE id = $1 AND status IN {rows.sql_set(only_from)} RETURNING *",
+            delivery_id,
+            to.value,
+            reason,
+            float(now),
+        )
+        return None if row is None else rows.d_from_row(row)
 
-        return await self._tx(go)
-
-    async def cancel_pending(self, workspace_id: str, now: float, reason: str) -> list[Delivery]:
+    async def finish_all(
+        self,
+        workspace_id: str,
+        to: DeliveryStatus,
+        *,
+        only_from: frozenset[DeliveryStatus],
+        now: float,
+        reason: str,
+    ) -> list[Delivery]:
         got = await self._fetch(
-            "UPDATE deliveries SET status = 'canceled', reason = $2, finished_at = $3, updated_at = $3, "
-            "lease_owner = NULL, lease_until = NULL WHERE workspace_id = $1 "
-            "AND status IN ('queued', 'in_flight') RETURNING *",
+            "UPDATE deliveries SET status = $2, reason = $3, finished_at = $4, updated_at = $4, "
+            "lease_owner = NULL, lease_until = NULL "
+            f"WHERE workspace_id = $1 AND status IN {rows.sql_set(only_from)} RETURNING *",
             workspace_id,
+            to.value,
             reason,
             float(now),
         )
         return _by_seq(got)
 
-    async def retry(self, delivery_id: str, now: float) -> Delivery:
-        async def go(c: Conn) -> Delivery:
-            cur = await c.fetchval(
-                "SELECT status FROM deliveries WHERE id = $1 FOR UPDATE", delivery_id
-            )
-            if cur is None:
-                raise NotFound(f"no delivery {delivery_id!r}", code="delivery_not_found")
-            if cur not in ("dead", "canceled", "expired"):
-                raise Conflict(
-                    f"only a dead, canceled or expired delivery can be retried; this one is {cur}",
-                    code="not_retryable",
-                )
-            # A retried delivery goes to the back of the queue: it takes a new sequence number.
-            row = await c.fetchrow(
-                "UPDATE deliveries SET status = 'queued', attempts = 0, reason = 'retried by an operator', "
-                "finished_at = NULL, not_before = 0, updated_at = $2, "
-                "seq = nextval(pg_get_serial_sequence('deliveries', 'seq')) WHERE id = $1 RETURNING *",
-                delivery_id,
-                float(now),
-            )
-            return rows.d_from_row(row)
-
-        return await self._tx(go)
+    async def requeue(
+        self,
+        delivery_id: str,
+        *,
+        only_from: frozenset[DeliveryStatus],
+        now: float,
+        reason: str,
+    ) -> Delivery | None:
+        # To the back of the queue: a new sequence number.
+        row = await self._fetchrow(
+            f"UPDATE deliveries SET status = '{rows.QUEUED}', attempts = 0, reason = $3, "
+            "finished_at = NULL, not_before = 0, updated_at = $2, "
+            "seq = nextval(pg_get_serial_sequence('deliveries', 'seq')) "
+            f"WHERE id = $1 AND status IN {rows.sql_set(only_from)} RETURNING *",
+            delivery_id,
+            float(now),
+            reason,
+        )
+        return None if row is None else rows.d_from_row(row)
 
     async def expire_due(self, now: float) -> list[Delivery]:
         got = await self._fetch(
-            "UPDATE deliveries SET status = 'expired', reason = 'ttl passed', finished_at = $1, updated_at = $1 "
-            "WHERE status = 'queued' AND expires_at IS NOT NULL AND expires_at <= $1 RETURNING *",
+            f"UPDATE deliveries SET status = '{rows.EXPIRED}', reason = 'ttl passed', finished_at = $1, updated_at = $1 "
+            f"WHERE status = '{rows.QUEUED}' AND expires_at IS NOT NULL AND expires_at <= $1 RETURNING *",
             float(now),
         )
         return _by_seq(got)
@@ -374,34 +375,16 @@ class PostgresStore(rows.WorkspaceUpdates):
 
     async def pending(self, workspace_id: str) -> tuple[int, int]:
         row = await self._fetchrow(
-            "SELECT (SELECT count(*) FROM deliveries WHERE workspace_id = $1 AND status = 'queued') AS q, "
-            "(SELECT count(*) FROM deliveries WHERE workspace_id = $1 AND status = 'in_flight') AS f",
+            f"SELECT (SELECT count(*) FROM deliveries WHERE workspace_id = $1 AND status = '{rows.QUEUED}') AS q, "
+            f"(SELECT count(*) FROM deliveries WHERE workspace_id = $1 AND status = '{rows.IN_FLIGHT}') AS f",
             workspace_id,
         )
         return int(row["q"]), int(row["f"])
 
-    async def counts(self, workspace_id: str | None = None) -> dict[DeliveryStatus, int]:
-        where, args = ("WHERE workspace_id = $1", [workspace_id]) if workspace_id else ("", [])
-        out = {s: 0 for s in D}
-        for r in await self._fetch(
-            f"SELECT status, count(*) AS n FROM deliveries {where} GROUP BY status", *args
-        ):
-            out[D(r["status"])] = r["n"]
-        return out
-
-    async def next_ready_at(self, workspace_id: str) -> float | None:
-        pool = await self._get_pool()
-        value: float | None = await pool.fetchval(
-            "SELECT min(not_before) FROM deliveries WHERE workspace_id = $1 AND status = 'queued'",
-            workspace_id,
-        )
-        return value
-
     async def prune_finished(self, before: float) -> int:
         pool = await self._get_pool()
         status = await pool.execute(
-            "DELETE FROM deliveries WHERE status = ANY($1::text[]) AND finished_at < $2",
-            _FINAL,
+            f"DELETE FROM deliveries WHERE status IN {rows.sql_set(FINAL)} AND finished_at < $1",
             float(before),
         )
         return _rowcount(status)
@@ -433,7 +416,7 @@ class PostgresStore(rows.WorkspaceUpdates):
     async def active_restart(self, workspace_id: str) -> RestartRecord | None:
         row = await self._fetchrow(
             "SELECT * FROM restarts WHERE workspace_id = $1 "
-            "AND phase NOT IN ('done', 'failed') ORDER BY created_at DESC LIMIT 1",
+            f"AND phase NOT IN {rows.RESTART_FINISHED} ORDER BY created_at DESC LIMIT 1",
             workspace_id,
         )
         return None if row is None else rows.r_from_row(row)
@@ -451,7 +434,7 @@ async def _no_reset(conn: Conn) -> None:
 # Which rows a claim takes: over the partial index deliveries_queued (workspace_id, seq)
 # WHERE status = 'queued', however many finished rows the table holds.
 _PICK = (
-    "SELECT seq FROM deliveries WHERE workspace_id = {ws} AND status = 'queued' "
+    "SELECT seq FROM deliveries WHERE workspace_id = {ws} AND status = '" + rows.QUEUED + "' "
     "AND not_before <= {now} ORDER BY seq LIMIT {limit} FOR UPDATE SKIP LOCKED"
 )
 
@@ -467,7 +450,7 @@ DECLARE n bigint;  -- NULL: uncapped
 BEGIN
     IF p_cap IS NOT NULL THEN
         PERFORM pg_advisory_xact_lock({_CLAIM_LOCK_CLASS}, hashtext(p_ws));
-        SELECT p_cap - count(*) INTO n FROM deliveries WHERE workspace_id = p_ws AND status = 'in_flight';
+        SELECT p_cap - count(*) INTO n FROM deliveries WHERE workspace_id = p_ws AND status = '{rows.IN_FLIGHT}';
         IF n <= 0 THEN RETURN; END IF;
     END IF;
     RETURN QUERY
@@ -475,7 +458,7 @@ BEGIN
         {_PICK.format(ws="p_ws", now="p_now", limit="n")}
     ), moved AS (
         UPDATE deliveries AS d
-        SET status = 'in_flight', lease_owner = p_owner, lease_until = p_until, forwards = d.forwards + 1,
+        SET status = '{rows.IN_FLIGHT}', lease_owner = p_owner, lease_until = p_until, forwards = d.forwards + 1,
             first_forwarded_at = COALESCE(d.first_forwarded_at, p_now), updated_at = p_now
         FROM picked WHERE d.seq = picked.seq
         RETURNING d.*
@@ -488,7 +471,7 @@ END $$
 _CLAIM_SQL = f"""
 WITH picked AS ({_PICK.format(ws="$1", now="$2", limit="$3")})
 UPDATE deliveries AS d
-SET status = 'in_flight', lease_owner = $4, lease_until = $5, forwards = d.forwards + 1,
+SET status = '{rows.IN_FLIGHT}', lease_owner = $4, lease_until = $5, forwards = d.forwards + 1,
     first_forwarded_at = COALESCE(d.first_forwarded_at, $2), updated_at = $2
 FROM picked
 WHERE d.seq = picked.seq

@@ -15,6 +15,7 @@ FULL (an fsync per commit) everything goes to the thread.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 import time
 from collections.abc import Callable
@@ -22,8 +23,8 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from berth.adapters.sql import rows, schema
-from berth.domain.delivery import FINAL, Delivery, DeliveryStatus, check_move
-from berth.domain.errors import Conflict, NotFound
+from berth.domain.delivery import FINAL, Delivery, DeliveryStatus, sources
+from berth.domain.errors import Conflict, NotFound, StoreUnavailable
 from berth.domain.lifecycle import WorkspaceState
 from berth.domain.restart import RestartRecord
 from berth.domain.workspace import Workspace
@@ -31,13 +32,42 @@ from berth.ports import Settle
 
 T = TypeVar("T")
 D = DeliveryStatus
-_FINAL_SQL = "('done', 'dead', 'canceled', 'expired')"
+_EXPIRES_FROM = rows.single(sources(D.EXPIRED))  # through the index of queued rows
 __all__ = ["SqliteStore"]
 
 
 # Hot queries name their partial index (INDEXED BY): without ANALYZE statistics SQLite's
 # planner prefers the full (workspace_id, seq) index, which walks every finished delivery
 # of the workspace: 2.5 ms per claim with 4,000 of them, found with py-spy.
+BUSY_MS = 30_000  # the worker thread's wait for the write lock
+HOT_BUSY_MS = 20  # the event loop's: past it, the work moves to the thread
+
+
+# The driver errors that mean "the database cannot serve now" (retry later), as opposed to
+# a bug in berth's SQL: locked past the busy timeout, disk full, I/O, cannot open.
+_AWAY = (
+    "SQLITE_BUSY",
+    "SQLITE_LOCKED",
+    "SQLITE_FULL",
+    "SQLITE_IOERR",
+    "SQLITE_CANTOPEN",
+    "SQLITE_READONLY",
+    "SQLITE_PROTOCOL",
+    "SQLITE_NOMEM",
+)
+
+
+def _away(e: sqlite3.Error) -> bool:
+    name = getattr(e, "sqlite_errorname", "") or ""
+    return name.startswith(_AWAY)
+
+
+def _locked(e: StoreUnavailable) -> bool:
+    cause = e.__cause__
+    name = getattr(cause, "sqlite_errorname", "") or ""
+    return name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED"))
+
+
 class SqliteStore(rows.WorkspaceUpdates):
     def __init__(self, path: str, *, synchronous: str = "NORMAL") -> None:
         self.path = path
@@ -48,12 +78,19 @@ class SqliteStore(rows.WorkspaceUpdates):
         self._inline = self._sync != "FULL"
 
     # plumbing --------------------------------------------------------------
-    def _open(self) -> sqlite3.Connection:
-        c = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
-        c.row_factory = sqlite3.Row
-        c.execute("PRAGMA journal_mode=WAL")
-        c.execute(f"PRAGMA synchronous={self._sync}")
-        c.execute("PRAGMA busy_timeout=30000")
+    def _open(self, busy_ms: int = BUSY_MS) -> sqlite3.Connection:
+        try:
+            c = sqlite3.connect(
+                self.path, isolation_level=None, check_same_thread=False, timeout=busy_ms / 1000
+            )
+            c.row_factory = sqlite3.Row
+            c.execute("PRAGMA journal_mode=WAL")
+            c.execute(f"PRAGMA synchronous={self._sync}")
+            c.execute(f"PRAGMA busy_timeout={busy_ms}")
+        except sqlite3.Error as e:
+            if _away(e):
+                raise StoreUnavailable(f"the SQLite database cannot be opened: {e}") from e
+            raise
         return c
 
     def _connect(self) -> sqlite3.Connection:
@@ -63,13 +100,24 @@ class SqliteStore(rows.WorkspaceUpdates):
 
     @staticmethod
     def _tx(c: sqlite3.Connection, fn: Callable[[sqlite3.Connection], T], write: bool) -> T:
-        c.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+        """`fn` as one transaction. The driver's operational errors (a database locked past
+        the busy timeout, a full disk, an I/O error) are the store being unavailable: the
+        transaction is rolled back, so nothing of it was written."""
+        try:
+            c.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+        except sqlite3.OperationalError as e:
+            if _away(e):
+                raise StoreUnavailable(f"SQLite: {e}") from e
+            raise
         try:
             out = fn(c)
-        except BaseException:
-            c.execute("ROLLBACK")
+            c.execute("COMMIT")
+        except BaseException as e:
+            with contextlib.suppress(sqlite3.Error):
+                c.execute("ROLLBACK")
+            if isinstance(e, sqlite3.Error) and _away(e):
+                raise StoreUnavailable(f"SQLite: {e}") from e
             raise
-        c.execute("COMMIT")
         return out
 
     async def _run(self, fn: Callable[[sqlite3.Connection], T], *, write: bool = True) -> T:
@@ -78,12 +126,21 @@ class SqliteStore(rows.WorkspaceUpdates):
         )
 
     async def _hot(self, fn: Callable[[sqlite3.Connection], T], *, write: bool = True) -> T:
-        """One short statement or two of a message's path, on the loop's connection."""
+        """One short statement or two of a message's path, on the loop's connection.
+
+        The loop's connection waits at most HOT_BUSY_MS for the write lock; when the worker
+        thread holds it longer (a prune batch, an operator's action), the work moves to the
+        thread instead, so the event loop never stalls behind a long transaction."""
         if not self._inline:
             return await self._run(fn, write=write)
         if self._hot_conn is None:
-            self._hot_conn = self._open()
-        return self._tx(self._hot_conn, fn, write)
+            self._hot_conn = self._open(HOT_BUSY_MS)
+        try:
+            return self._tx(self._hot_conn, fn, write)
+        except StoreUnavailable as e:
+            if not _locked(e):
+                raise
+        return await self._run(fn, write=write)
 
     async def migrate(self) -> None:
         def go(c: sqlite3.Connection) -> None:
@@ -156,14 +213,12 @@ class SqliteStore(rows.WorkspaceUpdates):
         only_from: frozenset[WorkspaceState] | None,
         fields: dict[str, Any],
     ) -> Workspace | None:
-        fields = rows.ws_update(fields)
         sets = ", ".join(f"{k} = :{k}" for k in fields)
         params = {k: rows.ws_value(k, v) for k, v in fields.items()}
         params["_id"] = ws_id
         where = "id = :_id"
         if only_from is not None:
-            names = [s.value for s in only_from]
-            where += f" AND state IN ({', '.join(repr(n) for n in names)})" if names else " AND 0"
+            where += f" AND state IN {rows.sql_set(only_from)}"
 
         def go(c: sqlite3.Connection) -> Workspace | None:
             row = c.execute(
@@ -239,17 +294,17 @@ class SqliteStore(rows.WorkspaceUpdates):
             if capacity is not None:
                 busy = c.execute(
                     "SELECT count(*) FROM deliveries INDEXED BY deliveries_in_flight "
-                    "WHERE workspace_id = ? AND status = 'in_flight'",
+                    f"WHERE workspace_id = ? AND status = '{rows.IN_FLIGHT}'",
                     (workspace_id,),
                 ).fetchone()[0]
                 limit = capacity - busy
                 if limit <= 0:
                     return []
             got = c.execute(
-                "UPDATE deliveries SET status = 'in_flight', lease_owner = :owner, lease_until = :until, "
+                f"UPDATE deliveries SET status = '{rows.IN_FLIGHT}', lease_owner = :owner, lease_until = :until, "
                 "forwards = forwards + 1, first_forwarded_at = COALESCE(first_forwarded_at, :now), "
                 "updated_at = :now WHERE seq IN (SELECT seq FROM deliveries INDEXED BY deliveries_queued WHERE workspace_id = :ws "
-                "AND status = 'queued' AND not_before <= :now ORDER BY seq LIMIT :limit) RETURNING *",
+                f"AND status = '{rows.QUEUED}' AND not_before <= :now ORDER BY seq LIMIT :limit) RETURNING *",
                 {
                     "owner": owner,
                     "until": now + lease_seconds,
@@ -269,7 +324,7 @@ class SqliteStore(rows.WorkspaceUpdates):
         return await self._hot(
             lambda c: (
                 c.execute(
-                    f"UPDATE deliveries SET lease_until = ? WHERE status = 'in_flight' AND lease_owner = ? "
+                    f"UPDATE deliveries SET lease_until = ? WHERE status = '{rows.IN_FLIGHT}' AND lease_owner = ? "
                     f"AND id IN ({marks})",
                     (lease_until, owner, *ids),
                 ).rowcount
@@ -279,7 +334,6 @@ class SqliteStore(rows.WorkspaceUpdates):
     async def settle(
         self, delivery_id: str, owner: str, how: Settle, now: float
     ) -> Delivery | None:
-        check_move(D.IN_FLIGHT, how.status)
         sets = (
             "status = :status, attempts = attempts + :inc, reason = :reason, not_before = :nb, "
             "lease_owner = NULL, lease_until = NULL, updated_at = :now, finished_at = :fin"
@@ -301,7 +355,7 @@ class SqliteStore(rows.WorkspaceUpdates):
 
         def go(c: sqlite3.Connection) -> Delivery | None:
             row = c.execute(
-                f"UPDATE deliveries SET {sets} WHERE id = :id AND status = 'in_flight' "
+                f"UPDATE deliveries SET {sets} WHERE id = :id AND status = '{rows.IN_FLIGHT}' "
                 "AND lease_owner = :owner RETURNING *",
                 params,
             ).fetchone()
@@ -315,8 +369,8 @@ class SqliteStore(rows.WorkspaceUpdates):
             lambda c: [
                 r[0]
                 for r in c.execute(
-                    "UPDATE deliveries INDEXED BY deliveries_lease SET status = 'queued', lease_owner = NULL, "
-                    f"lease_until = NULL WHERE status = 'in_flight' {where} RETURNING id",
+                    f"UPDATE deliveries INDEXED BY deliveries_lease SET status = '{rows.QUEUED}', lease_owner = NULL, "
+                    f"lease_until = NULL WHERE status = '{rows.IN_FLIGHT}' {where} RETURNING id",
                     args,
                 )
             ]
@@ -327,69 +381,73 @@ class SqliteStore(rows.WorkspaceUpdates):
             lambda c: [
                 rows.d_from_row(r)
                 for r in c.execute(
-                    "UPDATE deliveries INDEXED BY deliveries_lease SET status = 'queued', lease_owner = NULL, "
-                    "lease_until = NULL, reason = 'lease expired: redelivered' WHERE status = 'in_flight' AND lease_until < ? "
+                    f"UPDATE deliveries INDEXED BY deliveries_lease SET status = '{rows.QUEUED}', lease_owner = NULL, "
+                    f"lease_until = NULL, reason = 'lease expired: redelivered' WHERE status = '{rows.IN_FLIGHT}' AND lease_until < ? "
                     "RETURNING *",
                     (now,),
                 )
             ]
         )
 
-    async def cancel(self, delivery_id: str, now: float, reason: str) -> Delivery:
-        def go(c: sqlite3.Connection) -> Delivery:
+    async def finish(
+        self,
+        delivery_id: str,
+        to: DeliveryStatus,
+        *,
+        only_from: frozenset[DeliveryStatus],
+        now: float,
+        reason: str,
+    ) -> Delivery | None:
+        def go(c: sqlite3.Connection) -> Delivery | None:
             row = c.execute(
-                "UPDATE deliveries SET status = 'canceled', reason = ?, finished_at = ?, "
-                "updated_at = ? WHERE id = ? AND status = 'queued' RETURNING *",
-                (reason, now, now, delivery_id),
+                f"UPDATE deliveries SET status = ?, reason = ?, finished_at = ?, updated_at = ?, "
+                f"lease_owner = NULL, lease_until = NULL "
+                f"WHERE id = ? AND status IN {rows.sql_set(only_from)} RETURNING *",
+                (to.value, reason, now, now, delivery_id),
             ).fetchone()
-            if row is not None:
-                return rows.d_from_row(row)
-            cur = c.execute("SELECT status FROM deliveries WHERE id = ?", (delivery_id,)).fetchone()
-            if cur is None:
-                raise NotFound(f"no delivery {delivery_id!r}", code="delivery_not_found")
-            raise Conflict(
-                f"only a queued delivery can be canceled; this one is {cur[0]}",
-                code="not_cancelable",
-            )
+            return None if row is None else rows.d_from_row(row)
 
         return await self._run(go)
 
-    async def cancel_pending(self, workspace_id: str, now: float, reason: str) -> list[Delivery]:
-        return await self._run(
-            lambda c: sorted(
-                (
-                    rows.d_from_row(r)
-                    for r in c.execute(
-                        "UPDATE deliveries SET status = 'canceled', reason = ?, finished_at = ?, updated_at = ?, "
-                        "lease_owner = NULL, lease_until = NULL WHERE workspace_id = ? AND status IN ('queued', 'in_flight') "
-                        "RETURNING *",
-                        (reason, now, now, workspace_id),
-                    )
-                ),
-                key=lambda d: d.seq,
+    async def finish_all(
+        self,
+        workspace_id: str,
+        to: DeliveryStatus,
+        *,
+        only_from: frozenset[DeliveryStatus],
+        now: float,
+        reason: str,
+    ) -> list[Delivery]:
+        def go(c: sqlite3.Connection) -> list[Delivery]:
+            got = c.execute(
+                f"UPDATE deliveries SET status = ?, reason = ?, finished_at = ?, updated_at = ?, "
+                f"lease_owner = NULL, lease_until = NULL "
+                f"WHERE workspace_id = ? AND status IN {rows.sql_set(only_from)} RETURNING *",
+                (to.value, reason, now, now, workspace_id),
             )
-        )
+            return sorted((rows.d_from_row(r) for r in got), key=lambda d: d.seq)
 
-    async def retry(self, delivery_id: str, now: float) -> Delivery:
-        def go(c: sqlite3.Connection) -> Delivery:
-            cur = c.execute("SELECT * FROM deliveries WHERE id = ?", (delivery_id,)).fetchone()
+        return await self._run(go)
+
+    async def requeue(
+        self,
+        delivery_id: str,
+        *,
+        only_from: frozenset[DeliveryStatus],
+        now: float,
+        reason: str,
+    ) -> Delivery | None:
+        def go(c: sqlite3.Connection) -> Delivery | None:
+            cur = c.execute(
+                f"SELECT * FROM deliveries WHERE id = ? AND status IN {rows.sql_set(only_from)}",
+                (delivery_id,),
+            ).fetchone()
             if cur is None:
-                raise NotFound(f"no delivery {delivery_id!r}", code="delivery_not_found")
-            if cur["status"] not in ("dead", "canceled", "expired"):
-                raise Conflict(
-                    "only a dead, canceled or expired delivery can be retried; this one is "
-                    f"{cur['status']}",
-                    code="not_retryable",
-                )
-            # A retried delivery goes to the back of the queue: it takes a new sequence number.
+                return None
+            # To the back of the queue: a new sequence number (seq is the rowid).
             c.execute("DELETE FROM deliveries WHERE id = ?", (delivery_id,))
             d = rows.d_from_row(cur)
-            d.status, d.attempts, d.reason, d.finished_at = (
-                D.QUEUED,
-                0,
-                "retried by an operator",
-                None,
-            )
+            d.status, d.attempts, d.reason, d.finished_at = D.QUEUED, 0, reason, None
             d.not_before, d.updated_at = 0.0, now
             p = rows.d_params(d)
             row = c.execute(
@@ -406,9 +464,9 @@ class SqliteStore(rows.WorkspaceUpdates):
             lambda c: [
                 rows.d_from_row(r)
                 for r in c.execute(
-                    "UPDATE deliveries INDEXED BY deliveries_queued SET status = 'expired', reason = 'ttl passed', "
+                    f"UPDATE deliveries INDEXED BY deliveries_queued SET status = '{rows.EXPIRED}', reason = 'ttl passed', "
                     "finished_at = ?, updated_at = ? "
-                    "WHERE status = 'queued' AND expires_at IS NOT NULL AND expires_at <= ? RETURNING *",
+                    f"WHERE status = '{_EXPIRES_FROM}' AND expires_at IS NOT NULL AND expires_at <= ? RETURNING *",
                     (now, now, now),
                 )
             ]
@@ -437,37 +495,14 @@ class SqliteStore(rows.WorkspaceUpdates):
         def go(c: sqlite3.Connection) -> tuple[int, int]:
             row = c.execute(
                 "SELECT (SELECT count(*) FROM deliveries INDEXED BY deliveries_queued "
-                "WHERE workspace_id = ? AND status = 'queued'), "
+                f"WHERE workspace_id = ? AND status = '{rows.QUEUED}'), "
                 "(SELECT count(*) FROM deliveries INDEXED BY deliveries_in_flight "
-                "WHERE workspace_id = ? AND status = 'in_flight')",
+                f"WHERE workspace_id = ? AND status = '{rows.IN_FLIGHT}')",
                 (workspace_id, workspace_id),
             ).fetchone()
             return int(row[0]), int(row[1])
 
         return await self._hot(go, write=False)
-
-    async def counts(self, workspace_id: str | None = None) -> dict[DeliveryStatus, int]:
-        where, args = ("WHERE workspace_id = ?", (workspace_id,)) if workspace_id else ("", ())
-
-        def go(c: sqlite3.Connection) -> dict[DeliveryStatus, int]:
-            out = {s: 0 for s in D}
-            for st, n in c.execute(
-                f"SELECT status, count(*) FROM deliveries {where} GROUP BY status", args
-            ):
-                out[D(st)] = n
-            return out
-
-        return await self._run(go, write=False)
-
-    async def next_ready_at(self, workspace_id: str) -> float | None:
-        return await self._run(
-            lambda c: c.execute(
-                "SELECT min(not_before) FROM deliveries INDEXED BY deliveries_queued "
-                "WHERE workspace_id = ? AND status = 'queued'",
-                (workspace_id,),
-            ).fetchone()[0],
-            write=False,
-        )
 
     async def prune_finished(self, before: float) -> int:
         """In batches of 1,000 rows, each its own short transaction, so the loop's hot path
@@ -478,7 +513,7 @@ class SqliteStore(rows.WorkspaceUpdates):
                 lambda c: (
                     c.execute(
                         "DELETE FROM deliveries WHERE seq IN (SELECT seq FROM deliveries INDEXED BY deliveries_finished "
-                        f"WHERE status IN {_FINAL_SQL} AND finished_at < ? LIMIT 1000)",
+                        f"WHERE status IN {rows.sql_set(FINAL)} AND finished_at < ? LIMIT 1000)",
                         (before,),
                     ).rowcount
                 )
@@ -523,7 +558,7 @@ class SqliteStore(rows.WorkspaceUpdates):
     async def active_restart(self, workspace_id: str) -> RestartRecord | None:
         def go(c: sqlite3.Connection) -> RestartRecord | None:
             row = c.execute(
-                "SELECT * FROM restarts WHERE workspace_id = ? AND phase NOT IN ('done', 'failed') "
+                f"SELECT * FROM restarts WHERE workspace_id = ? AND phase NOT IN {rows.RESTART_FINISHED} "
                 "ORDER BY created_at DESC LIMIT 1",
                 (workspace_id,),
             ).fetchone()
