@@ -59,6 +59,7 @@ class Container:
     registry: Registry
     proxy: Proxy
     admin_token: str
+    sole: bool  # the only replica on its log: on start it takes over every lease
     supervisor: Supervisor = field(default_factory=Supervisor)
 
     async def start(self) -> None:
@@ -70,11 +71,7 @@ class Container:
         run("liveness", lambda: self.registry.liveness(self.settings.heartbeat_seconds))
         run("replicas", self._follow_replicas)
         run("housekeeping", self._housekeeping)
-        await self.registry.recover(take_over_leases=self.store_is_sqlite)
-
-    @property
-    def store_is_sqlite(self) -> bool:
-        return isinstance(self.store, SqliteStore)
+        await self.registry.recover(take_over_leases=self.sole)
 
     async def _follow_replicas(self) -> None:
         """Learn of other replicas' work and workspace changes."""
@@ -197,15 +194,40 @@ def _client(settings: Settings) -> AgentClient:
 
 
 def build(settings: Settings) -> Container:
+    """A replica on the adapters Settings ask for."""
     settings.data_path.mkdir(parents=True, exist_ok=True)
-    store = _store(settings)
-    cache, locks, bus = _shared(settings)
-    client = _client(settings)
     provisioners, in_docker = _provisioners(settings)
+    return assemble(
+        settings,
+        store=_store(settings),
+        shared=_shared(settings),
+        client=_client(settings),
+        provisioners=provisioners,
+        in_docker=in_docker,
+        admin=admin_token(settings),
+    )
+
+
+def assemble(
+    settings: Settings,
+    *,
+    store: Store,
+    shared: tuple[Cache, Locks, Bus],
+    client: AgentClient,
+    provisioners: dict[str, Provisioner],
+    in_docker: bool = False,
+    admin: str,
+    sole: bool | None = None,
+) -> Container:
+    """Wire the services over the given adapters (the service tests pass in-memory ones and
+    a fake agent client). `sole`: this replica is the only one on its log (default: the
+    store is SQLite)."""
+    cache, locks, bus = shared
     metrics = Metrics()
     roster = Roster(store)
     events = Events(bus, settings.replica)
-    sole = isinstance(store, SqliteStore)  # the only replica on its log
+    if sole is None:
+        sole = isinstance(store, SqliteStore)
     deliveries = DeliveryLog(store, bus, events, metrics, replica=settings.replica, sole=sole)
     link = AgentLink(store, cache, client, in_docker=in_docker)
     dispatcher = Dispatcher(
@@ -284,5 +306,6 @@ def build(settings: Settings) -> Container:
         workspaces=Workspaces(store, deliveries, roster, runner, restarts, events),
         registry=registry,
         proxy=proxy,
-        admin_token=admin_token(settings),
+        admin_token=admin,
+        sole=sole,
     )

@@ -3,7 +3,7 @@
 - The container is `ws-<id[:12]>`, labelled `berth.workspace=<id>` and
   `berth.instance=<instance>`, run with `--init` (so SIGTERM reaches the agent, which
   drains) and no Docker restart policy: berth's own restart policy decides.
-- It gets its identity in the environment (CONTRACT §4) with `BERTH_PORT=8000` and
+- It gets its identity in the environment (BERTH_*, docs/sdk.md) with `BERTH_PORT=8000` and
   `BERTH_STATE_DIR=/state`, a named volume `berth-ws-<id[:12]>` mounted at /state that
   outlives the container, and the limits `memory` ("512m") and `cpus` (1.5).
 - Port 8000 is published on 127.0.0.1 and the agent is told to register that URL

@@ -1,5 +1,5 @@
 """Reaching a workspace's agent: URL resolution (cache, then database), the Docker
-rewrite, and the drain signal of CONTRACT §7 (the seed's change, completed)."""
+rewrite, and the drain signal (the seed's change, completed)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Restart with drain (CONTRACT §7): one cycle for every trigger, one at a time per workspace.
+"""Restart with drain: one cycle for every trigger, one at a time per workspace.
 
 A second request while a cycle runs joins it. Pause, resume and crash recovery are the
 same cycle with some steps left out, so there is one code path to reason about.

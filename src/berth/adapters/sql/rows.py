@@ -180,7 +180,8 @@ def sql_set(values: frozenset[DeliveryStatus] | frozenset[WorkspaceState]) -> st
     literals rather than parameters, so that SQLite can match partial indexes."""
     if not values:
         return "(NULL)"
-    kind = type(next(iter(values)))
+    first = next(iter(values))
+    kind = DeliveryStatus if isinstance(first, DeliveryStatus) else WorkspaceState
     names = [m.value for m in kind if m in values]  # in the enum's order, as the indexes are
     return "(" + ", ".join(f"'{n}'" for n in names) + ")"
 
