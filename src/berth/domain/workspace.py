@@ -9,6 +9,7 @@ from typing import Any
 
 from berth.domain.errors import InvalidInput
 from berth.domain.lifecycle import WorkspaceState
+from berth.wire import container_name
 
 
 class Runtime(str, enum.Enum):
@@ -95,7 +96,7 @@ class Workspace:
             out["pid"] = self.pid
             out["state_dir"] = self.state_dir
         if self.runtime is Runtime.DOCKER:
-            out["container"] = f"ws-{self.short_id}"
+            out["container"] = container_name(self.id)
             out["state_dir"] = self.state_dir
         return out
 
