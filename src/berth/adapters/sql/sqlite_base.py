@@ -58,8 +58,11 @@ def _locked(e: StoreUnavailable) -> bool:
 
 
 class SqliteBase:
-    def __init__(self, path: str, *, synchronous: str = "NORMAL") -> None:
+    def __init__(
+        self, path: str, *, synchronous: str = "NORMAL", busy_ms: int = BUSY_MS
+    ) -> None:
         self.path = path
+        self._busy_ms = busy_ms
         self._sync = synchronous.upper()
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="berth-sqlite")
         self._conn: sqlite3.Connection | None = None  # the worker thread's
@@ -67,7 +70,8 @@ class SqliteBase:
         self._inline = self._sync != "FULL"
 
     # plumbing --------------------------------------------------------------
-    def _open(self, busy_ms: int = BUSY_MS) -> sqlite3.Connection:
+    def _open(self, busy_ms: int | None = None) -> sqlite3.Connection:
+        busy_ms = self._busy_ms if busy_ms is None else busy_ms
         try:
             c = sqlite3.connect(
                 self.path, isolation_level=None, check_same_thread=False, timeout=busy_ms / 1000
