@@ -177,8 +177,9 @@ class FakeRuntime:
 
     async def stop(self, ws: Workspace, grace: float) -> None:
         agent = self.current.get(ws.id)
-        if agent is not None:
+        if agent is not None and agent.alive:
             agent.alive = False
+            await asyncio.sleep(0.05)  # a real stop takes a while: its cut requests fail first
 
     async def is_running(self, ws: Workspace) -> bool:
         agent = self.current.get(ws.id)

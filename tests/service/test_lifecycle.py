@@ -194,3 +194,22 @@ async def test_a_supervised_loop_that_dies_is_started_again() -> None:
     assert sup.restarts["flaky"] == 2 and sup.running() == ["flaky"]
     await sup.close()
     assert sup.running() == []
+
+
+async def test_a_message_cut_by_the_stop_is_counted_as_returned_and_runs_again() -> None:
+    async with world() as w:
+        ws = await w.create("a")
+        old = w.agent(ws)
+        sent = asyncio.ensure_future(w.send(ws, "sleep:30 long", message_id="m1", wait=20))
+        await _until(lambda: old.running == 1)
+        old.handler = None
+        record, _ = await w.c.workspaces.restart("a", reason=None, drain_seconds=0.2)
+        r = await _finished(w, ws.id, record.id)
+        assert r.phase is Phase.DONE and r.drain_report is not None
+        assert r.drain_report["drained"] is False  # the drain timed out ...
+        requeue = next(p for p in r.phases if p.phase is Phase.REQUEUE)
+        assert requeue.detail == "1 returned to the queue"  # ... and the report says so
+        w.agent(ws).handler = None
+        d = await w.c.deliveries.find(ws.id, "m1")
+        assert d is not None and d.attempts == 0  # a planned stop: no attempt counted
+        sent.cancel()

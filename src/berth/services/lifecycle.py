@@ -7,6 +7,7 @@ ladders of these steps (see services/restart.py); each step does one thing.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import secrets
@@ -14,6 +15,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from berth.domain.delivery import DeliveryStatus
 from berth.domain.errors import BerthError, InvalidInput, StartFailed
 from berth.domain.lifecycle import WorkspaceState
 from berth.domain.workspace import Runtime, Workspace
@@ -176,8 +178,19 @@ class Runner:
             self.stopping.discard(ws.id)
         await self._link.forget(ws.id)
 
-    async def requeue(self, ws: Workspace) -> int:
-        ids = await self._log.requeue_in_flight(ws.id)
+    async def in_flight(self, ws: Workspace) -> set[str]:
+        """The workspace's deliveries in flight now (on any replica)."""
+        return {d.id for d in await self._log.recent(ws.id, DeliveryStatus.IN_FLIGHT, 10_000)}
+
+    async def requeue(self, ws: Workspace, cut: set[str]) -> int:
+        """Return what is still in flight to the queue; the count includes those of `cut`
+        (in flight when the stop began) that a failed forward already put back while the
+        agent stopped, so the restart report says what will run again."""
+        ids = set(await self._log.requeue_in_flight(ws.id))
+        for i in cut - ids:
+            with contextlib.suppress(BerthError):
+                if (await self._log.get(i)).status is DeliveryStatus.QUEUED:
+                    ids.add(i)
         return len(ids)
 
     # start ----------------------------------------------------------------

@@ -118,6 +118,7 @@ class RestartService:
                 if delay:
                     await asyncio.sleep(delay)
                 ws = await self._roster.get(ws.id)
+                cut = await self._runner.in_flight(ws)  # what the stop may cut
                 running = await self._is_running(ws)
                 if running:
                     await self._drain_and_stop(ws, r)
@@ -125,7 +126,7 @@ class RestartService:
                     await self._phase(
                         r, Phase.STOPPING, self._stop_quietly(ws), detail="not running"
                     )
-                n = await self._runner.requeue(ws)
+                n = await self._runner.requeue(ws, cut)
                 await self._phase(r, Phase.REQUEUE, _noop(), detail=f"{n} returned to the queue")
                 ws = await self._roster.get(ws.id)
                 await self._phase(r, Phase.STARTING, self._runner.start(ws))
@@ -251,7 +252,7 @@ class RestartService:
             await self._runner.stop(ws)
         elif ws.runtime is not Runtime.EXTERNAL:
             await self._runner.stop(ws, grace=1.0)
-        await self._runner.requeue(ws)
+        await self._runner.requeue(ws, set())
         if final is not S.REMOVED:
             await self._runner.move(ws, final)
         return report

@@ -58,9 +58,7 @@ def _locked(e: StoreUnavailable) -> bool:
 
 
 class SqliteBase:
-    def __init__(
-        self, path: str, *, synchronous: str = "NORMAL", busy_ms: int = BUSY_MS
-    ) -> None:
+    def __init__(self, path: str, *, synchronous: str = "NORMAL", busy_ms: int = BUSY_MS) -> None:
         self.path = path
         self._busy_ms = busy_ms
         self._sync = synchronous.upper()
