@@ -10,7 +10,6 @@ import os
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -130,11 +129,3 @@ def send(
         json=body,
         headers={"a2a-version": "1.0", "x-berth-wait": str(wait)},
     )
-
-
-def shot(page: Any, name: str) -> None:
-    """Save a screenshot into docs/img/ when BERTH_UI_SCREENSHOTS=1 (how docs/ gets them)."""
-    if os.environ.get("BERTH_UI_SCREENSHOTS") == "1":
-        out = Path(__file__).resolve().parents[2] / "docs" / "img" / f"{name}.png"
-        out.parent.mkdir(parents=True, exist_ok=True)
-        page.screenshot(path=str(out))

@@ -1,6 +1,6 @@
 // The dashboard: a hash router over three views, one event stream feeding the view shown.
 import { api, follow, signOut } from "./api.js";
-import { ago, debounce } from "./dom.js";
+import { ago, throttle } from "./dom.js";
 import { dead } from "./dead.js";
 import { workspace } from "./workspace.js";
 import { workspaces } from "./workspaces.js";
@@ -34,7 +34,7 @@ const deadCount = async () => {
     // shown again at the next event
   }
 };
-const deadLater = debounce(deadCount, 300);
+const deadLater = throttle(deadCount, 500);
 
 function live(state) {
   const el = document.getElementById("live");

@@ -1,7 +1,7 @@
 // Dead letters of every workspace: what died and why; look at it, queue it again.
 import { api } from "./api.js";
 import { actions, show } from "./delivery.js";
-import { clock, debounce, fill, h, when } from "./dom.js";
+import { clock, throttle, fill, h, when } from "./dom.js";
 
 export function dead() {
   let body, detail, count, selected = null;
@@ -28,7 +28,7 @@ export function dead() {
           h("td", {}, h("code", { class: "mid", title: d.message_id }, d.message_id)),
           h("td", { class: "reason" }, d.reason || ""),
           h("td", { class: "num" }, `${d.attempts}/${d.forwards}`),
-          h("td", { title: clock(d.finished_at, true) }, when(d.finished_at)),
+          h("td", { class: "time", title: clock(d.finished_at, true) }, when(d.finished_at)),
           h("td", { class: "actions" }, actions(d, after)),
         ),
       ),
@@ -42,7 +42,7 @@ export function dead() {
     selected = d;
     show(detail, d, after);
   };
-  const refresh = debounce(load, 150);
+  const refresh = throttle(load, 250);
   return {
     title: "Dead letters",
     mount(view) {

@@ -33,7 +33,7 @@ export function actions(d, after) {
   ];
 }
 
-function json(title, doc, testid) {
+function json(title, doc, testid, none = "none yet") {
   const text = doc === null || doc === undefined ? "" : texts(doc);
   return h(
     "section",
@@ -41,7 +41,7 @@ function json(title, doc, testid) {
     h("h4", {}, title),
     text && h("p", { class: "said", testid: `${testid}-text` }, text),
     doc === null || doc === undefined
-      ? h("p", { class: "muted" }, "none yet")
+      ? h("p", { class: "muted" }, none)
       : h("pre", { class: "json" }, JSON.stringify(doc, null, 2)),
   );
 }
@@ -67,7 +67,7 @@ export async function show(box, d, after) {
       { class: "detail", testid: "delivery-detail", dataset: { id: d.id, status: d.status } },
       h("div", { class: "detail-head" }, h("h3", {}, "Delivery"), h("span", { class: "spacer" }), actions(d, after)),
       h("dl", { class: "facts" }, facts.map(([k, v]) => [h("dt", {}, k), h("dd", {}, v)])),
-      h("div", { class: "docs" }, request, json("Reply", d.reply, "reply")),
+      h("div", { class: "docs" }, request, json("Reply", d.reply, "reply", d.finished_at ? `none: berth gave up (${d.status})` : "none yet")),
     ),
   );
   try {

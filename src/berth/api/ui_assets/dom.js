@@ -52,10 +52,10 @@ export function when(epoch) {
   return el;
 }
 
-export function clock(epoch, withDate = false) {
+export function clock(epoch, withDate = false, ms = true) {
   if (!epoch) return "—";
   const d = new Date(epoch * 1000);
-  const t = d.toLocaleTimeString([], { hour12: false }) + "." + String(d.getMilliseconds()).padStart(3, "0");
+  const t = d.toLocaleTimeString([], { hour12: false }) + (ms ? "." + String(d.getMilliseconds()).padStart(3, "0") : "");
   return withDate ? `${d.toLocaleDateString()} ${t}` : t;
 }
 
@@ -90,10 +90,18 @@ export function texts(doc) {
   return out.join("\n");
 }
 
-export function debounce(fn, ms) {
-  let t = null;
-  return (...args) => {
-    clearTimeout(t);
-    t = setTimeout(() => fn(...args), ms);
+// At most one call per `ms` however many come (the last one is never lost): a busy event
+// stream must not keep a view from refreshing, nor make it refresh for every event.
+export function throttle(fn, ms) {
+  let last = 0;
+  let timer = null;
+  return () => {
+    if (timer) return;
+    const wait = Math.max(0, last + ms - Date.now());
+    timer = setTimeout(() => {
+      timer = null;
+      last = Date.now();
+      fn();
+    }, wait);
   };
 }

@@ -1,7 +1,7 @@
 // One workspace: its figures and actions, then its deliveries, restarts and log tail.
 import { api } from "./api.js";
 import { actions, show } from "./delivery.js";
-import { badge, clock, debounce, fill, h, secs, texts, toast, when } from "./dom.js";
+import { badge, clock, throttle, fill, h, secs, texts, toast, when } from "./dom.js";
 import { restarts } from "./restarts.js";
 
 const STATUSES = ["", "queued", "in_flight", "done", "dead", "canceled", "expired"];
@@ -24,10 +24,10 @@ export function workspace(name, tab = "deliveries") {
     }
     fill(head, header(ws, loadHead));
   };
-  const refresh = debounce(() => {
+  const refresh = throttle(() => {
     loadHead();
     tabView && tabView.refresh();
-  }, 150);
+  }, 250);
   return {
     title: name,
     mount(view) {
@@ -89,7 +89,7 @@ function header(ws, reload) {
       badge(ws.status),
       h("span", { class: "muted" }, `${ws.runtime}${ws.pid ? ` · pid ${ws.pid}` : ""}${ws.container ? ` · ${ws.container}` : ""} · max ${ws.max_concurrency} at once · drain ${ws.drain_seconds} s · ${ws.restart_policy}`),
       h("span", { class: "spacer" }),
-      h("button", { type: "button", class: "primary", testid: "restart", onclick: () => act("restart", { reason: "from the dashboard" }) }, "Restart"),
+      h("button", { type: "button", class: "primary", testid: "restart-button", onclick: () => act("restart", { reason: "from the dashboard" }) }, "Restart"),
       paused
         ? h("button", { type: "button", testid: "resume", onclick: () => act("resume") }, "Resume")
         : h("button", { type: "button", testid: "pause", onclick: () => act("pause") }, "Pause"),
@@ -149,7 +149,7 @@ function deliveries(name) {
       fill(found, h("span", { class: "error", testid: "find-error" }, e.status === 404 ? `No delivery of messageId “${mid}”.` : e.message));
     }
   };
-  const refresh = debounce(load, 150);
+  const refresh = throttle(load, 250);
   return {
     mount(pane) {
       body = h("tbody", { testid: "delivery-rows" });
@@ -205,8 +205,8 @@ function drow(d, active, open, after) {
     h("td", { class: "said-cell" }, texts(d.reply) || ""),
     h("td", {}, badge(d.status)),
     h("td", { class: "num", title: "counted failures / times sent" }, `${d.attempts}/${d.forwards}`),
-    h("td", { title: clock(d.created_at, true) }, clock(d.created_at)),
-    h("td", { class: "num" }, secs(took)),
+    h("td", { class: "time", title: clock(d.created_at, true) }, clock(d.created_at, false, false)),
+    h("td", { class: "num" }, d.finished_at ? secs(took) : h("span", { class: "muted" }, "…")),
     h("td", { class: "reason", title: d.reason || "" }, d.reason || ""),
     h("td", { class: "actions" }, actions(d, after)),
   );

@@ -1,6 +1,6 @@
 // All workspaces with their state, queue, in-flight, heartbeat, restarts and crashes, live.
 import { api } from "./api.js";
-import { badge, debounce, fill, h, when } from "./dom.js";
+import { badge, throttle, fill, h, when } from "./dom.js";
 
 export function workspaces() {
   let body, summary, timer;
@@ -29,7 +29,7 @@ export function workspaces() {
     }
     fill(body, list.map(row));
   };
-  const refresh = debounce(load, 150);
+  const refresh = throttle(load, 250);
   return {
     title: "Workspaces",
     mount(view) {
