@@ -42,19 +42,19 @@ def test_a_message_appears_and_finishes(page: Any, server: BerthServer, api: htt
     page.wait_for_url("**#/ws/ui-flow")
     page.get_by_test_id("delivery-rows").wait_for()
     mid = f"flow-{uuid.uuid4().hex[:8]}"
-    r = send(api, "ui-flow", "sleep:2 hello dashboard", mid, wait=0)
+    r = send(api, "ui-flow", "sleep:6 hello dashboard", mid, wait=0)
     assert r.status_code == 202, r.text
     d = page.locator(f'[data-testid="delivery-row"][data-message-id="{mid}"]')
     # seen while it is still running, then done, without a reload
     d.and_(page.locator('[data-status="in_flight"], [data-status="queued"]')).wait_for()
     page.get_by_test_id("ws-in-flight").filter(has_text="1").wait_for()
     d.and_(page.locator('[data-status="done"]')).wait_for(timeout=30_000)
-    assert "echo: sleep:2 hello dashboard" in d.inner_text()
+    assert "echo: sleep:6 hello dashboard" in d.inner_text()
     d.click()
     detail = page.get_by_test_id("delivery-detail")
     detail.and_(page.locator(f'[data-id="{r.json()["delivery_id"]}"]')).wait_for()
-    assert page.get_by_test_id("request-text").inner_text() == "sleep:2 hello dashboard"
-    assert page.get_by_test_id("reply-text").inner_text() == "echo: sleep:2 hello dashboard"
+    assert page.get_by_test_id("request-text").inner_text() == "sleep:6 hello dashboard"
+    assert page.get_by_test_id("reply-text").inner_text() == "echo: sleep:6 hello dashboard"
     assert '"messageId": "' + mid in page.get_by_test_id("request").inner_text()
 
 
@@ -147,3 +147,43 @@ def test_retry_a_dead_letter(page: Any, server: BerthServer, api: httpx.Client) 
     ).wait_for(timeout=90_000)
     d = api.get(f"/v1/deliveries/{did}").json()
     assert d["status"] == "dead" and d["forwards"] == 6 and d["attempts"] == 3
+
+
+def test_pause_cancel_a_queued_message_resume(
+    page: Any, server: BerthServer, api: httpx.Client
+) -> None:
+    create(api, "ui-pause")
+    wait_for(lambda: api.get("/v1/workspaces/ui-pause").json()["status"] == "online", what="up")
+    sign_in(page)
+    page.goto("/ui#/ws/ui-pause")
+    head = page.get_by_test_id("workspace-head")
+    head.locator('[data-status="online"]').wait_for()
+    page.get_by_test_id("pause").click()
+    head.locator('[data-status="paused"]').wait_for()
+    keep, drop = f"keep-{uuid.uuid4().hex[:6]}", f"drop-{uuid.uuid4().hex[:6]}"
+    kept = send(api, "ui-pause", "wait for me", keep, wait=0).json()["delivery_id"]
+    dropped = send(api, "ui-pause", "cancel me", drop, wait=0).json()["delivery_id"]
+    row_ = page.locator(f'[data-testid="delivery-row"][data-message-id="{drop}"]')
+    row_.and_(page.locator('[data-status="queued"]')).wait_for()
+    page.get_by_test_id("ws-queue").filter(has_text="2").wait_for()
+    row_.get_by_test_id("cancel").click()
+    row_.and_(page.locator('[data-status="canceled"]')).wait_for()
+    assert api.get(f"/v1/deliveries/{dropped}").json()["status"] == "canceled"
+    assert api.get(f"/v1/deliveries/{kept}").json()["status"] == "queued"
+    # nothing to cancel once it is not queued: the button is gone
+    assert row_.get_by_test_id("cancel").count() == 0
+    page.get_by_test_id("resume").click()
+    head.locator('[data-status="online"]').wait_for(timeout=30_000)
+    page.locator(f'[data-testid="delivery-row"][data-message-id="{keep}"]').and_(
+        page.locator('[data-status="done"]')
+    ).wait_for(timeout=30_000)
+    assert api.get(f"/v1/deliveries/{dropped}").json()["status"] == "canceled"
+
+
+def test_an_unknown_workspace_says_so(page: Any, server: BerthServer) -> None:
+    sign_in(page)
+    page.goto("/ui#/ws/no-such-workspace")
+    assert (
+        "No workspace named no-such-workspace"
+        in page.get_by_test_id("workspace-error").inner_text()
+    )
