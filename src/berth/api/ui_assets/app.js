@@ -28,7 +28,7 @@ const deadCount = async () => {
   try {
     const n = (await api("/v1/dead-letters?limit=1000")).deliveries.length;
     const el = document.getElementById("dead-count");
-    el.textContent = n ? String(n) : "";
+    el.textContent = n >= 1000 ? "1000+" : n ? String(n) : "";
     el.dataset.n = String(n);
   } catch (e) {
     // shown again at the next event

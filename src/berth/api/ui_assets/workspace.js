@@ -182,7 +182,7 @@ function deliveries(name) {
             h(
               "table",
               { class: "grid", testid: "deliveries" },
-              h("thead", {}, h("tr", {}, ["Message id", "Reply", "Status", "Tries", "Accepted", "Took", "Reason", ""].map((t) => h("th", {}, t)))),
+              h("thead", {}, h("tr", {}, ["Message id", "Reply", "Status", "Tries", "Accepted", "Took", "Reason", ""].map((t) => h("th", { class: t === "Reply" ? "col-reply" : null }, t)))),
               body,
             ),
           ),
@@ -202,7 +202,7 @@ function drow(d, active, open, after) {
     "tr",
     { class: active ? "link active" : "link", testid: "delivery-row", dataset: { id: d.id, messageId: d.message_id, status: d.status }, onclick: open },
     h("td", {}, h("code", { class: "mid", title: d.message_id }, d.message_id)),
-    h("td", { class: "said-cell" }, texts(d.reply) || ""),
+    h("td", { class: "said-cell col-reply" }, texts(d.reply) || ""),
     h("td", {}, badge(d.status)),
     h("td", { class: "num", title: "counted failures / times sent" }, `${d.attempts}/${d.forwards}`),
     h("td", { class: "time", title: clock(d.created_at, true) }, clock(d.created_at, false, false)),
