@@ -12,7 +12,7 @@ from starlette.responses import JSONResponse, PlainTextResponse
 from starlette.routing import Route
 
 from berth import __version__
-from berth.api import agents, errors, management
+from berth.api import agents, errors, management, operator, ui
 from berth.api.a2a import a2a_endpoint, agent_card_endpoint
 from berth.bootstrap import Container, build
 from berth.settings import Settings
@@ -48,6 +48,8 @@ def create_app(settings: Settings | None = None, container: Container | None = N
     errors.install(app)
     app.include_router(management.router)
     app.include_router(agents.router)
+    app.include_router(operator.router)
+    ui.install(app)
     for path in ("/v1/workspaces/{ref}/a2a", "/v1/workspaces/{ref}/a2a/"):
         app.router.routes.append(
             Route(path, a2a_endpoint, methods=["POST"], name="a2a" if path[-1] == "a" else None)
