@@ -41,6 +41,10 @@ def create_app(settings: Settings | None = None, container: Container | None = N
         title="berth",
         version=__version__,
         lifespan=lifespan,
+        # the interactive docs load their assets from a CDN (blank offline): off; the
+        # OpenAPI document itself is served at /openapi.json
+        docs_url=None,
+        redoc_url=None,
         description="A control plane for A2A agent workspaces that never loses a message.",
     )
     app.state.berth = c

@@ -32,7 +32,7 @@ async def delivery_by_message_id(
     c: Container = Depends(berth),
 ) -> dict[str, Any]:
     ws = await c.workspaces.get(ref)
-    d = await c.store.find_delivery(ws.id, message_id)
+    d = await c.deliveries.find(ws.id, message_id)
     if d is None:
         raise NotFound(
             f"workspace {ws.name} has no delivery of messageId {message_id!r}",
@@ -46,7 +46,7 @@ async def delivery_by_message_id(
     summary="The JSON-RPC request a delivery carries, as the caller sent it",
 )
 async def delivery_request(delivery_id: str, c: Container = Depends(berth)) -> dict[str, Any]:
-    d = await c.store.get_delivery(delivery_id)
+    d = await c.deliveries.get(delivery_id)
     try:
         body: Any = json.loads(d.request)
     except ValueError:
@@ -59,8 +59,9 @@ async def dead_letters(
     limit: int = Query(100, ge=1, le=1000), c: Container = Depends(berth)
 ) -> dict[str, Any]:
     out: list[dict[str, Any]] = []
-    for ws in await c.store.list_workspaces():
-        for d in await c.store.list_deliveries(ws.id, DeliveryStatus.DEAD, limit):
+    await c.roster.refresh()
+    for ws in c.roster.all():
+        for d in await c.deliveries.recent(ws.id, DeliveryStatus.DEAD, limit):
             out.append({**d.public(), "workspace": ws.name})
     out.sort(key=lambda d: d["finished_at"] or d["created_at"], reverse=True)
     return {"deliveries": out[:limit]}
