@@ -15,7 +15,7 @@ from berth.adapters.agent_http import HttpAgentClient
 from berth.adapters.memory_bus import MemoryBus, MemoryCache, MemoryLocks
 from berth.adapters.process import ProcessProvisioner
 from berth.adapters.sql.sqlite import SqliteStore
-from berth.domain.delivery import DeliveryPolicy
+from berth.domain.delivery import DeliveryPolicy, QueueLimit
 from berth.metrics import Metrics
 from berth.ports import AgentClient, Bus, Cache, Locks, Provisioner, Store
 from berth.services.agent_link import AgentLink
@@ -285,6 +285,7 @@ def assemble(
         default_wait=settings.default_wait_seconds,
         forward_timeout=settings.forward_timeout,
         keep_alive=settings.stream_keep_alive,
+        queue_limit=QueueLimit(settings.max_queue, settings.max_queue_age),
     )
     return Container(
         settings=settings,

@@ -56,6 +56,14 @@ class Metrics:
                 "berth_crashes_total": ("counter", "Unplanned workspace exits"),
                 "berth_queue_depth": ("gauge", "Queued deliveries per workspace"),
                 "berth_in_flight": ("gauge", "In-flight deliveries per workspace"),
+                "berth_queue_age_seconds": (
+                    "gauge",
+                    "How long the oldest queued delivery has waited, per workspace",
+                ),
+                "berth_admission_refused_total": (
+                    "counter",
+                    "New messages refused because the workspace's queue was over its limit",
+                ),
             }
         )
 

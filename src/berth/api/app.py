@@ -84,12 +84,16 @@ def create_app(settings: Settings | None = None, container: Container | None = N
     async def metrics() -> PlainTextResponse:
         depth: dict[tuple[tuple[str, str], ...], float] = {}
         busy: dict[tuple[tuple[str, str], ...], float] = {}
+        age: dict[tuple[tuple[str, str], ...], float] = {}
         for ws in c.roster.all():
-            queued, in_flight = await c.deliveries.pending(ws.id)
+            b = await c.deliveries.backlog(ws.id)
             key: tuple[tuple[str, str], ...] = (("workspace", ws.name),)
-            depth[key] = float(queued)
-            busy[key] = float(in_flight)
-        text = c.metrics.render({"berth_queue_depth": depth, "berth_in_flight": busy})
+            depth[key] = float(b.queued)
+            busy[key] = float(b.in_flight)
+            age[key] = b.oldest_wait or 0.0
+        text = c.metrics.render(
+            {"berth_queue_depth": depth, "berth_in_flight": busy, "berth_queue_age_seconds": age}
+        )
         return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
 
     return app

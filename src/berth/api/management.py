@@ -80,7 +80,7 @@ _CREATE_DOC = {
 )
 async def create_workspace(request: Request, c: Container = Depends(berth)) -> JSONResponse:
     ws, token = await c.workspaces.create(await json_body(request))
-    out = ws.public(*await c.deliveries.pending(ws.id))
+    out = await c.deliveries.status_of(ws)
     return JSONResponse({**out, "token": token}, status_code=201)
 
 

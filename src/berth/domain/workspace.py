@@ -7,6 +7,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from berth.domain.delivery import QueueLimit
 from berth.domain.errors import InvalidInput
 from berth.domain.lifecycle import WorkspaceState
 from berth.wire import container_name
@@ -61,12 +62,22 @@ class Workspace:
     def native_session(self) -> bool:
         return bool(self.capabilities.get("native_session"))
 
+    def queue_limit(self, default: QueueLimit) -> QueueLimit:
+        """This workspace's admission limits: its own, else the server's."""
+        return QueueLimit(
+            int(self.limits.get("max_queue", default.depth)),
+            float(self.limits.get("max_queue_age", default.age)),
+        )
+
     @property
     def short_id(self) -> str:
         return self.id[:12]
 
     def public(
-        self, queue_depth: int | None = None, in_flight: int | None = None
+        self,
+        queue_depth: int | None = None,
+        in_flight: int | None = None,
+        queue_age: float | None = None,
     ) -> dict[str, Any]:
         out: dict[str, Any] = {
             "id": self.id,
@@ -92,6 +103,12 @@ class Workspace:
             out["queue_depth"] = queue_depth
         if in_flight is not None:
             out["in_flight"] = in_flight
+        if queue_depth is not None:  # seconds the oldest queued message has waited
+            out["queue_age_seconds"] = None if queue_age is None else round(queue_age, 3)
+        if self.limits.get("max_queue") is not None:
+            out["max_queue"] = self.limits["max_queue"]
+        if self.limits.get("max_queue_age") is not None:
+            out["max_queue_age"] = self.limits["max_queue_age"]
         if self.runtime is Runtime.PROCESS:
             out["pid"] = self.pid
             out["state_dir"] = self.state_dir
@@ -152,6 +169,16 @@ def validate_spec(body: dict[str, Any]) -> dict[str, Any]:
     except ValueError:
         raise InvalidInput("restart_policy: one of on-failure, always, never") from None
     limits = {k: body[k] for k in ("memory", "cpus") if body.get(k) is not None}
+    mq = body.get("max_queue")
+    if mq is not None:
+        if not isinstance(mq, int) or isinstance(mq, bool) or not 1 <= mq <= 10_000_000:
+            raise InvalidInput("max_queue: an integer from 1 to 10000000")
+        limits["max_queue"] = mq
+    mqa = body.get("max_queue_age")
+    if mqa is not None:
+        if not isinstance(mqa, (int, float)) or isinstance(mqa, bool) or not 0 <= mqa <= 30 * 86400:
+            raise InvalidInput("max_queue_age: seconds from 0 (no limit) to 2592000")
+        limits["max_queue_age"] = float(mqa)
     unknown = set(body) - _SPEC_KEYS
     if unknown:
         raise InvalidInput(f"unknown field(s): {', '.join(sorted(unknown))}")
@@ -182,4 +209,6 @@ _SPEC_KEYS = {
     "restart_policy",
     "memory",
     "cpus",
+    "max_queue",
+    "max_queue_age",
 }
