@@ -71,6 +71,7 @@ class Container:
         run("liveness", lambda: self.registry.liveness(self.settings.heartbeat_seconds))
         run("replicas", self._follow_replicas)
         run("housekeeping", self._housekeeping)
+        run("flow-events", self.events.pump)
         await self.registry.recover(take_over_leases=self.sole)
 
     async def _follow_replicas(self) -> None:
@@ -228,7 +229,9 @@ def assemble(
     events = Events(bus, settings.replica)
     if sole is None:
         sole = isinstance(store, SqliteStore)
-    deliveries = DeliveryLog(store, bus, events, metrics, replica=settings.replica, sole=sole)
+    deliveries = DeliveryLog(
+        store, bus, events, metrics, replica=settings.replica, sole=sole, name_of=roster.name_of
+    )
     link = AgentLink(store, cache, client, in_docker=in_docker)
     dispatcher = Dispatcher(
         deliveries,

@@ -65,7 +65,9 @@ class DeliveryLog:
         sole: bool,
         poll_seconds: float = 2.0,
         clock: Callable[[], float] = time.time,
+        name_of: Callable[[str], str] = str,
     ) -> None:
+        self._name_of = name_of  # a workspace's name for metric labels (default: its id)
         self._now = clock
         self._store = store
         self._events = events
@@ -88,13 +90,25 @@ class DeliveryLog:
             await self._events.signal(WORK_TOPIC, workspace_id=ws_id, replica=self.replica)
 
     async def _finished(self, d: Delivery) -> None:
-        self._metrics.inc("berth_deliveries_total", outcome=d.status.value)
+        name = self._name_of(d.workspace_id)
+        self._metrics.inc("berth_deliveries_total", workspace=name, outcome=d.status.value)
         if d.finished_at is not None:
-            self._metrics.observe("berth_delivery_seconds", d.finished_at - d.created_at)
+            self._metrics.observe(
+                "berth_delivery_seconds",
+                d.finished_at - d.created_at,
+                workspace=name,
+                exemplar={"delivery_id": d.id},
+            )
         self._waiters.resolve(d)
         await self._events.signal(DONE_TOPIC, id=d.id, workspace_id=d.workspace_id)
         if d.method in STREAM_METHODS:
             await self._events.signal(stream_topic(d.id), t="final", status=d.status.value)
+        self._events.flow(
+            f"delivery.{d.status.value}",
+            delivery_id=d.id,
+            workspace_id=d.workspace_id,
+            message_id=d.message_id,
+        )
         if d.status is not D.DONE:
             await self._events.emit(
                 f"delivery.{d.status.value}",
@@ -152,6 +166,12 @@ class DeliveryLog:
             backlog = self._backlog.get(d.workspace_id)
             if backlog is not None:
                 backlog.queued += 1
+            self._events.flow(
+                "delivery.accepted",
+                delivery_id=stored.id,
+                workspace_id=stored.workspace_id,
+                message_id=stored.message_id,
+            )
             await self._announce(stored.workspace_id)
         return stored, created
 
@@ -183,13 +203,22 @@ class DeliveryLog:
     async def claim(
         self, workspace_id: str, *, capacity: int | None, lease_seconds: float
     ) -> list[Delivery]:
-        return await self._store.claim(
+        got = await self._store.claim(
             workspace_id,
             capacity=capacity,
             owner=self.replica,
             lease_seconds=lease_seconds,
             now=self._now(),
         )
+        for d in got:
+            self._events.flow(
+                "delivery.forwarded",
+                delivery_id=d.id,
+                workspace_id=d.workspace_id,
+                message_id=d.message_id,
+                forward=d.forwards,
+            )
+        return got
 
     async def renew(self, ids: list[str], lease_seconds: float) -> int:
         return await self._store.renew(self.replica, ids, self._now() + lease_seconds)
