@@ -22,6 +22,7 @@ from berth.services.agent_link import AgentLink
 from berth.services.delivery_log import DeliveryLog
 from berth.services.dispatcher import Dispatcher
 from berth.services.events import WORK_TOPIC, WS_TOPIC, Events
+from berth.services.idle import Idle
 from berth.services.lifecycle import Runner
 from berth.services.proxy import Proxy
 from berth.services.registry import Registry
@@ -58,6 +59,7 @@ class Container:
     workspaces: Workspaces
     registry: Registry
     proxy: Proxy
+    idle: Idle
     admin_token: str
     sole: bool  # the only replica on its log: on start it takes over every lease
     supervisor: Supervisor = field(default_factory=Supervisor)
@@ -72,7 +74,9 @@ class Container:
         run("replicas", self._follow_replicas)
         run("housekeeping", self._housekeeping)
         run("flow-events", self.events.pump)
+        run("idle", lambda: self.idle.watch(self.settings.heartbeat_seconds))
         await self.registry.recover(take_over_leases=self.sole)
+        await self.idle.recover()
 
     async def _follow_replicas(self) -> None:
         """Learn of other replicas' work and workspace changes."""
@@ -86,6 +90,8 @@ class Container:
                     await self.roster.refresh(ws_id)
                 elif payload.get("replica") == self.dispatcher.owner:
                     continue  # our own announcement: this replica woke its loop already
+                else:
+                    self.idle.touch(ws_id)  # work from another replica wakes a suspended one
                 self.dispatcher.wake(ws_id)
         finally:
             await sub.aclose()
@@ -111,6 +117,7 @@ class Container:
                 )
 
     async def stop(self) -> None:
+        await self.idle.close()
         await self.registry.shutdown()
         await self.restarts.close()
         await self.dispatcher.close()
@@ -310,6 +317,7 @@ def assemble(
         workspaces=Workspaces(store, deliveries, roster, runner, restarts, events),
         registry=registry,
         proxy=proxy,
+        idle=Idle(deliveries, roster, runner, restarts, owner=settings.replica),
         admin_token=admin,
         sole=sole,
     )

@@ -62,6 +62,12 @@ class Workspace:
     def native_session(self) -> bool:
         return bool(self.capabilities.get("native_session"))
 
+    @property
+    def idle_suspend_seconds(self) -> float | None:
+        """Suspend after this long without messages (None: never)."""
+        v = self.limits.get("idle_suspend_seconds")
+        return None if v is None else float(v)
+
     def queue_limit(self, default: QueueLimit) -> QueueLimit:
         """This workspace's admission limits: its own, else the server's."""
         return QueueLimit(
@@ -105,6 +111,8 @@ class Workspace:
             out["in_flight"] = in_flight
         if queue_depth is not None:  # seconds the oldest queued message has waited
             out["queue_age_seconds"] = None if queue_age is None else round(queue_age, 3)
+        if self.idle_suspend_seconds is not None:
+            out["idle_suspend_seconds"] = self.idle_suspend_seconds
         if self.limits.get("max_queue") is not None:
             out["max_queue"] = self.limits["max_queue"]
         if self.limits.get("max_queue_age") is not None:
@@ -174,6 +182,17 @@ def validate_spec(body: dict[str, Any]) -> dict[str, Any]:
         if not isinstance(mq, int) or isinstance(mq, bool) or not 1 <= mq <= 10_000_000:
             raise InvalidInput("max_queue: an integer from 1 to 10000000")
         limits["max_queue"] = mq
+    idle = body.get("idle_suspend_seconds")
+    if idle is not None:
+        if (
+            not isinstance(idle, (int, float))
+            or isinstance(idle, bool)
+            or not 0 < idle <= 30 * 86400
+        ):
+            raise InvalidInput("idle_suspend_seconds: seconds from 0 (exclusive) to 2592000")
+        if runtime is Runtime.EXTERNAL:
+            raise InvalidInput("idle_suspend_seconds: berth can only suspend what it runs")
+        limits["idle_suspend_seconds"] = float(idle)
     mqa = body.get("max_queue_age")
     if mqa is not None:
         if not isinstance(mqa, (int, float)) or isinstance(mqa, bool) or not 0 <= mqa <= 30 * 86400:
@@ -211,4 +230,5 @@ _SPEC_KEYS = {
     "cpus",
     "max_queue",
     "max_queue_age",
+    "idle_suspend_seconds",
 }
