@@ -7,26 +7,28 @@ import contextlib
 import logging
 import os
 import secrets
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from berth.adapters.agent_http import HttpAgentClient
 from berth.adapters.memory_bus import MemoryBus, MemoryCache, MemoryLocks
 from berth.adapters.process import ProcessProvisioner
 from berth.adapters.sql.sqlite import SqliteStore
-from berth.domain.delivery import DeliveryPolicy
+from berth.domain.delivery import DeliveryPolicy, QueueLimit
 from berth.metrics import Metrics
 from berth.ports import AgentClient, Bus, Cache, Locks, Provisioner, Store
 from berth.services.agent_link import AgentLink
+from berth.services.delivery_log import DeliveryLog
 from berth.services.dispatcher import Dispatcher
 from berth.services.events import WORK_TOPIC, WS_TOPIC, Events
+from berth.services.idle import Idle
 from berth.services.lifecycle import Runner
 from berth.services.proxy import Proxy
 from berth.services.registry import Registry
 from berth.services.restart import RestartService
 from berth.services.roster import Roster
-from berth.services.waiters import Waiters
+from berth.services.supervisor import Supervisor
 from berth.services.workspaces import Workspaces
 from berth.settings import Settings
 
@@ -36,6 +38,8 @@ __all__ = ["Container", "admin_token", "build"]
 
 @dataclass
 class Container:
+    """The object graph of one berth replica, and the loops it runs for its whole life."""
+
     settings: Settings
     store: Store
     cache: Cache
@@ -43,10 +47,11 @@ class Container:
     bus: Bus
     client: AgentClient
     provisioners: dict[str, Provisioner]
+    in_docker: bool  # berth itself runs as a container of its Docker engine
     metrics: Metrics
     roster: Roster
     events: Events
-    waiters: Waiters
+    deliveries: DeliveryLog
     dispatcher: Dispatcher
     link: AgentLink
     runner: Runner
@@ -54,27 +59,24 @@ class Container:
     workspaces: Workspaces
     registry: Registry
     proxy: Proxy
+    idle: Idle
     admin_token: str
-    tasks: list[asyncio.Task[Any]] = field(default_factory=list)
+    sole: bool  # the only replica on its log: on start it takes over every lease
+    supervisor: Supervisor = field(default_factory=Supervisor)
 
     async def start(self) -> None:
         await self.store.migrate()
         await self.bus.start()  # subscribed across replicas before anything listens or publishes
-        self.tasks += [
-            asyncio.create_task(self.dispatcher.upkeep(), name="dispatcher-upkeep"),
-            asyncio.create_task(self.waiters.listen(), name="waiters"),
-            asyncio.create_task(
-                self.registry.liveness(self.settings.heartbeat_seconds), name="liveness"
-            ),
-            asyncio.create_task(self._follow_replicas(), name="replicas"),
-            asyncio.create_task(self._prune(), name="retention"),
-        ]
-        sqlite = self.store_is_sqlite
-        await self.registry.recover(take_over_leases=sqlite)
-
-    @property
-    def store_is_sqlite(self) -> bool:
-        return isinstance(self.store, SqliteStore)
+        run = self.supervisor.run
+        run("dispatcher-upkeep", self.dispatcher.upkeep)
+        run("waiters", self.deliveries.listen)
+        run("liveness", lambda: self.registry.liveness(self.settings.heartbeat_seconds))
+        run("replicas", self._follow_replicas)
+        run("housekeeping", self._housekeeping)
+        run("flow-events", self.events.pump)
+        run("idle", lambda: self.idle.watch(self.settings.heartbeat_seconds))
+        await self.registry.recover(take_over_leases=self.sole)
+        await self.idle.recover()
 
     async def _follow_replicas(self) -> None:
         """Learn of other replicas' work and workspace changes."""
@@ -88,20 +90,18 @@ class Container:
                     await self.roster.refresh(ws_id)
                 elif payload.get("replica") == self.dispatcher.owner:
                     continue  # our own announcement: this replica woke its loop already
+                else:
+                    self.idle.touch(ws_id)  # work from another replica wakes a suspended one
                 self.dispatcher.wake(ws_id)
         finally:
             await sub.aclose()
 
-    async def _prune(self) -> None:
+    async def _housekeeping(self) -> None:
         """Retention and orphans, every `housekeeping_seconds`."""
-        import time
-
         while True:
             await asyncio.sleep(self.settings.housekeeping_seconds)
             try:
-                n = await self.store.prune_finished(
-                    time.time() - self.settings.retention_hours * 3600
-                )
+                n = await self.deliveries.prune(time.time() - self.settings.retention_hours * 3600)
                 if n:
                     log.info("pruned %d finished deliveries", n)
                 await self.roster.refresh()
@@ -112,15 +112,16 @@ class Container:
                     for name in await p.cleanup_orphans(known):
                         log.info("removed orphaned agent %s", name)
             except Exception:
-                log.exception("retention pass failed")
+                log.exception(
+                    "housekeeping pass failed; next one in %g s", self.settings.housekeeping_seconds
+                )
 
     async def stop(self) -> None:
+        await self.idle.close()
         await self.registry.shutdown()
         await self.restarts.close()
         await self.dispatcher.close()
-        for t in self.tasks:
-            t.cancel()
-        await asyncio.gather(*self.tasks, return_exceptions=True)
+        await self.supervisor.close()
         for p in self.provisioners.values():
             await p.close()
         await self.client.close()
@@ -171,19 +172,23 @@ def _shared(settings: Settings) -> tuple[Cache, Locks, Bus]:
     )
 
 
-def _provisioners(settings: Settings) -> dict[str, Provisioner]:
+def _provisioners(settings: Settings) -> tuple[dict[str, Provisioner], bool]:
+    """The runtimes this server offers, and whether berth runs as a container of its
+    Docker engine (asked of the engine when BERTH_IN_DOCKER is not set)."""
     out: dict[str, Provisioner] = {
         "process": ProcessProvisioner(
             settings.data_path / "workspaces", instance=settings.instance
         ),
     }
+    in_docker = settings.running_in_docker()
     with contextlib.suppress(ImportError):
         from berth.adapters.docker import docker_provisioner
 
         dp = docker_provisioner(settings)
         if dp is not None:
             out["docker"] = dp
-    return out
+            in_docker = dp.in_docker
+    return out, in_docker
 
 
 def _client(settings: Settings) -> AgentClient:
@@ -197,49 +202,83 @@ def _client(settings: Settings) -> AgentClient:
 
 
 def build(settings: Settings) -> Container:
+    """A replica on the adapters Settings ask for."""
     settings.data_path.mkdir(parents=True, exist_ok=True)
-    store = _store(settings)
-    cache, locks, bus = _shared(settings)
-    client = _client(settings)
-    provisioners = _provisioners(settings)
+    provisioners, in_docker = _provisioners(settings)
+    return assemble(
+        settings,
+        store=_store(settings),
+        shared=_shared(settings),
+        client=_client(settings),
+        provisioners=provisioners,
+        in_docker=in_docker,
+        admin=admin_token(settings),
+    )
+
+
+def assemble(
+    settings: Settings,
+    *,
+    store: Store,
+    shared: tuple[Cache, Locks, Bus],
+    client: AgentClient,
+    provisioners: dict[str, Provisioner],
+    in_docker: bool = False,
+    admin: str,
+    sole: bool | None = None,
+) -> Container:
+    """Wire the services over the given adapters (the service tests pass in-memory ones and
+    a fake agent client). `sole`: this replica is the only one on its log (default: the
+    store is SQLite)."""
+    cache, locks, bus = shared
     metrics = Metrics()
     roster = Roster(store)
-    owner = settings.replica
-    events = Events(bus, owner)
-    waiters = Waiters(store, bus)
-    link = AgentLink(store, cache, client, in_docker=settings.running_in_docker())
+    events = Events(bus, settings.replica)
+    if sole is None:
+        sole = isinstance(store, SqliteStore)
+    deliveries = DeliveryLog(
+        store, bus, events, metrics, replica=settings.replica, sole=sole, name_of=roster.name_of
+    )
+    link = AgentLink(store, cache, client, in_docker=in_docker)
     dispatcher = Dispatcher(
-        store,
+        deliveries,
         client,
         roster,
         link,
-        waiters,
         events,
         metrics,
         DeliveryPolicy(max_attempts=settings.max_attempts),
-        owner=owner,
         lease_seconds=settings.lease_seconds,
         forward_timeout=settings.forward_timeout,
-        sole=isinstance(store, SqliteStore),
+        sole=sole,
     )
     runner = Runner(
         store,
+        deliveries,
         roster,
         provisioners,
         link,
         dispatcher,
         events,
         berth_url=settings.advertised_url,
-        owner=owner,
+        owner=settings.replica,
         start_timeout=settings.start_timeout,
         stop_grace=settings.stop_grace_seconds,
         heartbeat_seconds=settings.heartbeat_seconds,
         instance=settings.instance,
     )
-    restarts = RestartService(runner, locks, metrics)
+    restarts = RestartService(runner, store, roster, dispatcher, link, events, locks, metrics)
     registry = Registry(
         runner,
         restarts,
+        store,
+        store,
+        deliveries,
+        roster,
+        dispatcher,
+        link,
+        provisioners,
+        events,
         metrics,
         heartbeat_timeout=settings.heartbeat_timeout,
         crash_loop_limit=settings.crash_loop_limit,
@@ -248,17 +287,15 @@ def build(settings: Settings) -> Container:
     for p in provisioners.values():
         p.on_exit(registry.on_exit)
     proxy = Proxy(
-        store,
+        deliveries,
         roster,
-        dispatcher,
-        waiters,
         client,
         link,
-        metrics,
         bus,
         default_wait=settings.default_wait_seconds,
         forward_timeout=settings.forward_timeout,
         keep_alive=settings.stream_keep_alive,
+        queue_limit=QueueLimit(settings.max_queue, settings.max_queue_age),
     )
     return Container(
         settings=settings,
@@ -268,16 +305,19 @@ def build(settings: Settings) -> Container:
         bus=bus,
         client=client,
         provisioners=provisioners,
+        in_docker=in_docker,
         metrics=metrics,
         roster=roster,
         events=events,
-        waiters=waiters,
+        deliveries=deliveries,
         dispatcher=dispatcher,
         link=link,
         runner=runner,
         restarts=restarts,
-        workspaces=Workspaces(store, runner, restarts),
+        workspaces=Workspaces(store, deliveries, roster, runner, restarts, events),
         registry=registry,
         proxy=proxy,
-        admin_token=admin_token(settings),
+        idle=Idle(deliveries, roster, runner, restarts, owner=settings.replica),
+        admin_token=admin,
+        sole=sole,
     )

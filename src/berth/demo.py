@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import shutil
 import sys
@@ -25,7 +24,7 @@ async def ensure_demo(c: Container) -> None:
         )
     # say "online" only when it is: the first start takes a couple of seconds, and the agent
     # registers over HTTP, so this waits in the background while the server serves
-    c.tasks.append(asyncio.create_task(_announce(c, ws.id), name="demo-announce"))
+    c.supervisor.once("demo-announce", _announce(c, ws.id))
 
 
 async def _announce(c: Container, ws_id: str) -> None:

@@ -15,7 +15,7 @@ from typing import Any
 
 from berth.bootstrap import Container
 from berth.ports import Subscription
-from berth.services.events import EVENT_TOPIC
+from berth.services.events import EVENT_TOPIC, unpack
 
 __all__ = ["EventLog"]
 log = logging.getLogger("berth.events")
@@ -58,13 +58,14 @@ class EventLog:
     async def _follow(self, sub: Subscription) -> None:
         try:
             async for topic, payload in sub:
-                event = {"kind": topic[len(EVENT_TOPIC) :], **payload}
-                self.recent.append(event)
-                if payload.get("replica") in (None, self._c.settings.replica):
-                    try:
-                        self.write(event)
-                    except Exception:  # noqa: BLE001 - a log line must never stop the server
-                        log.debug("could not log event %s", event, exc_info=True)
+                for kind, data in unpack(topic, payload):
+                    event = {**data, "kind": kind}
+                    self.recent.append(event)
+                    if data.get("replica") in (None, self._c.settings.replica):
+                        try:
+                            self.write(event)
+                        except Exception:  # noqa: BLE001 - a log line must never stop the server
+                            log.debug("could not log event %s", event, exc_info=True)
         finally:
             await sub.aclose()
 

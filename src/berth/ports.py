@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from berth.domain.delivery import Delivery, DeliveryStatus
+from berth.domain.errors import AgentUnreachable
 from berth.domain.lifecycle import WorkspaceState
 from berth.domain.restart import RestartRecord
 from berth.domain.workspace import Workspace
@@ -17,12 +18,16 @@ __all__ = [
     "AgentUnreachable",
     "Bus",
     "Cache",
+    "Database",
+    "DeliveryStore",
     "Locks",
     "Provisioner",
+    "RestartStore",
     "RunInfo",
     "Settle",
     "Store",
     "Subscription",
+    "WorkspaceStore",
 ]
 
 
@@ -38,18 +43,26 @@ class Settle:
     not_before: float = 0.0
 
 
-class Store(Protocol):
-    """Workspaces, the delivery log and restart records: one durable database."""
+class Database(Protocol):
+    """The durable database's own life: schema, readiness, closing."""
 
     async def migrate(self) -> None: ...
     async def close(self) -> None: ...
-    async def ping(self) -> None: ...  # raises when the database cannot be reached (readiness)
+    async def ping(self) -> None: ...  # raises StoreUnavailable when it cannot be reached
 
-    # workspaces
+
+class WorkspaceStore(Protocol):
+    """Workspace records. A state change goes through `move_workspace` only, which enforces
+    the table of `domain.lifecycle` atomically; `update_workspace` refuses `state`."""
+
     async def create_workspace(self, ws: Workspace) -> None: ...
     async def get_workspace(self, ref: str) -> Workspace: ...
     async def list_workspaces(self) -> list[Workspace]: ...
     async def update_workspace(self, ws_id: str, **fields: Any) -> Workspace: ...
+
+    # Moves to `to` only from `only_from` (default: any) that the state table allows;
+    # None when the workspace is gone or not in `only_from`; IllegalTransition when it is
+    # in a state from which the table forbids the move.
     async def move_workspace(
         self,
         ws_id: str,
@@ -61,10 +74,27 @@ class Store(Protocol):
     async def delete_workspace(self, ws_id: str) -> None: ...
     async def workspace_by_token(self, token_hash: str) -> Workspace | None: ...
 
-    # the delivery log
+
+class DeliveryStore(Protocol):
+    """The delivery log's rows. Only `services.delivery_log.DeliveryLog` writes through it;
+    every conditional write takes its allowed source statuses from `domain.delivery`."""
+
     async def accept(self, d: Delivery) -> tuple[Delivery, bool]: ...
     async def get_delivery(self, delivery_id: str) -> Delivery: ...
     async def find_delivery(self, workspace_id: str, message_id: str) -> Delivery | None: ...
+    async def list_deliveries(
+        self,
+        workspace_id: str,
+        status: DeliveryStatus | None = None,
+        limit: int = 100,
+    ) -> list[Delivery]: ...
+    # (queued, in flight) of one workspace: through the partial indexes only, so it stays
+    # cheap however many finished deliveries the log holds (status pages, /metrics)
+    async def pending(self, workspace_id: str) -> tuple[int, int]: ...
+    # created_at of the queue's head (its oldest queued delivery by seq), or None: the age of
+    # a queue for admission control, through the partial index of queued rows
+    async def queue_head(self, workspace_id: str) -> float | None: ...
+
     async def claim(
         self,
         workspace_id: str,
@@ -80,30 +110,51 @@ class Store(Protocol):
     ) -> Delivery | None: ...
     async def requeue_in_flight(self, workspace_id: str | None = None) -> list[str]: ...
     async def requeue_expired(self, now: float) -> list[Delivery]: ...
-    async def cancel(self, delivery_id: str, now: float, reason: str) -> Delivery: ...
-    async def cancel_pending(
-        self, workspace_id: str, now: float, reason: str
-    ) -> list[Delivery]: ...
-    async def retry(self, delivery_id: str, now: float) -> Delivery: ...
-    async def expire_due(self, now: float) -> list[Delivery]: ...
-    async def list_deliveries(
+    # A final status for one delivery / all of a workspace's, from `only_from`; None / []
+    # when nothing matched.
+    async def finish(
+        self,
+        delivery_id: str,
+        to: DeliveryStatus,
+        *,
+        only_from: frozenset[DeliveryStatus],
+        now: float,
+        reason: str,
+    ) -> Delivery | None: ...
+    async def finish_all(
         self,
         workspace_id: str,
-        status: DeliveryStatus | None = None,
-        limit: int = 100,
+        to: DeliveryStatus,
+        *,
+        only_from: frozenset[DeliveryStatus],
+        now: float,
+        reason: str,
     ) -> list[Delivery]: ...
-    async def counts(self, workspace_id: str | None = None) -> dict[DeliveryStatus, int]: ...
-    # (queued, in flight) of one workspace: through the partial indexes only, so it stays
-    # cheap however many finished deliveries the log holds (status pages, /metrics)
-    async def pending(self, workspace_id: str) -> tuple[int, int]: ...
-    async def next_ready_at(self, workspace_id: str) -> float | None: ...
+    # Back to the end of the queue (a new sequence number, attempts 0), from `only_from`.
+    async def requeue(
+        self,
+        delivery_id: str,
+        *,
+        only_from: frozenset[DeliveryStatus],
+        now: float,
+        reason: str,
+    ) -> Delivery | None: ...
+    async def expire_due(self, now: float) -> list[Delivery]: ...
     async def prune_finished(self, before: float) -> int: ...
 
-    # restart records
+
+class RestartStore(Protocol):
+    """Restart records: one per cycle, saved at every phase."""
+
     async def save_restart(self, r: RestartRecord) -> None: ...
     async def get_restart(self, workspace_id: str, restart_id: str) -> RestartRecord: ...
     async def list_restarts(self, workspace_id: str, limit: int = 50) -> list[RestartRecord]: ...
     async def active_restart(self, workspace_id: str) -> RestartRecord | None: ...
+
+
+class Store(Database, WorkspaceStore, DeliveryStore, RestartStore, Protocol):
+    """What one database adapter implements (memory, SQLite, PostgreSQL). Services take
+    the narrow port they use, never this."""
 
 
 class Cache(Protocol):
@@ -159,7 +210,8 @@ ExitCallback = Callable[[str, "int | None"], None]
 
 
 class Provisioner(Protocol):
-    """Runs workspaces of one runtime. `identity` is the BERTH_* environment of docs/sdk.md."""
+    """Runs workspaces of one runtime. `identity` is the BERTH_* environment berth gives an agent
+    (docs/sdk.md)."""
 
     runtime: str
 
@@ -178,17 +230,6 @@ class AgentReply:
     status: int
     body: bytes
     content_type: str = "application/json"
-
-
-class AgentUnreachable(Exception):
-    """The agent could not be reached or the connection broke: a transport failure.
-
-    `reached=False` when the request certainly never got to the agent (connection refused,
-    no such host, no URL): such a failure says nothing about the message."""
-
-    def __init__(self, message: str = "", *, reached: bool = True) -> None:
-        super().__init__(message)
-        self.reached = reached
 
 
 class AgentClient(Protocol):

@@ -119,7 +119,7 @@ def _sockets(settings: Settings, container: Container) -> list[socket.socket] | 
     gateway = getattr(docker, "gateway", None)
     if (
         settings.host not in ("127.0.0.1", "localhost", "::1")
-        or settings.running_in_docker()
+        or container.in_docker
         or gateway is None
     ):
         return None

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from berth.adapters.memory_bus import MemoryBus, MemoryCache, MemoryLocks
+from berth.api.errors import edge
 from berth.domain.errors import LocksUnavailable, Unavailable
 from berth.ports import Bus, Cache, Locks, Subscription
 from tests.services import Outage, require_redis
@@ -422,7 +423,7 @@ async def test_redis_down_cache_and_bus_degrade_locks_raise() -> None:
         for attempt in (locks.acquire("l", 5), locks.refresh("l", "t", 5), locks.release("l", "t")):
             with pytest.raises(LocksUnavailable) as e:
                 await attempt
-            assert isinstance(e.value, Unavailable) and e.value.status == 503
+            assert isinstance(e.value, Unavailable) and edge(e.value).status == 503
     finally:
         await cache.close()
         await locks.close()

@@ -12,12 +12,16 @@ from typing import Any
 
 import pytest
 
+from berth.adapters.memory_bus import MemoryBus
 from berth.domain.delivery import Delivery, DeliveryStatus
 from berth.domain.errors import Conflict, IllegalTransition, NotFound
-from berth.domain.lifecycle import WorkspaceState
+from berth.domain.lifecycle import WorkspaceState, can_move
 from berth.domain.restart import Phase, PhaseTiming, RestartRecord, Trigger
 from berth.domain.workspace import RestartPolicy, Runtime, Workspace
+from berth.metrics import Metrics
 from berth.ports import Settle, Store
+from berth.services.delivery_log import DeliveryLog
+from berth.services.events import Events
 from tests.contract.conftest import Backend
 
 D = DeliveryStatus
@@ -74,6 +78,40 @@ async def claim(
 
 def ids(ds: list[Delivery]) -> list[str]:
     return [d.id for d in ds]
+
+
+# The rules of which delivery may be canceled or retried live in the domain and the
+# DeliveryLog, not in the adapters: these run through the log over each store.
+def log_at(store: Store, now: float) -> DeliveryLog:
+    bus = MemoryBus()
+    return DeliveryLog(
+        store, bus, Events(bus, "t"), Metrics(), replica="a", sole=True, clock=lambda: now
+    )
+
+
+async def cancel(store: Store, delivery_id: str, now: float, reason: str) -> Delivery:
+    return await log_at(store, now).cancel(delivery_id, reason)
+
+
+async def retry(store: Store, delivery_id: str, now: float) -> Delivery:
+    return await log_at(store, now).retry(delivery_id)
+
+
+async def cancel_pending(store: Store, ws_id: str, now: float, reason: str) -> list[Delivery]:
+    return await log_at(store, now).cancel_pending(ws_id, reason)
+
+
+async def counts(store: Store, *ws_ids: str) -> dict[DeliveryStatus, int]:
+    out = {s: 0 for s in DeliveryStatus}
+    for ws_id in ws_ids:
+        for d in await store.list_deliveries(ws_id, limit=100_000):
+            out[d.status] += 1
+    return out
+
+
+async def next_ready_at(store: Store, ws_id: str) -> float | None:
+    queued = await store.list_deliveries(ws_id, DeliveryStatus.QUEUED, limit=100_000)
+    return min((d.not_before for d in queued), default=None)
 
 
 # workspaces -----------------------------------------------------------------
@@ -133,12 +171,12 @@ async def test_update_workspace(store: Store) -> None:
     ws = make_ws("alpha")
     await store.create_workspace(ws)
     got = await store.update_workspace(
-        ws.id, agent_url="http://x", capabilities={"a": 1}, state=S.ONLINE, active_tasks=2
+        ws.id, agent_url="http://x", capabilities={"a": 1}, active_tasks=2
     )
     assert (got.agent_url, got.capabilities, got.state, got.active_tasks) == (
         "http://x",
         {"a": 1},
-        S.ONLINE,
+        ws.state,
         2,
     )
     assert got.updated_at > T0  # stamped by the store
@@ -156,7 +194,30 @@ async def test_update_workspace_errors(store: Store) -> None:
         await store.update_workspace(ws.id, no_such_field=1)
     with pytest.raises(AttributeError):
         await store.update_workspace(ws.id, id="other")
+    with pytest.raises(AttributeError):  # a state changes by move_workspace only
+        await store.update_workspace(ws.id, state=S.ONLINE)
     assert await store.get_workspace(ws.id) == ws
+
+
+async def test_every_move_of_the_state_table(store: Store) -> None:
+    """Each (from, to) pair: the store moves exactly when the domain's table allows it,
+    raises IllegalTransition otherwise, and then leaves the workspace as it was."""
+    for src in S:
+        for dst in S:
+            ws = make_ws(f"w-{src.value}-{dst.value}", state=src)
+            await store.create_workspace(ws)
+            if can_move(src, dst):
+                moved = await store.move_workspace(ws.id, dst, last_error="x")
+                assert moved is not None and moved.state is dst, (src, dst)
+                assert moved.last_error == "x"
+            else:
+                with pytest.raises(IllegalTransition):
+                    await store.move_workspace(ws.id, dst, last_error="x")
+                again = await store.get_workspace(ws.id)
+                assert (again.state, again.last_error) == (src, None), (src, dst)
+                # a condition the workspace does not meet is a lost race: None, no error
+                others = frozenset(S) - {src}
+                assert await store.move_workspace(ws.id, dst, only_from=others) is None
 
 
 async def test_move_workspace_only_from(store: Store) -> None:
@@ -249,7 +310,7 @@ async def test_claim_fifo_and_lease(store: Store) -> None:
         assert d.forwards == 1 and d.first_forwarded_at == T0 + 1 and d.updated_at == T0 + 1
     assert await store.get_delivery(ds[0].id) == got[0]
     assert await claim(store, "w1", owner="b") == []
-    assert (await store.counts("w2"))[D.QUEUED] == 2
+    assert (await counts(store, "w2"))[D.QUEUED] == 2
 
 
 async def test_claim_capacity_counts_in_flight(store: Store) -> None:
@@ -340,7 +401,7 @@ async def test_settle_requeue_with_backoff(store: Store) -> None:
     )
     assert got.finished_at is None and got.lease_owner is None and got.reply is None
     assert await claim(store, "w1", now=T0 + 6) == []
-    assert await store.next_ready_at("w1") == T0 + 7
+    assert await next_ready_at(store, "w1") == T0 + 7
 
 
 async def test_settle_dead_and_canceled_keep_earlier_reply(store: Store) -> None:
@@ -372,9 +433,9 @@ async def test_settle_illegal_status(store: Store) -> None:
     (d,) = await accept_many(store, "w1", 1)
     await claim(store, "w1")
     with pytest.raises(IllegalTransition):
-        await store.settle(d.id, "a", Settle(D.EXPIRED), T0)
-    with pytest.raises(IllegalTransition):
-        await store.settle("nope", "a", Settle(D.EXPIRED), T0)  # checked before the lookup
+        await log_at(store, T0).settle(d, Settle(D.EXPIRED))
+    with pytest.raises(IllegalTransition):  # checked before the lookup
+        await log_at(store, T0).settle(make_d("w1", "nope", id="nope"), Settle(D.EXPIRED))
     assert (await store.get_delivery(d.id)).status is D.IN_FLIGHT
 
 
@@ -421,7 +482,7 @@ async def test_renew_keeps_a_lease_from_expiring(store: Store) -> None:
 # cancel, retry, expire -------------------------------------------------------
 async def test_cancel_only_queued(store: Store) -> None:
     a, b = await accept_many(store, "w1", 2)
-    got = await store.cancel(a.id, T0 + 1, "by user")
+    got = await cancel(store, a.id, T0 + 1, "by user")
     assert (got.status, got.reason, got.finished_at, got.updated_at) == (
         D.CANCELED,
         "by user",
@@ -429,13 +490,13 @@ async def test_cancel_only_queued(store: Store) -> None:
         T0 + 1,
     )
     with pytest.raises(Conflict) as e:
-        await store.cancel(a.id, T0 + 2, "again")
+        await cancel(store, a.id, T0 + 2, "again")
     assert e.value.code == "not_cancelable"
     await claim(store, "w1")
     with pytest.raises(Conflict):
-        await store.cancel(b.id, T0 + 2, "in flight")
+        await cancel(store, b.id, T0 + 2, "in flight")
     with pytest.raises(NotFound):
-        await store.cancel("nope", T0, "x")
+        await cancel(store, "nope", T0, "x")
 
 
 async def test_cancel_pending(store: Store) -> None:
@@ -444,7 +505,7 @@ async def test_cancel_pending(store: Store) -> None:
     await claim(store, "w1", capacity=1)
     await store.settle(ds[0].id, "a", Settle(D.DONE), T0)
     await claim(store, "w1", capacity=1)  # ds[1] in flight, ds[2] queued
-    got = await store.cancel_pending("w1", T0 + 3, "removed")
+    got = await cancel_pending(store, "w1", T0 + 3, "removed")
     assert ids(got) == ids(ds[1:])
     for d in got:
         assert (d.status, d.reason, d.finished_at, d.lease_owner, d.lease_until) == (
@@ -456,7 +517,7 @@ async def test_cancel_pending(store: Store) -> None:
         )
     assert (await store.get_delivery(ds[0].id)).status is D.DONE
     assert (await store.get_delivery(other.id)).status is D.QUEUED
-    assert await store.cancel_pending("w1", T0 + 4, "again") == []
+    assert await cancel_pending(store, "w1", T0 + 4, "again") == []
 
 
 async def test_retry_goes_to_the_back_of_the_queue(store: Store) -> None:
@@ -468,7 +529,7 @@ async def test_retry_goes_to_the_back_of_the_queue(store: Store) -> None:
         Settle(D.DEAD, count_attempt=True, reason="poison", reply=b"{}", reply_status=500),
         T0 + 1,
     )
-    got = await store.retry(a.id, T0 + 2)
+    got = await retry(store, a.id, T0 + 2)
     assert got.id == a.id and got.seq > b.seq
     assert (
         got.status,
@@ -488,18 +549,18 @@ async def test_retry_rules(store: Store) -> None:
     a, b = await accept_many(store, "w1", 2, expires_at=T0 + 1)
     c = (await store.accept(make_d("w1", "c")))[0]
     with pytest.raises(Conflict) as e:
-        await store.retry(a.id, T0)
+        await retry(store, a.id, T0)
     assert e.value.code == "not_retryable"
     with pytest.raises(NotFound):
-        await store.retry("nope", T0)
-    await store.cancel(a.id, T0, "x")
+        await retry(store, "nope", T0)
+    await cancel(store, a.id, T0, "x")
     await store.expire_due(T0 + 1)
-    assert (await store.retry(a.id, T0 + 2)).status is D.QUEUED  # canceled
-    assert (await store.retry(b.id, T0 + 2)).status is D.QUEUED  # expired
+    assert (await retry(store, a.id, T0 + 2)).status is D.QUEUED  # canceled
+    assert (await retry(store, b.id, T0 + 2)).status is D.QUEUED  # expired
     await claim(store, "w1", now=T0 + 3)
     assert await store.settle(c.id, "a", Settle(D.DONE), T0 + 4) is not None
     with pytest.raises(Conflict):
-        await store.retry(c.id, T0 + 5)  # done is done
+        await retry(store, c.id, T0 + 5)  # done is done
 
 
 async def test_expire_due(store: Store) -> None:
@@ -521,7 +582,7 @@ async def test_expire_due(store: Store) -> None:
 async def test_list_deliveries(store: Store) -> None:
     ds = await accept_many(store, "w1", 5)
     await store.accept(make_d("w2", "x"))
-    await store.cancel(ds[1].id, T0, "x")
+    await cancel(store, ds[1].id, T0, "x")
     assert ids(await store.list_deliveries("w1")) == ids(ds)
     assert ids(await store.list_deliveries("w1", limit=2)) == ids(
         ds[3:]
@@ -537,31 +598,37 @@ async def test_counts(store: Store) -> None:
     await store.accept(make_d("w2", "x"))
     await claim(store, "w1", capacity=2)
     await store.settle(ds[0].id, "a", Settle(D.DONE), T0)
-    await store.cancel(ds[3].id, T0, "x")
+    await cancel(store, ds[3].id, T0, "x")
     zero = {s: 0 for s in D}
-    assert await store.counts("w1") == {
+    assert await counts(store, "w1") == {
         **zero,
         D.QUEUED: 1,
         D.IN_FLIGHT: 1,
         D.DONE: 1,
         D.CANCELED: 1,
     }
-    assert await store.counts() == {**zero, D.QUEUED: 2, D.IN_FLIGHT: 1, D.DONE: 1, D.CANCELED: 1}
-    assert await store.counts("nope") == zero
+    assert await counts(store, "w1", "w2") == {
+        **zero,
+        D.QUEUED: 2,
+        D.IN_FLIGHT: 1,
+        D.DONE: 1,
+        D.CANCELED: 1,
+    }
+    assert await counts(store, "nope") == zero
     assert await store.pending("w1") == (1, 1)
     assert await store.pending("w2") == (1, 0)
     assert await store.pending("nope") == (0, 0)
 
 
 async def test_next_ready_at(store: Store) -> None:
-    assert await store.next_ready_at("w1") is None
+    assert await next_ready_at(store, "w1") is None
     await store.accept(make_d("w1", "a", not_before=T0 + 9))
     b = (await store.accept(make_d("w1", "b", not_before=T0 + 4)))[0]
-    assert await store.next_ready_at("w1") == T0 + 4
-    await store.cancel(b.id, T0, "x")
-    assert await store.next_ready_at("w1") == T0 + 9
+    assert await next_ready_at(store, "w1") == T0 + 4
+    await cancel(store, b.id, T0, "x")
+    assert await next_ready_at(store, "w1") == T0 + 9
     await store.accept(make_d("w1", "c"))
-    assert await store.next_ready_at("w1") == 0.0
+    assert await next_ready_at(store, "w1") == 0.0
 
 
 async def test_prune_finished(store: Store) -> None:
@@ -569,9 +636,9 @@ async def test_prune_finished(store: Store) -> None:
     await claim(store, "w1", capacity=3, now=T0)
     await store.settle(ds[0].id, "a", Settle(D.DONE), T0 + 1)
     await store.settle(ds[1].id, "a", Settle(D.DEAD), T0 + 10)  # finished, but too recently
-    await store.cancel(ds[3].id, T0 + 2, "x")  # ds[2] stays in flight, ds[4:] queued
-    await store.retry(ds[3].id, T0 + 3)
-    await store.cancel(ds[4].id, T0 + 2, "x")
+    await cancel(store, ds[3].id, T0 + 2, "x")  # ds[2] stays in flight, ds[4:] queued
+    await retry(store, ds[3].id, T0 + 3)
+    await cancel(store, ds[4].id, T0 + 2, "x")
     assert await store.prune_finished(T0 + 5) == 2
     left = {d.id: d.status for d in await store.list_deliveries("w1")}
     assert left == {ds[1].id: D.DEAD, ds[2].id: D.IN_FLIGHT, ds[3].id: D.QUEUED, ds[5].id: D.QUEUED}
@@ -663,7 +730,7 @@ async def test_concurrent_claimers_respect_capacity_one(backend: Backend) -> Non
         while True:
             got = await store.claim("w1", capacity=1, owner=owner, lease_seconds=LEASE, now=T0)
             if not got:
-                if (await store.counts("w1"))[D.QUEUED] == 0:
+                if (await counts(store, "w1"))[D.QUEUED] == 0:
                     return
                 await asyncio.sleep(0.001)
                 continue
@@ -671,7 +738,7 @@ async def test_concurrent_claimers_respect_capacity_one(backend: Backend) -> Non
             holding.add(got[0].id)
             worst = max(worst, len(holding))
             claimed.append(got[0].id)
-            assert (await store.counts("w1"))[D.IN_FLIGHT] == 1
+            assert (await counts(store, "w1"))[D.IN_FLIGHT] == 1
             await asyncio.sleep(0)
             holding.discard(got[0].id)  # before settling: the next claim can only follow it
             assert await store.settle(got[0].id, owner, Settle(D.DONE), T0) is not None
@@ -679,7 +746,7 @@ async def test_concurrent_claimers_respect_capacity_one(backend: Backend) -> Non
     await asyncio.wait_for(asyncio.gather(*(worker(i, s) for i, s in enumerate(stores))), 20)
     assert worst == 1
     assert sorted(claimed) == sorted(ids(ds))
-    assert (await stores[0].counts("w1"))[D.DONE] == len(ds)
+    assert (await counts(stores[0], "w1"))[D.DONE] == len(ds)
 
 
 async def test_concurrent_claimers_claim_each_delivery_once(backend: Backend) -> None:
@@ -691,7 +758,7 @@ async def test_concurrent_claimers_claim_each_delivery_once(backend: Backend) ->
         owner = f"r{i}"
         while True:
             got = await store.claim("w1", capacity=None, owner=owner, lease_seconds=LEASE, now=T0)
-            if not got and (await store.counts("w1"))[D.QUEUED] == 0:
+            if not got and (await counts(store, "w1"))[D.QUEUED] == 0:
                 return
             for d in got:
                 claimed.append((d.id, owner))
@@ -722,3 +789,16 @@ async def test_first_forward_at_time_zero_is_kept(store: Store) -> None:
     await store.settle(d.id, "a", Settle(D.QUEUED), 1.0)
     (again,) = await claim(store, "w1", now=2.0)
     assert again.first_forwarded_at == 0.0
+
+
+async def test_queue_head_is_the_oldest_queued_delivery(store: Store) -> None:
+    assert await store.queue_head("w1") is None
+    ds = [(await store.accept(make_d("w1", f"m{i}", created_at=T0 + i)))[0] for i in range(3)]
+    await store.accept(make_d("w2", "other", created_at=T0 - 100))
+    assert await store.queue_head("w1") == T0
+    await claim(store, "w1", capacity=1)  # the head goes in flight: the next one is the head
+    assert await store.queue_head("w1") == T0 + 1
+    await cancel(store, ds[1].id, T0, "x")
+    assert await store.queue_head("w1") == T0 + 2
+    await cancel(store, ds[2].id, T0, "x")
+    assert await store.queue_head("w1") is None

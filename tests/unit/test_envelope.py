@@ -2,16 +2,19 @@ import json
 
 import pytest
 
+from berth.api.errors import rpc_error_response
 from berth.domain.delivery import Outcome
+from berth.domain.errors import RpcInvalid
 from berth.ports import AgentReply
-from berth.services.proxy import BadRequest, parse_envelope, wait_seconds
-from berth.services.replies import classify, is_draining_error
+from berth.services.proxy import parse_envelope, wait_seconds
+from berth.services.replies import classify
+from berth.wire import is_draining_error
 
 
 def code_of(raw: bytes) -> int:
-    with pytest.raises(BadRequest) as e:
+    with pytest.raises(RpcInvalid) as e:
         parse_envelope(raw)
-    return json.loads(e.value.reply.body)["error"]["code"]
+    return json.loads(rpc_error_response(e.value).body)["error"]["code"]
 
 
 @pytest.mark.parametrize(
@@ -38,9 +41,9 @@ def test_good_envelope_passes():
 
 @pytest.mark.parametrize("value", ["-1", "abc", "1e9", "nan"])
 def test_bad_wait_header(value):
-    with pytest.raises(BadRequest) as e:
+    with pytest.raises(RpcInvalid) as e:
         wait_seconds(value, 300)
-    assert e.value.reply.status == 400
+    assert rpc_error_response(e.value).status_code == 400
 
 
 def test_wait_header_default_and_zero():

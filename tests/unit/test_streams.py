@@ -2,7 +2,8 @@ import json
 
 import pytest
 
-from berth.services.streams import is_terminal_event, sse
+from berth.services.streams import sse
+from berth.wire import is_terminal_event
 
 
 def ev(result=None, error=None) -> bytes:

@@ -8,9 +8,9 @@ import time
 from dataclasses import fields, replace
 from typing import Any
 
-from berth.domain.delivery import FINAL, Delivery, DeliveryStatus, check_move
+from berth.domain.delivery import FINAL, Delivery, DeliveryStatus, check_move, sources
 from berth.domain.errors import Conflict, NotFound
-from berth.domain.lifecycle import WorkspaceState
+from berth.domain.lifecycle import WorkspaceState, check_missed_move, move_guard
 from berth.domain.restart import RestartRecord
 from berth.domain.workspace import Workspace
 from berth.ports import Settle
@@ -53,7 +53,13 @@ class MemoryStore:
         return [copy.deepcopy(w) for w in sorted(self._ws.values(), key=lambda w: w.created_at)]
 
     async def update_workspace(self, ws_id: str, **fields: Any) -> Workspace:
-        # Like the SQL adapters: the id is not a field, and every update stamps updated_at.
+        # Like the SQL adapters: the id is not a field, a state changes only by a move, and
+        # every update stamps updated_at.
+        if "state" in fields:
+            raise AttributeError("state: use move_workspace")
+        return self._update(ws_id, fields)
+
+    def _update(self, ws_id: str, fields: dict[str, Any]) -> Workspace:
         for k in fields:
             if k == "id" or k not in _WS_FIELDS:
                 raise AttributeError(k)
@@ -73,12 +79,13 @@ class MemoryStore:
         **fields: Any,
     ) -> Workspace | None:
         for k in fields:
-            if k == "id" or k not in _WS_FIELDS:
+            if k in ("id", "state") or k not in _WS_FIELDS:
                 raise AttributeError(k)
         ws = self._ws.get(ws_id)
-        if ws is None or (only_from is not None and ws.state not in only_from):
+        if ws is None or ws.state not in move_guard(to, only_from):
+            check_missed_move(None if ws is None else ws.state, to, only_from)
             return None
-        return await self.update_workspace(ws_id, state=to, **fields)
+        return self._update(ws_id, {**fields, "state": to})
 
     async def delete_workspace(self, ws_id: str) -> None:
         self._ws.pop(ws_id, None)
@@ -189,45 +196,59 @@ class MemoryStore:
                 out.append(copy.deepcopy(d))
         return out
 
-    async def cancel(self, delivery_id: str, now: float, reason: str) -> Delivery:
-        d = self._d.get(delivery_id)
-        if d is None:
-            raise NotFound(f"no delivery {delivery_id!r}", code="delivery_not_found")
-        if d.status is not D.QUEUED:
-            raise Conflict(
-                f"only a queued delivery can be canceled; this one is {d.status.value}",
-                code="not_cancelable",
-            )
-        d.status, d.reason, d.finished_at, d.updated_at = D.CANCELED, reason, now, now
+    def _finish(self, d: Delivery, to: DeliveryStatus, now: float, reason: str) -> Delivery:
+        d.status, d.reason, d.finished_at, d.updated_at = to, reason, now, now
+        d.lease_owner = d.lease_until = None
         return copy.deepcopy(d)
 
-    async def cancel_pending(self, workspace_id: str, now: float, reason: str) -> list[Delivery]:
-        out = []
-        for d in self._of(workspace_id):
-            if d.status in (D.QUEUED, D.IN_FLIGHT):
-                d.status, d.reason, d.finished_at, d.updated_at = D.CANCELED, reason, now, now
-                d.lease_owner = d.lease_until = None
-                out.append(copy.deepcopy(d))
-        return out
-
-    async def retry(self, delivery_id: str, now: float) -> Delivery:
+    async def finish(
+        self,
+        delivery_id: str,
+        to: DeliveryStatus,
+        *,
+        only_from: frozenset[DeliveryStatus],
+        now: float,
+        reason: str,
+    ) -> Delivery | None:
         d = self._d.get(delivery_id)
-        if d is None:
-            raise NotFound(f"no delivery {delivery_id!r}", code="delivery_not_found")
-        if d.status not in (D.DEAD, D.CANCELED, D.EXPIRED):
-            raise Conflict(
-                f"only a dead, canceled or expired delivery can be retried; this one is "
-                f"{d.status.value}",
-                code="not_retryable",
-            )
-        d.status, d.attempts, d.reason, d.finished_at = D.QUEUED, 0, "retried by an operator", None
+        if d is None or d.status not in only_from:
+            return None
+        return self._finish(d, to, now, reason)
+
+    async def finish_all(
+        self,
+        workspace_id: str,
+        to: DeliveryStatus,
+        *,
+        only_from: frozenset[DeliveryStatus],
+        now: float,
+        reason: str,
+    ) -> list[Delivery]:
+        return [
+            self._finish(d, to, now, reason)
+            for d in self._of(workspace_id)
+            if d.status in only_from
+        ]
+
+    async def requeue(
+        self,
+        delivery_id: str,
+        *,
+        only_from: frozenset[DeliveryStatus],
+        now: float,
+        reason: str,
+    ) -> Delivery | None:
+        d = self._d.get(delivery_id)
+        if d is None or d.status not in only_from:
+            return None
+        d.status, d.attempts, d.reason, d.finished_at = D.QUEUED, 0, reason, None
         d.not_before, d.updated_at, d.seq = 0.0, now, next(self._seq)
         return copy.deepcopy(d)
 
     async def expire_due(self, now: float) -> list[Delivery]:
         out = []
-        for d in self._of(None, D.QUEUED):
-            if d.expires_at is not None and d.expires_at <= now:
+        for d in self._of(None):
+            if d.status in sources(D.EXPIRED) and d.expires_at is not None and d.expires_at <= now:
                 d.status, d.reason, d.finished_at, d.updated_at = D.EXPIRED, "ttl passed", now, now
                 out.append(copy.deepcopy(d))
         return out
@@ -240,12 +261,6 @@ class MemoryStore:
     ) -> list[Delivery]:
         return [copy.deepcopy(d) for d in self._of(workspace_id, status)[-limit:]]
 
-    async def counts(self, workspace_id: str | None = None) -> dict[DeliveryStatus, int]:
-        out = {s: 0 for s in D}
-        for d in self._of(workspace_id):
-            out[d.status] += 1
-        return out
-
     async def pending(self, workspace_id: str) -> tuple[int, int]:
         mine = self._of(workspace_id)
         return (
@@ -253,8 +268,9 @@ class MemoryStore:
             sum(d.status is DeliveryStatus.IN_FLIGHT for d in mine),
         )
 
-    async def next_ready_at(self, workspace_id: str) -> float | None:
-        return min((d.not_before for d in self._of(workspace_id, D.QUEUED)), default=None)
+    async def queue_head(self, workspace_id: str) -> float | None:
+        queued = self._of(workspace_id, D.QUEUED)
+        return queued[0].created_at if queued else None
 
     async def prune_finished(self, before: float) -> int:
         gone = [

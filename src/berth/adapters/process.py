@@ -1,6 +1,6 @@
 """The `process` provisioner: each workspace is a child process of berth.
 
-The process gets its identity in the environment (docs/sdk.md), a free port, its own
+The process gets its identity in the environment (BERTH_*, docs/sdk.md), a free port, its own
 session (a Ctrl-C at berth's terminal reaches berth, which drains, not the agents), and a
 log file per workspace. Stop is SIGTERM, a grace period, then SIGKILL.
 """

@@ -1,5 +1,6 @@
-"""The A2A proxy route: a plain Starlette endpoint, kept off FastAPI's
-validation layer because it is the hot path and passes bodies through."""
+"""The A2A proxy route: a plain Starlette endpoint, kept off FastAPI's validation layer
+because it is the hot path and passes bodies through. Errors are rendered by the one
+error edge (`berth.api.errors`)."""
 
 from __future__ import annotations
 
@@ -11,17 +12,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from berth.api.auth import bearer
+from berth.api.errors import error_response, rpc_error_response
 from berth.bootstrap import Container
-from berth.domain.errors import BerthError, Forbidden, Unauthorized
+from berth.domain.errors import BerthError, TooLarge, Unauthorized, Unavailable
 from berth.domain.workspace import Workspace
 from berth.services.lifecycle import hash_token
-from berth.services.replies import error_reply
 
 __all__ = ["a2a_endpoint", "agent_card_endpoint"]
-
-
-class TooLarge(Exception):
-    pass
 
 
 async def _authorize(c: Container, request: Request) -> None:
@@ -38,32 +35,16 @@ async def _authorize(c: Container, request: Request) -> None:
 
 async def _body(request: Request, limit: int) -> bytes:
     declared = request.headers.get("content-length")
+    too_large = TooLarge(f"request body over the limit of {limit} bytes")
     if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise TooLarge
+        raise too_large
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
-            raise TooLarge
+            raise too_large
         chunks.append(chunk)
     return b"".join(chunks)
-
-
-def _rpc_error(
-    status: int,
-    code: int,
-    message: str,
-    *,
-    rid: Any = None,
-    data: dict[str, Any] | None = None,
-    headers: dict[str, str] | None = None,
-) -> Response:
-    return Response(
-        error_reply(rid, code, message, data),
-        status_code=status,
-        media_type="application/json",
-        headers=headers,
-    )
 
 
 def _request_id(raw: bytes) -> Any:
@@ -80,27 +61,14 @@ async def _workspace(c: Container, request: Request) -> Workspace:
 
 async def a2a_endpoint(request: Request) -> Response:
     c: Container = request.app.state.berth
+    raw = b""
     try:
         await _authorize(c, request)
         ws = await _workspace(c, request)
-    except (Unauthorized, Forbidden) as e:
-        return _rpc_error(e.status, -32600, e.message, headers={"www-authenticate": "Bearer"})
-    except BerthError as e:
-        return _rpc_error(e.status, -32001 if e.status == 404 else -32603, e.message)
-    try:
         raw = await _body(request, c.settings.max_body_bytes)
-    except TooLarge:
-        return _rpc_error(
-            413, -32600, f"request body over the limit of {c.settings.max_body_bytes} bytes"
-        )
-    headers = {k: v for k, v in request.headers.items()}
-    try:
-        reply = await c.proxy.handle(ws, raw, headers)
+        reply = await c.proxy.handle(ws, raw, dict(request.headers.items()))
     except BerthError as e:  # e.g. the database is away: nothing was accepted, the caller may retry
-        out = _rpc_error(e.status, -32603, e.message, rid=_request_id(raw), data={"reason": e.code})
-        if e.status == 503:
-            out.headers["retry-after"] = "5"
-        return out
+        return rpc_error_response(e, _request_id(raw) if raw else None)
     if reply.stream is not None:
         return StreamingResponse(
             reply.stream,
@@ -118,19 +86,12 @@ async def agent_card_endpoint(request: Request) -> Response:
     try:
         await _authorize(c, request)
         ws = await _workspace(c, request)
+        proxy_url = str(request.url_for("a2a", ref=request.path_params["ref"]))
+        card = c.proxy.agent_card(ws, proxy_url)
+        if card is None:
+            raise Unavailable(
+                f"workspace {ws.name} has not registered an agent card yet", code="no_agent_card"
+            )
     except BerthError as e:
-        return JSONResponse({"error": {"code": e.code, "message": e.message}}, status_code=e.status)
-    proxy_url = str(request.url_for("a2a", ref=request.path_params["ref"]))
-    card = c.proxy.agent_card(ws, proxy_url)
-    if card is None:
-        return JSONResponse(
-            {
-                "error": {
-                    "code": "no_agent_card",
-                    "message": f"workspace {ws.name} has not registered an agent card yet",
-                }
-            },
-            status_code=503,
-            headers={"retry-after": "5"},
-        )
+        return error_response(e)
     return JSONResponse(card)

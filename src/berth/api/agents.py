@@ -8,7 +8,7 @@ import orjson
 from fastapi import APIRouter, Request
 
 from berth.api.auth import bearer
-from berth.domain.errors import InvalidInput
+from berth.domain.errors import MalformedBody
 
 router = APIRouter(prefix="/v1/agents")
 __all__ = ["router"]
@@ -18,7 +18,7 @@ async def _json(request: Request) -> Any:
     try:
         return orjson.loads(await request.body())
     except orjson.JSONDecodeError:
-        raise InvalidInput("the body is not valid JSON", code="invalid_json", status=400) from None
+        raise MalformedBody("the body is not valid JSON") from None
 
 
 @router.post("/register", summary="An agent announces where it listens (workspace token)")

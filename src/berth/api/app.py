@@ -8,11 +8,11 @@ import contextlib
 from collections.abc import AsyncIterator
 
 from fastapi import FastAPI, Request
-from starlette.responses import JSONResponse, PlainTextResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from berth import __version__
-from berth.api import agents, errors, lookups, management
+from berth.api import agents, errors, lookups, management, operator, ui
 from berth.api.a2a import a2a_endpoint, agent_card_endpoint
 from berth.bootstrap import Container, build
 from berth.eventlog import EventLog
@@ -27,7 +27,7 @@ def create_app(settings: Settings | None = None, container: Container | None = N
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        c.tasks.append(event_log.start())
+        following = event_log.start()  # subscribed before the start, to log its recovery
         await c.start()
         app.state.ready = True
         if c.settings.demo:
@@ -39,11 +39,17 @@ def create_app(settings: Settings | None = None, container: Container | None = N
         finally:
             app.state.ready = False
             await c.stop()
+            following.cancel()
+            await asyncio.gather(following, return_exceptions=True)
 
     app = FastAPI(
         title="berth",
         version=__version__,
         lifespan=lifespan,
+        # the interactive docs load their assets from a CDN (blank offline): off; the
+        # OpenAPI document itself is served at /openapi.json
+        docs_url=None,
+        redoc_url=None,
         description="A control plane for A2A agent workspaces that never loses a message.",
     )
     app.state.berth = c
@@ -53,6 +59,8 @@ def create_app(settings: Settings | None = None, container: Container | None = N
     app.include_router(management.router)
     app.include_router(lookups.router)
     app.include_router(agents.router)
+    app.include_router(operator.router)
+    ui.install(app)
     for path in ("/v1/workspaces/{ref}/a2a", "/v1/workspaces/{ref}/a2a/"):
         app.router.routes.append(
             Route(path, a2a_endpoint, methods=["POST"], name="a2a" if path[-1] == "a" else None)
@@ -80,15 +88,18 @@ def create_app(settings: Settings | None = None, container: Container | None = N
         return JSONResponse(body, status_code=200 if ready else 503)
 
     @app.get("/metrics", include_in_schema=False)
-    async def metrics() -> PlainTextResponse:
-        depth: dict[tuple[tuple[str, str], ...], float] = {}
-        busy: dict[tuple[tuple[str, str], ...], float] = {}
+    async def metrics(request: Request) -> Response:
+        depth: dict[str, float] = {}
+        busy: dict[str, float] = {}
+        age: dict[str, float] = {}
         for ws in c.roster.all():
-            queued, in_flight = await c.store.pending(ws.id)
-            key: tuple[tuple[str, str], ...] = (("workspace", ws.name),)
-            depth[key] = float(queued)
-            busy[key] = float(in_flight)
-        text = c.metrics.render({"berth_queue_depth": depth, "berth_in_flight": busy})
-        return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
+            b = await c.deliveries.backlog(ws.id)
+            depth[ws.name], busy[ws.name] = float(b.queued), float(b.in_flight)
+            age[ws.name] = b.oldest_wait or 0.0
+        c.metrics.set_gauges("berth_queue_depth", depth)
+        c.metrics.set_gauges("berth_in_flight", busy)
+        c.metrics.set_gauges("berth_queue_age_seconds", age)
+        body, content_type = c.metrics.render(request.headers.get("accept"))
+        return Response(body, media_type=content_type)
 
     return app

@@ -6,6 +6,7 @@ import hmac
 
 from starlette.requests import Request
 
+from berth.api import session
 from berth.domain.errors import Forbidden, Unauthorized
 
 __all__ = ["bearer", "require_admin"]
@@ -22,6 +23,9 @@ def bearer(request: Request) -> str | None:
 def require_admin(request: Request) -> None:
     token = bearer(request)
     if token is None:
+        # the dashboard's session cookie (CSRF header checked on state-changing requests)
+        if session.authorize(request, request.app.state.berth.admin_token):
+            return
         raise Unauthorized("the admin token is required (Authorization: Bearer …)")
     if not hmac.compare_digest(token.encode(), request.app.state.berth.admin_token.encode()):
         if token.startswith("bws_"):

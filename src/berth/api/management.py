@@ -1,11 +1,10 @@
-"""The management API: workspaces, restarts, deliveries, events."""
+"""The management API: workspaces, restarts, deliveries, events (operator token)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import json
-import time
 from collections.abc import AsyncIterator
 from typing import Any, Literal
 
@@ -17,8 +16,8 @@ from starlette.responses import JSONResponse, PlainTextResponse, StreamingRespon
 from berth.api.auth import require_admin
 from berth.bootstrap import Container
 from berth.domain.delivery import DeliveryStatus
-from berth.domain.errors import InvalidInput
-from berth.services.events import EVENT_TOPIC
+from berth.domain.errors import InvalidInput, MalformedBody
+from berth.services.events import EVENT_TOPIC, unpack
 
 router = APIRouter(prefix="/v1", dependencies=[Depends(require_admin)])
 __all__ = ["router"]
@@ -56,7 +55,7 @@ async def json_body(request: Request) -> Any:
     try:
         return orjson.loads(raw) if raw.strip() else {}
     except orjson.JSONDecodeError:
-        raise InvalidInput("the body is not valid JSON", code="invalid_json", status=400) from None
+        raise MalformedBody("the body is not valid JSON") from None
 
 
 _CREATE_DOC = {
@@ -81,7 +80,7 @@ _CREATE_DOC = {
 )
 async def create_workspace(request: Request, c: Container = Depends(berth)) -> JSONResponse:
     ws, token = await c.workspaces.create(await json_body(request))
-    out = ws.public(*await c.store.pending(ws.id))
+    out = await c.deliveries.status_of(ws)
     return JSONResponse({**out, "token": token}, status_code=201)
 
 
@@ -148,7 +147,7 @@ async def list_deliveries(
     c: Container = Depends(berth),
 ) -> dict[str, Any]:
     ws = await c.workspaces.get(ref)
-    return {"deliveries": [d.public() for d in await c.store.list_deliveries(ws.id, status, limit)]}
+    return {"deliveries": [d.public() for d in await c.deliveries.recent(ws.id, status, limit)]}
 
 
 @router.get(
@@ -167,25 +166,21 @@ async def workspace_logs(
 
 @router.get("/deliveries/{delivery_id}", summary="One delivery, with the agent's reply once done")
 async def show_delivery(delivery_id: str, c: Container = Depends(berth)) -> dict[str, Any]:
-    return (await c.store.get_delivery(delivery_id)).public()
+    return (await c.deliveries.get(delivery_id)).public()
 
 
 @router.post(
     "/deliveries/{delivery_id}/retry", summary="Queue a dead, canceled or expired delivery again"
 )
 async def retry_delivery(delivery_id: str, c: Container = Depends(berth)) -> dict[str, Any]:
-    d = await c.store.retry(delivery_id, time.time())
-    c.dispatcher.wake(d.workspace_id)
-    return d.public()
+    return (await c.deliveries.retry(delivery_id)).public()
 
 
 @router.post(
     "/deliveries/{delivery_id}/cancel", summary="Cancel a delivery still waiting in the queue"
 )
 async def cancel_delivery(delivery_id: str, c: Container = Depends(berth)) -> dict[str, Any]:
-    d = await c.store.cancel(delivery_id, time.time(), "canceled by an operator")
-    await c.dispatcher.finished(d)
-    return d.public()
+    return (await c.deliveries.cancel(delivery_id, "canceled by an operator")).public()
 
 
 @router.get("/events", summary="Server-sent events: workspace and delivery lifecycle")
@@ -204,10 +199,10 @@ async def events(
                 except TimeoutError:
                     yield b": keep-alive\n\n"
                     continue
-                if ws_id and payload.get("workspace_id") != ws_id:
-                    continue
-                kind = topic[len(EVENT_TOPIC) :]
-                yield f"event: {kind}\ndata: {json.dumps(payload)}\n\n".encode()
+                for kind, event in unpack(topic, payload):
+                    if ws_id and event.get("workspace_id") != ws_id:
+                        continue
+                    yield f"event: {kind}\ndata: {json.dumps(event)}\n\n".encode()
         finally:
             with contextlib.suppress(Exception):
                 await sub.aclose()

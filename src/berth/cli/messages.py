@@ -7,6 +7,7 @@ import json
 import time
 import uuid
 from typing import Any
+from urllib.parse import quote
 
 from rich.text import Text
 
@@ -154,13 +155,21 @@ def _took(d: dict[str, Any]) -> str:
 
 
 def _resolve(api: Api, key: str, ws: str | None) -> dict[str, Any]:
-    """A delivery with its request, by id, or by messageId within workspace `ws`."""
+    """A delivery with its request and workspace name, by id, or by messageId within `ws`."""
+    d: dict[str, Any] | None = None
     if ws:
-        got: dict[str, Any] = api.get(f"/v1/workspaces/{ws}/deliveries/{key}")
-        return got
-    d = api.get(f"/v1/deliveries/{key}")
-    full: dict[str, Any] = api.get(f"/v1/workspaces/{d['workspace_id']}/deliveries/{d['id']}")
-    return full
+        try:
+            d = api.get(f"/v1/workspaces/{ws}/deliveries/by-message-id?message_id={quote(key)}")
+        except CliError as e:
+            if e.code is not Exit.NOT_FOUND:
+                raise
+    if d is None:
+        d = api.get(f"/v1/deliveries/{quote(key)}")
+    request = api.get(f"/v1/deliveries/{d['id']}/request")["request"]
+    name = api.get(f"/v1/workspaces/{d['workspace_id']}")["name"]
+    if ws and name != ws and d["workspace_id"] != ws:
+        raise CliError(f"delivery {key} is not one of {ws}'s", Exit.NOT_FOUND)
+    return {**d, "workspace": name, "request": request}
 
 
 def show(args: argparse.Namespace, api: Api, out: Out) -> None:

@@ -24,6 +24,7 @@ STATUS_STYLE = {
     "queued": "cyan",
     "in_flight": "cyan",
     "paused": "magenta",
+    "suspended": "dim",
     "failed": "bold red",
     "dead": "bold red",
     "canceled": "dim",

@@ -36,10 +36,46 @@ _MOVES: dict[DeliveryStatus, frozenset[DeliveryStatus]] = {
 }
 
 
+# The rules every adapter and service reads from here, never re-types:
+PENDING = frozenset({D.QUEUED, D.IN_FLIGHT})  # not final: a workspace's removal cancels these
+CANCELABLE = frozenset({D.QUEUED})  # a caller or operator cancels only what no agent has yet
+RETRYABLE = frozenset(s for s in FINAL if D.QUEUED in _MOVES[s])  # an operator's retry
+SETTLE_TO = _MOVES[D.IN_FLIGHT] - {D.CANCELED}  # what a forward's answer can make of a claim
+
+
+def can_move(src: DeliveryStatus, dst: DeliveryStatus) -> bool:
+    return dst in _MOVES[src]
+
+
+def sources(dst: DeliveryStatus) -> frozenset[DeliveryStatus]:
+    """The statuses a delivery may be in to move to `dst`."""
+    return frozenset(s for s, to in _MOVES.items() if dst in to)
+
+
 def check_move(src: DeliveryStatus, dst: DeliveryStatus) -> DeliveryStatus:
-    if dst not in _MOVES[src]:
+    if not can_move(src, dst):
         raise IllegalTransition(f"delivery cannot go from {src.value} to {dst.value}")
     return dst
+
+
+@dataclass(frozen=True)
+class QueueLimit:
+    """Admission control of one workspace's queue: a new message is refused (never dropped)
+    while `depth` messages are queued, or while the oldest queued one has waited more than
+    `age` seconds (0: no age limit)."""
+
+    depth: int = 10_000
+    age: float = 3600.0
+
+    def refusal(self, queued: int, oldest_wait: float | None) -> str | None:
+        if queued >= self.depth:
+            return f"{queued} messages are queued (the limit is {self.depth})"
+        if self.age and oldest_wait is not None and oldest_wait > self.age:
+            return (
+                f"the oldest queued message has waited {oldest_wait:.0f} s "
+                f"(the limit is {self.age:g} s)"
+            )
+        return None
 
 
 UNREACHED_RETRY = 1.0  # seconds before a delivery that could not reach its agent is tried again

@@ -1,39 +1,66 @@
-"""The domain's own exception tree; the API edge maps each to an HTTP status and code.
+"""The domain's own exception tree. Errors carry a machine-readable `code` and a message;
+what HTTP status or JSON-RPC code each becomes is decided at the API edge, in one table
+(`berth.api.errors.EDGE`), for the management API, the proxy and the agent card alike.
 
-BerthError
-├── NotFound              (404 not_found)
-├── Conflict              (409 conflict)
-│   └── IllegalTransition (409 illegal_transition)
-├── InvalidInput          (400/422 invalid_input)
-├── Unauthorized          (401 unauthorized) / Forbidden (403 forbidden)
-└── Unavailable           (503 unavailable)
-    └── LocksUnavailable  (503 locks_unavailable): the shared lock service is unreachable
+    BerthError
+    ├── NotFound
+    ├── Conflict
+    │   └── IllegalTransition       a move the state table forbids
+    ├── InvalidInput
+    │   ├── MalformedBody           the body is not JSON at all
+    │   ├── TooLarge                the body is over the limit
+    │   └── RpcInvalid              a JSON-RPC envelope problem, with its JSON-RPC code
+    │       └── InvalidHeader       ... caused by an HTTP header (X-Berth-Wait, X-Berth-TTL)
+    ├── Unauthorized / Forbidden
+    ├── StartFailed                 a workspace's runtime could not be started
+    ├── Overloaded                  a workspace's queue is full: try again later
+    └── Unavailable
+        ├── StoreUnavailable        the database cannot be reached (nothing was accepted)
+        ├── LocksUnavailable        the shared lock service cannot be reached
+        └── AgentUnreachable        a transport failure talking to an agent
 """
 
 from __future__ import annotations
 
+from typing import Any
+
+__all__ = [
+    "AgentUnreachable",
+    "BerthError",
+    "Conflict",
+    "Forbidden",
+    "IllegalTransition",
+    "InvalidHeader",
+    "InvalidInput",
+    "LocksUnavailable",
+    "MalformedBody",
+    "NotFound",
+    "Overloaded",
+    "RpcInvalid",
+    "StartFailed",
+    "StoreUnavailable",
+    "TooLarge",
+    "Unauthorized",
+    "Unavailable",
+]
+
 
 class BerthError(Exception):
     code = "internal_error"
-    status = 500
 
-    def __init__(self, message: str, *, code: str | None = None, status: int | None = None) -> None:
+    def __init__(self, message: str, *, code: str | None = None) -> None:
         super().__init__(message)
         self.message = message
         if code is not None:
             self.code = code
-        if status is not None:
-            self.status = status
 
 
 class NotFound(BerthError):
     code = "not_found"
-    status = 404
 
 
 class Conflict(BerthError):
     code = "conflict"
-    status = 409
 
 
 class IllegalTransition(Conflict):
@@ -42,22 +69,61 @@ class IllegalTransition(Conflict):
 
 class InvalidInput(BerthError):
     code = "invalid_input"
-    status = 422
+
+
+class MalformedBody(InvalidInput):
+    code = "invalid_json"
+
+
+class TooLarge(InvalidInput):
+    code = "too_large"
+
+
+class RpcInvalid(InvalidInput):
+    """A JSON-RPC request berth cannot take: parse error (-32700), invalid request
+    (-32600) or invalid params (-32602). `rpc_code` is the JSON-RPC code; `request_id`
+    the request's id when it could be read."""
+
+    code = "invalid_request"
+
+    def __init__(self, rpc_code: int, message: str, *, request_id: Any = None) -> None:
+        super().__init__(message)
+        self.rpc_code = rpc_code
+        self.request_id = request_id
+
+
+class InvalidHeader(RpcInvalid):
+    """A berth header of a JSON-RPC request is wrong (the body may be fine)."""
+
+    code = "invalid_header"
 
 
 class Unauthorized(BerthError):
     code = "unauthorized"
-    status = 401
 
 
 class Forbidden(BerthError):
     code = "forbidden"
-    status = 403
+
+
+class StartFailed(BerthError):
+    code = "start_failed"
+
+
+class Overloaded(BerthError):
+    """Admission control: the workspace's queue is over its limit (depth or age of its
+    oldest message), so a new message is refused rather than accepted without bound.
+    Nothing was accepted; the caller may retry after `retry_after` seconds."""
+
+    code = "queue_full"
+
+    def __init__(self, message: str, *, retry_after: float = 5.0) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class Unavailable(BerthError):
     code = "unavailable"
-    status = 503
 
 
 class StoreUnavailable(Unavailable):
@@ -71,3 +137,16 @@ class LocksUnavailable(Unavailable):
     held until its ttl runs out."""
 
     code = "locks_unavailable"
+
+
+class AgentUnreachable(Unavailable):
+    """The agent could not be reached or the connection broke: a transport failure.
+
+    `reached=False` when the request certainly never got to the agent (connection refused,
+    no such host, no URL): such a failure says nothing about the message."""
+
+    code = "agent_unreachable"
+
+    def __init__(self, message: str = "", *, reached: bool = True) -> None:
+        super().__init__(message or "the agent could not be reached")
+        self.reached = reached

@@ -25,6 +25,10 @@ class Trigger(str, enum.Enum):
     RESUME = "resume"
     STARTUP = "startup"
     CONFIG = "config"
+    WAKE = "wake"  # a message arrived for a suspended workspace
+
+
+FINISHED = frozenset({Phase.DONE, Phase.FAILED})  # a cycle in these is over
 
 
 @dataclass
@@ -61,7 +65,7 @@ class RestartRecord:
 
     @property
     def finished(self) -> bool:
-        return self.phase in (Phase.DONE, Phase.FAILED)
+        return self.phase in FINISHED
 
     def public(self) -> dict[str, Any]:
         return {

@@ -17,6 +17,11 @@ import asyncio
 import os
 from pathlib import Path
 
+# isort: off
+# berth.sdk first: it sets a2a-sdk's OpenTelemetry default before a2a is imported
+from berth.sdk import serve, tool_gate
+
+# isort: on
 from a2a.helpers.proto_helpers import new_text_message
 from a2a.server.agent_execution import AgentExecutor, RequestContext
 from a2a.server.events import EventQueue
@@ -32,8 +37,6 @@ from a2a.types import (
     TaskState,
     TaskStatus,
 )
-
-from berth.sdk import serve, tool_gate
 
 __all__ = ["EchoExecutor", "card", "main"]
 

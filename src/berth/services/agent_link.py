@@ -1,5 +1,5 @@
 """Reaching a workspace's agent: URL resolution (cache, then database), the Docker
-rewrite, and the drain signal (docs/sdk.md)."""
+rewrite, and the drain signal (the seed's change, completed)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from typing import Any
 
 from berth.domain.workspace import Runtime, Workspace
 from berth.ports import AgentClient, AgentUnreachable, Cache, Store
+from berth.wire import container_name
 
 log = logging.getLogger("berth.agent_link")
 __all__ = ["AgentLink", "SignalOutcome", "SignalResult", "rewrite_for_docker", "url_cache_key"]
@@ -32,7 +33,7 @@ def rewrite_for_docker(url: str, ws: Workspace, berth_in_docker: bool) -> str:
     m = _LOOPBACK.match(url)
     if not (m and berth_in_docker and ws.runtime is Runtime.DOCKER):
         return url
-    return f"http://ws-{ws.short_id}:8000{m.group(3) or ''}"
+    return f"http://{container_name(ws.id)}:8000{m.group(3) or ''}"
 
 
 class SignalOutcome(str, enum.Enum):

@@ -13,19 +13,20 @@ import logging
 import time
 
 from berth.domain.delivery import Delivery, DeliveryPolicy, DeliveryStatus, Outcome
+from berth.domain.errors import AgentUnreachable
 from berth.domain.lifecycle import PLANNED_INTERRUPTION, WorkspaceState
 from berth.domain.workspace import Workspace
 from berth.metrics import Metrics
-from berth.ports import AgentClient, AgentReply, AgentUnreachable, Settle, Store
+from berth.ports import AgentClient, AgentReply, Settle
 from berth.services.agent_link import AgentLink
-from berth.services.events import DONE_TOPIC, WORK_TOPIC, Events
+from berth.services.delivery_log import DeliveryLog
+from berth.services.events import Events
 from berth.services.replies import classify
 from berth.services.roster import Roster
-from berth.services.streams import is_terminal_event, stream_topic
-from berth.services.waiters import Waiters
+from berth.services.streams import stream_topic
+from berth.wire import STREAM_METHODS, is_terminal_event
 
 log = logging.getLogger("berth.dispatcher")
-STREAM_METHODS = frozenset({"message/stream", "SendStreamingMessage"})
 __all__ = ["Dispatcher"]
 
 DRAINING_HOLD = 0.5  # seconds to wait before re-offering a message the agent refused while draining
@@ -35,24 +36,22 @@ CRASH_NOTICE = 0.3  # seconds a transport failure waits for the exit of the agen
 class Dispatcher:
     def __init__(
         self,
-        store: Store,
+        deliveries: DeliveryLog,
         client: AgentClient,
         roster: Roster,
         link: AgentLink,
-        waiters: Waiters,
         events: Events,
         metrics: Metrics,
         policy: DeliveryPolicy,
         *,
-        owner: str,
         lease_seconds: float,
         forward_timeout: float,
         poll_seconds: float = 1.0,
         sole: bool = False,
     ) -> None:
-        self._store, self._client, self._roster, self._link = store, client, roster, link
-        self._waiters, self._events, self._metrics, self._policy = waiters, events, metrics, policy
-        self.owner = owner
+        self._log, self._client, self._roster, self._link = deliveries, client, roster, link
+        self._events, self._metrics, self._policy = events, metrics, policy
+        self.owner = deliveries.replica
         self._lease = lease_seconds
         self._timeout = forward_timeout
         self._poll = poll_seconds
@@ -72,6 +71,7 @@ class Dispatcher:
         # new work is announced (an accept, a requeue, another replica, a poll timeout).
         self._maybe_queued: dict[str, bool] = {}
         self._closing = False
+        deliveries.on_work(self.wake)
 
     # wake-ups --------------------------------------------------------------
     def wake(self, ws_id: str, *, work: bool = True) -> None:
@@ -90,12 +90,6 @@ class Dispatcher:
             self._loops[ws_id] = asyncio.create_task(
                 self._loop(ws_id), name=f"dispatch-{ws_id[:8]}"
             )
-
-    async def announce(self, ws_id: str) -> None:
-        """New work for a workspace: wake this replica's loop and every other replica's."""
-        self.wake(ws_id)
-        if not self._sole:
-            await self._events.signal(WORK_TOPIC, workspace_id=ws_id, replica=self.owner)
 
     def in_flight(self, ws_id: str) -> list[str]:
         """Delivery ids this replica is forwarding to the workspace right now."""
@@ -130,12 +124,8 @@ class Dispatcher:
                 if (cap is None or busy < cap) and self._maybe_queued.get(ws_id, True):
                     self._maybe_queued[ws_id] = False  # an accept during the claim sets it again
                     try:
-                        claimed = await self._store.claim(
-                            ws_id,
-                            capacity=cap,
-                            owner=self.owner,
-                            lease_seconds=self._lease,
-                            now=time.time(),
+                        claimed = await self._log.claim(
+                            ws_id, capacity=cap, lease_seconds=self._lease
                         )
                     except Exception:
                         self._maybe_queued[ws_id] = True
@@ -162,6 +152,10 @@ class Dispatcher:
         started = time.monotonic()
         if d.forwards > 1:
             self._metrics.inc("berth_redeliveries_total", workspace=ws.name)
+        elif d.first_forwarded_at is not None:
+            self._metrics.observe(
+                "berth_queue_wait_seconds", d.first_forwarded_at - d.created_at, workspace=ws.name
+            )
         detail = None
         try:
             url = self._link.target(ws)
@@ -181,7 +175,9 @@ class Dispatcher:
             log.exception("forward of %s failed", d.id)
             outcome, reply, detail = Outcome.TRANSPORT, None, repr(e)
         try:
-            self._metrics.observe("berth_forward_seconds", time.monotonic() - started)
+            self._metrics.observe(
+                "berth_forward_seconds", time.monotonic() - started, workspace=ws.name
+            )
             await self._settle(
                 ws,
                 d,
@@ -258,36 +254,16 @@ class Dispatcher:
             reason=reason,
             not_before=now + hold if hold else 0.0,
         )
-        settled = await self._store.settle(d.id, self.owner, how, now)
+        settled = await self._log.settle(d, how)
         if settled is None:
             return  # the lease was lost (a restart requeued it, or another replica took over)
         if failed:
             kind = "planned" if planned else outcome.value
-            self._metrics.inc("berth_forward_failures_total", kind=kind)
+            self._metrics.inc("berth_forward_failures_total", workspace=ws.name, kind=kind)
         if settled.status is DeliveryStatus.QUEUED:
             self._maybe_queued[ws.id] = True  # back in the queue: the next claim must look
         if hold:
             asyncio.get_running_loop().call_later(hold, self.wake, ws.id)
-        if settled.status.final:
-            await self.finished(settled)
-
-    async def finished(self, d: Delivery) -> None:
-        """Tell everyone a delivery reached a final status (called by whoever settled it)."""
-        self._metrics.inc("berth_deliveries_total", outcome=d.status.value)
-        if d.finished_at is not None:
-            self._metrics.observe("berth_delivery_seconds", d.finished_at - d.created_at)
-        self._waiters.resolve(d)
-        await self._events.signal(DONE_TOPIC, id=d.id, workspace_id=d.workspace_id)
-        if d.method in STREAM_METHODS:
-            await self._events.signal(stream_topic(d.id), t="final", status=d.status.value)
-        if d.status is not DeliveryStatus.DONE:
-            await self._events.emit(
-                f"delivery.{d.status.value}",
-                delivery_id=d.id,
-                workspace_id=d.workspace_id,
-                message_id=d.message_id,
-                reason=d.reason,
-            )
 
     # background upkeep -----------------------------------------------------
     async def upkeep(self) -> None:
@@ -299,13 +275,11 @@ class Dispatcher:
             try:
                 if now - last_renew >= self._lease / 3:
                     ids = [i for fw in self._forwards.values() for i in fw]
-                    await self._store.renew(self.owner, ids, now + self._lease)
+                    await self._log.renew(ids, self._lease)
                     last_renew = now
-                for d in await self._store.requeue_expired(now):
+                for d in await self._log.requeue_expired():
                     log.warning("lease of delivery %s expired; redelivering", d.id)
-                    self.wake(d.workspace_id)
-                for d in await self._store.expire_due(now):
-                    await self.finished(d)
+                await self._log.expire_due()
                 for ws in self._roster.all():
                     loop = self._loops.get(ws.id)
                     if ws.state is WorkspaceState.ONLINE and (loop is None or loop.done()):

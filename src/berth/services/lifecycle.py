@@ -7,6 +7,7 @@ ladders of these steps (see services/restart.py); each step does one thing.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import secrets
@@ -14,11 +15,13 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from berth.domain.errors import BerthError, InvalidInput
+from berth.domain.delivery import DeliveryStatus
+from berth.domain.errors import BerthError, InvalidInput, StartFailed
 from berth.domain.lifecycle import WorkspaceState
 from berth.domain.workspace import Runtime, Workspace
-from berth.ports import Provisioner, Store
+from berth.ports import Provisioner, WorkspaceStore
 from berth.services.agent_link import AgentLink, SignalOutcome
+from berth.services.delivery_log import DeliveryLog
 from berth.services.dispatcher import Dispatcher
 from berth.services.events import WS_TOPIC, Events
 from berth.services.roster import Roster
@@ -34,11 +37,6 @@ def new_token() -> str:
 
 def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
-
-
-class StartFailed(BerthError):
-    code = "start_failed"
-    status = 502
 
 
 @dataclass
@@ -64,7 +62,8 @@ class DrainReport:
 class Runner:
     def __init__(
         self,
-        store: Store,
+        store: WorkspaceStore,
+        deliveries: DeliveryLog,
         roster: Roster,
         provisioners: dict[str, Provisioner],
         link: AgentLink,
@@ -78,8 +77,9 @@ class Runner:
         heartbeat_seconds: float,
         instance: str,
     ) -> None:
-        self.store, self.roster, self.provisioners, self.link = store, roster, provisioners, link
-        self.dispatcher, self.events = dispatcher, events
+        self._store, self._log, self._roster = store, deliveries, roster
+        self.provisioners, self._link = provisioners, link
+        self._dispatcher, self._events = dispatcher, events
         self.berth_url, self.owner, self.instance = berth_url, owner, instance
         self.start_timeout, self.stop_grace = start_timeout, stop_grace
         self.heartbeat_seconds = heartbeat_seconds
@@ -105,12 +105,12 @@ class Runner:
         only_from: frozenset[WorkspaceState] | None = None,
         **fields: Any,
     ) -> Workspace | None:
-        moved = await self.store.move_workspace(ws.id, to, only_from=only_from, **fields)
+        moved = await self._store.move_workspace(ws.id, to, only_from=only_from, **fields)
         if moved is not None:
-            self.roster.put(moved)
-            await self.events.signal(WS_TOPIC, workspace_id=ws.id)
+            self._roster.put(moved)
+            await self._events.signal(WS_TOPIC, workspace_id=ws.id)
             if moved.state is not ws.state:
-                await self.events.emit(
+                await self._events.emit(
                     "workspace.state",
                     workspace_id=ws.id,
                     name=ws.name,
@@ -119,14 +119,20 @@ class Runner:
                 )
         return moved
 
+    async def update(self, ws_id: str, **fields: Any) -> Workspace:
+        """Change fields of a workspace other than its state (a state changes by `move`)."""
+        ws = await self._store.update_workspace(ws_id, **fields)
+        self._roster.put(ws)
+        return ws
+
     # drain ----------------------------------------------------------------
     async def drain(
         self, ws: Workspace, *, restart_id: str, drain_seconds: float, reason: str | None
     ) -> DrainReport:
         """Ask the agent to drain; if it cannot, drain on berth's side. Never blocks past
         drain_seconds plus a small margin."""
-        before = set(self.dispatcher.in_flight(ws.id))
-        res = await self.link.signal_restart(
+        before = set(self._dispatcher.in_flight(ws.id))
+        res = await self._link.signal_restart(
             ws, restart_id=restart_id, drain_seconds=drain_seconds, reason=reason
         )
         if res.outcome is SignalOutcome.DRAINED:
@@ -139,11 +145,11 @@ class Runner:
                 int(r.get("in_flight") or 0),
             )
             # The agent has answered those it completed; give their replies a moment to land.
-            await self.dispatcher.wait_idle(ws.id, 2.0 if not report.unfinished else 0.2)
+            await self._dispatcher.wait_idle(ws.id, 2.0 if not report.unfinished else 0.2)
             return report
         if res.outcome is SignalOutcome.NO_DRAIN:
-            idle = await self.dispatcher.wait_idle(ws.id, drain_seconds)
-            left = set(self.dispatcher.in_flight(ws.id))
+            idle = await self._dispatcher.wait_idle(ws.id, drain_seconds)
+            left = set(self._dispatcher.in_flight(ws.id))
             ids = await self._message_ids(before)
             done = [ids[i] for i in before - left if i in ids]
             return DrainReport(
@@ -155,7 +161,7 @@ class Runner:
         out = {}
         for i in delivery_ids:
             try:
-                out[i] = (await self.store.get_delivery(i)).message_id
+                out[i] = (await self._log.get(i)).message_id
             except BerthError:
                 pass
         return out
@@ -170,10 +176,21 @@ class Runner:
             await p.stop(ws, self.stop_grace if grace is None else grace)
         finally:
             self.stopping.discard(ws.id)
-        await self.link.forget(ws.id)
+        await self._link.forget(ws.id)
 
-    async def requeue(self, ws: Workspace) -> int:
-        ids = await self.store.requeue_in_flight(ws.id)
+    async def in_flight(self, ws: Workspace) -> set[str]:
+        """The workspace's deliveries in flight now (on any replica)."""
+        return {d.id for d in await self._log.recent(ws.id, DeliveryStatus.IN_FLIGHT, 10_000)}
+
+    async def requeue(self, ws: Workspace, cut: set[str]) -> int:
+        """Return what is still in flight to the queue; the count includes those of `cut`
+        (in flight when the stop began) that a failed forward already put back while the
+        agent stopped, so the restart report says what will run again."""
+        ids = set(await self._log.requeue_in_flight(ws.id))
+        for i in cut - ids:
+            with contextlib.suppress(BerthError):
+                if (await self._log.get(i)).status is DeliveryStatus.QUEUED:
+                    ids.add(i)
         return len(ids)
 
     # start ----------------------------------------------------------------
@@ -197,10 +214,9 @@ class Runner:
         self._start_exit[ws.id] = exited
         try:
             info = await p.start(ws, self.identity(ws, token))
-            ws = await self.store.update_workspace(ws.id, pid=info.pid, state_dir=info.state_dir)
-            self.roster.put(ws)
+            ws = await self.update(ws.id, pid=info.pid, state_dir=info.state_dir)
             online = asyncio.ensure_future(
-                self.roster.wait_for(
+                self._roster.wait_for(
                     ws.id, lambda w: w is None or w.state is not S.PROVISIONING, self.start_timeout
                 )
             )
@@ -213,7 +229,7 @@ class Runner:
                 raise StartFailed(
                     f"the agent exited with code {exited.result()} before registering"
                 )
-            current = self.roster.peek(ws.id)
+            current = self._roster.peek(ws.id)
             if current is None or current.state is not S.ONLINE:
                 state = "gone" if current is None else current.state.value
                 raise StartFailed(
@@ -235,7 +251,7 @@ class Runner:
         """True if this exit fails a start in progress (the agent never registered); an exit
         after registration is a crash, even if the start has not returned yet."""
         fut = self._start_exit.get(ws_id)
-        ws = self.roster.peek(ws_id)
+        ws = self._roster.peek(ws_id)
         if fut is None or ws is None or ws.state is not S.PROVISIONING:
             return False
         if not fut.done():

@@ -1,6 +1,7 @@
-"""The A2A proxy: sends are accepted into the delivery log before anything
-else and answered when the agent's reply is in; other methods pass through, held while
-the workspace restarts."""
+"""The A2A proxy: sends are accepted into the delivery log before anything else and
+answered when the agent's reply is in; other methods pass through, held while the
+workspace restarts. A request berth cannot take raises a `BerthError` (RpcInvalid for
+the envelope), which the API edge renders (`berth.api.errors`)."""
 
 from __future__ import annotations
 
@@ -15,25 +16,37 @@ from typing import Any
 
 import orjson
 
-from berth.domain.delivery import Delivery, DeliveryStatus
-from berth.domain.errors import Conflict, NotFound
+from berth.domain.delivery import Delivery, DeliveryStatus, QueueLimit
+from berth.domain.errors import (
+    AgentUnreachable,
+    Conflict,
+    InvalidHeader,
+    NotFound,
+    RpcInvalid,
+    Unavailable,
+)
 from berth.domain.lifecycle import WorkspaceState
 from berth.domain.workspace import Workspace
-from berth.metrics import Metrics
-from berth.ports import AgentClient, AgentUnreachable, Bus, Store, Subscription
+from berth.ports import AgentClient, Bus, Subscription
 from berth.services.agent_link import AgentLink
-from berth.services.dispatcher import STREAM_METHODS, Dispatcher
-from berth.services.replies import error_reply
+from berth.services.delivery_log import DeliveryLog
 from berth.services.roster import Roster
 from berth.services.streams import KEEP_ALIVE, sse, stream_topic
-from berth.services.waiters import Waiters
+from berth.wire import (
+    CANCEL_METHODS,
+    INTERNAL_ERROR,
+    INVALID_PARAMS,
+    INVALID_REQUEST,
+    PARSE_ERROR,
+    SEND_METHODS,
+    STREAM_METHODS,
+    SUBSCRIBE_METHODS,
+    rpc_error,
+)
 
-__all__ = ["A2A_HEADERS", "SEND_METHODS", "STREAM_METHODS", "Proxy", "ProxyReply"]
+__all__ = ["A2A_HEADERS", "Proxy", "ProxyReply", "parse_envelope", "wait_seconds"]
 
-SEND_METHODS = frozenset({"message/send", "SendMessage"})
-SUBSCRIBE_METHODS = frozenset({"tasks/resubscribe", "SubscribeToTask"})
 A2A_HEADERS = ("a2a-version", "a2a-extensions", "x-a2a-extensions")
-CANCEL_METHODS = frozenset({"tasks/cancel", "CancelTask"})
 PASS_THROUGH_MAX_WAIT = 30.0
 MAX_MESSAGE_ID = 256
 
@@ -47,47 +60,36 @@ class ProxyReply:
     stream: AsyncIterator[bytes] | None = None  # an SSE body, sent as it is produced
 
 
-class BadRequest(Exception):
-    def __init__(self, reply: ProxyReply) -> None:
-        self.reply = reply
-
-
-def rpc_error(
-    request_id: Any, code: int, message: str, status: int = 200, **headers: str
-) -> ProxyReply:
-    return ProxyReply(status, error_reply(request_id, code, message), dict(headers))
-
-
 class Proxy:
     def __init__(
         self,
-        store: Store,
+        deliveries: DeliveryLog,
         roster: Roster,
-        dispatcher: Dispatcher,
-        waiters: Waiters,
         client: AgentClient,
         link: AgentLink,
-        metrics: Metrics,
         bus: Bus,
         *,
         default_wait: float,
         forward_timeout: float,
         keep_alive: float = 10.0,
+        queue_limit: QueueLimit | None = None,
     ) -> None:
-        self._bus = bus
-        self._store, self._roster, self._dispatcher = store, roster, dispatcher
-        self._waiters, self._client, self._link, self._metrics = waiters, client, link, metrics
+        self._queue_limit = queue_limit or QueueLimit()
+        self._log, self._roster, self._client, self._link, self._bus = (
+            deliveries,
+            roster,
+            client,
+            link,
+            bus,
+        )
         self._default_wait = default_wait
         self._timeout = forward_timeout
         self.keep_alive = keep_alive
 
     # entry ----------------------------------------------------------------
     async def handle(self, ws: Workspace, raw: bytes, headers: dict[str, str]) -> ProxyReply:
-        try:
-            doc = parse_envelope(raw)
-            wait = wait_seconds(headers.get("x-berth-wait"), self._default_wait)
-        except BadRequest as e:
-            return e.reply
+        doc = parse_envelope(raw)
+        wait = wait_seconds(headers.get("x-berth-wait"), self._default_wait)
         method = doc["method"]
         if method in SEND_METHODS or method in STREAM_METHODS:
             return await self.send(ws, doc, raw, headers, wait)
@@ -100,7 +102,6 @@ class Proxy:
             raw,
             headers,
             min(wait, PASS_THROUGH_MAX_WAIT),
-            doc.get("id"),
             stream=method in SUBSCRIBE_METHODS,
         )
 
@@ -112,8 +113,10 @@ class Proxy:
         params = doc.get("params")
         message = params.get("message") if isinstance(params, dict) else None
         if not isinstance(message, dict):
-            return rpc_error(
-                rid, -32602, "params.message is required for a send (an A2A Message object)"
+            raise RpcInvalid(
+                INVALID_PARAMS,
+                "params.message is required for a send (an A2A Message object)",
+                request_id=rid,
             )
         message_id = message.get("messageId")
         if message_id is None or message_id == "":
@@ -122,15 +125,12 @@ class Proxy:
             doc["params"]["message"]["messageId"] = message_id
             raw = orjson.dumps(doc)
         elif not isinstance(message_id, str) or len(message_id) > MAX_MESSAGE_ID:
-            return rpc_error(
-                rid,
-                -32602,
+            raise RpcInvalid(
+                INVALID_PARAMS,
                 f"params.message.messageId must be a string of at most {MAX_MESSAGE_ID} characters",
+                request_id=rid,
             )
-        try:
-            ttl = _ttl(headers.get("x-berth-ttl"))
-        except BadRequest as e:
-            return e.reply
+        ttl = _ttl(headers.get("x-berth-ttl"))
         now = time.time()
         d = Delivery(
             id=str(uuid.uuid4()),
@@ -147,14 +147,13 @@ class Proxy:
         streaming = d.method in STREAM_METHODS
         sub = self._bus.subscribe(stream_topic(d.id)) if streaming else None
         try:
-            stored, created = await self._store.accept(d)
+            stored, created = await self._log.accept(
+                d, workspace_name=ws.name, limit=ws.queue_limit(self._queue_limit)
+            )
         except BaseException:
             if sub is not None:
                 await sub.aclose()
             raise
-        if created:
-            self._metrics.inc("berth_deliveries_accepted_total", workspace=ws.name)
-            await self._dispatcher.announce(ws.id)
         if sub is not None:
             if not created:
                 await sub.aclose()
@@ -163,7 +162,7 @@ class Proxy:
                 200, b"", _ids(stored), "text/event-stream", self._pipe(stored, sub, rid)
             )
         if not stored.status.final:
-            got = await self._waiters.wait(stored.id, wait, fresh=created) if wait > 0 else None
+            got = await self._log.wait(stored.id, wait, fresh=created) if wait > 0 else None
             if got is None:
                 return self._accepted(stored)
             stored = got
@@ -171,45 +170,50 @@ class Proxy:
 
     def _accepted(self, d: Delivery) -> ProxyReply:
         body = json.dumps(
-            {"delivery_id": d.id, "status": d.status.value, "status_url": f"/v1/deliveries/{d.id}"}
+            {
+                "delivery_id": d.id,
+                "status": d.status.value,
+                "status_url": f"/v1/deliveries/{d.id}",
+            }
         ).encode()
         return ProxyReply(202, body, _ids(d))
 
     def _answer(self, d: Delivery, rid: Any, *, original: bool) -> ProxyReply:
+        ids = _ids(d)
+        if not original:
+            ids["x-berth-replayed"] = "true"  # the reply of an earlier send of this messageId
         if d.status is DeliveryStatus.DONE and d.reply is not None:
             body = d.reply
             if not original and orjson.loads(d.request).get("id") != rid:
                 reply = orjson.loads(body)
                 reply["id"] = rid
                 body = orjson.dumps(reply)
-            return ProxyReply(d.reply_status or 200, body, _ids(d))
-        body = orjson.dumps(
-            {
-                "jsonrpc": "2.0",
-                "id": rid,
-                "error": {
-                    "code": -32603,
-                    "message": f"berth did not deliver this message: {d.status.value}"
-                    f"{': ' + d.reason if d.reason else ''}",
-                    "data": {
-                        "berth": {"delivery_id": d.id, "status": d.status.value, "reason": d.reason}
-                    },
-                },
-            }
+            return ProxyReply(d.reply_status or 200, body, ids)
+        return ProxyReply(200, self._undelivered(d, rid), ids)
+
+    @staticmethod
+    def _undelivered(d: Delivery, rid: Any) -> bytes:
+        """The caller's answer for a delivery berth gave up on (dead, canceled, expired):
+        berth's own error, never the agent's, so data.berth says so."""
+        why = f": {d.reason}" if d.reason else ""
+        return rpc_error(
+            rid,
+            INTERNAL_ERROR,
+            f"berth did not deliver this message: {d.status.value}{why}",
+            {"berth": {"delivery_id": d.id, "status": d.status.value, "reason": d.reason}},
         )
-        return ProxyReply(200, body, _ids(d))
 
     async def _pipe(self, d: Delivery, sub: Subscription, rid: Any) -> AsyncIterator[bytes]:
         """The caller's SSE stream: the agent's events as they come, across redeliveries,
         with keep-alive comments while the workspace restarts; ends after the final event."""
         last: bytes | None = None
         try:
-            current = await self._store.get_delivery(d.id)
+            current = await self._log.get(d.id)
             while not current.status.final:
                 try:
                     _, item = await asyncio.wait_for(sub.__anext__(), self.keep_alive)
-                except asyncio.TimeoutError:
-                    current = await self._store.get_delivery(d.id)
+                except TimeoutError:
+                    current = await self._log.get(d.id)
                     if not current.status.final:
                         yield KEEP_ALIVE
                     continue
@@ -217,12 +221,12 @@ class Proxy:
                     last = item["data"].encode()
                     yield sse(last)
                 elif item.get("t") == "final":
-                    current = await self._store.get_delivery(d.id)
+                    current = await self._log.get(d.id)
             if current.status is DeliveryStatus.DONE and current.reply is not None:
                 if current.reply != last:
                     yield sse(current.reply)
             else:
-                yield sse(self._answer(current, rid, original=True).body)
+                yield sse(self._undelivered(current, rid))
         finally:
             await sub.aclose()
 
@@ -233,10 +237,10 @@ class Proxy:
         target = params.get("id") if isinstance(params, dict) else None
         if not isinstance(target, str):
             return None
-        d = await self._store.find_delivery(ws.id, target)
+        d = await self._log.find(ws.id, target)
         if d is None:
             try:
-                d = await self._store.get_delivery(target)
+                d = await self._log.get(target)
             except NotFound:
                 return None
             if d.workspace_id != ws.id:
@@ -244,12 +248,9 @@ class Proxy:
         if d.status is not DeliveryStatus.QUEUED:
             return None
         try:
-            d = await self._store.cancel(
-                d.id, time.time(), "canceled by the caller before delivery"
-            )
+            d = await self._log.cancel(d.id, "canceled by the caller before delivery")
         except Conflict:
             return None  # it was claimed meanwhile: the agent will get the cancel
-        await self._dispatcher.finished(d)
         v03 = doc["method"] == "tasks/cancel"
         state = "canceled" if v03 else "TASK_STATE_CANCELED"
         task: dict[str, Any] = {
@@ -271,7 +272,6 @@ class Proxy:
         raw: bytes,
         headers: dict[str, str],
         wait: float,
-        rid: Any,
         *,
         stream: bool = False,
     ) -> ProxyReply:
@@ -291,15 +291,14 @@ class Proxy:
                     pass
             left = deadline - loop.time()
             if left <= 0:
-                return rpc_error(
-                    rid,
-                    -32603,
+                raise Unavailable(
                     f"workspace {ws.name} is {current.state.value}; try again",
-                    status=503,
-                    **{"retry-after": "5"},
+                    code="workspace_unavailable",
                 )
             await self._roster.wait_for(
-                ws.id, lambda w: w is not None and w.state is WorkspaceState.ONLINE, min(left, 1.0)
+                ws.id,
+                lambda w: w is not None and w.state is WorkspaceState.ONLINE,
+                min(left, 1.0),
             )
 
     async def _relay(self, url: str, raw: bytes, headers: dict[str, str]) -> AsyncIterator[bytes]:
@@ -310,7 +309,7 @@ class Proxy:
                 if kind == "reply":
                     return
         except AgentUnreachable as e:
-            yield sse(error_reply(None, -32603, f"the agent's stream broke: {e}"))
+            yield sse(rpc_error(None, INTERNAL_ERROR, f"the agent's stream broke: {e}"))
 
     def agent_card(self, ws: Workspace, proxy_url: str) -> dict[str, Any] | None:
         card = self._roster.peek(ws.id)
@@ -337,29 +336,22 @@ def parse_envelope(raw: bytes) -> dict[str, Any]:
     try:
         doc = orjson.loads(raw)
     except orjson.JSONDecodeError:
-        raise BadRequest(
-            rpc_error(None, -32700, "parse error: the body is not valid JSON")
-        ) from None
+        raise RpcInvalid(PARSE_ERROR, "parse error: the body is not valid JSON") from None
     if isinstance(doc, list):
-        raise BadRequest(
-            rpc_error(None, -32600, "batch requests are not supported; send one request")
-        )
+        raise RpcInvalid(INVALID_REQUEST, "batch requests are not supported; send one request")
     if (
         not isinstance(doc, dict)
         or doc.get("jsonrpc") != "2.0"
         or not isinstance(doc.get("method"), str)
     ):
-        rid = doc.get("id") if isinstance(doc, dict) else None
-        raise BadRequest(
-            rpc_error(
-                rid,
-                -32600,
-                "invalid request: a JSON-RPC 2.0 request object with "
-                '"jsonrpc": "2.0" and a string "method" is required',
-            )
+        raise RpcInvalid(
+            INVALID_REQUEST,
+            "invalid request: a JSON-RPC 2.0 request object with "
+            '"jsonrpc": "2.0" and a string "method" is required',
+            request_id=doc.get("id") if isinstance(doc, dict) else None,
         )
     if "params" in doc and not isinstance(doc["params"], (dict, list)):
-        raise BadRequest(rpc_error(doc.get("id"), -32602, "params must be an object"))
+        raise RpcInvalid(INVALID_PARAMS, "params must be an object", request_id=doc.get("id"))
     return doc
 
 
@@ -371,10 +363,8 @@ def wait_seconds(value: str | None, default: float) -> float:
     except ValueError:
         w = -1.0
     if not 0 <= w <= 86400:
-        raise BadRequest(
-            rpc_error(
-                None, -32600, "X-Berth-Wait must be a number of seconds from 0 to 86400", status=400
-            )
+        raise InvalidHeader(
+            INVALID_REQUEST, "X-Berth-Wait must be a number of seconds from 0 to 86400"
         )
     return w
 
@@ -387,7 +377,5 @@ def _ttl(value: str | None) -> float | None:
     except ValueError:
         t = -1.0
     if t <= 0:
-        raise BadRequest(
-            rpc_error(None, -32600, "X-Berth-TTL must be a positive number of seconds", status=400)
-        )
+        raise InvalidHeader(INVALID_REQUEST, "X-Berth-TTL must be a positive number of seconds")
     return t

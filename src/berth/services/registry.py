@@ -14,8 +14,14 @@ from berth.domain.lifecycle import SHOULD_RUN, WorkspaceState
 from berth.domain.restart import Trigger
 from berth.domain.workspace import RestartPolicy, Runtime, Workspace
 from berth.metrics import Metrics
+from berth.ports import Database, Provisioner, WorkspaceStore
+from berth.services.agent_link import AgentLink
+from berth.services.delivery_log import DeliveryLog
+from berth.services.dispatcher import Dispatcher
+from berth.services.events import Events
 from berth.services.lifecycle import Runner, hash_token
 from berth.services.restart import RestartService
+from berth.services.roster import Roster
 
 log = logging.getLogger("berth.registry")
 S = WorkspaceState
@@ -29,14 +35,24 @@ class Registry:
         self,
         runner: Runner,
         restarts: RestartService,
+        store: WorkspaceStore,
+        database: Database,
+        deliveries: DeliveryLog,
+        roster: Roster,
+        dispatcher: Dispatcher,
+        link: AgentLink,
+        provisioners: dict[str, Provisioner],
+        events: Events,
         metrics: Metrics,
         *,
         heartbeat_timeout: float,
         crash_loop_limit: int,
         crash_loop_window: float,
     ) -> None:
-        self.run = runner
-        self.restarts = restarts
+        self._runner, self._restarts = runner, restarts
+        self._store, self._db, self._log, self._roster = store, database, deliveries, roster
+        self._dispatcher, self._link, self._events = dispatcher, link, events
+        self._provisioners = provisioners
         self._metrics = metrics
         self._hb_timeout = heartbeat_timeout
         self._loop_limit = crash_loop_limit
@@ -46,7 +62,7 @@ class Registry:
     async def authenticate(self, token: str | None) -> Workspace:
         if not token:
             raise Unauthorized("a workspace token is required (Authorization: Bearer …)")
-        ws = await self.run.store.workspace_by_token(hash_token(token))
+        ws = await self._store.workspace_by_token(hash_token(token))
         if ws is None:
             raise Unauthorized("unknown or outdated workspace token", code="invalid_token")
         return ws
@@ -73,22 +89,18 @@ class Registry:
             if not isinstance(mc, int) or isinstance(mc, bool) or mc < 1:
                 raise InvalidInput("max_concurrency: a positive integer")
             fields["max_concurrency"] = mc
-        if ws.state in COMES_ONLINE:
-            moved = await self.run.move(ws, S.ONLINE, only_from=COMES_ONLINE, **fields)
-        else:
-            moved = None
+        if ws.state is S.OFFLINE:  # an external agent back from silence: offline -> provisioning
+            ws = await self._runner.move(ws, S.PROVISIONING, only_from=frozenset({S.OFFLINE})) or ws
+        moved = await self._runner.move(ws, S.ONLINE, only_from=COMES_ONLINE, **fields)
         if moved is None:
-            moved = await self.run.store.update_workspace(ws.id, **fields)
-            self.run.roster.put(moved)
-        await self.run.link.remember(moved)
-        await self.run.events.emit(
-            "workspace.registered", workspace_id=ws.id, name=ws.name, url=url
-        )
-        self.run.dispatcher.wake(ws.id)
+            moved = await self._runner.update(ws.id, **fields)
+        await self._link.remember(moved)
+        await self._events.emit("workspace.registered", workspace_id=ws.id, name=ws.name, url=url)
+        self._dispatcher.wake(ws.id)
         return {
             "workspace_id": ws.id,
             "name": ws.name,
-            "heartbeat_seconds": self.run.heartbeat_seconds,
+            "heartbeat_seconds": self._runner.heartbeat_seconds,
         }
 
     async def heartbeat(self, token: str | None, body: Any) -> dict[str, Any]:
@@ -98,10 +110,7 @@ class Registry:
         active = body.get("active_tasks", 0)
         if not isinstance(active, int) or isinstance(active, bool) or active < 0:
             raise InvalidInput("active_tasks: a non-negative integer")
-        updated = await self.run.store.update_workspace(
-            ws.id, last_heartbeat=time.time(), active_tasks=active
-        )
-        self.run.roster.put(updated)
+        updated = await self._runner.update(ws.id, last_heartbeat=time.time(), active_tasks=active)
         return {
             "ok": True,
             "reregister": updated.state in COMES_ONLINE or updated.agent_url is None,
@@ -110,16 +119,16 @@ class Registry:
     # crashes ---------------------------------------------------------------
     def on_exit(self, ws_id: str, code: int | None) -> None:
         """The provisioner saw the workspace's runtime exit (callback; schedules the handling)."""
-        if ws_id in self.run.stopping or self.run.exited_while_starting(ws_id, code):
+        if ws_id in self._runner.stopping or self._runner.exited_while_starting(ws_id, code):
             return
         asyncio.ensure_future(self._crashed(ws_id, f"exited with code {code}"))
 
     async def _crashed(self, ws_id: str, why: str) -> None:
-        ws = self.run.roster.peek(ws_id)
+        ws = self._roster.peek(ws_id)
         if (
             ws is None
             or ws.state not in (S.ONLINE, S.PROVISIONING)
-            or ws.owner not in (None, self.run.owner)
+            or ws.owner not in (None, self._runner.owner)
         ):
             return
         now = time.time()
@@ -129,7 +138,7 @@ class Registry:
             crashes.popleft()
         self._metrics.inc("berth_crashes_total", workspace=ws.name)
         log.warning("workspace %s %s", ws.name, why)
-        moved = await self.run.move(
+        moved = await self._runner.move(
             ws,
             S.OFFLINE,
             only_from=frozenset({S.ONLINE, S.PROVISIONING}),
@@ -138,14 +147,12 @@ class Registry:
         )
         if moved is None:
             return
-        await self.run.events.emit(
-            "workspace.crashed", workspace_id=ws.id, name=ws.name, detail=why
-        )
+        await self._events.emit("workspace.crashed", workspace_id=ws.id, name=ws.name, detail=why)
         if moved.restart_policy is RestartPolicy.NEVER:
-            await self.run.move(moved, S.FAILED, last_error=f"{why}; restart policy is never")
+            await self._runner.move(moved, S.FAILED, last_error=f"{why}; restart policy is never")
             return
         if len(crashes) >= self._loop_limit:
-            await self.run.move(
+            await self._runner.move(
                 moved,
                 S.FAILED,
                 last_error=(
@@ -154,7 +161,7 @@ class Registry:
             )
             return
         delay = min(30.0, 0.5 * 2 ** (len(crashes) - 1))
-        await self.restarts.request(moved, trigger=Trigger.POLICY, reason=why, delay=delay)
+        await self._restarts.request(moved, trigger=Trigger.POLICY, reason=why, delay=delay)
 
     async def liveness(self, period: float) -> None:
         """Treat a workspace that stopped heartbeating as crashed (runs in the lifespan).
@@ -166,7 +173,7 @@ class Registry:
         while True:
             await asyncio.sleep(period)
             try:
-                await self.run.store.ping()
+                await self._db.ping()
             except Exception as e:  # noqa: BLE001 - any failure: the store is away
                 if store_back_at >= 0:
                     log.warning("store unavailable (%s); liveness checks wait for it", e)
@@ -175,8 +182,8 @@ class Registry:
             now = time.time()
             if store_back_at < 0:
                 store_back_at = now
-            for ws in self.run.roster.all():
-                if ws.state is not S.ONLINE or ws.owner not in (None, self.run.owner):
+            for ws in self._roster.all():
+                if ws.state is not S.ONLINE or ws.owner not in (None, self._runner.owner):
                     continue
                 if ws.last_heartbeat is None:
                     continue
@@ -190,45 +197,45 @@ class Registry:
     async def _lost(self, ws: Workspace, silent: float) -> None:
         why = f"no heartbeat for {silent:.1f} s"
         if ws.runtime is Runtime.EXTERNAL:
-            await self.run.move(ws, S.OFFLINE, only_from=frozenset({S.ONLINE}), last_error=why)
+            await self._runner.move(ws, S.OFFLINE, only_from=frozenset({S.ONLINE}), last_error=why)
             return
-        await self.run.stop(ws, grace=1.0)
+        await self._runner.stop(ws, grace=1.0)
         await self._crashed(ws.id, why)
 
     # berth's own start and stop ---------------------------------------------
     async def recover(self, *, take_over_leases: bool) -> None:
         """On start: stop agents a previous berth left behind, return its in-flight deliveries
         to the queue, and start every workspace that should run."""
-        await self.run.roster.refresh()
-        mine = {w.id: w for w in self.run.roster.all() if w.owner in (None, self.run.owner)}
-        for p in self.run.provisioners.values():
+        await self._roster.refresh()
+        mine = {w.id: w for w in self._roster.all() if w.owner in (None, self._runner.owner)}
+        for p in self._provisioners.values():
             for name in await p.cleanup_orphans(mine):
                 log.info("stopped orphaned agent %s", name)
         if take_over_leases:
-            n = await self.run.store.requeue_in_flight(None)
+            n = await self._log.requeue_in_flight(None)
             if n:
                 log.info("returned %d in-flight deliveries to the queue", len(n))
         for ws in mine.values():
             if ws.runtime is Runtime.EXTERNAL or ws.state not in SHOULD_RUN:
                 continue
-            await self.run.move(ws, S.OFFLINE)
-            await self.restarts.request(
-                await self.run.roster.get(ws.id), trigger=Trigger.STARTUP, reason="berth started"
+            await self._runner.move(ws, S.OFFLINE)
+            await self._restarts.request(
+                await self._roster.get(ws.id), trigger=Trigger.STARTUP, reason="berth started"
             )
 
     async def shutdown(self) -> None:
         """Drain and stop the workspaces this replica runs; they start again with berth."""
         running = [
             w
-            for w in self.run.roster.all()
+            for w in self._roster.all()
             if w.runtime is not Runtime.EXTERNAL
-            and w.owner in (None, self.run.owner)
+            and w.owner in (None, self._runner.owner)
             and w.state in SHOULD_RUN
         ]
 
         async def one(ws: Workspace) -> None:
             try:
-                await self.restarts.drain_and_stop(ws, S.OFFLINE, "berth is stopping")
+                await self._restarts.drain_and_stop(ws, S.OFFLINE, "berth is stopping")
             except Exception:
                 log.exception("stopping %s failed", ws.name)
 

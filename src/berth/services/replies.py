@@ -3,31 +3,12 @@
 from __future__ import annotations
 
 import json
-from typing import Any
 
 from berth.domain.delivery import Outcome
 from berth.ports import AgentReply
+from berth.wire import is_draining_error
 
-__all__ = ["classify", "error_reply", "is_draining_error"]
-
-
-def is_draining_error(error: Any) -> bool:
-    """True for the SDK's refusal while draining: JSON-RPC -32603 whose data carries
-    reason DRAINING, as an object or inside a list of google.rpc.ErrorInfo entries."""
-    if not isinstance(error, dict):
-        return False
-    data = error.get("data")
-    items = data if isinstance(data, list) else [data]
-    for item in items:
-        if isinstance(item, dict) and (
-            item.get("reason") == "DRAINING"
-            or (
-                isinstance(item.get("metadata"), dict)
-                and item["metadata"].get("reason") == "DRAINING"
-            )
-        ):
-            return True
-    return False
+__all__ = ["classify"]
 
 
 def classify(reply: AgentReply) -> Outcome:
@@ -46,12 +27,3 @@ def classify(reply: AgentReply) -> Outcome:
     if reply.status in (408, 429):
         return Outcome.TRANSPORT
     return Outcome.REJECTED
-
-
-def error_reply(
-    request_id: Any, code: int, message: str, data: dict[str, Any] | None = None
-) -> bytes:
-    err: dict[str, Any] = {"code": code, "message": message}
-    if data is not None:
-        err["data"] = data
-    return json.dumps({"jsonrpc": "2.0", "id": request_id, "error": err}).encode()

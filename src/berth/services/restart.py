@@ -18,8 +18,12 @@ from berth.domain.lifecycle import WorkspaceState
 from berth.domain.restart import Phase, PhaseTiming, RestartRecord, Trigger
 from berth.domain.workspace import Runtime, Workspace
 from berth.metrics import Metrics
-from berth.ports import Locks
+from berth.ports import Locks, RestartStore
+from berth.services.agent_link import AgentLink
+from berth.services.dispatcher import Dispatcher
+from berth.services.events import Events
 from berth.services.lifecycle import Runner
+from berth.services.roster import Roster
 
 log = logging.getLogger("berth.restart")
 S = WorkspaceState
@@ -31,8 +35,19 @@ RESTARTABLE = frozenset({S.ONLINE, S.PROVISIONING, S.OFFLINE, S.FAILED, S.DRAINI
 
 
 class RestartService:
-    def __init__(self, runner: Runner, locks: Locks, metrics: Metrics) -> None:
-        self.run = runner
+    def __init__(
+        self,
+        runner: Runner,
+        records: RestartStore,
+        roster: Roster,
+        dispatcher: Dispatcher,
+        link: AgentLink,
+        events: Events,
+        locks: Locks,
+        metrics: Metrics,
+    ) -> None:
+        self._runner, self._records, self._roster = runner, records, roster
+        self._dispatcher, self._link, self._events = dispatcher, link, events
         self._locks = locks
         self._metrics = metrics
         self._tasks: set[asyncio.Task[None]] = set()
@@ -52,13 +67,13 @@ class RestartService:
         while (token := await self._locks.acquire(_key(ws.id), LOCK_TTL)) is None:
             # Someone holds the lock: a restart (maybe on another replica, which records it
             # just after taking the lock) is joined; a pause or removal is waited for.
-            active = await self.run.store.active_restart(ws.id)
+            active = await self._records.active_restart(ws.id)
             if active is not None:
                 return active, True
             if time.monotonic() > deadline:
                 raise _busy(ws)
             await asyncio.sleep(0.02)
-        ws = await self.run.roster.get(ws.id)
+        ws = await self._roster.get(ws.id)
         if ws.state not in RESTARTABLE:
             await self._locks.release(_key(ws.id), token)
             raise Conflict(
@@ -73,9 +88,9 @@ class RestartService:
             drain_seconds=ws.drain_seconds if drain_seconds is None else drain_seconds,
             created_at=time.time(),
         )
-        await self.run.store.save_restart(record)
+        await self._records.save_restart(record)
         self._spawn(self._cycle(ws, record, token, delay))
-        await self.run.events.emit(
+        await self._events.emit(
             "restart.requested",
             workspace_id=ws.id,
             restart_id=record.id,
@@ -102,7 +117,8 @@ class RestartService:
             async with self._holding(ws.id, token):
                 if delay:
                     await asyncio.sleep(delay)
-                ws = await self.run.roster.get(ws.id)
+                ws = await self._roster.get(ws.id)
+                cut = await self._runner.in_flight(ws)  # what the stop may cut
                 running = await self._is_running(ws)
                 if running:
                     await self._drain_and_stop(ws, r)
@@ -110,79 +126,83 @@ class RestartService:
                     await self._phase(
                         r, Phase.STOPPING, self._stop_quietly(ws), detail="not running"
                     )
-                n = await self.run.requeue(ws)
+                n = await self._runner.requeue(ws, cut)
                 await self._phase(r, Phase.REQUEUE, _noop(), detail=f"{n} returned to the queue")
-                ws = await self.run.roster.get(ws.id)
-                await self._phase(r, Phase.STARTING, self.run.start(ws))
+                ws = await self._roster.get(ws.id)
+                await self._phase(r, Phase.STARTING, self._runner.start(ws))
                 if (
                     ws.runtime is Runtime.EXTERNAL
                     and ws.agent_url
-                    and await self.run.link.signal_resume(ws)
+                    and await self._link.signal_resume(ws)
                 ):
-                    await self.run.move(ws, S.ONLINE, only_from=frozenset({S.PROVISIONING}))
+                    await self._runner.move(ws, S.ONLINE, only_from=frozenset({S.PROVISIONING}))
                 await self._phase(r, Phase.REPLAY, _noop())
-                self.run.dispatcher.wake(ws.id)
+                self._dispatcher.wake(ws.id)
                 await self._finish(r, Phase.DONE)
                 if r.trigger in (Trigger.API, Trigger.POLICY, Trigger.CONFIG):
-                    current = await self.run.roster.get(ws.id)
-                    await self.run.store.update_workspace(
-                        ws.id, restart_count=current.restart_count + 1
-                    )
-                    await self.run.roster.refresh(ws.id)
+                    current = await self._roster.get(ws.id)
+                    await self._runner.update(ws.id, restart_count=current.restart_count + 1)
         except Exception as e:
             msg = e.message if isinstance(e, BerthError) else repr(e)
             log.warning("restart %s of %s failed: %s", r.id, ws.name, msg)
             r.error = msg
             await self._finish(r, Phase.FAILED)
-            now_ws = self.run.roster.peek(ws.id)
+            now_ws = self._roster.peek(ws.id)
             if now_ws is not None and now_ws.state is not S.REMOVED:
-                await self.run.move(now_ws, S.FAILED, last_error=f"restart failed: {msg}")
+                await self._runner.move(now_ws, S.FAILED, last_error=f"restart failed: {msg}")
         finally:
-            self._metrics.inc("berth_restarts_total", trigger=r.trigger.value, result=r.phase.value)
-            self._metrics.observe("berth_restart_seconds", time.monotonic() - started)
+            self._metrics.inc(
+                "berth_restarts_total",
+                workspace=ws.name,
+                trigger=r.trigger.value,
+                result=r.phase.value,
+            )
+            self._metrics.observe(
+                "berth_restart_seconds", time.monotonic() - started, workspace=ws.name
+            )
 
     async def _drain_and_stop(self, ws: Workspace, r: RestartRecord) -> None:
-        moved = await self.run.move(ws, S.DRAINING)
+        moved = await self._runner.move(ws, S.DRAINING)
         ws = moved or ws
         t0 = time.monotonic()
         report = await self._phase(
             r,
             Phase.DRAINING,
-            self.run.drain(ws, restart_id=r.id, drain_seconds=r.drain_seconds, reason=r.reason),
+            self._runner.drain(ws, restart_id=r.id, drain_seconds=r.drain_seconds, reason=r.reason),
         )
-        self._metrics.observe("berth_drain_seconds", time.monotonic() - t0)
+        self._metrics.observe("berth_drain_seconds", time.monotonic() - t0, workspace=ws.name)
         r.drain_report = report.public()
-        await self.run.move(ws, S.STOPPING)
-        await self._phase(r, Phase.STOPPING, self.run.stop(ws))
+        await self._runner.move(ws, S.STOPPING)
+        await self._phase(r, Phase.STOPPING, self._runner.stop(ws))
 
     async def _stop_quietly(self, ws: Workspace) -> None:
         if ws.runtime is not Runtime.EXTERNAL:
-            await self.run.stop(ws, grace=1.0)
+            await self._runner.stop(ws, grace=1.0)
 
     async def _is_running(self, ws: Workspace) -> bool:
         if ws.runtime is Runtime.EXTERNAL:
             return ws.state is S.ONLINE
-        p = self.run.provisioner(ws)
+        p = self._runner.provisioner(ws)
         return p is not None and await p.is_running(ws)
 
     async def _phase(self, r: RestartRecord, phase: Phase, work, detail: str | None = None):  # type: ignore[no-untyped-def]
         timing = PhaseTiming(phase, time.time(), detail=detail)
         r.phase = phase
         r.phases.append(timing)
-        await self.run.store.save_restart(r)
-        await self.run.events.emit(
+        await self._records.save_restart(r)
+        await self._events.emit(
             "restart.phase", workspace_id=r.workspace_id, restart_id=r.id, phase=phase.value
         )
         try:
             return await work
         finally:
             timing.ended_at = time.time()
-            await self.run.store.save_restart(r)
+            await self._records.save_restart(r)
 
     async def _finish(self, r: RestartRecord, phase: Phase) -> None:
         r.phase, r.finished_at = phase, time.time()
-        await self.run.store.save_restart(r)
-        await self.run.events.emit(
+        await self._records.save_restart(r)
+        await self._events.emit(
             "restart.finished",
             workspace_id=r.workspace_id,
             restart_id=r.id,
@@ -227,21 +247,21 @@ class RestartService:
         """Drain and stop a running workspace, leaving it in `final` (paused, offline, removed)."""
         report = None
         if await self._is_running(ws):
-            ws = await self.run.move(ws, S.DRAINING) or ws
-            rep = await self.run.drain(
+            ws = await self._runner.move(ws, S.DRAINING) or ws
+            rep = await self._runner.drain(
                 ws,
                 restart_id=f"{final.value}-{uuid.uuid4()}",
                 drain_seconds=ws.drain_seconds,
                 reason=reason,
             )
             report = rep.public()
-            ws = await self.run.move(ws, S.STOPPING) or ws
-            await self.run.stop(ws)
+            ws = await self._runner.move(ws, S.STOPPING) or ws
+            await self._runner.stop(ws)
         elif ws.runtime is not Runtime.EXTERNAL:
-            await self.run.stop(ws, grace=1.0)
-        await self.run.requeue(ws)
+            await self._runner.stop(ws, grace=1.0)
+        await self._runner.requeue(ws, set())
         if final is not S.REMOVED:
-            await self.run.move(ws, final)
+            await self._runner.move(ws, final)
         return report
 
     def _spawn(self, coro) -> None:  # type: ignore[no-untyped-def]

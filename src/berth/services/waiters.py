@@ -11,7 +11,7 @@ import contextlib
 import logging
 
 from berth.domain.delivery import Delivery
-from berth.ports import Bus, Store
+from berth.ports import Bus, DeliveryStore
 from berth.services.events import DONE_TOPIC
 
 log = logging.getLogger("berth.waiters")
@@ -19,7 +19,7 @@ __all__ = ["Waiters"]
 
 
 class Waiters:
-    def __init__(self, store: Store, bus: Bus, poll_seconds: float = 2.0) -> None:
+    def __init__(self, store: DeliveryStore, bus: Bus, poll_seconds: float = 2.0) -> None:
         self._store = store
         self._bus = bus
         self._poll = poll_seconds

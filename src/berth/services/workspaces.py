@@ -11,9 +11,12 @@ from berth.domain.errors import Conflict
 from berth.domain.lifecycle import WorkspaceState
 from berth.domain.restart import RestartRecord, Trigger
 from berth.domain.workspace import Workspace, validate_spec
-from berth.ports import Store
+from berth.ports import WorkspaceStore
+from berth.services.delivery_log import DeliveryLog
+from berth.services.events import Events
 from berth.services.lifecycle import Runner, hash_token, new_token
 from berth.services.restart import RestartService
+from berth.services.roster import Roster
 
 S = WorkspaceState
 log = logging.getLogger("berth.workspaces")
@@ -21,10 +24,17 @@ __all__ = ["Workspaces"]
 
 
 class Workspaces:
-    def __init__(self, store: Store, runner: Runner, restarts: RestartService) -> None:
-        self.store = store
-        self.run = runner
-        self.restarts = restarts
+    def __init__(
+        self,
+        store: WorkspaceStore,
+        deliveries: DeliveryLog,
+        roster: Roster,
+        runner: Runner,
+        restarts: RestartService,
+        events: Events,
+    ) -> None:
+        self._store, self._log, self._roster = store, deliveries, roster
+        self._runner, self._restarts, self._events = runner, restarts, events
 
     async def create(self, body: dict[str, Any]) -> tuple[Workspace, str]:
         spec = validate_spec(body)
@@ -37,37 +47,37 @@ class Workspaces:
             updated_at=now,
             state=S.OFFLINE,
             url=spec.pop("url"),
-            owner=self.run.owner,
+            owner=self._runner.owner,
             **spec,
         )
         if ws.url:
             ws.agent_url = ws.url
-        self.run.provisioner(ws)  # fails early if the runtime is unavailable here
-        await self.store.create_workspace(ws)
-        self.run.roster.put(ws)
-        await self.run.events.emit("workspace.created", workspace_id=ws.id, name=ws.name)
-        await self.restarts.request(ws, trigger=Trigger.STARTUP, reason="created")
-        return await self.run.roster.get(ws.id), token
+        self._runner.provisioner(ws)  # fails early if the runtime is unavailable here
+        await self._store.create_workspace(ws)
+        self._roster.put(ws)
+        await self._events.emit("workspace.created", workspace_id=ws.id, name=ws.name)
+        await self._restarts.request(ws, trigger=Trigger.STARTUP, reason="created")
+        return await self._roster.get(ws.id), token
 
     async def get(self, ref: str) -> Workspace:
-        return await self.run.roster.get(ref)
+        return await self._roster.get(ref)
 
     async def show(self, ref: str) -> dict[str, Any]:
         ws = await self.get(ref)
-        return ws.public(*await self.store.pending(ws.id))
+        return await self._log.status_of(ws)
 
     async def list(self) -> list[dict[str, Any]]:
-        await self.run.roster.refresh()
+        await self._roster.refresh()
         out = []
-        for ws in sorted(self.run.roster.all(), key=lambda w: w.created_at):
-            out.append(ws.public(*await self.store.pending(ws.id)))
+        for ws in sorted(self._roster.all(), key=lambda w: w.created_at):
+            out.append(await self._log.status_of(ws))
         return out
 
     async def restart(
         self, ref: str, *, reason: str | None, drain_seconds: float | None
     ) -> tuple[RestartRecord, bool]:
         ws = await self.get(ref)
-        return await self.restarts.request(
+        return await self._restarts.request(
             ws, trigger=Trigger.API, reason=reason, drain_seconds=drain_seconds
         )
 
@@ -75,9 +85,9 @@ class Workspaces:
         ws = await self.get(ref)
         if ws.state is S.PAUSED:
             return {"workspace": ws.public(), "drain_report": None}
-        async with self.restarts.exclusive(ws):
+        async with self._restarts.exclusive(ws):
             ws = await self.get(ref)
-            report = await self.restarts.drain_and_stop(ws, S.PAUSED, "paused by an operator")
+            report = await self._restarts.drain_and_stop(ws, S.PAUSED, "paused by an operator")
         return {"workspace": (await self.get(ref)).public(), "drain_report": report}
 
     async def resume(self, ref: str) -> dict[str, Any]:
@@ -86,29 +96,27 @@ class Workspaces:
             raise Conflict(
                 f"workspace {ws.name} is {ws.state.value}, not paused", code="not_paused"
             )
-        ws = await self.run.move(ws, S.OFFLINE, only_from=frozenset({S.PAUSED})) or ws
-        record, _ = await self.restarts.request(
+        ws = await self._runner.move(ws, S.OFFLINE, only_from=frozenset({S.PAUSED})) or ws
+        record, _ = await self._restarts.request(
             ws, trigger=Trigger.RESUME, reason="resumed by an operator"
         )
         return {"workspace": (await self.get(ref)).public(), "restart": record.public()}
 
     async def remove(self, ref: str) -> dict[str, Any]:
         ws = await self.get(ref)
-        async with self.restarts.exclusive(ws):
+        async with self._restarts.exclusive(ws):
             ws = await self.get(ref)
-            await self.restarts.drain_and_stop(ws, S.REMOVED, "workspace removed")
-            canceled = await self.store.cancel_pending(ws.id, time.time(), "workspace removed")
-            await self.store.delete_workspace(ws.id)
-        self.run.roster.drop(ws.id)
-        provisioner = self.run.provisioner(ws)
+            await self._restarts.drain_and_stop(ws, S.REMOVED, "workspace removed")
+            canceled = await self._log.cancel_pending(ws.id, "workspace removed")
+            await self._store.delete_workspace(ws.id)
+        self._roster.drop(ws.id)
+        provisioner = self._runner.provisioner(ws)
         if provisioner is not None:
             try:
                 await provisioner.remove_state(ws)
             except Exception:  # noqa: BLE001 - the workspace is gone either way; say so in the log
                 log.warning("could not remove the state of %s", ws.name, exc_info=True)
-        for d in canceled:
-            await self.run.dispatcher.finished(d)
-        await self.run.events.emit("workspace.removed", workspace_id=ws.id, name=ws.name)
+        await self._events.emit("workspace.removed", workspace_id=ws.id, name=ws.name)
         return {
             "workspace": {**ws.public(), "status": S.REMOVED.value},
             "canceled": [d.public() for d in canceled],

@@ -1,131 +1,28 @@
-"""The Store port on PostgreSQL: for several berth replicas sharing one delivery log.
-
-Same schema (berth.adapters.sql.schema) and row mapping (berth.adapters.sql.rows) as
-SQLite, and the same semantics; the differences are about running replicas side by side:
-
-* migrations run under a session advisory lock, so replicas starting together apply
-  each migration once, and record it in schema_migrations;
-* a claim takes a per-workspace transaction advisory lock, so the capacity check and the
-  claim are one atomic step across replicas, and picks rows with FOR UPDATE SKIP LOCKED
-  through the partial index on queued rows, so finished deliveries never slow it down;
-* leases (owner + lease_until) decide who may renew or settle; any replica takes over
-  an expired lease in requeue_expired.
-"""
+"""The Store port on PostgreSQL: for several berth replicas sharing one delivery log
+(plumbing, migrations and the claim function in postgres_base, the delivery log's rows in
+postgres_deliveries; workspaces and restart records here)."""
 
 from __future__ import annotations
 
-import asyncio
-import time
-from collections.abc import Awaitable, Callable, Iterator, Sequence
-from contextlib import contextmanager
-from typing import Any, TypeVar
+from typing import Any
 
-from berth.adapters.sql import rows, schema
-from berth.domain.delivery import FINAL, Delivery, DeliveryStatus, check_move
-from berth.domain.errors import Conflict, NotFound, StoreUnavailable
+from berth.adapters.sql import rows
+from berth.adapters.sql.postgres_base import _CLAIM_SQL, _insert
+from berth.adapters.sql.postgres_deliveries import PostgresDeliveries
+from berth.domain.errors import Conflict, NotFound
 from berth.domain.lifecycle import WorkspaceState
 from berth.domain.restart import RestartRecord
 from berth.domain.workspace import Workspace
-from berth.ports import Settle
 
 try:
     import asyncpg
 except ImportError as e:  # pragma: no cover - exercised only without the extra installed
     raise ImportError("PostgreSQL support needs asyncpg: pip install 'berth[postgres]'") from e
 
-T = TypeVar("T")
-D = DeliveryStatus
-_FINAL = [s.value for s in FINAL]
-# Advisory lock keys. The one-key (bigint) and two-key (int, int) spaces never overlap.
-_MIGRATE_LOCK = 0x6265727468  # "berth"
-_CLAIM_LOCK_CLASS = 0x62657274  # "bert": first key of the per-workspace claim lock
-__all__ = ["PostgresStore"]
-
-Conn = Any  # asyncpg.Connection (or a pool proxy for one); asyncpg ships no type hints
+__all__ = ["_CLAIM_SQL", "PostgresStore"]
 
 
-def _insert(table: str, params: dict[str, Any], tail: str = "") -> tuple[str, list[Any]]:
-    """An INSERT of `params` with $n placeholders, and its arguments in order."""
-    cols = list(params)
-    marks = ", ".join(f"${i}" for i in range(1, len(cols) + 1))
-    return f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({marks}) {tail}", [
-        params[c] for c in cols
-    ]
-
-
-class PostgresStore(rows.WorkspaceUpdates):
-    def __init__(self, url: str, *, min_size: int = 1, max_size: int = 20) -> None:
-        self.url = url
-        self._min_size = min_size
-        self._max_size = max_size
-        self._pool: asyncpg.Pool | None = None
-        self._pool_lock = asyncio.Lock()
-
-    # plumbing --------------------------------------------------------------
-    async def _get_pool(self) -> asyncpg.Pool:
-        if self._pool is None:
-            async with self._pool_lock:  # several first calls at once must not make several pools
-                if self._pool is None:
-                    self._pool = await asyncpg.create_pool(
-                        self.url,
-                        min_size=self._min_size,
-                        max_size=self._max_size,
-                        reset=_no_reset,
-                    )
-        return self._pool
-
-    async def _tx(self, fn: Callable[[Conn], Awaitable[T]]) -> T:
-        """Run `fn` in one transaction: every Store operation is atomic, as on SQLite."""
-        with _reachable():
-            pool = await self._get_pool()
-            async with pool.acquire(timeout=_ACQUIRE_TIMEOUT) as conn, conn.transaction():
-                return await fn(conn)
-
-    async def _fetch(self, sql: str, *args: Any) -> list[Any]:
-        with _reachable():
-            pool = await self._get_pool()
-            return list(await pool.fetch(sql, *args, timeout=_QUERY_TIMEOUT))
-
-    async def _fetchrow(self, sql: str, *args: Any) -> Any:
-        with _reachable():
-            pool = await self._get_pool()
-            return await pool.fetchrow(sql, *args, timeout=_QUERY_TIMEOUT)
-
-    async def ping(self) -> None:
-        await self._fetchrow("SELECT 1")
-
-    async def migrate(self) -> None:
-        """Create the pool and bring the schema up to date, once across all replicas."""
-        pool = await self._get_pool()
-        async with pool.acquire() as conn:
-            await conn.execute("SELECT pg_advisory_lock($1)", _MIGRATE_LOCK)
-            try:
-                await conn.execute(schema.migrations_table(schema.POSTGRES))
-                done = {r[0] for r in await conn.fetch("SELECT version FROM schema_migrations")}
-                for version, script in schema.migrations(schema.POSTGRES):
-                    if version not in done:
-                        await self._apply(conn, version, script)
-                # code, not schema: replaced on every start, so it always matches this berth
-                await conn.execute(_CLAIM_FUNCTION)
-            finally:
-                await conn.execute("SELECT pg_advisory_unlock($1)", _MIGRATE_LOCK)
-
-    @staticmethod
-    async def _apply(conn: Conn, version: int, script: str) -> None:
-        async with conn.transaction():
-            for stmt in schema.statements(script):
-                await conn.execute(stmt)
-            await conn.execute(
-                "INSERT INTO schema_migrations (version, applied_at) VALUES ($1, $2)",
-                version,
-                time.time(),
-            )
-
-    async def close(self) -> None:
-        if self._pool is not None:
-            pool, self._pool = self._pool, None
-            await pool.close()
-
+class PostgresStore(PostgresDeliveries, rows.WorkspaceUpdates):
     # workspaces ------------------------------------------------------------
     async def create_workspace(self, ws: Workspace) -> None:
         sql, args = _insert("workspaces", rows.ws_params(ws))
@@ -155,7 +52,6 @@ class PostgresStore(rows.WorkspaceUpdates):
         only_from: frozenset[WorkspaceState] | None,
         fields: dict[str, Any],
     ) -> Workspace | None:
-        fields = rows.ws_update(fields)
         args: list[Any] = [ws_id]
         sets = []
         for k, v in fields.items():
@@ -163,8 +59,7 @@ class PostgresStore(rows.WorkspaceUpdates):
             sets.append(f"{k} = ${len(args)}")
         where = "id = $1"
         if only_from is not None:
-            args.append([s.value for s in only_from])
-            where += f" AND state = ANY(${len(args)}::text[])"
+            where += f" AND state IN {rows.sql_set(only_from)}"
         row = await self._fetchrow(
             f"UPDATE workspaces SET {', '.join(sets)} WHERE {where} RETURNING *", *args
         )
@@ -180,231 +75,6 @@ class PostgresStore(rows.WorkspaceUpdates):
             token_hash,
         )
         return None if row is None else rows.ws_from_row(row)
-
-    # deliveries ------------------------------------------------------------
-    async def accept(self, d: Delivery) -> tuple[Delivery, bool]:
-        sql, args = _insert(
-            "deliveries",
-            rows.d_params(d),
-            "ON CONFLICT (workspace_id, message_id) DO NOTHING RETURNING *",
-        )
-
-        # One autocommit statement in the common case (the hot path: one round trip).
-        row = await self._fetchrow(sql, *args)
-        if row is not None:
-            return rows.d_from_row(row), True
-        # The conflicting row is committed (ON CONFLICT waited for it), so this sees it.
-        row = await self._fetchrow(
-            "SELECT * FROM deliveries WHERE workspace_id = $1 AND message_id = $2",
-            d.workspace_id,
-            d.message_id,
-        )
-        return rows.d_from_row(row), False
-
-    async def get_delivery(self, delivery_id: str) -> Delivery:
-        row = await self._fetchrow("SELECT * FROM deliveries WHERE id = $1", delivery_id)
-        if row is None:
-            raise NotFound(f"no delivery {delivery_id!r}", code="delivery_not_found")
-        return rows.d_from_row(row)
-
-    async def find_delivery(self, workspace_id: str, message_id: str) -> Delivery | None:
-        row = await self._fetchrow(
-            "SELECT * FROM deliveries WHERE workspace_id = $1 AND message_id = $2",
-            workspace_id,
-            message_id,
-        )
-        return None if row is None else rows.d_from_row(row)
-
-    async def claim(
-        self,
-        workspace_id: str,
-        *,
-        capacity: int | None,
-        owner: str,
-        lease_seconds: float,
-        now: float,
-    ) -> list[Delivery]:
-        # One round trip, also when there is nothing to claim (see _CLAIM_FUNCTION).
-        got = await self._fetch(
-            "SELECT * FROM berth_claim($1, $2, $3, $4, $5)",
-            workspace_id,
-            capacity,
-            owner,
-            float(now),
-            float(now + lease_seconds),
-        )
-        return sorted((rows.d_from_row(r) for r in got), key=lambda d: d.seq)
-
-    async def renew(self, owner: str, ids: list[str], lease_until: float) -> int:
-        if not ids:
-            return 0
-        pool = await self._get_pool()
-        status = await pool.execute(
-            "UPDATE deliveries SET lease_until = $1 WHERE status = 'in_flight' AND lease_owner = $2 "
-            "AND id = ANY($3::text[])",
-            float(lease_until),
-            owner,
-            list(ids),
-        )
-        return _rowcount(status)
-
-    async def settle(
-        self, delivery_id: str, owner: str, how: Settle, now: float
-    ) -> Delivery | None:
-        check_move(D.IN_FLIGHT, how.status)
-        args: list[Any] = [
-            delivery_id,
-            owner,
-            how.status.value,
-            int(how.count_attempt),
-            how.reason,
-            float(how.not_before),
-            float(now),
-            float(now) if how.status in FINAL else None,
-        ]
-        sets = (
-            "status = $3, attempts = attempts + $4, reason = $5, not_before = $6, "
-            "lease_owner = NULL, lease_until = NULL, updated_at = $7, finished_at = $8"
-        )
-        if how.reply is not None:
-            args += [how.reply, how.reply_status]
-            sets += ", reply = $9, reply_status = $10"
-        row = await self._fetchrow(
-            f"UPDATE deliveries SET {sets} WHERE id = $1 AND status = 'in_flight' "
-            "AND lease_owner = $2 RETURNING *",
-            *args,
-        )
-        return None if row is None else rows.d_from_row(row)
-
-    async def requeue_in_flight(self, workspace_id: str | None = None) -> list[str]:
-        where, args = ("AND workspace_id = $1", [workspace_id]) if workspace_id else ("", [])
-        got = await self._fetch(
-            "WITH moved AS (UPDATE deliveries SET status = 'queued', lease_owner = NULL, lease_until = NULL "
-            f"WHERE status = 'in_flight' {where} RETURNING id, seq) SELECT id FROM moved ORDER BY seq",
-            *args,
-        )
-        return [r["id"] for r in got]
-
-    async def requeue_expired(self, now: float) -> list[Delivery]:
-        got = await self._fetch(
-            "UPDATE deliveries SET status = 'queued', lease_owner = NULL, lease_until = NULL, "
-            "reason = 'lease expired: redelivered' WHERE status = 'in_flight' AND lease_until < $1 "
-            "RETURNING *",
-            float(now),
-        )
-        return _by_seq(got)
-
-    async def cancel(self, delivery_id: str, now: float, reason: str) -> Delivery:
-        async def go(c: Conn) -> Delivery:
-            row = await c.fetchrow(
-                "UPDATE deliveries SET status = 'canceled', reason = $2, finished_at = $3, updated_at = $3 "
-                "WHERE id = $1 AND status = 'queued' RETURNING *",
-                delivery_id,
-                reason,
-                float(now),
-            )
-            if row is not None:
-                return rows.d_from_row(row)
-            cur = await c.fetchval("SELECT status FROM deliveries WHERE id = $1", delivery_id)
-            if cur is None:
-                raise NotFound(f"no delivery {delivery_id!r}", code="delivery_not_found")
-            raise Conflict(
-                f"only a queued delivery can be canceled; this one is {cur}", code="not_cancelable"
-            )
-
-        return await self._tx(go)
-
-    async def cancel_pending(self, workspace_id: str, now: float, reason: str) -> list[Delivery]:
-        got = await self._fetch(
-            "UPDATE deliveries SET status = 'canceled', reason = $2, finished_at = $3, updated_at = $3, "
-            "lease_owner = NULL, lease_until = NULL WHERE workspace_id = $1 "
-            "AND status IN ('queued', 'in_flight') RETURNING *",
-            workspace_id,
-            reason,
-            float(now),
-        )
-        return _by_seq(got)
-
-    async def retry(self, delivery_id: str, now: float) -> Delivery:
-        async def go(c: Conn) -> Delivery:
-            cur = await c.fetchval(
-                "SELECT status FROM deliveries WHERE id = $1 FOR UPDATE", delivery_id
-            )
-            if cur is None:
-                raise NotFound(f"no delivery {delivery_id!r}", code="delivery_not_found")
-            if cur not in ("dead", "canceled", "expired"):
-                raise Conflict(
-                    f"only a dead, canceled or expired delivery can be retried; this one is {cur}",
-                    code="not_retryable",
-                )
-            # A retried delivery goes to the back of the queue: it takes a new sequence number.
-            row = await c.fetchrow(
-                "UPDATE deliveries SET status = 'queued', attempts = 0, reason = 'retried by an operator', "
-                "finished_at = NULL, not_before = 0, updated_at = $2, "
-                "seq = nextval(pg_get_serial_sequence('deliveries', 'seq')) WHERE id = $1 RETURNING *",
-                delivery_id,
-                float(now),
-            )
-            return rows.d_from_row(row)
-
-        return await self._tx(go)
-
-    async def expire_due(self, now: float) -> list[Delivery]:
-        got = await self._fetch(
-            "UPDATE deliveries SET status = 'expired', reason = 'ttl passed', finished_at = $1, updated_at = $1 "
-            "WHERE status = 'queued' AND expires_at IS NOT NULL AND expires_at <= $1 RETURNING *",
-            float(now),
-        )
-        return _by_seq(got)
-
-    async def list_deliveries(
-        self,
-        workspace_id: str,
-        status: DeliveryStatus | None = None,
-        limit: int = 100,
-    ) -> list[Delivery]:
-        where, args = "workspace_id = $1", [workspace_id]
-        if status is not None:
-            where += " AND status = $2"
-            args.append(status.value)
-        got = await self._fetch(
-            f"SELECT * FROM deliveries WHERE {where} ORDER BY seq DESC LIMIT {int(limit)}", *args
-        )
-        return [rows.d_from_row(r) for r in reversed(got)]
-
-    async def pending(self, workspace_id: str) -> tuple[int, int]:
-        row = await self._fetchrow(
-            "SELECT (SELECT count(*) FROM deliveries WHERE workspace_id = $1 AND status = 'queued') AS q, "
-            "(SELECT count(*) FROM deliveries WHERE workspace_id = $1 AND status = 'in_flight') AS f",
-            workspace_id,
-        )
-        return int(row["q"]), int(row["f"])
-
-    async def counts(self, workspace_id: str | None = None) -> dict[DeliveryStatus, int]:
-        where, args = ("WHERE workspace_id = $1", [workspace_id]) if workspace_id else ("", [])
-        out = {s: 0 for s in D}
-        for r in await self._fetch(
-            f"SELECT status, count(*) AS n FROM deliveries {where} GROUP BY status", *args
-        ):
-            out[D(r["status"])] = r["n"]
-        return out
-
-    async def next_ready_at(self, workspace_id: str) -> float | None:
-        pool = await self._get_pool()
-        value: float | None = await pool.fetchval(
-            "SELECT min(not_before) FROM deliveries WHERE workspace_id = $1 AND status = 'queued'",
-            workspace_id,
-        )
-        return value
-
-    async def prune_finished(self, before: float) -> int:
-        pool = await self._get_pool()
-        status = await pool.execute(
-            "DELETE FROM deliveries WHERE status = ANY($1::text[]) AND finished_at < $2",
-            _FINAL,
-            float(before),
-        )
-        return _rowcount(status)
 
     # restarts --------------------------------------------------------------
     async def save_restart(self, r: RestartRecord) -> None:
@@ -433,93 +103,7 @@ class PostgresStore(rows.WorkspaceUpdates):
     async def active_restart(self, workspace_id: str) -> RestartRecord | None:
         row = await self._fetchrow(
             "SELECT * FROM restarts WHERE workspace_id = $1 "
-            "AND phase NOT IN ('done', 'failed') ORDER BY created_at DESC LIMIT 1",
+            f"AND phase NOT IN {rows.RESTART_FINISHED} ORDER BY created_at DESC LIMIT 1",
             workspace_id,
         )
         return None if row is None else rows.r_from_row(row)
-
-
-# The claim: the oldest ready queued rows of one workspace, through the partial index
-# deliveries_queued (workspace_id, seq) WHERE status = 'queued'. SKIP LOCKED passes over
-# rows another transaction is changing (a cancel, a retry) instead of waiting for it.
-async def _no_reset(conn: Conn) -> None:
-    """The pool's reset on release: nothing to undo. berth leaves no session state on a
-    connection (no LISTEN, cursors, SET, or session locks outside migrate(), which unlocks in
-    `finally`); asyncpg's default reset costs a round trip per operation."""
-
-
-# Which rows a claim takes: over the partial index deliveries_queued (workspace_id, seq)
-# WHERE status = 'queued', however many finished rows the table holds.
-_PICK = (
-    "SELECT seq FROM deliveries WHERE workspace_id = {ws} AND status = 'queued' "
-    "AND not_before <= {now} ORDER BY seq LIMIT {limit} FOR UPDATE SKIP LOCKED"
-)
-
-# The claim, as one function call: the per-workspace lock (capacity across replicas), the
-# in-flight count and the SKIP LOCKED claim in one round trip. Each statement of a VOLATILE
-# function takes a fresh snapshot (READ COMMITTED), so the count sees every claim committed
-# before the lock was granted. The lock key is the same as a claim in separate statements.
-_CLAIM_FUNCTION = f"""
-CREATE OR REPLACE FUNCTION berth_claim(p_ws text, p_cap integer, p_owner text, p_now double precision,
-                                       p_until double precision)
-RETURNS SETOF deliveries LANGUAGE plpgsql VOLATILE AS $$
-DECLARE n bigint;  -- NULL: uncapped
-BEGIN
-    IF p_cap IS NOT NULL THEN
-        PERFORM pg_advisory_xact_lock({_CLAIM_LOCK_CLASS}, hashtext(p_ws));
-        SELECT p_cap - count(*) INTO n FROM deliveries WHERE workspace_id = p_ws AND status = 'in_flight';
-        IF n <= 0 THEN RETURN; END IF;
-    END IF;
-    RETURN QUERY
-    WITH picked AS (
-        {_PICK.format(ws="p_ws", now="p_now", limit="n")}
-    ), moved AS (
-        UPDATE deliveries AS d
-        SET status = 'in_flight', lease_owner = p_owner, lease_until = p_until, forwards = d.forwards + 1,
-            first_forwarded_at = COALESCE(d.first_forwarded_at, p_now), updated_at = p_now
-        FROM picked WHERE d.seq = picked.seq
-        RETURNING d.*
-    )
-    SELECT * FROM moved;
-END $$
-"""
-
-# The claim statement the function runs, with positional parameters (for EXPLAIN in tests).
-_CLAIM_SQL = f"""
-WITH picked AS ({_PICK.format(ws="$1", now="$2", limit="$3")})
-UPDATE deliveries AS d
-SET status = 'in_flight', lease_owner = $4, lease_until = $5, forwards = d.forwards + 1,
-    first_forwarded_at = COALESCE(d.first_forwarded_at, $2), updated_at = $2
-FROM picked
-WHERE d.seq = picked.seq
-RETURNING d.*
-"""
-
-
-_ACQUIRE_TIMEOUT = 10.0
-_QUERY_TIMEOUT = 30.0
-
-
-@contextmanager
-def _reachable() -> Iterator[None]:
-    """A lost or refused connection is the service being away (503), not a bug (500)."""
-    try:
-        yield
-    except (
-        OSError,
-        TimeoutError,
-        asyncpg.PostgresConnectionError,
-        asyncpg.InterfaceError,
-        asyncpg.CannotConnectNowError,
-        asyncpg.TooManyConnectionsError,
-    ) as e:
-        raise StoreUnavailable(f"the database is unavailable: {e.__class__.__name__}: {e}") from e
-
-
-def _rowcount(status: str) -> int:
-    """The row count of an asyncpg command tag such as 'UPDATE 3' or 'DELETE 0'."""
-    return int(status.rsplit(" ", 1)[-1])
-
-
-def _by_seq(got: Sequence[Any]) -> list[Delivery]:
-    return sorted((rows.d_from_row(r) for r in got), key=lambda d: d.seq)

@@ -9,8 +9,8 @@ from typing import Any
 
 from berth.domain.delivery import Delivery, DeliveryStatus
 from berth.domain.errors import NotFound
-from berth.domain.lifecycle import WorkspaceState
-from berth.domain.restart import Phase, PhaseTiming, RestartRecord, Trigger
+from berth.domain.lifecycle import WorkspaceState, check_missed_move, move_guard
+from berth.domain.restart import FINISHED, Phase, PhaseTiming, RestartRecord, Trigger
 from berth.domain.workspace import RestartPolicy, Runtime, Workspace
 
 WS_JSON = {"command", "env", "limits", "agent_card", "capabilities"}
@@ -174,18 +174,44 @@ def r_from_row(row: Mapping[str, Any]) -> RestartRecord:
     )
 
 
+def sql_set(values: frozenset[DeliveryStatus] | frozenset[WorkspaceState]) -> str:
+    """A set of statuses as an SQL list literal, e.g. `('dead', 'expired')`. The statuses
+    come from the domain's rules (FINAL, RETRYABLE, move_guard ...), never typed here;
+    literals rather than parameters, so that SQLite can match partial indexes."""
+    if not values:
+        return "(NULL)"
+    first = next(iter(values))
+    kind = DeliveryStatus if isinstance(first, DeliveryStatus) else WorkspaceState
+    names = [m.value for m in kind if m in values]  # in the enum's order, as the indexes are
+    return "(" + ", ".join(f"'{n}'" for n in names) + ")"
+
+
+def single(values: frozenset[DeliveryStatus]) -> str:
+    """The one status of a rule that has one, for `status = '…'` (which a partial index
+    can match where `IN (…)` cannot); a rule that grows a second status fails here."""
+    (only,) = values
+    return only.value
+
+
+QUEUED = DeliveryStatus.QUEUED.value
+IN_FLIGHT = DeliveryStatus.IN_FLIGHT.value
+EXPIRED = DeliveryStatus.EXPIRED.value
+RESTART_FINISHED = "(" + ", ".join(sorted(f"'{p.value}'" for p in FINISHED)) + ")"
+
+
 def ws_update(fields: dict[str, Any]) -> dict[str, Any]:
     """The columns an update writes: `updated_at` unless given; unknown columns (and the id)
-    are a programming error."""
+    are a programming error, and so is `state` (a state changes by move_workspace)."""
     fields = {"updated_at": time.time(), **fields}
     for k in fields:
-        if k not in WS_COLUMNS or k == "id":
+        if k not in WS_COLUMNS or k in ("id", "state"):
             raise AttributeError(k)
     return fields
 
 
 class WorkspaceUpdates:
-    """update_workspace / move_workspace of both SQL stores, over their `_update_ws`."""
+    """update_workspace / move_workspace of both SQL stores, over their `_update_ws`
+    (which writes `fields`, conditionally on the state being in `only_from` when given)."""
 
     async def _update_ws(
         self,
@@ -195,8 +221,11 @@ class WorkspaceUpdates:
     ) -> Workspace | None:
         raise NotImplementedError
 
+    async def get_workspace(self, ref: str) -> Workspace:
+        raise NotImplementedError
+
     async def update_workspace(self, ws_id: str, **fields: Any) -> Workspace:
-        ws = await self._update_ws(ws_id, None, fields)
+        ws = await self._update_ws(ws_id, None, ws_update(fields))
         if ws is None:
             raise NotFound(f"no workspace {ws_id!r}", code="workspace_not_found")
         return ws
@@ -209,4 +238,12 @@ class WorkspaceUpdates:
         only_from: frozenset[WorkspaceState] | None = None,
         **fields: Any,
     ) -> Workspace | None:
-        return await self._update_ws(ws_id, only_from, {"state": to, **fields})
+        update = {**ws_update(fields), "state": to}
+        moved = await self._update_ws(ws_id, move_guard(to, only_from), update)
+        if moved is None:
+            try:
+                current = (await self.get_workspace(ws_id)).state
+            except NotFound:
+                return None
+            check_missed_move(current, to, only_from)
+        return moved

@@ -1,22 +1,5 @@
-"""The `docker` provisioner: each workspace is a container on a Docker engine.
-
-- The container is `ws-<id[:12]>`, labelled `berth.workspace=<id>` and
-  `berth.instance=<instance>`, run with `--init` (so SIGTERM reaches the agent, which
-  drains) and no Docker restart policy: berth's own restart policy decides.
-- It gets its identity in the environment (see docs/sdk.md) with `BERTH_PORT=8000` and
-  `BERTH_STATE_DIR=/state`, a named volume `berth-ws-<id[:12]>` mounted at /state that
-  outlives the container, and the limits `memory` ("512m") and `cpus` (1.5).
-- Port 8000 is published on 127.0.0.1 and the agent is told to register that URL
-  (`BERTH_ADVERTISE_URL`). When berth itself runs in Docker it reaches the container by
-  name on the user network `settings.docker_network` instead (see agent_link).
-- A `BERTH_URL` on the host's loopback is rewritten to `host.docker.internal` (mapped to
-  the host's bridge gateway), so the agent can register; berth must then listen on an
-  address the containers reach (`--host 0.0.0.0`, or the bridge's address).
-- Exits are read from the engine's event stream (a thread); stops berth asked for are not
-  reported, like a process provisioner's watcher only reporting what it did not cause.
-
-The Docker SDK is blocking: every call runs in a worker thread.
-"""
+"""DockerProvisioner: start, stop, logs and orphans of workspace containers (see the
+package docstring for what a workspace container is)."""
 
 from __future__ import annotations
 
@@ -25,41 +8,46 @@ import contextlib
 import logging
 import math
 import os
-import re
-import socket
 import threading
 import time
 from typing import Any
 
+from berth.adapters.docker.events import DockerExits
+from berth.adapters.docker.network import (
+    HOST_ALIAS,
+    DockerNetwork,
+    container_of,
+    reachable_from_container,
+)
 from berth.adapters.process import free_port
 from berth.domain.workspace import Workspace
 from berth.ports import ExitCallback, RunInfo
+from berth.wire import container_name as _wire_container_name
 
 log = logging.getLogger("berth.docker")
 __all__ = ["AGENT_PORT", "DockerProvisioner", "docker_provisioner"]
 
 AGENT_PORT = 8000
 STATE_MOUNT = "/state"
-HOST_ALIAS = "host.docker.internal"
-_LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]", "0.0.0.0")
 _PORT_TAKEN = ("port is already allocated", "address already in use")
 _KEEP_LOG_LINES = 1000
+
+
+def container_name(ws: Workspace | str) -> str:
+    return _wire_container_name(ws if isinstance(ws, str) else ws.id)
+
+
+def volume_name(ws: Workspace | str) -> str:
+    ws_id = ws if isinstance(ws, str) else ws.id
+    return f"berth-ws-{ws_id[:12]}"
+
+
 DEFAULT_SOCKET = "/var/run/docker.sock"
 
 
 def _first_line(e: Exception) -> str:
     text = str(e).splitlines()[0] if str(e) else ""
     return f"{e.__class__.__name__}: {text[:120]}" if text else e.__class__.__name__
-
-
-def container_name(ws: Workspace | str) -> str:
-    ws_id = ws if isinstance(ws, str) else ws.id
-    return f"ws-{ws_id[:12]}"
-
-
-def volume_name(ws: Workspace | str) -> str:
-    ws_id = ws if isinstance(ws, str) else ws.id
-    return f"berth-ws-{ws_id[:12]}"
 
 
 def docker_provisioner(settings: Any) -> DockerProvisioner | None:
@@ -91,17 +79,16 @@ def docker_provisioner(settings: Any) -> DockerProvisioner | None:
     if in_docker is None:
         # /.dockerenv alone is not enough: a VM or CI job can have it and run its own engine.
         # berth is "in Docker" for its workspaces only as a container of this very engine
-        # (then it reaches them by name on the network). The link layer's URL rewrite
-        # (settings.running_in_docker()) must agree, so the answer is recorded there.
-        in_docker = _container_of(client)
-        settings.in_docker = in_docker
+        # (then it reaches them by name on the network). bootstrap hands this answer to the
+        # link layer's URL rewrite, so both agree.
+        in_docker = container_of(client)
         log.info("berth %s a container of this Docker engine", "is" if in_docker else "is not")
     return DockerProvisioner(
         client, instance=settings.instance, network=settings.docker_network, in_docker=in_docker
     )
 
 
-class DockerProvisioner:
+class DockerProvisioner(DockerExits, DockerNetwork):
     runtime = "docker"
 
     def __init__(
@@ -126,92 +113,6 @@ class DockerProvisioner:
         self._watch_lock: asyncio.Lock | None = None
         self._watcher: threading.Thread | None = None
         self._closed = threading.Event()
-
-    # exits ------------------------------------------------------------------
-    def on_exit(self, callback: ExitCallback) -> None:
-        self._callbacks.append(callback)
-        with contextlib.suppress(RuntimeError):
-            self._loop = asyncio.get_running_loop()
-
-    async def _watch(self) -> None:
-        """Open the engine's event stream (before a container starts, so no exit is missed)
-        and follow it in a thread."""
-        self._loop = asyncio.get_running_loop()
-        if self._watch_lock is None:
-            self._watch_lock = asyncio.Lock()
-        async with self._watch_lock:
-            if self._watcher is not None or self._closed.is_set():
-                return
-            await asyncio.to_thread(self._open_events, None)
-            self._watcher = threading.Thread(
-                target=self._follow, name="berth-docker-events", daemon=True
-            )
-            self._watcher.start()
-
-    def _open_events(self, since: int | None) -> None:
-        filters = {
-            "type": "container",
-            "event": ["die"],
-            "label": [f"berth.instance={self.instance}"],
-        }
-        self._events = self.client.api.events(decode=True, filters=filters, since=since)
-
-    def _follow(self) -> None:
-        last = time.time()
-        while not self._closed.is_set():
-            try:
-                if self._events is None:
-                    self._open_events(int(last) - 1)
-                for ev in self._events:
-                    last = float(ev.get("time") or last)
-                    self._died(ev)
-                    if self._closed.is_set():
-                        return
-            except Exception as e:
-                if self._closed.is_set():
-                    return
-                log.warning("Docker event stream broke (%s); reconnecting", e)
-            self._events = None
-            self._closed.wait(1.0)
-
-    def _died(self, ev: dict[str, Any]) -> None:
-        cid = ev.get("id") or ev.get("Actor", {}).get("ID")
-        attrs = ev.get("Actor", {}).get("Attributes", {}) or {}
-        ws_id = attrs.get("berth.workspace")
-        if not cid or not ws_id:
-            return
-        with self._lock:
-            if self._expected.pop(cid, None) is not None:
-                return  # a stop or removal berth asked for
-            if self._current.get(ws_id) != cid:
-                return  # not a container this berth runs (an orphan, an older run)
-            del self._current[ws_id]
-        try:
-            code: int | None = int(attrs["exitCode"])
-        except (KeyError, ValueError):
-            code = None
-        loop = self._loop
-        if loop is None or loop.is_closed():
-            return
-        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
-            loop.call_soon_threadsafe(self._report, ws_id, code)
-
-    def _report(self, ws_id: str, code: int | None) -> None:
-        for cb in self._callbacks:
-            try:
-                cb(ws_id, code)
-            except Exception:
-                log.exception("exit callback failed")
-
-    def _expect(self, cid: str) -> None:
-        now = time.monotonic()
-        with self._lock:
-            for k in [k for k, t in self._expected.items() if now - t > 300]:
-                del self._expected[k]
-            self._expected[cid] = now
-            for ws_id, current in list(self._current.items()):
-                if current == cid:
-                    del self._current[ws_id]
 
     # start ------------------------------------------------------------------
     async def start(self, ws: Workspace, identity: dict[str, str]) -> RunInfo:
@@ -241,7 +142,7 @@ class DockerProvisioner:
                 "PYTHONUNBUFFERED": "1",
             }
             if "BERTH_URL" in env and not self.in_docker:
-                env["BERTH_URL"] = _reachable_from_container(env["BERTH_URL"])
+                env["BERTH_URL"] = reachable_from_container(env["BERTH_URL"])
             kwargs = self._create_kwargs(ws, name, vol, env, host_port)
             container = self._create(ws.image or "", kwargs)
             with self._lock:
@@ -332,55 +233,6 @@ class DockerProvisioner:
                 f"image {image} is not on the engine and could not be pulled: {_explain(e)}"
             ) from e
         return self.client.containers.create(image, **kwargs)
-
-    def _ensure_network(self) -> None:
-        import docker.errors
-
-        if self._network_ready:
-            return
-        with self._lock:
-            try:
-                net = self.client.networks.get(self.network)
-            except docker.errors.NotFound:
-                try:
-                    net = self.client.networks.create(
-                        self.network,
-                        driver="bridge",
-                        check_duplicate=True,
-                        labels={"berth.managed": "true"},
-                    )
-                    log.info("created Docker network %s", self.network)
-                except docker.errors.APIError:  # created meanwhile by another berth
-                    net = self.client.networks.get(self.network)
-            if self.in_docker:
-                self._join(net)
-            self._network_ready = True
-
-    def gateway(self) -> str | None:
-        """The host's address on the workspaces' network (created if missing), or None."""
-        if getattr(self, "_gateway", None) is None:
-            try:
-                self._ensure_network()
-                net = self.client.networks.get(self.network)
-                configs = (net.attrs.get("IPAM") or {}).get("Config") or []
-                self._gateway = next((c["Gateway"] for c in configs if c.get("Gateway")), None)
-            except Exception as e:  # noqa: BLE001 - no gateway: containers use host-gateway
-                log.warning("could not read the gateway of network %s: %s", self.network, e)
-                return None
-        return self._gateway
-
-    def _join(self, net: Any) -> None:
-        """berth in a container: make sure it is on the workspaces' network (best effort)."""
-        import docker.errors
-
-        try:
-            me = self.client.containers.get(socket.gethostname())
-        except docker.errors.APIError:
-            return
-        if net.name not in (me.attrs.get("NetworkSettings", {}).get("Networks") or {}):
-            with contextlib.suppress(docker.errors.APIError):
-                net.connect(me)
-                log.info("joined berth's container to network %s", net.name)
 
     def _ensure_volume(self, vol: str, ws: Workspace) -> None:
         import docker.errors
@@ -540,35 +392,6 @@ class DockerProvisioner:
             self._watcher = None
         with contextlib.suppress(Exception):
             self.client.close()
-
-
-def _container_of(client: Any) -> bool:
-    """True if this process runs in a container of the engine `client` talks to."""
-    if not os.path.exists("/.dockerenv"):
-        return False
-    candidates = [socket.gethostname()]
-    with contextlib.suppress(OSError):
-        with open("/proc/self/mountinfo") as f:
-            candidates += re.findall(r"/containers/([0-9a-f]{64})/", f.read())
-    for cid in dict.fromkeys(candidates):
-        try:
-            client.api.inspect_container(cid)
-            return True
-        except Exception:
-            continue
-    return False
-
-
-def _reachable_from_container(url: str) -> str:
-    """berth's URL as seen from a container: the host's loopback becomes the host gateway."""
-    scheme, sep, rest = url.partition("://")
-    if not sep:
-        return url
-    hostport, slash, path = rest.partition("/")
-    for host in _LOOPBACK_HOSTS:
-        if hostport == host or hostport.startswith(host + ":"):
-            return f"{scheme}://{HOST_ALIAS}{hostport[len(host) :]}{slash}{path}"
-    return url
 
 
 def _published_port(attrs: dict[str, Any]) -> int | None:

@@ -1,0 +1,208 @@
+"""The Store port on PostgreSQL: for several berth replicas sharing one delivery log.
+
+Same schema (berth.adapters.sql.schema) and row mapping (berth.adapters.sql.rows) as
+SQLite, and the same semantics; the differences are about running replicas side by side:
+
+* migrations run under a session advisory lock, so replicas starting together apply
+  each migration once, and record it in schema_migrations;
+* a claim takes a per-workspace transaction advisory lock, so the capacity check and the
+  claim are one atomic step across replicas, and picks rows with FOR UPDATE SKIP LOCKED
+  through the partial index on queued rows, so finished deliveries never slow it down;
+* leases (owner + lease_until) decide who may renew or settle; any replica takes over
+  an expired lease in requeue_expired.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any, TypeVar
+
+from berth.adapters.sql import rows, schema
+from berth.domain.delivery import Delivery, DeliveryStatus
+from berth.domain.errors import StoreUnavailable
+
+try:
+    import asyncpg
+except ImportError as e:  # pragma: no cover - exercised only without the extra installed
+    raise ImportError("PostgreSQL support needs asyncpg: pip install 'berth[postgres]'") from e
+
+T = TypeVar("T")
+D = DeliveryStatus
+# Advisory lock keys. The one-key (bigint) and two-key (int, int) spaces never overlap.
+_MIGRATE_LOCK = 0x6265727468  # "berth"
+_CLAIM_LOCK_CLASS = 0x62657274  # "bert": first key of the per-workspace claim lock
+__all__ = ["PostgresBase"]
+
+Conn = Any  # asyncpg.Connection (or a pool proxy for one); asyncpg ships no type hints
+
+
+def _insert(table: str, params: dict[str, Any], tail: str = "") -> tuple[str, list[Any]]:
+    """An INSERT of `params` with $n placeholders, and its arguments in order."""
+    cols = list(params)
+    marks = ", ".join(f"${i}" for i in range(1, len(cols) + 1))
+    return f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({marks}) {tail}", [
+        params[c] for c in cols
+    ]
+
+
+class PostgresBase:
+    def __init__(self, url: str, *, min_size: int = 1, max_size: int = 20) -> None:
+        self.url = url
+        self._min_size = min_size
+        self._max_size = max_size
+        self._pool: asyncpg.Pool | None = None
+        self._pool_lock = asyncio.Lock()
+
+    # plumbing --------------------------------------------------------------
+    async def _get_pool(self) -> asyncpg.Pool:
+        if self._pool is None:
+            async with self._pool_lock:  # several first calls at once must not make several pools
+                if self._pool is None:
+                    self._pool = await asyncpg.create_pool(
+                        self.url,
+                        min_size=self._min_size,
+                        max_size=self._max_size,
+                        reset=_no_reset,
+                    )
+        return self._pool
+
+    async def _tx(self, fn: Callable[[Conn], Awaitable[T]]) -> T:
+        """Run `fn` in one transaction: every Store operation is atomic, as on SQLite."""
+        with _reachable():
+            pool = await self._get_pool()
+            async with pool.acquire(timeout=_ACQUIRE_TIMEOUT) as conn, conn.transaction():
+                return await fn(conn)
+
+    async def _fetch(self, sql: str, *args: Any) -> list[Any]:
+        with _reachable():
+            pool = await self._get_pool()
+            return list(await pool.fetch(sql, *args, timeout=_QUERY_TIMEOUT))
+
+    async def _fetchrow(self, sql: str, *args: Any) -> Any:
+        with _reachable():
+            pool = await self._get_pool()
+            return await pool.fetchrow(sql, *args, timeout=_QUERY_TIMEOUT)
+
+    async def ping(self) -> None:
+        await self._fetchrow("SELECT 1")
+
+    async def migrate(self) -> None:
+        """Create the pool and bring the schema up to date, once across all replicas."""
+        pool = await self._get_pool()
+        async with pool.acquire() as conn:
+            await conn.execute("SELECT pg_advisory_lock($1)", _MIGRATE_LOCK)
+            try:
+                await conn.execute(schema.migrations_table(schema.POSTGRES))
+                done = {r[0] for r in await conn.fetch("SELECT version FROM schema_migrations")}
+                for version, script in schema.migrations(schema.POSTGRES):
+                    if version not in done:
+                        await self._apply(conn, version, script)
+                # code, not schema: replaced on every start, so it always matches this berth
+                await conn.execute(_CLAIM_FUNCTION)
+            finally:
+                await conn.execute("SELECT pg_advisory_unlock($1)", _MIGRATE_LOCK)
+
+    @staticmethod
+    async def _apply(conn: Conn, version: int, script: str) -> None:
+        async with conn.transaction():
+            for stmt in schema.statements(script):
+                await conn.execute(stmt)
+            await conn.execute(
+                "INSERT INTO schema_migrations (version, applied_at) VALUES ($1, $2)",
+                version,
+                time.time(),
+            )
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            pool, self._pool = self._pool, None
+            await pool.close()
+
+
+# The claim: the oldest ready queued rows of one workspace, through the partial index
+# deliveries_queued (workspace_id, seq) WHERE status = 'queued'. SKIP LOCKED passes over
+# rows another transaction is changing (a cancel, a retry) instead of waiting for it.
+async def _no_reset(conn: Conn) -> None:
+    """The pool's reset on release: nothing to undo. berth leaves no session state on a
+    connection (no LISTEN, cursors, SET, or session locks outside migrate(), which unlocks in
+    `finally`); asyncpg's default reset costs a round trip per operation."""
+
+
+# Which rows a claim takes: over the partial index deliveries_queued (workspace_id, seq)
+# WHERE status = 'queued', however many finished rows the table holds.
+_PICK = (
+    "SELECT seq FROM deliveries WHERE workspace_id = {ws} AND status = '" + rows.QUEUED + "' "
+    "AND not_before <= {now} ORDER BY seq LIMIT {limit} FOR UPDATE SKIP LOCKED"
+)
+
+# The claim, as one function call: the per-workspace lock (capacity across replicas), the
+# in-flight count and the SKIP LOCKED claim in one round trip. Each statement of a VOLATILE
+# function takes a fresh snapshot (READ COMMITTED), so the count sees every claim committed
+# before the lock was granted. The lock key is the same as a claim in separate statements.
+_CLAIM_FUNCTION = f"""
+CREATE OR REPLACE FUNCTION berth_claim(p_ws text, p_cap integer, p_owner text, p_now double precision,
+                                       p_until double precision)
+RETURNS SETOF deliveries LANGUAGE plpgsql VOLATILE AS $$
+DECLARE n bigint;  -- NULL: uncapped
+BEGIN
+    IF p_cap IS NOT NULL THEN
+        PERFORM pg_advisory_xact_lock({_CLAIM_LOCK_CLASS}, hashtext(p_ws));
+        SELECT p_cap - count(*) INTO n FROM deliveries WHERE workspace_id = p_ws AND status = '{rows.IN_FLIGHT}';
+        IF n <= 0 THEN RETURN; END IF;
+    END IF;
+    RETURN QUERY
+    WITH picked AS (
+        {_PICK.format(ws="p_ws", now="p_now", limit="n")}
+    ), moved AS (
+        UPDATE deliveries AS d
+        SET status = '{rows.IN_FLIGHT}', lease_owner = p_owner, lease_until = p_until, forwards = d.forwards + 1,
+            first_forwarded_at = COALESCE(d.first_forwarded_at, p_now), updated_at = p_now
+        FROM picked WHERE d.seq = picked.seq
+        RETURNING d.*
+    )
+    SELECT * FROM moved;
+END $$
+"""
+
+# The claim statement the function runs, with positional parameters (for EXPLAIN in tests).
+_CLAIM_SQL = f"""
+WITH picked AS ({_PICK.format(ws="$1", now="$2", limit="$3")})
+UPDATE deliveries AS d
+SET status = '{rows.IN_FLIGHT}', lease_owner = $4, lease_until = $5, forwards = d.forwards + 1,
+    first_forwarded_at = COALESCE(d.first_forwarded_at, $2), updated_at = $2
+FROM picked
+WHERE d.seq = picked.seq
+RETURNING d.*
+"""
+
+
+_ACQUIRE_TIMEOUT = 10.0
+_QUERY_TIMEOUT = 30.0
+
+
+@contextmanager
+def _reachable() -> Iterator[None]:
+    """A lost or refused connection is the service being away (503), not a bug (500)."""
+    try:
+        yield
+    except (
+        OSError,
+        TimeoutError,
+        asyncpg.PostgresConnectionError,
+        asyncpg.InterfaceError,
+        asyncpg.CannotConnectNowError,
+        asyncpg.TooManyConnectionsError,
+    ) as e:
+        raise StoreUnavailable(f"the database is unavailable: {e.__class__.__name__}: {e}") from e
+
+
+def _rowcount(status: str) -> int:
+    """The row count of an asyncpg command tag such as 'UPDATE 3' or 'DELETE 0'."""
+    return int(status.rsplit(" ", 1)[-1])
+
+
+def _by_seq(got: Sequence[Any]) -> list[Delivery]:
+    return sorted((rows.d_from_row(r) for r in got), key=lambda d: d.seq)

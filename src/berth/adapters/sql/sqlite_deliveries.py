@@ -1,0 +1,314 @@
+"""The delivery log's rows on SQLite (the DeliveryStore port).
+
+Hot queries name their partial index (INDEXED BY): without ANALYZE statistics SQLite's
+planner prefers the full (workspace_id, seq) index, which walks every finished delivery
+of the workspace: 2.5 ms per claim with 4,000 of them, found with py-spy.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+
+from berth.adapters.sql import rows
+from berth.adapters.sql.sqlite_base import SqliteBase
+from berth.domain.delivery import FINAL, Delivery, DeliveryStatus, sources
+from berth.domain.errors import NotFound
+from berth.ports import Settle
+
+D = DeliveryStatus
+_EXPIRES_FROM = rows.single(sources(D.EXPIRED))  # through the index of queued rows
+__all__ = ["SqliteDeliveries"]
+
+
+class SqliteDeliveries(SqliteBase):
+    # deliveries ------------------------------------------------------------
+    async def accept(self, d: Delivery) -> tuple[Delivery, bool]:
+        p = rows.d_params(d)
+        sql = (
+            f"INSERT INTO deliveries ({', '.join(p)}) VALUES ({', '.join(':' + k for k in p)}) "
+            "ON CONFLICT (workspace_id, message_id) DO NOTHING RETURNING *"
+        )
+
+        def go(c: sqlite3.Connection) -> tuple[Delivery, bool]:
+            row = c.execute(sql, p).fetchone()
+            if row is not None:
+                return rows.d_from_row(row), True
+            row = c.execute(
+                "SELECT * FROM deliveries WHERE workspace_id = ? AND message_id = ?",
+                (d.workspace_id, d.message_id),
+            ).fetchone()
+            return rows.d_from_row(row), False
+
+        return await self._hot(go)
+
+    async def get_delivery(self, delivery_id: str) -> Delivery:
+        def go(c: sqlite3.Connection) -> Delivery:
+            row = c.execute("SELECT * FROM deliveries WHERE id = ?", (delivery_id,)).fetchone()
+            if row is None:
+                raise NotFound(f"no delivery {delivery_id!r}", code="delivery_not_found")
+            return rows.d_from_row(row)
+
+        return await self._hot(go, write=False)
+
+    async def find_delivery(self, workspace_id: str, message_id: str) -> Delivery | None:
+        def go(c: sqlite3.Connection) -> Delivery | None:
+            row = c.execute(
+                "SELECT * FROM deliveries WHERE workspace_id = ? AND message_id = ?",
+                (workspace_id, message_id),
+            ).fetchone()
+            return None if row is None else rows.d_from_row(row)
+
+        return await self._hot(go, write=False)
+
+    async def claim(
+        self,
+        workspace_id: str,
+        *,
+        capacity: int | None,
+        owner: str,
+        lease_seconds: float,
+        now: float,
+    ) -> list[Delivery]:
+        def go(c: sqlite3.Connection) -> list[Delivery]:
+            limit = -1
+            if capacity is not None:
+                busy = c.execute(
+                    "SELECT count(*) FROM deliveries INDEXED BY deliveries_in_flight "
+                    f"WHERE workspace_id = ? AND status = '{rows.IN_FLIGHT}'",
+                    (workspace_id,),
+                ).fetchone()[0]
+                limit = capacity - busy
+                if limit <= 0:
+                    return []
+            got = c.execute(
+                f"UPDATE deliveries SET status = '{rows.IN_FLIGHT}', lease_owner = :owner, lease_until = :until, "
+                "forwards = forwards + 1, first_forwarded_at = COALESCE(first_forwarded_at, :now), "
+                "updated_at = :now WHERE seq IN (SELECT seq FROM deliveries INDEXED BY deliveries_queued WHERE workspace_id = :ws "
+                f"AND status = '{rows.QUEUED}' AND not_before <= :now ORDER BY seq LIMIT :limit) RETURNING *",
+                {
+                    "owner": owner,
+                    "until": now + lease_seconds,
+                    "now": now,
+                    "ws": workspace_id,
+                    "limit": limit,
+                },
+            ).fetchall()
+            return sorted((rows.d_from_row(r) for r in got), key=lambda d: d.seq)
+
+        return await self._hot(go)
+
+    async def renew(self, owner: str, ids: list[str], lease_until: float) -> int:
+        if not ids:
+            return 0
+        marks = ", ".join("?" * len(ids))
+        return await self._hot(
+            lambda c: (
+                c.execute(
+                    f"UPDATE deliveries SET lease_until = ? WHERE status = '{rows.IN_FLIGHT}' AND lease_owner = ? "
+                    f"AND id IN ({marks})",
+                    (lease_until, owner, *ids),
+                ).rowcount
+            )
+        )
+
+    async def settle(
+        self, delivery_id: str, owner: str, how: Settle, now: float
+    ) -> Delivery | None:
+        sets = (
+            "status = :status, attempts = attempts + :inc, reason = :reason, not_before = :nb, "
+            "lease_owner = NULL, lease_until = NULL, updated_at = :now, finished_at = :fin"
+        )
+        if how.reply is not None:
+            sets += ", reply = :reply, reply_status = :rs"
+        params = {
+            "status": how.status.value,
+            "inc": int(how.count_attempt),
+            "reason": how.reason,
+            "nb": how.not_before,
+            "now": now,
+            "fin": now if how.status in FINAL else None,
+            "reply": how.reply,
+            "rs": how.reply_status,
+            "id": delivery_id,
+            "owner": owner,
+        }
+
+        def go(c: sqlite3.Connection) -> Delivery | None:
+            row = c.execute(
+                f"UPDATE deliveries SET {sets} WHERE id = :id AND status = '{rows.IN_FLIGHT}' "
+                "AND lease_owner = :owner RETURNING *",
+                params,
+            ).fetchone()
+            return None if row is None else rows.d_from_row(row)
+
+        return await self._hot(go)
+
+    async def requeue_in_flight(self, workspace_id: str | None = None) -> list[str]:
+        where, args = ("AND workspace_id = ?", (workspace_id,)) if workspace_id else ("", ())
+        return await self._run(
+            lambda c: [
+                r[0]
+                for r in c.execute(
+                    f"UPDATE deliveries INDEXED BY deliveries_lease SET status = '{rows.QUEUED}', lease_owner = NULL, "
+                    f"lease_until = NULL WHERE status = '{rows.IN_FLIGHT}' {where} RETURNING id",
+                    args,
+                )
+            ]
+        )
+
+    async def requeue_expired(self, now: float) -> list[Delivery]:
+        return await self._run(
+            lambda c: [
+                rows.d_from_row(r)
+                for r in c.execute(
+                    f"UPDATE deliveries INDEXED BY deliveries_lease SET status = '{rows.QUEUED}', lease_owner = NULL, "
+                    f"lease_until = NULL, reason = 'lease expired: redelivered' WHERE status = '{rows.IN_FLIGHT}' AND lease_until < ? "
+                    "RETURNING *",
+                    (now,),
+                )
+            ]
+        )
+
+    async def finish(
+        self,
+        delivery_id: str,
+        to: DeliveryStatus,
+        *,
+        only_from: frozenset[DeliveryStatus],
+        now: float,
+        reason: str,
+    ) -> Delivery | None:
+        def go(c: sqlite3.Connection) -> Delivery | None:
+            row = c.execute(
+                f"UPDATE deliveries SET status = ?, reason = ?, finished_at = ?, updated_at = ?, "
+                f"lease_owner = NULL, lease_until = NULL "
+                f"WHERE id = ? AND status IN {rows.sql_set(only_from)} RETURNING *",
+                (to.value, reason, now, now, delivery_id),
+            ).fetchone()
+            return None if row is None else rows.d_from_row(row)
+
+        return await self._run(go)
+
+    async def finish_all(
+        self,
+        workspace_id: str,
+        to: DeliveryStatus,
+        *,
+        only_from: frozenset[DeliveryStatus],
+        now: float,
+        reason: str,
+    ) -> list[Delivery]:
+        def go(c: sqlite3.Connection) -> list[Delivery]:
+            got = c.execute(
+                f"UPDATE deliveries SET status = ?, reason = ?, finished_at = ?, updated_at = ?, "
+                f"lease_owner = NULL, lease_until = NULL "
+                f"WHERE workspace_id = ? AND status IN {rows.sql_set(only_from)} RETURNING *",
+                (to.value, reason, now, now, workspace_id),
+            )
+            return sorted((rows.d_from_row(r) for r in got), key=lambda d: d.seq)
+
+        return await self._run(go)
+
+    async def requeue(
+        self,
+        delivery_id: str,
+        *,
+        only_from: frozenset[DeliveryStatus],
+        now: float,
+        reason: str,
+    ) -> Delivery | None:
+        def go(c: sqlite3.Connection) -> Delivery | None:
+            cur = c.execute(
+                f"SELECT * FROM deliveries WHERE id = ? AND status IN {rows.sql_set(only_from)}",
+                (delivery_id,),
+            ).fetchone()
+            if cur is None:
+                return None
+            # To the back of the queue: a new sequence number (seq is the rowid).
+            c.execute("DELETE FROM deliveries WHERE id = ?", (delivery_id,))
+            d = rows.d_from_row(cur)
+            d.status, d.attempts, d.reason, d.finished_at = D.QUEUED, 0, reason, None
+            d.not_before, d.updated_at = 0.0, now
+            p = rows.d_params(d)
+            row = c.execute(
+                f"INSERT INTO deliveries ({', '.join(p)}) VALUES "
+                f"({', '.join(':' + k for k in p)}) RETURNING *",
+                p,
+            ).fetchone()
+            return rows.d_from_row(row)
+
+        return await self._run(go)
+
+    async def expire_due(self, now: float) -> list[Delivery]:
+        return await self._run(
+            lambda c: [
+                rows.d_from_row(r)
+                for r in c.execute(
+                    f"UPDATE deliveries INDEXED BY deliveries_queued SET status = '{rows.EXPIRED}', reason = 'ttl passed', "
+                    "finished_at = ?, updated_at = ? "
+                    f"WHERE status = '{_EXPIRES_FROM}' AND expires_at IS NOT NULL AND expires_at <= ? RETURNING *",
+                    (now, now, now),
+                )
+            ]
+        )
+
+    async def list_deliveries(
+        self,
+        workspace_id: str,
+        status: DeliveryStatus | None = None,
+        limit: int = 100,
+    ) -> list[Delivery]:
+        where, args = "workspace_id = ?", [workspace_id]
+        if status is not None:
+            where += " AND status = ?"
+            args.append(status.value)
+
+        def go(c: sqlite3.Connection) -> list[Delivery]:
+            got = c.execute(
+                f"SELECT * FROM deliveries WHERE {where} ORDER BY seq DESC LIMIT ?", (*args, limit)
+            ).fetchall()
+            return [rows.d_from_row(r) for r in reversed(got)]
+
+        return await self._run(go, write=False)
+
+    async def pending(self, workspace_id: str) -> tuple[int, int]:
+        def go(c: sqlite3.Connection) -> tuple[int, int]:
+            row = c.execute(
+                "SELECT (SELECT count(*) FROM deliveries INDEXED BY deliveries_queued "
+                f"WHERE workspace_id = ? AND status = '{rows.QUEUED}'), "
+                "(SELECT count(*) FROM deliveries INDEXED BY deliveries_in_flight "
+                f"WHERE workspace_id = ? AND status = '{rows.IN_FLIGHT}')",
+                (workspace_id, workspace_id),
+            ).fetchone()
+            return int(row[0]), int(row[1])
+
+        return await self._hot(go, write=False)
+
+    async def queue_head(self, workspace_id: str) -> float | None:
+        def go(c: sqlite3.Connection) -> float | None:
+            row = c.execute(
+                "SELECT created_at FROM deliveries INDEXED BY deliveries_queued "
+                f"WHERE workspace_id = ? AND status = '{rows.QUEUED}' ORDER BY seq LIMIT 1",
+                (workspace_id,),
+            ).fetchone()
+            return None if row is None else float(row[0])
+
+        return await self._hot(go, write=False)
+
+    async def prune_finished(self, before: float) -> int:
+        """In batches of 1,000 rows, each its own short transaction, so the loop's hot path
+        never waits long for the write lock however much there is to prune."""
+        total = 0
+        while True:
+            n = await self._run(
+                lambda c: (
+                    c.execute(
+                        "DELETE FROM deliveries WHERE seq IN (SELECT seq FROM deliveries INDEXED BY deliveries_finished "
+                        f"WHERE status IN {rows.sql_set(FINAL)} AND finished_at < ? LIMIT 1000)",
+                        (before,),
+                    ).rowcount
+                )
+            )
+            total += n
+            if n < 1000:
+                return total

@@ -1,0 +1,298 @@
+"""The delivery log as one service: every write to a delivery goes through here.
+
+It checks each move against `domain.delivery` before writing, takes the allowed source
+statuses of every conditional write from there (adapters never re-type them), and
+publishes each outcome itself: new work to the dispatchers (this replica's directly,
+others' through the bus), final deliveries to waiting callers, metrics and events. No
+caller has to remember to tell anyone that a delivery moved.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from berth.domain.delivery import (
+    CANCELABLE,
+    PENDING,
+    RETRYABLE,
+    Delivery,
+    DeliveryStatus,
+    QueueLimit,
+    check_move,
+)
+from berth.domain.errors import Conflict, Overloaded
+from berth.domain.workspace import Workspace
+from berth.metrics import Metrics
+from berth.ports import Bus, DeliveryStore, Settle
+from berth.services.events import DONE_TOPIC, WORK_TOPIC, Events
+from berth.services.streams import stream_topic
+from berth.services.waiters import Waiters
+from berth.wire import STREAM_METHODS
+
+log = logging.getLogger("berth.delivery_log")
+ADMISSION_REFRESH = 0.25  # seconds an admission decision may rely on a read of the queue
+
+
+@dataclass
+class Backlog:
+    queued: int
+    in_flight: int
+    oldest_wait: float | None  # seconds the queue's head has waited, when it was read
+    read_at: float
+
+
+D = DeliveryStatus
+__all__ = ["DeliveryLog"]
+
+
+def _names(statuses: frozenset[DeliveryStatus]) -> str:
+    return " or ".join(sorted(s.value for s in statuses))
+
+
+class DeliveryLog:
+    def __init__(
+        self,
+        store: DeliveryStore,
+        bus: Bus,
+        events: Events,
+        metrics: Metrics,
+        *,
+        replica: str,
+        sole: bool,
+        poll_seconds: float = 2.0,
+        clock: Callable[[], float] = time.time,
+        name_of: Callable[[str], str] = str,
+    ) -> None:
+        self._name_of = name_of  # a workspace's name for metric labels (default: its id)
+        self._now = clock
+        self._store = store
+        self._events = events
+        self._metrics = metrics
+        self.replica = replica
+        # The only replica on this log (SQLite): no other dispatcher needs telling.
+        self._sole = sole
+        self._waiters = Waiters(store, bus, poll_seconds)
+        self._on_work: list[Callable[[str], None]] = []
+        self._backlog: dict[str, Backlog] = {}
+
+    def on_work(self, fn: Callable[[str], None]) -> None:
+        """Call `fn(workspace_id)` whenever this replica learns a workspace may have work."""
+        self._on_work.append(fn)
+
+    async def _announce(self, ws_id: str) -> None:
+        for fn in self._on_work:
+            fn(ws_id)
+        if not self._sole:
+            await self._events.signal(WORK_TOPIC, workspace_id=ws_id, replica=self.replica)
+
+    async def _finished(self, d: Delivery) -> None:
+        name = self._name_of(d.workspace_id)
+        self._metrics.inc("berth_deliveries_total", workspace=name, outcome=d.status.value)
+        if d.finished_at is not None:
+            self._metrics.observe(
+                "berth_delivery_seconds",
+                d.finished_at - d.created_at,
+                workspace=name,
+                exemplar={"delivery_id": d.id},
+            )
+        self._waiters.resolve(d)
+        await self._events.signal(DONE_TOPIC, id=d.id, workspace_id=d.workspace_id)
+        if d.method in STREAM_METHODS:
+            await self._events.signal(stream_topic(d.id), t="final", status=d.status.value)
+        self._events.flow(
+            f"delivery.{d.status.value}",
+            delivery_id=d.id,
+            workspace_id=d.workspace_id,
+            message_id=d.message_id,
+        )
+        if d.status is not D.DONE:
+            await self._events.emit(
+                f"delivery.{d.status.value}",
+                delivery_id=d.id,
+                workspace_id=d.workspace_id,
+                message_id=d.message_id,
+                reason=d.reason,
+            )
+
+    # reads ----------------------------------------------------------------
+    async def get(self, delivery_id: str) -> Delivery:
+        return await self._store.get_delivery(delivery_id)
+
+    async def find(self, workspace_id: str, message_id: str) -> Delivery | None:
+        return await self._store.find_delivery(workspace_id, message_id)
+
+    async def recent(
+        self, workspace_id: str, status: DeliveryStatus | None = None, limit: int = 100
+    ) -> list[Delivery]:
+        return await self._store.list_deliveries(workspace_id, status, limit)
+
+    async def wait(
+        self, delivery_id: str, timeout: float, *, fresh: bool = False
+    ) -> Delivery | None:
+        """The delivery once final, or None when `timeout` passes first."""
+        return await self._waiters.wait(delivery_id, timeout, fresh=fresh)
+
+    async def listen(self) -> None:
+        """Resolve local waiters when another replica settles a delivery (a background loop)."""
+        await self._waiters.listen()
+
+    # the message's path ---------------------------------------------------
+    async def accept(
+        self, d: Delivery, *, workspace_name: str, limit: QueueLimit | None = None
+    ) -> tuple[Delivery, bool]:
+        """Into the log (from here on the message cannot be lost), or the existing delivery
+        of the same (workspace, messageId). Returns (delivery, created).
+
+        With a `limit`, a new message to a workspace whose queue is over it is refused
+        (Overloaded: 429 at the edge); a message already accepted is never refused, so a
+        caller retrying an accepted send still gets its reply."""
+        if limit is not None:
+            why = await self._over(d.workspace_id, limit)
+            if why is not None:
+                existing = await self._store.find_delivery(d.workspace_id, d.message_id)
+                if existing is not None:
+                    return existing, False
+                self._metrics.inc("berth_admission_refused_total", workspace=workspace_name)
+                raise Overloaded(
+                    f"workspace {workspace_name} is overloaded: {why}; try again later"
+                )
+        stored, created = await self._store.accept(d)
+        if created:
+            self._metrics.inc("berth_deliveries_accepted_total", workspace=workspace_name)
+            backlog = self._backlog.get(d.workspace_id)
+            if backlog is not None:
+                backlog.queued += 1
+            self._events.flow(
+                "delivery.accepted",
+                delivery_id=stored.id,
+                workspace_id=stored.workspace_id,
+                message_id=stored.message_id,
+            )
+            await self._announce(stored.workspace_id)
+        return stored, created
+
+    async def status_of(self, ws: Workspace) -> dict[str, Any]:
+        """The workspace's public record with its queue: depth, in flight, age."""
+        b = await self.backlog(ws.id)
+        return ws.public(b.queued, b.in_flight, b.oldest_wait)
+
+    async def backlog(self, workspace_id: str) -> Backlog:
+        """How much waits in a workspace's queue and for how long (read fresh)."""
+        queued, in_flight = await self._store.pending(workspace_id)
+        head = await self._store.queue_head(workspace_id)
+        now = self._now()
+        b = Backlog(queued, in_flight, None if head is None else max(0.0, now - head), now)
+        self._backlog[workspace_id] = b
+        return b
+
+    async def _over(self, workspace_id: str, limit: QueueLimit) -> str | None:
+        """Why the queue refuses new messages, or None. Reads the store at most every
+        ADMISSION_REFRESH seconds per workspace (counting this replica's accepts between
+        reads), so admission costs the hot path almost nothing."""
+        b = self._backlog.get(workspace_id)
+        now = self._now()
+        if b is None or now - b.read_at > ADMISSION_REFRESH:
+            b = await self.backlog(workspace_id)
+        wait = None if b.oldest_wait is None else b.oldest_wait + (now - b.read_at)
+        return limit.refusal(b.queued, wait)
+
+    async def claim(
+        self, workspace_id: str, *, capacity: int | None, lease_seconds: float
+    ) -> list[Delivery]:
+        got = await self._store.claim(
+            workspace_id,
+            capacity=capacity,
+            owner=self.replica,
+            lease_seconds=lease_seconds,
+            now=self._now(),
+        )
+        for d in got:
+            self._events.flow(
+                "delivery.forwarded",
+                delivery_id=d.id,
+                workspace_id=d.workspace_id,
+                message_id=d.message_id,
+                forward=d.forwards,
+            )
+        return got
+
+    async def renew(self, ids: list[str], lease_seconds: float) -> int:
+        return await self._store.renew(self.replica, ids, self._now() + lease_seconds)
+
+    async def settle(self, d: Delivery, how: Settle) -> Delivery | None:
+        """End this replica's attempt at a claimed delivery; None when the lease was lost
+        (a restart requeued it, or another replica took it over)."""
+        check_move(D.IN_FLIGHT, how.status)
+        settled = await self._store.settle(d.id, self.replica, how, self._now())
+        if settled is not None and settled.status.final:
+            await self._finished(settled)
+        return settled
+
+    # returning work to the queue ---------------------------------------------
+    async def requeue_in_flight(self, workspace_id: str | None) -> list[str]:
+        """Everything in flight (of one workspace, or all: berth's own restart on SQLite)
+        back to the queue, attempts unchanged, original order."""
+        ids = await self._store.requeue_in_flight(workspace_id)
+        if ids and workspace_id is not None:
+            await self._announce(workspace_id)
+        return ids
+
+    async def requeue_expired(self) -> list[Delivery]:
+        got = await self._store.requeue_expired(self._now())
+        for ws_id in dict.fromkeys(d.workspace_id for d in got):
+            await self._announce(ws_id)
+        return got
+
+    async def retry(self, delivery_id: str) -> Delivery:
+        """An operator's retry of a finished delivery: to the back of the queue."""
+        d = await self._store.requeue(
+            delivery_id, only_from=RETRYABLE, now=self._now(), reason="retried by an operator"
+        )
+        if d is None:
+            current = await self._store.get_delivery(delivery_id)  # NotFound if none
+            raise Conflict(
+                f"only a {_names(RETRYABLE)} delivery can be retried; this one is "
+                f"{current.status.value}",
+                code="not_retryable",
+            )
+        await self._announce(d.workspace_id)
+        return d
+
+    # ending deliveries that were not delivered --------------------------------
+    async def cancel(self, delivery_id: str, reason: str) -> Delivery:
+        """Cancel a delivery no agent has yet."""
+        d = await self._store.finish(
+            delivery_id, D.CANCELED, only_from=CANCELABLE, now=self._now(), reason=reason
+        )
+        if d is None:
+            current = await self._store.get_delivery(delivery_id)  # NotFound if none
+            raise Conflict(
+                f"only a {_names(CANCELABLE)} delivery can be canceled; this one is "
+                f"{current.status.value}",
+                code="not_cancelable",
+            )
+        await self._finished(d)
+        return d
+
+    async def cancel_pending(self, workspace_id: str, reason: str) -> list[Delivery]:
+        """Cancel every delivery of a workspace that is not final (its removal)."""
+        got = await self._store.finish_all(
+            workspace_id, D.CANCELED, only_from=PENDING, now=self._now(), reason=reason
+        )
+        for d in got:
+            await self._finished(d)
+        return got
+
+    async def expire_due(self) -> list[Delivery]:
+        got = await self._store.expire_due(self._now())
+        for d in got:
+            await self._finished(d)
+        return got
+
+    async def prune(self, before: float) -> int:
+        """Delete finished deliveries older than `before` (retention)."""
+        return await self._store.prune_finished(before)

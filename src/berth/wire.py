@@ -1,0 +1,142 @@
+"""What berth knows of the A2A wire, in one place, shared by the server and the agent SDK.
+
+Standard library only: the SDK imports it without pulling in anything of the server.
+
+The DRAINING refusal, as an agent answers a send while draining (HTTP 200):
+
+    {"jsonrpc": "2.0", "id": <id>, "error": {"code": -32603, "message": "agent is draining ...",
+     "data": {"reason": "DRAINING", "retryAfterSeconds": "5"}}}
+
+The drain signal's answer: {"jsonrpc": "2.0", "id": <id>, "result": {"drained": bool,
+"in_flight": int, "completed": [messageId], "unfinished": [messageId]}}.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+__all__ = [
+    "CANCEL_METHODS",
+    "INTERNAL_ERROR",
+    "INVALID_PARAMS",
+    "INVALID_REQUEST",
+    "PARSE_ERROR",
+    "RETRY_AFTER",
+    "SEND_METHODS",
+    "STREAM_METHODS",
+    "SUBSCRIBE_METHODS",
+    "TASK_NOT_FOUND",
+    "container_name",
+    "draining_error",
+    "is_draining_error",
+    "is_terminal_event",
+    "rpc_error",
+    "rpc_result",
+]
+
+# Method names, A2A 0.3 (slash) and 1.0 (PascalCase) vocabularies.
+SEND_METHODS = frozenset({"message/send", "SendMessage"})
+STREAM_METHODS = frozenset({"message/stream", "SendStreamingMessage"})
+SUBSCRIBE_METHODS = frozenset({"tasks/resubscribe", "SubscribeToTask"})
+CANCEL_METHODS = frozenset({"tasks/cancel", "CancelTask"})
+
+# JSON-RPC 2.0 error codes berth answers with (and A2A's TaskNotFound).
+PARSE_ERROR = -32700
+INVALID_REQUEST = -32600
+INVALID_PARAMS = -32602
+INTERNAL_ERROR = -32603
+TASK_NOT_FOUND = -32001
+
+RETRY_AFTER = "5"
+
+# Task states after which a stream ends (terminal or interrupted), both vocabularies.
+_TERMINAL = frozenset(
+    {
+        "TASK_STATE_COMPLETED",
+        "TASK_STATE_FAILED",
+        "TASK_STATE_CANCELED",
+        "TASK_STATE_REJECTED",
+        "TASK_STATE_INPUT_REQUIRED",
+        "TASK_STATE_AUTH_REQUIRED",
+        "completed",
+        "failed",
+        "canceled",
+        "rejected",
+        "input-required",
+        "auth-required",
+    }
+)
+
+
+def container_name(workspace_id: str) -> str:
+    """The Docker container (and network alias) of a workspace: `ws-<id[:12]>`."""
+    return f"ws-{workspace_id[:12]}"
+
+
+def rpc_result(request_id: Any, result: Any) -> bytes:
+    return json.dumps({"jsonrpc": "2.0", "id": request_id, "result": result}).encode()
+
+
+def rpc_error(request_id: Any, code: int, message: str, data: Any = None) -> bytes:
+    err: dict[str, Any] = {"code": code, "message": message}
+    if data is not None:
+        err["data"] = data
+    return json.dumps({"jsonrpc": "2.0", "id": request_id, "error": err}).encode()
+
+
+def draining_error(request_id: Any) -> bytes:
+    return rpc_error(
+        request_id,
+        INTERNAL_ERROR,
+        "agent is draining for a restart; send again after it",
+        {"reason": "DRAINING", "retryAfterSeconds": RETRY_AFTER},
+    )
+
+
+def is_draining_error(error: Any) -> bool:
+    """True for the SDK's refusal while draining: JSON-RPC -32603 whose data carries
+    reason DRAINING, as an object or inside a list of google.rpc.ErrorInfo entries."""
+    if not isinstance(error, dict):
+        return False
+    data = error.get("data")
+    for item in data if isinstance(data, list) else [data]:
+        if isinstance(item, dict) and (
+            item.get("reason") == "DRAINING"
+            or (
+                isinstance(item.get("metadata"), dict)
+                and item["metadata"].get("reason") == "DRAINING"
+            )
+        ):
+            return True
+    return False
+
+
+def is_terminal_event(data: bytes) -> bool:
+    """True if this JSON-RPC stream event ends the stream: an error, a Message, or a task
+    or status update in a terminal or interrupted state (A2A 1.0 and 0.3 shapes)."""
+    try:
+        doc = json.loads(data)
+    except ValueError:
+        return False
+    if not isinstance(doc, dict):
+        return False
+    if "error" in doc:
+        return True
+    res = doc.get("result")
+    if not isinstance(res, dict):
+        return False
+    if "message" in res or res.get("kind") == "message":
+        return True
+    if res.get("final") is True:
+        return True
+    for key in ("task", "statusUpdate"):
+        inner = res.get(key)
+        if isinstance(inner, dict) and _state(inner) in _TERMINAL:
+            return True
+    return res.get("kind") in ("task", "status-update") and _state(res) in _TERMINAL
+
+
+def _state(obj: dict[str, Any]) -> str | None:
+    status = obj.get("status")
+    return status.get("state") if isinstance(status, dict) else None

@@ -1,0 +1,248 @@
+"""Restarts, joins, pause/resume, crash policy and removal at the service layer."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import pytest
+
+from berth.api.errors import rpc_error_response
+from berth.domain.delivery import DeliveryStatus as D
+from berth.domain.errors import Conflict, IllegalTransition, InvalidInput, Unavailable
+from berth.domain.lifecycle import WorkspaceState as S
+from berth.domain.restart import Phase, Trigger
+from berth.services.supervisor import Supervisor
+from tests.service.fakes import world
+
+
+async def _until(pred: Any, timeout: float = 5.0) -> None:
+    for _ in range(int(timeout / 0.02)):
+        if await pred() if asyncio.iscoroutinefunction(pred) else pred():
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError("condition not met in time")
+
+
+async def _finished(w: Any, ws_id: str, restart_id: str) -> Any:
+    async def done() -> bool:
+        r = await w.c.store.get_restart(ws_id, restart_id)
+        return r.finished
+
+    await _until(done)
+    return await w.c.store.get_restart(ws_id, restart_id)
+
+
+async def test_a_restart_drains_runs_every_phase_and_replays_held_messages_in_order() -> None:
+    async with world() as w:
+        ws = await w.create("a")
+        old = w.agent(ws)
+        running = asyncio.ensure_future(w.send(ws, "sleep:0.3 first", message_id="m0"))
+        await _until(lambda: old.running == 1)
+        record, joined = await w.c.workspaces.restart("a", reason="deploy", drain_seconds=5)
+        assert not joined
+        held = [
+            asyncio.ensure_future(w.send(ws, f"held {i}", message_id=f"m{i}")) for i in (1, 2, 3)
+        ]
+        r = await _finished(w, ws.id, record.id)
+        assert r.phase is Phase.DONE, r.error
+        assert [p.phase for p in r.phases] == [
+            Phase.DRAINING,
+            Phase.STOPPING,
+            Phase.REQUEUE,
+            Phase.STARTING,
+            Phase.REPLAY,
+        ]
+        assert old.signals and old.signals[0]["params"]["reason"] == "deploy"
+        assert r.drain_report is not None and r.drain_report["mode"] == "agent"
+        assert (await running)[1]["result"]  # the in-flight message finished on the old run
+        for h in held:
+            assert "result" in (await h)[1]
+        new = w.agent(ws)
+        assert new is not old and old.executed == ["m0"] and new.executed == ["m1", "m2", "m3"]
+        assert (await w.c.roster.get(ws.id)).restart_count == 1
+
+
+async def test_a_second_request_joins_the_running_cycle() -> None:
+    async with world() as w:
+        await w.create("a")
+        first, joined1 = await w.c.workspaces.restart("a", reason=None, drain_seconds=1)
+        second, joined2 = await w.c.workspaces.restart("a", reason=None, drain_seconds=1)
+        assert (joined1, joined2) == (False, True) and second.id == first.id
+        ws = await w.c.roster.get("a")
+        r = await _finished(w, ws.id, first.id)
+        assert r.phase is Phase.DONE
+        assert w.runtime.starts[ws.id] == 2  # created once, restarted once
+
+
+async def test_pause_holds_messages_and_resume_delivers_them() -> None:
+    async with world() as w:
+        ws = await w.create("a")
+        out = await w.c.workspaces.pause("a")
+        assert out["workspace"]["status"] == "paused"
+        status, accepted, _ = await w.send(ws, "while paused", message_id="p1", wait=0)
+        assert status == 202
+        await asyncio.sleep(0.2)
+        assert (await w.c.deliveries.get(accepted["delivery_id"])).status is D.QUEUED
+        with pytest.raises(Conflict):
+            await w.c.workspaces.restart("a", reason=None, drain_seconds=None)  # paused: resume
+        await w.c.workspaces.resume("a")
+        got = await w.c.deliveries.wait(accepted["delivery_id"], 5)
+        assert got is not None and got.status is D.DONE
+        assert w.agent(ws).executed == ["p1"]
+        with pytest.raises(Conflict) as e:
+            await w.c.workspaces.resume("a")
+        assert e.value.code == "not_paused"
+
+
+async def test_a_crash_restarts_by_policy_and_redelivers_the_cut_message() -> None:
+    async with world() as w:
+        ws = await w.create("a")
+        first = w.agent(ws)
+        sent = asyncio.ensure_future(w.send(ws, "sleep:5 long", message_id="m1", wait=20))
+        await _until(lambda: first.running == 1)
+        w.runtime.crash(ws.id)
+        status, body, headers = await sent
+        assert body["result"]["message"]["parts"][0]["text"] == "echo: sleep:5 long"
+        d = await w.c.deliveries.get(headers["x-berth-delivery-id"])
+        assert d.status is D.DONE and d.forwards == 2 and d.attempts == 1
+        now = await w.c.roster.get(ws.id)
+        assert now.crash_count == 1 and now.state is S.ONLINE
+        assert w.agent(ws) is not first and w.agent(ws).executed == ["m1"]
+
+
+async def test_restart_policy_never_leaves_the_workspace_failed() -> None:
+    async with world() as w:
+        ws = await w.create("a", restart_policy="never")
+        w.runtime.crash(ws.id)
+        await _until(lambda: w.c.roster.peek(ws.id).state is S.FAILED)  # type: ignore[union-attr]
+        assert "never" in (w.c.roster.peek(ws.id).last_error or "")  # type: ignore[union-attr]
+
+
+async def test_a_start_that_fails_leaves_the_workspace_failed_with_its_reason() -> None:
+    async with world() as w:
+        w.runtime.fail_start.add("bad")
+        ws, _ = await w.c.workspaces.create({"name": "bad", "command": ["agent"]})
+        await _until(lambda: w.c.roster.peek(ws.id).state is S.FAILED)  # type: ignore[union-attr]
+        assert "exited with code 1" in (w.c.roster.peek(ws.id).last_error or "")  # type: ignore[union-attr]
+
+
+async def test_removal_cancels_pending_messages_and_answers_their_callers() -> None:
+    async with world() as w:
+        ws = await w.create("a")
+        await w.c.workspaces.pause("a")
+        waiting = asyncio.ensure_future(w.send(ws, "never delivered", message_id="m1", wait=10))
+        await asyncio.sleep(0.1)
+        out = await w.c.workspaces.remove("a")
+        assert [d["message_id"] for d in out["canceled"]] == ["m1"]
+        _, body, _ = await waiting
+        assert body["error"]["data"]["berth"]["status"] == "canceled"
+
+
+async def test_an_illegal_move_raises_and_changes_nothing() -> None:
+    async with world() as w:
+        ws = await w.create("a")
+        await w.c.workspaces.pause("a")
+        with pytest.raises(IllegalTransition):
+            await w.c.runner.move(await w.c.roster.get(ws.id), S.ONLINE)
+        assert (await w.c.roster.get(ws.id)).state is S.PAUSED
+
+
+async def test_the_proxy_holds_a_pass_through_until_the_workspace_is_back() -> None:
+    async with world() as w:
+        ws = await w.create("a")
+        old = w.agent(ws)
+        busy = asyncio.ensure_future(w.send(ws, "sleep:0.5 keeps the drain going"))
+        await _until(lambda: old.running == 1)
+        record, _ = await w.c.workspaces.restart("a", reason=None, drain_seconds=2)
+        await _until(lambda: w.c.roster.peek(ws.id).state is not S.ONLINE)  # type: ignore[union-attr]
+        get_task = {"jsonrpc": "2.0", "id": 3, "method": "GetTask", "params": {"id": "t"}}
+        reply = await w.c.proxy.handle(ws, json.dumps(get_task).encode(), {"x-berth-wait": "5"})
+        assert reply.status == 200 and json.loads(reply.body)["id"] == 3
+        assert w.agent(ws) is not old and w.agent(ws).received[-1]["method"] == "GetTask"
+        assert [d["method"] for d in old.received] == ["SendMessage"]
+        assert "result" in (await busy)[1]
+        r = await _finished(w, ws.id, record.id)
+        assert r.trigger is Trigger.API
+
+
+async def test_a_pass_through_gives_up_with_503_when_the_workspace_stays_away() -> None:
+    async with world() as w:
+        ws = await w.create("a")
+        await w.c.workspaces.pause("a")
+        get_task = {"jsonrpc": "2.0", "id": 3, "method": "GetTask", "params": {"id": "t"}}
+        with pytest.raises(Unavailable) as e:
+            await w.c.proxy.handle(ws, json.dumps(get_task).encode(), {"x-berth-wait": "0.2"})
+        response = rpc_error_response(e.value, 3)
+        assert response.status_code == 503 and response.headers["retry-after"] == "5"
+        assert json.loads(response.body)["error"]["data"]["reason"] == "workspace_unavailable"
+
+
+async def test_a_supervised_loop_that_dies_is_started_again() -> None:
+    runs: list[int] = []
+
+    async def loop() -> None:
+        runs.append(1)
+        if len(runs) < 3:
+            raise RuntimeError("boom")
+        await asyncio.sleep(3600)
+
+    sup = Supervisor(backoff_first=0.01)
+    sup.run("flaky", loop)
+    await _until(lambda: len(runs) == 3)
+    assert sup.restarts["flaky"] == 2 and sup.running() == ["flaky"]
+    await sup.close()
+    assert sup.running() == []
+
+
+async def test_a_message_cut_by_the_stop_is_counted_as_returned_and_runs_again() -> None:
+    async with world() as w:
+        ws = await w.create("a")
+        old = w.agent(ws)
+        sent = asyncio.ensure_future(w.send(ws, "sleep:30 long", message_id="m1", wait=20))
+        await _until(lambda: old.running == 1)
+        old.handler = None
+        record, _ = await w.c.workspaces.restart("a", reason=None, drain_seconds=0.2)
+        r = await _finished(w, ws.id, record.id)
+        assert r.phase is Phase.DONE and r.drain_report is not None
+        assert r.drain_report["drained"] is False  # the drain timed out ...
+        requeue = next(p for p in r.phases if p.phase is Phase.REQUEUE)
+        assert requeue.detail == "1 returned to the queue"  # ... and the report says so
+        w.agent(ws).handler = None
+        d = await w.c.deliveries.find(ws.id, "m1")
+        assert d is not None and d.attempts == 0  # a planned stop: no attempt counted
+        sent.cancel()
+
+
+async def test_an_idle_workspace_is_suspended_and_a_message_wakes_it() -> None:
+    async with world() as w:
+        ws = await w.create("a", idle_suspend_seconds=0.4)
+        _, body, _ = await w.send(ws, "first", message_id="m0")
+        assert "result" in body
+        first = w.agent(ws)
+        await _until(lambda: w.c.roster.peek(ws.id).state is S.SUSPENDED)  # type: ignore[union-attr]
+        assert not first.alive and first.signals  # drained, then stopped
+        assert (await w.c.workspaces.show("a"))["status"] == "suspended"
+        status, body, headers = await w.send(ws, "wake up", message_id="m1", wait=10)
+        assert status == 200 and body["result"]["message"]["parts"][0]["text"] == "echo: wake up"
+        assert w.agent(ws) is not first and w.agent(ws).executed == ["m1"]
+        restarts = await w.c.store.list_restarts(ws.id)
+        assert restarts[0].trigger is Trigger.WAKE and restarts[0].phase is Phase.DONE
+        assert (await w.c.roster.get(ws.id)).restart_count == 0  # a wake is not a restart
+
+
+async def test_a_busy_workspace_is_not_suspended() -> None:
+    async with world() as w:
+        ws = await w.create("a", idle_suspend_seconds=0.3)
+        status, body, _ = await w.send(ws, "sleep:1.2 long work", message_id="m0")
+        assert status == 200 and "result" in body  # it ran to the end: not suspended under it
+        assert w.runtime.starts[ws.id] == 1
+
+
+async def test_idle_suspend_is_refused_for_an_external_workspace() -> None:
+    async with world() as w:
+        with pytest.raises(InvalidInput):
+            await w.c.workspaces.create(
+                {"name": "x", "runtime": "external", "idle_suspend_seconds": 5}
+            )
