@@ -15,7 +15,7 @@ from typing import Any
 
 from berth.bootstrap import Container
 from berth.ports import Subscription
-from berth.services.events import EVENT_TOPIC, unpack
+from berth.services.events import BATCH_TOPIC, EVENT_TOPIC, unpack
 
 __all__ = ["EventLog"]
 log = logging.getLogger("berth.events")
@@ -58,10 +58,11 @@ class EventLog:
     async def _follow(self, sub: Subscription) -> None:
         try:
             async for topic, payload in sub:
+                flow = topic == BATCH_TOPIC  # accepted/forwarded/done: too many to log
                 for kind, data in unpack(topic, payload):
                     event = {**data, "kind": kind}
                     self.recent.append(event)
-                    if data.get("replica") in (None, self._c.settings.replica):
+                    if not flow and data.get("replica") in (None, self._c.settings.replica):
                         try:
                             self.write(event)
                         except Exception:  # noqa: BLE001 - a log line must never stop the server
