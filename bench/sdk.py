@@ -1,6 +1,7 @@
 """What `berth.sdk` costs per message over the same executor served by bare a2a-sdk.
 
-    python bench/sdk.py [--seconds 3] [--rounds 3] [--concurrency 1,16] [--profile DIR]
+    python bench/sdk.py [--paired 2000] [--no-http] [--seconds 3] [--rounds 3]
+                        [--concurrency 1,16] [--profile DIR] [--ref-src DIR]
 
 Starts two agent processes with the same trivial executor (it answers one Message) and the
 same task store (a2a-sdk's DatabaseTaskStore on SQLite, as `berth.sdk` uses):
@@ -9,10 +10,18 @@ same task store (a2a-sdk's DatabaseTaskStore on SQLite, as `berth.sdk` uses):
 - `sdk`:  `berth.sdk.build_app` (drain counting, durable dedupe by messageId, execution
   records), under the same uvicorn settings.
 
-Then drives both with the same closed-loop load (`_load.run`), alternating bare and sdk
+First, in one process (`--paired N`): both apps side by side, each message sent straight
+into bare and then sdk (order alternating) as an ASGI call, no socket; the per-message
+difference is what the SDK's path adds, and noise from the machine hits both alike.
+
+Then, over HTTP, drives both agent processes with the same closed-loop load (`_load.run`), alternating bare and sdk
 within each round so that noise from other work on the machine hits both alike, and prints
-the medians over the rounds side by side with the difference. `--profile DIR` runs the sdk
-agent under cProfile and writes DIR/sdk.prof (plus a text summary) when it stops.
+the medians over the rounds side by side with the difference, and the CPU time each agent
+process spent per message (user + system, all its threads, from /proc): a steadier measure
+of what the SDK adds than latency on a shared machine. `--profile DIR` runs the sdk agent
+under cProfile and writes DIR/sdk.prof (plus a text summary) when it stops. `--ref-src DIR`
+adds a third agent, `sdk-ref`: berth.sdk imported from DIR (e.g. an older checkout's
+`src`), to compare two versions of the SDK in the same run.
 
 Serving mode (used by the benchmark itself): `python bench/sdk.py --serve bare|sdk --port P
 --state DIR`.
@@ -40,6 +49,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _load import Result, run  # noqa: E402
 
 KINDS = ("bare", "sdk")
+SERVE_KINDS = ("bare", "sdk", "sdk-ref")
 
 
 # --- the agents -------------------------------------------------------------------------
@@ -102,7 +112,7 @@ def _sdk_app(state: Path) -> Any:
 def serve(kind: str, port: int, state: Path, profile: Path | None) -> None:
     import uvicorn
 
-    app = _bare_app(state) if kind == "bare" else _sdk_app(state)
+    app = _bare_app(state) if kind == "bare" else _sdk_app(state)  # sdk-ref: sdk from PYTHONPATH
     config = uvicorn.Config(
         app,
         host="127.0.0.1",
@@ -131,6 +141,104 @@ def serve(kind: str, port: int, state: Path, profile: Path | None) -> None:
             st.sort_stats("tottime").print_stats(40)
 
 
+# --- in one process, message by message -------------------------------------------------
+
+
+async def _asgi_post(app: Any, body: bytes) -> tuple[int, bytes]:
+    """One POST / straight into an ASGI app: no socket, no HTTP server, no client."""
+    headers = [(b"content-type", b"application/json"), (b"a2a-version", b"1.0")]
+    headers += [(b"content-length", str(len(body)).encode()), (b"host", b"127.0.0.1")]
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/",
+        "raw_path": b"/",
+        "root_path": "",
+        "query_string": b"",
+        "headers": headers,
+        "client": ("127.0.0.1", 1),
+        "server": ("127.0.0.1", 80),
+    }
+    given = False
+    status, out = 0, []
+
+    async def receive() -> dict[str, Any]:
+        nonlocal given
+        if not given:
+            given = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        await asyncio.sleep(3600)  # the caller never hangs up
+        return {"type": "http.disconnect"}
+
+    async def send(msg: dict[str, Any]) -> None:
+        nonlocal status
+        if msg["type"] == "http.response.start":
+            status = msg["status"]
+        elif msg["type"] == "http.response.body":
+            out.append(msg.get("body", b""))
+
+    await app(scope, receive, send)
+    return status, b"".join(out)
+
+
+async def paired(n: int, tmp: Path) -> None:
+    """Both apps in this process; each message goes to bare and to sdk in turn (the order
+    alternating), so that whatever else the machine does hits both alike: the per-message
+    difference is what the SDK's path adds, with no network or server in between."""
+    import orjson
+
+    apps = {"bare": _bare_app(tmp / "paired-bare"), "sdk": _sdk_app(tmp / "paired-sdk")}
+    lat: dict[str, list[float]] = {"bare": [], "sdk": []}
+    async with contextlib.AsyncExitStack() as stack:
+        for app in apps.values():
+            await stack.enter_async_context(app.router.lifespan_context(app))
+        warm = max(50, n // 10)
+        for i in range(warm + n):
+            for kind in KINDS if i % 2 == 0 else KINDS[::-1]:
+                body = orjson.dumps(_body_doc())
+                t0 = time.perf_counter()
+                status, out = await _asgi_post(apps[kind], body)
+                dt = time.perf_counter() - t0
+                if status != 200 or b'"result"' not in out:
+                    raise RuntimeError(f"{kind} answered {status}: {out[:200]!r}")
+                if i >= warm:
+                    lat[kind].append(dt)
+    diffs = sorted(y - x for x, y in zip(lat["bare"], lat["sdk"], strict=True))
+    b, s = sorted(lat["bare"]), sorted(lat["sdk"])
+
+    def q(xs: list[float], p: float) -> float:
+        return xs[min(len(xs) - 1, int(p * len(xs)))] * 1000
+
+    print(f"## in one process, {n} messages each, alternating (no network, no HTTP server)")
+    print(f"bare p50 {q(b, 0.5):.3f} ms  p99 {q(b, 0.99):.3f} ms")
+    print(f"sdk  p50 {q(s, 0.5):.3f} ms  p99 {q(s, 0.99):.3f} ms")
+    print(
+        f"sdk adds {q(s, 0.5) - q(b, 0.5):+.3f} ms p50; per-message pairs: median "
+        f"{q(diffs, 0.5):+.3f} ms, p99 {q(diffs, 0.99):+.3f} ms",
+        flush=True,
+    )
+
+
+def _body_doc() -> dict[str, Any]:
+    import uuid
+
+    return {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "SendMessage",
+        "params": {
+            "message": {
+                "role": "ROLE_USER",
+                "messageId": str(uuid.uuid4()),
+                "parts": [{"text": "bench"}],
+            }
+        },
+    }
+
+
 # --- the driver -------------------------------------------------------------------------
 
 
@@ -142,10 +250,14 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _start(kind: str, tmp: Path, profile: Path | None) -> tuple[subprocess.Popen[bytes], str]:
+def _start(
+    kind: str, tmp: Path, profile: Path | None, ref_src: str | None
+) -> tuple[subprocess.Popen[bytes], str]:
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("BERTH_")}
     env["OTEL_INSTRUMENTATION_A2A_SDK_ENABLED"] = "false"
+    if kind == "sdk-ref" and ref_src:
+        env["PYTHONPATH"] = ref_src
     cmd = [sys.executable, __file__, "--serve", kind, "--port", str(port)]
     cmd += ["--state", str(tmp / f"{kind}-state")]
     if profile is not None and kind == "sdk":
@@ -168,49 +280,83 @@ def _median(results: list[Result], f: Any) -> float:
     return float(statistics.median(f(r) for r in results))
 
 
-async def drive(args: argparse.Namespace, profile: Path | None) -> None:
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process, all threads (Linux)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def drive(args: argparse.Namespace, profile: Path | None, ref_src: str | None) -> None:
     levels = [int(x) for x in args.concurrency.split(",")]
     with tempfile.TemporaryDirectory() as t:
         tmp = Path(t)
         procs: dict[str, subprocess.Popen[bytes]] = {}
         urls: dict[str, str] = {}
+        kinds = KINDS + (("sdk-ref",) if ref_src else ())
+        cpu: dict[tuple[str, int], list[float]] = {}
+        if args.paired:
+            await paired(args.paired, tmp)
+            print()
+        if not args.http:
+            return
         try:
-            for kind in KINDS:
-                procs[kind], urls[kind] = _start(kind, tmp, profile)
+            for kind in kinds:
+                procs[kind], urls[kind] = _start(kind, tmp, profile, ref_src)
             print(
                 f"# berth.sdk vs bare a2a-sdk, same trivial executor and task store: "
                 f"{os.cpu_count()} cores, {args.rounds} rounds x {args.seconds:g} s per run"
+                + (f"; sdk-ref from {ref_src}" if ref_src else "")
             )
             got: dict[tuple[str, int], list[Result]] = {}
             for rnd in range(args.rounds):
                 for c in levels:
-                    order = KINDS if rnd % 2 == 0 else KINDS[::-1]
+                    order = kinds if rnd % 2 == 0 else kinds[::-1]
                     for kind in order:
-                        r = await run(kind, urls[kind], c, args.seconds, {})
+                        pid = procs[kind].pid
+                        await run(kind, urls[kind], c, 0.5, {}, warmup=0)  # warm-up
+                        cpu0 = _cpu_seconds(pid)
+                        # warmup=0: every message the agent handles meanwhile is counted
+                        r = await run(kind, urls[kind], c, args.seconds, {}, warmup=0)
+                        cpu.setdefault((kind, c), []).append((_cpu_seconds(pid) - cpu0) / r.n)
                         got.setdefault((kind, c), []).append(r)
-                        print(f"  round {rnd + 1}: {r.row()}", flush=True)
+                        print(
+                            f"  round {rnd + 1}: {r.row()}   cpu/msg {cpu[(kind, c)][-1] * 1000:.2f} ms",
+                            flush=True,
+                        )
             print()
-            print("| c | agent | msg/s | p50 ms | p99 ms | errors |")
-            print("|---|---|---|---|---|---|")
+            print("| c | agent | msg/s | p50 ms | p99 ms | CPU ms/msg | errors |")
+            print("|---|---|---|---|---|---|---|")
             for c in levels:
-                for kind in KINDS:
+                for kind in kinds:
                     rs = got[(kind, c)]
                     print(
                         f"| {c} | {kind} | {_median(rs, lambda r: r.rps):.0f} | "
                         f"{_median(rs, lambda r: r.pct(50)):.2f} | "
-                        f"{_median(rs, lambda r: r.pct(99)):.2f} | {sum(r.errors for r in rs)} |"
+                        f"{_median(rs, lambda r: r.pct(99)):.2f} | "
+                        f"{statistics.median(cpu[(kind, c)]) * 1000:.2f} | "
+                        f"{sum(r.errors for r in rs)} |"
                     )
             print()
             for c in levels:
-                b, s = got[("bare", c)], got[("sdk", c)]
-                # per round, sdk minus the bare run beside it; then the median of those
-                dp50 = statistics.median(y.pct(50) - x.pct(50) for x, y in zip(b, s, strict=True))
-                dp99 = statistics.median(y.pct(99) - x.pct(99) for x, y in zip(b, s, strict=True))
-                ratio = statistics.median(y.rps / x.rps for x, y in zip(b, s, strict=True))
-                print(
-                    f"c={c}: sdk adds {dp50:+.2f} ms p50, {dp99:+.2f} ms p99; "
-                    f"throughput {ratio * 100:.0f} % of bare (medians of per-round differences)"
-                )
+                b = got[("bare", c)]
+                for kind in kinds[1:]:
+                    s = got[(kind, c)]
+                    # per round, this agent minus the bare run beside it; then the median
+                    dp50 = statistics.median(
+                        y.pct(50) - x.pct(50) for x, y in zip(b, s, strict=True)
+                    )
+                    dp99 = statistics.median(
+                        y.pct(99) - x.pct(99) for x, y in zip(b, s, strict=True)
+                    )
+                    ratio = statistics.median(y.rps / x.rps for x, y in zip(b, s, strict=True))
+                    dcpu = statistics.median(
+                        y - x for x, y in zip(cpu[("bare", c)], cpu[(kind, c)], strict=True)
+                    )
+                    print(
+                        f"c={c}: {kind} adds {dp50:+.2f} ms p50, {dp99:+.2f} ms p99, "
+                        f"{dcpu * 1000:+.2f} ms CPU per message; throughput {ratio * 100:.0f} % "
+                        f"of bare (medians of per-round differences)"
+                    )
         finally:
             for p in procs.values():
                 p.send_signal(signal.SIGINT)
@@ -229,7 +375,10 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--concurrency", default="1,16")
     ap.add_argument("--profile")
-    ap.add_argument("--serve", choices=KINDS)
+    ap.add_argument("--ref-src")
+    ap.add_argument("--paired", type=int, default=2000, help="in-process messages (0: none)")
+    ap.add_argument("--no-http", dest="http", action="store_false", help="only the paired part")
+    ap.add_argument("--serve", choices=SERVE_KINDS)
     ap.add_argument("--port", type=int)
     ap.add_argument("--state")
     args = ap.parse_args()
@@ -244,7 +393,8 @@ def main() -> None:
     profile = Path(args.profile).resolve() if args.profile else None
     if profile is not None:
         profile.mkdir(parents=True, exist_ok=True)
-    asyncio.run(drive(args, profile))
+    ref = str(Path(args.ref_src).resolve()) if args.ref_src else None
+    asyncio.run(drive(args, profile, ref))
 
 
 if __name__ == "__main__":

@@ -30,9 +30,14 @@ __all__ = ["Dedupe"]
 class Dedupe:
     def __init__(self, state_dir: Path) -> None:
         state_dir.mkdir(parents=True, exist_ok=True)
+        # timeout: a process still stopping on the same state dir holds the lock until it exits
         self._db = sqlite3.connect(
-            state_dir / "dedupe.sqlite", check_same_thread=False, isolation_level=None
+            state_dir / "dedupe.sqlite", check_same_thread=False, isolation_level=None, timeout=30
         )
+        # One process owns this file. Exclusive locking, set before the first WAL access,
+        # keeps the WAL index in the process's memory (no -shm file) and the page cache valid
+        # between transactions: no lock or shared-memory calls per read or commit.
+        self._db.execute("PRAGMA locking_mode=EXCLUSIVE")
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute(

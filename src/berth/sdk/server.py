@@ -23,6 +23,7 @@ import uvicorn  # noqa: E402
 from a2a.server.agent_execution import AgentExecutor  # noqa: E402
 from a2a.server.request_handlers import DefaultRequestHandler  # noqa: E402
 from a2a.server.routes import create_agent_card_routes, create_jsonrpc_routes  # noqa: E402
+from a2a.server.tasks import TaskStore  # noqa: E402
 from a2a.types import AgentCard  # noqa: E402
 from google.protobuf.json_format import MessageToDict  # noqa: E402
 from starlette.applications import Starlette  # noqa: E402
@@ -51,6 +52,7 @@ class AgentRuntime:
     platform: Platform
     app: Starlette
     stopper: Stop
+    store: TaskStore
 
     async def stop(self) -> None:
         """End what the drain left running, with its bookkeeping, before the stores close.
@@ -185,7 +187,7 @@ def build_app(
         Route("/healthz", healthz),
     ]
     app = Starlette(routes=routes, lifespan=lifespan)
-    return AgentRuntime(ident, drain, dedupe, platform, app, stopper)
+    return AgentRuntime(ident, drain, dedupe, platform, app, stopper, store)
 
 
 class _Server(uvicorn.Server):
