@@ -46,7 +46,7 @@ from typing import Any
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _load import Result, run  # noqa: E402
+from _load import Result, body, run  # noqa: E402
 
 KINDS = ("bare", "sdk")
 SERVE_KINDS = ("bare", "sdk", "sdk-ref")
@@ -144,10 +144,10 @@ def serve(kind: str, port: int, state: Path, profile: Path | None) -> None:
 # --- in one process, message by message -------------------------------------------------
 
 
-async def _asgi_post(app: Any, body: bytes) -> tuple[int, bytes]:
+async def _asgi_post(app: Any, payload: bytes) -> tuple[int, bytes]:
     """One POST / straight into an ASGI app: no socket, no HTTP server, no client."""
     headers = [(b"content-type", b"application/json"), (b"a2a-version", b"1.0")]
-    headers += [(b"content-length", str(len(body)).encode()), (b"host", b"127.0.0.1")]
+    headers += [(b"content-length", str(len(payload)).encode()), (b"host", b"127.0.0.1")]
     scope = {
         "type": "http",
         "asgi": {"version": "3.0"},
@@ -169,7 +169,7 @@ async def _asgi_post(app: Any, body: bytes) -> tuple[int, bytes]:
         nonlocal given
         if not given:
             given = True
-            return {"type": "http.request", "body": body, "more_body": False}
+            return {"type": "http.request", "body": payload, "more_body": False}
         await asyncio.sleep(3600)  # the caller never hangs up
         return {"type": "http.disconnect"}
 
@@ -198,9 +198,9 @@ async def paired(n: int, tmp: Path) -> None:
         warm = max(50, n // 10)
         for i in range(warm + n):
             for kind in KINDS if i % 2 == 0 else KINDS[::-1]:
-                body = orjson.dumps(_body_doc())
+                doc = orjson.dumps(body("bench"))
                 t0 = time.perf_counter()
-                status, out = await _asgi_post(apps[kind], body)
+                status, out = await _asgi_post(apps[kind], doc)
                 dt = time.perf_counter() - t0
                 if status != 200 or b'"result"' not in out:
                     raise RuntimeError(f"{kind} answered {status}: {out[:200]!r}")
@@ -216,27 +216,10 @@ async def paired(n: int, tmp: Path) -> None:
     print(f"bare p50 {q(b, 0.5):.3f} ms  p99 {q(b, 0.99):.3f} ms")
     print(f"sdk  p50 {q(s, 0.5):.3f} ms  p99 {q(s, 0.99):.3f} ms")
     print(
-        f"sdk adds {q(s, 0.5) - q(b, 0.5):+.3f} ms p50; per-message pairs: median "
-        f"{q(diffs, 0.5):+.3f} ms, p99 {q(diffs, 0.99):+.3f} ms",
+        f"sdk adds {q(s, 0.5) - q(b, 0.5):+.3f} ms p50; "
+        f"median of the per-message differences {q(diffs, 0.5):+.3f} ms",
         flush=True,
     )
-
-
-def _body_doc() -> dict[str, Any]:
-    import uuid
-
-    return {
-        "jsonrpc": "2.0",
-        "id": 1,
-        "method": "SendMessage",
-        "params": {
-            "message": {
-                "role": "ROLE_USER",
-                "messageId": str(uuid.uuid4()),
-                "parts": [{"text": "bench"}],
-            }
-        },
-    }
 
 
 # --- the driver -------------------------------------------------------------------------

@@ -90,6 +90,8 @@ async def test_a_stop_mid_message_answers_draining_and_closes_the_task_first(
         assert task is not None and task.status.state == TaskState.TASK_STATE_CANCELED
         assert task.metadata.fields["berth.interrupted"].bool_value is True
         assert rt.drain.in_flight == []
+        late = (await c.post("/", json=_send("too late", "u-late"), headers=V1)).json()
+        assert late["error"]["data"]["reason"] == "DRAINING"
         await rt.stop()  # a second stop (the lifespan's) is a no-op
     assert rt.dedupe.closed
     # ... the execution is on disk as cut (not ended), so the redelivery can point to it ...

@@ -2,10 +2,11 @@
 
 The stop, after the drain (which may have run out its window with work still running):
 
-1. every send still waiting for its execution is answered with the DRAINING refusal (berth
-   holds the message and delivers it again; its response is not stored, so it runs again);
-2. a2a-sdk's handler closes (`aclose`): each execution still running is cancelled and
-   awaited, with its bookkeeping (an execution the stop cut is recorded as cut, not ended);
+1. new sends are refused (the drain, if it was not running already), and every send still
+   waiting for its execution is answered with the DRAINING refusal (berth holds the
+   message and delivers it again; its response is not stored, so it runs again);
+2. each execution still running is cancelled and awaited, with its bookkeeping (one the
+   stop cut is recorded as cut, not ended); then a2a-sdk's handler closes (`aclose`);
 3. the tasks of the cut executions are closed (`canceled`, `berth.interrupted`) while the
    task store is still open, and pending execution records are written;
 4. only then may the dedupe and task stores close (the server's lifespan does that).
@@ -133,6 +134,7 @@ class Stop:
 
     async def _stop(self) -> None:
         counted = self._counted
+        await counted.drain.drain(0)  # refuse new sends from now on (at once if drained already)
         counted.cutting = True
         for waiter, task in list(self._waiting.items()):
             # a call already done finished on its own, before anything was cut: its answer
