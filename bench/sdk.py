@@ -247,7 +247,7 @@ def _start(
         cmd += ["--profile", str(profile)]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}/"
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 120  # a busy shared machine starts Python slowly
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"{kind} agent exited with {proc.returncode}")
@@ -256,6 +256,7 @@ def _start(
                 return proc, url
         except httpx.HTTPError:
             time.sleep(0.05)
+    proc.kill()
     raise RuntimeError(f"{kind} agent did not start")
 
 

@@ -51,6 +51,7 @@ class Echo:
                     return self
             except httpx.HTTPError:
                 time.sleep(0.05)
+        self.kill9()  # never leave it running behind a failed test
         raise RuntimeError("echo did not start")
 
     def kill9(self) -> None:
