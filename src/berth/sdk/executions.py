@@ -158,6 +158,9 @@ class Stop:
             t.cancel()  # a2a-sdk may have swallowed the first cancel while its queues were open
         if left:
             await asyncio.wait(left, timeout=self._timeout)
+        for t in self._cut_calls:  # their outcome no longer matters: retrieve it, unlogged
+            if t.done() and not t.cancelled():
+                t.exception()
         counted.dedupe.flush()
         for mid, task_id in counted.cut.items():
             try:
