@@ -10,6 +10,7 @@ from starlette.responses import Response
 
 from berth.sdk.dedupe import Dedupe
 from berth.sdk.drain import Drain
+from berth.wire import is_draining_error, is_terminal_event
 
 __all__ = ["capture", "final", "replay"]
 
@@ -38,24 +39,12 @@ async def capture(
 
 
 def final(data: str) -> bool:
+    """The stream's last event, to keep as the reply: terminal (`berth.wire`), except the
+    DRAINING refusal, which is no answer to the message."""
+    if not is_terminal_event(data.encode()):
+        return False
     try:
         doc = orjson.loads(data)
     except ValueError:
         return False
-    res = doc.get("result") if isinstance(doc, dict) else None
-    if not isinstance(res, dict):
-        return "error" in doc and "DRAINING" not in data
-    if "message" in res or res.get("kind") == "message" or res.get("final") is True:
-        return True
-    for inner in (res.get("task"), res.get("statusUpdate"), res):
-        state = (inner or {}).get("status", {}).get("state", "") if isinstance(inner, dict) else ""
-        if state.replace("TASK_STATE_", "").lower().replace("_", "-") in (
-            "completed",
-            "failed",
-            "canceled",
-            "rejected",
-            "input-required",
-            "auth-required",
-        ):
-            return True
-    return False
+    return not (isinstance(doc, dict) and is_draining_error(doc.get("error")))

@@ -35,9 +35,9 @@ from berth.sdk.dedupe import Dedupe  # noqa: E402
 from berth.sdk.drain import Drain  # noqa: E402
 from berth.sdk.executions import Counted, Stop, close_cut_task  # noqa: E402
 from berth.sdk.platform import Identity, Platform  # noqa: E402
-from berth.sdk.protocol import SEND_METHODS, STREAM_METHODS, draining_error, rpc_error, rpc_result  # noqa: E402
 from berth.sdk.replies import capture, replay  # noqa: E402
 from berth.sdk.tasks import durable_task_store  # noqa: E402
+from berth.wire import SEND_METHODS, STREAM_METHODS, draining_error, rpc_error, rpc_result  # noqa: E402
 
 log = logging.getLogger("berth.sdk")
 __all__ = ["AgentRuntime", "build_app", "close_cut_task", "serve"]
