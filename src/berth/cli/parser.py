@@ -124,6 +124,26 @@ def _ws(sub: Any, common: argparse.ArgumentParser) -> None:
     c.add_argument("--memory", help="memory limit, e.g. 512m (docker)")
     c.add_argument("--cpus", type=float, metavar="N", help="CPU limit (docker)")
     c.add_argument(
+        "--max-queue",
+        type=int,
+        metavar="N",
+        help="refuse new messages (429) while N are queued (default BERTH_MAX_QUEUE, 10000)",
+    )
+    c.add_argument(
+        "--max-queue-age",
+        type=float,
+        metavar="S",
+        help="refuse new messages while the oldest queued one waited S s; 0: no limit "
+        "(default BERTH_MAX_QUEUE_AGE, 3600)",
+    )
+    c.add_argument(
+        "--idle-suspend",
+        type=float,
+        metavar="S",
+        dest="idle_suspend_seconds",
+        help="suspend after S s without messages; a message wakes it (default: never)",
+    )
+    c.add_argument(
         "--wait",
         type=float,
         default=60.0,

@@ -46,7 +46,17 @@ def create(args: argparse.Namespace, api: Api, out: Out) -> None:
         command = absolute_paths(command, Path.cwd())
     if command:
         body["command"] = command
-    for key in ("image", "url", "max_concurrency", "drain_seconds", "restart_policy", "memory"):
+    for key in (
+        "image",
+        "url",
+        "max_concurrency",
+        "drain_seconds",
+        "restart_policy",
+        "memory",
+        "max_queue",
+        "max_queue_age",
+        "idle_suspend_seconds",
+    ):
         if getattr(args, key) is not None:
             body[key] = getattr(args, key)
     if args.cpus is not None:
