@@ -24,6 +24,8 @@ What is a violation (each has a kind):
   messageId failed);
 - `error`: a caller was given an error no rule explains (the echo agent never answers
   with an error; berth's refusals and give-ups are their own outcomes);
+- `two_agents`: one workspace's agent ran in more than one place (the state dirs of two
+  replicas), which berth's ownership rule forbids (docs/operations.md);
 - `unknown_execution`: the agent ran a messageId no caller ever sent;
 - `order`: on a workspace with max_concurrency 1, message A was accepted (the caller was
   told so) before message B was sent, yet B started before A. Not a violation when A was
@@ -148,6 +150,15 @@ def check(
         elif t == "fault":
             faults.append(r)
             (rep.faults if r.get("ok", True) else rep.faults_failed)[r["kind"]] += 1
+        elif t == "agents" and len(r.get("logs") or []) > 1:
+            rep.violations.append(
+                Violation(
+                    "two_agents",
+                    r["ws"],
+                    "-",
+                    f"agents ran in {len(r['logs'])} places: {r['logs']}",
+                )
+            )
         elif t == "workspace":
             conc.setdefault(r["ws"], int(r.get("max_concurrency", 1)))
     rep.messages = len(msgs)

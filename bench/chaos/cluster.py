@@ -281,12 +281,24 @@ class Cluster:
         self.generation += 1
         b.kill9()
         await asyncio.sleep(down)
-        await b.start()
+        await self.start_berth(i)
+
+    async def start_berth(self, i: int, tries: int = 10) -> None:
+        """Start berth i, again and again while it exits at once (e.g. its database is
+        restarting: berth does not start without it)."""
+        for attempt in range(tries):
+            try:
+                await self.berths[i].start()
+                return
+            except RuntimeError:
+                if attempt == tries - 1:
+                    raise
+                await asyncio.sleep(3)
 
     async def ensure_berths(self) -> None:
-        for b in self.berths:
+        for i, b in enumerate(self.berths):
             if not b.alive:
-                await b.start()
+                await self.start_berth(i)
 
     def agents_alive(self) -> None:
         for w in self.workspaces.values():

@@ -147,7 +147,7 @@ async def run(a: argparse.Namespace) -> int:
         await _heal(cluster, history)
         await load.settle(time.time() + a.settle)
         await _quiesce(cluster, a.settle)
-        executions = _executions(cluster)
+        executions = _executions(cluster, history)
         finals = await _final_reads(cluster, history)
         say(f"final reads: {finals}")
         report = check(history.records, executions)
@@ -181,17 +181,21 @@ async def _heal(cluster: cl.Cluster, history: History) -> None:
     cluster.agents_alive()
     async with cluster.client(0) as c:
         for name in cluster.workspaces:
+            try:
+                await cluster.wait_online(c, name, 20)
+                continue
+            except RuntimeError:
+                pass
             info = (await c.get(f"/v1/workspaces/{name}")).json()
-            if info.get("status") in ("failed", "offline", "crashed"):
-                t0 = time.time()
-                r = await c.post(f"/v1/workspaces/{name}/restart", json={"reason": "chaos heal"})
-                history.fault(
-                    "heal",
-                    name,
-                    t0,
-                    ok=r.status_code == 202,
-                    detail=f"was {info.get('status')}: {info.get('last_error')}",
-                )
+            t0 = time.time()
+            r = await c.post(f"/v1/workspaces/{name}/restart", json={"reason": "chaos heal"})
+            history.fault(
+                "heal",
+                name,
+                t0,
+                ok=r.status_code == 202,
+                detail=f"{info.get('status')} 20 s after the faults: {info.get('last_error')}",
+            )
             await cluster.wait_online(c, name, 120)
 
 
@@ -207,11 +211,22 @@ async def _quiesce(cluster: cl.Cluster, timeout: float) -> None:
             await asyncio.sleep(1)
 
 
-def _executions(cluster: cl.Cluster) -> dict[str, list[tuple[str, str]]]:
+def _executions(cluster: cl.Cluster, history: History) -> dict[str, list[tuple[str, str]]]:
+    """Each workspace's agent log. A process workspace's state dir lives in the data dir of
+    the replica that runs it: every replica's is read, and more than one is recorded (the
+    checker calls two agents of one workspace a violation)."""
     out = {}
     for name, w in cluster.workspaces.items():
-        p = (w.state_dir or Path("/nonexistent")) / "executions.log"
-        out[name] = parse_executions(p.read_text()) if p.exists() else []
+        if w.spec.runtime == "external":
+            paths = [(w.state_dir or Path("/nonexistent")) / "executions.log"]
+        else:
+            paths = sorted(
+                cluster.workdir.glob(f"berth-*/workspaces/{w.id}/state/executions.log"),
+                key=lambda p: p.stat().st_mtime,
+            )
+        paths = [p for p in paths if p.exists()]
+        history.add({"type": "agents", "ws": name, "logs": [str(p) for p in paths]})
+        out[name] = [line for p in paths for line in parse_executions(p.read_text())]
     return out
 
 

@@ -182,3 +182,11 @@ def test_two_deliveries_for_one_message_id_and_unexplained_errors_are_found():
     records.append(call("w", "a", "done", 3, 3.2, reply="echo: a", delivery_id="d-2", op="dup"))
     records.append(call("w", "b", "error", 3, 3.1, detail="HTTP 400: bad"))
     assert kinds(records, ex) == ["error", "split"]
+
+
+def test_one_workspace_run_by_two_agents_is_found():
+    records, ex = clean()
+    records.append({"type": "agents", "ws": "w", "logs": ["/a/executions.log"]})
+    assert check(records, ex).ok
+    records.append({"type": "agents", "ws": "w", "logs": ["/a/x.log", "/b/x.log"]})
+    assert kinds(records, ex) == ["two_agents"]
