@@ -178,6 +178,10 @@ class Cluster:
                 await w.proxy.close()
         if self.balancer is not None:
             await self.balancer.close()
+        for w in self.workspaces.values():  # a berth killed for good leaves its agents behind
+            for pid in _agents_of(w.id):
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGKILL)
         if self.replicated:
             with contextlib.suppress(Exception):
                 await _pg(self.postgres_admin, f"DROP DATABASE IF EXISTS {self.tag} WITH (FORCE)")
@@ -304,6 +308,14 @@ class Cluster:
         for w in self.workspaces.values():
             if w.spec.runtime == "external" and (w.agent is None or w.agent.poll() is not None):
                 self.start_agent(w)
+
+
+def _agents_of(ws_id: str) -> list[int]:
+    return [
+        int(p.name)
+        for p in Path("/proc").iterdir()
+        if p.name.isdigit() and _is_agent_of(int(p.name), ws_id)
+    ]
 
 
 def _is_agent_of(pid: int, ws_id: str) -> bool:

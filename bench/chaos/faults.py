@@ -69,7 +69,7 @@ class Faults:
         """Inject until every target is reached or the deadline passes."""
         loops: list[Awaitable[None]] = []
         for kind in self.targets:
-            workers = len(self.workspaces) if kind == "restart" else 1
+            workers = {"restart": len(self.workspaces), "agent_kill": 2}.get(kind, 1)
             for _ in range(workers):
                 loops.append(self._loop(kind, deadline, workers))
         await asyncio.gather(*loops)
@@ -79,7 +79,9 @@ class Faults:
         last = 0.0
         while time.time() < deadline and self.done[kind] < self.targets[kind]:
             left = max(1, self.targets[kind] - self.done[kind])
-            gap = (deadline - time.time()) / left * workers - last
+            # aim to be done by 60 % of the time left: slow faults (a restart under load takes
+            # seconds) eat the margin, and the run ends as soon as every target is reached
+            gap = (deadline - time.time()) * 0.6 / left * workers - last
             await asyncio.sleep(max(0.05, gap * self.rng.uniform(0.3, 1.2)))
             if time.time() >= deadline or self.done[kind] >= self.targets[kind]:
                 return

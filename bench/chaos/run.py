@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import signal
 import sys
 import tempfile
 import time
@@ -110,6 +111,7 @@ async def run(a: argparse.Namespace) -> int:
     )
     say(f"workdir {workdir}")
     clients: list[httpx.AsyncClient] = []
+    load: Load | None = None
     started = time.time()
     try:
         await cluster.start()
@@ -156,9 +158,13 @@ async def run(a: argparse.Namespace) -> int:
         (workdir / "summary.txt").write_text(text)
         return 0 if report.ok else 1
     finally:
+        if load is not None:  # interrupted: stop the callers before their clients close
+            for t in list(load.tasks):
+                t.cancel()
+            await asyncio.gather(*load.tasks, return_exceptions=True)
         for c in clients:
             await c.aclose()
-        await cluster.close()
+        await asyncio.shield(cluster.close())
         if a.replicas:
             await asyncio.to_thread(cl.services_up)  # whatever happened, leave them running
         history.close()
@@ -327,7 +333,10 @@ def summary(
     for v in rep.violations[:40]:
         lines.append(f"  ! {v}")
     if rep.dead:
-        lines += ["", "ended by berth's own rules (dead after max_attempts counted crashes):"]
+        lines += [
+            "",
+            "ended by berth's own rules (dead after max_attempts counted failed forwards):",
+        ]
         lines += [f"  {ws}/{mid}: {why}" for ws, mid, why in rep.dead[:20]]
     if rep.cut:
         lines += ["", f"executions cut mid-way and run again ({len(rep.cut)} messages), first 20:"]
@@ -343,11 +352,20 @@ def summary(
     return "\n".join(lines) + "\n"
 
 
+async def _run_stoppable(a: argparse.Namespace) -> int:
+    """run(), cancelled cleanly (berths stopped, agents stopped, services up) on SIGTERM."""
+    task = asyncio.current_task()
+    assert task is not None
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+    return await run(a)
+
+
 def main(argv: list[str] | None = None) -> int:
     a = parse_args(argv)
     try:
-        return asyncio.run(run(a))
-    except KeyboardInterrupt:
+        return asyncio.run(_run_stoppable(a))
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        print("chaos run interrupted", file=sys.stderr, flush=True)
         return 2
     except Exception as e:  # the run itself failed: say so, distinctly from a violation
         print(f"chaos run failed: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
