@@ -78,7 +78,8 @@ class Message:
 
     @property
     def ack_time(self) -> float | None:
-        ts = [c["t1"] for c in self.calls if c["outcome"] in ACCEPTED]
+        # a stream is acknowledged when its headers come (`acked`), before its last event
+        ts = [c.get("acked") or c["t1"] for c in self.calls if c["outcome"] in ACCEPTED]
         return min(ts) if ts else None
 
     @property

@@ -221,8 +221,8 @@ class Load:
         err = doc.get("error", {}) if isinstance(doc, dict) else {}
         reason = (err.get("data") or {}).get("reason") if isinstance(err, dict) else None
         detail = f"HTTP {code}: {str(err.get('message', doc))[:120]}"
-        if code == 503 and reason == "store_unavailable":
-            return self._record(m, t0, "refused", detail="store_unavailable")
+        if (code == 503 and reason) or code == 429:  # not accepted: try again later
+            return self._record(m, t0, "refused", detail=f"HTTP {code} {reason or ''}".strip())
         if code >= 500:
             return self._record(m, t0, "unknown", detail=detail)
         return self._record(m, t0, "error", detail=detail, delivery_id=did)

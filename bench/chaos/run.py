@@ -295,8 +295,17 @@ async def _final_reads(cluster: cl.Cluster, history: History) -> dict[str, int]:
                 d.pop("reply", None)
             history.add({"type": "final", "ws": ws, "mid": mid, "delivery": d})
 
+    async def patiently(c: httpx.AsyncClient, ws: str, mid: str, m: dict[str, Any]) -> None:
+        for attempt in range(5):
+            try:
+                return await one(c, ws, mid, m)
+            except (httpx.HTTPError, ValueError, KeyError):
+                if attempt == 4:
+                    raise
+                await asyncio.sleep(2)
+
     async with cluster.client(0, timeout=60) as c:
-        await asyncio.gather(*(one(c, ws, mid, m) for (ws, mid), m in msgs.items()))
+        await asyncio.gather(*(patiently(c, ws, mid, m) for (ws, mid), m in msgs.items()))
     return stats
 
 

@@ -27,7 +27,7 @@ def _row(summary: str, label: str) -> list[int]:
 def test_a_short_chaos_run_has_no_violation(tmp_path: Path):
     work = tmp_path / "chaos"
     proc = subprocess.run(
-        [sys.executable, "-m", "bench.chaos", "--duration", "75", "--rate", "6"]
+        [sys.executable, "-m", "bench.chaos", "--duration", "75", "--rate", "8"]
         + ["--workspaces", "3", "--faults", "restart=12,agent_kill=3,berth_kill=1"]
         + ["--drain-seconds", "1", "--settle", "90", "--seed", "12", "--workdir", str(work)],
         cwd=REPO,
