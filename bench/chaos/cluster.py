@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -185,6 +186,29 @@ class Cluster:
         if self.replicated:
             with contextlib.suppress(Exception):
                 await _pg(self.postgres_admin, f"DROP DATABASE IF EXISTS {self.tag} WITH (FORCE)")
+
+    def terminate(self) -> None:
+        """Last resort, blocking, safe to call twice: stop every berth (SIGTERM, then
+        kill -9), kill every agent of our workspaces, drop our database."""
+        for b in self.berths:
+            if b.alive and b.proc is not None:
+                b.proc.send_signal(signal.SIGTERM)
+        for b in self.berths:
+            if b.proc is not None:
+                try:
+                    b.proc.wait(30)
+                except subprocess.TimeoutExpired:
+                    b.kill9()
+        for w in self.workspaces.values():
+            self._kill_agent(w)
+            for pid in _agents_of(w.id):
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGKILL)
+        if self.replicated:
+            sql = f"DROP DATABASE IF EXISTS {self.tag} WITH (FORCE)"
+            t = threading.Thread(target=lambda: asyncio.run(_pg(self.postgres_admin, sql)))
+            t.start()
+            t.join(60)
 
     def client(self, i: int = 0, timeout: float = 30.0) -> httpx.AsyncClient:
         return httpx.AsyncClient(

@@ -149,24 +149,36 @@ async def run(a: argparse.Namespace) -> int:
         await _heal(cluster, history)
         await load.settle(time.time() + a.settle)
         await _quiesce(cluster, a.settle)
+        stale = await _stale_restarts(cluster)
         executions = _executions(cluster, history)
         finals = await _final_reads(cluster, history)
         say(f"final reads: {finals}")
         report = check(history.records, executions)
         text = summary(report, a, targets, time.time() - started, load.sent)
+        if stale:
+            text += (
+                f"\nobserved: {len(stale)} restart records never finished (their berth was "
+                f"killed mid-cycle), e.g. {stale[:3]}\n"
+            )
         print(text, flush=True)
         (workdir / "summary.txt").write_text(text)
         return 0 if report.ok else 1
     finally:
+        if a.replicas:
+            cl.services_up()  # whatever happened, leave them running (blocking: cannot be cut)
         if load is not None:  # interrupted: stop the callers before their clients close
             for t in list(load.tasks):
                 t.cancel()
             await asyncio.gather(*load.tasks, return_exceptions=True)
         for c in clients:
             await c.aclose()
-        await asyncio.shield(cluster.close())
-        if a.replicas:
-            await asyncio.to_thread(cl.services_up)  # whatever happened, leave them running
+        try:
+            await asyncio.wait_for(cluster.close(), 120)
+        except BaseException:  # interrupted again, or stuck: the blocking way
+            cluster.terminate()
+            raise
+        finally:
+            cluster.terminate()  # a no-op when close() did its work
         history.close()
 
 
@@ -215,6 +227,21 @@ async def _quiesce(cluster: cl.Cluster, timeout: float) -> None:
                 if all(w.get("queue_depth", 0) == 0 and w.get("in_flight", 0) == 0 for w in ws):
                     return
             await asyncio.sleep(1)
+
+
+async def _stale_restarts(cluster: cl.Cluster) -> list[str]:
+    """Restart records still not done/failed once everything is quiet (ws:phase)."""
+    out = []
+    async with cluster.client(0) as c:
+        for name in cluster.workspaces:
+            with contextlib.suppress(httpx.HTTPError, ValueError, KeyError):
+                recs = (await c.get(f"/v1/workspaces/{name}/restarts?limit=500")).json()
+                out += [
+                    f"{name}:{r['phase']}"
+                    for r in recs["restarts"]
+                    if r["phase"] not in ("done", "failed")
+                ]
+    return out
 
 
 def _executions(cluster: cl.Cluster, history: History) -> dict[str, list[tuple[str, str]]]:
