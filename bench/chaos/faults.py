@@ -57,7 +57,9 @@ class Faults:
         self.log = log
         self.berth_down = asyncio.Event()  # set while a berth is being killed and restarted
         self._last_kill: dict[str, float] = {}
-        self._busy: set[str] = set()
+        self._busy: set[str] = set()  # workspaces a restart is running on
+        self._killing: set[str] = set()
+        self._pending: dict[str, int] = dict.fromkeys(self.targets, 0)
         names = list(cluster.workspaces)
         self.workspaces = names
         self.external = [n for n, w in cluster.workspaces.items() if w.spec.runtime == "external"]
@@ -77,15 +79,16 @@ class Faults:
     async def _loop(self, kind: str, deadline: float, workers: int) -> None:
         inject = getattr(self, "_" + kind)
         last = 0.0
-        while time.time() < deadline and self.done[kind] < self.targets[kind]:
+        while time.time() < deadline and self._wanted(kind):
             left = max(1, self.targets[kind] - self.done[kind])
             # aim to be done by 60 % of the time left: slow faults (a restart under load takes
             # seconds) eat the margin, and the run ends as soon as every target is reached
             gap = (deadline - time.time()) * 0.6 / left * workers - last
             await asyncio.sleep(max(0.05, gap * self.rng.uniform(0.3, 1.2)))
-            if time.time() >= deadline or self.done[kind] >= self.targets[kind]:
+            if time.time() >= deadline or not self._wanted(kind):
                 return
             t0 = time.time()
+            self._pending[kind] += 1
             try:
                 target, detail = await inject()
             except _Skip:
@@ -95,12 +98,18 @@ class Faults:
                 self.h.fault(kind, "?", t0, ok=False, detail=f"{type(e).__name__}: {e}"[:300])
                 last = time.time() - t0
                 continue
+            finally:
+                self._pending[kind] -= 1
             last = time.time() - t0
             self.done[kind] += 1
             self.h.fault(kind, target, t0, detail=detail)
 
-    def _pick(self, names: list[str]) -> str:
-        free = [n for n in names if n not in self._busy]
+    def _wanted(self, kind: str) -> bool:
+        """Whether one more of `kind` is needed (counting those being injected now)."""
+        return self.done[kind] + self._pending[kind] < self.targets[kind]
+
+    def _pick(self, names: list[str], busy_ok: bool = False) -> str:
+        free = [n for n in names if busy_ok or n not in self._busy]
         if not free:
             raise _Skip
         return self.rng.choice(free)
@@ -139,15 +148,16 @@ class Faults:
     async def _agent_kill(self) -> tuple[str, str]:
         now = time.time()
         ready = [n for n in self.workspaces if now - self._last_kill.get(n, 0) > AGENT_KILL_SPACING]
-        name = self._pick(ready)
-        self._busy.add(name)
+        # a kill may land in the middle of a restart: that is a fault too
+        name = self._pick([n for n in ready if n not in self._killing], busy_ok=True)
+        self._killing.add(name)
         try:
             async with await self._client() as c:
                 what = await self.cluster.kill_agent(c, name)
             self._last_kill[name] = time.time()
             return name, what
         finally:
-            self._busy.discard(name)
+            self._killing.discard(name)
 
     async def _berth_kill(self) -> tuple[str, str]:
         return await self._kill_a_berth()
