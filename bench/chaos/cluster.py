@@ -127,6 +127,7 @@ class Cluster:
         postgres: str = "postgresql://postgres@127.0.0.1:5432/test",
         redis: str = "redis://127.0.0.1:6379/13",
         lease_seconds: float | None = None,
+        extra_env: dict[str, str] | None = None,
     ) -> None:
         self.workdir = workdir
         self.specs = specs
@@ -135,7 +136,7 @@ class Cluster:
         self.tag = "chaos_" + uuid.uuid4().hex[:10]
         self.postgres_admin = postgres
         self.database_url = postgres.rsplit("/", 1)[0] + "/" + self.tag
-        env = {"BERTH_ADMIN_TOKEN": self.admin, "BERTH_LOG_LEVEL": "info"}
+        env = {"BERTH_ADMIN_TOKEN": self.admin, "BERTH_LOG_LEVEL": "info", **(extra_env or {})}
         if lease_seconds is not None:
             env["BERTH_LEASE_SECONDS"] = str(lease_seconds)
         if self.replicated:

@@ -74,7 +74,34 @@ class Faults:
             workers = {"restart": len(self.workspaces), "agent_kill": 2}.get(kind, 1)
             for _ in range(workers):
                 loops.append(self._loop(kind, deadline, workers))
-        await asyncio.gather(*loops)
+        healer = asyncio.create_task(self._heal_failed(deadline))
+        try:
+            await asyncio.gather(*loops)
+        finally:
+            healer.cancel()
+
+    async def _heal_failed(self, deadline: float) -> None:
+        """What an operator would do: restart a workspace berth gave up on (`failed`, e.g. an
+        agent that did not register within BERTH_START_TIMEOUT on a loaded machine).
+        Each is recorded as a `heal`, with berth's reason."""
+        while time.time() < deadline:
+            await asyncio.sleep(5)
+            with contextlib.suppress(_Skip, httpx.HTTPError, ValueError, KeyError):
+                async with await self._client() as c:
+                    for w in (await c.get("/v1/workspaces")).json()["workspaces"]:
+                        if w["status"] != "failed":
+                            continue
+                        t0 = time.time()
+                        r = await c.post(
+                            f"/v1/workspaces/{w['name']}/restart", json={"reason": "chaos heal"}
+                        )
+                        self.h.fault(
+                            "heal",
+                            w["name"],
+                            t0,
+                            ok=r.status_code == 202,
+                            detail=f"was failed: {w.get('last_error')}"[:300],
+                        )
 
     async def _loop(self, kind: str, deadline: float, workers: int) -> None:
         inject = getattr(self, "_" + kind)

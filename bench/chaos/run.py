@@ -57,6 +57,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--lease-seconds", type=float, default=None, help="BERTH_LEASE_SECONDS of the replicas"
     )
     ap.add_argument(
+        "--start-timeout",
+        type=float,
+        default=None,
+        help="BERTH_START_TIMEOUT of the berths (berth's default 30 s; a loaded machine needs more)",
+    )
+    ap.add_argument(
         "--settle",
         type=float,
         default=180,
@@ -108,6 +114,7 @@ async def run(a: argparse.Namespace) -> int:
         postgres=a.postgres,
         redis=a.redis,
         lease_seconds=a.lease_seconds,
+        extra_env={} if a.start_timeout is None else {"BERTH_START_TIMEOUT": str(a.start_timeout)},
     )
     say(f"workdir {workdir}")
     clients: list[httpx.AsyncClient] = []
