@@ -53,7 +53,7 @@ class Berth:
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = data_dir / "serve.log"
 
-    async def start(self, timeout: float = 60.0) -> None:
+    async def start(self, timeout: float = 120.0) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         with open(self.log, "ab") as logf:
             self.proc = subprocess.Popen(  # noqa: ASYNC220 - returns at once
@@ -73,6 +73,7 @@ class Berth:
                     if (await c.get(self.url + "/readyz")).status_code == 200:
                         return
                 await asyncio.sleep(0.1)
+        self.kill9()  # never leave an untracked berth behind (a retry starts a new one)
         raise RuntimeError(f"{self.name} is not ready after {timeout} s (see {self.log})")
 
     @property
