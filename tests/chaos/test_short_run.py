@@ -23,17 +23,18 @@ def _row(summary: str, label: str) -> list[int]:
     return [int(x) for x in m.group(1).split()]
 
 
-@pytest.mark.timeout(420)
+@pytest.mark.timeout(600)
 def test_a_short_chaos_run_has_no_violation(tmp_path: Path):
     work = tmp_path / "chaos"
     proc = subprocess.run(
-        [sys.executable, "-m", "bench.chaos", "--duration", "100", "--rate", "6"]
-        + ["--workspaces", "3", "--faults", "restart=10,agent_kill=2,berth_kill=1"]
-        + ["--drain-seconds", "1", "--settle", "90", "--seed", "12", "--workdir", str(work)],
+        [sys.executable, "-m", "bench.chaos", "--duration", "150", "--rate", "6"]
+        + ["--workspaces", "3", "--faults", "restart=8,agent_kill=2,berth_kill=1"]
+        + ["--drain-seconds", "1", "--start-timeout", "120", "--settle", "90", "--seed", "12"]
+        + ["--workdir", str(work)],
         cwd=REPO,
         capture_output=True,
         text=True,
-        timeout=400,
+        timeout=580,
     )
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-6000:]
@@ -42,12 +43,13 @@ def test_a_short_chaos_run_has_no_violation(tmp_path: Path):
     assert re.search(r"^violations\s+0$", summary, re.M), summary
     # the faults happened: a run that injected nothing would pass vacuously
     assert _row(summary, "berth_kill")[0] == 1, summary
-    # (at least half the targets: on a loaded machine a restart takes 10-20 s)
+    # (the run stops once the targets are reached; on a loaded machine, where a restart
+    # takes 10-20 s and berth 40 s to start, it may end at --duration short of them)
     assert _row(summary, "agent_kill")[0] >= 1, summary
-    assert _row(summary, "restart")[0] >= 5, summary
+    assert _row(summary, "restart")[0] >= 3, summary
     messages = int(re.search(r"^messages\s+(\d+)", summary, re.M).group(1))  # type: ignore[union-attr]
     assert messages >= 200 and _row(summary, "final done")[0] >= messages * 0.95, summary
     # the history holds what the summary counted
     records = load(work / "history.jsonl")
-    assert sum(1 for r in records if r["type"] == "fault" and r["ok"]) >= 7
+    assert sum(1 for r in records if r["type"] == "fault" and r["ok"]) >= 5
     assert len({r["mid"] for r in records if r["type"] == "final"}) == messages
