@@ -22,10 +22,11 @@ from typing import Any
 import httpx
 
 from bench.chaos import cluster as cl
-from bench.chaos.checker import Report, check, parse_executions
+from bench.chaos.checker import check, parse_executions
 from bench.chaos.faults import KINDS, Faults
-from bench.chaos.history import FINAL_STATUSES, History
+from bench.chaos.history import History
 from bench.chaos.load import Load, reply_text
+from bench.chaos.report import recheck, summary
 
 __all__ = ["main", "parse_args"]
 
@@ -77,6 +78,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="keeps the history, logs, data (default: a temp dir)",
     )
     ap.add_argument("--seed", type=int, default=None)
+    ap.add_argument(
+        "--recheck",
+        type=Path,
+        default=None,
+        metavar="WORKDIR",
+        help="check a finished run's history and agent logs again (nothing is run)",
+    )
     return ap.parse_args(argv)
 
 
@@ -343,58 +351,6 @@ async def _final_reads(cluster: cl.Cluster, history: History) -> dict[str, int]:
     return stats
 
 
-def summary(
-    rep: Report, a: argparse.Namespace, targets: dict[str, int], seconds: float, sent: int
-) -> str:
-    setup = f"{a.replicas} replicas on PostgreSQL + Redis" if a.replicas else "one berth on SQLite"
-    lines = [
-        "",
-        f"berth chaos: {setup}; {a.workspaces} process + {a.external} external workspaces; "
-        f"{a.rate:g} msg/s; {seconds:.0f} s",
-        "",
-        f"{'faults':<28}{'injected':>10}{'target':>8}{'failed':>8}",
-    ]
-    for k in sorted(set(targets) | set(rep.faults) | set(rep.faults_failed)):
-        lines.append(f"  {k:<26}{rep.faults[k]:>10}{targets.get(k, 0):>8}{rep.faults_failed[k]:>8}")
-    lines += ["", f"{'messages':<28}{rep.messages:>10}  (sends started {sent})"]
-    lines.append(f"  {'accepted (caller told)':<26}{rep.counts['accepted (caller told)']:>10}")
-    lines.append(f"  {'never accepted':<26}{rep.counts['never accepted']:>10}")
-    for s in FINAL_STATUSES:
-        lines.append(f"  {'final ' + s:<26}{rep.final_status[s]:>10}")
-    others = {k: v for k, v in rep.final_status.items() if k not in FINAL_STATUSES}
-    for s, n in sorted(others.items()):
-        lines.append(f"  {'final ' + s:<26}{n:>10}")
-    lines.append(f"  {'executions cut (re-run)':<26}{rep.counts['executions cut']:>10}")
-    lines.append(f"  {'order inversions excused':<26}{rep.counts['order_excused']:>10}")
-    lines += ["", f"{'caller attempts':<28}{sum(rep.outcomes.values()):>10}"]
-    for k, n in sorted(rep.outcomes.items()):
-        lines.append(f"  {k:<26}{n:>10}")
-    by = rep.by_kind()
-    lines += ["", f"{'violations':<28}{len(rep.violations):>10}"]
-    for k, n in sorted(by.items()):
-        lines.append(f"  {k:<26}{n:>10}")
-    for v in rep.violations[:40]:
-        lines.append(f"  ! {v}")
-    if rep.dead:
-        lines += [
-            "",
-            "ended by berth's own rules (dead after max_attempts counted failed forwards):",
-        ]
-        lines += [f"  {ws}/{mid}: {why}" for ws, mid, why in rep.dead[:20]]
-    if rep.cut:
-        lines += ["", f"executions cut mid-way and run again ({len(rep.cut)} messages), first 20:"]
-        lines += [f"  {ws}/{mid}: {n} cut" for ws, mid, n in rep.cut[:20]]
-    short = [k for k, n in targets.items() if rep.faults[k] < n]
-    if short:
-        lines += ["", f"note: fault targets not reached in time: {short}"]
-    lines += [
-        "",
-        "RESULT: "
-        + ("PASS (no violation)" if rep.ok else f"FAIL ({len(rep.violations)} violations)"),
-    ]
-    return "\n".join(lines) + "\n"
-
-
 async def _run_stoppable(a: argparse.Namespace) -> int:
     """run(), cancelled cleanly (berths stopped, agents stopped, services up) on SIGTERM."""
     task = asyncio.current_task()
@@ -405,6 +361,8 @@ async def _run_stoppable(a: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     a = parse_args(argv)
+    if a.recheck is not None:
+        return recheck(a)
     try:
         return asyncio.run(_run_stoppable(a))
     except (KeyboardInterrupt, asyncio.CancelledError):

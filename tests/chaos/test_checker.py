@@ -190,3 +190,21 @@ def test_one_workspace_run_by_two_agents_is_found():
     assert check(records, ex).ok
     records.append({"type": "agents", "ws": "w", "logs": ["/a/x.log", "/b/x.log"]})
     assert kinds(records, ex) == ["two_agents"]
+
+
+def test_recheck_of_a_stored_run_exits_1_on_a_violation(tmp_path, capsys):
+    from bench.chaos.run import main
+
+    records, ex = clean()
+    log = tmp_path / "executions.log"
+    log.write_text("".join(f"{k} {m}\n" for k, m in ex["w"]))
+    h = History(tmp_path / "history.jsonl")
+    for r in [*records, {"type": "agents", "ws": "w", "logs": [str(log)]}]:
+        h.add(r)
+    h.close()
+    assert main(["--recheck", str(tmp_path)]) == 0
+    assert "RESULT: PASS" in capsys.readouterr().out
+    log.write_text("".join(f"{k} {m}\n" for k, m in ex["w"] if m != "c"))  # c never ran
+    assert main(["--recheck", str(tmp_path)]) == 1
+    out = capsys.readouterr().out
+    assert "phantom" in out and "RESULT: FAIL (1 violations)" in out
