@@ -111,7 +111,9 @@ class Faults:
             # aim to be done by 60 % of the time left: slow faults (a restart under load takes
             # seconds) eat the margin, and the run ends as soon as every target is reached
             gap = (deadline - time.time()) * 0.6 / left * workers - last
-            await asyncio.sleep(max(0.05, gap * self.rng.uniform(0.3, 1.2)))
+            wake = time.time() + max(0.05, gap * self.rng.uniform(0.3, 1.2))
+            while time.time() < min(wake, deadline) and self._wanted(kind):
+                await asyncio.sleep(min(1.0, wake - time.time()))  # the others may finish it
             if time.time() >= deadline or not self._wanted(kind):
                 return
             t0 = time.time()
