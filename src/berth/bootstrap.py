@@ -70,13 +70,16 @@ class Container:
         run = self.supervisor.run
         run("dispatcher-upkeep", self.dispatcher.upkeep)
         run("waiters", self.deliveries.listen)
-        run("liveness", lambda: self.registry.liveness(self.settings.heartbeat_seconds))
         run("replicas", self._follow_replicas)
         run("housekeeping", self._housekeeping)
         run("flow-events", self.events.pump)
-        run("idle", lambda: self.idle.watch(self.settings.heartbeat_seconds))
         await self.registry.recover(take_over_leases=self.sole)
         await self.idle.recover()
+        # only now: during recovery the agents a killed berth left behind still heartbeat
+        # (or fall silent as they are stopped), and liveness would call them crashed and
+        # race recovery's own restarts (found by bench/chaos: workspaces ended failed)
+        run("liveness", lambda: self.registry.liveness(self.settings.heartbeat_seconds))
+        run("idle", lambda: self.idle.watch(self.settings.heartbeat_seconds))
 
     async def _follow_replicas(self) -> None:
         """Learn of other replicas' work and workspace changes."""

@@ -12,7 +12,7 @@ from berth.api.errors import rpc_error_response
 from berth.domain.delivery import DeliveryStatus as D
 from berth.domain.errors import Conflict, IllegalTransition, InvalidInput, Unavailable
 from berth.domain.lifecycle import WorkspaceState as S
-from berth.domain.restart import Phase, Trigger
+from berth.domain.restart import Phase, RestartRecord, Trigger
 from berth.services.supervisor import Supervisor
 from tests.service.fakes import world
 
@@ -246,3 +246,22 @@ async def test_idle_suspend_is_refused_for_an_external_workspace() -> None:
             await w.c.workspaces.create(
                 {"name": "x", "runtime": "external", "idle_suspend_seconds": 5}
             )
+
+
+async def test_a_cycle_cut_by_berth_s_own_stop_is_closed_as_failed_on_start() -> None:
+    async with world() as w:
+        ws = await w.create("a")
+        cut = RestartRecord(
+            id="cut-1",
+            workspace_id=ws.id,
+            trigger=Trigger.API,
+            reason="before a kill -9 of berth",
+            drain_seconds=1,
+            created_at=1.0,
+            phase=Phase.STOPPING,
+        )
+        await w.c.store.save_restart(cut)
+        await w.c.registry.recover(take_over_leases=True)  # what a new berth does first
+        r = await w.c.store.get_restart(ws.id, "cut-1")
+        assert r.phase is Phase.FAILED and r.error == "berth stopped during this cycle"
+        assert r.finished_at is not None

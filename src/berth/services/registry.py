@@ -216,6 +216,9 @@ class Registry:
             if n:
                 log.info("returned %d in-flight deliveries to the queue", len(n))
         for ws in mine.values():
+            cut = await self._restarts.abandon(ws, "berth stopped during this cycle")
+            if cut is not None:
+                log.info("restart %s of %s was cut by berth's stop: marked failed", cut.id, ws.name)
             if ws.runtime is Runtime.EXTERNAL or ws.state not in SHOULD_RUN:
                 continue
             await self._runner.move(ws, S.OFFLINE)

@@ -199,6 +199,16 @@ class RestartService:
             timing.ended_at = time.time()
             await self._records.save_restart(r)
 
+    async def abandon(self, ws: Workspace, why: str) -> RestartRecord | None:
+        """Close a cycle that can no longer finish (its berth was killed mid-way): FAILED,
+        with `why`, so no record stays in a phase forever."""
+        r = await self._records.active_restart(ws.id)
+        if r is None:
+            return None
+        r.error = why
+        await self._finish(r, Phase.FAILED)
+        return r
+
     async def _finish(self, r: RestartRecord, phase: Phase) -> None:
         r.phase, r.finished_at = phase, time.time()
         await self._records.save_restart(r)
