@@ -250,7 +250,11 @@ def assemble(
         link,
         events,
         metrics,
-        DeliveryPolicy(max_attempts=settings.max_attempts),
+        DeliveryPolicy(
+            max_attempts=settings.max_attempts,
+            backoff_base=settings.retry_backoff_seconds,
+            backoff_max=30.0,
+        ),
         lease_seconds=settings.lease_seconds,
         forward_timeout=settings.forward_timeout,
         sole=sole,

@@ -37,6 +37,9 @@ class Settings:
     start_timeout: float = 30.0
     stop_grace_seconds: float = 10.0
     max_attempts: int = 3
+    # the first retry of a failed forward waits this long, doubling (capped at 30 s): a
+    # network blip of a few seconds must not use up max_attempts (bench/chaos found 0.2 s did)
+    retry_backoff_seconds: float = 1.0
     # admission control: a workspace refuses new messages (429) while this many are queued,
     # or while its oldest queued message has waited this long (0: no age limit); per
     # workspace: max_queue / max_queue_age in its spec
