@@ -116,6 +116,7 @@ def cmd_ws_create(args: argparse.Namespace) -> None:
         "restart_policy",
         "memory",
         "cpus",
+        "card",
     ):
         if getattr(args, key) is not None:
             body[key] = getattr(args, key)
@@ -323,6 +324,11 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--restart-policy", choices=["on-failure", "always", "never"])
     c.add_argument("--memory")
     c.add_argument("--cpus", type=float)
+    c.add_argument(
+        "--card",
+        choices=["public", "callers"],
+        help="who may read the agent card without a token (default: callers)",
+    )
     c.set_defaults(fn=cmd_ws_create)
     ws.add_parser("ls", parents=[common], help="list workspaces").set_defaults(fn=cmd_ws_ls)
     for name, fn, text in (

@@ -133,6 +133,7 @@ class Delivery:
     forwards: int = 0
     reply: bytes | None = None
     reply_status: int | None = None
+    reply_type: str | None = None  # the reply's content type, as the agent sent it
     reason: str | None = None
     lease_owner: str | None = None
     lease_until: float | None = None

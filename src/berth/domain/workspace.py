@@ -18,6 +18,13 @@ class Runtime(str, enum.Enum):
     EXTERNAL = "external"
 
 
+class CardAccess(str, enum.Enum):
+    """Who may read a workspace's agent card: anyone (`public`) or callers with a token."""
+
+    PUBLIC = "public"
+    CALLERS = "callers"
+
+
 class RestartPolicy(str, enum.Enum):
     ON_FAILURE = "on-failure"
     ALWAYS = "always"
@@ -56,6 +63,7 @@ class Workspace:
     last_error: str | None = None
     created_at: float = 0.0
     updated_at: float = 0.0
+    card_access: str = "callers"  # CardAccess: who may read the agent card without a token
 
     @property
     def native_session(self) -> bool:
@@ -80,6 +88,7 @@ class Workspace:
             "max_concurrency": self.max_concurrency,
             "drain_seconds": self.drain_seconds,
             "restart_policy": self.restart_policy.value,
+            "card": self.card_access,
             "active_tasks": self.active_tasks,
             "capabilities": self.capabilities,
             "last_heartbeat": self.last_heartbeat,
@@ -152,6 +161,10 @@ def validate_spec(body: dict[str, Any]) -> dict[str, Any]:
     except ValueError:
         raise InvalidInput("restart_policy: one of on-failure, always, never") from None
     limits = {k: body[k] for k in ("memory", "cpus") if body.get(k) is not None}
+    try:
+        card = CardAccess(body.get("card", "callers")).value
+    except ValueError:
+        raise InvalidInput("card: one of public, callers") from None
     unknown = set(body) - _SPEC_KEYS
     if unknown:
         raise InvalidInput(f"unknown field(s): {', '.join(sorted(unknown))}")
@@ -166,6 +179,7 @@ def validate_spec(body: dict[str, Any]) -> dict[str, Any]:
         "drain_seconds": float(ds),
         "restart_policy": policy,
         "limits": limits,
+        "card_access": card,
     }
 
 
@@ -182,4 +196,5 @@ _SPEC_KEYS = {
     "restart_policy",
     "memory",
     "cpus",
+    "card",
 }

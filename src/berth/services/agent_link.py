@@ -13,6 +13,7 @@ from typing import Any
 
 from berth.domain.workspace import Runtime, Workspace
 from berth.ports import AgentClient, AgentUnreachable, Cache, Store
+from berth.services.card import rest_url, with_origin
 from berth.wire import container_name
 
 log = logging.getLogger("berth.agent_link")
@@ -90,6 +91,15 @@ class AgentLink:
         return (
             None if ws.agent_url is None else rewrite_for_docker(ws.agent_url, ws, self._in_docker)
         )
+
+    def rest_target(self, ws: Workspace, path: str) -> str | None:
+        """The URL of `path` under the agent's HTTP+JSON interface (declared in its card),
+        on the origin berth reaches the agent at; None without such an interface."""
+        target = self.target(ws)
+        url = rest_url(ws.agent_card)
+        if target is None or url is None:
+            return None
+        return with_origin(url, target).rstrip("/") + path
 
     async def signal_restart(
         self,

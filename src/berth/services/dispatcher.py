@@ -21,10 +21,10 @@ from berth.ports import AgentClient, AgentReply, Settle
 from berth.services.agent_link import AgentLink
 from berth.services.delivery_log import DeliveryLog
 from berth.services.events import Events
-from berth.services.replies import classify
+from berth.services.replies import classify, classify_rest
 from berth.services.roster import Roster
 from berth.services.streams import stream_topic
-from berth.wire import STREAM_METHODS, is_terminal_event
+from berth.wire import REST_STREAM_SUFFIX, STREAM_METHODS, is_terminal_event, rest_path
 
 log = logging.getLogger("berth.dispatcher")
 __all__ = ["Dispatcher"]
@@ -154,15 +154,16 @@ class Dispatcher:
             self._metrics.inc("berth_redeliveries_total", workspace=ws.name)
         detail = None
         try:
-            url = self._link.target(ws)
+            path = rest_path(d.method)
+            url = self._link.target(ws) if path is None else self._link.rest_target(ws, path)
             if url is None:
                 raise AgentUnreachable("no agent url known", reached=False)
-            headers = {**d.headers, "content-type": "application/json"}
-            if d.method in STREAM_METHODS:
+            headers = {"content-type": "application/json", **d.headers}  # as the caller sent it
+            if d.method in STREAM_METHODS or (path or "").endswith(REST_STREAM_SUFFIX):
                 reply = await self._stream(d, url, headers)
             else:
                 reply = await self._client.post(url, d.request, headers, timeout=self._timeout)
-            outcome = classify(reply)
+            outcome = classify(reply) if path is None else classify_rest(reply)
             detail = f"HTTP {reply.status}"
         except AgentUnreachable as e:
             outcome = Outcome.TRANSPORT if e.reached else Outcome.UNREACHED
@@ -179,6 +180,7 @@ class Dispatcher:
                 reply.body if reply else None,
                 reply.status if reply else None,
                 detail,
+                reply.content_type if reply else None,
             )
         except Exception:
             log.exception(
@@ -197,12 +199,13 @@ class Dispatcher:
     async def _stream(self, d: Delivery, url: str, headers: dict[str, str]) -> AgentReply:
         """Forward a stream, publishing each event; the reply is its terminal event."""
         topic = stream_topic(d.id)
-        async for kind, data in self._client.stream(url, d.request, headers, self._timeout):
-            if kind == "reply":
-                return AgentReply(200, data)
+        async for item in self._client.stream(url, d.request, headers, self._timeout):
+            if item.kind == "reply":  # no stream: the agent's plain answer (an up-front error)
+                return AgentReply(item.status, item.data, item.content_type)
+            data = item.data
             await self._events.signal(topic, t="event", data=data.decode(), forward=d.forwards)
             if is_terminal_event(data):
-                return AgentReply(200, data)
+                return AgentReply(200, data, "text/event-stream")
         raise AgentUnreachable("the stream ended before a final event")
 
     async def _settle(
@@ -213,6 +216,7 @@ class Dispatcher:
         body: bytes | None,
         status: int | None,
         detail: str | None,
+        content_type: str | None = None,
     ) -> None:
         now_ws = self._roster.peek(ws.id)
         failed = outcome in (Outcome.TRANSPORT, Outcome.UNREACHED)
@@ -245,6 +249,7 @@ class Dispatcher:
             verdict.count_attempt,
             reply=body if verdict.status is DeliveryStatus.DONE else None,
             reply_status=status,
+            reply_type=content_type if verdict.status is DeliveryStatus.DONE else None,
             reason=reason,
             not_before=now + hold if hold else 0.0,
         )
