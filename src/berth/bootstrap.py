@@ -23,6 +23,7 @@ from berth.services.delivery_log import DeliveryLog
 from berth.services.dispatcher import Dispatcher
 from berth.services.events import WORK_TOPIC, WS_TOPIC, Events
 from berth.services.lifecycle import Runner
+from berth.services.probe import Prober
 from berth.services.proxy import Proxy
 from berth.services.registry import Registry
 from berth.services.restart import RestartService
@@ -69,6 +70,10 @@ class Container:
         run("dispatcher-upkeep", self.dispatcher.upkeep)
         run("waiters", self.deliveries.listen)
         run("liveness", lambda: self.registry.liveness(self.settings.heartbeat_seconds))
+        prober = Prober(  # agents that do not register or heartbeat (stock A2A servers)
+            self.roster, self.client, self.runner, self.link, self.dispatcher, self.events
+        )
+        run("probe", lambda: prober.run(self.settings.heartbeat_seconds))
         run("replicas", self._follow_replicas)
         run("housekeeping", self._housekeeping)
         await self.registry.recover(take_over_leases=self.sole)

@@ -32,6 +32,7 @@ __all__ = [
     "container_name",
     "draining_error",
     "is_draining_error",
+    "is_stream",
     "is_terminal_event",
     "rest_error",
     "rest_method",
@@ -120,6 +121,14 @@ def rest_method(path: str) -> str:
 def rest_path(method: str) -> str | None:
     """The path of an HTTP+JSON delivery's method, None for a JSON-RPC one."""
     return method[len(REST_PREFIX) :] if method.startswith(REST_PREFIX) else None
+
+
+def is_stream(method: str) -> bool:
+    """True for a delivery whose answer is a stream: SendStreamingMessage / message/stream,
+    or the HTTP+JSON binding's `message:stream`."""
+    return method in STREAM_METHODS or (
+        method.startswith(REST_PREFIX) and method.endswith(REST_STREAM_SUFFIX)
+    )
 
 
 def rest_error(http_status: int, message: str, reason: str, metadata: Any = None) -> bytes:

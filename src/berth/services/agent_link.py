@@ -165,7 +165,9 @@ class AgentLink:
         except AgentUnreachable:
             log.info("resume signal to %s not delivered", ws.name)
             return False
-        return reply.status < 500
+        # a 404 is an agent without berth's signals (a stock A2A server): not an answer; it
+        # comes online when berth's card probe finds it (services/probe.py)
+        return reply.status < 400
 
 
 def _report(body: bytes) -> dict[str, Any] | None:

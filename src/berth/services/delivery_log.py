@@ -27,7 +27,7 @@ from berth.ports import Bus, DeliveryStore, Settle
 from berth.services.events import DONE_TOPIC, WORK_TOPIC, Events
 from berth.services.streams import stream_topic
 from berth.services.waiters import Waiters
-from berth.wire import STREAM_METHODS
+from berth.wire import is_stream
 
 log = logging.getLogger("berth.delivery_log")
 D = DeliveryStatus
@@ -77,7 +77,7 @@ class DeliveryLog:
             self._metrics.observe("berth_delivery_seconds", d.finished_at - d.created_at)
         self._waiters.resolve(d)
         await self._events.signal(DONE_TOPIC, id=d.id, workspace_id=d.workspace_id)
-        if d.method in STREAM_METHODS:
+        if is_stream(d.method):
             await self._events.signal(stream_topic(d.id), t="final", status=d.status.value)
         if d.status is not D.DONE:
             await self._events.emit(

@@ -24,7 +24,7 @@ from berth.services.events import Events
 from berth.services.replies import classify, classify_rest
 from berth.services.roster import Roster
 from berth.services.streams import stream_topic
-from berth.wire import REST_STREAM_SUFFIX, STREAM_METHODS, is_terminal_event, rest_path
+from berth.wire import is_stream, is_terminal_event, rest_path
 
 log = logging.getLogger("berth.dispatcher")
 __all__ = ["Dispatcher"]
@@ -159,7 +159,7 @@ class Dispatcher:
             if url is None:
                 raise AgentUnreachable("no agent url known", reached=False)
             headers = {"content-type": "application/json", **d.headers}  # as the caller sent it
-            if d.method in STREAM_METHODS or (path or "").endswith(REST_STREAM_SUFFIX):
+            if is_stream(d.method):
                 reply = await self._stream(d, url, headers)
             else:
                 reply = await self._client.post(url, d.request, headers, timeout=self._timeout)

@@ -205,7 +205,8 @@ class Proxy:
         streamed, its plain reply (an up-front error) with its status and type if not.
         Waits up to `keep_alive` seconds for that answer, then commits to a stream."""
         first: bytes | None = None
-        current = d
+        # a replay subscribed after the accept: what it may have missed is in the log
+        current = d if original else await self._log.get(d.id)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.keep_alive
         while not current.status.final and first is None:
@@ -224,18 +225,26 @@ class Proxy:
             await sub.aclose()
             return self._answer(current, how, original=original)
         ids = _ids(d) if original else {**_ids(d), "x-berth-replayed": "true"}
-        return ProxyReply(200, b"", ids, "text/event-stream", self._pipe(d, sub, how, first))
+        return ProxyReply(
+            200, b"", ids, "text/event-stream", self._pipe(d, sub, how, first, current)
+        )
 
     async def _pipe(
-        self, d: Delivery, sub: Subscription, how: Binding, first: bytes | None
+        self,
+        d: Delivery,
+        sub: Subscription,
+        how: Binding,
+        first: bytes | None,
+        current: Delivery,
     ) -> AsyncIterator[bytes]:
         """The caller's SSE stream: the agent's events as they come, across redeliveries,
-        with keep-alive comments while the workspace restarts; ends after the final event."""
+        with keep-alive comments while the workspace restarts; ends after the final event.
+        Events are read from the subscription until its final notice (they may all be
+        queued there already); the log is read only when the bus stays silent."""
         last: bytes | None = first
         try:
             if first is not None:
                 yield sse(first)
-            current = await self._log.get(d.id)
             while not current.status.final:
                 try:
                     _, item = await asyncio.wait_for(sub.__anext__(), self.keep_alive)
