@@ -1,7 +1,8 @@
 """A stock a2a-sdk 1.3.0 agent, written only against a2a-sdk (nothing of berth's SDK): it
-does not register, heartbeat or drain. It serves JSON-RPC at `/` (both vocabularies),
-HTTP+JSON at `/a2a/rest`, and its card (with a gRPC interface it does not serve, as a real
-card might declare) at `/.well-known/agent-card.json` with `Cache-Control`.
+does not register, heartbeat or drain. It serves JSON-RPC at `/` and HTTP+JSON at
+`/a2a/rest` (each for A2A 1.0 and 0.3 callers), and its card at
+`/.well-known/agent-card.json` with `Cache-Control`; the card also declares a gRPC
+interface it does not serve, as a real card might.
 
 Replies `echo: <text>`. A text beginning `task` answers with a Task (submitted, working,
 then completed with an artifact); `sleep:<seconds>` after it works that long first;
@@ -105,6 +106,10 @@ def card(base: str) -> AgentCard:
             AgentInterface(
                 url=f"{base}/a2a/rest", protocol_binding="HTTP+JSON", protocol_version="1.0"
             ),
+            AgentInterface(url=f"{base}/", protocol_binding="JSONRPC", protocol_version="0.3"),
+            AgentInterface(
+                url=f"{base}/a2a/rest", protocol_binding="HTTP+JSON", protocol_version="0.3"
+            ),
             AgentInterface(url="127.0.0.1:50051", protocol_binding="GRPC", protocol_version="1.0"),
         ],
         skills=[AgentSkill(id="echo", name="echo", description="echo the text", tags=["echo"])],
@@ -122,7 +127,7 @@ def build(base: str) -> Starlette:
     routes: list[BaseRoute] = []
     routes += create_agent_card_routes(agent_card, cache_control="public, max-age=60")
     routes += create_jsonrpc_routes(handler, rpc_url="/", enable_v0_3_compat=True)
-    routes += create_rest_routes(handler, path_prefix="/a2a/rest")
+    routes += create_rest_routes(handler, path_prefix="/a2a/rest", enable_v0_3_compat=True)
     return Starlette(routes=routes)
 
 
