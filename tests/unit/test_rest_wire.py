@@ -62,3 +62,23 @@ def test_classify_rest_answers() -> None:
     assert c(502, b"<html>bad gateway</html>") is Outcome.TRANSPORT
     assert c(429, b"slow down") is Outcome.TRANSPORT
     assert c(404, b"not found") is Outcome.REJECTED
+
+
+def test_a_rest_send_names_its_message_either_way() -> None:
+    import pytest
+
+    from berth.domain.errors import RpcInvalid
+    from berth.services.rest import _message_id
+
+    assert _message_id(b'{"message": {"messageId": "a"}}') == (
+        "a",
+        b'{"message": {"messageId": "a"}}',
+    )
+    assert _message_id(b'{"request": {"message_id": "b"}}')[0] == "b"  # v0.3 proto names
+    mid, raw = _message_id(b'{"request": {"message_id": ""}}')
+    assert len(mid) == 36 and json.loads(raw) == {"request": {"message_id": mid}}
+    mid, raw = _message_id(b'{"message": {"parts": []}}')
+    assert json.loads(raw)["message"]["messageId"] == mid
+    for bad in (b"{no", b'{"nothing": 1}', b'{"message": {"messageId": 5}}', b"[]"):
+        with pytest.raises(RpcInvalid):
+            _message_id(bad)

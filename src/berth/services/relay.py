@@ -24,6 +24,7 @@ from berth.services.streams import sse
 __all__ = ["Relay"]
 
 CARD_PATH = "/.well-known/agent-card.json"
+REPLY_HEADERS = ("a2a-extensions", "a2a-version")  # the agent's, passed back to the caller
 CARD_TIMEOUT = 3.0
 
 
@@ -66,7 +67,8 @@ class Relay:
                     if stream:
                         return await self._stream(url, raw, fwd, method, how)
                     r = await self._client.request(method, url, raw, fwd, self._timeout)
-                    return ProxyReply(r.status, r.body, content_type=r.content_type)
+                    kept = {k: v for k, v in r.headers.items() if k in REPLY_HEADERS}
+                    return ProxyReply(r.status, r.body, kept, r.content_type)
                 except AgentUnreachable:
                     pass  # the agent went away mid-request (a restart): held like the rest
             left = deadline - loop.time()

@@ -34,17 +34,23 @@ REST = Rest()
 
 
 def _message_id(raw: bytes) -> tuple[str, bytes]:
+    """The send's messageId (given one when missing). ProtoJSON accepts both field names:
+    `message`/`messageId`, and the proto names `request`/`message_id` (a2a-sdk's v0.3
+    client sends those)."""
     try:
         doc = orjson.loads(raw)
     except orjson.JSONDecodeError:
         raise RpcInvalid(PARSE_ERROR, "the body is not valid JSON") from None
-    message = doc.get("message") if isinstance(doc, dict) else None
+    message = None
+    if isinstance(doc, dict):
+        message = doc.get("message", doc.get("request"))
     if not isinstance(message, dict):
         raise RpcInvalid(INVALID_PARAMS, "message is required for a send (an A2A Message object)")
-    mid = message.get("messageId")
+    key = "message_id" if "message_id" in message else "messageId"
+    mid = message.get(key)
     if mid is None or mid == "":
         mid = str(uuid.uuid4())
-        message["messageId"] = mid
+        message[key] = mid
         raw = orjson.dumps(doc)
     elif not isinstance(mid, str) or len(mid) > MAX_MESSAGE_ID:
         raise RpcInvalid(
