@@ -336,3 +336,32 @@ def test_malformed_requests_and_wrong_media_type(world):
             text_type.status_code,
         )
     assert seen["berth"] == seen["direct"], seen
+
+
+def test_jsonrpc_subscribe_live_and_cancel(world):
+    import threading
+
+    _, e = world
+    seen = {}
+    for end in ENDS:
+        params = {**message("task wait"), "configuration": {"returnImmediately": True}}
+        task_id = e.rpc(end, "SendMessage", params).json()["result"]["task"]["id"]
+
+        def cancel_soon(end: str = end, task_id: str = task_id) -> None:
+            time.sleep(1.0)
+            e.rpc(end, "CancelTask", {"id": task_id})
+
+        t = threading.Thread(target=cancel_soon)
+        t.start()
+        live = e.stream(
+            end,
+            e.jsonrpc[end],
+            {"jsonrpc": "2.0", "id": 4, "method": "SubscribeToTask", "params": {"id": task_id}},
+        )
+        t.join()
+        unknown = e.rpc(end, "CancelTask", {"id": "no-such-task"}).json()
+        final = live[2][-1]["result"]
+        state = (final.get("statusUpdate") or final.get("task"))["status"]["state"]
+        seen[end] = (live[0], media(live[1]), state, unknown["error"]["code"])
+    assert seen["berth"] == seen["direct"], seen
+    assert seen["direct"][2] == "TASK_STATE_CANCELED"
