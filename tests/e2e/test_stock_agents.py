@@ -57,7 +57,15 @@ async def test_a_stock_process_agent_restarted_under_traffic_loses_nothing(berth
             )
             for i in range(6)
         ]
+        # a read during the restart is held, then answered by the new run (its in-memory
+        # task store forgot the task: the agent's own 404, not berth's 503)
+        read = asyncio.ensure_future(
+            c.get("/v1/workspaces/stockp/a2a/rest/tasks/t-1", headers={**V1, "x-berth-wait": "30"})
+        )
         got = await asyncio.gather(slow, *during)
+        r = await read
+        assert r.status_code == 404 and r.json()["error"]["status"] == "NOT_FOUND", r.text
+        assert "x-berth-delivery-id" not in r.headers
         assert [r.status_code for r in got] == [200] * 7, [r.text for r in got]
         texts = sorted(_text(r.json()) for r in got)
         assert texts == sorted(
@@ -112,6 +120,20 @@ async def test_a_stock_external_agent_that_goes_away_is_held_for_and_comes_back(
                 r = await c.post("/v1/workspaces/ext/a2a/rest/message:send", json=body, headers=V1)
                 assert r.headers["x-berth-replayed"] == "true"
                 assert r.headers["content-type"] == "application/a2a+json"
+                # a restart of the external workspace: berth drains its own forwards, the
+                # probe brings it back; sends during it are held and answered
+                r = await c.post("/v1/workspaces/ext/restart", json={"drain_seconds": 5})
+                assert r.status_code in (200, 202), r.text
+                got = await asyncio.gather(
+                    *(_rest_send(c, "ext", f"task r{i}") for i in range(3)),
+                    *(_rpc_send(c, "ext", f"task j{i}") for i in range(3)),
+                )
+                assert [g.status_code for g in got] == [200] * 6, [g.text for g in got]
+                assert sorted(_text(g.json()) for g in got) == sorted(
+                    [f"echo: task r{i}" for i in range(3)] + [f"echo: task j{i}" for i in range(3)]
+                )
+                ws = await wait_status(c, "ext", "online")
+                assert ws["capabilities"] == {"probed": True}
             finally:
                 again.stop()
     finally:
