@@ -110,6 +110,10 @@ def test_card_needs_a_token_with_a_bearer_challenge_unless_public(world):
     assert r.status_code == 200 and r.json()["name"] == "stock-echo"
     r = httpx.get(e.card["berth"], headers={"authorization": "Bearer wrong"})
     assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer"
+    # an unknown workspace: 401 without a token (names are not probed for free), else 404
+    nobody = f"{server.url}/v1/workspaces/nobody/.well-known/agent-card.json"
+    assert httpx.get(nobody).status_code == 401
+    assert httpx.get(nobody, headers=e.auth("berth")).status_code == 404
 
 
 # sends --------------------------------------------------------------------------------

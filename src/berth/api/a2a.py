@@ -14,7 +14,7 @@ from starlette.responses import Response, StreamingResponse
 from berth.api.auth import bearer
 from berth.api.errors import error_response, rpc_error_response
 from berth.bootstrap import Container
-from berth.domain.errors import BerthError, TooLarge, Unauthorized, Unavailable
+from berth.domain.errors import BerthError, NotFound, TooLarge, Unauthorized, Unavailable
 from berth.domain.workspace import CardAccess, Workspace
 from berth.services.bindings import ProxyReply
 from berth.services.lifecycle import hash_token
@@ -93,7 +93,11 @@ async def agent_card_endpoint(request: Request) -> Response:
     a token (401 with `WWW-Authenticate: Bearer` otherwise), per the workspace's `card`."""
     c: Container = request.app.state.berth
     try:
-        ws = await _workspace(c, request)
+        try:
+            ws = await _workspace(c, request)
+        except NotFound:
+            await _authorize(c, request)  # no token: 401, so names are not probed for free
+            raise
         if ws.card_access != CardAccess.PUBLIC.value:
             await _authorize(c, request)
         ref = request.path_params["ref"]
