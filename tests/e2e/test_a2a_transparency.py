@@ -369,3 +369,18 @@ def test_jsonrpc_subscribe_live_and_cancel(world):
         seen[end] = (live[0], media(live[1]), state, unknown["error"]["code"])
     assert seen["berth"] == seen["direct"], seen
     assert seen["direct"][2] == "TASK_STATE_CANCELED"
+
+
+async def test_an_agent_without_http_json_has_no_rest_routes_through_berth(berth_server):
+    from tests.e2e.harness import create
+
+    async with berth_server.client() as c:
+        await create(c, "rpc-only")  # berth's SDK echo: JSON-RPC only
+        card = (await c.get("/v1/workspaces/rpc-only/.well-known/agent-card.json")).json()
+        assert {i["protocolBinding"] for i in card["supportedInterfaces"]} == {"JSONRPC"}
+        base = "/v1/workspaces/rpc-only/a2a/rest"
+        r = await c.post(f"{base}/message:send", json=message("hi"), headers={"a2a-version": "1.0"})
+        assert r.status_code == 404 and r.json()["error"]["status"] == "NOT_FOUND"
+        assert r.json()["error"]["details"][0]["reason"] == "NO_REST_INTERFACE"
+        assert (await c.get(f"{base}/tasks/x")).status_code == 404
+        assert (await c.get("/v1/workspaces/rpc-only/deliveries")).json()["deliveries"] == []

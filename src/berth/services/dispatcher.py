@@ -33,6 +33,10 @@ DRAINING_HOLD = 0.5  # seconds to wait before re-offering a message the agent re
 CRASH_NOTICE = 0.3  # seconds a transport failure waits for the exit of the agent to be noticed
 
 
+class _NoRestInterface(Exception):
+    """An HTTP+JSON send to an agent that serves no HTTP+JSON: it will never take it."""
+
+
 class Dispatcher:
     def __init__(
         self,
@@ -156,6 +160,8 @@ class Dispatcher:
         try:
             path = rest_path(d.method)
             url = self._link.target(ws) if path is None else self._link.rest_target(ws, path)
+            if url is None and path is not None and ws.agent_url is not None:
+                raise _NoRestInterface()
             if url is None:
                 raise AgentUnreachable("no agent url known", reached=False)
             headers = {"content-type": "application/json", **d.headers}  # as the caller sent it
@@ -165,6 +171,9 @@ class Dispatcher:
                 reply = await self._client.post(url, d.request, headers, timeout=self._timeout)
             outcome = classify(reply) if path is None else classify_rest(reply)
             detail = f"HTTP {reply.status}"
+        except _NoRestInterface:
+            outcome, reply = Outcome.REJECTED, None
+            detail = "the agent's card declares no HTTP+JSON interface"
         except AgentUnreachable as e:
             outcome = Outcome.TRANSPORT if e.reached else Outcome.UNREACHED
             reply, detail = None, str(e) or type(e).__name__

@@ -13,9 +13,10 @@ from typing import Any
 
 import orjson
 
-from berth.domain.errors import RpcInvalid
+from berth.domain.errors import NotFound, RpcInvalid
 from berth.domain.workspace import Workspace
 from berth.services.bindings import A2A_HEADERS, ProxyReply, Rest, canceled_task
+from berth.services.card import rest_url
 from berth.services.proxy import MAX_MESSAGE_ID, PASS_THROUGH_MAX_WAIT, Proxy, _ids, wait_seconds
 from berth.wire import (
     A2A_JSON,
@@ -70,6 +71,11 @@ async def handle_rest(
     headers: dict[str, str],
 ) -> ProxyReply:
     wait = wait_seconds(headers.get("x-berth-wait"), proxy.default_wait)
+    if ws.agent_card is not None and rest_url(ws.agent_card) is None:
+        raise NotFound(
+            f"the agent of {ws.name} serves no HTTP+JSON interface (its card declares none)",
+            code="no_rest_interface",
+        )
     if method == "POST" and path.endswith((REST_SEND_SUFFIX, REST_STREAM_SUFFIX)):
         mid, raw = _message_id(raw)
         streaming = path.endswith(REST_STREAM_SUFFIX)
