@@ -97,6 +97,7 @@ class Proxy:
             headers,
             min(wait, PASS_THROUGH_MAX_WAIT),
             stream=method in SUBSCRIBE_METHODS,
+            how=JsonRpc(doc.get("id")),
         )
 
     # sends ----------------------------------------------------------------
