@@ -15,13 +15,14 @@ from berth.adapters.agent_http import HttpAgentClient
 from berth.adapters.memory_bus import MemoryBus, MemoryCache, MemoryLocks
 from berth.adapters.process import ProcessProvisioner
 from berth.adapters.sql.sqlite import SqliteStore
-from berth.domain.delivery import DeliveryPolicy
+from berth.domain.delivery import DeliveryPolicy, QueueLimit
 from berth.metrics import Metrics
 from berth.ports import AgentClient, Bus, Cache, Locks, Provisioner, Store
 from berth.services.agent_link import AgentLink
 from berth.services.delivery_log import DeliveryLog
 from berth.services.dispatcher import Dispatcher
 from berth.services.events import WORK_TOPIC, WS_TOPIC, Events
+from berth.services.idle import Idle
 from berth.services.lifecycle import Runner
 from berth.services.probe import Prober
 from berth.services.proxy import Proxy
@@ -59,6 +60,7 @@ class Container:
     workspaces: Workspaces
     registry: Registry
     proxy: Proxy
+    idle: Idle
     admin_token: str
     sole: bool  # the only replica on its log: on start it takes over every lease
     supervisor: Supervisor = field(default_factory=Supervisor)
@@ -76,7 +78,10 @@ class Container:
         run("probe", lambda: prober.run(self.settings.heartbeat_seconds))
         run("replicas", self._follow_replicas)
         run("housekeeping", self._housekeeping)
+        run("flow-events", self.events.pump)
+        run("idle", lambda: self.idle.watch(self.settings.heartbeat_seconds))
         await self.registry.recover(take_over_leases=self.sole)
+        await self.idle.recover()
 
     async def _follow_replicas(self) -> None:
         """Learn of other replicas' work and workspace changes."""
@@ -90,6 +95,8 @@ class Container:
                     await self.roster.refresh(ws_id)
                 elif payload.get("replica") == self.dispatcher.owner:
                     continue  # our own announcement: this replica woke its loop already
+                else:
+                    self.idle.touch(ws_id)  # work from another replica wakes a suspended one
                 self.dispatcher.wake(ws_id)
         finally:
             await sub.aclose()
@@ -115,6 +122,7 @@ class Container:
                 )
 
     async def stop(self) -> None:
+        await self.idle.close()
         await self.registry.shutdown()
         await self.restarts.close()
         await self.dispatcher.close()
@@ -233,7 +241,9 @@ def assemble(
     events = Events(bus, settings.replica)
     if sole is None:
         sole = isinstance(store, SqliteStore)
-    deliveries = DeliveryLog(store, bus, events, metrics, replica=settings.replica, sole=sole)
+    deliveries = DeliveryLog(
+        store, bus, events, metrics, replica=settings.replica, sole=sole, name_of=roster.name_of
+    )
     link = AgentLink(store, cache, client, in_docker=in_docker)
     dispatcher = Dispatcher(
         deliveries,
@@ -290,6 +300,7 @@ def assemble(
         default_wait=settings.default_wait_seconds,
         forward_timeout=settings.forward_timeout,
         keep_alive=settings.stream_keep_alive,
+        queue_limit=QueueLimit(settings.max_queue, settings.max_queue_age),
     )
     return Container(
         settings=settings,
@@ -311,6 +322,7 @@ def assemble(
         workspaces=Workspaces(store, deliveries, roster, runner, restarts, events),
         registry=registry,
         proxy=proxy,
+        idle=Idle(deliveries, roster, runner, restarts, owner=settings.replica),
         admin_token=admin,
         sole=sole,
     )

@@ -93,6 +93,9 @@ class DeliveryStore(Protocol):
     # (queued, in flight) of one workspace: through the partial indexes only, so it stays
     # cheap however many finished deliveries the log holds (status pages, /metrics)
     async def pending(self, workspace_id: str) -> tuple[int, int]: ...
+    # created_at of the queue's head (its oldest queued delivery by seq), or None: the age of
+    # a queue for admission control, through the partial index of queued rows
+    async def queue_head(self, workspace_id: str) -> float | None: ...
 
     async def claim(
         self,

@@ -36,6 +36,11 @@ class Settings:
     start_timeout: float = 30.0
     stop_grace_seconds: float = 10.0
     max_attempts: int = 3
+    # admission control: a workspace refuses new messages (429) while this many are queued,
+    # or while its oldest queued message has waited this long (0: no age limit); per
+    # workspace: max_queue / max_queue_age in its spec
+    max_queue: int = 10_000
+    max_queue_age: float = 3600.0
     crash_loop_limit: int = 5
     crash_loop_window: float = 120.0
     retention_hours: float = 24.0

@@ -35,6 +35,7 @@ async def _hot_path_steps(store: SqliteStore) -> int:
     await store.accept(make_d("w1", f"fresh-{time.monotonic_ns()}"))
     got = await store.claim("w1", capacity=4, owner="me", lease_seconds=30, now=time.time())
     await store.pending("w1")
+    await store.queue_head("w1")
     await store.requeue_expired(time.time())
     await store.expire_due(time.time())
     for d in got:

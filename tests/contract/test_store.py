@@ -789,3 +789,16 @@ async def test_first_forward_at_time_zero_is_kept(store: Store) -> None:
     await store.settle(d.id, "a", Settle(D.QUEUED), 1.0)
     (again,) = await claim(store, "w1", now=2.0)
     assert again.first_forwarded_at == 0.0
+
+
+async def test_queue_head_is_the_oldest_queued_delivery(store: Store) -> None:
+    assert await store.queue_head("w1") is None
+    ds = [(await store.accept(make_d("w1", f"m{i}", created_at=T0 + i)))[0] for i in range(3)]
+    await store.accept(make_d("w2", "other", created_at=T0 - 100))
+    assert await store.queue_head("w1") == T0
+    await claim(store, "w1", capacity=1)  # the head goes in flight: the next one is the head
+    assert await store.queue_head("w1") == T0 + 1
+    await cancel(store, ds[1].id, T0, "x")
+    assert await store.queue_head("w1") == T0 + 2
+    await cancel(store, ds[2].id, T0, "x")
+    assert await store.queue_head("w1") is None

@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.e2e.harness import ADMIN, create, reply_text, send, wait_status
 
@@ -76,12 +77,33 @@ async def test_metrics_and_events(berth_server):
             "workspace.state",
             "restart.phase",
             "restart.finished",
+            "delivery.accepted",
+            "delivery.forwarded",
+            "delivery.done",
         } <= kinds, kinds
+        flow = [e for e in events if e.get("message_id") == "metric-1"]
+        assert [e["kind"] for e in flow] == [
+            "delivery.accepted",
+            "delivery.forwarded",
+            "delivery.done",
+        ]
         text = (await c.get("/metrics")).text
-        assert 'berth_deliveries_total{outcome="done"} 1' in text
-        assert 'berth_deliveries_accepted_total{workspace="metered"} 1' in text
-        assert "berth_delivery_seconds_bucket" in text and "berth_drain_seconds_count" in text
-        assert 'berth_queue_depth{workspace="metered"} 0' in text
+        samples = {
+            (s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text)
+            for s in family.samples
+        }
+        ws = ("workspace", "metered")
+        assert samples[("berth_deliveries_total", (("outcome", "done"), ws))] == 1
+        assert samples[("berth_deliveries_accepted_total", (ws,))] == 1
+        assert samples[("berth_delivery_seconds_count", (ws,))] == 1
+        assert samples[("berth_queue_wait_seconds_count", (ws,))] == 1
+        assert samples[("berth_drain_seconds_count", (ws,))] == 1
+        assert samples[("berth_restarts_total", (("result", "done"), ("trigger", "api"), ws))] == 1
+        assert samples[("berth_queue_depth", (ws,))] == 0
+        om = await c.get("/metrics", headers={"accept": "application/openmetrics-text"})
+        assert om.headers["content-type"].startswith("application/openmetrics-text")
+        assert 'delivery_id="' in om.text  # an exemplar names a delivery
         spec = (await c.get("/openapi.json")).json()
         assert "/v1/workspaces/{ref}/restart" in spec["paths"]
         assert "name" in json.dumps(spec["paths"]["/v1/workspaces"]["post"]["requestBody"])

@@ -12,8 +12,16 @@ from typing import Any
 
 import pytest
 
+from berth.api.errors import rpc_error_response
 from berth.domain.delivery import DeliveryStatus as D
-from berth.domain.errors import AgentUnreachable, Conflict, NotFound, RpcInvalid
+from berth.domain.errors import (
+    AgentUnreachable,
+    Conflict,
+    InvalidInput,
+    NotFound,
+    Overloaded,
+    RpcInvalid,
+)
 from berth.ports import AgentReply
 from berth.wire import rpc_result
 from tests.service.fakes import Agent, text_of, world
@@ -224,3 +232,51 @@ async def test_transport_failure_not_explained_by_a_restart_counts() -> None:
         _, body, headers = await w.send(ws, "x")
         d = await w.c.deliveries.get(headers["x-berth-delivery-id"])
         assert d.status is D.DONE and d.attempts == 1 and d.forwards == 2
+
+
+async def test_a_full_queue_refuses_new_messages_with_429_and_keeps_every_accepted_one() -> None:
+    async with world() as w:
+        ws = await w.create("a", max_queue=3)
+        await w.c.workspaces.pause("a")
+        accepted = [await w.send(ws, f"n{i}", message_id=f"m{i}", wait=0) for i in range(3)]
+        assert [a[0] for a in accepted] == [202, 202, 202]
+        with pytest.raises(Overloaded) as e:
+            await w.send(ws, "one too many", message_id="m3", wait=0)
+        response = rpc_error_response(e.value, 1)
+        assert response.status_code == 429 and response.headers["retry-after"] == "5"
+        body = json.loads(response.body)
+        assert (
+            body["error"]["data"]["reason"] == "queue_full"
+            and "3 messages" in body["error"]["message"]
+        )
+        assert await w.c.deliveries.find(ws.id, "m3") is None  # nothing half-accepted
+        again = await w.send(ws, "n1", message_id="m1", wait=0)  # a retry of an accepted one
+        assert again[0] == 202 and again[1]["delivery_id"] == accepted[1][1]["delivery_id"]
+        shown = await w.c.workspaces.show("a")
+        assert shown["queue_depth"] == 3 and shown["max_queue"] == 3
+        assert shown["queue_age_seconds"] is not None and shown["queue_age_seconds"] >= 0
+        await w.c.workspaces.resume("a")
+        for a in accepted:
+            got = await w.c.deliveries.wait(a[1]["delivery_id"], 5)
+            assert got is not None and got.status is D.DONE
+        await asyncio.sleep(0.3)  # the admission snapshot refreshes
+        status, _, _ = await w.send(ws, "room again", message_id="m4")
+        assert status == 200
+
+
+async def test_a_queue_whose_head_waited_too_long_refuses_new_messages() -> None:
+    async with world() as w:
+        ws = await w.create("a", max_queue_age=0.3)
+        await w.c.workspaces.pause("a")
+        assert (await w.send(ws, "first", message_id="m0", wait=0))[0] == 202
+        await asyncio.sleep(0.6)
+        with pytest.raises(Overloaded) as e:
+            await w.send(ws, "late", message_id="m1", wait=0)
+        assert "waited" in e.value.message
+
+
+async def test_queue_limits_are_checked_at_create() -> None:
+    async with world() as w:
+        for bad in ({"max_queue": 0}, {"max_queue": "10"}, {"max_queue_age": -1}):
+            with pytest.raises(InvalidInput):
+                await w.c.workspaces.create({"name": "x", "command": ["agent"], **bad})

@@ -10,7 +10,7 @@ import pytest
 
 from berth.api.errors import rpc_error_response
 from berth.domain.delivery import DeliveryStatus as D
-from berth.domain.errors import Conflict, IllegalTransition, Unavailable
+from berth.domain.errors import Conflict, IllegalTransition, InvalidInput, Unavailable
 from berth.domain.lifecycle import WorkspaceState as S
 from berth.domain.restart import Phase, Trigger
 from berth.services.supervisor import Supervisor
@@ -213,3 +213,36 @@ async def test_a_message_cut_by_the_stop_is_counted_as_returned_and_runs_again()
         d = await w.c.deliveries.find(ws.id, "m1")
         assert d is not None and d.attempts == 0  # a planned stop: no attempt counted
         sent.cancel()
+
+
+async def test_an_idle_workspace_is_suspended_and_a_message_wakes_it() -> None:
+    async with world() as w:
+        ws = await w.create("a", idle_suspend_seconds=0.4)
+        _, body, _ = await w.send(ws, "first", message_id="m0")
+        assert "result" in body
+        first = w.agent(ws)
+        await _until(lambda: w.c.roster.peek(ws.id).state is S.SUSPENDED)  # type: ignore[union-attr]
+        assert not first.alive and first.signals  # drained, then stopped
+        assert (await w.c.workspaces.show("a"))["status"] == "suspended"
+        status, body, headers = await w.send(ws, "wake up", message_id="m1", wait=10)
+        assert status == 200 and body["result"]["message"]["parts"][0]["text"] == "echo: wake up"
+        assert w.agent(ws) is not first and w.agent(ws).executed == ["m1"]
+        restarts = await w.c.store.list_restarts(ws.id)
+        assert restarts[0].trigger is Trigger.WAKE and restarts[0].phase is Phase.DONE
+        assert (await w.c.roster.get(ws.id)).restart_count == 0  # a wake is not a restart
+
+
+async def test_a_busy_workspace_is_not_suspended() -> None:
+    async with world() as w:
+        ws = await w.create("a", idle_suspend_seconds=0.3)
+        status, body, _ = await w.send(ws, "sleep:1.2 long work", message_id="m0")
+        assert status == 200 and "result" in body  # it ran to the end: not suspended under it
+        assert w.runtime.starts[ws.id] == 1
+
+
+async def test_idle_suspend_is_refused_for_an_external_workspace() -> None:
+    async with world() as w:
+        with pytest.raises(InvalidInput):
+            await w.c.workspaces.create(
+                {"name": "x", "runtime": "external", "idle_suspend_seconds": 5}
+            )

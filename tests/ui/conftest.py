@@ -31,7 +31,10 @@ CHROMIUM_ARGS = [
 ]
 
 
-@pytest.fixture(scope="session")
+# Module scope, not session: Playwright's sync API runs an event loop in this thread while
+# it is started, and every async test after it (pytest-asyncio) would find that loop
+# running. Stopped at the end of each UI module, it leaves the rest of the suite alone.
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
     try:
         from playwright.sync_api import sync_playwright

@@ -269,6 +269,10 @@ class MemoryStore:
             sum(d.status is DeliveryStatus.IN_FLIGHT for d in mine),
         )
 
+    async def queue_head(self, workspace_id: str) -> float | None:
+        queued = self._of(workspace_id, D.QUEUED)
+        return queued[0].created_at if queued else None
+
     async def prune_finished(self, before: float) -> int:
         gone = [
             d

@@ -8,7 +8,7 @@ import contextlib
 from collections.abc import AsyncIterator
 
 from fastapi import FastAPI, Request
-from starlette.responses import JSONResponse, PlainTextResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from berth import __version__
@@ -90,15 +90,18 @@ def create_app(settings: Settings | None = None, container: Container | None = N
         return JSONResponse(body, status_code=200 if ready else 503)
 
     @app.get("/metrics", include_in_schema=False)
-    async def metrics() -> PlainTextResponse:
-        depth: dict[tuple[tuple[str, str], ...], float] = {}
-        busy: dict[tuple[tuple[str, str], ...], float] = {}
+    async def metrics(request: Request) -> Response:
+        depth: dict[str, float] = {}
+        busy: dict[str, float] = {}
+        age: dict[str, float] = {}
         for ws in c.roster.all():
-            queued, in_flight = await c.deliveries.pending(ws.id)
-            key: tuple[tuple[str, str], ...] = (("workspace", ws.name),)
-            depth[key] = float(queued)
-            busy[key] = float(in_flight)
-        text = c.metrics.render({"berth_queue_depth": depth, "berth_in_flight": busy})
-        return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
+            b = await c.deliveries.backlog(ws.id)
+            depth[ws.name], busy[ws.name] = float(b.queued), float(b.in_flight)
+            age[ws.name] = b.oldest_wait or 0.0
+        c.metrics.set_gauges("berth_queue_depth", depth)
+        c.metrics.set_gauges("berth_in_flight", busy)
+        c.metrics.set_gauges("berth_queue_age_seconds", age)
+        body, content_type = c.metrics.render(request.headers.get("accept"))
+        return Response(body, media_type=content_type)
 
     return app

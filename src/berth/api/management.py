@@ -17,7 +17,7 @@ from berth.api.auth import require_admin
 from berth.bootstrap import Container
 from berth.domain.delivery import DeliveryStatus
 from berth.domain.errors import InvalidInput, MalformedBody
-from berth.services.events import EVENT_TOPIC
+from berth.services.events import EVENT_TOPIC, unpack
 
 router = APIRouter(prefix="/v1", dependencies=[Depends(require_admin)])
 __all__ = ["router"]
@@ -83,7 +83,7 @@ _CREATE_DOC = {
 )
 async def create_workspace(request: Request, c: Container = Depends(berth)) -> JSONResponse:
     ws, token = await c.workspaces.create(await json_body(request))
-    out = ws.public(*await c.deliveries.pending(ws.id))
+    out = await c.deliveries.status_of(ws)
     return JSONResponse({**out, "token": token}, status_code=201)
 
 
@@ -202,10 +202,10 @@ async def events(
                 except TimeoutError:
                     yield b": keep-alive\n\n"
                     continue
-                if ws_id and payload.get("workspace_id") != ws_id:
-                    continue
-                kind = topic[len(EVENT_TOPIC) :]
-                yield f"event: {kind}\ndata: {json.dumps(payload)}\n\n".encode()
+                for kind, event in unpack(topic, payload):
+                    if ws_id and event.get("workspace_id") != ws_id:
+                        continue
+                    yield f"event: {kind}\ndata: {json.dumps(event)}\n\n".encode()
         finally:
             with contextlib.suppress(Exception):
                 await sub.aclose()

@@ -58,6 +58,26 @@ def check_move(src: DeliveryStatus, dst: DeliveryStatus) -> DeliveryStatus:
     return dst
 
 
+@dataclass(frozen=True)
+class QueueLimit:
+    """Admission control of one workspace's queue: a new message is refused (never dropped)
+    while `depth` messages are queued, or while the oldest queued one has waited more than
+    `age` seconds (0: no age limit)."""
+
+    depth: int = 10_000
+    age: float = 3600.0
+
+    def refusal(self, queued: int, oldest_wait: float | None) -> str | None:
+        if queued >= self.depth:
+            return f"{queued} messages are queued (the limit is {self.depth})"
+        if self.age and oldest_wait is not None and oldest_wait > self.age:
+            return (
+                f"the oldest queued message has waited {oldest_wait:.0f} s "
+                f"(the limit is {self.age:g} s)"
+            )
+        return None
+
+
 UNREACHED_RETRY = 1.0  # seconds before a delivery that could not reach its agent is tried again
 
 

@@ -13,6 +13,7 @@ what HTTP status or JSON-RPC code each becomes is decided at the API edge, in on
     │       └── InvalidHeader       ... caused by an HTTP header (X-Berth-Wait, X-Berth-TTL)
     ├── Unauthorized / Forbidden
     ├── StartFailed                 a workspace's runtime could not be started
+    ├── Overloaded                  a workspace's queue is full: try again later
     └── Unavailable
         ├── StoreUnavailable        the database cannot be reached (nothing was accepted)
         ├── LocksUnavailable        the shared lock service cannot be reached
@@ -34,6 +35,7 @@ __all__ = [
     "LocksUnavailable",
     "MalformedBody",
     "NotFound",
+    "Overloaded",
     "RpcInvalid",
     "StartFailed",
     "StoreUnavailable",
@@ -106,6 +108,18 @@ class Forbidden(BerthError):
 
 class StartFailed(BerthError):
     code = "start_failed"
+
+
+class Overloaded(BerthError):
+    """Admission control: the workspace's queue is over its limit (depth or age of its
+    oldest message), so a new message is refused rather than accepted without bound.
+    Nothing was accepted; the caller may retry after `retry_after` seconds."""
+
+    code = "queue_full"
+
+    def __init__(self, message: str, *, retry_after: float = 5.0) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class Unavailable(BerthError):

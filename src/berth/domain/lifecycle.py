@@ -14,6 +14,7 @@ class WorkspaceState(str, Enum):
     STOPPING = "stopping"  # the runtime is being stopped
     OFFLINE = "offline"  # not running, will be started (restart pending / backoff)
     PAUSED = "paused"  # stopped by an operator; messages accepted and held
+    SUSPENDED = "suspended"  # stopped after idling; a message to it starts it again
     FAILED = "failed"  # gave up (crash loop, start failure); messages kept
     REMOVED = "removed"  # deleted; terminal
 
@@ -32,15 +33,18 @@ S = WorkspaceState
 #   -> offline        a crash (policy restart pending), berth's shutdown or start, a resume
 #                     (paused -> offline -> provisioning), an external agent gone silent
 #   -> paused         an operator's pause, once stopped (or if it was not running)
+#   -> suspended      idle for idle_suspend_seconds: drained and stopped; a message wakes
+#                     it (suspended -> offline -> provisioning, the restart cycle)
 #   -> failed         a crash loop, policy `never`, a failed restart cycle
 #   -> removed        deletion (the record is deleted with it)
 _MOVES: dict[WorkspaceState, frozenset[WorkspaceState]] = {
     S.PROVISIONING: frozenset({S.ONLINE, S.DRAINING, S.OFFLINE, S.PAUSED, S.FAILED, S.REMOVED}),
     S.ONLINE: frozenset({S.PROVISIONING, S.DRAINING, S.OFFLINE, S.PAUSED, S.FAILED, S.REMOVED}),
     S.DRAINING: frozenset({S.STOPPING, S.PROVISIONING, S.OFFLINE, S.PAUSED, S.FAILED, S.REMOVED}),
-    S.STOPPING: frozenset({S.PROVISIONING, S.OFFLINE, S.PAUSED, S.FAILED, S.REMOVED}),
+    S.STOPPING: frozenset({S.PROVISIONING, S.OFFLINE, S.PAUSED, S.SUSPENDED, S.FAILED, S.REMOVED}),
     S.OFFLINE: frozenset({S.PROVISIONING, S.DRAINING, S.PAUSED, S.FAILED, S.REMOVED}),
     S.PAUSED: frozenset({S.OFFLINE, S.REMOVED}),
+    S.SUSPENDED: frozenset({S.OFFLINE, S.PAUSED, S.REMOVED}),
     S.FAILED: frozenset({S.PROVISIONING, S.PAUSED, S.REMOVED}),
     S.REMOVED: frozenset(),
 }

@@ -25,6 +25,7 @@ class Trigger(str, enum.Enum):
     RESUME = "resume"
     STARTUP = "startup"
     CONFIG = "config"
+    WAKE = "wake"  # a message arrived for a suspended workspace
 
 
 FINISHED = frozenset({Phase.DONE, Phase.FAILED})  # a cycle in these is over

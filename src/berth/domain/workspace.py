@@ -7,6 +7,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from berth.domain.delivery import QueueLimit
 from berth.domain.errors import InvalidInput
 from berth.domain.lifecycle import WorkspaceState
 from berth.wire import container_name
@@ -70,11 +71,27 @@ class Workspace:
         return bool(self.capabilities.get("native_session"))
 
     @property
+    def idle_suspend_seconds(self) -> float | None:
+        """Suspend after this long without messages (None: never)."""
+        v = self.limits.get("idle_suspend_seconds")
+        return None if v is None else float(v)
+
+    def queue_limit(self, default: QueueLimit) -> QueueLimit:
+        """This workspace's admission limits: its own, else the server's."""
+        return QueueLimit(
+            int(self.limits.get("max_queue", default.depth)),
+            float(self.limits.get("max_queue_age", default.age)),
+        )
+
+    @property
     def short_id(self) -> str:
         return self.id[:12]
 
     def public(
-        self, queue_depth: int | None = None, in_flight: int | None = None
+        self,
+        queue_depth: int | None = None,
+        in_flight: int | None = None,
+        queue_age: float | None = None,
     ) -> dict[str, Any]:
         out: dict[str, Any] = {
             "id": self.id,
@@ -101,6 +118,14 @@ class Workspace:
             out["queue_depth"] = queue_depth
         if in_flight is not None:
             out["in_flight"] = in_flight
+        if queue_depth is not None:  # seconds the oldest queued message has waited
+            out["queue_age_seconds"] = None if queue_age is None else round(queue_age, 3)
+        if self.idle_suspend_seconds is not None:
+            out["idle_suspend_seconds"] = self.idle_suspend_seconds
+        if self.limits.get("max_queue") is not None:
+            out["max_queue"] = self.limits["max_queue"]
+        if self.limits.get("max_queue_age") is not None:
+            out["max_queue_age"] = self.limits["max_queue_age"]
         if self.runtime is Runtime.PROCESS:
             out["pid"] = self.pid
             out["state_dir"] = self.state_dir
@@ -165,6 +190,27 @@ def validate_spec(body: dict[str, Any]) -> dict[str, Any]:
         card = CardAccess(body.get("card", "callers")).value
     except ValueError:
         raise InvalidInput("card: one of public, callers") from None
+    mq = body.get("max_queue")
+    if mq is not None:
+        if not isinstance(mq, int) or isinstance(mq, bool) or not 1 <= mq <= 10_000_000:
+            raise InvalidInput("max_queue: an integer from 1 to 10000000")
+        limits["max_queue"] = mq
+    idle = body.get("idle_suspend_seconds")
+    if idle is not None:
+        if (
+            not isinstance(idle, (int, float))
+            or isinstance(idle, bool)
+            or not 0 < idle <= 30 * 86400
+        ):
+            raise InvalidInput("idle_suspend_seconds: seconds from 0 (exclusive) to 2592000")
+        if runtime is Runtime.EXTERNAL:
+            raise InvalidInput("idle_suspend_seconds: berth can only suspend what it runs")
+        limits["idle_suspend_seconds"] = float(idle)
+    mqa = body.get("max_queue_age")
+    if mqa is not None:
+        if not isinstance(mqa, (int, float)) or isinstance(mqa, bool) or not 0 <= mqa <= 30 * 86400:
+            raise InvalidInput("max_queue_age: seconds from 0 (no limit) to 2592000")
+        limits["max_queue_age"] = float(mqa)
     unknown = set(body) - _SPEC_KEYS
     if unknown:
         raise InvalidInput(f"unknown field(s): {', '.join(sorted(unknown))}")
@@ -197,4 +243,7 @@ _SPEC_KEYS = {
     "memory",
     "cpus",
     "card",
+    "max_queue",
+    "max_queue_age",
+    "idle_suspend_seconds",
 }

@@ -12,6 +12,8 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 from berth.domain.delivery import (
     CANCELABLE,
@@ -19,9 +21,11 @@ from berth.domain.delivery import (
     RETRYABLE,
     Delivery,
     DeliveryStatus,
+    QueueLimit,
     check_move,
 )
-from berth.domain.errors import Conflict
+from berth.domain.errors import Conflict, Overloaded
+from berth.domain.workspace import Workspace
 from berth.metrics import Metrics
 from berth.ports import Bus, DeliveryStore, Settle
 from berth.services.events import DONE_TOPIC, WORK_TOPIC, Events
@@ -30,6 +34,17 @@ from berth.services.waiters import Waiters
 from berth.wire import is_stream
 
 log = logging.getLogger("berth.delivery_log")
+ADMISSION_REFRESH = 0.25  # seconds an admission decision may rely on a read of the queue
+
+
+@dataclass
+class Backlog:
+    queued: int
+    in_flight: int
+    oldest_wait: float | None  # seconds the queue's head has waited, when it was read
+    read_at: float
+
+
 D = DeliveryStatus
 __all__ = ["DeliveryLog"]
 
@@ -50,7 +65,9 @@ class DeliveryLog:
         sole: bool,
         poll_seconds: float = 2.0,
         clock: Callable[[], float] = time.time,
+        name_of: Callable[[str], str] = str,
     ) -> None:
+        self._name_of = name_of  # a workspace's name for metric labels (default: its id)
         self._now = clock
         self._store = store
         self._events = events
@@ -60,6 +77,7 @@ class DeliveryLog:
         self._sole = sole
         self._waiters = Waiters(store, bus, poll_seconds)
         self._on_work: list[Callable[[str], None]] = []
+        self._backlog: dict[str, Backlog] = {}
 
     def on_work(self, fn: Callable[[str], None]) -> None:
         """Call `fn(workspace_id)` whenever this replica learns a workspace may have work."""
@@ -72,13 +90,25 @@ class DeliveryLog:
             await self._events.signal(WORK_TOPIC, workspace_id=ws_id, replica=self.replica)
 
     async def _finished(self, d: Delivery) -> None:
-        self._metrics.inc("berth_deliveries_total", outcome=d.status.value)
+        name = self._name_of(d.workspace_id)
+        self._metrics.inc("berth_deliveries_total", workspace=name, outcome=d.status.value)
         if d.finished_at is not None:
-            self._metrics.observe("berth_delivery_seconds", d.finished_at - d.created_at)
+            self._metrics.observe(
+                "berth_delivery_seconds",
+                d.finished_at - d.created_at,
+                workspace=name,
+                exemplar={"delivery_id": d.id},
+            )
         self._waiters.resolve(d)
         await self._events.signal(DONE_TOPIC, id=d.id, workspace_id=d.workspace_id)
         if is_stream(d.method):
             await self._events.signal(stream_topic(d.id), t="final", status=d.status.value)
+        self._events.flow(
+            f"delivery.{d.status.value}",
+            delivery_id=d.id,
+            workspace_id=d.workspace_id,
+            message_id=d.message_id,
+        )
         if d.status is not D.DONE:
             await self._events.emit(
                 f"delivery.{d.status.value}",
@@ -100,10 +130,6 @@ class DeliveryLog:
     ) -> list[Delivery]:
         return await self._store.list_deliveries(workspace_id, status, limit)
 
-    async def pending(self, workspace_id: str) -> tuple[int, int]:
-        """(queued, in flight) of one workspace."""
-        return await self._store.pending(workspace_id)
-
     async def wait(
         self, delivery_id: str, timeout: float, *, fresh: bool = False
     ) -> Delivery | None:
@@ -115,25 +141,84 @@ class DeliveryLog:
         await self._waiters.listen()
 
     # the message's path ---------------------------------------------------
-    async def accept(self, d: Delivery, *, workspace_name: str) -> tuple[Delivery, bool]:
+    async def accept(
+        self, d: Delivery, *, workspace_name: str, limit: QueueLimit | None = None
+    ) -> tuple[Delivery, bool]:
         """Into the log (from here on the message cannot be lost), or the existing delivery
-        of the same (workspace, messageId). Returns (delivery, created)."""
+        of the same (workspace, messageId). Returns (delivery, created).
+
+        With a `limit`, a new message to a workspace whose queue is over it is refused
+        (Overloaded: 429 at the edge); a message already accepted is never refused, so a
+        caller retrying an accepted send still gets its reply."""
+        if limit is not None:
+            why = await self._over(d.workspace_id, limit)
+            if why is not None:
+                existing = await self._store.find_delivery(d.workspace_id, d.message_id)
+                if existing is not None:
+                    return existing, False
+                self._metrics.inc("berth_admission_refused_total", workspace=workspace_name)
+                raise Overloaded(
+                    f"workspace {workspace_name} is overloaded: {why}; try again later"
+                )
         stored, created = await self._store.accept(d)
         if created:
             self._metrics.inc("berth_deliveries_accepted_total", workspace=workspace_name)
+            backlog = self._backlog.get(d.workspace_id)
+            if backlog is not None:
+                backlog.queued += 1
+            self._events.flow(
+                "delivery.accepted",
+                delivery_id=stored.id,
+                workspace_id=stored.workspace_id,
+                message_id=stored.message_id,
+            )
             await self._announce(stored.workspace_id)
         return stored, created
+
+    async def status_of(self, ws: Workspace) -> dict[str, Any]:
+        """The workspace's public record with its queue: depth, in flight, age."""
+        b = await self.backlog(ws.id)
+        return ws.public(b.queued, b.in_flight, b.oldest_wait)
+
+    async def backlog(self, workspace_id: str) -> Backlog:
+        """How much waits in a workspace's queue and for how long (read fresh)."""
+        queued, in_flight = await self._store.pending(workspace_id)
+        head = await self._store.queue_head(workspace_id)
+        now = self._now()
+        b = Backlog(queued, in_flight, None if head is None else max(0.0, now - head), now)
+        self._backlog[workspace_id] = b
+        return b
+
+    async def _over(self, workspace_id: str, limit: QueueLimit) -> str | None:
+        """Why the queue refuses new messages, or None. Reads the store at most every
+        ADMISSION_REFRESH seconds per workspace (counting this replica's accepts between
+        reads), so admission costs the hot path almost nothing."""
+        b = self._backlog.get(workspace_id)
+        now = self._now()
+        if b is None or now - b.read_at > ADMISSION_REFRESH:
+            b = await self.backlog(workspace_id)
+        wait = None if b.oldest_wait is None else b.oldest_wait + (now - b.read_at)
+        return limit.refusal(b.queued, wait)
 
     async def claim(
         self, workspace_id: str, *, capacity: int | None, lease_seconds: float
     ) -> list[Delivery]:
-        return await self._store.claim(
+        got = await self._store.claim(
             workspace_id,
             capacity=capacity,
             owner=self.replica,
             lease_seconds=lease_seconds,
             now=self._now(),
         )
+        for d in got:
+            self._events.flow(
+                "delivery.forwarded",
+                delivery_id=d.id,
+                workspace_id=d.workspace_id,
+                message_id=d.message_id,
+                forward=d.forwards,
+            )
+        return got
 
     async def renew(self, ids: list[str], lease_seconds: float) -> int:
         return await self._store.renew(self.replica, ids, self._now() + lease_seconds)

@@ -156,6 +156,10 @@ class Dispatcher:
         started = time.monotonic()
         if d.forwards > 1:
             self._metrics.inc("berth_redeliveries_total", workspace=ws.name)
+        elif d.first_forwarded_at is not None:
+            self._metrics.observe(
+                "berth_queue_wait_seconds", d.first_forwarded_at - d.created_at, workspace=ws.name
+            )
         detail = None
         try:
             path = rest_path(d.method)
@@ -181,7 +185,9 @@ class Dispatcher:
             log.exception("forward of %s failed", d.id)
             outcome, reply, detail = Outcome.TRANSPORT, None, repr(e)
         try:
-            self._metrics.observe("berth_forward_seconds", time.monotonic() - started)
+            self._metrics.observe(
+                "berth_forward_seconds", time.monotonic() - started, workspace=ws.name
+            )
             await self._settle(
                 ws,
                 d,
@@ -267,7 +273,7 @@ class Dispatcher:
             return  # the lease was lost (a restart requeued it, or another replica took over)
         if failed:
             kind = "planned" if planned else outcome.value
-            self._metrics.inc("berth_forward_failures_total", kind=kind)
+            self._metrics.inc("berth_forward_failures_total", workspace=ws.name, kind=kind)
         if settled.status is DeliveryStatus.QUEUED:
             self._maybe_queued[ws.id] = True  # back in the queue: the next claim must look
         if hold:

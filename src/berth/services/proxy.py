@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 
-from berth.domain.delivery import Delivery, DeliveryStatus
+from berth.domain.delivery import Delivery, DeliveryStatus, QueueLimit
 from berth.domain.errors import (
     Conflict,
     InvalidHeader,
@@ -67,7 +67,9 @@ class Proxy:
         default_wait: float,
         forward_timeout: float,
         keep_alive: float = 10.0,
+        queue_limit: QueueLimit | None = None,
     ) -> None:
+        self._queue_limit = queue_limit or QueueLimit()
         self._log, self._roster, self._client, self._link, self._bus = (
             deliveries,
             roster,
@@ -159,7 +161,9 @@ class Proxy:
         )
         sub = self._bus.subscribe(stream_topic(d.id)) if streaming else None
         try:
-            stored, created = await self._log.accept(d, workspace_name=ws.name)
+            stored, created = await self._log.accept(
+                d, workspace_name=ws.name, limit=ws.queue_limit(self._queue_limit)
+            )
         except BaseException:
             if sub is not None:
                 await sub.aclose()

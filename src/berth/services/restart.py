@@ -151,8 +151,15 @@ class RestartService:
             if now_ws is not None and now_ws.state is not S.REMOVED:
                 await self._runner.move(now_ws, S.FAILED, last_error=f"restart failed: {msg}")
         finally:
-            self._metrics.inc("berth_restarts_total", trigger=r.trigger.value, result=r.phase.value)
-            self._metrics.observe("berth_restart_seconds", time.monotonic() - started)
+            self._metrics.inc(
+                "berth_restarts_total",
+                workspace=ws.name,
+                trigger=r.trigger.value,
+                result=r.phase.value,
+            )
+            self._metrics.observe(
+                "berth_restart_seconds", time.monotonic() - started, workspace=ws.name
+            )
 
     async def _drain_and_stop(self, ws: Workspace, r: RestartRecord) -> None:
         moved = await self._runner.move(ws, S.DRAINING)
@@ -163,7 +170,7 @@ class RestartService:
             Phase.DRAINING,
             self._runner.drain(ws, restart_id=r.id, drain_seconds=r.drain_seconds, reason=r.reason),
         )
-        self._metrics.observe("berth_drain_seconds", time.monotonic() - t0)
+        self._metrics.observe("berth_drain_seconds", time.monotonic() - t0, workspace=ws.name)
         r.drain_report = report.public()
         await self._runner.move(ws, S.STOPPING)
         await self._phase(r, Phase.STOPPING, self._runner.stop(ws))

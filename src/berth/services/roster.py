@@ -30,6 +30,11 @@ class Roster:
     def peek(self, ws_id: str) -> Workspace | None:
         return self._by_id.get(ws_id)
 
+    def name_of(self, ws_id: str) -> str:
+        """A workspace's name if this replica knows it, else its id (for labels and logs)."""
+        ws = self._by_id.get(ws_id)
+        return ws.name if ws is not None else ws_id
+
     def all(self) -> list[Workspace]:
         return list(self._by_id.values())
 

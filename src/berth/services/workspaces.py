@@ -64,13 +64,13 @@ class Workspaces:
 
     async def show(self, ref: str) -> dict[str, Any]:
         ws = await self.get(ref)
-        return ws.public(*await self._log.pending(ws.id))
+        return await self._log.status_of(ws)
 
     async def list(self) -> list[dict[str, Any]]:
         await self._roster.refresh()
         out = []
         for ws in sorted(self._roster.all(), key=lambda w: w.created_at):
-            out.append(ws.public(*await self._log.pending(ws.id)))
+            out.append(await self._log.status_of(ws))
         return out
 
     async def restart(

@@ -218,6 +218,14 @@ class PostgresDeliveries(PostgresBase):
         )
         return int(row["q"]), int(row["f"])
 
+    async def queue_head(self, workspace_id: str) -> float | None:
+        row = await self._fetchrow(
+            "SELECT created_at FROM deliveries "
+            f"WHERE workspace_id = $1 AND status = '{rows.QUEUED}' ORDER BY seq LIMIT 1",
+            workspace_id,
+        )
+        return None if row is None else float(row["created_at"])
+
     async def prune_finished(self, before: float) -> int:
         pool = await self._get_pool()
         status = await pool.execute(

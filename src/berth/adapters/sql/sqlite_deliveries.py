@@ -285,6 +285,17 @@ class SqliteDeliveries(SqliteBase):
 
         return await self._hot(go, write=False)
 
+    async def queue_head(self, workspace_id: str) -> float | None:
+        def go(c: sqlite3.Connection) -> float | None:
+            row = c.execute(
+                "SELECT created_at FROM deliveries INDEXED BY deliveries_queued "
+                f"WHERE workspace_id = ? AND status = '{rows.QUEUED}' ORDER BY seq LIMIT 1",
+                (workspace_id,),
+            ).fetchone()
+            return None if row is None else float(row[0])
+
+        return await self._hot(go, write=False)
+
     async def prune_finished(self, before: float) -> int:
         """In batches of 1,000 rows, each its own short transaction, so the loop's hot path
         never waits long for the write lock however much there is to prune."""
