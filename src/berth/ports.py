@@ -244,6 +244,7 @@ class StreamItem:
     data: bytes
     status: int = 200
     content_type: str = "application/json"
+    event: str | None = None  # the SSE event name, when the agent gave one
 
 
 class AgentClient(Protocol):

@@ -56,16 +56,19 @@ class HttpAgentClient:
                     yield StreamItem("reply", await resp.read(), resp.status, ctype)
                     return
                 data: list[bytes] = []
+                event: str | None = None
                 async for raw in resp.content:
                     line = raw.rstrip(b"\r\n")
                     if not line:
                         if data:
-                            yield StreamItem("event", b"\n".join(data))
-                            data = []
+                            yield StreamItem("event", b"\n".join(data), event=event)
+                        data, event = [], None
                     elif line.startswith(b"data:"):
                         data.append(line[5:].lstrip(b" "))
+                    elif line.startswith(b"event:"):
+                        event = line[6:].strip().decode() or None
                 if data:
-                    yield StreamItem("event", b"\n".join(data))
+                    yield StreamItem("event", b"\n".join(data), event=event)
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as e:
             raise _unreachable(e) from e
 

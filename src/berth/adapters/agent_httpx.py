@@ -44,15 +44,18 @@ class HttpxAgentClient:
                     yield StreamItem("reply", await r.aread(), r.status_code, ctype)
                     return
                 data: list[str] = []
+                event: str | None = None
                 async for line in r.aiter_lines():
                     if not line:
                         if data:
-                            yield StreamItem("event", "\n".join(data).encode())
-                            data = []
+                            yield StreamItem("event", "\n".join(data).encode(), event=event)
+                        data, event = [], None
                     elif line.startswith("data:"):
                         data.append(line[5:].lstrip(" "))
+                    elif line.startswith("event:"):
+                        event = line[6:].strip() or None
                 if data:
-                    yield StreamItem("event", "\n".join(data).encode())
+                    yield StreamItem("event", "\n".join(data).encode(), event=event)
         except httpx.HTTPError as e:
             raise AgentUnreachable(
                 f"{type(e).__name__}: {e}".rstrip(": "),

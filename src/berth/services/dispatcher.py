@@ -218,7 +218,9 @@ class Dispatcher:
             if item.kind == "reply":  # no stream: the agent's plain answer (an up-front error)
                 return AgentReply(item.status, item.data, item.content_type)
             data = item.data
-            await self._events.signal(topic, t="event", data=data.decode(), forward=d.forwards)
+            await self._events.signal(
+                topic, t="event", data=data.decode(), forward=d.forwards, event=item.event
+            )
             if is_terminal_event(data):
                 return AgentReply(200, data, "text/event-stream")
         raise AgentUnreachable("the stream ended before a final event")

@@ -210,6 +210,7 @@ class Proxy:
         streamed, its plain reply (an up-front error) with its status and type if not.
         Waits up to `keep_alive` seconds for that answer, then commits to a stream."""
         first: bytes | None = None
+        name: str | None = None  # the first event's SSE name
         # a replay subscribed after the accept: what it may have missed is in the log
         current = d if original else await self._log.get(d.id)
         loop = asyncio.get_running_loop()
@@ -223,7 +224,7 @@ class Proxy:
             except TimeoutError:
                 break
             if item.get("t") == "event":
-                first = item["data"].encode()
+                first, name = item["data"].encode(), item.get("event")
             elif item.get("t") == "final":
                 current = await self._log.get(d.id)
         if first is None and _plain(current):
@@ -231,7 +232,7 @@ class Proxy:
             return self._answer(current, how, original=original)
         ids = _ids(d) if original else {**_ids(d), "x-berth-replayed": "true"}
         return ProxyReply(
-            200, b"", ids, "text/event-stream", self._pipe(d, sub, how, first, current)
+            200, b"", ids, "text/event-stream", self._pipe(d, sub, how, (first, name), current)
         )
 
     async def _pipe(
@@ -239,17 +240,18 @@ class Proxy:
         d: Delivery,
         sub: Subscription,
         how: Binding,
-        first: bytes | None,
+        head: tuple[bytes | None, str | None],
         current: Delivery,
     ) -> AsyncIterator[bytes]:
         """The caller's SSE stream: the agent's events as they come, across redeliveries,
         with keep-alive comments while the workspace restarts; ends after the final event.
         Events are read from the subscription until its final notice (they may all be
         queued there already); the log is read only when the bus stays silent."""
+        first, name = head
         last: bytes | None = first
         try:
             if first is not None:
-                yield sse(first)
+                yield sse(first, name)
             while not current.status.final:
                 try:
                     _, item = await asyncio.wait_for(sub.__anext__(), self.keep_alive)
@@ -260,7 +262,7 @@ class Proxy:
                     continue
                 if item.get("t") == "event":
                     last = item["data"].encode()
-                    yield sse(last)
+                    yield sse(last, item.get("event"))
                 elif item.get("t") == "final":
                     current = await self._log.get(d.id)
             if current.status is DeliveryStatus.DONE and current.reply is not None:

@@ -138,9 +138,9 @@ async def _rest_of(
     first: StreamItem, items: AsyncIterator[StreamItem], how: Binding
 ) -> AsyncIterator[bytes]:
     try:
-        yield sse(first.data)
+        yield sse(first.data, first.event)
         async for item in items:
-            yield sse(item.data)
+            yield sse(item.data, item.event)
             if item.kind == "reply":
                 return
     except AgentUnreachable as e:
