@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -43,13 +44,14 @@ class Echo:
             stdout=subprocess.DEVNULL,
             stderr=open(self.state.parent / "echo.log", "ab"),
         )
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 60  # a busy shared machine can take that long
         while time.monotonic() < deadline:
             try:
                 if httpx.get(self.url + "/healthz", timeout=1).status_code == 200:
                     return self
             except httpx.HTTPError:
                 time.sleep(0.05)
+        self.kill9()  # never leave it running behind a failed test
         raise RuntimeError("echo did not start")
 
     def kill9(self) -> None:
@@ -273,3 +275,59 @@ async def test_signal_with_bad_input_is_a_jsonrpc_error(echo: Echo):
         )
         assert r.json()["error"]["code"] == -32602
         assert (await c.get("/healthz")).json()["status"] == "ok"  # a bad signal starts no drain
+
+
+def _clean(log: Path) -> list[str]:
+    return [
+        line
+        for line in log.read_text().splitlines()
+        if re.search("Traceback|ERROR|Exception", line)
+    ]
+
+
+async def test_sigterm_after_a_drain_that_ran_out_does_not_drain_again(tmp_path: Path):
+    """berth's restart: the signal's drain times out, then SIGTERM. The agent (30 s window)
+    must cut the message at once, answer it DRAINING, and exit cleanly."""
+    e = Echo(tmp_path / "state", drain_seconds=30).start()
+    try:
+        async with client(e) as c:
+            work = asyncio.create_task(
+                c.post("/", json=send_body("sleep:20 x", "cut-1"), headers=V1)
+            )
+            await asyncio.sleep(0.5)
+            report = await signal_drain(c, 1)
+            assert report["unfinished"] == ["cut-1"]
+            assert e.proc is not None
+            t0 = time.monotonic()
+            e.proc.send_signal(signal.SIGTERM)
+            reply = (await work).json()
+            assert reply["error"]["data"]["reason"] == "DRAINING"
+            assert await asyncio.to_thread(e.proc.wait, 20) == 0
+            assert time.monotonic() - t0 < 10  # not another 30 s window
+    finally:
+        e.kill9()
+    assert _clean(tmp_path / "echo.log") == []
+    starts, dones = executions(e.state)
+    assert starts["cut-1"] == 1 and dones["cut-1"] == 0
+
+
+async def test_sigterm_alone_drains_its_window_then_cuts_cleanly(tmp_path: Path):
+    """`docker stop` or `kill`: no signal from berth; SIGTERM drains for drain_seconds."""
+    e = Echo(tmp_path / "state", drain_seconds=1).start()
+    try:
+        async with client(e) as c:
+            work = asyncio.create_task(
+                c.post("/", json=send_body("sleep:20 y", "cut-2"), headers=V1)
+            )
+            await asyncio.sleep(0.5)
+            assert e.proc is not None
+            t0 = time.monotonic()
+            e.proc.send_signal(signal.SIGTERM)
+            reply = (await work).json()
+            took = time.monotonic() - t0
+            assert reply["error"]["data"]["reason"] == "DRAINING"
+            assert 0.9 < took < 5  # the window, then the cut
+            assert await asyncio.to_thread(e.proc.wait, 20) == 0
+    finally:
+        e.kill9()
+    assert _clean(tmp_path / "echo.log") == []

@@ -3,16 +3,35 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
+from a2a.server.context import ServerCallContext
 from a2a.server.tasks import DatabaseTaskStore, TaskStore
+from a2a.types import Task
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 log = logging.getLogger("berth.sdk")
 __all__ = ["durable_task_store"]
 
 
-def durable_task_store(state_dir: Path) -> tuple[TaskStore, AsyncEngine]:
+class _Store(DatabaseTaskStore):
+    """DatabaseTaskStore, calling `before_save` first (the SDK writes its pending execution
+    records there, so a task is never on disk before the record that can close it)."""
+
+    def __init__(self, engine: AsyncEngine, before_save: Callable[[], None] | None) -> None:
+        super().__init__(engine, create_table=True)
+        self._before_save = before_save
+
+    async def save(self, task: Task, context: ServerCallContext) -> None:
+        if self._before_save is not None:
+            self._before_save()
+        await super().save(task, context)
+
+
+def durable_task_store(
+    state_dir: Path, before_save: Callable[[], None] | None = None
+) -> tuple[TaskStore, AsyncEngine]:
     state_dir.mkdir(parents=True, exist_ok=True)
     engine = create_async_engine(f"sqlite+aiosqlite:///{state_dir / 'tasks.sqlite'}")
-    return DatabaseTaskStore(engine, create_table=True), engine
+    return _Store(engine, before_save), engine
