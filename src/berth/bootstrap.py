@@ -24,6 +24,7 @@ from berth.services.dispatcher import Dispatcher
 from berth.services.events import WORK_TOPIC, WS_TOPIC, Events
 from berth.services.idle import Idle
 from berth.services.lifecycle import Runner
+from berth.services.probe import Prober
 from berth.services.proxy import Proxy
 from berth.services.registry import Registry
 from berth.services.restart import RestartService
@@ -80,6 +81,10 @@ class Container:
         # race recovery's own restarts (found by bench/chaos: workspaces ended failed)
         run("liveness", lambda: self.registry.liveness(self.settings.heartbeat_seconds))
         run("idle", lambda: self.idle.watch(self.settings.heartbeat_seconds))
+        prober = Prober(  # agents that do not register or heartbeat (stock A2A servers)
+            self.roster, self.client, self.runner, self.link, self.dispatcher, self.events
+        )
+        run("probe", lambda: prober.run(self.settings.heartbeat_seconds))
 
     async def _follow_replicas(self) -> None:
         """Learn of other replicas' work and workspace changes."""

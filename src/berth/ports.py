@@ -25,6 +25,7 @@ __all__ = [
     "RestartStore",
     "RunInfo",
     "Settle",
+    "StreamItem",
     "Store",
     "Subscription",
     "WorkspaceStore",
@@ -41,6 +42,7 @@ class Settle:
     reply_status: int | None = None
     reason: str | None = None
     not_before: float = 0.0
+    reply_type: str | None = None
 
 
 class Database(Protocol):
@@ -230,19 +232,44 @@ class AgentReply:
     status: int
     body: bytes
     content_type: str = "application/json"
+    headers: dict[str, str] = field(default_factory=dict)  # lower-case names
+
+
+@dataclass(frozen=True)
+class StreamItem:
+    """One item of an agent's stream: an SSE event's data (`kind` "event"), or the agent's
+    plain answer instead of a stream (`kind` "reply", with its HTTP status and type)."""
+
+    kind: str
+    data: bytes
+    status: int = 200
+    content_type: str = "application/json"
+    event: str | None = None  # the SSE event name, when the agent gave one
 
 
 class AgentClient(Protocol):
-    """HTTP to agents. `stream` yields ("event", data) per SSE event, or one ("reply", body)
-    when the agent answered with plain JSON; a broken stream raises AgentUnreachable."""
+    """HTTP to agents. `stream` yields an "event" item per SSE event, or one "reply" item
+    when the agent answered without a stream; a broken stream raises AgentUnreachable.
+    `request` is any method (the HTTP+JSON binding's GET and DELETE)."""
 
     def stream(
         self,
         url: str,
-        body: bytes,
+        body: bytes | None,
         headers: dict[str, str],
         timeout: float,
-    ) -> AsyncIterator[tuple[str, bytes]]: ...
+        *,
+        method: str = "POST",
+    ) -> AsyncIterator[StreamItem]: ...
+
+    async def request(
+        self,
+        method: str,
+        url: str,
+        body: bytes | None,
+        headers: dict[str, str],
+        timeout: float,
+    ) -> AgentReply: ...
 
     async def post(
         self,

@@ -27,10 +27,16 @@ __all__ = [
     "STREAM_METHODS",
     "SUBSCRIBE_METHODS",
     "TASK_NOT_FOUND",
+    "A2A_JSON",
+    "REST_PREFIX",
     "container_name",
     "draining_error",
     "is_draining_error",
+    "is_stream",
     "is_terminal_event",
+    "rest_error",
+    "rest_method",
+    "rest_path",
     "rpc_error",
     "rpc_result",
 ]
@@ -49,6 +55,30 @@ INTERNAL_ERROR = -32603
 TASK_NOT_FOUND = -32001
 
 RETRY_AFTER = "5"
+
+# The HTTP+JSON (REST) binding. A delivery accepted over it records its method as
+# REST_PREFIX + the path under the agent's HTTP+JSON URL, e.g. "rest:/message:send" or
+# "rest:/<tenant>/message:stream"; its request is the body as the caller sent it.
+REST_PREFIX = "rest:"
+A2A_JSON = "application/a2a+json"  # the binding's media type (ProtoJSON bodies)
+REST_SEND_SUFFIX = "/message:send"
+REST_STREAM_SUFFIX = "/message:stream"
+
+# A2A error reasons (google.rpc.ErrorInfo) and gRPC status names for HTTP statuses berth
+# answers HTTP+JSON callers with.
+_GRPC_STATUS = {
+    400: "INVALID_ARGUMENT",
+    401: "UNAUTHENTICATED",
+    403: "PERMISSION_DENIED",
+    404: "NOT_FOUND",
+    409: "ABORTED",
+    413: "INVALID_ARGUMENT",
+    415: "INVALID_ARGUMENT",
+    422: "INVALID_ARGUMENT",
+    429: "RESOURCE_EXHAUSTED",
+    502: "UNAVAILABLE",
+    503: "UNAVAILABLE",
+}
 
 # Task states after which a stream ends (terminal or interrupted), both vocabularies.
 _TERMINAL = frozenset(
@@ -83,6 +113,40 @@ def rpc_error(request_id: Any, code: int, message: str, data: Any = None) -> byt
     if data is not None:
         err["data"] = data
     return json.dumps({"jsonrpc": "2.0", "id": request_id, "error": err}).encode()
+
+
+def rest_method(path: str) -> str:
+    return REST_PREFIX + path
+
+
+def rest_path(method: str) -> str | None:
+    """The path of an HTTP+JSON delivery's method, None for a JSON-RPC one."""
+    return method[len(REST_PREFIX) :] if method.startswith(REST_PREFIX) else None
+
+
+def is_stream(method: str) -> bool:
+    """True for a delivery whose answer is a stream: SendStreamingMessage / message/stream,
+    or the HTTP+JSON binding's `message:stream`."""
+    return method in STREAM_METHODS or (
+        method.startswith(REST_PREFIX) and method.endswith(REST_STREAM_SUFFIX)
+    )
+
+
+def rest_error(http_status: int, message: str, reason: str, metadata: Any = None) -> bytes:
+    """An HTTP+JSON error body: {"error": {code, status, message, details: [ErrorInfo]}}."""
+    info = {
+        "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+        "reason": reason,
+        "domain": "berth",
+        "metadata": {k: str(v) for k, v in (metadata or {}).items()},
+    }
+    err = {
+        "code": http_status,
+        "status": _GRPC_STATUS.get(http_status, "INTERNAL"),
+        "message": message,
+        "details": [info],
+    }
+    return json.dumps({"error": err}).encode()
 
 
 def draining_error(request_id: Any) -> bytes:
@@ -123,7 +187,8 @@ def is_terminal_event(data: bytes) -> bool:
         return False
     if "error" in doc:
         return True
-    res = doc.get("result")
+    # JSON-RPC wraps the StreamResponse in "result"; HTTP+JSON sends it bare
+    res = doc.get("result") if "jsonrpc" in doc or "result" in doc else doc
     if not isinstance(res, dict):
         return False
     if "message" in res or res.get("kind") == "message":

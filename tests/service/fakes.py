@@ -20,7 +20,7 @@ from berth.adapters.memory_store import MemoryStore
 from berth.bootstrap import Container, assemble
 from berth.domain.errors import AgentUnreachable
 from berth.domain.workspace import Workspace
-from berth.ports import AgentReply, ExitCallback, RunInfo
+from berth.ports import AgentReply, ExitCallback, RunInfo, StreamItem
 from berth.settings import Settings
 from berth.wire import draining_error, rpc_result
 
@@ -115,13 +115,26 @@ class FakeAgents:
         return task.result()
 
     def stream(
-        self, url: str, body: bytes, headers: dict[str, str], timeout: float
-    ) -> AsyncIterator[tuple[str, bytes]]:
-        async def gen() -> AsyncIterator[tuple[str, bytes]]:
-            reply = await self.post(url, body, headers, timeout)
-            yield "reply", reply.body
+        self,
+        url: str,
+        body: bytes | None,
+        headers: dict[str, str],
+        timeout: float,
+        *,
+        method: str = "POST",
+    ) -> AsyncIterator[StreamItem]:
+        async def gen() -> AsyncIterator[StreamItem]:
+            reply = await self.post(url, body or b"", headers, timeout)
+            yield StreamItem("reply", reply.body, reply.status, reply.content_type)
 
         return gen()
+
+    async def request(
+        self, method: str, url: str, body: bytes | None, headers: dict[str, str], timeout: float
+    ) -> AgentReply:
+        if method == "POST" and body is not None:
+            return await self.post(url, body, headers, timeout)
+        return await self.get(url, headers, timeout)
 
     async def get(self, url: str, headers: dict[str, str], timeout: float) -> AgentReply:
         raise AgentUnreachable("not served", reached=False)

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 
 import aiohttp
 
-from berth.ports import AgentReply, AgentUnreachable
+from berth.ports import AgentReply, AgentUnreachable, StreamItem
 
 __all__ = ["HttpAgentClient"]
 
@@ -36,34 +36,46 @@ class HttpAgentClient:
     async def stream(
         self,
         url: str,
-        body: bytes,
+        body: bytes | None,
         headers: dict[str, str],
         timeout: float,
-    ) -> AsyncIterator[tuple[str, bytes]]:
+        *,
+        method: str = "POST",
+    ) -> AsyncIterator[StreamItem]:
         """SSE events as they arrive (`timeout` bounds the wait for each chunk, not the stream)."""
         try:
-            async with self._get().post(
+            async with self._get().request(
+                method,
                 url,
                 data=body,
                 headers={**headers, "accept": "text/event-stream"},
                 timeout=aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=timeout),
             ) as resp:
-                if not resp.headers.get("content-type", "").startswith("text/event-stream"):
-                    yield "reply", await resp.read()
+                ctype = resp.headers.get("content-type", "")
+                if not ctype.startswith("text/event-stream"):
+                    yield StreamItem("reply", await resp.read(), resp.status, ctype)
                     return
                 data: list[bytes] = []
+                event: str | None = None
                 async for raw in resp.content:
                     line = raw.rstrip(b"\r\n")
                     if not line:
                         if data:
-                            yield "event", b"\n".join(data)
-                            data = []
+                            yield StreamItem("event", b"\n".join(data), event=event)
+                        data, event = [], None
                     elif line.startswith(b"data:"):
                         data.append(line[5:].lstrip(b" "))
+                    elif line.startswith(b"event:"):
+                        event = line[6:].strip().decode() or None
                 if data:
-                    yield "event", b"\n".join(data)
+                    yield StreamItem("event", b"\n".join(data), event=event)
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as e:
             raise _unreachable(e) from e
+
+    async def request(
+        self, method: str, url: str, body: bytes | None, headers: dict[str, str], timeout: float
+    ) -> AgentReply:
+        return await self._call(method, url, body, headers, timeout)
 
     async def get(self, url: str, headers: dict[str, str], timeout: float) -> AgentReply:
         return await self._call("GET", url, None, headers, timeout)
@@ -81,7 +93,10 @@ class HttpAgentClient:
             ) as resp:
                 data = await resp.read()
                 return AgentReply(
-                    resp.status, data, resp.headers.get("content-type", "application/json")
+                    resp.status,
+                    data,
+                    resp.headers.get("content-type", "application/json"),
+                    {k.lower(): v for k, v in resp.headers.items()},
                 )
         except (TimeoutError, aiohttp.ClientError, OSError) as e:
             raise _unreachable(e) from e

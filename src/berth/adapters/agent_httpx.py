@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator
 
 import httpx
 
-from berth.ports import AgentReply, AgentUnreachable
+from berth.ports import AgentReply, AgentUnreachable, StreamItem
 
 __all__ = ["HttpxAgentClient"]
 
@@ -25,36 +25,47 @@ class HttpxAgentClient:
     async def stream(
         self,
         url: str,
-        body: bytes,
+        body: bytes | None,
         headers: dict[str, str],
         timeout: float,
-    ) -> AsyncIterator[tuple[str, bytes]]:
+        *,
+        method: str = "POST",
+    ) -> AsyncIterator[StreamItem]:
         try:
             async with self._client.stream(
-                "POST",
+                method,
                 url,
                 content=body,
                 timeout=httpx.Timeout(timeout, connect=10),
                 headers={**headers, "accept": "text/event-stream"},
             ) as r:
-                if not r.headers.get("content-type", "").startswith("text/event-stream"):
-                    yield "reply", await r.aread()
+                ctype = r.headers.get("content-type", "")
+                if not ctype.startswith("text/event-stream"):
+                    yield StreamItem("reply", await r.aread(), r.status_code, ctype)
                     return
                 data: list[str] = []
+                event: str | None = None
                 async for line in r.aiter_lines():
                     if not line:
                         if data:
-                            yield "event", "\n".join(data).encode()
-                            data = []
+                            yield StreamItem("event", "\n".join(data).encode(), event=event)
+                        data, event = [], None
                     elif line.startswith("data:"):
                         data.append(line[5:].lstrip(" "))
+                    elif line.startswith("event:"):
+                        event = line[6:].strip() or None
                 if data:
-                    yield "event", "\n".join(data).encode()
+                    yield StreamItem("event", "\n".join(data).encode(), event=event)
         except httpx.HTTPError as e:
             raise AgentUnreachable(
                 f"{type(e).__name__}: {e}".rstrip(": "),
                 reached=not isinstance(e, httpx.ConnectError),
             ) from e
+
+    async def request(
+        self, method: str, url: str, body: bytes | None, headers: dict[str, str], timeout: float
+    ) -> AgentReply:
+        return await self._call(method, url, body, headers, timeout)
 
     async def get(self, url: str, headers: dict[str, str], timeout: float) -> AgentReply:
         return await self._call("GET", url, None, headers, timeout)
@@ -72,7 +83,10 @@ class HttpxAgentClient:
                 reached=not isinstance(e, httpx.ConnectError),
             ) from e
         return AgentReply(
-            r.status_code, r.content, r.headers.get("content-type", "application/json")
+            r.status_code,
+            r.content,
+            r.headers.get("content-type", "application/json"),
+            {k.lower(): v for k, v in r.headers.items()},
         )
 
     async def close(self) -> None:

@@ -173,6 +173,7 @@ class MemoryStore:
         d.attempts += 1 if how.count_attempt else 0
         if how.reply is not None:
             d.reply, d.reply_status = how.reply, how.reply_status
+            d.reply_type = how.reply_type
         d.reason = how.reason
         d.not_before = how.not_before
         d.lease_owner = d.lease_until = None

@@ -9,16 +9,17 @@ from typing import Any
 
 import orjson
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import Response, StreamingResponse
 
 from berth.api.auth import bearer
 from berth.api.errors import error_response, rpc_error_response
 from berth.bootstrap import Container
-from berth.domain.errors import BerthError, TooLarge, Unauthorized, Unavailable
-from berth.domain.workspace import Workspace
+from berth.domain.errors import BerthError, NotFound, TooLarge, Unauthorized, Unavailable
+from berth.domain.workspace import CardAccess, Workspace
+from berth.services.bindings import ProxyReply
 from berth.services.lifecycle import hash_token
 
-__all__ = ["a2a_endpoint", "agent_card_endpoint"]
+__all__ = ["a2a_endpoint", "agent_card_endpoint", "authorize", "read_body", "render", "workspace"]
 
 
 async def _authorize(c: Container, request: Request) -> None:
@@ -69,6 +70,12 @@ async def a2a_endpoint(request: Request) -> Response:
         reply = await c.proxy.handle(ws, raw, dict(request.headers.items()))
     except BerthError as e:  # e.g. the database is away: nothing was accepted, the caller may retry
         return rpc_error_response(e, _request_id(raw) if raw else None)
+    return render(reply)
+
+
+def render(reply: ProxyReply) -> Response:
+    """A proxy reply as an HTTP response: a stream as SSE, else the body with the status
+    and content type the agent (or berth) gave it."""
     if reply.stream is not None:
         return StreamingResponse(
             reply.stream,
@@ -82,16 +89,33 @@ async def a2a_endpoint(request: Request) -> Response:
 
 
 async def agent_card_endpoint(request: Request) -> Response:
+    """The agent card as berth serves it (`services/card.py`): public, or for callers with
+    a token (401 with `WWW-Authenticate: Bearer` otherwise), per the workspace's `card`."""
     c: Container = request.app.state.berth
     try:
-        await _authorize(c, request)
-        ws = await _workspace(c, request)
-        proxy_url = str(request.url_for("a2a", ref=request.path_params["ref"]))
-        card = c.proxy.agent_card(ws, proxy_url)
+        try:
+            ws = await _workspace(c, request)
+        except NotFound:
+            await _authorize(c, request)  # no token: 401, so names are not probed for free
+            raise
+        if ws.card_access != CardAccess.PUBLIC.value:
+            await _authorize(c, request)
+        ref = request.path_params["ref"]
+        jsonrpc_url = str(request.url_for("a2a", ref=ref))
+        rest_url = jsonrpc_url + "/rest"
+        card = await c.proxy.agent_card(
+            ws, jsonrpc_url, rest_url, request.headers.get("if-none-match")
+        )
         if card is None:
             raise Unavailable(
                 f"workspace {ws.name} has not registered an agent card yet", code="no_agent_card"
             )
     except BerthError as e:
         return error_response(e)
-    return JSONResponse(card)
+    if card.not_modified:
+        return Response(status_code=304, headers=card.headers)
+    return Response(card.body, media_type="application/json", headers=card.headers)
+
+
+# shared with the HTTP+JSON binding's routes (api/a2a_rest.py)
+authorize, read_body, workspace = _authorize, _body, _workspace

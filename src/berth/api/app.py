@@ -14,6 +14,7 @@ from starlette.routing import Route
 from berth import __version__
 from berth.api import agents, errors, lookups, management, operator, ui
 from berth.api.a2a import a2a_endpoint, agent_card_endpoint
+from berth.api.a2a_rest import a2a_rest_endpoint
 from berth.bootstrap import Container, build
 from berth.eventlog import EventLog
 from berth.settings import Settings
@@ -65,6 +66,14 @@ def create_app(settings: Settings | None = None, container: Container | None = N
         app.router.routes.append(
             Route(path, a2a_endpoint, methods=["POST"], name="a2a" if path[-1] == "a" else None)
         )
+    # the HTTP+JSON binding (before the card routes: its paths never end in agent-card.json)
+    app.router.routes.append(
+        Route(
+            "/v1/workspaces/{ref}/a2a/rest/{path:path}",
+            a2a_rest_endpoint,
+            methods=["GET", "POST", "DELETE"],
+        )
+    )
     for path in (
         "/v1/workspaces/{ref}/.well-known/agent-card.json",
         "/v1/workspaces/{ref}/a2a/.well-known/agent-card.json",

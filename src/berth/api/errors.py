@@ -41,7 +41,15 @@ from berth.wire import (
     rpc_error,
 )
 
-__all__ = ["EDGE", "Edge", "edge", "error_response", "install", "rpc_error_response"]
+__all__ = [
+    "EDGE",
+    "Edge",
+    "edge",
+    "error_response",
+    "extra_headers",
+    "install",
+    "rpc_error_response",
+]
 
 
 @dataclass(frozen=True)
@@ -85,6 +93,9 @@ def _headers(how: Edge) -> dict[str, str]:
     if how.challenge:
         out["www-authenticate"] = "Bearer"
     return out
+
+
+extra_headers = _headers  # Retry-After / WWW-Authenticate for an edge (the REST binding's)
 
 
 def error_response(e: BerthError) -> JSONResponse:

@@ -41,6 +41,9 @@ class WorkspaceCreate(BaseModel):
     restart_policy: Literal["on-failure", "always", "never"] = "on-failure"
     memory: str | None = Field(None, description="memory limit (docker), e.g. 512m")
     cpus: float | None = Field(None, description="CPU limit (docker)")
+    card: Literal["public", "callers"] = Field(
+        "callers", description="who may read the agent card without a token"
+    )
 
 
 class RestartRequest(BaseModel):

@@ -137,6 +137,11 @@ def _ws(sub: Any, common: argparse.ArgumentParser) -> None:
         "(default BERTH_MAX_QUEUE_AGE, 3600)",
     )
     c.add_argument(
+        "--card",
+        choices=["public", "callers"],
+        help="who may read the agent card without a token (default callers)",
+    )
+    c.add_argument(
         "--idle-suspend",
         type=float,
         metavar="S",

@@ -56,6 +56,7 @@ def create(args: argparse.Namespace, api: Api, out: Out) -> None:
         "max_queue",
         "max_queue_age",
         "idle_suspend_seconds",
+        "card",
     ):
         if getattr(args, key) is not None:
             body[key] = getattr(args, key)

@@ -153,6 +153,7 @@ class Delivery:
     forwards: int = 0
     reply: bytes | None = None
     reply_status: int | None = None
+    reply_type: str | None = None  # the reply's content type, as the agent sent it
     reason: str | None = None
     lease_owner: str | None = None
     lease_until: float | None = None
@@ -176,5 +177,15 @@ class Delivery:
             "created_at": self.created_at,
             "first_forwarded_at": self.first_forwarded_at,
             "finished_at": self.finished_at,
-            "reply": None if self.reply is None else json.loads(self.reply),
+            "reply": _reply(self.reply),
         }
+
+
+def _reply(body: bytes | None) -> Any:
+    """A stored reply for display: its JSON, or its text when the agent answered otherwise."""
+    if body is None:
+        return None
+    try:
+        return json.loads(body)
+    except ValueError:
+        return body.decode("utf-8", "replace")

@@ -19,6 +19,13 @@ class Runtime(str, enum.Enum):
     EXTERNAL = "external"
 
 
+class CardAccess(str, enum.Enum):
+    """Who may read a workspace's agent card: anyone (`public`) or callers with a token."""
+
+    PUBLIC = "public"
+    CALLERS = "callers"
+
+
 class RestartPolicy(str, enum.Enum):
     ON_FAILURE = "on-failure"
     ALWAYS = "always"
@@ -57,6 +64,7 @@ class Workspace:
     last_error: str | None = None
     created_at: float = 0.0
     updated_at: float = 0.0
+    card_access: str = "callers"  # CardAccess: who may read the agent card without a token
 
     @property
     def native_session(self) -> bool:
@@ -97,6 +105,7 @@ class Workspace:
             "max_concurrency": self.max_concurrency,
             "drain_seconds": self.drain_seconds,
             "restart_policy": self.restart_policy.value,
+            "card": self.card_access,
             "active_tasks": self.active_tasks,
             "capabilities": self.capabilities,
             "last_heartbeat": self.last_heartbeat,
@@ -177,6 +186,10 @@ def validate_spec(body: dict[str, Any]) -> dict[str, Any]:
     except ValueError:
         raise InvalidInput("restart_policy: one of on-failure, always, never") from None
     limits = {k: body[k] for k in ("memory", "cpus") if body.get(k) is not None}
+    try:
+        card = CardAccess(body.get("card", "callers")).value
+    except ValueError:
+        raise InvalidInput("card: one of public, callers") from None
     mq = body.get("max_queue")
     if mq is not None:
         if not isinstance(mq, int) or isinstance(mq, bool) or not 1 <= mq <= 10_000_000:
@@ -212,6 +225,7 @@ def validate_spec(body: dict[str, Any]) -> dict[str, Any]:
         "drain_seconds": float(ds),
         "restart_policy": policy,
         "limits": limits,
+        "card_access": card,
     }
 
 
@@ -228,6 +242,7 @@ _SPEC_KEYS = {
     "restart_policy",
     "memory",
     "cpus",
+    "card",
     "max_queue",
     "max_queue_age",
     "idle_suspend_seconds",

@@ -13,6 +13,7 @@ from typing import Any
 
 from berth.domain.workspace import Runtime, Workspace
 from berth.ports import AgentClient, AgentUnreachable, Cache, Store
+from berth.services.card import rest_url, with_origin
 from berth.wire import container_name
 
 log = logging.getLogger("berth.agent_link")
@@ -91,6 +92,15 @@ class AgentLink:
             None if ws.agent_url is None else rewrite_for_docker(ws.agent_url, ws, self._in_docker)
         )
 
+    def rest_target(self, ws: Workspace, path: str) -> str | None:
+        """The URL of `path` under the agent's HTTP+JSON interface (declared in its card),
+        on the origin berth reaches the agent at; None without such an interface."""
+        target = self.target(ws)
+        url = rest_url(ws.agent_card)
+        if target is None or url is None:
+            return None
+        return with_origin(url, target).rstrip("/") + path
+
     async def signal_restart(
         self,
         ws: Workspace,
@@ -155,7 +165,9 @@ class AgentLink:
         except AgentUnreachable:
             log.info("resume signal to %s not delivered", ws.name)
             return False
-        return reply.status < 500
+        # a 404 is an agent without berth's signals (a stock A2A server): not an answer; it
+        # comes online when berth's card probe finds it (services/probe.py)
+        return reply.status < 400
 
 
 def _report(body: bytes) -> dict[str, Any] | None:

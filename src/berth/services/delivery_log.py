@@ -31,7 +31,7 @@ from berth.ports import Bus, DeliveryStore, Settle
 from berth.services.events import DONE_TOPIC, WORK_TOPIC, Events
 from berth.services.streams import stream_topic
 from berth.services.waiters import Waiters
-from berth.wire import STREAM_METHODS
+from berth.wire import is_stream
 
 log = logging.getLogger("berth.delivery_log")
 ADMISSION_REFRESH = 0.25  # seconds an admission decision may rely on a read of the queue
@@ -101,7 +101,7 @@ class DeliveryLog:
             )
         self._waiters.resolve(d)
         await self._events.signal(DONE_TOPIC, id=d.id, workspace_id=d.workspace_id)
-        if d.method in STREAM_METHODS:
+        if is_stream(d.method):
             await self._events.signal(stream_topic(d.id), t="final", status=d.status.value)
         self._events.flow(
             f"delivery.{d.status.value}",

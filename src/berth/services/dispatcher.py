@@ -21,16 +21,20 @@ from berth.ports import AgentClient, AgentReply, Settle
 from berth.services.agent_link import AgentLink
 from berth.services.delivery_log import DeliveryLog
 from berth.services.events import Events
-from berth.services.replies import classify
+from berth.services.replies import classify, classify_rest
 from berth.services.roster import Roster
 from berth.services.streams import stream_topic
-from berth.wire import STREAM_METHODS, is_terminal_event
+from berth.wire import is_stream, is_terminal_event, rest_path
 
 log = logging.getLogger("berth.dispatcher")
 __all__ = ["Dispatcher"]
 
 DRAINING_HOLD = 0.5  # seconds to wait before re-offering a message the agent refused while draining
 CRASH_NOTICE = 0.3  # seconds a transport failure waits for the exit of the agent to be noticed
+
+
+class _NoRestInterface(Exception):
+    """An HTTP+JSON send to an agent that serves no HTTP+JSON: it will never take it."""
 
 
 class Dispatcher:
@@ -158,16 +162,22 @@ class Dispatcher:
             )
         detail = None
         try:
-            url = self._link.target(ws)
+            path = rest_path(d.method)
+            url = self._link.target(ws) if path is None else self._link.rest_target(ws, path)
+            if url is None and path is not None and ws.agent_url is not None:
+                raise _NoRestInterface()
             if url is None:
                 raise AgentUnreachable("no agent url known", reached=False)
-            headers = {**d.headers, "content-type": "application/json"}
-            if d.method in STREAM_METHODS:
+            headers = {"content-type": "application/json", **d.headers}  # as the caller sent it
+            if is_stream(d.method):
                 reply = await self._stream(d, url, headers)
             else:
                 reply = await self._client.post(url, d.request, headers, timeout=self._timeout)
-            outcome = classify(reply)
+            outcome = classify(reply) if path is None else classify_rest(reply)
             detail = f"HTTP {reply.status}"
+        except _NoRestInterface:
+            outcome, reply = Outcome.REJECTED, None
+            detail = "the agent's card declares no HTTP+JSON interface"
         except AgentUnreachable as e:
             outcome = Outcome.TRANSPORT if e.reached else Outcome.UNREACHED
             reply, detail = None, str(e) or type(e).__name__
@@ -185,6 +195,7 @@ class Dispatcher:
                 reply.body if reply else None,
                 reply.status if reply else None,
                 detail,
+                reply.content_type if reply else None,
             )
         except Exception:
             log.exception(
@@ -203,12 +214,15 @@ class Dispatcher:
     async def _stream(self, d: Delivery, url: str, headers: dict[str, str]) -> AgentReply:
         """Forward a stream, publishing each event; the reply is its terminal event."""
         topic = stream_topic(d.id)
-        async for kind, data in self._client.stream(url, d.request, headers, self._timeout):
-            if kind == "reply":
-                return AgentReply(200, data)
-            await self._events.signal(topic, t="event", data=data.decode(), forward=d.forwards)
+        async for item in self._client.stream(url, d.request, headers, self._timeout):
+            if item.kind == "reply":  # no stream: the agent's plain answer (an up-front error)
+                return AgentReply(item.status, item.data, item.content_type)
+            data = item.data
+            await self._events.signal(
+                topic, t="event", data=data.decode(), forward=d.forwards, event=item.event
+            )
             if is_terminal_event(data):
-                return AgentReply(200, data)
+                return AgentReply(200, data, "text/event-stream")
         raise AgentUnreachable("the stream ended before a final event")
 
     async def _settle(
@@ -219,6 +233,7 @@ class Dispatcher:
         body: bytes | None,
         status: int | None,
         detail: str | None,
+        content_type: str | None = None,
     ) -> None:
         now_ws = self._roster.peek(ws.id)
         failed = outcome in (Outcome.TRANSPORT, Outcome.UNREACHED)
@@ -251,6 +266,7 @@ class Dispatcher:
             verdict.count_attempt,
             reply=body if verdict.status is DeliveryStatus.DONE else None,
             reply_status=status,
+            reply_type=content_type if verdict.status is DeliveryStatus.DONE else None,
             reason=reason,
             not_before=now + hold if hold else 0.0,
         )

@@ -214,7 +214,10 @@ class Runner:
         self._start_exit[ws.id] = exited
         try:
             info = await p.start(ws, self.identity(ws, token))
-            ws = await self.update(ws.id, pid=info.pid, state_dir=info.state_dir)
+            # the URL is known before the agent registers: a stock A2A agent never does, and
+            # berth's card probe finds it there (services/probe.py)
+            where = {"agent_url": info.url} if info.url else {}
+            ws = await self.update(ws.id, pid=info.pid, state_dir=info.state_dir, **where)
             online = asyncio.ensure_future(
                 self._roster.wait_for(
                     ws.id, lambda w: w is None or w.state is not S.PROVISIONING, self.start_timeout

@@ -11,53 +11,48 @@ import json
 import time
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 
 from berth.domain.delivery import Delivery, DeliveryStatus, QueueLimit
 from berth.domain.errors import (
-    AgentUnreachable,
     Conflict,
     InvalidHeader,
     NotFound,
     RpcInvalid,
-    Unavailable,
 )
-from berth.domain.lifecycle import WorkspaceState
 from berth.domain.workspace import Workspace
 from berth.ports import AgentClient, Bus, Subscription
 from berth.services.agent_link import AgentLink
+from berth.services.bindings import (
+    A2A_HEADERS,
+    FORWARDED_HEADERS,
+    Binding,
+    JsonRpc,
+    ProxyReply,
+    canceled_task,
+)
+from berth.services.bindings import is_plain as _plain
+from berth.services.card import HTTP_JSON, JSONRPC, ServedCard
 from berth.services.delivery_log import DeliveryLog
+from berth.services.relay import Relay
 from berth.services.roster import Roster
 from berth.services.streams import KEEP_ALIVE, sse, stream_topic
 from berth.wire import (
     CANCEL_METHODS,
-    INTERNAL_ERROR,
     INVALID_PARAMS,
     INVALID_REQUEST,
     PARSE_ERROR,
     SEND_METHODS,
     STREAM_METHODS,
     SUBSCRIBE_METHODS,
-    rpc_error,
 )
 
 __all__ = ["A2A_HEADERS", "Proxy", "ProxyReply", "parse_envelope", "wait_seconds"]
 
-A2A_HEADERS = ("a2a-version", "a2a-extensions", "x-a2a-extensions")
 PASS_THROUGH_MAX_WAIT = 30.0
 MAX_MESSAGE_ID = 256
-
-
-@dataclass
-class ProxyReply:
-    status: int
-    body: bytes
-    headers: dict[str, str] = field(default_factory=dict)
-    content_type: str = "application/json"
-    stream: AsyncIterator[bytes] | None = None  # an SSE body, sent as it is produced
 
 
 class Proxy:
@@ -82,9 +77,10 @@ class Proxy:
             link,
             bus,
         )
-        self._default_wait = default_wait
+        self._default_wait = self.default_wait = default_wait
         self._timeout = forward_timeout
         self.keep_alive = keep_alive
+        self._relay = Relay(roster, client, link, timeout=forward_timeout)
 
     # entry ----------------------------------------------------------------
     async def handle(self, ws: Workspace, raw: bytes, headers: dict[str, str]) -> ProxyReply:
@@ -94,7 +90,7 @@ class Proxy:
         if method in SEND_METHODS or method in STREAM_METHODS:
             return await self.send(ws, doc, raw, headers, wait)
         if method in CANCEL_METHODS:
-            canceled = await self.cancel_queued(ws, doc)
+            canceled = await self._rpc_cancel_queued(ws, doc)
             if canceled is not None:
                 return canceled
         return await self.pass_through(
@@ -103,6 +99,7 @@ class Proxy:
             headers,
             min(wait, PASS_THROUGH_MAX_WAIT),
             stream=method in SUBSCRIBE_METHODS,
+            how=JsonRpc(doc.get("id")),
         )
 
     # sends ----------------------------------------------------------------
@@ -130,6 +127,24 @@ class Proxy:
                 f"params.message.messageId must be a string of at most {MAX_MESSAGE_ID} characters",
                 request_id=rid,
             )
+        streaming = doc["method"] in STREAM_METHODS
+        return await self.accept(
+            ws, doc["method"], message_id, raw, headers, wait, JsonRpc(rid), streaming=streaming
+        )
+
+    async def accept(
+        self,
+        ws: Workspace,
+        method: str,
+        message_id: str,
+        raw: bytes,
+        headers: dict[str, str],
+        wait: float,
+        how: Binding,
+        *,
+        streaming: bool,
+    ) -> ProxyReply:
+        """Accept a send into the log and answer it (either binding)."""
         ttl = _ttl(headers.get("x-berth-ttl"))
         now = time.time()
         d = Delivery(
@@ -137,14 +152,13 @@ class Proxy:
             workspace_id=ws.id,
             message_id=message_id,
             seq=0,
-            method=doc["method"],
+            method=method,
             request=raw,
-            headers={k: v for k, v in headers.items() if k in A2A_HEADERS},
+            headers={k: v for k, v in headers.items() if k in FORWARDED_HEADERS},
             created_at=now,
             updated_at=now,
             expires_at=None if ttl is None else now + ttl,
         )
-        streaming = d.method in STREAM_METHODS
         sub = self._bus.subscribe(stream_topic(d.id)) if streaming else None
         try:
             stored, created = await self._log.accept(
@@ -158,15 +172,13 @@ class Proxy:
             if not created:
                 await sub.aclose()
                 sub = self._bus.subscribe(stream_topic(stored.id))
-            return ProxyReply(
-                200, b"", _ids(stored), "text/event-stream", self._pipe(stored, sub, rid)
-            )
+            return await self._stream_reply(stored, sub, how, original=created)
         if not stored.status.final:
             got = await self._log.wait(stored.id, wait, fresh=created) if wait > 0 else None
             if got is None:
                 return self._accepted(stored)
             stored = got
-        return self._answer(stored, rid, original=created)
+        return self._answer(stored, how, original=created)
 
     def _accepted(self, d: Delivery) -> ProxyReply:
         body = json.dumps(
@@ -178,37 +190,68 @@ class Proxy:
         ).encode()
         return ProxyReply(202, body, _ids(d))
 
-    def _answer(self, d: Delivery, rid: Any, *, original: bool) -> ProxyReply:
+    def _answer(self, d: Delivery, how: Binding, *, original: bool) -> ProxyReply:
         ids = _ids(d)
         if not original:
             ids["x-berth-replayed"] = "true"  # the reply of an earlier send of this messageId
         if d.status is DeliveryStatus.DONE and d.reply is not None:
-            body = d.reply
-            if not original and orjson.loads(d.request).get("id") != rid:
-                reply = orjson.loads(body)
-                reply["id"] = rid
-                body = orjson.dumps(reply)
-            return ProxyReply(d.reply_status or 200, body, ids)
-        return ProxyReply(200, self._undelivered(d, rid), ids)
+            body = d.reply if original else how.for_caller(d.reply, d.request)
+            ctype = d.reply_type or "application/json"
+            if ctype.startswith("text/event-stream"):  # a stream's last event, answered plain
+                ctype = "application/json"
+            return ProxyReply(d.reply_status or 200, body, ids, ctype)
+        status, body = how.undelivered(d)
+        return ProxyReply(status, body, ids)
 
-    @staticmethod
-    def _undelivered(d: Delivery, rid: Any) -> bytes:
-        """The caller's answer for a delivery berth gave up on (dead, canceled, expired):
-        berth's own error, never the agent's, so data.berth says so."""
-        why = f": {d.reason}" if d.reason else ""
-        return rpc_error(
-            rid,
-            INTERNAL_ERROR,
-            f"berth did not deliver this message: {d.status.value}{why}",
-            {"berth": {"delivery_id": d.id, "status": d.status.value, "reason": d.reason}},
+    async def _stream_reply(
+        self, d: Delivery, sub: Subscription, how: Binding, *, original: bool
+    ) -> ProxyReply:
+        """A streaming send's answer follows the agent's first answer: a stream if it
+        streamed, its plain reply (an up-front error) with its status and type if not.
+        Waits up to `keep_alive` seconds for that answer, then commits to a stream."""
+        first: bytes | None = None
+        name: str | None = None  # the first event's SSE name
+        # a replay subscribed after the accept: what it may have missed is in the log
+        current = d if original else await self._log.get(d.id)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.keep_alive
+        while not current.status.final and first is None:
+            left = deadline - loop.time()
+            if left <= 0:
+                break
+            try:
+                _, item = await asyncio.wait_for(sub.__anext__(), left)
+            except TimeoutError:
+                break
+            if item.get("t") == "event":
+                first, name = item["data"].encode(), item.get("event")
+            elif item.get("t") == "final":
+                current = await self._log.get(d.id)
+        if first is None and _plain(current):
+            await sub.aclose()
+            return self._answer(current, how, original=original)
+        ids = _ids(d) if original else {**_ids(d), "x-berth-replayed": "true"}
+        return ProxyReply(
+            200, b"", ids, "text/event-stream", self._pipe(d, sub, how, (first, name), current)
         )
 
-    async def _pipe(self, d: Delivery, sub: Subscription, rid: Any) -> AsyncIterator[bytes]:
+    async def _pipe(
+        self,
+        d: Delivery,
+        sub: Subscription,
+        how: Binding,
+        head: tuple[bytes | None, str | None],
+        current: Delivery,
+    ) -> AsyncIterator[bytes]:
         """The caller's SSE stream: the agent's events as they come, across redeliveries,
-        with keep-alive comments while the workspace restarts; ends after the final event."""
-        last: bytes | None = None
+        with keep-alive comments while the workspace restarts; ends after the final event.
+        Events are read from the subscription until its final notice (they may all be
+        queued there already); the log is read only when the bus stays silent."""
+        first, name = head
+        last: bytes | None = first
         try:
-            current = await self._log.get(d.id)
+            if first is not None:
+                yield sse(first, name)
             while not current.status.final:
                 try:
                     _, item = await asyncio.wait_for(sub.__anext__(), self.keep_alive)
@@ -219,22 +262,21 @@ class Proxy:
                     continue
                 if item.get("t") == "event":
                     last = item["data"].encode()
-                    yield sse(last)
+                    yield sse(last, item.get("event"))
                 elif item.get("t") == "final":
                     current = await self._log.get(d.id)
             if current.status is DeliveryStatus.DONE and current.reply is not None:
                 if current.reply != last:
                     yield sse(current.reply)
             else:
-                yield sse(self._undelivered(current, rid))
+                yield sse(how.undelivered(current)[1])
         finally:
             await sub.aclose()
 
-    async def cancel_queued(self, ws: Workspace, doc: dict[str, Any]) -> ProxyReply | None:
+    async def cancel_queued(self, ws: Workspace, target: Any) -> Delivery | None:
         """A cancel naming a delivery still waiting in berth's queue (by delivery id or
-        messageId) cancels it there, without forwarding anything; else None."""
-        params = doc.get("params")
-        target = params.get("id") if isinstance(params, dict) else None
+        messageId) cancels it there, without forwarding anything: the canceled delivery;
+        else None (the cancel goes to the agent)."""
         if not isinstance(target, str):
             return None
         d = await self._log.find(ws.id, target)
@@ -248,19 +290,18 @@ class Proxy:
         if d.status is not DeliveryStatus.QUEUED:
             return None
         try:
-            d = await self._log.cancel(d.id, "canceled by the caller before delivery")
+            return await self._log.cancel(d.id, "canceled by the caller before delivery")
         except Conflict:
             return None  # it was claimed meanwhile: the agent will get the cancel
+
+    async def _rpc_cancel_queued(self, ws: Workspace, doc: dict[str, Any]) -> ProxyReply | None:
+        params = doc.get("params")
+        target = params.get("id") if isinstance(params, dict) else None
+        d = await self.cancel_queued(ws, target)
+        if d is None:
+            return None
         v03 = doc["method"] == "tasks/cancel"
-        state = "canceled" if v03 else "TASK_STATE_CANCELED"
-        task: dict[str, Any] = {
-            "id": target,
-            "contextId": "",
-            "status": {"state": state},
-            "metadata": {"berth": {"delivery_id": d.id, "canceled_in_queue": True}},
-        }
-        if v03:
-            task["kind"] = "task"
+        task = canceled_task(str(target), d, v03=v03)
         return ProxyReply(
             200, orjson.dumps({"jsonrpc": "2.0", "id": doc.get("id"), "result": task}), _ids(d)
         )
@@ -269,63 +310,34 @@ class Proxy:
     async def pass_through(
         self,
         ws: Workspace,
-        raw: bytes,
+        raw: bytes | None,
         headers: dict[str, str],
         wait: float,
         *,
         stream: bool = False,
+        method: str = "POST",
+        path: str | None = None,
+        how: Binding | None = None,
     ) -> ProxyReply:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + wait
-        fwd = {k: v for k, v in headers.items() if k in A2A_HEADERS}
-        fwd["content-type"] = "application/json"
-        while True:
-            current = self._roster.peek(ws.id) or ws
-            if current.state is WorkspaceState.ONLINE and (url := self._link.target(current)):
-                if stream:
-                    return ProxyReply(200, b"", {}, "text/event-stream", self._relay(url, raw, fwd))
-                try:
-                    r = await self._client.post(url, raw, fwd, timeout=self._timeout)
-                    return ProxyReply(r.status, r.body, content_type=r.content_type)
-                except AgentUnreachable:
-                    pass
-            left = deadline - loop.time()
-            if left <= 0:
-                raise Unavailable(
-                    f"workspace {ws.name} is {current.state.value}; try again",
-                    code="workspace_unavailable",
-                )
-            await self._roster.wait_for(
-                ws.id,
-                lambda w: w is not None and w.state is WorkspaceState.ONLINE,
-                min(left, 1.0),
-            )
+        """Forward a request that is not a send, held while the workspace restarts (up to
+        `wait`). `path` set: an HTTP+JSON request under the agent's HTTP+JSON URL."""
+        return await self._relay.forward(
+            ws,
+            raw,
+            headers,
+            wait,
+            stream=stream,
+            method=method,
+            path=path,
+            how=how or JsonRpc(None),
+        )
 
-    async def _relay(self, url: str, raw: bytes, headers: dict[str, str]) -> AsyncIterator[bytes]:
-        """A subscription's SSE, straight from the agent (not logged: nothing to redeliver)."""
-        try:
-            async for kind, data in self._client.stream(url, raw, headers, self._timeout):
-                yield sse(data)
-                if kind == "reply":
-                    return
-        except AgentUnreachable as e:
-            yield sse(rpc_error(None, INTERNAL_ERROR, f"the agent's stream broke: {e}"))
-
-    def agent_card(self, ws: Workspace, proxy_url: str) -> dict[str, Any] | None:
-        card = self._roster.peek(ws.id)
-        src = (card or ws).agent_card
-        if not src:
-            return None
-        out = copy.deepcopy(src)
-        if "url" in out or "supportedInterfaces" not in out:
-            out["url"] = proxy_url
-        for iface in out.get("supportedInterfaces") or []:
-            if isinstance(iface, dict):
-                iface["url"] = proxy_url
-        for iface in out.get("additionalInterfaces") or []:
-            if isinstance(iface, dict):
-                iface["url"] = proxy_url
-        return out
+    async def agent_card(
+        self, ws: Workspace, jsonrpc_url: str, rest_url: str, if_none_match: str | None = None
+    ) -> ServedCard | None:
+        return await self._relay.card(
+            ws, {JSONRPC: jsonrpc_url, HTTP_JSON: rest_url}, if_none_match
+        )
 
 
 def _ids(d: Delivery) -> dict[str, str]:

@@ -16,5 +16,7 @@ def stream_topic(delivery_id: str) -> str:
     return f"stream.{delivery_id}"
 
 
-def sse(data: bytes) -> bytes:
-    return b"data: " + data.replace(b"\n", b"\ndata: ") + b"\n\n"
+def sse(data: bytes, event: str | None = None) -> bytes:
+    """One SSE event; `event` is the agent's event name when it gave one (`event: error`)."""
+    head = f"event: {event}\n".encode() if event else b""
+    return head + b"data: " + data.replace(b"\n", b"\ndata: ") + b"\n\n"

@@ -100,8 +100,8 @@ class PostgresDeliveries(PostgresBase):
             "lease_owner = NULL, lease_until = NULL, updated_at = $7, finished_at = $8"
         )
         if how.reply is not None:
-            args += [how.reply, how.reply_status]
-            sets += ", reply = $9, reply_status = $10"
+            args += [how.reply, how.reply_status, how.reply_type]
+            sets += ", reply = $9, reply_status = $10, reply_type = $11"
         row = await self._fetchrow(
             f"UPDATE deliveries SET {sets} WHERE id = $1 AND status = '{rows.IN_FLIGHT}' "
             "AND lease_owner = $2 RETURNING *",

@@ -47,6 +47,7 @@ WS_COLUMNS = [
     "last_error",
     "created_at",
     "updated_at",
+    "card_access",
 ]
 D_COLUMNS = [
     "id",
@@ -60,6 +61,7 @@ D_COLUMNS = [
     "forwards",
     "reply",
     "reply_status",
+    "reply_type",
     "reason",
     "lease_owner",
     "lease_until",

@@ -86,13 +86,20 @@ CREATE TABLE restarts (
 CREATE INDEX restarts_by_ws ON restarts (workspace_id, created_at);
 """
 
+# issue 11: who may read a workspace's agent card without a token, and the content type
+# of the agent's reply (an HTTP+JSON reply is application/a2a+json, not application/json)
+_A2A_TRANSPARENCY = """
+ALTER TABLE workspaces ADD COLUMN card_access TEXT NOT NULL DEFAULT 'callers';
+ALTER TABLE deliveries ADD COLUMN reply_type TEXT
+"""
+
 SQLITE = {"serial": "INTEGER PRIMARY KEY AUTOINCREMENT", "blob": "BLOB", "real": "REAL"}
 POSTGRES = {"serial": "BIGSERIAL PRIMARY KEY", "blob": "BYTEA", "real": "DOUBLE PRECISION"}
 
 
 def migrations(types: dict[str, str]) -> list[tuple[int, str]]:
     """(version, script) pairs in order; a script may hold several statements."""
-    return [(1, _COMMON.format(**types))]
+    return [(1, _COMMON.format(**types)), (2, _A2A_TRANSPARENCY)]
 
 
 def migrations_table(types: dict[str, str]) -> str:

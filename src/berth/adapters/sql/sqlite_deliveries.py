@@ -119,7 +119,7 @@ class SqliteDeliveries(SqliteBase):
             "lease_owner = NULL, lease_until = NULL, updated_at = :now, finished_at = :fin"
         )
         if how.reply is not None:
-            sets += ", reply = :reply, reply_status = :rs"
+            sets += ", reply = :reply, reply_status = :rs, reply_type = :rt"
         params = {
             "status": how.status.value,
             "inc": int(how.count_attempt),
@@ -129,6 +129,7 @@ class SqliteDeliveries(SqliteBase):
             "fin": now if how.status in FINAL else None,
             "reply": how.reply,
             "rs": how.reply_status,
+            "rt": how.reply_type,
             "id": delivery_id,
             "owner": owner,
         }
