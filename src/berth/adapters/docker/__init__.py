@@ -20,11 +20,11 @@ The Docker SDK is blocking: every call runs in a worker thread.
 provisioner.py: start, stop, logs, orphans; events.py: exits; network.py: the network.
 """
 
+from berth.adapters.docker.factory import docker_provisioner
 from berth.adapters.docker.provisioner import (
     AGENT_PORT,
     DockerProvisioner,
     container_name,
-    docker_provisioner,
     volume_name,
 )
 

@@ -7,7 +7,6 @@ import asyncio
 import contextlib
 import logging
 import math
-import os
 import threading
 import time
 from typing import Any
@@ -16,7 +15,6 @@ from berth.adapters.docker.events import DockerExits
 from berth.adapters.docker.network import (
     HOST_ALIAS,
     DockerNetwork,
-    container_of,
     reachable_from_container,
 )
 from berth.adapters.process import free_port
@@ -25,7 +23,7 @@ from berth.ports import ExitCallback, RunInfo
 from berth.wire import container_name as _wire_container_name
 
 log = logging.getLogger("berth.docker")
-__all__ = ["AGENT_PORT", "DockerProvisioner", "docker_provisioner"]
+__all__ = ["AGENT_PORT", "DockerProvisioner", "container_name", "volume_name"]
 
 AGENT_PORT = 8000
 STATE_MOUNT = "/state"
@@ -40,52 +38,6 @@ def container_name(ws: Workspace | str) -> str:
 def volume_name(ws: Workspace | str) -> str:
     ws_id = ws if isinstance(ws, str) else ws.id
     return f"berth-ws-{ws_id[:12]}"
-
-
-DEFAULT_SOCKET = "/var/run/docker.sock"
-
-
-def _first_line(e: Exception) -> str:
-    text = str(e).splitlines()[0] if str(e) else ""
-    return f"{e.__class__.__name__}: {text[:120]}" if text else e.__class__.__name__
-
-
-def docker_provisioner(settings: Any) -> DockerProvisioner | None:
-    """A DockerProvisioner if the docker package is installed and an engine answers (within
-    about a second, at $DOCKER_HOST or the default socket); otherwise None. Never raises."""
-    try:
-        from docker.client import DockerClient
-    except ImportError:
-        return None
-    if not os.environ.get("DOCKER_HOST") and not os.path.exists(DEFAULT_SOCKET):
-        log.debug("no Docker engine configured (DOCKER_HOST unset, no %s)", DEFAULT_SOCKET)
-        return None
-    try:
-        probe = DockerClient.from_env(timeout=1)
-        try:
-            probe.ping()
-        finally:
-            probe.close()
-        client = DockerClient.from_env(timeout=60)
-    except Exception as e:
-        where = os.environ.get("DOCKER_HOST") or DEFAULT_SOCKET
-        log.info(
-            "the Docker engine at %s does not answer (%s): docker runtime off",
-            where,
-            _first_line(e),
-        )
-        return None
-    in_docker = settings.in_docker
-    if in_docker is None:
-        # /.dockerenv alone is not enough: a VM or CI job can have it and run its own engine.
-        # berth is "in Docker" for its workspaces only as a container of this very engine
-        # (then it reaches them by name on the network). bootstrap hands this answer to the
-        # link layer's URL rewrite, so both agree.
-        in_docker = container_of(client)
-        log.info("berth %s a container of this Docker engine", "is" if in_docker else "is not")
-    return DockerProvisioner(
-        client, instance=settings.instance, network=settings.docker_network, in_docker=in_docker
-    )
 
 
 class DockerProvisioner(DockerExits, DockerNetwork):
