@@ -88,13 +88,18 @@ async def test_metrics_and_events(berth_server):
             "delivery.forwarded",
             "delivery.done",
         ]
-        text = (await c.get("/metrics")).text
-        samples = {
-            (s.name, tuple(sorted(s.labels.items()))): s.value
-            for family in text_string_to_metric_families(text)
-            for s in family.samples
-        }
         ws = ("workspace", "metered")
+        restarted = ("berth_restarts_total", (("result", "done"), ("trigger", "api"), ws))
+        for _ in range(100):  # counted as the cycle's last step, just after it went online
+            text = (await c.get("/metrics")).text
+            samples = {
+                (s.name, tuple(sorted(s.labels.items()))): s.value
+                for family in text_string_to_metric_families(text)
+                for s in family.samples
+            }
+            if restarted in samples:
+                break
+            await asyncio.sleep(0.1)
         assert samples[("berth_deliveries_total", (("outcome", "done"), ws))] == 1
         assert samples[("berth_deliveries_accepted_total", (ws,))] == 1
         assert samples[("berth_delivery_seconds_count", (ws,))] == 1
