@@ -58,7 +58,12 @@ def start_echo(tmp: Path) -> tuple[subprocess.Popen[bytes], str]:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    wait_http(f"http://127.0.0.1:{port}/healthz")
+    try:
+        wait_http(f"http://127.0.0.1:{port}/healthz")
+    except BaseException:  # never leave an agent behind when it does not come up
+        proc.kill()
+        proc.wait()
+        raise
     return proc, f"http://127.0.0.1:{port}/"
 
 
