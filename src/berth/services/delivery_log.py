@@ -89,6 +89,12 @@ class DeliveryLog:
         if not self._sole:
             await self._events.signal(WORK_TOPIC, workspace_id=ws_id, replica=self.replica)
 
+    def _flow(self, kind: str, d: Delivery, **extra: Any) -> None:
+        """A message-flow event about `d` (buffered; see Events.flow)."""
+        self._events.flow(
+            kind, delivery_id=d.id, workspace_id=d.workspace_id, message_id=d.message_id, **extra
+        )
+
     async def _finished(self, d: Delivery) -> None:
         name = self._name_of(d.workspace_id)
         self._metrics.inc("berth_deliveries_total", workspace=name, outcome=d.status.value)
@@ -103,12 +109,7 @@ class DeliveryLog:
         await self._events.signal(DONE_TOPIC, id=d.id, workspace_id=d.workspace_id)
         if is_stream(d.method):
             await self._events.signal(stream_topic(d.id), t="final", status=d.status.value)
-        self._events.flow(
-            f"delivery.{d.status.value}",
-            delivery_id=d.id,
-            workspace_id=d.workspace_id,
-            message_id=d.message_id,
-        )
+        self._flow(f"delivery.{d.status.value}", d)
         if d.status is not D.DONE:
             await self._events.emit(
                 f"delivery.{d.status.value}",
@@ -166,12 +167,7 @@ class DeliveryLog:
             backlog = self._backlog.get(d.workspace_id)
             if backlog is not None:
                 backlog.queued += 1
-            self._events.flow(
-                "delivery.accepted",
-                delivery_id=stored.id,
-                workspace_id=stored.workspace_id,
-                message_id=stored.message_id,
-            )
+            self._flow("delivery.accepted", stored)
             await self._announce(stored.workspace_id)
         return stored, created
 
@@ -211,13 +207,7 @@ class DeliveryLog:
             now=self._now(),
         )
         for d in got:
-            self._events.flow(
-                "delivery.forwarded",
-                delivery_id=d.id,
-                workspace_id=d.workspace_id,
-                message_id=d.message_id,
-                forward=d.forwards,
-            )
+            self._flow("delivery.forwarded", d, forward=d.forwards)
         return got
 
     async def renew(self, ids: list[str], lease_seconds: float) -> int:
