@@ -102,6 +102,7 @@ class PostgresBase:
                         await self._apply(conn, version, script)
                 # code, not schema: replaced on every start, so it always matches this berth
                 await conn.execute(_CLAIM_FUNCTION)
+                await conn.execute(_CLAIM_MANY_FUNCTION)
             finally:
                 await conn.execute("SELECT pg_advisory_unlock($1)", _MIGRATE_LOCK)
 
@@ -164,6 +165,21 @@ BEGIN
         RETURNING d.*
     )
     SELECT * FROM moved;
+END $$
+"""
+
+# Claims of several workspaces in one call (group commit): berth_claim for each, in the
+# order of their lock keys, so two such calls never wait for each other in a cycle. `k` is
+# the position of the claim in the arrays (from 1).
+_CLAIM_MANY_FUNCTION = """
+CREATE OR REPLACE FUNCTION berth_claim_many(p_ws text[], p_cap integer[], p_owner text[],
+                                            p_now double precision[], p_until double precision[])
+RETURNS TABLE (k integer, d deliveries) LANGUAGE plpgsql VOLATILE AS $$
+DECLARE i integer;
+BEGIN
+    FOR i IN SELECT u.k FROM unnest(p_ws) WITH ORDINALITY AS u(ws, k) ORDER BY hashtext(u.ws), u.ws, u.k LOOP
+        RETURN QUERY SELECT i, c FROM berth_claim(p_ws[i], p_cap[i], p_owner[i], p_now[i], p_until[i]) AS c;
+    END LOOP;
 END $$
 """
 

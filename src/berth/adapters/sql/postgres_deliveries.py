@@ -1,11 +1,17 @@
-"""The delivery log's rows on PostgreSQL (the DeliveryStore port)."""
+"""The delivery log's rows on PostgreSQL (the DeliveryStore port).
+
+accept, claim and settle go through group commit (berth.adapters.sql.group_commit):
+concurrent calls share one statement and one commit (postgres_batch), a lone call runs the
+single-item statement below."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from berth.adapters.sql import rows
-from berth.adapters.sql.postgres_base import PostgresBase, _by_seq, _insert, _rowcount
+from berth.adapters.sql.group_commit import GroupCommit
+from berth.adapters.sql.postgres_base import _by_seq, _insert, _rowcount
+from berth.adapters.sql.postgres_batch import ClaimCall, PostgresBatches, SettleCall
 from berth.domain.delivery import FINAL, Delivery, DeliveryStatus
 from berth.domain.errors import NotFound
 from berth.ports import Settle
@@ -14,9 +20,41 @@ D = DeliveryStatus
 __all__ = ["PostgresDeliveries"]
 
 
-class PostgresDeliveries(PostgresBase):
+class PostgresDeliveries(PostgresBatches):
+    def __init__(
+        self, url: str, *, min_size: int = 1, max_size: int = 20, group_commit: bool = True
+    ) -> None:
+        super().__init__(url, min_size=min_size, max_size=max_size)
+        batch = 256 if group_commit else 1  # 1: every call alone (for comparison)
+        self.accepts = GroupCommit(
+            self._accept_many,
+            self._accept_one,
+            key=lambda d: (d.workspace_id, d.message_id),
+            max_batch=batch,
+        )
+        self.claims = GroupCommit(
+            self._claim_many,
+            self._claim_one,
+            key=lambda c: c.workspace_id,
+            max_batch=batch,
+        )
+        self.settles = GroupCommit(
+            self._settle_many,
+            self._settle_one,
+            key=lambda c: c.delivery_id,
+            max_batch=batch,
+        )
+
+    async def close(self) -> None:
+        for g in (self.accepts, self.claims, self.settles):
+            await g.idle()
+        await super().close()
+
     # deliveries ------------------------------------------------------------
     async def accept(self, d: Delivery) -> tuple[Delivery, bool]:
+        return await self.accepts(d)
+
+    async def _accept_one(self, d: Delivery) -> tuple[Delivery, bool]:
         sql, args = _insert(
             "deliveries",
             rows.d_params(d),
@@ -58,16 +96,21 @@ class PostgresDeliveries(PostgresBase):
         lease_seconds: float,
         now: float,
     ) -> list[Delivery]:
+        return await self.claims(
+            ClaimCall(workspace_id, capacity, owner, float(now), float(now + lease_seconds))
+        )
+
+    async def _claim_one(self, c: ClaimCall) -> list[Delivery]:
         # One round trip, also when there is nothing to claim (see _CLAIM_FUNCTION).
         got = await self._fetch(
             "SELECT * FROM berth_claim($1, $2, $3, $4, $5)",
-            workspace_id,
-            capacity,
-            owner,
-            float(now),
-            float(now + lease_seconds),
+            c.workspace_id,
+            c.capacity,
+            c.owner,
+            c.now,
+            c.until,
         )
-        return sorted((rows.d_from_row(r) for r in got), key=lambda d: d.seq)
+        return _by_seq(got)
 
     async def renew(self, owner: str, ids: list[str], lease_until: float) -> int:
         if not ids:
@@ -85,9 +128,13 @@ class PostgresDeliveries(PostgresBase):
     async def settle(
         self, delivery_id: str, owner: str, how: Settle, now: float
     ) -> Delivery | None:
+        return await self.settles(SettleCall(delivery_id, owner, how, now))
+
+    async def _settle_one(self, c: SettleCall) -> Delivery | None:
+        how, now = c.how, c.now
         args: list[Any] = [
-            delivery_id,
-            owner,
+            c.delivery_id,
+            c.owner,
             how.status.value,
             int(how.count_attempt),
             how.reason,

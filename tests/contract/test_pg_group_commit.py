@@ -1,0 +1,210 @@
+"""Group commit on PostgreSQL: concurrent calls do share statements, each caller still gets
+its own outcome, a row someone else holds or a row that breaks the statement is handled
+one by one, and nothing is answered before it is committed."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from berth.domain.delivery import DeliveryStatus
+from berth.ports import Settle
+from tests.contract.conftest import fresh_schema
+from tests.contract.test_store import LEASE, T0, accept_many, claim, make_d
+
+pytestmark = pytest.mark.postgres
+D = DeliveryStatus
+
+
+@pytest.fixture
+async def pg() -> AsyncIterator[tuple[Any, str]]:
+    from berth.adapters.sql.postgres import PostgresStore
+
+    async with fresh_schema() as url:
+        store = PostgresStore(url, min_size=1, max_size=6)
+        await store.migrate()
+        try:
+            yield store, url
+        finally:
+            await store.close()
+
+
+async def _other_connection(url: str) -> Any:
+    import asyncpg
+
+    return await asyncpg.connect(url)
+
+
+async def test_concurrent_calls_share_statements_and_are_committed_when_answered(
+    pg: tuple[Any, str],
+) -> None:
+    store, url = pg
+    got = await asyncio.gather(*(store.accept(make_d(f"w{i % 4}", f"m{i}")) for i in range(40)))
+    assert all(created for _, created in got)
+    assert store.accepts.items == 40 and store.accepts.batches <= 3  # 1 alone, then the rest
+    other = await _other_connection(url)
+    try:  # every answered accept is visible to another session: committed
+        n = await other.fetchval("SELECT count(*) FROM deliveries")
+        assert n == 40
+        claimed = await asyncio.gather(*(claim(store, f"w{i}", capacity=None) for i in range(4)))
+        assert sorted(len(c) for c in claimed) == [10, 10, 10, 10]
+        assert store.claims.batches <= 2
+        settled = await asyncio.gather(
+            *(store.settle(d.id, "a", Settle(D.DONE), T0) for c in claimed for d in c)
+        )
+        assert all(s is not None and s.status is D.DONE for s in settled)
+        assert store.settles.batches <= 2
+        assert await other.fetchval("SELECT count(*) FROM deliveries WHERE status = 'done'") == 40
+    finally:
+        await other.close()
+
+
+async def test_a_row_that_breaks_the_batch_fails_alone(pg: tuple[Any, str]) -> None:
+    import asyncpg
+
+    store, _ = pg
+    ds = [make_d("w1", f"m{i}") for i in range(6)]
+    clash = make_d("w1", "other", id=ds[3].id)  # the same delivery id, another message
+    got = await asyncio.gather(*(store.accept(d) for d in [*ds, clash]), return_exceptions=True)
+    errors = [g for g in got if isinstance(g, BaseException)]
+    assert len(errors) == 1 and isinstance(errors[0], asyncpg.UniqueViolationError)
+    assert len([g for g in got if not isinstance(g, BaseException)]) == 6
+    assert store.accepts.retried >= 2  # the failed batch was run again item by item
+
+
+async def test_a_settle_batch_never_waits_holding_rows(pg: tuple[Any, str]) -> None:
+    """A row locked elsewhere (a restart's requeue, say) fails the batch at once (NOWAIT);
+    the settles then run one by one, the locked one waiting its turn as it always did."""
+    store, url = pg
+    ds = await accept_many(store, "w1", 5)
+    await claim(store, "w1")
+    other = await _other_connection(url)
+    try:
+        tx = other.transaction()
+        await tx.start()
+        await other.execute("SELECT 1 FROM deliveries WHERE id = $1 FOR UPDATE", ds[2].id)
+        settles = asyncio.gather(
+            *(store.settle(d.id, "a", Settle(D.DONE, reply=b"r"), T0) for d in ds)
+        )
+        await asyncio.sleep(0.3)
+        await tx.rollback()
+        got = await asyncio.wait_for(settles, 10)
+    finally:
+        await other.close()
+    assert [g.status if g else None for g in got] == [D.DONE] * 5
+    assert store.settles.retried >= 2  # the batch gave up and its items ran again
+
+
+async def test_claim_batches_of_two_replicas_do_not_deadlock(pg: tuple[Any, str]) -> None:
+    """Replicas claiming the same workspaces in opposite orders, many times over."""
+    from berth.adapters.sql.postgres import PostgresStore
+
+    store, url = pg
+    second = PostgresStore(url, min_size=1, max_size=6)
+    wss = [f"w{i}" for i in range(10)]
+    for ws in wss:
+        await accept_many(store, ws, 30)
+    try:
+        for r in range(30):
+            order = wss if r % 2 else wss[::-1]
+            got = await asyncio.wait_for(
+                asyncio.gather(
+                    *(claim(store, ws, capacity=1, owner="a", now=T0 + r) for ws in order),
+                    *(claim(second, ws, capacity=1, owner="b", now=T0 + r) for ws in order[::-1]),
+                ),
+                10,
+            )
+            for ds in got:
+                for d in ds:
+                    who = store if d.lease_owner == "a" else second
+                    await who.settle(d.id, d.lease_owner, Settle(D.DONE), T0)
+            assert sum(len(ds) for ds in got) == len(wss)  # capacity 1 each, always work left
+    finally:
+        await second.close()
+    assert second.claims.batches < second.claims.items
+    assert store.claims.retried == second.claims.retried == 0  # no deadlock was detected
+
+
+async def test_group_commit_off_runs_the_single_statements(pg: tuple[Any, str]) -> None:
+    from berth.adapters.sql.postgres import PostgresStore
+
+    _, url = pg
+    off = PostgresStore(url, min_size=1, max_size=6, group_commit=False)
+    try:
+        got = await asyncio.gather(*(off.accept(make_d("w9", f"m{i}")) for i in range(5)))
+        assert all(c for _, c in got) and off.accepts.batches == 0
+        claimed = await off.claim("w9", capacity=2, owner="o", lease_seconds=LEASE, now=T0)
+        assert len(claimed) == 2
+    finally:
+        await off.close()
+
+
+async def test_accept_batches_of_two_replicas_racing_for_the_same_messages(
+    pg: tuple[Any, str],
+) -> None:
+    """Retries of the same messages reaching two replicas at once, in opposite orders: each
+    message is accepted once, both callers get its row, and no batch waits in a cycle."""
+    from berth.adapters.sql.postgres import PostgresStore
+
+    store, url = pg
+    second = PostgresStore(url, min_size=1, max_size=6)
+    try:
+        for r in range(10):
+            msgs = [make_d(f"w{i % 3}", f"r{r}-m{i}") for i in range(20)]
+            again = [make_d(d.workspace_id, d.message_id) for d in msgs[::-1]]
+            got = await asyncio.wait_for(
+                asyncio.gather(
+                    *(store.accept(d) for d in msgs), *(second.accept(d) for d in again)
+                ),
+                10,
+            )
+            rows_of = {}
+            for stored, created in got:
+                rows_of.setdefault(stored.message_id, []).append((stored, created))
+            for pair in rows_of.values():
+                assert len(pair) == 2 and pair[0][0] == pair[1][0]
+                assert sorted(c for _, c in pair) == [False, True]
+    finally:
+        await second.close()
+    assert store.accepts.retried == second.accepts.retried == 0
+
+
+async def test_claim_many_takes_its_locks_in_one_global_order(pg: tuple[Any, str]) -> None:
+    """Two berth_claim_many calls given the same workspaces in opposite orders, both held up
+    halfway by a third session: without one global lock order they would deadlock."""
+    import asyncpg
+
+    from berth.adapters.sql.postgres_base import _CLAIM_LOCK_CLASS
+
+    store, url = pg
+    wss = [f"w{i}" for i in range(9)]
+    for ws in wss:
+        await accept_many(store, ws, 2)
+    keys = {ws: await store._fetchrow("SELECT hashtext($1) AS h", ws) for ws in wss}
+    by_key = sorted(wss, key=lambda ws: keys[ws]["h"])
+    held, a, b = [await _other_connection(url) for _ in range(3)]
+    sql = "SELECT * FROM berth_claim_many($1::text[], $2::int[], $3::text[], $4::float8[], $5::float8[])"
+
+    def args(order: list[str], owner: str) -> list[Any]:
+        n = len(order)
+        return [order, [1] * n, [owner] * n, [T0] * n, [T0 + LEASE] * n]
+
+    try:
+        tx = held.transaction()
+        await tx.start()
+        await held.execute(
+            "SELECT pg_advisory_xact_lock($1, hashtext($2))", _CLAIM_LOCK_CLASS, by_key[4]
+        )
+        up = asyncio.create_task(a.fetch(sql, *args(by_key, "a")))
+        down = asyncio.create_task(b.fetch(sql, *args(by_key[::-1], "b")))
+        await asyncio.sleep(0.3)
+        await tx.rollback()
+        got = await asyncio.wait_for(asyncio.gather(up, down, return_exceptions=True), 10)
+    finally:
+        for c in (held, a, b):
+            await c.close()
+    assert not [g for g in got if isinstance(g, asyncpg.DeadlockDetectedError)]
+    assert sum(len(g) for g in got) == len(wss)  # capacity 1 each: one claim per workspace
