@@ -1,12 +1,14 @@
 """The delivery log's hot path through the Store port: accepted -> claimed -> settled done, per second.
 
     python bench/delivery_log.py [--backends sqlite,postgres] [--count 5000] [--finished 0,1000000]
-                                 [--dispatchers 1,8] [--database-url postgresql://postgres@127.0.0.1:5432/test]
-                                 [--quick]
+                                 [--dispatch ws,1,8] [--producers 8] [--pg-modes batched,single]
+                                 [--database-url postgresql://postgres@127.0.0.1:5432/test] [--quick]
 
-Producers accept deliveries (round robin over 8 workspaces with max_concurrency 4) while
-dispatchers -- asyncio tasks, each looping over the workspaces: claim up to the capacity
-left, then settle each claimed delivery done, as berth's dispatcher does -- drain them.
+Producers accept deliveries (round robin over 8 workspaces with max_concurrency 4), each
+one at a time, while dispatchers drain them. `--dispatch ws` runs berth's dispatcher shape:
+one loop per workspace that claims up to the capacity left, settles each claimed delivery
+in its own task, and claims again when one ends or new work is accepted. A number N runs N
+sweeping tasks instead, each claiming workspace after workspace and settling what it got.
 Each configuration runs a fixed number of deliveries (after a short warm-up) and reports
 deliveries/s end to end and the p50/p99 of accept -> settled.
 
@@ -15,16 +17,22 @@ FULL) and PostgreSQL (a fresh database created and dropped by the bench, server 
 as they are: fsync and synchronous_commit are printed). Each level of --finished starts
 from a table holding that many 'done' rows; rows a run adds are deleted before the next.
 
-Baseline, measured in the same run with the same producers/dispatchers/workspaces and the
-same table and indexes: bare SQL without berth code -- a plain INSERT to accept, and a
-claim+ack loop of one `UPDATE ... WHERE seq = (SELECT ... FOR UPDATE SKIP LOCKED LIMIT 1)
-RETURNING` then `UPDATE ... SET status = 'done'` per delivery (asyncpg, one connection per
-task; sqlite3 through one thread, like SqliteStore). "berth/bare" is the throughput ratio.
+Baselines, measured in the same run with the same producers/dispatchers/workspaces and the
+same table and indexes, bare SQL without berth code (bench/_log_engines.py):
+* `single` (PostgreSQL and SQLite): one commit per step per delivery -- a plain INSERT, a
+  claim of one row (UPDATE ... WHERE seq = (SELECT ... FOR UPDATE SKIP LOCKED LIMIT 1)), an
+  UPDATE to done; beside berth with group commit off;
+* `batched` (PostgreSQL): concurrent calls gathered the way berth gathers them -- one
+  multi-row INSERT, one UPDATE claiming for every waiting workspace, one UPDATE ... FROM
+  unnest for the acks; beside berth with group commit on (its default).
+"berth/bare" is the throughput ratio.
 
 Latency is accept -> settled at saturation: with a closed window it is mostly queueing
 (about window / throughput), so compare it between rows rather than read it as service time.
-"cpu" is this process's CPU time over wall time (the client side: Python, asyncpg, sqlite3);
-each row also shows the load average and how busy the whole machine was during it.
+Per delivery: "py us" is this process's CPU (Python, asyncpg, sqlite3), "pg us" the CPU of
+the PostgreSQL backends serving the bench's database (read from /proc), "stmts" the
+statements sent (each write statement one commit). Each row also shows how many calls a
+flush carried (accept/claim/settle), the load average and how busy the whole machine was.
 
 Figures, not assertions. Other jobs on the machine skew them.
 """
@@ -34,197 +42,40 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import contextvars
 import json
 import os
 import sqlite3
+import sys
 import tempfile
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from berth.adapters.sql.sqlite import SqliteStore
-from berth.domain.delivery import Delivery, DeliveryStatus
 from berth.domain.lifecycle import WorkspaceState
 from berth.domain.workspace import Runtime, Workspace
-from berth.ports import Settle, Store
 
-WORKSPACES = 8
-MAX_CONCURRENCY = 4
-LEASE = 30.0
-REQUEST = json.dumps(
-    {
-        "jsonrpc": "2.0",
-        "id": 1,
-        "method": "SendMessage",
-        "params": {
-            "message": {"role": "ROLE_USER", "messageId": "m", "parts": [{"text": "bench " * 20}]}
-        },
-    }
-).encode()
-REPLY = json.dumps(
-    {
-        "jsonrpc": "2.0",
-        "id": 1,
-        "result": {"role": "ROLE_AGENT", "messageId": "r", "parts": [{"text": "echo " * 20}]},
-    }
-).encode()
-DEFAULT_PG = "postgresql://postgres@127.0.0.1:5432/test"
-ROLE: contextvars.ContextVar[str] = contextvars.ContextVar(
-    "role", default="main"
-)  # which task is calling
-
-
-# the engines: one hot path through berth's Store, one in bare SQL ---------------------------
-class Engine(Protocol):
-    async def accept(self, delivery_id: str, ws_id: str) -> None: ...
-    async def claim(self, ws_id: str, owner: str) -> list[str]: ...
-    async def settle(self, delivery_id: str, owner: str) -> None: ...
-
-
-class BerthEngine:
-    """Through the Store port, called as berth's proxy and dispatcher call it."""
-
-    def __init__(self, store: Store) -> None:
-        self.store = store
-
-    async def accept(self, delivery_id: str, ws_id: str) -> None:
-        now = time.time()
-        d = Delivery(
-            id=delivery_id,
-            workspace_id=ws_id,
-            message_id=str(uuid.uuid4()),
-            seq=0,
-            method="SendMessage",
-            request=REQUEST,
-            headers={"a2a-version": "1.0"},
-            created_at=now,
-            updated_at=now,
-        )
-        _, created = await self.store.accept(d)
-        assert created
-
-    async def claim(self, ws_id: str, owner: str) -> list[str]:
-        got = await self.store.claim(
-            ws_id, capacity=MAX_CONCURRENCY, owner=owner, lease_seconds=LEASE, now=time.time()
-        )
-        return [d.id for d in got]
-
-    async def settle(self, delivery_id: str, owner: str) -> None:
-        how = Settle(DeliveryStatus.DONE, reply=REPLY, reply_status=200)
-        d = await self.store.settle(delivery_id, owner, how, time.time())
-        assert d is not None and d.status is DeliveryStatus.DONE
-
-
-_BARE_COLS = (
-    "id, workspace_id, message_id, method, request, headers, status, attempts, forwards, "
-    "not_before, created_at, updated_at"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _log_engines import (  # noqa: E402
+    LEASE,
+    MAX_CONCURRENCY,
+    REPLY,
+    REQUEST,
+    ROLE,
+    BarePgBatchedEngine,
+    BarePgEngine,
+    BareSqliteEngine,
+    BerthEngine,
+    Engine,
 )
 
-
-class BarePgEngine:
-    """Bare SQL on asyncpg: one connection per task, autocommit, no berth code."""
-
-    INSERT = f"INSERT INTO deliveries ({_BARE_COLS}) VALUES ($1, $2, $3, 'SendMessage', $4, $5, 'queued', 0, 0, 0, $6, $6)"
-    CLAIM = (
-        "UPDATE deliveries SET status = 'in_flight', lease_owner = $2, lease_until = $3, "
-        "forwards = forwards + 1, first_forwarded_at = COALESCE(first_forwarded_at, $4), updated_at = $4 "
-        "WHERE seq = (SELECT seq FROM deliveries WHERE workspace_id = $1 AND status = 'queued' "
-        "AND not_before <= $4 ORDER BY seq LIMIT 1 FOR UPDATE SKIP LOCKED) RETURNING id"
-    )
-    ACK = (
-        "UPDATE deliveries SET status = 'done', reply = $2, reply_status = 200, lease_owner = NULL, "
-        "lease_until = NULL, finished_at = $3, updated_at = $3 WHERE id = $1"
-    )
-
-    def __init__(self, url: str) -> None:
-        self.url = url
-        self._conns: dict[str, Any] = {}
-
-    async def _conn(self) -> Any:
-        import asyncpg
-
-        key = ROLE.get()
-        c = self._conns.get(key)
-        if c is None:
-            c = self._conns[key] = await asyncpg.connect(self.url)
-        return c
-
-    async def accept(self, delivery_id: str, ws_id: str) -> None:
-        c = await self._conn()
-        await c.execute(
-            self.INSERT,
-            delivery_id,
-            ws_id,
-            str(uuid.uuid4()),
-            REQUEST,
-            '{"a2a-version": "1.0"}',
-            time.time(),
-        )
-
-    async def claim(self, ws_id: str, owner: str) -> list[str]:
-        c = await self._conn()
-        now = time.time()
-        got = await c.fetchval(self.CLAIM, ws_id, owner, now + LEASE, now)
-        return [] if got is None else [got]
-
-    async def settle(self, delivery_id: str, owner: str) -> None:
-        c = await self._conn()
-        await c.execute(self.ACK, delivery_id, REPLY, time.time())
-
-    async def close(self) -> None:
-        for c in self._conns.values():
-            await c.close()
-
-
-class BareSqliteEngine:
-    """Bare SQL on sqlite3: one connection, autocommit statements, one thread (as SqliteStore)."""
-
-    INSERT = f"INSERT INTO deliveries ({_BARE_COLS}) VALUES (?, ?, ?, 'SendMessage', ?, ?, 'queued', 0, 0, 0, ?, ?)"
-    CLAIM = (
-        "UPDATE deliveries SET status = 'in_flight', lease_owner = ?2, lease_until = ?3, "
-        "forwards = forwards + 1, first_forwarded_at = COALESCE(first_forwarded_at, ?4), updated_at = ?4 "
-        "WHERE seq = (SELECT seq FROM deliveries WHERE workspace_id = ?1 AND status = 'queued' "
-        "AND not_before <= ?4 ORDER BY seq LIMIT 1) RETURNING id"
-    )
-    ACK = (
-        "UPDATE deliveries SET status = 'done', reply = ?, reply_status = 200, lease_owner = NULL, "
-        "lease_until = NULL, finished_at = ?, updated_at = ? WHERE id = ?"
-    )
-
-    def __init__(self, path: str, synchronous: str) -> None:
-        self._pool = ThreadPoolExecutor(max_workers=1)
-        self._c = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
-        self._c.execute("PRAGMA journal_mode=WAL")
-        self._c.execute(f"PRAGMA synchronous={synchronous}")
-
-    async def _run(self, fn: Callable[[], Any]) -> Any:
-        return await asyncio.get_running_loop().run_in_executor(self._pool, fn)
-
-    async def accept(self, delivery_id: str, ws_id: str) -> None:
-        now = time.time()
-        args = (delivery_id, ws_id, str(uuid.uuid4()), REQUEST, '{"a2a-version": "1.0"}', now, now)
-        await self._run(lambda: self._c.execute(self.INSERT, args))
-
-    async def claim(self, ws_id: str, owner: str) -> list[str]:
-        now = time.time()
-        row = await self._run(
-            lambda: self._c.execute(self.CLAIM, (ws_id, owner, now + LEASE, now)).fetchone()
-        )
-        return [] if row is None else [row[0]]
-
-    async def settle(self, delivery_id: str, owner: str) -> None:
-        now = time.time()
-        await self._run(lambda: self._c.execute(self.ACK, (REPLY, now, now, delivery_id)))
-
-    async def close(self) -> None:
-        await self._run(self._c.close)
-        self._pool.shutdown()
+WORKSPACES = 8
+LANES = 0
+DEFAULT_PG = "postgresql://postgres@127.0.0.1:5432/test"
 
 
 # the load ---------------------------------------------------------------------------------
@@ -234,6 +85,8 @@ class Result:
     seconds: float
     latencies: list[float] = field(default_factory=list)
     cpu: float = 0.0  # CPU seconds of this process (client side: Python, drivers, sqlite)
+    pg_cpu: float | None = None  # CPU seconds of the PostgreSQL backends of the bench's database
+    flushes: list[tuple[int, int]] = field(default_factory=list)  # (flushes, items) per step
 
     @property
     def rate(self) -> float:
@@ -243,9 +96,12 @@ class Result:
         xs = sorted(self.latencies)
         return xs[min(len(xs) - 1, int(p / 100 * len(xs)))] * 1000
 
+    def per_flush(self) -> str:
+        return "/".join(f"{i / f:.1f}" if f else "-" for f, i in self.flushes) or "-"
+
 
 async def drive(
-    eng: Engine, ws_ids: list[str], count: int, dispatchers: int, producers: int, window: int
+    eng: Engine, ws_ids: list[str], count: int, dispatch: str, producers: int, window: int
 ) -> Result:
     """Accept `count` deliveries and wait until all are settled; at most `window` outstanding."""
     t0s: dict[str, float] = {}
@@ -254,6 +110,8 @@ async def drive(
     work = asyncio.Event()
     finished = asyncio.Event()
     todo = iter(range(count))
+    wake = {ws: asyncio.Event() for ws in ws_ids}
+    owner = f"bench-{os.getpid()}"
 
     async def producer(k: int) -> None:
         ROLE.set(f"producer-{k}")
@@ -261,8 +119,10 @@ async def drive(
             await sem.acquire()
             did = str(uuid.uuid4())
             t0s[did] = time.perf_counter()
-            await eng.accept(did, ws_ids[i % len(ws_ids)])
+            ws = ws_ids[i % len(ws_ids)]
+            await eng.accept(did, ws)
             work.set()
+            wake[ws].set()
 
     async def settle_one(did: str, owner: str) -> None:
         await eng.settle(did, owner)
@@ -271,28 +131,64 @@ async def drive(
         if len(lat) >= count:
             finished.set()
             work.set()
+            for ev in wake.values():
+                ev.set()
 
-    async def dispatcher(k: int) -> None:
+    async def sweeper(k: int) -> None:
         ROLE.set(f"dispatcher-{k}")
-        owner = f"bench-{os.getpid()}-{k}"
+        mine = f"{owner}-{k}"
         order = ws_ids[k % len(ws_ids) :] + ws_ids[: k % len(ws_ids)]
         while not finished.is_set():
             work.clear()
             claimed = 0
             for ws in order:
-                ids = await eng.claim(ws, owner)
+                ids = await eng.claim(ws, mine, MAX_CONCURRENCY)
                 claimed += len(ids)
                 if ids:
-                    await asyncio.gather(*(settle_one(did, owner) for did in ids))
+                    await asyncio.gather(*(settle_one(did, mine) for did in ids))
             if not claimed and not finished.is_set():
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(work.wait(), 0.05)
 
+    async def ws_loop(ws: str) -> None:
+        """berth's Dispatcher._loop, with a forward that answers at once."""
+        ROLE.set(f"loop-{ws}")
+        ev, busy, tasks = wake[ws], [0], set()
+
+        async def forward(did: str) -> None:
+            await settle_one(did, owner)
+            busy[0] -= 1
+            ev.set()
+
+        while not finished.is_set():
+            ev.clear()
+            room = MAX_CONCURRENCY - busy[0]
+            if room > 0:
+                ids = await eng.claim(ws, owner, room)
+                busy[0] += len(ids)
+                for did in ids:
+                    task = asyncio.create_task(forward(did))
+                    tasks.add(task)
+                    task.add_done_callback(tasks.discard)
+                if ids and len(ids) == room:
+                    continue  # it took all it could: there may be more
+            if not finished.is_set():
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(ev.wait(), 0.05)
+        await asyncio.gather(*tasks)
+
+    f0 = eng.flushes()
     cpu0, start = time.process_time(), time.perf_counter()
     tasks = [asyncio.create_task(producer(i)) for i in range(producers)]
-    tasks += [asyncio.create_task(dispatcher(k)) for k in range(dispatchers)]
+    if dispatch == "ws":
+        tasks += [asyncio.create_task(ws_loop(ws)) for ws in ws_ids]
+    else:
+        tasks += [asyncio.create_task(sweeper(k)) for k in range(int(dispatch))]
     await asyncio.gather(*tasks)
-    return Result(count, time.perf_counter() - start, lat, time.process_time() - cpu0)
+    flushes = [(f - g, i - j) for (f, i), (g, j) in zip(eng.flushes(), f0, strict=True)]
+    return Result(
+        count, time.perf_counter() - start, lat, time.process_time() - cpu0, flushes=flushes
+    )
 
 
 # the backends -----------------------------------------------------------------------------
@@ -412,7 +308,7 @@ class SqliteBackend:
             async def berth(mode: str = mode) -> tuple[Engine, Callable[[], Awaitable[None]]]:
                 store = SqliteStore(self.path, synchronous=mode)
                 await store.migrate()
-                return BerthEngine(store), store.close
+                return BerthEngine(store, MAX_CONCURRENCY), store.close
 
             async def bare(mode: str = mode) -> tuple[Engine, Callable[[], Awaitable[None]]]:
                 eng = BareSqliteEngine(self.path, mode)
@@ -421,6 +317,9 @@ class SqliteBackend:
             out.append(Variant(f"sqlite {mode}", berth, bare))
         return out
 
+    def backend_cpu(self) -> float | None:
+        return None  # in this process: counted in "py us"
+
     async def close(self) -> None:
         pass
 
@@ -428,9 +327,10 @@ class SqliteBackend:
 class PgBackend:
     name = "postgres"
 
-    def __init__(self, admin_url: str, pool_size: int | None) -> None:
+    def __init__(self, admin_url: str, pool_size: int | None, modes: list[str]) -> None:
         self.admin_url = admin_url
         self.pool_size = pool_size
+        self.modes = modes
         self.db = f"berth_bench_{os.getpid()}"
         parts = urlsplit(admin_url)
         self.url = urlunsplit(parts._replace(path="/" + self.db))
@@ -532,18 +432,48 @@ class PgBackend:
     def variants(self) -> list[Variant]:
         from berth.adapters.sql.postgres import PostgresStore
 
-        async def berth() -> tuple[Engine, Callable[[], Awaitable[None]]]:
-            store = PostgresStore(
-                self.url, **({"max_size": self.pool_size} if self.pool_size else {})
-            )
-            await store.migrate()  # as berth starts: makes the pool before concurrent first use
-            return BerthEngine(store), store.close
+        def berth(group_commit: bool) -> EngineFactory:
+            async def make() -> tuple[Engine, Callable[[], Awaitable[None]]]:
+                size = {"max_size": self.pool_size} if self.pool_size else {}
+                store = PostgresStore(self.url, group_commit=group_commit, **size)
+                if LANES:
+                    store.writes._lanes = LANES
+                await store.migrate()  # as berth starts: the pool exists before first use
+                return BerthEngine(store, MAX_CONCURRENCY), store.close
+
+            return make
 
         async def bare() -> tuple[Engine, Callable[[], Awaitable[None]]]:
             eng = BarePgEngine(self.url)
             return eng, eng.close
 
-        return [Variant("postgres", berth, bare)]
+        async def bare_batched() -> tuple[Engine, Callable[[], Awaitable[None]]]:
+            eng_b = BarePgBatchedEngine(self.url)
+            return eng_b, eng_b.close
+
+        out = {
+            "batched": Variant("pg batched", berth(True), bare_batched),
+            "single": Variant("pg single", berth(False), bare),
+        }
+        return [out[m] for m in self.modes]
+
+    def backend_cpu(self) -> float | None:
+        """CPU seconds of the server processes serving this bench's database so far."""
+        tick = os.sysconf("SC_CLK_TCK")
+        mark = f" {self.db} ".encode()
+        total = 0
+        for pid in os.listdir("/proc"):
+            if not pid.isdigit():
+                continue
+            try:
+                cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
+                if not cmd.startswith(b"postgres: ") or mark not in cmd:
+                    continue
+                stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            total += int(stat[11]) + int(stat[12])  # utime, stime
+        return total / tick
 
     async def close(self) -> None:
         import asyncpg
@@ -586,39 +516,57 @@ async def measure(
     factory: EngineFactory,
     backend: SqliteBackend | PgBackend,
     args: argparse.Namespace,
-    dispatchers: int,
+    dispatch: str,
 ) -> Result:
     eng, close = await factory()
     ws_ids = [w.id for w in backend.ws]
     try:
-        await drive(eng, ws_ids, args.warmup, dispatchers, args.producers, args.window)
+        await drive(eng, ws_ids, args.warmup, dispatch, args.producers, args.window)
         await backend.cleanup()
-        return await drive(eng, ws_ids, args.count, dispatchers, args.producers, args.window)
+        pg0 = backend.backend_cpu()
+        r = await drive(eng, ws_ids, args.count, dispatch, args.producers, args.window)
+        pg1 = backend.backend_cpu()
+        r.pg_cpu = None if pg0 is None or pg1 is None else pg1 - pg0
+        return r
     finally:
         await close()
         await backend.cleanup()
 
 
 HEAD = (
-    f"{'backend':<16}{'disp':>5}{'finished':>10} | {'berth/s':>8}{'p50 ms':>8}{'p99 ms':>8}{'cpu':>6} | "
-    f"{'bare/s':>8}{'p50 ms':>8}{'p99 ms':>8}{'cpu':>6} | {'berth/bare':>10}"
+    f"{'variant':<13}{'disp':>5}{'finished':>10} | {'berth/s':>8}{'p50 ms':>8}{'p99 ms':>8}"
+    f"{'py us':>7}{'pg us':>7}{'stmts':>6} | {'bare/s':>8}{'p50 ms':>8}{'p99 ms':>8}"
+    f"{'py us':>7}{'pg us':>7}{'stmts':>6} | {'berth/bare':>10}"
 )
 
 
-def row(label: str, disp: int, finished: int, b: Result, r: Result) -> str:
+def row(label: str, disp: str, finished: int, b: Result, r: Result) -> str:
     def cols(x: Result) -> str:
-        return f"{x.rate:>8.0f}{x.pct(50):>8.2f}{x.pct(99):>8.2f}{x.cpu / x.seconds * 100:>5.0f}%"
+        pg = "-" if x.pg_cpu is None else f"{x.pg_cpu / x.n * 1e6:.0f}"
+        stmts = f"{sum(f for f, _ in x.flushes) / x.n:.2f}" if x.flushes else "-"
+        return (
+            f"{x.rate:>8.0f}{x.pct(50):>8.2f}{x.pct(99):>8.2f}{x.cpu / x.n * 1e6:>7.0f}{pg:>7}"
+            f"{stmts:>6}"
+        )
 
-    return f"{label:<16}{disp:>5}{finished:>10,} | {cols(b)} | {cols(r)} | {b.rate / r.rate * 100:>9.0f}%"
+    return (
+        f"{label:<13}{disp:>5}{finished:>10,} | {cols(b)} | {cols(r)} | "
+        f"{b.rate / r.rate * 100:>9.0f}%"
+    )
 
 
-async def main() -> None:
+def parse() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--backends", default="sqlite,postgres")
     ap.add_argument("--count", type=int, default=5000, help="deliveries per configuration")
     ap.add_argument("--finished", default="0,1000000", help="'done' rows already in the table")
-    ap.add_argument("--dispatchers", default="1,8")
-    ap.add_argument("--producers", type=int, default=4, help="concurrent accepting tasks")
+    ap.add_argument(
+        "--dispatch",
+        default="ws,8",
+        help="'ws': a claim loop per workspace (berth's shape); N: N sweeping dispatcher tasks",
+    )
+    ap.add_argument("--producers", type=int, default=8, help="concurrent accepting tasks")
+    ap.add_argument("--pg-modes", default="batched,single", help="group commit on / off")
     ap.add_argument(
         "--window", type=int, default=64, help="most deliveries accepted but not yet settled"
     )
@@ -638,21 +586,33 @@ async def main() -> None:
         "--pool-size", type=int, help="PostgresStore max_size (default: the store's own)"
     )
     ap.add_argument("--quick", action="store_true", help="small numbers for a smoke run")
+    ap.add_argument(
+        "--loop", choices=["uvloop", "asyncio"], default="uvloop", help="as berth serve runs"
+    )
+    ap.add_argument("--lanes", type=int, default=0, help="experiment: group commit lanes")
     args = ap.parse_args()
+    global LANES
+    LANES = args.lanes
+    return args
+
+
+async def main(args: argparse.Namespace) -> None:
     if args.quick:
         args.count, args.warmup = 200, 30
         if args.finished == "0,1000000":
             args.finished = "0,10000"
     levels = [int(x) for x in args.finished.split(",")]
-    disps = [int(x) for x in args.dispatchers.split(",")]
+    disps = args.dispatch.split(",")
     started = time.perf_counter()
     print(
         f"# berth delivery log benchmark: {os.cpu_count()} cores, load average {load()}; {args.count} "
         f"deliveries per run (+{args.warmup} warm-up), {args.producers} producers, window {args.window}, "
-        f"{WORKSPACES} workspaces x max_concurrency {MAX_CONCURRENCY}"
+        f"{WORKSPACES} workspaces x max_concurrency {MAX_CONCURRENCY}; event loop "
+        f"{type(asyncio.get_running_loop()).__module__}"
     )
     print(
-        "# cpu = CPU time of the bench process (client side) / wall time; berth/bare = throughput ratio"
+        "# per delivery: py us = CPU of this process (client side), pg us = CPU of the PostgreSQL "
+        "backends serving the bench's database, stmts = statements sent; berth/bare = throughput ratio"
     )
     lines: list[str] = []
     with tempfile.TemporaryDirectory(prefix="berth-bench-") as tmp:
@@ -661,7 +621,7 @@ async def main() -> None:
             if name == "sqlite":
                 backend = SqliteBackend(Path(tmp), [m.upper() for m in args.sqlite_sync.split(",")])
             elif name == "postgres":
-                backend = PgBackend(args.database_url, args.pool_size)
+                backend = PgBackend(args.database_url, args.pool_size, args.pg_modes.split(","))
             else:
                 raise SystemExit(f"unknown backend {name!r}")
             await backend.setup()
@@ -683,7 +643,12 @@ async def main() -> None:
                             b = await measure(v.berth, backend, args, d)
                             r = await measure(v.bare, backend, args, d)
                             lines.append(row(v.label, d, finished, b, r))
-                            print(lines[-1] + f"   (load {load()}, {host_busy(cpu0)})", flush=True)
+                            print(
+                                lines[-1] + f"   (calls/flush accept/claim/settle: berth "
+                                f"{b.per_flush()}, bare {r.per_flush()}; load {load()}, "
+                                f"{host_busy(cpu0)})",
+                                flush=True,
+                            )
             finally:
                 await backend.close()
     print()
@@ -693,4 +658,10 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    options = parse()
+    if options.loop == "uvloop":
+        import uvloop
+
+        uvloop.run(main(options))
+    else:
+        asyncio.run(main(options))

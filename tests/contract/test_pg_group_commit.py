@@ -13,7 +13,7 @@ import pytest
 from berth.domain.delivery import DeliveryStatus
 from berth.ports import Settle
 from tests.contract.conftest import fresh_schema
-from tests.contract.test_store import LEASE, T0, accept_many, claim, make_d
+from tests.contract.test_store import LEASE, T0, accept_many, claim, ids, make_d
 
 pytestmark = pytest.mark.postgres
 D = DeliveryStatus
@@ -38,25 +38,47 @@ async def _other_connection(url: str) -> Any:
     return await asyncpg.connect(url)
 
 
+async def test_accepts_claims_and_settles_share_one_flush(pg: tuple[Any, str]) -> None:
+    store, _ = pg
+    ds = await accept_many(store, "w1", 3)
+    (waiting,) = await accept_many(store, "w2", 1)
+    await claim(store, "w1")
+    before = store.writes.batches
+    blocker = asyncio.create_task(store.accept(make_d("w9", "first")))  # runs alone
+    await asyncio.sleep(0)
+    got = await asyncio.gather(
+        *(store.settle(d.id, "a", Settle(D.DONE), T0) for d in ds),
+        store.accept(make_d("w3", "m")),
+        claim(store, "w2", owner="b"),
+    )
+    await blocker
+    assert store.writes.batches - before == 2  # all five in the flush after the first
+    assert all(s is not None and s.status is D.DONE for s in got[:3])
+    assert got[3][1] and ids(got[4]) == [waiting.id]
+
+
 async def test_concurrent_calls_share_statements_and_are_committed_when_answered(
     pg: tuple[Any, str],
 ) -> None:
     store, url = pg
+    writes = store.writes
     got = await asyncio.gather(*(store.accept(make_d(f"w{i % 4}", f"m{i}")) for i in range(40)))
     assert all(created for _, created in got)
-    assert store.accepts.items == 40 and store.accepts.batches <= 3  # 1 alone, then the rest
+    assert writes.items == 40 and writes.batches <= 3  # 1 alone, then the rest
     other = await _other_connection(url)
     try:  # every answered accept is visible to another session: committed
         n = await other.fetchval("SELECT count(*) FROM deliveries")
         assert n == 40
+        before = writes.batches
         claimed = await asyncio.gather(*(claim(store, f"w{i}", capacity=None) for i in range(4)))
         assert sorted(len(c) for c in claimed) == [10, 10, 10, 10]
-        assert store.claims.batches <= 2
+        assert writes.batches - before <= 2
+        before = writes.batches
         settled = await asyncio.gather(
             *(store.settle(d.id, "a", Settle(D.DONE), T0) for c in claimed for d in c)
         )
         assert all(s is not None and s.status is D.DONE for s in settled)
-        assert store.settles.batches <= 2
+        assert writes.batches - before <= 2
         assert await other.fetchval("SELECT count(*) FROM deliveries WHERE status = 'done'") == 40
     finally:
         await other.close()
@@ -72,30 +94,35 @@ async def test_a_row_that_breaks_the_batch_fails_alone(pg: tuple[Any, str]) -> N
     errors = [g for g in got if isinstance(g, BaseException)]
     assert len(errors) == 1 and isinstance(errors[0], asyncpg.UniqueViolationError)
     assert len([g for g in got if not isinstance(g, BaseException)]) == 6
-    assert store.accepts.retried >= 2  # the failed batch was run again item by item
+    assert store.writes.retried >= 2  # the failed batch was run again item by item
 
 
-async def test_a_settle_batch_never_waits_holding_rows(pg: tuple[Any, str]) -> None:
-    """A row locked elsewhere (a restart's requeue, say) fails the batch at once (NOWAIT);
-    the settles then run one by one, the locked one waiting its turn as it always did."""
+async def test_a_flush_never_waits_for_a_row_lock(pg: tuple[Any, str]) -> None:
+    """A row locked elsewhere (a restart's requeue, say) fails the flush at once (NOWAIT);
+    its calls then run one by one, the locked settle waiting its turn as it always did, and
+    the accept and claim that shared the flush are not lost with it."""
     store, url = pg
     ds = await accept_many(store, "w1", 5)
+    (queued,) = await accept_many(store, "w2", 1)
     await claim(store, "w1")
     other = await _other_connection(url)
     try:
         tx = other.transaction()
         await tx.start()
         await other.execute("SELECT 1 FROM deliveries WHERE id = $1 FOR UPDATE", ds[2].id)
-        settles = asyncio.gather(
-            *(store.settle(d.id, "a", Settle(D.DONE, reply=b"r"), T0) for d in ds)
+        calls = asyncio.gather(
+            *(store.settle(d.id, "a", Settle(D.DONE, reply=b"r"), T0) for d in ds),
+            store.accept(make_d("w3", "new")),
+            claim(store, "w2", owner="b"),
         )
         await asyncio.sleep(0.3)
         await tx.rollback()
-        got = await asyncio.wait_for(settles, 10)
+        *settled, (accepted, created), claimed = await asyncio.wait_for(calls, 10)
     finally:
         await other.close()
-    assert [g.status if g else None for g in got] == [D.DONE] * 5
-    assert store.settles.retried >= 2  # the batch gave up and its items ran again
+    assert [g.status if g else None for g in settled] == [D.DONE] * 5
+    assert created and accepted.message_id == "new" and ids(claimed) == [queued.id]
+    assert store.writes.retried >= 2  # the flush gave up and its calls ran again
 
 
 async def test_claim_batches_of_two_replicas_do_not_deadlock(pg: tuple[Any, str]) -> None:
@@ -124,8 +151,8 @@ async def test_claim_batches_of_two_replicas_do_not_deadlock(pg: tuple[Any, str]
             assert sum(len(ds) for ds in got) == len(wss)  # capacity 1 each, always work left
     finally:
         await second.close()
-    assert second.claims.batches < second.claims.items
-    assert store.claims.retried == second.claims.retried == 0  # no deadlock was detected
+    assert second.writes.batches < second.writes.items
+    assert store.writes.retried == second.writes.retried == 0  # no deadlock was detected
 
 
 async def test_group_commit_off_runs_the_single_statements(pg: tuple[Any, str]) -> None:
@@ -135,41 +162,52 @@ async def test_group_commit_off_runs_the_single_statements(pg: tuple[Any, str]) 
     off = PostgresStore(url, min_size=1, max_size=6, group_commit=False)
     try:
         got = await asyncio.gather(*(off.accept(make_d("w9", f"m{i}")) for i in range(5)))
-        assert all(c for _, c in got) and off.accepts.batches == 0
+        assert all(c for _, c in got) and off.writes.batches == 5 and not off.writes._running
         claimed = await off.claim("w9", capacity=2, owner="o", lease_seconds=LEASE, now=T0)
         assert len(claimed) == 2
     finally:
         await off.close()
 
 
-async def test_accept_batches_of_two_replicas_racing_for_the_same_messages(
-    pg: tuple[Any, str],
-) -> None:
-    """Retries of the same messages reaching two replicas at once, in opposite orders: each
-    message is accepted once, both callers get its row, and no batch waits in a cycle."""
+async def test_accept_flushes_of_two_replicas_insert_in_one_order(pg: tuple[Any, str]) -> None:
+    """Retries of the same messages reaching two replicas at once, in opposite orders, both
+    flushes held up halfway by a third session's uncommitted insert of the middle message:
+    without one order of inserts they would deadlock. Each message is accepted once and
+    both callers get its row."""
+    import asyncpg
+
     from berth.adapters.sql.postgres import PostgresStore
 
     store, url = pg
     second = PostgresStore(url, min_size=1, max_size=6)
+    keys = [f"m{i:02}" for i in range(20)]
+    held = await _other_connection(url)
     try:
-        for r in range(10):
-            msgs = [make_d(f"w{i % 3}", f"r{r}-m{i}") for i in range(20)]
-            again = [make_d(d.workspace_id, d.message_id) for d in msgs[::-1]]
-            got = await asyncio.wait_for(
-                asyncio.gather(
-                    *(store.accept(d) for d in msgs), *(second.accept(d) for d in again)
-                ),
-                10,
-            )
-            rows_of = {}
-            for stored, created in got:
-                rows_of.setdefault(stored.message_id, []).append((stored, created))
-            for pair in rows_of.values():
-                assert len(pair) == 2 and pair[0][0] == pair[1][0]
-                assert sorted(c for _, c in pair) == [False, True]
+        tx = held.transaction()
+        await tx.start()
+        mid = make_d("w1", keys[10])
+        await held.execute(
+            "INSERT INTO deliveries (id, workspace_id, message_id, method, request, status, "
+            "created_at, updated_at) VALUES ($1, 'w1', $2, 'x', '', 'queued', 0, 0)",
+            mid.id,
+            mid.message_id,
+        )
+        up = [asyncio.create_task(store.accept(make_d("w1", k))) for k in keys]
+        down = [asyncio.create_task(second.accept(make_d("w1", k))) for k in keys[::-1]]
+        await asyncio.sleep(0.3)
+        await tx.rollback()
+        got = await asyncio.wait_for(asyncio.gather(*up, *down, return_exceptions=True), 10)
     finally:
+        await held.close()
         await second.close()
-    assert store.accepts.retried == second.accepts.retried == 0
+    assert not [g for g in got if isinstance(g, asyncpg.DeadlockDetectedError)]
+    assert store.writes.retried == second.writes.retried == 0  # no flush failed
+    by_msg: dict[str, list[tuple[Any, bool]]] = {}
+    for stored, created in got:  # type: ignore[misc]
+        by_msg.setdefault(stored.message_id, []).append((stored, created))
+    assert sorted(by_msg) == keys
+    for pair in by_msg.values():
+        assert pair[0][0] == pair[1][0] and sorted(c for _, c in pair) == [False, True]
 
 
 async def test_claim_many_takes_its_locks_in_one_global_order(pg: tuple[Any, str]) -> None:

@@ -103,9 +103,13 @@ async def test_a_cancelled_caller_leaves_the_others_and_its_item_runs() -> None:
 
 async def test_off_runs_every_call_alone_and_idle_waits_for_flushes() -> None:
     op = Op()
+    op.gate.clear()
     off = gc(op, max_batch=1)
-    assert await asyncio.gather(*(off(x) for x in "ab")) == ["a!", "b!"]
-    assert op.batches == [["a"], ["b"]] and off.batches == 0  # no flush task at all
+    calls = [asyncio.create_task(off(x)) for x in "ab"]
+    await asyncio.sleep(0.01)
+    assert op.batches == [["a"], ["b"]]  # both running at once, neither waits for the other
+    op.gate.set()
+    assert await asyncio.gather(*calls) == ["a!", "b!"] and off.batches == 2
     op.gate.clear()
     g = gc(op)
     call = asyncio.create_task(g("c"))
@@ -125,3 +129,17 @@ async def test_a_call_right_after_a_flush_ends_is_not_stranded() -> None:
         got = await asyncio.wait_for(asyncio.gather(g("a"), g("b")), 1)
         assert got == ["a!", "b!"]
         assert await asyncio.wait_for(g("c"), 1) == "c!"
+
+
+async def test_lanes_flush_side_by_side_but_never_a_key_twice_at_once() -> None:
+    op = Op()
+    op.gate.clear()
+    g = gc(op, lanes=2)
+    first = asyncio.create_task(g("a:1"))
+    await asyncio.sleep(0.01)
+    rest = [asyncio.create_task(g(x)) for x in ["b", "a:2", "c"]]
+    await asyncio.sleep(0.01)
+    assert op.batches == [["a:1"], ["b", "c"]]  # a second lane runs; a:2 waits for a:1's
+    op.gate.set()
+    assert await first == "a:1!" and await asyncio.gather(*rest) == ["b!", "a:2!", "c!"]
+    assert op.batches[2:] == [["a:2"]]

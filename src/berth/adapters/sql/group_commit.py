@@ -14,11 +14,13 @@ its items are run again one by one: one item's error stays that item's own.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Callable, Hashable, Sequence
 from typing import Generic, TypeVar
 
 from berth.domain.errors import StoreUnavailable
 
+log = logging.getLogger("berth.group_commit")
 A = TypeVar("A")
 R = TypeVar("R")
 __all__ = ["GroupCommit"]
@@ -38,12 +40,15 @@ class GroupCommit(Generic[A, R]):
         self._max, self._lanes = max_batch, lanes
         self._pending: list[tuple[A, asyncio.Future[R]]] = []
         self._running: set[asyncio.Task[None]] = set()
+        self._flushing: set[Hashable] = set()  # keys of the calls being flushed
         self.batches = 0  # flushes made, and the items they carried (for benchmarks)
         self.items = 0
         self.retried = 0  # items of failed batches, run again one by one
 
     async def __call__(self, item: A) -> R:
         if self._max == 1:  # group commit off: each call is its own statement, in its own task
+            self.batches += 1
+            self.items += 1
             return await self._one(item)
         fut: asyncio.Future[R] = asyncio.get_running_loop().create_future()
         self._pending.append((item, fut))
@@ -57,17 +62,17 @@ class GroupCommit(Generic[A, R]):
             await asyncio.gather(*self._running, return_exceptions=True)
 
     def _take(self) -> list[tuple[A, asyncio.Future[R]]]:
-        """The next batch: in arrival order, at most one item per key (a later call with the
-        same key waits for the next batch, so it sees this one's effect, as if sequential)."""
+        """The next batch: in arrival order, at most one item per key, and none whose key is
+        being flushed (a later call with the same key waits for a later flush, so it sees the
+        earlier one's effect, as if sequential)."""
         batch: list[tuple[A, asyncio.Future[R]]] = []
         rest: list[tuple[A, asyncio.Future[R]]] = []
-        keys: set[Hashable] = set()
         for entry in self._pending:
             k = self._key(entry[0])
-            if len(batch) >= self._max or k in keys:
+            if len(batch) >= self._max or k in self._flushing:
                 rest.append(entry)
             else:
-                keys.add(k)
+                self._flushing.add(k)
                 batch.append(entry)
         self._pending = rest
         return batch
@@ -77,7 +82,15 @@ class GroupCommit(Generic[A, R]):
         try:
             while self._pending:
                 batch = self._take()
-                await self._flush(batch)
+                if not batch:  # every pending key is being flushed by another lane
+                    return
+                try:
+                    await self._flush(batch)
+                finally:
+                    self._flushing.difference_update(self._key(item) for item, _ in batch)
+                # one turn of the loop: the callers just answered may call again at once
+                # (a producer's next message) and join the next flush instead of the one after
+                await asyncio.sleep(0)
         except BaseException:  # cancelled (the loop is closing): leave no caller hanging
             gone = StoreUnavailable("the store closed before this operation ran")
             for _, fut in batch + self._pending:
@@ -101,7 +114,8 @@ class GroupCommit(Generic[A, R]):
             for _, fut in batch:
                 _fail(fut, e)
             return
-        except Exception:
+        except Exception as e:
+            log.info("a flush of %d calls failed (%r); running them one by one", len(batch), e)
             self.retried += len(batch)
             for entry in batch:  # rolled back whole: each item alone
                 await self._run_one(*entry)

@@ -49,6 +49,9 @@ def _insert(table: str, params: dict[str, Any], tail: str = "") -> tuple[str, li
 
 
 class PostgresBase:
+    # server-side functions: code, not schema; replaced on every start (see migrate)
+    _FUNCTIONS: tuple[str, ...] = ()
+
     def __init__(self, url: str, *, min_size: int = 1, max_size: int = 20) -> None:
         self.url = url
         self._min_size = min_size
@@ -101,8 +104,8 @@ class PostgresBase:
                     if version not in done:
                         await self._apply(conn, version, script)
                 # code, not schema: replaced on every start, so it always matches this berth
-                await conn.execute(_CLAIM_FUNCTION)
-                await conn.execute(_CLAIM_MANY_FUNCTION)
+                for function in (_CLAIM_FUNCTION, _CLAIM_MANY_FUNCTION, *self._FUNCTIONS):
+                    await conn.execute(function)
             finally:
                 await conn.execute("SELECT pg_advisory_unlock($1)", _MIGRATE_LOCK)
 

@@ -1,19 +1,26 @@
 """The hot path's three writes on PostgreSQL, many at once: what group commit flushes.
 
-Each takes the items of concurrent calls and answers each item as its own call would:
+The concurrent accepts, claims and settles of one flush are one call of the server-side
+function berth_write (one round trip, one commit, one fsync), and each call is answered as
+its own would be:
 
-* accept: one INSERT ... SELECT FROM unnest(...) ON CONFLICT DO NOTHING (one commit), then
-  one SELECT for the items that found their (workspace, messageId) taken;
-* claim: one call of berth_claim_many, which runs berth_claim for each workspace in the
-  order of their advisory lock keys (two batches never wait for each other in a cycle);
-* settle: one UPDATE ... FROM unnest(...) that first locks its rows NOWAIT: a batch never
-  waits for a row lock while holding others (a row someone else holds fails the batch,
-  and group commit settles its items one by one, as before).
+* settles first: one UPDATE ... FROM unnest(...) that locks its rows NOWAIT, so a flush
+  never waits for a row lock while holding others (a row someone else holds fails the
+  flush, and group commit runs its calls one by one, as before);
+* accepts: one INSERT ... SELECT FROM unnest(...) ON CONFLICT DO NOTHING, then one SELECT
+  for the calls that found their (workspace, messageId) taken;
+* claims last: berth_claim for each workspace in the order of their advisory lock keys
+  (berth_claim_many); the settles before them freed capacity for them.
+
+A flush waits only for advisory locks (taken in one global order, last) and for the
+uncommitted insert of the same message elsewhere (in sorted order, before any advisory
+lock): no two flushes can wait for each other in a cycle.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Hashable
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,7 +29,7 @@ from berth.adapters.sql.postgres_base import PostgresBase
 from berth.domain.delivery import FINAL, Delivery
 from berth.ports import Settle
 
-__all__ = ["ClaimCall", "PostgresBatches", "SettleCall"]
+__all__ = ["ClaimCall", "PostgresBatches", "SettleCall", "Write", "write_key"]
 
 _BYTEA = {"request", "reply"}
 _INT = {"attempts", "forwards", "reply_status"}
@@ -44,44 +51,98 @@ def _pg_type(column: str) -> str:
     )  # fmt: skip
 
 
+_SETTLE_ARGS = [
+    ("id", "text"),
+    ("owner", "text"),
+    ("status", "text"),
+    ("inc", "integer"),
+    ("reason", "text"),
+    ("not_before", "float8"),
+    ("now", "float8"),
+    ("finished_at", "float8"),
+    ("set_reply", "boolean"),
+    ("reply", "bytea"),
+    ("reply_status", "integer"),
+    ("reply_type", "text"),
+]
+_ACCEPT_ARGS = [(c, _pg_type(c)) for c in rows.D_COLUMNS]
+_CLAIM_ARGS = [
+    ("ws", "text"),
+    ("cap", "integer"),
+    ("owner", "text"),
+    ("now", "float8"),
+    ("until", "float8"),
+]
+_ARGS = (
+    [(f"s_{n}", t) for n, t in _SETTLE_ARGS]
+    + [(f"a_{n}", t) for n, t in _ACCEPT_ARGS]
+    + [(f"c_{n}", t) for n, t in _CLAIM_ARGS]
+)
+
+
+def _unnest(prefix: str, args: list[tuple[str, str]]) -> str:
+    names = [n for n, _ in args]
+    return f"unnest({', '.join(prefix + n for n in names)}) AS u({', '.join(names)})"
+
+
 _COLS = ", ".join(rows.D_COLUMNS)
-_UNNEST = ", ".join(f"${i}::{_pg_type(c)}[]" for i, c in enumerate(rows.D_COLUMNS, 1))
-# Sorted by key: two batches that share keys insert them in the same order, so neither
-# can wait for the other's uncommitted row while holding one the other waits for.
-_ACCEPT_MANY = (
-    f"INSERT INTO deliveries ({_COLS}) SELECT {_COLS} FROM unnest({_UNNEST}) AS u({_COLS}) "
-    "ORDER BY random() "
-    "ON CONFLICT (workspace_id, message_id) DO NOTHING RETURNING *"
-)
-_EXISTING = (
-    "SELECT d.* FROM deliveries AS d JOIN unnest($1::text[], $2::text[]) AS u(w, m) "
-    "ON d.workspace_id = u.w AND d.message_id = u.m"
-)
-_CLAIM_MANY = (
-    "SELECT t.k, (t.d).* FROM berth_claim_many($1::text[], $2::int[], $3::text[], "
-    "$4::float8[], $5::float8[]) AS t"
-)
-_SETTLE_MANY = f"""
-WITH u AS (
-    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::int[], $5::text[], $6::float8[],
-                         $7::float8[], $8::float8[], $9::bool[], $10::bytea[], $11::int[], $12::text[])
-        AS u(id, owner, status, inc, reason, not_before, now, finished_at, set_reply, reply,
-             reply_status, reply_type)
-), locked AS (
-    SELECT d.seq, u.* FROM deliveries AS d JOIN u ON d.id = u.id
-    WHERE d.status = '{rows.IN_FLIGHT}' AND d.lease_owner = u.owner
-    FOR UPDATE OF d NOWAIT
-)
-UPDATE deliveries AS d
-SET status = l.status, attempts = d.attempts + l.inc, reason = l.reason, not_before = l.not_before,
-    lease_owner = NULL, lease_until = NULL, updated_at = l.now, finished_at = l.finished_at,
-    reply = CASE WHEN l.set_reply THEN l.reply ELSE d.reply END,
-    reply_status = CASE WHEN l.set_reply THEN l.reply_status ELSE d.reply_status END,
-    reply_type = CASE WHEN l.set_reply THEN l.reply_type ELSE d.reply_type END
-FROM locked AS l
-WHERE d.seq = l.seq AND d.status = '{rows.IN_FLIGHT}' AND d.lease_owner = l.owner
-RETURNING d.*
+_IN_FLIGHT = rows.IN_FLIGHT
+# One flush: its settles, accepts and claims in one statement (one round trip, one commit).
+# Rows come back as (kind, k, row): 'settle' and 'accept' rows are known by their id,
+# 'existing' (the row an accept found in its place) and 'claim' rows by k, the position
+# of their call among the calls of that kind (from 1).
+WRITE_FUNCTION = f"""
+CREATE OR REPLACE FUNCTION berth_write({", ".join(f"{n} {t}[]" for n, t in _ARGS)})
+RETURNS TABLE (w_kind text, w_k integer, w_row deliveries) LANGUAGE plpgsql VOLATILE AS $$
+#variable_conflict use_column
+BEGIN
+    IF cardinality(s_id) > 0 THEN
+        -- NOWAIT: a flush never waits for a row lock (so never holds some while waiting)
+        RETURN QUERY
+        WITH u AS (SELECT * FROM {_unnest("s_", _SETTLE_ARGS)}),
+        locked AS (
+            SELECT x.seq, u.* FROM deliveries AS x JOIN u ON x.id = u.id
+            WHERE x.status = '{_IN_FLIGHT}' AND x.lease_owner = u.owner FOR UPDATE OF x NOWAIT
+        ), moved AS (
+            UPDATE deliveries AS x
+            SET status = l.status, attempts = x.attempts + l.inc, reason = l.reason,
+                not_before = l.not_before, lease_owner = NULL, lease_until = NULL,
+                updated_at = l.now, finished_at = l.finished_at,
+                reply = CASE WHEN l.set_reply THEN l.reply ELSE x.reply END,
+                reply_status = CASE WHEN l.set_reply THEN l.reply_status ELSE x.reply_status END,
+                reply_type = CASE WHEN l.set_reply THEN l.reply_type ELSE x.reply_type END
+            FROM locked AS l
+            WHERE x.seq = l.seq AND x.status = '{_IN_FLIGHT}' AND x.lease_owner = l.owner
+            RETURNING x
+        )
+        SELECT 'settle', 0, moved.x FROM moved;
+    END IF;
+    IF cardinality(a_id) > 0 THEN
+        -- in key order: two flushes sharing messages wait for each other in one order only
+        RETURN QUERY
+        WITH ins AS (
+            INSERT INTO deliveries AS x ({_COLS})
+            SELECT {_COLS} FROM {_unnest("a_", _ACCEPT_ARGS)} ORDER BY u.workspace_id, u.message_id
+            ON CONFLICT (workspace_id, message_id) DO NOTHING RETURNING x
+        )
+        SELECT 'accept', 0, ins.x FROM ins;
+        -- a new snapshot: sees the rows the conflicts waited for
+        RETURN QUERY
+        SELECT 'existing', u.n::integer, x
+        FROM unnest(a_workspace_id, a_message_id, a_id) WITH ORDINALITY AS u(w, m, i, n)
+        JOIN deliveries AS x ON x.workspace_id = u.w AND x.message_id = u.m
+        WHERE x.id <> u.i;
+    END IF;
+    IF cardinality(c_ws) > 0 THEN
+        RETURN QUERY SELECT 'claim', t.k, t.d FROM berth_claim_many(c_ws, c_cap, c_owner, c_now, c_until) AS t;
+    END IF;
+END $$
 """
+_WRITE = (
+    "SELECT t.w_kind, t.w_k, (t.w_row).* FROM berth_write("
+    + ", ".join(f"${i}::{t}[]" for i, (_, t) in enumerate(_ARGS, 1))
+    + ") AS t"
+)
 
 
 @dataclass(frozen=True)
@@ -101,69 +162,111 @@ class SettleCall:
     now: float
 
 
+Write = Delivery | ClaimCall | SettleCall  # an accept, a claim, a settle
+
+
+def write_key(w: Write) -> Hashable:
+    """Calls with the same key never share a flush (the later one sees the earlier's effect)."""
+    if isinstance(w, Delivery):
+        return ("accept", w.workspace_id, w.message_id)
+    if isinstance(w, ClaimCall):
+        return ("claim", w.workspace_id)
+    return ("settle", w.delivery_id)
+
+
 class PostgresBatches(PostgresBase):
-    async def _accept_many(self, ds: list[Delivery]) -> list[tuple[Delivery, bool]]:
-        params = [rows.d_params(d) for d in ds]
-        got = await self._fetch(_ACCEPT_MANY, *([p[c] for p in params] for c in rows.D_COLUMNS))
-        made = {r["id"]: rows.d_from_row(r) for r in got}
-        out: dict[int, tuple[Delivery, bool]] = {
-            i: (made[d.id], True) for i, d in enumerate(ds) if d.id in made
-        }
-        taken = [(i, d) for i, d in enumerate(ds) if i not in out]
-        if taken:
-            # The rows they conflicted with are committed (ON CONFLICT waited), so seen here.
-            found = await self._fetch(
-                _EXISTING, [d.workspace_id for _, d in taken], [d.message_id for _, d in taken]
-            )
-            by_key = {(r["workspace_id"], r["message_id"]): rows.d_from_row(r) for r in found}
-            for i, d in taken:
-                existing = by_key.get((d.workspace_id, d.message_id))
-                # gone again before the SELECT (pruned, removed): accept it alone
-                out[i] = (existing, False) if existing else await self._accept_one(d)
-        return [out[i] for i in range(len(ds))]
+    _FUNCTIONS = (*PostgresBase._FUNCTIONS, WRITE_FUNCTION)
 
-    async def _claim_many(self, calls: list[ClaimCall]) -> list[list[Delivery]]:
+    async def _write_many(self, writes: list[Write]) -> list[Any]:
+        """One statement for all: settles, then accepts, then claims (see berth_write)."""
+        settles = [w for w in writes if isinstance(w, SettleCall)]
+        accepts = [w for w in writes if isinstance(w, Delivery)]
+        claims = [w for w in writes if isinstance(w, ClaimCall)]
         got = await self._fetch(
-            _CLAIM_MANY,
-            [c.workspace_id for c in calls],
-            [c.capacity for c in calls],
-            [c.owner for c in calls],
-            [float(c.now) for c in calls],
-            [float(c.until) for c in calls],
+            _WRITE, *_settle_args(settles), *_accept_args(accepts), *_claim_args(claims)
         )
-        per: defaultdict[int, list[Delivery]] = defaultdict(list)
+        by_id: dict[str, Delivery] = {}
+        existing: dict[int, Delivery] = {}
+        claimed: defaultdict[int, list[Delivery]] = defaultdict(list)
         for r in got:
-            per[r["k"]].append(rows.d_from_row(r))
-        return [sorted(per[k], key=lambda d: d.seq) for k in range(1, len(calls) + 1)]
+            kind, d = r["w_kind"], rows.d_from_row(r)
+            if kind == "claim":
+                claimed[r["w_k"]].append(d)
+            elif kind == "existing":
+                existing[r["w_k"]] = d
+            else:
+                by_id[d.id] = d
+        out: list[Any] = []
+        n_accept = n_claim = 0
+        for w in writes:
+            if isinstance(w, SettleCall):
+                out.append(by_id.get(w.delivery_id))
+            elif isinstance(w, ClaimCall):
+                n_claim += 1
+                out.append(sorted(claimed[n_claim], key=lambda d: d.seq))
+            else:
+                n_accept += 1
+                if w.id in by_id:
+                    out.append((by_id[w.id], True))
+                elif n_accept in existing:
+                    out.append((existing[n_accept], False))
+                else:  # its conflicting row went before the lookup: alone, now
+                    out.append(await self._accept_one(w))
+        return out
 
-    async def _settle_many(self, calls: list[SettleCall]) -> list[Delivery | None]:
-        cols: list[list[Any]] = [[] for _ in range(12)]
-        for c in calls:
-            h = c.how
-            now = float(c.now)
-            for col, v in zip(
-                cols,
-                (
-                    c.delivery_id,
-                    c.owner,
-                    h.status.value,
-                    int(h.count_attempt),
-                    h.reason,
-                    float(h.not_before),
-                    now,
-                    now if h.status in FINAL else None,
-                    h.reply is not None,
-                    h.reply,
-                    h.reply_status,
-                    h.reply_type,
-                ),
-                strict=True,
-            ):
-                col.append(v)
-        got = await self._fetch(_SETTLE_MANY, *cols)
-        by_id = {r["id"]: rows.d_from_row(r) for r in got}
-        return [by_id.get(c.delivery_id) for c in calls]
+    async def _write_one(self, w: Write) -> Any:
+        if isinstance(w, Delivery):
+            return await self._accept_one(w)
+        if isinstance(w, ClaimCall):
+            return await self._claim_one(w)
+        return await self._settle_one(w)
 
-    # the single-item operations (a batch of one, and each item of a failed batch)
+    # the single-item operations (a flush of one, and each call of a failed flush)
     async def _accept_one(self, d: Delivery) -> tuple[Delivery, bool]:
         raise NotImplementedError
+
+    async def _claim_one(self, c: ClaimCall) -> list[Delivery]:
+        raise NotImplementedError
+
+    async def _settle_one(self, c: SettleCall) -> Delivery | None:
+        raise NotImplementedError
+
+
+def _columns(n: int, values: list[tuple[Any, ...]]) -> list[list[Any]]:
+    """Rows of n values as n column lists (empty lists for no rows)."""
+    return [list(c) for c in zip(*values, strict=True)] if values else [[] for _ in range(n)]
+
+
+def _settle_args(calls: list[SettleCall]) -> list[list[Any]]:
+    return _columns(
+        len(_SETTLE_ARGS),
+        [
+            (
+                c.delivery_id,
+                c.owner,
+                c.how.status.value,
+                int(c.how.count_attempt),
+                c.how.reason,
+                float(c.how.not_before),
+                float(c.now),
+                float(c.now) if c.how.status in FINAL else None,
+                c.how.reply is not None,
+                c.how.reply,
+                c.how.reply_status,
+                c.how.reply_type,
+            )
+            for c in calls
+        ],
+    )
+
+
+def _accept_args(ds: list[Delivery]) -> list[list[Any]]:
+    params = [rows.d_params(d) for d in ds]
+    return [[p[c] for p in params] for c in rows.D_COLUMNS]
+
+
+def _claim_args(calls: list[ClaimCall]) -> list[list[Any]]:
+    return _columns(
+        len(_CLAIM_ARGS),
+        [(c.workspace_id, c.capacity, c.owner, float(c.now), float(c.until)) for c in calls],
+    )

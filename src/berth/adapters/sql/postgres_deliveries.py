@@ -1,8 +1,8 @@
 """The delivery log's rows on PostgreSQL (the DeliveryStore port).
 
 accept, claim and settle go through group commit (berth.adapters.sql.group_commit):
-concurrent calls share one statement and one commit (postgres_batch), a lone call runs the
-single-item statement below."""
+concurrent calls share one transaction, a statement per kind (postgres_batch); a lone call
+runs the single-item statement below."""
 
 from __future__ import annotations
 
@@ -11,7 +11,13 @@ from typing import Any
 from berth.adapters.sql import rows
 from berth.adapters.sql.group_commit import GroupCommit
 from berth.adapters.sql.postgres_base import _by_seq, _insert, _rowcount
-from berth.adapters.sql.postgres_batch import ClaimCall, PostgresBatches, SettleCall
+from berth.adapters.sql.postgres_batch import (
+    ClaimCall,
+    PostgresBatches,
+    SettleCall,
+    Write,
+    write_key,
+)
 from berth.domain.delivery import FINAL, Delivery, DeliveryStatus
 from berth.domain.errors import NotFound
 from berth.ports import Settle
@@ -25,34 +31,21 @@ class PostgresDeliveries(PostgresBatches):
         self, url: str, *, min_size: int = 1, max_size: int = 20, group_commit: bool = True
     ) -> None:
         super().__init__(url, min_size=min_size, max_size=max_size)
-        batch = 256 if group_commit else 1  # 1: every call alone (for comparison)
-        self.accepts = GroupCommit(
-            self._accept_many,
-            self._accept_one,
-            key=lambda d: (d.workspace_id, d.message_id),
-            max_batch=batch,
-        )
-        self.claims = GroupCommit(
-            self._claim_many,
-            self._claim_one,
-            key=lambda c: c.workspace_id,
-            max_batch=batch,
-        )
-        self.settles = GroupCommit(
-            self._settle_many,
-            self._settle_one,
-            key=lambda c: c.delivery_id,
-            max_batch=batch,
+        self.writes: GroupCommit[Write, Any] = GroupCommit(
+            self._write_many,
+            self._write_one,
+            key=write_key,
+            max_batch=256 if group_commit else 1,  # 1: every call alone (for comparison)
         )
 
     async def close(self) -> None:
-        for g in (self.accepts, self.claims, self.settles):
-            await g.idle()
+        await self.writes.idle()
         await super().close()
 
     # deliveries ------------------------------------------------------------
     async def accept(self, d: Delivery) -> tuple[Delivery, bool]:
-        return await self.accepts(d)
+        got: tuple[Delivery, bool] = await self.writes(d)
+        return got
 
     async def _accept_one(self, d: Delivery) -> tuple[Delivery, bool]:
         sql, args = _insert(
@@ -96,9 +89,10 @@ class PostgresDeliveries(PostgresBatches):
         lease_seconds: float,
         now: float,
     ) -> list[Delivery]:
-        return await self.claims(
+        got: list[Delivery] = await self.writes(
             ClaimCall(workspace_id, capacity, owner, float(now), float(now + lease_seconds))
         )
+        return got
 
     async def _claim_one(self, c: ClaimCall) -> list[Delivery]:
         # One round trip, also when there is nothing to claim (see _CLAIM_FUNCTION).
@@ -128,7 +122,8 @@ class PostgresDeliveries(PostgresBatches):
     async def settle(
         self, delivery_id: str, owner: str, how: Settle, now: float
     ) -> Delivery | None:
-        return await self.settles(SettleCall(delivery_id, owner, how, now))
+        got: Delivery | None = await self.writes(SettleCall(delivery_id, owner, how, now))
+        return got
 
     async def _settle_one(self, c: SettleCall) -> Delivery | None:
         how, now = c.how, c.now
