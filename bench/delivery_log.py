@@ -74,7 +74,6 @@ from _log_engines import (  # noqa: E402
 )
 
 WORKSPACES = 8
-LANES = 0
 DEFAULT_PG = "postgresql://postgres@127.0.0.1:5432/test"
 
 
@@ -436,8 +435,6 @@ class PgBackend:
             async def make() -> tuple[Engine, Callable[[], Awaitable[None]]]:
                 size = {"max_size": self.pool_size} if self.pool_size else {}
                 store = PostgresStore(self.url, group_commit=group_commit, **size)
-                if LANES:
-                    store.writes._lanes = LANES
                 await store.migrate()  # as berth starts: the pool exists before first use
                 return BerthEngine(store, MAX_CONCURRENCY), store.close
 
@@ -589,10 +586,7 @@ def parse() -> argparse.Namespace:
     ap.add_argument(
         "--loop", choices=["uvloop", "asyncio"], default="uvloop", help="as berth serve runs"
     )
-    ap.add_argument("--lanes", type=int, default=0, help="experiment: group commit lanes")
     args = ap.parse_args()
-    global LANES
-    LANES = args.lanes
     return args
 
 

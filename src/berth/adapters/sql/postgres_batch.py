@@ -95,14 +95,17 @@ WRITE_FUNCTION = f"""
 CREATE OR REPLACE FUNCTION berth_write({", ".join(f"{n} {t}[]" for n, t in _ARGS)})
 RETURNS TABLE (w_kind text, w_k integer, w_row deliveries) LANGUAGE plpgsql VOLATILE AS $$
 #variable_conflict use_column
+DECLARE inserted bigint;
 BEGIN
     IF cardinality(s_id) > 0 THEN
         -- NOWAIT: a flush never waits for a row lock (so never holds some while waiting)
         RETURN QUERY
         WITH u AS (SELECT * FROM {_unnest("s_", _SETTLE_ARGS)}),
-        locked AS (
-            SELECT x.seq, u.* FROM deliveries AS x JOIN u ON x.id = u.id
-            WHERE x.status = '{_IN_FLIGHT}' AND x.lease_owner = u.owner FOR UPDATE OF x NOWAIT
+        locked AS (  -- by id, one row each (not a scan of the in-flight index)
+            SELECT x.seq, u.* FROM u, LATERAL (
+                SELECT seq FROM deliveries WHERE id = u.id AND status = '{_IN_FLIGHT}'
+                AND lease_owner = u.owner LIMIT 1 FOR UPDATE NOWAIT
+            ) AS x
         ), moved AS (
             UPDATE deliveries AS x
             SET status = l.status, attempts = x.attempts + l.inc, reason = l.reason,
@@ -126,12 +129,15 @@ BEGIN
             ON CONFLICT (workspace_id, message_id) DO NOTHING RETURNING x
         )
         SELECT 'accept', 0, ins.x FROM ins;
-        -- a new snapshot: sees the rows the conflicts waited for
-        RETURN QUERY
-        SELECT 'existing', u.n::integer, x
-        FROM unnest(a_workspace_id, a_message_id, a_id) WITH ORDINALITY AS u(w, m, i, n)
-        JOIN deliveries AS x ON x.workspace_id = u.w AND x.message_id = u.m
-        WHERE x.id <> u.i;
+        GET DIAGNOSTICS inserted = ROW_COUNT;
+        IF inserted < cardinality(a_id) THEN
+            -- a new snapshot: sees the rows the conflicts waited for
+            RETURN QUERY
+            SELECT 'existing', u.n::integer, x
+            FROM unnest(a_workspace_id, a_message_id, a_id) WITH ORDINALITY AS u(w, m, i, n)
+            JOIN deliveries AS x ON x.workspace_id = u.w AND x.message_id = u.m
+            WHERE x.id <> u.i;
+        END IF;
     END IF;
     IF cardinality(c_ws) > 0 THEN
         RETURN QUERY SELECT 'claim', t.k, t.d FROM berth_claim_many(c_ws, c_cap, c_owner, c_now, c_until) AS t;
