@@ -142,6 +142,10 @@ _PICK = (
     "AND not_before <= {now} ORDER BY seq LIMIT {limit} FOR UPDATE SKIP LOCKED"
 )
 
+# The hot path's functions run with enable_seqscan off: their statements use their indexes
+# whatever the statistics say (those of a new, empty log would pick sequential scans, and
+# a plan cached in a pooled connection would keep them while the table grows).
+#
 # The claim, as one function call: the per-workspace lock (capacity across replicas), the
 # in-flight count and the SKIP LOCKED claim in one round trip. Each statement of a VOLATILE
 # function takes a fresh snapshot (READ COMMITTED), so the count sees every claim committed
@@ -149,7 +153,8 @@ _PICK = (
 _CLAIM_FUNCTION = f"""
 CREATE OR REPLACE FUNCTION berth_claim(p_ws text, p_cap integer, p_owner text, p_now double precision,
                                        p_until double precision)
-RETURNS SETOF deliveries LANGUAGE plpgsql VOLATILE AS $$
+RETURNS SETOF deliveries LANGUAGE plpgsql VOLATILE
+SET enable_seqscan = off AS $$
 DECLARE n bigint;  -- NULL: uncapped
 BEGIN
     IF p_cap IS NOT NULL THEN
@@ -177,7 +182,8 @@ END $$
 _CLAIM_MANY_FUNCTION = """
 CREATE OR REPLACE FUNCTION berth_claim_many(p_ws text[], p_cap integer[], p_owner text[],
                                             p_now double precision[], p_until double precision[])
-RETURNS TABLE (k integer, d deliveries) LANGUAGE plpgsql VOLATILE AS $$
+RETURNS TABLE (k integer, d deliveries) LANGUAGE plpgsql VOLATILE
+SET enable_seqscan = off AS $$
 DECLARE i integer;
 BEGIN
     FOR i IN SELECT u.k FROM unnest(p_ws) WITH ORDINALITY AS u(ws, k) ORDER BY hashtext(u.ws), u.ws, u.k LOOP

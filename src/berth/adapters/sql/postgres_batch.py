@@ -93,7 +93,8 @@ _IN_FLIGHT = rows.IN_FLIGHT
 # of their call among the calls of that kind (from 1).
 WRITE_FUNCTION = f"""
 CREATE OR REPLACE FUNCTION berth_write({", ".join(f"{n} {t}[]" for n, t in _ARGS)})
-RETURNS TABLE (w_kind text, w_k integer, w_row deliveries) LANGUAGE plpgsql VOLATILE AS $$
+RETURNS TABLE (w_kind text, w_k integer, w_row deliveries) LANGUAGE plpgsql VOLATILE
+SET enable_seqscan = off AS $$
 #variable_conflict use_column
 DECLARE inserted bigint;
 BEGIN
@@ -101,10 +102,9 @@ BEGIN
         -- NOWAIT: a flush never waits for a row lock (so never holds some while waiting)
         RETURN QUERY
         WITH u AS (SELECT * FROM {_unnest("s_", _SETTLE_ARGS)}),
-        locked AS (  -- by id, one row each (not a scan of the in-flight index)
+        locked AS (  -- by id alone: one probe of its unique index each; moved checks the rest
             SELECT x.seq, u.* FROM u, LATERAL (
-                SELECT seq FROM deliveries WHERE id = u.id AND status = '{_IN_FLIGHT}'
-                AND lease_owner = u.owner LIMIT 1 FOR UPDATE NOWAIT
+                SELECT seq FROM deliveries WHERE id = u.id FOR UPDATE NOWAIT
             ) AS x
         ), moved AS (
             UPDATE deliveries AS x
