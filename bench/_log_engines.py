@@ -161,20 +161,22 @@ class BarePgEngine:
 
 
 class Gather:
-    """The bare baseline's own group commit (no berth code): calls made while a flush runs
-    go together in the next one; an idle call is flushed at once."""
+    """The bare baseline's own group commit (no berth code): calls made while the flushes
+    run go together in the next one; an idle call is flushed at once; `lanes` flushes may
+    run at the same time (as berth's)."""
 
-    def __init__(self, flush: Callable[[list[Any]], Awaitable[list[Any]]]) -> None:
+    def __init__(self, flush: Callable[[list[Any]], Awaitable[list[Any]]], lanes: int) -> None:
         self.flush = flush
+        self.lanes = lanes
         self.pending: list[tuple[Any, asyncio.Future[Any]]] = []
-        self.busy = False
+        self.running = 0
         self.batches = self.items = 0
 
     async def __call__(self, item: Any) -> Any:
         fut = asyncio.get_running_loop().create_future()
         self.pending.append((item, fut))
-        if not self.busy:
-            self.busy = True
+        if self.running < self.lanes:
+            self.running += 1
             asyncio.create_task(self._drain())
         return await fut
 
@@ -192,8 +194,9 @@ class Gather:
                     continue
                 for (_, f), r in zip(batch, out, strict=True):
                     f.set_result(r)
+                await asyncio.sleep(0)
         finally:
-            self.busy = False
+            self.running -= 1
 
 
 class BarePgBatchedEngine:
@@ -221,15 +224,25 @@ class BarePgBatchedEngine:
 
     def __init__(self, url: str) -> None:
         self.url = url
-        self._conn: Any = None
-        self.writes = Gather(self._flush)
+        self._all: list[Any] = []
+        self._free: list[Any] = []
+        self.writes = Gather(self._flush, lanes=2)
 
     async def _flush(self, items: list[tuple[str, Any]]) -> list[Any]:
         import asyncpg
 
-        if self._conn is None:
-            self._conn = await asyncpg.connect(self.url, server_settings=INDEXES_ONLY)
-        c, now = self._conn, time.time()
+        if self._free:
+            c = self._free.pop()
+        else:
+            c = await asyncpg.connect(self.url, server_settings=INDEXES_ONLY)
+            self._all.append(c)
+        try:
+            return await self._write(c, items)
+        finally:
+            self._free.append(c)
+
+    async def _write(self, c: Any, items: list[tuple[str, Any]]) -> list[Any]:
+        now = time.time()
         acks = [x for kind, x in items if kind == "ack"]
         accepts = [x for kind, x in items if kind == "accept"]
         claims = [(i, x) for i, (kind, x) in enumerate(items) if kind == "claim"]
@@ -271,8 +284,8 @@ class BarePgBatchedEngine:
         return [(self.writes.batches, self.writes.items)]
 
     async def close(self) -> None:
-        if self._conn is not None:
-            await self._conn.close()
+        for c in self._all:
+            await c.close()
 
 
 class BareSqliteEngine:

@@ -36,6 +36,7 @@ class PostgresDeliveries(PostgresBatches):
             self._write_one,
             key=write_key,
             max_batch=256 if group_commit else 1,  # 1: every call alone (for comparison)
+            lanes=2,  # a flush is prepared and answered while the other one runs in the database
         )
 
     async def close(self) -> None:
