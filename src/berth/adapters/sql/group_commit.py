@@ -46,7 +46,7 @@ class GroupCommit(Generic[A, R]):
         self.retried = 0  # items of failed batches, run again one by one
 
     async def __call__(self, item: A) -> R:
-        if self._max == 1:  # group commit off: each call is its own statement, in its own task
+        if self._max == 1:  # group commit off: each call runs alone, in its caller's task
             self.batches += 1
             self.items += 1
             return await self._one(item)
