@@ -8,7 +8,6 @@ is in flight itself, under its advisory lock, as its dispatcher does).
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import json
 import sqlite3
 import time
@@ -42,7 +41,6 @@ REPLY = json.dumps(
 HEADERS = '{"a2a-version": "1.0"}'
 # As berth's functions run: plans that use the indexes whatever the (fresh, empty) statistics say.
 INDEXES_ONLY = {"enable_seqscan": "off"}
-ROLE: contextvars.ContextVar[str] = contextvars.ContextVar("role", default="main")  # the caller
 
 
 class Engine(Protocol):

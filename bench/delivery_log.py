@@ -65,7 +65,6 @@ from _log_engines import (  # noqa: E402
     MAX_CONCURRENCY,
     REPLY,
     REQUEST,
-    ROLE,
     BarePgBatchedEngine,
     BarePgEngine,
     BareSqliteEngine,
@@ -113,7 +112,6 @@ async def drive(
     owner = f"bench-{os.getpid()}"
 
     async def producer(k: int) -> None:
-        ROLE.set(f"producer-{k}")
         for i in todo:  # shared: the producers split the count between them
             await sem.acquire()
             did = str(uuid.uuid4())
@@ -134,7 +132,6 @@ async def drive(
                 ev.set()
 
     async def sweeper(k: int) -> None:
-        ROLE.set(f"dispatcher-{k}")
         mine = f"{owner}-{k}"
         order = ws_ids[k % len(ws_ids) :] + ws_ids[: k % len(ws_ids)]
         while not finished.is_set():
@@ -151,7 +148,6 @@ async def drive(
 
     async def ws_loop(ws: str) -> None:
         """berth's Dispatcher._loop, with a forward that answers at once."""
-        ROLE.set(f"loop-{ws}")
         ev, busy, tasks = wake[ws], [0], set()
 
         async def forward(did: str) -> None:
