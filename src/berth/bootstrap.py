@@ -22,6 +22,7 @@ from berth.services.agent_link import AgentLink
 from berth.services.delivery_log import DeliveryLog
 from berth.services.dispatcher import Dispatcher
 from berth.services.events import WORK_TOPIC, WS_TOPIC, Events
+from berth.services.heartbeats import Heartbeats
 from berth.services.idle import Idle
 from berth.services.lifecycle import Runner
 from berth.services.probe import Prober
@@ -59,6 +60,7 @@ class Container:
     restarts: RestartService
     workspaces: Workspaces
     registry: Registry
+    heartbeats: Heartbeats
     proxy: Proxy
     idle: Idle
     admin_token: str
@@ -82,7 +84,13 @@ class Container:
         run("liveness", lambda: self.registry.liveness(self.settings.heartbeat_seconds))
         run("idle", lambda: self.idle.watch(self.settings.heartbeat_seconds))
         prober = Prober(  # agents that do not register or heartbeat (stock A2A servers)
-            self.roster, self.client, self.runner, self.link, self.dispatcher, self.events
+            self.roster,
+            self.client,
+            self.runner,
+            self.link,
+            self.dispatcher,
+            self.events,
+            self.heartbeats,
         )
         run("probe", lambda: prober.run(self.settings.heartbeat_seconds))
 
@@ -276,15 +284,21 @@ def assemble(
         owner=settings.replica,
         start_timeout=settings.start_timeout,
         stop_grace=settings.stop_grace_seconds,
-        heartbeat_seconds=settings.heartbeat_seconds,
         instance=settings.instance,
     )
     restarts = RestartService(runner, store, roster, dispatcher, link, events, locks, metrics)
+    heartbeats = Heartbeats(
+        store,
+        roster,
+        seconds=settings.heartbeat_seconds,
+        rate=settings.heartbeat_rate,
+        timeout=settings.heartbeat_timeout,
+    )
     registry = Registry(
         runner,
         restarts,
         store,
-        store,
+        heartbeats,
         deliveries,
         roster,
         dispatcher,
@@ -292,7 +306,6 @@ def assemble(
         provisioners,
         events,
         metrics,
-        heartbeat_timeout=settings.heartbeat_timeout,
         crash_loop_limit=settings.crash_loop_limit,
         crash_loop_window=settings.crash_loop_window,
     )
@@ -326,8 +339,9 @@ def assemble(
         link=link,
         runner=runner,
         restarts=restarts,
-        workspaces=Workspaces(store, deliveries, roster, runner, restarts, events),
+        workspaces=Workspaces(store, deliveries, roster, runner, restarts, events, sole=sole),
         registry=registry,
+        heartbeats=heartbeats,
         proxy=proxy,
         idle=Idle(deliveries, roster, runner, restarts, owner=settings.replica),
         admin_token=admin,

@@ -21,6 +21,7 @@ __all__ = [
     "Database",
     "DeliveryStore",
     "Locks",
+    "Pending",
     "Provisioner",
     "RestartStore",
     "RunInfo",
@@ -43,6 +44,16 @@ class Settle:
     reason: str | None = None
     not_before: float = 0.0
     reply_type: str | None = None
+
+
+@dataclass(frozen=True)
+class Pending:
+    """A workspace's pending deliveries: queued, in flight, and the created_at of the
+    queue's head (its oldest queued delivery by seq), None when nothing is queued."""
+
+    queued: int
+    in_flight: int
+    head: float | None
 
 
 class Database(Protocol):
@@ -75,6 +86,11 @@ class WorkspaceStore(Protocol):
     ) -> Workspace | None: ...
     async def delete_workspace(self, ws_id: str) -> None: ...
     async def workspace_by_token(self, token_hash: str) -> Workspace | None: ...
+    # last_heartbeat of many workspaces in one write (heartbeats are kept in memory and
+    # flushed); a workspace gone meanwhile is skipped; updated_at is left alone
+    async def record_heartbeats(self, beats: dict[str, float]) -> None: ...
+    # last_heartbeat of every workspace that has one (liveness across replicas)
+    async def last_heartbeats(self) -> dict[str, float]: ...
 
 
 class DeliveryStore(Protocol):
@@ -96,6 +112,9 @@ class DeliveryStore(Protocol):
     # created_at of the queue's head (its oldest queued delivery by seq), or None: the age of
     # a queue for admission control, through the partial index of queued rows
     async def queue_head(self, workspace_id: str) -> float | None: ...
+    # `pending` and `queue_head` of every workspace with a pending delivery, in one grouped
+    # read over the same partial indexes (lists and /metrics of many workspaces)
+    async def backlogs(self) -> dict[str, Pending]: ...
 
     async def claim(
         self,

@@ -32,8 +32,12 @@ class Settings:
     forward_timeout: float = 600.0
     stream_keep_alive: float = 10.0
     lease_seconds: float = 30.0
+    # agents beat every heartbeat_seconds, or less often when more workspaces than
+    # heartbeat_rate beats per second can cover (silent after heartbeat_timeout, or three
+    # of their intervals if longer): docs/operations.md
     heartbeat_seconds: float = 2.0
     heartbeat_timeout: float = 10.0
+    heartbeat_rate: float = 50.0
     start_timeout: float = 30.0
     stop_grace_seconds: float = 10.0
     max_attempts: int = 3

@@ -13,7 +13,7 @@ from berth.domain.errors import Conflict, NotFound
 from berth.domain.lifecycle import WorkspaceState, check_missed_move, move_guard
 from berth.domain.restart import RestartRecord
 from berth.domain.workspace import Workspace
-from berth.ports import Settle
+from berth.ports import Pending, Settle
 
 D = DeliveryStatus
 _WS_FIELDS = frozenset(f.name for f in fields(Workspace))
@@ -95,6 +95,15 @@ class MemoryStore:
             if token_hash in (w.token_hash, w.run_token_hash):
                 return copy.deepcopy(w)
         return None
+
+    async def record_heartbeats(self, beats: dict[str, float]) -> None:
+        for ws_id, at in beats.items():
+            ws = self._ws.get(ws_id)
+            if ws is not None:
+                ws.last_heartbeat = max(ws.last_heartbeat or 0.0, at)
+
+    async def last_heartbeats(self) -> dict[str, float]:
+        return {w.id: w.last_heartbeat for w in self._ws.values() if w.last_heartbeat is not None}
 
     # deliveries ------------------------------------------------------------
     async def accept(self, d: Delivery) -> tuple[Delivery, bool]:
@@ -272,6 +281,20 @@ class MemoryStore:
     async def queue_head(self, workspace_id: str) -> float | None:
         queued = self._of(workspace_id, D.QUEUED)
         return queued[0].created_at if queued else None
+
+    async def backlogs(self) -> dict[str, Pending]:
+        out: dict[str, Pending] = {}
+        for d in self._of(None):  # by seq: the first queued one seen is the head
+            if d.status not in (D.QUEUED, D.IN_FLIGHT):
+                continue
+            p = out.get(d.workspace_id, Pending(0, 0, None))
+            if d.status is D.QUEUED:
+                head = d.created_at if p.head is None else p.head
+                p = Pending(p.queued + 1, p.in_flight, head)
+            else:
+                p = Pending(p.queued, p.in_flight + 1, p.head)
+            out[d.workspace_id] = p
+        return out
 
     async def prune_finished(self, before: float) -> int:
         gone = [

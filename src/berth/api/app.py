@@ -101,10 +101,12 @@ def create_app(settings: Settings | None = None, container: Container | None = N
         depth: dict[str, float] = {}
         busy: dict[str, float] = {}
         age: dict[str, float] = {}
+        backlogs = await c.deliveries.backlogs()
         for ws in c.roster.all():
-            b = await c.deliveries.backlog(ws.id)
-            depth[ws.name], busy[ws.name] = float(b.queued), float(b.in_flight)
-            age[ws.name] = b.oldest_wait or 0.0
+            b = backlogs.get(ws.id)
+            depth[ws.name] = float(b.queued) if b else 0.0
+            busy[ws.name] = float(b.in_flight) if b else 0.0
+            age[ws.name] = (b.oldest_wait or 0.0) if b else 0.0
         c.metrics.set_gauges("berth_queue_depth", depth)
         c.metrics.set_gauges("berth_in_flight", busy)
         c.metrics.set_gauges("berth_queue_age_seconds", age)

@@ -77,9 +77,10 @@ class Platform:
                             "in_flight": self._drain.in_flight,
                         },
                     )
-                    if r.status_code in (404, 409) or (
-                        r.status_code == 200 and r.json().get("reregister")
-                    ):
+                    doc = r.json() if r.status_code == 200 else {}
+                    if "heartbeat_seconds" in doc:  # berth asks less often as it serves more
+                        self.heartbeat_seconds = float(doc["heartbeat_seconds"])
+                    if r.status_code in (404, 409) or doc.get("reregister"):
                         await self._register(c)
                     elif r.status_code == 401:
                         log.warning("berth refused this agent's token (a newer run replaced it)")

@@ -46,7 +46,7 @@ class Backlog:
 
 
 D = DeliveryStatus
-__all__ = ["DeliveryLog"]
+__all__ = ["Backlog", "DeliveryLog"]
 
 
 def _names(statuses: frozenset[DeliveryStatus]) -> str:
@@ -171,9 +171,11 @@ class DeliveryLog:
             await self._announce(stored.workspace_id)
         return stored, created
 
-    async def status_of(self, ws: Workspace) -> dict[str, Any]:
-        """The workspace's public record with its queue: depth, in flight, age."""
-        b = await self.backlog(ws.id)
+    async def status_of(self, ws: Workspace, b: Backlog | None = None) -> dict[str, Any]:
+        """The workspace's public record with its queue (`b`, else read now): depth, in
+        flight, age."""
+        if b is None:
+            b = await self.backlog(ws.id)
         return ws.public(b.queued, b.in_flight, b.oldest_wait)
 
     async def backlog(self, workspace_id: str) -> Backlog:
@@ -184,6 +186,17 @@ class DeliveryLog:
         b = Backlog(queued, in_flight, None if head is None else max(0.0, now - head), now)
         self._backlog[workspace_id] = b
         return b
+
+    async def backlogs(self) -> dict[str, Backlog]:
+        """`backlog` of every workspace with a pending delivery, in one read (a workspace
+        missing from it has nothing queued or in flight)."""
+        now = self._now()
+        return {
+            ws_id: Backlog(
+                p.queued, p.in_flight, None if p.head is None else max(0.0, now - p.head), now
+            )
+            for ws_id, p in (await self._store.backlogs()).items()
+        }
 
     async def _over(self, workspace_id: str, limit: QueueLimit) -> str | None:
         """Why the queue refuses new messages, or None. Reads the store at most every

@@ -1,8 +1,9 @@
 """The dispatcher: claims deliveries in order, forwards them, and settles what came back.
 
 One loop per workspace with work, woken on accept, on settle and when the workspace comes
-online. A workspace that is not online is simply not claimed for: a restart changes only
-who may claim, never the path a message takes.
+online; it ends when it has nothing to claim and nothing in flight, so idle workspaces
+cost nothing. A workspace that is not online is simply not claimed for: a restart changes
+only who may claim, never the path a message takes.
 """
 
 from __future__ import annotations
@@ -140,6 +141,8 @@ class Dispatcher:
                     self._start(ws, d)
             if claimed and self._maybe_queued.get(ws_id, True):
                 continue
+            if not self._forwards.get(ws_id) and not ev.is_set():
+                return  # nothing to watch: the next wake starts the loop again
             try:
                 await asyncio.wait_for(
                     ev.wait(), self._poll * (1 if ws.state is WorkspaceState.ONLINE else 5)
@@ -296,12 +299,20 @@ class Dispatcher:
                 for d in await self._log.requeue_expired():
                     log.warning("lease of delivery %s expired; redelivering", d.id)
                 await self._log.expire_due()
-                for ws in self._roster.all():
-                    loop = self._loops.get(ws.id)
-                    if ws.state is WorkspaceState.ONLINE and (loop is None or loop.done()):
-                        self.wake(ws.id)
+                await self._sweep()
             except Exception:
                 log.exception("dispatcher upkeep failed; retrying")
+
+    async def _sweep(self) -> None:
+        """The slow poll, for work a lost notification did not announce (Redis away): one
+        grouped read of the log, then a wake for each online workspace with queued work
+        and no loop (an idle workspace costs nothing here, however many there are)."""
+        for ws_id, b in (await self._log.backlogs()).items():
+            ws = self._roster.peek(ws_id)
+            loop = self._loops.get(ws_id)
+            if b.queued and ws is not None and ws.state is WorkspaceState.ONLINE:
+                if loop is None or loop.done():
+                    self.wake(ws_id)
 
     async def close(self) -> None:
         self._closing = True

@@ -113,9 +113,11 @@ class Idle:
 
     async def recover(self) -> None:
         """On start: wake suspended workspaces that have messages waiting."""
+        backlogs = await self._log.backlogs()
         for ws in self._roster.all():
             if ws.state is S.SUSPENDED and ws.owner in (None, self._owner):
-                if (await self._log.backlog(ws.id)).queued:
+                b = backlogs.get(ws.id)
+                if b is not None and b.queued:
                     self.wake(ws)
 
     async def close(self) -> None:

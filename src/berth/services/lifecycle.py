@@ -74,7 +74,6 @@ class Runner:
         owner: str,
         start_timeout: float,
         stop_grace: float,
-        heartbeat_seconds: float,
         instance: str,
     ) -> None:
         self._store, self._log, self._roster = store, deliveries, roster
@@ -82,7 +81,6 @@ class Runner:
         self._dispatcher, self._events = dispatcher, events
         self.berth_url, self.owner, self.instance = berth_url, owner, instance
         self.start_timeout, self.stop_grace = start_timeout, stop_grace
-        self.heartbeat_seconds = heartbeat_seconds
         self.stopping: set[str] = set()  # exits of these are expected
         self._start_exit: dict[str, asyncio.Future[int | None]] = {}
 

@@ -6,7 +6,8 @@ for each workspace of this replica that is waiting for its agent (`provisioning`
 `external` one `offline`) and whose agent URL berth knows (an external workspace's `--url`,
 a started process's `http://127.0.0.1:$BERTH_PORT`): a card brings it online, as a
 registration would, with the card as its agent card and `capabilities.probed = true`. For
-an online probed workspace each answered probe is its heartbeat, so the registry's
+an online probed workspace each answered probe is its heartbeat (it is probed as often as
+berth asks agents to beat: services/heartbeats.py), so the registry's
 liveness check treats a silent agent exactly as one that stopped heartbeating. An agent
 that registers itself (berth's SDK) replaces `capabilities` and is not probed any more.
 
@@ -30,6 +31,7 @@ from berth.services.agent_link import AgentLink
 from berth.services.card import with_origin
 from berth.services.dispatcher import Dispatcher
 from berth.services.events import Events
+from berth.services.heartbeats import Heartbeats
 from berth.services.lifecycle import Runner
 from berth.services.roster import Roster
 
@@ -50,29 +52,37 @@ class Prober:
         link: AgentLink,
         dispatcher: Dispatcher,
         events: Events,
+        heartbeats: Heartbeats,
         *,
         timeout: float = 3.0,
     ) -> None:
         self._roster, self._client, self._runner, self._link = roster, client, runner, link
         self._dispatcher, self._events, self._timeout = dispatcher, events, timeout
+        self._beats = heartbeats
 
     async def run(self, period: float) -> None:
         while True:
             await asyncio.sleep(period)
-            await self.tick()
+            await self.tick(period)
 
-    async def tick(self) -> None:
-        todo = [w for w in self._roster.all() if self._wanted(w)]
+    async def tick(self, period: float) -> None:
+        # an online agent is probed as often as an agent that beats itself would beat
+        due = time.time() - (self._beats.interval() - period)
+        todo = [w for w in self._roster.all() if self._wanted(w, due)]
         await asyncio.gather(*(self._probe(w) for w in todo), return_exceptions=True)
 
-    def _wanted(self, ws: Workspace) -> bool:
+    def _wanted(self, ws: Workspace, due: float) -> bool:
         if ws.owner not in (None, self._runner.owner) or not ws.agent_url:
             return False
         if ws.state is S.PROVISIONING:
             return True
         if ws.state is S.OFFLINE:
             return ws.runtime is Runtime.EXTERNAL and bool(ws.url)
-        return ws.state is S.ONLINE and bool(ws.capabilities.get(PROBED))
+        return (
+            ws.state is S.ONLINE
+            and bool(ws.capabilities.get(PROBED))
+            and (ws.last_heartbeat or 0.0) <= due
+        )
 
     async def card(self, url: str) -> dict[str, Any] | None:
         """The agent's card, or None when it does not answer with one."""
@@ -101,8 +111,13 @@ class Prober:
         now = time.time()
         try:
             if current.state is S.ONLINE:
-                if current.capabilities.get(PROBED):
+                if not current.capabilities.get(PROBED):
+                    return
+                if card != current.agent_card:
                     await self._runner.update(ws.id, last_heartbeat=now, agent_card=card)
+                else:
+                    self._beats.beat(ws.id, now)
+                self._beats.told(ws.id)
                 return
             await self._online(current, card, now)
         except Exception:

@@ -14,11 +14,12 @@ from berth.domain.lifecycle import SHOULD_RUN, WorkspaceState
 from berth.domain.restart import Trigger
 from berth.domain.workspace import RestartPolicy, Runtime, Workspace
 from berth.metrics import Metrics
-from berth.ports import Database, Provisioner, WorkspaceStore
+from berth.ports import Provisioner, WorkspaceStore
 from berth.services.agent_link import AgentLink
 from berth.services.delivery_log import DeliveryLog
 from berth.services.dispatcher import Dispatcher
 from berth.services.events import Events
+from berth.services.heartbeats import Heartbeats
 from berth.services.lifecycle import Runner, hash_token
 from berth.services.restart import RestartService
 from berth.services.roster import Roster
@@ -36,7 +37,7 @@ class Registry:
         runner: Runner,
         restarts: RestartService,
         store: WorkspaceStore,
-        database: Database,
+        heartbeats: Heartbeats,
         deliveries: DeliveryLog,
         roster: Roster,
         dispatcher: Dispatcher,
@@ -45,16 +46,15 @@ class Registry:
         events: Events,
         metrics: Metrics,
         *,
-        heartbeat_timeout: float,
         crash_loop_limit: int,
         crash_loop_window: float,
     ) -> None:
         self._runner, self._restarts = runner, restarts
-        self._store, self._db, self._log, self._roster = store, database, deliveries, roster
+        self._store, self._log, self._roster = store, deliveries, roster
+        self._beats = heartbeats
         self._dispatcher, self._link, self._events = dispatcher, link, events
         self._provisioners = provisioners
         self._metrics = metrics
-        self._hb_timeout = heartbeat_timeout
         self._loop_limit = crash_loop_limit
         self._loop_window = crash_loop_window
         self._crashes: dict[str, deque[float]] = defaultdict(deque)
@@ -62,9 +62,14 @@ class Registry:
     async def authenticate(self, token: str | None) -> Workspace:
         if not token:
             raise Unauthorized("a workspace token is required (Authorization: Bearer …)")
-        ws = await self._store.workspace_by_token(hash_token(token))
+        h = hash_token(token)
+        ws = self._roster.by_token(h)
+        if ws is not None:
+            return ws
+        ws = await self._store.workspace_by_token(h)  # not in this replica's view yet
         if ws is None:
             raise Unauthorized("unknown or outdated workspace token", code="invalid_token")
+        self._roster.put(ws)
         return ws
 
     async def register(self, token: str | None, body: Any) -> dict[str, Any]:
@@ -100,7 +105,7 @@ class Registry:
         return {
             "workspace_id": ws.id,
             "name": ws.name,
-            "heartbeat_seconds": self._runner.heartbeat_seconds,
+            "heartbeat_seconds": self._beats.told(ws.id),
         }
 
     async def heartbeat(self, token: str | None, body: Any) -> dict[str, Any]:
@@ -110,10 +115,15 @@ class Registry:
         active = body.get("active_tasks", 0)
         if not isinstance(active, int) or isinstance(active, bool) or active < 0:
             raise InvalidInput("active_tasks: a non-negative integer")
-        updated = await self._runner.update(ws.id, last_heartbeat=time.time(), active_tasks=active)
+        now = time.time()
+        if active != ws.active_tasks:
+            ws = await self._runner.update(ws.id, last_heartbeat=now, active_tasks=active)
+        else:  # nothing but the time changed: the store gets it at the next flush
+            self._beats.beat(ws.id, now)
         return {
             "ok": True,
-            "reregister": updated.state in COMES_ONLINE or updated.agent_url is None,
+            "reregister": ws.state in COMES_ONLINE or ws.agent_url is None,
+            "heartbeat_seconds": self._beats.told(ws.id),
         }
 
     # crashes ---------------------------------------------------------------
@@ -164,16 +174,18 @@ class Registry:
         await self._restarts.request(moved, trigger=Trigger.POLICY, reason=why, delay=delay)
 
     async def liveness(self, period: float) -> None:
-        """Treat a workspace that stopped heartbeating as crashed (runs in the lifespan).
+        """Treat a workspace that stopped heartbeating as crashed (runs in the lifespan); each
+        pass also flushes this replica's heartbeats to the store and reads those of others.
 
-        Heartbeats are recorded in the store, so while the store is away they cannot be, and
-        their silence says nothing about the agents: liveness waits, and counts silence
-        only from the moment the store answers again."""
-        store_back_at = 0.0
+        While the store is away, beats that other replicas took cannot be seen, so silence
+        says nothing about the agents: liveness waits, and counts silence only from the
+        moment the store answers again (and from its own start: berth was not listening)."""
+        store_back_at = time.time()
         while True:
             await asyncio.sleep(period)
             try:
-                await self._db.ping()
+                await self._beats.flush()
+                stored = await self._beats.stored()
             except Exception as e:  # noqa: BLE001 - any failure: the store is away
                 if store_back_at >= 0:
                     log.warning("store unavailable (%s); liveness checks wait for it", e)
@@ -187,10 +199,10 @@ class Registry:
                     continue
                 if ws.last_heartbeat is None:
                     continue
-                silent = now - max(ws.last_heartbeat, store_back_at)
-                if silent > self._hb_timeout:
+                last = max(ws.last_heartbeat, stored.get(ws.id, 0.0))
+                if now - max(last, store_back_at) > self._beats.timeout_for(ws.id):
                     try:
-                        await self._lost(ws, now - ws.last_heartbeat)
+                        await self._lost(ws, now - last)
                     except Exception:
                         log.exception("liveness handling of %s failed", ws.name)
 

@@ -21,6 +21,7 @@ class Roster:
         self._store = store
         self._by_id: dict[str, Workspace] = {}
         self._names: dict[str, str] = {}
+        self._tokens: dict[str, str] = {}  # token hash and run token hash -> ws id
         self._changed: dict[str, asyncio.Condition] = {}
         self._listeners: list[Callable[[Workspace], None]] = []
 
@@ -38,6 +39,16 @@ class Roster:
     def all(self) -> list[Workspace]:
         return list(self._by_id.values())
 
+    def __len__(self) -> int:
+        return len(self._by_id)
+
+    def by_token(self, token_hash: str) -> Workspace | None:
+        """The workspace whose token or current run token hashes to `token_hash`, if known."""
+        ws = self._by_id.get(self._tokens.get(token_hash, ""))
+        if ws is None or token_hash not in (ws.token_hash, ws.run_token_hash):
+            return None
+        return ws
+
     async def get(self, ref: str) -> Workspace:
         ws_id = ref if ref in self._by_id else self._names.get(ref)
         if ws_id is not None:
@@ -48,10 +59,15 @@ class Roster:
 
     def put(self, ws: Workspace) -> None:
         old = self._by_id.get(ws.id)
-        if old is not None and old.name != ws.name:
-            self._names.pop(old.name, None)
+        if old is not None:
+            if old.name != ws.name:
+                self._names.pop(old.name, None)
+            self._forget_tokens(old)
         self._by_id[ws.id] = ws
         self._names[ws.name] = ws.id
+        for h in (ws.token_hash, ws.run_token_hash):
+            if h:
+                self._tokens[h] = ws.id
         cond = self._changed.get(ws.id)
         if cond is not None:
             asyncio.ensure_future(_notify(cond))
@@ -62,6 +78,12 @@ class Roster:
         ws = self._by_id.pop(ws_id, None)
         if ws is not None:
             self._names.pop(ws.name, None)
+            self._forget_tokens(ws)
+
+    def _forget_tokens(self, ws: Workspace) -> None:
+        for h in (ws.token_hash, ws.run_token_hash):
+            if h and self._tokens.get(h) == ws.id:
+                del self._tokens[h]
 
     async def refresh(self, ws_id: str | None = None) -> None:
         if ws_id is None:

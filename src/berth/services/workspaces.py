@@ -12,7 +12,7 @@ from berth.domain.lifecycle import WorkspaceState
 from berth.domain.restart import RestartRecord, Trigger
 from berth.domain.workspace import Workspace, validate_spec
 from berth.ports import WorkspaceStore
-from berth.services.delivery_log import DeliveryLog
+from berth.services.delivery_log import Backlog, DeliveryLog
 from berth.services.events import Events
 from berth.services.lifecycle import Runner, hash_token, new_token
 from berth.services.restart import RestartService
@@ -32,9 +32,14 @@ class Workspaces:
         runner: Runner,
         restarts: RestartService,
         events: Events,
+        *,
+        sole: bool,
     ) -> None:
         self._store, self._log, self._roster = store, deliveries, roster
         self._runner, self._restarts, self._events = runner, restarts, events
+        # the only replica (SQLite): every change goes through this roster, so a list needs
+        # no read of the workspaces table; with several, others' changes are read first
+        self._sole = sole
 
     async def create(self, body: dict[str, Any]) -> tuple[Workspace, str]:
         spec = validate_spec(body)
@@ -67,11 +72,14 @@ class Workspaces:
         return await self._log.status_of(ws)
 
     async def list(self) -> list[dict[str, Any]]:
-        await self._roster.refresh()
-        out = []
-        for ws in sorted(self._roster.all(), key=lambda w: w.created_at):
-            out.append(await self._log.status_of(ws))
-        return out
+        if not self._sole:
+            await self._roster.refresh()
+        backlogs = await self._log.backlogs()
+        idle = Backlog(0, 0, None, time.time())
+        return [
+            await self._log.status_of(ws, backlogs.get(ws.id, idle))
+            for ws in sorted(self._roster.all(), key=lambda w: w.created_at)
+        ]
 
     async def restart(
         self, ref: str, *, reason: str | None, drain_seconds: float | None

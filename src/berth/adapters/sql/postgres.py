@@ -1,6 +1,7 @@
 """The Store port on PostgreSQL: for several berth replicas sharing one delivery log
 (plumbing, migrations and the claim function in postgres_base, the delivery log's rows in
-postgres_deliveries; workspaces and restart records here)."""
+postgres_deliveries, reads and writes over all workspaces at once in postgres_fleet;
+workspaces and restart records here)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import Any
 from berth.adapters.sql import rows
 from berth.adapters.sql.postgres_base import _CLAIM_SQL, _insert
 from berth.adapters.sql.postgres_deliveries import PostgresDeliveries
+from berth.adapters.sql.postgres_fleet import PostgresFleet
 from berth.domain.errors import Conflict, NotFound
 from berth.domain.lifecycle import WorkspaceState
 from berth.domain.restart import RestartRecord
@@ -22,7 +24,7 @@ except ImportError as e:  # pragma: no cover - exercised only without the extra 
 __all__ = ["_CLAIM_SQL", "PostgresStore"]
 
 
-class PostgresStore(PostgresDeliveries, rows.WorkspaceUpdates):
+class PostgresStore(PostgresDeliveries, PostgresFleet, rows.WorkspaceUpdates):
     # workspaces ------------------------------------------------------------
     async def create_workspace(self, ws: Workspace) -> None:
         sql, args = _insert("workspaces", rows.ws_params(ws))

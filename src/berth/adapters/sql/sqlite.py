@@ -1,5 +1,6 @@
 """The Store port on SQLite: the embedded default (plumbing in sqlite_base, the delivery
-log's rows in sqlite_deliveries; workspaces and restart records here)."""
+log's rows in sqlite_deliveries, reads and writes over all workspaces at once in
+sqlite_fleet; workspaces and restart records here)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from typing import Any
 
 from berth.adapters.sql import rows
 from berth.adapters.sql.sqlite_deliveries import SqliteDeliveries
+from berth.adapters.sql.sqlite_fleet import SqliteFleet
 from berth.domain.errors import Conflict, NotFound
 from berth.domain.lifecycle import WorkspaceState
 from berth.domain.restart import RestartRecord
@@ -16,7 +18,7 @@ from berth.domain.workspace import Workspace
 __all__ = ["SqliteStore"]
 
 
-class SqliteStore(SqliteDeliveries, rows.WorkspaceUpdates):
+class SqliteStore(SqliteDeliveries, SqliteFleet, rows.WorkspaceUpdates):
     # workspaces ------------------------------------------------------------
     async def create_workspace(self, ws: Workspace) -> None:
         p = rows.ws_params(ws)
