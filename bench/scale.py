@@ -214,7 +214,7 @@ async def restart_effect(
                     phase = (await r.json())["phase"]
                 if phase in ("done", "failed"):
                     break
-                await asyncio.sleep(0.02)
+                await asyncio.sleep(0.05)
             t1 = time.perf_counter()
             windows.append((t0, t1))
             durations.append((t1 - t0) * 1000)
