@@ -9,6 +9,8 @@ id of a slow delivery) when the scraper asks for it.
 
 from __future__ import annotations
 
+import asyncio
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import choose_encoder
 
@@ -88,19 +90,25 @@ class Metrics:
 
     def set_gauges(self, name: str, values: dict[str, float]) -> None:
         """Replace a per-workspace gauge's values (workspaces gone since drop out)."""
-        if self._gauge_values.get(name) == values:
+        before = self._gauge_values.get(name, {})
+        if before == values:
             return
         g = self._gauges[name]
-        g.clear()
+        for workspace in before.keys() - values.keys():  # no clear(): a render may be running
+            g.remove(workspace)
         for workspace, v in values.items():
             g.labels(workspace=workspace).set(v)
         self._gauge_values[name] = dict(values)
         self._version += 1
 
-    def render(self, accept: str | None = None) -> tuple[bytes, str]:
-        """The exposition the scraper asked for (Accept), and its content type."""
+    async def render(self, accept: str | None = None) -> tuple[bytes, str]:
+        """The exposition the scraper asked for (Accept), and its content type. Rendered on
+        a worker thread (prometheus-client is thread-safe): with 1,000 workspaces it takes
+        long enough that the event loop, and every message with it, would stall."""
         encoder, content_type = choose_encoder(accept or "")
         cached = self._rendered.get(content_type)
         if cached is None or cached[0] != self._version:
-            cached = self._rendered[content_type] = (self._version, encoder(self.registry))
+            version = self._version
+            body = await asyncio.to_thread(encoder, self.registry)
+            cached = self._rendered[content_type] = (version, body)
         return cached[1], content_type

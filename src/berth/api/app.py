@@ -110,7 +110,7 @@ def create_app(settings: Settings | None = None, container: Container | None = N
         c.metrics.set_gauges("berth_queue_depth", depth)
         c.metrics.set_gauges("berth_in_flight", busy)
         c.metrics.set_gauges("berth_queue_age_seconds", age)
-        body, content_type = c.metrics.render(request.headers.get("accept"))
+        body, content_type = await c.metrics.render(request.headers.get("accept"))
         return Response(body, media_type=content_type)
 
     return app
