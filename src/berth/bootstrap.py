@@ -22,6 +22,7 @@ from berth.services.agent_link import AgentLink
 from berth.services.delivery_log import DeliveryLog
 from berth.services.dispatcher import Dispatcher
 from berth.services.events import WORK_TOPIC, WS_TOPIC, Events
+from berth.services.handoff import Handoff
 from berth.services.heartbeats import Heartbeats
 from berth.services.idle import Idle
 from berth.services.lifecycle import Runner
@@ -76,6 +77,7 @@ class Container:
         run("replicas", self._follow_replicas)
         run("housekeeping", self._housekeeping)
         run("flow-events", self.events.pump)
+        run("handoff", self.workspaces.serve_owner)  # lifecycle asked of us by other replicas
         await self.registry.recover(take_over_leases=self.sole)
         await self.idle.recover()
         # only now: during recovery the agents a killed berth left behind still heartbeat
@@ -134,6 +136,7 @@ class Container:
 
     async def stop(self) -> None:
         await self.idle.close()
+        await self.workspaces.close()
         await self.registry.shutdown()
         await self.restarts.close()
         await self.dispatcher.close()
@@ -339,7 +342,16 @@ def assemble(
         link=link,
         runner=runner,
         restarts=restarts,
-        workspaces=Workspaces(store, deliveries, roster, runner, restarts, events, sole=sole),
+        workspaces=Workspaces(
+            store,
+            deliveries,
+            roster,
+            runner,
+            restarts,
+            events,
+            Handoff(bus, settings.replica, shared=not sole),
+            sole=sole,
+        ),
         registry=registry,
         heartbeats=heartbeats,
         proxy=proxy,

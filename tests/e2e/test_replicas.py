@@ -407,3 +407,71 @@ async def test_a_process_workspace_is_run_by_its_owner_only(cluster: Cluster):
     finally:
         for cl in clients:
             await cl.aclose()
+
+
+async def _wait_restart(c: httpx.AsyncClient, ref: str, restart_id: str) -> dict:
+    deadline = asyncio.get_running_loop().time() + 60
+    while (rec := (await c.get(f"/v1/workspaces/{ref}/restarts/{restart_id}")).json())[
+        "phase"
+    ] not in ("done", "failed"):
+        assert asyncio.get_running_loop().time() < deadline, rec
+        await asyncio.sleep(0.1)
+    return rec
+
+
+async def test_lifecycle_asked_of_a_non_owner_runs_on_the_owner(cluster: Cluster):
+    """Finding 2 of docs/reliability.md: a restart, pause or resume sent to a replica that
+    does not run a process workspace is run by its owner (one agent, never two); with the
+    owner down, the other replicas refuse with 503 naming it and start nothing."""
+    clients = cluster.clients()
+    ws_id = ""
+    try:
+        ws = await clients[0].post(
+            "/v1/workspaces",
+            json={
+                "name": "owned",
+                "command": [sys.executable, "-m", "berth.examples.echo"],
+                "drain_seconds": 1,
+            },
+        )
+        assert ws.status_code == 201
+        ws_id = ws.json()["id"]
+        info = await wait_status(clients[0], "owned", "online")
+        assert info["owner"] == "replica-0" and _agent_pids(ws_id) == [info["pid"]]
+
+        r = await clients[1].post("/v1/workspaces/owned/restart", json={"reason": "via r1"})
+        assert r.status_code == 202, r.text
+        assert r.json()["joined"] is False and r.json()["reason"] == "via r1"
+        assert (await _wait_restart(clients[2], "owned", r.json()["id"]))["phase"] == "done"
+        after = await wait_status(clients[0], "owned", "online")
+        while after["restart_count"] != 1:  # counted by the owner, as the cycle's last step
+            await asyncio.sleep(0.05)
+            after = (await clients[0].get("/v1/workspaces/owned")).json()
+        assert after["owner"] == "replica-0"
+        assert after["pid"] != info["pid"] and _agent_pids(ws_id) == [after["pid"]]
+        assert after["state_dir"] == info["state_dir"]  # the owner's data dir, not replica 1's
+
+        paused = await clients[2].post("/v1/workspaces/owned/pause")
+        assert paused.status_code == 200, paused.text
+        assert paused.json()["workspace"]["status"] == "paused" and _agent_pids(ws_id) == []
+        resumed = await clients[1].post("/v1/workspaces/owned/resume")
+        assert resumed.status_code in (200, 202), resumed.text
+        again = await wait_status(clients[1], "owned", "online")
+        assert again["owner"] == "replica-0" and _agent_pids(ws_id) == [again["pid"]]
+        r = await send(clients[2], "owned", "after all that")
+        assert reply_text(r.json()) == "echo: after all that"
+
+        cluster.replicas[0].kill9()  # its agent lives on, waiting for its owner to return
+        refused = await clients[1].post("/v1/workspaces/owned/restart", json={})
+        assert refused.status_code == 503, refused.text
+        err = refused.json()["error"]
+        assert err["code"] == "owner_unavailable" and "replica-0" in err["message"]
+        assert refused.headers.get("retry-after")
+        assert _agent_pids(ws_id) == [again["pid"]]
+        assert (await clients[2].delete("/v1/workspaces/owned")).status_code == 503
+        assert _agent_pids(ws_id) == [again["pid"]]
+    finally:
+        for cl in clients:
+            await cl.aclose()
+        for pid in _agent_pids(ws_id) if ws_id else []:  # the killed owner's agent
+            os.kill(pid, 9)

@@ -126,6 +126,8 @@ class Workspace:
             out["max_queue"] = self.limits["max_queue"]
         if self.limits.get("max_queue_age") is not None:
             out["max_queue_age"] = self.limits["max_queue_age"]
+        if self.runtime is not Runtime.EXTERNAL:  # the replica that runs it
+            out["owner"] = self.owner
         if self.runtime is Runtime.PROCESS:
             out["pid"] = self.pid
             out["state_dir"] = self.state_dir

@@ -99,6 +99,9 @@ class RestartService:
         )
         return record, False
 
+    async def record(self, ws_id: str, restart_id: str) -> RestartRecord:
+        return await self._records.get_restart(ws_id, restart_id)
+
     async def _acquire(self, ws: Workspace, timeout: float) -> str:
         """Take the workspace's lifecycle lock, waiting up to `timeout` for its holder."""
         deadline = time.monotonic() + timeout

@@ -7,13 +7,14 @@ import time
 import uuid
 from typing import Any
 
-from berth.domain.errors import Conflict
+from berth.domain.errors import Conflict, InvalidInput
 from berth.domain.lifecycle import WorkspaceState
 from berth.domain.restart import RestartRecord, Trigger
 from berth.domain.workspace import Workspace, validate_spec
 from berth.ports import WorkspaceStore
 from berth.services.delivery_log import Backlog, DeliveryLog
 from berth.services.events import Events
+from berth.services.handoff import Handoff
 from berth.services.lifecycle import Runner, hash_token, new_token
 from berth.services.restart import RestartService
 from berth.services.roster import Roster
@@ -32,11 +33,13 @@ class Workspaces:
         runner: Runner,
         restarts: RestartService,
         events: Events,
+        handoff: Handoff,
         *,
         sole: bool,
     ) -> None:
         self._store, self._log, self._roster = store, deliveries, roster
         self._runner, self._restarts, self._events = runner, restarts, events
+        self._handoff = handoff
         # the only replica (SQLite): every change goes through this roster, so a list needs
         # no read of the workspaces table; with several, others' changes are read first
         self._sole = sole
@@ -85,21 +88,69 @@ class Workspaces:
         self, ref: str, *, reason: str | None, drain_seconds: float | None
     ) -> tuple[RestartRecord, bool]:
         ws = await self.get(ref)
-        return await self._restarts.request(
-            ws, trigger=Trigger.API, reason=reason, drain_seconds=drain_seconds
-        )
+        args = {"reason": reason, "drain_seconds": drain_seconds}
+        answer = await self._where(ws, "restart", args)
+        return await self._restarts.record(ws.id, str(answer["restart_id"])), bool(answer["joined"])
 
     async def pause(self, ref: str) -> dict[str, Any]:
         ws = await self.get(ref)
         if ws.state is S.PAUSED:
             return {"workspace": ws.public(), "drain_report": None}
-        async with self._restarts.exclusive(ws):
-            ws = await self.get(ref)
-            report = await self._restarts.drain_and_stop(ws, S.PAUSED, "paused by an operator")
-        return {"workspace": (await self.get(ref)).public(), "drain_report": report}
+        return await self._where(ws, "pause", {})
 
     async def resume(self, ref: str) -> dict[str, Any]:
         ws = await self.get(ref)
+        if ws.state is not S.PAUSED:
+            raise Conflict(
+                f"workspace {ws.name} is {ws.state.value}, not paused", code="not_paused"
+            )
+        return await self._where(ws, "resume", {})
+
+    async def remove(self, ref: str) -> dict[str, Any]:
+        ws = await self.get(ref)
+        out = await self._where(ws, "remove", {})
+        self._roster.drop(ws.id)
+        return out
+
+    async def _where(self, ws: Workspace, op: str, args: dict[str, Any]) -> dict[str, Any]:
+        """Run a lifecycle operation here, or on the replica that runs the workspace."""
+        owner = self._handoff.owner_elsewhere(ws)
+        if owner is None:
+            return await self.here(op, ws.id, args)
+        return await self._handoff.ask(owner, ws, op, args)
+
+    async def here(self, op: str, ws_id: str, args: dict[str, Any]) -> dict[str, Any]:
+        """A lifecycle operation on this replica (also when another replica asked for it)."""
+        ws = await self.get(ws_id)
+        if op == "restart":
+            record, joined = await self._restarts.request(
+                ws,
+                trigger=Trigger.API,
+                reason=args.get("reason"),
+                drain_seconds=args.get("drain_seconds"),
+            )
+            return {"restart_id": record.id, "joined": joined}
+        ops = {"pause": self._pause, "resume": self._resume, "remove": self._remove}
+        if op not in ops:
+            raise InvalidInput(f"unknown lifecycle operation {op!r}")
+        return await ops[op](ws)
+
+    async def serve_owner(self) -> None:
+        """Run what other replicas ask of this one (a background loop)."""
+        await self._handoff.serve(self.here)
+
+    async def close(self) -> None:
+        await self._handoff.close()
+
+    async def _pause(self, ws: Workspace) -> dict[str, Any]:
+        if ws.state is S.PAUSED:
+            return {"workspace": ws.public(), "drain_report": None}
+        async with self._restarts.exclusive(ws):
+            ws = await self.get(ws.id)
+            report = await self._restarts.drain_and_stop(ws, S.PAUSED, "paused by an operator")
+        return {"workspace": (await self.get(ws.id)).public(), "drain_report": report}
+
+    async def _resume(self, ws: Workspace) -> dict[str, Any]:
         if ws.state is not S.PAUSED:
             raise Conflict(
                 f"workspace {ws.name} is {ws.state.value}, not paused", code="not_paused"
@@ -108,12 +159,11 @@ class Workspaces:
         record, _ = await self._restarts.request(
             ws, trigger=Trigger.RESUME, reason="resumed by an operator"
         )
-        return {"workspace": (await self.get(ref)).public(), "restart": record.public()}
+        return {"workspace": (await self.get(ws.id)).public(), "restart": record.public()}
 
-    async def remove(self, ref: str) -> dict[str, Any]:
-        ws = await self.get(ref)
+    async def _remove(self, ws: Workspace) -> dict[str, Any]:
         async with self._restarts.exclusive(ws):
-            ws = await self.get(ref)
+            ws = await self.get(ws.id)
             await self._restarts.drain_and_stop(ws, S.REMOVED, "workspace removed")
             canceled = await self._log.cancel_pending(ws.id, "workspace removed")
             await self._store.delete_workspace(ws.id)
