@@ -1,0 +1,94 @@
+"""Issue #12, long work: a message that runs much longer than the lease is never delivered
+again while its forward is alive, and across the death of the replica that forwarded it
+the agent's work is joined, not run twice (PostgreSQL + Redis, a real SDK agent).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.e2e.harness import BerthServer, executions, free_port, reply_text, send, wait_status
+from tests.e2e.test_replicas import ExternalEcho, _admin
+from tests.services import require_postgres, require_redis
+
+pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.redis]
+
+LEASE = 3.0  # seconds; both messages run over 3 leases
+
+
+async def test_long_work_outlives_leases_and_the_replica_that_forwarded_it(tmp_path: Path):
+    pg, redis = require_postgres(), require_redis()
+    name = f"berth_e2e_{uuid.uuid4().hex[:10]}"
+    await _admin(pg, f"CREATE DATABASE {name}")
+    env = {
+        "BERTH_DATABASE_URL": pg.rsplit("/", 1)[0] + "/" + name,
+        "BERTH_REDIS_URL": redis,
+        "BERTH_REDIS_PREFIX": f"t-{name}:",
+        "BERTH_LEASE_SECONDS": f"{LEASE:g}",
+        # the agent heartbeats to A, which dies: its silence is not what is tested here
+        "BERTH_HEARTBEAT_TIMEOUT": "120",
+    }
+    a, b = (BerthServer(tmp_path / f"r{i}", env={**env, "BERTH_REPLICA_ID": f"r{i}"}) for i in "ab")
+    agent: ExternalEcho | None = None
+    clients: list[httpx.AsyncClient] = []
+    try:
+        await asyncio.to_thread(a.start)
+        ca = a.client()
+        clients.append(ca)
+        r = await ca.post(
+            "/v1/workspaces",
+            json={
+                "name": "long",
+                "runtime": "external",
+                "url": f"http://127.0.0.1:{(port := free_port())}",
+                "max_concurrency": 2,
+            },
+        )
+        assert r.status_code == 201, r.text
+        ws = r.json()
+        agent = ExternalEcho(tmp_path / "agent" / "state", port, a.url, ws["id"], ws["token"])
+        await wait_status(ca, "long", "online")
+
+        # A is the only replica, so A forwards both; B starts while they run.
+        t0 = time.monotonic()
+        alive = asyncio.create_task(send(ca, "long", f"sleep:{4 * LEASE:g} alive", "lw-alive"))
+        cut = asyncio.create_task(send(ca, "long", f"sleep:{8 * LEASE:g} cut", "lw-cut"))
+        while executions(agent.state)[0]["lw-cut"] < 1:
+            assert time.monotonic() - t0 < 30, "the agent never started lw-cut"
+            await asyncio.sleep(0.05)
+        await asyncio.to_thread(b.start)
+        cb = b.client()
+        clients.append(cb)
+        assert reply_text((await alive).json()) == f"echo: sleep:{4 * LEASE:g} alive"
+
+        a.kill9()  # lw-cut's forward dies with A; the agent keeps working on it
+        with pytest.raises(httpx.TransportError):
+            await cut
+        # its caller sends again (same messageId) to a live replica and gets the one result
+        again = await send(cb, "long", f"sleep:{8 * LEASE:g} cut", "lw-cut")
+        assert reply_text(again.json()) == f"echo: sleep:{8 * LEASE:g} cut"
+        assert again.headers.get("x-berth-replayed") == "true"
+
+        listed = (await cb.get("/v1/workspaces/long/deliveries")).json()["deliveries"]
+        by_id = {d["message_id"]: d for d in listed}
+        assert by_id["lw-alive"]["status"] == "done" and by_id["lw-alive"]["forwards"] == 1
+        # B took lw-cut over once A's lease ran out (the forward that died), and only then
+        assert by_id["lw-cut"]["status"] == "done" and by_id["lw-cut"]["forwards"] == 2
+        starts, dones = executions(agent.state)
+        assert (starts["lw-alive"], dones["lw-alive"]) == (1, 1)
+        assert (starts["lw-cut"], dones["lw-cut"]) == (1, 1)  # joined, not run again
+    finally:
+        for c in clients:
+            await c.aclose()
+        if agent is not None:
+            agent.stop()
+        for s in (a, b):
+            await asyncio.to_thread(s.stop)
+            s.kill9()
+        await _admin(pg, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
