@@ -16,6 +16,7 @@ from berth.adapters.memory_bus import MemoryBus, MemoryCache, MemoryLocks
 from berth.adapters.process import ProcessProvisioner
 from berth.adapters.sql.sqlite import SqliteStore
 from berth.domain.delivery import DeliveryPolicy, QueueLimit
+from berth.domain.errors import StoreUnavailable
 from berth.metrics import Metrics
 from berth.ports import AgentClient, Bus, Cache, Locks, Provisioner, Store
 from berth.services.agent_link import AgentLink
@@ -69,7 +70,7 @@ class Container:
     supervisor: Supervisor = field(default_factory=Supervisor)
 
     async def start(self) -> None:
-        await self.store.migrate()
+        await self._migrate()
         await self.bus.start()  # subscribed across replicas before anything listens or publishes
         run = self.supervisor.run
         run("dispatcher-upkeep", self.dispatcher.upkeep)
@@ -95,6 +96,18 @@ class Container:
             self.heartbeats,
         )
         run("probe", lambda: prober.run(self.settings.heartbeat_seconds))
+
+    async def _migrate(self) -> None:
+        """Bring the schema up to date, waiting for a database that cannot be reached yet
+        (a replica started while PostgreSQL restarts starts when it is back)."""
+        pause = 0.5
+        while True:
+            try:
+                return await self.store.migrate()
+            except StoreUnavailable as e:
+                log.warning("%s; trying again in %g s", e.message, pause)
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 5.0)
 
     async def _follow_replicas(self) -> None:
         """Learn of other replicas' work and workspace changes."""

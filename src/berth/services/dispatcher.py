@@ -14,7 +14,7 @@ import logging
 import time
 
 from berth.domain.delivery import Delivery, DeliveryPolicy, DeliveryStatus, Outcome
-from berth.domain.errors import AgentUnreachable
+from berth.domain.errors import AgentUnreachable, StoreUnavailable
 from berth.domain.lifecycle import PLANNED_INTERRUPTION, WorkspaceState
 from berth.domain.workspace import Workspace
 from berth.metrics import Metrics
@@ -31,6 +31,7 @@ log = logging.getLogger("berth.dispatcher")
 __all__ = ["Dispatcher"]
 
 DRAINING_HOLD = 0.5  # seconds to wait before re-offering a message the agent refused while draining
+SETTLE_RETRY = 0.5  # seconds between settles of a known outcome while the store is away
 CRASH_NOTICE = 0.3  # seconds a transport failure waits for the exit of the agent to be noticed
 
 
@@ -187,19 +188,21 @@ class Dispatcher:
         except Exception as e:  # never lose a claimed delivery to a bug: treat as transport
             log.exception("forward of %s failed", d.id)
             outcome, reply, detail = Outcome.TRANSPORT, None, repr(e)
+        self._metrics.observe(
+            "berth_forward_seconds", time.monotonic() - started, workspace=ws.name
+        )
+        body, status = (reply.body, reply.status) if reply else (None, None)
+        ctype = reply.content_type if reply else None
+        give_up = time.monotonic() + self._lease  # past it, the lease is someone else's to take
         try:
-            self._metrics.observe(
-                "berth_forward_seconds", time.monotonic() - started, workspace=ws.name
-            )
-            await self._settle(
-                ws,
-                d,
-                outcome,
-                reply.body if reply else None,
-                reply.status if reply else None,
-                detail,
-                reply.content_type if reply else None,
-            )
+            while True:
+                try:
+                    await self._settle(ws, d, outcome, body, status, detail, ctype)
+                    break
+                except StoreUnavailable:  # the outcome is known: keep it until the store is back
+                    if time.monotonic() > give_up:
+                        raise
+                    await asyncio.sleep(SETTLE_RETRY)
         except Exception:
             log.exception(
                 "settling %s failed; its lease will expire and it will be redelivered", d.id

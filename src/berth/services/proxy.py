@@ -21,6 +21,7 @@ from berth.domain.errors import (
     InvalidHeader,
     NotFound,
     RpcInvalid,
+    StoreUnavailable,
 )
 from berth.domain.workspace import Workspace
 from berth.ports import AgentClient, Bus, Subscription
@@ -256,7 +257,7 @@ class Proxy:
                 try:
                     _, item = await asyncio.wait_for(sub.__anext__(), self.keep_alive)
                 except TimeoutError:
-                    current = await self._log.get(d.id)
+                    current = await self._reread(current)
                     if not current.status.final:
                         yield KEEP_ALIVE
                     continue
@@ -264,7 +265,7 @@ class Proxy:
                     last = item["data"].encode()
                     yield sse(last, item.get("event"))
                 elif item.get("t") == "final":
-                    current = await self._log.get(d.id)
+                    current = await self._reread(current)
             if current.status is DeliveryStatus.DONE and current.reply is not None:
                 if current.reply != last:
                     yield sse(current.reply)
@@ -272,6 +273,14 @@ class Proxy:
                 yield sse(how.undelivered(current)[1])
         finally:
             await sub.aclose()
+
+    async def _reread(self, d: Delivery) -> Delivery:
+        """The delivery as the log has it now; as it was while the store cannot be read (the
+        stream has started: it keeps waiting, with keep-alives, rather than end in an error)."""
+        try:
+            return await self._log.get(d.id)
+        except StoreUnavailable:
+            return d
 
     async def cancel_queued(self, ws: Workspace, target: Any) -> Delivery | None:
         """A cancel naming a delivery still waiting in berth's queue (by delivery id or

@@ -28,9 +28,8 @@ class PostgresStore(PostgresDeliveries, PostgresFleet, rows.WorkspaceUpdates):
     # workspaces ------------------------------------------------------------
     async def create_workspace(self, ws: Workspace) -> None:
         sql, args = _insert("workspaces", rows.ws_params(ws))
-        pool = await self._get_pool()
         try:
-            await pool.execute(sql, *args)
+            await self._execute(sql, *args)
         except asyncpg.UniqueViolationError:
             raise Conflict(f"a workspace named {ws.name!r} exists", code="name_taken") from None
 
@@ -68,8 +67,7 @@ class PostgresStore(PostgresDeliveries, PostgresFleet, rows.WorkspaceUpdates):
         return None if row is None else rows.ws_from_row(row)
 
     async def delete_workspace(self, ws_id: str) -> None:
-        pool = await self._get_pool()
-        await pool.execute("DELETE FROM workspaces WHERE id = $1", ws_id)
+        await self._execute("DELETE FROM workspaces WHERE id = $1", ws_id)
 
     async def workspace_by_token(self, token_hash: str) -> Workspace | None:
         row = await self._fetchrow(
@@ -83,8 +81,7 @@ class PostgresStore(PostgresDeliveries, PostgresFleet, rows.WorkspaceUpdates):
         p = rows.r_params(r)
         updates = ", ".join(f"{k} = excluded.{k}" for k in p if k != "id")
         sql, args = _insert("restarts", p, f"ON CONFLICT (id) DO UPDATE SET {updates}")
-        pool = await self._get_pool()
-        await pool.execute(sql, *args)
+        await self._execute(sql, *args)
 
     async def get_restart(self, workspace_id: str, restart_id: str) -> RestartRecord:
         row = await self._fetchrow(

@@ -89,13 +89,22 @@ class PostgresBase:
             pool = await self._get_pool()
             return await pool.fetchrow(sql, *args, timeout=_QUERY_TIMEOUT)
 
+    async def _execute(self, sql: str, *args: Any) -> str:
+        with _reachable():
+            pool = await self._get_pool()
+            return str(await pool.execute(sql, *args, timeout=_QUERY_TIMEOUT))
+
     async def ping(self) -> None:
         await self._fetchrow("SELECT 1")
 
     async def migrate(self) -> None:
         """Create the pool and bring the schema up to date, once across all replicas."""
+        with _reachable():
+            await self._migrate()
+
+    async def _migrate(self) -> None:
         pool = await self._get_pool()
-        async with pool.acquire() as conn:
+        async with pool.acquire(timeout=_ACQUIRE_TIMEOUT) as conn:
             await conn.execute("SELECT pg_advisory_lock($1)", _MIGRATE_LOCK)
             try:
                 await conn.execute(schema.migrations_table(schema.POSTGRES))
@@ -218,8 +227,9 @@ def _reachable() -> Iterator[None]:
         TimeoutError,
         asyncpg.PostgresConnectionError,
         asyncpg.InterfaceError,
-        asyncpg.CannotConnectNowError,
         asyncpg.TooManyConnectionsError,
+        # the server going away: admin/crash shutdown, cannot connect now (57P0x)
+        asyncpg.exceptions.OperatorInterventionError,
     ) as e:
         raise StoreUnavailable(f"the database is unavailable: {e.__class__.__name__}: {e}") from e
 

@@ -110,8 +110,7 @@ class PostgresDeliveries(PostgresBatches):
     async def renew(self, owner: str, ids: list[str], lease_until: float) -> int:
         if not ids:
             return 0
-        pool = await self._get_pool()
-        status = await pool.execute(
+        status = await self._execute(
             f"UPDATE deliveries SET lease_until = $1 WHERE status = '{rows.IN_FLIGHT}' AND lease_owner = $2 "
             "AND id = ANY($3::text[])",
             float(lease_until),
@@ -270,8 +269,7 @@ class PostgresDeliveries(PostgresBatches):
         return None if row is None else float(row["created_at"])
 
     async def prune_finished(self, before: float) -> int:
-        pool = await self._get_pool()
-        status = await pool.execute(
+        status = await self._execute(
             f"DELETE FROM deliveries WHERE status IN {rows.sql_set(FINAL)} AND finished_at < $1",
             float(before),
         )
