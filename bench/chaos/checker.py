@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bench.chaos.history import FINAL_STATUSES
+from bench.chaos.overload import check_queues
 
 __all__ = ["Message", "Report", "Violation", "check", "parse_executions"]
 
@@ -105,6 +106,7 @@ class Report:
     faults_failed: Counter[str] = field(default_factory=Counter)
     cut: list[tuple[str, str, int]] = field(default_factory=list)  # (ws, mid, executions cut)
     dead: list[tuple[str, str, str]] = field(default_factory=list)  # (ws, mid, reason)
+    queues: dict[str, dict[str, Any]] = field(default_factory=dict)  # overload mode
     violations: list[Violation] = field(default_factory=list)
 
     @property
@@ -187,6 +189,7 @@ def check(
 
     for m in msgs.values():
         _check_message(m, rep, bad, starts, dones, faults, max_attempts)
+    rep.queues = check_queues(records, lambda *v: rep.violations.append(Violation(*v)), rep.counts)
     for ws, c in conc.items():
         if c == 1:
             _check_order(ws, [m for m in msgs.values() if m.ws == ws], first_start.get(ws, {}), rep)
@@ -213,6 +216,8 @@ def _check_message(m, rep, bad, starts, dones, faults, max_attempts) -> None:  #
             bad("lost", m, f"{what}; berth has no delivery ({m.story()})")
         else:
             rep.counts["never accepted"] += 1
+            if any(c.get("status_code") == 429 for c in m.calls):
+                rep.counts["gave up refused"] += 1
         return
     status = f.get("status", "?")
     rep.final_status[status] += 1

@@ -101,6 +101,7 @@ class WsSpec:
     runtime: str = "process"  # or "external": an echo agent the tool runs, behind a ChaosProxy
     max_concurrency: int = 1
     drain_seconds: float = 2.0
+    limits: dict[str, Any] = field(default_factory=dict)  # max_queue, max_queue_age
 
 
 @dataclass
@@ -225,6 +226,7 @@ class Cluster:
             "name": spec.name,
             "max_concurrency": spec.max_concurrency,
             "drain_seconds": spec.drain_seconds,
+            **spec.limits,
         }
         w = Workspace(spec)
         if spec.runtime == "external":

@@ -10,6 +10,7 @@ again — twice at once — with its messageId: it must get the same reply and n
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import random
 import time
@@ -35,6 +36,8 @@ class Msg:
     attempts: int = 0
     delivery_id: str | None = None
     definite: bool = False
+    refusals: int = 0  # 429s: overload mode gives up after `refusals_max` of them
+    retry_after: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def body(self, method: str) -> dict[str, Any]:
@@ -95,6 +98,8 @@ class Load:
         long_max: float = 4.0,
         seed: int | None = None,
         alive: Any = None,
+        work: float | None = None,
+        refusals_max: int | None = None,
     ) -> None:
         self.h = history
         self.clients = clients
@@ -103,6 +108,7 @@ class Load:
         self.long_max = long_max
         self.rng = random.Random(seed)
         self.alive = alive or (lambda i: True)  # which clients' berths are up (a hint only)
+        self.work, self.refusals_max = work, refusals_max  # overload mode (overload.py)
         self.tasks: set[asyncio.Task[None]] = set()
         self.answered: list[Msg] = []
         self.sent = 0
@@ -149,6 +155,8 @@ class Load:
         text = mid
         if op == "long":
             text = f"sleep:{self.rng.uniform(0.5, self.long_max):.1f} {mid}"
+        elif self.work:  # overload: every message makes the agent work a while
+            text = f"sleep:{self.rng.uniform(0.5, 1.5) * self.work:.2f} {mid}"
         return Msg(ws, mid, text, op)
 
     async def _one(self, m: Msg) -> None:
@@ -171,7 +179,13 @@ class Load:
             else:
                 outcome = await self._send(m)
             m.definite = outcome in ("done", "gave_up", "error")
-            if not m.definite:
+            if m.retry_after is not None:  # a 429: wait as told, or give up like a real caller
+                m.refusals += 1
+                if self.refusals_max is not None and m.refusals >= self.refusals_max:
+                    return
+                await asyncio.sleep(min(5.0, m.retry_after) * self.rng.uniform(1.0, 1.5))
+                m.retry_after = None
+            elif not m.definite:
                 pause = min(2.0, RETRY_PAUSE * m.attempts)
                 await asyncio.sleep(pause * self.rng.uniform(0.5, 1.5))
 
@@ -211,9 +225,11 @@ class Load:
             doc = r.json()
         except ValueError:
             return self._record(m, t0, "unknown", detail=f"HTTP {r.status_code}, not JSON")
-        return self._answer(m, t0, r.status_code, doc, did)
+        return self._answer(m, t0, r.status_code, doc, did, r.headers)
 
-    def _answer(self, m: Msg, t0: float, code: int, doc: Any, did: str | None) -> str:
+    def _answer(
+        self, m: Msg, t0: float, code: int, doc: Any, did: str | None, headers: Any = None
+    ) -> str:
         if code == 200 and isinstance(doc, dict) and "result" in doc:
             return self._record(m, t0, "done", reply=reply_text(doc), delivery_id=did)
         if (status := _gave_up(doc)) is not None:
@@ -221,8 +237,22 @@ class Load:
         err = doc.get("error", {}) if isinstance(doc, dict) else {}
         reason = (err.get("data") or {}).get("reason") if isinstance(err, dict) else None
         detail = f"HTTP {code}: {str(err.get('message', doc))[:120]}"
-        if (code == 503 and reason) or code == 429:  # not accepted: try again later
-            return self._record(m, t0, "refused", detail=f"HTTP {code} {reason or ''}".strip())
+        if code == 429:  # admission control: not accepted, try again after Retry-After
+            after = (headers or {}).get("retry-after")
+            with contextlib.suppress(TypeError, ValueError):
+                m.retry_after = float(after)
+            m.retry_after = 1.0 if m.retry_after is None else m.retry_after
+            return self._record(
+                m,
+                t0,
+                "refused",
+                detail=f"HTTP 429 {reason or ''}".strip(),
+                status_code=429,
+                retry_after=after,
+                reason=reason,
+            )
+        if code == 503 and reason:  # not accepted: try again later
+            return self._record(m, t0, "refused", detail=f"HTTP {code} {reason}")
         if code >= 500:
             return self._record(m, t0, "unknown", detail=detail)
         return self._record(m, t0, "error", detail=detail, delivery_id=did)
@@ -263,7 +293,7 @@ class Load:
                         doc = json.loads(r.text)
                     except ValueError:
                         return self._record(m, t0, "unknown", detail=f"HTTP {r.status_code}")
-                    return self._answer(m, t0, r.status_code, doc, None)
+                    return self._answer(m, t0, r.status_code, doc, None, r.headers)
                 acked, did = time.time(), r.headers.get("x-berth-delivery-id")
                 async for line in r.aiter_lines():
                     if line.startswith("data:"):

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from bench.chaos.checker import Report, check, parse_executions
 from bench.chaos.history import FINAL_STATUSES, load
+from bench.chaos.overload import summary_lines
 
 __all__ = ["recheck", "summary"]
 
@@ -20,7 +21,13 @@ def summary(
     lines = [
         "",
         f"berth chaos: {setup}; {a.workspaces} process + {a.external} external workspaces; "
-        f"{a.rate:g} msg/s; {seconds:.0f} s",
+        f"{a.rate:g} msg/s; {seconds:.0f} s"
+        + (
+            f"; overload: max_queue {a.max_queue}, max_queue_age {a.max_queue_age:g} s, "
+            f"~{a.work:g} s of work a message, callers give up after {a.refusals} 429s"
+            if getattr(a, "overload", False)
+            else ""
+        ),
         "",
         f"{'faults':<28}{'injected':>10}{'target':>8}{'failed':>8}",
     ]
@@ -39,6 +46,7 @@ def summary(
     lines += ["", f"{'caller attempts':<28}{sum(rep.outcomes.values()):>10}"]
     for k, n in sorted(rep.outcomes.items()):
         lines.append(f"  {k:<26}{n:>10}")
+    lines += summary_lines(rep.queues, rep.counts)
     by = rep.by_kind()
     lines += ["", f"{'violations':<28}{len(rep.violations):>10}"]
     for k, n in sorted(by.items()):

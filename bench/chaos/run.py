@@ -22,6 +22,7 @@ from typing import Any
 import httpx
 
 from bench.chaos import cluster as cl
+from bench.chaos import overload
 from bench.chaos.checker import check, parse_executions
 from bench.chaos.faults import KINDS, Faults
 from bench.chaos.history import History
@@ -77,6 +78,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="keeps the history, logs, data (default: a temp dir)",
     )
+    ap.add_argument(
+        "--overload",
+        action="store_true",
+        help="callers send faster than the agents drain: queue limits, 429s (overload.py)",
+    )
+    ap.add_argument(
+        "--max-queue", type=int, default=20, help="overload: each workspace's max_queue"
+    )
+    ap.add_argument(
+        "--max-queue-age", type=float, default=10.0, help="overload: each one's max_queue_age, s"
+    )
+    ap.add_argument(
+        "--work", type=float, default=0.3, help="overload: seconds of agent work per message"
+    )
+    ap.add_argument(
+        "--refusals", type=int, default=3, help="overload: a caller gives up after this many 429s"
+    )
     ap.add_argument("--seed", type=int, default=None)
     ap.add_argument(
         "--recheck",
@@ -99,10 +117,11 @@ def _targets(spec: str) -> dict[str, int]:
 def _specs(a: argparse.Namespace) -> list[cl.WsSpec]:
     specs = []
     conc = [1, 4, 1, 2]  # half of them max_concurrency 1, where order is checked
+    limits = {"max_queue": a.max_queue, "max_queue_age": a.max_queue_age} if a.overload else {}
     for i in range(a.workspaces):
-        specs.append(cl.WsSpec(f"p{i}", "process", conc[i % 4], a.drain_seconds))
+        specs.append(cl.WsSpec(f"p{i}", "process", conc[i % 4], a.drain_seconds, limits))
     for i in range(a.external):
-        specs.append(cl.WsSpec(f"x{i}", "external", conc[i % 4], a.drain_seconds))
+        specs.append(cl.WsSpec(f"x{i}", "external", conc[i % 4], a.drain_seconds, limits))
     return specs
 
 
@@ -148,12 +167,18 @@ async def run(a: argparse.Namespace) -> int:
             long_max=a.long_max,
             seed=a.seed,
             alive=lambda i: cluster.berths[i].alive,
+            work=a.work if a.overload else None,
+            refusals_max=a.refusals if a.overload else None,
         )
         faults = Faults(history, cluster, targets, seed=a.seed, log=say)
         stop = asyncio.Event()
         say(f"load {a.rate}/s on {len(cluster.workspaces)} workspaces; faults {targets}")
         sender = asyncio.create_task(load.run(stop))
         reporter = asyncio.create_task(_progress(load, faults))
+        sampled = asyncio.Event()
+        sampler = asyncio.create_task(
+            overload.sample(clients[0], history, sampled) if a.overload else sampled.wait()
+        )
         await faults.run(started + a.duration) if targets else await asyncio.sleep(a.duration)
         stop.set()
         await sender
@@ -164,6 +189,8 @@ async def run(a: argparse.Namespace) -> int:
         await _heal(cluster, history)
         await load.settle(time.time() + a.settle)
         await _quiesce(cluster, a.settle)
+        sampled.set()
+        await sampler
         stale = await _stale_restarts(cluster)
         executions = _executions(cluster, history)
         finals = await _final_reads(cluster, history)

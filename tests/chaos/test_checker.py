@@ -208,3 +208,35 @@ def test_recheck_of_a_stored_run_exits_1_on_a_violation(tmp_path, capsys):
     assert main(["--recheck", str(tmp_path)]) == 1
     out = capsys.readouterr().out
     assert "phantom" in out and "RESULT: FAIL (1 violations)" in out
+
+
+def _refused(mid: str, **kw: Any) -> dict[str, Any]:
+    fields = {"status_code": 429, "retry_after": "5", "reason": "queue_full", **kw}
+    return call("w", mid, "refused", 5, 5.1, detail="HTTP 429 queue_full", **fields)
+
+
+def _queue(depth: int, limit: int = 20) -> dict[str, Any]:
+    return {"type": "queue", "ws": "w", "t": 5, "depth": depth, "age": 1.0, "max_queue": limit}
+
+
+def test_overload_refusals_are_counted_apart_from_losses():
+    records, ex = clean()
+    records += [_refused("r"), _refused("r"), final("w", "r", None), _queue(20), _queue(24)]
+    rep = check(records, ex)
+    assert rep.ok, rep.violations  # refused every time and never accepted: not lost
+    assert rep.counts["refused (429)"] == 2 and rep.counts["gave up refused"] == 1
+    assert rep.counts["never accepted"] == 1
+    assert rep.queues["w"]["depth"] == 24 and rep.queues["w"]["limit"] == 20
+
+
+def test_an_unbounded_queue_and_an_unclear_refusal_are_found():
+    records, ex = clean()
+    records += [_queue(26), _refused("r", retry_after=None), final("w", "r", None)]
+    records += [_refused("s", reason="unavailable"), final("w", "s", None)]
+    assert kinds(records, ex) == ["unbounded", "unclear_refusal", "unclear_refusal"]
+    # a message refused once, then accepted and done, is an ordinary done message
+    records, ex = clean()
+    records += [_refused("t"), call("w", "t", "done", 6, 7, reply="echo: t"), final("w", "t")]
+    ex["w"] += [("start", "t"), ("done", "t")]
+    rep = check(records, ex)
+    assert rep.ok and rep.counts["gave up refused"] == 0 and rep.final_status["done"] == 4
