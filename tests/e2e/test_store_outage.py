@@ -44,29 +44,35 @@ async def test_postgres_away_at_start_during_a_restart_and_under_a_stream(tmp_pa
     )
     try:
         # started while the database is away: it waits (it used to exit with code 3)
-        starting = asyncio.create_task(asyncio.to_thread(server.start, 60))
-        await asyncio.sleep(3)
+        starting = asyncio.create_task(asyncio.to_thread(server.start, 90))
+        deadline = asyncio.get_running_loop().time() + 45
+        while "the database is unavailable" not in (
+            server.log.read_text() if server.log.exists() else ""
+        ):
+            assert asyncio.get_running_loop().time() < deadline, "berth never said it waits"
+            await asyncio.sleep(0.2)
+        await asyncio.sleep(1.5)  # a few tries later: still waiting, not exited
         assert not starting.done() and server.proc is not None and server.proc.poll() is None
-        assert "the database is unavailable" in server.log.read_text()
         await outage.up()
         await starting
 
         async with server.client() as c:
             await create(c, "pg-away")
-            stream = asyncio.create_task(_stream(c, "pg-away", "sleep:2 across", "sa-1"))
-            await asyncio.sleep(0.7)  # accepted and forwarded; the agent is working
+            state = (await wait_status(c, "pg-away", "online"))["state_dir"]
+            stream = asyncio.create_task(_stream(c, "pg-away", "sleep:3 across", "sa-1"))
+            while executions(state)[0]["sa-1"] < 1:  # accepted and forwarded: the agent works
+                await asyncio.sleep(0.05)
             await outage.down()
             r = await c.post("/v1/workspaces/pg-away/restart", json={})
             assert r.status_code == 503, r.text  # was a 500
             assert r.json()["error"]["code"] == "store_unavailable"
             assert r.headers.get("retry-after")
-            await asyncio.sleep(2.5)  # the agent answers while the store is away
+            await asyncio.sleep(3.5)  # the agent answers while the store is away
             assert not stream.done()
             await outage.up()
             events = await asyncio.wait_for(stream, 60)
-            assert "echo: sleep:2 across" in json.dumps(events[-1])
-            info = await wait_status(c, "pg-away", "online")
-            assert executions(info["state_dir"])[0]["sa-1"] == 1
+            assert "echo: sleep:3 across" in json.dumps(events[-1])
+            assert executions(state)[0]["sa-1"] == 1
         log = server.log.read_text()
         assert "response already started" not in log
         assert "Exception in ASGI application" not in log
