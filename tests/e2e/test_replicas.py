@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import subprocess
 import sys
 import uuid
@@ -460,6 +461,36 @@ async def test_lifecycle_asked_of_a_non_owner_runs_on_the_owner(cluster: Cluster
         assert again["owner"] == "replica-0" and _agent_pids(ws_id) == [again["pid"]]
         r = await send(clients[2], "owned", "after all that")
         assert reply_text(r.json()) == "echo: after all that"
+
+        # a message through another replica wakes a suspended workspace on its owner only
+        # (finding 6): with the owner frozen, the other replica leaves it suspended
+        sleepy = await clients[0].post(
+            "/v1/workspaces",
+            json={
+                "name": "sleepy",
+                "command": [sys.executable, "-m", "berth.examples.echo"],
+                "idle_suspend_seconds": 1,
+            },
+        )
+        assert sleepy.status_code == 201
+        first = await wait_status(clients[0], "sleepy", "online")
+        await wait_status(clients[0], "sleepy", "suspended", timeout=30)
+        await wait_status(clients[1], "sleepy", "suspended")
+        owner_proc = cluster.replicas[0].proc
+        assert owner_proc is not None
+        owner_proc.send_signal(signal.SIGSTOP)
+        try:
+            queued = await send(clients[1], "sleepy", "wake up", "wake-1", wait=0)
+            assert queued.status_code == 202, queued.text
+            await asyncio.sleep(2)
+            assert (await clients[1].get("/v1/workspaces/sleepy")).json()["status"] == "suspended"
+        finally:
+            owner_proc.send_signal(signal.SIGCONT)
+        r = await send(clients[1], "sleepy", "wake up", "wake-1", wait=30)
+        assert reply_text(r.json()) == "echo: wake up"
+        woken = (await clients[0].get("/v1/workspaces/sleepy")).json()
+        assert woken["owner"] == "replica-0" and woken["state_dir"] == first["state_dir"]
+        assert (await clients[0].delete("/v1/workspaces/sleepy")).status_code == 200
 
         cluster.replicas[0].kill9()  # its agent lives on, waiting for its owner to return
         refused = await clients[1].post("/v1/workspaces/owned/restart", json={})

@@ -11,9 +11,11 @@ after a restart. Nothing is lost in between: the message is in the log before th
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 
+from berth.domain.errors import StoreUnavailable
 from berth.domain.lifecycle import WorkspaceState
 from berth.domain.restart import Trigger
 from berth.domain.workspace import Workspace
@@ -48,7 +50,9 @@ class Idle:
         """A message arrived for the workspace (or went back to its queue)."""
         self._active[ws_id] = time.monotonic()
         ws = self._roster.peek(ws_id)
-        if ws is not None and ws.state is S.SUSPENDED:
+        # only its owner wakes it (the agent and its state dir live there); the owner hears
+        # of work accepted elsewhere over the bus, or finds it queued in `watch`
+        if ws is not None and ws.state is S.SUSPENDED and ws.owner in (None, self._owner):
             self.wake(ws)
 
     def wake(self, ws: Workspace) -> None:
@@ -74,12 +78,17 @@ class Idle:
             self._waking.discard(ws_id)
 
     async def watch(self, period: float) -> None:
-        """Suspend the idle ones (a background loop, every `period` seconds)."""
+        """Suspend the idle ones, wake suspended ones with work (a loop, every `period` s)."""
         while True:
             await asyncio.sleep(period)
             for ws in self._roster.all():
                 idle = ws.idle_suspend_seconds
                 if idle is None or ws.owner not in (None, self._owner):
+                    continue
+                if ws.state is S.SUSPENDED:
+                    with contextlib.suppress(StoreUnavailable):  # next period, then
+                        if (await self._log.backlog(ws.id)).queued:
+                            self.wake(ws)  # work whose announcement did not reach us
                     continue
                 if ws.state is not S.ONLINE:
                     self._active.pop(ws.id, None)  # counts anew once it is back online
