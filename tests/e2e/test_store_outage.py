@@ -6,6 +6,7 @@ the right answers: a berth started meanwhile waits for it, a restart asked meanw
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import uuid
 from pathlib import Path
@@ -77,6 +78,8 @@ async def test_postgres_away_at_start_during_a_restart_and_under_a_stream(tmp_pa
         assert "response already started" not in log
         assert "Exception in ASGI application" not in log
     finally:
+        with contextlib.suppress(OSError):  # up again if a failure left it down: berth's
+            await outage.up()  # shutdown must reach the database to stop its agent
         await asyncio.to_thread(server.stop)  # its shutdown goes through the proxy on this loop
         server.kill9()
         await outage.down()
