@@ -72,7 +72,12 @@ def start_berth(
 ) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
     data = tmp / f"berth-{client}"
-    extra = {"BERTH_ADMIN_TOKEN": ADMIN, "BERTH_AGENT_CLIENT": client, "BERTH_LOG_LEVEL": "warning"}
+    extra = {
+        "BERTH_ADMIN_TOKEN": ADMIN,
+        "BERTH_AGENT_CLIENT": client,
+        "BERTH_LOG_LEVEL": "warning",
+        "BERTH_AGENT_USER": "inherit",  # the interpreter may live where no other user reaches
+    }
     if database_url:
         extra["BERTH_DATABASE_URL"] = database_url
     proc = subprocess.Popen(

@@ -17,8 +17,10 @@ from berth.adapters.process import ProcessProvisioner
 from berth.adapters.sql.sqlite import SqliteStore
 from berth.domain.delivery import DeliveryPolicy, QueueLimit
 from berth.domain.errors import StoreUnavailable
+from berth.hardening import agent_user, secure_data_dir
 from berth.metrics import Metrics
 from berth.ports import AgentClient, Bus, Cache, Locks, Provisioner, Store
+from berth.services.access import Access
 from berth.services.agent_link import AgentLink
 from berth.services.delivery_log import DeliveryLog
 from berth.services.dispatcher import Dispatcher
@@ -33,6 +35,7 @@ from berth.services.registry import Registry
 from berth.services.restart import RestartService
 from berth.services.roster import Roster
 from berth.services.supervisor import Supervisor
+from berth.services.url_policy import AgentUrlPolicy, parse_networks
 from berth.services.workspaces import Workspaces
 from berth.settings import Settings
 
@@ -64,6 +67,7 @@ class Container:
     registry: Registry
     heartbeats: Heartbeats
     proxy: Proxy
+    access: Access
     idle: Idle
     admin_token: str
     sole: bool  # the only replica on its log: on start it takes over every lease
@@ -207,10 +211,14 @@ def _shared(settings: Settings) -> tuple[Cache, Locks, Bus]:
 def _provisioners(settings: Settings) -> tuple[dict[str, Provisioner], bool]:
     """The runtimes this server offers, and whether berth runs as a container of its
     Docker engine (asked of the engine when BERTH_IN_DOCKER is not set)."""
+    user = agent_user("" if settings.agent_user == "inherit" else settings.agent_user)
+    root = settings.data_path / "workspaces"
+    if settings.agent_dir:
+        root = Path(settings.agent_dir).expanduser().resolve()
+    elif user is not None:
+        root = settings.data_path.with_name(settings.data_path.name + "-agents")
     out: dict[str, Provisioner] = {
-        "process": ProcessProvisioner(
-            settings.data_path / "workspaces", instance=settings.instance
-        ),
+        "process": ProcessProvisioner(root, instance=settings.instance, user=user),
     }
     in_docker = settings.running_in_docker()
     with contextlib.suppress(ImportError):
@@ -235,7 +243,7 @@ def _client(settings: Settings) -> AgentClient:
 
 def build(settings: Settings) -> Container:
     """A replica on the adapters Settings ask for."""
-    settings.data_path.mkdir(parents=True, exist_ok=True)
+    secure_data_dir(settings.data_path)  # 0700, files 0600, umask 077 from here on
     provisioners, in_docker = _provisioners(settings)
     return assemble(
         settings,
@@ -325,6 +333,9 @@ def assemble(
         crash_loop_limit=settings.crash_loop_limit,
         crash_loop_window=settings.crash_loop_window,
     )
+    policy = AgentUrlPolicy(parse_networks(settings.agent_networks))
+    access = Access(store, store, roster, runner, events, admin_token=admin, url_policy=policy)
+    registry.agent_auth, registry.url_check = access.agent, policy.check
     for p in provisioners.values():
         p.on_exit(registry.on_exit)
     proxy = Proxy(
@@ -363,11 +374,13 @@ def assemble(
             restarts,
             events,
             Handoff(bus, settings.replica, shared=not sole),
+            access,
             sole=sole,
         ),
         registry=registry,
         heartbeats=heartbeats,
         proxy=proxy,
+        access=access,
         idle=Idle(deliveries, roster, runner, restarts, owner=settings.replica),
         admin_token=admin,
         sole=sole,

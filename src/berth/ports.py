@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from berth.domain.credentials import Credential
 from berth.domain.delivery import Delivery, DeliveryStatus
 from berth.domain.errors import AgentUnreachable
 from berth.domain.lifecycle import WorkspaceState
@@ -18,6 +19,7 @@ __all__ = [
     "AgentUnreachable",
     "Bus",
     "Cache",
+    "CredentialStore",
     "Database",
     "DeliveryStore",
     "Locks",
@@ -85,12 +87,26 @@ class WorkspaceStore(Protocol):
         **fields: Any,
     ) -> Workspace | None: ...
     async def delete_workspace(self, ws_id: str) -> None: ...
-    async def workspace_by_token(self, token_hash: str) -> Workspace | None: ...
+    # the workspace whose current run credential has this hash (agents of process/Docker)
+    async def workspace_by_run_token(self, token_hash: str) -> Workspace | None: ...
     # last_heartbeat of many workspaces in one write (heartbeats are kept in memory and
     # flushed); a workspace gone meanwhile is skipped; updated_at is left alone
     async def record_heartbeats(self, beats: dict[str, float]) -> None: ...
     # last_heartbeat of every workspace that has one (liveness across replicas)
     async def last_heartbeats(self) -> dict[str, float]: ...
+
+
+class CredentialStore(Protocol):
+    """Caller and agent credentials (hashes only). A subject is unique; revoked ones stay
+    listed until their workspace is removed."""
+
+    async def add_credential(self, cred: Credential) -> None: ...  # Conflict if the subject exists
+    async def credential_by_secret(self, secret_hash: str) -> Credential | None: ...
+    async def get_credential(self, ref: str) -> Credential: ...  # by id or subject; NotFound
+    async def list_credentials(self) -> list[Credential]: ...
+    # secret_hash, rotated_at, revoked_at only; NotFound when it is gone
+    async def update_credential(self, cred_id: str, **fields: Any) -> Credential: ...
+    async def delete_credentials(self, workspace_id: str) -> None: ...
 
 
 class DeliveryStore(Protocol):
@@ -99,7 +115,11 @@ class DeliveryStore(Protocol):
 
     async def accept(self, d: Delivery) -> tuple[Delivery, bool]: ...
     async def get_delivery(self, delivery_id: str) -> Delivery: ...
-    async def find_delivery(self, workspace_id: str, message_id: str) -> Delivery | None: ...
+    # The accept key is (workspace, caller, messageId): a messageId of another caller is
+    # another delivery. `find_delivery` without a caller returns the oldest of any caller.
+    async def find_delivery(
+        self, workspace_id: str, message_id: str, caller: str | None = None
+    ) -> Delivery | None: ...
     async def list_deliveries(
         self,
         workspace_id: str,
@@ -173,7 +193,7 @@ class RestartStore(Protocol):
     async def active_restart(self, workspace_id: str) -> RestartRecord | None: ...
 
 
-class Store(Database, WorkspaceStore, DeliveryStore, RestartStore, Protocol):
+class Store(Database, WorkspaceStore, CredentialStore, DeliveryStore, RestartStore, Protocol):
     """What one database adapter implements (memory, SQLite, PostgreSQL). Services take
     the narrow port they use, never this."""
 

@@ -55,6 +55,16 @@ class Settings:
     housekeeping_seconds: float = 60.0  # how often retention pruning and orphan cleanup run
     agent_client: str = "aiohttp"  # outbound HTTP to agents: aiohttp (measured faster) or httpx
     docker_network: str = "berth"
+    # process agents, when berth runs as root: run as this user (made if missing);
+    # "inherit" runs them as berth's own user (root), which docs/security.md warns against
+    agent_user: str = "berth-agent"
+    # where process agents' folders live; default <data dir>/workspaces, or, when they run
+    # as agent_user, <data dir>-agents next to it (the data dir itself stays 0700)
+    agent_dir: str = ""
+    agent_networks: str = ""
+    metrics_token: str | None = (
+        None  # set: /metrics needs it (or the admin token)  # CIDRs agents may live in besides loopback (docs/security.md)
+    )
     in_docker: bool | None = None  # None: detect from /.dockerenv
     demo: bool = False
     log_level: str = "info"

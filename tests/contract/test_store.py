@@ -247,16 +247,6 @@ async def test_delete_workspace(store: Store) -> None:
     await store.create_workspace(make_ws("alpha"))  # the name is free again
 
 
-async def test_workspace_by_token(store: Store) -> None:
-    ws = make_ws("alpha", token_hash="t1", run_token_hash="r1")
-    await store.create_workspace(ws)
-    await store.create_workspace(make_ws("beta", token_hash="t2"))
-    assert (await store.workspace_by_token("t1")) == ws
-    assert (await store.workspace_by_token("r1")) == ws
-    assert (await store.workspace_by_token("t2")).name == "beta"  # type: ignore[union-attr]
-    assert await store.workspace_by_token("zz") is None
-
-
 # accept and read ------------------------------------------------------------
 async def test_accept_is_idempotent_by_message_id(store: Store) -> None:
     first, created = await store.accept(make_d("w1", "m1", request=b"one"))

@@ -43,6 +43,10 @@ class BerthServer:
             "BERTH_HEARTBEAT_TIMEOUT": "4",
             "BERTH_LOG_LEVEL": "info",
             "BERTH_START_TIMEOUT": "30",
+            # As root, berth runs process agents as an unprivileged user, which cannot execute
+            # an interpreter under /root (where this machine's lives); tests/security covers
+            # that default, the other suites run agents as berth's own user.
+            "BERTH_AGENT_USER": "inherit",
             **(env or {}),
         }
         self.args = args or []

@@ -2,7 +2,7 @@
 
 import pytest
 
-from tests.e2e.harness import ADMIN, create, reply_text, send
+from tests.e2e.harness import ADMIN, create, reply_text
 
 pytestmark = pytest.mark.slow
 
@@ -84,34 +84,34 @@ async def test_auth(berth_server):
             assert r.status_code == 403 and r.json()["error"]["code"] == "forbidden"
             r = await anon.post("/v1/workspaces/authz/a2a", json={})
             assert r.status_code == 401
-            # a workspace token may call the proxy (the caller is then that workspace)
-            r = (
-                await send(anon, "authz", "hi", "tok-1", wait=30)
-                if False
-                else await anon.post(
-                    "/v1/workspaces/authz/a2a",
-                    headers={"authorization": f"Bearer {ws['token']}", "a2a-version": "1.0"},
-                    json={
-                        "jsonrpc": "2.0",
-                        "id": 1,
-                        "method": "SendMessage",
-                        "params": {
-                            "message": {
-                                "role": "ROLE_USER",
-                                "messageId": "tok-1",
-                                "parts": [{"text": "hi"}],
-                            }
-                        },
-                    },
-                )
-            )
+            # a workspace's caller credential may call a workspace whose allow-list names it
+            # (the caller is then that workspace); by default only the operator may
+            body = {
+                "jsonrpc": "2.0",
+                "id": 1,
+                "method": "SendMessage",
+                "params": {
+                    "message": {
+                        "role": "ROLE_USER",
+                        "messageId": "tok-1",
+                        "parts": [{"text": "hi"}],
+                    }
+                },
+            }
+            auth = {"authorization": f"Bearer {ws['token']}", "a2a-version": "1.0"}
+            r = await anon.post("/v1/workspaces/authz/a2a", headers=auth, json=body)
+            assert r.status_code == 403 and r.json()["error"]["code"] == -32600
+            assert "not allowed" in r.json()["error"]["message"]
+            ok = await c.post("/v1/workspaces/authz/allow", json={"callers": ["authz"]})
+            assert ok.status_code == 200, ok.text
+            r = await anon.post("/v1/workspaces/authz/a2a", headers=auth, json=body)
             assert r.status_code == 200 and reply_text(r.json()) == "echo: hi"
             r = await anon.post("/v1/agents/heartbeat", json={"active_tasks": 0})
             assert r.status_code == 401
             r = await anon.post(
                 "/v1/agents/heartbeat", headers={"authorization": f"Bearer {ADMIN}"}, json={}
             )
-            assert r.status_code == 401
+            assert r.status_code == 403  # the operator's token is not an agent's
             for path in ("/healthz", "/readyz", "/metrics", "/openapi.json"):
                 assert (await anon.get(path)).status_code == 200
 

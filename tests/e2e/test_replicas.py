@@ -136,7 +136,9 @@ async def _external_workspace(
     assert r.status_code == 201, r.text
     ws = r.json()
     agents.append(
-        ExternalEcho(tmp_path / f"agent-{name}" / "state", port, berth_url, ws["id"], ws["token"])
+        ExternalEcho(
+            tmp_path / f"agent-{name}" / "state", port, berth_url, ws["id"], ws["agent_token"]
+        )
     )
     await wait_status(c, name, "online")
     return ws

@@ -162,7 +162,7 @@ class FakeRuntime:
 
     async def start(self, ws: Workspace, identity: dict[str, str]) -> RunInfo:
         n = self.starts[ws.id] = self.starts.get(ws.id, 0) + 1
-        url = f"http://agent-{ws.name}-{n}"
+        url = f"http://127.0.0.1/agent-{ws.name}-{n}"  # loopback: passes the agent URL policy
         agent = Agent(ws.id, identity["BERTH_WORKSPACE_TOKEN"], url)
         previous = self.current.get(ws.id)
         if previous is not None:

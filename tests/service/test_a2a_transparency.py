@@ -17,6 +17,7 @@ SENT = {
     "a2a-extensions": "https://example.com/ext/v1",
     "x-berth-wait": "5",
     "authorization": "Bearer secret",  # berth's own credential: never passed on
+    "x-berth-caller": "caller:forged",  # berth's word on who calls, never the caller's
 }
 
 
@@ -48,6 +49,7 @@ async def test_a_send_and_a_pass_through_reach_the_agent_with_the_callers_header
         got = await w.c.proxy.handle(ws, _body("GetTask", {"id": "t"}), SENT)
         assert got.status == 200
         wanted = {k: SENT[k] for k in ("content-type", "a2a-version", "a2a-extensions")}
+        wanted["x-berth-caller"] = "operator"  # issue 10: who called, as berth knows it
         assert seen == [wanted, wanted]
 
 
@@ -59,7 +61,7 @@ async def test_a_wrong_media_type_reaches_the_agent_unchanged() -> None:
         assert seen[0]["content-type"] == "text/plain"
         # a caller that sends none: berth says JSON (as before)
         await w.c.proxy.handle(ws, _body("GetTask", {"id": "t"}), {})
-        assert seen[1] == {"content-type": "application/json"}
+        assert seen[1] == {"content-type": "application/json", "x-berth-caller": "operator"}
 
 
 async def test_an_up_front_refusal_of_a_streaming_send_is_a_plain_error() -> None:

@@ -50,6 +50,7 @@ class HttpAgentClient:
                 data=body,
                 headers={**headers, "accept": "text/event-stream"},
                 timeout=aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=timeout),
+                allow_redirects=False,  # a redirect would bypass the agent URL policy
             ) as resp:
                 ctype = resp.headers.get("content-type", "")
                 if not ctype.startswith("text/event-stream"):
@@ -90,6 +91,7 @@ class HttpAgentClient:
                 data=body,
                 headers=headers,
                 timeout=aiohttp.ClientTimeout(total=timeout),
+                allow_redirects=False,  # a redirect would bypass the agent URL policy
             ) as resp:
                 data = await resp.read()
                 return AgentReply(

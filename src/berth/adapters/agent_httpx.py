@@ -14,7 +14,8 @@ __all__ = ["HttpxAgentClient"]
 class HttpxAgentClient:
     def __init__(self, *, pool_size: int = 256) -> None:
         self._client = httpx.AsyncClient(
-            limits=httpx.Limits(max_connections=pool_size, max_keepalive_connections=pool_size)
+            follow_redirects=False,  # a redirect would bypass the agent URL policy
+            limits=httpx.Limits(max_connections=pool_size, max_keepalive_connections=pool_size),
         )
 
     async def post(

@@ -8,6 +8,7 @@ import time
 from dataclasses import fields, replace
 from typing import Any
 
+from berth.domain.credentials import Credential
 from berth.domain.delivery import FINAL, Delivery, DeliveryStatus, check_move, sources
 from berth.domain.errors import Conflict, NotFound
 from berth.domain.lifecycle import WorkspaceState, check_missed_move, move_guard
@@ -24,7 +25,8 @@ class MemoryStore:
     def __init__(self) -> None:
         self._ws: dict[str, Workspace] = {}
         self._d: dict[str, Delivery] = {}
-        self._by_key: dict[tuple[str, str], str] = {}
+        self._by_key: dict[tuple[str, str, str], str] = {}
+        self._creds: dict[str, Credential] = {}
         self._restarts: dict[str, RestartRecord] = {}
         self._seq = itertools.count(1)
 
@@ -90,9 +92,9 @@ class MemoryStore:
     async def delete_workspace(self, ws_id: str) -> None:
         self._ws.pop(ws_id, None)
 
-    async def workspace_by_token(self, token_hash: str) -> Workspace | None:
+    async def workspace_by_run_token(self, token_hash: str) -> Workspace | None:
         for w in self._ws.values():
-            if token_hash in (w.token_hash, w.run_token_hash):
+            if w.run_token_hash is not None and token_hash == w.run_token_hash:
                 return copy.deepcopy(w)
         return None
 
@@ -105,9 +107,46 @@ class MemoryStore:
     async def last_heartbeats(self) -> dict[str, float]:
         return {w.id: w.last_heartbeat for w in self._ws.values() if w.last_heartbeat is not None}
 
+    # credentials -----------------------------------------------------------
+    async def add_credential(self, cred: Credential) -> None:
+        if any(c.subject == cred.subject for c in self._creds.values()):
+            raise Conflict(f"a credential {cred.subject!r} exists", code="credential_exists")
+        self._creds[cred.id] = copy.deepcopy(cred)
+
+    async def credential_by_secret(self, secret_hash: str) -> Credential | None:
+        for c in self._creds.values():
+            if c.secret_hash == secret_hash:
+                return copy.deepcopy(c)
+        return None
+
+    async def get_credential(self, ref: str) -> Credential:
+        c = self._creds.get(ref) or next(
+            (c for c in self._creds.values() if c.subject == ref), None
+        )
+        if c is None:
+            raise NotFound(f"no credential {ref!r}", code="credential_not_found")
+        return copy.deepcopy(c)
+
+    async def list_credentials(self) -> list[Credential]:
+        return [copy.deepcopy(c) for c in sorted(self._creds.values(), key=lambda c: c.created_at)]
+
+    async def update_credential(self, cred_id: str, **fields: Any) -> Credential:
+        c = self._creds.get(cred_id)
+        if c is None:
+            raise NotFound(f"no credential {cred_id!r}", code="credential_not_found")
+        for k, v in fields.items():
+            if k not in ("secret_hash", "rotated_at", "revoked_at"):
+                raise AttributeError(k)
+            setattr(c, k, v)
+        return copy.deepcopy(c)
+
+    async def delete_credentials(self, workspace_id: str) -> None:
+        for cid in [i for i, c in self._creds.items() if c.workspace_id == workspace_id]:
+            del self._creds[cid]
+
     # deliveries ------------------------------------------------------------
     async def accept(self, d: Delivery) -> tuple[Delivery, bool]:
-        key = (d.workspace_id, d.message_id)
+        key = (d.workspace_id, d.caller, d.message_id)
         if key in self._by_key:
             return copy.deepcopy(self._d[self._by_key[key]]), False
         stored = replace(copy.deepcopy(d), seq=next(self._seq))  # the caller keeps its own copy
@@ -121,9 +160,15 @@ class MemoryStore:
             raise NotFound(f"no delivery {delivery_id!r}", code="delivery_not_found")
         return copy.deepcopy(d)
 
-    async def find_delivery(self, workspace_id: str, message_id: str) -> Delivery | None:
-        did = self._by_key.get((workspace_id, message_id))
-        return None if did is None else copy.deepcopy(self._d[did])
+    async def find_delivery(
+        self, workspace_id: str, message_id: str, caller: str | None = None
+    ) -> Delivery | None:
+        got = [
+            self._d[did]
+            for (ws, who, mid), did in self._by_key.items()
+            if ws == workspace_id and mid == message_id and caller in (None, who)
+        ]
+        return copy.deepcopy(min(got, key=lambda d: d.seq)) if got else None
 
     def _of(self, workspace_id: str | None, status: DeliveryStatus | None = None) -> list[Delivery]:
         return sorted(
@@ -304,7 +349,7 @@ class MemoryStore:
         ]
         for d in gone:
             del self._d[d.id]
-            del self._by_key[(d.workspace_id, d.message_id)]
+            del self._by_key[(d.workspace_id, d.caller, d.message_id)]
         return len(gone)
 
     # restarts --------------------------------------------------------------

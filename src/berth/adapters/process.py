@@ -1,8 +1,10 @@
 """The `process` provisioner: each workspace is a child process of berth.
 
-The process gets its identity in the environment (BERTH_*, docs/sdk.md), a free port, its own
+The process gets a minimal environment (PATH and locale from berth's, HOME and TMPDIR its
+state directory, its identity BERTH_* (docs/sdk.md) and the spec's env), a free port, its own
 session (a Ctrl-C at berth's terminal reaches berth, which drains, not the agents), and a
-log file per workspace. Stop is SIGTERM, a grace period, then SIGKILL.
+log file per workspace. When berth is root it runs as an unprivileged user (berth.hardening).
+Stop is SIGTERM, a grace period, then SIGKILL.
 """
 
 from __future__ import annotations
@@ -15,8 +17,10 @@ import shutil
 import signal
 import socket
 from pathlib import Path
+from typing import Any
 
 from berth.domain.workspace import Workspace
+from berth.hardening import AgentUser, minimal_env
 from berth.ports import ExitCallback, RunInfo
 
 log = logging.getLogger("berth.process")
@@ -32,9 +36,10 @@ def free_port() -> int:
 class ProcessProvisioner:
     runtime = "process"
 
-    def __init__(self, root: Path, *, instance: str) -> None:
+    def __init__(self, root: Path, *, instance: str, user: AgentUser | None = None) -> None:
         self.root = root
         self.instance = instance
+        self.user = user  # berth is root: agents run as this unprivileged user
         self._procs: dict[str, asyncio.subprocess.Process] = {}
         self._watchers: dict[str, asyncio.Task[None]] = {}
         self._callbacks: list[ExitCallback] = []
@@ -53,10 +58,12 @@ class ProcessProvisioner:
             await self.stop(ws, 1.0)
         assert ws.command, "a process workspace has a command"
         state = self.state_dir(ws)
-        state.mkdir(parents=True, exist_ok=True)
+        state.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if self.user is not None:
+            await asyncio.to_thread(_hand_over, self.root, state, self.user)
         port = free_port()
         env = {
-            **_inherited(),
+            **minimal_env(state),
             **ws.env,
             **identity,
             "BERTH_PORT": str(port),
@@ -74,6 +81,7 @@ class ProcessProvisioner:
                 stdout=logf,
                 stderr=logf,
                 start_new_session=True,
+                **_as(self.user),
             )
         finally:
             logf.close()
@@ -150,9 +158,31 @@ class ProcessProvisioner:
         await asyncio.gather(*self._watchers.values(), return_exceptions=True)
 
 
-def _inherited() -> dict[str, str]:
-    """berth's environment minus its own settings (the admin token must not leak to agents)."""
-    return {k: v for k, v in os.environ.items() if not k.startswith("BERTH_")}
+def _as(user: AgentUser | None) -> dict[str, Any]:
+    """Drop to `user` in the child before it execs (uvloop takes no user/group arguments,
+    but runs preexec_fn): no supplementary groups, then the group, then the user."""
+    if user is None:
+        return {}
+
+    def drop() -> None:
+        os.setgroups([])
+        os.setgid(user.gid)
+        os.setuid(user.uid)
+
+    return {"preexec_fn": drop}
+
+
+def _hand_over(root: Path, state: Path, user: AgentUser) -> None:
+    """The agent's way in: the folders above its state may be traversed (not listed), and
+    its state directory is its own; its log stays berth's (it writes it through a file
+    descriptor berth opens)."""
+    root.chmod(0o711)
+    state.parent.chmod(0o711)
+    for dirpath, _, filenames in os.walk(state):
+        os.chown(dirpath, user.uid, user.gid)
+        for f in filenames:
+            with contextlib.suppress(FileNotFoundError):
+                os.chown(os.path.join(dirpath, f), user.uid, user.gid, follow_symlinks=False)
 
 
 def _environ(pid: int) -> dict[str, str]:

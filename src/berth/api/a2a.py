@@ -4,7 +4,6 @@ error edge (`berth.api.errors`)."""
 
 from __future__ import annotations
 
-import hmac
 from typing import Any
 
 import orjson
@@ -14,24 +13,21 @@ from starlette.responses import Response, StreamingResponse
 from berth.api.auth import bearer
 from berth.api.errors import error_response, rpc_error_response
 from berth.bootstrap import Container
-from berth.domain.errors import BerthError, NotFound, TooLarge, Unauthorized, Unavailable
+from berth.domain.credentials import Caller
+from berth.domain.errors import BerthError, NotFound, TooLarge, Unavailable
 from berth.domain.workspace import CardAccess, Workspace
 from berth.services.bindings import ProxyReply
-from berth.services.lifecycle import hash_token
 
-__all__ = ["a2a_endpoint", "agent_card_endpoint", "authorize", "read_body", "render", "workspace"]
+__all__ = ["a2a_endpoint", "agent_card_endpoint", "authorize", "read_body", "render"]
 
 
-async def _authorize(c: Container, request: Request) -> None:
-    token = bearer(request)
-    if token is None:
-        raise Unauthorized(
-            "the admin token or a workspace token is required (Authorization: Bearer …)"
-        )
-    if hmac.compare_digest(token.encode(), c.admin_token.encode()):
-        return
-    if await c.store.workspace_by_token(hash_token(token)) is None:
-        raise Unauthorized("invalid token", code="invalid_token")
+async def _authorize(c: Container, request: Request) -> tuple[Workspace, Caller]:
+    """The workspace and who calls it, once the workspace's allow-list admits the caller
+    (the operator always); Unauthorized / Forbidden otherwise (services.access)."""
+    caller = await c.access.caller(bearer(request))
+    ws = await _workspace(c, request)
+    c.access.authorize(ws, caller)
+    return ws, caller
 
 
 async def _body(request: Request, limit: int) -> bytes:
@@ -64,10 +60,9 @@ async def a2a_endpoint(request: Request) -> Response:
     c: Container = request.app.state.berth
     raw = b""
     try:
-        await _authorize(c, request)
-        ws = await _workspace(c, request)
+        ws, caller = await _authorize(c, request)
         raw = await _body(request, c.settings.max_body_bytes)
-        reply = await c.proxy.handle(ws, raw, dict(request.headers.items()))
+        reply = await c.proxy.handle(ws, raw, dict(request.headers.items()), caller.subject)
     except BerthError as e:  # e.g. the database is away: nothing was accepted, the caller may retry
         return rpc_error_response(e, _request_id(raw) if raw else None)
     return render(reply)
@@ -89,17 +84,18 @@ def render(reply: ProxyReply) -> Response:
 
 
 async def agent_card_endpoint(request: Request) -> Response:
-    """The agent card as berth serves it (`services/card.py`): public, or for callers with
-    a token (401 with `WWW-Authenticate: Bearer` otherwise), per the workspace's `card`."""
+    """The agent card as berth serves it (`services/card.py`): public, or for the callers
+    the workspace allows (401 without a credential, 403 for a caller not on its allow-list),
+    per the workspace's `card`."""
     c: Container = request.app.state.berth
     try:
         try:
             ws = await _workspace(c, request)
         except NotFound:
-            await _authorize(c, request)  # no token: 401, so names are not probed for free
+            await c.access.caller(bearer(request))  # no token: 401, names are not probed free
             raise
         if ws.card_access != CardAccess.PUBLIC.value:
-            await _authorize(c, request)
+            await _authorize(c, request)  # the allow-list, as for every A2A method
         ref = request.path_params["ref"]
         jsonrpc_url = str(request.url_for("a2a", ref=ref))
         rest_url = jsonrpc_url + "/rest"
@@ -118,4 +114,4 @@ async def agent_card_endpoint(request: Request) -> Response:
 
 
 # shared with the HTTP+JSON binding's routes (api/a2a_rest.py)
-authorize, read_body, workspace = _authorize, _body, _workspace
+authorize, read_body = _authorize, _body

@@ -7,7 +7,7 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import Response
 
-from berth.api.a2a import authorize, read_body, render, workspace
+from berth.api.a2a import authorize, read_body, render
 from berth.api.errors import edge, extra_headers
 from berth.bootstrap import Container
 from berth.domain.errors import BerthError, RpcInvalid
@@ -32,8 +32,7 @@ def rest_error_response(e: BerthError) -> Response:
 async def a2a_rest_endpoint(request: Request) -> Response:
     c: Container = request.app.state.berth
     try:
-        await authorize(c, request)
-        ws = await workspace(c, request)
+        ws, caller = await authorize(c, request)
         raw = await read_body(request, c.settings.max_body_bytes)
         reply = await handle_rest(
             c.proxy,
@@ -43,6 +42,7 @@ async def a2a_rest_endpoint(request: Request) -> Response:
             request.url.query,
             raw,
             dict(request.headers.items()),
+            caller.subject,
         )
     except BerthError as e:
         return rest_error_response(e)

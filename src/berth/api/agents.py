@@ -1,4 +1,5 @@
-"""The agent-facing API: registration and heartbeats, with workspace tokens."""
+"""The agent-facing API: registration and heartbeats, with an agent's run credential or
+agent credential (services.access; caller credentials are refused)."""
 
 from __future__ import annotations
 
@@ -21,14 +22,14 @@ async def _json(request: Request) -> Any:
         raise MalformedBody("the body is not valid JSON") from None
 
 
-@router.post("/register", summary="An agent announces where it listens (workspace token)")
+@router.post("/register", summary="An agent announces where it listens (run or agent credential)")
 async def register(request: Request) -> dict[str, Any]:
     c = request.app.state.berth
     result: dict[str, Any] = await c.registry.register(bearer(request), await _json(request))
     return result
 
 
-@router.post("/heartbeat", summary="An agent reports it is alive (workspace token)")
+@router.post("/heartbeat", summary="An agent reports it is alive (run or agent credential)")
 async def heartbeat(request: Request) -> dict[str, Any]:
     c = request.app.state.berth
     result: dict[str, Any] = await c.registry.heartbeat(bearer(request), await _json(request))

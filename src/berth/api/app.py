@@ -12,9 +12,10 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from berth import __version__
-from berth.api import agents, errors, lookups, management, operator, ui
+from berth.api import access, agents, errors, lookups, management, openapi, operator, ui
 from berth.api.a2a import a2a_endpoint, agent_card_endpoint
 from berth.api.a2a_rest import a2a_rest_endpoint
+from berth.api.limits import BodyLimit, require_token
 from berth.bootstrap import Container, build
 from berth.eventlog import EventLog
 from berth.settings import Settings
@@ -55,13 +56,16 @@ def create_app(settings: Settings | None = None, container: Container | None = N
     )
     app.state.berth = c
     app.state.event_log = event_log
+    app.add_middleware(BodyLimit, limit=c.settings.max_body_bytes)
     app.state.ready = False
     errors.install(app)
     app.include_router(management.router)
     app.include_router(lookups.router)
+    app.include_router(access.router)
     app.include_router(agents.router)
     app.include_router(operator.router)
     ui.install(app)
+    openapi.install(app)  # security schemes and berth's error bodies (docs/security.md)
     for path in ("/v1/workspaces/{ref}/a2a", "/v1/workspaces/{ref}/a2a/"):
         app.router.routes.append(
             Route(path, a2a_endpoint, methods=["POST"], name="a2a" if path[-1] == "a" else None)
@@ -98,6 +102,7 @@ def create_app(settings: Settings | None = None, container: Container | None = N
 
     @app.get("/metrics", include_in_schema=False)
     async def metrics(request: Request) -> Response:
+        require_token(request, c.settings.metrics_token, c.admin_token)
         depth: dict[str, float] = {}
         busy: dict[str, float] = {}
         age: dict[str, float] = {}

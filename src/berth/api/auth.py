@@ -1,4 +1,4 @@
-"""Bearer tokens: the admin token for operators, workspace tokens for agents."""
+"""Bearer tokens: the admin token for operators (credentials by role: services.access)."""
 
 from __future__ import annotations
 
@@ -28,6 +28,9 @@ def require_admin(request: Request) -> None:
             return
         raise Unauthorized("the admin token is required (Authorization: Bearer …)")
     if not hmac.compare_digest(token.encode(), request.app.state.berth.admin_token.encode()):
-        if token.startswith("bws_"):
-            raise Forbidden("a workspace token cannot use the management API", code="forbidden")
+        if token.startswith(("bws_", "bwc_", "bwa_", "bwr_")):
+            raise Forbidden(
+                "a workspace, caller or agent credential cannot use the management API",
+                code="forbidden",
+            )
         raise Unauthorized("invalid admin token", code="invalid_token")

@@ -30,6 +30,7 @@ from berth.domain.errors import (
     TooLarge,
     Unauthorized,
     Unavailable,
+    UrlRefused,
 )
 from berth.wire import (
     INTERNAL_ERROR,
@@ -65,6 +66,7 @@ EDGE: dict[type[BerthError], Edge] = {
     RpcInvalid: Edge(200, INVALID_REQUEST),  # JSON-RPC errors about the body travel as 200
     MalformedBody: Edge(400, PARSE_ERROR),
     TooLarge: Edge(413, INVALID_REQUEST),
+    UrlRefused: Edge(400, INVALID_PARAMS),
     InvalidInput: Edge(422, INVALID_PARAMS),
     Unauthorized: Edge(401, INVALID_REQUEST, challenge=True),
     Forbidden: Edge(403, INVALID_REQUEST),

@@ -44,6 +44,9 @@ class WorkspaceCreate(BaseModel):
     card: Literal["public", "callers"] = Field(
         "callers", description="who may read the agent card without a token"
     )
+    allowed_callers: list[str] = Field(
+        [], description="who besides the operator may call it: '*', workspace names, caller:<name>"
+    )
 
 
 class RestartRequest(BaseModel):
@@ -82,9 +85,9 @@ _CREATE_DOC = {
     openapi_extra=_CREATE_DOC,
 )
 async def create_workspace(request: Request, c: Container = Depends(berth)) -> JSONResponse:
-    ws, token = await c.workspaces.create(await json_body(request))
+    ws, secrets = await c.workspaces.create(await json_body(request))
     out = await c.deliveries.status_of(ws)
-    return JSONResponse({**out, "token": token}, status_code=201)
+    return JSONResponse({**out, **secrets}, status_code=201)
 
 
 @router.get("/workspaces", summary="List workspaces")

@@ -90,7 +90,9 @@ async def login(request: Request) -> Response:
         return _login_page("Enter the admin token.", 401)
     if not hmac.compare_digest(token.encode(), admin.encode()):
         why = (
-            "A workspace token cannot sign in to the dashboard." if token.startswith("bws_") else ""
+            "A workspace token cannot sign in to the dashboard."
+            if token.startswith(("bws_", "bwc_", "bwa_", "bwr_"))
+            else ""
         )
         return _login_page(why or "That is not the admin token.", 401)
     value, csrf = session.issue(admin)

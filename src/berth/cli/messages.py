@@ -122,10 +122,21 @@ def deliveries(args: argparse.Namespace, api: Api, out: Out) -> None:
         return
     now = time.time()
     out.table(
-        ["id", "message id", "status", "forwards", "failures", "created", "took", "reason"],
+        [
+            "id",
+            "caller",
+            "message id",
+            "status",
+            "forwards",
+            "failures",
+            "created",
+            "took",
+            "reason",
+        ],
         [
             [
                 d["id"],
+                d.get("caller"),
                 d["message_id"],
                 status(d["status"]),
                 d["forwards"],
@@ -186,6 +197,7 @@ def show(args: argparse.Namespace, api: Api, out: Out) -> None:
             ("delivery", d["id"]),
             ("workspace", d.get("workspace") or d["workspace_id"]),
             ("message id", d["message_id"]),
+            ("caller", d.get("caller")),
             ("method", d["method"]),
             ("status", st),
             ("forwards", f"{d['forwards']} (failures counted: {d['attempts']})"),

@@ -155,7 +155,25 @@ def _ws(sub: Any, common: argparse.ArgumentParser) -> None:
         metavar="S",
         help="wait this long for it to come online; 0: do not wait (default 60)",
     )
+    c.add_argument(
+        "--allow",
+        action="append",
+        metavar="CALLER",
+        help="who besides the operator may call it: a workspace, caller:NAME or '*' (repeatable)",
+    )
     c.set_defaults(fn="workspaces.create")
+    for action, text in (("allow", "let callers call"), ("deny", "stop callers calling")):
+        g = ws.add_parser(action, parents=[common], help=f"{text} a workspace")
+        g.add_argument("ref", metavar="NAME", help="the workspace called")
+        g.add_argument(
+            "--from",
+            dest="callers",
+            action="append",
+            required=True,
+            metavar="CALLER",
+            help="a workspace name, caller:NAME or '*' (repeatable)",
+        )
+        g.set_defaults(fn=f"access.{action}")
 
     ws.add_parser("ls", parents=[common], help="list workspaces").set_defaults(fn="workspaces.ls")
     for name, fn, text in (
@@ -228,6 +246,26 @@ def _deliveries(sub: Any, common: argparse.ArgumentParser) -> None:
         x.set_defaults(fn=f"messages.{name}")
 
 
+def _creds(sub: Any, common: argparse.ArgumentParser) -> None:
+    creds = sub.add_parser(
+        "creds", help="caller and agent credentials: ls, create, rotate, revoke"
+    ).add_subparsers(dest="creds_cmd", required=True, metavar="COMMAND")
+    creds.add_parser("ls", parents=[common], help="list (never the secrets)").set_defaults(
+        fn="access.creds_ls"
+    )
+    c = creds.add_parser("create", parents=[common], help="a named caller credential")
+    c.add_argument("name", nargs="?", help="the caller's name: caller:NAME")
+    c.add_argument("--agent", metavar="WORKSPACE", help="an external workspace's agent credential")
+    c.set_defaults(fn="access.creds_create")
+    for name, text in (
+        ("rotate", "a new secret (shown once); the old one stops working"),
+        ("revoke", "refuse this credential from now on"),
+    ):
+        x = creds.add_parser(name, parents=[common], help=text)
+        x.add_argument("ref", help="id or subject (workspace:NAME, caller:NAME, agent:NAME)")
+        x.set_defaults(fn=f"access.creds_{name}")
+
+
 def build() -> argparse.ArgumentParser:
     common = _client_options()
     p = argparse.ArgumentParser(
@@ -254,6 +292,7 @@ def build() -> argparse.ArgumentParser:
     )
     sd.set_defaults(fn="messages.send")
     _deliveries(sub, common)
+    _creds(sub, common)
     ev = sub.add_parser("events", parents=[common], help="recent events; -f follows them live")
     ev.add_argument("-f", "--follow", action="store_true", help="keep printing events as they come")
     ev.add_argument("-w", "--ws", metavar="NAME", help="only this workspace's events")

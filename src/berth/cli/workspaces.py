@@ -64,13 +64,15 @@ def create(args: argparse.Namespace, api: Api, out: Out) -> None:
         body["cpus"] = args.cpus
     if args.env:
         body["env"] = dict(_kv(e) for e in args.env)
+    if args.allow:
+        body["allowed_callers"] = args.allow
     ws = api.json("POST", "/v1/workspaces", body)
-    token = ws["token"]
+    secrets = {k: ws[k] for k in ("token", "agent_token") if k in ws}
     waits = args.wait > 0 and args.runtime != "external"
     if waits:
         ws = _wait_started(api, ws["id"], args.wait, out)
     if out.as_json:
-        out.json({**ws, "token": token})
+        out.json({**ws, **secrets})
     else:
         out.line(
             Text.assemble(
@@ -79,9 +81,11 @@ def create(args: argparse.Namespace, api: Api, out: Out) -> None:
         )
         if ws.get("command"):
             out.line(f"command: {' '.join(ws['command'])}")
-        out.line(f"workspace token (shown once): {token}")
+        out.line(f"caller credential workspace:{ws['name']} (shown once): {secrets['token']}")
+        if "agent_token" in secrets:
+            out.line(f"agent credential agent:{ws['name']} (shown once): {secrets['agent_token']}")
         if ws["runtime"] == "external" and ws["status"] != "online":
-            out.note("the agent comes online when it registers with this token")
+            out.note("the agent comes online when it registers with its agent credential")
     if ws["status"] == "failed":
         raise CliError(
             f"{ws['name']} failed to start: {ws.get('last_error') or 'no reason recorded'}"
@@ -205,6 +209,7 @@ def show(args: argparse.Namespace, api: Api, out: Out) -> None:
             ("restarts", f"{w['restart_count']} restarts, {w['crash_count']} crashes"),
             ("last restart", _last_restart(restarts[0]) if restarts else None),
             ("policy", f"restart {w['restart_policy']}, drain {w['drain_seconds']:g} s"),
+            ("callers", ", ".join(["operator", *(w.get("allowed_callers") or [])])),
             ("env", ", ".join(w.get("env") or [])),
             ("last error", w.get("last_error") if not _reason(w) else None),
             ("created", when(w.get("created_at"))),

@@ -163,12 +163,15 @@ class Delivery:
     first_forwarded_at: float | None = None
     finished_at: float | None = None
     updated_at: float = 0.0
+    caller: str = "operator"  # who sent it: the accept key is (workspace, caller, messageId)
+    fingerprint: str | None = None  # of the request: a reused messageId must match it
 
     def public(self) -> dict[str, Any]:
         return {
             "id": self.id,
             "workspace_id": self.workspace_id,
             "message_id": self.message_id,
+            "caller": self.caller,
             "method": self.method,
             "status": self.status.value,
             "attempts": self.attempts,

@@ -9,8 +9,10 @@ what HTTP status or JSON-RPC code each becomes is decided at the API edge, in on
     ├── InvalidInput
     │   ├── MalformedBody           the body is not JSON at all
     │   ├── TooLarge                the body is over the limit
+    │   ├── UrlRefused              an agent URL the agent URL policy refuses (400)
     │   └── RpcInvalid              a JSON-RPC envelope problem, with its JSON-RPC code
-    │       └── InvalidHeader       ... caused by an HTTP header (X-Berth-Wait, X-Berth-TTL)
+    │       ├── InvalidHeader       ... caused by an HTTP header (X-Berth-Wait, X-Berth-TTL)
+    │       └── MessageIdReused     a caller's messageId sent again with another request
     ├── Unauthorized / Forbidden
     ├── StartFailed                 a workspace's runtime could not be started
     ├── Overloaded                  a workspace's queue is full: try again later
@@ -32,6 +34,7 @@ __all__ = [
     "IllegalTransition",
     "InvalidHeader",
     "InvalidInput",
+    "MessageIdReused",
     "LocksUnavailable",
     "MalformedBody",
     "NotFound",
@@ -42,6 +45,7 @@ __all__ = [
     "TooLarge",
     "Unauthorized",
     "Unavailable",
+    "UrlRefused",
 ]
 
 
@@ -79,6 +83,12 @@ class TooLarge(InvalidInput):
     code = "too_large"
 
 
+class UrlRefused(InvalidInput):
+    """An agent URL the agent URL policy refuses (services.url_policy): nothing was sent."""
+
+    code = "agent_url_refused"
+
+
 class RpcInvalid(InvalidInput):
     """A JSON-RPC request berth cannot take: parse error (-32700), invalid request
     (-32600) or invalid params (-32602). `rpc_code` is the JSON-RPC code; `request_id`
@@ -96,6 +106,12 @@ class InvalidHeader(RpcInvalid):
     """A berth header of a JSON-RPC request is wrong (the body may be fine)."""
 
     code = "invalid_header"
+
+
+class MessageIdReused(RpcInvalid):
+    """The same caller sent a known messageId with a different request (-32602)."""
+
+    code = "message_id_reused"
 
 
 class Unauthorized(BerthError):

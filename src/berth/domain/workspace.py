@@ -7,6 +7,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from berth.domain.credentials import normalise_callers
 from berth.domain.delivery import QueueLimit
 from berth.domain.errors import InvalidInput
 from berth.domain.lifecycle import WorkspaceState
@@ -62,6 +63,7 @@ class Workspace:
     state_dir: str | None = None
     owner: str | None = None
     last_error: str | None = None
+    allowed_callers: list[str] = field(default_factory=list)  # besides the operator
     created_at: float = 0.0
     updated_at: float = 0.0
     card_access: str = "callers"  # CardAccess: who may read the agent card without a token
@@ -112,6 +114,7 @@ class Workspace:
             "restart_count": self.restart_count,
             "crash_count": self.crash_count,
             "last_error": self.last_error,
+            "allowed_callers": self.allowed_callers,
             "created_at": self.created_at,
         }
         if queue_depth is not None:
@@ -213,6 +216,7 @@ def validate_spec(body: dict[str, Any]) -> dict[str, Any]:
         if not isinstance(mqa, (int, float)) or isinstance(mqa, bool) or not 0 <= mqa <= 30 * 86400:
             raise InvalidInput("max_queue_age: seconds from 0 (no limit) to 2592000")
         limits["max_queue_age"] = float(mqa)
+    allowed = normalise_callers(body.get("allowed_callers") or [])
     unknown = set(body) - _SPEC_KEYS
     if unknown:
         raise InvalidInput(f"unknown field(s): {', '.join(sorted(unknown))}")
@@ -228,6 +232,7 @@ def validate_spec(body: dict[str, Any]) -> dict[str, Any]:
         "restart_policy": policy,
         "limits": limits,
         "card_access": card,
+        "allowed_callers": allowed,
     }
 
 
@@ -248,4 +253,5 @@ _SPEC_KEYS = {
     "max_queue",
     "max_queue_age",
     "idle_suspend_seconds",
+    "allowed_callers",
 }

@@ -43,8 +43,9 @@ __all__ = ["EchoExecutor", "card", "main"]
 
 class EchoExecutor(AgentExecutor):
     def __init__(self, state_dir: Path) -> None:
-        state_dir.mkdir(parents=True, exist_ok=True)
-        self._log = open(state_dir / "executions.log", "a", buffering=1)  # noqa: SIM115 - lives with the process
+        state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(state_dir / "executions.log", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        self._log = open(fd, "a", buffering=1)  # noqa: SIM115 - lives with the process
 
     def _record(self, kind: str, message_id: str) -> None:
         # flushed, not fsynced: a killed process loses nothing it wrote (the kernel has it);

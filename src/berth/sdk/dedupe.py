@@ -24,15 +24,20 @@ import sqlite3
 import time
 from pathlib import Path
 
+from berth.sdk.private import private_dir, private_file
+
 __all__ = ["Dedupe"]
 
 
 class Dedupe:
     def __init__(self, state_dir: Path) -> None:
-        state_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(state_dir)
         # timeout: a process still stopping on the same state dir holds the lock until it exits
         self._db = sqlite3.connect(
-            state_dir / "dedupe.sqlite", check_same_thread=False, isolation_level=None, timeout=30
+            private_file(state_dir / "dedupe.sqlite"),
+            check_same_thread=False,
+            isolation_level=None,
+            timeout=30,
         )
         # One process owns this file. Exclusive locking, set before the first WAL access,
         # keeps the WAL index in the process's memory (no -shm file) and the page cache valid

@@ -11,6 +11,8 @@ from a2a.server.tasks import DatabaseTaskStore, TaskStore
 from a2a.types import Task
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from berth.sdk.private import private_dir, private_file
+
 log = logging.getLogger("berth.sdk")
 __all__ = ["durable_task_store"]
 
@@ -32,6 +34,7 @@ class _Store(DatabaseTaskStore):
 def durable_task_store(
     state_dir: Path, before_save: Callable[[], None] | None = None
 ) -> tuple[TaskStore, AsyncEngine]:
-    state_dir.mkdir(parents=True, exist_ok=True)
-    engine = create_async_engine(f"sqlite+aiosqlite:///{state_dir / 'tasks.sqlite'}")
+    private_dir(state_dir)
+    db = private_file(state_dir / "tasks.sqlite")
+    engine = create_async_engine(f"sqlite+aiosqlite:///{db}")
     return _Store(engine, before_save), engine

@@ -16,6 +16,7 @@ from berth.wire import INTERNAL_ERROR, rest_error, rpc_error
 
 __all__ = [
     "A2A_HEADERS",
+    "CALLER_HEADER",
     "FORWARDED_HEADERS",
     "Binding",
     "JsonRpc",
@@ -26,8 +27,9 @@ __all__ = [
 ]
 
 A2A_HEADERS = ("a2a-version", "a2a-extensions", "x-a2a-extensions")
-# what reaches the agent as the caller sent it (a send's are kept with its delivery)
-FORWARDED_HEADERS = (*A2A_HEADERS, "content-type")
+CALLER_HEADER = "x-berth-caller"  # who called, as berth authenticated them (set by berth)
+# what reaches the agent (a send's are kept with its delivery)
+FORWARDED_HEADERS = (*A2A_HEADERS, "content-type", CALLER_HEADER)
 
 
 @dataclass
@@ -40,6 +42,9 @@ class ProxyReply:
 
 
 class Binding(Protocol):
+    @property
+    def request_id(self) -> Any: ...  # a JSON-RPC request's id (None for HTTP+JSON)
+
     def for_caller(self, reply: bytes, request: bytes) -> bytes: ...
     def undelivered(self, d: Delivery) -> tuple[int, bytes]: ...
     def error(self, status: int, message: str, reason: str) -> tuple[int, bytes]: ...
@@ -75,6 +80,8 @@ class JsonRpc:
 
 @dataclass(frozen=True)
 class Rest:
+    request_id: Any = None
+
     def for_caller(self, reply: bytes, request: bytes) -> bytes:
         return reply
 

@@ -123,8 +123,11 @@ class DeliveryLog:
     async def get(self, delivery_id: str) -> Delivery:
         return await self._store.get_delivery(delivery_id)
 
-    async def find(self, workspace_id: str, message_id: str) -> Delivery | None:
-        return await self._store.find_delivery(workspace_id, message_id)
+    async def find(
+        self, workspace_id: str, message_id: str, caller: str | None = None
+    ) -> Delivery | None:
+        """The delivery of a messageId: of this caller, or (None) of any, oldest first."""
+        return await self._store.find_delivery(workspace_id, message_id, caller)
 
     async def recent(
         self, workspace_id: str, status: DeliveryStatus | None = None, limit: int = 100
@@ -146,7 +149,7 @@ class DeliveryLog:
         self, d: Delivery, *, workspace_name: str, limit: QueueLimit | None = None
     ) -> tuple[Delivery, bool]:
         """Into the log (from here on the message cannot be lost), or the existing delivery
-        of the same (workspace, messageId). Returns (delivery, created).
+        of the same (workspace, caller, messageId). Returns (delivery, created).
 
         With a `limit`, a new message to a workspace whose queue is over it is refused
         (Overloaded: 429 at the edge); a message already accepted is never refused, so a
@@ -154,7 +157,7 @@ class DeliveryLog:
         if limit is not None:
             why = await self._over(d.workspace_id, limit)
             if why is not None:
-                existing = await self._store.find_delivery(d.workspace_id, d.message_id)
+                existing = await self._store.find_delivery(d.workspace_id, d.message_id, d.caller)
                 if existing is not None:
                     return existing, False
                 self._metrics.inc("berth_admission_refused_total", workspace=workspace_name)

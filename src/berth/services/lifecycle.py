@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
-import secrets
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from berth.domain.credentials import hash_secret, new_secret
 from berth.domain.delivery import DeliveryStatus
 from berth.domain.errors import BerthError, InvalidInput, StartFailed
 from berth.domain.lifecycle import WorkspaceState
@@ -32,11 +31,12 @@ __all__ = ["Runner", "StartFailed", "hash_token", "new_token"]
 
 
 def new_token() -> str:
-    return "bws_" + secrets.token_urlsafe(32)
+    """A start's run credential (berth.domain.credentials)."""
+    return new_secret("run")
 
 
 def hash_token(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
+    return hash_secret(token)
 
 
 @dataclass

@@ -15,10 +15,12 @@ from typing import Any
 
 import orjson
 
+from berth.domain.credentials import OPERATOR
 from berth.domain.delivery import Delivery, DeliveryStatus, QueueLimit
 from berth.domain.errors import (
     Conflict,
     InvalidHeader,
+    MessageIdReused,
     NotFound,
     RpcInvalid,
     StoreUnavailable,
@@ -28,6 +30,7 @@ from berth.ports import AgentClient, Bus, Subscription
 from berth.services.agent_link import AgentLink
 from berth.services.bindings import (
     A2A_HEADERS,
+    CALLER_HEADER,
     FORWARDED_HEADERS,
     Binding,
     JsonRpc,
@@ -37,6 +40,7 @@ from berth.services.bindings import (
 from berth.services.bindings import is_plain as _plain
 from berth.services.card import HTTP_JSON, JSONRPC, ServedCard
 from berth.services.delivery_log import DeliveryLog
+from berth.services.proxy_keys import CONTROL, fingerprint, ids
 from berth.services.relay import Relay
 from berth.services.roster import Roster
 from berth.services.streams import KEEP_ALIVE, sse, stream_topic
@@ -50,7 +54,15 @@ from berth.wire import (
     SUBSCRIBE_METHODS,
 )
 
-__all__ = ["A2A_HEADERS", "Proxy", "ProxyReply", "parse_envelope", "wait_seconds"]
+__all__ = [
+    "A2A_HEADERS",
+    "CALLER_HEADER",
+    "Proxy",
+    "ProxyReply",
+    "check_message_id",
+    "parse_envelope",
+    "wait_seconds",
+]
 
 PASS_THROUGH_MAX_WAIT = 30.0
 MAX_MESSAGE_ID = 256
@@ -84,14 +96,18 @@ class Proxy:
         self._relay = Relay(roster, client, link, timeout=forward_timeout)
 
     # entry ----------------------------------------------------------------
-    async def handle(self, ws: Workspace, raw: bytes, headers: dict[str, str]) -> ProxyReply:
+    async def handle(
+        self, ws: Workspace, raw: bytes, headers: dict[str, str], caller: str = OPERATOR
+    ) -> ProxyReply:
+        """One JSON-RPC request of `caller` (already authorised for `ws`: services.access)."""
+        headers = {**headers, CALLER_HEADER: caller}  # berth's word, never the caller's
         doc = parse_envelope(raw)
         wait = wait_seconds(headers.get("x-berth-wait"), self._default_wait)
         method = doc["method"]
         if method in SEND_METHODS or method in STREAM_METHODS:
             return await self.send(ws, doc, raw, headers, wait)
         if method in CANCEL_METHODS:
-            canceled = await self._rpc_cancel_queued(ws, doc)
+            canceled = await self._rpc_cancel_queued(ws, doc, caller)
             if canceled is not None:
                 return canceled
         return await self.pass_through(
@@ -122,15 +138,19 @@ class Proxy:
             doc = copy.deepcopy(doc)
             doc["params"]["message"]["messageId"] = message_id
             raw = orjson.dumps(doc)
-        elif not isinstance(message_id, str) or len(message_id) > MAX_MESSAGE_ID:
-            raise RpcInvalid(
-                INVALID_PARAMS,
-                f"params.message.messageId must be a string of at most {MAX_MESSAGE_ID} characters",
-                request_id=rid,
-            )
+        else:
+            check_message_id(message_id, "params.message.messageId", rid)
         streaming = doc["method"] in STREAM_METHODS
         return await self.accept(
-            ws, doc["method"], message_id, raw, headers, wait, JsonRpc(rid), streaming=streaming
+            ws,
+            doc["method"],
+            message_id,
+            raw,
+            headers,
+            wait,
+            JsonRpc(rid),
+            streaming=streaming,
+            fingerprint=fingerprint(doc.get("params")),
         )
 
     async def accept(
@@ -144,8 +164,11 @@ class Proxy:
         how: Binding,
         *,
         streaming: bool,
+        fingerprint: str | None = None,
     ) -> ProxyReply:
-        """Accept a send into the log and answer it (either binding)."""
+        """Accept a send into the log and answer it (either binding). The accept key is
+        (workspace, caller, messageId); a reused messageId must repeat its request
+        (`fingerprint`), else MessageIdReused and nothing is accepted."""
         ttl = _ttl(headers.get("x-berth-ttl"))
         now = time.time()
         d = Delivery(
@@ -159,6 +182,8 @@ class Proxy:
             created_at=now,
             updated_at=now,
             expires_at=None if ttl is None else now + ttl,
+            caller=headers.get(CALLER_HEADER, OPERATOR),
+            fingerprint=fingerprint,
         )
         sub = self._bus.subscribe(stream_topic(d.id)) if streaming else None
         try:
@@ -169,6 +194,15 @@ class Proxy:
             if sub is not None:
                 await sub.aclose()
             raise
+        if not created and stored.fingerprint not in (None, d.fingerprint):
+            if sub is not None:
+                await sub.aclose()
+            raise MessageIdReused(
+                INVALID_PARAMS,
+                f"messageId {message_id!r} was already used for another message "
+                "(a retry must repeat the same request; a new message needs a new messageId)",
+                request_id=how.request_id,
+            )
         if sub is not None:
             if not created:
                 await sub.aclose()
@@ -189,20 +223,20 @@ class Proxy:
                 "status_url": f"/v1/deliveries/{d.id}",
             }
         ).encode()
-        return ProxyReply(202, body, _ids(d))
+        return ProxyReply(202, body, ids(d))
 
     def _answer(self, d: Delivery, how: Binding, *, original: bool) -> ProxyReply:
-        ids = _ids(d)
+        hdrs = ids(d)
         if not original:
-            ids["x-berth-replayed"] = "true"  # the reply of an earlier send of this messageId
+            hdrs["x-berth-replayed"] = "true"  # the reply of an earlier send of this messageId
         if d.status is DeliveryStatus.DONE and d.reply is not None:
             body = d.reply if original else how.for_caller(d.reply, d.request)
             ctype = d.reply_type or "application/json"
             if ctype.startswith("text/event-stream"):  # a stream's last event, answered plain
                 ctype = "application/json"
-            return ProxyReply(d.reply_status or 200, body, ids, ctype)
+            return ProxyReply(d.reply_status or 200, body, hdrs, ctype)
         status, body = how.undelivered(d)
-        return ProxyReply(status, body, ids)
+        return ProxyReply(status, body, hdrs)
 
     async def _stream_reply(
         self, d: Delivery, sub: Subscription, how: Binding, *, original: bool
@@ -231,9 +265,9 @@ class Proxy:
         if first is None and _plain(current):
             await sub.aclose()
             return self._answer(current, how, original=original)
-        ids = _ids(d) if original else {**_ids(d), "x-berth-replayed": "true"}
+        hdrs = ids(d) if original else {**ids(d), "x-berth-replayed": "true"}
         return ProxyReply(
-            200, b"", ids, "text/event-stream", self._pipe(d, sub, how, (first, name), current)
+            200, b"", hdrs, "text/event-stream", self._pipe(d, sub, how, (first, name), current)
         )
 
     async def _pipe(
@@ -282,19 +316,23 @@ class Proxy:
         except StoreUnavailable:
             return d
 
-    async def cancel_queued(self, ws: Workspace, target: Any) -> Delivery | None:
+    async def cancel_queued(
+        self, ws: Workspace, target: Any, caller: str = OPERATOR
+    ) -> Delivery | None:
         """A cancel naming a delivery still waiting in berth's queue (by delivery id or
         messageId) cancels it there, without forwarding anything: the canceled delivery;
-        else None (the cancel goes to the agent)."""
+        else None (the cancel goes to the agent). A caller cancels only its own
+        deliveries (the operator, any)."""
         if not isinstance(target, str):
             return None
-        d = await self._log.find(ws.id, target)
+        mine = None if caller == OPERATOR else caller
+        d = await self._log.find(ws.id, target, mine)
         if d is None:
             try:
                 d = await self._log.get(target)
             except NotFound:
                 return None
-            if d.workspace_id != ws.id:
+            if d.workspace_id != ws.id or mine not in (None, d.caller):
                 return None
         if d.status is not DeliveryStatus.QUEUED:
             return None
@@ -303,16 +341,18 @@ class Proxy:
         except Conflict:
             return None  # it was claimed meanwhile: the agent will get the cancel
 
-    async def _rpc_cancel_queued(self, ws: Workspace, doc: dict[str, Any]) -> ProxyReply | None:
+    async def _rpc_cancel_queued(
+        self, ws: Workspace, doc: dict[str, Any], caller: str
+    ) -> ProxyReply | None:
         params = doc.get("params")
         target = params.get("id") if isinstance(params, dict) else None
-        d = await self.cancel_queued(ws, target)
+        d = await self.cancel_queued(ws, target, caller)
         if d is None:
             return None
         v03 = doc["method"] == "tasks/cancel"
         task = canceled_task(str(target), d, v03=v03)
         return ProxyReply(
-            200, orjson.dumps({"jsonrpc": "2.0", "id": doc.get("id"), "result": task}), _ids(d)
+            200, orjson.dumps({"jsonrpc": "2.0", "id": doc.get("id"), "result": task}), ids(d)
         )
 
     # everything else ----------------------------------------------------------
@@ -349,8 +389,22 @@ class Proxy:
         )
 
 
-def _ids(d: Delivery) -> dict[str, str]:
-    return {"x-berth-delivery-id": d.id, "x-berth-message-id": d.message_id}
+def check_message_id(message_id: Any, field: str, request_id: Any = None) -> str:
+    """A given messageId berth can key and echo: a string of at most MAX_MESSAGE_ID
+    characters without control characters (CR, LF, NUL … could not be a header value)."""
+    if not isinstance(message_id, str) or len(message_id) > MAX_MESSAGE_ID:
+        raise RpcInvalid(
+            INVALID_PARAMS,
+            f"{field} must be a string of at most {MAX_MESSAGE_ID} characters",
+            request_id=request_id,
+        )
+    if CONTROL.search(message_id):
+        raise RpcInvalid(
+            INVALID_PARAMS,
+            f"{field} must not contain control characters (CR, LF, NUL …)",
+            request_id=request_id,
+        )
+    return message_id
 
 
 def parse_envelope(raw: bytes) -> dict[str, Any]:

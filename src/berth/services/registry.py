@@ -7,6 +7,7 @@ import asyncio
 import logging
 import time
 from collections import defaultdict, deque
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from berth.domain.errors import InvalidInput, Unauthorized
@@ -20,7 +21,7 @@ from berth.services.delivery_log import DeliveryLog
 from berth.services.dispatcher import Dispatcher
 from berth.services.events import Events
 from berth.services.heartbeats import Heartbeats
-from berth.services.lifecycle import Runner, hash_token
+from berth.services.lifecycle import Runner
 from berth.services.restart import RestartService
 from berth.services.roster import Roster
 
@@ -58,19 +59,15 @@ class Registry:
         self._loop_limit = crash_loop_limit
         self._loop_window = crash_loop_window
         self._crashes: dict[str, deque[float]] = defaultdict(deque)
+        self.agent_auth: Callable[[str | None], Awaitable[Workspace]] | None = None
+        self.url_check: Callable[[str, Workspace], Awaitable[str]] | None = None
 
     async def authenticate(self, token: str | None) -> Workspace:
-        if not token:
-            raise Unauthorized("a workspace token is required (Authorization: Bearer …)")
-        h = hash_token(token)
-        ws = self._roster.by_token(h)
-        if ws is not None:
-            return ws
-        ws = await self._store.workspace_by_token(h)  # not in this replica's view yet
-        if ws is None:
-            raise Unauthorized("unknown or outdated workspace token", code="invalid_token")
-        self._roster.put(ws)
-        return ws
+        """The workspace of an agent credential (services.access: a run credential or an
+        external agent's own; caller credentials and the admin token are refused)."""
+        if self.agent_auth is None:
+            raise Unauthorized("no agent authentication configured")
+        return await self.agent_auth(token)
 
     async def register(self, token: str | None, body: Any) -> dict[str, Any]:
         ws = await self.authenticate(token)
@@ -79,6 +76,8 @@ class Registry:
         url = body.get("url")
         if not isinstance(url, str) or not url.startswith(("http://", "https://")):
             raise InvalidInput("url: the http(s) URL where berth reaches the agent")
+        if self.url_check is not None:  # the agent URL policy (services.url_policy)
+            await self.url_check(url, ws)
         card = body.get("agent_card")
         caps = body.get("capabilities") or {}
         if card is not None and not isinstance(card, dict) or not isinstance(caps, dict):

@@ -13,11 +13,19 @@ from typing import Any
 
 import orjson
 
+from berth.domain.credentials import OPERATOR
 from berth.domain.errors import NotFound, RpcInvalid
 from berth.domain.workspace import Workspace
-from berth.services.bindings import A2A_HEADERS, ProxyReply, Rest, canceled_task
+from berth.services.bindings import (
+    CALLER_HEADER,
+    FORWARDED_HEADERS,
+    ProxyReply,
+    Rest,
+    canceled_task,
+)
 from berth.services.card import rest_url
-from berth.services.proxy import MAX_MESSAGE_ID, PASS_THROUGH_MAX_WAIT, Proxy, _ids, wait_seconds
+from berth.services.proxy import PASS_THROUGH_MAX_WAIT, Proxy, check_message_id, wait_seconds
+from berth.services.proxy_keys import ids
 from berth.wire import (
     A2A_JSON,
     INVALID_PARAMS,
@@ -53,11 +61,8 @@ def _message_id(raw: bytes) -> tuple[str, bytes]:
         mid = str(uuid.uuid4())
         message[key] = mid
         raw = orjson.dumps(doc)
-    elif not isinstance(mid, str) or len(mid) > MAX_MESSAGE_ID:
-        raise RpcInvalid(
-            INVALID_PARAMS,
-            f"message.messageId must be a string of at most {MAX_MESSAGE_ID} characters",
-        )
+    else:
+        check_message_id(mid, "message.messageId")
     return mid, raw
 
 
@@ -69,7 +74,10 @@ async def handle_rest(
     query: str,
     raw: bytes,
     headers: dict[str, str],
+    caller: str = OPERATOR,
 ) -> ProxyReply:
+    """One HTTP+JSON request of `caller` (already authorised for `ws`: services.access)."""
+    headers = {**headers, CALLER_HEADER: caller}  # berth's word, never the caller's
     wait = wait_seconds(headers.get("x-berth-wait"), proxy.default_wait)
     if ws.agent_card is not None and rest_url(ws.agent_card) is None:
         raise NotFound(
@@ -77,20 +85,28 @@ async def handle_rest(
             code="no_rest_interface",
         )
     if method == "POST" and path.endswith((REST_SEND_SUFFIX, REST_STREAM_SUFFIX)):
-        mid, raw = _message_id(raw)
+        mid, raw, fp = _message_id(raw)
         streaming = path.endswith(REST_STREAM_SUFFIX)
         return await proxy.accept(
-            ws, rest_method(path), mid, raw, headers, wait, REST, streaming=streaming
+            ws,
+            rest_method(path),
+            mid,
+            raw,
+            headers,
+            wait,
+            REST,
+            streaming=streaming,
+            fingerprint=fp,
         )
     if method == "POST" and (m := _CANCEL.match(path)):
-        d = await proxy.cancel_queued(ws, m[1])
+        d = await proxy.cancel_queued(ws, m[1], caller)
         if d is not None:
             task: dict[str, Any] = canceled_task(m[1], d, v03=False)
-            return ProxyReply(200, orjson.dumps(task), _ids(d), A2A_JSON)
+            return ProxyReply(200, orjson.dumps(task), ids(d), A2A_JSON)
     return await proxy.pass_through(
         ws,
         raw if method in ("POST", "PUT", "PATCH") else None,
-        {k: v for k, v in headers.items() if k in (*A2A_HEADERS, "content-type")},
+        {k: v for k, v in headers.items() if k in FORWARDED_HEADERS},
         min(wait, PASS_THROUGH_MAX_WAIT),
         stream=bool(_SUBSCRIBE.match(path)),
         method=method,

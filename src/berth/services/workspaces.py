@@ -12,10 +12,11 @@ from berth.domain.lifecycle import WorkspaceState
 from berth.domain.restart import RestartRecord, Trigger
 from berth.domain.workspace import Workspace, validate_spec
 from berth.ports import WorkspaceStore
+from berth.services.access import Access
 from berth.services.delivery_log import Backlog, DeliveryLog
 from berth.services.events import Events
 from berth.services.handoff import Handoff
-from berth.services.lifecycle import Runner, hash_token, new_token
+from berth.services.lifecycle import Runner
 from berth.services.restart import RestartService
 from berth.services.roster import Roster
 
@@ -34,23 +35,24 @@ class Workspaces:
         restarts: RestartService,
         events: Events,
         handoff: Handoff,
+        access: Access,
         *,
         sole: bool,
     ) -> None:
         self._store, self._log, self._roster = store, deliveries, roster
         self._runner, self._restarts, self._events = runner, restarts, events
         self._handoff = handoff
+        self._access = access
         # the only replica (SQLite): every change goes through this roster, so a list needs
         # no read of the workspaces table; with several, others' changes are read first
         self._sole = sole
 
-    async def create(self, body: dict[str, Any]) -> tuple[Workspace, str]:
+    async def create(self, body: dict[str, Any]) -> tuple[Workspace, dict[str, str]]:
+        """The workspace, started, and its credentials (shown once: services.access)."""
         spec = validate_spec(body)
         now = time.time()
-        token = new_token()
         ws = Workspace(
             id=str(uuid.uuid4()),
-            token_hash=hash_token(token),
             created_at=now,
             updated_at=now,
             state=S.OFFLINE,
@@ -58,14 +60,19 @@ class Workspaces:
             owner=self._runner.owner,
             **spec,
         )
-        if ws.url:
-            ws.agent_url = ws.url
+        if ws.url:  # checked before berth sends anything to it (services.url_policy)
+            ws.agent_url = await self._access.url_policy.check(ws.url, ws)
         self._runner.provisioner(ws)  # fails early if the runtime is unavailable here
         await self._store.create_workspace(ws)
+        try:
+            secrets = await self._access.issue_for(ws)
+        except BaseException:
+            await self._store.delete_workspace(ws.id)
+            raise
         self._roster.put(ws)
         await self._events.emit("workspace.created", workspace_id=ws.id, name=ws.name)
         await self._restarts.request(ws, trigger=Trigger.STARTUP, reason="created")
-        return await self._roster.get(ws.id), token
+        return await self._roster.get(ws.id), secrets
 
     async def get(self, ref: str) -> Workspace:
         return await self._roster.get(ref)
@@ -168,6 +175,7 @@ class Workspaces:
             canceled = await self._log.cancel_pending(ws.id, "workspace removed")
             await self._store.delete_workspace(ws.id)
         self._roster.drop(ws.id)
+        await self._access.forget(ws)
         provisioner = self._runner.provisioner(ws)
         if provisioner is not None:
             try:

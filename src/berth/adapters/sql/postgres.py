@@ -9,6 +9,7 @@ from typing import Any
 
 from berth.adapters.sql import rows
 from berth.adapters.sql.postgres_base import _CLAIM_SQL, _insert
+from berth.adapters.sql.postgres_credentials import PostgresCredentials
 from berth.adapters.sql.postgres_deliveries import PostgresDeliveries
 from berth.adapters.sql.postgres_fleet import PostgresFleet
 from berth.domain.errors import Conflict, NotFound
@@ -24,7 +25,7 @@ except ImportError as e:  # pragma: no cover - exercised only without the extra 
 __all__ = ["_CLAIM_SQL", "PostgresStore"]
 
 
-class PostgresStore(PostgresDeliveries, PostgresFleet, rows.WorkspaceUpdates):
+class PostgresStore(PostgresDeliveries, PostgresFleet, PostgresCredentials, rows.WorkspaceUpdates):
     # workspaces ------------------------------------------------------------
     async def create_workspace(self, ws: Workspace) -> None:
         sql, args = _insert("workspaces", rows.ws_params(ws))
@@ -68,13 +69,6 @@ class PostgresStore(PostgresDeliveries, PostgresFleet, rows.WorkspaceUpdates):
 
     async def delete_workspace(self, ws_id: str) -> None:
         await self._execute("DELETE FROM workspaces WHERE id = $1", ws_id)
-
-    async def workspace_by_token(self, token_hash: str) -> Workspace | None:
-        row = await self._fetchrow(
-            "SELECT * FROM workspaces WHERE token_hash = $1 OR run_token_hash = $1 LIMIT 1",
-            token_hash,
-        )
-        return None if row is None else rows.ws_from_row(row)
 
     # restarts --------------------------------------------------------------
     async def save_restart(self, r: RestartRecord) -> None:

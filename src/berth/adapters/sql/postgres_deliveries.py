@@ -52,7 +52,7 @@ class PostgresDeliveries(PostgresBatches):
         sql, args = _insert(
             "deliveries",
             rows.d_params(d),
-            "ON CONFLICT (workspace_id, message_id) DO NOTHING RETURNING *",
+            "ON CONFLICT (workspace_id, caller, message_id) DO NOTHING RETURNING *",
         )
 
         # One autocommit statement in the common case (the hot path: one round trip).
@@ -61,8 +61,9 @@ class PostgresDeliveries(PostgresBatches):
             return rows.d_from_row(row), True
         # The conflicting row is committed (ON CONFLICT waited for it), so this sees it.
         row = await self._fetchrow(
-            "SELECT * FROM deliveries WHERE workspace_id = $1 AND message_id = $2",
+            "SELECT * FROM deliveries WHERE workspace_id = $1 AND caller = $2 AND message_id = $3",
             d.workspace_id,
+            d.caller,
             d.message_id,
         )
         return rows.d_from_row(row), False
@@ -73,11 +74,15 @@ class PostgresDeliveries(PostgresBatches):
             raise NotFound(f"no delivery {delivery_id!r}", code="delivery_not_found")
         return rows.d_from_row(row)
 
-    async def find_delivery(self, workspace_id: str, message_id: str) -> Delivery | None:
+    async def find_delivery(
+        self, workspace_id: str, message_id: str, caller: str | None = None
+    ) -> Delivery | None:
         row = await self._fetchrow(
-            "SELECT * FROM deliveries WHERE workspace_id = $1 AND message_id = $2",
+            "SELECT * FROM deliveries WHERE workspace_id = $1 AND message_id = $2 "
+            "AND ($3::text IS NULL OR caller = $3) ORDER BY seq LIMIT 1",
             workspace_id,
             message_id,
+            caller,
         )
         return None if row is None else rows.d_from_row(row)
 

@@ -7,13 +7,14 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+from berth.domain.credentials import Credential, Role
 from berth.domain.delivery import Delivery, DeliveryStatus
 from berth.domain.errors import NotFound
 from berth.domain.lifecycle import WorkspaceState, check_missed_move, move_guard
 from berth.domain.restart import FINISHED, Phase, PhaseTiming, RestartRecord, Trigger
 from berth.domain.workspace import RestartPolicy, Runtime, Workspace
 
-WS_JSON = {"command", "env", "limits", "agent_card", "capabilities"}
+WS_JSON = {"command", "env", "limits", "agent_card", "capabilities", "allowed_callers"}
 WS_ENUMS: dict[str, Any] = {
     "runtime": Runtime,
     "restart_policy": RestartPolicy,
@@ -45,6 +46,7 @@ WS_COLUMNS = [
     "state_dir",
     "owner",
     "last_error",
+    "allowed_callers",
     "created_at",
     "updated_at",
     "card_access",
@@ -52,7 +54,9 @@ WS_COLUMNS = [
 D_COLUMNS = [
     "id",
     "workspace_id",
+    "caller",
     "message_id",
+    "fingerprint",
     "method",
     "request",
     "headers",
@@ -111,6 +115,7 @@ def ws_from_row(row: Mapping[str, Any]) -> Workspace:
     kw["env"] = kw["env"] or {}
     kw["limits"] = kw["limits"] or {}
     kw["capabilities"] = kw["capabilities"] or {}
+    kw["allowed_callers"] = kw["allowed_callers"] or []
     return Workspace(**kw)
 
 
@@ -128,6 +133,30 @@ def d_from_row(row: Mapping[str, Any]) -> Delivery:
     kw["request"] = bytes(kw["request"])
     kw["reply"] = None if kw["reply"] is None else bytes(kw["reply"])
     return Delivery(seq=row["seq"], **kw)
+
+
+C_COLUMNS = [
+    "id",
+    "subject",
+    "role",
+    "workspace_id",
+    "secret_hash",
+    "created_at",
+    "rotated_at",
+    "revoked_at",
+]
+
+
+def c_params(c: Credential) -> dict[str, Any]:
+    out = {k: getattr(c, k) for k in C_COLUMNS}
+    out["role"] = c.role.value
+    return out
+
+
+def c_from_row(row: Mapping[str, Any]) -> Credential:
+    kw = {k: row[k] for k in C_COLUMNS}
+    kw["role"] = Role(kw["role"])
+    return Credential(**kw)
 
 
 def r_params(r: RestartRecord) -> dict[str, Any]:

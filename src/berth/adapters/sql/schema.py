@@ -97,9 +97,89 @@ SQLITE = {"serial": "INTEGER PRIMARY KEY AUTOINCREMENT", "blob": "BLOB", "real":
 POSTGRES = {"serial": "BIGSERIAL PRIMARY KEY", "blob": "BYTEA", "real": "DOUBLE PRECISION"}
 
 
+# 3: credentials by role (issue 10), each workspace's allow-list of callers, and the
+# delivery log's accept key scoped to the caller, with the request's fingerprint.
+_CREDENTIALS = """
+CREATE TABLE credentials (
+    id TEXT PRIMARY KEY,
+    subject TEXT NOT NULL UNIQUE,
+    role TEXT NOT NULL,
+    workspace_id TEXT,
+    secret_hash TEXT NOT NULL,
+    created_at {real} NOT NULL,
+    rotated_at {real},
+    revoked_at {real}
+);
+CREATE UNIQUE INDEX credentials_secret ON credentials (secret_hash);
+CREATE INDEX credentials_by_ws ON credentials (workspace_id);
+ALTER TABLE workspaces ADD COLUMN allowed_callers TEXT NOT NULL DEFAULT '[]';
+INSERT INTO credentials (id, subject, role, workspace_id, secret_hash, created_at)
+    SELECT id, 'workspace:' || name, 'caller', id, token_hash, created_at FROM workspaces
+    WHERE token_hash <> '';
+"""
+
+# SQLite cannot drop a table's UNIQUE constraint: the deliveries table is rebuilt.
+_SQLITE_ACCEPT_KEY = """
+CREATE TABLE deliveries_v2 (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL UNIQUE,
+    workspace_id TEXT NOT NULL,
+    caller TEXT NOT NULL DEFAULT 'legacy',
+    message_id TEXT NOT NULL,
+    fingerprint TEXT,
+    method TEXT NOT NULL,
+    request BLOB NOT NULL,
+    headers TEXT NOT NULL DEFAULT '{}',
+    status TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    forwards INTEGER NOT NULL DEFAULT 0,
+    reply BLOB,
+    reply_status INTEGER,
+    reason TEXT,
+    lease_owner TEXT,
+    lease_until REAL,
+    not_before REAL NOT NULL DEFAULT 0,
+    expires_at REAL,
+    created_at REAL NOT NULL,
+    first_forwarded_at REAL,
+    finished_at REAL,
+    updated_at REAL NOT NULL,
+    reply_type TEXT,
+    UNIQUE (workspace_id, caller, message_id)
+);
+INSERT INTO deliveries_v2 (seq, id, workspace_id, message_id, method, request, headers, status,
+    attempts, forwards, reply, reply_status, reason, lease_owner, lease_until, not_before,
+    expires_at, created_at, first_forwarded_at, finished_at, updated_at, reply_type)
+    SELECT seq, id, workspace_id, message_id, method, request, headers, status,
+    attempts, forwards, reply, reply_status, reason, lease_owner, lease_until, not_before,
+    expires_at, created_at, first_forwarded_at, finished_at, updated_at, reply_type
+    FROM deliveries;
+DROP TABLE deliveries;
+ALTER TABLE deliveries_v2 RENAME TO deliveries;
+CREATE INDEX deliveries_queued ON deliveries (workspace_id, seq) WHERE status = 'queued';
+CREATE INDEX deliveries_in_flight ON deliveries (workspace_id) WHERE status = 'in_flight';
+CREATE INDEX deliveries_lease ON deliveries (lease_until) WHERE status = 'in_flight';
+CREATE INDEX deliveries_finished ON deliveries (finished_at)
+    WHERE status IN ('done', 'dead', 'canceled', 'expired');
+CREATE INDEX deliveries_by_ws ON deliveries (workspace_id, seq)
+"""
+
+_POSTGRES_ACCEPT_KEY = """
+ALTER TABLE deliveries ADD COLUMN caller TEXT NOT NULL DEFAULT 'legacy';
+ALTER TABLE deliveries ADD COLUMN fingerprint TEXT;
+ALTER TABLE deliveries DROP CONSTRAINT deliveries_workspace_id_message_id_key;
+ALTER TABLE deliveries ADD CONSTRAINT deliveries_accept_key UNIQUE (workspace_id, caller, message_id)
+"""
+
+
 def migrations(types: dict[str, str]) -> list[tuple[int, str]]:
     """(version, script) pairs in order; a script may hold several statements."""
-    return [(1, _COMMON.format(**types)), (2, _A2A_TRANSPARENCY)]
+    key = _SQLITE_ACCEPT_KEY if types["blob"] == "BLOB" else _POSTGRES_ACCEPT_KEY
+    return [
+        (1, _COMMON.format(**types)),
+        (2, _A2A_TRANSPARENCY),
+        (3, _CREDENTIALS.format(**types) + ";" + key),
+    ]
 
 
 def migrations_table(types: dict[str, str]) -> str:

@@ -8,6 +8,7 @@ import sqlite3
 from typing import Any
 
 from berth.adapters.sql import rows
+from berth.adapters.sql.credentials import SqliteCredentials
 from berth.adapters.sql.sqlite_deliveries import SqliteDeliveries
 from berth.adapters.sql.sqlite_fleet import SqliteFleet
 from berth.domain.errors import Conflict, NotFound
@@ -18,7 +19,7 @@ from berth.domain.workspace import Workspace
 __all__ = ["SqliteStore"]
 
 
-class SqliteStore(SqliteDeliveries, SqliteFleet, rows.WorkspaceUpdates):
+class SqliteStore(SqliteDeliveries, SqliteFleet, SqliteCredentials, rows.WorkspaceUpdates):
     # workspaces ------------------------------------------------------------
     async def create_workspace(self, ws: Workspace) -> None:
         p = rows.ws_params(ws)
@@ -76,16 +77,6 @@ class SqliteStore(SqliteDeliveries, SqliteFleet, rows.WorkspaceUpdates):
 
     async def delete_workspace(self, ws_id: str) -> None:
         await self._run(lambda c: c.execute("DELETE FROM workspaces WHERE id = ?", (ws_id,)))
-
-    async def workspace_by_token(self, token_hash: str) -> Workspace | None:
-        def go(c: sqlite3.Connection) -> Workspace | None:
-            row = c.execute(
-                "SELECT * FROM workspaces WHERE token_hash = ? OR run_token_hash = ? LIMIT 1",
-                (token_hash, token_hash),
-            ).fetchone()
-            return None if row is None else rows.ws_from_row(row)
-
-        return await self._run(go, write=False)
 
     # restarts --------------------------------------------------------------
     async def save_restart(self, r: RestartRecord) -> None:

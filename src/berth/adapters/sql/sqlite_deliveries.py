@@ -26,7 +26,7 @@ class SqliteDeliveries(SqliteBase):
         p = rows.d_params(d)
         sql = (
             f"INSERT INTO deliveries ({', '.join(p)}) VALUES ({', '.join(':' + k for k in p)}) "
-            "ON CONFLICT (workspace_id, message_id) DO NOTHING RETURNING *"
+            "ON CONFLICT (workspace_id, caller, message_id) DO NOTHING RETURNING *"
         )
 
         def go(c: sqlite3.Connection) -> tuple[Delivery, bool]:
@@ -34,8 +34,8 @@ class SqliteDeliveries(SqliteBase):
             if row is not None:
                 return rows.d_from_row(row), True
             row = c.execute(
-                "SELECT * FROM deliveries WHERE workspace_id = ? AND message_id = ?",
-                (d.workspace_id, d.message_id),
+                "SELECT * FROM deliveries WHERE workspace_id = ? AND caller = ? AND message_id = ?",
+                (d.workspace_id, d.caller, d.message_id),
             ).fetchone()
             return rows.d_from_row(row), False
 
@@ -50,11 +50,14 @@ class SqliteDeliveries(SqliteBase):
 
         return await self._hot(go, write=False)
 
-    async def find_delivery(self, workspace_id: str, message_id: str) -> Delivery | None:
+    async def find_delivery(
+        self, workspace_id: str, message_id: str, caller: str | None = None
+    ) -> Delivery | None:
         def go(c: sqlite3.Connection) -> Delivery | None:
             row = c.execute(
-                "SELECT * FROM deliveries WHERE workspace_id = ? AND message_id = ?",
-                (workspace_id, message_id),
+                "SELECT * FROM deliveries WHERE workspace_id = ? AND message_id = ? "
+                "AND (? IS NULL OR caller = ?) ORDER BY seq LIMIT 1",
+                (workspace_id, message_id, caller, caller),
             ).fetchone()
             return None if row is None else rows.d_from_row(row)
 
