@@ -85,8 +85,7 @@ async def handle_rest(
             code="no_rest_interface",
         )
     if method == "POST" and path.endswith((REST_SEND_SUFFIX, REST_STREAM_SUFFIX)):
-        mid, raw, fp = _message_id(raw)
-        streaming = path.endswith(REST_STREAM_SUFFIX)
+        mid, raw = _message_id(raw)
         return await proxy.accept(
             ws,
             rest_method(path),
@@ -95,8 +94,8 @@ async def handle_rest(
             headers,
             wait,
             REST,
-            streaming=streaming,
-            fingerprint=fp,
+            streaming=path.endswith(REST_STREAM_SUFFIX),
+            fingerprint=fingerprint(orjson.loads(raw)),  # the body is a send's params
         )
     if method == "POST" and (m := _CANCEL.match(path)):
         d = await proxy.cancel_queued(ws, m[1], caller)
