@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -14,9 +13,10 @@ from aiohttp import web
 from tests.e2e.harness import BerthServer, free_port
 
 
-@pytest.fixture
-def berth_server(tmp_path: Path) -> Iterator[BerthServer]:
-    server = BerthServer(tmp_path / "berth").start()
+@pytest.fixture(scope="module")
+def berth_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BerthServer]:
+    """One real `berth serve` per module (its tests use distinct workspace names)."""
+    server = BerthServer(tmp_path_factory.mktemp("berth") / "berth").start()
     try:
         yield server
     finally:

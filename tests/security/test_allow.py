@@ -98,22 +98,22 @@ async def test_a_cannot_call_b_until_b_allows_it(berth_server, agent: RecordingA
 
 async def test_allowed_at_create_and_wildcard(berth_server, agent: RecordingAgent) -> None:
     async with berth_server.client() as c:
-        a = await create(c, "a", online=False)
+        a = await create(c, "a2", online=False)
         other = await create(c, "other", online=False)
-        await external(c, berth_server, agent, "b", allowed_callers=["a"])
+        await external(c, berth_server, agent, "b2", allowed_callers=["a2"])
         async with httpx.AsyncClient(base_url=berth_server.url, timeout=30) as anon:
 
             async def call(token: str, mid: str) -> int:
                 r = await anon.post(
-                    "/v1/workspaces/b/a2a", headers=bearer(token), json=send_body("x", mid)
+                    "/v1/workspaces/b2/a2a", headers=bearer(token), json=send_body("x", mid)
                 )
                 return r.status_code
 
             assert await call(a["token"], "1") == 200
             assert await call(other["token"], "2") == 403
-            await c.post("/v1/workspaces/b/allow", json={"callers": ["*"]})
+            await c.post("/v1/workspaces/b2/allow", json={"callers": ["*"]})
             assert await call(other["token"], "3") == 200
             assert await call("bwc_unknown", "4") == 401  # '*' is any caller credential, not anyone
             # removing a workspace ends its credentials (and its grants elsewhere)
-            assert (await c.delete("/v1/workspaces/a")).status_code == 200
+            assert (await c.delete("/v1/workspaces/a2")).status_code == 200
             assert await call(a["token"], "5") == 401

@@ -69,41 +69,49 @@ async def test_every_endpoint_refuses_an_oversized_body(
         assert shown.json()["name"] == "rec" and "pad" not in shown.json()
 
 
-@pytest.mark.parametrize("mid", ["ünïcödé-✓-日本", "latin1-é", "emoji-🚢", 'quote"and\\back'])
 async def test_a_message_id_that_is_no_header_value_still_gets_its_reply(
-    berth_server, agent: RecordingAgent, mid: str
+    berth_server, agent: RecordingAgent
 ) -> None:
     async with berth_server.client() as c:
         await external(c, berth_server, agent, "ids")
-        r = await c.post(
-            "/v1/workspaces/ids/a2a", json=send_body("hi", mid), headers={"a2a-version": "1.0"}
-        )
-        assert r.status_code == 200, r.text
-        assert r.json()["result"]["message"]["parts"][0]["text"] == "echo: hi"
-        got = r.headers.get("x-berth-message-id") or unquote(
-            r.headers["x-berth-message-id-encoded"]
-        )
-        assert got == mid
-        # and again: the replay is answered the same way
-        r2 = await c.post(
-            "/v1/workspaces/ids/a2a", json=send_body("hi", mid), headers={"a2a-version": "1.0"}
-        )
-        assert r2.status_code == 200 and r2.headers["x-berth-replayed"] == "true"
+        for mid in ["ünïcödé-✓-日本", "latin1-é", "emoji-🚢", 'quote"and\\back']:
+            r = await c.post(
+                "/v1/workspaces/ids/a2a", json=send_body("hi", mid), headers={"a2a-version": "1.0"}
+            )
+            assert r.status_code == 200, (mid, r.text)
+            assert r.json()["result"]["message"]["parts"][0]["text"] == "echo: hi"
+            got = r.headers.get("x-berth-message-id") or unquote(
+                r.headers["x-berth-message-id-encoded"]
+            )
+            assert got == mid
+            # and again: the replay is answered the same way
+            r2 = await c.post(
+                "/v1/workspaces/ids/a2a", json=send_body("hi", mid), headers={"a2a-version": "1.0"}
+            )
+            assert r2.status_code == 200 and r2.headers["x-berth-replayed"] == "true", mid
 
 
-@pytest.mark.parametrize("mid", ["cr\rlf", "lf\nonly", "nul\x00byte", "tab\tx", "del\x7f"])
 async def test_control_characters_in_a_message_id_are_refused_before_anything_runs(
-    berth_server, agent: RecordingAgent, mid: str
+    berth_server, agent: RecordingAgent
 ) -> None:
     async with berth_server.client() as c:
         await external(c, berth_server, agent, "ctl")
-        r = await c.post(
-            "/v1/workspaces/ctl/a2a", json=send_body("hi", mid), headers={"a2a-version": "1.0"}
-        )
-        assert r.status_code == 200
-        assert (
-            r.json()["error"]["code"] == -32602
-            and "control characters" in r.json()["error"]["message"]
-        )
+        # an external workspace whose agent never registered: its card is unknown, so the
+        # HTTP+JSON binding takes the send (and would hold it)
+        made = await c.post("/v1/workspaces", json={"name": "ctlr", "runtime": "external"})
+        assert made.status_code == 201
+        for mid in ["cr\rlf", "lf\nonly", "nul\x00byte", "tab\tx", "del\x7f"]:
+            for path, body in (
+                ("/v1/workspaces/ctl/a2a", send_body("hi", mid)),
+                ("/v1/workspaces/ctlr/a2a/rest/message:send", send_body("hi", mid)["params"]),
+            ):
+                r = await c.post(path, json=body, headers={"a2a-version": "1.0"})
+                text = r.text
+                assert "control characters" in text, (mid, path, text)
+                if path.endswith("/a2a"):
+                    assert r.status_code == 200 and r.json()["error"]["code"] == -32602
+                else:  # the HTTP+JSON binding: 400
+                    assert r.status_code == 400, (mid, text)
         assert agent.requests == []
-        assert (await c.get("/v1/workspaces/ctl/deliveries")).json()["deliveries"] == []
+        for ws in ("ctl", "ctlr"):
+            assert (await c.get(f"/v1/workspaces/{ws}/deliveries")).json()["deliveries"] == []

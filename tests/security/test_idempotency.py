@@ -66,3 +66,64 @@ async def test_message_ids_are_per_caller_and_bound_to_their_request(
                 d["status"] == "done"
                 for d in (await c.get("/v1/workspaces/b/deliveries")).json()["deliveries"]
             )
+
+
+async def test_the_http_json_binding_keeps_the_same_rules(berth_server) -> None:
+    """Over HTTP+JSON: the allow-list, per-caller messageIds bound to their request (400
+    instead of -32602), and a cancel that reaches only the caller's own queued message. The
+    agent never registered, so every send waits in the log (X-Berth-Wait: 0 answers 202)."""
+    async with berth_server.client() as c:
+        r = await c.post(
+            "/v1/workspaces",
+            json={
+                "name": "r",
+                "runtime": "external",
+                "allowed_callers": ["caller:r1", "caller:r2"],
+            },
+        )
+        assert r.status_code == 201, r.text
+        secret = {}
+        for name in ("r1", "r2", "r3"):
+            made = await c.post("/v1/credentials", json={"name": name})
+            secret[name] = made.json()["secret"]
+        async with httpx.AsyncClient(base_url=berth_server.url, timeout=30) as anon:
+
+            async def rest(who: str, path: str, text: str | None = None) -> httpx.Response:
+                body = None if text is None else send_body(text, "m")["params"]
+                return await anon.post(
+                    f"/v1/workspaces/r/a2a/rest/{path}",
+                    json=body,
+                    headers={**bearer(secret[who]), "x-berth-wait": "0"},
+                )
+
+            first = await rest("r1", "message:send", "one")
+            assert first.status_code == 202, first.text
+            d1 = first.json()["delivery_id"]
+            again = await rest("r1", "message:send", "one")
+            assert again.status_code == 202 and again.json()["delivery_id"] == d1
+            # the same request over JSON-RPC (v1.0's params are the HTTP+JSON body): the same
+            rpc = await anon.post(
+                "/v1/workspaces/r/a2a",
+                json=send_body("one", "m"),
+                headers={**bearer(secret["r1"]), "x-berth-wait": "0"},
+            )
+            assert rpc.status_code == 202 and rpc.json()["delivery_id"] == d1
+            changed = await rest("r1", "message:send", "two")
+            assert changed.status_code == 400
+            err = changed.json()["error"]
+            assert "already used for another message" in err["message"]
+            assert err["details"][0]["reason"] == "MESSAGE_ID_REUSED"
+            other = await rest("r2", "message:send", "r2's own")
+            assert other.status_code == 202 and other.json()["delivery_id"] != d1
+            d2 = other.json()["delivery_id"]
+            assert (await rest("r3", "message:send", "not allowed")).status_code == 403
+            # r2's cancel of messageId m cancels r2's message, never r1's
+            canceled = await rest("r2", "tasks/m:cancel")
+            assert canceled.status_code == 200, canceled.text
+            assert (await c.get(f"/v1/deliveries/{d2}")).json()["status"] == "canceled"
+            assert (await c.get(f"/v1/deliveries/{d1}")).json()["status"] == "queued"
+            # naming r1's delivery id does not reach it either (it goes to the absent agent)
+            assert (await rest("r2", f"tasks/{d1}:cancel")).status_code == 503
+            assert (await c.get(f"/v1/deliveries/{d1}")).json()["status"] == "queued"
+            log = (await c.get("/v1/workspaces/r/deliveries")).json()["deliveries"]
+            assert sorted(d["caller"] for d in log) == ["caller:r1", "caller:r2"]

@@ -24,15 +24,16 @@ def berth(request: Request) -> Container:
 
 @router.get(
     "/workspaces/{ref}/deliveries/by-message-id",
-    summary="The workspace's delivery of one messageId (messageIds are unique per workspace)",
+    summary="The workspace's delivery of one messageId: of `caller`, or the oldest of any caller",
 )
 async def delivery_by_message_id(
     ref: str,
     message_id: str = Query(..., min_length=1, max_length=1000),
+    caller: str | None = Query(None, max_length=200, description="operator, workspace:<name> …"),
     c: Container = Depends(berth),
 ) -> dict[str, Any]:
     ws = await c.workspaces.get(ref)
-    d = await c.deliveries.find(ws.id, message_id)
+    d = await c.deliveries.find(ws.id, message_id, caller)
     if d is None:
         raise NotFound(
             f"workspace {ws.name} has no delivery of messageId {message_id!r}",
