@@ -61,10 +61,9 @@ class Settings:
     # where process agents' folders live; default <data dir>/workspaces, or, when they run
     # as agent_user, <data dir>-agents next to it (the data dir itself stays 0700)
     agent_dir: str = ""
+    # CIDRs agent URLs may point into besides loopback, comma-separated (docs/security.md)
     agent_networks: str = ""
-    metrics_token: str | None = (
-        None  # set: /metrics needs it (or the admin token)  # CIDRs agents may live in besides loopback (docs/security.md)
-    )
+    metrics_token: str | None = None  # set: /metrics needs it (or the admin token)
     in_docker: bool | None = None  # None: detect from /.dockerenv
     demo: bool = False
     log_level: str = "info"

@@ -80,7 +80,7 @@ def test_card_interfaces_point_at_berth_per_binding_and_grpc_is_removed(world):
         "berth": {
             "httpAuthSecurityScheme": {
                 "scheme": "Bearer",
-                "description": "a berth workspace token or berth's admin token",
+                "description": "berth's admin token or a caller credential the workspace allows",
             }
         }
     }

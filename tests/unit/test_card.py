@@ -44,7 +44,7 @@ def test_v1_interfaces_map_per_binding_and_grpc_goes() -> None:
         "berth": {
             "httpAuthSecurityScheme": {
                 "scheme": "Bearer",
-                "description": "a berth workspace token or berth's admin token",
+                "description": "berth's admin token or a caller credential the workspace allows",
             }
         }
     }
@@ -79,7 +79,7 @@ def test_v03_card_main_url_and_additional_interfaces() -> None:
         "berth": {
             "type": "http",
             "scheme": "bearer",
-            "description": "a berth workspace token or berth's admin token",
+            "description": "berth's admin token or a caller credential the workspace allows",
         }
     }
     assert out["security"] == [{"berth": []}]

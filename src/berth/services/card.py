@@ -70,7 +70,7 @@ def with_origin(url: str, origin_of: str) -> str:
 
 
 def _security(card: dict[str, Any], v1: bool) -> None:
-    desc = "a berth workspace token or berth's admin token"
+    desc = "berth's admin token or a caller credential the workspace allows"
     if v1:
         card["securitySchemes"] = {
             SCHEME: {"httpAuthSecurityScheme": {"scheme": "Bearer", "description": desc}}
