@@ -64,6 +64,7 @@ class Settings:
     # CIDRs agent URLs may point into besides loopback, comma-separated (docs/security.md)
     agent_networks: str = ""
     metrics_token: str | None = None  # set: /metrics needs it (or the admin token)
+    metrics_address: str = ""  # HOST:PORT: /metrics is served there (and not on berth's port)
     in_docker: bool | None = None  # None: detect from /.dockerenv
     demo: bool = False
     log_level: str = "info"

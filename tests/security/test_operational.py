@@ -1,4 +1,5 @@
-"""/metrics behind a token when one is configured (issue 10)."""
+"""/metrics behind a token when one is configured, or on a listen address of its own
+(issue 10)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.e2e.harness import ADMIN, BerthServer
+from tests.e2e.harness import ADMIN, BerthServer, free_port
 
 pytestmark = pytest.mark.slow
 
@@ -29,6 +30,37 @@ def test_metrics_token(tmp_path: Path) -> None:
                 == 401
             )
             assert c.get("/healthz").status_code == 200
+    finally:
+        server.stop()
+        server.kill9()
+
+
+def test_metrics_on_a_listen_address_of_its_own(tmp_path: Path) -> None:
+    port = free_port()
+    env = {"BERTH_METRICS_ADDRESS": f"127.0.0.1:{port}", "BERTH_METRICS_TOKEN": "scrape-me"}
+    server = BerthServer(tmp_path / "berth", env=env).start()
+    try:
+        with httpx.Client(base_url=server.url, timeout=30) as c:
+            auth = {"authorization": f"Bearer {ADMIN}"}
+            assert c.get("/metrics", headers=auth).status_code == 404  # not on berth's port
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as m:
+            anon = m.get("/metrics")
+            assert anon.status_code == 401 and anon.headers["www-authenticate"] == "Bearer"
+            assert m.get("/metrics", headers={"authorization": "Bearer nope"}).status_code == 401
+            ok = m.get("/metrics", headers={"authorization": "Bearer scrape-me"})
+            assert ok.status_code == 200 and "berth_queue_depth" in ok.text
+            assert ok.headers["content-type"].startswith("text/plain")
+            om = m.get(
+                "/metrics",
+                headers={
+                    "authorization": "Bearer scrape-me",
+                    "accept": "application/openmetrics-text",
+                },
+            )
+            assert om.headers["content-type"].startswith("application/openmetrics-text")
+            # nothing else is served there, the API least of all
+            assert m.get("/v1/workspaces", headers=auth).status_code == 404
+            assert m.post("/metrics", headers=auth).status_code == 405
     finally:
         server.stop()
         server.kill9()

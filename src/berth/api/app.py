@@ -12,10 +12,20 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from berth import __version__
-from berth.api import access, agents, errors, lookups, management, openapi, operator, ui
+from berth.api import (
+    access,
+    agents,
+    errors,
+    lookups,
+    management,
+    metrics_listener,
+    openapi,
+    operator,
+    ui,
+)
 from berth.api.a2a import a2a_endpoint, agent_card_endpoint
 from berth.api.a2a_rest import a2a_rest_endpoint
-from berth.api.limits import BodyLimit, require_token
+from berth.api.limits import BodyLimit, require_token, token_matches
 from berth.bootstrap import Container, build
 from berth.eventlog import EventLog
 from berth.settings import Settings
@@ -26,11 +36,37 @@ __all__ = ["create_app"]
 def create_app(settings: Settings | None = None, container: Container | None = None) -> FastAPI:
     c = container or build(settings or Settings.from_env())
     event_log = EventLog(c)
+    separate = c.settings.metrics_address  # /metrics on its own listen address
+    if separate:
+        metrics_listener.parse_address(separate)  # a bad one fails now, not at start
+
+    async def metrics_body(accept: str | None) -> tuple[bytes, str]:
+        depth: dict[str, float] = {}
+        busy: dict[str, float] = {}
+        age: dict[str, float] = {}
+        backlogs = await c.deliveries.backlogs()
+        for ws in c.roster.all():
+            b = backlogs.get(ws.id)
+            depth[ws.name] = float(b.queued) if b else 0.0
+            busy[ws.name] = float(b.in_flight) if b else 0.0
+            age[ws.name] = (b.oldest_wait or 0.0) if b else 0.0
+        c.metrics.set_gauges("berth_queue_depth", depth)
+        c.metrics.set_gauges("berth_in_flight", busy)
+        c.metrics.set_gauges("berth_queue_age_seconds", age)
+        return await c.metrics.render(accept)
+
+    def may_scrape(authorization: str | None) -> bool:
+        scheme, _, got = (authorization or "").partition(" ")
+        token = got.strip() if scheme.lower() == "bearer" else None
+        return token_matches(token, c.settings.metrics_token, c.admin_token)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         following = event_log.start()  # subscribed before the start, to log its recovery
         await c.start()
+        scraper = (
+            await metrics_listener.start(separate, metrics_body, may_scrape) if separate else None
+        )
         app.state.ready = True
         if c.settings.demo:
             from berth.demo import ensure_demo
@@ -40,6 +76,8 @@ def create_app(settings: Settings | None = None, container: Container | None = N
             yield
         finally:
             app.state.ready = False
+            if scraper is not None:
+                scraper.close()
             await c.stop()
             following.cancel()
             await asyncio.gather(following, return_exceptions=True)
@@ -100,22 +138,12 @@ def create_app(settings: Settings | None = None, container: Container | None = N
         body = {"ready": ready} if ready else {"ready": False, "problem": problem}
         return JSONResponse(body, status_code=200 if ready else 503)
 
-    @app.get("/metrics", include_in_schema=False)
-    async def metrics(request: Request) -> Response:
-        require_token(request, c.settings.metrics_token, c.admin_token)
-        depth: dict[str, float] = {}
-        busy: dict[str, float] = {}
-        age: dict[str, float] = {}
-        backlogs = await c.deliveries.backlogs()
-        for ws in c.roster.all():
-            b = backlogs.get(ws.id)
-            depth[ws.name] = float(b.queued) if b else 0.0
-            busy[ws.name] = float(b.in_flight) if b else 0.0
-            age[ws.name] = (b.oldest_wait or 0.0) if b else 0.0
-        c.metrics.set_gauges("berth_queue_depth", depth)
-        c.metrics.set_gauges("berth_in_flight", busy)
-        c.metrics.set_gauges("berth_queue_age_seconds", age)
-        body, content_type = await c.metrics.render(request.headers.get("accept"))
-        return Response(body, media_type=content_type)
+    if not separate:
+
+        @app.get("/metrics", include_in_schema=False)
+        async def metrics(request: Request) -> Response:
+            require_token(request, c.settings.metrics_token, c.admin_token)
+            body, content_type = await metrics_body(request.headers.get("accept"))
+            return Response(body, media_type=content_type)
 
     return app

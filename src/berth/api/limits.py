@@ -15,18 +15,24 @@ from berth.api.auth import bearer
 from berth.api.errors import error_response
 from berth.domain.errors import TooLarge, Unauthorized
 
-__all__ = ["BodyLimit", "require_token"]
+__all__ = ["BodyLimit", "require_token", "token_matches"]
+
+
+def token_matches(got: str | None, token: str | None, admin: str) -> bool:
+    """True if `got` may use an endpoint that is open unless a token is configured
+    (BERTH_METRICS_TOKEN): no token configured, or that token, or the admin token."""
+    if not token:
+        return True
+    return got is not None and any(
+        hmac.compare_digest(got.encode(), t.encode()) for t in (token, admin)
+    )
 
 
 def require_token(request: Request, token: str | None, admin: str) -> None:
-    """Endpoints that are open unless a token is configured (BERTH_METRICS_TOKEN): then
-    that token or the admin token."""
-    if not token:
-        return
     got = bearer(request)
-    if got is None:
+    if token and got is None:
         raise Unauthorized("a token is required (Authorization: Bearer …)")
-    if not any(hmac.compare_digest(got.encode(), t.encode()) for t in (token, admin)):
+    if not token_matches(got, token, admin):
         raise Unauthorized("invalid token", code="invalid_token")
 
 
