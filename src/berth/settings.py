@@ -65,6 +65,7 @@ class Settings:
     agent_networks: str = ""
     metrics_token: str | None = None  # set: /metrics needs it (or the admin token)
     metrics_address: str = ""  # HOST:PORT: /metrics is served there (and not on berth's port)
+    openapi: str = "open"  # /openapi.json: open, admin (the admin token) or off
     in_docker: bool | None = None  # None: detect from /.dockerenv
     demo: bool = False
     log_level: str = "info"

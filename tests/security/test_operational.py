@@ -35,14 +35,23 @@ def test_metrics_token(tmp_path: Path) -> None:
         server.kill9()
 
 
-def test_metrics_on_a_listen_address_of_its_own(tmp_path: Path) -> None:
+def test_metrics_on_a_listen_address_of_its_own_and_openapi_for_the_operator(
+    tmp_path: Path,
+) -> None:
     port = free_port()
-    env = {"BERTH_METRICS_ADDRESS": f"127.0.0.1:{port}", "BERTH_METRICS_TOKEN": "scrape-me"}
+    env = {
+        "BERTH_METRICS_ADDRESS": f"127.0.0.1:{port}",
+        "BERTH_METRICS_TOKEN": "scrape-me",
+        "BERTH_OPENAPI": "admin",
+    }
     server = BerthServer(tmp_path / "berth", env=env).start()
     try:
         with httpx.Client(base_url=server.url, timeout=30) as c:
             auth = {"authorization": f"Bearer {ADMIN}"}
             assert c.get("/metrics", headers=auth).status_code == 404  # not on berth's port
+            assert c.get("/openapi.json").status_code == 401
+            doc = c.get("/openapi.json", headers=auth)
+            assert doc.status_code == 200 and "/v1/workspaces" in doc.json()["paths"]
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as m:
             anon = m.get("/metrics")
             assert anon.status_code == 401 and anon.headers["www-authenticate"] == "Bearer"

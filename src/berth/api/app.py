@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
@@ -25,6 +25,7 @@ from berth.api import (
 )
 from berth.api.a2a import a2a_endpoint, agent_card_endpoint
 from berth.api.a2a_rest import a2a_rest_endpoint
+from berth.api.auth import require_admin
 from berth.api.limits import BodyLimit, require_token, token_matches
 from berth.bootstrap import Container, build
 from berth.eventlog import EventLog
@@ -36,6 +37,8 @@ __all__ = ["create_app"]
 def create_app(settings: Settings | None = None, container: Container | None = None) -> FastAPI:
     c = container or build(settings or Settings.from_env())
     event_log = EventLog(c)
+    if c.settings.openapi not in ("open", "admin", "off"):
+        raise ValueError(f"BERTH_OPENAPI: open, admin or off, not {c.settings.openapi!r}")
     separate = c.settings.metrics_address  # /metrics on its own listen address
     if separate:
         metrics_listener.parse_address(separate)  # a bad one fails now, not at start
@@ -87,9 +90,10 @@ def create_app(settings: Settings | None = None, container: Container | None = N
         version=__version__,
         lifespan=lifespan,
         # the interactive docs load their assets from a CDN (blank offline): off; the
-        # OpenAPI document itself is served at /openapi.json
+        # OpenAPI document itself is served at /openapi.json (BERTH_OPENAPI: open|admin|off)
         docs_url=None,
         redoc_url=None,
+        openapi_url="/openapi.json" if c.settings.openapi == "open" else None,
         description="A control plane for A2A agent workspaces that never loses a message.",
     )
     app.state.berth = c
@@ -104,6 +108,12 @@ def create_app(settings: Settings | None = None, container: Container | None = N
     app.include_router(operator.router)
     ui.install(app)
     openapi.install(app)  # security schemes and berth's error bodies (docs/security.md)
+    if c.settings.openapi == "admin":
+
+        @app.get("/openapi.json", include_in_schema=False, dependencies=[Depends(require_admin)])
+        async def openapi_document() -> JSONResponse:
+            return JSONResponse(app.openapi())
+
     for path in ("/v1/workspaces/{ref}/a2a", "/v1/workspaces/{ref}/a2a/"):
         app.router.routes.append(
             Route(path, a2a_endpoint, methods=["POST"], name="a2a" if path[-1] == "a" else None)
