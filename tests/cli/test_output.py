@@ -29,7 +29,7 @@ def ok_json(server, *args: str):  # noqa: ANN001, ANN201 - test helper
 @pytest.mark.timeout(900)  # some thirty CLI runs; each is seconds on a loaded machine
 def test_json_on_every_command(server, tmp_path):
     ws = ok_json(server, "ws", "create", "js", "--", *_echo())
-    assert ws["status"] == "online" and ws["token"].startswith("bws_")
+    assert ws["status"] == "online" and ws["token"].startswith("bwc_")  # its caller credential
     assert [w["name"] for w in ok_json(server, "ws", "ls")].count("js") == 1
     shown = ok_json(server, "ws", "show", "js")
     assert shown["id"] == ws["id"] and shown["last_restart"]["trigger"] == "startup"
