@@ -19,7 +19,6 @@ from berth.domain.credentials import OPERATOR
 from berth.domain.delivery import Delivery, DeliveryStatus, QueueLimit
 from berth.domain.errors import (
     Conflict,
-    InvalidHeader,
     MessageIdReused,
     NotFound,
     RpcInvalid,
@@ -40,15 +39,20 @@ from berth.services.bindings import (
 from berth.services.bindings import is_plain as _plain
 from berth.services.card import HTTP_JSON, JSONRPC, ServedCard
 from berth.services.delivery_log import DeliveryLog
-from berth.services.proxy_keys import CONTROL, fingerprint, ids
+from berth.services.envelope import (
+    MAX_MESSAGE_ID,
+    check_message_id,
+    parse_envelope,
+    ttl_seconds,
+    wait_seconds,
+)
+from berth.services.proxy_keys import fingerprint, ids
 from berth.services.relay import Relay
 from berth.services.roster import Roster
 from berth.services.streams import KEEP_ALIVE, sse, stream_topic
 from berth.wire import (
     CANCEL_METHODS,
     INVALID_PARAMS,
-    INVALID_REQUEST,
-    PARSE_ERROR,
     SEND_METHODS,
     STREAM_METHODS,
     SUBSCRIBE_METHODS,
@@ -57,6 +61,8 @@ from berth.wire import (
 __all__ = [
     "A2A_HEADERS",
     "CALLER_HEADER",
+    "MAX_MESSAGE_ID",
+    "PASS_THROUGH_MAX_WAIT",
     "Proxy",
     "ProxyReply",
     "check_message_id",
@@ -65,7 +71,6 @@ __all__ = [
 ]
 
 PASS_THROUGH_MAX_WAIT = 30.0
-MAX_MESSAGE_ID = 256
 
 
 class Proxy:
@@ -169,7 +174,7 @@ class Proxy:
         """Accept a send into the log and answer it (either binding). The accept key is
         (workspace, caller, messageId); a reused messageId must repeat its request
         (`fingerprint`), else MessageIdReused and nothing is accepted."""
-        ttl = _ttl(headers.get("x-berth-ttl"))
+        ttl = ttl_seconds(headers.get("x-berth-ttl"))
         now = time.time()
         d = Delivery(
             id=str(uuid.uuid4()),
@@ -387,70 +392,3 @@ class Proxy:
         return await self._relay.card(
             ws, {JSONRPC: jsonrpc_url, HTTP_JSON: rest_url}, if_none_match
         )
-
-
-def check_message_id(message_id: Any, field: str, request_id: Any = None) -> str:
-    """A given messageId berth can key and echo: a string of at most MAX_MESSAGE_ID
-    characters without control characters (CR, LF, NUL … could not be a header value)."""
-    if not isinstance(message_id, str) or len(message_id) > MAX_MESSAGE_ID:
-        raise RpcInvalid(
-            INVALID_PARAMS,
-            f"{field} must be a string of at most {MAX_MESSAGE_ID} characters",
-            request_id=request_id,
-        )
-    if CONTROL.search(message_id):
-        raise RpcInvalid(
-            INVALID_PARAMS,
-            f"{field} must not contain control characters (CR, LF, NUL …)",
-            request_id=request_id,
-        )
-    return message_id
-
-
-def parse_envelope(raw: bytes) -> dict[str, Any]:
-    try:
-        doc = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        raise RpcInvalid(PARSE_ERROR, "parse error: the body is not valid JSON") from None
-    if isinstance(doc, list):
-        raise RpcInvalid(INVALID_REQUEST, "batch requests are not supported; send one request")
-    if (
-        not isinstance(doc, dict)
-        or doc.get("jsonrpc") != "2.0"
-        or not isinstance(doc.get("method"), str)
-    ):
-        raise RpcInvalid(
-            INVALID_REQUEST,
-            "invalid request: a JSON-RPC 2.0 request object with "
-            '"jsonrpc": "2.0" and a string "method" is required',
-            request_id=doc.get("id") if isinstance(doc, dict) else None,
-        )
-    if "params" in doc and not isinstance(doc["params"], (dict, list)):
-        raise RpcInvalid(INVALID_PARAMS, "params must be an object", request_id=doc.get("id"))
-    return doc
-
-
-def wait_seconds(value: str | None, default: float) -> float:
-    if value is None:
-        return default
-    try:
-        w = float(value)
-    except ValueError:
-        w = -1.0
-    if not 0 <= w <= 86400:
-        raise InvalidHeader(
-            INVALID_REQUEST, "X-Berth-Wait must be a number of seconds from 0 to 86400"
-        )
-    return w
-
-
-def _ttl(value: str | None) -> float | None:
-    if value is None:
-        return None
-    try:
-        t = float(value)
-    except ValueError:
-        t = -1.0
-    if t <= 0:
-        raise InvalidHeader(INVALID_REQUEST, "X-Berth-TTL must be a positive number of seconds")
-    return t

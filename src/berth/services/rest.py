@@ -24,8 +24,9 @@ from berth.services.bindings import (
     canceled_task,
 )
 from berth.services.card import rest_url
-from berth.services.proxy import PASS_THROUGH_MAX_WAIT, Proxy, check_message_id, wait_seconds
-from berth.services.proxy_keys import ids
+from berth.services.envelope import check_message_id, wait_seconds
+from berth.services.proxy import PASS_THROUGH_MAX_WAIT, Proxy
+from berth.services.proxy_keys import fingerprint, ids
 from berth.wire import (
     A2A_JSON,
     INVALID_PARAMS,
