@@ -86,7 +86,7 @@ def main() -> None:
         )
         berth = subprocess.Popen(
             [sys.executable, "-m", "berth", "serve", "--port", str(bport), "--data-dir", t],
-            env=env(BERTH_ADMIN_TOKEN=ADMIN, BERTH_LOG_LEVEL="warning"),
+            env=env(BERTH_ADMIN_TOKEN=ADMIN, BERTH_LOG_LEVEL="warning", BERTH_AGENT_USER="inherit"),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )

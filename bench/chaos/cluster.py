@@ -138,7 +138,14 @@ class Cluster:
         self.tag = "chaos_" + uuid.uuid4().hex[:10]
         self.postgres_admin = postgres
         self.database_url = postgres.rsplit("/", 1)[0] + "/" + self.tag
-        env = {"BERTH_ADMIN_TOKEN": self.admin, "BERTH_LOG_LEVEL": "info", **(extra_env or {})}
+        env = {
+            "BERTH_ADMIN_TOKEN": self.admin,
+            "BERTH_LOG_LEVEL": "info",
+            # as root berth runs process agents as berth-agent, which may not reach this
+            # interpreter (docs/security.md); the chaos run is about delivery, not that
+            "BERTH_AGENT_USER": "inherit",
+            **(extra_env or {}),
+        }
         if lease_seconds is not None:
             env["BERTH_LEASE_SECONDS"] = str(lease_seconds)
         if self.replicated:

@@ -83,6 +83,14 @@ class ProcessProvisioner:
                 start_new_session=True,
                 **_as(self.user),
             )
+        except PermissionError as e:
+            if self.user is None:
+                raise
+            raise PermissionError(
+                f"{e}: berth runs as root, so process agents run as {self.user.name}, which "
+                f"cannot run {ws.command[0]}; make it reachable by that user, or set "
+                "BERTH_AGENT_USER=inherit (docs/security.md)"
+            ) from None
         finally:
             logf.close()
         self._procs[ws.id] = proc
