@@ -149,7 +149,9 @@ class Load:
         op = self.rng.choices(list(OPS), weights=list(OPS.values()))[0]
         if op == "dup" and self.answered:
             m = self.rng.choice(self.answered[-500:])
-            return Msg(m.ws, m.mid, m.text, "dup")
+            # the same request again (a messageId sent with another request is refused,
+            # so a v0.3 message is repeated in v0.3's vocabulary)
+            return Msg(m.ws, m.mid, m.text, "dup", extra={"v03": m.op == "send03"})
         op = "send" if op == "dup" else op
         mid = f"{ws}-{self.n:07d}-{op}"
         text = mid
@@ -206,7 +208,7 @@ class Load:
         return outcome
 
     async def _send(self, m: Msg) -> str:
-        v03 = m.op == "send03"
+        v03 = m.op == "send03" or bool(m.extra.get("v03"))
         headers = {} if v03 else {"a2a-version": "1.0"}
         headers["x-berth-wait"] = "0" if m.op == "async" else "60"
         t0 = time.time()
