@@ -8,7 +8,7 @@ its own would be:
   never waits for a row lock while holding others (a row someone else holds fails the
   flush, and group commit runs its calls one by one, as before);
 * accepts: one INSERT ... SELECT FROM unnest(...) ON CONFLICT DO NOTHING, then one SELECT
-  for the calls that found their (workspace, messageId) taken;
+  for the calls that found their (workspace, caller, messageId) taken;
 * claims last: berth_claim for each workspace in the order of their advisory lock keys
   (berth_claim_many); the settles before them freed capacity for them.
 
@@ -125,8 +125,9 @@ BEGIN
         RETURN QUERY
         WITH ins AS (
             INSERT INTO deliveries AS x ({_COLS})
-            SELECT {_COLS} FROM {_unnest("a_", _ACCEPT_ARGS)} ORDER BY u.workspace_id, u.message_id
-            ON CONFLICT (workspace_id, message_id) DO NOTHING RETURNING x
+            SELECT {_COLS} FROM {_unnest("a_", _ACCEPT_ARGS)}
+            ORDER BY u.workspace_id, u.caller, u.message_id
+            ON CONFLICT (workspace_id, caller, message_id) DO NOTHING RETURNING x
         )
         SELECT 'accept', 0, ins.x FROM ins;
         GET DIAGNOSTICS inserted = ROW_COUNT;
@@ -134,8 +135,9 @@ BEGIN
             -- a new snapshot: sees the rows the conflicts waited for
             RETURN QUERY
             SELECT 'existing', u.n::integer, x
-            FROM unnest(a_workspace_id, a_message_id, a_id) WITH ORDINALITY AS u(w, m, i, n)
-            JOIN deliveries AS x ON x.workspace_id = u.w AND x.message_id = u.m
+            FROM unnest(a_workspace_id, a_caller, a_message_id, a_id)
+                WITH ORDINALITY AS u(w, c, m, i, n)
+            JOIN deliveries AS x ON x.workspace_id = u.w AND x.caller = u.c AND x.message_id = u.m
             WHERE x.id <> u.i;
         END IF;
     END IF;
@@ -174,7 +176,7 @@ Write = Delivery | ClaimCall | SettleCall  # an accept, a claim, a settle
 def write_key(w: Write) -> Hashable:
     """Calls with the same key never share a flush (the later one sees the earlier's effect)."""
     if isinstance(w, Delivery):
-        return ("accept", w.workspace_id, w.message_id)
+        return ("accept", w.workspace_id, w.caller, w.message_id)
     if isinstance(w, ClaimCall):
         return ("claim", w.workspace_id)
     return ("settle", w.delivery_id)
