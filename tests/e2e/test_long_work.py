@@ -52,7 +52,7 @@ async def test_long_work_outlives_leases_and_the_replica_that_forwarded_it(tmp_p
         )
         assert r.status_code == 201, r.text
         ws = r.json()
-        agent = ExternalEcho(tmp_path / "agent" / "state", port, a.url, ws["id"], ws["token"])
+        agent = ExternalEcho(tmp_path / "agent" / "state", port, a.url, ws["id"], ws["agent_token"])
         await wait_status(ca, "long", "online")
 
         # A is the only replica, so A forwards both; B starts while they run.
