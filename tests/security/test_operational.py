@@ -13,10 +13,20 @@ from tests.e2e.harness import ADMIN, BerthServer, free_port
 pytestmark = pytest.mark.slow
 
 
+def _a_workspace(c: httpx.Client) -> None:
+    r = c.post(
+        "/v1/workspaces",
+        json={"name": "m", "runtime": "external"},
+        headers={"authorization": f"Bearer {ADMIN}"},
+    )
+    assert r.status_code == 201, r.text
+
+
 def test_metrics_token(tmp_path: Path) -> None:
     server = BerthServer(tmp_path / "berth", env={"BERTH_METRICS_TOKEN": "scrape-me"}).start()
     try:
         with httpx.Client(base_url=server.url, timeout=30) as c:
+            _a_workspace(c)  # the series are per workspace
             anon = c.get("/metrics")
             assert anon.status_code == 401 and anon.json()["error"]["code"] == "unauthorized"
             wrong = c.get("/metrics", headers={"authorization": "Bearer nope"})
@@ -48,6 +58,7 @@ def test_metrics_on_a_listen_address_of_its_own_and_openapi_for_the_operator(
     try:
         with httpx.Client(base_url=server.url, timeout=30) as c:
             auth = {"authorization": f"Bearer {ADMIN}"}
+            _a_workspace(c)  # the series are per workspace
             assert c.get("/metrics", headers=auth).status_code == 404  # not on berth's port
             assert c.get("/openapi.json").status_code == 401
             doc = c.get("/openapi.json", headers=auth)
