@@ -15,6 +15,7 @@ from berth import __version__
 from berth.api import agents, errors, lookups, management, operator, ui
 from berth.api.a2a import a2a_endpoint, agent_card_endpoint
 from berth.api.a2a_rest import a2a_rest_endpoint
+from berth.api.fast import App
 from berth.bootstrap import Container, build
 from berth.eventlog import EventLog
 from berth.settings import Settings
@@ -43,7 +44,7 @@ def create_app(settings: Settings | None = None, container: Container | None = N
             following.cancel()
             await asyncio.gather(following, return_exceptions=True)
 
-    app = FastAPI(
+    app = App(
         title="berth",
         version=__version__,
         lifespan=lifespan,
