@@ -1,7 +1,7 @@
 """Durable message/send through berth against two baselines measured in the same run.
 
     python bench/proxy.py [--seconds 5] [--concurrency 1,16,64] [--sync FULL,NORMAL]
-                          [--database-url postgresql://…] [--echo]
+                          [--database-url postgresql://…] [--echo] [--ref-src DIR]
 
 Starts, each as its own process: a trivial agent (a raw ASGI app answering one fixed
 JSON-RPC result, no a2a-sdk: bench/_trivial.py), a bare aiohttp pass-through proxy in
@@ -11,7 +11,8 @@ Then drives each with the same closed-loop load at every concurrency, and prints
 p99 and msg/s of all, berth's added p50 over the bare proxy, its throughput as a share of
 the bare proxy's and its p99 as a multiple of the bare proxy's.
 
-`--echo` adds the older comparison: berth with the demo echo agent (a2a-sdk, its task
+`--ref-src DIR` adds the same berths imported from another checkout's `src/` (the code
+before a change), for a before/after in one run. `--echo` adds the older comparison: berth with the demo echo agent (a2a-sdk, its task
 store, the SDK's dedupe) as a workspace vs the same echo agent directly.
 Figures, not assertions.
 """
@@ -149,13 +150,16 @@ async def trivial(args: argparse.Namespace, tmp: Path, procs: Procs) -> None:
     agent, bare, bare_pid = start_trivial(procs)
     berths: list[tuple[str, str, int]] = []
     variants = ["postgresql"] if args.database_url else args.sync.split(",")
-    for i, sync in enumerate(variants):
+    sources = [("", None)] + ([("ref ", args.ref_src)] if args.ref_src else [])
+    for i, (sync, (tag, src)) in enumerate((v, s) for s in sources for v in variants):
         extra = {"BERTH_DATABASE_URL": args.database_url} if args.database_url else {}
         if not args.database_url:
             extra["BERTH_SQLITE_SYNCHRONOUS"] = sync
+        if src:
+            extra["PYTHONPATH"] = src
         url, proc = start_berth(procs, tmp / f"berth-{i}", **extra)
         spec = {"runtime": "external", "url": agent, "max_concurrency": 64}
-        label = f"berth ({sync})" if not args.database_url else "berth (postgresql)"
+        label = f"{tag}berth ({sync})"
         berths.append((label, workspace(url, f"trivial-{i}-{os.getpid()}", **spec), proc.pid))
     print(
         f"# trivial agent: {os.cpu_count()} cores, {args.seconds:g} s per run; "
@@ -198,6 +202,9 @@ async def main() -> None:
     ap.add_argument("--concurrency", default="1,16,64")
     ap.add_argument("--sync", default="FULL", help="SQLite synchronous values, one berth each")
     ap.add_argument("--echo", action="store_true", help="also the echo-agent comparison")
+    ap.add_argument(
+        "--ref-src", help="also berth imported from another checkout's src/ (before/after)"
+    )
     args = ap.parse_args()
     args.levels = [int(x) for x in args.concurrency.split(",")]
     store = "postgresql" if args.database_url else "sqlite"

@@ -87,6 +87,8 @@ class Dispatcher:
             return
         if work or not self._sole:
             self._maybe_queued[ws_id] = True
+        elif not self._maybe_queued.get(ws_id, True):
+            return  # freed capacity, nothing known to be queued: the loop would not claim
         ev = self._wake.get(ws_id)
         if ev is None:
             ev = self._wake[ws_id] = asyncio.Event()

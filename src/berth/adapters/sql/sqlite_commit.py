@@ -168,26 +168,44 @@ class GroupCommit:
             self._commit(c)
         return results
 
-    @staticmethod
-    def _apply(c: sqlite3.Connection, batch: list[_Write]) -> Results:
-        """Each write in its own savepoint (a lone write: the transaction is its savepoint)."""
-        alone = len(batch) == 1
+    @classmethod
+    def _apply(cls, c: sqlite3.Connection, batch: list[_Write]) -> Results:
+        """Every write of the batch in the open transaction. Optimistic: no savepoints, as
+        the message path's writes do not fail short of the database failing; when one
+        does raise, the whole transaction is rolled back and the batch run again with a
+        savepoint per write (the writes are pure functions of the connection)."""
         out: Results = []
         try:
             for w in batch:
-                if not alone:
-                    c.execute("SAVEPOINT w")
+                out.append((True, w.fn(c)))
+        except Exception as e:
+            with contextlib.suppress(sqlite3.Error):
+                c.execute("ROLLBACK")
+            if away(e):
+                raise
+            c.execute("BEGIN IMMEDIATE")  # the write lock was just ours: no wait
+            return cls._one_by_one(c, batch)
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                c.execute("ROLLBACK")
+            raise
+        return out
+
+    @staticmethod
+    def _one_by_one(c: sqlite3.Connection, batch: list[_Write]) -> Results:
+        """Each write in its own savepoint: one that raises is rolled back alone."""
+        out: Results = []
+        try:
+            for w in batch:
+                c.execute("SAVEPOINT w")
                 try:
-                    value = w.fn(c)
+                    out.append((True, w.fn(c)))
                 except Exception as e:
                     if away(e):
                         raise
-                    c.execute("ROLLBACK" if alone else "ROLLBACK TO w")
+                    c.execute("ROLLBACK TO w")
                     out.append((False, e))
-                else:
-                    out.append((True, value))
-                if not alone:
-                    c.execute("RELEASE w")
+                c.execute("RELEASE w")
         except BaseException:
             with contextlib.suppress(sqlite3.Error):
                 c.execute("ROLLBACK")
