@@ -174,18 +174,29 @@ async def trivial(args: argparse.Namespace, tmp: Path, procs: Procs) -> None:
             print(compare(label, plain, via))
 
 
-async def echo(args: argparse.Namespace, tmp: Path, procs: Procs) -> None:
+def start_echo(procs: Procs, tmp: Path) -> str:
+    """The demo echo agent (a2a-sdk, its task store, the SDK's records), on its own."""
     port = free_port()
-    direct_url = f"http://127.0.0.1:{port}/"
+    url = f"http://127.0.0.1:{port}/"
     procs.start(
         [sys.executable, "-m", "berth.examples.echo", "--port", str(port)],
-        direct_url + "healthz",
+        url + "healthz",
         BERTH_STATE_DIR=str(tmp / "direct-state"),
     )
-    extra = {"BERTH_DATABASE_URL": args.database_url} if args.database_url else {}
+    return url
+
+
+def echo_via_berth(procs: Procs, tmp: Path, database_url: str | None) -> str:
+    """A berth with an echo workspace: its proxy URL."""
+    extra = {"BERTH_DATABASE_URL": database_url} if database_url else {}
     berth, _ = start_berth(procs, tmp / "berth-echo", **extra)
     spec = {"command": [sys.executable, "-m", "berth.examples.echo"], "max_concurrency": 64}
-    url = workspace(berth, f"bench-echo-{os.getpid()}", **spec)
+    return workspace(berth, f"bench-echo-{os.getpid()}", **spec)
+
+
+async def echo(args: argparse.Namespace, tmp: Path, procs: Procs) -> None:
+    direct_url = start_echo(procs, tmp)
+    url = echo_via_berth(procs, tmp, args.database_url)
     print("# echo agent (a2a-sdk): direct vs via berth")
     for c in [x for x in args.levels if x <= 16]:
         direct = await run("direct to echo", direct_url, c, args.seconds, {})

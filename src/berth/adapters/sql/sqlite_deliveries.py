@@ -69,15 +69,15 @@ class SqliteDeliveries(SqliteBase):
         now: float,
     ) -> tuple[Delivery, bool, list[Delivery]]:
         """accept, then (when it created the delivery) claim, in one transaction."""
-        accept = _accept_sql(d)
+        accept = _accept_sql(d, parse_new=False)
 
         def go(c: sqlite3.Connection) -> tuple[Delivery, bool, list[Delivery]]:
             stored, created = accept(c)
             if not created:
                 return stored, False, []
             got = _claim(c, d.workspace_id, capacity, owner, now + lease_seconds, now)
-            mine = next((g for g in got if g.id == stored.id), stored)
-            return mine, True, got
+            mine = next((g for g in got if g.id == d.id), None)
+            return mine or _get(c, d.id), True, got
 
         return await self._hot(go)
 
@@ -307,14 +307,18 @@ def _insert_sql(cols: tuple[str, ...]) -> str:
     )
 
 
-def _accept_sql(d: Delivery) -> Callable[[sqlite3.Connection], tuple[Delivery, bool]]:
+def _accept_sql(
+    d: Delivery, *, parse_new: bool = True
+) -> Callable[[sqlite3.Connection], tuple[Delivery, bool]]:
+    """The accept's statements. `parse_new=False`: a created delivery is returned as the
+    caller built it (its caller reads it back after claiming)."""
     p = rows.d_params(d)
     sql = _insert_sql(tuple(p))
 
     def go(c: sqlite3.Connection) -> tuple[Delivery, bool]:
         row = c.execute(sql, p).fetchone()
         if row is not None:
-            return rows.d_from_row(row), True
+            return (rows.d_from_row(row) if parse_new else d), True
         row = c.execute(
             "SELECT * FROM deliveries WHERE workspace_id = ? AND message_id = ?",
             (d.workspace_id, d.message_id),
@@ -322,6 +326,11 @@ def _accept_sql(d: Delivery) -> Callable[[sqlite3.Connection], tuple[Delivery, b
         return rows.d_from_row(row), False
 
     return go
+
+
+def _get(c: sqlite3.Connection, delivery_id: str) -> Delivery:
+    row = c.execute("SELECT * FROM deliveries WHERE id = ?", (delivery_id,)).fetchone()
+    return rows.d_from_row(row)
 
 
 def _claim(
