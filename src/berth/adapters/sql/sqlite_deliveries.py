@@ -7,12 +7,11 @@ of the workspace: 2.5 ms per claim with 4,000 of them, found with py-spy.
 
 from __future__ import annotations
 
-import functools
 import sqlite3
-from collections.abc import Callable
 
 from berth.adapters.sql import rows
 from berth.adapters.sql.sqlite_base import SqliteBase
+from berth.adapters.sql.sqlite_hot import accept_sql, claim_rows, get_row
 from berth.domain.delivery import FINAL, Delivery, DeliveryStatus, sources
 from berth.domain.errors import NotFound
 from berth.ports import Settle
@@ -25,7 +24,7 @@ __all__ = ["SqliteDeliveries"]
 class SqliteDeliveries(SqliteBase):
     # deliveries ------------------------------------------------------------
     async def accept(self, d: Delivery) -> tuple[Delivery, bool]:
-        return await self._hot(_accept_sql(d))
+        return await self._hot(accept_sql(d))
 
     async def get_delivery(self, delivery_id: str) -> Delivery:
         def go(c: sqlite3.Connection) -> Delivery:
@@ -56,7 +55,7 @@ class SqliteDeliveries(SqliteBase):
         now: float,
     ) -> list[Delivery]:
         return await self._hot(
-            lambda c: _claim(c, workspace_id, capacity, owner, now + lease_seconds, now)
+            lambda c: claim_rows(c, workspace_id, capacity, owner, now + lease_seconds, now)
         )
 
     async def accept_claim(
@@ -69,15 +68,15 @@ class SqliteDeliveries(SqliteBase):
         now: float,
     ) -> tuple[Delivery, bool, list[Delivery]]:
         """accept, then (when it created the delivery) claim, in one transaction."""
-        accept = _accept_sql(d, parse_new=False)
+        accept = accept_sql(d, parse_new=False)
 
         def go(c: sqlite3.Connection) -> tuple[Delivery, bool, list[Delivery]]:
             stored, created = accept(c)
             if not created:
                 return stored, False, []
-            got = _claim(c, d.workspace_id, capacity, owner, now + lease_seconds, now)
+            got = claim_rows(c, d.workspace_id, capacity, owner, now + lease_seconds, now)
             mine = next((g for g in got if g.id == d.id), None)
-            return mine or _get(c, d.id), True, got
+            return mine or get_row(c, d.id), True, got
 
         return await self._hot(go)
 
@@ -297,66 +296,3 @@ class SqliteDeliveries(SqliteBase):
             total += n
             if n < 1000:
                 return total
-
-
-@functools.cache
-def _insert_sql(cols: tuple[str, ...]) -> str:
-    return (
-        f"INSERT INTO deliveries ({', '.join(cols)}) VALUES ({', '.join(':' + k for k in cols)}) "
-        "ON CONFLICT (workspace_id, message_id) DO NOTHING RETURNING *"
-    )
-
-
-def _accept_sql(
-    d: Delivery, *, parse_new: bool = True
-) -> Callable[[sqlite3.Connection], tuple[Delivery, bool]]:
-    """The accept's statements. `parse_new=False`: a created delivery is returned as the
-    caller built it (its caller reads it back after claiming)."""
-    p = rows.d_params(d)
-    sql = _insert_sql(tuple(p))
-
-    def go(c: sqlite3.Connection) -> tuple[Delivery, bool]:
-        row = c.execute(sql, p).fetchone()
-        if row is not None:
-            return (rows.d_from_row(row) if parse_new else d), True
-        row = c.execute(
-            "SELECT * FROM deliveries WHERE workspace_id = ? AND message_id = ?",
-            (d.workspace_id, d.message_id),
-        ).fetchone()
-        return rows.d_from_row(row), False
-
-    return go
-
-
-def _get(c: sqlite3.Connection, delivery_id: str) -> Delivery:
-    row = c.execute("SELECT * FROM deliveries WHERE id = ?", (delivery_id,)).fetchone()
-    return rows.d_from_row(row)
-
-
-def _claim(
-    c: sqlite3.Connection,
-    workspace_id: str,
-    capacity: int | None,
-    owner: str,
-    until: float,
-    now: float,
-) -> list[Delivery]:
-    """The oldest claimable queued deliveries, up to the free capacity, now in flight."""
-    limit = -1
-    if capacity is not None:
-        busy = c.execute(
-            "SELECT count(*) FROM deliveries INDEXED BY deliveries_in_flight "
-            f"WHERE workspace_id = ? AND status = '{rows.IN_FLIGHT}'",
-            (workspace_id,),
-        ).fetchone()[0]
-        limit = capacity - busy
-        if limit <= 0:
-            return []
-    got = c.execute(
-        f"UPDATE deliveries SET status = '{rows.IN_FLIGHT}', lease_owner = :owner, lease_until = :until, "
-        "forwards = forwards + 1, first_forwarded_at = COALESCE(first_forwarded_at, :now), "
-        "updated_at = :now WHERE seq IN (SELECT seq FROM deliveries INDEXED BY deliveries_queued WHERE workspace_id = :ws "
-        f"AND status = '{rows.QUEUED}' AND not_before <= :now ORDER BY seq LIMIT :limit) RETURNING *",
-        {"owner": owner, "until": until, "now": now, "ws": workspace_id, "limit": limit},
-    ).fetchall()
-    return sorted((rows.d_from_row(r) for r in got), key=lambda d: d.seq)
