@@ -128,7 +128,7 @@ class GroupCommit:
         except BaseException as e:
             for w in batch:
                 if not w.fut.done():
-                    w.fut.set_exception(_unavailable(e) if away(e) else e)
+                    w.fut.set_exception(_failed(e))
             if not isinstance(e, Exception):
                 raise
             return
@@ -232,7 +232,11 @@ class GroupCommit:
         self._pool.shutdown(wait=True)
 
 
-def _unavailable(e: BaseException) -> StoreUnavailable:
-    out = StoreUnavailable(f"SQLite: {e}")
+def _failed(e: BaseException) -> BaseException:
+    """What a write of a failed batch raises: StoreUnavailable when the database cannot
+    serve (or the store is shutting down mid-batch), else the error itself (a bug)."""
+    if isinstance(e, Exception) and not away(e):
+        return e
+    out = StoreUnavailable(f"SQLite: {e}" if away(e) else "SQLite: the store is closing")
     out.__cause__ = e
     return out
