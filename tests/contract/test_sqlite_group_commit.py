@@ -72,9 +72,9 @@ async def test_concurrent_writes_share_one_commit_and_answer_after_it(
         events.append("answered")
 
     try:
-        before = store.writes.commits
+        before = store.writes.batches
         await asyncio.gather(*(accept(i) for i in range(20)))
-        assert store.writes.commits - before == 1  # twenty accepts, one transaction
+        assert store.writes.batches - before == 1  # twenty accepts, one transaction
         assert events[0] == "committed" and events.count("answered") == 20
 
         events.clear()
@@ -90,9 +90,9 @@ async def test_concurrent_writes_share_one_commit_and_answer_after_it(
             events.append("settled")
 
         events.clear()
-        before = store.writes.commits
+        before = store.writes.batches
         await asyncio.gather(*(settle(d.id) for d in got))
-        assert store.writes.commits - before == 1
+        assert store.writes.batches - before == 1
         assert events[0] == "committed" and events.count("settled") == 20
     finally:
         await store.close()
@@ -109,7 +109,7 @@ async def test_a_write_alone_is_committed_at_once_without_waiting_for_company(
         for i in range(20):
             await store.accept(make_d("w1", f"m{i}"))
         # no batching window to sit out: twenty lone commits, each started on the next turn
-        assert store.writes.commits >= 21
+        assert store.writes.batches >= 21
         assert time.monotonic() - t0 < 20 * 0.25
     finally:
         await store.close()
@@ -133,6 +133,7 @@ async def test_one_writes_error_fails_that_write_alone(tmp_path: Path) -> None:
             return_exceptions=True,
         )
         assert isinstance(results[1], Conflict)
+        assert store.writes.retried == 3  # the batch ran again, one savepoint per write
         assert [r[1] for r in (results[0], results[2])] == [True, True]  # type: ignore[index]
         seen = _committed(path, "SELECT message_id FROM deliveries ORDER BY seq")
         assert [m for (m,) in seen] == ["old", "a", "b"]

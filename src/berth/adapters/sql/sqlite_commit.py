@@ -79,8 +79,11 @@ class GroupCommit:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="berth-commit")
         self._pending: list[_Write] = []
         self._task: asyncio.Task[None] | None = None
-        self.commits = 0  # transactions committed
-        self.writes = 0  # writes committed in them
+        # as PostgreSQL's group commit counts (benchmarks, tests): transactions committed,
+        # the writes they carried, writes of batches run again one savepoint each
+        self.batches = 0
+        self.items = 0
+        self.retried = 0
 
     async def write(self, fn: Callable[[sqlite3.Connection], T], *, cold: bool = False) -> T:
         """`fn(connection)` inside the next batch; its value once that batch is committed."""
@@ -132,9 +135,9 @@ class GroupCommit:
             if not isinstance(e, Exception):
                 raise
             return
-        self.commits += 1
+        self.batches += 1
         for w, (ok, value) in zip(batch, results, strict=True):
-            self.writes += ok
+            self.items += ok
             if not w.fut.done():
                 if ok:
                     w.fut.set_result(value)
@@ -168,8 +171,7 @@ class GroupCommit:
             self._commit(c)
         return results
 
-    @classmethod
-    def _apply(cls, c: sqlite3.Connection, batch: list[_Write]) -> Results:
+    def _apply(self, c: sqlite3.Connection, batch: list[_Write]) -> Results:
         """Every write of the batch in the open transaction. Optimistic: no savepoints, as
         the message path's writes do not fail short of the database failing; when one
         does raise, the whole transaction is rolled back and the batch run again with a
@@ -184,7 +186,8 @@ class GroupCommit:
             if away(e):
                 raise
             c.execute("BEGIN IMMEDIATE")  # the write lock was just ours: no wait
-            return cls._one_by_one(c, batch)
+            self.retried += len(batch)
+            return self._one_by_one(c, batch)
         except BaseException:
             with contextlib.suppress(sqlite3.Error):
                 c.execute("ROLLBACK")
