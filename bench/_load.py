@@ -6,6 +6,7 @@ import asyncio
 import statistics
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -58,7 +59,9 @@ async def run(
     seconds: float,
     headers: dict[str, str],
     warmup: float = 1.0,
+    on_start: Callable[[], None] | None = None,
 ) -> Result:
+    """`on_start`: called when the warm-up ends and measuring begins."""
     conn = aiohttp.TCPConnector(limit=concurrency * 2)
     async with aiohttp.ClientSession(
         connector=conn, headers={**headers, "a2a-version": "1.0"}
@@ -84,6 +87,8 @@ async def run(
         stop_at = time.perf_counter() + warmup
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         measuring = True
+        if on_start is not None:
+            on_start()
         start = time.perf_counter()
         stop_at = start + seconds
         await asyncio.gather(*(worker() for _ in range(concurrency)))

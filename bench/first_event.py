@@ -22,7 +22,7 @@ from pathlib import Path
 import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from proxy import ADMIN, start_berth, start_echo  # noqa: E402
+from proxy import ADMIN, Procs, echo_via_berth, start_echo  # noqa: E402
 
 
 def _body() -> dict[str, object]:
@@ -87,9 +87,10 @@ async def main() -> None:
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as t:
         tmp = Path(t)
-        echo, direct = start_echo(tmp)
-        berth, via = start_berth(tmp, "aiohttp", args.database_url)
+        procs = Procs()
         try:
+            direct = start_echo(procs, tmp)
+            via = echo_via_berth(procs, tmp, args.database_url)
             store = "postgresql" if args.database_url else "sqlite"
             print(
                 f"# time to first stream event: store {store}, {args.n} streams per row, agent works 0.2 s"
@@ -113,9 +114,7 @@ async def main() -> None:
                     f"{(statistics.mean(b_first) - statistics.mean(d_first)) * 1000:+.2f} ms"
                 )
         finally:
-            for p in (echo, berth):
-                p.terminate()
-                p.wait(30)
+            procs.stop()
 
 
 if __name__ == "__main__":

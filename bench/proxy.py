@@ -1,10 +1,20 @@
-"""Durable message/send through berth vs straight to the same echo agent.
+"""Durable message/send through berth against two baselines measured in the same run.
 
-    python bench/proxy.py [--seconds 5] [--database-url postgresql://…] [--clients aiohttp,httpx]
+    python bench/proxy.py [--seconds 5] [--concurrency 1,16,64] [--sync FULL,NORMAL]
+                          [--database-url postgresql://…] [--echo] [--ref-src DIR]
 
-Starts one echo agent on its own (the direct baseline) and one berth per outbound client
-(each with an echo workspace), then drives both with the same closed-loop load at
-concurrency 1 and 16. Figures, not assertions.
+Starts, each as its own process: a trivial agent (a raw ASGI app answering one fixed
+JSON-RPC result, no a2a-sdk: bench/_trivial.py), a bare aiohttp pass-through proxy in
+front of it (not durable), and one berth per `--sync` value (SQLite's `synchronous`; one
+berth on PostgreSQL with `--database-url`) with an external workspace on the same agent.
+Then drives each with the same closed-loop load at every concurrency, and prints p50,
+p99 and msg/s of all, berth's added p50 over the bare proxy, its throughput as a share of
+the bare proxy's and its p99 as a multiple of the bare proxy's.
+
+`--ref-src DIR` adds the same berths imported from another checkout's `src/` (the code
+before a change), for a before/after in one run. `--echo` adds the older comparison: berth with the demo echo agent (a2a-sdk, its task
+store, the SDK's dedupe) as a workspace vs the same echo agent directly.
+Figures, not assertions.
 """
 
 from __future__ import annotations
@@ -22,9 +32,11 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _load import run, summary  # noqa: E402
+from _load import Result, run, summary  # noqa: E402
 
 ADMIN = "bench-admin"
+AUTH = {"authorization": f"Bearer {ADMIN}"}
+HERE = Path(__file__).resolve().parent
 
 
 def free_port() -> int:
@@ -50,107 +62,178 @@ def env(**extra: str) -> dict[str, str]:
     return {**base, "OTEL_INSTRUMENTATION_A2A_SDK_ENABLED": "false", **extra}
 
 
-def start_echo(tmp: Path) -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "berth.examples.echo", "--port", str(port)],
-        env=env(BERTH_STATE_DIR=str(tmp / "direct-state")),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+class Procs:
+    """Every process the bench starts; each one that does not come up is killed too."""
+
+    def __init__(self) -> None:
+        self.all: list[subprocess.Popen[bytes]] = []
+
+    def start(self, cmd: list[str], health: str, **extra: str) -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen(
+            cmd, env=env(**extra), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        self.all.append(proc)
+        wait_http(health)
+        return proc
+
+    def stop(self) -> None:
+        for p in self.all:
+            p.terminate()
+        for p in self.all:
+            try:
+                p.wait(30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+def start_trivial(procs: Procs) -> tuple[str, str, int]:
+    """The trivial agent and the bare proxy in front of it: (agent url, proxy url)."""
+    a, p = free_port(), free_port()
+    agent = f"http://127.0.0.1:{a}/"
+    procs.start([sys.executable, str(HERE / "_trivial.py"), "agent", "--port", str(a)], agent)
+    proxy = procs.start(
+        [sys.executable, str(HERE / "_trivial.py"), "proxy", "--port", str(p), "--target", agent],
+        f"http://127.0.0.1:{p}/healthz",
     )
-    try:
-        wait_http(f"http://127.0.0.1:{port}/healthz")
-    except BaseException:  # never leave an agent behind when it does not come up
-        proc.kill()
-        proc.wait()
-        raise
-    return proc, f"http://127.0.0.1:{port}/"
+    return agent, f"http://127.0.0.1:{p}/", proxy.pid
 
 
-def start_berth(
-    tmp: Path, client: str, database_url: str | None
-) -> tuple[subprocess.Popen[bytes], str]:
+def start_berth(procs: Procs, data: Path, **extra: str) -> tuple[str, subprocess.Popen[bytes]]:
     port = free_port()
-    data = tmp / f"berth-{client}"
+    # the interpreter may live where berth's agent user cannot reach: agents run as berth's user
     extra = {
         "BERTH_ADMIN_TOKEN": ADMIN,
-        "BERTH_AGENT_CLIENT": client,
         "BERTH_LOG_LEVEL": "warning",
-        "BERTH_AGENT_USER": "inherit",  # the interpreter may live where no other user reaches
+        "BERTH_AGENT_USER": "inherit",
+        **extra,
     }
-    if database_url:
-        extra["BERTH_DATABASE_URL"] = database_url
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "berth", "serve", "--port", str(port), "--data-dir", str(data)],
-        env=env(**extra),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
     url = f"http://127.0.0.1:{port}"
-    wait_http(url + "/healthz")
-    h = {"authorization": f"Bearer {ADMIN}"}
-    name = f"bench-{client}-{os.getpid()}"
-    r = httpx.post(
-        url + "/v1/workspaces",
-        headers=h,
-        json={
-            "name": name,
-            "command": [sys.executable, "-m", "berth.examples.echo"],
-            "max_concurrency": 64,
-        },
+    proc = procs.start(
+        [sys.executable, "-m", "berth", "serve", "--port", str(port), "--data-dir", str(data)],
+        url + "/healthz",
+        **extra,
     )
+    return url, proc
+
+
+def workspace(berth: str, name: str, **spec: object) -> str:
+    r = httpx.post(berth + "/v1/workspaces", headers=AUTH, json={"name": name, **spec})
     r.raise_for_status()
-    for _ in range(300):
-        if httpx.get(f"{url}/v1/workspaces/{name}", headers=h).json()["status"] == "online":
-            break
+    for _ in range(600):
+        if httpx.get(f"{berth}/v1/workspaces/{name}", headers=AUTH).json()["status"] == "online":
+            return f"{berth}/v1/workspaces/{name}/a2a"
         time.sleep(0.1)
-    return proc, f"{url}/v1/workspaces/{name}/a2a"
+    raise RuntimeError(f"workspace {name} did not come online")
+
+
+def compare(label: str, bare: Result, via: Result) -> str:
+    return (
+        f"  -> {label}: added p50 over the bare proxy {via.pct(50) - bare.pct(50):+.2f} ms, "
+        f"throughput {via.rps / bare.rps * 100:5.1f} % of the bare proxy's, "
+        f"p99 {via.pct(99) / bare.pct(99):.2f}x the bare proxy's"
+    )
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def measured(
+    label: str, url: str, c: int, seconds: float, headers: dict[str, str], pid: int
+) -> Result:
+    """A run, printed with the CPU time the server process spent per message (robust to
+    the machine's other load, unlike latency)."""
+    start: list[float] = []
+    r = await run(label, url, c, seconds, headers, on_start=lambda: start.append(cpu_seconds(pid)))
+    cpu = (cpu_seconds(pid) - start[0]) / max(1, r.n) * 1000
+    print(f"{r.row()}   cpu {cpu:.3f} ms/msg")
+    return r
+
+
+async def trivial(args: argparse.Namespace, tmp: Path, procs: Procs) -> None:
+    agent, bare, bare_pid = start_trivial(procs)
+    berths: list[tuple[str, str, int]] = []
+    variants = ["postgresql"] if args.database_url else args.sync.split(",")
+    sources = [("", None)] + ([("ref ", args.ref_src)] if args.ref_src else [])
+    for i, (sync, (tag, src)) in enumerate((v, s) for s in sources for v in variants):
+        extra = {"BERTH_DATABASE_URL": args.database_url} if args.database_url else {}
+        if not args.database_url:
+            extra["BERTH_SQLITE_SYNCHRONOUS"] = sync
+        if src:
+            extra["PYTHONPATH"] = src
+        url, proc = start_berth(procs, tmp / f"berth-{i}", **extra)
+        spec = {"runtime": "external", "url": agent, "max_concurrency": 64}
+        label = f"{tag}berth ({sync})"
+        berths.append((label, workspace(url, f"trivial-{i}-{os.getpid()}", **spec), proc.pid))
+    print(
+        f"# trivial agent: {os.cpu_count()} cores, {args.seconds:g} s per run; "
+        + ", ".join(f"{label} pid {pid}" for label, _, pid in berths)
+    )
+    for c in args.levels:
+        direct = await run("direct to the agent", agent, c, args.seconds, {})
+        print(direct.row())
+        plain = await measured("bare aiohttp proxy", bare, c, args.seconds, {}, bare_pid)
+        for label, url, pid in berths:
+            via = await measured(label, url, c, args.seconds, AUTH, pid)
+            print(compare(label, plain, via))
+
+
+def start_echo(procs: Procs, tmp: Path) -> str:
+    """The demo echo agent (a2a-sdk, its task store, the SDK's records), on its own."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/"
+    procs.start(
+        [sys.executable, "-m", "berth.examples.echo", "--port", str(port)],
+        url + "healthz",
+        BERTH_STATE_DIR=str(tmp / "direct-state"),
+    )
+    return url
+
+
+def echo_via_berth(procs: Procs, tmp: Path, database_url: str | None) -> str:
+    """A berth with an echo workspace: its proxy URL."""
+    extra = {"BERTH_DATABASE_URL": database_url} if database_url else {}
+    berth, _ = start_berth(procs, tmp / "berth-echo", **extra)
+    spec = {"command": [sys.executable, "-m", "berth.examples.echo"], "max_concurrency": 64}
+    return workspace(berth, f"bench-echo-{os.getpid()}", **spec)
+
+
+async def echo(args: argparse.Namespace, tmp: Path, procs: Procs) -> None:
+    direct_url = start_echo(procs, tmp)
+    url = echo_via_berth(procs, tmp, args.database_url)
+    print("# echo agent (a2a-sdk): direct vs via berth")
+    for c in [x for x in args.levels if x <= 16]:
+        direct = await run("direct to echo", direct_url, c, args.seconds, {})
+        print(direct.row())
+        via = await run("via berth", url, c, args.seconds, AUTH)
+        print(via.row())
+        print(summary(direct, via))
 
 
 async def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=float, default=5.0)
     ap.add_argument("--database-url")
-    ap.add_argument("--clients", default="aiohttp,httpx")
-    ap.add_argument("--concurrency", default="1,16")
+    ap.add_argument("--concurrency", default="1,16,64")
+    ap.add_argument("--sync", default="FULL", help="SQLite synchronous values, one berth each")
+    ap.add_argument("--echo", action="store_true", help="also the echo-agent comparison")
+    ap.add_argument(
+        "--ref-src", help="also berth imported from another checkout's src/ (before/after)"
+    )
     args = ap.parse_args()
-    levels = [int(x) for x in args.concurrency.split(",")]
+    args.levels = [int(x) for x in args.concurrency.split(",")]
+    store = "postgresql" if args.database_url else "sqlite"
+    print(f"# berth proxy benchmark: store {store}, load average {os.getloadavg()[0]:.1f}")
     with tempfile.TemporaryDirectory() as t:
-        tmp = Path(t)
-        procs = []
+        procs = Procs()
         try:
-            echo, direct_url = start_echo(tmp)
-            procs.append(echo)
-            targets = []
-            for client in args.clients.split(","):
-                p, url = start_berth(tmp, client, args.database_url)
-                procs.append(p)
-                targets.append((client, url))
-            store = "postgresql" if args.database_url else "sqlite"
-            print(
-                f"# berth proxy benchmark: {os.cpu_count()} cores, store {store}, {args.seconds:g} s per run"
-            )
-            for c in levels:
-                direct = await run("direct to echo", direct_url, c, args.seconds, {})
-                print(direct.row())
-                for client, url in targets:
-                    via = await run(
-                        f"via berth ({client})",
-                        url,
-                        c,
-                        args.seconds,
-                        {"authorization": f"Bearer {ADMIN}"},
-                    )
-                    print(via.row())
-                    print(summary(direct, via))
+            await trivial(args, Path(t), procs)
+            if args.echo:
+                await echo(args, Path(t), procs)
         finally:
-            for p in procs:
-                p.terminate()
-            for p in procs:
-                try:
-                    p.wait(30)
-                except subprocess.TimeoutExpired:
-                    p.kill()
+            procs.stop()
 
 
 if __name__ == "__main__":

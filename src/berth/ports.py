@@ -145,6 +145,18 @@ class DeliveryStore(Protocol):
         lease_seconds: float,
         now: float,
     ) -> list[Delivery]: ...
+    # accept, then (when it created the delivery) claim as `claim` does, in one transaction
+    # where the backend can: a message to an idle workspace is accepted and claimed in one
+    # commit. Returns (the delivery as stored, created, everything claimed).
+    async def accept_claim(
+        self,
+        d: Delivery,
+        *,
+        capacity: int | None,
+        owner: str,
+        lease_seconds: float,
+        now: float,
+    ) -> tuple[Delivery, bool, list[Delivery]]: ...
     async def renew(self, owner: str, ids: list[str], lease_until: float) -> int: ...
     async def settle(
         self, delivery_id: str, owner: str, how: Settle, now: float

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 __all__ = ["DataDirInUse", "SERVE_OPTIONS", "lock_data_dir", "serve"]
 log = logging.getLogger("berth")
 LOCK_FILE = "berth.lock"
+GIL_SWITCH_SECONDS = 0.0005  # see serve()
 # the Settings that `berth serve` takes as options (every one is also BERTH_<NAME>)
 SERVE_OPTIONS = (
     "host",
@@ -54,6 +55,10 @@ def serve(args: argparse.Namespace) -> None:
     from berth.api.app import create_app
 
     app = create_app(settings)
+    # The store's threads (the SQLite committer's fsyncs) hand results back through the
+    # GIL; a busy event loop keeps it up to the switch interval (5 ms by default), which
+    # measured as several ms per message (docs/benchmarks.md).
+    sys.setswitchinterval(GIL_SWITCH_SECONDS)
     where = (
         f"berth {settings.advertised_url} · data {settings.data_path} · "
         f"store {settings.store_url.split('@')[-1]}"

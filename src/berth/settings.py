@@ -26,7 +26,7 @@ class Settings:
     admin_token: str | None = None
     public_url: str | None = None  # how agents reach berth; default http://<host>:<port>
     replica_id: str | None = None
-    sqlite_synchronous: str = "NORMAL"
+    sqlite_synchronous: str = "FULL"  # NORMAL: survives a crash of berth, not of the OS
     max_body_bytes: int = 1024 * 1024
     default_wait_seconds: float = 300.0
     forward_timeout: float = 600.0

@@ -20,9 +20,9 @@ from tests.contract.test_store import make_d
 class Steps:
     def __init__(self, store: SqliteStore) -> None:
         self.n = 0
-        if store._hot_conn is None:  # the event loop's connection, for the message path
+        if store._hot_conn is None:  # the event loop's read connection, for the message path
             store._hot_conn = store._open()
-        for conn in (store._connect(), store._hot_conn):
+        for conn in (store._connect(), store._hot_conn, store.writes._connection()):
             conn.set_progress_handler(self._tick, 100)
 
     def _tick(self) -> int:

@@ -8,6 +8,7 @@ import time
 from dataclasses import fields, replace
 from typing import Any
 
+from berth.adapters.accept_claim import AcceptThenClaim
 from berth.domain.credentials import Credential
 from berth.domain.delivery import FINAL, Delivery, DeliveryStatus, check_move, sources
 from berth.domain.errors import Conflict, NotFound
@@ -21,7 +22,7 @@ _WS_FIELDS = frozenset(f.name for f in fields(Workspace))
 __all__ = ["MemoryStore"]
 
 
-class MemoryStore:
+class MemoryStore(AcceptThenClaim):
     def __init__(self) -> None:
         self._ws: dict[str, Workspace] = {}
         self._d: dict[str, Delivery] = {}

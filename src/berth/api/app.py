@@ -26,6 +26,7 @@ from berth.api import (
 from berth.api.a2a import a2a_endpoint, agent_card_endpoint
 from berth.api.a2a_rest import a2a_rest_endpoint
 from berth.api.auth import require_admin
+from berth.api.fast import App
 from berth.api.limits import BodyLimit, require_token, token_matches
 from berth.bootstrap import Container, build
 from berth.eventlog import EventLog
@@ -85,7 +86,7 @@ def create_app(settings: Settings | None = None, container: Container | None = N
             following.cancel()
             await asyncio.gather(following, return_exceptions=True)
 
-    app = FastAPI(
+    app = App(
         title="berth",
         version=__version__,
         lifespan=lifespan,

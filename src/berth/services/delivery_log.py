@@ -13,7 +13,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from berth.domain.delivery import (
     CANCELABLE,
@@ -45,8 +45,22 @@ class Backlog:
     read_at: float
 
 
+class Claimer(Protocol):
+    """This replica's dispatcher, as the log sees it."""
+
+    def wake(self, workspace_id: str) -> None:
+        """The workspace may have work to claim."""
+
+    def claim_on_accept(self, workspace_id: str) -> tuple[int | None, float] | None:
+        """(capacity, lease seconds) when a message accepted now may be claimed in the
+        same commit (the workspace is online with room), else None."""
+
+    def forward_claimed(self, workspace_id: str, claimed: list[Delivery]) -> None:
+        """Forward deliveries claimed for this replica along with an accept."""
+
+
 D = DeliveryStatus
-__all__ = ["Backlog", "DeliveryLog"]
+__all__ = ["Backlog", "Claimer", "DeliveryLog"]
 
 
 def _names(statuses: frozenset[DeliveryStatus]) -> str:
@@ -77,15 +91,28 @@ class DeliveryLog:
         self._sole = sole
         self._waiters = Waiters(store, bus, poll_seconds)
         self._on_work: list[Callable[[str], None]] = []
+        self._claimer: Claimer | None = None
         self._backlog: dict[str, Backlog] = {}
 
     def on_work(self, fn: Callable[[str], None]) -> None:
-        """Call `fn(workspace_id)` whenever this replica learns a workspace may have work."""
+        """Call `fn(workspace_id)` whenever this replica learns a workspace may have work
+        (a message arrived, or went back to the queue)."""
         self._on_work.append(fn)
 
-    async def _announce(self, ws_id: str) -> None:
+    def dispatch_with(self, claimer: Claimer) -> None:
+        """This replica's dispatcher: woken on new work, and asked to claim a message in the
+        commit that accepts it."""
+        self._claimer = claimer
+
+    async def _announce(self, ws_id: str, *, claimed: bool = False) -> None:
+        """New or returned work (`claimed`: an accept claimed along with its message, so
+        only the listeners that watch activity need to know)."""
         for fn in self._on_work:
             fn(ws_id)
+        if claimed:
+            return
+        if self._claimer is not None:
+            self._claimer.wake(ws_id)
         if not self._sole:
             await self._events.signal(WORK_TOPIC, workspace_id=ws_id, replica=self.replica)
 
@@ -164,14 +191,26 @@ class DeliveryLog:
                 raise Overloaded(
                     f"workspace {workspace_name} is overloaded: {why}; try again later"
                 )
-        stored, created = await self._store.accept(d)
+        spec = None if self._claimer is None else self._claimer.claim_on_accept(d.workspace_id)
+        got: list[Delivery] = []
+        if spec is None:
+            stored, created = await self._store.accept(d)
+        else:
+            stored, created, got = await self._store.accept_claim(
+                d, capacity=spec[0], owner=self.replica, lease_seconds=spec[1], now=self._now()
+            )
         if created:
             self._metrics.inc("berth_deliveries_accepted_total", workspace=workspace_name)
             backlog = self._backlog.get(d.workspace_id)
-            if backlog is not None:
+            if backlog is not None and stored.status is D.QUEUED:
                 backlog.queued += 1
             self._flow("delivery.accepted", stored)
-            await self._announce(stored.workspace_id)
+        if got and self._claimer is not None:
+            for g in got:
+                self._flow("delivery.forwarded", g, forward=g.forwards)
+            self._claimer.forward_claimed(d.workspace_id, got)
+        if created:
+            await self._announce(stored.workspace_id, claimed=stored.status is not D.QUEUED)
         return stored, created
 
     async def status_of(self, ws: Workspace, b: Backlog | None = None) -> dict[str, Any]:

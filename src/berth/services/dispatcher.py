@@ -77,7 +77,7 @@ class Dispatcher:
         # new work is announced (an accept, a requeue, another replica, a poll timeout).
         self._maybe_queued: dict[str, bool] = {}
         self._closing = False
-        deliveries.on_work(self.wake)
+        deliveries.dispatch_with(self)
 
     # wake-ups --------------------------------------------------------------
     def wake(self, ws_id: str, *, work: bool = True) -> None:
@@ -87,6 +87,8 @@ class Dispatcher:
             return
         if work or not self._sole:
             self._maybe_queued[ws_id] = True
+        elif not self._maybe_queued.get(ws_id, True):
+            return  # freed capacity, nothing known to be queued: the loop would not claim
         ev = self._wake.get(ws_id)
         if ev is None:
             ev = self._wake[ws_id] = asyncio.Event()
@@ -96,6 +98,24 @@ class Dispatcher:
             self._loops[ws_id] = asyncio.create_task(
                 self._loop(ws_id), name=f"dispatch-{ws_id[:8]}"
             )
+
+    def claim_on_accept(self, workspace_id: str) -> tuple[int | None, float] | None:
+        """A message to an online workspace with room is claimed in the commit that accepts
+        it (the claim still takes the oldest queued first, so order holds)."""
+        ws = self._roster.peek(workspace_id)
+        if self._closing or ws is None or ws.state is not WorkspaceState.ONLINE:
+            return None
+        cap = None if ws.native_session else ws.max_concurrency
+        if cap is not None and len(self._forwards.get(workspace_id, {})) >= cap:
+            return None
+        return cap, self._lease
+
+    def forward_claimed(self, workspace_id: str, claimed: list[Delivery]) -> None:
+        ws = self._roster.peek(workspace_id)
+        for d in claimed:
+            if ws is None or self._closing:  # removed meanwhile: the lease returns it
+                return
+            self._start(ws, d)
 
     def in_flight(self, ws_id: str) -> list[str]:
         """Delivery ids this replica is forwarding to the workspace right now."""

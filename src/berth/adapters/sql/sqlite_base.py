@@ -1,15 +1,15 @@
 """The SQLite store's plumbing: connections, transactions, and what a driver error means.
 
-Every operation runs as one transaction, so each is atomic. WAL mode; `synchronous` is
-NORMAL by default (a commit survives a crash of berth, not a power cut) or FULL.
+Every operation runs as one transaction (a savepoint of a group commit for writes), so
+each is atomic. WAL mode; `synchronous` is FULL by default: a write is fsynced before its
+operation returns, so it survives an OS crash or a power cut (NORMAL: a crash of berth).
 
-Two connections. The hot path of a message (accept, claim, settle, reads of one delivery,
-queue depth) runs on the event loop's own connection: with NORMAL a commit is a write to
-the WAL, tens of microseconds, and the hop to a thread cost more than the work (about
-2 ms per message in thread hand-offs and GIL waits, measured). Everything else (operator
-actions, upkeep scans, pruning in bounded batches, restart records) runs on a second
-connection owned by one worker thread, so the loop never waits on a long statement. With
-FULL (an fsync per commit) everything goes to the thread.
+Three connections. Every write goes through the group commit's (sqlite_commit.py):
+concurrent writes share one transaction and one fsync, and the message path's statements
+run on the event loop, so only the fsync is a thread hop. Reads of the message path (one
+delivery, queue depth) run on the loop's read connection, which sees committed writes
+only. Other reads (listings, scans) run on a worker thread's connection, so the loop
+never waits on a long statement.
 """
 
 from __future__ import annotations
@@ -23,32 +23,14 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
 from berth.adapters.sql import schema
+from berth.adapters.sql.sqlite_commit import GroupCommit, away
 from berth.domain.errors import StoreUnavailable
 
 T = TypeVar("T")
 __all__ = ["SqliteBase"]
 
-BUSY_MS = 30_000  # the worker thread's wait for the write lock
-HOT_BUSY_MS = 20  # the event loop's: past it, the work moves to the thread
-
-
-# The driver errors that mean "the database cannot serve now" (retry later), as opposed to
-# a bug in berth's SQL: locked past the busy timeout, disk full, I/O, cannot open.
-_AWAY = (
-    "SQLITE_BUSY",
-    "SQLITE_LOCKED",
-    "SQLITE_FULL",
-    "SQLITE_IOERR",
-    "SQLITE_CANTOPEN",
-    "SQLITE_READONLY",
-    "SQLITE_PROTOCOL",
-    "SQLITE_NOMEM",
-)
-
-
-def _away(e: sqlite3.Error) -> bool:
-    name = getattr(e, "sqlite_errorname", "") or ""
-    return name.startswith(_AWAY)
+BUSY_MS = 30_000  # the longest any operation waits for the database's locks
+HOT_BUSY_MS = 20  # the event loop's: past it, the work moves to a thread
 
 
 def _locked(e: StoreUnavailable) -> bool:
@@ -58,14 +40,18 @@ def _locked(e: StoreUnavailable) -> bool:
 
 
 class SqliteBase:
-    def __init__(self, path: str, *, synchronous: str = "NORMAL", busy_ms: int = BUSY_MS) -> None:
+    def __init__(self, path: str, *, synchronous: str = "FULL", busy_ms: int = BUSY_MS) -> None:
         self.path = path
         self._busy_ms = busy_ms
         self._sync = synchronous.upper()
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="berth-sqlite")
-        self._conn: sqlite3.Connection | None = None  # the worker thread's
-        self._hot_conn: sqlite3.Connection | None = None  # the event loop's
-        self._inline = self._sync != "FULL"
+        self._conn: sqlite3.Connection | None = None  # the worker thread's (reads)
+        self._hot_conn: sqlite3.Connection | None = None  # the event loop's (reads)
+        self.writes = GroupCommit(
+            lambda: self._open(HOT_BUSY_MS),
+            commit_in_thread=self._sync in ("FULL", "EXTRA"),
+            busy_ms=busy_ms,
+        )
 
     # plumbing --------------------------------------------------------------
     def _open(self, busy_ms: int | None = None) -> sqlite3.Connection:
@@ -79,7 +65,7 @@ class SqliteBase:
             c.execute(f"PRAGMA synchronous={self._sync}")
             c.execute(f"PRAGMA busy_timeout={busy_ms}")
         except sqlite3.Error as e:
-            if _away(e):
+            if away(e):
                 raise StoreUnavailable(f"the SQLite database cannot be opened: {e}") from e
             raise
         return c
@@ -97,7 +83,7 @@ class SqliteBase:
         try:
             c.execute("BEGIN IMMEDIATE" if write else "BEGIN")
         except sqlite3.OperationalError as e:
-            if _away(e):
+            if away(e):
                 raise StoreUnavailable(f"SQLite: {e}") from e
             raise
         try:
@@ -106,32 +92,36 @@ class SqliteBase:
         except BaseException as e:
             with contextlib.suppress(sqlite3.Error):
                 c.execute("ROLLBACK")
-            if isinstance(e, sqlite3.Error) and _away(e):
+            if away(e):
                 raise StoreUnavailable(f"SQLite: {e}") from e
             raise
         return out
 
     async def _run(self, fn: Callable[[sqlite3.Connection], T], *, write: bool = True) -> T:
+        """An operation off the message path: a write in the next group commit (run in the
+        committer thread), a read on the worker thread's connection."""
+        if write:
+            return await self.writes.write(fn, cold=True)
         return await asyncio.get_running_loop().run_in_executor(
-            self._pool, lambda: self._tx(self._connect(), fn, write)
+            self._pool, lambda: self._tx(self._connect(), fn, False)
         )
 
     async def _hot(self, fn: Callable[[sqlite3.Connection], T], *, write: bool = True) -> T:
-        """One short statement or two of a message's path, on the loop's connection.
+        """One short statement or two of a message's path: a write in the next group commit
+        (its statements on the loop), a read on the loop's read connection.
 
-        The loop's connection waits at most HOT_BUSY_MS for the write lock; when the worker
-        thread holds it longer (a prune batch, an operator's action), the work moves to the
-        thread instead, so the event loop never stalls behind a long transaction."""
-        if not self._inline:
-            return await self._run(fn, write=write)
+        The read connection waits at most HOT_BUSY_MS for a lock; past it the read moves to
+        the worker thread, so the event loop never stalls."""
+        if write:
+            return await self.writes.write(fn)
         if self._hot_conn is None:
             self._hot_conn = self._open(HOT_BUSY_MS)
         try:
-            return self._tx(self._hot_conn, fn, write)
+            return self._tx(self._hot_conn, fn, False)
         except StoreUnavailable as e:
             if not _locked(e):
                 raise
-        return await self._run(fn, write=write)
+        return await self._run(fn, write=False)
 
     async def migrate(self) -> None:
         def go(c: sqlite3.Connection) -> None:
@@ -152,6 +142,7 @@ class SqliteBase:
         await self._run(lambda c: c.execute("SELECT 1").fetchone(), write=False)
 
     async def close(self) -> None:
+        await self.writes.close()
         if self._hot_conn is not None:
             self._hot_conn.close()
             self._hot_conn = None

@@ -11,6 +11,7 @@ import sqlite3
 
 from berth.adapters.sql import rows
 from berth.adapters.sql.sqlite_base import SqliteBase
+from berth.adapters.sql.sqlite_hot import accept_sql, claim_rows, get_row
 from berth.domain.delivery import FINAL, Delivery, DeliveryStatus, sources
 from berth.domain.errors import NotFound
 from berth.ports import Settle
@@ -23,23 +24,7 @@ __all__ = ["SqliteDeliveries"]
 class SqliteDeliveries(SqliteBase):
     # deliveries ------------------------------------------------------------
     async def accept(self, d: Delivery) -> tuple[Delivery, bool]:
-        p = rows.d_params(d)
-        sql = (
-            f"INSERT INTO deliveries ({', '.join(p)}) VALUES ({', '.join(':' + k for k in p)}) "
-            "ON CONFLICT (workspace_id, caller, message_id) DO NOTHING RETURNING *"
-        )
-
-        def go(c: sqlite3.Connection) -> tuple[Delivery, bool]:
-            row = c.execute(sql, p).fetchone()
-            if row is not None:
-                return rows.d_from_row(row), True
-            row = c.execute(
-                "SELECT * FROM deliveries WHERE workspace_id = ? AND caller = ? AND message_id = ?",
-                (d.workspace_id, d.caller, d.message_id),
-            ).fetchone()
-            return rows.d_from_row(row), False
-
-        return await self._hot(go)
+        return await self._hot(accept_sql(d))
 
     async def get_delivery(self, delivery_id: str) -> Delivery:
         def go(c: sqlite3.Connection) -> Delivery:
@@ -72,31 +57,29 @@ class SqliteDeliveries(SqliteBase):
         lease_seconds: float,
         now: float,
     ) -> list[Delivery]:
-        def go(c: sqlite3.Connection) -> list[Delivery]:
-            limit = -1
-            if capacity is not None:
-                busy = c.execute(
-                    "SELECT count(*) FROM deliveries INDEXED BY deliveries_in_flight "
-                    f"WHERE workspace_id = ? AND status = '{rows.IN_FLIGHT}'",
-                    (workspace_id,),
-                ).fetchone()[0]
-                limit = capacity - busy
-                if limit <= 0:
-                    return []
-            got = c.execute(
-                f"UPDATE deliveries SET status = '{rows.IN_FLIGHT}', lease_owner = :owner, lease_until = :until, "
-                "forwards = forwards + 1, first_forwarded_at = COALESCE(first_forwarded_at, :now), "
-                "updated_at = :now WHERE seq IN (SELECT seq FROM deliveries INDEXED BY deliveries_queued WHERE workspace_id = :ws "
-                f"AND status = '{rows.QUEUED}' AND not_before <= :now ORDER BY seq LIMIT :limit) RETURNING *",
-                {
-                    "owner": owner,
-                    "until": now + lease_seconds,
-                    "now": now,
-                    "ws": workspace_id,
-                    "limit": limit,
-                },
-            ).fetchall()
-            return sorted((rows.d_from_row(r) for r in got), key=lambda d: d.seq)
+        return await self._hot(
+            lambda c: claim_rows(c, workspace_id, capacity, owner, now + lease_seconds, now)
+        )
+
+    async def accept_claim(
+        self,
+        d: Delivery,
+        *,
+        capacity: int | None,
+        owner: str,
+        lease_seconds: float,
+        now: float,
+    ) -> tuple[Delivery, bool, list[Delivery]]:
+        """accept, then (when it created the delivery) claim, in one transaction."""
+        accept = accept_sql(d, parse_new=False)
+
+        def go(c: sqlite3.Connection) -> tuple[Delivery, bool, list[Delivery]]:
+            stored, created = accept(c)
+            if not created:
+                return stored, False, []
+            got = claim_rows(c, d.workspace_id, capacity, owner, now + lease_seconds, now)
+            mine = next((g for g in got if g.id == d.id), None)
+            return mine or get_row(c, d.id), True, got
 
         return await self._hot(go)
 

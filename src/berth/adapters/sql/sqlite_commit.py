@@ -1,0 +1,245 @@
+"""Group commit: every write of the SQLite store goes through one connection in batches
+that share one transaction and one COMMIT (one fsync with synchronous=FULL).
+
+A batch is everything submitted while the previous COMMIT was in flight; with nothing in
+flight a write starts its batch on the loop's next turn, so no write waits for a timer.
+Each write runs in its own savepoint: one that raises is rolled back alone and gets its
+own error, the others commit. An error meaning the database cannot serve (disk full, I/O,
+locked) rolls the whole batch back and fails each write in it with StoreUnavailable.
+No write's result is handed back before the COMMIT holding it has returned.
+
+Hot writes (a message's path, short statements) run on the event loop and only the
+COMMIT goes to the committer thread when it fsyncs; a batch with a cold write (operator
+actions, upkeep scans, prune batches) runs whole in that thread, and so does a batch whose
+BEGIN finds the write lock held by another connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sqlite3
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from berth.domain.errors import StoreUnavailable
+
+T = TypeVar("T")
+__all__ = ["GroupCommit", "away"]
+
+# The driver errors that mean "the database cannot serve now" (retry later), as opposed to
+# a bug in berth's SQL: locked past the busy timeout, disk full, I/O, cannot open.
+_AWAY = (
+    "SQLITE_BUSY",
+    "SQLITE_LOCKED",
+    "SQLITE_FULL",
+    "SQLITE_IOERR",
+    "SQLITE_CANTOPEN",
+    "SQLITE_READONLY",
+    "SQLITE_PROTOCOL",
+    "SQLITE_NOMEM",
+)
+
+
+def away(e: BaseException) -> bool:
+    name = getattr(e, "sqlite_errorname", "") or ""
+    return isinstance(e, sqlite3.Error) and name.startswith(_AWAY)
+
+
+def _busy(e: BaseException) -> bool:
+    name = getattr(e, "sqlite_errorname", "") or ""
+    return name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED"))
+
+
+@dataclass(slots=True)
+class _Write:
+    fn: Callable[[sqlite3.Connection], Any]
+    fut: asyncio.Future[Any]
+    cold: bool
+
+
+Results = list[tuple[bool, Any]]  # per write: (ok, its value or its exception)
+
+
+class GroupCommit:
+    def __init__(
+        self,
+        connect: Callable[[], sqlite3.Connection],
+        *,
+        commit_in_thread: bool,
+        busy_ms: int,
+    ) -> None:
+        self._connect = connect  # a connection whose busy timeout is short (the loop's wait)
+        self._conn: sqlite3.Connection | None = None
+        self._offload = commit_in_thread
+        self._busy_ms = busy_ms
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="berth-commit")
+        self._pending: list[_Write] = []
+        self._task: asyncio.Task[None] | None = None
+        # as PostgreSQL's group commit counts (benchmarks, tests): transactions committed,
+        # the writes they carried, writes of batches run again one savepoint each
+        self.batches = 0
+        self.items = 0
+        self.retried = 0
+
+    async def write(self, fn: Callable[[sqlite3.Connection], T], *, cold: bool = False) -> T:
+        """`fn(connection)` inside the next batch; its value once that batch is committed."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[T] = loop.create_future()
+        self._pending.append(_Write(fn, fut, cold))
+        if self._task is None:
+            self._task = loop.create_task(self._drain(), name="sqlite-group-commit")
+        return await fut
+
+    async def _drain(self) -> None:
+        try:
+            while self._pending:
+                batch, self._pending = self._pending, []
+                batch = [w for w in batch if not w.fut.done()]  # a caller gone: nothing written
+                if batch:
+                    await self._batch(batch)
+        except BaseException as e:  # cancelled at shutdown: nobody may wait forever
+            for w in self._pending:
+                if not w.fut.done():
+                    w.fut.set_exception(StoreUnavailable(f"SQLite: the store is closing ({e!r})"))
+            self._pending = []
+            raise
+        finally:
+            self._task = None
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._conn is None:
+            self._conn = self._connect()
+        return self._conn
+
+    async def _batch(self, batch: list[_Write]) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            c = self._connection()
+            if any(w.cold for w in batch) or not self._begin_now(c):
+                results = await loop.run_in_executor(self._pool, self._whole, c, batch)
+            else:
+                results = self._apply(c, batch)
+                if c.in_transaction:
+                    if self._offload:
+                        await loop.run_in_executor(self._pool, self._commit, c)
+                    else:
+                        self._commit(c)
+        except BaseException as e:
+            for w in batch:
+                if not w.fut.done():
+                    w.fut.set_exception(_failed(e))
+            if not isinstance(e, Exception):
+                raise
+            return
+        self.batches += 1
+        for w, (ok, value) in zip(batch, results, strict=True):
+            self.items += ok
+            if not w.fut.done():
+                if ok:
+                    w.fut.set_result(value)
+                else:
+                    w.fut.set_exception(value)
+
+    @staticmethod
+    def _begin_now(c: sqlite3.Connection) -> bool:
+        """BEGIN IMMEDIATE on the loop, waiting at most the connection's short busy timeout;
+        False when another connection holds the write lock (the batch goes to the thread)."""
+        try:
+            c.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as e:
+            if _busy(e):
+                return False
+            raise
+        return True
+
+    def _whole(self, c: sqlite3.Connection, batch: list[_Write]) -> Results:
+        """A batch in the committer thread: waits up to busy_ms for the write lock."""
+        deadline = time.monotonic() + self._busy_ms / 1000
+        while True:
+            try:
+                c.execute("BEGIN IMMEDIATE")
+                break
+            except sqlite3.OperationalError as e:
+                if not _busy(e) or time.monotonic() >= deadline:
+                    raise
+        results = self._apply(c, batch)
+        if c.in_transaction:
+            self._commit(c)
+        return results
+
+    def _apply(self, c: sqlite3.Connection, batch: list[_Write]) -> Results:
+        """Every write of the batch in the open transaction. Optimistic: no savepoints, as
+        the message path's writes do not fail short of the database failing; when one
+        does raise, the whole transaction is rolled back and the batch run again with a
+        savepoint per write (the writes are pure functions of the connection)."""
+        out: Results = []
+        try:
+            for w in batch:
+                out.append((True, w.fn(c)))
+        except Exception as e:
+            with contextlib.suppress(sqlite3.Error):
+                c.execute("ROLLBACK")
+            if away(e):
+                raise
+            c.execute("BEGIN IMMEDIATE")  # the write lock was just ours: no wait
+            self.retried += len(batch)
+            return self._one_by_one(c, batch)
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                c.execute("ROLLBACK")
+            raise
+        return out
+
+    @staticmethod
+    def _one_by_one(c: sqlite3.Connection, batch: list[_Write]) -> Results:
+        """Each write in its own savepoint: one that raises is rolled back alone."""
+        out: Results = []
+        try:
+            for w in batch:
+                c.execute("SAVEPOINT w")
+                try:
+                    out.append((True, w.fn(c)))
+                except Exception as e:
+                    if away(e):
+                        raise
+                    c.execute("ROLLBACK TO w")
+                    out.append((False, e))
+                c.execute("RELEASE w")
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                c.execute("ROLLBACK")
+            raise
+        return out
+
+    @staticmethod
+    def _commit(c: sqlite3.Connection) -> None:
+        try:
+            c.execute("COMMIT")
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                c.execute("ROLLBACK")
+            raise
+
+    async def close(self) -> None:
+        if self._task is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self._task)
+        loop = asyncio.get_running_loop()
+        if self._conn is not None:
+            await loop.run_in_executor(self._pool, self._conn.close)
+            self._conn = None
+        self._pool.shutdown(wait=True)
+
+
+def _failed(e: BaseException) -> BaseException:
+    """What a write of a failed batch raises: StoreUnavailable when the database cannot
+    serve (or the store is shutting down mid-batch), else the error itself (a bug)."""
+    if isinstance(e, Exception) and not away(e):
+        return e
+    out = StoreUnavailable(f"SQLite: {e}" if away(e) else "SQLite: the store is closing")
+    out.__cause__ = e
+    return out

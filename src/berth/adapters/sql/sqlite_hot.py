@@ -1,0 +1,77 @@
+"""The message path's statements on SQLite: accept (INSERT … ON CONFLICT DO NOTHING) and
+claim (the oldest claimable queued deliveries up to the free capacity), each a function of
+the connection, so an accept and its claim can share one transaction."""
+
+from __future__ import annotations
+
+import functools
+import sqlite3
+from collections.abc import Callable
+
+from berth.adapters.sql import rows
+from berth.domain.delivery import Delivery
+
+__all__ = ["accept_sql", "claim_rows", "get_row"]
+
+
+@functools.cache
+def _insert_sql(cols: tuple[str, ...]) -> str:
+    return (
+        f"INSERT INTO deliveries ({', '.join(cols)}) VALUES ({', '.join(':' + k for k in cols)}) "
+        "ON CONFLICT (workspace_id, caller, message_id) DO NOTHING RETURNING *"
+    )
+
+
+def accept_sql(
+    d: Delivery, *, parse_new: bool = True
+) -> Callable[[sqlite3.Connection], tuple[Delivery, bool]]:
+    """The accept's statements. `parse_new=False`: a created delivery is returned as the
+    caller built it (its caller reads it back after claiming)."""
+    p = rows.d_params(d)
+    sql = _insert_sql(tuple(p))
+
+    def go(c: sqlite3.Connection) -> tuple[Delivery, bool]:
+        row = c.execute(sql, p).fetchone()
+        if row is not None:
+            return (rows.d_from_row(row) if parse_new else d), True
+        row = c.execute(
+            "SELECT * FROM deliveries WHERE workspace_id = ? AND caller = ? AND message_id = ?",
+            (d.workspace_id, d.caller, d.message_id),
+        ).fetchone()
+        return rows.d_from_row(row), False
+
+    return go
+
+
+def get_row(c: sqlite3.Connection, delivery_id: str) -> Delivery:
+    row = c.execute("SELECT * FROM deliveries WHERE id = ?", (delivery_id,)).fetchone()
+    return rows.d_from_row(row)
+
+
+def claim_rows(
+    c: sqlite3.Connection,
+    workspace_id: str,
+    capacity: int | None,
+    owner: str,
+    until: float,
+    now: float,
+) -> list[Delivery]:
+    """The oldest claimable queued deliveries, up to the free capacity, now in flight."""
+    limit = -1
+    if capacity is not None:
+        busy = c.execute(
+            "SELECT count(*) FROM deliveries INDEXED BY deliveries_in_flight "
+            f"WHERE workspace_id = ? AND status = '{rows.IN_FLIGHT}'",
+            (workspace_id,),
+        ).fetchone()[0]
+        limit = capacity - busy
+        if limit <= 0:
+            return []
+    got = c.execute(
+        f"UPDATE deliveries SET status = '{rows.IN_FLIGHT}', lease_owner = :owner, lease_until = :until, "
+        "forwards = forwards + 1, first_forwarded_at = COALESCE(first_forwarded_at, :now), "
+        "updated_at = :now WHERE seq IN (SELECT seq FROM deliveries INDEXED BY deliveries_queued WHERE workspace_id = :ws "
+        f"AND status = '{rows.QUEUED}' AND not_before <= :now ORDER BY seq LIMIT :limit) RETURNING *",
+        {"owner": owner, "until": until, "now": now, "ws": workspace_id, "limit": limit},
+    ).fetchall()
+    return sorted((rows.d_from_row(r) for r in got), key=lambda d: d.seq)
