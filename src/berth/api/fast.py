@@ -1,7 +1,8 @@
 """The application class: the proxy route is served ahead of FastAPI's middleware and
 route table. Every message takes that route, and walking the table and the framework's
 per-request middleware cost about a fifth of berth's CPU per message (docs/benchmarks.md).
-Everything else, lifespan included, is FastAPI's."""
+The route keeps the one middleware that matters to it, the body limit. Everything else,
+lifespan included, is FastAPI's."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from starlette.types import Receive, Scope, Send
 
 from berth.api.a2a import a2a_endpoint
 from berth.api.errors import rpc_error_response
+from berth.api.limits import BodyLimit
 from berth.domain.errors import BerthError
 
 log = logging.getLogger("berth.api")
@@ -24,13 +26,17 @@ A2A_PATH = re.compile(r"^/v1/workspaces/([^/]+)/a2a/?$")
 
 
 class App(FastAPI):
+    _fast: BodyLimit | None = None
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "POST":
             m = A2A_PATH.match(scope["path"])
             if m is not None:
                 scope["app"] = self
                 scope["path_params"] = {"ref": m[1]}
-                await _a2a(scope, receive, send)
+                if self._fast is None:  # the limit is known once the app is built
+                    self._fast = BodyLimit(_a2a, self.state.berth.settings.max_body_bytes)
+                await self._fast(scope, receive, send)
                 return
         await super().__call__(scope, receive, send)
 
