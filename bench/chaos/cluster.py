@@ -243,6 +243,7 @@ class Cluster:
             body |= {"runtime": "external", "url": w.proxy.url}
         else:
             body["command"] = ECHO
+            body["env"] = {"ECHO_LOG_BOOT": "1"}
         r = await c.post("/v1/workspaces", json=body)
         if r.status_code != 201:
             raise RuntimeError(f"creating {spec.name}: {r.status_code} {r.text}")
@@ -267,6 +268,7 @@ class Cluster:
             "BERTH_ADVERTISE_URL": w.proxy.url,
             "BERTH_DRAIN_SECONDS": str(w.spec.drain_seconds),
             "BERTH_MAX_CONCURRENCY": str(w.spec.max_concurrency),
+            "ECHO_LOG_BOOT": "1",
         }
         with open(w.state_dir.parent / "agent.log", "ab") as log:
             w.agent = subprocess.Popen(

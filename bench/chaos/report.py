@@ -42,6 +42,9 @@ def summary(
     for s, n in sorted(others.items()):
         lines.append(f"  {'final ' + s:<26}{n:>10}")
     lines.append(f"  {'executions cut (re-run)':<26}{rep.counts['executions cut']:>10}")
+    lines.append(
+        f"  {'ended, unrecorded (killed)':<26}{rep.counts['ended, unrecorded (agent killed)']:>10}"
+    )
     lines.append(f"  {'order inversions excused':<26}{rep.counts['order_excused']:>10}")
     lines += ["", f"{'caller attempts':<28}{sum(rep.outcomes.values()):>10}"]
     for k, n in sorted(rep.outcomes.items()):
@@ -61,6 +64,12 @@ def summary(
         reasons = Counter(re.sub(r"\d+", "N", why)[:110] for _, _, why in rep.dead)
         lines += [f"  {n:>6}  {why}" for why, n in reasons.most_common()]
         lines += [f"  e.g. {ws}/{mid}" for ws, mid, _ in rep.dead[:3]]
+    if rep.unrecorded:
+        lines += [
+            "",
+            f"ran to their end, agent killed before recording, run again ({len(rep.unrecorded)}):",
+        ]
+        lines += [f"  {ws}/{mid}: {n}x" for ws, mid, n in rep.unrecorded[:20]]
     if rep.cut:
         lines += ["", f"executions cut mid-way and run again ({len(rep.cut)} messages), first 20:"]
         lines += [f"  {ws}/{mid}: {n} cut" for ws, mid, n in rep.cut[:20]]

@@ -68,6 +68,38 @@ def test_a_duplicate_execution_is_found():
     assert kinds(records, ex) == ["duplicate"]
 
 
+def _kill(ws: str, t0: float) -> dict[str, Any]:
+    return {"type": "fault", "kind": "agent_kill", "target": ws, "t0": t0, "t1": t0 + 0.1}
+
+
+def test_an_end_the_killed_agent_never_recorded_is_excused_only_with_a_new_process_and_a_kill():
+    records, ex = clean()
+    # a ran to its end, the agent was killed before recording it, a new one ran it again
+    ex["w"] = [("start", "a"), ("done", "a"), ("boot", "2"), ("start", "a"), ("done", "a")]
+    ex["w"] += [x for x in clean()[1]["w"] if x[1] != "a"]
+    assert kinds(records, ex) == ["duplicate"]  # no kill in the history: a real duplicate
+    records.append(_kill("w", 0.2))
+    rep = check(records, ex)
+    assert rep.ok, rep.violations
+    assert rep.unrecorded == [("w", "a", 1)]
+    assert rep.counts["ended, unrecorded (agent killed)"] == 1
+    # the same process ran it twice: the kill explains nothing
+    ex["w"] = [("boot", "2"), ("start", "a"), ("done", "a"), ("start", "a"), ("done", "a")]
+    ex["w"] += [x for x in clean()[1]["w"] if x[1] != "a"]
+    assert kinds(records, ex) == ["duplicate"]
+    # a kill of another workspace, or one after the message ended, explains nothing either
+    ex["w"] = [("start", "a"), ("done", "a"), ("boot", "2"), ("start", "a"), ("done", "a")]
+    ex["w"] += [x for x in clean()[1]["w"] if x[1] != "a"]
+    records[-1] = _kill("v", 0.2)
+    assert kinds(records, ex) == ["duplicate"]
+    records[-1] = _kill("w", 150.0)  # after finished_at (100)
+    assert kinds(records, ex) == ["duplicate"]
+    # three ends over one kill: one is excused, the third is a duplicate
+    records[-1] = _kill("w", 0.2)
+    ex["w"] += [("start", "a"), ("done", "a")]
+    assert kinds(records, ex) == ["duplicate"]
+
+
 def test_a_cut_execution_is_counted_and_needs_a_fault():
     records, ex = clean()
     ex["w"].insert(0, ("start", "a"))  # started, cut, started again and finished
@@ -169,7 +201,8 @@ def test_a_history_file_reads_back(tmp_path, torn):
             f.write('{"type": "call", "ws"')
     assert load(path) == records
     assert check(load(path), ex).ok
-    assert parse_executions("start a\ndone a\ngarbage\n\ncancel b\n") == [
+    assert parse_executions("boot 12\nstart a\ndone a\ngarbage\n\ncancel b\n") == [
+        ("boot", "12"),
         ("start", "a"),
         ("done", "a"),
         ("cancel", "b"),

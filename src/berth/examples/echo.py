@@ -5,7 +5,9 @@ A text beginning `sleep:<seconds> ` works that long first, passing the tool gate
 leading word `task` makes the reply a Task (working, then completed with the echo as its
 status message and artifact) instead of a Message, for the task methods.
 Each execution appends `start <messageId>` and `done <messageId>` to
-$BERTH_STATE_DIR/executions.log (and `cancel <messageId>` when its task is canceled).
+$BERTH_STATE_DIR/executions.log (and `cancel <messageId>` when its task is canceled);
+with ECHO_LOG_BOOT=1 each agent process also appends `boot <pid>` when it starts (the chaos
+tool's checker tells a process boundary by it).
 
     python -m berth.examples.echo [--port 8000] [--host 127.0.0.1] [--drain-seconds 30]
 """
@@ -46,6 +48,8 @@ class EchoExecutor(AgentExecutor):
         state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         fd = os.open(state_dir / "executions.log", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         self._log = open(fd, "a", buffering=1)  # noqa: SIM115 - lives with the process
+        if os.environ.get("ECHO_LOG_BOOT") == "1":
+            self._record("boot", str(os.getpid()))
 
     def _record(self, kind: str, message_id: str) -> None:
         # flushed, not fsynced: a killed process loses nothing it wrote (the kernel has it);
