@@ -259,7 +259,8 @@ class RunInfo:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-ExitCallback = Callable[[str, "int | None"], None]
+# (workspace id, exit code, version of the instance that exited; None: the serving one)
+ExitCallback = Callable[[str, "int | None", "int | None"], None]
 
 
 class Provisioner(Protocol):

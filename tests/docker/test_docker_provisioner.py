@@ -130,7 +130,7 @@ async def test_start_serves_the_agent_and_stop_drains(
     )
 
     exits: list[tuple[str, int | None]] = []
-    provisioner.on_exit(lambda ws_id, code: exits.append((ws_id, code)))
+    provisioner.on_exit(lambda ws_id, code, _v: exits.append((ws_id, code)))
     t1 = time.monotonic()
     await provisioner.stop(ws, grace=10.0)
     t_stop = time.monotonic() - t1
@@ -148,7 +148,7 @@ async def test_kill_from_outside_fires_on_exit(
     provisioner: DockerProvisioner, docker_engine: Any
 ) -> None:
     exits: asyncio.Queue[tuple[str, int | None]] = asyncio.Queue()
-    provisioner.on_exit(lambda ws_id, code: exits.put_nowait((ws_id, code)))
+    provisioner.on_exit(lambda ws_id, code, _v: exits.put_nowait((ws_id, code)))
     ws = make_ws()
     info = await provisioner.start(ws, identity(provisioner, ws))
     assert info.url

@@ -151,7 +151,8 @@ class FakeRuntime:
 
     def __init__(self, agents: FakeAgents) -> None:
         self.agents = agents
-        self.current: dict[str, Agent] = {}
+        self.current: dict[str, Agent] = {}  # the latest started, by workspace
+        self.versions: dict[tuple[str, int], Agent] = {}
         self.starts: dict[str, int] = {}
         self.register: Callable[[str, dict[str, Any]], Awaitable[Any]] | None = None
         self.fail_start: set[str] = set()  # workspace names whose next start exits at once
@@ -168,11 +169,12 @@ class FakeRuntime:
         if previous is not None:
             agent.handler = previous.handler  # the same code, a new process
         self.current[ws.id] = agent
+        self.versions[(ws.id, ws.version)] = agent
         self.agents.by_url[url] = agent
         if ws.name in self.fail_start:
             self.fail_start.discard(ws.name)
             agent.alive = False
-            asyncio.get_running_loop().call_later(0.01, self._exit, ws.id, 1)
+            asyncio.get_running_loop().call_later(0.01, self._exit, ws.id, 1, ws.version)
             return RunInfo(pid=n)
         assert self.register is not None
         asyncio.ensure_future(self.register(agent.token, {"url": url}))
@@ -184,18 +186,18 @@ class FakeRuntime:
         agent.alive = False
         asyncio.get_running_loop().call_later(0.05, self._exit, ws_id, code)
 
-    def _exit(self, ws_id: str, code: int | None) -> None:
+    def _exit(self, ws_id: str, code: int | None, version: int | None = None) -> None:
         for cb in self._callbacks:
-            cb(ws_id, code)
+            cb(ws_id, code, version)
 
     async def stop(self, ws: Workspace, grace: float) -> None:
-        agent = self.current.get(ws.id)
+        agent = self.versions.get((ws.id, ws.version), self.current.get(ws.id))
         if agent is not None and agent.alive:
             agent.alive = False
             await asyncio.sleep(0.05)  # a real stop takes a while: its cut requests fail first
 
     async def is_running(self, ws: Workspace) -> bool:
-        agent = self.current.get(ws.id)
+        agent = self.versions.get((ws.id, ws.version), self.current.get(ws.id))
         return agent is not None and agent.alive
 
     async def cleanup_orphans(self, known: dict[str, Workspace]) -> list[str]:

@@ -95,7 +95,7 @@ class MemoryStore(AcceptThenClaim):
 
     async def workspace_by_run_token(self, token_hash: str) -> Workspace | None:
         for w in self._ws.values():
-            if w.run_token_hash is not None and token_hash == w.run_token_hash:
+            if token_hash in (w.run_token_hash, w.peer_run_token_hash):
                 return copy.deepcopy(w)
         return None
 

@@ -40,8 +40,9 @@ class ProcessProvisioner:
         self.root = root
         self.instance = instance
         self.user = user  # berth is root: agents run as this unprivileged user
-        self._procs: dict[str, asyncio.subprocess.Process] = {}
-        self._watchers: dict[str, asyncio.Task[None]] = {}
+        # by (workspace id, version): a deploy runs two versions side by side
+        self._procs: dict[tuple[str, int], asyncio.subprocess.Process] = {}
+        self._watchers: dict[tuple[str, int], asyncio.Task[None]] = {}
         self._callbacks: list[ExitCallback] = []
 
     def on_exit(self, callback: ExitCallback) -> None:
@@ -93,22 +94,23 @@ class ProcessProvisioner:
             ) from None
         finally:
             logf.close()
-        self._procs[ws.id] = proc
-        self._watchers[ws.id] = asyncio.create_task(self._watch(ws.id, proc))
+        key = (ws.id, ws.version)
+        self._procs[key] = proc
+        self._watchers[key] = asyncio.create_task(self._watch(key, proc))
         return RunInfo(url=f"http://127.0.0.1:{port}", pid=proc.pid, state_dir=str(state))
 
-    async def _watch(self, ws_id: str, proc: asyncio.subprocess.Process) -> None:
+    async def _watch(self, key: tuple[str, int], proc: asyncio.subprocess.Process) -> None:
         code = await proc.wait()
-        if self._procs.get(ws_id) is proc:
-            del self._procs[ws_id]
+        if self._procs.get(key) is proc:
+            del self._procs[key]
         for cb in self._callbacks:
             try:
-                cb(ws_id, code)
+                cb(key[0], code, key[1])
             except Exception:
                 log.exception("exit callback failed")
 
     async def stop(self, ws: Workspace, grace: float) -> None:
-        proc = self._procs.get(ws.id)
+        proc = self._procs.get((ws.id, ws.version))
         if proc is None or proc.returncode is not None:
             if ws.pid and _ours(ws.pid, ws.id, self.instance):
                 await _terminate_pid(ws.pid, grace)
@@ -122,12 +124,12 @@ class ProcessProvisioner:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
             await proc.wait()
-        watcher = self._watchers.pop(ws.id, None)
+        watcher = self._watchers.pop((ws.id, ws.version), None)
         if watcher is not None:
             await asyncio.gather(watcher, return_exceptions=True)
 
     async def is_running(self, ws: Workspace) -> bool:
-        proc = self._procs.get(ws.id)
+        proc = self._procs.get((ws.id, ws.version))
         return proc is not None and proc.returncode is None
 
     async def cleanup_orphans(self, known: dict[str, Workspace]) -> list[str]:
@@ -137,7 +139,7 @@ class ProcessProvisioner:
         dedupe; the message is then redelivered to the fresh process and answered from it."""
         stopped = []
         for pid, ws_id in await asyncio.to_thread(_instance_processes, self.instance):
-            if ws_id in self._procs and self._procs[ws_id].pid == pid:
+            if any(k[0] == ws_id and p.pid == pid for k, p in self._procs.items()):
                 continue
             ws = known.get(ws_id)
             grace = max(ws.drain_seconds + 2, 5.0) if ws is not None else 5.0

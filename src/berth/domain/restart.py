@@ -14,6 +14,7 @@ class Phase(str, enum.Enum):
     STOPPING = "stopping"
     REQUEUE = "requeue"
     STARTING = "starting"
+    SWITCH = "switch"  # replace mode: new claims go to the new version
     REPLAY = "replay"
     DONE = "done"
     FAILED = "failed"
@@ -26,6 +27,7 @@ class Trigger(str, enum.Enum):
     STARTUP = "startup"
     CONFIG = "config"
     WAKE = "wake"  # a message arrived for a suspended workspace
+    DEPLOY = "deploy"  # a new version of the spec (command, image, env)
 
 
 FINISHED = frozenset({Phase.DONE, Phase.FAILED})  # a cycle in these is over
@@ -62,6 +64,8 @@ class RestartRecord:
     error: str | None = None
     created_at: float = 0.0
     finished_at: float | None = None
+    mode: str = "stop-first"  # RestartMode
+    versions: dict[str, Any] | None = None  # {"from": n, "to": m} of a deploy or replace
 
     @property
     def finished(self) -> bool:
@@ -80,6 +84,8 @@ class RestartRecord:
             "error": self.error,
             "created_at": self.created_at,
             "finished_at": self.finished_at,
+            "mode": self.mode,
+            "versions": self.versions,
             "seconds": None
             if self.finished_at is None
             else round(self.finished_at - self.created_at, 4),

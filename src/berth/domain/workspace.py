@@ -9,6 +9,7 @@ from typing import Any
 
 from berth.domain.credentials import normalise_callers
 from berth.domain.delivery import QueueLimit
+from berth.domain.deploy import USER_BERTH_ENV, Instance, RestartMode
 from berth.domain.errors import InvalidInput
 from berth.domain.lifecycle import WorkspaceState
 from berth.wire import container_name
@@ -67,6 +68,14 @@ class Workspace:
     created_at: float = 0.0
     updated_at: float = 0.0
     card_access: str = "callers"  # CardAccess: who may read the agent card without a token
+    version: int = 1  # of the serving instance, which this record describes
+    peer: Instance | None = None  # the other running instance during a deploy
+    peer_run_token_hash: str | None = None  # the peer's run token (kept beside it, indexed)
+
+    @property
+    def restart_mode(self) -> RestartMode:
+        """How a restart or deploy runs unless it says otherwise (the spec's default)."""
+        return RestartMode(self.limits.get("restart_mode", RestartMode.STOP_FIRST.value))
 
     @property
     def native_session(self) -> bool:
@@ -116,6 +125,9 @@ class Workspace:
             "last_error": self.last_error,
             "allowed_callers": self.allowed_callers,
             "created_at": self.created_at,
+            "version": self.version,
+            "restart_mode": self.restart_mode.value,
+            "peer": None if self.peer is None else self.peer.public(),
         }
         if queue_depth is not None:
             out["queue_depth"] = queue_depth
@@ -178,7 +190,7 @@ def validate_spec(body: dict[str, Any]) -> dict[str, Any]:
         isinstance(k, str) and isinstance(v, str) for k, v in env.items()
     ):
         raise InvalidInput("env: an object of string values")
-    if any(k.startswith("BERTH_") and k not in _USER_BERTH_ENV for k in env):
+    if any(k.startswith("BERTH_") and k not in USER_BERTH_ENV for k in env):
         raise InvalidInput("env: BERTH_* variables are set by berth")
     mc = body.get("max_concurrency", 1)
     if not isinstance(mc, int) or isinstance(mc, bool) or not 1 <= mc <= 1000:
@@ -211,6 +223,12 @@ def validate_spec(body: dict[str, Any]) -> dict[str, Any]:
         if runtime is Runtime.EXTERNAL:
             raise InvalidInput("idle_suspend_seconds: berth can only suspend what it runs")
         limits["idle_suspend_seconds"] = float(idle)
+    mode = body.get("restart_mode")
+    if mode is not None:
+        try:
+            limits["restart_mode"] = RestartMode(mode).value
+        except ValueError:
+            raise InvalidInput("restart_mode: one of stop-first, replace") from None
     mqa = body.get("max_queue_age")
     if mqa is not None:
         if not isinstance(mqa, (int, float)) or isinstance(mqa, bool) or not 0 <= mqa <= 30 * 86400:
@@ -236,7 +254,6 @@ def validate_spec(body: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-_USER_BERTH_ENV = {"BERTH_DRAIN_SECONDS", "BERTH_MAX_CONCURRENCY"}
 _SPEC_KEYS = {
     "name",
     "runtime",
@@ -254,4 +271,5 @@ _SPEC_KEYS = {
     "max_queue_age",
     "idle_suspend_seconds",
     "allowed_callers",
+    "restart_mode",
 }

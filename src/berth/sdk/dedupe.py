@@ -30,8 +30,9 @@ __all__ = ["Dedupe"]
 
 
 class Dedupe:
-    def __init__(self, state_dir: Path) -> None:
+    def __init__(self, state_dir: Path, *, shared: bool = False) -> None:
         private_dir(state_dir)
+        self.shared = shared
         # timeout: a process still stopping on the same state dir holds the lock until it exits
         self._db = sqlite3.connect(
             private_file(state_dir / "dedupe.sqlite"),
@@ -39,10 +40,12 @@ class Dedupe:
             isolation_level=None,
             timeout=30,
         )
-        # One process owns this file. Exclusive locking, set before the first WAL access,
-        # keeps the WAL index in the process's memory (no -shm file) and the page cache valid
-        # between transactions: no lock or shared-memory calls per read or commit.
-        self._db.execute("PRAGMA locking_mode=EXCLUSIVE")
+        # Alone, one process owns this file: exclusive locking, set before the first WAL
+        # access, keeps the WAL index in the process's memory (no -shm file) and the page
+        # cache valid between transactions. Shared (a deploy runs two versions on one state
+        # directory), the WAL index is in shared memory and each transaction locks.
+        if not shared:
+            self._db.execute("PRAGMA locking_mode=EXCLUSIVE")
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute(
@@ -56,13 +59,20 @@ class Dedupe:
             "task_id TEXT NOT NULL, started REAL NOT NULL, ended REAL)"
         )
         self._running: dict[str, asyncio.Future[tuple[str, bytes] | None]] = {}
-        # Executions the last stop cut (read once: no new ones appear while this process runs).
-        self._cut: dict[str, str] = {
-            r[0]: r[1]
-            for r in self._db.execute(
-                "SELECT message_id, task_id FROM executions WHERE ended IS NULL ORDER BY started"
-            )
-        }
+        # Executions the last stop cut (read once: no new ones appear while this process runs
+        # alone). Shared, an unended row may be the other version's running execution: none
+        # is taken as cut at start, and a redelivered message looks its own row up.
+        self._cut: dict[str, str] = (
+            {}
+            if shared
+            else {
+                r[0]: r[1]
+                for r in self._db.execute(
+                    "SELECT message_id, task_id FROM executions WHERE ended IS NULL"
+                    " ORDER BY started"
+                )
+            }
+        )
         self._pending: dict[str, tuple[str, float]] = {}  # started, not yet written
         self._written: set[str] = set()  # started and written: their end is written at once
         self.closed = False
@@ -95,7 +105,12 @@ class Dedupe:
 
     def cut_execution(self, message_id: str) -> str | None:
         """The task id of this message's earlier execution, if the last stop cut it."""
-        return self._cut.get(message_id)
+        if message_id in self._cut or not self.shared or self.closed:
+            return self._cut.get(message_id)
+        row = self._db.execute(
+            "SELECT task_id FROM executions WHERE message_id = ? AND ended IS NULL", (message_id,)
+        ).fetchone()
+        return None if row is None else str(row[0])
 
     def cut_executions(self) -> list[tuple[str, str]]:
         """(messageId, task id) of every execution the last stop cut."""

@@ -27,6 +27,7 @@ class Identity:
     drain_seconds: float
     advertise_url: str
     max_concurrency: int | None
+    shared_state: bool = False  # another version may run on the same state directory
 
     @classmethod
     def from_env(cls, port: int | None = None, drain_seconds: float | None = None) -> Identity:
@@ -42,6 +43,7 @@ class Identity:
             drain_seconds=float(env.get("BERTH_DRAIN_SECONDS") or drain_seconds or 30),
             advertise_url=env.get("BERTH_ADVERTISE_URL") or f"http://127.0.0.1:{p}",
             max_concurrency=int(mc) if mc else None,
+            shared_state=env.get("BERTH_SHARED_STATE") == "1",
         )
 
 

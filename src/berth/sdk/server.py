@@ -75,7 +75,7 @@ def build_app(
 ) -> AgentRuntime:
     ident = Identity.from_env(port, drain_seconds)
     drain = Drain()
-    dedupe = Dedupe(ident.state_dir)
+    dedupe = Dedupe(ident.state_dir, shared=ident.shared_state)
     store, engine = durable_task_store(ident.state_dir, before_save=dedupe.flush)
     counted = Counted(executor, drain, dedupe, store)
     handler = DefaultRequestHandler(agent_executor=counted, task_store=store, agent_card=card)

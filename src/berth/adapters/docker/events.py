@@ -104,7 +104,7 @@ class DockerExits:
     def _report(self, ws_id: str, code: int | None) -> None:
         for cb in self._callbacks:
             try:
-                cb(ws_id, code)
+                cb(ws_id, code, None)
             except Exception:
                 log.exception("exit callback failed")
 

@@ -35,7 +35,9 @@ class SqliteCredentials(SqliteBase):
     async def workspace_by_run_token(self, token_hash: str) -> Workspace | None:
         def go(c: sqlite3.Connection) -> Workspace | None:
             row = c.execute(
-                "SELECT * FROM workspaces WHERE run_token_hash = ? LIMIT 1", (token_hash,)
+                "SELECT * FROM workspaces WHERE run_token_hash = ? OR peer_run_token_hash = ?"
+                " LIMIT 1",
+                (token_hash, token_hash),
             ).fetchone()
             return None if row is None else rows.ws_from_row(row)
 

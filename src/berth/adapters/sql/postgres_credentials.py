@@ -16,7 +16,9 @@ __all__ = ["PostgresCredentials"]
 class PostgresCredentials(PostgresBase):
     async def workspace_by_run_token(self, token_hash: str) -> Workspace | None:
         row = await self._fetchrow(
-            "SELECT * FROM workspaces WHERE run_token_hash = $1 LIMIT 1", token_hash
+            "SELECT * FROM workspaces WHERE run_token_hash = $1 OR peer_run_token_hash = $1"
+            " LIMIT 1",
+            token_hash,
         )
         return None if row is None else rows.ws_from_row(row)
 

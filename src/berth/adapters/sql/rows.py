@@ -9,6 +9,7 @@ from typing import Any
 
 from berth.domain.credentials import Credential, Role
 from berth.domain.delivery import Delivery, DeliveryStatus
+from berth.domain.deploy import Instance
 from berth.domain.errors import NotFound
 from berth.domain.lifecycle import WorkspaceState, check_missed_move, move_guard
 from berth.domain.restart import FINISHED, Phase, PhaseTiming, RestartRecord, Trigger
@@ -50,6 +51,9 @@ WS_COLUMNS = [
     "created_at",
     "updated_at",
     "card_access",
+    "version",
+    "peer",
+    "peer_run_token_hash",
 ]
 D_COLUMNS = [
     "id",
@@ -88,10 +92,14 @@ R_COLUMNS = [
     "error",
     "created_at",
     "finished_at",
+    "mode",
+    "versions",
 ]
 
 
 def ws_value(column: str, value: Any) -> Any:
+    if column == "peer":
+        return None if value is None else json.dumps(value.to_dict())
     if column in WS_JSON:
         return None if value is None else json.dumps(value)
     if column in WS_ENUMS and value is not None:
@@ -107,7 +115,9 @@ def ws_from_row(row: Mapping[str, Any]) -> Workspace:
     kw: dict[str, Any] = {}
     for c in WS_COLUMNS:
         v = row[c]
-        if c in WS_JSON and v is not None:
+        if c == "peer" and v is not None:
+            v = Instance.from_dict(json.loads(v))
+        elif c in WS_JSON and v is not None:
             v = json.loads(v)
         elif c in WS_ENUMS:
             v = WS_ENUMS[c](v)
@@ -182,6 +192,8 @@ def r_params(r: RestartRecord) -> dict[str, Any]:
         "error": r.error,
         "created_at": r.created_at,
         "finished_at": r.finished_at,
+        "mode": r.mode,
+        "versions": None if r.versions is None else json.dumps(r.versions),
     }
 
 
@@ -202,6 +214,8 @@ def r_from_row(row: Mapping[str, Any]) -> RestartRecord:
         error=row["error"],
         created_at=row["created_at"],
         finished_at=row["finished_at"],
+        mode=row["mode"],
+        versions=None if row["versions"] is None else json.loads(row["versions"]),
     )
 
 

@@ -172,6 +172,19 @@ ALTER TABLE deliveries ADD CONSTRAINT deliveries_accept_key UNIQUE (workspace_id
 """
 
 
+# 4: versions (issue 13). The workspace record is the serving instance (`version`); `peer` is the
+# second running instance during a deploy (JSON), its run token beside it for the lookup;
+# a restart record says how it ran and between which versions.
+_VERSIONS = """
+ALTER TABLE workspaces ADD COLUMN version INTEGER NOT NULL DEFAULT 1;
+ALTER TABLE workspaces ADD COLUMN peer TEXT;
+ALTER TABLE workspaces ADD COLUMN peer_run_token_hash TEXT;
+CREATE INDEX workspaces_peer_run_token ON workspaces (peer_run_token_hash);
+ALTER TABLE restarts ADD COLUMN mode TEXT NOT NULL DEFAULT 'stop-first';
+ALTER TABLE restarts ADD COLUMN versions TEXT
+"""
+
+
 def migrations(types: dict[str, str]) -> list[tuple[int, str]]:
     """(version, script) pairs in order; a script may hold several statements."""
     key = _SQLITE_ACCEPT_KEY if types["blob"] == "BLOB" else _POSTGRES_ACCEPT_KEY
@@ -179,6 +192,7 @@ def migrations(types: dict[str, str]) -> list[tuple[int, str]]:
         (1, _COMMON.format(**types)),
         (2, _A2A_TRANSPARENCY),
         (3, _CREDENTIALS.format(**types) + ";" + key),
+        (4, _VERSIONS),
     ]
 
 

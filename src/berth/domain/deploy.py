@@ -1,0 +1,120 @@
+"""Versions of a workspace: the second running instance during a deploy, and what a deploy
+may change (the spec's command, image, env and restart mode)."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from berth.domain.errors import InvalidInput
+
+__all__ = ["Instance", "RestartMode", "Role", "validate_change"]
+
+
+class RestartMode(str, enum.Enum):
+    STOP_FIRST = "stop-first"  # drain, stop, start: the agent never runs twice at once
+    REPLACE = "replace"  # start the new version beside the old, switch, then drain the old
+
+
+class Role(str, enum.Enum):
+    NEXT = "next"  # started by a deploy, not serving yet
+    OLD = "old"  # replaced: finishing its in-flight work, then stopped
+
+
+@dataclass
+class Instance:
+    """A running instance that is not the one the workspace record describes (at most one).
+
+    The workspace record is always the serving version (its url, pid, run token, spec); a
+    deploy adds the next version here, and at the switch the two swap places."""
+
+    version: int
+    role: Role
+    run_token_hash: str
+    command: list[str] | None = None
+    image: str | None = None
+    env: dict[str, str] = field(default_factory=dict)
+    agent_url: str | None = None
+    agent_card: dict[str, Any] | None = None
+    capabilities: dict[str, Any] = field(default_factory=dict)
+    pid: int | None = None
+    started_at: float = 0.0
+    registered_at: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "role": self.role.value}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Instance:
+        return cls(**{**d, "role": Role(d["role"])})
+
+    def public(self) -> dict[str, Any]:
+        return {
+            "version": self.version,
+            "role": self.role.value,
+            "url": self.agent_url,
+            "command": self.command,
+            "image": self.image,
+            "env": sorted(self.env),
+            "pid": self.pid,
+            "started_at": self.started_at,
+            "registered_at": self.registered_at,
+        }
+
+
+_CHANGE_KEYS = {"command", "image", "env", "restart_mode", "mode", "reason", "drain_seconds"}
+
+
+def validate_change(body: Any, runtime: str, env: dict[str, str]) -> dict[str, Any]:
+    """Check a deploy request; return the spec fields it changes (env merged into `env`)
+    plus `mode`, `reason` and `drain_seconds` when given. Raise InvalidInput otherwise."""
+    if not isinstance(body, dict):
+        raise InvalidInput("the body must be a JSON object")
+    unknown = set(body) - _CHANGE_KEYS
+    if unknown:
+        raise InvalidInput(f"unknown field(s): {', '.join(sorted(unknown))}")
+    out: dict[str, Any] = {}
+    command = body.get("command")
+    if command is not None:
+        if runtime != "process":
+            raise InvalidInput("command: only a process workspace's command can be deployed")
+        if not (isinstance(command, list) and command and all(isinstance(c, str) for c in command)):
+            raise InvalidInput("command: a non-empty list of strings")
+        out["command"] = command
+    image = body.get("image")
+    if image is not None:
+        if runtime != "docker":
+            raise InvalidInput("image: only a docker workspace's image can be deployed")
+        if not (isinstance(image, str) and image):
+            raise InvalidInput("image: a non-empty string")
+        out["image"] = image
+    new_env = body.get("env")
+    if new_env is not None:
+        if not isinstance(new_env, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in new_env.items()
+        ):
+            raise InvalidInput("env: an object of string values")
+        if any(k.startswith("BERTH_") and k not in USER_BERTH_ENV for k in new_env):
+            raise InvalidInput("env: BERTH_* variables are set by berth")
+        out["env"] = {**env, **new_env}
+    for key in ("restart_mode", "mode"):
+        if body.get(key) is not None:
+            try:
+                out[key] = RestartMode(body[key])
+            except ValueError:
+                raise InvalidInput(f"{key}: one of stop-first, replace") from None
+    reason = body.get("reason")
+    if reason is not None:
+        if not isinstance(reason, str) or len(reason) > 500:
+            raise InvalidInput("reason: a string of at most 500 characters")
+        out["reason"] = reason
+    ds = body.get("drain_seconds")
+    if ds is not None:
+        if not isinstance(ds, (int, float)) or isinstance(ds, bool) or not 0 <= ds <= 3600:
+            raise InvalidInput("drain_seconds: a number from 0 to 3600")
+        out["drain_seconds"] = float(ds)
+    return out
+
+
+USER_BERTH_ENV = {"BERTH_DRAIN_SECONDS", "BERTH_MAX_CONCURRENCY"}
