@@ -23,6 +23,7 @@ from berth.ports import AgentClient, Bus, Cache, Locks, Provisioner, Store
 from berth.services.access import Access
 from berth.services.agent_link import AgentLink
 from berth.services.delivery_log import DeliveryLog
+from berth.services.deploy import Replacer
 from berth.services.dispatcher import Dispatcher
 from berth.services.events import WORK_TOPIC, WS_TOPIC, Events
 from berth.services.handoff import Handoff
@@ -310,7 +311,10 @@ def assemble(
         stop_grace=settings.stop_grace_seconds,
         instance=settings.instance,
     )
-    restarts = RestartService(runner, store, roster, dispatcher, link, events, locks, metrics)
+    replacer = Replacer(runner, link, dispatcher, roster, events)
+    restarts = RestartService(
+        runner, store, roster, dispatcher, link, events, locks, metrics, replacer
+    )
     heartbeats = Heartbeats(
         store,
         roster,

@@ -44,9 +44,7 @@ async def test_workspace_by_token_finds_the_peer_run_token(store: Store) -> None
     ws = make_ws("alpha", token_hash="t1", run_token_hash="r1")
     await store.create_workspace(ws)
     assert await store.workspace_by_token("r2") is None
-    await store.update_workspace(
-        ws.id, peer=Instance(2, Role.NEXT, "r2"), peer_run_token_hash="r2"
-    )
+    await store.update_workspace(ws.id, peer=Instance(2, Role.NEXT, "r2"), peer_run_token_hash="r2")
     found = await store.workspace_by_token("r2")
     assert found is not None and found.id == ws.id and found.peer_run_token_hash == "r2"
     assert (await store.workspace_by_token("r1")).id == ws.id  # type: ignore[union-attr]
@@ -69,4 +67,8 @@ async def test_restart_record_keeps_mode_and_versions(store: Store) -> None:
     r.mode, r.versions = "replace", {"from": 1, "to": 2}
     await store.save_restart(r)
     got = await store.get_restart("w1", "r-1")
-    assert (got.trigger, got.mode, got.versions) == (Trigger.DEPLOY, "replace", {"from": 1, "to": 2})
+    assert (got.trigger, got.mode, got.versions) == (
+        Trigger.DEPLOY,
+        "replace",
+        {"from": 1, "to": 2},
+    )

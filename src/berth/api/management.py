@@ -16,6 +16,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response, Strea
 from berth.api.auth import require_admin
 from berth.bootstrap import Container
 from berth.domain.delivery import DeliveryStatus
+from berth.domain.deploy import RestartMode
 from berth.domain.errors import InvalidInput, MalformedBody
 from berth.services.events import EVENT_TOPIC, unpack
 
@@ -51,6 +52,24 @@ class WorkspaceCreate(BaseModel):
 
 class RestartRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
+    drain_seconds: float | None = Field(None, ge=0, le=3600)
+    reason: str | None = Field(None, max_length=500)
+    mode: Literal["stop-first", "replace"] | None = Field(
+        None, description="default: the workspace's restart_mode"
+    )
+
+
+class DeployRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    command: list[str] | None = Field(None, description="the new argv (process)")
+    image: str | None = Field(None, description="the new image (docker)")
+    env: dict[str, str] | None = Field(None, description="merged into the current env")
+    restart_mode: Literal["stop-first", "replace"] | None = Field(
+        None, description="the spec's new default for later restarts and deploys"
+    )
+    mode: Literal["stop-first", "replace"] | None = Field(
+        None, description="how this deploy runs; default: the workspace's restart_mode"
+    )
     drain_seconds: float | None = Field(None, ge=0, le=3600)
     reason: str | None = Field(None, max_length=500)
 
@@ -118,9 +137,29 @@ async def restart_workspace(
     except ValueError as e:
         raise InvalidInput(f"restart body: {_first_error(e)}") from None
     record, joined = await c.workspaces.restart(
-        ref, reason=body.reason, drain_seconds=body.drain_seconds
+        ref,
+        reason=body.reason,
+        drain_seconds=body.drain_seconds,
+        mode=None if body.mode is None else RestartMode(body.mode),
     )
     return JSONResponse({**record.public(), "joined": joined}, status_code=202)
+
+
+@router.post(
+    "/workspaces/{ref}/deploy",
+    status_code=202,
+    summary="Deploy a new version (start before stop in replace mode)",
+    openapi_extra={
+        "requestBody": {
+            "content": {"application/json": {"schema": DeployRequest.model_json_schema()}}
+        }
+    },
+)
+async def deploy_workspace(
+    ref: str, request: Request, c: Container = Depends(berth)
+) -> JSONResponse:
+    record = await c.workspaces.deploy(ref, await json_body(request))
+    return JSONResponse({**record.public(), "joined": False}, status_code=202)
 
 
 @router.get("/workspaces/{ref}/restarts", summary="Restart records, newest first")

@@ -149,6 +149,12 @@ def _ws(sub: Any, common: argparse.ArgumentParser) -> None:
         help="suspend after S s without messages; a message wakes it (default: never)",
     )
     c.add_argument(
+        "--restart-mode",
+        choices=["stop-first", "replace"],
+        help="how restarts and deploys run by default: stop-first (the agent never runs "
+        "twice at once) or replace (start the new one beside it first); default stop-first",
+    )
+    c.add_argument(
         "--wait",
         type=float,
         default=60.0,
@@ -206,9 +212,30 @@ def _ws(sub: Any, common: argparse.ArgumentParser) -> None:
                 help="drain window (default: the workspace's)",
             )
             r.add_argument("--reason", help="recorded with the restart")
+            r.add_argument("--mode", choices=["stop-first", "replace"], help=_MODE)
             r.set_defaults(fn="restarts.restart")
         else:
             r.set_defaults(fn="workspaces.resume")
+    d = ws.add_parser(
+        "deploy",
+        parents=[common],
+        help="deploy a new version: start it beside the running one, switch, stop the old",
+    )
+    d.add_argument("ref", metavar="NAME", help="workspace name or id")
+    d.add_argument("command", nargs="*", help="after --: the new argv (process runtime)")
+    d.add_argument("--image", help="the new image (docker runtime)")
+    d.add_argument(
+        "--env", action="append", metavar="KEY=VALUE", help="set in the agent's env (repeatable)"
+    )
+    d.add_argument("--mode", choices=["stop-first", "replace"], help=_MODE)
+    d.add_argument(
+        "--restart-mode", choices=["stop-first", "replace"], help="the spec's new default mode"
+    )
+    d.add_argument("--drain-seconds", type=float, metavar="S", help="the old version's drain")
+    d.add_argument("--reason", help="recorded with the deploy")
+    d.add_argument("--no-follow", action="store_true", help="do not wait for the deploy")
+    d.add_argument("--wait", type=float, default=600.0, metavar="S", help="follow for S s")
+    d.set_defaults(fn="deploys.deploy")
     rs = ws.add_parser("restarts", parents=[common], help="a workspace's restart history")
     rs.add_argument("ref", metavar="NAME", help="workspace name or id")
     rs.add_argument("id", nargs="?", help="one restart: its phases and drain report")
@@ -307,3 +334,6 @@ def build() -> argparse.ArgumentParser:
     tp.add_argument("--once", action="store_true", help="print once (also when not a terminal)")
     tp.set_defaults(fn="watch.top")
     return p
+
+
+_MODE = "replace: start the new agent beside the old one first; stop-first: stop, then start (default: the workspace's restart mode)"

@@ -25,7 +25,11 @@ FINISHED = ("done", "failed")
 def restart(args: argparse.Namespace, api: Api, out: Out) -> None:
     body = {
         k: v
-        for k, v in {"drain_seconds": args.drain_seconds, "reason": args.reason}.items()
+        for k, v in {
+            "drain_seconds": args.drain_seconds,
+            "reason": args.reason,
+            "mode": args.mode,
+        }.items()
         if v is not None
     }
     try:

@@ -14,7 +14,7 @@ from berth.cli.errors import CliError, Exit
 from berth.cli.output import Out, ago, drain_summary, duration, status, when
 from berth.cli.restarts import follow_restart
 
-__all__ = ["absolute_paths", "create", "logs", "ls", "pause", "resume", "rm", "show"]
+__all__ = ["absolute_paths", "create", "kv", "logs", "ls", "pause", "resume", "rm", "show"]
 
 STARTED = ("online", "failed", "paused")
 
@@ -57,13 +57,14 @@ def create(args: argparse.Namespace, api: Api, out: Out) -> None:
         "max_queue_age",
         "idle_suspend_seconds",
         "card",
+        "restart_mode",
     ):
         if getattr(args, key) is not None:
             body[key] = getattr(args, key)
     if args.cpus is not None:
         body["cpus"] = args.cpus
     if args.env:
-        body["env"] = dict(_kv(e) for e in args.env)
+        body["env"] = dict(kv(e) for e in args.env)
     if args.allow:
         body["allowed_callers"] = args.allow
     ws = api.json("POST", "/v1/workspaces", body)
@@ -296,7 +297,7 @@ def _new_lines(old: list[str], new: list[str]) -> list[str]:
     return new
 
 
-def _kv(s: str) -> tuple[str, str]:
+def kv(s: str) -> tuple[str, str]:
     k, sep, v = s.partition("=")
     if not sep or not k:
         raise CliError(f"--env takes KEY=VALUE, not {s!r}", Exit.USAGE)

@@ -229,6 +229,8 @@ def validate_spec(body: dict[str, Any]) -> dict[str, Any]:
             limits["restart_mode"] = RestartMode(mode).value
         except ValueError:
             raise InvalidInput("restart_mode: one of stop-first, replace") from None
+        if mode == RestartMode.REPLACE.value and runtime is not Runtime.PROCESS:
+            raise InvalidInput("restart_mode: replace needs the process runtime (for now)")
     mqa = body.get("max_queue_age")
     if mqa is not None:
         if not isinstance(mqa, (int, float)) or isinstance(mqa, bool) or not 0 <= mqa <= 30 * 86400:

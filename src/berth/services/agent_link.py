@@ -109,9 +109,11 @@ class AgentLink:
         drain_seconds: float,
         reason: str | None,
         margin: float = 5.0,
+        url: str | None = None,
     ) -> SignalResult:
+        """`url`: the instance to signal, when it is not the serving one (a deploy's old)."""
         try:
-            url = await self.resolve(ws)
+            url = rewrite_for_docker(url, ws, self._in_docker) if url else await self.resolve(ws)
         except Exception as e:  # a database error must not block the restart
             return SignalResult(SignalOutcome.UNRESOLVED, detail=f"url resolution failed: {e}")
         if not url:

@@ -68,6 +68,7 @@ class Dispatcher:
         self._wake: dict[str, asyncio.Event] = {}
         self._loops: dict[str, asyncio.Task[None]] = {}
         self._forwards: dict[str, dict[str, asyncio.Task[None]]] = {}
+        self._runs: dict[str, dict[str, str | None]] = {}  # ws -> delivery -> run it went to
         self._idle: dict[str, asyncio.Event] = {}
         self._draining_run: dict[
             str, str | None
@@ -116,6 +117,14 @@ class Dispatcher:
             if ws is None or self._closing:  # removed meanwhile: the lease returns it
                 return
             self._start(ws, d)
+
+    def retire(self, ws_id: str, run_token_hash: str | None) -> None:
+        """A deploy replaced this run: a failed forward to it is its planned exit."""
+        self._draining_run[ws_id] = run_token_hash
+
+    def in_flight_to(self, ws_id: str, run_token_hash: str | None) -> list[str]:
+        """Delivery ids this replica is forwarding to one run of the workspace right now."""
+        return [i for i, run in self._runs.get(ws_id, {}).items() if run == run_token_hash]
 
     def in_flight(self, ws_id: str) -> list[str]:
         """Delivery ids this replica is forwarding to the workspace right now."""
@@ -175,6 +184,7 @@ class Dispatcher:
     def _start(self, ws: Workspace, d: Delivery) -> None:
         task = asyncio.create_task(self._forward(ws, d), name=f"forward-{d.id[:8]}")
         self._forwards.setdefault(ws.id, {})[d.id] = task
+        self._runs.setdefault(ws.id, {})[d.id] = ws.run_token_hash
 
     async def _forward(self, ws: Workspace, d: Delivery) -> None:
         started = time.monotonic()
@@ -231,6 +241,7 @@ class Dispatcher:
             forwards = self._forwards.get(ws.id, {})
             if forwards.get(d.id) is asyncio.current_task():
                 del forwards[d.id]
+                self._runs.get(ws.id, {}).pop(d.id, None)
             if not forwards:
                 ev = self._idle.get(ws.id)
                 if ev is not None:

@@ -15,6 +15,7 @@ from typing import Any
 
 from berth.domain.credentials import hash_secret, new_secret
 from berth.domain.delivery import DeliveryStatus
+from berth.domain.deploy import RestartMode
 from berth.domain.errors import BerthError, InvalidInput, StartFailed
 from berth.domain.lifecycle import WorkspaceState
 from berth.domain.workspace import Runtime, Workspace
@@ -27,7 +28,7 @@ from berth.services.roster import Roster
 
 log = logging.getLogger("berth.lifecycle")
 S = WorkspaceState
-__all__ = ["Runner", "StartFailed", "hash_token", "new_token"]
+__all__ = ["DrainReport", "Runner", "StartFailed", "hash_token", "new_token"]
 
 
 def new_token() -> str:
@@ -47,6 +48,17 @@ class DrainReport:
     unfinished: list[str] = field(default_factory=list)
     in_flight: int = 0
     detail: str | None = None
+
+    @classmethod
+    def of_agent(cls, r: dict[str, Any]) -> DrainReport:
+        """The agent's own drain report (its answer to `restart_pending`)."""
+        return cls(
+            "agent",
+            bool(r.get("drained")),
+            list(r.get("completed") or []),
+            list(r.get("unfinished") or []),
+            int(r.get("in_flight") or 0),
+        )
 
     def public(self) -> dict[str, Any]:
         return {
@@ -83,6 +95,7 @@ class Runner:
         self.start_timeout, self.stop_grace = start_timeout, stop_grace
         self.stopping: set[str] = set()  # exits of these are expected
         self._start_exit: dict[str, asyncio.Future[int | None]] = {}
+        self._peer_exit: dict[tuple[str, int], asyncio.Future[int | None]] = {}
 
     def provisioner(self, ws: Workspace) -> Provisioner | None:
         if ws.runtime is Runtime.EXTERNAL:
@@ -134,28 +147,21 @@ class Runner:
             ws, restart_id=restart_id, drain_seconds=drain_seconds, reason=reason
         )
         if res.outcome is SignalOutcome.DRAINED:
-            r = res.report
-            report = DrainReport(
-                "agent",
-                bool(r.get("drained")),
-                list(r.get("completed") or []),
-                list(r.get("unfinished") or []),
-                int(r.get("in_flight") or 0),
-            )
+            report = DrainReport.of_agent(res.report)
             # The agent has answered those it completed; give their replies a moment to land.
             await self._dispatcher.wait_idle(ws.id, 2.0 if not report.unfinished else 0.2)
             return report
         if res.outcome is SignalOutcome.NO_DRAIN:
             idle = await self._dispatcher.wait_idle(ws.id, drain_seconds)
             left = set(self._dispatcher.in_flight(ws.id))
-            ids = await self._message_ids(before)
+            ids = await self.message_ids(before)
             done = [ids[i] for i in before - left if i in ids]
             return DrainReport(
                 "berth", idle, done, [ids[i] for i in left if i in ids], len(left), res.detail
             )
         return DrainReport("skipped", False, detail=f"{res.outcome.value}: {res.detail}")
 
-    async def _message_ids(self, delivery_ids: set[str]) -> dict[str, str]:
+    async def message_ids(self, delivery_ids: set[str]) -> dict[str, str]:
         out = {}
         for i in delivery_ids:
             try:
@@ -259,7 +265,11 @@ class Runner:
             fut.set_result(code)
         return True
 
-    def identity(self, ws: Workspace, token: str) -> dict[str, str]:
+    def identity(self, ws: Workspace, token: str, *, shared: bool | None = None) -> dict[str, str]:
+        """The agent's BERTH_* environment. `shared`: another version may run on its state
+        directory (default: the spec's restart mode is replace)."""
+        if shared is None:
+            shared = ws.restart_mode is RestartMode.REPLACE
         return {
             "BERTH_URL": self.berth_url,
             "BERTH_WORKSPACE_ID": ws.id,
@@ -268,7 +278,19 @@ class Runner:
             "BERTH_DRAIN_SECONDS": f"{ws.drain_seconds:g}",
             "BERTH_MAX_CONCURRENCY": str(ws.max_concurrency),
             "BERTH_INSTANCE": self.instance,
+            **({"BERTH_SHARED_STATE": "1"} if shared else {}),
         }
+
+    def expect_peer_exit(self, ws_id: str, version: int) -> asyncio.Future[int | None]:
+        """A future set if the instance `version` of the workspace exits (a deploy waits on it)."""
+        fut: asyncio.Future[int | None] = asyncio.get_running_loop().create_future()
+        self._peer_exit[(ws_id, version)] = fut
+        return fut
+
+    def peer_exited(self, ws_id: str, version: int, code: int | None) -> None:
+        fut = self._peer_exit.pop((ws_id, version), None)
+        if fut is not None and not fut.done():
+            fut.set_result(code)
 
     async def wait_gone(self, ws: Workspace, timeout: float) -> None:
         deadline = time.monotonic() + timeout

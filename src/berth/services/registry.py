@@ -10,6 +10,7 @@ from collections import defaultdict, deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from berth.domain.deploy import Role
 from berth.domain.errors import InvalidInput, Unauthorized
 from berth.domain.lifecycle import SHOULD_RUN, WorkspaceState
 from berth.domain.restart import Trigger
@@ -71,6 +72,7 @@ class Registry:
 
     async def register(self, token: str | None, body: Any) -> dict[str, Any]:
         ws = await self.authenticate(token)
+        peer = _is_peer(ws, token)
         if not isinstance(body, dict):
             raise InvalidInput("the body must be a JSON object")
         url = body.get("url")
@@ -88,6 +90,8 @@ class Registry:
             "capabilities": caps,
             "last_heartbeat": time.time(),
         }
+        if peer:
+            return await self._register_peer(ws, url, card, caps)
         mc = body.get("max_concurrency")
         if mc is not None:
             if not isinstance(mc, int) or isinstance(mc, bool) or mc < 1:
@@ -107,6 +111,28 @@ class Registry:
             "heartbeat_seconds": self._beats.told(ws.id),
         }
 
+    async def _register_peer(
+        self, ws: Workspace, url: str, card: Any, caps: dict[str, Any]
+    ) -> dict[str, Any]:
+        """A deploy's next version registered: remember where it is; it serves at the switch."""
+        peer = ws.peer
+        if peer is not None and peer.role is Role.NEXT and peer.agent_url is None:
+            peer.agent_url, peer.agent_card, peer.capabilities = url, card, caps
+            peer.registered_at = time.time()
+            await self._runner.update(ws.id, peer=peer)
+            await self._events.emit(
+                "workspace.registered",
+                workspace_id=ws.id,
+                name=ws.name,
+                url=url,
+                version=peer.version,
+            )
+        return {
+            "workspace_id": ws.id,
+            "name": ws.name,
+            "heartbeat_seconds": self._beats.told(ws.id),
+        }
+
     async def heartbeat(self, token: str | None, body: Any) -> dict[str, Any]:
         ws = await self.authenticate(token)
         if not isinstance(body, dict):
@@ -114,6 +140,12 @@ class Registry:
         active = body.get("active_tasks", 0)
         if not isinstance(active, int) or isinstance(active, bool) or active < 0:
             raise InvalidInput("active_tasks: a non-negative integer")
+        if _is_peer(ws, token):  # the other version of a deploy: the record is not its own
+            return {
+                "ok": True,
+                "reregister": ws.peer is not None and ws.peer.agent_url is None,
+                "heartbeat_seconds": self._beats.told(ws.id),
+            }
         now = time.time()
         if active != ws.active_tasks:
             ws = await self._runner.update(ws.id, last_heartbeat=now, active_tasks=active)
@@ -126,8 +158,13 @@ class Registry:
         }
 
     # crashes ---------------------------------------------------------------
-    def on_exit(self, ws_id: str, code: int | None) -> None:
-        """The provisioner saw the workspace's runtime exit (callback; schedules the handling)."""
+    def on_exit(self, ws_id: str, code: int | None, version: int | None = None) -> None:
+        """The provisioner saw the workspace's runtime exit (callback; schedules the handling).
+        An instance of another version than the serving one is a deploy's: never a crash."""
+        ws = self._roster.peek(ws_id)
+        if version is not None and ws is not None and version != ws.version:
+            self._runner.peer_exited(ws_id, version, code)
+            return
         if ws_id in self._runner.stopping or self._runner.exited_while_starting(ws_id, code):
             return
         asyncio.ensure_future(self._crashed(ws_id, f"exited with code {code}"))
@@ -230,6 +267,8 @@ class Registry:
             cut = await self._restarts.abandon(ws, "berth stopped during this cycle")
             if cut is not None:
                 log.info("restart %s of %s was cut by berth's stop: marked failed", cut.id, ws.name)
+            if ws.peer is not None:  # a deploy cut by berth's stop: its instances were stopped
+                ws = await self._runner.update(ws.id, peer=None, peer_run_token_hash=None)
             if ws.runtime is Runtime.EXTERNAL or ws.state not in SHOULD_RUN:
                 continue
             await self._runner.move(ws, S.OFFLINE)
@@ -254,3 +293,12 @@ class Registry:
                 log.exception("stopping %s failed", ws.name)
 
         await asyncio.gather(*(one(w) for w in running))
+
+
+def _is_peer(ws: Workspace, token: str | None) -> bool:
+    """The token is the run token of the workspace's other instance (a deploy's)."""
+    return (
+        token is not None
+        and ws.peer_run_token_hash is not None
+        and hash_token(token) == ws.peer_run_token_hash
+    )

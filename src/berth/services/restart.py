@@ -12,7 +12,9 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
+from berth.domain.deploy import RestartMode
 from berth.domain.errors import BerthError, Conflict, LocksUnavailable
 from berth.domain.lifecycle import WorkspaceState
 from berth.domain.restart import Phase, PhaseTiming, RestartRecord, Trigger
@@ -20,6 +22,7 @@ from berth.domain.workspace import Runtime, Workspace
 from berth.metrics import Metrics
 from berth.ports import Locks, RestartStore
 from berth.services.agent_link import AgentLink
+from berth.services.deploy import DeployFailed, Replacer, check_mode, spec_change
 from berth.services.dispatcher import Dispatcher
 from berth.services.events import Events
 from berth.services.lifecycle import Runner
@@ -32,6 +35,7 @@ __all__ = ["RestartService"]
 LOCK_TTL = 30.0
 JOIN_WAIT = 120.0  # how long pause/remove wait for a running cycle to finish
 RESTARTABLE = frozenset({S.ONLINE, S.PROVISIONING, S.OFFLINE, S.FAILED, S.DRAINING})
+COUNTED = frozenset({Trigger.API, Trigger.POLICY, Trigger.CONFIG, Trigger.DEPLOY})
 
 
 class RestartService:
@@ -45,8 +49,10 @@ class RestartService:
         events: Events,
         locks: Locks,
         metrics: Metrics,
+        replacer: Replacer,
     ) -> None:
         self._runner, self._records, self._roster = runner, records, roster
+        self._replacer = replacer
         self._dispatcher, self._link, self._events = dispatcher, link, events
         self._locks = locks
         self._metrics = metrics
@@ -61,14 +67,19 @@ class RestartService:
         reason: str | None = None,
         drain_seconds: float | None = None,
         delay: float = 0.0,
+        mode: RestartMode | None = None,
+        change: dict[str, Any] | None = None,
     ) -> tuple[RestartRecord, bool]:
-        """Start a restart cycle, or join the one running. Returns (record, joined)."""
+        """Start a restart cycle, or join the one running. Returns (record, joined).
+        `mode`: stop-first or replace (default: the spec's); `change`: a deploy's new spec
+        fields (a deploy never joins: it waits for the running cycle, then runs)."""
+        mode = check_mode(ws, mode or ws.restart_mode)
         deadline = time.monotonic() + JOIN_WAIT
         while (token := await self._locks.acquire(_key(ws.id), LOCK_TTL)) is None:
             # Someone holds the lock: a restart (maybe on another replica, which records it
             # just after taking the lock) is joined; a pause or removal is waited for.
             active = await self._records.active_restart(ws.id)
-            if active is not None:
+            if active is not None and change is None:
                 return active, True
             if time.monotonic() > deadline:
                 raise _busy(ws)
@@ -87,9 +98,10 @@ class RestartService:
             reason=reason,
             drain_seconds=ws.drain_seconds if drain_seconds is None else drain_seconds,
             created_at=time.time(),
+            mode=mode.value,
         )
         await self._records.save_restart(record)
-        self._spawn(self._cycle(ws, record, token, delay))
+        self._spawn(self._cycle(ws, record, token, delay, change or {}))
         await self._events.emit(
             "restart.requested",
             workspace_id=ws.id,
@@ -114,15 +126,22 @@ class RestartService:
             await asyncio.sleep(0.05)
 
     # the cycle ------------------------------------------------------------
-    async def _cycle(self, ws: Workspace, r: RestartRecord, token: str, delay: float) -> None:
+    async def _cycle(
+        self, ws: Workspace, r: RestartRecord, token: str, delay: float, change: dict[str, Any]
+    ) -> None:
         started = time.monotonic()
         try:
             async with self._holding(ws.id, token):
                 if delay:
                     await asyncio.sleep(delay)
                 ws = await self._roster.get(ws.id)
-                cut = await self._runner.in_flight(ws)  # what the stop may cut
                 running = await self._is_running(ws)
+                if r.mode == RestartMode.REPLACE.value and running and ws.state is S.ONLINE:
+                    await self._replacer.run(ws, r, change, self._phase)
+                    await self._done(ws, r)
+                    return
+                r.mode = RestartMode.STOP_FIRST.value  # nothing serves: nothing to keep serving
+                cut = await self._runner.in_flight(ws)  # what the stop may cut
                 if running:
                     await self._drain_and_stop(ws, r)
                 else:
@@ -132,6 +151,9 @@ class RestartService:
                 n = await self._runner.requeue(ws, cut)
                 await self._phase(r, Phase.REQUEUE, _noop(), detail=f"{n} returned to the queue")
                 ws = await self._roster.get(ws.id)
+                if change:  # a deploy, stop-first: the new spec is the next version
+                    r.versions = {"from": ws.version, "to": ws.version + 1}
+                    ws = await self._runner.update(ws.id, **spec_change(ws, change))
                 await self._phase(r, Phase.STARTING, self._runner.start(ws))
                 if (
                     ws.runtime is Runtime.EXTERNAL
@@ -141,16 +163,15 @@ class RestartService:
                     await self._runner.move(ws, S.ONLINE, only_from=frozenset({S.PROVISIONING}))
                 await self._phase(r, Phase.REPLAY, _noop())
                 self._dispatcher.wake(ws.id)
-                await self._finish(r, Phase.DONE)
-                if r.trigger in (Trigger.API, Trigger.POLICY, Trigger.CONFIG):
-                    current = await self._roster.get(ws.id)
-                    await self._runner.update(ws.id, restart_count=current.restart_count + 1)
+                await self._done(ws, r)
         except Exception as e:
             msg = e.message if isinstance(e, BerthError) else repr(e)
             log.warning("restart %s of %s failed: %s", r.id, ws.name, msg)
             r.error = msg
             await self._finish(r, Phase.FAILED)
             now_ws = self._roster.peek(ws.id)
+            if isinstance(e, DeployFailed):  # the old version kept serving
+                return
             if now_ws is not None and now_ws.state is not S.REMOVED:
                 await self._runner.move(now_ws, S.FAILED, last_error=f"restart failed: {msg}")
         finally:
@@ -163,6 +184,12 @@ class RestartService:
             self._metrics.observe(
                 "berth_restart_seconds", time.monotonic() - started, workspace=ws.name
             )
+
+    async def _done(self, ws: Workspace, r: RestartRecord) -> None:
+        await self._finish(r, Phase.DONE)
+        if r.trigger in COUNTED:
+            current = await self._roster.get(ws.id)
+            await self._runner.update(ws.id, restart_count=current.restart_count + 1)
 
     async def _drain_and_stop(self, ws: Workspace, r: RestartRecord) -> None:
         moved = await self._runner.move(ws, S.DRAINING)

@@ -7,6 +7,7 @@ import time
 import uuid
 from typing import Any
 
+from berth.domain.deploy import RestartMode, validate_change
 from berth.domain.errors import Conflict, InvalidInput
 from berth.domain.lifecycle import WorkspaceState
 from berth.domain.restart import RestartRecord, Trigger
@@ -92,12 +93,41 @@ class Workspaces:
         ]
 
     async def restart(
-        self, ref: str, *, reason: str | None, drain_seconds: float | None
+        self,
+        ref: str,
+        *,
+        reason: str | None,
+        drain_seconds: float | None,
+        mode: RestartMode | None = None,
     ) -> tuple[RestartRecord, bool]:
         ws = await self.get(ref)
-        args = {"reason": reason, "drain_seconds": drain_seconds}
+        args = {
+            "reason": reason,
+            "drain_seconds": drain_seconds,
+            "mode": None if mode is None else mode.value,
+        }
         answer = await self._where(ws, "restart", args)
         return await self._restarts.record(ws.id, str(answer["restart_id"])), bool(answer["joined"])
+
+    async def deploy(self, ref: str, body: Any) -> RestartRecord:
+        """A new version of the spec (command, image, env, restart mode): started beside the
+        running one and switched to (replace), or stop-then-start (stop-first)."""
+        ws = await self.get(ref)
+        validate_change(body, ws.runtime.value, ws.env)  # refused here, before any handoff
+        answer = await self._where(ws, "deploy", {"body": body})
+        return await self._restarts.record(ws.id, str(answer["restart_id"]))
+
+    async def _deploy(self, ws: Workspace, body: Any) -> dict[str, Any]:
+        change = validate_change(body, ws.runtime.value, ws.env)
+        record, _ = await self._restarts.request(
+            ws,
+            trigger=Trigger.DEPLOY,
+            reason=change.pop("reason", None),
+            drain_seconds=change.pop("drain_seconds", None),
+            mode=change.pop("mode", None),
+            change=change,
+        )
+        return {"restart_id": record.id, "joined": False}
 
     async def pause(self, ref: str) -> dict[str, Any]:
         ws = await self.get(ref)
@@ -135,8 +165,11 @@ class Workspaces:
                 trigger=Trigger.API,
                 reason=args.get("reason"),
                 drain_seconds=args.get("drain_seconds"),
+                mode=RestartMode(args["mode"]) if args.get("mode") else None,
             )
             return {"restart_id": record.id, "joined": joined}
+        if op == "deploy":
+            return await self._deploy(ws, args.get("body"))
         ops = {"pause": self._pause, "resume": self._resume, "remove": self._remove}
         if op not in ops:
             raise InvalidInput(f"unknown lifecycle operation {op!r}")
