@@ -1,4 +1,5 @@
-"""The echo agent: replies `echo: <text>`.
+"""The echo agent: replies `echo: <text>` (`$ECHO_PREFIX: <text>` when that is set, so
+that a test can tell two deployed versions apart).
 
 A text beginning `sleep:<seconds> ` works that long first, passing the tool gate every
 100 ms; a text beginning `crash` kills the process mid-execution (for poison tests). A
@@ -48,6 +49,7 @@ class EchoExecutor(AgentExecutor):
         state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         fd = os.open(state_dir / "executions.log", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         self._log = open(fd, "a", buffering=1)  # noqa: SIM115 - lives with the process
+        self._prefix = os.environ.get("ECHO_PREFIX") or "echo"
         if os.environ.get("ECHO_LOG_BOOT") == "1":
             self._record("boot", str(os.getpid()))
 
@@ -78,11 +80,13 @@ class EchoExecutor(AgentExecutor):
             async with tool_gate():
                 await asyncio.sleep(0.1)
         if as_task:
-            await updater.add_artifact([Part(text=f"echo: {text}")], name="echo")
-            await updater.complete(updater.new_agent_message([Part(text=f"echo: {text}")]))
+            await updater.add_artifact([Part(text=f"{self._prefix}: {text}")], name="echo")
+            await updater.complete(
+                updater.new_agent_message([Part(text=f"{self._prefix}: {text}")])
+            )
         else:
             reply = new_text_message(
-                f"echo: {text}", context_id=context.context_id, role=Role.ROLE_AGENT
+                f"{self._prefix}: {text}", context_id=context.context_id, role=Role.ROLE_AGENT
             )
             await event_queue.enqueue_event(reply)
         self._record("done", mid)

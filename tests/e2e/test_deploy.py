@@ -1,0 +1,111 @@
+"""Issue 13: deploys on real process workspaces. Under steady load a replace loses nothing
+and runs nothing twice; a task started on the old version is found by the new one."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.e2e.harness import create, executions, reply_text, send, send_body
+
+pytestmark = pytest.mark.slow
+
+
+async def _follow(c: httpx.AsyncClient, ws: str, rec: dict[str, Any]) -> dict[str, Any]:
+    while rec["phase"] not in ("done", "failed"):
+        await asyncio.sleep(0.05)
+        rec = (await c.get(f"/v1/workspaces/{ws}/restarts/{rec['id']}")).json()
+    return rec
+
+
+async def test_a_deploy_under_load_loses_nothing_and_runs_nothing_twice(berth_server):
+    async with berth_server.client() as c:
+        await create(c, "dep", drain_seconds=10, restart_mode="replace")
+        sent: dict[str, str] = {}  # messageId -> the prefix that answered
+        waits: list[float] = []
+        stop = asyncio.Event()
+
+        async def caller(n: int) -> None:
+            i = 0
+            while not stop.is_set() or i < 3:
+                text = f"{'sleep:0.3 ' if i % 5 == 0 else ''}c{n}-{i}"
+                mid = f"dep-c{n}-{i}"
+                t0 = time.monotonic()
+                r = await send(c, "dep", text, mid)
+                waits.append(time.monotonic() - t0)
+                assert r.status_code == 200, r.text
+                prefix, _, echoed = reply_text(r.json()).partition(": ")
+                assert echoed == text
+                sent[mid] = prefix
+                i += 1
+
+        async def deploy_twice() -> list[dict[str, Any]]:
+            out = []
+            for v in ("echo2",):
+                await asyncio.sleep(0.8)
+                r = await c.post("/v1/workspaces/dep/deploy", json={"env": {"ECHO_PREFIX": v}})
+                assert r.status_code == 202, r.text
+                out.append(await _follow(c, "dep", r.json()))
+            stop.set()
+            return out
+
+        *_, records = await asyncio.gather(*(caller(n) for n in range(4)), deploy_twice())
+        assert [r["phase"] for r in records] == ["done"], records
+        assert [r["mode"] for r in records] == ["replace"]
+        assert [r["versions"] for r in records] == [{"from": 1, "to": 2}]
+        assert [p["phase"] for p in records[0]["phases"]] == [
+            "starting",
+            "switch",
+            "draining",
+            "stopping",
+        ]
+        prefixes = set(sent.values())
+        assert prefixes == {"echo", "echo2"}, prefixes  # both versions served
+        info = (await c.get("/v1/workspaces/dep")).json()
+        assert info["status"] == "online" and info["version"] == 2 and info["peer"] is None
+        assert info["restart_count"] == 1 and info["crash_count"] == 0
+        starts, dones = executions(info["state_dir"])
+        assert all(starts[m] == 1 for m in sent), {m: starts[m] for m in sent if starts[m] != 1}
+        assert all(dones[m] == 1 for m in sent), {m: dones[m] for m in sent if dones[m] != 1}
+        dl = (await c.get("/v1/workspaces/dep/deliveries?limit=1000")).json()["deliveries"]
+        assert {d["status"] for d in dl} == {"done"} and len(dl) == len(sent)
+        print(f"\n[deploy] {len(sent)} messages, longest wait {max(waits):.2f} s")
+
+
+async def test_a_task_from_the_old_version_continues_on_the_new_and_refusals(berth_server):
+    async with berth_server.client() as c:
+        await create(c, "cont", restart_mode="replace")
+        r = await send(c, "cont", "task first", "cont-1")
+        task = r.json()["result"]["task"]
+        assert task["status"]["state"] == "TASK_STATE_COMPLETED"
+        d = await c.post("/v1/workspaces/cont/deploy", json={"env": {"ECHO_PREFIX": "v2"}})
+        rec = await _follow(c, "cont", d.json())
+        assert rec["phase"] == "done", rec
+        # the new version shares the state directory: it knows the old version's task
+        got = await c.post(
+            "/v1/workspaces/cont/a2a",
+            json={"jsonrpc": "2.0", "id": 2, "method": "GetTask", "params": {"id": task["id"]}},
+            headers={"a2a-version": "1.0"},
+        )
+        assert got.json()["result"]["id"] == task["id"], got.text
+        assert got.json()["result"]["status"]["state"] == "TASK_STATE_COMPLETED"
+        # a message in the same context is answered by the new version
+        body = send_body("task again", "cont-2")
+        body["params"]["message"]["contextId"] = task["contextId"]
+        r2 = await c.post("/v1/workspaces/cont/a2a", json=body, headers={"a2a-version": "1.0"})
+        t2 = r2.json()["result"]["task"]
+        assert t2["contextId"] == task["contextId"] and reply_text(r2.json()) == "v2: task again"
+        # refusals: a stop-first workspace, bad bodies, an unknown workspace
+        await create(c, "plain", online=False)
+        r = await c.post("/v1/workspaces/plain/deploy", json={"mode": "replace"})
+        assert r.status_code == 409 and r.json()["error"]["code"] == "restart_mode_stop_first"
+        r = await c.post("/v1/workspaces/plain/deploy", json={"command": "not a list"})
+        assert r.status_code == 422, r.text
+        r = await c.post("/v1/workspaces/plain/restart", json={"mode": "sideways"})
+        assert r.status_code == 422, r.text
+        r = await c.post("/v1/workspaces/nope/deploy", json={})
+        assert r.status_code == 404
