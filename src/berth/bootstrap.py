@@ -22,6 +22,7 @@ from berth.metrics import Metrics
 from berth.ports import AgentClient, Bus, Cache, Locks, Provisioner, Store
 from berth.services.access import Access
 from berth.services.agent_link import AgentLink
+from berth.services.canary import Canary
 from berth.services.delivery_log import DeliveryLog
 from berth.services.deploy import Replacer
 from berth.services.dispatcher import Dispatcher
@@ -35,6 +36,7 @@ from berth.services.proxy import Proxy
 from berth.services.registry import Registry
 from berth.services.restart import RestartService
 from berth.services.roster import Roster
+from berth.services.routing import Router
 from berth.services.supervisor import Supervisor
 from berth.services.url_policy import AgentUrlPolicy, parse_networks
 from berth.services.workspaces import Workspaces
@@ -281,6 +283,7 @@ def assemble(
         store, bus, events, metrics, replica=settings.replica, sole=sole, name_of=roster.name_of
     )
     link = AgentLink(store, cache, client, in_docker=in_docker)
+    router = Router()
     dispatcher = Dispatcher(
         deliveries,
         client,
@@ -293,6 +296,7 @@ def assemble(
             backoff_base=settings.retry_backoff_seconds,
             backoff_max=30.0,
         ),
+        router,
         lease_seconds=settings.lease_seconds,
         forward_timeout=settings.forward_timeout,
         sole=sole,
@@ -311,7 +315,8 @@ def assemble(
         stop_grace=settings.stop_grace_seconds,
         instance=settings.instance,
     )
-    replacer = Replacer(runner, link, dispatcher, roster, events)
+    canary = Canary(runner, roster, events, router, store)
+    replacer = Replacer(runner, link, dispatcher, roster, events, canary)
     restarts = RestartService(
         runner, store, roster, dispatcher, link, events, locks, metrics, replacer
     )
@@ -379,6 +384,7 @@ def assemble(
             events,
             Handoff(bus, settings.replica, shared=not sole),
             access,
+            store,
             sole=sole,
         ),
         registry=registry,

@@ -72,6 +72,8 @@ class DeployRequest(BaseModel):
     )
     drain_seconds: float | None = Field(None, ge=0, le=3600)
     reason: str | None = Field(None, max_length=500)
+    canary: int | None = Field(None, ge=1, le=99, description="percent of new messages")
+    canary_seconds: float | None = Field(None, gt=0, le=86400, description="default 60")
 
 
 async def json_body(request: Request) -> Any:
@@ -160,6 +162,18 @@ async def deploy_workspace(
 ) -> JSONResponse:
     record = await c.workspaces.deploy(ref, await json_body(request))
     return JSONResponse({**record.public(), "joined": False}, status_code=202)
+
+
+@router.post(
+    "/workspaces/{ref}/deploy/{decision}",
+    status_code=202,
+    summary="Promote or roll back the running canary by hand",
+)
+async def decide_canary(
+    ref: str, decision: Literal["promote", "rollback"], c: Container = Depends(berth)
+) -> JSONResponse:
+    record = await c.workspaces.decide(ref, decision)
+    return JSONResponse(record.public(), status_code=202)
 
 
 @router.get("/workspaces/{ref}/restarts", summary="Restart records, newest first")

@@ -9,7 +9,15 @@ from typing import Any
 
 from berth.domain.errors import InvalidInput
 
-__all__ = ["Instance", "RestartMode", "Role", "validate_change"]
+__all__ = [
+    "CANARY_TOLERANCE",
+    "Instance",
+    "RestartMode",
+    "Role",
+    "failure_rate",
+    "judge_canary",
+    "validate_change",
+]
 
 
 class RestartMode(str, enum.Enum):
@@ -41,6 +49,8 @@ class Instance:
     pid: int | None = None
     started_at: float = 0.0
     registered_at: float | None = None
+    canary: int | None = None  # percent of new messages it takes while a canary runs
+    decision: str | None = None  # "promote" or "rollback", by hand, during a canary
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "role": self.role.value}
@@ -60,10 +70,42 @@ class Instance:
             "pid": self.pid,
             "started_at": self.started_at,
             "registered_at": self.registered_at,
+            "canary": self.canary,
         }
 
 
-_CHANGE_KEYS = {"command", "image", "env", "restart_mode", "mode", "reason", "drain_seconds"}
+CANARY_TOLERANCE = 0.1  # the new version may fail this much more often (absolute) and pass
+CANARY_SECONDS = 60.0  # the default window
+
+
+def failure_rate(fig: dict[str, int]) -> float:
+    """Failures (agent errors, crashes, dead letters) per message tried."""
+    failures = fig.get("agent_errors", 0) + fig.get("crashes", 0) + fig.get("dead", 0)
+    tried = fig.get("messages", 0) + fig.get("crashes", 0)
+    return failures / tried if tried else 0.0
+
+
+def judge_canary(
+    old: dict[str, int], new: dict[str, int], tolerance: float = CANARY_TOLERANCE
+) -> tuple[str, str]:
+    """("promote" | "rollback", why) from both versions' figures at the window's end. A
+    canary that saw no message is promoted: nothing says it is worse."""
+    ro, rn = failure_rate(old), failure_rate(new)
+    why = f"failure rate {rn:.0%} (new) vs {ro:.0%} (old), tolerance {tolerance:.0%}"
+    return ("rollback" if rn > ro + tolerance else "promote"), why
+
+
+_CHANGE_KEYS = {
+    "command",
+    "image",
+    "env",
+    "restart_mode",
+    "mode",
+    "reason",
+    "drain_seconds",
+    "canary",
+    "canary_seconds",
+}
 
 
 def validate_change(body: Any, runtime: str, env: dict[str, str]) -> dict[str, Any]:
@@ -109,6 +151,24 @@ def validate_change(body: Any, runtime: str, env: dict[str, str]) -> dict[str, A
         if not isinstance(reason, str) or len(reason) > 500:
             raise InvalidInput("reason: a string of at most 500 characters")
         out["reason"] = reason
+    canary = body.get("canary")
+    if canary is not None:
+        if not isinstance(canary, int) or isinstance(canary, bool) or not 1 <= canary <= 99:
+            raise InvalidInput("canary: the percent of new messages, an integer from 1 to 99")
+        if out.get("mode") is RestartMode.STOP_FIRST:
+            raise InvalidInput("canary: runs two versions side by side; not with mode stop-first")
+        out["canary"] = canary
+    window = body.get("canary_seconds")
+    if window is not None:
+        if canary is None:
+            raise InvalidInput("canary_seconds: only with canary")
+        if (
+            not isinstance(window, (int, float))
+            or isinstance(window, bool)
+            or not 0 < window <= 86400
+        ):
+            raise InvalidInput("canary_seconds: seconds from 0 (exclusive) to 86400")
+        out["canary_seconds"] = float(window)
     ds = body.get("drain_seconds")
     if ds is not None:
         if not isinstance(ds, (int, float)) or isinstance(ds, bool) or not 0 <= ds <= 3600:

@@ -14,9 +14,12 @@ class Phase(str, enum.Enum):
     STOPPING = "stopping"
     REQUEUE = "requeue"
     STARTING = "starting"
+    CANARY = "canary"  # both versions serve: the new one a share of new messages
     SWITCH = "switch"  # replace mode: new claims go to the new version
+    ROLLBACK = "rollback"  # a canary judged (or told) worse: it is drained and stopped
     REPLAY = "replay"
     DONE = "done"
+    ROLLED_BACK = "rolled_back"  # a canary that was not promoted: the old version serves
     FAILED = "failed"
 
 
@@ -30,7 +33,7 @@ class Trigger(str, enum.Enum):
     DEPLOY = "deploy"  # a new version of the spec (command, image, env)
 
 
-FINISHED = frozenset({Phase.DONE, Phase.FAILED})  # a cycle in these is over
+FINISHED = frozenset({Phase.DONE, Phase.ROLLED_BACK, Phase.FAILED})  # a cycle in these is over
 
 
 @dataclass

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from berth.domain.credentials import normalise_callers
@@ -71,6 +71,22 @@ class Workspace:
     version: int = 1  # of the serving instance, which this record describes
     peer: Instance | None = None  # the other running instance during a deploy
     peer_run_token_hash: str | None = None  # the peer's run token (kept beside it, indexed)
+
+    def as_instance(self, inst: Instance) -> Workspace:
+        """This workspace as its other instance `inst` sees it (to reach, signal or stop it)."""
+        return replace(
+            self,
+            version=inst.version,
+            command=inst.command,
+            image=inst.image,
+            env=inst.env,
+            agent_url=inst.agent_url,
+            agent_card=inst.agent_card,
+            capabilities=inst.capabilities,
+            pid=inst.pid,
+            run_token_hash=inst.run_token_hash,
+            peer=None,
+        )
 
     @property
     def restart_mode(self) -> RestartMode:

@@ -15,12 +15,13 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from berth.domain.deploy import Instance, RestartMode, Role
+from berth.domain.deploy import CANARY_SECONDS, Instance, RestartMode, Role
 from berth.domain.errors import BerthError, Conflict, StartFailed
 from berth.domain.restart import Phase, RestartRecord
 from berth.domain.workspace import Runtime, Workspace
 from berth.ports import RunInfo
 from berth.services.agent_link import AgentLink, SignalOutcome
+from berth.services.canary import Canary
 from berth.services.dispatcher import Dispatcher
 from berth.services.events import WS_TOPIC, Events
 from berth.services.lifecycle import DrainReport, Runner, hash_token, new_token
@@ -45,23 +46,51 @@ class Replacer:
         dispatcher: Dispatcher,
         roster: Roster,
         events: Events,
+        canary: Canary,
     ) -> None:
         self._runner, self._link, self._dispatcher = runner, link, dispatcher
-        self._roster, self._events = roster, events
+        self._roster, self._events, self._canary = roster, events, canary
 
     async def run(
         self, ws: Workspace, r: RestartRecord, change: dict[str, Any], phase: PhaseFn
-    ) -> None:
-        """The replace cycle, each step recorded through `phase(record, Phase, work, detail)`."""
+    ) -> Phase:
+        """The replace cycle, each step recorded through `phase(record, Phase, work, detail)`;
+        returns how it ended (DONE, or ROLLED_BACK after a canary that was not promoted)."""
         version = ws.version + 1
         r.versions = {"from": ws.version, "to": version}
         info = await phase(
             r, Phase.STARTING, self._start_next(ws, version, change), detail=f"version {version}"
         )
+        if change.get("canary") is not None:
+            percent, seconds = change["canary"], change.get("canary_seconds", CANARY_SECONDS)
+            r.versions["canary"] = {"percent": percent, "seconds": seconds}
+            decision = await phase(
+                r,
+                Phase.CANARY,
+                self._canary.window(ws.id, percent, seconds, r),
+                detail=f"{percent} % of new messages for {seconds:g} s",
+            )
+            if decision == "rollback":
+                await phase(r, Phase.ROLLBACK, self._rollback(ws.id, version, r))
+                return Phase.ROLLED_BACK
         old = await phase(r, Phase.SWITCH, self._switch(ws.id, version, info, change))
-        report = await phase(r, Phase.DRAINING, self._drain_old(ws.id, old, r))
+        report = await phase(r, Phase.DRAINING, self._drain(ws.id, old, r))
         r.drain_report = report.public()
-        await phase(r, Phase.STOPPING, self._stop_old(ws.id, old), detail=f"version {old.version}")
+        await phase(r, Phase.STOPPING, self._stop(ws.id, old), detail=f"version {old.version}")
+        return Phase.DONE
+
+    async def _rollback(self, ws_id: str, version: int, r: RestartRecord) -> None:
+        """A deploy back: the new version takes no more new messages, drains and stops."""
+        ws = await self._roster.get(ws_id)
+        peer = ws.peer
+        if peer is None or peer.version != version:
+            return
+        peer.canary = None
+        await self._runner.update(ws_id, peer=peer)
+        await self._events.signal(WS_TOPIC, workspace_id=ws_id)
+        self._dispatcher.retire(ws_id, peer.run_token_hash)
+        r.drain_report = (await self._drain(ws_id, peer, r)).public()
+        await self._stop(ws_id, peer)
 
     # steps ------------------------------------------------------------------
     async def _start_next(self, ws: Workspace, version: int, change: dict[str, Any]) -> RunInfo:
@@ -163,10 +192,10 @@ class Replacer:
         self._dispatcher.wake(ws_id)
         return old
 
-    async def _drain_old(self, ws_id: str, old: Instance, r: RestartRecord) -> DrainReport:
-        """`restart_pending` to the old version; then wait for berth's forwards to it."""
+    async def _drain(self, ws_id: str, old: Instance, r: RestartRecord) -> DrainReport:
+        """`restart_pending` to the instance `old`; then wait for berth's forwards to it."""
         ws = await self._roster.get(ws_id)
-        view = _view(ws, old)
+        view = ws.as_instance(old)
         before = set(self._dispatcher.in_flight_to(ws_id, old.run_token_hash))
         res = await self._link.signal_restart(
             view,
@@ -193,9 +222,9 @@ class Replacer:
             report.unfinished = sorted(ids[i] for i in left if i in ids)
         return report
 
-    async def _stop_old(self, ws_id: str, old: Instance) -> None:
+    async def _stop(self, ws_id: str, old: Instance) -> None:
         ws = await self._roster.get(ws_id)
-        view = _view(ws, old)
+        view = ws.as_instance(old)
         try:
             p = self._runner.provisioner(view)
             if p is not None:
@@ -233,18 +262,3 @@ def spec_change(ws: Workspace, change: dict[str, Any]) -> dict[str, Any]:
 def _settled(w: Workspace | None, version: int) -> bool:
     """The wait for the next version ends: it registered, or the deploy was undone."""
     return w is None or w.peer is None or w.peer.version != version or w.peer.agent_url is not None
-
-
-def _view(ws: Workspace, inst: Instance) -> Workspace:
-    """The workspace as the instance `inst` sees it (to signal or stop that instance)."""
-    return dataclasses.replace(
-        ws,
-        version=inst.version,
-        command=inst.command,
-        image=inst.image,
-        env=inst.env,
-        agent_url=inst.agent_url,
-        pid=inst.pid,
-        run_token_hash=inst.run_token_hash,
-        peer=None,
-    )

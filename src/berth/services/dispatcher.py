@@ -24,6 +24,7 @@ from berth.services.delivery_log import DeliveryLog
 from berth.services.events import Events
 from berth.services.replies import classify, classify_rest
 from berth.services.roster import Roster
+from berth.services.routing import Router
 from berth.services.streams import stream_topic
 from berth.wire import is_stream, is_terminal_event, rest_path
 
@@ -49,6 +50,7 @@ class Dispatcher:
         events: Events,
         metrics: Metrics,
         policy: DeliveryPolicy,
+        router: Router,
         *,
         lease_seconds: float,
         forward_timeout: float,
@@ -57,6 +59,7 @@ class Dispatcher:
     ) -> None:
         self._log, self._client, self._roster, self._link = deliveries, client, roster, link
         self._events, self._metrics, self._policy = events, metrics, policy
+        self._router = router
         self.owner = deliveries.replica
         self._lease = lease_seconds
         self._timeout = forward_timeout
@@ -182,6 +185,7 @@ class Dispatcher:
                 self._maybe_queued[ws_id] = True
 
     def _start(self, ws: Workspace, d: Delivery) -> None:
+        ws = self._router.choose(ws, d)  # the instance it goes to (a canary's, or the serving)
         task = asyncio.create_task(self._forward(ws, d), name=f"forward-{d.id[:8]}")
         self._forwards.setdefault(ws.id, {})[d.id] = task
         self._runs.setdefault(ws.id, {})[d.id] = ws.run_token_hash
@@ -310,6 +314,7 @@ class Dispatcher:
         settled = await self._log.settle(d, how)
         if settled is None:
             return  # the lease was lost (a restart requeued it, or another replica took over)
+        self._router.observe(ws, d, outcome, settled.status, body)
         if failed:
             kind = "planned" if planned else outcome.value
             self._metrics.inc("berth_forward_failures_total", workspace=ws.name, kind=kind)

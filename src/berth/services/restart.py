@@ -137,9 +137,10 @@ class RestartService:
                 ws = await self._roster.get(ws.id)
                 running = await self._is_running(ws)
                 if r.mode == RestartMode.REPLACE.value and running and ws.state is S.ONLINE:
-                    await self._replacer.run(ws, r, change, self._phase)
-                    await self._done(ws, r)
+                    await self._done(ws, r, await self._replacer.run(ws, r, change, self._phase))
                     return
+                if change.get("canary") is not None:
+                    raise DeployFailed(f"a canary needs {ws.name} online, not {ws.state.value}")
                 r.mode = RestartMode.STOP_FIRST.value  # nothing serves: nothing to keep serving
                 cut = await self._runner.in_flight(ws)  # what the stop may cut
                 if running:
@@ -185,9 +186,9 @@ class RestartService:
                 "berth_restart_seconds", time.monotonic() - started, workspace=ws.name
             )
 
-    async def _done(self, ws: Workspace, r: RestartRecord) -> None:
-        await self._finish(r, Phase.DONE)
-        if r.trigger in COUNTED:
+    async def _done(self, ws: Workspace, r: RestartRecord, how: Phase = Phase.DONE) -> None:
+        await self._finish(r, how)
+        if how is Phase.DONE and r.trigger in COUNTED:
             current = await self._roster.get(ws.id)
             await self._runner.update(ws.id, restart_count=current.restart_count + 1)
 

@@ -12,10 +12,10 @@ from berth.domain.errors import Conflict, InvalidInput
 from berth.domain.lifecycle import WorkspaceState
 from berth.domain.restart import RestartRecord, Trigger
 from berth.domain.workspace import Workspace, validate_spec
-from berth.ports import WorkspaceStore
+from berth.ports import RestartStore, WorkspaceStore
 from berth.services.access import Access
 from berth.services.delivery_log import Backlog, DeliveryLog
-from berth.services.events import Events
+from berth.services.events import WS_TOPIC, Events
 from berth.services.handoff import Handoff
 from berth.services.lifecycle import Runner
 from berth.services.restart import RestartService
@@ -37,9 +37,11 @@ class Workspaces:
         events: Events,
         handoff: Handoff,
         access: Access,
+        records: RestartStore,
         *,
         sole: bool,
     ) -> None:
+        self._records = records
         self._store, self._log, self._roster = store, deliveries, roster
         self._runner, self._restarts, self._events = runner, restarts, events
         self._handoff = handoff
@@ -119,15 +121,32 @@ class Workspaces:
 
     async def _deploy(self, ws: Workspace, body: Any) -> dict[str, Any]:
         change = validate_change(body, ws.runtime.value, ws.env)
+        mode = change.pop("mode", None)
+        if change.get("canary") is not None:
+            mode = RestartMode.REPLACE
         record, _ = await self._restarts.request(
             ws,
             trigger=Trigger.DEPLOY,
             reason=change.pop("reason", None),
             drain_seconds=change.pop("drain_seconds", None),
-            mode=change.pop("mode", None),
+            mode=mode,
             change=change,
         )
         return {"restart_id": record.id, "joined": False}
+
+    async def decide(self, ref: str, decision: str) -> RestartRecord:
+        """Promote or roll back the running canary by hand (its cycle acts on it)."""
+        ws = await self.get(ref)
+        peer = ws.peer
+        if peer is None or peer.canary is None:
+            raise Conflict(f"workspace {ws.name} runs no canary", code="no_canary")
+        record = await self._records.active_restart(ws.id)
+        if record is None:
+            raise Conflict(f"workspace {ws.name} runs no canary", code="no_canary")
+        peer.decision = decision
+        await self._runner.update(ws.id, peer=peer)
+        await self._events.signal(WS_TOPIC, workspace_id=ws.id)
+        return record
 
     async def pause(self, ref: str) -> dict[str, Any]:
         ws = await self.get(ref)
