@@ -54,7 +54,11 @@ async def send(c: httpx.AsyncClient, ws: str) -> float:
         "id": 1,
         "method": "SendMessage",
         "params": {
-            "message": {"role": "ROLE_USER", "messageId": str(uuid.uuid4()), "parts": [{"text": "hi"}]}
+            "message": {
+                "role": "ROLE_USER",
+                "messageId": str(uuid.uuid4()),
+                "parts": [{"text": "hi"}],
+            }
         },
     }
     t0 = time.monotonic()

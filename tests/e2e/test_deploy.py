@@ -109,3 +109,30 @@ async def test_a_task_from_the_old_version_continues_on_the_new_and_refusals(ber
         assert r.status_code == 422, r.text
         r = await c.post("/v1/workspaces/nope/deploy", json={})
         assert r.status_code == 404
+
+
+async def test_a_canary_of_a_failing_version_rolls_back_by_itself(berth_server):
+    async with berth_server.client() as c:
+        await create(c, "can", restart_mode="replace")
+        d = await c.post(
+            "/v1/workspaces/can/deploy",
+            json={"env": {"ECHO_BROKEN": "1"}, "canary": 50, "canary_seconds": 2},
+        )
+        assert d.status_code == 202, d.text
+        rec = d.json()
+        answered = {"ok": 0, "error": 0}
+        while rec["phase"] not in ("done", "rolled_back", "failed"):
+            r = await send(c, "can", "hello")
+            assert r.status_code == 200, r.text
+            answered["ok" if "result" in r.json() else "error"] += 1
+            rec = (await c.get(f"/v1/workspaces/can/restarts/{rec['id']}")).json()
+        assert rec["phase"] == "rolled_back", rec
+        assert [p["phase"] for p in rec["phases"]] == ["starting", "canary", "rollback"]
+        figs = rec["versions"]["figures"]
+        assert figs["2"]["agent_errors"] > 0 and figs["1"]["agent_errors"] == 0, figs
+        assert rec["versions"]["decision"]["result"] == "rollback"
+        assert answered["error"] > 0 and answered["ok"] > 0, answered  # both versions served
+        info = (await c.get("/v1/workspaces/can")).json()
+        assert info["version"] == 1 and info["peer"] is None and info["status"] == "online"
+        assert reply_text((await send(c, "can", "after")).json()) == "echo: after"
+        print(f"\n[canary] {figs} -> {rec['versions']['decision']['why']}")

@@ -10,19 +10,30 @@ from rich.text import Text
 
 from berth.cli.client import Api
 from berth.cli.output import Out
-from berth.cli.restarts import follow_restart
+from berth.cli.restarts import follow_restart, versions
 from berth.cli.workspaces import absolute_paths, kv
 
-__all__ = ["deploy"]
+__all__ = ["decide", "deploy"]
 
 
 def deploy(args: argparse.Namespace, api: Api, out: Out) -> None:
+    if args.promote or args.rollback:
+        decide(args, api, out, "promote" if args.promote else "rollback")
+        return
     body: dict[str, Any] = {}
     if args.command:
         body["command"] = absolute_paths(list(args.command), Path.cwd())
     if args.env:
         body["env"] = dict(kv(e) for e in args.env)
-    for key in ("image", "mode", "restart_mode", "drain_seconds", "reason"):
+    for key in (
+        "image",
+        "mode",
+        "restart_mode",
+        "drain_seconds",
+        "reason",
+        "canary",
+        "canary_seconds",
+    ):
         if getattr(args, key) is not None:
             body[key] = getattr(args, key)
     r = api.json("POST", f"/v1/workspaces/{args.ref}/deploy", body)
@@ -33,6 +44,18 @@ def deploy(args: argparse.Namespace, api: Api, out: Out) -> None:
     )
     if out.as_json:
         out.json(record)
-    elif record.get("versions") and record.get("phase") == "done":
-        v = record["versions"]
-        out.line(f"version {v['from']} -> {v['to']}")
+    else:
+        versions(out, record)
+
+
+def decide(args: argparse.Namespace, api: Api, out: Out, decision: str) -> None:
+    r = api.json("POST", f"/v1/workspaces/{args.ref}/deploy/{decision}")
+    if not out.as_json:
+        out.line(Text.assemble(decision, " ", (args.ref, "bold"), f" · deploy {r['id']}"))
+    record = (
+        r if args.no_follow else follow_restart(api, out, r["workspace_id"], r, timeout=args.wait)
+    )
+    if out.as_json:
+        out.json(record)
+    else:
+        versions(out, record)

@@ -231,6 +231,19 @@ def _ws(sub: Any, common: argparse.ArgumentParser) -> None:
     d.add_argument(
         "--restart-mode", choices=["stop-first", "replace"], help="the spec's new default mode"
     )
+    d.add_argument(
+        "--canary",
+        type=_percent,
+        metavar="P%",
+        help="send P %% of new messages to the new version for a window, then promote it "
+        "or roll back on both versions' failure rates",
+    )
+    d.add_argument(
+        "--canary-seconds", type=float, metavar="S", help="the canary's window (default 60)"
+    )
+    hand = d.add_mutually_exclusive_group()
+    hand.add_argument("--promote", action="store_true", help="promote the running canary now")
+    hand.add_argument("--rollback", action="store_true", help="roll the running canary back")
     d.add_argument("--drain-seconds", type=float, metavar="S", help="the old version's drain")
     d.add_argument("--reason", help="recorded with the deploy")
     d.add_argument("--no-follow", action="store_true", help="do not wait for the deploy")
@@ -336,4 +349,14 @@ def build() -> argparse.ArgumentParser:
     return p
 
 
-_MODE = "replace: start the new agent beside the old one first; stop-first: stop, then start (default: the workspace's restart mode)"
+_MODE = (
+    "replace: start the new agent beside the old one first; stop-first: stop, then start "
+    "(default: the workspace's restart mode)"
+)
+
+
+def _percent(s: str) -> int:
+    try:
+        return int(s.rstrip("%"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a percent like 10 or 10%, not {s!r}") from None

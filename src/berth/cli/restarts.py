@@ -16,7 +16,7 @@ from berth.cli.client import Api
 from berth.cli.errors import CliError, Exit
 from berth.cli.output import Out, ago, drain_summary, duration, status, table
 
-__all__ = ["follow_restart", "restart", "restarts"]
+__all__ = ["follow_restart", "restart", "restarts", "versions"]
 
 POLL = 0.2
 FINISHED = ("done", "failed")
@@ -162,6 +162,9 @@ def restarts(args: argparse.Namespace, api: Api, out: Out) -> None:
         )
         if r.get("drain_report"):
             out.line(f"\ndrain: {drain_summary(r['drain_report'])}")
+        if r.get("versions"):
+            out.line()
+            versions(out, r)
         return
     rows = api.get(f"/v1/workspaces/{ws['id']}/restarts?limit={args.limit}")["restarts"]
     if out.as_json:
@@ -187,3 +190,19 @@ def restarts(args: argparse.Namespace, api: Api, out: Out) -> None:
             ],
         )
     )
+
+
+def versions(out: Out, record: dict[str, Any]) -> None:
+    """A deploy's versions, its canary decision and both versions' figures."""
+    v = record.get("versions")
+    if not v:
+        return
+    out.line(f"version {v['from']} -> {v['to']}: {record['phase']}")
+    if v.get("decision"):
+        out.line(f"canary: {v['decision']['result']} ({v['decision']['why']})")
+    figures = v.get("figures") or {}
+    if figures:
+        keys = ["messages", "ok", "agent_errors", "crashes", "dead"]
+        out.table(
+            ["version", *keys], [[n, *[f.get(k, 0) for k in keys]] for n, f in figures.items()]
+        )

@@ -1,5 +1,6 @@
 """The echo agent: replies `echo: <text>` (`$ECHO_PREFIX: <text>` when that is set, so
-that a test can tell two deployed versions apart).
+that a test can tell two deployed versions apart; with `ECHO_BROKEN=1` every execution
+fails, a broken version for canary tests).
 
 A text beginning `sleep:<seconds> ` works that long first, passing the tool gate every
 100 ms; a text beginning `crash` kills the process mid-execution (for poison tests). A
@@ -65,6 +66,8 @@ class EchoExecutor(AgentExecutor):
         self._record("start", mid)
         if text.startswith("crash"):
             os._exit(3)
+        if os.environ.get("ECHO_BROKEN") == "1":
+            raise RuntimeError("this version is broken (ECHO_BROKEN=1)")
         as_task, seconds = _options(text)
         updater = TaskUpdater(event_queue, context.task_id or "", context.context_id or "")
         if as_task:
