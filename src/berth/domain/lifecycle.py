@@ -37,6 +37,8 @@ S = WorkspaceState
 #                     it (suspended -> offline -> provisioning, the restart cycle)
 #   -> failed         a crash loop, policy `never`, a failed restart cycle
 #   -> removed        deletion (the record is deleted with it)
+# A deploy or restart in replace mode moves nothing: the workspace stays online while its
+# second instance (`peer`) starts, takes over and the old one stops (services/deploy.py).
 _MOVES: dict[WorkspaceState, frozenset[WorkspaceState]] = {
     S.PROVISIONING: frozenset({S.ONLINE, S.DRAINING, S.OFFLINE, S.PAUSED, S.FAILED, S.REMOVED}),
     S.ONLINE: frozenset({S.PROVISIONING, S.DRAINING, S.OFFLINE, S.PAUSED, S.FAILED, S.REMOVED}),

@@ -10,7 +10,7 @@ from berth.domain.deploy import judge_canary
 from berth.domain.errors import StartFailed
 from berth.domain.restart import RestartRecord
 from berth.ports import RestartStore
-from berth.services.events import WS_TOPIC, Events
+from berth.services.events import Events
 from berth.services.lifecycle import Runner
 from berth.services.roster import Roster
 from berth.services.routing import Router
@@ -41,8 +41,7 @@ class Canary:
         runs = {ws.run_token_hash: str(ws.version), peer.run_token_hash: str(peer.version)}
         self._router.watch(ws_id, list(runs))
         peer.canary = percent
-        await self._runner.update(ws_id, peer=peer)
-        await self._events.signal(WS_TOPIC, workspace_id=ws_id)
+        await self._runner.update(ws_id, peer=peer, tell=True)
         exited = self._runner.expect_peer_exit(ws_id, peer.version)
         deadline = time.monotonic() + seconds
         try:

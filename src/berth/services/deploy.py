@@ -86,8 +86,7 @@ class Replacer:
         if peer is None or peer.version != version:
             return
         peer.canary = None
-        await self._runner.update(ws_id, peer=peer)
-        await self._events.signal(WS_TOPIC, workspace_id=ws_id)
+        await self._runner.update(ws_id, peer=peer, tell=True)
         self._dispatcher.retire(ws_id, peer.run_token_hash)
         r.drain_report = (await self._drain(ws_id, peer, r)).public()
         await self._stop(ws_id, peer)
@@ -100,7 +99,9 @@ class Replacer:
         token = new_token()
         spec = {k: change.get(k, getattr(ws, k)) for k in SPEC_FIELDS}
         peer = Instance(version, Role.NEXT, hash_token(token), **spec, started_at=time.time())
-        ws = await self._runner.update(ws.id, peer=peer, peer_run_token_hash=peer.run_token_hash)
+        ws = await self._runner.update(
+            ws.id, peer=peer, peer_run_token_hash=peer.run_token_hash, tell=True
+        )
         nxt = dataclasses.replace(ws, version=version, peer=None, **spec)
         exited = self._runner.expect_peer_exit(ws.id, version)
         registered = asyncio.ensure_future(
@@ -140,7 +141,7 @@ class Replacer:
             if p is not None:
                 await p.stop(nxt, 1.0)
         finally:
-            await self._runner.update(nxt.id, peer=None, peer_run_token_hash=None)
+            await self._runner.update(nxt.id, peer=None, peer_run_token_hash=None, tell=True)
         log.warning("deploy of %s version %d abandoned: %s", nxt.name, nxt.version, why)
 
     async def _switch(
@@ -230,7 +231,7 @@ class Replacer:
             if p is not None:
                 await p.stop(view, self._runner.stop_grace)
         finally:
-            await self._runner.update(ws_id, peer=None, peer_run_token_hash=None)
+            await self._runner.update(ws_id, peer=None, peer_run_token_hash=None, tell=True)
 
 
 def check_mode(ws: Workspace, mode: RestartMode) -> RestartMode:

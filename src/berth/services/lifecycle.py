@@ -130,10 +130,13 @@ class Runner:
                 )
         return moved
 
-    async def update(self, ws_id: str, **fields: Any) -> Workspace:
-        """Change fields of a workspace other than its state (a state changes by `move`)."""
+    async def update(self, ws_id: str, *, tell: bool = False, **fields: Any) -> Workspace:
+        """Change fields of a workspace other than its state (a state changes by `move`);
+        `tell`: other replicas refresh it at once (their roster, not only a periodic poll)."""
         ws = await self._store.update_workspace(ws_id, **fields)
         self._roster.put(ws)
+        if tell:
+            await self._events.signal(WS_TOPIC, workspace_id=ws_id)
         return ws
 
     # drain ----------------------------------------------------------------
@@ -220,7 +223,7 @@ class Runner:
             info = await p.start(ws, self.identity(ws, token))
             # the URL is known before the agent registers: a stock A2A agent never does, and
             # berth's card probe finds it there (services/probe.py)
-            where = {"agent_url": info.url} if info.url else {}
+            where: dict[str, Any] = {"agent_url": info.url} if info.url else {}
             ws = await self.update(ws.id, pid=info.pid, state_dir=info.state_dir, **where)
             online = asyncio.ensure_future(
                 self._roster.wait_for(

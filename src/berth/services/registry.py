@@ -119,7 +119,7 @@ class Registry:
         if peer is not None and peer.role is Role.NEXT and peer.agent_url is None:
             peer.agent_url, peer.agent_card, peer.capabilities = url, card, caps
             peer.registered_at = time.time()
-            await self._runner.update(ws.id, peer=peer)
+            await self._runner.update(ws.id, peer=peer, tell=True)
             await self._events.emit(
                 "workspace.registered",
                 workspace_id=ws.id,
@@ -288,6 +288,10 @@ class Registry:
 
         async def one(ws: Workspace) -> None:
             try:
+                if ws.peer is not None:  # a deploy's other instance: stopped, not drained
+                    p = self._runner.provisioner(ws)
+                    if p is not None:
+                        await p.stop(ws.as_instance(ws.peer), self._runner.stop_grace)
                 await self._restarts.drain_and_stop(ws, S.OFFLINE, "berth is stopping")
             except Exception:
                 log.exception("stopping %s failed", ws.name)

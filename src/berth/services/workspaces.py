@@ -15,7 +15,7 @@ from berth.domain.workspace import Workspace, validate_spec
 from berth.ports import RestartStore, WorkspaceStore
 from berth.services.access import Access
 from berth.services.delivery_log import Backlog, DeliveryLog
-from berth.services.events import WS_TOPIC, Events
+from berth.services.events import Events
 from berth.services.handoff import Handoff
 from berth.services.lifecycle import Runner
 from berth.services.restart import RestartService
@@ -144,8 +144,7 @@ class Workspaces:
         if record is None:
             raise Conflict(f"workspace {ws.name} runs no canary", code="no_canary")
         peer.decision = decision
-        await self._runner.update(ws.id, peer=peer)
-        await self._events.signal(WS_TOPIC, workspace_id=ws.id)
+        await self._runner.update(ws.id, peer=peer, tell=True)
         return record
 
     async def pause(self, ref: str) -> dict[str, Any]:
