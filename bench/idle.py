@@ -1,13 +1,15 @@
 """Suspended workspaces: how many one berth holds, with what memory, and how fast one wakes.
 
-    python bench/idle.py [--workspaces 20] [--batch 4] [--wakes 5]
+    python bench/idle.py [--workspaces 20] [--batch 4] [--wakes 5] [--image berth-echo:local]
 
 One `berth serve` (SQLite, process runtime). Creates `--workspaces` echo workspaces with
 idle_suspend_seconds 1, `--batch` at a time (each starts its agent, which then suspends),
 and prints berth's resident memory before and after, and the agent processes left running
 (none: a suspended workspace costs berth a row and a roster entry). Then wakes `--wakes` of
 them one by one: the time from send to reply of a message to a suspended workspace, beside
-the same message to the (now online) workspace right after. Figures, not assertions.
+the same message to the (now online) workspace right after. `--image`: Docker workspaces of
+that image instead (`eval "$(scripts/docker-engine.sh start)"; scripts/build-images.sh echo`).
+Figures, not assertions.
 """
 
 from __future__ import annotations
@@ -86,6 +88,7 @@ async def main() -> None:
     ap.add_argument("--workspaces", type=int, default=20)
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--wakes", type=int, default=5)
+    ap.add_argument("--image", help="Docker workspaces of this image (default: processes)")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="berth-bench-idle-") as tmp:
         server = BerthServer(Path(tmp) / "berth").start()
@@ -99,7 +102,11 @@ async def main() -> None:
                 for k in range(0, len(names), args.batch):
                     batch = names[k : k + args.batch]
                     for n in batch:
-                        spec = {"name": n, "command": ECHO, "idle_suspend_seconds": 1}
+                        spec: dict[str, object] = {"name": n, "idle_suspend_seconds": 1}
+                        if args.image:
+                            spec.update(runtime="docker", image=args.image)
+                        else:
+                            spec["command"] = ECHO
                         (await c.post("/v1/workspaces", json=spec)).raise_for_status()
                     await until(c, batch, "suspended")
                     print(f"{k + len(batch)} suspended", flush=True)
@@ -112,7 +119,8 @@ async def main() -> None:
                     warm.append(await send(c, n))
         finally:
             server.stop()
-    print(f"\n{args.workspaces} suspended process workspaces; agents running: {running}")
+    kind = f"docker ({args.image})" if args.image else "process"
+    print(f"\n{args.workspaces} suspended {kind} workspaces; agent processes running: {running}")
     print(
         f"berth resident memory: {before:.0f} MB with none, {after:.0f} MB with "
         f"{args.workspaces} ({(after - before) / args.workspaces * 1024:.0f} kB per workspace)"

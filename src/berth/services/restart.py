@@ -15,7 +15,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from berth.domain.deploy import RestartMode
-from berth.domain.errors import BerthError, Conflict, LocksUnavailable
+from berth.domain.errors import BerthError, Conflict
 from berth.domain.lifecycle import WorkspaceState
 from berth.domain.restart import Phase, PhaseTiming, RestartRecord, Trigger
 from berth.domain.workspace import Runtime, Workspace
@@ -26,14 +26,13 @@ from berth.services.deploy import DeployFailed, Replacer, check_mode, spec_chang
 from berth.services.dispatcher import Dispatcher
 from berth.services.events import Events
 from berth.services.lifecycle import Runner
+from berth.services.lifecycle_lock import JOIN_WAIT, LifecycleLock, busy
 from berth.services.roster import Roster
 
 log = logging.getLogger("berth.restart")
 S = WorkspaceState
 __all__ = ["RestartService"]
 
-LOCK_TTL = 30.0
-JOIN_WAIT = 120.0  # how long pause/remove wait for a running cycle to finish
 RESTARTABLE = frozenset({S.ONLINE, S.PROVISIONING, S.OFFLINE, S.FAILED, S.DRAINING})
 COUNTED = frozenset({Trigger.API, Trigger.POLICY, Trigger.CONFIG, Trigger.DEPLOY})
 
@@ -54,7 +53,7 @@ class RestartService:
         self._runner, self._records, self._roster = runner, records, roster
         self._replacer = replacer
         self._dispatcher, self._link, self._events = dispatcher, link, events
-        self._locks = locks
+        self._lock = LifecycleLock(locks)
         self._metrics = metrics
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -75,18 +74,18 @@ class RestartService:
         fields (a deploy never joins: it waits for the running cycle, then runs)."""
         mode = check_mode(ws, mode or ws.restart_mode)
         deadline = time.monotonic() + JOIN_WAIT
-        while (token := await self._locks.acquire(_key(ws.id), LOCK_TTL)) is None:
+        while (token := await self._lock.try_acquire(ws.id)) is None:
             # Someone holds the lock: a restart (maybe on another replica, which records it
             # just after taking the lock) is joined; a pause or removal is waited for.
             active = await self._records.active_restart(ws.id)
             if active is not None and change is None:
                 return active, True
             if time.monotonic() > deadline:
-                raise _busy(ws)
+                raise busy(ws)
             await asyncio.sleep(0.02)
         ws = await self._roster.get(ws.id)
         if ws.state not in RESTARTABLE:
-            await self._locks.release(_key(ws.id), token)
+            await self._lock.release(ws.id, token)
             raise Conflict(
                 f"workspace {ws.name} is {ws.state.value}; it cannot be restarted",
                 code="not_restartable",
@@ -114,24 +113,13 @@ class RestartService:
     async def record(self, ws_id: str, restart_id: str) -> RestartRecord:
         return await self._records.get_restart(ws_id, restart_id)
 
-    async def _acquire(self, ws: Workspace, timeout: float) -> str:
-        """Take the workspace's lifecycle lock, waiting up to `timeout` for its holder."""
-        deadline = time.monotonic() + timeout
-        while True:
-            token = await self._locks.acquire(_key(ws.id), LOCK_TTL)
-            if token is not None:
-                return token
-            if time.monotonic() > deadline:
-                raise _busy(ws)
-            await asyncio.sleep(0.05)
-
     # the cycle ------------------------------------------------------------
     async def _cycle(
         self, ws: Workspace, r: RestartRecord, token: str, delay: float, change: dict[str, Any]
     ) -> None:
         started = time.monotonic()
         try:
-            async with self._holding(ws.id, token):
+            async with self._lock.holding(ws.id, token):
                 if delay:
                     await asyncio.sleep(delay)
                 ws = await self._roster.get(ws.id)
@@ -252,34 +240,12 @@ class RestartService:
             drain_report=r.drain_report,
         )
 
-    @asynccontextmanager
-    async def _holding(self, ws_id: str, token: str) -> AsyncIterator[None]:
-        async def keep() -> None:
-            while True:
-                await asyncio.sleep(LOCK_TTL / 3)
-                try:
-                    if not await self._locks.refresh(_key(ws_id), token, LOCK_TTL):
-                        log.error("lost the restart lock of %s", ws_id)
-                        return
-                except LocksUnavailable as e:  # Redis is away: keep going, retry the refresh
-                    log.warning("could not refresh the restart lock of %s: %s", ws_id, e)
-
-        keeper = asyncio.create_task(keep())
-        try:
-            yield
-        finally:
-            keeper.cancel()
-            try:
-                await self._locks.release(_key(ws_id), token)
-            except LocksUnavailable as e:  # it expires by itself within LOCK_TTL
-                log.warning("could not release the restart lock of %s: %s", ws_id, e)
-
     # pause, resume, stop --------------------------------------------------
     @asynccontextmanager
     async def exclusive(self, ws: Workspace) -> AsyncIterator[None]:
         """Hold the workspace's lifecycle lock for an operation that is not a restart."""
-        token = await self._acquire(ws, JOIN_WAIT)
-        async with self._holding(ws.id, token):
+        token = await self._lock.acquire(ws, JOIN_WAIT)
+        async with self._lock.holding(ws.id, token):
             yield
 
     async def drain_and_stop(
@@ -316,13 +282,5 @@ class RestartService:
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
 
-def _key(ws_id: str) -> str:
-    return f"lifecycle:{ws_id}"
-
-
 async def _noop() -> None:
     return None
-
-
-def _busy(ws: Workspace) -> Conflict:
-    return Conflict(f"workspace {ws.name} is busy with another operation; try again", code="busy")
