@@ -186,6 +186,12 @@ class FakeRuntime:
         agent.alive = False
         asyncio.get_running_loop().call_later(0.05, self._exit, ws_id, code)
 
+    def crash_version(self, ws_id: str, version: int, code: int = -9) -> None:
+        """kill -9 of one version of the workspace's agent (a deploy runs two)."""
+        agent = self.versions[(ws_id, version)]
+        agent.alive = False
+        asyncio.get_running_loop().call_later(0.05, self._exit, ws_id, code, version)
+
     def _exit(self, ws_id: str, code: int | None, version: int | None = None) -> None:
         for cb in self._callbacks:
             cb(ws_id, code, version)

@@ -148,3 +148,41 @@ async def test_restart_mode_replace_and_its_refusals() -> None:
         with pytest.raises(Conflict, match="stop-first") as e:
             await w.c.workspaces.deploy("ext", {"mode": "replace"})
         assert e.value.code == "replace_unsupported"
+
+
+async def test_a_crash_of_either_version_during_a_replace_leaves_it_online() -> None:
+    async with world() as w:
+        ws = await w.create("a", restart_mode="replace", drain_seconds=5)
+        old = w.agent(ws)
+        running = asyncio.ensure_future(w.send(ws, "sleep:0.5 long", message_id="m0"))
+        await _until(lambda: old.running == 1)
+        r = await w.c.workspaces.deploy("a", {"env": {"V": "2"}})
+        # the new version crashes while the old one drains its in-flight message
+        await _until(lambda: (ws.id, 2) in w.runtime.versions and bool(old.signals))
+        w.runtime.crash_version(ws.id, 2)
+        r = await _finished(w, ws.id, r.id)
+        assert r.phase is Phase.DONE, r.error
+        assert [p.phase for p in r.phases][-1] is Phase.STARTING  # started again by the cycle
+        assert "result" in (await running)[1]
+        now = await w.c.roster.get(ws.id)
+        assert now.state is S.ONLINE and now.version == 2 and now.crash_count == 1
+        assert "result" in (await w.send(ws, "after", message_id="m1"))[1]
+        # the serving version crashes while the next one starts: the switch brings it online
+        register = w.runtime.register
+        assert register is not None
+
+        async def slowly(token: str, body: dict[str, Any]) -> Any:
+            await asyncio.sleep(0.5)  # the next version registers after the crash is handled
+            return await register(token, body)
+
+        w.runtime.register = slowly
+        r = await w.c.workspaces.deploy("a", {"env": {"V": "3"}})
+        await _until(lambda: (ws.id, 3) in w.runtime.versions)
+        w.runtime.crash_version(ws.id, 2)
+        await _until(lambda: w.c.roster.peek(ws.id).state is S.OFFLINE)  # type: ignore[union-attr]
+        r = await _finished(w, ws.id, r.id)
+        assert r.phase is Phase.DONE, r.error
+        now = await w.c.roster.get(ws.id)
+        assert now.state is S.ONLINE and now.version == 3 and now.env == {"V": "3"}
+        assert now.crash_count == 2 and w.runtime.starts[ws.id] == 4  # none after the switch
+        assert "result" in (await w.send(ws, "after 2", message_id="m2"))[1]

@@ -17,6 +17,7 @@ from typing import Any
 
 from berth.domain.deploy import CANARY_SECONDS, Instance, RestartMode, Role
 from berth.domain.errors import BerthError, Conflict, StartFailed
+from berth.domain.lifecycle import WorkspaceState
 from berth.domain.restart import Phase, RestartRecord
 from berth.domain.workspace import Runtime, Workspace
 from berth.ports import RunInfo
@@ -28,6 +29,7 @@ from berth.services.lifecycle import DrainReport, Runner, hash_token, new_token
 from berth.services.roster import Roster
 
 log = logging.getLogger("berth.deploy")
+S = WorkspaceState
 __all__ = ["SPEC_FIELDS", "DeployFailed", "Replacer", "check_mode", "spec_change"]
 
 SPEC_FIELDS = ("command", "image", "env")  # what a deploy may change in the running spec
@@ -77,6 +79,10 @@ class Replacer:
         report = await phase(r, Phase.DRAINING, self._drain(ws.id, old, r))
         r.drain_report = report.public()
         await phase(r, Phase.STOPPING, self._stop(ws.id, old), detail=f"version {old.version}")
+        now = await self._roster.get(ws.id)
+        if now.state is S.OFFLINE:  # it crashed while the old one drained; the policy's
+            # restart joined this cycle, so this cycle starts it
+            await phase(r, Phase.STARTING, self._runner.start(now), detail="after a crash")
         return Phase.DONE
 
     async def _rollback(self, ws_id: str, version: int, r: RestartRecord) -> None:
@@ -186,6 +192,10 @@ class Replacer:
             peer_run_token_hash=old.run_token_hash,
         )
         await self._link.remember(ws)
+        if ws.state is S.OFFLINE:  # the old version crashed while this one started: this
+            # one is registered and serving now (offline -> provisioning -> online)
+            ws = await self._runner.move(ws, S.PROVISIONING, only_from=frozenset({S.OFFLINE})) or ws
+            await self._runner.move(ws, S.ONLINE, only_from=frozenset({S.PROVISIONING}))
         await self._events.signal(WS_TOPIC, workspace_id=ws_id)
         await self._events.emit(
             "workspace.switched", workspace_id=ws_id, name=ws.name, version=version
