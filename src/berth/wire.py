@@ -99,9 +99,11 @@ _TERMINAL = frozenset(
 )
 
 
-def container_name(workspace_id: str) -> str:
-    """The Docker container (and network alias) of a workspace: `ws-<id[:12]>`."""
-    return f"ws-{workspace_id[:12]}"
+def container_name(workspace_id: str, version: int = 1) -> str:
+    """The Docker container (and network alias) of a workspace: `ws-<id[:12]>`, and
+    `ws-<id[:12]>-v<n>` for version n > 1 (a deploy runs two versions side by side)."""
+    base = f"ws-{workspace_id[:12]}"
+    return base if version <= 1 else f"{base}-v{version}"
 
 
 def rpc_result(request_id: Any, result: Any) -> bytes:

@@ -163,7 +163,7 @@ class Workspace:
             out["pid"] = self.pid
             out["state_dir"] = self.state_dir
         if self.runtime is Runtime.DOCKER:
-            out["container"] = container_name(self.id)
+            out["container"] = container_name(self.id, self.version)
             out["state_dir"] = self.state_dir
         return out
 
@@ -245,8 +245,8 @@ def validate_spec(body: dict[str, Any]) -> dict[str, Any]:
             limits["restart_mode"] = RestartMode(mode).value
         except ValueError:
             raise InvalidInput("restart_mode: one of stop-first, replace") from None
-        if mode == RestartMode.REPLACE.value and runtime is not Runtime.PROCESS:
-            raise InvalidInput("restart_mode: replace needs the process runtime (for now)")
+        if mode == RestartMode.REPLACE.value and runtime is Runtime.EXTERNAL:
+            raise InvalidInput("restart_mode: replace needs a runtime berth runs (process, docker)")
     mqa = body.get("max_queue_age")
     if mqa is not None:
         if not isinstance(mqa, (int, float)) or isinstance(mqa, bool) or not 0 <= mqa <= 30 * 86400:

@@ -34,7 +34,7 @@ def rewrite_for_docker(url: str, ws: Workspace, berth_in_docker: bool) -> str:
     m = _LOOPBACK.match(url)
     if not (m and berth_in_docker and ws.runtime is Runtime.DOCKER):
         return url
-    return f"http://{container_name(ws.id)}:8000{m.group(3) or ''}"
+    return f"http://{container_name(ws.id, ws.version)}:8000{m.group(3) or ''}"
 
 
 class SignalOutcome(str, enum.Enum):

@@ -247,7 +247,7 @@ class Replacer:
 def check_mode(ws: Workspace, mode: RestartMode) -> RestartMode:
     """A replace needs a process workspace whose running agent was started to share its state
     directory (restart_mode replace); raise Conflict otherwise."""
-    if mode is RestartMode.REPLACE and ws.runtime is not Runtime.PROCESS:
+    if mode is RestartMode.REPLACE and ws.runtime is Runtime.EXTERNAL:
         raise Conflict(
             f"a replace runs two versions side by side; {ws.runtime.value} workspaces "
             "restart stop-first",

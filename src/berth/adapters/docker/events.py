@@ -85,12 +85,14 @@ class DockerExits:
         ws_id = attrs.get("berth.workspace")
         if not cid or not ws_id:
             return
+        version = int(attrs.get("berth.version") or 1)
+        key = f"{ws_id}/{version}"
         with self._lock:
             if self._expected.pop(cid, None) is not None:
                 return  # a stop or removal berth asked for
-            if self._current.get(ws_id) != cid:
+            if self._current.get(key) != cid:
                 return  # not a container this berth runs (an orphan, an older run)
-            del self._current[ws_id]
+            del self._current[key]
         try:
             code: int | None = int(attrs["exitCode"])
         except (KeyError, ValueError):
@@ -99,12 +101,12 @@ class DockerExits:
         if loop is None or loop.is_closed():
             return
         with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
-            loop.call_soon_threadsafe(self._report, ws_id, code)
+            loop.call_soon_threadsafe(self._report, ws_id, code, version)
 
-    def _report(self, ws_id: str, code: int | None) -> None:
+    def _report(self, ws_id: str, code: int | None, version: int) -> None:
         for cb in self._callbacks:
             try:
-                cb(ws_id, code, None)
+                cb(ws_id, code, version)
             except Exception:
                 log.exception("exit callback failed")
 
@@ -114,6 +116,6 @@ class DockerExits:
             for k in [k for k, t in self._expected.items() if now - t > 300]:
                 del self._expected[k]
             self._expected[cid] = now
-            for ws_id, current in list(self._current.items()):
+            for key, current in list(self._current.items()):
                 if current == cid:
-                    del self._current[ws_id]
+                    del self._current[key]

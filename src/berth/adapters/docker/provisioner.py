@@ -32,7 +32,15 @@ _KEEP_LOG_LINES = 1000
 
 
 def container_name(ws: Workspace | str) -> str:
-    return _wire_container_name(ws if isinstance(ws, str) else ws.id)
+    """The container of the workspace's version `ws.version` (of version 1 for an id)."""
+    return (
+        _wire_container_name(ws) if isinstance(ws, str) else _wire_container_name(ws.id, ws.version)
+    )
+
+
+def current_key(ws_id: str, version: int) -> str:
+    """The key of `_current`: a deploy runs two versions of a workspace at once."""
+    return f"{ws_id}/{version}"
 
 
 def volume_name(ws: Workspace | str) -> str:
@@ -55,7 +63,8 @@ class DockerProvisioner(DockerExits, DockerNetwork):
         ] = {}  # ws id -> exit code of its last stopped container
         self._callbacks: list[ExitCallback] = []
         self._lock = threading.Lock()
-        self._current: dict[str, str] = {}  # ws id -> id of the container this berth started
+        # "<ws id>/<version>" -> id of the container this berth started (current_key)
+        self._current: dict[str, str] = {}
         self._expected: dict[str, float] = {}  # container ids berth stops or removes itself
         self._old_logs: dict[str, str] = {}  # ws id -> log tail of its removed containers
         self._network_ready = False
@@ -98,7 +107,7 @@ class DockerProvisioner(DockerExits, DockerNetwork):
             kwargs = self._create_kwargs(ws, name, vol, env, host_port)
             container = self._create(ws.image or "", kwargs)
             with self._lock:
-                self._current[ws.id] = container.id
+                self._current[current_key(ws.id, ws.version)] = container.id
             try:
                 container.start()
             except docker.errors.APIError as e:
@@ -139,6 +148,7 @@ class DockerProvisioner(DockerExits, DockerNetwork):
                 "berth.workspace": ws.id,
                 "berth.instance": self.instance,
                 "berth.workspace.name": ws.name,
+                "berth.version": str(ws.version),
             },
             "ports": {f"{AGENT_PORT}/tcp": ("127.0.0.1", host_port)},
             "volumes": {vol: {"bind": STATE_MOUNT, "mode": "rw"}},
@@ -284,8 +294,9 @@ class DockerProvisioner(DockerExits, DockerNetwork):
             all=True, filters={"label": f"berth.instance={self.instance}"}
         ):
             ws_id = c.labels.get("berth.workspace", "")
+            version = int(c.labels.get("berth.version") or 1)
             with self._lock:
-                if self._current.get(ws_id) == c.id:
+                if self._current.get(current_key(ws_id, version)) == c.id:
                     continue
             ws = known.get(ws_id)
             grace = max(ws.drain_seconds + 2, 5.0) if ws is not None else 5.0
