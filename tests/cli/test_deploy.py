@@ -21,6 +21,8 @@ def test_deploy_replace_then_a_canary_promoted_by_hand(server):
     assert "deploying dep" in r.stdout and "version 1 -> 2: done" in r.stdout, r.stdout
     shown = json.loads(berth(server, "ws", "show", "dep", "--json").stdout)
     assert shown["version"] == 2 and shown["restart_mode"] == "replace"
+    human = berth(server, "ws", "show", "dep").stdout
+    assert "replace" in human and "version" in human
     # a canary, followed by a second CLI that promotes it
     follow = subprocess.Popen(
         [

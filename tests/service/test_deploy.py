@@ -140,7 +140,7 @@ async def test_restart_mode_replace_and_its_refusals() -> None:
         ):
             with pytest.raises(InvalidInput, match=match):
                 await w.c.workspaces.deploy("a", bad)
-        with pytest.raises(InvalidInput, match="process runtime"):
+        with pytest.raises(InvalidInput, match="a runtime berth runs"):
             await w.c.workspaces.create(
                 {"name": "ext", "runtime": "external", "restart_mode": "replace"}
             )

@@ -209,13 +209,22 @@ def show(args: argparse.Namespace, api: Api, out: Out) -> None:
             ("heartbeat", ago(w.get("last_heartbeat"))),
             ("restarts", f"{w['restart_count']} restarts, {w['crash_count']} crashes"),
             ("last restart", _last_restart(restarts[0]) if restarts else None),
-            ("policy", f"restart {w['restart_policy']}, drain {w['drain_seconds']:g} s"),
+            (
+                "policy",
+                f"restart {w['restart_policy']}, {w['restart_mode']}, drain {w['drain_seconds']:g} s",
+            ),
+            ("version", f"{w['version']}" + (f", {_peer(w['peer'])}" if w.get("peer") else "")),
             ("callers", ", ".join(["operator", *(w.get("allowed_callers") or [])])),
             ("env", ", ".join(w.get("env") or [])),
             ("last error", w.get("last_error") if not _reason(w) else None),
             ("created", when(w.get("created_at"))),
         ]
     )
+
+
+def _peer(p: dict[str, Any]) -> str:
+    share = f", {p['canary']} % of new messages" if p.get("canary") else ""
+    return f"version {p['version']} {'starting' if p['role'] == 'next' else 'stopping'}{share}"
 
 
 def _last_restart(r: dict[str, Any]) -> str:

@@ -7,10 +7,11 @@ import enum
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from berth.domain.errors import InvalidInput
+from berth.domain.errors import InvalidInput, StartFailed
 
 __all__ = [
     "CANARY_TOLERANCE",
+    "DeployFailed",
     "Instance",
     "RestartMode",
     "Role",
@@ -18,6 +19,10 @@ __all__ = [
     "judge_canary",
     "validate_change",
 ]
+
+
+class DeployFailed(StartFailed):
+    """A deploy did not complete; the workspace keeps serving its version (no state move)."""
 
 
 class RestartMode(str, enum.Enum):

@@ -6,8 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-from berth.domain.deploy import judge_canary
-from berth.domain.errors import StartFailed
+from berth.domain.deploy import DeployFailed, judge_canary
 from berth.domain.restart import RestartRecord
 from berth.ports import RestartStore
 from berth.services.events import Events
@@ -37,7 +36,7 @@ class Canary:
         ws = await self._roster.get(ws_id)
         peer = ws.peer
         if peer is None or peer.agent_url is None:
-            raise StartFailed("the new version is gone")
+            raise DeployFailed("the new version is gone")
         runs = {ws.run_token_hash: str(ws.version), peer.run_token_hash: str(peer.version)}
         self._router.watch(ws_id, list(runs))
         peer.canary = percent

@@ -15,8 +15,8 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from berth.domain.deploy import CANARY_SECONDS, Instance, RestartMode, Role
-from berth.domain.errors import BerthError, Conflict, StartFailed
+from berth.domain.deploy import CANARY_SECONDS, DeployFailed, Instance, RestartMode, Role
+from berth.domain.errors import BerthError, Conflict
 from berth.domain.lifecycle import WorkspaceState
 from berth.domain.restart import Phase, RestartRecord
 from berth.domain.workspace import Runtime, Workspace
@@ -34,10 +34,6 @@ __all__ = ["SPEC_FIELDS", "DeployFailed", "Replacer", "check_mode", "spec_change
 
 SPEC_FIELDS = ("command", "image", "env")  # what a deploy may change in the running spec
 PhaseFn = Callable[..., Awaitable[Any]]
-
-
-class DeployFailed(StartFailed):
-    """The next version did not come up; the old one keeps serving (no state move)."""
 
 
 class Replacer:
@@ -240,6 +236,9 @@ class Replacer:
             p = self._runner.provisioner(view)
             if p is not None:
                 await p.stop(view, self._runner.stop_grace)
+        except Exception as e:  # the serving version is fine: the deploy failed, not it
+            log.exception("stopping version %d of %s failed", old.version, ws.name)
+            raise DeployFailed(f"version {old.version} could not be stopped: {e}") from e
         finally:
             await self._runner.update(ws_id, peer=None, peer_run_token_hash=None, tell=True)
 

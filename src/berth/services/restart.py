@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from berth.domain.deploy import RestartMode
+from berth.domain.deploy import DeployFailed, RestartMode
 from berth.domain.errors import BerthError, Conflict
 from berth.domain.lifecycle import WorkspaceState
 from berth.domain.restart import Phase, PhaseTiming, RestartRecord, Trigger
@@ -22,7 +22,7 @@ from berth.domain.workspace import Runtime, Workspace
 from berth.metrics import Metrics
 from berth.ports import Locks, RestartStore
 from berth.services.agent_link import AgentLink
-from berth.services.deploy import DeployFailed, Replacer, check_mode, spec_change
+from berth.services.deploy import Replacer, check_mode, spec_change
 from berth.services.dispatcher import Dispatcher
 from berth.services.events import Events
 from berth.services.lifecycle import Runner
