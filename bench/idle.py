@@ -91,7 +91,9 @@ async def main() -> None:
     ap.add_argument("--image", help="Docker workspaces of this image (default: processes)")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="berth-bench-idle-") as tmp:
-        server = BerthServer(Path(tmp) / "berth").start()
+        # Docker agents reach berth through the bridge's gateway, as in tests/docker
+        extra = ["--host", "0.0.0.0"] if args.image else []
+        server = BerthServer(Path(tmp) / "berth", args=extra).start()
         assert server.proc is not None
         pid = server.proc.pid
         try:
@@ -117,6 +119,8 @@ async def main() -> None:
                 for n in names[: args.wakes]:
                     wakes.append(await send(c, n))
                     warm.append(await send(c, n))
+                for n in names:  # removed: their state (a Docker volume) goes with them
+                    (await c.delete(f"/v1/workspaces/{n}")).raise_for_status()
         finally:
             server.stop()
     kind = f"docker ({args.image})" if args.image else "process"
