@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from typing import Any
 
 import httpx
 import pytest
 
-from tests.e2e.harness import create, executions, reply_text, send, send_body
+from tests.e2e.harness import BerthServer, create, executions, reply_text, send, send_body
 
 pytestmark = pytest.mark.slow
 
@@ -136,3 +137,63 @@ async def test_a_canary_of_a_failing_version_rolls_back_by_itself(berth_server):
         assert info["version"] == 1 and info["peer"] is None and info["status"] == "online"
         assert reply_text((await send(c, "can", "after")).json()) == "echo: after"
         print(f"\n[canary] {figs} -> {rec['versions']['decision']['why']}")
+
+
+async def test_a_deploy_on_replicas_switches_every_replica(tmp_path):
+    """Two replicas on PostgreSQL + Redis: callers send through the replica that does not
+    own the workspace while the owner deploys; every message is answered once, and the
+    other replica forwards to the new version after the switch."""
+    from tests.e2e.test_replicas import _admin
+    from tests.services import require_postgres, require_redis
+
+    pg, redis = require_postgres(), require_redis()
+    name = f"berth_dep_{uuid.uuid4().hex[:10]}"
+    await _admin(pg, f"CREATE DATABASE {name}")
+    env = {
+        "BERTH_DATABASE_URL": pg.rsplit("/", 1)[0] + "/" + name,
+        "BERTH_REDIS_URL": redis,
+        "BERTH_REDIS_PREFIX": f"t-{name}:",
+    }
+    owner, other = (
+        BerthServer(tmp_path / f"r{i}", env={**env, "BERTH_REPLICA_ID": f"r{i}"}) for i in (0, 1)
+    )
+    try:
+        owner.start()
+        other.start()
+        async with owner.client() as c0, other.client() as c1:
+            await create(c0, "rep", restart_mode="replace", drain_seconds=5)
+            sent: dict[str, str] = {}
+            stop = asyncio.Event()
+
+            async def caller(n: int) -> None:
+                i = 0
+                while not stop.is_set() or i < 2:
+                    mid = f"rep-{n}-{i}"
+                    r = await send(c1, "rep", mid, mid)
+                    assert r.status_code == 200, r.text
+                    sent[mid] = reply_text(r.json()).partition(": ")[0]
+                    i += 1
+
+            async def deploy() -> dict[str, Any]:
+                await asyncio.sleep(0.5)
+                r = await c0.post("/v1/workspaces/rep/deploy", json={"env": {"ECHO_PREFIX": "v2"}})
+                assert r.status_code == 202, r.text
+                rec = await _follow(c0, "rep", r.json())
+                await asyncio.sleep(0.5)
+                stop.set()
+                return rec
+
+            *_, rec = await asyncio.gather(caller(0), caller(1), deploy())
+            assert rec["phase"] == "done", rec
+            assert set(sent.values()) == {"echo", "v2"}, sent
+            after = reply_text((await send(c1, "rep", "after 2", "rep-after-2")).json())
+            assert after == "v2: after 2"  # the other replica forwards to the new version
+            info = (await c1.get("/v1/workspaces/rep")).json()
+            assert info["version"] == 2 and info["peer"] is None
+            starts, dones = executions(info["state_dir"])
+            assert all(starts[m] == 1 and dones[m] == 1 for m in sent), (starts, dones)
+    finally:
+        for s in (owner, other):
+            s.stop()
+            s.kill9()
+        await _admin(pg, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
