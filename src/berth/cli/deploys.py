@@ -9,6 +9,7 @@ from typing import Any
 from rich.text import Text
 
 from berth.cli.client import Api
+from berth.cli.errors import CliError, Exit
 from berth.cli.output import Out
 from berth.cli.restarts import follow_restart, versions
 from berth.cli.workspaces import absolute_paths, kv
@@ -46,6 +47,9 @@ def deploy(args: argparse.Namespace, api: Api, out: Out) -> None:
         out.json(record)
     else:
         versions(out, record)
+    if record["phase"] == "rolled_back":
+        why = (record.get("versions") or {}).get("decision", {}).get("why")
+        raise CliError(f"the canary was rolled back ({why}); the old version serves", Exit.FAILED)
 
 
 def decide(args: argparse.Namespace, api: Api, out: Out, decision: str) -> None:

@@ -19,7 +19,7 @@ from berth.cli.output import Out, ago, drain_summary, duration, status, table
 __all__ = ["follow_restart", "restart", "restarts", "versions"]
 
 POLL = 0.2
-FINISHED = ("done", "failed")
+FINISHED = ("done", "rolled_back", "failed")
 
 
 def restart(args: argparse.Namespace, api: Api, out: Out) -> None:
@@ -93,7 +93,7 @@ def follow_restart(
     if record["phase"] == "failed":
         raise CliError(f"restart failed: {record.get('error')}", Exit.FAILED)
     if not out.as_json:
-        out.line(f"restart done in {duration(record['seconds'])}")
+        out.line(f"restart {record['phase'].replace('_', ' ')} in {duration(record['seconds'])}")
     return record
 
 

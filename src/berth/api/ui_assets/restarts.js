@@ -40,7 +40,7 @@ function card(r) {
   const end = r.finished_at || Date.now() / 1000;
   const total = Math.max(end - r.created_at, 0.001);
   const ok = r.phase === "done";
-  const state = r.finished_at ? (ok ? "done" : "failed") : "running";
+  const state = r.finished_at ? (ok ? "done" : r.phase === "rolled_back" ? "rolled back" : "failed") : "running";
   return h(
     "article",
     { class: `restart card inner r-${state}`, testid: "restart", dataset: { id: r.id, phase: r.phase, finished: String(Boolean(r.finished_at)) } },
