@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from berth.domain.deploy import Instance, Role
 from berth.domain.errors import InvalidInput
 from berth.domain.workspace import Runtime, Workspace
 from berth.services.url_policy import AgentUrlPolicy, parse_networks
@@ -69,6 +70,14 @@ async def test_a_docker_workspace_may_name_its_own_container_only() -> None:
     assert await policy().check(own, ws) == own
     with pytest.raises(InvalidInput):  # a container address of the network is not a name
         await policy().check("http://172.18.0.5:8000", ws)
+    # a deploy's next version runs in a container of its own (ws-<id>-v2), the old one's not
+    v2 = f"http://{container_name(ws.id, 2)}:8000"
+    with pytest.raises(InvalidInput):  # no deploy running: no second container
+        await policy().check(v2, ws)
+    ws.peer = Instance(2, Role.NEXT, "h", image="img")
+    assert await policy().check(v2, ws) == v2
+    with pytest.raises(InvalidInput):
+        await policy().check(f"http://{container_name(ws.id, 3)}:8000", ws)
     process = Workspace(id="0123456789abcdef", name="p", runtime=Runtime.PROCESS)
     with pytest.raises(InvalidInput):  # the container-name rule is for Docker workspaces only
         await policy().check("http://169.254.169.254:8000", process)

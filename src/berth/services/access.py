@@ -182,7 +182,7 @@ class Access:
             raise Unauthorized("an agent credential is required (Authorization: Bearer …)")
         h = hash_secret(token)
         ws = self._roster.by_token(h)  # heartbeats: no database read
-        if ws is not None and ws.run_token_hash == h:
+        if ws is not None and h in (ws.run_token_hash, ws.peer_run_token_hash):
             return ws
         ws = await self._ws.workspace_by_run_token(h)  # not in this replica's view yet
         if ws is not None:

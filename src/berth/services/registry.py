@@ -22,7 +22,7 @@ from berth.services.delivery_log import DeliveryLog
 from berth.services.dispatcher import Dispatcher
 from berth.services.events import Events
 from berth.services.heartbeats import Heartbeats
-from berth.services.lifecycle import Runner
+from berth.services.lifecycle import Runner, hash_token
 from berth.services.restart import RestartService
 from berth.services.roster import Roster
 

@@ -43,9 +43,14 @@ class Roster:
         return len(self._by_id)
 
     def by_token(self, token_hash: str) -> Workspace | None:
-        """The workspace whose token or current run token hashes to `token_hash`, if known."""
+        """The workspace whose token or current run token (or its deploy peer's) hashes to
+        `token_hash`, if known."""
         ws = self._by_id.get(self._tokens.get(token_hash, ""))
-        if ws is None or token_hash not in (ws.token_hash, ws.run_token_hash):
+        if ws is None or token_hash not in (
+            ws.token_hash,
+            ws.run_token_hash,
+            ws.peer_run_token_hash,
+        ):
             return None
         return ws
 
@@ -65,7 +70,7 @@ class Roster:
             self._forget_tokens(old)
         self._by_id[ws.id] = ws
         self._names[ws.name] = ws.id
-        for h in (ws.token_hash, ws.run_token_hash):
+        for h in (ws.token_hash, ws.run_token_hash, ws.peer_run_token_hash):
             if h:
                 self._tokens[h] = ws.id
         cond = self._changed.get(ws.id)
@@ -81,7 +86,7 @@ class Roster:
             self._forget_tokens(ws)
 
     def _forget_tokens(self, ws: Workspace) -> None:
-        for h in (ws.token_hash, ws.run_token_hash):
+        for h in (ws.token_hash, ws.run_token_hash, ws.peer_run_token_hash):
             if h and self._tokens.get(h) == ws.id:
                 del self._tokens[h]
 

@@ -65,6 +65,12 @@ def _unmapped(addr: Addr) -> Addr:
     return addr
 
 
+def _own_containers(ws: Workspace) -> set[str]:
+    """The serving version's container and, during a deploy, the other version's."""
+    versions = {ws.version} | ({ws.peer.version} if ws.peer is not None else set())
+    return {container_name(ws.id, v) for v in versions}
+
+
 def _refused(why: str) -> UrlRefused:
     return UrlRefused(f"agent URL refused: {why}")
 
@@ -97,7 +103,7 @@ class AgentUrlPolicy:
             raise _refused("it names no host")
         if parts.username is not None or parts.password is not None:
             raise _refused("credentials in the URL are not accepted")
-        if ws is not None and ws.runtime is Runtime.DOCKER and host == container_name(ws.id):
+        if ws is not None and ws.runtime is Runtime.DOCKER and host in _own_containers(ws):
             return url  # the workspace's own container, on berth's Docker network
         for addr in await self._addresses(host, port):
             if not self.allows(addr):
