@@ -40,16 +40,18 @@ async def test_peer_instance_round_trips_and_is_cleared(store: Store) -> None:
     assert got.peer is None and got.peer_run_token_hash is None and got.version == 2
 
 
-async def test_workspace_by_token_finds_the_peer_run_token(store: Store) -> None:
+async def test_workspace_by_run_token_finds_the_peer_run_token(store: Store) -> None:
+    """A deploy's next version registers with its own run credential (issue 10's model)."""
     ws = make_ws("alpha", token_hash="t1", run_token_hash="r1")
     await store.create_workspace(ws)
-    assert await store.workspace_by_token("r2") is None
+    assert await store.workspace_by_run_token("r2") is None
     await store.update_workspace(ws.id, peer=Instance(2, Role.NEXT, "r2"), peer_run_token_hash="r2")
-    found = await store.workspace_by_token("r2")
+    found = await store.workspace_by_run_token("r2")
     assert found is not None and found.id == ws.id and found.peer_run_token_hash == "r2"
-    assert (await store.workspace_by_token("r1")).id == ws.id  # type: ignore[union-attr]
+    assert (await store.workspace_by_run_token("r1")).id == ws.id  # type: ignore[union-attr]
+    assert await store.workspace_by_run_token("t1") is None  # not a run credential
     await store.update_workspace(ws.id, peer=None, peer_run_token_hash=None)
-    assert await store.workspace_by_token("r2") is None  # a stopped peer's token is refused
+    assert await store.workspace_by_run_token("r2") is None  # a stopped peer's is refused
 
 
 async def test_restart_mode_is_part_of_the_spec(store: Store) -> None:
