@@ -59,6 +59,9 @@ WORKSPACE = _obj(
         "last_error": _null(S),
         "allowed_callers": STRS,
         "created_at": N,
+        "version": INT,
+        "restart_mode": {"type": "string", "enum": ["stop-first", "replace"]},
+        "peer": _null(_ref("Instance")),
     },
     {
         "queue_depth": INT,
@@ -103,9 +106,25 @@ RESTART = _obj(
         "error": _null(S),
         "created_at": N,
         "finished_at": _null(N),
+        "mode": {"type": "string", "enum": ["stop-first", "replace"]},
+        "versions": _null(OBJ),
         "seconds": _null(N),
     },
     {"joined": B},
+)
+INSTANCE = _obj(
+    {
+        "version": INT,
+        "role": {"type": "string", "enum": ["next", "old"]},
+        "url": _null(S),
+        "command": _null(STRS),
+        "image": _null(S),
+        "env": STRS,
+        "pid": _null(INT),
+        "started_at": N,
+        "registered_at": _null(N),
+        "canary": _null(INT),
+    }
 )
 CREDENTIAL = _obj(
     {
@@ -131,6 +150,7 @@ SCHEMAS: dict[str, Any] = {
     "WorkspaceStopped": _obj({"workspace": _ref("Workspace"), "drain_report": _null(OBJ)}),
     "WorkspaceResumed": _obj({"workspace": _ref("Workspace"), "restart": _ref("Restart")}),
     "WorkspaceRemoved": _obj({"workspace": _ref("Workspace"), "canceled": _list("Delivery")}),
+    "Instance": INSTANCE,
     "Delivery": DELIVERY,
     "DeliveryList": _obj({"deliveries": _list("Delivery")}),
     "DeliveryRequest": _obj({"delivery_id": S, "method": S, "headers": OBJ, "request": ANY}),
@@ -151,6 +171,8 @@ SUCCESS: dict[tuple[str, str], tuple[str, str]] = {
     ("get", "/v1/workspaces/{ref}"): ("200", "Workspace"),
     ("delete", "/v1/workspaces/{ref}"): ("200", "WorkspaceRemoved"),
     ("post", "/v1/workspaces/{ref}/restart"): ("202", "Restart"),
+    ("post", "/v1/workspaces/{ref}/deploy"): ("202", "Restart"),
+    ("post", "/v1/workspaces/{ref}/deploy/{decision}"): ("202", "Restart"),
     ("get", "/v1/workspaces/{ref}/restarts"): ("200", "RestartList"),
     ("get", "/v1/workspaces/{ref}/restarts/{restart_id}"): ("200", "Restart"),
     ("post", "/v1/workspaces/{ref}/pause"): ("200", "WorkspaceStopped"),
