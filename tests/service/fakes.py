@@ -41,6 +41,7 @@ class Agent:
     token: str
     url: str
     received: list[dict[str, Any]] = field(default_factory=list)
+    headers: list[dict[str, str]] = field(default_factory=list)  # of each request received
     executed: list[str] = field(default_factory=list)  # messageIds, in order
     signals: list[dict[str, Any]] = field(default_factory=list)
     handler: Handler | None = None
@@ -106,6 +107,7 @@ class FakeAgents:
             return AgentReply(200, rpc_result(doc.get("id"), report))
         if path:
             return AgentReply(200, rpc_result(doc.get("id"), {}))
+        agent.headers.append(dict(headers))
         task = asyncio.ensure_future(agent.answer(doc))
         while not task.done():
             await asyncio.sleep(0.005)

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from berth.domain.deploy import judge_canary
-from berth.domain.errors import Conflict, InvalidInput
+from berth.domain.errors import Conflict, InvalidInput, MessageIdReused
 from berth.domain.restart import Phase
 from berth.ports import AgentReply
 from berth.wire import rpc_error, rpc_result
@@ -35,13 +35,16 @@ def tagged(tag: str, fail: bool = False):  # type: ignore[no-untyped-def]
     return handle
 
 
-async def _send(w: Any, ws: Any, mid: str, **ids: str) -> dict[str, Any]:
-    msg: dict[str, Any] = {"role": "ROLE_USER", "messageId": mid, "parts": [{"text": mid}]}
+async def _send(
+    w: Any, ws: Any, mid: str, *, caller: str = "operator", text: str | None = None, **ids: str
+) -> dict[str, Any]:
+    parts = [{"text": text or mid}]
+    msg: dict[str, Any] = {"role": "ROLE_USER", "messageId": mid, "parts": parts}
     msg.update(ids)
     body = json.dumps(
         {"jsonrpc": "2.0", "id": 1, "method": "SendMessage", "params": {"message": msg}}
     ).encode()
-    reply = await w.c.proxy.handle(ws, body, {"x-berth-wait": "5"})
+    reply = await w.c.proxy.handle(ws, body, {"x-berth-wait": "5"}, caller)
     return json.loads(reply.body)  # type: ignore[no-any-return]
 
 
@@ -165,3 +168,38 @@ def test_judge_canary() -> None:
     assert judge_canary(ok, crashing)[0] == "rollback"
     assert judge_canary(ok, {**ok, "agent_errors": 1, "ok": 9})[0] == "promote"  # tolerance
     assert "failure rate 30%" in judge_canary(ok, bad)[1]
+
+
+async def test_a_canary_keeps_callers_apart_on_both_versions() -> None:
+    """Issue 10 through the split: a messageId is the caller's own whichever version takes
+    it, each version is told who called, and a messageId reused for another request is
+    refused before either version sees it."""
+    async with world() as w:
+        ws = await w.create("a", restart_mode="replace")
+        v1 = w.agent(ws)
+        v1.handler = tagged("v1")
+        r = await w.c.workspaces.deploy("a", {"canary": 50, "canary_seconds": 30})
+        v2 = await _canary_agent(w, ws)
+        v2.handler = tagged("v2")
+        await _canary_running(w, ws)
+        callers = ("workspace:x", "caller:y")
+        for i in range(12):
+            for caller in callers:
+                assert _text(await _send(w, ws, f"m{i}", caller=caller)) in ("v1", "v2")
+        # each caller's messageId is a delivery of its own, on either version
+        for agent in (v1, v2):
+            got = [h["x-berth-caller"] for h in agent.headers if "x-berth-caller" in h]
+            assert set(got) == set(callers)  # both versions served both callers
+        assert len(v1.executed) + len(v2.executed) == 24
+        log = await w.c.deliveries.recent(ws.id, limit=100)
+        assert sorted({(d.caller, d.message_id) for d in log}) == sorted(
+            (c, f"m{i}") for c in callers for i in range(12)
+        )
+        # the same request again: the stored reply, nothing runs; another request: refused
+        again = _text(await _send(w, ws, "m0", caller="caller:y"))
+        assert again in ("v1", "v2")
+        with pytest.raises(MessageIdReused):
+            await _send(w, ws, "m0", caller="caller:y", text="something else")
+        assert len(v1.executed) + len(v2.executed) == 24
+        await w.c.workspaces.decide("a", "rollback")
+        assert (await _finished(w, ws.id, r.id)).phase is Phase.ROLLED_BACK
