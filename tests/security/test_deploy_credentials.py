@@ -122,6 +122,7 @@ async def test_each_version_has_its_own_run_credential_and_runs_as_the_agent_use
                 assert v["REGISTERED"] == "200" and v["TOKEN"].startswith("bwr_")
                 keys = set(v["ENVKEYS"].split())
                 assert "BERTH_ADMIN_TOKEN" not in keys and keys <= AGENT_ENV, keys
+                assert "BERTH_SHARED_STATE" in keys  # the SDK shares its dedupe file
             assert v1["TOKEN"] != v2["TOKEN"]
             assert v2["UID"] == v1["UID"] and (v2["UID"] != "0") == as_root
             # both run credentials work for their own start, and only there
