@@ -12,7 +12,7 @@ from berth.sdk.dedupe import Dedupe
 from berth.sdk.drain import Drain
 from berth.wire import is_draining_error, is_terminal_event
 
-__all__ = ["capture", "final", "replay"]
+__all__ = ["capture", "final", "replay", "reply_key"]
 
 
 def replay(body: bytes, rid: Any, stream: bool) -> Response:
@@ -24,7 +24,7 @@ def replay(body: bytes, rid: Any, stream: bool) -> Response:
 
 
 async def capture(
-    events: Any, mid: str, method: str, dedupe: Dedupe, drain: Drain
+    events: Any, mid: str, method: str, dedupe: Dedupe, drain: Drain, *, key: str | None = None
 ) -> AsyncIterator[Any]:
     last: str | None = None
     try:
@@ -34,7 +34,7 @@ async def capture(
             yield item
     finally:
         done = last is not None and final(last)
-        dedupe.finish(mid, method, last.encode() if done and last else None)
+        dedupe.finish(key or mid, method, last.encode() if done and last else None)
         drain.leave(mid)
 
 
@@ -48,3 +48,10 @@ def final(data: str) -> bool:
     except ValueError:
         return False
     return not (isinstance(doc, dict) and is_draining_error(doc.get("error")))
+
+
+def reply_key(message_id: str, caller: str | None) -> str:
+    """The stored reply's key: berth's accept key is (caller, messageId), so another
+    caller's message with the same messageId is another message (X-Berth-Caller, set by
+    berth; without it, an older berth or a delivery from before callers, the messageId)."""
+    return message_id if not caller else f"{caller}\x1f{message_id}"

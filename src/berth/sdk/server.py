@@ -35,7 +35,7 @@ from berth.sdk.dedupe import Dedupe  # noqa: E402
 from berth.sdk.drain import Drain  # noqa: E402
 from berth.sdk.executions import Counted, Stop, close_cut_task  # noqa: E402
 from berth.sdk.platform import Identity, Platform  # noqa: E402
-from berth.sdk.replies import capture, replay  # noqa: E402
+from berth.sdk.replies import capture, replay, reply_key  # noqa: E402
 from berth.sdk.tasks import durable_task_store  # noqa: E402
 from berth.wire import SEND_METHODS, STREAM_METHODS, draining_error, rpc_error, rpc_result  # noqa: E402
 
@@ -101,32 +101,33 @@ def build_app(
                 return Response(draining_error(rid), media_type=_JSON)
             return await a2a(request)  # type: ignore[no-any-return]
         stream = method in STREAM_METHODS
-        while (running := dedupe.running(mid)) is not None:
+        key = reply_key(mid, request.headers.get("x-berth-caller"))
+        while (running := dedupe.running(key)) is not None:
             await asyncio.shield(running)
-        stored = dedupe.lookup(mid)
+        stored = dedupe.lookup(key)
         if stored is not None:
             return replay(stored[1], rid, stream)
         if drain.draining:  # checked after the wait: a duplicate must not start during a stop
             return Response(draining_error(rid), media_type=_JSON)
-        dedupe.begin(mid)
+        dedupe.begin(key)
         drain.enter(mid)
         try:
             answered, resp = await stopper.call(a2a(request))
         except BaseException:
             drain.leave(mid)
-            dedupe.finish(mid, method, None)
+            dedupe.finish(key, method, None)
             raise
         if not answered:  # a stop cut its execution: berth holds it and delivers it again
-            dedupe.finish(mid, method, None)
+            dedupe.finish(key, method, None)
             drain.leave(mid)
             return Response(draining_error(rid), media_type=_JSON)
         if not stream or not hasattr(resp, "body_iterator"):
             body = getattr(resp, "body", b"")
             keep = b'"jsonrpc"' in body and b"DRAINING" not in body
-            dedupe.finish(mid, method, body if keep else None)
+            dedupe.finish(key, method, body if keep else None)
             drain.leave(mid)
             return resp  # type: ignore[no-any-return]
-        resp.body_iterator = capture(resp.body_iterator, mid, method, dedupe, drain)
+        resp.body_iterator = capture(resp.body_iterator, mid, method, dedupe, drain, key=key)
         return resp  # type: ignore[no-any-return]
 
     async def restart_pending(request: Request) -> Response:
