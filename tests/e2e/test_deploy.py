@@ -192,6 +192,17 @@ async def test_a_deploy_on_replicas_switches_every_replica(tmp_path):
             assert info["version"] == 2 and info["peer"] is None
             starts, dones = executions(info["state_dir"])
             assert all(starts[m] == 1 and dones[m] == 1 for m in sent), (starts, dones)
+            # a deploy asked of the replica that does not own the workspace is handed to
+            # the owner (services/handoff.py): the new version runs there, once
+            r = await c1.post("/v1/workspaces/rep/deploy", json={"env": {"ECHO_PREFIX": "v3"}})
+            assert r.status_code == 202, r.text
+            assert (await _follow(c1, "rep", r.json()))["phase"] == "done"
+            after = reply_text((await send(c1, "rep", "after 3", "rep-after-3")).json())
+            assert after == "v3: after 3"
+            info = (await c1.get("/v1/workspaces/rep")).json()
+            assert info["version"] == 3 and info["owner"] == "r0" and info["peer"] is None
+            r = await c1.post("/v1/workspaces/rep/deploy/promote")
+            assert r.status_code == 409 and "no_canary" in r.text  # the owner's answer
     finally:
         for s in (owner, other):
             s.stop()

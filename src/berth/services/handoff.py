@@ -1,9 +1,9 @@
 """Lifecycle requests for a workspace another replica runs, handed to that replica.
 
 A process or Docker workspace is started, stopped and watched only by the replica that owns
-it (its agent runs there). A restart, pause, resume or removal that reaches another replica
-is asked of the owner over the bus; the owner runs it and answers, sending `working` while
-it runs. No word from the owner for ASK_SECONDS: it is down, and the request is refused
+it (its agent runs there). A restart, deploy (or canary decision), pause, resume or removal
+that reaches another replica is asked of the owner over the bus; the owner runs it and
+answers, sending `working` while it runs. No word from the owner for ASK_SECONDS: it is down, and the request is refused
 (503 `owner_unavailable`) rather than run where the agent is not (docs/operations.md).
 """
 

@@ -135,17 +135,24 @@ class Workspaces:
         return {"restart_id": record.id, "joined": False}
 
     async def decide(self, ref: str, decision: str) -> RestartRecord:
-        """Promote or roll back the running canary by hand (its cycle acts on it)."""
+        """Promote or roll back the running canary by hand (its cycle, on the workspace's
+        owner, acts on it)."""
         ws = await self.get(ref)
+        answer = await self._where(ws, "decide", {"decision": decision})
+        return await self._restarts.record(ws.id, str(answer["restart_id"]))
+
+    async def _decide(self, ws: Workspace, decision: Any) -> dict[str, Any]:
         peer = ws.peer
         if peer is None or peer.canary is None:
             raise Conflict(f"workspace {ws.name} runs no canary", code="no_canary")
         record = await self._records.active_restart(ws.id)
         if record is None:
             raise Conflict(f"workspace {ws.name} runs no canary", code="no_canary")
+        if decision not in ("promote", "rollback"):
+            raise InvalidInput("decision: promote or rollback")
         peer.decision = decision
         await self._runner.update(ws.id, peer=peer, tell=True)
-        return record
+        return {"restart_id": record.id}
 
     async def pause(self, ref: str) -> dict[str, Any]:
         ws = await self.get(ref)
@@ -188,6 +195,8 @@ class Workspaces:
             return {"restart_id": record.id, "joined": joined}
         if op == "deploy":
             return await self._deploy(ws, args.get("body"))
+        if op == "decide":
+            return await self._decide(ws, args.get("decision"))
         ops = {"pause": self._pause, "resume": self._resume, "remove": self._remove}
         if op not in ops:
             raise InvalidInput(f"unknown lifecycle operation {op!r}")
