@@ -15,8 +15,13 @@ from tests.e2e.harness import BerthServer, free_port
 
 @pytest.fixture(scope="module")
 def berth_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BerthServer]:
-    """One real `berth serve` per module (its tests use distinct workspace names)."""
-    server = BerthServer(tmp_path_factory.mktemp("berth") / "berth").start()
+    """One real `berth serve` per module (its tests use distinct workspace names). Its
+    recording agents never heartbeat, and these tests are not about liveness: silence
+    only ends a workspace after 5 minutes, not the harness's 4 s (a loaded machine took
+    longer than that between an agent's registration and its test's last send)."""
+    server = BerthServer(
+        tmp_path_factory.mktemp("berth") / "berth", env={"BERTH_HEARTBEAT_TIMEOUT": "300"}
+    ).start()
     try:
         yield server
     finally:

@@ -54,7 +54,8 @@ async def redirector() -> tuple[web.AppRunner, str]:
 async def main(data: Path) -> dict[str, object]:
     listeners = [Listener(80), Listener(8080)]
     report: dict[str, object] = {}
-    server = BerthServer(data).start()
+    # the redirecting agent never heartbeats: silence must not hold its message (4 s here)
+    server = BerthServer(data, env={"BERTH_HEARTBEAT_TIMEOUT": "300"}).start()
     runner, redirect_url = await redirector()
     try:
         async with httpx.AsyncClient(
