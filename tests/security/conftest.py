@@ -12,6 +12,34 @@ from aiohttp import web
 
 from tests.e2e.harness import BerthServer, free_port
 
+# what a process agent may find in its environment: what berth passes on, the shell's
+# own, and the identity berth gives it (docs/security.md)
+ALLOWED_AGENT_ENV = {
+    "PATH",
+    "LANG",
+    "LC_ALL",
+    "LC_CTYPE",
+    "TZ",
+    "OTEL_SDK_DISABLED",
+    "OTEL_INSTRUMENTATION_A2A_SDK_ENABLED",
+    "HOME",
+    "TMPDIR",
+    "PWD",
+    "SHLVL",
+    "_",
+    "PYTHONUNBUFFERED",
+    "BERTH_PORT",
+    "BERTH_STATE_DIR",
+    "BERTH_WORKSPACE_TOKEN",
+    "BERTH_WORKSPACE_ID",
+    "BERTH_WORKSPACE_NAME",
+    "BERTH_URL",
+    "BERTH_INSTANCE",
+    "BERTH_HEARTBEAT_SECONDS",
+    "BERTH_DRAIN_SECONDS",
+    "BERTH_MAX_CONCURRENCY",
+}
+
 
 @pytest.fixture(scope="module")
 def berth_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BerthServer]:

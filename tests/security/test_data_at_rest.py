@@ -14,6 +14,7 @@ import httpx
 import pytest
 
 from tests.e2e.harness import BerthServer, create, send
+from tests.security.conftest import ALLOWED_AGENT_ENV
 
 pytestmark = pytest.mark.slow
 
@@ -106,31 +107,7 @@ async def test_a_process_agent_cannot_read_the_admin_token(tmp_path: Path) -> No
                 next(line for line in text.splitlines() if line.startswith("ENVKEYS"))[8:].split()
             )
             assert "BERTH_ADMIN_TOKEN" not in keys and "BERTH_WORKSPACE_TOKEN" in keys
-            assert keys - {"PROBE_DATA", "PROBE_BERTH_PID"} <= {
-                "PATH",
-                "LANG",
-                "LC_ALL",
-                "LC_CTYPE",
-                "TZ",
-                "OTEL_SDK_DISABLED",
-                "OTEL_INSTRUMENTATION_A2A_SDK_ENABLED",
-                "HOME",
-                "TMPDIR",
-                "PWD",
-                "SHLVL",
-                "_",
-                "PYTHONUNBUFFERED",
-                "BERTH_PORT",
-                "BERTH_STATE_DIR",
-                "BERTH_WORKSPACE_TOKEN",
-                "BERTH_WORKSPACE_ID",
-                "BERTH_WORKSPACE_NAME",
-                "BERTH_URL",
-                "BERTH_INSTANCE",
-                "BERTH_HEARTBEAT_SECONDS",
-                "BERTH_DRAIN_SECONDS",
-                "BERTH_MAX_CONCURRENCY",
-            }, keys
+            assert keys - {"PROBE_DATA", "PROBE_BERTH_PID"} <= ALLOWED_AGENT_ENV, keys
     finally:
         server.stop()
         server.kill9()

@@ -13,6 +13,7 @@ import httpx
 import pytest
 
 from tests.e2e.harness import BerthServer, send_body, wait_status
+from tests.security.conftest import ALLOWED_AGENT_ENV
 
 pytestmark = pytest.mark.slow
 
@@ -26,30 +27,7 @@ curl -s -o /dev/null -w "V$PROBE_V REGISTERED %{http_code}\n" \
   -d '{"url": "http://127.0.0.1:9/"}' "$BERTH_URL/v1/agents/register"
 exec sleep 120
 """
-AGENT_ENV = {
-    "PATH",
-    "LANG",
-    "LC_ALL",
-    "LC_CTYPE",
-    "TZ",
-    "OTEL_SDK_DISABLED",
-    "OTEL_INSTRUMENTATION_A2A_SDK_ENABLED",
-    "HOME",
-    "TMPDIR",
-    "PWD",
-    "SHLVL",
-    "_",
-    "PYTHONUNBUFFERED",
-    "BERTH_PORT",
-    "BERTH_STATE_DIR",
-    "BERTH_WORKSPACE_TOKEN",
-    "BERTH_WORKSPACE_ID",
-    "BERTH_WORKSPACE_NAME",
-    "BERTH_URL",
-    "BERTH_INSTANCE",
-    "BERTH_HEARTBEAT_SECONDS",
-    "BERTH_DRAIN_SECONDS",
-    "BERTH_MAX_CONCURRENCY",
+AGENT_ENV = ALLOWED_AGENT_ENV | {
     "BERTH_SHARED_STATE",  # restart_mode replace: two versions on one state directory
     "PROBE_V",
 }
