@@ -344,6 +344,12 @@ async def _final_reads(cluster: cl.Cluster, history: History) -> dict[str, int]:
                     json=body,
                     headers={"a2a-version": "1.0", "x-berth-wait": "0"},
                 )
+                if r.status_code == 429:  # refused: berth never refuses one it has accepted
+                    stats["never_accepted"] += 1
+                    history.add(
+                        {"type": "final", "ws": ws, "mid": mid, "delivery": None, "via": "resend"}
+                    )
+                    return
                 did = r.headers.get("x-berth-delivery-id") or r.json().get("delivery_id")
                 d = (await c.get(f"/v1/deliveries/{did}")).json()
                 if d["created_at"] >= t_read - 0.001:
