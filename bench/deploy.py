@@ -19,13 +19,13 @@ import statistics
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench._load import body as rpc_body  # noqa: E402
 from tests.e2e.harness import ECHO, BerthServer  # noqa: E402
 
 Sample = tuple[float, float]  # (sent at, seconds to the reply)
@@ -34,18 +34,7 @@ Sample = tuple[float, float]  # (sent at, seconds to the reply)
 async def load(c: httpx.AsyncClient, work: float, out: list[Sample], stop: asyncio.Event) -> None:
     text = f"sleep:{work} x" if work else "x"
     while not stop.is_set():
-        body = {
-            "jsonrpc": "2.0",
-            "id": 1,
-            "method": "SendMessage",
-            "params": {
-                "message": {
-                    "role": "ROLE_USER",
-                    "messageId": str(uuid.uuid4()),
-                    "parts": [{"text": text}],
-                }
-            },
-        }
+        body = rpc_body(text)
         t0 = time.monotonic()
         r = await c.post("/v1/workspaces/bench/a2a", json=body, headers={"a2a-version": "1.0"})
         if r.status_code != 200 or "result" not in r.json():

@@ -20,12 +20,12 @@ import statistics
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench._load import body as rpc_body  # noqa: E402
 from tests.e2e.harness import ECHO, BerthServer  # noqa: E402
 
 
@@ -51,18 +51,7 @@ def children(pid: int) -> int:
 
 
 async def send(c: httpx.AsyncClient, ws: str) -> float:
-    body = {
-        "jsonrpc": "2.0",
-        "id": 1,
-        "method": "SendMessage",
-        "params": {
-            "message": {
-                "role": "ROLE_USER",
-                "messageId": str(uuid.uuid4()),
-                "parts": [{"text": "hi"}],
-            }
-        },
-    }
+    body = rpc_body("hi")
     t0 = time.monotonic()
     r = await c.post(f"/v1/workspaces/{ws}/a2a", json=body, headers={"a2a-version": "1.0"})
     if r.status_code != 200 or "result" not in r.json():

@@ -42,6 +42,7 @@ from typing import Any
 import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _load import body as rpc_body  # noqa: E402
 from proxy import env, free_port, wait_http  # noqa: E402
 
 ADMIN = "bench-admin"
@@ -148,18 +149,7 @@ def pct(xs: list[float], p: float) -> float:
 
 
 def message() -> dict[str, Any]:
-    return {
-        "jsonrpc": "2.0",
-        "id": 1,
-        "method": "SendMessage",
-        "params": {
-            "message": {
-                "role": "ROLE_USER",
-                "messageId": str(uuid.uuid4()),
-                "parts": [{"text": "bench"}],
-            }
-        },
-    }
+    return rpc_body("bench")
 
 
 async def load(
