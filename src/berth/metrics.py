@@ -1,20 +1,24 @@
-"""berth's metrics on prometheus-client: every metric is declared here once, with its
-labels; services count through the small `Metrics` facade so they never import the
-client. Per workspace: deliveries, queue wait, forward time, redeliveries, failures,
-restarts, crashes, admission refusals; the queue gauges are read at scrape time.
+"""berth's metrics: every metric is declared here once, with its labels; services count
+through the small `Metrics` facade so they never import a client library.
 
-`render` speaks the Prometheus text format, or OpenMetrics (with exemplars: the delivery
-id of a slow delivery) when the scraper asks for it. Each workspace's series live in a
-registry of their own, so a scrape renders again only the workspaces whose series changed
-since the last one and reuses the rest (with 1,000 workspaces a full render took ~0.5 s).
+Per workspace (label `workspace`): deliveries, redeliveries, failures, restarts, crashes,
+admission refusals (counters); queue depth, in flight, queue age (gauges, read at scrape
+time); and each duration (delivery, queue wait, forward, restart, drain) as a summary,
+its count and sum, so a workspace's mean is `rate(x_sum) / rate(x_count)`. Latency
+distributions are fleet-wide histograms, `berth_fleet_*_seconds`, without a workspace
+label; the delivery one carries exemplars (the delivery id of a slow delivery) in
+OpenMetrics.
+
+Why not a histogram per workspace: with 17 buckets each, five of them made ~70 lines per
+active workspace, 70,000 at 1,000 workspaces, and a scrape under traffic took ~1 s in
+prometheus-client (issue 14; docs/benchmarks.md). The per-workspace series are plain
+numbers here, rendered by `render` in one pass (~15 lines a workspace); prometheus-client
+renders only the fleet histograms. An exposition is reused while nothing changed.
 """
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Callable
-
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.exposition import choose_encoder
 
 __all__ = ["Metrics"]
@@ -42,7 +46,7 @@ _COUNTERS: dict[str, tuple[str, tuple[str, ...]]] = {
         _WS,
     ),
 }
-_HISTOGRAMS: dict[str, str] = {
+_DURATIONS: dict[str, str] = {
     "berth_delivery_seconds": "From accepted to final",
     "berth_queue_wait_seconds": "From accepted to its first forward",
     "berth_forward_seconds": "One forward to the agent",
@@ -56,131 +60,111 @@ _GAUGES: dict[str, str] = {
 }
 
 
-Encoder = Callable[[CollectorRegistry], bytes]
+def _fleet_name(name: str) -> str:
+    return "berth_fleet_" + name.removeprefix("berth_")
 
 
-def _declare(name: str, registry: CollectorRegistry) -> Counter | Histogram | Gauge:
-    if name in _COUNTERS:
-        text, labels = _COUNTERS[name]
-        return Counter(name, text, labels, registry=registry)
-    if name in _HISTOGRAMS:
-        return Histogram(name, _HISTOGRAMS[name], _WS, buckets=_BUCKETS, registry=registry)
-    if name in _GAUGES:
-        return Gauge(name, _GAUGES[name], _WS, registry=registry)
-    raise KeyError(f"no metric {name!r} is declared")
+def _labels(names: tuple[str, ...], values: tuple[str, ...]) -> str:
+    def esc(v: str) -> str:
+        return v.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
 
-
-def _families(text: str) -> dict[str, tuple[str, str]]:
-    """An exposition split by metric family: name -> (its header lines, its sample lines)."""
-    heads: dict[str, list[str]] = {}
-    lines: dict[str, list[str]] = {}
-    name = ""
-    for line in text.splitlines(keepends=True):
-        if line.startswith("# HELP "):
-            name = line.split(" ", 3)[2]
-            heads[name], lines[name] = [line], []
-        elif line.startswith(("# TYPE ", "# UNIT ")):
-            heads[name].append(line)
-        elif not line.startswith("#"):
-            lines[name].append(line)
-    return {n: ("".join(heads[n]), "".join(lines[n])) for n in heads}
-
-
-class _Series:
-    """One workspace's series, in a registry of their own."""
-
-    def __init__(self) -> None:
-        self.registry = CollectorRegistry(auto_describe=True)
-        self._metrics: dict[str, Counter | Histogram | Gauge] = {}  # only those it has used
-        self.version = 0
-        self.rendered: dict[str, tuple[int, dict[str, tuple[str, str]]]] = {}  # by content type
-
-    def metric(self, name: str) -> Counter | Histogram | Gauge:
-        m = self._metrics.get(name)
-        if m is None:
-            m = self._metrics[name] = _declare(name, self.registry)
-        return m
-
-    def families(self, encoder: Encoder, content_type: str) -> dict[str, tuple[str, str]]:
-        got = self.rendered.get(content_type)
-        if got is None or got[0] != self.version:
-            version = self.version
-            got = self.rendered[content_type] = (
-                version,
-                _families(encoder(self.registry).decode()),
-            )
-        return got[1]
+    return "{" + ",".join(f'{k}="{esc(v)}"' for k, v in zip(names, values, strict=True)) + "}"
 
 
 class Metrics:
     def __init__(self) -> None:
-        self._series: dict[str, _Series] = {}
-        self._gauge_values: dict[str, dict[str, float]] = {}
+        self._counts: dict[str, dict[tuple[str, ...], float]] = {n: {} for n in _COUNTERS}
+        self._durations: dict[str, dict[str, list[float]]] = {n: {} for n in _DURATIONS}
+        self._gauges: dict[str, dict[str, float]] = {n: {} for n in _GAUGES}
+        self._fleet = CollectorRegistry(auto_describe=True)
+        self._hist = {
+            n: Histogram(
+                _fleet_name(n), f"{text}, all workspaces", buckets=_BUCKETS, registry=self._fleet
+            )
+            for n, text in _DURATIONS.items()
+        }
+        self._label_text: dict[tuple[tuple[str, ...], tuple[str, ...]], str] = {}
         self._version = 0  # bumped by every change: a scrape of no change reuses the last
         self._rendered: dict[str, tuple[int, bytes]] = {}
 
-    def _of(self, workspace: str) -> _Series:
-        s = self._series.get(workspace)
-        if s is None:
-            s = self._series[workspace] = _Series()
-        return s
-
-    def _changed(self, s: _Series) -> None:
-        s.version += 1
-        self._version += 1
-
     def inc(self, name: str, n: float = 1.0, **labels: str) -> None:
-        s = self._of(labels["workspace"])
-        s.metric(name).labels(**labels).inc(n)  # type: ignore[union-attr]
-        self._changed(s)
+        values = tuple(labels[k] for k in _COUNTERS[name][1])
+        counts = self._counts[name]
+        counts[values] = counts.get(values, 0.0) + n
+        self._version += 1
 
     def observe(
         self, name: str, value: float, *, exemplar: dict[str, str] | None = None, **labels: str
     ) -> None:
-        s = self._of(labels["workspace"])
-        s.metric(name).labels(**labels).observe(max(0.0, value), exemplar=exemplar)  # type: ignore[union-attr]
-        self._changed(s)
+        value = max(0.0, value)
+        got = self._durations[name].setdefault(labels["workspace"], [0.0, 0.0])
+        got[0] += 1
+        got[1] += value
+        self._hist[name].observe(value, exemplar=exemplar)
+        self._version += 1
 
     def value(self, name: str, **labels: str) -> float:
         """A counter's current value (tests, status pages)."""
-        s = self._series.get(labels.get("workspace", ""))
-        got = None if s is None else s.registry.get_sample_value(name, labels)
-        return 0.0 if got is None else got
+        names = _COUNTERS[name][1]
+        if set(labels) != set(names):
+            return 0.0
+        return self._counts[name].get(tuple(labels[k] for k in names), 0.0)
 
     def set_gauges(self, name: str, values: dict[str, float]) -> None:
         """Replace a per-workspace gauge's values (workspaces gone since drop out)."""
-        before = self._gauge_values.get(name, {})
-        if before == values:
-            return
-        for workspace in before.keys() - values.keys():
-            s = self._of(workspace)
-            s.metric(name).remove(workspace)
-            self._changed(s)
-        for workspace, v in values.items():
-            if before.get(workspace) != v:
-                s = self._of(workspace)
-                s.metric(name).labels(workspace=workspace).set(v)  # type: ignore[union-attr]
-                self._changed(s)
-        self._gauge_values[name] = dict(values)
+        if self._gauges[name] != values:
+            self._gauges[name] = dict(values)
+            self._version += 1
 
     async def render(self, accept: str | None = None) -> tuple[bytes, str]:
-        """The exposition the scraper asked for (Accept), and its content type. Rendered on
-        a worker thread (prometheus-client is thread-safe), so even a long render never
-        stalls the event loop and every message with it."""
+        """The exposition the scraper asked for (Accept): Prometheus text, or OpenMetrics
+        with exemplars; and its content type. Rendered on the loop: with 1,000 busy
+        workspaces it takes a few milliseconds (bench/scale.py)."""
         encoder, content_type = choose_encoder(accept or "")
         cached = self._rendered.get(content_type)
         if cached is None or cached[0] != self._version:
             version = self._version
-            body = await asyncio.to_thread(self._render, encoder, content_type)
+            om = "openmetrics" in content_type
+            fleet = encoder(self._fleet).decode()
+            if om:
+                fleet = fleet.removesuffix("# EOF\n")
+            body = (self._render(om) + fleet + ("# EOF\n" if om else "")).encode()
             cached = self._rendered[content_type] = (version, body)
         return cached[1], content_type
 
-    def _render(self, encoder: Encoder, content_type: str) -> bytes:
-        parts: dict[str, list[str]] = {}  # family -> its header, then each workspace's lines
-        for series in list(self._series.values()):
-            for name, (head, lines) in series.families(encoder, content_type).items():
-                parts.setdefault(name, [head]).append(lines)
-        text = "".join("".join(p) for p in parts.values())
-        if "openmetrics" in content_type:
-            text += "# EOF\n"
-        return text.encode()
+    def _lab(self, names: tuple[str, ...], values: tuple[str, ...]) -> str:
+        key = (names, values)
+        got = self._label_text.get(key)
+        if got is None:
+            got = self._label_text[key] = _labels(names, values)
+        return got
+
+    def _render(self, om: bool) -> str:
+        out: list[str] = []
+
+        def head(family: str, kind: str, text: str) -> None:
+            if om:
+                out.append(f"# TYPE {family} {kind}\n# HELP {family} {text}\n")
+            else:
+                out.append(f"# HELP {family} {text}\n# TYPE {family} {kind}\n")
+
+        for name, (text, names) in _COUNTERS.items():
+            counts = self._counts[name]
+            if counts:
+                head(name.removesuffix("_total") if om else name, "counter", text)
+                out.extend(f"{name}{self._lab(names, k)} {v!r}\n" for k, v in counts.items())
+        for name, text in _DURATIONS.items():
+            durations = self._durations[name]
+            if durations:
+                head(name, "summary", text + ", per workspace")
+                for ws, (n, total) in durations.items():
+                    lab = self._lab(_WS, (ws,))
+                    out.append(f"{name}_count{lab} {n!r}\n{name}_sum{lab} {total!r}\n")
+        for name, text in _GAUGES.items():
+            gauges = self._gauges[name]
+            if gauges:
+                head(name, "gauge", text)
+                out.extend(
+                    f"{name}{self._lab(_WS, (ws,))} {float(v)!r}\n" for ws, v in gauges.items()
+                )
+        return "".join(out)

@@ -34,3 +34,58 @@ async def test_an_exposition_is_reused_until_something_changes() -> None:
     assert ("berth_queue_depth", "w2") not in got
     om, content_type = await m.render("application/openmetrics-text")
     assert content_type.startswith("application/openmetrics-text") and om.endswith(b"# EOF\n")
+
+
+async def test_durations_are_per_workspace_summaries_and_fleet_histograms() -> None:
+    """A workspace's durations are its count and sum; their distribution is fleet-wide,
+    with the slow delivery's id as an exemplar in OpenMetrics. Both formats parse."""
+    from prometheus_client.openmetrics.parser import text_string_to_metric_families as om_parse
+
+    m = Metrics()
+    m.observe("berth_delivery_seconds", 0.2, workspace="a", exemplar={"delivery_id": "d-1"})
+    m.observe("berth_delivery_seconds", 0.4, workspace="a")
+    m.observe("berth_delivery_seconds", 3.0, workspace='b "odd" \\ one')
+    m.observe("berth_forward_seconds", -1.0, workspace="a")  # a clock step: counted as 0
+    m.inc("berth_deliveries_total", workspace="a", outcome="done")
+    text = (await m.render())[0].decode()
+    got = samples(text.encode())
+    assert got[("berth_delivery_seconds_count", "a")] == 2
+    assert abs(got[("berth_delivery_seconds_sum", "a")] - 0.6) < 1e-9
+    assert got[("berth_delivery_seconds_count", 'b "odd" \\ one')] == 1  # label escaped
+    assert got[("berth_forward_seconds_sum", "a")] == 0
+    assert ("berth_delivery_seconds_bucket", "a") not in got  # no per-workspace buckets
+    fleet = {
+        s.labels["le"]: s.value
+        for f in text_string_to_metric_families(text)
+        if f.name == "berth_fleet_delivery_seconds"
+        for s in f.samples
+        if s.name.endswith("_bucket")
+    }
+    assert fleet["0.25"] == 1 and fleet["0.5"] == 2 and fleet["2.5"] == 2 and fleet["+Inf"] == 3
+    assert m.value("berth_deliveries_total", workspace="a", outcome="done") == 1
+    assert m.value("berth_deliveries_total", workspace="a") == 0  # not a series of its own
+
+    om = (await m.render("application/openmetrics-text; version=1.0.0"))[0].decode()
+    families = {f.name: f for f in om_parse(om)}  # raises on anything OpenMetrics refuses
+    assert families["berth_deliveries"].type == "counter"
+    assert families["berth_delivery_seconds"].type == "summary"
+    exemplars = [
+        s.exemplar.labels
+        for s in families["berth_fleet_delivery_seconds"].samples
+        if s.exemplar is not None
+    ]
+    assert exemplars == [{"delivery_id": "d-1"}]
+
+
+async def test_a_scrape_of_a_thousand_busy_workspaces_stays_small() -> None:
+    """Lines per active workspace stay in the tens (a histogram each made it ~70)."""
+    m = Metrics()
+    for i in range(1000):
+        ws = f"w{i}"
+        m.inc("berth_deliveries_accepted_total", workspace=ws)
+        m.inc("berth_deliveries_total", workspace=ws, outcome="done")
+        for name in ("berth_delivery_seconds", "berth_queue_wait_seconds", "berth_forward_seconds"):
+            m.observe(name, 0.01, workspace=ws)
+    m.set_gauges("berth_queue_depth", {f"w{i}": 0.0 for i in range(1000)})
+    body, _ = await m.render()
+    assert body.count(b"\n") < 12 * 1000 + 200
