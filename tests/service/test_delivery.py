@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from typing import Any
 
 import pytest
@@ -24,6 +25,7 @@ from berth.domain.errors import (
 )
 from berth.ports import AgentReply
 from berth.wire import rpc_result
+from tests.contract.test_store import make_d
 from tests.service.fakes import Agent, text_of, world
 
 
@@ -262,6 +264,35 @@ async def test_a_full_queue_refuses_new_messages_with_429_and_keeps_every_accept
         await asyncio.sleep(0.3)  # the admission snapshot refreshes
         status, _, _ = await w.send(ws, "room again", message_id="m4")
         assert status == 200
+
+
+async def test_admission_reads_every_queue_at_once_however_many_workspaces_share_sends() -> None:
+    """Sends spread over many workspaces cost admission one store read per refresh, not one
+    per workspace; a queue filled by another writer shows within the refresh."""
+    async with world() as w:
+        wss = [await w.create(f"w{i}", max_queue=2) for i in range(20)]
+        store = w.c.deliveries._store
+        reads = {"backlogs": 0, "pending": 0}
+        for name in reads:
+            real = getattr(store, name)
+
+            def counted(*a: Any, _real: Any = real, _name: str = name) -> Any:
+                reads[_name] += 1
+                return _real(*a)
+
+            setattr(store, name, counted)
+        await asyncio.sleep(0.3)  # past any earlier read
+        for ws in wss:
+            assert (await w.send(ws, "hi", message_id="m0"))[0] == 200
+        assert reads == {"backlogs": 1, "pending": 0}, reads
+        await w.c.workspaces.pause("w3")
+        for i in range(2):  # another replica's accepts, straight into the log
+            now = time.time()
+            await store.accept(make_d(wss[3].id, f"elsewhere{i}", created_at=now, updated_at=now))
+        await asyncio.sleep(0.3)
+        with pytest.raises(Overloaded):
+            await w.send(wss[3], "one too many", message_id="m1", wait=0)
+        assert reads["backlogs"] == 2
 
 
 async def test_a_queue_whose_head_waited_too_long_refuses_new_messages() -> None:
