@@ -56,6 +56,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from berth.adapters.sql.sqlite import SqliteStore
+from berth.domain.ids import time_ordered_id
 from berth.domain.lifecycle import WorkspaceState
 from berth.domain.workspace import Runtime, Workspace
 
@@ -114,7 +115,7 @@ async def drive(
     async def producer(k: int) -> None:
         for i in todo:  # shared: the producers split the count between them
             await sem.acquire()
-            did = str(uuid.uuid4())
+            did = time_ordered_id()  # as berth's proxy makes them
             t0s[did] = time.perf_counter()
             ws = ws_ids[i % len(ws_ids)]
             await eng.accept(did, ws)

@@ -9,7 +9,6 @@ import asyncio
 import copy
 import json
 import time
-import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -24,6 +23,7 @@ from berth.domain.errors import (
     RpcInvalid,
     StoreUnavailable,
 )
+from berth.domain.ids import time_ordered_id
 from berth.domain.workspace import Workspace
 from berth.ports import AgentClient, Bus, Subscription
 from berth.services.agent_link import AgentLink
@@ -139,7 +139,7 @@ class Proxy:
             )
         message_id = message.get("messageId")
         if message_id is None or message_id == "":
-            message_id = str(uuid.uuid4())
+            message_id = time_ordered_id()
             doc = copy.deepcopy(doc)
             doc["params"]["message"]["messageId"] = message_id
             raw = orjson.dumps(doc)
@@ -177,7 +177,7 @@ class Proxy:
         ttl = ttl_seconds(headers.get("x-berth-ttl"))
         now = time.time()
         d = Delivery(
-            id=str(uuid.uuid4()),
+            id=time_ordered_id(),
             workspace_id=ws.id,
             message_id=message_id,
             seq=0,
