@@ -114,7 +114,7 @@ async def create(s: aiohttp.ClientSession, url: str, names: list[str]) -> list[d
             doc = await r.json()
             if r.status != 201:
                 raise RuntimeError(f"create {name}: {r.status} {doc}")
-            return {"name": name, "token": doc["token"]}
+            return {"name": name, "token": doc["agent_token"]}  # what the agent registers with
 
     return list(await asyncio.gather(*(one(n) for n in names)))
 

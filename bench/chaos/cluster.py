@@ -247,7 +247,9 @@ class Cluster:
         r = await c.post("/v1/workspaces", json=body)
         if r.status_code != 201:
             raise RuntimeError(f"creating {spec.name}: {r.status_code} {r.text}")
-        w.id, w.token = r.json()["id"], r.json()["token"]
+        doc = r.json()
+        # an external agent registers with its agent credential; the caller's is for sends
+        w.id, w.token = doc["id"], doc.get("agent_token", doc["token"])
         self.workspaces[spec.name] = w
         if spec.runtime == "external":
             w.state_dir = self.workdir / "agents" / spec.name / "state"
