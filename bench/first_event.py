@@ -1,11 +1,15 @@
 """Time to first event of a stream, through berth vs straight to the same echo agent.
 
-    python bench/first_event.py [--n 200] [--database-url postgresql://…]
+    python bench/first_event.py [--n 200] [--rounds 2] [--database-url postgresql://…]
 
 Each request is `SendStreamingMessage` of `task sleep:0.2 …`: the echo agent sends its
 first event (the task, `working`) at once and the last after 0.2 s, so the first-event
 time measures the stream path (accept into the delivery log, claim, forward, pipe) and
-not the work. One request at a time (sequential), then 8 at once. Figures, not assertions.
+not the work. One request at a time (sequential), then 8 at once, each level in
+`--rounds` rounds alternating three targets: a separately started echo agent ("direct"),
+the very agent process berth started for its workspace, called straight at its URL
+("berth's agent"), and that workspace through berth. The last two differ by berth alone;
+the first two by how the agent was started. Figures, not assertions.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import uuid
 from pathlib import Path
 
 import aiohttp
+import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from proxy import ADMIN, Procs, echo_via_berth, start_echo  # noqa: E402
@@ -84,6 +89,7 @@ async def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=200)
     ap.add_argument("--database-url")
+    ap.add_argument("--rounds", type=int, default=2)
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as t:
         tmp = Path(t)
@@ -95,24 +101,36 @@ async def main() -> None:
             print(
                 f"# time to first stream event: store {store}, {args.n} streams per row, agent works 0.2 s"
             )
+            berth, name = via.split("/v1/workspaces/")
+            async with httpx.AsyncClient() as h:
+                r = await h.get(
+                    f"{berth}/v1/workspaces/{name.split('/')[0]}",
+                    headers={"authorization": f"Bearer {ADMIN}"},
+                )
+                own = r.json()["url"]
+            targets = [
+                ("direct to echo", direct, {}),
+                ("berth's agent", own, {}),
+                ("via berth", via, {"authorization": f"Bearer {ADMIN}"}),
+            ]
             for c in (1, 8):
-                d_first, d_total = await measure(direct, args.n, c, {})
-                b_first, b_total = await measure(
-                    via, args.n, c, {"authorization": f"Bearer {ADMIN}"}
-                )
-                for label, f, tot in (
-                    ("direct to echo", d_first, d_total),
-                    ("via berth", b_first, b_total),
-                ):
+                got: dict[str, list[float]] = {label: [] for label, _, _ in targets}
+                for _ in range(args.rounds):
+                    for label, url, headers in targets:
+                        firsts, _totals = await measure(url, args.n, c, headers)
+                        got[label] += firsts
+                for label, f in got.items():
                     print(
-                        f"{label:<16} c={c:<2} first event p50 {pct(f, 50):6.2f} ms  p99 {pct(f, 99):7.2f} ms"
-                        f"   whole stream p50 {pct(tot, 50):7.2f} ms"
+                        f"{label:<16} c={c:<2} first event p50 {pct(f, 50):6.2f} ms  "
+                        f"p99 {pct(f, 99):7.2f} ms  mean {statistics.mean(f) * 1000:6.2f} ms"
                     )
-                print(
-                    f"{'':<16} added by berth to the first event: p50 "
-                    f"{pct(b_first, 50) - pct(d_first, 50):+.2f} ms, mean "
-                    f"{(statistics.mean(b_first) - statistics.mean(d_first)) * 1000:+.2f} ms"
-                )
+                b = got["via berth"]
+                for label in ("direct to echo", "berth's agent"):
+                    print(
+                        f"{'':<16} added by berth over {label}: p50 "
+                        f"{pct(b, 50) - pct(got[label], 50):+.2f} ms, mean "
+                        f"{(statistics.mean(b) - statistics.mean(got[label])) * 1000:+.2f} ms"
+                    )
         finally:
             procs.stop()
 
