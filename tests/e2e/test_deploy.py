@@ -4,6 +4,8 @@ and runs nothing twice; a task started on the old version is found by the new on
 from __future__ import annotations
 
 import asyncio
+import os
+import sys
 import time
 import uuid
 from typing import Any
@@ -137,6 +139,27 @@ async def test_a_canary_of_a_failing_version_rolls_back_by_itself(berth_server):
         assert info["version"] == 1 and info["peer"] is None and info["status"] == "online"
         assert reply_text((await send(c, "can", "after")).json()) == "echo: after"
         print(f"\n[canary] {figs} -> {rec['versions']['decision']['why']}")
+
+
+async def test_a_next_version_that_exits_leaves_the_serving_one_running(berth_server):
+    """The next version exits before it registers: the deploy fails and the serving
+    process is untouched (its pid alive, no crash, still answering). Its abandonment once
+    stopped a copy of the serving version's record, whose pid was the serving process's."""
+    async with berth_server.client() as c:
+        await create(c, "exits", restart_mode="replace")
+        pid = (await c.get("/v1/workspaces/exits")).json()["pid"]
+        assert pid and os.path.exists(f"/proc/{pid}")
+        broken = [sys.executable, "-c", "raise SystemExit(3)"]
+        d = await c.post("/v1/workspaces/exits/deploy", json={"command": broken})
+        assert d.status_code == 202, d.text
+        rec = await _follow(c, "exits", d.json())
+        assert rec["phase"] == "failed" and "exited with code 3" in rec["error"], rec
+        await asyncio.sleep(0.5)  # an exit of the serving process would be seen by now
+        info = (await c.get("/v1/workspaces/exits")).json()
+        assert (info["status"], info["pid"], info["crash_count"]) == ("online", pid, 0), info
+        assert info["version"] == 1 and info["peer"] is None
+        assert os.path.exists(f"/proc/{pid}")
+        assert reply_text((await send(c, "exits", "still here")).json()) == "echo: still here"
 
 
 async def test_a_deploy_on_replicas_switches_every_replica(tmp_path):

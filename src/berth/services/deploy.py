@@ -9,7 +9,6 @@ old version's in-flight delivery, so the next message waits for it (FIFO is kept
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -104,7 +103,9 @@ class Replacer:
         ws = await self._runner.update(
             ws.id, peer=peer, peer_run_token_hash=peer.run_token_hash, tell=True
         )
-        nxt = dataclasses.replace(ws, version=version, peer=None, **spec)
+        # the next version as itself: none of the serving version's pid, url or card (a
+        # stop of this view whose process is gone must not find the serving one by its pid)
+        nxt = ws.as_instance(peer)
         exited = self._runner.expect_peer_exit(ws.id, version)
         registered = asyncio.ensure_future(
             self._roster.wait_for(ws.id, lambda w: _settled(w, version), self._runner.start_timeout)
