@@ -12,6 +12,7 @@ from berth.domain.errors import InvalidInput, StartFailed
 __all__ = [
     "CANARY_TOLERANCE",
     "DeployFailed",
+    "INSTANCE_FIELDS",
     "Instance",
     "RestartMode",
     "Role",
@@ -33,6 +34,12 @@ class RestartMode(str, enum.Enum):
 class Role(str, enum.Enum):
     NEXT = "next"  # started by a deploy, not serving yet
     OLD = "old"  # replaced: finishing its in-flight work, then stopped
+
+
+# What one running instance of a workspace has of its own, besides its version and run
+# credential: the workspace record holds them for the serving version, an Instance for
+# the other (Instance.record, Workspace.instance)
+INSTANCE_FIELDS = ("command", "image", "env", "agent_url", "agent_card", "capabilities", "pid")
 
 
 @dataclass
@@ -59,6 +66,12 @@ class Instance:
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "role": self.role.value}
+
+    def record(self) -> dict[str, Any]:
+        """The workspace record's fields as this instance has them (to see the workspace
+        as this instance, or to make it the serving one)."""
+        own = {f: getattr(self, f) for f in INSTANCE_FIELDS}
+        return {"version": self.version, "run_token_hash": self.run_token_hash, **own}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Instance:

@@ -9,7 +9,7 @@ from typing import Any
 
 from berth.domain.credentials import normalise_callers
 from berth.domain.delivery import QueueLimit
-from berth.domain.deploy import USER_BERTH_ENV, Instance, RestartMode
+from berth.domain.deploy import INSTANCE_FIELDS, USER_BERTH_ENV, Instance, RestartMode, Role
 from berth.domain.errors import InvalidInput
 from berth.domain.lifecycle import WorkspaceState
 from berth.wire import container_name
@@ -73,20 +73,15 @@ class Workspace:
     peer_run_token_hash: str | None = None  # the peer's run token (kept beside it, indexed)
 
     def as_instance(self, inst: Instance) -> Workspace:
-        """This workspace as its other instance `inst` sees it (to reach, signal or stop it)."""
-        return replace(
-            self,
-            version=inst.version,
-            command=inst.command,
-            image=inst.image,
-            env=inst.env,
-            agent_url=inst.agent_url,
-            agent_card=inst.agent_card,
-            capabilities=inst.capabilities,
-            pid=inst.pid,
-            run_token_hash=inst.run_token_hash,
-            peer=None,
-        )
+        """This workspace as its other instance `inst` sees it (to start, reach, signal or
+        stop it)."""
+        return replace(self, **inst.record(), peer=None)
+
+    def instance(self, role: Role) -> Instance:
+        """The serving version as an Instance: the inverse of `as_instance` (at a switch,
+        the serving version becomes the peer)."""
+        own = {f: getattr(self, f) for f in INSTANCE_FIELDS}
+        return Instance(self.version, role, self.run_token_hash or "", **own)
 
     @property
     def restart_mode(self) -> RestartMode:

@@ -155,35 +155,16 @@ class Replacer:
         nxt = ws.peer
         if nxt is None or nxt.version != version:
             raise DeployFailed(f"version {version} is gone")
-        old = Instance(
-            ws.version,
-            Role.OLD,
-            ws.run_token_hash or "",
-            command=ws.command,
-            image=ws.image,
-            env=ws.env,
-            agent_url=ws.agent_url,
-            agent_card=ws.agent_card,
-            capabilities=ws.capabilities,
-            pid=ws.pid,
-        )
+        old = ws.instance(Role.OLD)
         limits = dict(ws.limits)
         if change.get("restart_mode") is not None:
             limits["restart_mode"] = change["restart_mode"].value
         self._dispatcher.retire(ws_id, ws.run_token_hash)
         ws = await self._runner.update(
             ws_id,
-            version=version,
-            command=nxt.command,
-            image=nxt.image,
-            env=nxt.env,
+            **{**nxt.record(), "pid": info.pid},  # its pid is known from its start only
             limits=limits,
-            agent_url=nxt.agent_url,
-            agent_card=nxt.agent_card,
-            capabilities=nxt.capabilities,
-            pid=info.pid,
             state_dir=info.state_dir or ws.state_dir,
-            run_token_hash=nxt.run_token_hash,
             last_heartbeat=time.time(),
             peer=old,
             peer_run_token_hash=old.run_token_hash,
