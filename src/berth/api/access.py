@@ -11,6 +11,7 @@ from starlette.responses import JSONResponse
 from berth.api.auth import require_admin
 from berth.api.management import berth, json_body
 from berth.bootstrap import Container
+from berth.domain.errors import InvalidInput
 
 router = APIRouter(prefix="/v1", dependencies=[Depends(require_admin)], tags=["access"])
 __all__ = ["router"]
@@ -61,8 +62,15 @@ async def revoke_credential(ref: str, c: Container = Depends(berth)) -> dict[str
 
 
 async def _callers(request: Request) -> Any:
+    """The body's `callers`, its one field (as the Callers schema says): another field, or
+    a body that is not an object, is refused rather than ignored."""
     body = await json_body(request)
-    return body.get("callers") if isinstance(body, dict) else body
+    if not isinstance(body, dict):
+        raise InvalidInput('the body is {"callers": [...]}')
+    unknown = set(body) - {"callers"}
+    if unknown:
+        raise InvalidInput(f"unknown field(s): {', '.join(sorted(unknown))}")
+    return body.get("callers")
 
 
 @router.post(
