@@ -75,3 +75,65 @@ async def test_allow_and_deny_refuse_what_their_schema_does_not_describe(
     err = error(r, 422)
     assert err["code"] == "invalid_input" and word in err["message"], err
     assert (await edge.w.c.roster.get("a")).allowed_callers == []
+
+
+DEPLOY = {"command", "image", "env", "restart_mode", "mode", "drain_seconds", "reason"}
+# (method, path) -> its request body (required?, the properties; None: it takes none) and
+# its success (status, schema)
+OPERATIONS: dict[tuple[str, str], tuple[tuple[bool, set[str]] | None, tuple[str, str]]] = {
+    ("get", "/v1/credentials"): (None, ("200", "CredentialList")),
+    ("post", "/v1/credentials"): ((True, {"name", "agent"}), ("201", "Credential")),
+    ("post", "/v1/credentials/{ref}/rotate"): (None, ("200", "Credential")),
+    ("post", "/v1/credentials/{ref}/revoke"): (None, ("200", "Credential")),
+    ("post", "/v1/workspaces/{ref}/allow"): ((True, {"callers"}), ("200", "AllowList")),
+    ("post", "/v1/workspaces/{ref}/deny"): ((True, {"callers"}), ("200", "AllowList")),
+    ("post", "/v1/workspaces/{ref}/restart"): (
+        (False, {"drain_seconds", "reason", "mode"}),
+        ("202", "Restart"),
+    ),
+    ("post", "/v1/workspaces/{ref}/deploy"): (
+        (False, DEPLOY | {"canary", "canary_seconds"}),
+        ("202", "Restart"),
+    ),
+    ("post", "/v1/workspaces/{ref}/deploy/{decision}"): (None, ("202", "Restart")),
+}
+
+
+async def test_the_openapi_document_describes_each_operation(edge: Edge) -> None:
+    """The operator's token, the body as the route reads it (empty: {} where it is not
+    required), the typed success, berth's error body for each refusal the route makes,
+    and the decision's two values."""
+    doc = (await edge.anon.get("/openapi.json")).json()
+    for (method, path), (body, (status, schema)) in OPERATIONS.items():
+        op = doc["paths"][path][method]
+        assert op["security"] == [{"admin": []}], (method, path)
+        if body is None:
+            assert "requestBody" not in op, (method, path)
+        else:
+            required, properties = body
+            got = op["requestBody"]
+            assert got["required"] is required, (method, path)
+            shown = got["content"]["application/json"]["schema"]
+            assert set(shown["properties"]) == properties, (method, path)
+            assert shown["additionalProperties"] is False, (method, path)
+        ok = op["responses"][status]["content"]["application/json"]["schema"]
+        assert ok == {"$ref": f"#/components/schemas/{schema}"}, (method, path)
+        assert schema in doc["components"]["schemas"]
+        refusals = {"401", "403", "413", "422", "503"} | ({"400"} if method == "post" else set())
+        assert refusals <= set(op["responses"]), (method, path, sorted(op["responses"]))
+        for s in refusals:
+            assert op["responses"][s]["content"]["application/json"]["schema"] == {
+                "$ref": "#/components/schemas/Error"
+            }
+    decision = doc["paths"]["/v1/workspaces/{ref}/deploy/{decision}"]["post"]["parameters"]
+    assert {"promote", "rollback"} == set(
+        next(p for p in decision if p["name"] == "decision")["schema"]["enum"]
+    )
+    for path, statuses in (
+        ("/v1/credentials", {"404", "409"}),  # {"agent": W}; the subject exists
+        ("/v1/credentials/{ref}/rotate", {"404", "409"}),  # revoked
+        ("/v1/workspaces/{ref}/allow", {"404"}),
+        ("/v1/workspaces/{ref}/deploy", {"404", "409"}),
+        ("/v1/workspaces/{ref}/deploy/{decision}", {"404", "409"}),  # no canary
+    ):
+        assert statuses <= set(doc["paths"][path]["post"]["responses"]), path

@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import JSONResponse
 
 from berth.api.auth import require_admin
-from berth.api.management import berth, json_body
+from berth.api.management import berth, body_doc, json_body
 from berth.bootstrap import Container
 from berth.domain.errors import InvalidInput
 
@@ -28,11 +28,6 @@ class Callers(BaseModel):
     callers: list[str] = Field(description="'*', workspace names, workspace:<name>, caller:<name>")
 
 
-def _doc(model: type[BaseModel]) -> dict[str, Any]:
-    schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
-    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
-
-
 @router.get("/credentials", summary="Caller and agent credentials (never their secrets)")
 async def list_credentials(c: Container = Depends(berth)) -> dict[str, Any]:
     return {"credentials": await c.access.all()}
@@ -42,7 +37,7 @@ async def list_credentials(c: Container = Depends(berth)) -> dict[str, Any]:
     "/credentials",
     status_code=201,
     summary="A named caller credential, or an external agent's credential (secret shown once)",
-    openapi_extra=_doc(CredentialCreate),
+    openapi_extra=body_doc(CredentialCreate),
 )
 async def create_credential(request: Request, c: Container = Depends(berth)) -> JSONResponse:
     body = await json_body(request)
@@ -76,7 +71,7 @@ async def _callers(request: Request) -> Any:
 @router.post(
     "/workspaces/{ref}/allow",
     summary="Let these callers call the workspace",
-    openapi_extra=_doc(Callers),
+    openapi_extra=body_doc(Callers),
 )
 async def allow(ref: str, request: Request, c: Container = Depends(berth)) -> dict[str, Any]:
     ws = await c.access.allow(ref, await _callers(request))
@@ -86,7 +81,7 @@ async def allow(ref: str, request: Request, c: Container = Depends(berth)) -> di
 @router.post(
     "/workspaces/{ref}/deny",
     summary="Take callers off the workspace's allow-list",
-    openapi_extra=_doc(Callers),
+    openapi_extra=body_doc(Callers),
 )
 async def deny(ref: str, request: Request, c: Container = Depends(berth)) -> dict[str, Any]:
     ws = await c.access.deny(ref, await _callers(request))

@@ -7,15 +7,11 @@ from typing import Any
 from fastapi import APIRouter, Depends, Query, Request
 
 from berth.api.auth import require_admin
+from berth.api.management import berth
 from berth.bootstrap import Container
 
 router = APIRouter(prefix="/v1", dependencies=[Depends(require_admin)])
 __all__ = ["router"]
-
-
-def berth(request: Request) -> Container:
-    c: Container = request.app.state.berth
-    return c
 
 
 @router.get("/events/recent", summary="The latest events this server has seen, oldest first")

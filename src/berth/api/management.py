@@ -21,7 +21,7 @@ from berth.domain.errors import InvalidInput, MalformedBody
 from berth.services.events import EVENT_TOPIC, unpack
 
 router = APIRouter(prefix="/v1", dependencies=[Depends(require_admin)])
-__all__ = ["router"]
+__all__ = ["berth", "body_doc", "json_body", "router"]
 
 
 def berth(request: Request) -> Container:
@@ -85,25 +85,20 @@ async def json_body(request: Request) -> Any:
         raise MalformedBody("the body is not valid JSON") from None
 
 
-_CREATE_DOC = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "application/json": {
-                "schema": WorkspaceCreate.model_json_schema(
-                    ref_template="#/components/schemas/{model}"
-                )
-            }
-        },
-    }
-}
+def body_doc(model: type[BaseModel], *, required: bool = True) -> dict[str, Any]:
+    """An operation's request body in the OpenAPI document, as `model` describes it (the
+    routes read their bodies themselves, whatever Content-Type: FastAPI does not see them).
+    `required=False`: an empty body is taken as {}."""
+    schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+    body = {"required": required, "content": {"application/json": {"schema": schema}}}
+    return {"requestBody": body}
 
 
 @router.post(
     "/workspaces",
     status_code=201,
     summary="Create and start a workspace",
-    openapi_extra=_CREATE_DOC,
+    openapi_extra=body_doc(WorkspaceCreate),
 )
 async def create_workspace(request: Request, c: Container = Depends(berth)) -> JSONResponse:
     ws, secrets = await c.workspaces.create(await json_body(request))
@@ -129,7 +124,10 @@ async def remove_workspace(ref: str, c: Container = Depends(berth)) -> dict[str,
 
 
 @router.post(
-    "/workspaces/{ref}/restart", status_code=202, summary="Restart with drain (joined if running)"
+    "/workspaces/{ref}/restart",
+    status_code=202,
+    summary="Restart with drain (joined if running)",
+    openapi_extra=body_doc(RestartRequest, required=False),
 )
 async def restart_workspace(
     ref: str, request: Request, c: Container = Depends(berth)
@@ -151,11 +149,7 @@ async def restart_workspace(
     "/workspaces/{ref}/deploy",
     status_code=202,
     summary="Deploy a new version (start before stop in replace mode)",
-    openapi_extra={
-        "requestBody": {
-            "content": {"application/json": {"schema": DeployRequest.model_json_schema()}}
-        }
-    },
+    openapi_extra=body_doc(DeployRequest, required=False),
 )
 async def deploy_workspace(
     ref: str, request: Request, c: Container = Depends(berth)

@@ -6,20 +6,16 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Query
 
 from berth.api.auth import require_admin
+from berth.api.management import berth
 from berth.bootstrap import Container
 from berth.domain.delivery import DeliveryStatus
 from berth.domain.errors import NotFound
 
 router = APIRouter(prefix="/v1", dependencies=[Depends(require_admin)], tags=["operator"])
 __all__ = ["router"]
-
-
-def berth(request: Request) -> Container:
-    c: Container = request.app.state.berth
-    return c
 
 
 @router.get(
