@@ -14,7 +14,10 @@ import httpx
 import pytest
 
 from berth.api.app import create_app
+from berth.domain.errors import Unauthorized
+from berth.domain.restart import Phase
 from tests.service.fakes import ADMIN, World, world
+from tests.service.test_lifecycle import _finished, _until
 
 LIMIT = 4096  # BERTH_MAX_BODY_BYTES of these tests
 
@@ -43,12 +46,165 @@ async def edge() -> AsyncIterator[Edge]:
             yield Edge(w, http, anon, secrets)
 
 
+def bearer(token: str) -> dict[str, str]:
+    return {"authorization": f"Bearer {token}"}
+
+
 def error(r: httpx.Response, status: int) -> dict[str, Any]:
     """The error body of a response that must have `status`."""
     assert r.status_code == status, (r.status_code, r.text)
     err: dict[str, Any] = r.json()["error"]
     assert set(err) == {"code", "message"}, err
     return err
+
+
+# every route of these endpoints, and whether it reads a body
+ROUTES = [
+    ("GET", "/v1/credentials", False),
+    ("POST", "/v1/credentials", True),
+    ("POST", "/v1/credentials/workspace:a/rotate", False),
+    ("POST", "/v1/credentials/workspace:a/revoke", False),
+    ("POST", "/v1/workspaces/a/allow", True),
+    ("POST", "/v1/workspaces/a/deny", True),
+    ("POST", "/v1/workspaces/a/deploy", True),
+    ("POST", "/v1/workspaces/a/deploy/promote", False),
+    ("POST", "/v1/workspaces/a/deploy/rollback", False),
+]
+ROUTE_IDS = [f"{m} {p}" for m, p, _ in ROUTES]
+BODY = {
+    "/v1/credentials": {"name": "ci"},
+    "/v1/workspaces/a/allow": {"callers": ["*"]},
+    "/v1/workspaces/a/deny": {"callers": ["ext"]},
+    "/v1/workspaces/a/deploy": {"env": {"V": "2"}},
+}
+
+
+async def _unchanged(e: Edge) -> tuple[Any, ...]:
+    """What a refused call must have left as it was."""
+    ws = await e.w.c.roster.get("a")
+    creds = sorted((c["subject"], c["status"], c["rotated_at"]) for c in await e.w.c.access.all())
+    return ws.version, ws.allowed_callers, ws.env, creds, await e.w.store.list_restarts(ws.id, 9)
+
+
+@pytest.mark.parametrize(("method", "path", "_reads"), ROUTES, ids=ROUTE_IDS)
+async def test_only_the_admin_token_may_call(
+    edge: Edge, method: str, path: str, _reads: bool
+) -> None:
+    """No credential: 401 with the Bearer challenge; an unknown token: 401 invalid_token; a
+    caller (bwc_), agent (bwa_) or run (bwr_) credential: 403 forbidden. Nothing moves."""
+    before = await _unchanged(edge)
+    body = BODY.get(path)
+    r = await edge.anon.request(method, path, json=body)
+    assert error(r, 401)["code"] == "unauthorized"
+    assert r.headers["www-authenticate"] == "Bearer"
+    r = await edge.anon.request(method, path, json=body, headers=bearer("not-a-token"))
+    assert error(r, 401)["code"] == "invalid_token"
+    for role, secret in edge.secrets.items():
+        r = await edge.anon.request(method, path, json=body, headers=bearer(secret))
+        assert error(r, 403)["code"] == "forbidden", role
+    assert await _unchanged(edge) == before
+
+
+@pytest.mark.parametrize(("method", "path", "reads"), ROUTES, ids=ROUTE_IDS)
+async def test_a_body_over_the_limit_is_refused(
+    edge: Edge, method: str, path: str, reads: bool
+) -> None:
+    """A declared Content-Length over the limit: 413 before the credential is looked at;
+    a body without one (chunked) is cut off as it passes the limit, where it is read."""
+    before = await _unchanged(edge)
+    big = b'{"pad": "' + b"x" * LIMIT + b'"}'
+    for client in (edge.http, edge.anon):
+        r = await client.request(method, path, content=big)
+        err = error(r, 413)
+        assert err["code"] == "too_large" and str(LIMIT) in err["message"]
+
+    async def chunked() -> AsyncIterator[bytes]:
+        for _ in range(4):
+            yield b"x" * (LIMIT // 2)
+
+    if reads:
+        r = await edge.http.request(method, path, content=chunked())
+        assert error(r, 413)["code"] == "too_large"
+    assert await _unchanged(edge) == before
+
+
+@pytest.mark.parametrize(
+    "path", [p for _, p, reads in ROUTES if reads], ids=[p for _, p, r in ROUTES if r]
+)
+async def test_a_body_that_is_not_json_is_400(edge: Edge, path: str) -> None:
+    before = await _unchanged(edge)
+    for raw in (b"{oops", b'{"callers": [', b"\xff\xfe"):
+        err = error(await edge.http.post(path, content=raw), 400)
+        assert err["code"] == "invalid_json", raw
+    assert await _unchanged(edge) == before
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "word"),
+    [
+        ("/v1/credentials", {}, '{"name": "<caller name>"} or {"agent"'),
+        ("/v1/credentials", None, '{"name": "<caller name>"} or {"agent"'),
+        ("/v1/credentials", ["ci"], '{"name": "<caller name>"} or {"agent"'),
+        ("/v1/credentials", {"name": "ci", "agent": "ext"}, '{"name": "<caller name>"}'),
+        ("/v1/credentials", {"name": "ci", "role": "agent"}, '{"name": "<caller name>"}'),
+        ("/v1/credentials", {"name": 5}, "name: 1-63"),
+        ("/v1/credentials", {"name": "Not A Name"}, "name: 1-63"),
+        ("/v1/credentials", {"agent": ["ext"]}, "agent: the name of an external workspace"),
+        ("/v1/credentials", {"agent": "a"}, "workspace a is process"),
+        ("/v1/workspaces/a/deploy", [], "the body must be a JSON object"),
+        ("/v1/workspaces/a/deploy", {"colour": "red"}, "unknown field(s): colour"),
+        ("/v1/workspaces/a/deploy", {"command": "agent"}, "command: a non-empty list"),
+        ("/v1/workspaces/a/deploy", {"image": "x:1"}, "only a docker workspace's image"),
+        ("/v1/workspaces/a/deploy", {"env": {"A": 1}}, "env: an object of string values"),
+        ("/v1/workspaces/a/deploy", {"env": {"BERTH_URL": "x"}}, "BERTH_* variables"),
+        ("/v1/workspaces/a/deploy", {"mode": "sideways"}, "mode: one of stop-first, replace"),
+        ("/v1/workspaces/a/deploy", {"canary": "lots"}, "canary: the percent"),
+        ("/v1/workspaces/a/deploy", {"canary": 100}, "canary: the percent"),
+        ("/v1/workspaces/a/deploy", {"canary": True}, "canary: the percent"),
+        ("/v1/workspaces/a/deploy", {"canary_seconds": 5}, "canary_seconds: only with canary"),
+        ("/v1/workspaces/a/deploy", {"drain_seconds": "5"}, "drain_seconds: a number"),
+        ("/v1/workspaces/a/deploy", {"reason": 5}, "reason: a string"),
+        ("/v1/workspaces/a/deploy/sideways", None, "decision"),
+    ],
+)
+async def test_a_wrong_shape_or_type_is_422_naming_the_field(
+    edge: Edge, path: str, body: Any, word: str
+) -> None:
+    before = await _unchanged(edge)
+    r = await edge.http.post(path, json=body)
+    err = error(r, 422)
+    assert err["code"] == "invalid_input" and word in err["message"], err
+    assert await _unchanged(edge) == before
+
+
+async def test_unknown_refs_are_404_and_states_that_forbid_it_409(edge: Edge) -> None:
+    cases = [
+        ("/v1/credentials/ghost/rotate", None, 404, "credential_not_found"),
+        ("/v1/credentials/ghost/revoke", None, 404, "credential_not_found"),
+        ("/v1/credentials", {"agent": "ghost"}, 404, "workspace_not_found"),
+        ("/v1/workspaces/ghost/allow", {"callers": ["a"]}, 404, "workspace_not_found"),
+        ("/v1/workspaces/ghost/deny", {"callers": ["a"]}, 404, "workspace_not_found"),
+        ("/v1/workspaces/ghost/deploy", {}, 404, "workspace_not_found"),
+        ("/v1/workspaces/ghost/deploy/promote", None, 404, "workspace_not_found"),
+        ("/v1/credentials", {"name": "ext"}, 201, None),
+        ("/v1/credentials", {"name": "ext"}, 409, "credential_exists"),
+        ("/v1/credentials", {"agent": "ext"}, 409, "credential_exists"),  # made at create
+        ("/v1/credentials/caller:ext/revoke", None, 200, None),
+        ("/v1/credentials/caller:ext/rotate", None, 409, "credential_revoked"),
+        ("/v1/workspaces/a/deploy/promote", None, 409, "no_canary"),
+        ("/v1/workspaces/a/deploy/rollback", None, 409, "no_canary"),
+        ("/v1/workspaces/a/deploy", {"mode": "replace"}, 409, "restart_mode_stop_first"),
+        ("/v1/workspaces/a/deploy", {"canary": 10}, 409, "restart_mode_stop_first"),
+        ("/v1/workspaces/ext/deploy", {"mode": "replace"}, 409, "replace_unsupported"),
+    ]
+    for path, body, status, code in cases:
+        r = await edge.http.post(path, json=body)
+        if code is None:
+            assert r.status_code == status, (path, r.text)
+        else:
+            assert error(r, status)["code"] == code, (path, r.text)
+    ws = await edge.w.c.roster.get("a")
+    assert ws.version == 1 and ws.peer is None
 
 
 @pytest.mark.parametrize("action", ["allow", "deny"])
@@ -137,3 +293,103 @@ async def test_the_openapi_document_describes_each_operation(edge: Edge) -> None
         ("/v1/workspaces/{ref}/deploy/{decision}", {"404", "409"}),  # no canary
     ):
         assert statuses <= set(doc["paths"][path]["post"]["responses"]), path
+
+
+async def test_credentials_issued_listed_rotated_and_revoked(edge: Edge) -> None:
+    made = await edge.http.post("/v1/credentials", json={"name": "ci", "agent": None})
+    assert made.status_code == 201, made.text
+    ci = made.json()
+    assert (ci["subject"], ci["role"], ci["status"], ci["workspace_id"]) == (
+        "caller:ci",
+        "caller",
+        "active",
+        None,
+    )
+    assert ci["secret"].startswith("bwc_")
+    listed = await edge.http.get("/v1/credentials")
+    assert listed.status_code == 200
+    rows = {c["subject"]: c for c in listed.json()["credentials"]}
+    assert {"caller:ci", "workspace:a", "workspace:ext", "agent:ext"} <= set(rows)
+    assert "secret" not in listed.text and ci["secret"] not in listed.text
+    assert rows["caller:ci"] == {k: v for k, v in ci.items() if k != "secret"}
+
+    rotated = await edge.http.post(f"/v1/credentials/{ci['id']}/rotate")  # by id
+    assert rotated.status_code == 200, rotated.text
+    new = rotated.json()
+    assert new["secret"].startswith("bwc_") and new["secret"] != ci["secret"]
+    assert new["rotated_at"] is not None and new["id"] == ci["id"]
+    with pytest.raises(Unauthorized):
+        await edge.w.c.access.caller(ci["secret"])  # the old secret stops at once
+    assert (await edge.w.c.access.caller(new["secret"])).subject == "caller:ci"
+
+    for _ in range(2):  # revoked for good; revoking again answers the same
+        revoked = await edge.http.post("/v1/credentials/caller:ci/revoke")  # by subject
+        assert revoked.status_code == 200, revoked.text
+        assert revoked.json()["status"] == "revoked" and "secret" not in revoked.json()
+    with pytest.raises(Unauthorized):
+        await edge.w.c.access.caller(new["secret"])
+
+    # an external workspace's agent credential, when it has none (a database from before)
+    ext = await edge.w.c.roster.get("ext")
+    await edge.w.store.delete_credentials(ext.id)
+    agent = await edge.http.post("/v1/credentials", json={"agent": "ext"})
+    assert agent.status_code == 201, agent.text
+    got = agent.json()
+    assert (got["subject"], got["role"], got["workspace_id"]) == ("agent:ext", "agent", ext.id)
+    assert got["secret"].startswith("bwa_")
+    assert (await edge.w.c.access.agent(got["secret"])).id == ext.id
+
+
+async def test_allow_and_deny_answer_the_allow_list(edge: Edge) -> None:
+    r = await edge.http.post(
+        "/v1/workspaces/a/allow", json={"callers": ["ext", "caller:ci", "*", "operator", "ext"]}
+    )
+    assert r.status_code == 200, r.text
+    assert r.json() == {
+        "workspace": "a",
+        "allowed_callers": ["workspace:ext", "caller:ci", "*"],  # stored form, once each
+    }
+    r = await edge.http.post("/v1/workspaces/a/deny", json={"callers": ["workspace:ext", "*"]})
+    assert r.status_code == 200 and r.json()["allowed_callers"] == ["caller:ci"]
+    assert (await edge.w.c.roster.get("a")).allowed_callers == ["caller:ci"]
+    r = await edge.http.post("/v1/workspaces/a/deny", json={"callers": []})  # nothing to drop
+    assert r.status_code == 200 and r.json()["allowed_callers"] == ["caller:ci"]
+
+
+async def test_deploys_and_a_canary_decided_by_hand(edge: Edge) -> None:
+    w = edge.w
+    a = await w.c.roster.get("a")
+    r = await edge.http.post(
+        "/v1/workspaces/a/deploy", json={"env": {"V": "2"}, "restart_mode": "replace"}
+    )
+    assert r.status_code == 202, r.text
+    rec = r.json()
+    assert (rec["trigger"], rec["mode"], rec["joined"]) == ("deploy", "stop-first", False)
+    assert (await _finished(w, a.id, rec["id"])).phase is Phase.DONE
+    now = await w.c.roster.get("a")
+    assert (now.version, now.env, now.restart_mode.value) == (2, {"V": "2"}, "replace")
+    r = await edge.http.post("/v1/workspaces/a/deploy", content=b"")  # the same spec again
+    assert r.status_code == 202, r.text
+    again = await _finished(w, a.id, r.json()["id"])
+    assert (again.phase, again.mode, again.versions) == (
+        Phase.DONE,
+        "replace",
+        {"from": 2, "to": 3},
+    )
+
+    for decision, phase, version in (
+        ("promote", Phase.DONE, 4),
+        ("rollback", Phase.ROLLED_BACK, 4),
+    ):
+        r = await edge.http.post(
+            "/v1/workspaces/a/deploy", json={"canary": 25, "canary_seconds": 60}
+        )
+        assert r.status_code == 202, r.text
+        await _until(lambda: (p := w.c.roster.peek(a.id).peer) is not None and p.canary == 25)
+        decided = await edge.http.post(f"/v1/workspaces/a/deploy/{decision}")
+        assert decided.status_code == 202, decided.text
+        assert decided.json()["id"] == r.json()["id"]  # the canary's own record
+        done = await _finished(w, a.id, r.json()["id"])
+        assert done.phase is phase, done.error
+        assert done.versions is not None and done.versions["decision"]["result"] == decision
+        assert (await w.c.roster.get("a")).version == version
