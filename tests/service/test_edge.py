@@ -7,6 +7,7 @@ case costs milliseconds, not a `berth serve` (tests/security runs the same again
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,10 +17,12 @@ import pytest
 from berth.api.app import create_app
 from berth.domain.errors import Unauthorized
 from berth.domain.restart import Phase
+from tests.e2e.harness import free_port
 from tests.service.fakes import ADMIN, World, world
 from tests.service.test_lifecycle import _finished, _until
 
 LIMIT = 4096  # BERTH_MAX_BODY_BYTES of these tests
+OPENMETRICS = "application/openmetrics-text"
 
 
 @dataclass
@@ -32,8 +35,14 @@ class Edge:
 
 @pytest.fixture
 async def edge() -> AsyncIterator[Edge]:
+    async with served() as e:
+        yield e
+
+
+@asynccontextmanager
+async def served(**settings: Any) -> AsyncIterator[Edge]:
     """Workspace `a` (process, online, restart_mode stop-first) and `ext` (external)."""
-    async with world(max_body_bytes=LIMIT) as w:
+    async with world(max_body_bytes=LIMIT, **settings) as w:
         a = await w.create("a")
         _, ext = await w.c.workspaces.create({"name": "ext", "runtime": "external"})
         secrets = {"caller": ext["token"], "agent": ext["agent_token"], "run": w.agent(a).token}
@@ -393,3 +402,55 @@ async def test_deploys_and_a_canary_decided_by_hand(edge: Edge) -> None:
         assert done.phase is phase, done.error
         assert done.versions is not None and done.versions["decision"]["result"] == decision
         assert (await w.c.roster.get("a")).version == version
+
+
+async def test_metrics_on_berths_port_with_a_token() -> None:
+    async with served(metrics_token="scrape-me") as e:
+        r = await e.anon.get("/metrics")
+        assert error(r, 401)["code"] == "unauthorized"
+        assert r.headers["www-authenticate"] == "Bearer"
+        for wrong in ("nope", e.secrets["caller"], e.secrets["agent"]):
+            r = await e.anon.get("/metrics", headers=bearer(wrong))
+            assert error(r, 401)["code"] == "invalid_token"
+        for token in ("scrape-me", ADMIN):
+            r = await e.anon.get("/metrics", headers=bearer(token))
+            assert r.status_code == 200 and 'berth_queue_depth{workspace="a"}' in r.text
+            assert r.headers["content-type"].startswith("text/plain")
+        r = await e.anon.get("/metrics", headers=bearer("scrape-me") | {"accept": OPENMETRICS})
+        assert r.headers["content-type"].startswith(OPENMETRICS) and r.text.endswith("# EOF\n")
+        r = await e.anon.get("/v1/credentials", headers=bearer("scrape-me"))
+        assert error(r, 401)["code"] == "invalid_token"  # the metrics token is for /metrics
+        for client in (e.anon, e.http):
+            r = await client.request("GET", "/metrics", content=b"x" * (LIMIT + 1))
+            assert error(r, 413)["code"] == "too_large"
+
+
+async def test_metrics_open_without_a_token_and_gone_from_berths_port_with_an_address() -> None:
+    async with served() as e:
+        r = await e.anon.get("/metrics", headers=bearer("anything"))
+        assert r.status_code == 200 and "berth_queue_depth" in r.text
+        assert "/metrics" not in (await e.anon.get("/openapi.json")).json()["paths"]
+    async with served(metrics_address=f"127.0.0.1:{free_port()}", metrics_token="t") as e:
+        for client in (e.anon, e.http):
+            assert error(await client.get("/metrics"), 404)["code"] == "not_found"
+    with pytest.raises(ValueError, match="BERTH_METRICS_ADDRESS"):
+        async with served(metrics_address="9464"):
+            pass
+
+
+async def test_the_openapi_document_open_for_the_operator_only_or_off() -> None:
+    async with served(openapi="admin") as e:
+        r = await e.anon.get("/openapi.json")
+        assert error(r, 401)["code"] == "unauthorized"
+        for secret in e.secrets.values():
+            r = await e.anon.get("/openapi.json", headers=bearer(secret))
+            assert error(r, 403)["code"] == "forbidden"
+        r = await e.http.get("/openapi.json")
+        assert r.status_code == 200 and "/v1/credentials" in r.json()["paths"]
+    async with served(openapi="off") as e:
+        for client in (e.anon, e.http):
+            assert error(await client.get("/openapi.json"), 404)["code"] == "not_found"
+            assert (await client.get("/docs")).status_code == 404  # always off (a CDN's)
+    with pytest.raises(ValueError, match="BERTH_OPENAPI"):
+        async with served(openapi="public"):
+            pass
