@@ -122,13 +122,8 @@ async def external(
     r = await c.post("/v1/workspaces", json={"name": name, "runtime": "external", **spec})
     assert r.status_code == 201, r.text
     ws: dict[str, Any] = r.json()
-    # Registered only once the workspace's first start cycle waits for it (provisioning):
-    # a registration made earlier is overtaken by that cycle, which a real agent's next
-    # heartbeat would mend, but this agent never beats.
-    for _ in range(100):
-        if (await c.get(f"/v1/workspaces/{name}")).json()["status"] == "provisioning":
-            break
-        await asyncio.sleep(0.1)
+    # at once, as a real agent may: the first start cycle takes the registration for the
+    # start it waits for (this agent never heartbeats: nothing would mend a demotion)
     reg = await a.register(server.url, ws["agent_token"])
     assert reg.status_code == 200, reg.text
     for _ in range(100):

@@ -47,6 +47,7 @@ class Agent:
     handler: Handler | None = None
     draining: bool = False
     alive: bool = True
+    serves_signals: bool = True  # False: a stock A2A agent, 404 to berth's signals
     running: int = 0
 
     async def answer(self, doc: dict[str, Any]) -> AgentReply:
@@ -92,6 +93,9 @@ class FakeAgents:
         if not agent.alive:
             raise AgentUnreachable("connection reset by peer")
         doc = json.loads(body)
+        if path and not agent.serves_signals:
+            agent.signals.append(doc)
+            return AgentReply(404, b"not found")
         if path == "restart_pending":
             agent.signals.append(doc)
             agent.draining = True

@@ -14,7 +14,7 @@ from berth.domain.errors import Conflict, IllegalTransition, InvalidInput, Unava
 from berth.domain.lifecycle import WorkspaceState as S
 from berth.domain.restart import Phase, RestartRecord, Trigger
 from berth.services.supervisor import Supervisor
-from tests.service.fakes import world
+from tests.service.fakes import Agent, world
 
 
 async def _until(pred: Any, timeout: float = 5.0) -> None:
@@ -265,3 +265,60 @@ async def test_a_cycle_cut_by_berth_s_own_stop_is_closed_as_failed_on_start() ->
         r = await w.c.store.get_restart(ws.id, "cut-1")
         assert r.phase is Phase.FAILED and r.error == "berth stopped during this cycle"
         assert r.finished_at is not None
+
+
+async def test_an_external_agent_that_registers_at_once_is_not_drained_by_its_first_start() -> None:
+    """An external agent may register the moment its workspace is created, before its first
+    start cycle has run. That registration is the start the cycle is for: the cycle must
+    neither drain the agent (restart_pending) nor move it back to provisioning. This agent
+    answers none of berth's signals (404) and never heartbeats: back in provisioning,
+    nothing would bring it online again."""
+    async with world() as w:
+        ws, secrets = await w.c.workspaces.create({"name": "eager", "runtime": "external"})
+        url = "http://127.0.0.1/eager.agent"
+        agent = Agent(ws.id, secrets["agent_token"], url, serves_signals=False)
+        w.agents.by_url[url] = agent
+        await w.c.registry.register(secrets["agent_token"], {"url": url})  # before the cycle
+        await _until(_no_cycle(w, ws.id))
+        await asyncio.sleep(0.05)  # anything the cycle would still do after its end
+        assert (await w.c.roster.get(ws.id)).state is S.ONLINE
+        assert agent.signals == []
+        (r,) = await w.c.store.list_restarts(ws.id)
+        assert r.phase is Phase.DONE
+        assert [(p.phase, p.detail) for p in r.phases] == [
+            (Phase.STARTING, "the agent registered after the cycle began"),
+            (Phase.REPLAY, None),
+        ]
+
+
+def _no_cycle(w: Any, ws_id: str) -> Any:
+    async def over() -> bool:
+        return await w.c.store.active_restart(ws_id) is None
+
+    return over
+
+
+async def test_an_external_agent_that_registers_after_its_cycle_looked_stays_online() -> None:
+    """The same registration, landing after the first start cycle read the workspace (not
+    online) and before its start step: the start leaves the agent online (with several
+    replicas the cycle's view may lag the registration by this much)."""
+    async with world() as w:
+        runner = w.c.runner
+        requeue = runner.requeue
+        url = "http://127.0.0.1/late.agent"
+        tokens: list[str] = []
+
+        async def register_first(ws: Any, cut: set[str]) -> int:
+            await _until(lambda: tokens)
+            await w.c.registry.register(tokens[0], {"url": url})
+            return await requeue(ws, cut)
+
+        runner.requeue = register_first  # type: ignore[method-assign]
+        ws, secrets = await w.c.workspaces.create({"name": "late", "runtime": "external"})
+        agent = Agent(ws.id, secrets["agent_token"], url, serves_signals=False)
+        w.agents.by_url[url] = agent
+        tokens.append(secrets["agent_token"])
+        await _until(_no_cycle(w, ws.id))
+        await asyncio.sleep(0.05)
+        assert (await w.c.roster.get(ws.id)).state is S.ONLINE
+        assert agent.signals == []

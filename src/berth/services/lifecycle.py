@@ -28,6 +28,7 @@ from berth.services.roster import Roster
 
 log = logging.getLogger("berth.lifecycle")
 S = WorkspaceState
+_NOT_ONLINE = frozenset(WorkspaceState) - {S.ONLINE}
 __all__ = ["DrainReport", "Runner", "StartFailed", "hash_token", "new_token"]
 
 
@@ -208,10 +209,19 @@ class Runner:
         moved = await self.move(
             ws,
             S.PROVISIONING,
+            # an external agent that registered since the caller read `ws` (it may register
+            # the moment its workspace is created, on any replica) is the start this waits
+            # for: it stays online, not back to provisioning to wait for itself
+            only_from=None if p is not None else _NOT_ONLINE,
             run_token_hash=hash_token(token),
             owner=self.owner,
             agent_url=None if p is not None else ws.agent_url,
         )
+        if moved is None and p is None:
+            await self._roster.refresh(ws.id)
+            now = self._roster.peek(ws.id)
+            if now is not None and now.state is S.ONLINE:
+                return now
         if moved is None:
             raise StartFailed(f"workspace {ws.name} vanished while starting")
         ws = moved

@@ -118,11 +118,15 @@ class RestartService:
         self, ws: Workspace, r: RestartRecord, token: str, delay: float, change: dict[str, Any]
     ) -> None:
         started = time.monotonic()
+        began = ws  # as the cycle found it when it was requested, under its lock
         try:
             async with self._lock.holding(ws.id, token):
                 if delay:
                     await asyncio.sleep(delay)
                 ws = await self._roster.get(ws.id)
+                if _registered_since(began, ws):
+                    await self._registered(ws, r, change)
+                    return
                 running = await self._is_running(ws)
                 if r.mode == RestartMode.REPLACE.value and running and ws.state is S.ONLINE:
                     await self._done(ws, r, await self._replacer.run(ws, r, change, self._phase))
@@ -143,9 +147,10 @@ class RestartService:
                 if change:  # a deploy, stop-first: the new spec is the next version
                     r.versions = {"from": ws.version, "to": ws.version + 1}
                     ws = await self._runner.update(ws.id, **spec_change(ws, change))
-                await self._phase(r, Phase.STARTING, self._runner.start(ws))
+                now = await self._phase(r, Phase.STARTING, self._runner.start(ws))
                 if (
                     ws.runtime is Runtime.EXTERNAL
+                    and now.state is S.PROVISIONING  # not one that registered meanwhile
                     and ws.agent_url
                     and await self._link.signal_resume(ws)
                 ):
@@ -179,6 +184,22 @@ class RestartService:
         if how is Phase.DONE and r.trigger in COUNTED:
             current = await self._roster.get(ws.id)
             await self._runner.update(ws.id, restart_count=current.restart_count + 1)
+
+    async def _registered(self, ws: Workspace, r: RestartRecord, change: dict[str, Any]) -> None:
+        """The cycle of an external workspace whose agent registered after the cycle began
+        (an agent registers the moment its workspace is created, or comes back while the
+        cycle waits for the lock): that registration is the start the cycle is for. The
+        agent is no running instance to drain and stop: it would be told to drain and be
+        moved back to provisioning, where an agent that never heartbeats stays."""
+        r.mode = RestartMode.STOP_FIRST.value
+        if change:  # a deploy: the new spec is the next version (nothing of it runs here)
+            r.versions = {"from": ws.version, "to": ws.version + 1}
+            ws = await self._runner.update(ws.id, **spec_change(ws, change))
+        detail = "the agent registered after the cycle began"
+        await self._phase(r, Phase.STARTING, _noop(), detail=detail)
+        await self._phase(r, Phase.REPLAY, _noop())
+        self._dispatcher.wake(ws.id)
+        await self._done(ws, r)
 
     async def _drain_and_stop(self, ws: Workspace, r: RestartRecord) -> None:
         moved = await self._runner.move(ws, S.DRAINING)
@@ -284,3 +305,9 @@ class RestartService:
 
 async def _noop() -> None:
     return None
+
+
+def _registered_since(began: Workspace, now: Workspace) -> bool:
+    """An external workspace that was not online when its cycle began and is now: its agent
+    registered since (an external workspace is online only by its agent's registration)."""
+    return now.runtime is Runtime.EXTERNAL and began.state is not S.ONLINE and now.state is S.ONLINE
