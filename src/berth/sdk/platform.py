@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 from dataclasses import dataclass
@@ -15,6 +16,9 @@ from berth.sdk.drain import Drain
 
 log = logging.getLogger("berth.sdk")
 __all__ = ["Identity", "Platform"]
+
+LISTEN_WAIT = 30.0  # seconds registration waits for the agent's own port to accept connections
+LISTEN_POLL = 0.02  # seconds between tries
 
 
 @dataclass
@@ -48,7 +52,8 @@ class Identity:
 
 
 class Platform:
-    """Registers once the server listens, then heartbeats; never crashes the agent."""
+    """Registers once the server listens (its port accepts connections), then heartbeats;
+    never crashes the agent."""
 
     def __init__(
         self, ident: Identity, drain: Drain, card: dict[str, Any], capabilities: dict[str, Any]
@@ -63,6 +68,7 @@ class Platform:
     async def run(self) -> None:
         if not self.ident.berth_url:
             return
+        await self._listening()
         headers = {"authorization": f"Bearer {self.ident.token}"}
         async with httpx.AsyncClient(
             base_url=self.ident.berth_url, headers=headers, timeout=10
@@ -88,6 +94,34 @@ class Platform:
                         log.warning("berth refused this agent's token (a newer run replaced it)")
                 except httpx.HTTPError as e:
                     log.info("heartbeat failed: %s", e)
+
+    async def _listening(self) -> None:
+        """Wait until the agent's port accepts connections. The app's lifespan starts this
+        before the server binds its socket (uvicorn binds after the startup), and berth
+        forwards as soon as the registration lands: sooner, its forward would find the port
+        closed (connection refused: a forward that counts for nothing and a second's
+        retry). A server bound elsewhere than loopback or all interfaces is never seen
+        here: after LISTEN_WAIT the agent registers anyway."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + LISTEN_WAIT
+        while True:
+            try:
+                _, writer = await asyncio.open_connection("127.0.0.1", self.ident.port)
+            except OSError:
+                if loop.time() >= deadline:
+                    log.warning(
+                        "port %d on 127.0.0.1 did not accept a connection in %g s; "
+                        "registering anyway",
+                        self.ident.port,
+                        LISTEN_WAIT,
+                    )
+                    return
+                await asyncio.sleep(LISTEN_POLL)
+                continue
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+            return
 
     async def _register(self, c: httpx.AsyncClient) -> None:
         body: dict[str, Any] = {

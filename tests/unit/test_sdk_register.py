@@ -1,0 +1,103 @@
+"""The SDK registers once its port accepts connections, not when its app starts.
+
+berth forwards to an agent as soon as it registers. The app's lifespan (which starts the
+registration) runs before the server binds its socket, so a registration sent at once
+could land first, and berth's forward then found the port closed: a connection refused,
+a forward that counts no attempt, a second's retry (the dashboard's dead letter showed
+3/4 tries instead of 3/3)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from aiohttp import web
+
+from berth.sdk import platform as platform_mod
+from berth.sdk.drain import Drain
+from berth.sdk.platform import Identity, Platform
+from tests.e2e.harness import free_port
+
+
+async def _port_open(port: int) -> bool:
+    try:
+        _, writer = await asyncio.open_connection("127.0.0.1", port)
+    except OSError:
+        return False
+    writer.close()
+    return True
+
+
+@pytest.fixture
+async def berth() -> AsyncIterator[tuple[str, list[bool], int]]:
+    """A fake berth on loopback whose registration does what the real one leads to: a
+    connection to the agent at once. Yields (its URL, whether each registration found the
+    agent's port open, the agent's port)."""
+    agent_port = free_port()
+    found: list[bool] = []
+
+    async def register(request: web.Request) -> web.Response:
+        found.append(await _port_open(agent_port))
+        return web.json_response({"workspace_id": "w", "name": "w", "heartbeat_seconds": 60})
+
+    app = web.Application()
+    app.router.add_post("/v1/agents/register", register)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        yield f"http://127.0.0.1:{port}", found, agent_port
+    finally:
+        await runner.cleanup()
+
+
+def _platform(berth_url: str, agent_port: int, tmp_path: Path) -> Platform:
+    ident = Identity(
+        berth_url=berth_url,
+        workspace_id="w",
+        token="t",
+        port=agent_port,
+        state_dir=tmp_path,
+        drain_seconds=1,
+        advertise_url=f"http://127.0.0.1:{agent_port}",
+        max_concurrency=None,
+    )
+    return Platform(ident, Drain(), {"name": "a"}, {})
+
+
+async def test_the_agent_registers_only_once_its_port_accepts_connections(
+    berth: tuple[str, list[bool], int], tmp_path: Path
+) -> None:
+    url, found, agent_port = berth
+    p = _platform(url, agent_port, tmp_path)
+    task = asyncio.create_task(p.run())
+    try:
+        await asyncio.sleep(0.5)  # the app started, its server has not bound yet
+        assert found == [] and not p.registered.is_set()
+        server = await asyncio.start_server(lambda r, w: w.close(), "127.0.0.1", agent_port)
+        async with server:
+            await asyncio.wait_for(p.registered.wait(), 5)
+            assert found == [True]  # berth's first forward would reach it
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_a_port_never_seen_listening_still_registers_after_the_wait(
+    berth: tuple[str, list[bool], int], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A server bound to an interface other than loopback is never seen from here: the agent
+    registers anyway, late, rather than never."""
+    monkeypatch.setattr(platform_mod, "LISTEN_WAIT", 0.3)
+    url, found, agent_port = berth
+    p = _platform(url, agent_port, tmp_path)
+    task = asyncio.create_task(p.run())
+    try:
+        await asyncio.wait_for(p.registered.wait(), 5)
+        assert found == [False]
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
