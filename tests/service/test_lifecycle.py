@@ -322,3 +322,35 @@ async def test_an_external_agent_that_registers_after_its_cycle_looked_stays_onl
         await asyncio.sleep(0.05)
         assert (await w.c.roster.get(ws.id)).state is S.ONLINE
         assert agent.signals == []
+
+
+async def test_a_crash_of_the_agent_a_cycle_just_started_is_restarted_not_joined() -> None:
+    """The agent a restart cycle started crashes while that cycle finishes (its replay: a
+    held message that kills the agent is forwarded at once). The crash's restart must not
+    join that cycle, which has started its agent already and ends without starting another
+    (the workspace would stay offline, nothing left to start it): it waits for the cycle,
+    then runs its own."""
+    async with world() as w:
+        ws = await w.create("a")
+        save = w.store.save_restart
+        crashed: list[str] = []
+
+        async def crash_in_replay(r: RestartRecord) -> None:
+            if r.trigger is Trigger.API and r.phase is Phase.REPLAY and not crashed:
+                crashed.append(r.id)
+                w.runtime.crash(ws.id)  # the agent this cycle started
+                await asyncio.sleep(0.3)  # its exit is handled while the cycle is not done
+            await save(r)
+
+        w.store.save_restart = crash_in_replay  # type: ignore[method-assign]
+        record, _ = await w.c.workspaces.restart("a", reason=None, drain_seconds=1)
+        assert (await _finished(w, ws.id, record.id)).phase is Phase.DONE
+        assert crashed == [record.id]
+
+        async def back() -> bool:
+            now = await w.c.roster.get(ws.id)
+            return now.state is S.ONLINE and w.runtime.starts[ws.id] == 3
+
+        await _until(back)
+        triggers = [r.trigger for r in await w.store.list_restarts(ws.id)]
+        assert sorted(t.value for t in triggers) == ["api", "policy", "startup"]

@@ -35,6 +35,8 @@ __all__ = ["RestartService"]
 
 RESTARTABLE = frozenset({S.ONLINE, S.PROVISIONING, S.OFFLINE, S.FAILED, S.DRAINING})
 COUNTED = frozenset({Trigger.API, Trigger.POLICY, Trigger.CONFIG, Trigger.DEPLOY})
+# the steps of a stop-first cycle from which on it starts no agent any more
+STARTED = frozenset({Phase.STARTING, Phase.REPLAY})
 
 
 class RestartService:
@@ -78,7 +80,7 @@ class RestartService:
             # Someone holds the lock: a restart (maybe on another replica, which records it
             # just after taking the lock) is joined; a pause or removal is waited for.
             active = await self._records.active_restart(ws.id)
-            if active is not None and change is None:
+            if active is not None and change is None and _joinable(active, trigger):
                 return active, True
             if time.monotonic() > deadline:
                 raise busy(ws)
@@ -305,6 +307,18 @@ class RestartService:
 
 async def _noop() -> None:
     return None
+
+
+def _joinable(active: RestartRecord, trigger: Trigger) -> bool:
+    """May a request join the cycle running? A crash's may not once that cycle (stop-first)
+    is starting or has started its agent: the agent that crashed is the one it started, and
+    the cycle ends without starting another, so a joined crash would leave the workspace
+    offline with nothing left to start it. Such a request waits for the cycle, then runs."""
+    return not (
+        trigger is Trigger.POLICY
+        and active.mode == RestartMode.STOP_FIRST.value
+        and active.phase in STARTED
+    )
 
 
 def _registered_since(began: Workspace, now: Workspace) -> bool:
