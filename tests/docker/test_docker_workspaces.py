@@ -97,6 +97,7 @@ async def restart(
     r = await c.post(f"/v1/workspaces/{ref}/restart", json={"reason": reason})
     assert r.status_code == 202, r.text
     rec: dict[str, Any] = r.json()
+    assert not rec["joined"], f"the restart joined a cycle already running: {rec}"
     return await wait_restart(c, ref, rec["id"], timeout)
 
 
@@ -401,8 +402,15 @@ async def test_start_and_restart_timings_docker_vs_process(
             t0 = time.monotonic()
             ws = await create(c, name, drain_seconds=5, **spec)
             t_online = time.monotonic() - t0
-            startup = (await c.get(f"/v1/workspaces/{name}/restarts")).json()["restarts"][-1]
-            assert startup["trigger"] == "startup" and startup["phase"] == "done", startup
+            # Online is the agent's registration, inside the startup cycle's `starting` step;
+            # the cycle records its end after it (starting's end, replay, done). Wait for
+            # that: read at once, the record may be unfinished, and the first restart below
+            # would join the startup cycle (a request while a cycle runs joins it) and get
+            # its record, with no drain.
+            (startup,) = (await c.get(f"/v1/workspaces/{name}/restarts")).json()["restarts"]
+            assert startup["trigger"] == "startup", startup
+            startup = await wait_restart(c, name, startup["id"])
+            assert startup["phase"] == "done", startup
             starting = [phase_seconds(startup)["starting"]]
             registered: list[float] = []  # container StartedAt -> berth saw it registered
             if runtime == "docker":
