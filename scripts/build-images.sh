@@ -12,6 +12,8 @@
 #   scripts/build-images.sh            # all three
 #   scripts/build-images.sh echo       # base + berth-echo:local only
 #   BERTH_REBUILD=1 scripts/build-images.sh
+#   BERTH_ECHO_IMAGE=berth-echo:mine scripts/build-images.sh echo   # another tag (a second
+#                                      # work tree's tests, leaving berth-echo:local alone)
 #
 # Uses $DOCKER_HOST, or starts the local engine with scripts/docker-engine.sh.
 set -euo pipefail
@@ -19,6 +21,7 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 WHAT="${1:-all}"
 BASE_IMAGE="${BERTH_BASE_IMAGE:-berth-python-base:local}"
+ECHO_IMAGE="${BERTH_ECHO_IMAGE:-berth-echo:local}"
 WHEELS="$ROOT/build/wheels"
 PIP="${BERTH_PIP:-$ROOT/.venv/bin/pip}"
 [ -x "$PIP" ] || PIP="python3 -m pip"
@@ -154,12 +157,12 @@ HASH="$(source_hash)"
 BUILT=0
 # What a rebuild replaces: the images the tags pointed to. (The untagged `deps` build
 # stage stays: it is the cache of the dependency layers.)
-OLD_IMAGES="$(docker images -q --no-trunc berth-echo:local; docker images -q --no-trunc berth:local)"
+OLD_IMAGES="$(docker images -q --no-trunc "$ECHO_IMAGE"; docker images -q --no-trunc berth:local)"
 need=0
 case "$WHAT" in
-  all) [ "$(image_label berth-echo:local berth.source-hash)" = "$HASH" ] \
+  all) [ "$(image_label "$ECHO_IMAGE" berth.source-hash)" = "$HASH" ] \
          && [ "$(image_label berth:local berth.source-hash)" = "$HASH" ] || need=1 ;;
-  echo) [ "$(image_label berth-echo:local berth.source-hash)" = "$HASH" ] || need=1 ;;
+  echo) [ "$(image_label "$ECHO_IMAGE" berth.source-hash)" = "$HASH" ] || need=1 ;;
   berth) [ "$(image_label berth:local berth.source-hash)" = "$HASH" ] || need=1 ;;
   *) say "usage: $0 [all|echo|berth]"; exit 2 ;;
 esac
@@ -167,13 +170,13 @@ if [ "$need" = 1 ] || [ "${BERTH_REBUILD:-0}" = 1 ]; then
   build_wheels "$HASH"
 fi
 if [ "$WHAT" = all ] || [ "$WHAT" = echo ]; then
-  build_image docker/agent.Dockerfile berth-echo:local "$HASH"
+  build_image docker/agent.Dockerfile "$ECHO_IMAGE" "$HASH"
 fi
 if [ "$WHAT" = all ] || [ "$WHAT" = berth ]; then
   build_image docker/berth.Dockerfile berth:local "$HASH"
 fi
 if [ "$BUILT" = 1 ]; then
-  current="$(docker images -q --no-trunc berth-echo:local; docker images -q --no-trunc berth:local)"
+  current="$(docker images -q --no-trunc "$ECHO_IMAGE"; docker images -q --no-trunc berth:local)"
   for id in $OLD_IMAGES; do
     grep -qx "$id" <<<"$current" || docker rmi "$id" >/dev/null 2>&1 || true
   done

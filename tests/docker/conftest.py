@@ -20,7 +20,9 @@ from typing import Any
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-IMAGE = "berth-echo:local"
+# the echo image: scripts/build-images.sh builds it under this tag too (a second work tree
+# sets its own, so its sources' image does not replace another's berth-echo:local)
+IMAGE = os.environ.get("BERTH_ECHO_IMAGE") or "berth-echo:local"
 NETWORK = "berth-test"
 
 
@@ -45,7 +47,7 @@ def _answers() -> bool:
 
 @pytest.fixture(scope="session")
 def docker_engine() -> Iterator[Any]:
-    """A docker client for a running engine with berth-echo:local built."""
+    """A docker client for a running engine with the echo image (IMAGE) built."""
     if os.environ.get("BERTH_TEST_DOCKER") == "0":
         pytest.skip("BERTH_TEST_DOCKER=0")
     try:
