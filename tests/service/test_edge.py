@@ -454,3 +454,38 @@ async def test_the_openapi_document_open_for_the_operator_only_or_off() -> None:
     with pytest.raises(ValueError, match="BERTH_OPENAPI"):
         async with served(openapi="public"):
             pass
+
+
+async def test_heartbeats_are_answered_ahead_of_fastapi_with_the_same_edge(
+    edge: Edge, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """api/fast.py serves heartbeats without FastAPI's middleware: its answers are the
+    edge's all the same (who may beat, the body limit, malformed and mistyped bodies;
+    the FastAPI route gives the same answers to this test)."""
+    from berth.api import fast
+
+    served_fast: list[str] = []
+    real = fast._heartbeat
+
+    async def counted(scope: Any, receive: Any, send: Any) -> None:
+        served_fast.append(scope["path"])
+        await real(scope, receive, send)
+
+    monkeypatch.setattr(fast, "_heartbeat", counted)
+    path = "/v1/agents/heartbeat"
+    r = await edge.anon.post(path, json={"active_tasks": 0})
+    assert error(r, 401)["code"] == "unauthorized" and r.headers["www-authenticate"]
+    assert error(await edge.anon.post(path, headers=bearer("bwa_nope"), json={}), 401)
+    for role in ("caller",):  # a caller credential cannot speak for an agent
+        got = error(await edge.anon.post(path, headers=bearer(edge.secrets[role]), json={}), 403)
+        assert got["code"] == "wrong_role"
+    agent = bearer(edge.secrets["agent"])
+    assert error(await edge.anon.post(path, headers=agent, content=b"{nope"), 400)
+    big = b'{"active_tasks": 0, "pad": "' + b"x" * LIMIT + b'"}'
+    assert error(await edge.anon.post(path, headers=agent, content=big), 413)
+    assert error(await edge.anon.post(path, headers=agent, json={"active_tasks": "x"}), 422)
+    await edge.anon.post("/v1/agents/register", headers=agent, json={"url": "http://127.0.0.1:9/"})
+    ok = await edge.anon.post(path, headers=agent, json={"active_tasks": 0})
+    assert ok.status_code == 200 and ok.headers["content-type"] == "application/json"
+    assert ok.json()["ok"] is True and ok.json()["heartbeat_seconds"] > 0
+    assert len(served_fast) == 6  # every beat but the one over the limit (refused before)
