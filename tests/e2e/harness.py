@@ -140,6 +140,20 @@ async def wait_status(
     raise AssertionError(f"{ref} is not {status} after {timeout} s: {last}")
 
 
+async def wait_cycles_done(client: httpx.AsyncClient, ref: str, timeout: float = 30.0) -> None:
+    """Every restart cycle of the workspace has ended. `online` comes inside the startup
+    cycle (the agent registers in its `starting` step), so a restart asked right after
+    `wait_status(..., "online")` may join that cycle rather than start its own."""
+    deadline = time.monotonic() + timeout
+    last: list[dict[str, Any]] = []
+    while time.monotonic() < deadline:
+        last = (await client.get(f"/v1/workspaces/{ref}/restarts")).json()["restarts"]
+        if all(r["phase"] in ("done", "rolled_back", "failed") for r in last):
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{ref}'s restart cycles did not end in {timeout} s: {last}")
+
+
 def send_body(
     text: str, message_id: str | None = None, *, v03: bool = False, rid: Any = 1
 ) -> dict[str, Any]:

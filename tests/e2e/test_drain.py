@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.harness import create, executions, reply_text, send, wait_status
+from tests.e2e.harness import create, executions, reply_text, send, wait_cycles_done, wait_status
 
 pytestmark = pytest.mark.slow
 
@@ -56,6 +56,7 @@ async def test_in_flight_finishes_inside_the_drain_and_new_work_waits(berth_serv
 async def test_a_second_restart_request_joins_the_first(berth_server):
     async with berth_server.client() as c:
         await create(c, "joiny")
+        await wait_cycles_done(c, "joiny")  # else both may join the startup cycle
         r1, r2 = await asyncio.gather(
             c.post("/v1/workspaces/joiny/restart"), c.post("/v1/workspaces/joiny/restart")
         )
