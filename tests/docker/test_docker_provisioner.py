@@ -280,8 +280,10 @@ async def test_berth_in_docker_reaches_agents_by_name(docker_engine: Any) -> Non
         )
         assert env["BERTH_ADVERTISE_URL"] == f"http://{name}:8000"
         assert env["BERTH_URL"] == "http://berth:8080"  # left alone: berth is on the network
-        assert info.url
-        await wait_card(info.url)  # still published on the engine host's loopback, for people
+        assert info.url == f"http://{name}:8000"  # never the published port (a race showed it)
+        ports = docker_engine.api.inspect_container(name)["NetworkSettings"]["Ports"]
+        published = ports["8000/tcp"][0]["HostPort"]
+        await wait_card(f"http://127.0.0.1:{published}")  # still published, for people
         probe = "import urllib.request as u; print(u.urlopen('http://%s:8000/.well-known/agent-card.json').status)"
         out = await asyncio.to_thread(
             docker_engine.containers.run,

@@ -126,7 +126,10 @@ class DockerProvisioner(DockerExits, DockerNetwork):
             break
         container.reload()
         published = _published_port(container.attrs) or host_port
-        url = f"http://127.0.0.1:{published}" if published else advertise
+        # inside a container berth reaches the agent by name; the port Docker published on
+        # the engine host's loopback (for people) is unreachable from there, and whether
+        # the reload shows it yet is a race: it is never the recorded URL
+        url = advertise if self.in_docker or not published else f"http://127.0.0.1:{published}"
         log.info("started %s (%s) from %s, agent at %s", name, container.short_id, ws.image, url)
         return RunInfo(
             url=url,
