@@ -26,6 +26,18 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+async def serve_app(app: Any) -> tuple[Any, str]:
+    """An aiohttp app on a free loopback port (a fake agent or berth): its runner (for
+    `cleanup()`) and its base URL."""
+    from aiohttp import web
+
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    return runner, f"http://127.0.0.1:{port}"
+
+
 class BerthServer:
     def __init__(
         self,

@@ -11,6 +11,7 @@ from berth.adapters.memory_bus import MemoryCache
 from berth.adapters.memory_store import MemoryStore
 from berth.domain.workspace import Runtime, Workspace
 from berth.services.agent_link import AgentLink, SignalOutcome, rewrite_for_docker, url_cache_key
+from tests.e2e.harness import serve_app
 
 WS_ID = "0123456789abcdef-rest-of-id"
 
@@ -118,11 +119,7 @@ async def agent():
 
     app = web.Application()
     app.router.add_post("/signals/restart_pending", signal)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    state["url"] = f"http://127.0.0.1:{port}"
+    runner, state["url"] = await serve_app(app)
     yield state
     await runner.cleanup()
 

@@ -18,7 +18,7 @@ from aiohttp import web
 from berth.sdk import platform as platform_mod
 from berth.sdk.drain import Drain
 from berth.sdk.platform import Identity, Platform
-from tests.e2e.harness import free_port
+from tests.e2e.harness import free_port, serve_app
 
 
 async def _port_open(port: int) -> bool:
@@ -44,12 +44,9 @@ async def berth() -> AsyncIterator[tuple[str, list[bool], int]]:
 
     app = web.Application()
     app.router.add_post("/v1/agents/register", register)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
+    runner, url = await serve_app(app)
     try:
-        yield f"http://127.0.0.1:{port}", found, agent_port
+        yield url, found, agent_port
     finally:
         await runner.cleanup()
 
