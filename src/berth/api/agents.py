@@ -12,10 +12,10 @@ from berth.api.auth import bearer
 from berth.domain.errors import MalformedBody
 
 router = APIRouter(prefix="/v1/agents")
-__all__ = ["agent_json", "router"]
+__all__ = ["beat", "router"]
 
 
-async def agent_json(request: Request) -> Any:
+async def _json(request: Request) -> Any:
     try:
         return orjson.loads(await request.body())
     except orjson.JSONDecodeError:
@@ -25,14 +25,18 @@ async def agent_json(request: Request) -> Any:
 @router.post("/register", summary="An agent announces where it listens (run or agent credential)")
 async def register(request: Request) -> dict[str, Any]:
     c = request.app.state.berth
-    result: dict[str, Any] = await c.registry.register(bearer(request), await agent_json(request))
+    result: dict[str, Any] = await c.registry.register(bearer(request), await _json(request))
+    return result
+
+
+async def beat(request: Request) -> dict[str, Any]:
+    """A heartbeat's answer. api/fast.py serves this path ahead of FastAPI (it comes at a
+    rate) by calling this; the route below stays for the OpenAPI document."""
+    c = request.app.state.berth
+    result: dict[str, Any] = await c.registry.heartbeat(bearer(request), await _json(request))
     return result
 
 
 @router.post("/heartbeat", summary="An agent reports it is alive (run or agent credential)")
 async def heartbeat(request: Request) -> dict[str, Any]:
-    # api/fast.py answers this path ahead of FastAPI (it comes at a rate) with the same
-    # code; the route stays for the OpenAPI document
-    c = request.app.state.berth
-    result: dict[str, Any] = await c.registry.heartbeat(bearer(request), await agent_json(request))
-    return result
+    return await beat(request)

@@ -19,8 +19,7 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from berth.api.a2a import a2a_endpoint
-from berth.api.agents import agent_json
-from berth.api.auth import bearer
+from berth.api.agents import beat
 from berth.api.errors import error_response, rpc_error_response
 from berth.api.limits import BodyLimit
 from berth.domain.errors import BerthError
@@ -58,10 +57,8 @@ class App(FastAPI):
 async def _heartbeat(scope: Scope, receive: Receive, send: Send) -> None:
     """`POST /v1/agents/heartbeat` (api/agents.py documents it in the OpenAPI document)."""
     response: Any
-    request = Request(scope, receive, send)
     try:
-        c = scope["app"].state.berth
-        result = await c.registry.heartbeat(bearer(request), await agent_json(request))
+        result = await beat(Request(scope, receive, send))
         response = Response(orjson.dumps(result), media_type="application/json")
     except BerthError as e:
         response = error_response(e)

@@ -37,6 +37,9 @@ def _response(status: str, body: bytes, ctype: str = "text/plain; charset=utf-8"
     return head.encode() + b"\r\n" + body
 
 
+TOO_LARGE = _response("413 Content Too Large", b"GET /metrics takes no body\n")
+
+
 async def _answer(head: bytes, render: Render, allowed: Allowed) -> bytes:
     lines = head.decode("latin-1").split("\r\n")
     parts = lines[0].split(" ")
@@ -48,7 +51,7 @@ async def _answer(head: bytes, render: Render, allowed: Allowed) -> bytes:
         if sep:
             headers[name.strip().lower()] = value.strip()
     if _has_body(headers):  # first, as berth's own port refuses a body over its limit
-        return _response("413 Content Too Large", b"GET /metrics takes no body\n")
+        return TOO_LARGE
     method, target = parts[0], parts[1].split("?", 1)[0]
     if target != "/metrics":
         return _response("404 Not Found", b"only /metrics is served here\n")
@@ -82,7 +85,7 @@ async def start(address: str, render: Render, allowed: Allowed) -> asyncio.Serve
             answer = await _answer(head[:-4], render, allowed)
             writer.write(answer)
             await writer.drain()
-            if answer.startswith(b"HTTP/1.1 413"):
+            if answer is TOO_LARGE:
                 writer.write_eof()
                 await _drop(reader)
         except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError):

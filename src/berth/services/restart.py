@@ -146,9 +146,7 @@ class RestartService:
                 n = await self._runner.requeue(ws, cut)
                 await self._phase(r, Phase.REQUEUE, _noop(), detail=f"{n} returned to the queue")
                 ws = await self._roster.get(ws.id)
-                if change:  # a deploy, stop-first: the new spec is the next version
-                    r.versions = {"from": ws.version, "to": ws.version + 1}
-                    ws = await self._runner.update(ws.id, **spec_change(ws, change))
+                ws = await self._next_version(ws, r, change)  # a deploy, stop-first
                 now = await self._phase(r, Phase.STARTING, self._runner.start(ws))
                 if (
                     ws.runtime is Runtime.EXTERNAL
@@ -194,14 +192,22 @@ class RestartService:
         agent is no running instance to drain and stop: it would be told to drain and be
         moved back to provisioning, where an agent that never heartbeats stays."""
         r.mode = RestartMode.STOP_FIRST.value
-        if change:  # a deploy: the new spec is the next version (nothing of it runs here)
-            r.versions = {"from": ws.version, "to": ws.version + 1}
-            ws = await self._runner.update(ws.id, **spec_change(ws, change))
+        ws = await self._next_version(ws, r, change)  # nothing of it runs here yet
         detail = "the agent registered after the cycle began"
         await self._phase(r, Phase.STARTING, _noop(), detail=detail)
         await self._phase(r, Phase.REPLAY, _noop())
         self._dispatcher.wake(ws.id)
         await self._done(ws, r)
+
+    async def _next_version(
+        self, ws: Workspace, r: RestartRecord, change: dict[str, Any]
+    ) -> Workspace:
+        """A deploy's new spec as the workspace's next version (recorded on `r`); no
+        change (a restart): the workspace as it is."""
+        if not change:
+            return ws
+        r.versions = {"from": ws.version, "to": ws.version + 1}
+        return await self._runner.update(ws.id, **spec_change(ws, change))
 
     async def _drain_and_stop(self, ws: Workspace, r: RestartRecord) -> None:
         moved = await self._runner.move(ws, S.DRAINING)
