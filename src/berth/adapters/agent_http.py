@@ -1,4 +1,7 @@
-"""The AgentClient port over HTTP: pooled aiohttp (chosen by measurement: see bench/proxy.py)."""
+"""The AgentClient port over HTTP: plain requests to `http://` agents through the lean
+keep-alive client of `agent_h1` (a quarter of berth's loop CPU per message was aiohttp's
+client: docs/benchmarks.md); streams, `https://` and anything that client declines
+through pooled aiohttp."""
 
 from __future__ import annotations
 
@@ -7,6 +10,7 @@ from collections.abc import AsyncIterator
 
 import aiohttp
 
+from berth.adapters.agent_h1 import H1Pool, h1_target
 from berth.ports import AgentReply, AgentUnreachable, StreamItem
 
 __all__ = ["HttpAgentClient"]
@@ -16,6 +20,7 @@ class HttpAgentClient:
     def __init__(self, *, pool_size: int = 256) -> None:
         self._pool_size = pool_size
         self._session: aiohttp.ClientSession | None = None
+        self.h1 = H1Pool(limit=pool_size)
 
     def _get(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
@@ -84,6 +89,11 @@ class HttpAgentClient:
     async def _call(
         self, method: str, url: str, body: bytes | None, headers: dict[str, str], timeout: float
     ) -> AgentReply:
+        target = h1_target(url)
+        if target is not None:
+            reply = await self.h1.request(method, target, body, headers, timeout)
+            if reply is not None:
+                return reply
         try:
             async with self._get().request(
                 method,
@@ -104,6 +114,7 @@ class HttpAgentClient:
             raise _unreachable(e) from e
 
     async def close(self) -> None:
+        await self.h1.close()
         if self._session is not None:
             await self._session.close()
 

@@ -1,0 +1,326 @@
+"""A lean HTTP/1.1 client for berth's plain requests to agents (a send's forward, card
+reads, the HTTP+JSON binding's GET/DELETE) over plain `http://`.
+
+Why not aiohttp here: the forward of every message went through aiohttp's client, about a
+quarter of berth's event-loop CPU per message at c=16 (py-spy, docs/benchmarks.md): a
+request object, payload objects, a timeout handle with its own task wrapper, a
+multi-dict of headers, a connector lookup and a response object, all for a few hundred
+bytes both ways. This client writes the request in one `write`, parses the answer with
+httptools (the C parser uvicorn uses) in an asyncio Protocol, and keeps connections
+alive in a pool per (host, port): one future and one timer per request.
+
+Scope, on purpose: `http://` only, a body known up front, the whole answer read before it
+is returned. `https://`, streams and anything with a header berth would not write itself
+go through aiohttp (`agent_http.HttpAgentClient` decides), so behaviour there is
+unchanged. Failures mean what aiohttp's meant to the dispatcher: nothing sent (no
+connection) is `reached=False`; anything after the request was written (a reset, a
+timeout, a malformed answer) is `reached=True`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import zlib
+from urllib.parse import urlsplit
+
+import httptools
+
+from berth.ports import AgentReply, AgentUnreachable
+
+__all__ = ["H1Pool", "h1_target"]
+
+_BAD = frozenset("\r\n\0")
+
+
+@functools.lru_cache(maxsize=4096)
+def h1_target(url: str) -> tuple[str, int, bytes, bytes] | None:
+    """(host, port, request target, Host header) of a plain-HTTP URL, or None when this
+    client does not serve it (another scheme, credentials in the URL, odd characters)."""
+    try:
+        u = urlsplit(url)
+        port = u.port or 80
+    except ValueError:
+        return None
+    if u.scheme != "http" or not u.hostname or u.username or u.password:
+        return None
+    target = (u.path or "/") + (f"?{u.query}" if u.query else "")
+    if not target.isascii() or any(ch in _BAD or ch == " " for ch in target):
+        return None
+    host = u.hostname
+    shown = f"[{host}]" if ":" in host else host
+    return host, port, target.encode(), (shown if port == 80 else f"{shown}:{port}").encode()
+
+
+def _encode_headers(headers: dict[str, str]) -> bytes | None:
+    """The header lines, or None when one holds a character HTTP forbids there (aiohttp
+    then answers for it, as before this client existed)."""
+    out = []
+    for k, v in headers.items():
+        lk = k.lower()
+        if lk in ("host", "content-length", "transfer-encoding", "connection"):
+            continue  # this client's own
+        if any(ch in _BAD for ch in k) or any(ch in _BAD for ch in v) or ":" in k:
+            return None
+        out.append(f"{k}: {v}\r\n")
+    try:
+        return "".join(out).encode("latin-1")
+    except UnicodeEncodeError:
+        return None
+
+
+class _Conn(asyncio.Protocol):
+    """One keep-alive connection; one request at a time."""
+
+    def __init__(self, pool: H1Pool, key: tuple[str, int]) -> None:
+        self._pool, self.key = pool, key
+        self.transport: asyncio.Transport | None = None
+        self.closed = False
+        self._fut: asyncio.Future[AgentReply] | None = None
+        self._parser: httptools.HttpResponseParser | None = None
+        self._status = 0
+        self._headers: dict[str, str] = {}
+        self._body: list[bytes] = []
+        self._keep = True
+        self._got_headers = False
+
+    # asyncio.Protocol -------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        if self._parser is None:  # bytes nobody asked for: the connection is not reusable
+            self._close()
+            return
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserError as e:
+            self._fail(AgentUnreachable(f"malformed HTTP answer from the agent: {e}", reached=True))
+            self._close()
+
+    def eof_received(self) -> bool:
+        return False  # close our side too
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self._pool._forget(self)
+        fut = self._fut
+        if fut is None or fut.done():
+            return
+        if self._got_headers and not self._chunked_or_sized():
+            self._finish()  # a body delimited by the end of the connection
+            return
+        why = f": {exc}" if exc else ""
+        self._fail(
+            AgentUnreachable(
+                f"ServerDisconnectedError: the agent closed the connection{why}", reached=True
+            )
+        )
+
+    # httptools callbacks ------------------------------------------------------
+    def on_header(self, name: bytes, value: bytes) -> None:
+        k = name.decode("latin-1").lower()
+        v = value.decode("latin-1")
+        self._headers[k] = f"{self._headers[k]}, {v}" if k in self._headers else v
+
+    def on_headers_complete(self) -> None:
+        assert self._parser is not None
+        self._status = self._parser.get_status_code()
+        self._keep = self._parser.should_keep_alive()
+        self._got_headers = True
+
+    def on_body(self, body: bytes) -> None:
+        self._body.append(body)
+
+    def on_message_complete(self) -> None:
+        if 100 <= self._status < 200:  # an interim answer: the real one follows
+            self._reset_answer()
+            return
+        self._finish()
+
+    # the request --------------------------------------------------------------
+    def send(self, head: bytes, body: bytes | None, fut: asyncio.Future[AgentReply]) -> None:
+        self._fut = fut
+        self._parser = httptools.HttpResponseParser(self)
+        self._reset_answer()
+        assert self.transport is not None
+        self.transport.write(head + body if body else head)
+
+    def time_out(self, timeout: float) -> None:
+        self.abort(AgentUnreachable(f"TimeoutError: no answer within {timeout:g} s", reached=True))
+
+    def abort(self, why: AgentUnreachable) -> None:
+        self._fail(why)
+        self._close()
+
+    def _reset_answer(self) -> None:
+        self._status, self._headers, self._body, self._got_headers = 0, {}, [], False
+
+    def _chunked_or_sized(self) -> bool:
+        return "content-length" in self._headers or "chunked" in self._headers.get(
+            "transfer-encoding", ""
+        )
+
+    def _finish(self) -> None:
+        fut, self._fut, self._parser = self._fut, None, None
+        if fut is None or fut.done():
+            self._close()
+            return
+        body = b"".join(self._body)
+        headers, self._body = self._headers, []
+        coding = headers.get("content-encoding", "").strip().lower()
+        if coding in ("gzip", "deflate", "x-gzip") and body:
+            try:
+                body = zlib.decompress(body, 47 if coding != "deflate" else 15)
+            except zlib.error:
+                try:
+                    body = zlib.decompress(body, -15)  # raw deflate, as some servers send it
+                except zlib.error as e:
+                    fut.set_exception(
+                        AgentUnreachable(f"the agent's {coding} body is corrupt: {e}", reached=True)
+                    )
+                    self._close()
+                    return
+        fut.set_result(
+            AgentReply(self._status, body, headers.get("content-type", "application/json"), headers)
+        )
+        if self._keep and not self.closed:
+            self._pool._release(self)
+        else:
+            self._close()
+
+    def _fail(self, e: AgentUnreachable) -> None:
+        fut, self._fut, self._parser = self._fut, None, None
+        if fut is not None and not fut.done():
+            fut.set_exception(e)
+
+    def _close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self._pool._forget(self)
+            if self.transport is not None:
+                self.transport.close()
+
+
+class H1Pool:
+    """Keep-alive connections per (host, port), at most `limit` open at once in all."""
+
+    def __init__(self, *, limit: int = 256, idle_per_host: int = 64) -> None:
+        self._limit = limit
+        self._idle_per_host = idle_per_host
+        self._idle: dict[tuple[str, int], list[_Conn]] = {}
+        self._open: set[_Conn] = set()
+        self._waiting: list[asyncio.Future[None]] = []
+        self.connections_made = 0  # for tests and benchmarks: reuse shows as a small number
+
+    async def request(
+        self,
+        method: str,
+        target: tuple[str, int, bytes, bytes],
+        body: bytes | None,
+        headers: dict[str, str],
+        timeout: float,
+    ) -> AgentReply | None:
+        """The agent's whole answer; None when these headers are for aiohttp to write."""
+        lines = _encode_headers(headers)
+        if lines is None:
+            return None
+        host, port, path, host_header = target
+        head = b"%s %s HTTP/1.1\r\nHost: %s\r\n%s" % (method.encode(), path, host_header, lines)
+        if body is not None or method in ("POST", "PUT", "PATCH"):
+            head += b"Content-Length: %d\r\n" % len(body or b"")
+        head += b"\r\n"
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        conn = await self._acquire(loop, (host, port), deadline)
+        fut: asyncio.Future[AgentReply] = loop.create_future()
+        timer = loop.call_at(deadline, conn.time_out, timeout)
+        try:
+            conn.send(head, body, fut)
+            return await fut
+        except asyncio.CancelledError:
+            conn.abort(AgentUnreachable("the request was cancelled", reached=True))
+            raise
+        finally:
+            timer.cancel()
+
+    async def _acquire(
+        self, loop: asyncio.AbstractEventLoop, key: tuple[str, int], deadline: float
+    ) -> _Conn:
+        idle = self._idle.get(key)
+        while idle:
+            conn = idle.pop()
+            if not conn.closed and conn.transport is not None and not conn.transport.is_closing():
+                return conn
+        while len(self._open) >= self._limit and not self._evict_idle():
+            waiter: asyncio.Future[None] = loop.create_future()
+            self._waiting.append(waiter)
+            try:
+                async with asyncio.timeout_at(deadline):
+                    await waiter
+            except TimeoutError:
+                raise AgentUnreachable(
+                    "TimeoutError: no free connection to the agent in time", reached=False
+                ) from None
+            finally:
+                with contextlib.suppress(ValueError):
+                    self._waiting.remove(waiter)
+            idle = self._idle.get(key)
+            while idle:
+                conn = idle.pop()
+                if not conn.closed:
+                    return conn
+        conn = _Conn(self, key)
+        self._open.add(conn)
+        try:
+            async with asyncio.timeout_at(deadline):
+                await loop.create_connection(lambda: conn, key[0], key[1])
+        except (OSError, TimeoutError) as e:
+            self._forget(conn)
+            raise AgentUnreachable(
+                f"ClientConnectorError: cannot connect to {key[0]}:{key[1]}: {e or type(e).__name__}",
+                reached=False,
+            ) from e
+        except BaseException:
+            self._forget(conn)
+            raise
+        self.connections_made += 1
+        return conn
+
+    def _evict_idle(self) -> bool:
+        """Close an idle connection (of any host) to make room under the limit."""
+        for idle in self._idle.values():
+            if idle:
+                idle.pop(0)._close()
+                return True
+        return False
+
+    def _release(self, conn: _Conn) -> None:
+        idle = self._idle.setdefault(conn.key, [])
+        if len(idle) >= self._idle_per_host:
+            conn._close()
+            return
+        idle.append(conn)
+        self._wake_one()
+
+    def _forget(self, conn: _Conn) -> None:
+        if conn in self._open:
+            self._open.discard(conn)
+            idle = self._idle.get(conn.key)
+            if idle and conn in idle:
+                idle.remove(conn)
+            self._wake_one()
+
+    def _wake_one(self) -> None:
+        while self._waiting:
+            w = self._waiting.pop(0)
+            if not w.done():
+                w.set_result(None)
+                return
+
+    async def close(self) -> None:
+        for conn in list(self._open):
+            conn._close()
+        self._idle.clear()
+        await asyncio.sleep(0)  # let the transports' close callbacks run
