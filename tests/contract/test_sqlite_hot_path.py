@@ -34,6 +34,15 @@ async def _hot_path_steps(store: SqliteStore) -> int:
     steps = Steps(store)
     await store.accept(make_d("w1", f"fresh-{time.monotonic_ns()}"))
     got = await store.claim("w1", capacity=4, owner="me", lease_seconds=30, now=time.time())
+    for _ in range(2):  # the one-statement accept of a free workspace, then a full one
+        _, _, more = await store.accept_claim(
+            make_d("w1", f"at-once-{time.monotonic_ns()}"),
+            capacity=len(got) + 1,
+            owner="me",
+            lease_seconds=30,
+            now=time.time(),
+        )
+        got += more
     await store.pending("w1")
     await store.queue_head("w1")
     await store.requeue_expired(time.time())
@@ -68,3 +77,25 @@ async def test_claim_and_upkeep_do_not_walk_finished_deliveries(tmp_path: Path) 
     finally:
         await empty.close()
         await full.close()
+
+
+async def test_a_message_to_a_free_workspace_is_accepted_and_claimed_in_one_statement(
+    tmp_path: Path,
+) -> None:
+    store = await _with_finished(tmp_path / "one.db", 0)
+    try:
+        statements: list[str] = []
+        store.writes._connection().set_trace_callback(statements.append)
+
+        async def accept_claim(msg: str) -> list[str]:
+            statements.clear()
+            await store.accept_claim(
+                make_d("w1", msg), capacity=1, owner="me", lease_seconds=30, now=time.time()
+            )
+            return [s.split()[0] for s in statements if s not in ("BEGIN IMMEDIATE", "COMMIT")]
+
+        assert await accept_claim("m1") == ["INSERT"]
+        # full: the two-statement path decides (accept, count, nothing claimed, the row read)
+        assert await accept_claim("m2") == ["INSERT", "INSERT", "SELECT", "SELECT"]
+    finally:
+        await store.close()

@@ -11,7 +11,7 @@ import sqlite3
 
 from berth.adapters.sql import rows
 from berth.adapters.sql.sqlite_base import SqliteBase
-from berth.adapters.sql.sqlite_hot import accept_sql, claim_rows, get_row
+from berth.adapters.sql.sqlite_hot import accept_in_flight_sql, accept_sql, claim_rows, get_row
 from berth.domain.delivery import FINAL, Delivery, DeliveryStatus, sources
 from berth.domain.errors import NotFound
 from berth.ports import Settle
@@ -70,10 +70,15 @@ class SqliteDeliveries(SqliteBase):
         lease_seconds: float,
         now: float,
     ) -> tuple[Delivery, bool, list[Delivery]]:
-        """accept, then (when it created the delivery) claim, in one transaction."""
+        """accept, then (when it created the delivery) claim, in one transaction; in one
+        statement when that claim would take just this message."""
         accept = accept_sql(d, parse_new=False)
+        at_once = accept_in_flight_sql(d, capacity, owner, now + lease_seconds, now)
 
         def go(c: sqlite3.Connection) -> tuple[Delivery, bool, list[Delivery]]:
+            flying = at_once(c)
+            if flying is not None:
+                return flying, True, [flying]
             stored, created = accept(c)
             if not created:
                 return stored, False, []

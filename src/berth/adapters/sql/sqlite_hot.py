@@ -1,17 +1,20 @@
 """The message path's statements on SQLite: accept (INSERT … ON CONFLICT DO NOTHING) and
 claim (the oldest claimable queued deliveries up to the free capacity), each a function of
-the connection, so an accept and its claim can share one transaction."""
+the connection, so an accept and its claim can share one transaction; and the common case
+of both in one statement (`accept_in_flight_sql`): a message to a workspace with room and
+nothing claimable queued is written in flight at once."""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import sqlite3
 from collections.abc import Callable
 
 from berth.adapters.sql import rows
-from berth.domain.delivery import Delivery
+from berth.domain.delivery import Delivery, DeliveryStatus
 
-__all__ = ["accept_sql", "claim_rows", "get_row"]
+__all__ = ["accept_in_flight_sql", "accept_sql", "claim_rows", "get_row"]
 
 
 @functools.cache
@@ -39,6 +42,48 @@ def accept_sql(
             (d.workspace_id, d.caller, d.message_id),
         ).fetchone()
         return rows.d_from_row(row), False
+
+    return go
+
+
+@functools.cache
+def _insert_in_flight_sql(cols: tuple[str, ...]) -> str:
+    # the guard is claim_rows' decision: nothing claimable queued ahead of it (order holds)
+    # and a free slot under the capacity (:cap NULL: no limit)
+    return (
+        f"INSERT INTO deliveries ({', '.join(cols)}) SELECT {', '.join(':' + k for k in cols)} "
+        "WHERE NOT EXISTS (SELECT 1 FROM deliveries INDEXED BY deliveries_queued "
+        f"WHERE workspace_id = :workspace_id AND status = '{rows.QUEUED}' AND not_before <= :now) "
+        "AND (:cap IS NULL OR (SELECT count(*) FROM deliveries INDEXED BY deliveries_in_flight "
+        f"WHERE workspace_id = :workspace_id AND status = '{rows.IN_FLIGHT}') < :cap) "
+        "ON CONFLICT (workspace_id, caller, message_id) DO NOTHING RETURNING seq"
+    )
+
+
+def accept_in_flight_sql(
+    d: Delivery, capacity: int | None, owner: str, until: float, now: float
+) -> Callable[[sqlite3.Connection], Delivery | None]:
+    """Accept and claim in one statement, when claiming after the accept would take exactly
+    this message: the workspace has a free slot and no claimable delivery is queued (in the
+    database, this transaction's earlier writes included). The delivery, written in flight;
+    None when that does not hold or the (workspace, caller, messageId) exists: the caller
+    then takes the two-statement path (`accept_sql` + `claim_rows`), which decides both."""
+    flying = dataclasses.replace(
+        d,
+        status=DeliveryStatus.IN_FLIGHT,
+        lease_owner=owner,
+        lease_until=until,
+        forwards=d.forwards + 1,
+        first_forwarded_at=now,
+        updated_at=now,
+    )
+    p = rows.d_params(flying)
+    sql = _insert_in_flight_sql(tuple(p))
+    p["cap"], p["now"] = capacity, now
+
+    def go(c: sqlite3.Connection) -> Delivery | None:
+        row = c.execute(sql, p).fetchone()
+        return None if row is None else dataclasses.replace(flying, seq=row[0])
 
     return go
 
