@@ -5,7 +5,9 @@
 
 `agent`: a raw ASGI app (no a2a-sdk) under uvicorn that answers every POST with one fixed
 JSON-RPC result (a Message) and serves a minimal agent card, so the agent costs next to
-nothing and berth's own cost shows. `proxy`: a bare aiohttp pass-through proxy (not
+nothing and berth's own cost shows; a streaming send (`SendStreamingMessage`,
+`message/stream`) gets an SSE stream: a `working` task event at once, the final
+`completed` one 50 ms later (bench/first_event.py --trivial). `proxy`: a bare aiohttp pass-through proxy (not
 durable: no log, no retries) in front of it, the cost of one plain Python hop.
 """
 
@@ -24,15 +26,33 @@ CARD = (
     b'"defaultInputModes":["text/plain"],"defaultOutputModes":["text/plain"]}'
 )
 JSON = [(b"content-type", b"application/json")]
+SSE = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
+WORKING = (
+    b'data: {"jsonrpc":"2.0","id":1,"result":{"task":{"id":"t1","contextId":"c1",'
+    b'"status":{"state":"TASK_STATE_WORKING"}}}}\n\n'
+)
+COMPLETED = (
+    b'data: {"jsonrpc":"2.0","id":1,"result":{"statusUpdate":{"taskId":"t1","contextId":"c1",'
+    b'"status":{"state":"TASK_STATE_COMPLETED"},"final":true}}}\n\n'
+)
 
 
 async def agent(scope: dict[str, Any], receive: Any, send: Any) -> None:
     if scope["type"] != "http":
         return
-    more = True
+    more, raw = True, b""
     while more:  # read the whole body, as a real agent would
         msg = await receive()
+        raw += msg.get("body", b"")
         more = msg.get("more_body", False)
+    if b'"SendStreamingMessage"' in raw or b'"message/stream"' in raw:
+        import asyncio
+
+        await send({"type": "http.response.start", "status": 200, "headers": SSE})
+        await send({"type": "http.response.body", "body": WORKING, "more_body": True})
+        await asyncio.sleep(0.05)
+        await send({"type": "http.response.body", "body": COMPLETED})
+        return
     body = REPLY if scope["method"] == "POST" else CARD
     await send({"type": "http.response.start", "status": 200, "headers": JSON})
     await send({"type": "http.response.body", "body": body})

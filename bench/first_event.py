@@ -1,6 +1,7 @@
 """Time to first event of a stream, through berth vs straight to the same echo agent.
 
     python bench/first_event.py [--n 200] [--rounds 2] [--database-url postgresql://…]
+    python bench/first_event.py --trivial [--n 300] [--rounds 2] [--ref-src DIR]
 
 Each request is `SendStreamingMessage` of `task sleep:0.2 …`: the echo agent sends its
 first event (the task, `working`) at once and the last after 0.2 s, so the first-event
@@ -10,12 +11,19 @@ not the work. One request at a time (sequential), then 8 at once, each level in
 the very agent process berth started for its workspace, called straight at its URL
 ("berth's agent"), and that workspace through berth. The last two differ by berth alone;
 the first two by how the agent was started. Figures, not assertions.
+
+`--trivial`: the same against bench/_trivial.py's agent instead of the echo agent (its
+first event at once, its last 50 ms later, no a2a-sdk), as an external workspace: the
+echo agent's own 9 ms and its long tail no longer blur berth's share, which is the
+difference of "via berth" and "direct" there. `--ref-src DIR` adds a second berth
+imported from another checkout's `src/` (the code before a change), in the same rounds.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import statistics
 import sys
 import tempfile
@@ -26,8 +34,10 @@ from pathlib import Path
 import aiohttp
 import httpx
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from proxy import ADMIN, Procs, echo_via_berth, start_echo  # noqa: E402
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from proxy import ADMIN, Procs, echo_via_berth, free_port, start_berth, start_echo  # noqa: E402
+from proxy import workspace as external_workspace  # noqa: E402
 
 
 def _body() -> dict[str, object]:
@@ -90,11 +100,16 @@ async def main() -> None:
     ap.add_argument("--n", type=int, default=200)
     ap.add_argument("--database-url")
     ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--trivial", action="store_true")
+    ap.add_argument("--ref-src", help="with --trivial: also a berth from this src/")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as t:
         tmp = Path(t)
         procs = Procs()
         try:
+            if args.trivial:
+                await trivial(args, tmp, procs)
+                return
             direct = start_echo(procs, tmp)
             via = echo_via_berth(procs, tmp, args.database_url)
             store = "postgresql" if args.database_url else "sqlite"
@@ -133,6 +148,42 @@ async def main() -> None:
                     )
         finally:
             procs.stop()
+
+
+async def trivial(args: argparse.Namespace, tmp: Path, procs: Procs) -> None:
+    port = free_port()
+    agent = f"http://127.0.0.1:{port}/"
+    procs.start([sys.executable, str(HERE / "_trivial.py"), "agent", "--port", str(port)], agent)
+    extra = {"BERTH_DATABASE_URL": args.database_url} if args.database_url else {}
+    spec = {"runtime": "external", "url": agent, "max_concurrency": 64}
+    auth = {"authorization": f"Bearer {ADMIN}"}
+    targets: list[tuple[str, str, dict[str, str]]] = [("direct", agent, {})]
+    for label, src in [("via berth", None), ("ref berth", args.ref_src)]:
+        if label == "ref berth" and not src:
+            continue
+        env = {**extra, "PYTHONPATH": src} if src else extra
+        berth, _ = start_berth(procs, tmp / label.replace(" ", "-"), **env)
+        via = external_workspace(berth, f"trivial-sse-{len(targets)}-{os.getpid()}", **spec)
+        targets.append((label, via, auth))
+    store = "postgresql" if args.database_url else "sqlite"
+    print(f"# time to first stream event, trivial agent: store {store}, {args.n} per row")
+    for c in (1, 8):
+        got: dict[str, list[float]] = {label: [] for label, _, _ in targets}
+        for _ in range(args.rounds):
+            for label, url, headers in targets:
+                got[label] += (await measure(url, args.n, c, headers))[0]
+        for label, f in got.items():
+            print(
+                f"{label:<10} c={c:<2} first event p50 {pct(f, 50):6.2f} ms  "
+                f"p99 {pct(f, 99):7.2f} ms  mean {statistics.mean(f) * 1000:6.2f} ms"
+            )
+        d = got["direct"]
+        for label, b in got.items():
+            if label != "direct":
+                print(
+                    f"{'':<10} added by {label.removeprefix('via ')}: p50 {pct(b, 50) - pct(d, 50):+.2f} ms, "
+                    f"mean {(statistics.mean(b) - statistics.mean(d)) * 1000:+.2f} ms"
+                )
 
 
 if __name__ == "__main__":

@@ -8,10 +8,11 @@ from typing import Any
 
 import orjson
 from starlette.requests import Request
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 
 from berth.api.auth import bearer
 from berth.api.errors import error_response, rpc_error_response
+from berth.api.sse import SseResponse
 from berth.bootstrap import Container
 from berth.domain.credentials import Caller
 from berth.domain.errors import BerthError, NotFound, TooLarge, Unavailable
@@ -72,11 +73,10 @@ def render(reply: ProxyReply) -> Response:
     """A proxy reply as an HTTP response: a stream as SSE, else the body with the status
     and content type the agent (or berth) gave it."""
     if reply.stream is not None:
-        return StreamingResponse(
+        return SseResponse(
             reply.stream,
-            status_code=reply.status,
-            media_type="text/event-stream",
-            headers={**reply.headers, "cache-control": "no-cache", "x-accel-buffering": "no"},
+            reply.status,
+            {**reply.headers, "cache-control": "no-cache", "x-accel-buffering": "no"},
         )
     return Response(
         reply.body, status_code=reply.status, media_type=reply.content_type, headers=reply.headers
