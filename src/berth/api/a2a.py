@@ -33,16 +33,19 @@ async def _authorize(c: Container, request: Request) -> tuple[Workspace, Caller]
 
 async def _body(request: Request, limit: int) -> bytes:
     declared = request.headers.get("content-length")
-    too_large = TooLarge(f"request body over the limit of {limit} bytes")
     if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise too_large
+        raise _too_large(limit)
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
-            raise too_large
+            raise _too_large(limit)
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+def _too_large(limit: int) -> TooLarge:
+    return TooLarge(f"request body over the limit of {limit} bytes")
 
 
 def _request_id(raw: bytes) -> Any:

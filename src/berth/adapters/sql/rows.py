@@ -7,6 +7,8 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+import orjson
+
 from berth.domain.credentials import Credential, Role
 from berth.domain.delivery import Delivery, DeliveryStatus
 from berth.domain.deploy import Instance
@@ -138,7 +140,7 @@ def d_params(d: Delivery) -> dict[str, Any]:
 
 def d_from_row(row: Mapping[str, Any]) -> Delivery:
     kw = {c: row[c] for c in D_COLUMNS}
-    kw["headers"] = json.loads(kw["headers"] or "{}")
+    kw["headers"] = orjson.loads(kw["headers"] or "{}")
     kw["status"] = DeliveryStatus(kw["status"])
     kw["request"] = bytes(kw["request"])
     kw["reply"] = None if kw["reply"] is None else bytes(kw["reply"])
