@@ -139,7 +139,8 @@ class DeliveryLog:
                 exemplar={"delivery_id": d.id},
             )
         self._waiters.resolve(d)
-        await self._events.signal(DONE_TOPIC, id=d.id, workspace_id=d.workspace_id)
+        if not self._sole:  # waiters on other replicas; the only replica resolved its own
+            await self._events.signal(DONE_TOPIC, id=d.id, workspace_id=d.workspace_id)
         if is_stream(d.method):
             await self._events.signal(stream_topic(d.id), t="final", status=d.status.value)
         self._flow(f"delivery.{d.status.value}", d)

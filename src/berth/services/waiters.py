@@ -7,7 +7,6 @@ DONE_TOPIC for the other replicas; a slow poll of the store covers a lost notifi
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 
 from berth.domain.delivery import Delivery
@@ -49,8 +48,9 @@ class Waiters:
                 left = deadline - loop.time()
                 if left <= 0:
                     return None
-                with contextlib.suppress(asyncio.TimeoutError):
-                    return await asyncio.wait_for(asyncio.shield(fut), min(left, self._poll))
+                await asyncio.wait((fut,), timeout=min(left, self._poll))  # fut is not cancelled
+                if fut.done():
+                    return fut.result()
         finally:
             waiting = self._futs.get(delivery_id)
             if waiting is not None:
