@@ -99,3 +99,10 @@ async def test_a_message_to_a_free_workspace_is_accepted_and_claimed_in_one_stat
         assert await accept_claim("m2") == ["INSERT", "INSERT", "SELECT", "SELECT"]
     finally:
         await store.close()
+
+
+def test_positional_values_are_the_named_parameters_in_column_order() -> None:
+    from berth.adapters.sql import rows
+
+    d = make_d("w1", "m1", reply=b"r", reply_status=200, lease_owner="me", expires_at=5.0)
+    assert rows.d_values(d) == tuple(rows.d_params(d)[c] for c in rows.D_COLUMNS)

@@ -131,9 +131,38 @@ def ws_from_row(row: Mapping[str, Any]) -> Workspace:
     return Workspace(**kw)
 
 
+def d_values(d: Delivery) -> tuple[Any, ...]:
+    """d_params' values in D_COLUMNS order, for positional binding."""
+    return (
+        d.id,
+        d.workspace_id,
+        d.caller,
+        d.message_id,
+        d.fingerprint,
+        d.method,
+        d.request,
+        orjson.dumps(d.headers).decode(),
+        d.status.value,
+        d.attempts,
+        d.forwards,
+        d.reply,
+        d.reply_status,
+        d.reply_type,
+        d.reason,
+        d.lease_owner,
+        d.lease_until,
+        d.not_before,
+        d.expires_at,
+        d.created_at,
+        d.first_forwarded_at,
+        d.finished_at,
+        d.updated_at,
+    )
+
+
 def d_params(d: Delivery) -> dict[str, Any]:
     out = {c: getattr(d, c) for c in D_COLUMNS}
-    out["headers"] = json.dumps(d.headers)
+    out["headers"] = orjson.dumps(d.headers).decode()
     out["status"] = d.status.value
     return out
 

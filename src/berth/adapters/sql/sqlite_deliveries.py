@@ -72,14 +72,13 @@ class SqliteDeliveries(SqliteBase):
     ) -> tuple[Delivery, bool, list[Delivery]]:
         """accept, then (when it created the delivery) claim, in one transaction; in one
         statement when that claim would take just this message."""
-        accept = accept_sql(d, parse_new=False)
         at_once = accept_in_flight_sql(d, capacity, owner, now + lease_seconds, now)
 
         def go(c: sqlite3.Connection) -> tuple[Delivery, bool, list[Delivery]]:
             flying = at_once(c)
             if flying is not None:
                 return flying, True, [flying]
-            stored, created = accept(c)
+            stored, created = accept_sql(d, parse_new=False)(c)
             if not created:
                 return stored, False, []
             got = claim_rows(c, d.workspace_id, capacity, owner, now + lease_seconds, now)
