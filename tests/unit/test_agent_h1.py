@@ -119,6 +119,7 @@ async def test_chunked_gzip_large_and_error_answers():
 
 
 async def test_refused_is_not_reached_and_a_hang_up_is():
+    """Both clients: the lean one (a send's forward) and aiohttp (streams)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]  # closed again: nothing listens there
@@ -136,6 +137,14 @@ async def test_refused_is_not_reached_and_a_hang_up_is():
         with pytest.raises(AgentUnreachable) as cut:
             await client.post(url, b"{}", {}, timeout=5)
         assert cut.value.reached is True
+        with pytest.raises(AgentUnreachable) as refused_stream:
+            async for _ in client.stream(f"http://127.0.0.1:{port}/", b"{}", {}, 5):
+                pass
+        assert refused_stream.value.reached is False
+        with pytest.raises(AgentUnreachable) as cut_stream:
+            async for _ in client.stream(url, b"{}", {}, 5):
+                pass
+        assert cut_stream.value.reached is True
     finally:
         server.close()
         await client.close()

@@ -62,33 +62,3 @@ def test_a_request_that_never_reached_the_agent_is_never_an_attempt(planned, cra
     for attempts in range(0, 10):
         v = policy.judge(Outcome.UNREACHED, attempts=attempts, planned=planned, crashed=crashed)
         assert v.status is D.QUEUED and not v.count_attempt and v.retry_in > 0
-
-
-async def test_aiohttp_client_tells_refused_from_broken():
-    import asyncio
-    import socket
-
-    from berth.adapters.agent_http import HttpAgentClient
-    from berth.ports import AgentUnreachable
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]  # closed again: nothing listens there
-    client = HttpAgentClient()
-
-    async def hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await reader.readuntil(b"\r\n\r\n")  # got the request, then goes away
-        writer.transport.abort()
-
-    server = await asyncio.start_server(hang_up, "127.0.0.1", 0)
-    broken = server.sockets[0].getsockname()[1]
-    try:
-        with pytest.raises(AgentUnreachable) as refused:
-            await client.post(f"http://127.0.0.1:{port}/", b"{}", {}, timeout=5)
-        assert refused.value.reached is False
-        with pytest.raises(AgentUnreachable) as cut:
-            await client.post(f"http://127.0.0.1:{broken}/", b"{}", {}, timeout=5)
-        assert cut.value.reached is True
-    finally:
-        server.close()
-        await client.close()
