@@ -92,8 +92,10 @@ def serve(args: argparse.Namespace) -> None:
 
 
 def tune_gc() -> None:
-    """See GC_YOUNG: freeze what exists (call again once the app has started) and collect
-    the young generation less often; cycles are still collected, only in larger steps."""
+    """See GC_YOUNG: freeze what exists (imports and the app, built before this is called)
+    and collect the young generation less often; cycles are still collected, only in
+    larger steps. Process-wide: only `berth serve` calls it, never the app (tests build
+    many apps in one process)."""
     gc.collect()
     gc.freeze()
     _, mid, old = gc.get_threshold()

@@ -76,3 +76,14 @@ async def test_accept_claim_in_a_batch_after_an_accept_claims_that_one_first(
     )
     assert created and [g.message_id for g in got] == ["first", "second"]
     assert d.message_id == "second" and d.status is D.IN_FLIGHT
+
+
+async def test_accept_claim_leaves_a_message_held_for_later_queued(store: Store) -> None:
+    d, created, got = await store.accept_claim(
+        make_d("w1", "later", not_before=T0 + 60),
+        capacity=None,
+        owner="me",
+        lease_seconds=LEASE,
+        now=T0 + 1,
+    )
+    assert created and got == [] and d.status is D.QUEUED

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import logging
 import socket
+import struct
 from collections.abc import Awaitable, Callable
 
 import pytest
@@ -275,3 +277,148 @@ async def test_a_cancelled_forward_closes_its_connection():
     finally:
         server.close()
         await client.close()
+
+
+async def test_head_goes_through_aiohttp_and_does_not_wait_for_a_body():
+    runner, base = await serve_app(echo_app([]))
+    client = HttpAgentClient()
+    try:
+        got = await asyncio.wait_for(client.request("HEAD", f"{base}/x", None, {}, 5), 2)
+        assert got.status == 200 and got.body == b""
+        assert client.h1.connections_made == 0
+    finally:
+        await client.close()
+        await runner.cleanup()
+
+
+async def test_a_reset_in_a_close_delimited_body_is_a_failure_not_an_answer():
+    async def reset(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.0 200 OK\r\n\r\npartial")
+        await writer.drain()
+        await asyncio.sleep(0.05)
+        sock = writer.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        writer.transport.abort()  # RST, not FIN
+
+    server, url = await raw_server(reset)
+    client = HttpAgentClient()
+    try:
+        with pytest.raises(AgentUnreachable) as cut:
+            await client.post(url, b"{}", {}, 5)
+        assert cut.value.reached is True
+    finally:
+        server.close()
+        await client.close()
+
+
+async def test_an_answer_nobody_asked_for_is_not_taken_for_the_next_one():
+    n = 0
+
+    async def two_answers(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal n
+        while True:
+            try:
+                await read_request(reader)
+            except (asyncio.IncompleteReadError, ConnectionError):
+                return
+            n += 1
+            if n == 1:  # one request, two answers in one write
+                writer.write(
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+                    b"HTTP/1.1 200 OK\r\nX-Evil: 1\r\nContent-Length: 3\r\n\r\nbad"
+                )
+            else:
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\ngood")
+            await writer.drain()
+
+    server, url = await raw_server(two_answers)
+    client = HttpAgentClient()
+    try:
+        first = await client.post(url, b"{}", {}, 5)
+        assert first.body == b"ok" and "x-evil" not in first.headers
+        second = await client.post(url, b"{}", {}, 5)
+        assert second.body == b"good"
+        assert client.h1.connections_made == 2  # the first connection was not reused
+    finally:
+        server.close()
+        await client.close()
+
+
+async def test_a_switch_of_protocols_is_a_failure(caplog: pytest.LogCaptureFixture):
+    async def upgrade(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\nConnection: Upgrade\r\n\r\n"
+        )
+        await writer.drain()
+        await asyncio.sleep(1)
+
+    server, url = await raw_server(upgrade)
+    client = HttpAgentClient()
+    try:
+        with caplog.at_level(logging.ERROR, logger="asyncio"):
+            with pytest.raises(AgentUnreachable) as bad:
+                await client.post(url, b"{}", {}, 5)
+        assert bad.value.reached is True
+        assert not caplog.records  # handled, not a protocol's "fatal error"
+    finally:
+        server.close()
+        await client.close()
+
+
+class _Transport:
+    def __init__(self) -> None:
+        self.written: list[bytes] = []
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        self.written.append(data)
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+
+async def test_a_late_cancel_never_ends_the_next_request_on_the_connection():
+    """A request answered, its connection already carrying the next caller's request: the
+    first caller's cancel (or timer) must not touch the second's."""
+    from berth.adapters.agent_h1 import _Conn
+
+    pool = H1Pool()
+    conn = _Conn(pool, ("127.0.0.1", 1))
+    conn.connection_made(_Transport())  # type: ignore[arg-type]
+    loop = asyncio.get_running_loop()
+    first, second = loop.create_future(), loop.create_future()
+    conn.send(b"POST / HTTP/1.1\r\n\r\n", None, first)
+    conn.data_received(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+    assert first.result().body == b"ok"
+    conn.send(b"POST / HTTP/1.1\r\n\r\n", None, second)
+    conn.abort(first, AgentUnreachable("the request was cancelled"))
+    conn.time_out(first, 1.0)
+    assert not second.done() and not conn.closed
+    conn.data_received(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nyes")
+    assert second.result().body == b"yes"
+
+
+async def test_a_woken_waiter_that_leaves_passes_the_room_on():
+    from berth.adapters.agent_h1 import _Conn
+
+    pool = H1Pool(limit=1)
+    key = ("127.0.0.1", 1)
+    busy = _Conn(pool, key)
+    busy.connection_made(_Transport())  # type: ignore[arg-type]
+    pool._open.add(busy)
+    loop = asyncio.get_running_loop()
+    leaving = asyncio.create_task(pool._acquire(loop, key, loop.time() + 30))
+    staying = asyncio.create_task(pool._acquire(loop, key, loop.time() + 30))
+    await asyncio.sleep(0.01)
+    assert len(pool._waiting) == 2
+    pool._release(busy)  # wakes the first waiter...
+    leaving.cancel()  # ...which leaves before it runs
+    got = await asyncio.wait_for(staying, 1)  # the second gets the connection, not a timeout
+    assert got is busy
+    with pytest.raises(asyncio.CancelledError):
+        await leaving

@@ -77,3 +77,31 @@ async def test_a_cancelled_response_is_cancelled():
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
+
+
+async def test_a_leave_whose_cancel_the_stream_absorbed_still_ends_cleanly():
+    """Python 3.11's wait_for can swallow a cancel (the proxy's pipe waits with it): the
+    response still ends at the next event, sends nothing more, and leaves its task with
+    no cancel pending."""
+
+    async def events() -> AsyncIterator[bytes]:
+        yield b"data: first\n\n"
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            pass  # absorbed on the way
+        yield b"data: late\n\n"
+
+    caller = Caller()
+
+    async def respond() -> int:
+        await SseResponse(events(), 200, {})({}, caller.receive, caller.send)
+        task = asyncio.current_task()
+        assert task is not None
+        return task.cancelling()
+
+    task = asyncio.create_task(respond())
+    await asyncio.sleep(0.05)
+    caller.leave.set()
+    assert await asyncio.wait_for(task, 2) == 0
+    assert [m.get("body") for m in caller.sent[1:]] == [b"data: first\n\n"]

@@ -10,8 +10,8 @@ httptools (the C parser uvicorn uses) in an asyncio Protocol, and keeps connecti
 alive in a pool per (host, port): one future and one timer per request.
 
 Scope, on purpose: `http://` only, a body known up front, the whole answer read before it
-is returned. `https://`, streams and anything with a header berth would not write itself
-go through aiohttp (`agent_http.HttpAgentClient` decides), so behaviour there is
+is returned, no HEAD (the answer's framing depends on it). `https://`, streams, HEAD and
+anything with a header berth would not write itself go through aiohttp (`agent_http.HttpAgentClient` decides), so behaviour there is
 unchanged. Failures mean what aiohttp's meant to the dispatcher: nothing sent (no
 connection) is `reached=False`; anything after the request was written (a reset, a
 timeout, a malformed answer) is `reached=True`.
@@ -40,7 +40,7 @@ def h1_target(url: str) -> tuple[str, int, bytes, bytes] | None:
     client does not serve it (another scheme, credentials in the URL, odd characters)."""
     try:
         u = urlsplit(url)
-        port = u.port or 80
+        port = 80 if u.port is None else u.port
     except ValueError:
         return None
     if u.scheme != "http" or not u.hostname or u.username or u.password:
@@ -84,19 +84,25 @@ class _Conn(asyncio.Protocol):
         self._body: list[bytes] = []
         self._keep = True
         self._got_headers = False
+        self._stray = False  # bytes of an answer nobody asked for: not reusable
 
     # asyncio.Protocol -------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
-        if self._parser is None:  # bytes nobody asked for: the connection is not reusable
+        parser = self._parser
+        if parser is None:  # bytes nobody asked for: the connection is not reusable
             self._close()
             return
         try:
-            self._parser.feed_data(data)
-        except httptools.HttpParserError as e:
-            self._fail(AgentUnreachable(f"malformed HTTP answer from the agent: {e}", reached=True))
+            parser.feed_data(data)
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade) as e:
+            why = f"malformed HTTP answer from the agent: {type(e).__name__}: {e}"
+            self._fail(AgentUnreachable(why, reached=True))
+            self._close()
+            return
+        if self._stray:  # more than the one answer in these bytes
             self._close()
 
     def eof_received(self) -> bool:
@@ -108,8 +114,8 @@ class _Conn(asyncio.Protocol):
         fut = self._fut
         if fut is None or fut.done():
             return
-        if self._got_headers and not self._chunked_or_sized():
-            self._finish()  # a body delimited by the end of the connection
+        if exc is None and self._got_headers and not self._chunked_or_sized():
+            self._finish()  # a body delimited by the end of the connection (not by a reset)
             return
         why = f": {exc}" if exc else ""
         self._fail(
@@ -119,21 +125,31 @@ class _Conn(asyncio.Protocol):
         )
 
     # httptools callbacks ------------------------------------------------------
+    def on_message_begin(self) -> None:
+        if self._fut is None:  # a second answer after the one asked for
+            self._stray = True
+
     def on_header(self, name: bytes, value: bytes) -> None:
+        if self._fut is None:
+            return
         k = name.decode("latin-1").lower()
         v = value.decode("latin-1")
         self._headers[k] = f"{self._headers[k]}, {v}" if k in self._headers else v
 
     def on_headers_complete(self) -> None:
-        assert self._parser is not None
+        if self._fut is None or self._parser is None:
+            return
         self._status = self._parser.get_status_code()
         self._keep = self._parser.should_keep_alive()
         self._got_headers = True
 
     def on_body(self, body: bytes) -> None:
-        self._body.append(body)
+        if self._fut is not None:
+            self._body.append(body)
 
     def on_message_complete(self) -> None:
+        if self._fut is None:
+            return
         if 100 <= self._status < 200:  # an interim answer: the real one follows
             self._reset_answer()
             return
@@ -147,12 +163,16 @@ class _Conn(asyncio.Protocol):
         assert self.transport is not None
         self.transport.write(head + body if body else head)
 
-    def time_out(self, timeout: float) -> None:
-        self.abort(AgentUnreachable(f"TimeoutError: no answer within {timeout:g} s", reached=True))
+    def time_out(self, fut: asyncio.Future[AgentReply], timeout: float) -> None:
+        why = AgentUnreachable(f"TimeoutError: no answer within {timeout:g} s", reached=True)
+        self.abort(fut, why)
 
-    def abort(self, why: AgentUnreachable) -> None:
-        self._fail(why)
-        self._close()
+    def abort(self, fut: asyncio.Future[AgentReply], why: AgentUnreachable) -> None:
+        """End the request of `fut` and the connection, if the connection still carries
+        it (once answered, it may already carry another caller's request)."""
+        if self._fut is fut:
+            self._fail(why)
+            self._close()
 
     def _reset_answer(self) -> None:
         self._status, self._headers, self._body, self._got_headers = 0, {}, [], False
@@ -168,7 +188,7 @@ class _Conn(asyncio.Protocol):
             self._close()
             return
         body = b"".join(self._body)
-        headers, self._body = self._headers, []
+        headers, self._headers, self._body = self._headers, {}, []
         coding = headers.get("content-encoding", "").strip().lower()
         if coding in ("gzip", "deflate", "x-gzip") and body:
             try:
@@ -223,6 +243,8 @@ class H1Pool:
         timeout: float,
     ) -> AgentReply | None:
         """The agent's whole answer; None when these headers are for aiohttp to write."""
+        if method == "HEAD":
+            return None
         lines = _encode_headers(headers)
         if lines is None:
             return None
@@ -235,12 +257,12 @@ class H1Pool:
         deadline = loop.time() + timeout
         conn = await self._acquire(loop, (host, port), deadline)
         fut: asyncio.Future[AgentReply] = loop.create_future()
-        timer = loop.call_at(deadline, conn.time_out, timeout)
+        timer = loop.call_at(deadline, conn.time_out, fut, timeout)
         try:
             conn.send(head, body, fut)
             return await fut
         except asyncio.CancelledError:
-            conn.abort(AgentUnreachable("the request was cancelled", reached=True))
+            conn.abort(fut, AgentUnreachable("the request was cancelled", reached=True))
             raise
         finally:
             timer.cancel()
@@ -248,29 +270,29 @@ class H1Pool:
     async def _acquire(
         self, loop: asyncio.AbstractEventLoop, key: tuple[str, int], deadline: float
     ) -> _Conn:
-        idle = self._idle.get(key)
-        while idle:
-            conn = idle.pop()
-            if not conn.closed and conn.transport is not None and not conn.transport.is_closing():
-                return conn
+        conn = self._pop_idle(key)
+        if conn is not None:
+            return conn
         while len(self._open) >= self._limit and not self._evict_idle():
             waiter: asyncio.Future[None] = loop.create_future()
             self._waiting.append(waiter)
             try:
                 async with asyncio.timeout_at(deadline):
                     await waiter
-            except TimeoutError:
-                raise AgentUnreachable(
-                    "TimeoutError: no free connection to the agent in time", reached=False
-                ) from None
+            except BaseException as e:
+                if waiter.done() and not waiter.cancelled():
+                    self._wake_one()  # woken, but leaving: the room goes to the next one
+                if isinstance(e, TimeoutError):
+                    raise AgentUnreachable(
+                        "TimeoutError: no free connection to the agent in time", reached=False
+                    ) from None
+                raise
             finally:
                 with contextlib.suppress(ValueError):
                     self._waiting.remove(waiter)
-            idle = self._idle.get(key)
-            while idle:
-                conn = idle.pop()
-                if not conn.closed:
-                    return conn
+            conn = self._pop_idle(key)
+            if conn is not None:
+                return conn
         conn = _Conn(self, key)
         self._open.add(conn)
         try:
@@ -287,6 +309,15 @@ class H1Pool:
             raise
         self.connections_made += 1
         return conn
+
+    def _pop_idle(self, key: tuple[str, int]) -> _Conn | None:
+        """A kept-alive connection to `key` that is still open, if there is one."""
+        idle = self._idle.get(key)
+        while idle:
+            conn = idle.pop()
+            if not conn.closed and conn.transport is not None and not conn.transport.is_closing():
+                return conn
+        return None
 
     def _evict_idle(self) -> bool:
         """Close an idle connection (of any host) to make room under the limit."""

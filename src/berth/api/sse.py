@@ -31,14 +31,15 @@ class SseResponse(Response):
         self.init_headers(headers)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        gone = asyncio.Event()
         me = asyncio.current_task()
+        left = False  # the caller disconnected, and the watcher cancelled this task
 
         async def watch() -> None:
+            nonlocal left
             while (await receive())["type"] != "http.disconnect":
                 pass
-            gone.set()
             if me is not None:
+                left = True
                 me.cancel()  # stop waiting for the next event: nobody will read it
 
         watcher = asyncio.ensure_future(watch())
@@ -51,17 +52,21 @@ class SseResponse(Response):
                 }
             )
             async for chunk in self.stream:
-                if gone.is_set():
-                    return
+                if left:  # the cancel was absorbed on its way (e.g. by a wait_for inside)
+                    break
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            else:
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
         except asyncio.CancelledError:
-            if not gone.is_set():
+            # the caller left: this response is over, not cancelled; a cancel of its own
+            # (a shutdown) besides the watcher's still propagates
+            if not left or me is None or me.uncancel() > 0:
                 raise
-            if me is not None:
-                me.uncancel()  # the caller left: this response is over, not cancelled
+            left = False
         finally:
             watcher.cancel()
+            if left and me is not None and me.cancelling():
+                me.uncancel()  # the watcher's cancel, absorbed before it reached us
             aclose = getattr(self.stream, "aclose", None)
             if aclose is not None:
                 with contextlib.suppress(Exception):

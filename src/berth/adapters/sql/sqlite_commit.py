@@ -258,15 +258,18 @@ _Job = tuple[Callable[..., Any], tuple[Any, ...], asyncio.AbstractEventLoop, "as
 def _serve(jobs: queue.SimpleQueue[_Job | None]) -> None:
     """The committer thread: run each job, hand its outcome to the job's loop."""
     while (job := jobs.get()) is not None:
-        fn, args, loop, fut = job
-        try:
-            value = fn(*args)
-        except BaseException as e:  # handed to the awaiting coroutine
-            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
-                loop.call_soon_threadsafe(_settle, fut, None, e)
-            continue
-        with contextlib.suppress(RuntimeError):
-            loop.call_soon_threadsafe(_settle, fut, value, None)
+        _run(job)
+        del job  # nothing of a batch outlives it while the thread waits
+
+
+def _run(job: _Job) -> None:
+    fn, args, loop, fut = job
+    try:
+        value, error = fn(*args), None
+    except BaseException as e:  # handed to the awaiting coroutine
+        value, error = None, e
+    with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+        loop.call_soon_threadsafe(_settle, fut, value, error)
 
 
 def _settle(fut: asyncio.Future[Any], value: Any, error: BaseException | None) -> None:

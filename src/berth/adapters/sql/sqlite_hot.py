@@ -47,12 +47,12 @@ def accept_sql(
 
 
 # the in-flight accept binds positionally (named parameters cost a dict lookup each):
-# the delivery's columns in D_COLUMNS order, then the guard's: workspace, now, capacity,
-# workspace, capacity
+# the delivery's columns in D_COLUMNS order, then the guard's: its not_before and now (a
+# message held for later is not claimable yet), workspace, now, capacity, workspace, capacity
 _IN_FLIGHT_SQL = (
     f"INSERT INTO deliveries ({', '.join(rows.D_COLUMNS)}) "
     f"SELECT {', '.join('?' * len(rows.D_COLUMNS))} "
-    "WHERE NOT EXISTS (SELECT 1 FROM deliveries INDEXED BY deliveries_queued "
+    "WHERE ? <= ? AND NOT EXISTS (SELECT 1 FROM deliveries INDEXED BY deliveries_queued "
     f"WHERE workspace_id = ? AND status = '{rows.QUEUED}' AND not_before <= ?) "
     "AND (? IS NULL OR (SELECT count(*) FROM deliveries INDEXED BY deliveries_in_flight "
     f"WHERE workspace_id = ? AND status = '{rows.IN_FLIGHT}') < ?)"
@@ -74,7 +74,16 @@ def accept_in_flight_sql(
     flying.lease_owner, flying.lease_until = owner, until
     flying.forwards = d.forwards + 1
     flying.first_forwarded_at = flying.updated_at = now
-    params = (*rows.d_values(flying), d.workspace_id, now, capacity, d.workspace_id, capacity)
+    params = (
+        *rows.d_values(flying),
+        d.not_before,
+        now,
+        d.workspace_id,
+        now,
+        capacity,
+        d.workspace_id,
+        capacity,
+    )
 
     def go(c: sqlite3.Connection) -> Delivery | None:
         row = c.execute(_IN_FLIGHT_SQL, params).fetchone()
