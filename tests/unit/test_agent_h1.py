@@ -422,3 +422,20 @@ async def test_a_woken_waiter_that_leaves_passes_the_room_on():
     assert got is busy
     with pytest.raises(asyncio.CancelledError):
         await leaving
+
+
+async def test_a_connection_idle_past_the_reuse_limit_is_closed_not_reused():
+    runner, base = await serve_app(echo_app([]))
+    client = HttpAgentClient()
+    client.h1._idle_reuse = 0.1
+    try:
+        assert (await client.post(f"{base}/a2a", b"1", {}, 5)).body == b"1"
+        assert (await client.post(f"{base}/a2a", b"2", {}, 5)).body == b"2"
+        assert client.h1.connections_made == 1  # reused while fresh
+        await asyncio.sleep(0.2)
+        assert (await client.post(f"{base}/a2a", b"3", {}, 5)).body == b"3"
+        assert client.h1.connections_made == 2  # the stale one was closed, a new one made
+        assert len(client.h1._open) == 1
+    finally:
+        await client.close()
+        await runner.cleanup()

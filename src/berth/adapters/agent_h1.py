@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import time
 import zlib
 from urllib.parse import urlsplit
 
@@ -85,6 +86,7 @@ class _Conn(asyncio.Protocol):
         self._keep = True
         self._got_headers = False
         self._stray = False  # bytes of an answer nobody asked for: not reusable
+        self.idle_since = 0.0  # when it went back to the pool (monotonic)
 
     # asyncio.Protocol -------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -223,12 +225,21 @@ class _Conn(asyncio.Protocol):
                 self.transport.close()
 
 
+# A kept-alive connection idle longer than this is closed rather than reused: servers close
+# idle connections on their own clock (uvicorn and Node after 5 s), and a request written
+# just as the server's close is in flight fails as a transport failure (an attempt).
+IDLE_REUSE_SECONDS = 4.0
+
+
 class H1Pool:
     """Keep-alive connections per (host, port), at most `limit` open at once in all."""
 
-    def __init__(self, *, limit: int = 256, idle_per_host: int = 64) -> None:
+    def __init__(
+        self, *, limit: int = 256, idle_per_host: int = 64, idle_reuse: float = IDLE_REUSE_SECONDS
+    ) -> None:
         self._limit = limit
         self._idle_per_host = idle_per_host
+        self._idle_reuse = idle_reuse
         self._idle: dict[tuple[str, int], list[_Conn]] = {}
         self._open: set[_Conn] = set()
         self._waiting: list[asyncio.Future[None]] = []
@@ -313,8 +324,16 @@ class H1Pool:
     def _pop_idle(self, key: tuple[str, int]) -> _Conn | None:
         """A kept-alive connection to `key` that is still open, if there is one."""
         idle = self._idle.get(key)
+        if not idle:
+            return None
+        oldest = time.monotonic() - self._idle_reuse
         while idle:
-            conn = idle.pop()
+            conn = idle.pop()  # the most recently used first
+            if conn.idle_since < oldest:
+                conn._close()  # and every other one: they are older still
+                for stale in list(idle):
+                    stale._close()
+                return None
             if not conn.closed and conn.transport is not None and not conn.transport.is_closing():
                 return conn
         return None
@@ -332,6 +351,7 @@ class H1Pool:
         if len(idle) >= self._idle_per_host:
             conn._close()
             return
+        conn.idle_since = time.monotonic()
         idle.append(conn)
         self._wake_one()
 
