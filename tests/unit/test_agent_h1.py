@@ -5,11 +5,12 @@ ones that misbehave. Each case is one a forward meets in practice."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gzip
 import logging
 import socket
 import struct
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 from aiohttp import web
@@ -34,6 +35,37 @@ async def read_request(reader: asyncio.StreamReader) -> tuple[bytes, bytes]:
         if line.lower().startswith(b"content-length:"):
             length = int(line.split(b":")[1])
     return head, await reader.readexactly(length)
+
+
+@contextlib.asynccontextmanager
+async def agent(handler: Handler) -> AsyncIterator[tuple[str, HttpAgentClient]]:
+    """A scripted agent on loopback and a client for it, both closed afterwards."""
+    server, url = await raw_server(handler)
+    client = HttpAgentClient()
+    try:
+        yield url, client
+    finally:
+        server.close()
+        await client.close()
+
+
+def scripted(answer: Callable[[int], Awaitable[bytes]]) -> Handler:
+    """A handler answering each request, on any connection, with `answer(n)` (n counts
+    requests from 1 across connections), keeping connections alive."""
+    n = 0
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal n
+        while True:
+            try:
+                await read_request(reader)
+            except (asyncio.IncompleteReadError, ConnectionError):
+                return
+            n += 1
+            writer.write(await answer(n))
+            await writer.drain()
+
+    return handle
 
 
 def echo_app(seen: list[web.Request]) -> web.Application:
@@ -153,24 +185,12 @@ async def test_refused_is_not_reached_and_a_hang_up_is():
 
 
 async def test_a_timeout_is_reached_and_the_connection_is_not_reused():
-    calls = 0
+    async def slow_then_fast(n: int) -> bytes:
+        if n == 1:
+            await asyncio.sleep(1)  # past the caller's timeout
+        return b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
 
-    async def slow_then_fast(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        nonlocal calls
-        while True:
-            try:
-                await read_request(reader)
-            except (asyncio.IncompleteReadError, ConnectionError):
-                return
-            calls += 1
-            if calls == 1:
-                await asyncio.sleep(1)  # past the caller's timeout
-            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
-            await writer.drain()
-
-    server, url = await raw_server(slow_then_fast)
-    client = HttpAgentClient()
-    try:
+    async with agent(scripted(slow_then_fast)) as (url, client):
         with pytest.raises(AgentUnreachable) as late:
             await client.post(url, b"{}", {}, timeout=0.2)
         assert late.value.reached is True and "TimeoutError" in str(late.value)
@@ -178,9 +198,6 @@ async def test_a_timeout_is_reached_and_the_connection_is_not_reused():
         reply = await client.post(url, b"{}", {}, timeout=5)
         assert reply.body == b"ok"
         assert client.h1.connections_made == 2
-    finally:
-        server.close()
-        await client.close()
 
 
 async def test_an_answer_ended_by_the_connection_close_and_a_malformed_one():
@@ -225,16 +242,11 @@ async def test_a_connection_the_agent_closed_while_idle_is_not_used_again():
         await asyncio.sleep(0.05)
         writer.close()  # an idle keep-alive timeout, as uvicorn's after 5 s
 
-    server, url = await raw_server(one_per_connection)
-    client = HttpAgentClient()
-    try:
+    async with agent(one_per_connection) as (url, client):
         for _ in range(3):
             assert (await client.post(url, b"{}", {}, 5)).body == b"ok"
             await asyncio.sleep(0.2)
         assert client.h1.connections_made == 3
-    finally:
-        server.close()
-        await client.close()
 
 
 async def test_what_the_lean_client_declines_goes_through_aiohttp():
@@ -265,18 +277,13 @@ async def test_a_cancelled_forward_closes_its_connection():
         got_request.set()
         await asyncio.sleep(10)
 
-    server, url = await raw_server(never_answers)
-    client = HttpAgentClient()
-    try:
+    async with agent(never_answers) as (url, client):
         task = asyncio.create_task(client.post(url, b"{}", {}, 30))
         await asyncio.wait_for(got_request.wait(), 5)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
         assert not client.h1._open and not any(client.h1._idle.values())
-    finally:
-        server.close()
-        await client.close()
 
 
 async def test_head_goes_through_aiohttp_and_does_not_wait_for_a_body():
@@ -301,48 +308,27 @@ async def test_a_reset_in_a_close_delimited_body_is_a_failure_not_an_answer():
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         writer.transport.abort()  # RST, not FIN
 
-    server, url = await raw_server(reset)
-    client = HttpAgentClient()
-    try:
+    async with agent(reset) as (url, client):
         with pytest.raises(AgentUnreachable) as cut:
             await client.post(url, b"{}", {}, 5)
         assert cut.value.reached is True
-    finally:
-        server.close()
-        await client.close()
 
 
 async def test_an_answer_nobody_asked_for_is_not_taken_for_the_next_one():
-    n = 0
+    async def two_answers(n: int) -> bytes:
+        if n == 1:  # one request, two answers in one write
+            return (
+                b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+                b"HTTP/1.1 200 OK\r\nX-Evil: 1\r\nContent-Length: 3\r\n\r\nbad"
+            )
+        return b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\ngood"
 
-    async def two_answers(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        nonlocal n
-        while True:
-            try:
-                await read_request(reader)
-            except (asyncio.IncompleteReadError, ConnectionError):
-                return
-            n += 1
-            if n == 1:  # one request, two answers in one write
-                writer.write(
-                    b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
-                    b"HTTP/1.1 200 OK\r\nX-Evil: 1\r\nContent-Length: 3\r\n\r\nbad"
-                )
-            else:
-                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\ngood")
-            await writer.drain()
-
-    server, url = await raw_server(two_answers)
-    client = HttpAgentClient()
-    try:
+    async with agent(scripted(two_answers)) as (url, client):
         first = await client.post(url, b"{}", {}, 5)
         assert first.body == b"ok" and "x-evil" not in first.headers
         second = await client.post(url, b"{}", {}, 5)
         assert second.body == b"good"
         assert client.h1.connections_made == 2  # the first connection was not reused
-    finally:
-        server.close()
-        await client.close()
 
 
 async def test_a_switch_of_protocols_is_a_failure(caplog: pytest.LogCaptureFixture):
@@ -354,17 +340,12 @@ async def test_a_switch_of_protocols_is_a_failure(caplog: pytest.LogCaptureFixtu
         await writer.drain()
         await asyncio.sleep(1)
 
-    server, url = await raw_server(upgrade)
-    client = HttpAgentClient()
-    try:
+    async with agent(upgrade) as (url, client):
         with caplog.at_level(logging.ERROR, logger="asyncio"):
             with pytest.raises(AgentUnreachable) as bad:
                 await client.post(url, b"{}", {}, 5)
         assert bad.value.reached is True
         assert not caplog.records  # handled, not a protocol's "fatal error"
-    finally:
-        server.close()
-        await client.close()
 
 
 class _Transport:
