@@ -81,7 +81,8 @@ class Container:
         await self.bus.start()  # subscribed across replicas before anything listens or publishes
         run = self.supervisor.run
         run("dispatcher-upkeep", self.dispatcher.upkeep)
-        run("waiters", self.deliveries.listen)
+        if not self.sole:  # other replicas' settles; the only replica resolves its own
+            run("waiters", self.deliveries.listen)
         run("replicas", self._follow_replicas)
         run("housekeeping", self._housekeeping)
         run("flow-events", self.events.pump)

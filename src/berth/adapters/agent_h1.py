@@ -84,7 +84,6 @@ class _Conn(asyncio.Protocol):
         self._headers: dict[str, str] = {}
         self._body: list[bytes] = []
         self._keep = True
-        self._got_headers = False
         self._stray = False  # bytes of an answer nobody asked for: not reusable
         self.idle_since = 0.0  # when it went back to the pool (monotonic)
 
@@ -116,7 +115,7 @@ class _Conn(asyncio.Protocol):
         fut = self._fut
         if fut is None or fut.done():
             return
-        if exc is None and self._got_headers and not self._chunked_or_sized():
+        if exc is None and self._status and not self._chunked_or_sized():
             self._finish()  # a body delimited by the end of the connection (not by a reset)
             return
         why = f": {exc}" if exc else ""
@@ -143,7 +142,6 @@ class _Conn(asyncio.Protocol):
             return
         self._status = self._parser.get_status_code()
         self._keep = self._parser.should_keep_alive()
-        self._got_headers = True
 
     def on_body(self, body: bytes) -> None:
         if self._fut is not None:
@@ -177,7 +175,7 @@ class _Conn(asyncio.Protocol):
             self._close()
 
     def _reset_answer(self) -> None:
-        self._status, self._headers, self._body, self._got_headers = 0, {}, [], False
+        self._status, self._headers, self._body = 0, {}, []  # status 0: no headers yet
 
     def _chunked_or_sized(self) -> bool:
         return "content-length" in self._headers or "chunked" in self._headers.get(

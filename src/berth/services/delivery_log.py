@@ -175,7 +175,8 @@ class DeliveryLog:
         return await self._waiters.wait(delivery_id, timeout, fresh=fresh)
 
     async def listen(self) -> None:
-        """Resolve local waiters when another replica settles a delivery (a background loop)."""
+        """Resolve local waiters when another replica settles a delivery (a background loop;
+        not run on the only replica of a log, which resolves its own)."""
         await self._waiters.listen()
 
     # the message's path ---------------------------------------------------
