@@ -116,6 +116,15 @@ class BerthServer:
             self.proc.kill()
             self.proc.wait()
 
+    def print_log_tail(self, chars: int = 12_000) -> None:
+        """The end of the server's log and of each process agent's, on stdout (a failed
+        test's report shows it)."""
+        logs = [self.log, *sorted(self.data_dir.glob("**/*.log"))]
+        for path in dict.fromkeys(logs):
+            if path.is_file():
+                text = path.read_text(errors="replace")
+                print(f"----- {path} (last {chars} chars) -----\n{text[-chars:]}")
+
     def client(self, timeout: float = 120.0) -> httpx.AsyncClient:
         return httpx.AsyncClient(
             base_url=self.url,

@@ -188,10 +188,19 @@ async def test_a2a_sdk_clients_over_both_bindings_across_a_restart(berth_server)
                 )
             r = await c.post("/v1/workspaces/sdkc/restart", json={})
             assert r.status_code in (200, 202), r.text
-            # every client, sent while the workspace restarts: held, then streamed
-            results = await asyncio.gather(
-                *(run(combo, f"task after {combo[0]} {combo[1]}") for combo in combos)
-            )
+            # every client, sent while the workspace restarts: held, then streamed (bounded:
+            # a stream that never ends fails here with the log's view of every delivery)
+            try:
+                results = await asyncio.wait_for(
+                    asyncio.gather(
+                        *(run(combo, f"task after {combo[0]} {combo[1]}") for combo in combos)
+                    ),
+                    90,
+                )
+            except TimeoutError:
+                ws = (await c.get("/v1/workspaces/sdkc")).json()
+                log = (await c.get("/v1/workspaces/sdkc/deliveries")).json()
+                pytest.fail(f"streams across the restart did not end: {ws} {log}")
             for combo, got in zip(combos, results, strict=True):
                 kinds = [next(iter(e)) for e in got]
                 assert kinds[0] == "task" and kinds[-1] == "statusUpdate", (combo, got)
