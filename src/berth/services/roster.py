@@ -2,6 +2,13 @@
 
 Whoever changes a workspace in the store puts the new record here (`put`); changes made by
 other replicas arrive as WS_TOPIC notifications and a periodic refresh.
+
+A refresh reads the store while this replica may be writing the same workspace: a read
+that began before a write committed can come back after that write's record was put, and
+must not replace it (a restart's new agent URL was lost that way, and its agent never came
+online: the CI hang of stop 19). So each put counts, and a refresh that sees a put happen
+while it read reads again (a few times; a workspace written that often is refreshed by the
+notices of those writes anyway).
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ from berth.domain.workspace import Workspace
 from berth.ports import Store
 
 __all__ = ["Roster"]
+REFRESH_TRIES = 3
 
 
 class Roster:
@@ -24,6 +32,7 @@ class Roster:
         self._tokens: dict[str, str] = {}  # token hash and run token hash -> ws id
         self._changed: dict[str, asyncio.Condition] = {}
         self._listeners: list[Callable[[Workspace], None]] = []
+        self._puts: dict[str, int] = {}  # ws id -> puts so far (a refresh's staleness check)
 
     def on_change(self, fn: Callable[[Workspace], None]) -> None:
         self._listeners.append(fn)
@@ -59,6 +68,9 @@ class Roster:
         if ws_id is not None:
             return self._by_id[ws_id]
         ws = await self._store.get_workspace(ref)
+        known = self._by_id.get(ws.id)
+        if known is not None:  # put while this read was under way: that record is newer
+            return known
         self.put(ws)
         return ws
 
@@ -69,6 +81,7 @@ class Roster:
                 self._names.pop(old.name, None)
             self._forget_tokens(old)
         self._by_id[ws.id] = ws
+        self._puts[ws.id] = self._puts.get(ws.id, 0) + 1
         self._names[ws.name] = ws.id
         for h in (ws.token_hash, ws.run_token_hash, ws.peer_run_token_hash):
             if h:
@@ -80,6 +93,7 @@ class Roster:
             fn(ws)
 
     def drop(self, ws_id: str) -> None:
+        self._puts[ws_id] = self._puts.get(ws_id, 0) + 1  # a refresh under way must not revive it
         ws = self._by_id.pop(ws_id, None)
         if ws is not None:
             self._names.pop(ws.name, None)
@@ -91,18 +105,32 @@ class Roster:
                 del self._tokens[h]
 
     async def refresh(self, ws_id: str | None = None) -> None:
+        """Read one workspace (or all) from the store again. What this replica put while
+        the read was under way is kept: the read may predate it."""
         if ws_id is None:
+            seen = dict(self._puts)
             current = await self._store.list_workspaces()
+            unchanged = {i for i, n in self._puts.items() if seen.get(i) == n}
             for gone in set(self._by_id) - {w.id for w in current}:
-                self.drop(gone)
+                if gone in unchanged:
+                    self.drop(gone)
             for w in current:
-                if self._by_id.get(w.id) != w:
+                if self._by_id.get(w.id) != w and (w.id in unchanged or w.id not in self._puts):
                     self.put(w)
             return
-        try:
-            self.put(await self._store.get_workspace(ws_id))
-        except NotFound:
-            self.drop(ws_id)
+        for _ in range(REFRESH_TRIES):
+            before = self._puts.get(ws_id, 0)
+            try:
+                ws: Workspace | None = await self._store.get_workspace(ws_id)
+            except NotFound:
+                ws = None
+            if self._puts.get(ws_id, 0) != before:
+                continue  # written here meanwhile: that record may be newer than this read
+            if ws is None:
+                self.drop(ws_id)
+            else:
+                self.put(ws)
+            return
 
     async def wait_for(
         self, ws_id: str, pred: Callable[[Workspace | None], bool], timeout: float

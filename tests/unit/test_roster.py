@@ -1,0 +1,96 @@
+"""The roster and the store's reads racing this replica's own writes: a refresh whose read
+began before a write must not put back what the write replaced (CI stop 19: a restart's
+new agent URL was replaced by the record read before it, so the card probe never found
+the new agent, and the restart failed after 30 s with every held message waiting)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from berth.adapters.memory_store import MemoryStore
+from berth.domain.workspace import Workspace
+from berth.services.roster import Roster
+from tests.contract.test_store import make_ws
+
+
+class SlowReads(MemoryStore):
+    """A store whose reads take the value at their start and answer when released: the
+    shape of a read that ran before a write committed and came back after it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = asyncio.Event()
+        self.reads = 0
+
+    async def get_workspace(self, ref: str) -> Workspace:
+        got = await super().get_workspace(ref)
+        self.reads += 1
+        if self.reads == 1:
+            await self.release.wait()
+        return got
+
+    async def list_workspaces(self) -> list[Workspace]:
+        got = await super().list_workspaces()
+        await self.release.wait()
+        return got
+
+
+async def _setup() -> tuple[SlowReads, Roster, Workspace]:
+    store = SlowReads()
+    ws = make_ws("r1")
+    await store.create_workspace(ws)
+    roster = Roster(store)
+    roster.put(await MemoryStore.get_workspace(store, ws.id))
+    return store, roster, ws
+
+
+async def _write(store: MemoryStore, roster: Roster, ws_id: str, **fields: Any) -> Workspace:
+    """What the runner does: write the store, put what it returned."""
+    new = await store.update_workspace(ws_id, **fields)
+    roster.put(new)
+    return new
+
+
+async def test_a_refresh_read_before_a_write_does_not_replace_the_write() -> None:
+    store, roster, ws = await _setup()
+    refresh = asyncio.ensure_future(roster.refresh(ws.id))
+    await asyncio.sleep(0)  # the read has the old record
+    await _write(store, roster, ws.id, agent_url="http://127.0.0.1:4242")
+    store.release.set()
+    await refresh
+    got = roster.peek(ws.id)
+    assert got is not None and got.agent_url == "http://127.0.0.1:4242"
+    assert store.reads == 2  # it read again rather than keep what it had
+
+
+async def test_a_full_refresh_keeps_what_was_written_while_it_read() -> None:
+    store, roster, ws = await _setup()
+    other = make_ws("r2")  # made by another replica: the refresh brings it in
+    await store.create_workspace(other)
+    refresh = asyncio.ensure_future(roster.refresh())
+    await asyncio.sleep(0)
+    await _write(store, roster, ws.id, agent_url="http://127.0.0.1:4343")
+    store.release.set()
+    await refresh
+    assert roster.peek(ws.id).agent_url == "http://127.0.0.1:4343"  # type: ignore[union-attr]
+    assert roster.peek(other.id) is not None
+
+
+async def test_a_refresh_does_not_revive_a_workspace_dropped_while_it_read() -> None:
+    store, roster, ws = await _setup()
+    refresh = asyncio.ensure_future(roster.refresh(ws.id))
+    await asyncio.sleep(0)
+    roster.drop(ws.id)
+    await store.delete_workspace(ws.id)
+    store.release.set()
+    await refresh
+    assert roster.peek(ws.id) is None
+
+
+async def test_a_refresh_with_no_write_meanwhile_takes_the_store_s_record() -> None:
+    store, roster, ws = await _setup()
+    await store.update_workspace(ws.id, agent_url="http://127.0.0.1:4444")  # elsewhere
+    store.release.set()
+    await roster.refresh(ws.id)
+    assert roster.peek(ws.id).agent_url == "http://127.0.0.1:4444"  # type: ignore[union-attr]
