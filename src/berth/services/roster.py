@@ -14,12 +14,14 @@ notices of those writes anyway).
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable
 
 from berth.domain.errors import NotFound
 from berth.domain.workspace import Workspace
 from berth.ports import Store
 
+log = logging.getLogger("berth.roster")
 __all__ = ["Roster"]
 REFRESH_TRIES = 3
 
@@ -124,8 +126,9 @@ class Roster:
                 ws: Workspace | None = await self._store.get_workspace(ws_id)
             except NotFound:
                 ws = None
-            if self._puts.get(ws_id, 0) != before:
-                continue  # written here meanwhile: that record may be newer than this read
+            if self._puts.get(ws_id, 0) != before:  # that record may be newer than this read
+                log.debug("refresh of %s: written here while it read; reading again", ws_id)
+                continue
             if ws is None:
                 self.drop(ws_id)
             else:
