@@ -46,6 +46,10 @@ class Settle:
     reason: str | None = None
     not_before: float = 0.0
     reply_type: str | None = None
+    # the attempt this settles (the delivery's `forwards` when it was claimed): a forward
+    # that outlived its lease (requeued, then claimed again by the same replica) must not
+    # end the newer attempt. None: any attempt of this owner (operator tools, tests).
+    forward: int | None = None
 
 
 @dataclass(frozen=True)

@@ -419,6 +419,39 @@ async def test_settle_by_wrong_owner_or_missing(store: Store) -> None:
     assert (await store.get_delivery(d.id)).status is D.IN_FLIGHT
 
 
+async def test_settle_of_an_earlier_attempt_does_not_end_a_later_one(store: Store) -> None:
+    """A forward that outlived its lease (a restart requeued it and this same replica claimed
+    it again) settles nothing: the attempt it names is over. Two at once (one flush on
+    PostgreSQL: its batched statement) and one alone."""
+    a, b = await accept_many(store, "w1", 2)
+    first = await claim(store, "w1", owner="r")
+    assert {d.forwards for d in first} == {1}
+    await store.requeue_in_flight("w1")
+    again = await claim(store, "w1", owner="r", now=T0 + 1)
+    assert {d.forwards for d in again} == {2}
+    write_many = getattr(store, "_write_many", None)
+    if write_many is not None:  # PostgreSQL: a flush of several is one batched statement
+        from berth.adapters.sql.postgres_batch import SettleCall
+
+        calls = [SettleCall(i, "r", Settle(D.DONE, forward=1), T0 + 2) for i in (a.id, b.id)]
+        assert await write_many(calls) == [None, None]
+    stale = await asyncio.gather(
+        store.settle(a.id, "r", Settle(D.QUEUED, forward=1), T0 + 2),
+        store.settle(b.id, "r", Settle(D.QUEUED, forward=1), T0 + 2),
+    )
+    assert stale == [None, None]
+    assert {d.status for d in await store.list_deliveries("w1")} == {D.IN_FLIGHT}
+    done = await asyncio.gather(
+        store.settle(a.id, "r", Settle(D.DONE, reply=b"{}", forward=2), T0 + 3),
+        store.settle(b.id, "r", Settle(D.DONE, reply=b"{}", forward=2), T0 + 3),
+    )
+    assert [d.status if d else None for d in done] == [D.DONE, D.DONE]
+    (c,) = await accept_many(store, "w2", 1)
+    await claim(store, "w2", owner="r")
+    assert await store.settle(c.id, "r", Settle(D.DONE, forward=7), T0) is None
+    assert (await store.settle(c.id, "r", Settle(D.DONE, forward=1), T0)) is not None
+
+
 async def test_settle_illegal_status(store: Store) -> None:
     (d,) = await accept_many(store, "w1", 1)
     await claim(store, "w1")

@@ -224,6 +224,8 @@ class MemoryStore(AcceptThenClaim):
         d = self._d.get(delivery_id)
         if d is None or d.status is not D.IN_FLIGHT or d.lease_owner != owner:
             return None
+        if how.forward is not None and d.forwards != how.forward:
+            return None  # a later attempt holds it
         d.status = how.status
         d.attempts += 1 if how.count_attempt else 0
         if how.reply is not None:

@@ -310,6 +310,7 @@ class Dispatcher:
             reply_type=content_type if verdict.status is DeliveryStatus.DONE else None,
             reason=reason,
             not_before=now + hold if hold else 0.0,
+            forward=d.forwards,
         )
         settled = await self._log.settle(d, how)
         if settled is None:

@@ -64,6 +64,7 @@ _SETTLE_ARGS = [
     ("reply", "bytea"),
     ("reply_status", "integer"),
     ("reply_type", "text"),
+    ("forward", "integer"),
 ]
 _ACCEPT_ARGS = [(c, _pg_type(c)) for c in rows.D_COLUMNS]
 _CLAIM_ARGS = [
@@ -116,6 +117,7 @@ BEGIN
                 reply_type = CASE WHEN l.set_reply THEN l.reply_type ELSE x.reply_type END
             FROM locked AS l
             WHERE x.seq = l.seq AND x.status = '{_IN_FLIGHT}' AND x.lease_owner = l.owner
+                AND (l.forward IS NULL OR x.forwards = l.forward)
             RETURNING x
         )
         SELECT 'settle', 0, moved.x FROM moved;
@@ -262,6 +264,7 @@ def _settle_args(calls: list[SettleCall]) -> list[list[Any]]:
                 c.how.reply,
                 c.how.reply_status,
                 c.how.reply_type,
+                c.how.forward,
             )
             for c in calls
         ],

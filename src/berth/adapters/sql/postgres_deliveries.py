@@ -141,6 +141,7 @@ class PostgresDeliveries(PostgresBatches):
             float(how.not_before),
             float(now),
             float(now) if how.status in FINAL else None,
+            how.forward,
         ]
         sets = (
             "status = $3, attempts = attempts + $4, reason = $5, not_before = $6, "
@@ -148,10 +149,10 @@ class PostgresDeliveries(PostgresBatches):
         )
         if how.reply is not None:
             args += [how.reply, how.reply_status, how.reply_type]
-            sets += ", reply = $9, reply_status = $10, reply_type = $11"
+            sets += ", reply = $10, reply_status = $11, reply_type = $12"
         row = await self._fetchrow(
             f"UPDATE deliveries SET {sets} WHERE id = $1 AND status = '{rows.IN_FLIGHT}' "
-            "AND lease_owner = $2 RETURNING *",
+            "AND lease_owner = $2 AND ($9::int IS NULL OR forwards = $9) RETURNING *",
             *args,
         )
         return None if row is None else rows.d_from_row(row)

@@ -122,12 +122,13 @@ class SqliteDeliveries(SqliteBase):
             "rt": how.reply_type,
             "id": delivery_id,
             "owner": owner,
+            "fw": how.forward,
         }
 
         def go(c: sqlite3.Connection) -> Delivery | None:
             row = c.execute(
                 f"UPDATE deliveries SET {sets} WHERE id = :id AND status = '{rows.IN_FLIGHT}' "
-                "AND lease_owner = :owner RETURNING *",
+                "AND lease_owner = :owner AND (:fw IS NULL OR forwards = :fw) RETURNING *",
                 params,
             ).fetchone()
             return None if row is None else rows.d_from_row(row)
