@@ -8,8 +8,10 @@ import asyncio
 import json
 import time
 import uuid
+from typing import Any
 
 from berth.adapters.memory_store import MemoryStore
+from berth.domain.credentials import hash_secret
 from berth.domain.delivery import Delivery
 from berth.domain.delivery import DeliveryStatus as D
 from berth.domain.lifecycle import WorkspaceState as S
@@ -75,6 +77,30 @@ async def test_a_beat_reaches_the_store_at_the_flush_and_a_failed_flush_keeps_it
         # a change beyond the time is written at once
         await w.c.registry.heartbeat(token, {"active_tasks": 2})
         assert (await w.store.get_workspace(ws.id)).active_tasks == 2
+
+
+async def test_an_external_agent_s_beat_reads_the_store_once() -> None:
+    """Its agent credential is looked up first (one read per beat, the idle cost of many
+    external workspaces); a run token this replica has not seen yet is still found."""
+    async with world(heartbeat_seconds=30.0) as w:
+        ws, token = await _external(w, "reads")
+        reads: list[str] = []
+        for name in ("credential_by_secret", "workspace_by_run_token", "get_workspace"):
+            real = getattr(w.store, name)
+
+            async def counted(*a: Any, _real: Any = real, _name: str = name) -> Any:
+                reads.append(_name)
+                return await _real(*a)
+
+            setattr(w.store, name, counted)
+        await w.c.registry.heartbeat(token, {"active_tasks": 0})
+        assert reads == ["credential_by_secret"]
+        # a run token known to the store but not to this replica's roster (a start elsewhere)
+        run = "run-token-" + uuid.uuid4().hex
+        await w.store.update_workspace(ws.id, run_token_hash=hash_secret(run))
+        reads.clear()
+        got = await w.c.access.agent(run)
+        assert got.id == ws.id and reads == ["credential_by_secret", "workspace_by_run_token"]
 
 
 async def test_liveness_counts_beats_another_replica_stored() -> None:

@@ -181,14 +181,17 @@ class Access:
         if not token:
             raise Unauthorized("an agent credential is required (Authorization: Bearer …)")
         h = hash_secret(token)
-        ws = self._roster.by_token(h)  # heartbeats: no database read
+        ws = self._roster.by_token(h)  # a run's heartbeats: no database read
         if ws is not None and h in (ws.run_token_hash, ws.peer_run_token_hash):
             return ws
-        ws = await self._ws.workspace_by_run_token(h)  # not in this replica's view yet
-        if ws is not None:
-            self._roster.put(ws)
-            return ws
+        # an external agent's credential (every beat of one: read first), else a run token
+        # this replica's view does not hold yet (a start elsewhere, moments ago)
         cred = await self._creds.credential_by_secret(h)
+        if cred is None or not cred.active:
+            ws = await self._ws.workspace_by_run_token(h)
+            if ws is not None:
+                self._roster.put(ws)
+                return ws
         if cred is not None and cred.active and cred.role is not Role.AGENT:
             raise Forbidden(
                 "a caller credential cannot register or heartbeat an agent", code="wrong_role"
