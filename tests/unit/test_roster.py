@@ -6,9 +6,13 @@ the new agent, and the restart failed after 30 s with every held message waiting
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 from typing import Any
 
+import pytest
+
 from berth.adapters.memory_store import MemoryStore
+from berth.domain.errors import NotFound
 from berth.domain.workspace import Workspace
 from berth.services.roster import Roster
 from tests.contract.test_store import make_ws
@@ -94,3 +98,33 @@ async def test_a_refresh_with_no_write_meanwhile_takes_the_store_s_record() -> N
     store.release.set()
     await roster.refresh(ws.id)
     assert roster.peek(ws.id).agent_url == "http://127.0.0.1:4444"  # type: ignore[union-attr]
+
+
+async def test_a_heartbeat_s_time_does_not_hold_a_refresh_back() -> None:
+    """A beat moves only the time in memory (no write of the record): a refresh under way
+    still brings in what another replica wrote."""
+    store, roster, ws = await _setup()
+    await store.update_workspace(ws.id, agent_url="http://127.0.0.1:4545")  # elsewhere
+    refresh = asyncio.ensure_future(roster.refresh(ws.id))
+    await asyncio.sleep(0)
+    known = roster.peek(ws.id)
+    assert known is not None
+    roster.put(replace(known, last_heartbeat=123.0), stamp=False)
+    store.release.set()
+    await refresh
+    assert roster.peek(ws.id).agent_url == "http://127.0.0.1:4545"  # type: ignore[union-attr]
+    assert store.reads == 1
+
+
+async def test_get_does_not_revive_a_workspace_dropped_while_it_read() -> None:
+    store = SlowReads()
+    ws = make_ws("r3")
+    await store.create_workspace(ws)
+    roster = Roster(store)  # not known here yet: get reads the store
+    got = asyncio.ensure_future(roster.get(ws.id))
+    await asyncio.sleep(0)
+    roster.drop(ws.id)  # removed here meanwhile
+    store.release.set()
+    with pytest.raises(NotFound):
+        await got
+    assert roster.peek(ws.id) is None and roster._dropped == {}  # forgotten after the read

@@ -55,7 +55,7 @@ class Heartbeats:
         ws = self._roster.peek(ws_id)
         if ws is None:
             return
-        self._roster.put(replace(ws, last_heartbeat=at))
+        self._roster.put(replace(ws, last_heartbeat=at), stamp=False)  # not a write of it
         self._dirty[ws_id] = at
 
     async def flush(self) -> None:

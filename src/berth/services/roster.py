@@ -6,9 +6,12 @@ other replicas arrive as WS_TOPIC notifications and a periodic refresh.
 A refresh reads the store while this replica may be writing the same workspace: a read
 that began before a write committed can come back after that write's record was put, and
 must not replace it (a restart's new agent URL was lost that way, and its agent never came
-online: the CI hang of stop 19). So each put counts, and a refresh that sees a put happen
-while it read reads again (a few times; a workspace written that often is refreshed by the
-notices of those writes anyway).
+online: the CI hang of stop 19). So each put and drop is stamped with a generation, and a
+read whose workspace was put or dropped while it ran is not applied: a refresh reads again
+(a few times; a workspace written that often is refreshed by the notices of those writes
+anyway), `get` answers with what was put (or NotFound, if it was dropped). A heartbeat's
+time is not a write of the record (`put(..., stamp=False)`): a beat never holds a refresh
+back. Drops are remembered only while a read is under way.
 """
 
 from __future__ import annotations
@@ -34,7 +37,12 @@ class Roster:
         self._tokens: dict[str, str] = {}  # token hash and run token hash -> ws id
         self._changed: dict[str, asyncio.Condition] = {}
         self._listeners: list[Callable[[Workspace], None]] = []
-        self._puts: dict[str, int] = {}  # ws id -> puts so far (a refresh's staleness check)
+        # staleness of reads: the generation of each held workspace's last put, and of the
+        # drops made while a read was under way (forgotten when no read is)
+        self._gen = 0
+        self._stamps: dict[str, int] = {}
+        self._dropped: dict[str, int] = {}
+        self._reading = 0
 
     def on_change(self, fn: Callable[[Workspace], None]) -> None:
         self._listeners.append(fn)
@@ -69,21 +77,31 @@ class Roster:
         ws_id = ref if ref in self._by_id else self._names.get(ref)
         if ws_id is not None:
             return self._by_id[ws_id]
-        ws = await self._store.get_workspace(ref)
-        known = self._by_id.get(ws.id)
-        if known is not None:  # put while this read was under way: that record is newer
-            return known
-        self.put(ws)
-        return ws
+        gen = self._begin_read()
+        try:
+            ws = await self._store.get_workspace(ref)
+            if self._moved_since(ws.id, gen):  # put or dropped here while this read ran
+                known = self._by_id.get(ws.id)
+                if known is None:
+                    raise NotFound(f"no workspace {ref!r}", code="workspace_not_found")
+                return known
+            self.put(ws)
+            return ws
+        finally:
+            self._end_read()
 
-    def put(self, ws: Workspace) -> None:
+    def put(self, ws: Workspace, *, stamp: bool = True) -> None:
+        """The record as it now is. `stamp=False`: only a heartbeat's time moved (not a
+        write of the record: a refresh under way still applies)."""
         old = self._by_id.get(ws.id)
         if old is not None:
             if old.name != ws.name:
                 self._names.pop(old.name, None)
             self._forget_tokens(old)
         self._by_id[ws.id] = ws
-        self._puts[ws.id] = self._puts.get(ws.id, 0) + 1
+        if stamp or ws.id not in self._stamps:
+            self._gen += 1
+            self._stamps[ws.id] = self._gen
         self._names[ws.name] = ws.id
         for h in (ws.token_hash, ws.run_token_hash, ws.peer_run_token_hash):
             if h:
@@ -95,7 +113,10 @@ class Roster:
             fn(ws)
 
     def drop(self, ws_id: str) -> None:
-        self._puts[ws_id] = self._puts.get(ws_id, 0) + 1  # a refresh under way must not revive it
+        self._gen += 1
+        self._stamps.pop(ws_id, None)
+        if self._reading:  # a read under way must not bring it back
+            self._dropped[ws_id] = self._gen
         ws = self._by_id.pop(ws_id, None)
         if ws is not None:
             self._names.pop(ws.name, None)
@@ -106,34 +127,53 @@ class Roster:
             if h and self._tokens.get(h) == ws.id:
                 del self._tokens[h]
 
+    def _begin_read(self) -> int:
+        self._reading += 1
+        return self._gen
+
+    def _end_read(self) -> None:
+        self._reading -= 1
+        if not self._reading:
+            self._dropped.clear()
+
+    def _moved_since(self, ws_id: str, gen: int) -> bool:
+        """Was the workspace put or dropped here after generation `gen`?"""
+        return self._stamps.get(ws_id, -1) > gen or self._dropped.get(ws_id, -1) > gen
+
     async def refresh(self, ws_id: str | None = None) -> None:
-        """Read one workspace (or all) from the store again. What this replica put while
-        the read was under way is kept: the read may predate it."""
+        """Read one workspace (or all) from the store again. What this replica put or
+        dropped while the read was under way is kept: the read may predate it."""
         if ws_id is None:
-            seen = dict(self._puts)
-            current = await self._store.list_workspaces()
-            unchanged = {i for i, n in self._puts.items() if seen.get(i) == n}
-            for gone in set(self._by_id) - {w.id for w in current}:
-                if gone in unchanged:
-                    self.drop(gone)
-            for w in current:
-                if self._by_id.get(w.id) != w and (w.id in unchanged or w.id not in self._puts):
-                    self.put(w)
+            gen = self._begin_read()
+            try:
+                current = await self._store.list_workspaces()
+                for gone in set(self._by_id) - {w.id for w in current}:
+                    if not self._moved_since(gone, gen):
+                        self.drop(gone)
+                for w in current:
+                    if self._by_id.get(w.id) != w and not self._moved_since(w.id, gen):
+                        self.put(w)
+            finally:
+                self._end_read()
             return
         for _ in range(REFRESH_TRIES):
-            before = self._puts.get(ws_id, 0)
+            gen = self._begin_read()
             try:
-                ws: Workspace | None = await self._store.get_workspace(ws_id)
-            except NotFound:
-                ws = None
-            if self._puts.get(ws_id, 0) != before:  # that record may be newer than this read
-                log.debug("refresh of %s: written here while it read; reading again", ws_id)
-                continue
-            if ws is None:
-                self.drop(ws_id)
-            else:
-                self.put(ws)
-            return
+                try:
+                    ws: Workspace | None = await self._store.get_workspace(ws_id)
+                except NotFound:
+                    ws = None
+                if self._moved_since(ws_id, gen):  # that record may be newer than this read
+                    log.debug("refresh of %s: written here while it read; reading again", ws_id)
+                    continue
+                if ws is None:
+                    self.drop(ws_id)
+                else:
+                    self.put(ws)
+                return
+            finally:
+                self._end_read()
+        log.info("refresh of %s skipped: written here during each of its reads", ws_id)
 
     async def wait_for(
         self, ws_id: str, pred: Callable[[Workspace | None], bool], timeout: float
