@@ -128,3 +128,24 @@ async def test_get_does_not_revive_a_workspace_dropped_while_it_read() -> None:
     with pytest.raises(NotFound):
         await got
     assert roster.peek(ws.id) is None and roster._dropped == {}  # forgotten after the read
+
+
+async def test_a_read_by_other_means_keeps_what_was_put_or_dropped_meanwhile() -> None:
+    """`read` (a lookup by run token, say) puts what it found unless this replica put or
+    dropped that workspace while it read: then what the roster holds wins."""
+    for meanwhile in ("put", "drop", "nothing"):
+        store = SlowReads()
+        ws = make_ws("r4")
+        await store.create_workspace(ws)
+        roster = Roster(store)
+        newer = replace(ws, agent_url="http://127.0.0.1:4646")
+        got = asyncio.ensure_future(roster.read(lambda s=store, i=ws.id: s.get_workspace(i)))
+        await asyncio.sleep(0)  # the read has the stored record
+        if meanwhile == "put":
+            roster.put(newer)
+        elif meanwhile == "drop":
+            roster.drop(ws.id)
+        store.release.set()
+        found = await got
+        want = {"put": newer, "drop": None, "nothing": ws}[meanwhile]
+        assert found == want and roster.peek(ws.id) == want, meanwhile

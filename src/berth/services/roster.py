@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from berth.domain.errors import NotFound
 from berth.domain.workspace import Workspace
@@ -77,14 +77,22 @@ class Roster:
         ws_id = ref if ref in self._by_id else self._names.get(ref)
         if ws_id is not None:
             return self._by_id[ws_id]
+        ws = await self.read(lambda: self._store.get_workspace(ref))
+        if ws is None:  # dropped here while it was read
+            raise NotFound(f"no workspace {ref!r}", code="workspace_not_found")
+        return ws
+
+    async def read(self, fetch: Callable[[], Awaitable[Workspace | None]]) -> Workspace | None:
+        """A workspace this replica does not hold, read from the store (`fetch`), put here;
+        unless this replica put or dropped it while the read ran: then what it holds now
+        (None if dropped)."""
         gen = self._begin_read()
         try:
-            ws = await self._store.get_workspace(ref)
-            if self._moved_since(ws.id, gen):  # put or dropped here while this read ran
-                known = self._by_id.get(ws.id)
-                if known is None:
-                    raise NotFound(f"no workspace {ref!r}", code="workspace_not_found")
-                return known
+            ws = await fetch()
+            if ws is None:
+                return None
+            if self._moved_since(ws.id, gen):
+                return self._by_id.get(ws.id)
             self.put(ws)
             return ws
         finally:
