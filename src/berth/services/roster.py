@@ -17,8 +17,9 @@ back. Drops are remembered only while a read is under way.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 
 from berth.domain.errors import NotFound
 from berth.domain.workspace import Workspace
@@ -86,8 +87,7 @@ class Roster:
         """A workspace this replica does not hold, read from the store (`fetch`), put here;
         unless this replica put or dropped it while the read ran: then what it holds now
         (None if dropped)."""
-        gen = self._begin_read()
-        try:
+        with self._reading_from() as gen:
             ws = await fetch()
             if ws is None:
                 return None
@@ -95,8 +95,6 @@ class Roster:
                 return self._by_id.get(ws.id)
             self.put(ws)
             return ws
-        finally:
-            self._end_read()
 
     def put(self, ws: Workspace, *, stamp: bool = True) -> None:
         """The record as it now is. `stamp=False`: only a heartbeat's time moved (not a
@@ -135,14 +133,16 @@ class Roster:
             if h and self._tokens.get(h) == ws.id:
                 del self._tokens[h]
 
-    def _begin_read(self) -> int:
+    @contextlib.contextmanager
+    def _reading_from(self) -> Iterator[int]:
+        """A read of the store under way; yields the generation it started at."""
         self._reading += 1
-        return self._gen
-
-    def _end_read(self) -> None:
-        self._reading -= 1
-        if not self._reading:
-            self._dropped.clear()
+        try:
+            yield self._gen
+        finally:
+            self._reading -= 1
+            if not self._reading:
+                self._dropped.clear()
 
     def _moved_since(self, ws_id: str, gen: int) -> bool:
         """Was the workspace put or dropped here after generation `gen`?"""
@@ -152,8 +152,7 @@ class Roster:
         """Read one workspace (or all) from the store again. What this replica put or
         dropped while the read was under way is kept: the read may predate it."""
         if ws_id is None:
-            gen = self._begin_read()
-            try:
+            with self._reading_from() as gen:
                 current = await self._store.list_workspaces()
                 for gone in set(self._by_id) - {w.id for w in current}:
                     if not self._moved_since(gone, gen):
@@ -161,27 +160,24 @@ class Roster:
                 for w in current:
                     if self._by_id.get(w.id) != w and not self._moved_since(w.id, gen):
                         self.put(w)
-            finally:
-                self._end_read()
             return
         for _ in range(REFRESH_TRIES):
-            gen = self._begin_read()
-            try:
-                try:
-                    ws: Workspace | None = await self._store.get_workspace(ws_id)
-                except NotFound:
-                    ws = None
-                if self._moved_since(ws_id, gen):  # that record may be newer than this read
-                    log.debug("refresh of %s: written here while it read; reading again", ws_id)
-                    continue
-                if ws is None:
-                    self.drop(ws_id)
-                else:
-                    self.put(ws)
-                return
-            finally:
-                self._end_read()
+            with self._reading_from() as gen:
+                ws = await self._stored(ws_id)
+                if not self._moved_since(ws_id, gen):  # else: this read may predate a write
+                    if ws is None:
+                        self.drop(ws_id)
+                    else:
+                        self.put(ws)
+                    return
+            log.debug("refresh of %s: written here while it read; reading again", ws_id)
         log.info("refresh of %s skipped: written here during each of its reads", ws_id)
+
+    async def _stored(self, ws_id: str) -> Workspace | None:
+        try:
+            return await self._store.get_workspace(ws_id)
+        except NotFound:
+            return None
 
     async def wait_for(
         self, ws_id: str, pred: Callable[[Workspace | None], bool], timeout: float
