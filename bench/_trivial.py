@@ -2,6 +2,7 @@
 
     python bench/_trivial.py agent --port P
     python bench/_trivial.py proxy --port P --target http://127.0.0.1:Q/
+    python bench/_trivial.py durable --port P --target http://127.0.0.1:Q/ --db FILE
 
 `agent`: a raw ASGI app (no a2a-sdk) under uvicorn that answers every POST with one fixed
 JSON-RPC result (a Message) and serves a minimal agent card, so the agent costs next to
@@ -9,6 +10,13 @@ nothing and berth's own cost shows; a streaming send (`SendStreamingMessage`,
 `message/stream`) gets an SSE stream: a `working` task event at once, the final
 `completed` one 50 ms later (bench/first_event.py --trivial). `proxy`: a bare aiohttp pass-through proxy (not
 durable: no log, no retries) in front of it, the cost of one plain Python hop.
+`durable`: the same proxy plus the least a durable hop must do, so the cost of durability
+itself in Python shows: each request's body is inserted into SQLite (WAL,
+`synchronous=FULL`) and committed before it is forwarded, the agent's answer is written
+to the same row and committed before the caller is answered, and concurrent writes share
+one transaction and one fsync (group commit: one thread drains a queue, runs everything
+waiting in one transaction, commits, and wakes the batch's callers with one hand-off). No
+retries, leases, auth, idempotency or recovery: a floor, not a product.
 """
 
 from __future__ import annotations
@@ -105,14 +113,108 @@ def serve_proxy(port: int, target: str) -> None:
     web.run_app(app, host="127.0.0.1", port=port, print=None, access_log=None)
 
 
+class GroupCommit:
+    """SQLite writes committed in groups by one thread: `await write(sql, params)` returns
+    once the write is in a committed (fsynced, with `synchronous=FULL`) transaction."""
+
+    def __init__(self, path: str) -> None:
+        import queue
+        import sqlite3
+        import threading
+
+        self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=FULL")
+        self.synchronous = self.db.execute("PRAGMA synchronous").fetchone()[0]  # 2: FULL
+        self.db.execute(
+            "CREATE TABLE IF NOT EXISTS log (id INTEGER PRIMARY KEY, body BLOB, reply BLOB)"
+        )
+        self.q: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        threading.Thread(target=self._commit, daemon=True).start()
+
+    def write(self, sql: str, params: tuple[Any, ...]) -> Any:
+        import asyncio
+
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+        self.q.put((sql, params, fut, loop))
+        return fut
+
+    def _commit(self) -> None:
+        import queue
+
+        while True:
+            batch = [self.q.get()]
+            while True:
+                try:
+                    batch.append(self.q.get_nowait())
+                except queue.Empty:
+                    break
+            self.db.execute("BEGIN")
+            results = [self.db.execute(sql, params).lastrowid for sql, params, _, _ in batch]
+            self.db.execute("COMMIT")
+            batch[0][3].call_soon_threadsafe(
+                _wake, [(b[2], r) for b, r in zip(batch, results, strict=True)]
+            )
+
+
+def _wake(done: list[tuple[Any, Any]]) -> None:
+    for fut, result in done:
+        if not fut.done():
+            fut.set_result(result)
+
+
+def serve_durable(port: int, target: str, db: str) -> None:
+    import sys
+
+    import aiohttp
+    from aiohttp import web
+
+    sys.setswitchinterval(0.0005)  # as `berth serve`: the committer's hand-off not held 5 ms
+    log = GroupCommit(db)
+
+    async def forward(request: web.Request) -> web.Response:
+        session: aiohttp.ClientSession = request.app["session"]
+        body = await request.read()
+        row = await log.write("INSERT INTO log (body) VALUES (?)", (body,))
+        headers = {"content-type": request.headers.get("content-type", "application/json")}
+        async with session.post(target, data=body, headers=headers) as r:
+            data = await r.read()
+        await log.write("UPDATE log SET reply = ? WHERE id = ?", (data, row))
+        return web.Response(body=data, status=r.status, content_type=r.content_type)
+
+    async def healthz(_: web.Request) -> web.Response:
+        return web.Response(text=f"ok synchronous={log.synchronous}")
+
+    async def session_ctx(app: web.Application) -> Any:
+        app["session"] = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
+        yield
+        await app["session"].close()
+
+    app = web.Application()
+    app.cleanup_ctx.append(session_ctx)
+    app.router.add_post("/{tail:.*}", forward)
+    app.router.add_get("/healthz", healthz)
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+    web.run_app(app, host="127.0.0.1", port=port, print=None, access_log=None)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("what", choices=["agent", "proxy"])
+    ap.add_argument("what", choices=["agent", "proxy", "durable"])
     ap.add_argument("--port", type=int, required=True)
     ap.add_argument("--target")
+    ap.add_argument("--db", help="durable: the SQLite file of its log")
     args = ap.parse_args()
     if args.what == "agent":
         serve_agent(args.port)
+    elif args.what == "durable":
+        serve_durable(args.port, args.target, args.db)
     else:
         serve_proxy(args.port, args.target)
 

@@ -5,11 +5,15 @@
 
 Starts, each as its own process: a trivial agent (a raw ASGI app answering one fixed
 JSON-RPC result, no a2a-sdk: bench/_trivial.py), a bare aiohttp pass-through proxy in
-front of it (not durable), and one berth per `--sync` value (SQLite's `synchronous`; one
+front of it (not durable), the same proxy made minimally durable (each message committed
+to SQLite with `synchronous=FULL` before it is forwarded and its answer committed before
+the caller is answered, group commit, nothing else: the floor of a durable Python hop on
+this machine, SQLite runs only), and one berth per `--sync` value (SQLite's `synchronous`; one
 berth on PostgreSQL with `--database-url`) with an external workspace on the same agent.
 Then drives each with the same closed-loop load at every concurrency, and prints p50,
 p99 and msg/s of all, berth's added p50 over the bare proxy, its throughput as a share of
-the bare proxy's and its p99 as a multiple of the bare proxy's.
+the bare proxy's and its p99 as a multiple of the bare proxy's, and the same three
+against the durable floor.
 
 `--ref-src DIR` adds the same berths imported from another checkout's `src/` (the code
 before a change), for a before/after in one run. `--echo` adds the older comparison: berth with the demo echo agent (a2a-sdk, its task
@@ -87,7 +91,7 @@ class Procs:
 
 
 def start_trivial(procs: Procs) -> tuple[str, str, int]:
-    """The trivial agent and the bare proxy in front of it: (agent url, proxy url)."""
+    """The trivial agent and the bare proxy in front of it: (agent url, proxy url, its pid)."""
     a, p = free_port(), free_port()
     agent = f"http://127.0.0.1:{a}/"
     procs.start([sys.executable, str(HERE / "_trivial.py"), "agent", "--port", str(a)], agent)
@@ -96,6 +100,14 @@ def start_trivial(procs: Procs) -> tuple[str, str, int]:
         f"http://127.0.0.1:{p}/healthz",
     )
     return agent, f"http://127.0.0.1:{p}/", proxy.pid
+
+
+def start_durable(procs: Procs, agent: str, db: Path) -> tuple[str, int]:
+    """The bare proxy made minimally durable (bench/_trivial.py durable): (url, pid)."""
+    p = free_port()
+    cmd = [sys.executable, str(HERE / "_trivial.py"), "durable", "--port", str(p)]
+    proc = procs.start([*cmd, "--target", agent, "--db", str(db)], f"http://127.0.0.1:{p}/healthz")
+    return f"http://127.0.0.1:{p}/", proc.pid
 
 
 def start_berth(procs: Procs, data: Path, **extra: str) -> tuple[str, subprocess.Popen[bytes]]:
@@ -126,11 +138,11 @@ def workspace(berth: str, name: str, **spec: object) -> str:
     raise RuntimeError(f"workspace {name} did not come online")
 
 
-def compare(label: str, bare: Result, via: Result) -> str:
+def compare(label: str, bare: Result, via: Result, what: str = "the bare proxy") -> str:
     return (
-        f"  -> {label}: added p50 over the bare proxy {via.pct(50) - bare.pct(50):+.2f} ms, "
-        f"throughput {via.rps / bare.rps * 100:5.1f} % of the bare proxy's, "
-        f"p99 {via.pct(99) / bare.pct(99):.2f}x the bare proxy's"
+        f"  -> {label}: added p50 over {what} {via.pct(50) - bare.pct(50):+.2f} ms, "
+        f"throughput {via.rps / bare.rps * 100:5.1f} % of {what}'s, "
+        f"p99 {via.pct(99) / bare.pct(99):.2f}x {what}'s"
     )
 
 
@@ -154,6 +166,7 @@ async def measured(
 
 async def trivial(args: argparse.Namespace, tmp: Path, procs: Procs) -> None:
     agent, bare, bare_pid = start_trivial(procs)
+    floor = None if args.database_url else start_durable(procs, agent, tmp / "floor.db")
     berths: list[tuple[str, str, int]] = []
     variants = ["postgresql"] if args.database_url else args.sync.split(",")
     sources = [("", None)] + ([("ref ", args.ref_src)] if args.ref_src else [])
@@ -175,9 +188,15 @@ async def trivial(args: argparse.Namespace, tmp: Path, procs: Procs) -> None:
         direct = await run("direct to the agent", agent, c, args.seconds, {})
         print(direct.row())
         plain = await measured("bare aiohttp proxy", bare, c, args.seconds, {}, bare_pid)
+        least = None
+        if floor is not None:
+            least = await measured("durable floor (FULL)", floor[0], c, args.seconds, {}, floor[1])
+            print(compare("durable floor", plain, least))
         for label, url, pid in berths:
             via = await measured(label, url, c, args.seconds, AUTH, pid)
             print(compare(label, plain, via))
+            if least is not None:
+                print(compare(label, least, via, "the durable floor"))
 
 
 def start_echo(procs: Procs, tmp: Path) -> str:
