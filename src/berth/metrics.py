@@ -13,13 +13,22 @@ Why not a histogram per workspace: with 17 buckets each, five of them made ~70 l
 active workspace, 70,000 at 1,000 workspaces, and a scrape under traffic took ~1 s in
 prometheus-client (issue 14; docs/benchmarks.md). The per-workspace series are plain
 numbers here, rendered by `render` in one pass (~15 lines a workspace); prometheus-client
-renders only the fleet histograms. An exposition is reused while nothing changed.
+renders only the fleet histograms, from counts kept here (`_Hist`: an observation is a
+bisect and two additions; prometheus-client's own `Histogram.observe`, its lock and
+exemplar checks, was ~3 % of berth's CPU per message). An exposition is reused while
+nothing changed.
 """
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Histogram
+import time
+from bisect import bisect_left
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import HistogramMetricFamily
 from prometheus_client.exposition import choose_encoder
+from prometheus_client.samples import Exemplar
 
 __all__ = ["Metrics"]
 
@@ -71,6 +80,33 @@ def _labels(names: tuple[str, ...], values: tuple[str, ...]) -> str:
     return "{" + ",".join(f'{k}="{esc(v)}"' for k, v in zip(names, values, strict=True)) + "}"
 
 
+class _Hist:
+    """A fleet-wide histogram: a count per bucket (`le` inclusive, as Prometheus), their
+    sum, and per bucket the last observation that came with an exemplar."""
+
+    def __init__(self, name: str, text: str) -> None:
+        self.name, self.text = name, text
+        self.counts = [0] * (len(_BUCKETS) + 1)  # the last one: above every bound (+Inf)
+        self.sum = 0.0
+        self.exemplars: list[Exemplar | None] = [None] * (len(_BUCKETS) + 1)
+
+    def observe(self, value: float, exemplar: dict[str, str] | None) -> None:
+        i = bisect_left(_BUCKETS, value)
+        self.counts[i] += 1
+        self.sum += value
+        if exemplar is not None:
+            self.exemplars[i] = Exemplar(exemplar, value, time.time())
+
+    def collect(self) -> Iterator[HistogramMetricFamily]:
+        buckets: list[tuple[str, float] | tuple[str, float, Exemplar]] = []
+        total = 0
+        for i, le in enumerate((*(repr(float(b)) for b in _BUCKETS), "+Inf")):
+            total += self.counts[i]
+            ex = self.exemplars[i]
+            buckets.append((le, total) if ex is None else (le, total, ex))
+        yield HistogramMetricFamily(self.name, self.text, buckets=buckets, sum_value=self.sum)
+
+
 class Metrics:
     def __init__(self) -> None:
         self._counts: dict[str, dict[tuple[str, ...], float]] = {n: {} for n in _COUNTERS}
@@ -78,11 +114,10 @@ class Metrics:
         self._gauges: dict[str, dict[str, float]] = {n: {} for n in _GAUGES}
         self._fleet = CollectorRegistry(auto_describe=True)
         self._hist = {
-            n: Histogram(
-                _fleet_name(n), f"{text}, all workspaces", buckets=_BUCKETS, registry=self._fleet
-            )
-            for n, text in _DURATIONS.items()
+            n: _Hist(_fleet_name(n), f"{t}, all workspaces") for n, t in _DURATIONS.items()
         }
+        for h in self._hist.values():
+            self._fleet.register(h)
         self._label_text: dict[tuple[tuple[str, ...], tuple[str, ...]], str] = {}
         self._version = 0  # bumped by every change: a scrape of no change reuses the last
         self._rendered: dict[str, tuple[int, bytes]] = {}
@@ -100,7 +135,7 @@ class Metrics:
         got = self._durations[name].setdefault(labels["workspace"], [0.0, 0.0])
         got[0] += 1
         got[1] += value
-        self._hist[name].observe(value, exemplar=exemplar)
+        self._hist[name].observe(value, exemplar)
         self._version += 1
 
     def value(self, name: str, **labels: str) -> float:

@@ -89,3 +89,29 @@ async def test_a_scrape_of_a_thousand_busy_workspaces_stays_small() -> None:
     m.set_gauges("berth_queue_depth", {f"w{i}": 0.0 for i in range(1000)})
     body, _ = await m.render()
     assert body.count(b"\n") < 12 * 1000 + 200
+
+
+async def test_a_fleet_histogram_counts_a_bound_in_its_own_bucket_and_keeps_the_last_exemplar() -> (
+    None
+):
+    """Buckets are `le`: a value equal to a bound is in that bucket; the counts are
+    cumulative; a bucket's exemplar is its latest observation that carried one."""
+    from prometheus_client.openmetrics.parser import text_string_to_metric_families as om_parse
+
+    m = Metrics()
+    for v in (0.25, 0.25000001, 0.0, 400.0):
+        m.observe("berth_forward_seconds", v, workspace="a")
+    m.observe("berth_forward_seconds", 0.3, workspace="a", exemplar={"delivery_id": "old"})
+    m.observe("berth_forward_seconds", 0.4, workspace="a", exemplar={"delivery_id": "new"})
+    om = (await m.render("application/openmetrics-text; version=1.0.0"))[0].decode()
+    fam = {f.name: f for f in om_parse(om)}["berth_fleet_forward_seconds"]
+    buckets = {s.labels["le"]: s for s in fam.samples if s.name.endswith("_bucket")}
+    assert buckets["0.001"].value == 1  # the 0.0
+    assert buckets["0.25"].value == 2  # and 0.25, on the bound
+    assert buckets["0.5"].value == 5  # 0.25000001, 0.3, 0.4
+    assert buckets["300.0"].value == 5 and buckets["+Inf"].value == 6  # 400 only in +Inf
+    assert buckets["0.5"].exemplar.labels == {"delivery_id": "new"}
+    assert buckets["0.5"].exemplar.value == 0.4
+    total = {s.name: s.value for s in fam.samples}
+    assert total["berth_fleet_forward_seconds_count"] == 6
+    assert abs(total["berth_fleet_forward_seconds_sum"] - 401.20000001) < 1e-6
