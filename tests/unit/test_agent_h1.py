@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import pytest
 from aiohttp import web
 
-from berth.adapters.agent_h1 import H1Pool, h1_target
+from berth.adapters.agent_h1 import H1Pool, _encode_headers, h1_target
 from berth.adapters.agent_http import HttpAgentClient
 from berth.ports import AgentUnreachable
 from tests.e2e.harness import serve_app
@@ -267,6 +267,18 @@ async def test_what_the_lean_client_declines_goes_through_aiohttp():
     finally:
         await client.close()
         await runner.cleanup()
+
+
+def test_header_lines_refuse_what_http_forbids_in_a_name_or_a_value() -> None:
+    """CR, LF or NUL anywhere in a name or a value, or a colon in a name: no lines (the
+    request goes to aiohttp, which refuses it); this client's own headers are left out."""
+    assert _encode_headers({"X-A": "b", "Host": "h", "content-length": "9"}) == b"X-A: b\r\n"
+    for bad in ("a\rb", "a\nb", "a\x00b", "\r", "ab\n"):
+        assert _encode_headers({"x-ok": "v", "x-evil": bad}) is None
+        assert _encode_headers({bad: "v"}) is None
+    assert _encode_headers({"x:y": "v"}) is None
+    assert _encode_headers({"x-name": "\u2603"}) is None  # not latin-1
+    assert _encode_headers({"x-name": "caf\u00e9"}) == "x-name: caf\u00e9\r\n".encode("latin-1")
 
 
 async def test_a_cancelled_forward_closes_its_connection():

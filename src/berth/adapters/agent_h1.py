@@ -54,6 +54,12 @@ def h1_target(url: str) -> tuple[str, int, bytes, bytes] | None:
     return host, port, target.encode(), (shown if port == 80 else f"{shown}:{port}").encode()
 
 
+def _bad(text: str) -> bool:
+    """A character of _BAD in `text` (substring tests: a generator over the characters of
+    every header cost ~15 us per forward)."""
+    return "\r" in text or "\n" in text or "\0" in text
+
+
 def _encode_headers(headers: dict[str, str]) -> bytes | None:
     """The header lines, or None when one holds a character HTTP forbids there (aiohttp
     then answers for it, as before this client existed)."""
@@ -62,7 +68,7 @@ def _encode_headers(headers: dict[str, str]) -> bytes | None:
         lk = k.lower()
         if lk in ("host", "content-length", "transfer-encoding", "connection"):
             continue  # this client's own
-        if any(ch in _BAD for ch in k) or any(ch in _BAD for ch in v) or ":" in k:
+        if _bad(k) or _bad(v) or ":" in k:
             return None
         out.append(f"{k}: {v}\r\n")
     try:
