@@ -80,20 +80,25 @@ def serve_agent(port: int) -> None:
     )
 
 
-def serve_proxy(port: int, target: str) -> None:
+def serve_proxy(port: int, target: str, log: GroupCommit | None = None) -> None:
+    """The bare pass-through proxy; with a `log`, the durable floor (each request committed
+    before it is forwarded, its answer committed before the caller is answered)."""
     import aiohttp
     from aiohttp import web
 
     async def forward(request: web.Request) -> web.Response:
         session: aiohttp.ClientSession = request.app["session"]
         body = await request.read()
+        row = None if log is None else await log.write("INSERT INTO log (body) VALUES (?)", (body,))
         headers = {"content-type": request.headers.get("content-type", "application/json")}
         async with session.post(target, data=body, headers=headers) as r:
             data = await r.read()
-            return web.Response(body=data, status=r.status, content_type=r.content_type)
+        if log is not None:
+            await log.write("UPDATE log SET reply = ? WHERE id = ?", (data, row))
+        return web.Response(body=data, status=r.status, content_type=r.content_type)
 
     async def healthz(_: web.Request) -> web.Response:
-        return web.Response(text="ok")
+        return web.Response(text="ok" if log is None else f"ok synchronous={log.synchronous}")
 
     async def session_ctx(app: web.Application) -> Any:
         app["session"] = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
@@ -167,41 +172,8 @@ def _wake(done: list[tuple[Any, Any]]) -> None:
 def serve_durable(port: int, target: str, db: str) -> None:
     import sys
 
-    import aiohttp
-    from aiohttp import web
-
     sys.setswitchinterval(0.0005)  # as `berth serve`: the committer's hand-off not held 5 ms
-    log = GroupCommit(db)
-
-    async def forward(request: web.Request) -> web.Response:
-        session: aiohttp.ClientSession = request.app["session"]
-        body = await request.read()
-        row = await log.write("INSERT INTO log (body) VALUES (?)", (body,))
-        headers = {"content-type": request.headers.get("content-type", "application/json")}
-        async with session.post(target, data=body, headers=headers) as r:
-            data = await r.read()
-        await log.write("UPDATE log SET reply = ? WHERE id = ?", (data, row))
-        return web.Response(body=data, status=r.status, content_type=r.content_type)
-
-    async def healthz(_: web.Request) -> web.Response:
-        return web.Response(text=f"ok synchronous={log.synchronous}")
-
-    async def session_ctx(app: web.Application) -> Any:
-        app["session"] = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
-        yield
-        await app["session"].close()
-
-    app = web.Application()
-    app.cleanup_ctx.append(session_ctx)
-    app.router.add_post("/{tail:.*}", forward)
-    app.router.add_get("/healthz", healthz)
-    try:
-        import uvloop
-
-        uvloop.install()
-    except ImportError:
-        pass
-    web.run_app(app, host="127.0.0.1", port=port, print=None, access_log=None)
+    serve_proxy(port, target, GroupCommit(db))
 
 
 def main() -> None:
