@@ -8,7 +8,9 @@ JSON-RPC result, no a2a-sdk: bench/_trivial.py), a bare aiohttp pass-through pro
 front of it (not durable), the same proxy made minimally durable (each message committed
 to SQLite with `synchronous=FULL` before it is forwarded and its answer committed before
 the caller is answered, group commit, nothing else: the floor of a durable Python hop on
-this machine, SQLite runs only), and one berth per `--sync` value (SQLite's `synchronous`; one
+this machine, SQLite runs only), the same floor written in C (bench/_floor.c, compiled
+here with gcc against libsqlite3 when both are present: what a compiled durable hop
+costs), and one berth per `--sync` value (SQLite's `synchronous`; one
 berth on PostgreSQL with `--database-url`) with an external workspace on the same agent.
 Then drives each with the same closed-loop load at every concurrency, and prints p50,
 p99 and msg/s of all, berth's added p50 over the bare proxy, its throughput as a share of
@@ -102,6 +104,25 @@ def start_trivial(procs: Procs) -> tuple[str, str, int]:
     return agent, f"http://127.0.0.1:{p}/", proxy.pid
 
 
+def start_c_floor(procs: Procs, agent: str, tmp: Path) -> tuple[str, int] | None:
+    """The durable floor in C (bench/_floor.c), compiled now: (url, pid); None (said why)
+    when there is no C compiler or SQLite header here."""
+    exe = tmp / "floor"
+    cc = ["gcc", "-O2", "-o", str(exe), str(HERE / "_floor.c"), "-lsqlite3", "-lpthread"]
+    try:
+        subprocess.run(cc, check=True, capture_output=True)
+    except (OSError, subprocess.CalledProcessError) as e:
+        why = getattr(e, "stderr", b"") or str(e).encode()
+        print(f"# no C floor: {why.decode(errors='replace').strip()[:200]}")
+        return None
+    p = free_port()
+    agent_port = agent.rstrip("/").rsplit(":", 1)[1]
+    proc = procs.start(
+        [str(exe), str(p), agent_port, str(tmp / "floor-c.db")], f"http://127.0.0.1:{p}/healthz"
+    )
+    return f"http://127.0.0.1:{p}/", proc.pid
+
+
 def start_durable(procs: Procs, agent: str, db: Path) -> tuple[str, int]:
     """The bare proxy made minimally durable (bench/_trivial.py durable): (url, pid)."""
     p = free_port()
@@ -167,6 +188,7 @@ async def measured(
 async def trivial(args: argparse.Namespace, tmp: Path, procs: Procs) -> None:
     agent, bare, bare_pid = start_trivial(procs)
     floor = None if args.database_url else start_durable(procs, agent, tmp / "floor.db")
+    c_floor = None if args.database_url else start_c_floor(procs, agent, tmp)
     berths: list[tuple[str, str, int]] = []
     variants = ["postgresql"] if args.database_url else args.sync.split(",")
     sources = [("", None)] + ([("ref ", args.ref_src)] if args.ref_src else [])
@@ -192,6 +214,11 @@ async def trivial(args: argparse.Namespace, tmp: Path, procs: Procs) -> None:
         if floor is not None:
             least = await measured("durable floor (FULL)", floor[0], c, args.seconds, {}, floor[1])
             print(compare("durable floor", plain, least))
+        if c_floor is not None:
+            compiled = await measured(
+                "durable floor in C", c_floor[0], c, args.seconds, {}, c_floor[1]
+            )
+            print(compare("durable floor in C", plain, compiled))
         for label, url, pid in berths:
             via = await measured(label, url, c, args.seconds, AUTH, pid)
             print(compare(label, plain, via))

@@ -1,18 +1,23 @@
-"""The durable floor of bench/proxy.py (bench/_trivial.py `durable`) does the durable work
-it stands for: when a caller is answered, its request and the agent's answer are both
-committed to the floor's SQLite log, whose connection commits with synchronous=FULL. A
-baseline that skipped either write would flatter berth's comparison with it."""
+"""The durable floors of bench/proxy.py (bench/_trivial.py `durable`, and the same in C,
+bench/_floor.c) do the durable work they stand for: when a caller is answered, its
+request and the agent's answer are both committed to the floor's SQLite log, whose
+connection commits with synchronous=FULL. A baseline that skipped either write would
+flatter berth's comparison with it."""
 
 from __future__ import annotations
 
+import os
+import shutil
 import socket
 import sqlite3
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
+import pytest
 
 BENCH = Path(__file__).resolve().parents[2] / "bench"
 
@@ -34,8 +39,26 @@ def _up(url: str) -> None:
     raise AssertionError(f"{url} did not come up")
 
 
+def _floor_python(port: int, agent: str, db: Path) -> list[str]:
+    return [sys.executable, str(BENCH / "_trivial.py"), "durable", "--port", str(port),
+            "--target", agent, "--db", str(db)]  # fmt: skip
+
+
+def _floor_c(port: int, agent: str, db: Path) -> list[str]:
+    if shutil.which("gcc") is None or not Path("/usr/include/sqlite3.h").exists():
+        why = "the C floor needs gcc and libsqlite3-dev (scripts/test installs them)"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"{why} (CI=true: missing is a failure)", pytrace=False)
+        pytest.skip(why)
+    exe = db.parent / "floor"
+    cc = ["gcc", "-O2", "-o", str(exe), str(BENCH / "_floor.c"), "-lsqlite3", "-lpthread"]
+    subprocess.run(cc, check=True)
+    return [str(exe), str(port), agent.rstrip("/").rsplit(":", 1)[1], str(db)]
+
+
+@pytest.mark.parametrize("floor", [_floor_python, _floor_c], ids=["python", "c"])
 def test_the_durable_floor_has_logged_each_request_and_its_answer_when_it_replies(
-    tmp_path: Path,
+    floor: Any, tmp_path: Path
 ) -> None:
     a, p, db = _port(), _port(), tmp_path / "floor.db"
     agent = f"http://127.0.0.1:{a}/"
@@ -43,18 +66,20 @@ def test_the_durable_floor_has_logged_each_request_and_its_answer_when_it_replie
     procs = [subprocess.Popen([*cmd, "agent", "--port", str(a)])]
     try:
         _up(agent)
-        floor = [*cmd, "durable", "--port", str(p), "--target", agent, "--db", str(db)]
-        procs.append(subprocess.Popen(floor))
+        procs.append(subprocess.Popen(floor(p, agent, db)))
         _up(f"http://127.0.0.1:{p}/healthz")
         direct = httpx.post(agent, content=b"{}").content
         bodies = [f'{{"n": {i}}}'.encode() for i in range(5)]
-        for body in bodies:
-            r = httpx.post(f"http://127.0.0.1:{p}/", content=body)
-            assert r.status_code == 200 and r.content == direct
-            # answered: both writes are committed (a reader sees them)
-            with sqlite3.connect(db) as c:
-                row = c.execute("SELECT body, reply FROM log ORDER BY id DESC LIMIT 1").fetchone()
-            assert row == (body, direct)
+        with httpx.Client() as keep:  # one keep-alive connection, one request after another
+            for body in bodies:
+                r = keep.post(f"http://127.0.0.1:{p}/", content=body)
+                assert r.status_code == 200 and r.content == direct
+                # answered: both writes are committed (a reader sees them)
+                with sqlite3.connect(db) as c:
+                    row = c.execute(
+                        "SELECT body, reply FROM log ORDER BY id DESC LIMIT 1"
+                    ).fetchone()
+                assert row[0] == body and direct in row[1]  # C keeps the answer as it came
         with sqlite3.connect(db) as c:
             assert [r[0] for r in c.execute("SELECT body FROM log ORDER BY id")] == bodies
             assert c.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
