@@ -192,15 +192,18 @@ static void answer(conn *c) {
 
 static void on_request(conn *c);
 
-static void on_caller(conn *c) {
+/* Everything the socket has now into b: 0 once the peer has closed or failed. */
+static int read_all(int fd, buf *b) {
     char tmp[65536];
     for (;;) {
-        ssize_t r = recv(c->fd, tmp, sizeof tmp, 0);
-        if (r > 0) { put(&c->in, tmp, (size_t)r); continue; }
-        if (r < 0 && errno == EAGAIN) break;
-        close_conn(c);
-        return;
+        ssize_t r = recv(fd, tmp, sizeof tmp, 0);
+        if (r > 0) { put(b, tmp, (size_t)r); continue; }
+        return r < 0 && errno == EAGAIN;
     }
+}
+
+static void on_caller(conn *c) {
+    if (!read_all(c->fd, &c->in)) { close_conn(c); return; }
     on_request(c);
 }
 
@@ -227,14 +230,7 @@ static void on_request(conn *c) {
 }
 
 static void on_agent(conn *c) {
-    char tmp[65536];
-    for (;;) {
-        ssize_t r = recv(c->up, tmp, sizeof tmp, 0);
-        if (r > 0) { put(&c->upin, tmp, (size_t)r); continue; }
-        if (r < 0 && errno == EAGAIN) break;
-        close_conn(c);
-        return;
-    }
+    if (!read_all(c->up, &c->upin)) { close_conn(c); return; }
     size_t off;
     long len = message_len(&c->upin, &off);
     if (len < 0) { close_conn(c); return; }
