@@ -166,6 +166,12 @@ class Delivery:
     caller: str = "operator"  # who sent it: the accept key is (workspace, caller, messageId)
     fingerprint: str | None = None  # of the request: a reused messageId must match it
 
+    def copy(self) -> Delivery:
+        """A shallow copy (`copy.copy` goes through `__reduce_ex__`: 4.2 us against 1.2)."""
+        out = object.__new__(Delivery)
+        out.__dict__.update(self.__dict__)
+        return out
+
     def public(self) -> dict[str, Any]:
         return {
             "id": self.id,

@@ -31,8 +31,10 @@ def rewrite_for_docker(url: str, ws: Workspace, berth_in_docker: bool) -> str:
     """`http://127.0.0.1:<port>` -> `http://ws-<id[:12]>:8000` when berth runs inside
     Docker and the workspace is a Docker one: the published loopback port is the host's,
     not berth's, so berth reaches the container by name on the shared network."""
+    if not (berth_in_docker and ws.runtime is Runtime.DOCKER):
+        return url  # every forward asks: the regex only where it can apply
     m = _LOOPBACK.match(url)
-    if not (m and berth_in_docker and ws.runtime is Runtime.DOCKER):
+    if not m:
         return url
     return f"http://{container_name(ws.id, ws.version)}:8000{m.group(3) or ''}"
 

@@ -6,7 +6,6 @@ nothing claimable queued is written in flight at once."""
 
 from __future__ import annotations
 
-import copy
 import functools
 import sqlite3
 from collections.abc import Callable
@@ -69,7 +68,7 @@ def accept_in_flight_sql(
     decision). The delivery, written in flight; None when that does not hold or the
     (workspace, caller, messageId) exists: the caller then takes the two-statement path
     (`accept_sql` + `claim_rows`), which decides both."""
-    flying = copy.copy(d)
+    flying = d.copy()
     flying.status = DeliveryStatus.IN_FLIGHT
     flying.lease_owner, flying.lease_until = owner, until
     flying.forwards = d.forwards + 1
