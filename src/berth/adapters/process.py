@@ -18,6 +18,7 @@ import signal
 import socket
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from berth.domain.workspace import Workspace
 from berth.hardening import AgentUser, minimal_env
@@ -31,6 +32,63 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def listens_in_session(sid: int, port: int) -> bool | None:
+    """Whether a process of session `sid` (an agent started by berth leads its own) holds
+    a listening TCP socket on `port`; None without /proc (not Linux)."""
+    inodes = _listening_inodes(port)
+    if inodes is None:
+        return None
+    if not inodes:
+        return False
+    wanted = {f"socket:[{i}]" for i in inodes}
+    for pid in _session(sid):
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+        except OSError:  # gone meanwhile, or not ours to read
+            continue
+        for fd in fds:
+            try:
+                if os.readlink(f"/proc/{pid}/fd/{fd}") in wanted:
+                    return True
+            except OSError:
+                continue
+    return False
+
+
+def _listening_inodes(port: int) -> set[str] | None:
+    """Inodes of the sockets listening on `port` (IPv4 and IPv6)."""
+    found: set[str] = set()
+    seen_any = False
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        seen_any = True
+        for line in lines:
+            f = line.split()
+            # local address "ADDR:PORT" (hex), state 0A = LISTEN, inode in the tenth field
+            if len(f) > 9 and f[3] == "0A" and int(f[1].rsplit(":", 1)[1], 16) == port:
+                found.add(f[9])
+    return found if seen_any else None
+
+
+def _session(sid: int) -> list[int]:
+    """The session's processes, its leader first."""
+    out = [sid]
+    for name in os.listdir("/proc"):
+        if not name.isdigit() or int(name) == sid:
+            continue
+        try:
+            stat = Path(f"/proc/{name}/stat").read_text()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()  # state, ppid, pgrp, session, ...
+        if len(fields) > 3 and fields[3] == str(sid):
+            out.append(int(name))
+    return out
 
 
 class ProcessProvisioner:
@@ -131,6 +189,20 @@ class ProcessProvisioner:
     async def is_running(self, ws: Workspace) -> bool:
         proc = self._procs.get((ws.id, ws.version))
         return proc is not None and proc.returncode is None
+
+    async def serves(self, ws: Workspace, url: str) -> bool | None:
+        """Whether what listens at `url` (the agent's http://127.0.0.1:PORT) is this
+        workspace's agent process or one of its children; None when it cannot be told
+        (no /proc). The port was free when berth chose it, but another program can take it
+        before the agent binds it: the agent then fails to start, and that program would
+        answer the card probe and get the workspace's messages."""
+        proc = self._procs.get((ws.id, ws.version))
+        if proc is None or proc.returncode is not None:
+            return False
+        port = urlsplit(url).port
+        if port is None:
+            return None
+        return await asyncio.to_thread(listens_in_session, proc.pid, port)
 
     async def cleanup_orphans(self, known: dict[str, Workspace]) -> list[str]:
         """Stop agent processes a previous berth on this data directory left running.

@@ -59,6 +59,7 @@ class Prober:
         self._roster, self._client, self._runner, self._link = roster, client, runner, link
         self._dispatcher, self._events, self._timeout = dispatcher, events, timeout
         self._beats = heartbeats
+        self._foreign: dict[str, str | None] = {}  # warned of once per run
 
     async def run(self, period: float) -> None:
         while True:
@@ -119,9 +120,33 @@ class Prober:
                     self._beats.beat(ws.id, now)
                 self._beats.told(ws.id)
                 return
+            if not await self._ours(current, url):
+                return
             await self._online(current, card, now)
         except Exception:
             log.exception("probe of %s could not record its answer", ws.name)
+
+    async def _ours(self, ws: Workspace, url: str) -> bool:
+        """A started process's card counts only if the agent process itself listens there
+        (the provisioner can tell): its port was free when berth chose it, and another
+        program may have taken it first; that program must not get the workspace's
+        messages. The agent, unable to bind, exits and is restarted as a crash."""
+        p = self._runner.provisioner(ws)
+        serves = getattr(p, "serves", None)
+        if serves is None or ws.runtime is Runtime.EXTERNAL:
+            return True
+        ours = await serves(ws, url)
+        if ours is False:
+            if self._foreign.get(ws.id) != ws.run_token_hash:
+                self._foreign[ws.id] = ws.run_token_hash
+                log.warning(
+                    "workspace %s: what answers at %s is not its agent process (another "
+                    "program holds the port); not online",
+                    ws.name,
+                    url,
+                )
+            return False
+        return True
 
     async def _online(self, ws: Workspace, card: dict[str, Any], now: float) -> None:
         if ws.state is S.OFFLINE:  # an external agent back: offline -> provisioning -> online
