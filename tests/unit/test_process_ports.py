@@ -18,12 +18,14 @@ import berth.adapters.process as process
 from berth.adapters.process import ProcessProvisioner, listens_in_session
 from berth.domain.workspace import Runtime, Workspace
 
-# binds BERTH_PORT (or the first argument), says so, and waits; exits 1 if it cannot bind
+# binds BERTH_PORT (or the first argument) on 127.0.0.1 (or the second argument), says so,
+# and waits; exits 1 if it cannot bind
 SERVER = """
 import os, socket, sys, time
-s = socket.socket()
+host = sys.argv[2] if len(sys.argv) > 2 else "127.0.0.1"
+s = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
 try:
-    s.bind(("127.0.0.1", int(os.environ.get("BERTH_PORT") or sys.argv[1])))
+    s.bind((host, int(os.environ.get("BERTH_PORT") or sys.argv[1])))
 except OSError:
     print("cannot bind", flush=True)
     sys.exit(1)
@@ -55,6 +57,47 @@ def test_a_port_is_the_session_s_only_if_one_of_its_processes_listens_there() ->
         child.kill()
         child.wait()
         foreign.close()
+
+
+def test_only_the_sockets_a_connection_to_127_0_0_1_reaches_count() -> None:
+    """A foreign program holds 127.0.0.1:P; the agent binds [::1]:P (no conflict): the card
+    probe (to 127.0.0.1) would reach the foreign program, so the port is not the agent's."""
+    foreign = _listener()
+    port = foreign.getsockname()[1]
+    child = subprocess.Popen(
+        [sys.executable, "-c", SERVER, str(port), "::1"],
+        stdout=subprocess.PIPE,
+        start_new_session=True,
+    )
+    try:
+        assert child.stdout is not None and child.stdout.readline() == b"listening\n"
+        assert listens_in_session(child.pid, port) is False
+    finally:
+        child.kill()
+        child.wait()
+        foreign.close()
+
+
+def test_descriptors_it_may_not_read_make_the_answer_unknown(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Another user's agent, berth without CAP_SYS_PTRACE (Docker's default): unknown
+    (None: the card is accepted as before), not "someone else's"."""
+    port = process.free_port()
+    child = subprocess.Popen(
+        [sys.executable, "-c", SERVER, str(port)], stdout=subprocess.PIPE, start_new_session=True
+    )
+    try:
+        assert child.stdout is not None and child.stdout.readline() == b"listening\n"
+
+        def denied(path: str) -> str:
+            raise PermissionError(path)
+
+        monkeypatch.setattr(process.os, "readlink", denied)
+        assert listens_in_session(child.pid, port) is None
+    finally:
+        child.kill()
+        child.wait()
 
 
 async def test_the_provisioner_tells_its_agent_from_a_program_that_took_the_port(

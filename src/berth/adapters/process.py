@@ -16,6 +16,7 @@ import os
 import shutil
 import signal
 import socket
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -35,33 +36,54 @@ def free_port() -> int:
 
 
 def listens_in_session(sid: int, port: int) -> bool | None:
-    """Whether a process of session `sid` (an agent started by berth leads its own) holds
-    a listening TCP socket on `port`; None without /proc (not Linux)."""
-    inodes = _listening_inodes(port)
+    """Whether the sockets that take connections to 127.0.0.1:`port` (bound to 127.0.0.1,
+    0.0.0.0, :: or ::ffff:127.0.0.1) all belong to processes of session `sid` (an agent
+    berth starts leads its own session; its children stay in it). None when that cannot
+    be told: no /proc (not Linux), or the session's descriptors are not readable (another
+    user's processes, without CAP_SYS_PTRACE)."""
+    inodes = _loopback_listeners(port)
     if inodes is None:
         return None
     if not inodes:
         return False
     wanted = {f"socket:[{i}]" for i in inodes}
-    for pid in _session(sid):
+    found: set[str] = set()
+    denied = False
+    for pid in _session(sid):  # the leader first: that is where the socket usually is
         try:
             fds = os.listdir(f"/proc/{pid}/fd")
-        except OSError:  # gone meanwhile, or not ours to read
+        except PermissionError:
+            denied = True
+            continue
+        except OSError:  # gone meanwhile
             continue
         for fd in fds:
             try:
-                if os.readlink(f"/proc/{pid}/fd/{fd}") in wanted:
-                    return True
+                link = os.readlink(f"/proc/{pid}/fd/{fd}")
+            except PermissionError:
+                denied = True
+                continue
             except OSError:
                 continue
-    return False
+            if link in wanted:
+                found.add(link)
+        if found == wanted:
+            return True
+    return None if denied else False
 
 
-def _listening_inodes(port: int) -> set[str] | None:
-    """Inodes of the sockets listening on `port` (IPv4 and IPv6)."""
+# local addresses, as /proc/net/tcp{,6} print them, that a connection to 127.0.0.1 reaches
+_LOOPBACK_V4 = frozenset({"0100007F", "00000000"})  # 127.0.0.1, 0.0.0.0
+_LOOPBACK_V6 = frozenset(
+    {"0" * 32, "0000000000000000FFFF00000100007F"}  # ::, ::ffff:127.0.0.1
+)
+
+
+def _loopback_listeners(port: int) -> set[str] | None:
+    """Inodes of the sockets listening on `port` that a connection to 127.0.0.1 can reach."""
     found: set[str] = set()
     seen_any = False
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+    for table, local in (("/proc/net/tcp", _LOOPBACK_V4), ("/proc/net/tcp6", _LOOPBACK_V6)):
         try:
             lines = Path(table).read_text().splitlines()[1:]
         except OSError:
@@ -69,15 +91,18 @@ def _listening_inodes(port: int) -> set[str] | None:
         seen_any = True
         for line in lines:
             f = line.split()
-            # local address "ADDR:PORT" (hex), state 0A = LISTEN, inode in the tenth field
-            if len(f) > 9 and f[3] == "0A" and int(f[1].rsplit(":", 1)[1], 16) == port:
+            # "ADDR:PORT" in hex, state 0A = LISTEN, the inode in the tenth field
+            if len(f) <= 9 or f[3] != "0A":
+                continue
+            addr, _, hex_port = f[1].rpartition(":")
+            if int(hex_port, 16) == port and addr.upper() in local:
                 found.add(f[9])
     return found if seen_any else None
 
 
-def _session(sid: int) -> list[int]:
-    """The session's processes, its leader first."""
-    out = [sid]
+def _session(sid: int) -> Iterator[int]:
+    """The session's processes: its leader, then (only if asked for more) the others."""
+    yield sid
     for name in os.listdir("/proc"):
         if not name.isdigit() or int(name) == sid:
             continue
@@ -87,8 +112,7 @@ def _session(sid: int) -> list[int]:
             continue
         fields = stat.rsplit(")", 1)[1].split()  # state, ppid, pgrp, session, ...
         if len(fields) > 3 and fields[3] == str(sid):
-            out.append(int(name))
-    return out
+            yield int(name)
 
 
 class ProcessProvisioner:
@@ -192,8 +216,8 @@ class ProcessProvisioner:
 
     async def serves(self, ws: Workspace, url: str) -> bool | None:
         """Whether what listens at `url` (the agent's http://127.0.0.1:PORT) is this
-        workspace's agent process or one of its children; None when it cannot be told
-        (no /proc). The port was free when berth chose it, but another program can take it
+        workspace's agent (a process of the session it leads); None when that cannot be
+        told (`listens_in_session`). The port was free when berth chose it, but another program can take it
         before the agent binds it: the agent then fails to start, and that program would
         answer the card probe and get the workspace's messages."""
         proc = self._procs.get((ws.id, ws.version))

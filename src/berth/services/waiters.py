@@ -25,6 +25,9 @@ class Waiters:
         self._futs: dict[str, set[asyncio.Future[Delivery | None]]] = {}
 
     def resolve(self, d: Delivery) -> None:
+        """Wake the waiters of `d`, final. Called only once `d` is in the store as it is
+        here (the log settles first; `listen` reads the store first): a waiter whose round
+        lapsed just before this call reads the store at its next round and finds it."""
         for fut in self._futs.pop(d.id, ()):
             if not fut.done():
                 fut.set_result(d)
