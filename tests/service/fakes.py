@@ -212,6 +212,9 @@ class FakeRuntime:
         agent = self.versions.get((ws.id, ws.version), self.current.get(ws.id))
         return agent is not None and agent.alive
 
+    async def serves(self, ws: Workspace, url: str) -> bool | None:
+        return None  # agents here register themselves: nobody else answers for them
+
     async def cleanup_orphans(self, known: dict[str, Workspace]) -> list[str]:
         return []
 

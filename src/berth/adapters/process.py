@@ -217,9 +217,9 @@ class ProcessProvisioner:
     async def serves(self, ws: Workspace, url: str) -> bool | None:
         """Whether what listens at `url` (the agent's http://127.0.0.1:PORT) is this
         workspace's agent (a process of the session it leads); None when that cannot be
-        told (`listens_in_session`). The port was free when berth chose it, but another program can take it
-        before the agent binds it: the agent then fails to start, and that program would
-        answer the card probe and get the workspace's messages."""
+        told (`listens_in_session`). The port was free when berth chose it, but another
+        program can take it before the agent binds it: the agent then fails to start, and
+        that program would answer the card probe and get the workspace's messages."""
         proc = self._procs.get((ws.id, ws.version))
         if proc is None or proc.returncode is not None:
             return False

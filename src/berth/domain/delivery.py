@@ -168,7 +168,7 @@ class Delivery:
 
     def copy(self) -> Delivery:
         """A shallow copy (`copy.copy` goes through `__reduce_ex__`: 4.2 us against 1.2)."""
-        out = object.__new__(Delivery)
+        out = object.__new__(type(self))
         out.__dict__.update(self.__dict__)
         return out
 

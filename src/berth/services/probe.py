@@ -127,16 +127,12 @@ class Prober:
             log.exception("probe of %s could not record its answer", ws.name)
 
     async def _ours(self, ws: Workspace, url: str) -> bool:
-        """A started process's card counts only if the agent process itself listens there
-        (the provisioner can tell): its port was free when berth chose it, and another
-        program may have taken it first; that program must not get the workspace's
-        messages. The agent, unable to bind, exits and is restarted as a crash."""
-        p = self._runner.provisioner(ws)
-        serves = getattr(p, "serves", None)
-        if serves is None or ws.runtime is Runtime.EXTERNAL:
-            return True
-        ours = await serves(ws, url)
-        if ours is False:
+        """A started agent's card counts unless its provisioner says another program answers
+        there (a process agent's port was free when berth chose it, and another program may
+        have taken it first; that program must not get the workspace's messages). The
+        agent, unable to bind, exits and is restarted as a crash."""
+        p = self._runner.provisioner(ws)  # None: an external agent, berth started nothing
+        if p is not None and await p.serves(ws, url) is False:
             if self._foreign.get(ws.id) != ws.run_token_hash:
                 self._foreign[ws.id] = ws.run_token_hash
                 log.warning(

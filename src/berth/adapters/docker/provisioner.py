@@ -273,6 +273,11 @@ class DockerProvisioner(DockerExits, DockerNetwork):
     async def is_running(self, ws: Workspace) -> bool:
         return await asyncio.to_thread(self._is_running, ws)
 
+    async def serves(self, ws: Workspace, url: str) -> bool | None:
+        """The engine binds the published port when it starts the container (a taken port
+        fails the start, tried again on another): nothing else can be answering there."""
+        return None
+
     def _is_running(self, ws: Workspace) -> bool:
         import docker.errors
 
