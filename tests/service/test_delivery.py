@@ -244,6 +244,9 @@ async def test_a_full_queue_refuses_new_messages_with_429_and_keeps_every_accept
         assert [a[0] for a in accepted] == [202, 202, 202]
         with pytest.raises(Overloaded) as e:
             await w.send(ws, "one too many", message_id="m3", wait=0)
+        with pytest.raises(Overloaded):  # a caller that would wait: its wait is not left behind
+            await w.send(ws, "one too many", message_id="m4", wait=5)
+        assert w.c.deliveries._waiters._futs == {}
         response = rpc_error_response(e.value, 1)
         assert response.status_code == 429 and response.headers["retry-after"] == "5"
         body = json.loads(response.body)
@@ -254,6 +257,8 @@ async def test_a_full_queue_refuses_new_messages_with_429_and_keeps_every_accept
         assert await w.c.deliveries.find(ws.id, "m3") is None  # nothing half-accepted
         again = await w.send(ws, "n1", message_id="m1", wait=0)  # a retry of an accepted one
         assert again[0] == 202 and again[1]["delivery_id"] == accepted[1][1]["delivery_id"]
+        again = await w.send(ws, "n1", message_id="m1", wait=0.05)  # waiting, as a duplicate
+        assert again[0] == 202 and w.c.deliveries._waiters._futs == {}
         shown = await w.c.workspaces.show("a")
         assert shown["queue_depth"] == 3 and shown["max_queue"] == 3
         assert shown["queue_age_seconds"] is not None and shown["queue_age_seconds"] >= 0
@@ -311,3 +316,30 @@ async def test_queue_limits_are_checked_at_create() -> None:
         for bad in ({"max_queue": 0}, {"max_queue": "10"}, {"max_queue_age": -1}):
             with pytest.raises(InvalidInput):
                 await w.c.workspaces.create({"name": "x", "command": ["agent"], **bad})
+
+
+async def test_a_send_forwarded_and_settled_before_its_accept_returns_is_answered_at_once() -> None:
+    """On PostgreSQL an accept may take several loop turns (a flush, a notice to other
+    replicas) in which another task claims the message, forwards it and settles it. The
+    caller's wait is registered before the accept, so the settle reaches it: answered at
+    once, not at the waiter's next look at the store (2 s later: every send at c=16 on
+    PostgreSQL took 2 s when the wait was registered after the accept)."""
+    async with world() as w:
+        ws = await w.create("a")
+        store = w.store
+
+        async def settled_meanwhile(d: Any, **kw: Any) -> Any:
+            stored, created = await store.accept(d)  # left queued: the dispatcher takes it
+            w.c.dispatcher.wake(d.workspace_id)
+            for _ in range(200):
+                if (await store.get_delivery(d.id)).status.final:
+                    return stored, created, []
+                await asyncio.sleep(0.005)
+            raise AssertionError("the dispatcher did not settle the message")
+
+        store.accept_claim = settled_meanwhile  # type: ignore[method-assign]
+        started = time.monotonic()
+        status, body, headers = await w.send(ws, "hi", message_id="m1", wait=10)
+        assert status == 200 and body["result"]["message"]["parts"][0]["text"] == "echo: hi"
+        assert time.monotonic() - started < 1.5  # the waiter's poll is 2 s
+        assert w.c.deliveries._waiters._futs == {}  # nothing left registered

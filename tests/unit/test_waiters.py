@@ -1,6 +1,7 @@
-"""Waiters: a caller waiting for a delivery's final answer is woken by `resolve`, finds a
-delivery finalised without a notice at its next look at the store, gives up at its
-deadline, and leaves nothing behind however it ends."""
+"""Waiters: a caller waiting for a delivery's final answer is woken by `resolve` (also one
+that came between its `expect` and its `wait`), finds a delivery finalised without a
+notice at its next look at the store, gives up at its deadline, and leaves nothing behind
+however it ends."""
 
 from __future__ import annotations
 
@@ -39,20 +40,20 @@ def waiters(store: Store, poll: float = 5.0) -> Waiters:
 async def test_resolve_wakes_every_waiter_of_the_delivery_and_leaves_nothing() -> None:
     store = Store()
     w = waiters(store)
-    first = asyncio.create_task(w.wait("d1", 5, fresh=True))
+    first = asyncio.create_task(w.wait("d1", 5, first=w.expect("d1")))
     second = asyncio.create_task(w.wait("d1", 5))
     await asyncio.sleep(0.01)
     done = delivery(DeliveryStatus.DONE)
     w.resolve(done)
     assert await first is done and await second is done
-    assert store.reads == 1  # fresh: the accepting caller skipped its first read
+    assert store.reads == 1  # the accepting caller, expected before, skipped its first read
     assert w._futs == {}
 
 
 async def test_a_delivery_finalised_without_a_notice_is_found_at_the_next_poll() -> None:
     store = Store()
     w = waiters(store, poll=0.05)
-    task = asyncio.create_task(w.wait("d1", 5, fresh=True))
+    task = asyncio.create_task(w.wait("d1", 5, first=w.expect("d1")))
     await asyncio.sleep(0.01)
     store.current = delivery(DeliveryStatus.DONE)  # settled elsewhere, the notice lost
     started = time.monotonic()
@@ -69,7 +70,7 @@ async def test_the_deadline_answers_none_and_cancellation_cleans_up() -> None:
     assert 0.09 <= time.monotonic() - started < 1
     assert store.reads >= 3  # it looked at the store every poll
     assert w._futs == {}
-    task = asyncio.create_task(w.wait("d1", 5, fresh=True))
+    task = asyncio.create_task(w.wait("d1", 5, first=w.expect("d1")))
     await asyncio.sleep(0.01)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
@@ -81,8 +82,8 @@ async def test_the_deadline_answers_none_and_cancellation_cleans_up() -> None:
 async def test_a_resolve_after_one_waiter_left_still_reaches_the_other() -> None:
     store = Store()
     w = waiters(store)
-    leaving = asyncio.create_task(w.wait("d1", 5, fresh=True))
-    staying = asyncio.create_task(w.wait("d1", 5, fresh=True))
+    leaving = asyncio.create_task(w.wait("d1", 5, first=w.expect("d1")))
+    staying = asyncio.create_task(w.wait("d1", 5, first=w.expect("d1")))
     await asyncio.sleep(0.01)
     leaving.cancel()
     await asyncio.gather(leaving, return_exceptions=True)
@@ -113,3 +114,28 @@ async def test_a_resolve_while_the_store_is_read_is_not_missed() -> None:
     gate.set()
     got = await asyncio.wait_for(task, 1)
     assert got is done and w._futs == {}
+
+
+async def test_a_resolve_between_expect_and_wait_is_not_missed() -> None:
+    """The proxy expects before the accept; the message is forwarded and settled by another
+    task before the accept returns (a PostgreSQL flush, a notice to other replicas): the
+    wait has it at once, without reading the store, not a poll (5 s here) later."""
+    store = Store()
+    w = waiters(store, poll=5.0)
+    first = w.expect("d1")
+    done = delivery(DeliveryStatus.DONE)
+    w.resolve(done)  # store.current is still in flight: a read would not see it
+    got = await asyncio.wait_for(w.wait("d1", 10, first=first), 1)
+    assert got is done and store.reads == 0 and w._futs == {}
+
+
+async def test_an_expect_no_wait_took_is_dropped() -> None:
+    store = Store()
+    w = waiters(store)
+    kept, dropped = w.expect("d1"), w.expect("d1")
+    w.drop("d1", dropped)
+    w.drop("d1", dropped)  # twice: nothing
+    assert w._futs == {"d1": {kept}}
+    w.drop("d1", kept)
+    assert w._futs == {}
+    w.drop("d2", kept)  # never expected: nothing

@@ -168,11 +168,23 @@ class DeliveryLog:
     ) -> list[Delivery]:
         return await self._store.list_deliveries(workspace_id, status, limit)
 
+    def expect(self, delivery_id: str) -> asyncio.Future[Delivery | None]:
+        """A wait registered before the accept (Waiters.expect): pass it to `wait` as
+        `first`, or to `drop`."""
+        return self._waiters.expect(delivery_id)
+
+    def drop(self, delivery_id: str, fut: asyncio.Future[Delivery | None]) -> None:
+        self._waiters.drop(delivery_id, fut)
+
     async def wait(
-        self, delivery_id: str, timeout: float, *, fresh: bool = False
+        self,
+        delivery_id: str,
+        timeout: float,
+        *,
+        first: asyncio.Future[Delivery | None] | None = None,
     ) -> Delivery | None:
         """The delivery once final, or None when `timeout` passes first."""
-        return await self._waiters.wait(delivery_id, timeout, fresh=fresh)
+        return await self._waiters.wait(delivery_id, timeout, first=first)
 
     async def listen(self) -> None:
         """Resolve local waiters when another replica settles a delivery (a background loop;

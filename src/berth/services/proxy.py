@@ -191,14 +191,22 @@ class Proxy:
             fingerprint=fingerprint,
         )
         sub = self._bus.subscribe(stream_topic(d.id)) if streaming else None
+        # the wait is registered before the accept: the message may be forwarded and
+        # settled by another task before the accept returns here
+        first = self._log.expect(d.id) if sub is None and wait > 0 else None
         try:
             stored, created = await self._log.accept(
                 d, workspace_name=ws.name, limit=ws.queue_limit(self._queue_limit)
             )
         except BaseException:
+            if first is not None:
+                self._log.drop(d.id, first)
             if sub is not None:
                 await sub.aclose()
             raise
+        if first is not None and (not created or stored.status.final):
+            self._log.drop(d.id, first)  # no wait takes it (a duplicate's is for the first's id)
+            first = None
         if not created and stored.fingerprint not in (None, d.fingerprint):
             if sub is not None:
                 await sub.aclose()
@@ -214,7 +222,7 @@ class Proxy:
                 sub = self._bus.subscribe(stream_topic(stored.id))
             return await self._stream_reply(stored, sub, how, original=created)
         if not stored.status.final:
-            got = await self._log.wait(stored.id, wait, fresh=created) if wait > 0 else None
+            got = await self._log.wait(stored.id, wait, first=first) if wait > 0 else None
             if got is None:
                 return self._accepted(stored)
             stored = got

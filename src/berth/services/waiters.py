@@ -32,28 +32,51 @@ class Waiters:
             if not fut.done():
                 fut.set_result(d)
 
+    def expect(self, delivery_id: str) -> asyncio.Future[Delivery | None]:
+        """Register a wait for a delivery before it can be forwarded (before its accept):
+        `resolve` fills the returned future from now on, so `wait(..., first=it)` need not
+        read the store first and still misses nothing. The accept may take several loop
+        turns (a flush, a notice to other replicas) in which another task can forward
+        and settle the message. Pass it to `wait`, or to `drop` when there is no wait."""
+        fut: asyncio.Future[Delivery | None] = asyncio.get_running_loop().create_future()
+        self._futs.setdefault(delivery_id, set()).add(fut)
+        return fut
+
+    def drop(self, delivery_id: str, fut: asyncio.Future[Delivery | None]) -> None:
+        """Forget an `expect` that no `wait` took (idempotent)."""
+        waiting = self._futs.get(delivery_id)
+        if waiting is not None:
+            waiting.discard(fut)
+            if not waiting:
+                del self._futs[delivery_id]
+
     async def wait(
-        self, delivery_id: str, timeout: float, *, fresh: bool = False
+        self,
+        delivery_id: str,
+        timeout: float,
+        *,
+        first: asyncio.Future[Delivery | None] | None = None,
     ) -> Delivery | None:
-        """The delivery once final, or None when `timeout` passes first. `fresh`: the caller
-        has just accepted it, so it cannot be final yet and the first store read is skipped.
-        Each round waits on one future that `resolve` fills with the delivery and a timer
-        fills with None (`asyncio.wait` made a set, a waiter and callbacks per round:
-        ~8 us against ~3)."""
+        """The delivery once final, or None when `timeout` passes first. `first`: what
+        `expect` gave before the accept; the first round waits on it without reading the
+        store (whatever settled the delivery since has filled it). Each round waits on one
+        future that `resolve` fills with the delivery and a timer fills with None
+        (`asyncio.wait` made a set, a waiter and callbacks per round: ~8 us against ~3)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while True:
             # registered before the store is read: a resolve during the read is not missed
-            fut: asyncio.Future[Delivery | None] = loop.create_future()
+            # (`first` again: a resolve popped it with its set, done)
+            fut = loop.create_future() if first is None else first
             waiting = self._futs.setdefault(delivery_id, set())
             waiting.add(fut)
             timer: asyncio.TimerHandle | None = None
             try:
-                if not fresh:
+                if first is None:
                     d = await self._store.get_delivery(delivery_id)
                     if d.status.final:
                         return d
-                fresh = False
+                first = None
                 left = deadline - loop.time()
                 if not fut.done():
                     if left <= 0:
