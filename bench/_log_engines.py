@@ -45,6 +45,11 @@ INDEXES_ONLY = {"enable_seqscan": "off"}
 
 class Engine(Protocol):
     async def accept(self, delivery_id: str, ws_id: str) -> None: ...
+    # accept, and claim at most `room` of the workspace (oldest first) in the same commit
+    # where the engine can (berth's proxy: a message to a workspace with room)
+    async def accept_claim(
+        self, delivery_id: str, ws_id: str, owner: str, room: int
+    ) -> list[str]: ...
     async def claim(self, ws_id: str, owner: str, room: int) -> list[str]: ...
     async def settle(self, delivery_id: str, owner: str) -> None: ...
     # (flushes, items) of accept, claim and settle so far: statements sent and calls made
@@ -60,8 +65,24 @@ class BerthEngine:
         self.capacity = capacity
 
     async def accept(self, delivery_id: str, ws_id: str) -> None:
+        _, created = await self.store.accept(self._delivery(delivery_id, ws_id))
+        assert created
+
+    async def accept_claim(self, delivery_id: str, ws_id: str, owner: str, room: int) -> list[str]:
+        d, created, got = await self.store.accept_claim(
+            self._delivery(delivery_id, ws_id),
+            capacity=self.capacity,
+            owner=owner,
+            lease_seconds=LEASE,
+            now=time.time(),
+        )
+        assert created
+        return [g.id for g in got]
+
+    @staticmethod
+    def _delivery(delivery_id: str, ws_id: str) -> Delivery:
         now = time.time()
-        d = Delivery(
+        return Delivery(
             id=delivery_id,
             workspace_id=ws_id,
             message_id=str(uuid.uuid4()),
@@ -72,8 +93,6 @@ class BerthEngine:
             created_at=now,
             updated_at=now,
         )
-        _, created = await self.store.accept(d)
-        assert created
 
     async def claim(self, ws_id: str, owner: str, room: int) -> list[str]:
         got = await self.store.claim(
@@ -139,6 +158,10 @@ class BarePgEngine:
         await self._run(
             "execute", self.INSERT, delivery_id, ws_id, str(uuid.uuid4()), REQUEST, HEADERS, now
         )
+
+    async def accept_claim(self, delivery_id: str, ws_id: str, owner: str, room: int) -> list[str]:
+        await self.accept(delivery_id, ws_id)  # one commit per step: two
+        return await self.claim(ws_id, owner, room)
 
     async def claim(self, ws_id: str, owner: str, room: int) -> list[str]:
         self.calls[1] += 1
@@ -242,8 +265,10 @@ class BarePgBatchedEngine:
     async def _write(self, c: Any, items: list[tuple[str, Any]]) -> list[Any]:
         now = time.time()
         acks = [x for kind, x in items if kind == "ack"]
-        accepts = [x for kind, x in items if kind == "accept"]
+        accepts = [x[:2] for kind, x in items if kind in ("accept", "accept_claim")]
         claims = [(i, x) for i, (kind, x) in enumerate(items) if kind == "claim"]
+        # an accept_claim: its accept with the others, then a claim of its workspace
+        claims += [(i, (x[1], x[2])) for i, (kind, x) in enumerate(items) if kind == "accept_claim"]
         out: list[Any] = [None] * len(items)
         async with c.transaction():
             if acks:
@@ -273,6 +298,10 @@ class BarePgBatchedEngine:
 
     async def claim(self, ws_id: str, owner: str, room: int) -> list[str]:
         ids: list[str] = await self.writes(("claim", (ws_id, room)))
+        return ids
+
+    async def accept_claim(self, delivery_id: str, ws_id: str, owner: str, room: int) -> list[str]:
+        ids: list[str] = await self.writes(("accept_claim", (delivery_id, ws_id, room)))
         return ids
 
     async def settle(self, delivery_id: str, owner: str) -> None:
@@ -314,6 +343,10 @@ class BareSqliteEngine:
         now = time.time()
         args = (delivery_id, ws_id, str(uuid.uuid4()), REQUEST, HEADERS, now, now)
         await self._run(lambda: self._c.execute(self.INSERT, args))
+
+    async def accept_claim(self, delivery_id: str, ws_id: str, owner: str, room: int) -> list[str]:
+        await self.accept(delivery_id, ws_id)
+        return await self.claim(ws_id, owner, room)
 
     async def claim(self, ws_id: str, owner: str, room: int) -> list[str]:
         now = time.time()

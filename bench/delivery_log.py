@@ -1,14 +1,19 @@
 """The delivery log's hot path through the Store port: accepted -> claimed -> settled done, per second.
 
     python bench/delivery_log.py [--backends sqlite,postgres] [--count 5000] [--finished 0,1000000]
-                                 [--dispatch ws,1,8] [--producers 8] [--pg-modes batched,single]
+                                 [--dispatch proxy,ws,1,8] [--producers 8] [--pg-modes batched,single]
                                  [--database-url postgresql://postgres@127.0.0.1:5432/test] [--quick]
 
 Producers accept deliveries (round robin over 8 workspaces with max_concurrency 4), each
 one at a time, while dispatchers drain them. `--dispatch ws` runs berth's dispatcher shape:
 one loop per workspace that claims up to the capacity left, settles each claimed delivery
-in its own task, and claims again when one ends or new work is accepted. A number N runs N
-sweeping tasks instead, each claiming workspace after workspace and settling what it got.
+in its own task, and claims again when one ends or new work is accepted. `--dispatch proxy`
+adds what berth's proxy does in front of it: a message to a workspace with room (in this
+process's count of forwards) is accepted and claimed at once (`accept_claim`: one commit
+on SQLite and PostgreSQL; an accept and a claim in one flush for the batched bare SQL) and
+its forward starts at once, the producer going on to its next message; the rest wait for
+the workspace's loop. A number N runs N sweeping tasks instead, each claiming workspace
+after workspace and settling what it got.
 Each configuration runs a fixed number of deliveries (after a short warm-up) and reports
 deliveries/s end to end and the p50/p99 of accept -> settled.
 
@@ -112,13 +117,41 @@ async def drive(
     wake = {ws: asyncio.Event() for ws in ws_ids}
     owner = f"bench-{os.getpid()}"
 
+    busy = dict.fromkeys(ws_ids, 0)  # forwards running per workspace (`ws` and `proxy`)
+    maybe_queued = dict.fromkeys(ws_ids, True)  # as berth's Dispatcher._maybe_queued
+    running: set[asyncio.Task[None]] = set()
+
+    def launch(ws: str, ids: list[str]) -> None:
+        busy[ws] += len(ids)
+        for did in ids:
+            task = asyncio.create_task(forward(ws, did))
+            running.add(task)
+            task.add_done_callback(running.discard)
+
+    async def forward(ws: str, did: str) -> None:
+        """A forward that answers at once, then the settle (berth's Dispatcher._forward)."""
+        await settle_one(did, owner)
+        busy[ws] -= 1
+        wake[ws].set()
+
     async def producer(k: int) -> None:
         for i in todo:  # shared: the producers split the count between them
             await sem.acquire()
             did = time_ordered_id()  # as berth's proxy makes them
             t0s[did] = time.perf_counter()
             ws = ws_ids[i % len(ws_ids)]
-            await eng.accept(did, ws)
+            room = MAX_CONCURRENCY - busy[ws]
+            if dispatch == "proxy" and room > 0:
+                # berth's proxy: a message to a workspace with room is claimed in the commit
+                # that accepts it and forwarded at once (DeliveryLog.accept, claim_on_accept);
+                # the workspace's loop is woken only when it was left queued
+                ids = await eng.accept_claim(did, ws, owner, room)
+                launch(ws, ids)
+                if did in ids:
+                    continue
+            else:
+                await eng.accept(did, ws)
+            maybe_queued[ws] = True
             work.set()
             wake[ws].set()
 
@@ -149,34 +182,29 @@ async def drive(
 
     async def ws_loop(ws: str) -> None:
         """berth's Dispatcher._loop, with a forward that answers at once."""
-        ev, busy, tasks = wake[ws], [0], set()
-
-        async def forward(did: str) -> None:
-            await settle_one(did, owner)
-            busy[0] -= 1
-            ev.set()
-
+        ev = wake[ws]
         while not finished.is_set():
             ev.clear()
-            room = MAX_CONCURRENCY - busy[0]
-            if room > 0:
+            room = MAX_CONCURRENCY - busy[ws]
+            if room > 0 and maybe_queued[ws]:
+                maybe_queued[ws] = False  # an accept during the claim sets it again
                 ids = await eng.claim(ws, owner, room)
-                busy[0] += len(ids)
-                for did in ids:
-                    task = asyncio.create_task(forward(did))
-                    tasks.add(task)
-                    task.add_done_callback(tasks.discard)
+                launch(ws, ids)
                 if ids and len(ids) == room:
+                    maybe_queued[ws] = True
                     continue  # it took all it could: there may be more
             if not finished.is_set():
-                with contextlib.suppress(asyncio.TimeoutError):
+                try:
                     await asyncio.wait_for(ev.wait(), 0.05)
-        await asyncio.gather(*tasks)
+                except asyncio.TimeoutError:
+                    maybe_queued[ws] = True  # the slow poll (a bare claim takes one at a time)
+        while running:
+            await asyncio.gather(*running)
 
     f0 = eng.flushes()
     cpu0, start = time.process_time(), time.perf_counter()
     tasks = [asyncio.create_task(producer(i)) for i in range(producers)]
-    if dispatch == "ws":
+    if dispatch in ("ws", "proxy"):
         tasks += [asyncio.create_task(ws_loop(ws)) for ws in ws_ids]
     else:
         tasks += [asyncio.create_task(sweeper(k)) for k in range(int(dispatch))]
@@ -556,8 +584,9 @@ def parse() -> argparse.Namespace:
     ap.add_argument("--finished", default="0,1000000", help="'done' rows already in the table")
     ap.add_argument(
         "--dispatch",
-        default="ws,8",
-        help="'ws': a claim loop per workspace (berth's shape); N: N sweeping dispatcher tasks",
+        default="proxy,ws,8",
+        help="'proxy': berth's proxy and dispatcher (accept_claim when the workspace has room); "
+        "'ws': a claim loop per workspace (berth's dispatcher alone); N: N sweeping tasks",
     )
     ap.add_argument("--producers", type=int, default=8, help="concurrent accepting tasks")
     ap.add_argument("--pg-modes", default="batched,single", help="group commit on / off")

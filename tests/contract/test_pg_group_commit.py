@@ -224,11 +224,14 @@ async def test_claim_many_takes_its_locks_in_one_global_order(pg: tuple[Any, str
     keys = {ws: await store._fetchrow("SELECT hashtext($1) AS h", ws) for ws in wss}
     by_key = sorted(wss, key=lambda ws: keys[ws]["h"])
     held, a, b = [await _other_connection(url) for _ in range(3)]
-    sql = "SELECT * FROM berth_claim_many($1::text[], $2::int[], $3::text[], $4::float8[], $5::float8[])"
+    sql = (
+        "SELECT * FROM berth_claim_many($1::text[], $2::int[], $3::text[], $4::float8[], "
+        "$5::float8[], $6::text[])"
+    )
 
     def args(order: list[str], owner: str) -> list[Any]:
         n = len(order)
-        return [order, [1] * n, [owner] * n, [T0] * n, [T0 + LEASE] * n]
+        return [order, [1] * n, [owner] * n, [T0] * n, [T0 + LEASE] * n, [None] * n]
 
     try:
         tx = held.transaction()
@@ -246,3 +249,65 @@ async def test_claim_many_takes_its_locks_in_one_global_order(pg: tuple[Any, str
             await c.close()
     assert not [g for g in got if isinstance(g, asyncpg.DeadlockDetectedError)]
     assert sum(len(g) for g in got) == len(wss)  # capacity 1 each: one claim per workspace
+
+
+async def _accept_claim(store: Any, ws: str, msg: str, capacity: int | None) -> Any:
+    return await store.accept_claim(
+        make_d(ws, msg), capacity=capacity, owner="me", lease_seconds=LEASE, now=T0 + 1
+    )
+
+
+async def test_accept_claim_is_one_flush_and_committed_when_answered(
+    pg: tuple[Any, str],
+) -> None:
+    """The proxy's accept_claim waits for one commit, not an accept's and then a claim's."""
+    store, url = pg
+    before, statements = store.writes.batches, store.writes.items
+    d, created, got = await _accept_claim(store, "w1", "m1", 2)
+    assert (store.writes.batches - before, store.writes.items - statements) == (1, 1)
+    assert created and d.status is D.IN_FLIGHT and got == [d]
+    other = await _other_connection(url)
+    try:  # claimed and committed: another session sees the lease
+        row = await other.fetchrow("SELECT status, lease_owner FROM deliveries WHERE id = $1", d.id)
+        assert (row["status"], row["lease_owner"]) == (D.IN_FLIGHT.value, "me")
+    finally:
+        await other.close()
+
+
+async def test_concurrent_accept_claims_of_one_workspace_hand_each_claim_out_once(
+    pg: tuple[Any, str],
+) -> None:
+    """Many accept_claims in one flush: their claims run one after the other in its
+    transaction, so the workspace's capacity holds, each claimed delivery is handed to
+    exactly one caller (it is forwarded once), and each caller's own row is returned as the
+    flush left it (claimed by its own claim or by an earlier one's)."""
+    store, _ = pg
+    await store.accept(make_d("w1", "old"))  # an older one waiting: claimed first
+    blocker = asyncio.create_task(store.accept(make_d("w9", "first")))  # runs alone
+    await asyncio.sleep(0)
+    got = await asyncio.gather(*(_accept_claim(store, "w1", f"m{i}", 4) for i in range(8)))
+    await blocker
+    handed = [g for _, _, gs in got for g in gs]
+    assert len(handed) == 4 and len({g.id for g in handed}) == 4  # capacity, each once
+    assert sorted(g.message_id for g in handed) == ["m0", "m1", "m2", "old"]
+    mine = {d.message_id: d.status for d, created, _ in got if created}
+    assert len(mine) == 8
+    assert mine == {f"m{i}": D.IN_FLIGHT if i < 3 else D.QUEUED for i in range(8)}
+    assert await store.pending("w1") == (5, 4)
+
+
+async def test_accept_claim_of_a_duplicate_in_a_flush_claims_nothing(
+    pg: tuple[Any, str],
+) -> None:
+    store, _ = pg
+    await store.accept(make_d("w1", "old"))
+    first, _ = await store.accept(make_d("w1", "dup"))
+    blocker = asyncio.create_task(store.accept(make_d("w9", "first")))
+    await asyncio.sleep(0)
+    (d, created, got), (other, other_created, other_got) = await asyncio.gather(
+        _accept_claim(store, "w1", "dup", 4), _accept_claim(store, "w2", "fresh", 4)
+    )
+    await blocker
+    assert (d.id, created, got) == (first.id, False, [])  # nothing of w1 claimed
+    assert other_created and other_got == [other] and other.status is D.IN_FLIGHT
+    assert await store.pending("w1") == (2, 0)

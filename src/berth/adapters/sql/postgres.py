@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from berth.adapters.accept_claim import AcceptThenClaim
 from berth.adapters.sql import rows
 from berth.adapters.sql.postgres_base import _CLAIM_SQL, _insert
 from berth.adapters.sql.postgres_credentials import PostgresCredentials
@@ -26,9 +25,7 @@ except ImportError as e:  # pragma: no cover - exercised only without the extra 
 __all__ = ["_CLAIM_SQL", "PostgresStore"]
 
 
-class PostgresStore(
-    PostgresDeliveries, PostgresFleet, PostgresCredentials, rows.WorkspaceUpdates, AcceptThenClaim
-):
+class PostgresStore(PostgresDeliveries, PostgresFleet, PostgresCredentials, rows.WorkspaceUpdates):
     # workspaces ------------------------------------------------------------
     async def create_workspace(self, ws: Workspace) -> None:
         sql, args = _insert("workspaces", rows.ws_params(ws))

@@ -10,7 +10,9 @@ its own would be:
 * accepts: one INSERT ... SELECT FROM unnest(...) ON CONFLICT DO NOTHING, then one SELECT
   for the calls that found their (workspace, caller, messageId) taken;
 * claims last: berth_claim for each workspace in the order of their advisory lock keys
-  (berth_claim_many); the settles before them freed capacity for them.
+  (berth_claim_many); the settles before them freed capacity for them. An accept_claim is
+  an accept and a claim of its workspace made only if that accept created the delivery:
+  a message to an idle workspace is accepted and claimed in one commit, as on SQLite.
 
 A flush waits only for advisory locks (taken in one global order, last) and for the
 uncommitted insert of the same message elsewhere (in sorted order, before any advisory
@@ -29,7 +31,7 @@ from berth.adapters.sql.postgres_base import PostgresBase
 from berth.domain.delivery import FINAL, Delivery
 from berth.ports import Settle
 
-__all__ = ["ClaimCall", "PostgresBatches", "SettleCall", "Write", "write_key"]
+__all__ = ["AcceptClaimCall", "ClaimCall", "PostgresBatches", "SettleCall", "Write", "write_key"]
 
 _BYTEA = {"request", "reply"}
 _INT = {"attempts", "forwards", "reply_status"}
@@ -73,6 +75,7 @@ _CLAIM_ARGS = [
     ("owner", "text"),
     ("now", "float8"),
     ("until", "float8"),
+    ("if", "text"),
 ]
 _ARGS = (
     [(f"s_{n}", t) for n, t in _SETTLE_ARGS]
@@ -144,7 +147,7 @@ BEGIN
         END IF;
     END IF;
     IF cardinality(c_ws) > 0 THEN
-        RETURN QUERY SELECT 'claim', t.k, t.d FROM berth_claim_many(c_ws, c_cap, c_owner, c_now, c_until) AS t;
+        RETURN QUERY SELECT 'claim', t.k, t.d FROM berth_claim_many(c_ws, c_cap, c_owner, c_now, c_until, c_if) AS t;
     END IF;
 END $$
 """
@@ -172,11 +175,22 @@ class SettleCall:
     now: float
 
 
-Write = Delivery | ClaimCall | SettleCall  # an accept, a claim, a settle
+@dataclass(frozen=True)
+class AcceptClaimCall:
+    """An accept, and a claim of its workspace if the accept created the delivery."""
+
+    delivery: Delivery
+    claim: ClaimCall
+
+
+# an accept, a claim, a settle, an accept_claim
+Write = Delivery | ClaimCall | SettleCall | AcceptClaimCall
 
 
 def write_key(w: Write) -> Hashable:
     """Calls with the same key never share a flush (the later one sees the earlier's effect)."""
+    if isinstance(w, AcceptClaimCall):
+        w = w.delivery
     if isinstance(w, Delivery):
         return ("accept", w.workspace_id, w.caller, w.message_id)
     if isinstance(w, ClaimCall):
@@ -189,19 +203,31 @@ class PostgresBatches(PostgresBase):
 
     async def _write_many(self, writes: list[Write]) -> list[Any]:
         """One statement for all: settles, then accepts, then claims (see berth_write)."""
-        settles = [w for w in writes if isinstance(w, SettleCall)]
-        accepts = [w for w in writes if isinstance(w, Delivery)]
-        claims = [w for w in writes if isinstance(w, ClaimCall)]
+        settles: list[SettleCall] = []
+        accepts: list[Delivery] = []
+        claims: list[tuple[ClaimCall, str | None]] = []  # (claim, only if this id exists)
+        for w in writes:
+            if isinstance(w, SettleCall):
+                settles.append(w)
+            elif isinstance(w, Delivery):
+                accepts.append(w)
+            elif isinstance(w, ClaimCall):
+                claims.append((w, None))
+            else:
+                accepts.append(w.delivery)
+                claims.append((w.claim, w.delivery.id))
         got = await self._fetch(
             _WRITE, *_settle_args(settles), *_accept_args(accepts), *_claim_args(claims)
         )
         by_id: dict[str, Delivery] = {}
         existing: dict[int, Delivery] = {}
         claimed: defaultdict[int, list[Delivery]] = defaultdict(list)
+        latest: dict[str, Delivery] = {}  # what the flush's claims made of each row
         for r in got:
             kind, d = r["w_kind"], rows.d_from_row(r)
             if kind == "claim":
                 claimed[r["w_k"]].append(d)
+                latest[d.id] = d
             elif kind == "existing":
                 existing[r["w_k"]] = d
             else:
@@ -211,20 +237,33 @@ class PostgresBatches(PostgresBase):
         for w in writes:
             if isinstance(w, SettleCall):
                 out.append(by_id.get(w.delivery_id))
-            elif isinstance(w, ClaimCall):
+                continue
+            if isinstance(w, ClaimCall):
                 n_claim += 1
                 out.append(sorted(claimed[n_claim], key=lambda d: d.seq))
-            else:
-                n_accept += 1
-                if w.id in by_id:
-                    out.append((by_id[w.id], True))
-                elif n_accept in existing:
-                    out.append((existing[n_accept], False))
-                else:  # its conflicting row went before the lookup: alone, now
-                    out.append(await self._accept_one(w))
+                continue
+            n_accept += 1
+            d = w if isinstance(w, Delivery) else w.delivery
+            if d.id in by_id:
+                accepted = (by_id[d.id], True)
+            elif n_accept in existing:
+                accepted = (existing[n_accept], False)
+            else:  # its conflicting row went before the lookup: alone, now
+                accepted = await self._accept_one(d)
+            if isinstance(w, Delivery):
+                out.append(accepted)
+                continue
+            n_claim += 1
+            # its own row as stored: claimed by its claim or by another claim of its
+            # workspace earlier in the flush (which took the oldest first, this one included)
+            stored, created = accepted
+            mine = sorted(claimed[n_claim], key=lambda d: d.seq)
+            out.append((latest.get(stored.id, stored) if created else stored, created, mine))
         return out
 
     async def _write_one(self, w: Write) -> Any:
+        if isinstance(w, AcceptClaimCall):  # one statement, as in a flush
+            return (await self._write_many([w]))[0]
         if isinstance(w, Delivery):
             return await self._accept_one(w)
         if isinstance(w, ClaimCall):
@@ -276,8 +315,11 @@ def _accept_args(ds: list[Delivery]) -> list[list[Any]]:
     return [[p[c] for p in params] for c in rows.D_COLUMNS]
 
 
-def _claim_args(calls: list[ClaimCall]) -> list[list[Any]]:
+def _claim_args(calls: list[tuple[ClaimCall, str | None]]) -> list[list[Any]]:
     return _columns(
         len(_CLAIM_ARGS),
-        [(c.workspace_id, c.capacity, c.owner, float(c.now), float(c.until)) for c in calls],
+        [
+            (c.workspace_id, c.capacity, c.owner, float(c.now), float(c.until), only_if)
+            for c, only_if in calls
+        ],
     )

@@ -1,6 +1,6 @@
 """The delivery log's rows on PostgreSQL (the DeliveryStore port).
 
-accept, claim and settle go through group commit (berth.adapters.sql.group_commit):
+accept, claim, accept_claim and settle go through group commit (berth.adapters.sql.group_commit):
 concurrent calls share one transaction, a statement per kind (postgres_batch); a lone call
 runs the single-item statement below."""
 
@@ -12,6 +12,7 @@ from berth.adapters.sql import rows
 from berth.adapters.sql.group_commit import GroupCommit
 from berth.adapters.sql.postgres_base import _by_seq, _insert, _rowcount
 from berth.adapters.sql.postgres_batch import (
+    AcceptClaimCall,
     ClaimCall,
     PostgresBatches,
     SettleCall,
@@ -111,6 +112,22 @@ class PostgresDeliveries(PostgresBatches):
             c.until,
         )
         return _by_seq(got)
+
+    async def accept_claim(
+        self,
+        d: Delivery,
+        *,
+        capacity: int | None,
+        owner: str,
+        lease_seconds: float,
+        now: float,
+    ) -> tuple[Delivery, bool, list[Delivery]]:
+        """accept, then (when it created the delivery) claim, in one statement and one
+        commit (berth_write): the proxy's message to an idle workspace waits for one commit
+        before it is forwarded, not two."""
+        claim = ClaimCall(d.workspace_id, capacity, owner, float(now), float(now + lease_seconds))
+        got: tuple[Delivery, bool, list[Delivery]] = await self.writes(AcceptClaimCall(d, claim))
+        return got
 
     async def renew(self, owner: str, ids: list[str], lease_until: float) -> int:
         if not ids:
