@@ -36,7 +36,15 @@ import httpx
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from proxy import ADMIN, Procs, echo_via_berth, free_port, start_berth, start_echo  # noqa: E402
+from proxy import (  # noqa: E402
+    ADMIN,
+    Databases,
+    Procs,
+    echo_via_berth,
+    free_port,
+    start_berth,
+    start_echo,
+)
 from proxy import workspace as external_workspace  # noqa: E402
 
 
@@ -106,12 +114,13 @@ async def main() -> None:
     with tempfile.TemporaryDirectory() as t:
         tmp = Path(t)
         procs = Procs()
+        dbs = Databases(args.database_url)
         try:
             if args.trivial:
-                await trivial(args, tmp, procs)
+                await trivial(args, tmp, procs, dbs)
                 return
             direct = start_echo(procs, tmp)
-            via = echo_via_berth(procs, tmp, args.database_url)
+            via = await echo_via_berth(procs, tmp, dbs)
             store = "postgresql" if args.database_url else "sqlite"
             print(
                 f"# time to first stream event: store {store}, {args.n} streams per row, agent works 0.2 s"
@@ -148,19 +157,20 @@ async def main() -> None:
                     )
         finally:
             procs.stop()
+            await dbs.drop_all()
 
 
-async def trivial(args: argparse.Namespace, tmp: Path, procs: Procs) -> None:
+async def trivial(args: argparse.Namespace, tmp: Path, procs: Procs, dbs: Databases) -> None:
     port = free_port()
     agent = f"http://127.0.0.1:{port}/"
     procs.start([sys.executable, str(HERE / "_trivial.py"), "agent", "--port", str(port)], agent)
-    extra = {"BERTH_DATABASE_URL": args.database_url} if args.database_url else {}
     spec = {"runtime": "external", "url": agent, "max_concurrency": 64}
     auth = {"authorization": f"Bearer {ADMIN}"}
     targets: list[tuple[str, str, dict[str, str]]] = [("direct", agent, {})]
     for label, src in [("via berth", None), ("ref berth", args.ref_src)]:
         if label == "ref berth" and not src:
             continue
+        extra = await dbs.fresh()  # a database of its own (see proxy.Databases)
         env = {**extra, "PYTHONPATH": src} if src else extra
         berth, _ = start_berth(procs, tmp / label.replace(" ", "-"), **env)
         via = external_workspace(berth, f"trivial-sse-{len(targets)}-{os.getpid()}", **spec)

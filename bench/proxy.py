@@ -11,7 +11,8 @@ the caller is answered, group commit, nothing else: the floor of a durable Pytho
 this machine, SQLite runs only), the same floor written in C (bench/_floor.c, compiled
 here with gcc against libsqlite3 when both are present: what a compiled durable hop
 costs), and one berth per `--sync` value (SQLite's `synchronous`; one
-berth on PostgreSQL with `--database-url`) with an external workspace on the same agent.
+berth on PostgreSQL with `--database-url`, each berth on a database of its own that the
+bench creates and drops) with an external workspace on the same agent.
 Then drives each with the same closed-loop load at every concurrency, and prints p50,
 p99 and msg/s of all, berth's added p50 over the bare proxy, its throughput as a share of
 the bare proxy's and its p99 as a multiple of the bare proxy's, and the same three
@@ -149,6 +150,42 @@ def start_berth(procs: Procs, data: Path, **extra: str) -> tuple[str, subprocess
     return url, proc
 
 
+class Databases:
+    """With --database-url: a database of its own for each berth, created and dropped here.
+    Two berths on one database would be two replicas of one log without the Redis bus that
+    tells each at once what the other settled."""
+
+    def __init__(self, admin_url: str | None) -> None:
+        self.admin_url = admin_url
+        self.made: list[str] = []
+
+    async def _admin(self, sql: str) -> None:
+        import asyncpg
+
+        c = await asyncpg.connect(self.admin_url)
+        try:
+            await c.execute(sql)
+        finally:
+            await c.close()
+
+    async def fresh(self) -> dict[str, str]:
+        """The environment that points a berth at a new database ({} without PostgreSQL)."""
+        if not self.admin_url:
+            return {}
+        from urllib.parse import urlsplit, urlunsplit
+
+        db = f"berth_proxy_{os.getpid()}_{len(self.made)}"
+        await self._admin(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
+        await self._admin(f'CREATE DATABASE "{db}"')
+        self.made.append(db)
+        url = urlunsplit(urlsplit(self.admin_url)._replace(path="/" + db))
+        return {"BERTH_DATABASE_URL": url}
+
+    async def drop_all(self) -> None:
+        for db in self.made:
+            await self._admin(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
+
+
 def workspace(berth: str, name: str, **spec: object) -> str:
     r = httpx.post(berth + "/v1/workspaces", headers=AUTH, json={"name": name, **spec})
     r.raise_for_status()
@@ -185,7 +222,7 @@ async def measured(
     return r
 
 
-async def trivial(args: argparse.Namespace, tmp: Path, procs: Procs) -> None:
+async def trivial(args: argparse.Namespace, tmp: Path, procs: Procs, dbs: Databases) -> None:
     agent, bare, bare_pid = start_trivial(procs)
     floor = None if args.database_url else start_durable(procs, agent, tmp / "floor.db")
     c_floor = None if args.database_url else start_c_floor(procs, agent, tmp)
@@ -193,7 +230,7 @@ async def trivial(args: argparse.Namespace, tmp: Path, procs: Procs) -> None:
     variants = ["postgresql"] if args.database_url else args.sync.split(",")
     sources = [("", None)] + ([("ref ", args.ref_src)] if args.ref_src else [])
     for i, (sync, (tag, src)) in enumerate((v, s) for s in sources for v in variants):
-        extra = {"BERTH_DATABASE_URL": args.database_url} if args.database_url else {}
+        extra = await dbs.fresh()
         if not args.database_url:
             extra["BERTH_SQLITE_SYNCHRONOUS"] = sync
         if src:
@@ -238,17 +275,16 @@ def start_echo(procs: Procs, tmp: Path) -> str:
     return url
 
 
-def echo_via_berth(procs: Procs, tmp: Path, database_url: str | None) -> str:
+async def echo_via_berth(procs: Procs, tmp: Path, dbs: Databases) -> str:
     """A berth with an echo workspace: its proxy URL."""
-    extra = {"BERTH_DATABASE_URL": database_url} if database_url else {}
-    berth, _ = start_berth(procs, tmp / "berth-echo", **extra)
+    berth, _ = start_berth(procs, tmp / "berth-echo", **await dbs.fresh())
     spec = {"command": [sys.executable, "-m", "berth.examples.echo"], "max_concurrency": 64}
     return workspace(berth, f"bench-echo-{os.getpid()}", **spec)
 
 
-async def echo(args: argparse.Namespace, tmp: Path, procs: Procs) -> None:
+async def echo(args: argparse.Namespace, tmp: Path, procs: Procs, dbs: Databases) -> None:
     direct_url = start_echo(procs, tmp)
-    url = echo_via_berth(procs, tmp, args.database_url)
+    url = await echo_via_berth(procs, tmp, dbs)
     print("# echo agent (a2a-sdk): direct vs via berth")
     for c in [x for x in args.levels if x <= 16]:
         direct = await run("direct to echo", direct_url, c, args.seconds, {})
@@ -274,12 +310,14 @@ async def main() -> None:
     print(f"# berth proxy benchmark: store {store}, load average {os.getloadavg()[0]:.1f}")
     with tempfile.TemporaryDirectory() as t:
         procs = Procs()
+        dbs = Databases(args.database_url)
         try:
-            await trivial(args, Path(t), procs)
+            await trivial(args, Path(t), procs, dbs)
             if args.echo:
-                await echo(args, Path(t), procs)
+                await echo(args, Path(t), procs, dbs)
         finally:
             procs.stop()
+            await dbs.drop_all()
 
 
 if __name__ == "__main__":
