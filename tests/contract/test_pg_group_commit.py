@@ -283,10 +283,12 @@ async def test_concurrent_accept_claims_of_one_workspace_hand_each_claim_out_onc
     flush left it (claimed by its own claim or by an earlier one's)."""
     store, _ = pg
     await store.accept(make_d("w1", "old"))  # an older one waiting: claimed first
+    before = store.writes.batches
     blocker = asyncio.create_task(store.accept(make_d("w9", "first")))  # runs alone
     await asyncio.sleep(0)
     got = await asyncio.gather(*(_accept_claim(store, "w1", f"m{i}", 4) for i in range(8)))
     await blocker
+    assert store.writes.batches - before == 2  # the eight shared the flush after the first
     handed = [g for _, _, gs in got for g in gs]
     assert len(handed) == 4 and len({g.id for g in handed}) == 4  # capacity, each once
     assert sorted(g.message_id for g in handed) == ["m0", "m1", "m2", "old"]
@@ -311,3 +313,68 @@ async def test_accept_claim_of_a_duplicate_in_a_flush_claims_nothing(
     assert (d.id, created, got) == (first.id, False, [])  # nothing of w1 claimed
     assert other_created and other_got == [other] and other.status is D.IN_FLIGHT
     assert await store.pending("w1") == (2, 0)
+
+
+async def test_a_plain_claim_and_accept_claims_of_one_workspace_in_one_flush(
+    pg: tuple[Any, str],
+) -> None:
+    """The dispatcher's claim and the proxy's accept_claims of one workspace in one flush:
+    the claims run in arrival order in its transaction, each delivery is handed out once,
+    and an accept_claim whose message the plain claim took gets its row as claimed."""
+    store, _ = pg
+    await store.accept(make_d("w1", "old"))
+    before = store.writes.batches
+    blocker = asyncio.create_task(store.accept(make_d("w9", "first")))
+    await asyncio.sleep(0)
+    plain, *calls = await asyncio.gather(
+        claim(store, "w1", capacity=3, owner="me"),
+        *(_accept_claim(store, "w1", f"m{i}", 3) for i in range(2)),
+    )
+    await blocker
+    assert store.writes.batches - before == 2
+    # the accepts are written before the claims: the plain claim, first, takes all three
+    assert sorted(d.message_id for d in plain) == ["m0", "m1", "old"]
+    assert [(d.status, created, got) for d, created, got in calls] == [
+        (D.IN_FLIGHT, True, []),
+        (D.IN_FLIGHT, True, []),
+    ]
+
+
+async def test_an_item_that_fails_after_the_flush_committed_fails_alone(
+    pg: tuple[Any, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An accept whose conflicting row is gone by the time the flush looks it up is run
+    alone after the flush committed; if that fails, only its caller gets the error: the
+    settle, the accept and the claim the same flush committed are answered as done (run
+    again, the settle would find its delivery settled and the accept a duplicate)."""
+    from berth.domain.errors import StoreUnavailable
+
+    store, _ = pg
+    (d,) = await accept_many(store, "w1", 1)
+    await claim(store, "w1")
+    await store.accept(make_d("w2", "dup"))
+    real_fetch = store._fetch
+
+    async def no_existing(sql: str, *args: Any) -> Any:  # as if the conflicting row went
+        return [r for r in await real_fetch(sql, *args) if r.get("w_kind") != "existing"]
+
+    async def away(_: Any) -> Any:
+        raise StoreUnavailable("the database went away")
+
+    monkeypatch.setattr(store, "_fetch", no_existing)
+    monkeypatch.setattr(store, "_accept_one", away)
+    blocker = asyncio.create_task(claim(store, "w9"))  # runs alone
+    await asyncio.sleep(0)
+    settled, fresh, dup, claimed = await asyncio.gather(
+        store.settle(d.id, "a", Settle(D.DONE), T0),
+        store.accept(make_d("w3", "new")),
+        store.accept(make_d("w2", "dup")),
+        _accept_claim(store, "w4", "m", 2),
+        return_exceptions=True,
+    )
+    await blocker
+    assert isinstance(dup, StoreUnavailable)
+    assert settled is not None and settled.status is D.DONE  # type: ignore[union-attr]
+    assert fresh[1] is True  # type: ignore[index]
+    assert claimed[1] is True and claimed[0].status is D.IN_FLIGHT  # type: ignore[index]
+    assert store.writes.retried == 0  # nothing ran twice

@@ -216,6 +216,9 @@ class DeliveryLog:
         if spec is None:
             stored, created = await self._store.accept(d)
         else:
+            # (a caller cancelled here loses `got`: what that flush claimed stays in flight
+            # until its lease expires, then is redelivered. Only a shutdown cancels here:
+            # uvicorn does not cancel a handler whose client left.)
             stored, created, got = await self._store.accept_claim(
                 d, capacity=spec[0], owner=self.replica, lease_seconds=spec[1], now=self._now()
             )

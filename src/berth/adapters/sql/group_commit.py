@@ -23,7 +23,17 @@ from berth.domain.errors import StoreUnavailable
 log = logging.getLogger("berth.group_commit")
 A = TypeVar("A")
 R = TypeVar("R")
-__all__ = ["GroupCommit"]
+__all__ = ["GroupCommit", "ItemError"]
+
+
+class ItemError:
+    """A flush's result for one item that failed on its own after the flush's statement
+    succeeded (the others' results stand): its caller gets `error`."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
 
 
 class GroupCommit(Generic[A, R]):
@@ -121,7 +131,10 @@ class GroupCommit(Generic[A, R]):
                 await self._run_one(*entry)
             return
         for (_, fut), result in zip(batch, results, strict=True):
-            _succeed(fut, result)
+            if isinstance(result, ItemError):
+                _fail(fut, result.error)
+            else:
+                _succeed(fut, result)
 
     async def _run_one(self, item: A, fut: asyncio.Future[R]) -> None:
         try:

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from berth.adapters.sql import rows
+from berth.adapters.sql.group_commit import ItemError
 from berth.adapters.sql.postgres_base import PostgresBase
 from berth.domain.delivery import FINAL, Delivery
 from berth.ports import Settle
@@ -249,7 +250,11 @@ class PostgresBatches(PostgresBase):
             elif n_accept in existing:
                 accepted = (existing[n_accept], False)
             else:  # its conflicting row went before the lookup: alone, now
-                accepted = await self._accept_one(d)
+                try:
+                    accepted = await self._accept_one(d)
+                except Exception as e:  # this item's failure: the flush is committed
+                    out.append(ItemError(e))
+                    continue
             if isinstance(w, Delivery):
                 out.append(accepted)
                 continue
@@ -263,7 +268,10 @@ class PostgresBatches(PostgresBase):
 
     async def _write_one(self, w: Write) -> Any:
         if isinstance(w, AcceptClaimCall):  # one statement, as in a flush
-            return (await self._write_many([w]))[0]
+            (got,) = await self._write_many([w])
+            if isinstance(got, ItemError):
+                raise got.error
+            return got
         if isinstance(w, Delivery):
             return await self._accept_one(w)
         if isinstance(w, ClaimCall):
