@@ -43,7 +43,7 @@ import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _load import body as rpc_body  # noqa: E402
-from proxy import env, free_port, wait_http  # noqa: E402
+from proxy import Databases, env, free_port, wait_http  # noqa: E402
 
 ADMIN = "bench-admin"
 AUTH = {"authorization": f"Bearer {ADMIN}"}
@@ -71,11 +71,10 @@ async def idle_cpu(pid: int, seconds: float) -> float:
     return (cpu_seconds(pid) - c0) / (time.monotonic() - t0) * 100
 
 
-def start_berth(tmp: Path, database_url: str | None, extra: dict[str, str]) -> tuple[Any, str]:
+def start_berth(tmp: Path, db: dict[str, str], extra: dict[str, str]) -> tuple[Any, str]:
+    """`db`: the environment naming berth's database ({}: SQLite in its data dir)."""
     port = free_port()
-    e = {"BERTH_ADMIN_TOKEN": ADMIN, "BERTH_LOG_LEVEL": "warning", **extra}
-    if database_url:
-        e["BERTH_DATABASE_URL"] = database_url
+    e = {"BERTH_ADMIN_TOKEN": ADMIN, "BERTH_LOG_LEVEL": "warning", **db, **extra}
     proc = subprocess.Popen(
         [sys.executable, "-m", "berth", "serve", "--port", str(port), "--data-dir", str(tmp / "b")],
         env=env(**e),
@@ -338,10 +337,11 @@ async def main() -> None:
     args = ap.parse_args()
     extra = dict(kv.split("=", 1) for kv in args.env)
     procs: list[Any] = []
+    dbs = Databases(args.database_url)  # a database of its own, created and dropped here
     with tempfile.TemporaryDirectory(prefix="berth-scale-") as t:
         tmp = Path(t)
         try:
-            berth, url = start_berth(tmp, args.database_url, extra)
+            berth, url = start_berth(tmp, await dbs.fresh(), extra)
             procs.append(berth)
             store = "postgresql" if args.database_url else "sqlite"
             print(f"# berth with many workspaces: {os.cpu_count()} cores, store {store}, {extra}")
@@ -370,6 +370,7 @@ async def main() -> None:
                     p.wait(30)
                 except subprocess.TimeoutExpired:
                     p.kill()
+            await dbs.drop_all()
 
 
 if __name__ == "__main__":
