@@ -158,6 +158,9 @@ async def test_stored_workspace_is_a_copy(store: Store) -> None:
     got = await store.get_workspace(ws.id)
     got.env["K"] = "changed again"
     assert (await store.get_workspace(ws.id)).env == {"K": "v"}
+    (listed,) = await store.list_workspaces()
+    listed.env["K"] = "changed in a list"
+    assert [w.env for w in await store.list_workspaces()] == [{"K": "v"}]
 
 
 async def test_list_workspaces_by_creation_time(store: Store) -> None:

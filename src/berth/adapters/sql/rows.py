@@ -113,17 +113,33 @@ def ws_params(ws: Workspace) -> dict[str, Any]:
     return {c: ws_value(c, getattr(ws, c)) for c in WS_COLUMNS}
 
 
+def _loads(v: str | bytes) -> Any:
+    try:
+        return orjson.loads(v)
+    except orjson.JSONDecodeError:  # what json.dumps writes and orjson refuses (NaN, huge ints)
+        return json.loads(v)
+
+
+# the columns read back as something else than the driver gives, and how (None stays None)
+_WS_DECODE: tuple[tuple[str, Any], ...] = tuple(
+    (c, WS_ENUMS[c])
+    if c in WS_ENUMS
+    else (c, lambda v: Instance.from_dict(_loads(v)))
+    if c == "peer"
+    else (c, _loads)
+    for c in WS_COLUMNS
+    if c in WS_ENUMS or c in WS_JSON or c == "peer"
+)  # fmt: skip
+
+
 def ws_from_row(row: Mapping[str, Any]) -> Workspace:
-    kw: dict[str, Any] = {}
-    for c in WS_COLUMNS:
-        v = row[c]
-        if c == "peer" and v is not None:
-            v = Instance.from_dict(json.loads(v))
-        elif c in WS_JSON and v is not None:
-            v = json.loads(v)
-        elif c in WS_ENUMS:
-            v = WS_ENUMS[c](v)
-        kw[c] = v
+    """A workspace from its row (~5 us: listing 1,000 workspaces on PostgreSQL reads them
+    all; json.loads per JSON column made it ~20-35 us a row)."""
+    kw = {c: row[c] for c in WS_COLUMNS}
+    for c, decode in _WS_DECODE:
+        v = kw[c]
+        if v is not None:
+            kw[c] = decode(v)
     kw["env"] = kw["env"] or {}
     kw["limits"] = kw["limits"] or {}
     kw["capabilities"] = kw["capabilities"] or {}
