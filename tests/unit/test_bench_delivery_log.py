@@ -1,0 +1,48 @@
+"""bench/delivery_log.py runs every dispatch shape on both backends and prints a row per
+configuration: a short version of the benchmark, so that it cannot rot (or hang) between
+the runs that use it."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.services import require_postgres
+
+BENCH = Path(__file__).resolve().parents[2] / "bench"
+pytestmark = pytest.mark.postgres
+
+
+def test_the_delivery_log_bench_runs_every_shape_on_both_backends() -> None:
+    pg = require_postgres()
+    out = subprocess.run(
+        [
+            sys.executable,
+            str(BENCH / "delivery_log.py"),
+            "--quick",
+            "--backends",
+            "sqlite,postgres",
+            "--dispatch",
+            "proxy,ws,8",
+            "--finished",
+            "0",
+            "--pg-modes",
+            "batched",
+            "--sqlite-sync",
+            "FULL",
+            "--database-url",
+            pg,
+        ],  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = re.findall(r"^(sqlite FULL|pg batched)\s+(proxy|ws|8)\s+0 \|\s+(\d+)", out.stdout, re.M)
+    got = {(backend, shape) for backend, shape, _ in rows}
+    assert got == {(b, s) for b in ("sqlite FULL", "pg batched") for s in ("proxy", "ws", "8")}
+    assert all(int(rate) > 0 for _, _, rate in rows)
