@@ -22,20 +22,11 @@ import httpx
 import pytest
 
 from tests.e2e.harness import BerthServer, free_port, send
+from tests.e2e.test_replicas import _admin
 from tests.services import require_postgres
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 TRIVIAL = Path(__file__).resolve().parents[2] / "bench" / "_trivial.py"
-
-
-async def _admin(url: str, sql: str) -> None:
-    import asyncpg
-
-    conn = await asyncpg.connect(url, timeout=5)
-    try:
-        await conn.execute(sql)
-    finally:
-        await conn.close()
 
 
 @pytest.fixture
