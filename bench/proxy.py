@@ -1,7 +1,7 @@
 """Durable message/send through berth against two baselines measured in the same run.
 
     python bench/proxy.py [--seconds 5] [--concurrency 1,16,64] [--sync FULL,NORMAL]
-                          [--database-url postgresql://…] [--echo] [--ref-src DIR]
+                          [--database-url postgresql://…] [--echo] [--ref-src DIR] [--caller]
 
 Starts, each as its own process: a trivial agent (a raw ASGI app answering one fixed
 JSON-RPC result, no a2a-sdk: bench/_trivial.py), a bare aiohttp pass-through proxy in
@@ -19,7 +19,9 @@ the bare proxy's and its p99 as a multiple of the bare proxy's, and the same thr
 against the durable floor.
 
 `--ref-src DIR` adds the same berths imported from another checkout's `src/` (the code
-before a change), for a before/after in one run. `--echo` adds the older comparison: berth with the demo echo agent (a2a-sdk, its task
+before a change), for a before/after in one run. Sends to berth carry the admin token;
+`--caller` sends them with a named caller credential the workspace's allow-list names, as
+caller agents do (berth then reads that credential from its store for every message). `--echo` adds the older comparison: berth with the demo echo agent (a2a-sdk, its task
 store, the SDK's dedupe) as a workspace vs the same echo agent directly.
 Figures, not assertions.
 """
@@ -186,6 +188,14 @@ class Databases:
             await self._admin(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
 
 
+def caller_credential(berth: str, name: str) -> str:
+    """A new named caller credential (`caller:<name>`): its secret."""
+    r = httpx.post(berth + "/v1/credentials", headers=AUTH, json={"name": name})
+    r.raise_for_status()
+    secret: str = r.json()["secret"]
+    return secret
+
+
 def workspace(berth: str, name: str, **spec: object) -> str:
     r = httpx.post(berth + "/v1/workspaces", headers=AUTH, json={"name": name, **spec})
     r.raise_for_status()
@@ -226,7 +236,7 @@ async def trivial(args: argparse.Namespace, tmp: Path, procs: Procs, dbs: Databa
     agent, bare, bare_pid = start_trivial(procs)
     floor = None if args.database_url else start_durable(procs, agent, tmp / "floor.db")
     c_floor = None if args.database_url else start_c_floor(procs, agent, tmp)
-    berths: list[tuple[str, str, int]] = []
+    berths: list[tuple[str, str, int, dict[str, str]]] = []
     variants = ["postgresql"] if args.database_url else args.sync.split(",")
     sources = [("", None)] + ([("ref ", args.ref_src)] if args.ref_src else [])
     for i, (sync, (tag, src)) in enumerate((v, s) for s in sources for v in variants):
@@ -236,12 +246,18 @@ async def trivial(args: argparse.Namespace, tmp: Path, procs: Procs, dbs: Databa
         if src:
             extra["PYTHONPATH"] = src
         url, proc = start_berth(procs, tmp / f"berth-{i}", **extra)
-        spec = {"runtime": "external", "url": agent, "max_concurrency": 64}
+        spec: dict[str, object] = {"runtime": "external", "url": agent, "max_concurrency": 64}
+        headers = AUTH
+        if args.caller:  # as a caller agent sends: its credential, read by berth per message
+            headers = {"authorization": f"Bearer {caller_credential(url, 'bench')}"}
+            spec["allowed_callers"] = ["caller:bench"]
         label = f"{tag}berth ({sync})"
-        berths.append((label, workspace(url, f"trivial-{i}-{os.getpid()}", **spec), proc.pid))
+        ws_url = workspace(url, f"trivial-{i}-{os.getpid()}", **spec)
+        berths.append((label, ws_url, proc.pid, headers))
     print(
         f"# trivial agent: {os.cpu_count()} cores, {args.seconds:g} s per run; "
-        + ", ".join(f"{label} pid {pid}" for label, _, pid in berths)
+        + ("a caller credential per berth; " if args.caller else "the admin token; ")
+        + ", ".join(f"{label} pid {pid}" for label, _, pid, _ in berths)
     )
     for c in args.levels:
         direct = await run("direct to the agent", agent, c, args.seconds, {})
@@ -256,8 +272,8 @@ async def trivial(args: argparse.Namespace, tmp: Path, procs: Procs, dbs: Databa
                 "durable floor in C", c_floor[0], c, args.seconds, {}, c_floor[1]
             )
             print(compare("durable floor in C", plain, compiled))
-        for label, url, pid in berths:
-            via = await measured(label, url, c, args.seconds, AUTH, pid)
+        for label, url, pid, headers in berths:
+            via = await measured(label, url, c, args.seconds, headers, pid)
             print(compare(label, plain, via))
             if least is not None:
                 print(compare(label, least, via, "the durable floor"))
@@ -303,6 +319,11 @@ async def main() -> None:
     ap.add_argument("--echo", action="store_true", help="also the echo-agent comparison")
     ap.add_argument(
         "--ref-src", help="also berth imported from another checkout's src/ (before/after)"
+    )
+    ap.add_argument(
+        "--caller",
+        action="store_true",
+        help="send to berth with a caller credential (as caller agents do), not the admin token",
     )
     args = ap.parse_args()
     args.levels = [int(x) for x in args.concurrency.split(",")]
