@@ -291,6 +291,7 @@ async def test_concurrent_accept_claims_of_one_workspace_hand_each_claim_out_onc
     assert store.writes.batches - before == 2  # the eight shared the flush after the first
     handed = [g for _, _, gs in got for g in gs]
     assert len(handed) == 4 and len({g.id for g in handed}) == 4  # capacity, each once
+    assert [len(gs) for _, _, gs in got] == [4] + [0] * 7  # one claim, to the first caller
     assert sorted(g.message_id for g in handed) == ["m0", "m1", "m2", "old"]
     mine = {d.message_id: d.status for d, created, _ in got if created}
     assert len(mine) == 8
@@ -378,3 +379,22 @@ async def test_an_item_that_fails_after_the_flush_committed_fails_alone(
     assert fresh[1] is True  # type: ignore[index]
     assert claimed[1] is True and claimed[0].status is D.IN_FLIGHT  # type: ignore[index]
     assert store.writes.retried == 0  # nothing ran twice
+
+
+async def test_a_shared_claim_goes_to_a_caller_whose_accept_created_its_delivery(
+    pg: tuple[Any, str],
+) -> None:
+    """The first accept_claim of the workspace in the flush is a duplicate: the claim is
+    still made (the second one's accept created its delivery), and what it took goes to
+    the second caller, who forwards it."""
+    store, _ = pg
+    first, _ = await store.accept(make_d("w1", "dup"))
+    blocker = asyncio.create_task(claim(store, "w9"))
+    await asyncio.sleep(0)
+    (d, created, got), (e, e_created, e_got) = await asyncio.gather(
+        _accept_claim(store, "w1", "dup", 4), _accept_claim(store, "w1", "new", 4)
+    )
+    await blocker
+    assert (d.id, created, got) == (first.id, False, [])
+    assert e_created and e.status is D.IN_FLIGHT
+    assert sorted(g.message_id for g in e_got) == ["dup", "new"]

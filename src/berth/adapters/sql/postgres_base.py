@@ -187,9 +187,10 @@ END $$
 
 # Claims of several workspaces in one call (group commit): berth_claim for each, in the
 # order of their lock keys, so two such calls never wait for each other in a cycle. `k` is
-# the position of the claim in the arrays (from 1). A claim with a `p_if` runs only when a
-# delivery with that id exists: the claim half of an accept_claim, made only when its
-# accept created the delivery (ids are fresh, so the id exists only if that insert did).
+# the position of the claim in the arrays (from 1). A claim with a `p_if` (ids separated by
+# spaces) runs only when a delivery with one of those ids exists: the claim of a flush's
+# accept_claims of one workspace, made only when one of their accepts created its delivery
+# (ids are fresh, so an id exists only if that insert did).
 # (The five-argument form of before stays in the database for replicas of the version
 # before, during a rolling deploy.)
 _CLAIM_MANY_FUNCTION = """
@@ -201,7 +202,8 @@ SET enable_seqscan = off AS $$
 DECLARE i integer;
 BEGIN
     FOR i IN SELECT u.k FROM unnest(p_ws) WITH ORDINALITY AS u(ws, k) ORDER BY hashtext(u.ws), u.ws, u.k LOOP
-        CONTINUE WHEN p_if[i] IS NOT NULL AND NOT EXISTS (SELECT 1 FROM deliveries WHERE id = p_if[i]);
+        CONTINUE WHEN p_if[i] IS NOT NULL AND NOT EXISTS (
+            SELECT 1 FROM deliveries WHERE id = ANY (string_to_array(p_if[i], ' ')));
         RETURN QUERY SELECT i, c FROM berth_claim(p_ws[i], p_cap[i], p_owner[i], p_now[i], p_until[i]) AS c;
     END LOOP;
 END $$

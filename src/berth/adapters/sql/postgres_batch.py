@@ -12,7 +12,9 @@ its own would be:
 * claims last: berth_claim for each workspace in the order of their advisory lock keys
   (berth_claim_many); the settles before them freed capacity for them. An accept_claim is
   an accept and a claim of its workspace made only if that accept created the delivery:
-  a message to an idle workspace is accepted and claimed in one commit, as on SQLite.
+  a message to an idle workspace is accepted and claimed in one commit, as on SQLite. The
+  accept_claims of one workspace in a flush share one claim (made if any of them created
+  its delivery), whose deliveries go to one of those callers to forward.
 
 A flush waits only for advisory locks (taken in one global order, last) and for the
 uncommitted insert of the same message elsewhere (in sorted order, before any advisory
@@ -206,17 +208,32 @@ class PostgresBatches(PostgresBase):
         """One statement for all: settles, then accepts, then claims (see berth_write)."""
         settles: list[SettleCall] = []
         accepts: list[Delivery] = []
-        claims: list[tuple[ClaimCall, str | None]] = []  # (claim, only if this id exists)
+        claims: list[tuple[ClaimCall, list[str] | None]] = []  # (claim, only if one id exists)
+        k_of: list[int] = []  # for each write, its claim's position (from 1), or 0
+        groups: dict[tuple[str, int | None, str], int] = {}
         for w in writes:
+            k = 0
             if isinstance(w, SettleCall):
                 settles.append(w)
             elif isinstance(w, Delivery):
                 accepts.append(w)
             elif isinstance(w, ClaimCall):
                 claims.append((w, None))
+                k = len(claims)
             else:
+                # the accept_claims of one workspace share one claim (up to its capacity),
+                # made if any of their accepts created a delivery
                 accepts.append(w.delivery)
-                claims.append((w.claim, w.delivery.id))
+                c = w.claim
+                k = groups.get((c.workspace_id, c.capacity, c.owner), 0)
+                if k:
+                    only = claims[k - 1][1]
+                    assert only is not None
+                    only.append(w.delivery.id)
+                else:
+                    claims.append((c, [w.delivery.id]))
+                    k = groups[(c.workspace_id, c.capacity, c.owner)] = len(claims)
+            k_of.append(k)
         got = await self._fetch(
             _WRITE, *_settle_args(settles), *_accept_args(accepts), *_claim_args(claims)
         )
@@ -234,14 +251,14 @@ class PostgresBatches(PostgresBase):
             else:
                 by_id[d.id] = d
         out: list[Any] = []
-        n_accept = n_claim = 0
-        for w in writes:
+        n_accept = 0
+        handed: set[int] = set()  # the shared claims given to a caller (to forward) already
+        for w, k in zip(writes, k_of, strict=True):
             if isinstance(w, SettleCall):
                 out.append(by_id.get(w.delivery_id))
                 continue
             if isinstance(w, ClaimCall):
-                n_claim += 1
-                out.append(sorted(claimed[n_claim], key=lambda d: d.seq))
+                out.append(sorted(claimed[k], key=lambda d: d.seq))
                 continue
             n_accept += 1
             d = w if isinstance(w, Delivery) else w.delivery
@@ -258,11 +275,14 @@ class PostgresBatches(PostgresBase):
             if isinstance(w, Delivery):
                 out.append(accepted)
                 continue
-            n_claim += 1
-            # its own row as stored: claimed by its claim or by another claim of its
-            # workspace earlier in the flush (which took the oldest first, this one included)
+            # its own row as stored: claimed by its workspace's claim or an earlier one in
+            # the flush (each takes the oldest first); what the shared claim took goes to
+            # the first of its callers whose accept created a delivery, to forward, once
             stored, created = accepted
-            mine = sorted(claimed[n_claim], key=lambda d: d.seq)
+            mine: list[Delivery] = []
+            if created and k not in handed:
+                handed.add(k)
+                mine = sorted(claimed[k], key=lambda d: d.seq)
             out.append((latest.get(stored.id, stored) if created else stored, created, mine))
         return out
 
@@ -323,11 +343,18 @@ def _accept_args(ds: list[Delivery]) -> list[list[Any]]:
     return [[p[c] for p in params] for c in rows.D_COLUMNS]
 
 
-def _claim_args(calls: list[tuple[ClaimCall, str | None]]) -> list[list[Any]]:
+def _claim_args(calls: list[tuple[ClaimCall, list[str] | None]]) -> list[list[Any]]:
     return _columns(
         len(_CLAIM_ARGS),
         [
-            (c.workspace_id, c.capacity, c.owner, float(c.now), float(c.until), only_if)
+            (
+                c.workspace_id,
+                c.capacity,
+                c.owner,
+                float(c.now),
+                float(c.until),
+                None if only_if is None else " ".join(only_if),  # (berth's ids have no space)
+            )
             for c, only_if in calls
         ],
     )
