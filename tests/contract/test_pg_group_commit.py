@@ -398,3 +398,27 @@ async def test_a_shared_claim_goes_to_a_caller_whose_accept_created_its_delivery
     assert (d.id, created, got) == (first.id, False, [])
     assert e_created and e.status is D.IN_FLIGHT
     assert sorted(g.message_id for g in e_got) == ["dup", "new"]
+
+
+async def test_a_claim_that_ran_for_no_created_delivery_is_still_handed_out(
+    pg: tuple[Any, str],
+) -> None:
+    """Ids are fresh, so a shared claim runs only when one of its callers created a
+    delivery. Should that ever not hold (the same delivery accepted again), what the claim
+    took still goes to a caller to forward, not to nobody (in flight until its lease)."""
+    store, _ = pg
+    d = make_d("w1", "again")
+    await store.accept(d)
+    stored, created, got = await store.accept_claim(
+        d, capacity=4, owner="me", lease_seconds=LEASE, now=T0 + 1
+    )
+    assert not created and [g.id for g in got] == [d.id]
+    assert got[0].status is D.IN_FLIGHT
+
+
+async def test_a_delivery_id_with_a_space_is_refused_before_the_claim() -> None:
+    from berth.adapters.sql.postgres_batch import _no_space
+
+    assert _no_space("0190-ab") == "0190-ab"
+    with pytest.raises(ValueError):
+        _no_space("a b")

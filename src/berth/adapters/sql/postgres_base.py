@@ -190,7 +190,10 @@ END $$
 # the position of the claim in the arrays (from 1). A claim with a `p_if` (ids separated by
 # spaces) runs only when a delivery with one of those ids exists: the claim of a flush's
 # accept_claims of one workspace, made only when one of their accepts created its delivery
-# (ids are fresh, so an id exists only if that insert did).
+# (ids are fresh, so an id exists only if that insert did). A single id is the form of
+# the commits before the claims were shared; the body is replaced at every start, so the
+# last replica started decides it: with an older body a shared claim of several ids does
+# not run, and its messages wait for the dispatcher's claim instead (slower, not lost).
 # (The five-argument form of before stays in the database for replicas of the version
 # before, during a rolling deploy.)
 _CLAIM_MANY_FUNCTION = """

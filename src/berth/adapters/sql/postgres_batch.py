@@ -284,6 +284,13 @@ class PostgresBatches(PostgresBase):
                 handed.add(k)
                 mine = sorted(claimed[k], key=lambda d: d.seq)
             out.append((latest.get(stored.id, stored) if created else stored, created, mine))
+        # a claim that ran with no caller created (only if ids were not fresh): its rows go
+        # to the first of its callers answered, so that they are forwarded all the same
+        for i, (w, k) in enumerate(zip(writes, k_of, strict=True)):
+            if isinstance(w, AcceptClaimCall) and claimed[k] and k not in handed:
+                if isinstance(out[i], tuple):
+                    handed.add(k)
+                    out[i] = (*out[i][:2], sorted(claimed[k], key=lambda d: d.seq))
         return out
 
     async def _write_one(self, w: Write) -> Any:
@@ -353,8 +360,15 @@ def _claim_args(calls: list[tuple[ClaimCall, list[str] | None]]) -> list[list[An
                 c.owner,
                 float(c.now),
                 float(c.until),
-                None if only_if is None else " ".join(only_if),  # (berth's ids have no space)
+                None if only_if is None else " ".join(_no_space(i) for i in only_if),
             )
             for c, only_if in calls
         ],
     )
+
+
+def _no_space(delivery_id: str) -> str:
+    """A claim's ids travel space-separated (berth_claim_many's p_if); berth's ids are UUIDs."""
+    if " " in delivery_id:
+        raise ValueError(f"a delivery id with a space: {delivery_id!r}")
+    return delivery_id
