@@ -1,7 +1,6 @@
 """`accept_claim` as two steps, for stores without a one-transaction form (the in-memory
 store; SQLite and PostgreSQL have one): accept, then claim when the accept created the
-delivery. A crash between them
-leaves the delivery queued, to be claimed as any other."""
+delivery. A crash between them leaves the delivery queued, to be claimed as any other."""
 
 from __future__ import annotations
 

@@ -43,7 +43,8 @@ class Waiters:
         return fut
 
     def drop(self, delivery_id: str, fut: asyncio.Future[Delivery | None]) -> None:
-        """Forget an `expect` that no `wait` took (idempotent)."""
+        """Forget a registered future: an `expect` no `wait` took, or a round's (idempotent;
+        a resolve has already popped it with its set)."""
         waiting = self._futs.get(delivery_id)
         if waiting is not None:
             waiting.discard(fut)
@@ -68,8 +69,7 @@ class Waiters:
             # registered before the store is read: a resolve during the read is not missed
             # (`first` again: a resolve popped it with its set, done)
             fut = loop.create_future() if first is None else first
-            waiting = self._futs.setdefault(delivery_id, set())
-            waiting.add(fut)
+            self._futs.setdefault(delivery_id, set()).add(fut)
             timer: asyncio.TimerHandle | None = None
             try:
                 if first is None:
@@ -86,9 +86,7 @@ class Waiters:
             finally:
                 if timer is not None:
                     timer.cancel()
-                waiting.discard(fut)
-                if not waiting and self._futs.get(delivery_id) is waiting:
-                    del self._futs[delivery_id]
+                self.drop(delivery_id, fut)
             if got is not None:
                 return got
 

@@ -252,7 +252,7 @@ class PostgresBatches(PostgresBase):
                 by_id[d.id] = d
         out: list[Any] = []
         n_accept = 0
-        handed: set[int] = set()  # the shared claims given to a caller (to forward) already
+        callers: defaultdict[int, list[int]] = defaultdict(list)  # shared claim -> out places
         for w, k in zip(writes, k_of, strict=True):
             if isinstance(w, SettleCall):
                 out.append(by_id.get(w.delivery_id))
@@ -276,21 +276,16 @@ class PostgresBatches(PostgresBase):
                 out.append(accepted)
                 continue
             # its own row as stored: claimed by its workspace's claim or an earlier one in
-            # the flush (each takes the oldest first); what the shared claim took goes to
-            # the first of its callers whose accept created a delivery, to forward, once
+            # the flush (each takes the oldest first)
             stored, created = accepted
-            mine: list[Delivery] = []
-            if created and k not in handed:
-                handed.add(k)
-                mine = sorted(claimed[k], key=lambda d: d.seq)
-            out.append((latest.get(stored.id, stored) if created else stored, created, mine))
-        # a claim that ran with no caller created (only if ids were not fresh): its rows go
-        # to the first of its callers answered, so that they are forwarded all the same
-        for i, (w, k) in enumerate(zip(writes, k_of, strict=True)):
-            if isinstance(w, AcceptClaimCall) and claimed[k] and k not in handed:
-                if isinstance(out[i], tuple):
-                    handed.add(k)
-                    out[i] = (*out[i][:2], sorted(claimed[k], key=lambda d: d.seq))
+            callers[k].append(len(out))
+            out.append((latest.get(stored.id, stored) if created else stored, created, []))
+        # what a shared claim took goes to one of its callers, to forward, once: the first
+        # whose accept created a delivery (else, were ids ever not fresh, the first answered)
+        for k, places in callers.items():
+            if claimed[k]:
+                i = next((i for i in places if out[i][1]), places[0])
+                out[i] = (*out[i][:2], sorted(claimed[k], key=lambda d: d.seq))
         return out
 
     async def _write_one(self, w: Write) -> Any:
