@@ -226,12 +226,12 @@ async def test_claim_many_takes_its_locks_in_one_global_order(pg: tuple[Any, str
     held, a, b = [await _other_connection(url) for _ in range(3)]
     sql = (
         "SELECT * FROM berth_claim_many($1::text[], $2::int[], $3::text[], $4::float8[], "
-        "$5::float8[], $6::text[])"
+        "$5::float8[], $6::text[], $7::boolean[])"
     )
 
     def args(order: list[str], owner: str) -> list[Any]:
         n = len(order)
-        return [order, [1] * n, [owner] * n, [T0] * n, [T0 + LEASE] * n, [None] * n]
+        return [order, [1] * n, [owner] * n, [T0] * n, [T0 + LEASE] * n, [None] * n, [False] * n]
 
     try:
         tx = held.transaction()
@@ -320,8 +320,8 @@ async def test_a_plain_claim_and_accept_claims_of_one_workspace_in_one_flush(
     pg: tuple[Any, str],
 ) -> None:
     """The dispatcher's claim and the proxy's accept_claims of one workspace in one flush:
-    the claims run in arrival order in its transaction, each delivery is handed out once,
-    and an accept_claim whose message the plain claim took gets its row as claimed."""
+    the claims run in arrival order in its transaction and each delivery is handed out
+    once."""
     store, _ = pg
     await store.accept(make_d("w1", "old"))
     before = store.writes.batches
@@ -333,12 +333,15 @@ async def test_a_plain_claim_and_accept_claims_of_one_workspace_in_one_flush(
     )
     await blocker
     assert store.writes.batches - before == 2
-    # the accepts are written before the claims: the plain claim, first, takes all three
-    assert sorted(d.message_id for d in plain) == ["m0", "m1", "old"]
-    assert [(d.status, created, got) for d, created, got in calls] == [
-        (D.IN_FLIGHT, True, []),
+    # the accepts are written before the claims, the two new messages in flight already:
+    # the plain claim, first, counts them and takes the one queued; the accept_claims'
+    # claim keeps theirs (capacity 3 holds) and hands both to its first caller
+    assert [d.message_id for d in plain] == ["old"]
+    assert [(d.status, created, [g.message_id for g in got]) for d, created, got in calls] == [
+        (D.IN_FLIGHT, True, ["m0", "m1"]),
         (D.IN_FLIGHT, True, []),
     ]
+    assert await store.pending("w1") == (0, 3)
 
 
 async def test_an_item_that_fails_after_the_flush_committed_fails_alone(
@@ -422,3 +425,159 @@ async def test_a_delivery_id_with_a_space_is_refused_before_the_claim() -> None:
     assert _no_space("0190-ab") == "0190-ab"
     with pytest.raises(ValueError):
         _no_space("a b")
+
+
+# A message that may go at once is written in flight: one row version, not a queued insert
+# and a claim's update. These count the updates of deliveries with a trigger.
+async def _count_updates(url: str) -> Any:
+    other = await _other_connection(url)
+    await other.execute(
+        """
+        CREATE TABLE IF NOT EXISTS t_updates (n bigint NOT NULL);
+        INSERT INTO t_updates SELECT 0 WHERE NOT EXISTS (SELECT 1 FROM t_updates);
+        CREATE OR REPLACE FUNCTION t_count() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN UPDATE t_updates SET n = n + 1; RETURN NEW; END $$;
+        CREATE TRIGGER t_count BEFORE UPDATE ON deliveries FOR EACH ROW EXECUTE FUNCTION t_count();
+        """
+    )
+    return other
+
+
+async def test_a_message_to_an_idle_workspace_is_written_in_flight_once(
+    pg: tuple[Any, str],
+) -> None:
+    store, url = pg
+    other = await _count_updates(url)
+    try:
+        d, created, got = await _accept_claim(store, "w1", "m1", 2)
+        assert created and got == [d] and d.status is D.IN_FLIGHT and d.forwards == 1
+        assert await other.fetchval("SELECT n FROM t_updates") == 0  # inserted in flight
+        row = await other.fetchrow(
+            "SELECT status, lease_owner, lease_until, forwards, first_forwarded_at "
+            "FROM deliveries WHERE id = $1",
+            d.id,
+        )
+        assert tuple(row) == (D.IN_FLIGHT.value, "me", T0 + 1 + LEASE, 1, T0 + 1)
+        # older work queued: the new message goes back in the queue and the claim takes the
+        # oldest first, as when accepting queued and claiming
+        await store.accept(make_d("w2", "old"))
+        e, created, got = await _accept_claim(store, "w2", "new", 1)
+        assert created and e.status is D.QUEUED and e.forwards == 0
+        assert e.lease_owner is None and e.first_forwarded_at is None
+        assert [g.message_id for g in got] == ["old"]
+        assert await store.pending("w2") == (1, 1)
+    finally:
+        await other.close()
+
+
+async def test_accept_claims_over_the_capacity_keep_the_oldest_and_queue_the_rest(
+    pg: tuple[Any, str],
+) -> None:
+    """Six messages in one flush to a workspace with room for four, one of them in flight
+    already: the three oldest stay in flight (one claim, one caller), the others go back
+    in the queue as if never claimed."""
+    store, _ = pg
+    (busy,) = await accept_many(store, "w1", 1)
+    await claim(store, "w1", capacity=4, owner="x")
+    blocker = asyncio.create_task(store.accept(make_d("w9", "first")))
+    await asyncio.sleep(0)
+    got = await asyncio.gather(*(_accept_claim(store, "w1", f"n{i}", 4) for i in range(6)))
+    await blocker
+    handed = [g for _, _, gs in got for g in gs]
+    assert [len(gs) for _, _, gs in got] == [3, 0, 0, 0, 0, 0]
+    by_seq = sorted((d for d, _, _ in got), key=lambda d: d.seq)
+    assert {g.id for g in handed} == {d.id for d in by_seq[:3]}
+    assert [d.status for d in by_seq] == [D.IN_FLIGHT] * 3 + [D.QUEUED] * 3
+    for d in by_seq[3:]:
+        stored = await store.get_delivery(d.id)
+        assert stored == d and stored.forwards == 0 and stored.lease_owner is None
+    assert await store.pending("w1") == (3, 4)
+    assert busy.id not in {g.id for g in handed}
+
+
+async def test_accept_claims_of_two_replicas_never_exceed_the_capacity(
+    pg: tuple[Any, str],
+) -> None:
+    """Two replicas write messages to the same workspaces in flight, concurrently, many
+    times over (each flush's rows are invisible to the other until it commits): under the
+    workspace's lock each claim counts what is in flight, so capacity 1 holds, every
+    message is handed out once or left queued, and no flush deadlocks."""
+    from berth.adapters.sql.postgres import PostgresStore
+
+    store, url = pg
+    second = PostgresStore(url, min_size=1, max_size=6)
+    wss = [f"w{i}" for i in range(6)]
+    handed: list[str] = []
+    try:
+        for r in range(20):
+            order = wss if r % 2 else wss[::-1]
+            got = await asyncio.wait_for(
+                asyncio.gather(
+                    *(
+                        s.accept_claim(
+                            make_d(ws, f"{who}{r}"),
+                            capacity=1,
+                            owner=who,
+                            lease_seconds=LEASE,
+                            now=T0 + r,
+                        )
+                        for s, who, wss_in in ((store, "a", order), (second, "b", order[::-1]))
+                        for ws in wss_in
+                    )
+                ),
+                10,
+            )
+            assert all(created for _, created, _ in got)
+            for ws in wss:
+                _, in_flight = await store.pending(ws)
+                assert in_flight <= 1
+            for _, _, gs in got:
+                for g in gs:
+                    handed.append(g.id)
+                    who = store if g.lease_owner == "a" else second
+                    assert await who.settle(g.id, g.lease_owner, Settle(D.DONE), T0) is not None
+        assert len(handed) == len(set(handed))  # each delivery forwarded once
+        left = [await store.pending(ws) for ws in wss]
+        assert sum(q for q, _ in left) + len(handed) == 2 * 20 * len(wss)
+        assert all(f == 0 for _, f in left)
+    finally:
+        await second.close()
+    assert store.writes.retried == second.writes.retried == 0  # no deadlock was detected
+
+
+async def test_a_message_written_in_flight_waits_for_the_workspace_lock(
+    pg: tuple[Any, str],
+) -> None:
+    """Two replicas' messages to one workspace of capacity 1, both written in flight while
+    a third session holds the workspace's claim lock: each flush checks under the lock, so
+    the second to get it counts the first's committed row and queues its own."""
+    from berth.adapters.sql.postgres import PostgresStore
+    from berth.adapters.sql.postgres_base import _CLAIM_LOCK_CLASS
+
+    store, url = pg
+    second = PostgresStore(url, min_size=1, max_size=6)
+    held = await _other_connection(url)
+    try:
+        tx = held.transaction()
+        await tx.start()
+        await held.execute(
+            "SELECT pg_advisory_xact_lock($1, hashtext($2))", _CLAIM_LOCK_CLASS, "w1"
+        )
+        calls = [
+            asyncio.create_task(
+                s.accept_claim(
+                    make_d("w1", who), capacity=1, owner=who, lease_seconds=LEASE, now=T0
+                )
+            )
+            for s, who in ((store, "a"), (second, "b"))
+        ]
+        await asyncio.sleep(0.3)
+        assert not any(c.done() for c in calls)  # both wait for the lock, rows written
+        await tx.rollback()
+        got = await asyncio.wait_for(asyncio.gather(*calls), 10)
+    finally:
+        await held.close()
+        await second.close()
+    assert sorted(d.status.value for d, _, _ in got) == ["in_flight", "queued"]
+    assert sorted(len(gs) for _, _, gs in got) == [0, 1]
+    assert await store.pending("w1") == (1, 1)

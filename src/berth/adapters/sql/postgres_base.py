@@ -190,23 +190,75 @@ END $$
 # the position of the claim in the arrays (from 1). A claim with a `p_if` (ids separated by
 # spaces) runs only when a delivery with one of those ids exists: the claim of a flush's
 # accept_claims of one workspace, made only when one of their accepts created its delivery
-# (ids are fresh, so an id exists only if that insert did). A single id is the form of
-# the commits before the claims were shared; the body is replaced at every start, so the
-# last replica started decides it: with an older body a shared claim of several ids does
-# not run, and its messages wait for the dispatcher's claim instead (slower, not lost).
-# (The five-argument form of before stays in the database for replicas of the version
-# before, during a rolling deploy.)
-_CLAIM_MANY_FUNCTION = """
+# (ids are fresh, so an id exists only if that insert did).
+#
+# `p_own`: those accepts wrote their deliveries in flight already, leased to `p_owner` (one
+# row version instead of a queued insert and a claim's update). The claim then checks, under
+# the workspace's lock, what berth_claim would have decided: nothing claimable is queued
+# there and the workspace is not over its capacity (the count sees this transaction's own
+# rows, and every claim committed before the lock was granted). If so those rows are its
+# claim; if not they are put back in the queue (returned with k negated) and berth_claim
+# runs as it would have (oldest first, up to the free capacity), so the outcome is the same
+# as accepting queued and claiming. A flush that writes in flight waits for nothing new:
+# the check runs where the claim would have, under the same lock, taken in the same order.
+#
+# The body is replaced at every start, so the last replica started decides it. A new form
+# of arguments is a new function: the forms of before (five and six arguments, and
+# berth_write's of before) stay in the database for replicas of the versions before, during
+# a rolling deploy, and no body of theirs is given rows written in flight.
+# the rows of a claim's accepts written in flight by this flush (ids are fresh: a row with
+# one of them was inserted by this flush; the lease, the forward count and the time tell
+# it from a row accepted queued)
+_OWN = (
+    "{x}id = ANY (ids) AND {x}status = '" + rows.IN_FLIGHT + "' AND {x}lease_owner = p_owner[i] "
+    "AND {x}forwards = 1 AND {x}first_forwarded_at = p_now[i]"
+)
+_CLAIM_MANY_FUNCTION = f"""
 CREATE OR REPLACE FUNCTION berth_claim_many(p_ws text[], p_cap integer[], p_owner text[],
                                             p_now double precision[], p_until double precision[],
-                                            p_if text[])
+                                            p_if text[], p_own boolean[])
 RETURNS TABLE (k integer, d deliveries) LANGUAGE plpgsql VOLATILE
 SET enable_seqscan = off AS $$
-DECLARE i integer;
+DECLARE i integer; ids text[]; n bigint; mine bigint; keep bigint;
 BEGIN
     FOR i IN SELECT u.k FROM unnest(p_ws) WITH ORDINALITY AS u(ws, k) ORDER BY hashtext(u.ws), u.ws, u.k LOOP
-        CONTINUE WHEN p_if[i] IS NOT NULL AND NOT EXISTS (
-            SELECT 1 FROM deliveries WHERE id = ANY (string_to_array(p_if[i], ' ')));
+        ids := string_to_array(p_if[i], ' ');
+        CONTINUE WHEN p_if[i] IS NOT NULL AND NOT EXISTS (SELECT 1 FROM deliveries WHERE id = ANY (ids));
+        mine := 0;
+        IF p_own[i] THEN
+            SELECT count(*) INTO mine FROM deliveries WHERE {_OWN.format(x="")};
+        END IF;
+        IF mine > 0 THEN
+            IF p_cap[i] IS NOT NULL THEN
+                PERFORM pg_advisory_xact_lock({_CLAIM_LOCK_CLASS}, hashtext(p_ws[i]));
+                SELECT count(*) INTO n FROM deliveries WHERE workspace_id = p_ws[i] AND status = '{rows.IN_FLIGHT}';
+            END IF;
+            IF EXISTS (
+                SELECT 1 FROM deliveries WHERE workspace_id = p_ws[i] AND status = '{rows.QUEUED}'
+                    AND not_before <= p_now[i]
+            ) THEN
+                keep := 0;  -- older work waits: back in the queue, and the claim decides
+            ELSE
+                keep := CASE WHEN p_cap[i] IS NULL THEN mine ELSE greatest(0, p_cap[i] - (n - mine)) END;
+            END IF;
+            IF keep < mine THEN
+                RETURN QUERY
+                WITH back AS (
+                    UPDATE deliveries AS x
+                    SET status = '{rows.QUEUED}', lease_owner = NULL, lease_until = NULL,
+                        forwards = x.forwards - 1, first_forwarded_at = NULL, updated_at = p_now[i]
+                    WHERE x.seq IN (
+                        SELECT seq FROM deliveries WHERE {_OWN.format(x="")} ORDER BY seq OFFSET keep
+                    )
+                    RETURNING x
+                )
+                SELECT -i, back.x FROM back;
+            END IF;
+            IF keep > 0 THEN
+                RETURN QUERY SELECT i, x FROM deliveries AS x WHERE {_OWN.format(x="x.")};
+                CONTINUE;
+            END IF;
+        END IF;
         RETURN QUERY SELECT i, c FROM berth_claim(p_ws[i], p_cap[i], p_owner[i], p_now[i], p_until[i]) AS c;
     END LOOP;
 END $$

@@ -14,7 +14,10 @@ its own would be:
   an accept and a claim of its workspace made only if that accept created the delivery:
   a message to an idle workspace is accepted and claimed in one commit, as on SQLite. The
   accept_claims of one workspace in a flush share one claim (made if any of them created
-  its delivery), whose deliveries go to one of those callers to forward.
+  its delivery), whose deliveries go to one of those callers to forward. A message that
+  may go at once is inserted in flight (one row version, not a queued one and a claim's
+  update); the claim checks under the workspace's lock that berth_claim would have taken
+  it, and puts it back in the queue if not (see berth_claim_many).
 
 A flush waits only for advisory locks (taken in one global order, last) and for the
 uncommitted insert of the same message elsewhere (in sorted order, before any advisory
@@ -31,7 +34,7 @@ from typing import Any
 from berth.adapters.sql import rows
 from berth.adapters.sql.group_commit import ItemError
 from berth.adapters.sql.postgres_base import PostgresBase
-from berth.domain.delivery import FINAL, Delivery
+from berth.domain.delivery import FINAL, Delivery, DeliveryStatus
 from berth.ports import Settle
 
 __all__ = ["AcceptClaimCall", "ClaimCall", "PostgresBatches", "SettleCall", "Write", "write_key"]
@@ -79,6 +82,7 @@ _CLAIM_ARGS = [
     ("now", "float8"),
     ("until", "float8"),
     ("if", "text"),
+    ("own", "boolean"),
 ]
 _ARGS = (
     [(f"s_{n}", t) for n, t in _SETTLE_ARGS]
@@ -150,7 +154,9 @@ BEGIN
         END IF;
     END IF;
     IF cardinality(c_ws) > 0 THEN
-        RETURN QUERY SELECT 'claim', t.k, t.d FROM berth_claim_many(c_ws, c_cap, c_owner, c_now, c_until, c_if) AS t;
+        RETURN QUERY
+        SELECT CASE WHEN t.k < 0 THEN 'requeued' ELSE 'claim' END, abs(t.k), t.d
+        FROM berth_claim_many(c_ws, c_cap, c_owner, c_now, c_until, c_if, c_own) AS t;
     END IF;
 END $$
 """
@@ -208,7 +214,8 @@ class PostgresBatches(PostgresBase):
         """One statement for all: settles, then accepts, then claims (see berth_write)."""
         settles: list[SettleCall] = []
         accepts: list[Delivery] = []
-        claims: list[tuple[ClaimCall, list[str] | None]] = []  # (claim, only if one id exists)
+        # (claim, only if one of these ids exists, whether some of them are written in flight)
+        claims: list[tuple[ClaimCall, list[str] | None, bool]] = []
         k_of: list[int] = []  # for each write, its claim's position (from 1), or 0
         groups: dict[tuple[str, int | None, str], int] = {}
         for w in writes:
@@ -218,21 +225,24 @@ class PostgresBatches(PostgresBase):
             elif isinstance(w, Delivery):
                 accepts.append(w)
             elif isinstance(w, ClaimCall):
-                claims.append((w, None))
+                claims.append((w, None, False))
                 k = len(claims)
             else:
                 # the accept_claims of one workspace share one claim (up to its capacity),
-                # made if any of their accepts created a delivery
-                accepts.append(w.delivery)
+                # made if any of their accepts created a delivery; each message that may go
+                # at once is written in flight, and the claim checks that it may
                 c = w.claim
                 k = groups.get((c.workspace_id, c.capacity, c.owner), 0)
-                if k:
-                    only = claims[k - 1][1]
-                    assert only is not None
-                    only.append(w.delivery.id)
-                else:
-                    claims.append((c, [w.delivery.id]))
+                if not k:
+                    claims.append((c, [], False))
                     k = groups[(c.workspace_id, c.capacity, c.owner)] = len(claims)
+                shared, only, own = claims[k - 1]
+                assert only is not None
+                only.append(w.delivery.id)
+                flying = _in_flight(w.delivery, shared)
+                if flying is not None:
+                    claims[k - 1] = (shared, only, True)
+                accepts.append(flying or w.delivery)
             k_of.append(k)
         got = await self._fetch(
             _WRITE, *_settle_args(settles), *_accept_args(accepts), *_claim_args(claims)
@@ -241,6 +251,7 @@ class PostgresBatches(PostgresBase):
         existing: dict[int, Delivery] = {}
         claimed: defaultdict[int, list[Delivery]] = defaultdict(list)
         latest: dict[str, Delivery] = {}  # what the flush's claims made of each row
+        requeued: dict[str, Delivery] = {}  # written in flight, put back in the queue
         for r in got:
             kind, d = r["w_kind"], rows.d_from_row(r)
             if kind == "claim":
@@ -248,8 +259,11 @@ class PostgresBatches(PostgresBase):
                 latest[d.id] = d
             elif kind == "existing":
                 existing[r["w_k"]] = d
+            elif kind == "requeued":
+                requeued[d.id] = d
             else:
                 by_id[d.id] = d
+        latest = {**requeued, **latest}  # a row put back and then claimed again is claimed
         out: list[Any] = []
         n_accept = 0
         callers: defaultdict[int, list[int]] = defaultdict(list)  # shared claim -> out places
@@ -345,7 +359,7 @@ def _accept_args(ds: list[Delivery]) -> list[list[Any]]:
     return [[p[c] for p in params] for c in rows.D_COLUMNS]
 
 
-def _claim_args(calls: list[tuple[ClaimCall, list[str] | None]]) -> list[list[Any]]:
+def _claim_args(calls: list[tuple[ClaimCall, list[str] | None, bool]]) -> list[list[Any]]:
     return _columns(
         len(_CLAIM_ARGS),
         [
@@ -356,10 +370,25 @@ def _claim_args(calls: list[tuple[ClaimCall, list[str] | None]]) -> list[list[An
                 float(c.now),
                 float(c.until),
                 None if only_if is None else " ".join(_no_space(i) for i in only_if),
+                own,
             )
-            for c, only_if in calls
+            for c, only_if, own in calls
         ],
     )
+
+
+def _in_flight(d: Delivery, c: ClaimCall) -> Delivery | None:
+    """The accepted message as its claim would leave it, when it may go at once (new, and
+    not held for later): written so, the claim only checks it (berth_claim_many's p_own).
+    Its lease and times are the shared claim's, by which the claim knows its rows."""
+    if d.status is not DeliveryStatus.QUEUED or d.forwards != 0 or d.not_before > c.now:
+        return None
+    flying = d.copy()
+    flying.status = DeliveryStatus.IN_FLIGHT
+    flying.lease_owner, flying.lease_until = c.owner, float(c.until)
+    flying.forwards = 1
+    flying.first_forwarded_at = flying.updated_at = float(c.now)
+    return flying
 
 
 def _no_space(delivery_id: str) -> str:
