@@ -581,3 +581,35 @@ async def test_a_message_written_in_flight_waits_for_the_workspace_lock(
     assert sorted(d.status.value for d, _, _ in got) == ["in_flight", "queued"]
     assert sorted(len(gs) for _, _, gs in got) == [0, 1]
     assert await store.pending("w1") == (1, 1)
+
+
+async def test_a_delivery_accepted_again_while_in_flight_is_not_handed_out_again(
+    pg: tuple[Any, str],
+) -> None:
+    """The same delivery accept_claimed twice, the same time and owner (ids are fresh in
+    berth, so this is the guard of a case that should not arise): the second claim must
+    not take the first's row, in flight and being forwarded, for one it wrote itself:
+    nothing handed out again, nothing put back in the queue (found by a review)."""
+    store, _ = pg
+    d = make_d("w1", "again")
+    _, created, got = await store.accept_claim(
+        d, capacity=4, owner="me", lease_seconds=LEASE, now=T0 + 1
+    )
+    assert created and [g.id for g in got] == [d.id]
+    _, created, got = await store.accept_claim(
+        d, capacity=4, owner="me", lease_seconds=LEASE, now=T0 + 1
+    )
+    assert not created and got == []
+    e = make_d("w2", "again")
+    _, created, got = await store.accept_claim(
+        e, capacity=1, owner="me", lease_seconds=LEASE, now=T0 + 1
+    )
+    assert created and [g.id for g in got] == [e.id]
+    await store.accept(make_d("w2", "later"))  # queued behind it
+    _, created, again = await store.accept_claim(
+        e, capacity=1, owner="me", lease_seconds=LEASE, now=T0 + 1
+    )
+    assert not created and again == []
+    stored = await store.get_delivery(e.id)
+    assert stored.status is D.IN_FLIGHT and stored.forwards == 1
+    assert await store.pending("w2") == (1, 1)

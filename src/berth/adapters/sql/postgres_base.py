@@ -206,11 +206,14 @@ END $$
 # of arguments is a new function: the forms of before (five and six arguments, and
 # berth_write's of before) stay in the database for replicas of the versions before, during
 # a rolling deploy, and no body of theirs is given rows written in flight.
-# the rows of a claim's accepts written in flight by this flush (ids are fresh: a row with
-# one of them was inserted by this flush; the lease, the forward count and the time tell
-# it from a row accepted queued)
+
+# The rows of a claim's accepts written in flight by this flush: inserted by this very
+# transaction (xmin; PostgreSQL 13 or later), so a delivery accepted again while it is
+# being forwarded is never taken for one (ids are fresh, but nothing here relies on it);
+# the lease, the forward count and the time tell them from a row this flush accepted queued.
 _OWN = (
-    "{x}id = ANY (ids) AND {x}status = '" + rows.IN_FLIGHT + "' AND {x}lease_owner = p_owner[i] "
+    "{x}id = ANY (ids) AND {x}xmin = pg_current_xact_id()::xid "
+    "AND {x}status = '" + rows.IN_FLIGHT + "' AND {x}lease_owner = p_owner[i] "
     "AND {x}forwards = 1 AND {x}first_forwarded_at = p_now[i]"
 )
 _CLAIM_MANY_FUNCTION = f"""
