@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -77,6 +77,14 @@ class WorkspaceStore(Protocol):
     async def create_workspace(self, ws: Workspace) -> None: ...
     async def get_workspace(self, ref: str) -> Workspace: ...
     async def list_workspaces(self) -> list[Workspace]: ...
+
+    # Where the store keeps a version of each row (one that every write of it changes):
+    # (the version of every workspace, the workspaces whose version is not the one `seen`
+    # gives, each with its version as read), so a replica's refresh reads and decodes only
+    # what changed; None where it keeps none (then list_workspaces).
+    async def changed_workspaces(
+        self, seen: Mapping[str, str]
+    ) -> tuple[dict[str, str], list[tuple[Workspace, str]]] | None: ...
     async def update_workspace(self, ws_id: str, **fields: Any) -> Workspace: ...
 
     # Moves to `to` only from `only_from` (default: any) that the state table allows;

@@ -170,6 +170,43 @@ async def test_list_workspaces_by_creation_time(store: Store) -> None:
     assert [w.name for w in await store.list_workspaces()] == ["early", "mid", "late"]
 
 
+async def test_changed_workspaces_reads_only_rows_written_since_seen(store: Store) -> None:
+    """Row versions (PostgreSQL: a replica's refresh reads only what changed); a store that
+    keeps none says so (None), and its replicas list everything."""
+    a, b = make_ws("alpha"), make_ws("beta")
+    await store.create_workspace(a)
+    await store.create_workspace(b)
+    got = await store.changed_workspaces({})
+    if got is None:
+        from berth.adapters.sql.postgres import PostgresStore
+
+        assert not isinstance(store, PostgresStore)
+        return
+    versions, changed = got
+    assert set(versions) == {a.id, b.id}
+    assert sorted((w.name, v) for w, v in changed) == sorted(
+        [("alpha", versions[a.id]), ("beta", versions[b.id])]
+    )
+    assert await store.changed_workspaces(versions) == (versions, [])  # reads change nothing
+    await store.get_workspace(a.id)
+    assert await store.changed_workspaces(versions) == (versions, [])
+    await store.update_workspace(b.id, agent_url="http://x")
+    again, changed = await store.changed_workspaces(versions)
+    assert again[a.id] == versions[a.id] and again[b.id] != versions[b.id]
+    assert [(w.id, w.agent_url, v) for w, v in changed] == [(b.id, "http://x", again[b.id])]
+    for write in (
+        store.move_workspace(a.id, S.PROVISIONING),
+        store.record_heartbeats({a.id: T0 + 9}),
+    ):
+        before = again
+        await write
+        again, changed = await store.changed_workspaces(before)
+        assert [w.id for w, _ in changed] == [a.id] and again[a.id] != before[a.id]
+    await store.delete_workspace(b.id)
+    gone, changed = await store.changed_workspaces(again)
+    assert set(gone) == {a.id} and changed == []
+
+
 async def test_update_workspace(store: Store) -> None:
     ws = make_ws("alpha")
     await store.create_workspace(ws)

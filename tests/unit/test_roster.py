@@ -149,3 +149,83 @@ async def test_a_read_by_other_means_keeps_what_was_put_or_dropped_meanwhile() -
         found = await got
         want = {"put": newer, "drop": None, "nothing": ws}[meanwhile]
         assert found == want and roster.peek(ws.id) == want, meanwhile
+
+
+class Versioned(MemoryStore):
+    """A store that keeps a version of each row, bumped by every write (as PostgreSQL's
+    xmin), and counts the rows a refresh reads. `hold`: the next refresh's reads wait for
+    `release` and then read (the value at their end)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.version: dict[str, int] = {}
+        self.rows_read = 0
+        self.hold = False
+        self.release = asyncio.Event()
+
+    def _bump(self, ws_id: str) -> None:
+        self.version[ws_id] = self.version.get(ws_id, 0) + 1
+
+    async def create_workspace(self, ws: Workspace) -> None:
+        await super().create_workspace(ws)
+        self._bump(ws.id)
+
+    async def update_workspace(self, ws_id: str, **fields: Any) -> Workspace:
+        got = await super().update_workspace(ws_id, **fields)
+        self._bump(ws_id)
+        return got
+
+    async def changed_workspaces(
+        self, seen: Any
+    ) -> tuple[dict[str, str], list[tuple[Workspace, str]]] | None:
+        if self.hold:
+            self.hold = False
+            await self.release.wait()
+        versions = {i: str(v) for i, v in self.version.items()}
+        stale = [i for i, v in versions.items() if seen.get(i) != v]
+        self.rows_read += len(stale)
+        return versions, [(await self.get_workspace(i), versions[i]) for i in stale]
+
+
+async def test_a_refresh_reads_only_the_workspaces_whose_row_changed() -> None:
+    store = Versioned()
+    a, b, c = make_ws("v1"), make_ws("v2"), make_ws("v3")
+    for ws in (a, b, c):
+        await store.create_workspace(ws)
+    roster = Roster(store)
+    await roster.refresh()
+    assert store.rows_read == 3 and len(roster) == 3
+    await roster.refresh()
+    assert store.rows_read == 3  # nothing changed: nothing read
+    await store.update_workspace(b.id, agent_url="http://127.0.0.1:4545")  # another replica
+    await roster.refresh()
+    assert store.rows_read == 4
+    assert roster.peek(b.id).agent_url == "http://127.0.0.1:4545"  # type: ignore[union-attr]
+    await _write(store, roster, c.id, agent_url="http://127.0.0.1:4646")  # a write here
+    await store.delete_workspace(a.id)
+    store.version.pop(a.id)
+    await roster.refresh()
+    assert store.rows_read == 5  # the row written here is read again (it matches: kept)
+    assert roster.peek(a.id) is None and len(roster) == 2
+
+
+async def test_a_row_skipped_for_a_write_here_is_read_again_by_the_next_refresh() -> None:
+    """A refresh whose read began before a write here reads, at its end, a newer row still
+    (another replica wrote after this one): it keeps what was put here, and must not mark
+    that newer row as seen, or no later refresh would read it and the roster would keep
+    the older record for good."""
+    store = Versioned()
+    ws = make_ws("v1")
+    await store.create_workspace(ws)
+    roster = Roster(store)
+    await roster.refresh()
+    store.hold = True
+    refresh = asyncio.ensure_future(roster.refresh())
+    await asyncio.sleep(0)
+    await _write(store, roster, ws.id, agent_url="http://127.0.0.1:4747")  # here
+    await store.update_workspace(ws.id, agent_url="http://127.0.0.1:4848")  # elsewhere, after
+    store.release.set()
+    await refresh
+    assert roster.peek(ws.id).agent_url == "http://127.0.0.1:4747"  # type: ignore[union-attr]
+    await roster.refresh()
+    assert roster.peek(ws.id).agent_url == "http://127.0.0.1:4848"  # type: ignore[union-attr]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import itertools
 import time
+from collections.abc import Mapping
 from dataclasses import fields, replace
 from typing import Any
 
@@ -51,6 +52,11 @@ class MemoryStore(AcceptThenClaim):
         if ws is None:
             raise NotFound(f"no workspace {ref!r}", code="workspace_not_found")
         return copy.deepcopy(ws)
+
+    async def changed_workspaces(
+        self, seen: Mapping[str, str]
+    ) -> tuple[dict[str, str], list[tuple[Workspace, str]]] | None:
+        return None  # no row versions kept
 
     async def list_workspaces(self) -> list[Workspace]:
         return [copy.deepcopy(w) for w in sorted(self._ws.values(), key=lambda w: w.created_at)]

@@ -44,6 +44,9 @@ class Roster:
         self._stamps: dict[str, int] = {}
         self._dropped: dict[str, int] = {}
         self._reading = 0
+        # the store's row version of each held workspace as of the refresh that last read
+        # or matched it (stores that keep versions): a refresh reads only the others
+        self._versions: dict[str, str] = {}
 
     def on_change(self, fn: Callable[[Workspace], None]) -> None:
         self._listeners.append(fn)
@@ -108,6 +111,7 @@ class Roster:
         if stamp or ws.id not in self._stamps:
             self._gen += 1
             self._stamps[ws.id] = self._gen
+            self._versions.pop(ws.id, None)  # a write here: the next refresh reads it again
         self._names[ws.name] = ws.id
         for h in (ws.token_hash, ws.run_token_hash, ws.peer_run_token_hash):
             if h:
@@ -121,6 +125,7 @@ class Roster:
     def drop(self, ws_id: str) -> None:
         self._gen += 1
         self._stamps.pop(ws_id, None)
+        self._versions.pop(ws_id, None)
         if self._reading:  # a read under way must not bring it back
             self._dropped[ws_id] = self._gen
         ws = self._by_id.pop(ws_id, None)
@@ -153,13 +158,28 @@ class Roster:
         dropped while the read was under way is kept: the read may predate it."""
         if ws_id is None:
             with self._reading_from() as gen:
-                current = await self._store.list_workspaces()
-                for gone in set(self._by_id) - {w.id for w in current}:
+                seen = {i: v for i, v in self._versions.items() if i in self._by_id}
+                got = await self._store.changed_workspaces(seen)
+                if got is None:
+                    current = await self._store.list_workspaces()
+                    ids = {w.id for w in current}
+                    changed: list[tuple[Workspace, str | None]] = [(w, None) for w in current]
+                else:
+                    versions, fresh = got
+                    changed = list(fresh)
+                    ids = set(versions)
+                    seen = {i: v for i, v in seen.items() if versions.get(i) == v}
+                for gone in set(self._by_id) - ids:
                     if not self._moved_since(gone, gen):
                         self.drop(gone)
-                for w in current:
-                    if self._by_id.get(w.id) != w and not self._moved_since(w.id, gen):
+                for w, version in changed:
+                    if self._moved_since(w.id, gen):
+                        continue  # its version is not marked seen: the next refresh reads it
+                    if self._by_id.get(w.id) != w:
                         self.put(w)
+                    if version is not None:
+                        seen[w.id] = version
+                self._versions = seen
             return
         for _ in range(REFRESH_TRIES):
             with self._reading_from() as gen:

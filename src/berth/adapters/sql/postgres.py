@@ -5,6 +5,7 @@ workspaces and restart records here)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from berth.adapters.sql import rows
@@ -47,6 +48,23 @@ class PostgresStore(PostgresDeliveries, PostgresFleet, PostgresCredentials, rows
             rows.ws_from_row(r)
             for r in await self._fetch("SELECT * FROM workspaces ORDER BY created_at")
         ]
+
+    async def changed_workspaces(
+        self, seen: Mapping[str, str]
+    ) -> tuple[dict[str, str], list[tuple[Workspace, str]]] | None:
+        """A row's version is its xmin: every write of it (an UPDATE writes a new row
+        version) gives it a new one. Versions first, then only the rows not as `seen`."""
+        versions = {
+            r["id"]: r["v"] for r in await self._fetch("SELECT id, xmin::text AS v FROM workspaces")
+        }
+        stale = [i for i, v in versions.items() if seen.get(i) != v]
+        if not stale:
+            return versions, []
+        got = await self._fetch(
+            "SELECT xmin::text AS berth_version, * FROM workspaces WHERE id = ANY($1::text[])",
+            stale,
+        )
+        return versions, [(rows.ws_from_row(r), r["berth_version"]) for r in got]
 
     async def _update_ws(
         self,

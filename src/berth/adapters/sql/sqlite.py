@@ -5,6 +5,7 @@ sqlite_fleet; workspaces and restart records here)."""
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Mapping
 from typing import Any
 
 from berth.adapters.sql import rows
@@ -44,6 +45,11 @@ class SqliteStore(SqliteDeliveries, SqliteFleet, SqliteCredentials, rows.Workspa
             return rows.ws_from_row(row)
 
         return await self._run(go, write=False)
+
+    async def changed_workspaces(
+        self, seen: Mapping[str, str]
+    ) -> tuple[dict[str, str], list[tuple[Workspace, str]]] | None:
+        return None  # no row versions: one berth owns a SQLite database, its roster is whole
 
     async def list_workspaces(self) -> list[Workspace]:
         return await self._run(
