@@ -143,7 +143,7 @@ class Container:
                 n = await self.deliveries.prune(time.time() - self.settings.retention_hours * 3600)
                 if n:
                     log.info("pruned %d finished deliveries", n)
-                await self.roster.refresh()
+                await self.roster.refresh(full=True)
                 # agents whose workspace is gone (removed on another replica, or left by a
                 # crash between a start and its record): only those of no workspace at all
                 known = {w.id: w for w in self.roster.all()}

@@ -15,7 +15,7 @@ from berth.adapters.memory_store import MemoryStore
 from berth.domain.errors import NotFound
 from berth.domain.workspace import Workspace
 from berth.services.roster import Roster
-from tests.contract.test_store import make_ws
+from tests.contract.test_store import T0, make_ws
 
 
 class SlowReads(MemoryStore):
@@ -229,3 +229,65 @@ async def test_a_row_skipped_for_a_write_here_is_read_again_by_the_next_refresh(
     assert roster.peek(ws.id).agent_url == "http://127.0.0.1:4747"  # type: ignore[union-attr]
     await roster.refresh()
     assert roster.peek(ws.id).agent_url == "http://127.0.0.1:4848"  # type: ignore[union-attr]
+
+
+class VersionedSlow(Versioned):
+    """Heartbeat flushes write the row (a new version), and one armed single read waits."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.slow = asyncio.Event()
+        self.armed = False
+
+    async def record_heartbeats(self, beats: dict[str, float]) -> None:
+        await super().record_heartbeats(beats)
+        for i in beats:
+            self._bump(i)
+
+    async def get_workspace(self, ref: str) -> Workspace:
+        got = await super().get_workspace(ref)
+        if self.armed:
+            self.armed = False
+            await self.slow.wait()
+        return got
+
+
+async def test_an_overlapping_full_refresh_does_not_mark_seen_a_row_put_here_meanwhile() -> None:
+    """A single read from before a heartbeat's flush puts the older record while a full
+    refresh runs; that refresh must not mark the row seen again (found by a review)."""
+    store = VersionedSlow()
+    ws = make_ws("o1", last_heartbeat=T0)
+    await store.create_workspace(ws)
+    roster = Roster(store)
+    await roster.refresh()
+    store.armed = True
+    single = asyncio.ensure_future(roster.refresh(ws.id))
+    await asyncio.sleep(0)  # it holds the record with the heartbeat of T0
+    roster.put(replace(roster.peek(ws.id), last_heartbeat=T0 + 5), stamp=False)  # type: ignore[type-var]
+    await store.record_heartbeats({ws.id: T0 + 5})
+    await roster.refresh()  # equal to what is held: marks the new version
+    store.hold = True
+    full = asyncio.ensure_future(roster.refresh())
+    await asyncio.sleep(0)
+    store.slow.set()
+    await single  # puts the older record
+    store.release.set()
+    await full
+    await roster.refresh()
+    assert roster.peek(ws.id).last_heartbeat == T0 + 5  # type: ignore[union-attr]
+
+
+async def test_a_full_refresh_mends_a_record_the_store_never_got() -> None:
+    """A versioned refresh reads only rows that changed; housekeeping's full one compares
+    every row, so a record changed here without a write (a failed write after changing
+    it in place) is mended within a pass."""
+    from berth.domain.deploy import Instance, Role
+
+    store = Versioned()
+    ws = make_ws("p1", peer=Instance(2, Role.NEXT, "rt2", agent_url="http://127.0.0.1:1"))
+    await store.create_workspace(ws)
+    roster = Roster(store)
+    await roster.refresh()
+    (await roster.get(ws.id)).peer.canary = 50  # type: ignore[union-attr]
+    await roster.refresh(full=True)
+    assert roster.peek(ws.id).peer.canary is None  # type: ignore[union-attr]

@@ -153,12 +153,16 @@ class Roster:
         """Was the workspace put or dropped here after generation `gen`?"""
         return self._stamps.get(ws_id, -1) > gen or self._dropped.get(ws_id, -1) > gen
 
-    async def refresh(self, ws_id: str | None = None) -> None:
+    async def refresh(self, ws_id: str | None = None, *, full: bool = False) -> None:
         """Read one workspace (or all) from the store again. What this replica put or
-        dropped while the read was under way is kept: the read may predate it."""
+        dropped while the read was under way is kept: the read may predate it.
+
+        All of them: only the rows whose version this replica has not seen, where the store
+        keeps versions; `full`, every row (housekeeping: whatever made the roster differ
+        from an unchanged row is mended there, within a pass)."""
         if ws_id is None:
             with self._reading_from() as gen:
-                seen = {i: v for i, v in self._versions.items() if i in self._by_id}
+                seen = {} if full else {i: v for i, v in self._versions.items() if i in self._by_id}
                 got = await self._store.changed_workspaces(seen)
                 if got is None:
                     current = await self._store.list_workspaces()
@@ -168,7 +172,12 @@ class Roster:
                     versions, fresh = got
                     changed = list(fresh)
                     ids = set(versions)
-                    seen = {i: v for i, v in seen.items() if versions.get(i) == v}
+                    # still as seen, and not put or dropped here meanwhile (that unmarks it)
+                    seen = {
+                        i: v
+                        for i, v in seen.items()
+                        if versions.get(i) == v and not self._moved_since(i, gen)
+                    }
                 for gone in set(self._by_id) - ids:
                     if not self._moved_since(gone, gen):
                         self.drop(gone)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from dataclasses import replace
 from typing import Any
 
 from berth.domain.deploy import RestartMode, validate_change
@@ -150,7 +151,7 @@ class Workspaces:
             raise Conflict(f"workspace {ws.name} runs no canary", code="no_canary")
         if decision not in ("promote", "rollback"):
             raise InvalidInput("decision: promote or rollback")
-        peer.decision = decision
+        peer = replace(peer, decision=decision)  # the roster's record changes by a write only
         await self._runner.update(ws.id, peer=peer, tell=True)
         return {"restart_id": record.id}
 
