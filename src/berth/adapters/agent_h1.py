@@ -9,10 +9,11 @@ bytes both ways. This client writes the request in one `write`, parses the answe
 httptools (the C parser uvicorn uses) in an asyncio Protocol, and keeps connections
 alive in a pool per (host, port): one future and one timer per request.
 
-Scope, on purpose: `http://` only, a body known up front, the whole answer read before it
-is returned, no HEAD (the answer's framing depends on it). `https://`, streams, HEAD and
-anything with a header berth would not write itself go through aiohttp (`agent_http.HttpAgentClient` decides), so behaviour there is
-unchanged. Failures mean what aiohttp's meant to the dispatcher: nothing sent (no
+Scope, on purpose: `http://` only, a body known up front, no HEAD (the answer's framing
+depends on it). An answer is read whole (`request`) or as it comes (`stream`: a stream's
+head first, then its body chunk by chunk). `https://`, HEAD and anything with a header
+berth would not write itself go through aiohttp (`agent_http.HttpAgentClient` decides),
+so behaviour there is unchanged. Failures mean what aiohttp's meant to the dispatcher: nothing sent (no
 connection) is `reached=False`; anything after the request was written (a reset, a
 timeout, a malformed answer) is `reached=True`.
 """
@@ -24,13 +25,15 @@ import contextlib
 import functools
 import time
 import zlib
+from collections import deque
+from collections.abc import AsyncIterator
 from urllib.parse import urlsplit
 
 import httptools
 
 from berth.ports import AgentReply, AgentUnreachable
 
-__all__ = ["H1Pool", "h1_target"]
+__all__ = ["H1Pool", "H1Stream", "h1_target"]
 
 _BAD = frozenset("\r\n\0")
 
@@ -85,6 +88,7 @@ class _Conn(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.closed = False
         self._fut: asyncio.Future[AgentReply] | None = None
+        self._sink: _Sink | None = None  # a stream's reader, instead of _fut
         self._parser: httptools.HttpResponseParser | None = None
         self._status = 0
         self._headers: dict[str, str] = {}
@@ -118,6 +122,20 @@ class _Conn(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self._pool._forget(self)
+        sink = self._sink
+        if sink is not None:
+            self._sink = self._parser = None
+            if exc is None and self._status and not self._chunked_or_sized():
+                sink.end()  # a stream delimited by the end of the connection
+            else:
+                why = f": {exc}" if exc else ""
+                sink.fail(
+                    AgentUnreachable(
+                        f"ServerDisconnectedError: the agent closed the connection{why}",
+                        reached=True,
+                    )
+                )
+            return
         fut = self._fut
         if fut is None or fut.done():
             return
@@ -133,31 +151,44 @@ class _Conn(asyncio.Protocol):
 
     # httptools callbacks ------------------------------------------------------
     def on_message_begin(self) -> None:
-        if self._fut is None:  # a second answer after the one asked for
+        if self._fut is None and self._sink is None:  # a second answer after the one asked for
             self._stray = True
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        if self._fut is None:
+        if self._fut is None and self._sink is None:
             return
         k = name.decode("latin-1").lower()
         v = value.decode("latin-1")
         self._headers[k] = f"{self._headers[k]}, {v}" if k in self._headers else v
 
     def on_headers_complete(self) -> None:
-        if self._fut is None or self._parser is None:
+        if (self._fut is None and self._sink is None) or self._parser is None:
             return
         self._status = self._parser.get_status_code()
         self._keep = self._parser.should_keep_alive()
+        if self._sink is not None and not 100 <= self._status < 200:
+            self._sink.begin(self._status, self._headers)
 
     def on_body(self, body: bytes) -> None:
-        if self._fut is not None:
+        if self._sink is not None:
+            self._sink.chunk(body)
+        elif self._fut is not None:
             self._body.append(body)
 
     def on_message_complete(self) -> None:
-        if self._fut is None:
+        if self._fut is None and self._sink is None:
             return
         if 100 <= self._status < 200:  # an interim answer: the real one follows
             self._reset_answer()
+            return
+        if self._sink is not None:
+            sink, self._sink, self._parser = self._sink, None, None
+            self._headers = {}
+            sink.end()
+            if self._keep and not self.closed:
+                self._pool._release(self)
+            else:
+                self._close()
             return
         self._finish()
 
@@ -168,6 +199,20 @@ class _Conn(asyncio.Protocol):
         self._reset_answer()
         assert self.transport is not None
         self.transport.write(head + body if body else head)
+
+    def send_stream(self, head: bytes, body: bytes | None, sink: _Sink) -> None:
+        self._sink = sink
+        self._parser = httptools.HttpResponseParser(self)
+        self._reset_answer()
+        assert self.transport is not None
+        self.transport.write(head + body if body else head)
+
+    def end_stream(self, sink: _Sink) -> None:
+        """The reader is done with `sink`: a stream not read to its end leaves the
+        connection unusable (the rest of the answer would come first)."""
+        if self._sink is sink:
+            self._sink = self._parser = None
+            self._close()
 
     def time_out(self, fut: asyncio.Future[AgentReply], timeout: float) -> None:
         why = AgentUnreachable(f"TimeoutError: no answer within {timeout:g} s", reached=True)
@@ -220,6 +265,9 @@ class _Conn(asyncio.Protocol):
         fut, self._fut, self._parser = self._fut, None, None
         if fut is not None and not fut.done():
             fut.set_exception(e)
+        sink, self._sink = self._sink, None
+        if sink is not None:
+            sink.fail(e)
 
     def _close(self) -> None:
         if not self.closed:
@@ -227,6 +275,95 @@ class _Conn(asyncio.Protocol):
             self._pool._forget(self)
             if self.transport is not None:
                 self.transport.close()
+
+
+class _Sink:
+    """A stream's answer as its connection parses it: the head (status, headers) once,
+    then body chunks, then its end or an error; read by `H1Stream`."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.head: asyncio.Future[tuple[int, dict[str, str]]] = loop.create_future()
+        self.chunks: deque[bytes] = deque()
+        self.over = False
+        self.error: AgentUnreachable | None = None
+        self._wake: asyncio.Future[None] | None = None
+
+    def begin(self, status: int, headers: dict[str, str]) -> None:
+        if not self.head.done():
+            self.head.set_result((status, headers))
+
+    def chunk(self, data: bytes) -> None:
+        self.chunks.append(data)
+        self._poke()
+
+    def end(self) -> None:
+        self.over = True
+        self._poke()
+
+    def fail(self, e: AgentUnreachable) -> None:
+        if not self.head.done():
+            self.head.set_exception(e)
+        elif not self.over:
+            self.error, self.over = e, True
+        self._poke()
+
+    def _poke(self) -> None:
+        w, self._wake = self._wake, None
+        if w is not None and not w.done():
+            w.set_result(None)
+
+    async def next(self, timeout: float) -> bytes | None:
+        """The next body chunk; None at the end; AgentUnreachable after `timeout` seconds
+        without one, or when the connection failed."""
+        while not self.chunks:
+            if self.over:
+                if self.error is not None:
+                    raise self.error
+                return None
+            self._wake = asyncio.get_running_loop().create_future()
+            try:
+                async with asyncio.timeout(timeout):
+                    await self._wake
+            except TimeoutError:
+                raise AgentUnreachable(
+                    f"TimeoutError: nothing from the agent's stream within {timeout:g} s",
+                    reached=True,
+                ) from None
+        return self.chunks.popleft()
+
+
+class H1Stream:
+    """An answer read as it comes (`H1Pool.stream`): `status` and `headers` are known,
+    `chunks()` gives its body (decoded if the agent compressed it). `close()` when done:
+    a connection whose answer was not read to its end is closed, else it is kept."""
+
+    def __init__(
+        self, conn: _Conn, sink: _Sink, status: int, headers: dict[str, str], timeout: float
+    ) -> None:
+        self._conn, self._sink, self._timeout = conn, sink, timeout
+        self.status, self.headers = status, headers
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        coding = self.headers.get("content-encoding", "").strip().lower()
+        inflate = None
+        if coding in ("gzip", "deflate", "x-gzip"):
+            inflate = zlib.decompressobj(47 if coding != "deflate" else 15)
+        while (data := await self._sink.next(self._timeout)) is not None:
+            if inflate is not None:
+                try:
+                    data = inflate.decompress(data)
+                except zlib.error as e:
+                    raise AgentUnreachable(
+                        f"the agent's {coding} body is corrupt: {e}", reached=True
+                    ) from None
+            if data:
+                yield data
+
+    async def read(self) -> bytes:
+        return b"".join([c async for c in self.chunks()])
+
+    def close(self) -> None:
+        self._conn.end_stream(self._sink)
 
 
 # A kept-alive connection idle longer than this is closed rather than reused: servers close
@@ -258,19 +395,12 @@ class H1Pool:
         timeout: float,
     ) -> AgentReply | None:
         """The agent's whole answer; None when these headers are for aiohttp to write."""
-        if method == "HEAD":
+        head = self._head(method, target, body, headers)
+        if head is None:
             return None
-        lines = _encode_headers(headers)
-        if lines is None:
-            return None
-        host, port, path, host_header = target
-        head = b"%s %s HTTP/1.1\r\nHost: %s\r\n%s" % (method.encode(), path, host_header, lines)
-        if body is not None or method in ("POST", "PUT", "PATCH"):
-            head += b"Content-Length: %d\r\n" % len(body or b"")
-        head += b"\r\n"
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        conn = await self._acquire(loop, (host, port), deadline)
+        conn = await self._acquire(loop, (target[0], target[1]), deadline)
         fut: asyncio.Future[AgentReply] = loop.create_future()
         timer = loop.call_at(deadline, conn.time_out, fut, timeout)
         try:
@@ -281,6 +411,55 @@ class H1Pool:
             raise
         finally:
             timer.cancel()
+
+    async def stream(
+        self,
+        method: str,
+        target: tuple[str, int, bytes, bytes],
+        body: bytes | None,
+        headers: dict[str, str],
+        timeout: float,
+    ) -> H1Stream | None:
+        """The agent's answer once its head is in, its body to be read as it comes
+        (`timeout` bounds the wait for the head and for each chunk, as aiohttp's sock_read
+        did); None when these headers are for aiohttp to write."""
+        head = self._head(method, target, body, headers)
+        if head is None:
+            return None
+        loop = asyncio.get_running_loop()
+        conn = await self._acquire(loop, (target[0], target[1]), loop.time() + timeout)
+        sink = _Sink(loop)
+        conn.send_stream(head, body, sink)
+        try:
+            async with asyncio.timeout(timeout):
+                status, got = await sink.head
+        except TimeoutError:
+            conn.end_stream(sink)
+            raise AgentUnreachable(
+                f"TimeoutError: no answer within {timeout:g} s", reached=True
+            ) from None
+        except BaseException:
+            conn.end_stream(sink)
+            raise
+        return H1Stream(conn, sink, status, got, timeout)
+
+    @staticmethod
+    def _head(
+        method: str,
+        target: tuple[str, int, bytes, bytes],
+        body: bytes | None,
+        headers: dict[str, str],
+    ) -> bytes | None:
+        if method == "HEAD":
+            return None
+        lines = _encode_headers(headers)
+        if lines is None:
+            return None
+        _, _, path, host_header = target
+        head = b"%s %s HTTP/1.1\r\nHost: %s\r\n%s" % (method.encode(), path, host_header, lines)
+        if body is not None or method in ("POST", "PUT", "PATCH"):
+            head += b"Content-Length: %d\r\n" % len(body or b"")
+        return head + b"\r\n"
 
     async def _acquire(
         self, loop: asyncio.AbstractEventLoop, key: tuple[str, int], deadline: float

@@ -1,12 +1,12 @@
-"""The AgentClient port over HTTP: plain requests to `http://` agents through the lean
-keep-alive client of `agent_h1` (a quarter of berth's loop CPU per message was aiohttp's
-client: docs/benchmarks.md); streams, `https://` and anything that client declines
-through pooled aiohttp."""
+"""The AgentClient port over HTTP: requests and streams to `http://` agents through the
+lean keep-alive client of `agent_h1` (a quarter of berth's loop CPU per message was
+aiohttp's client, and it added ~0.5 ms to a stream's first event: docs/benchmarks.md);
+`https://` and anything that client declines through pooled aiohttp."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator
 
 import aiohttp
 
@@ -48,6 +48,22 @@ class HttpAgentClient:
         method: str = "POST",
     ) -> AsyncIterator[StreamItem]:
         """SSE events as they arrive (`timeout` bounds the wait for each chunk, not the stream)."""
+        target = h1_target(url)
+        if target is not None:
+            h = await self.h1.stream(
+                method, target, body, {**headers, "accept": "text/event-stream"}, timeout
+            )
+            if h is not None:
+                try:
+                    ctype = h.headers.get("content-type", "")
+                    if not ctype.startswith("text/event-stream"):
+                        yield StreamItem("reply", await h.read(), h.status, ctype)
+                        return
+                    async for item in _events(_lines(h.chunks())):
+                        yield item
+                finally:
+                    h.close()
+                return
         try:
             async with self._get().request(
                 method,
@@ -61,20 +77,8 @@ class HttpAgentClient:
                 if not ctype.startswith("text/event-stream"):
                     yield StreamItem("reply", await resp.read(), resp.status, ctype)
                     return
-                data: list[bytes] = []
-                event: str | None = None
-                async for raw in resp.content:
-                    line = raw.rstrip(b"\r\n")
-                    if not line:
-                        if data:
-                            yield StreamItem("event", b"\n".join(data), event=event)
-                        data, event = [], None
-                    elif line.startswith(b"data:"):
-                        data.append(line[5:].lstrip(b" "))
-                    elif line.startswith(b"event:"):
-                        event = line[6:].strip().decode() or None
-                if data:
-                    yield StreamItem("event", b"\n".join(data), event=event)
+                async for item in _events(resp.content):
+                    yield item
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as e:
             raise _unreachable(e) from e
 
@@ -125,3 +129,36 @@ def _unreachable(e: BaseException) -> AgentUnreachable:
         f"{type(e).__name__}: {e}".rstrip(": "),
         reached=not isinstance(e, aiohttp.ClientConnectorError),
     )
+
+
+async def _lines(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """Lines (each with its newline; the last one as it ends) of a body read in chunks, as
+    aiohttp's response content gives them."""
+    rest = b""
+    async for chunk in chunks:
+        rest += chunk
+        if b"\n" not in chunk:
+            continue
+        *whole, rest = rest.split(b"\n")
+        for line in whole:
+            yield line + b"\n"
+    if rest:
+        yield rest
+
+
+async def _events(lines: AsyncIterable[bytes]) -> AsyncIterator[StreamItem]:
+    """SSE events of a stream's lines: their data (lines joined) and name."""
+    data: list[bytes] = []
+    event: str | None = None
+    async for raw in lines:
+        line = raw.rstrip(b"\r\n")
+        if not line:
+            if data:
+                yield StreamItem("event", b"\n".join(data), event=event)
+            data, event = [], None
+        elif line.startswith(b"data:"):
+            data.append(line[5:].lstrip(b" "))
+        elif line.startswith(b"event:"):
+            event = line[6:].strip().decode() or None
+    if data:
+        yield StreamItem("event", b"\n".join(data), event=event)
