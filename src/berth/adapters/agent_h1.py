@@ -277,16 +277,26 @@ class _Conn(asyncio.Protocol):
                 self.transport.close()
 
 
+STREAM_HIGH = 256 * 1024  # a stream's bytes buffered before its connection stops reading
+STREAM_LOW = 64 * 1024  # and below which it reads again
+STREAM_CONNECT_SECONDS = 10.0  # a stream's connect, as aiohttp's sock_connect was
+
+
 class _Sink:
     """A stream's answer as its connection parses it: the head (status, headers) once,
     then body chunks, then its end or an error; read by `H1Stream`."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, transport: asyncio.Transport) -> None:
         self.head: asyncio.Future[tuple[int, dict[str, str]]] = loop.create_future()
         self.chunks: deque[bytes] = deque()
+        self.size = 0  # bytes in `chunks`
         self.over = False
         self.error: AgentUnreachable | None = None
         self._wake: asyncio.Future[None] | None = None
+        # back-pressure: past HIGH buffered bytes the connection stops reading (the agent's
+        # writes wait in TCP) until the reader is down to LOW, as aiohttp's reader did
+        self._transport = transport
+        self.paused = False
 
     def begin(self, status: int, headers: dict[str, str]) -> None:
         if not self.head.done():
@@ -294,11 +304,22 @@ class _Sink:
 
     def chunk(self, data: bytes) -> None:
         self.chunks.append(data)
+        self.size += len(data)
+        if self.size > STREAM_HIGH and not self.paused and not self._transport.is_closing():
+            self._transport.pause_reading()
+            self.paused = True
         self._poke()
 
     def end(self) -> None:
         self.over = True
+        self._resume()  # the whole answer is in: the connection may carry the next one
         self._poke()
+
+    def _resume(self) -> None:
+        if self.paused:
+            self.paused = False
+            if not self._transport.is_closing():
+                self._transport.resume_reading()
 
     def fail(self, e: AgentUnreachable) -> None:
         if not self.head.done():
@@ -329,7 +350,11 @@ class _Sink:
                     f"TimeoutError: nothing from the agent's stream within {timeout:g} s",
                     reached=True,
                 ) from None
-        return self.chunks.popleft()
+        data = self.chunks.popleft()
+        self.size -= len(data)
+        if self.paused and self.size < STREAM_LOW:
+            self._resume()
+        return data
 
 
 class H1Stream:
@@ -345,19 +370,28 @@ class H1Stream:
 
     async def chunks(self) -> AsyncIterator[bytes]:
         coding = self.headers.get("content-encoding", "").strip().lower()
-        inflate = None
-        if coding in ("gzip", "deflate", "x-gzip"):
-            inflate = zlib.decompressobj(47 if coding != "deflate" else 15)
+        packed = coding in ("gzip", "deflate", "x-gzip")
+        inflate = zlib.decompressobj(47 if coding != "deflate" else 15) if packed else None
+        first = True
         while (data := await self._sink.next(self._timeout)) is not None:
             if inflate is not None:
                 try:
-                    data = inflate.decompress(data)
+                    try:
+                        data = inflate.decompress(data)
+                    except zlib.error:
+                        if not (first and coding == "deflate"):
+                            raise
+                        inflate = zlib.decompressobj(-15)  # raw deflate, as some servers send
+                        data = inflate.decompress(data)
                 except zlib.error as e:
                     raise AgentUnreachable(
                         f"the agent's {coding} body is corrupt: {e}", reached=True
                     ) from None
+            first = False
             if data:
                 yield data
+        if inflate is not None and not first and not inflate.eof:
+            raise AgentUnreachable(f"the agent's {coding} body ended early", reached=True)
 
     async def read(self) -> bytes:
         return b"".join([c async for c in self.chunks()])
@@ -422,13 +456,16 @@ class H1Pool:
     ) -> H1Stream | None:
         """The agent's answer once its head is in, its body to be read as it comes
         (`timeout` bounds the wait for the head and for each chunk, as aiohttp's sock_read
-        did); None when these headers are for aiohttp to write."""
+        did, and the connect at most 10 s, as its sock_connect did); None when these
+        headers are for aiohttp to write."""
         head = self._head(method, target, body, headers)
         if head is None:
             return None
         loop = asyncio.get_running_loop()
-        conn = await self._acquire(loop, (target[0], target[1]), loop.time() + timeout)
-        sink = _Sink(loop)
+        connect = min(timeout, STREAM_CONNECT_SECONDS)
+        conn = await self._acquire(loop, (target[0], target[1]), loop.time() + connect)
+        assert conn.transport is not None
+        sink = _Sink(loop, conn.transport)
         conn.send_stream(head, body, sink)
         try:
             async with asyncio.timeout(timeout):

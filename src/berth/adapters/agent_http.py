@@ -21,6 +21,9 @@ class HttpAgentClient:
         self._pool_size = pool_size
         self._session: aiohttp.ClientSession | None = None
         self.h1 = H1Pool(limit=pool_size)
+        # streams hold their connections for as long as they last: a pool of their own, so
+        # long streams never take the connections forwards and card reads need
+        self.h1_streams = H1Pool(limit=pool_size)
 
     def _get(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
@@ -50,7 +53,7 @@ class HttpAgentClient:
         """SSE events as they arrive (`timeout` bounds the wait for each chunk, not the stream)."""
         target = h1_target(url)
         if target is not None:
-            h = await self.h1.stream(
+            h = await self.h1_streams.stream(
                 method, target, body, {**headers, "accept": "text/event-stream"}, timeout
             )
             if h is not None:
@@ -119,6 +122,7 @@ class HttpAgentClient:
 
     async def close(self) -> None:
         await self.h1.close()
+        await self.h1_streams.close()
         if self._session is not None:
             await self._session.close()
 
@@ -131,13 +135,21 @@ def _unreachable(e: BaseException) -> AgentUnreachable:
     )
 
 
+MAX_SSE_LINE = 16 * 1024 * 1024  # an SSE line longer than this ends the stream as broken
+
+
 async def _lines(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
     """Lines (each with its newline; the last one as it ends) of a body read in chunks, as
-    aiohttp's response content gives them."""
+    aiohttp's response content gives them; a line over MAX_SSE_LINE is refused (aiohttp
+    refused them over 128 KiB) rather than held in memory whatever its size."""
     rest = b""
     async for chunk in chunks:
         rest += chunk
         if b"\n" not in chunk:
+            if len(rest) > MAX_SSE_LINE:
+                raise AgentUnreachable(
+                    f"an SSE line from the agent over {MAX_SSE_LINE} bytes", reached=True
+                )
             continue
         *whole, rest = rest.split(b"\n")
         for line in whole:
