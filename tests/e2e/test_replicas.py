@@ -441,6 +441,10 @@ async def test_lifecycle_asked_of_a_non_owner_runs_on_the_owner(cluster: Cluster
         ws_id = ws.json()["id"]
         info = await wait_status(clients[0], "owned", "online")
         assert info["owner"] == "replica-0" and _agent_pids(ws_id) == [info["pid"]]
+        # the creation's own cycle ends just after the workspace is online; a restart asked
+        # before that joins it (docs/api.md), so the one asked here waits for its end
+        (created,) = (await clients[0].get("/v1/workspaces/owned/restarts")).json()["restarts"]
+        assert (await _wait_restart(clients[0], "owned", created["id"]))["phase"] == "done"
 
         r = await clients[1].post("/v1/workspaces/owned/restart", json={"reason": "via r1"})
         assert r.status_code == 202, r.text
