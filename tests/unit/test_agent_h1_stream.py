@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+from collections.abc import AsyncIterator
 
 import pytest
 
-from berth.adapters.agent_h1 import STREAM_HIGH, H1Pool, h1_target
+from berth.adapters.agent_h1 import H1Pool, h1_target
+from berth.adapters.agent_h1_body import STREAM_HIGH
 from berth.ports import AgentUnreachable, StreamItem
 from tests.unit.test_agent_h1 import agent, raw_server, read_request
 
@@ -42,15 +44,21 @@ def items(got: list[StreamItem]) -> list[tuple[str, str | None, bytes]]:
     return [(i.kind, i.event, i.data) for i in got]
 
 
+async def requests(reader: asyncio.StreamReader) -> AsyncIterator[bytes]:
+    """The head of each request on a kept-alive connection, until the client closes it."""
+    while True:
+        try:
+            head, _ = await read_request(reader)
+        except asyncio.IncompleteReadError:
+            return
+        yield head
+
+
 async def test_events_split_anywhere_across_chunks_and_the_connection_kept() -> None:
     seen: list[bytes] = []
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        while True:
-            try:
-                head, _ = await read_request(reader)
-            except asyncio.IncompleteReadError:
-                return
+        async for head in requests(reader):
             seen.append(head)
             writer.write(sse_head())
             for i in range(0, len(EVENTS), 7):  # 7-byte chunks, each written alone
@@ -89,11 +97,7 @@ async def test_a_gzip_stream_and_one_ended_by_the_connection_are_read_whole() ->
     packed = gzip.compress(EVENTS)
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        while True:
-            try:
-                head, _ = await read_request(reader)
-            except asyncio.IncompleteReadError:
-                return
+        async for head in requests(reader):
             if b"/gz" in head.split(b"\r\n")[0]:
                 writer.write(
                     sse_head(b"content-encoding: gzip\r\n") + chunked([packed[:9], packed[9:]])
@@ -113,11 +117,7 @@ async def test_a_gzip_stream_and_one_ended_by_the_connection_are_read_whole() ->
 
 async def test_an_abandoned_stream_closes_its_connection_and_a_slow_one_times_out() -> None:
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        while True:
-            try:
-                await read_request(reader)
-            except asyncio.IncompleteReadError:
-                return
+        async for _ in requests(reader):
             writer.write(sse_head() + chunked([b'data: {"first": 1}\n\n'])[:-5])
             await writer.drain()
             await asyncio.sleep(30)  # the rest never comes
@@ -153,11 +153,7 @@ async def test_long_streams_leave_the_connections_forwards_need() -> None:
     taken, a forward to the same agent still gets one."""
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        while True:
-            try:
-                head, _ = await read_request(reader)
-            except asyncio.IncompleteReadError:
-                return
+        async for head in requests(reader):
             if b"text/event-stream" in head:
                 writer.write(sse_head() + chunked([b'data: {"first": 1}\n\n'])[:-5])
                 await writer.drain()

@@ -11,11 +11,12 @@ alive in a pool per (host, port): one future and one timer per request.
 
 Scope, on purpose: `http://` only, a body known up front, no HEAD (the answer's framing
 depends on it). An answer is read whole (`request`) or as it comes (`stream`: a stream's
-head first, then its body chunk by chunk). `https://`, HEAD and anything with a header
-berth would not write itself go through aiohttp (`agent_http.HttpAgentClient` decides),
-so behaviour there is unchanged. Failures mean what aiohttp's meant to the dispatcher: nothing sent (no
-connection) is `reached=False`; anything after the request was written (a reset, a
-timeout, a malformed answer) is `reached=True`.
+head first, then its body chunk by chunk; the body side is `agent_h1_body`). `https://`,
+HEAD and anything with a header berth would not write itself go through aiohttp
+(`agent_http.HttpAgentClient` decides), so behaviour there is unchanged. Failures mean
+what aiohttp's meant to the dispatcher: nothing sent (no connection) is `reached=False`;
+anything after the request was written (a reset, a timeout, a malformed answer) is
+`reached=True`.
 """
 
 from __future__ import annotations
@@ -25,12 +26,11 @@ import contextlib
 import functools
 import time
 import zlib
-from collections import deque
-from collections.abc import AsyncIterator
 from urllib.parse import urlsplit
 
 import httptools
 
+from berth.adapters.agent_h1_body import H1Stream, Inflate, Sink
 from berth.ports import AgentReply, AgentUnreachable
 
 __all__ = ["H1Pool", "H1Stream", "h1_target"]
@@ -88,7 +88,7 @@ class _Conn(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.closed = False
         self._fut: asyncio.Future[AgentReply] | None = None
-        self._sink: _Sink | None = None  # a stream's reader, instead of _fut
+        self._sink: Sink | None = None  # a stream's reader, instead of _fut
         self._parser: httptools.HttpResponseParser | None = None
         self._status = 0
         self._headers: dict[str, str] = {}
@@ -122,25 +122,10 @@ class _Conn(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self._pool._forget(self)
-        sink = self._sink
-        if sink is not None:
-            self._sink = self._parser = None
-            if exc is None and self._status and not self._chunked_or_sized():
-                sink.end()  # a stream delimited by the end of the connection
-            else:
-                why = f": {exc}" if exc else ""
-                sink.fail(
-                    AgentUnreachable(
-                        f"ServerDisconnectedError: the agent closed the connection{why}",
-                        reached=True,
-                    )
-                )
-            return
-        fut = self._fut
-        if fut is None or fut.done():
+        if self._sink is None and (self._fut is None or self._fut.done()):
             return
         if exc is None and self._status and not self._chunked_or_sized():
-            self._finish()  # a body delimited by the end of the connection (not by a reset)
+            self._complete()  # a body delimited by the end of the connection (not by a reset)
             return
         why = f": {exc}" if exc else ""
         self._fail(
@@ -150,19 +135,24 @@ class _Conn(asyncio.Protocol):
         )
 
     # httptools callbacks ------------------------------------------------------
+    @property
+    def _asked(self) -> bool:
+        """An answer is awaited, whole (`_fut`) or as it comes (`_sink`)."""
+        return self._fut is not None or self._sink is not None
+
     def on_message_begin(self) -> None:
-        if self._fut is None and self._sink is None:  # a second answer after the one asked for
+        if not self._asked:  # a second answer after the one asked for
             self._stray = True
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        if self._fut is None and self._sink is None:
+        if not self._asked:
             return
         k = name.decode("latin-1").lower()
         v = value.decode("latin-1")
         self._headers[k] = f"{self._headers[k]}, {v}" if k in self._headers else v
 
     def on_headers_complete(self) -> None:
-        if (self._fut is None and self._sink is None) or self._parser is None:
+        if not self._asked or self._parser is None:
             return
         self._status = self._parser.get_status_code()
         self._keep = self._parser.should_keep_alive()
@@ -176,38 +166,29 @@ class _Conn(asyncio.Protocol):
             self._body.append(body)
 
     def on_message_complete(self) -> None:
-        if self._fut is None and self._sink is None:
+        if not self._asked:
             return
         if 100 <= self._status < 200:  # an interim answer: the real one follows
             self._reset_answer()
             return
-        if self._sink is not None:
-            sink, self._sink, self._parser = self._sink, None, None
-            self._headers = {}
-            sink.end()
-            if self._keep and not self.closed:
-                self._pool._release(self)
-            else:
-                self._close()
-            return
-        self._finish()
+        self._complete()
 
     # the request --------------------------------------------------------------
     def send(self, head: bytes, body: bytes | None, fut: asyncio.Future[AgentReply]) -> None:
         self._fut = fut
-        self._parser = httptools.HttpResponseParser(self)
-        self._reset_answer()
-        assert self.transport is not None
-        self.transport.write(head + body if body else head)
+        self._write(head, body)
 
-    def send_stream(self, head: bytes, body: bytes | None, sink: _Sink) -> None:
+    def send_stream(self, head: bytes, body: bytes | None, sink: Sink) -> None:
         self._sink = sink
+        self._write(head, body)
+
+    def _write(self, head: bytes, body: bytes | None) -> None:
         self._parser = httptools.HttpResponseParser(self)
         self._reset_answer()
         assert self.transport is not None
         self.transport.write(head + body if body else head)
 
-    def end_stream(self, sink: _Sink) -> None:
+    def end_stream(self, sink: Sink) -> None:
         """The reader is done with `sink`: a stream not read to its end leaves the
         connection unusable (the rest of the answer would come first)."""
         if self._sink is sink:
@@ -233,6 +214,17 @@ class _Conn(asyncio.Protocol):
             "transfer-encoding", ""
         )
 
+    def _complete(self) -> None:
+        """The answer asked for is whole: to its stream's reader, or whole to its future."""
+        sink = self._sink
+        if sink is None:
+            self._finish()
+            return
+        self._sink = self._parser = None
+        self._headers = {}
+        sink.end()
+        self._keep_or_close()
+
     def _finish(self) -> None:
         fut, self._fut, self._parser = self._fut, None, None
         if fut is None or fut.done():
@@ -240,22 +232,21 @@ class _Conn(asyncio.Protocol):
             return
         body = b"".join(self._body)
         headers, self._headers, self._body = self._headers, {}, []
-        coding = headers.get("content-encoding", "").strip().lower()
-        if coding in ("gzip", "deflate", "x-gzip") and body:
+        inflate = Inflate.of(headers)
+        if inflate is not None and body:
             try:
-                body = zlib.decompress(body, 47 if coding != "deflate" else 15)
-            except zlib.error:
-                try:
-                    body = zlib.decompress(body, -15)  # raw deflate, as some servers send it
-                except zlib.error as e:
-                    fut.set_exception(
-                        AgentUnreachable(f"the agent's {coding} body is corrupt: {e}", reached=True)
-                    )
-                    self._close()
-                    return
+                body = inflate.whole(body)
+            except zlib.error as e:
+                fut.set_exception(inflate.corrupt(e))
+                self._close()
+                return
         fut.set_result(
             AgentReply(self._status, body, headers.get("content-type", "application/json"), headers)
         )
+        self._keep_or_close()
+
+    def _keep_or_close(self) -> None:
+        """After a whole answer: back to the pool if the agent keeps it alive."""
         if self._keep and not self.closed:
             self._pool._release(self)
         else:
@@ -277,128 +268,7 @@ class _Conn(asyncio.Protocol):
                 self.transport.close()
 
 
-STREAM_HIGH = 256 * 1024  # a stream's bytes buffered before its connection stops reading
-STREAM_LOW = 64 * 1024  # and below which it reads again
 STREAM_CONNECT_SECONDS = 10.0  # a stream's connect, as aiohttp's sock_connect was
-
-
-class _Sink:
-    """A stream's answer as its connection parses it: the head (status, headers) once,
-    then body chunks, then its end or an error; read by `H1Stream`."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop, transport: asyncio.Transport) -> None:
-        self.head: asyncio.Future[tuple[int, dict[str, str]]] = loop.create_future()
-        self.chunks: deque[bytes] = deque()
-        self.size = 0  # bytes in `chunks`
-        self.over = False
-        self.error: AgentUnreachable | None = None
-        self._wake: asyncio.Future[None] | None = None
-        # back-pressure: past HIGH buffered bytes the connection stops reading (the agent's
-        # writes wait in TCP) until the reader is down to LOW, as aiohttp's reader did
-        self._transport = transport
-        self.paused = False
-
-    def begin(self, status: int, headers: dict[str, str]) -> None:
-        if not self.head.done():
-            self.head.set_result((status, headers))
-
-    def chunk(self, data: bytes) -> None:
-        self.chunks.append(data)
-        self.size += len(data)
-        if self.size > STREAM_HIGH and not self.paused and not self._transport.is_closing():
-            self._transport.pause_reading()
-            self.paused = True
-        self._poke()
-
-    def end(self) -> None:
-        self.over = True
-        self._resume()  # the whole answer is in: the connection may carry the next one
-        self._poke()
-
-    def _resume(self) -> None:
-        if self.paused:
-            self.paused = False
-            if not self._transport.is_closing():
-                self._transport.resume_reading()
-
-    def fail(self, e: AgentUnreachable) -> None:
-        if not self.head.done():
-            self.head.set_exception(e)
-        elif not self.over:
-            self.error, self.over = e, True
-        self._poke()
-
-    def _poke(self) -> None:
-        w, self._wake = self._wake, None
-        if w is not None and not w.done():
-            w.set_result(None)
-
-    async def next(self, timeout: float) -> bytes | None:
-        """The next body chunk; None at the end; AgentUnreachable after `timeout` seconds
-        without one, or when the connection failed."""
-        while not self.chunks:
-            if self.over:
-                if self.error is not None:
-                    raise self.error
-                return None
-            self._wake = asyncio.get_running_loop().create_future()
-            try:
-                async with asyncio.timeout(timeout):
-                    await self._wake
-            except TimeoutError:
-                raise AgentUnreachable(
-                    f"TimeoutError: nothing from the agent's stream within {timeout:g} s",
-                    reached=True,
-                ) from None
-        data = self.chunks.popleft()
-        self.size -= len(data)
-        if self.paused and self.size < STREAM_LOW:
-            self._resume()
-        return data
-
-
-class H1Stream:
-    """An answer read as it comes (`H1Pool.stream`): `status` and `headers` are known,
-    `chunks()` gives its body (decoded if the agent compressed it). `close()` when done:
-    a connection whose answer was not read to its end is closed, else it is kept."""
-
-    def __init__(
-        self, conn: _Conn, sink: _Sink, status: int, headers: dict[str, str], timeout: float
-    ) -> None:
-        self._conn, self._sink, self._timeout = conn, sink, timeout
-        self.status, self.headers = status, headers
-
-    async def chunks(self) -> AsyncIterator[bytes]:
-        coding = self.headers.get("content-encoding", "").strip().lower()
-        packed = coding in ("gzip", "deflate", "x-gzip")
-        inflate = zlib.decompressobj(47 if coding != "deflate" else 15) if packed else None
-        first = True
-        while (data := await self._sink.next(self._timeout)) is not None:
-            if inflate is not None:
-                try:
-                    try:
-                        data = inflate.decompress(data)
-                    except zlib.error:
-                        if not (first and coding == "deflate"):
-                            raise
-                        inflate = zlib.decompressobj(-15)  # raw deflate, as some servers send
-                        data = inflate.decompress(data)
-                except zlib.error as e:
-                    raise AgentUnreachable(
-                        f"the agent's {coding} body is corrupt: {e}", reached=True
-                    ) from None
-            first = False
-            if data:
-                yield data
-        if inflate is not None and not first and not inflate.eof:
-            raise AgentUnreachable(f"the agent's {coding} body ended early", reached=True)
-
-    async def read(self) -> bytes:
-        return b"".join([c async for c in self.chunks()])
-
-    def close(self) -> None:
-        self._conn.end_stream(self._sink)
-
 
 # A kept-alive connection idle longer than this is closed rather than reused: servers close
 # idle connections on their own clock (uvicorn and Node after 5 s), and a request written
@@ -465,7 +335,7 @@ class H1Pool:
         connect = min(timeout, STREAM_CONNECT_SECONDS)
         conn = await self._acquire(loop, (target[0], target[1]), loop.time() + connect)
         assert conn.transport is not None
-        sink = _Sink(loop, conn.transport)
+        sink = Sink(loop, conn.transport)
         conn.send_stream(head, body, sink)
         try:
             async with asyncio.timeout(timeout):

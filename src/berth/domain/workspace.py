@@ -72,6 +72,11 @@ class Workspace:
     peer: Instance | None = None  # the other running instance during a deploy
     peer_run_token_hash: str | None = None  # the peer's run token (kept beside it, indexed)
 
+    def peer_copy(self) -> Instance | None:
+        """The deploy's other instance as a copy, to change and then write: the roster's
+        record changes by a write only (a failed write must leave it as it was)."""
+        return None if self.peer is None else replace(self.peer)
+
     def as_instance(self, inst: Instance) -> Workspace:
         """This workspace as its other instance `inst` sees it (to start, reach, signal or
         stop it)."""

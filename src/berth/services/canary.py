@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import replace
 
 from berth.domain.deploy import DeployFailed, judge_canary
 from berth.domain.restart import RestartRecord
@@ -35,7 +34,7 @@ class Canary:
     async def window(self, ws_id: str, percent: int, seconds: float, r: RestartRecord) -> str:
         """Run the canary; return "promote" or "rollback" (why and figures go into `r`)."""
         ws = await self._roster.get(ws_id)
-        peer = None if ws.peer is None else replace(ws.peer)  # the roster's, changed by a write
+        peer = ws.peer_copy()
         if peer is None or peer.agent_url is None:
             raise DeployFailed("the new version is gone")
         runs = {ws.run_token_hash: str(ws.version), peer.run_token_hash: str(peer.version)}

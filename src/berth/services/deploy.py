@@ -12,7 +12,6 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import replace
 from typing import Any
 
 from berth.domain.deploy import CANARY_SECONDS, DeployFailed, Instance, RestartMode, Role
@@ -84,7 +83,7 @@ class Replacer:
     async def _rollback(self, ws_id: str, version: int, r: RestartRecord) -> None:
         """A deploy back: the new version takes no more new messages, drains and stops."""
         ws = await self._roster.get(ws_id)
-        peer = None if ws.peer is None else replace(ws.peer)  # the roster's, changed by a write
+        peer = ws.peer_copy()
         if peer is None or peer.version != version:
             return
         peer.canary = None

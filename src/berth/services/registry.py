@@ -8,7 +8,6 @@ import logging
 import time
 from collections import defaultdict, deque
 from collections.abc import Awaitable, Callable
-from dataclasses import replace
 from typing import Any
 
 from berth.domain.deploy import Role
@@ -116,7 +115,7 @@ class Registry:
         self, ws: Workspace, url: str, card: Any, caps: dict[str, Any]
     ) -> dict[str, Any]:
         """A deploy's next version registered: remember where it is; it serves at the switch."""
-        peer = None if ws.peer is None else replace(ws.peer)  # the roster's, changed by a write
+        peer = ws.peer_copy()
         if peer is not None and peer.role is Role.NEXT and peer.agent_url is None:
             peer.agent_url, peer.agent_card, peer.capabilities = url, card, caps
             peer.registered_at = time.time()

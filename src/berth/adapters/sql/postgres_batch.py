@@ -214,8 +214,7 @@ class PostgresBatches(PostgresBase):
         """One statement for all: settles, then accepts, then claims (see berth_write)."""
         settles: list[SettleCall] = []
         accepts: list[Delivery] = []
-        # (claim, only if one of these ids exists, whether some of them are written in flight)
-        claims: list[tuple[ClaimCall, list[str] | None, bool]] = []
+        claims: list[_Claim] = []
         k_of: list[int] = []  # for each write, its claim's position (from 1), or 0
         groups: dict[tuple[str, int | None, str], int] = {}
         for w in writes:
@@ -225,7 +224,7 @@ class PostgresBatches(PostgresBase):
             elif isinstance(w, Delivery):
                 accepts.append(w)
             elif isinstance(w, ClaimCall):
-                claims.append((w, None, False))
+                claims.append(_Claim(w))
                 k = len(claims)
             else:
                 # the accept_claims of one workspace share one claim (up to its capacity),
@@ -234,14 +233,13 @@ class PostgresBatches(PostgresBase):
                 c = w.claim
                 k = groups.get((c.workspace_id, c.capacity, c.owner), 0)
                 if not k:
-                    claims.append((c, [], False))
+                    claims.append(_Claim(c, only_if=[]))
                     k = groups[(c.workspace_id, c.capacity, c.owner)] = len(claims)
-                shared, only, own = claims[k - 1]
-                assert only is not None
-                only.append(w.delivery.id)
-                flying = _in_flight(w.delivery, shared)
-                if flying is not None:
-                    claims[k - 1] = (shared, only, True)
+                shared = claims[k - 1]
+                assert shared.only_if is not None
+                shared.only_if.append(w.delivery.id)
+                flying = _in_flight(w.delivery, shared.call)
+                shared.own = shared.own or flying is not None
                 accepts.append(flying or w.delivery)
             k_of.append(k)
         got = await self._fetch(
@@ -359,20 +357,31 @@ def _accept_args(ds: list[Delivery]) -> list[list[Any]]:
     return [[p[c] for p in params] for c in rows.D_COLUMNS]
 
 
-def _claim_args(calls: list[tuple[ClaimCall, list[str] | None, bool]]) -> list[list[Any]]:
+@dataclass
+class _Claim:
+    """A claim of a flush: a dispatcher's, or the one the accept_claims of a workspace
+    share, made only if one of their ids exists (`only_if`), and whose accepts wrote some
+    of their deliveries in flight (`own`: berth_claim_many's p_own)."""
+
+    call: ClaimCall
+    only_if: list[str] | None = None
+    own: bool = False
+
+
+def _claim_args(claims: list[_Claim]) -> list[list[Any]]:
     return _columns(
         len(_CLAIM_ARGS),
         [
             (
-                c.workspace_id,
-                c.capacity,
-                c.owner,
-                float(c.now),
-                float(c.until),
-                None if only_if is None else " ".join(_no_space(i) for i in only_if),
-                own,
+                c.call.workspace_id,
+                c.call.capacity,
+                c.call.owner,
+                float(c.call.now),
+                float(c.call.until),
+                None if c.only_if is None else " ".join(_no_space(i) for i in c.only_if),
+                c.own,
             )
-            for c, only_if, own in calls
+            for c in claims
         ],
     )
 
