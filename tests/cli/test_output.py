@@ -120,9 +120,15 @@ def test_restart_on_a_terminal_is_one_updating_line_per_phase(server):
     final = _last_frame(out)
     for phase in PHASES:
         assert re.search(rf"✓\s+{phase}\s+\d+\.\d+ s", final), (phase, final)
-    draining = [float(x) for x in re.findall(r"draining\s+(\d+\.\d+) s", out)]
-    assert len(set(draining)) >= 2 and draining == sorted(draining)  # shown rising, live
-    assert draining[-1] >= 2.5
+    # while it runs (a spinner, not ✓) its time is counted here and rises; once ended the
+    # line shows the time the server recorded, which may be a poll's worth below the last
+    # count (CI under load: 3.304 s counted, 3.211 s recorded)
+    plain = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", out)
+    shown = re.findall(r"(\S)\s+draining\s+(\d+\.\d+) s", plain)
+    live = [float(x) for mark, x in shown if mark != "✓"]
+    assert len(set(live)) >= 2 and live == sorted(live)  # shown rising, live
+    draining = [float(x) for mark, x in shown if mark == "✓"]
+    assert draining and draining[-1] >= 2.5
     assert "restart done in" in final and "1 unfinished (requeued)" in final
 
 
