@@ -109,6 +109,10 @@ class FakeAgents:
                 "unfinished": [],
             }
             return AgentReply(200, rpc_result(doc.get("id"), report))
+        if path == "resume":  # the SDK's: its drain is over, it takes messages again
+            agent.signals.append(doc)
+            agent.draining = False
+            return AgentReply(200, rpc_result(doc.get("id"), {"resumed": True}))
         if path:
             return AgentReply(200, rpc_result(doc.get("id"), {}))
         agent.headers.append(dict(headers))

@@ -282,13 +282,18 @@ async def test_an_external_agent_that_registers_at_once_is_not_drained_by_its_fi
         await _until(_no_cycle(w, ws.id))
         await asyncio.sleep(0.05)  # anything the cycle would still do after its end
         assert (await w.c.roster.get(ws.id)).state is S.ONLINE
-        assert agent.signals == []
+        assert _drains(agent) == []  # the resume it is told (404 here) changes nothing
         (r,) = await w.c.store.list_restarts(ws.id)
         assert r.phase is Phase.DONE
         assert [(p.phase, p.detail) for p in r.phases] == [
             (Phase.STARTING, "the agent registered after the cycle began"),
             (Phase.REPLAY, None),
         ]
+
+
+def _drains(agent: Agent) -> list[dict[str, Any]]:
+    """The drain signals (restart_pending) the agent was sent."""
+    return [s for s in agent.signals if s.get("method") == "signals/restart_pending"]
 
 
 def _no_cycle(w: Any, ws_id: str) -> Any:
@@ -321,7 +326,64 @@ async def test_an_external_agent_that_registers_after_its_cycle_looked_stays_onl
         await _until(_no_cycle(w, ws.id))
         await asyncio.sleep(0.05)
         assert (await w.c.roster.get(ws.id)).state is S.ONLINE
-        assert agent.signals == []
+        assert _drains(agent) == []  # the resume it is told (404 here) changes nothing
+
+
+@pytest.mark.parametrize("lands", ["before the cycle looks", "before its start step"])
+async def test_a_paused_external_agent_that_registers_during_the_resume_is_told_to_resume(
+    lands: str,
+) -> None:
+    """A pause drains an external agent (restart_pending); it stays draining, and refuses
+    every message (DRAINING), until berth tells it to resume. With several replicas its
+    heartbeat, on any replica, is answered `reregister` as soon as the workspace leaves
+    paused, so its registration can land during the resume's cycle, before the start step
+    that sends the resume: either before the cycle reads the workspace (it finds it online)
+    or after (its start finds it online). The cycle must still tell the agent its drain is
+    over, else it is online and never takes a message (CI: a send held on one replica,
+    resumed on another, was never answered)."""
+    async with world() as w:
+        url = "http://127.0.0.1/napping.agent"
+        ws, secrets = await w.c.workspaces.create({"name": "napping", "runtime": "external"})
+        token = secrets["agent_token"]
+        agent = Agent(ws.id, token, url)
+        w.agents.by_url[url] = agent
+        await w.c.registry.register(token, {"url": url})
+        await _until(_no_cycle(w, ws.id))
+        await w.c.workspaces.pause("napping")
+        assert agent.draining
+        status, accepted, _ = await w.send(ws, "held while paused", message_id="p1", wait=0)
+        assert status == 202
+        registered: list[bool] = []
+
+        async def register() -> None:
+            if not registered:
+                registered.append(True)
+                await w.c.registry.register(token, {"url": url})
+
+        if lands == "before the cycle looks":
+            save = w.store.save_restart
+
+            async def save_then_register(r: RestartRecord) -> None:
+                await save(r)
+                if r.trigger is Trigger.RESUME:  # its first save: before the cycle runs
+                    await register()
+
+            w.store.save_restart = save_then_register  # type: ignore[method-assign]
+        else:
+            requeue = w.c.runner.requeue
+
+            async def register_then_requeue(ws: Any, cut: set[str]) -> int:
+                await register()
+                return await requeue(ws, cut)
+
+            w.c.runner.requeue = register_then_requeue  # type: ignore[method-assign]
+        await w.c.workspaces.resume("napping")
+        await _until(_no_cycle(w, ws.id))
+        assert registered
+        got = await w.c.deliveries.wait(accepted["delivery_id"], 5)
+        assert got is not None and got.status is D.DONE, got
+        assert not agent.draining and agent.executed == ["p1"]
+        assert (await w.c.roster.get(ws.id)).state is S.ONLINE
 
 
 async def test_a_crash_of_the_agent_a_cycle_just_started_is_restarted_not_joined() -> None:

@@ -148,13 +148,8 @@ class RestartService:
                 ws = await self._roster.get(ws.id)
                 ws = await self._next_version(ws, r, change)  # a deploy, stop-first
                 now = await self._phase(r, Phase.STARTING, self._runner.start(ws))
-                if (
-                    ws.runtime is Runtime.EXTERNAL
-                    and now.state is S.PROVISIONING  # not one that registered meanwhile
-                    and ws.agent_url
-                    and await self._link.signal_resume(ws)
-                ):
-                    await self._runner.move(ws, S.ONLINE, only_from=frozenset({S.PROVISIONING}))
+                if ws.runtime is Runtime.EXTERNAL:
+                    await self._resume_agent(now)
                 await self._phase(r, Phase.REPLAY, _noop())
                 self._dispatcher.wake(ws.id)
                 await self._done(ws, r)
@@ -194,10 +189,24 @@ class RestartService:
         r.mode = RestartMode.STOP_FIRST.value
         ws = await self._next_version(ws, r, change)  # nothing of it runs here yet
         detail = "the agent registered after the cycle began"
-        await self._phase(r, Phase.STARTING, _noop(), detail=detail)
+        await self._phase(r, Phase.STARTING, self._resume_agent(ws), detail=detail)
         await self._phase(r, Phase.REPLAY, _noop())
         self._dispatcher.wake(ws.id)
         await self._done(ws, r)
+
+    async def _resume_agent(self, ws: Workspace) -> None:
+        """Tell an external agent its drain is over, and bring it online on its answer if
+        it is still provisioning. Also when it registered during the cycle (`ws` online): a
+        registration does not end the drain a pause (or a restart) asked of it, and an
+        agent still draining refuses every message (DRAINING) while online, for good. A
+        paused agent registers the moment the workspace leaves paused: its heartbeat, on
+        any replica, is answered `reregister` then, which can land before the cycle's start
+        step, or even before the cycle reads the workspace (CI: a send held across
+        replicas was never answered)."""
+        if not ws.agent_url or not await self._link.signal_resume(ws):
+            return
+        if ws.state is S.PROVISIONING:
+            await self._runner.move(ws, S.ONLINE, only_from=frozenset({S.PROVISIONING}))
 
     async def _next_version(
         self, ws: Workspace, r: RestartRecord, change: dict[str, Any]
