@@ -3,7 +3,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,13 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
 
 
 _CALL_FAILED = pytest.StashKey[bool]()
+
+
+@pytest.fixture
+def call_failed(request: pytest.FixtureRequest) -> Callable[[], bool]:
+    """Did the test itself fail? For a fixture's teardown (which runs after the test's
+    report), e.g. to print the logs of the servers it ran: CI keeps no files."""
+    return lambda: request.node.stash.get(_CALL_FAILED, False)
 
 
 @pytest.fixture

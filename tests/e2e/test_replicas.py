@@ -12,7 +12,7 @@ import signal
 import subprocess
 import sys
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,7 +53,9 @@ async def _admin(url: str, sql: str) -> None:
 
 
 @pytest.fixture
-async def cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
+async def cluster(tmp_path: Path, call_failed: Callable[[], bool]) -> AsyncIterator[Cluster]:
+    """Three replicas on one PostgreSQL database and one Redis. When the test fails, each
+    replica's log (and the external agents') ends its report: CI keeps no files."""
     pg = require_postgres()
     redis = require_redis()
     name = f"berth_e2e_{uuid.uuid4().hex[:10]}"
@@ -77,6 +79,12 @@ async def cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
         for r in replicas:
             r.stop()
             r.kill9()
+        if call_failed():
+            for r in replicas:
+                r.print_log_tail()
+            for log in sorted(tmp_path.glob("agent-*/agent.log")):
+                print(f"----- {log} (last 12000 chars) -----")
+                print(log.read_text(errors="replace")[-12_000:])
         await _admin(pg, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
