@@ -12,12 +12,21 @@ Hot writes (a message's path, short statements) run on the event loop and only t
 COMMIT goes to the committer thread when it fsyncs; a batch with a cold write (operator
 actions, upkeep scans, prune batches) runs whole in that thread, and so does a batch whose
 BEGIN finds the write lock held by another connection.
+
+With `sync` (berth's default on SQLite), the connection commits without an fsync of its
+own (`synchronous=NORMAL`) and the committer thread fsyncs the write-ahead log right after
+each COMMIT (`synchronous=FULL` does exactly that fsync inside COMMIT). That lets a write
+marked `early` (a settle: the agent's reply is in) be handed back as soon as its COMMIT
+has returned, while the fsync runs; every other write (an accept, a claim) is handed back
+only once the fsync has returned, and the next batch starts after it. A power cut in
+that window can lose an early write, never an accept: see docs/delivery-guarantee.md.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import queue
 import sqlite3
 import threading
@@ -60,6 +69,7 @@ class _Write:
     fn: Callable[[sqlite3.Connection], Any]
     fut: asyncio.Future[Any]
     cold: bool
+    early: bool
 
 
 Results = list[tuple[bool, Any]]  # per write: (ok, its value or its exception)
@@ -72,10 +82,13 @@ class GroupCommit:
         *,
         commit_in_thread: bool,
         busy_ms: int,
+        sync: Callable[[], None] | None = None,
     ) -> None:
         self._connect = connect  # a connection whose busy timeout is short (the loop's wait)
         self._conn: sqlite3.Connection | None = None
-        self._offload = commit_in_thread
+        self._offload = commit_in_thread or sync is not None
+        # the fsync after each COMMIT, in the committer thread (None: COMMIT syncs itself)
+        self._sync = sync
         self._busy_ms = busy_ms
         # the committer thread: jobs through a SimpleQueue (C), results back with
         # call_soon_threadsafe; run_in_executor's concurrent.futures machinery (a work
@@ -90,11 +103,14 @@ class GroupCommit:
         self.items = 0
         self.retried = 0
 
-    async def write(self, fn: Callable[[sqlite3.Connection], T], *, cold: bool = False) -> T:
-        """`fn(connection)` inside the next batch; its value once that batch is committed."""
+    async def write(
+        self, fn: Callable[[sqlite3.Connection], T], *, cold: bool = False, early: bool = False
+    ) -> T:
+        """`fn(connection)` inside the next batch; its value once that batch is committed
+        and fsynced (`early`: once committed, while the fsync runs; with `sync` only)."""
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[T] = loop.create_future()
-        self._pending.append(_Write(fn, fut, cold))
+        self._pending.append(_Write(fn, fut, cold, early))
         if self._task is None:
             self._task = loop.create_task(self._drain(), name="sqlite-group-commit")
         return await fut
@@ -125,10 +141,17 @@ class GroupCommit:
             c = self._connection()
             if any(w.cold for w in batch) or not self._begin_now(c):
                 results = await self._in_thread(self._whole, c, batch)
+                if self._sync is not None:
+                    self._hand(batch, results, early=True)
+                    await self._in_thread(self._sync)
             else:
                 results = self._apply(c, batch)
                 if c.in_transaction:
-                    if self._offload:
+                    if self._sync is not None:
+                        loop = asyncio.get_running_loop()
+                        early = functools.partial(self._hand, batch, results, early=True)
+                        await self._in_thread(self._commit_then_sync, c, loop, early)
+                    elif self._offload:
                         await self._in_thread(self._commit, c)
                     else:
                         self._commit(c)
@@ -140,13 +163,29 @@ class GroupCommit:
                 raise
             return
         self.batches += 1
+        self.items += sum(ok for ok, _ in results)
+        self._hand(batch, results, early=False)
+
+    @staticmethod
+    def _hand(batch: list[_Write], results: Results, *, early: bool) -> None:
+        """Each write's value or error to its caller (`early`: the early writes' only)."""
         for w, (ok, value) in zip(batch, results, strict=True):
-            self.items += ok
-            if not w.fut.done():
-                if ok:
-                    w.fut.set_result(value)
-                else:
-                    w.fut.set_exception(value)
+            if w.fut.done() or (early and not w.early):
+                continue
+            if ok:
+                w.fut.set_result(value)
+            else:
+                w.fut.set_exception(value)
+
+    def _commit_then_sync(
+        self, c: sqlite3.Connection, loop: asyncio.AbstractEventLoop, early: Callable[[], None]
+    ) -> None:
+        """In the committer thread: COMMIT, the early writes handed back, then the fsync."""
+        self._commit(c)
+        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+            loop.call_soon_threadsafe(early)
+        assert self._sync is not None
+        self._sync()
 
     @staticmethod
     def _begin_now(c: sqlite3.Connection) -> bool:

@@ -133,7 +133,9 @@ class SqliteDeliveries(SqliteBase):
             ).fetchone()
             return None if row is None else rows.d_from_row(row)
 
-        return await self._hot(go)
+        # answered once committed, while its fsync runs: a power cut before that fsync ends
+        # leaves the delivery in flight, to be redelivered after its lease (nothing is lost)
+        return await self._hot(go, early=True)
 
     async def requeue_in_flight(self, workspace_id: str | None = None) -> list[str]:
         where, args = ("AND workspace_id = ?", (workspace_id,)) if workspace_id else ("", ())
