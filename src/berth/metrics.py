@@ -50,6 +50,11 @@ _COUNTERS: dict[str, tuple[str, tuple[str, ...]]] = {
         ("workspace", "trigger", "result"),
     ),
     "berth_crashes_total": ("Unplanned workspace exits", _WS),
+    "berth_agents_resumed_total": (
+        "Agents told to resume by a heartbeat answer: still draining for berth while their "
+        "workspace was online with no restart running",
+        _WS,
+    ),
     "berth_admission_refused_total": (
         "New messages refused because the workspace's queue was over its limit",
         _WS,

@@ -48,6 +48,7 @@ class Agent:
     draining: bool = False
     alive: bool = True
     serves_signals: bool = True  # False: a stock A2A agent, 404 to berth's signals
+    loses_resume: bool = False  # True: berth's resume signal never reaches it
     running: int = 0
 
     async def answer(self, doc: dict[str, Any]) -> AgentReply:
@@ -109,6 +110,8 @@ class FakeAgents:
                 "unfinished": [],
             }
             return AgentReply(200, rpc_result(doc.get("id"), report))
+        if path == "resume" and agent.loses_resume:
+            raise AgentUnreachable("timed out")
         if path == "resume":  # the SDK's: its drain is over, it takes messages again
             agent.signals.append(doc)
             agent.draining = False

@@ -13,6 +13,7 @@ from berth.domain.delivery import DeliveryStatus as D
 from berth.domain.errors import Conflict, IllegalTransition, InvalidInput, Unavailable
 from berth.domain.lifecycle import WorkspaceState as S
 from berth.domain.restart import Phase, RestartRecord, Trigger
+from berth.services import registry as registry_module
 from berth.services.supervisor import Supervisor
 from tests.service.fakes import Agent, world
 
@@ -384,6 +385,72 @@ async def test_a_paused_external_agent_that_registers_during_the_resume_is_told_
         assert got is not None and got.status is D.DONE, got
         assert not agent.draining and agent.executed == ["p1"]
         assert (await w.c.roster.get(ws.id)).state is S.ONLINE
+
+
+async def test_an_agent_left_draining_by_a_lost_resume_is_told_to_resume_by_its_heartbeat(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The resume's cycle sends `signals/resume`, which is lost: the agent registers again
+    (the workspace comes online) but still drains for berth and refuses every message. Its
+    heartbeat says so (draining, not exiting); once that has lasted STUCK_DRAINING with no
+    restart running, the answer tells it to resume, and the held message is delivered. A
+    drain for the agent's own exit, or one during a running cycle, is never ended so."""
+    monkeypatch.setattr(registry_module, "STUCK_DRAINING", 0.3)
+    async with world() as w:
+        url = "http://127.0.0.1/sleepy.agent"
+        ws, secrets = await w.c.workspaces.create({"name": "sleepy", "runtime": "external"})
+        token = secrets["agent_token"]
+        agent = Agent(ws.id, token, url)
+        w.agents.by_url[url] = agent
+        await w.c.registry.register(token, {"url": url})
+        await _until(_no_cycle(w, ws.id))
+        await w.c.workspaces.pause("sleepy")
+        status, accepted, _ = await w.send(ws, "held while paused", message_id="p1", wait=0)
+        assert status == 202 and agent.draining
+        agent.loses_resume = True
+        await w.c.workspaces.resume("sleepy")
+        await _until(_no_cycle(w, ws.id))
+        beat = {"active_tasks": 0, "draining": True}
+        if (await w.c.registry.heartbeat(token, beat))["reregister"]:
+            await w.c.registry.register(token, {"url": url})
+        assert (await w.c.roster.get(ws.id)).state is S.ONLINE
+        assert agent.draining  # online, and refusing every message
+
+        async def told() -> bool:
+            answer = await w.c.registry.heartbeat(token, beat)
+            assert not answer["reregister"]
+            if answer.get("resume"):
+                agent.draining = False  # what the SDK does with it (tests/unit: platform)
+            return not agent.draining
+
+        assert "resume" not in await w.c.registry.heartbeat(token, beat)  # not at once
+        exiting = {**beat, "exiting": True}
+        await asyncio.sleep(0.4)
+        assert "resume" not in await w.c.registry.heartbeat(token, exiting)  # its own exit
+        await _until(told)
+        got = await w.c.deliveries.wait(accepted["delivery_id"], 5)
+        assert got is not None and got.status is D.DONE, got
+        assert agent.executed == ["p1"]
+        assert w.c.metrics.value("berth_agents_resumed_total", workspace="sleepy") == 1
+
+
+async def test_a_heartbeat_never_resumes_an_agent_while_a_restart_runs(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(registry_module, "STUCK_DRAINING", 0.0)
+    async with world() as w:
+        url = "http://127.0.0.1/busy.agent"
+        ws, secrets = await w.c.workspaces.create({"name": "busy", "runtime": "external"})
+        token = secrets["agent_token"]
+        w.agents.by_url[url] = Agent(ws.id, token, url)
+        await w.c.registry.register(token, {"url": url})
+        await _until(_no_cycle(w, ws.id))
+        r = RestartRecord("held", ws.id, Trigger.API, "held open by the test", 5.0)
+        await w.c.store.save_restart(r)  # a cycle running (on any replica)
+        beat = {"active_tasks": 0, "draining": True}
+        for _ in range(3):
+            assert "resume" not in await w.c.registry.heartbeat(token, beat)
+            await asyncio.sleep(0.05)
 
 
 async def test_a_crash_of_the_agent_a_cycle_just_started_is_restarted_not_joined() -> None:

@@ -51,6 +51,7 @@ class Drain:
         self._work: Counter[str] = Counter()
         self._idle_waiters: list[asyncio.Future[None]] = []
         self.draining = False
+        self.exiting = False  # the drain is the process's own exit (SIGTERM), not berth's ask
         self.deadline: float | None = None
         self._completed: list[str] = []
         self._gate_open = asyncio.Event()

@@ -82,18 +82,27 @@ class Platform:
                         json={
                             "active_tasks": len(self._drain.in_flight),
                             "draining": self._drain.draining,
+                            "exiting": self._drain.exiting,
                             "in_flight": self._drain.in_flight,
                         },
                     )
                     doc = r.json() if r.status_code == 200 else {}
                     if "heartbeat_seconds" in doc:  # berth asks less often as it serves more
                         self.heartbeat_seconds = float(doc["heartbeat_seconds"])
+                    self._resume_if_told(doc)
                     if r.status_code in (404, 409) or doc.get("reregister"):
                         await self._register(c)
                     elif r.status_code == 401:
                         log.warning("berth refused this agent's token (a newer run replaced it)")
                 except httpx.HTTPError as e:
                     log.info("heartbeat failed: %s", e)
+
+    def _resume_if_told(self, doc: dict[str, Any]) -> None:
+        """berth's answer says the drain it asked for is over (its resume signal was lost:
+        the workspace is online and no restart runs). Never ends the process's own exit."""
+        if doc.get("resume") is True and self._drain.draining and not self._drain.exiting:
+            log.warning("berth says the drain it asked for is over (its resume was lost): resuming")
+            self._drain.resume()
 
     async def _listening(self) -> None:
         """Wait until the agent's port accepts connections. The app's lifespan starts this

@@ -223,6 +223,7 @@ class _Server(uvicorn.Server):
             self.force_exit = self.should_exit = True
             return
         self._draining = True
+        self._drain.exiting = True  # berth's heartbeat answer must not reopen it (platform.py)
         self._loop.call_soon_threadsafe(lambda: asyncio.ensure_future(self._drain_then_exit()))
 
     async def _drain_then_exit(self) -> None:

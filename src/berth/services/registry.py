@@ -16,7 +16,7 @@ from berth.domain.lifecycle import SHOULD_RUN, WorkspaceState
 from berth.domain.restart import Trigger
 from berth.domain.workspace import RestartPolicy, Runtime, Workspace
 from berth.metrics import Metrics
-from berth.ports import Provisioner, WorkspaceStore
+from berth.ports import Provisioner, Store
 from berth.services.agent_link import AgentLink
 from berth.services.delivery_log import DeliveryLog
 from berth.services.dispatcher import Dispatcher
@@ -31,6 +31,7 @@ S = WorkspaceState
 __all__ = ["Registry"]
 
 COMES_ONLINE = frozenset({S.PROVISIONING, S.OFFLINE})
+STUCK_DRAINING = 5.0  # seconds an online workspace's agent may say it drains for berth
 
 
 class Registry:
@@ -38,7 +39,7 @@ class Registry:
         self,
         runner: Runner,
         restarts: RestartService,
-        store: WorkspaceStore,
+        store: Store,
         heartbeats: Heartbeats,
         deliveries: DeliveryLog,
         roster: Roster,
@@ -60,6 +61,7 @@ class Registry:
         self._loop_limit = crash_loop_limit
         self._loop_window = crash_loop_window
         self._crashes: dict[str, deque[float]] = defaultdict(deque)
+        self._draining_since: dict[str, float] = {}  # online workspaces whose agent drains
         self.agent_auth: Callable[[str | None], Awaitable[Workspace]] | None = None
         self.url_check: Callable[[str, Workspace], Awaitable[str]] | None = None
 
@@ -151,11 +153,39 @@ class Registry:
             ws = await self._runner.update(ws.id, last_heartbeat=now, active_tasks=active)
         else:  # nothing but the time changed: the store gets it at the next flush
             self._beats.beat(ws.id, now)
-        return {
+        out = {
             "ok": True,
             "reregister": ws.state in COMES_ONLINE or ws.agent_url is None,
             "heartbeat_seconds": self._beats.told(ws.id),
         }
+        if body.get("draining") is True and body.get("exiting") is not True:
+            if await self._stuck_draining(ws, now):
+                out["resume"] = True
+        else:
+            self._draining_since.pop(ws.id, None)
+        return out
+
+    async def _stuck_draining(self, ws: Workspace, now: float) -> bool:
+        """An agent that says it drains for berth (a restart's or a pause's drain, not its
+        own exit) while its workspace is online and no cycle runs on it is stuck: nothing
+        will tell it to resume (the cycle's resume signal was lost), and it refuses every
+        message (DRAINING) while online. Once that has held for STUCK_DRAINING seconds (a
+        cycle's own steps are never taken for it), its heartbeat's answer tells it to resume."""
+        if ws.state is not S.ONLINE:
+            self._draining_since.pop(ws.id, None)
+            return False
+        since = self._draining_since.setdefault(ws.id, now)
+        if now - since < STUCK_DRAINING or await self._store.active_restart(ws.id) is not None:
+            return False
+        del self._draining_since[ws.id]
+        log.warning(
+            "workspace %s: its agent was still draining %.0f s after its workspace came online "
+            "with no restart running; told to resume",
+            ws.name,
+            now - since,
+        )
+        self._metrics.inc("berth_agents_resumed_total", workspace=ws.name)
+        return True
 
     # crashes ---------------------------------------------------------------
     def on_exit(self, ws_id: str, code: int | None, version: int | None = None) -> None:
