@@ -1,7 +1,7 @@
 /* The durable floor of bench/proxy.py in C: what a compiled durable hop costs here.
 
-     gcc -O2 -o floor bench/_floor.c -lsqlite3 -lpthread
-     ./floor PORT AGENT_PORT DB_FILE
+     gcc -O2 -o floor bench/_floor.c -lsqlite3 -lpthread -lcrypto
+     ./floor PORT AGENT_PORT DB_FILE [BERTH_SQL_FILE]
 
    The same work as `bench/_trivial.py durable`, without Python: an HTTP/1.1 keep-alive
    server on 127.0.0.1:PORT; each POST's body is inserted into SQLite (WAL,
@@ -13,13 +13,24 @@
    loop once (an eventfd). GET /healthz answers "ok synchronous=N". Requests must carry a
    Content-Length; answers may be chunked (the trivial agent's are); a caller sends its next
    request after its answer (no pipelining). A bench baseline, not a server: no limits, no
-   timeouts, errors close the connection. */
+   timeouts, errors close the connection.
+
+   With BERTH_SQL_FILE ("berth rows"): the database is berth's own (its schema, migrated
+   by bench/proxy.py) and the two writes are berth's own statements, given in that file
+   (line 1: the in-flight accept of adapters/sql/sqlite_hot.py, with its guard: nothing
+   claimable queued, the capacity; line 2: the settle, RETURNING the row as berth's does).
+   Each request also gets what berth computes for its row before the accept: a
+   time-ordered id, the messageId read from the body, a SHA-256 fingerprint of the body,
+   a SHA-256 of the bearer credential. What a compiled data plane for berth would write
+   and hash per message, without berth's other rules (those are Python's, or the lane's to
+   come: docs/benchmarks.md). */
 
 #define _GNU_SOURCE
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <openssl/sha.h>
 #include <poll.h>
 #include <pthread.h>
 #include <sqlite3.h>
@@ -29,7 +40,9 @@
 #include <strings.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
+#include <sys/random.h>
 #include <sys/socket.h>
+#include <sys/time.h>
 #include <unistd.h>
 
 enum { IDLE, LOGGING_IN, FORWARDING, LOGGING_OUT };
@@ -45,9 +58,12 @@ typedef struct conn {
     sqlite3_int64 row;
     struct conn *next;     /* in a commit queue */
     int is_insert;
+    /* berth rows: what the accept writes besides the body */
+    char id[37], fingerprint[65], message_id[257], caller_hash[65];
+    double now;
 } conn;
 
-static int ep, efd, agent_port, synchronous;
+static int ep, efd, agent_port, synchronous, berth_rows;
 static sqlite3 *db;
 static sqlite3_stmt *ins, *upd;
 static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
@@ -55,6 +71,103 @@ static pthread_cond_t cv = PTHREAD_COND_INITIALIZER;
 static conn *todo_head, *todo_tail, *done_head, *done_tail;
 
 static void die(const char *what) { perror(what); exit(1); }
+
+static double now_s(void) {
+    struct timeval tv;
+    gettimeofday(&tv, NULL);
+    return (double)tv.tv_sec + (double)tv.tv_usec / 1e6;
+}
+
+static void sha_hex(const void *p, size_t n, char out[65]) {
+    unsigned char d[SHA256_DIGEST_LENGTH];
+    SHA256(p, n, d);
+    for (int i = 0; i < SHA256_DIGEST_LENGTH; i++) sprintf(out + 2 * i, "%02x", d[i]);
+}
+
+/* berth's delivery id: a UUID laid out as version 7 (domain/ids.py) */
+static void time_ordered_id(char out[37]) {
+    struct timeval tv;
+    gettimeofday(&tv, NULL);
+    unsigned long long ms = (unsigned long long)tv.tv_sec * 1000 + (unsigned long long)tv.tv_usec / 1000;
+    unsigned char r[10];
+    if (getrandom(r, sizeof r, 0) != sizeof r) die("getrandom");
+    unsigned char b[16];
+    for (int i = 0; i < 6; i++) b[i] = (unsigned char)(ms >> (40 - 8 * i));
+    memcpy(b + 6, r, 10);
+    b[6] = (unsigned char)(0x70 | (b[6] & 0x0f));
+    b[8] = (unsigned char)(0x80 | (b[8] & 0x3f));
+    sprintf(out, "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x",
+            b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7], b[8], b[9], b[10], b[11], b[12], b[13], b[14], b[15]);
+}
+
+/* The body's "messageId" string (the bench's are plain: no escapes); "" if none. */
+static void message_id_of(const char *body, size_t n, char out[257]) {
+    out[0] = 0;
+    const char *k = memmem(body, n, "\"messageId\"", 11);
+    if (!k) return;
+    const char *q = memchr(k + 11, '"', n - (size_t)(k + 11 - body));
+    if (!q) return;
+    const char *e = memchr(q + 1, '"', n - (size_t)(q + 1 - body));
+    if (!e || e - q - 1 > 256) return;
+    memcpy(out, q + 1, (size_t)(e - q - 1));
+    out[e - q - 1] = 0;
+}
+
+/* The bearer credential's hash (berth looks a caller's credential up by it). */
+static void caller_hash_of(const char *head, size_t n, char out[65]) {
+    const char *a = memmem(head, n, "\r\nauthorization: Bearer ", 24);
+    if (!a) a = memmem(head, n, "\r\nAuthorization: Bearer ", 24);
+    if (!a) { sha_hex("", 0, out); return; }
+    const char *v = a + 24, *e = memmem(v, n - (size_t)(v - head), "\r\n", 2);
+    sha_hex(v, e ? (size_t)(e - v) : 0, out);
+}
+
+static const char *HEADERS_JSON = "{\"content-type\":\"application/json\",\"x-berth-caller\":\"operator\"}";
+
+static void bind_berth_accept(sqlite3_stmt *s, conn *c) {
+    int i = 1;
+    double t = c->now;
+    sqlite3_bind_text(s, i++, c->id, -1, SQLITE_STATIC);              /* id */
+    sqlite3_bind_text(s, i++, "w-bench", -1, SQLITE_STATIC);          /* workspace_id */
+    sqlite3_bind_text(s, i++, "operator", -1, SQLITE_STATIC);         /* caller */
+    sqlite3_bind_text(s, i++, c->message_id, -1, SQLITE_STATIC);      /* message_id */
+    sqlite3_bind_text(s, i++, c->fingerprint, -1, SQLITE_STATIC);     /* fingerprint */
+    sqlite3_bind_text(s, i++, "message/send", -1, SQLITE_STATIC);     /* method */
+    sqlite3_bind_blob(s, i++, c->in.p + c->body_off, (int)c->body_len, SQLITE_STATIC);
+    sqlite3_bind_text(s, i++, HEADERS_JSON, -1, SQLITE_STATIC);       /* headers */
+    sqlite3_bind_text(s, i++, "in_flight", -1, SQLITE_STATIC);        /* status */
+    sqlite3_bind_int(s, i++, 0);                                      /* attempts */
+    sqlite3_bind_int(s, i++, 1);                                      /* forwards */
+    sqlite3_bind_null(s, i++);                                        /* reply */
+    sqlite3_bind_null(s, i++);                                        /* reply_status */
+    sqlite3_bind_null(s, i++);                                        /* reply_type */
+    sqlite3_bind_null(s, i++);                                        /* reason */
+    sqlite3_bind_text(s, i++, "bench-floor", -1, SQLITE_STATIC);      /* lease_owner */
+    sqlite3_bind_double(s, i++, t + 30);                              /* lease_until */
+    sqlite3_bind_double(s, i++, 0);                                   /* not_before */
+    sqlite3_bind_null(s, i++);                                        /* expires_at */
+    sqlite3_bind_double(s, i++, t);                                   /* created_at */
+    sqlite3_bind_double(s, i++, t);                                   /* first_forwarded_at */
+    sqlite3_bind_null(s, i++);                                        /* finished_at */
+    sqlite3_bind_double(s, i++, t);                                   /* updated_at */
+    /* the guard: not_before <= now, nothing claimable queued, in flight under capacity */
+    sqlite3_bind_double(s, i++, 0);
+    sqlite3_bind_double(s, i++, t);
+    sqlite3_bind_text(s, i++, "w-bench", -1, SQLITE_STATIC);
+    sqlite3_bind_double(s, i++, t);
+    sqlite3_bind_null(s, i++);
+    sqlite3_bind_text(s, i++, "w-bench", -1, SQLITE_STATIC);
+    sqlite3_bind_null(s, i++);
+}
+
+static void bind_berth_settle(sqlite3_stmt *s, conn *c) {
+    double t = now_s();
+    sqlite3_bind_double(s, 1, t);                                     /* updated_at, finished_at */
+    sqlite3_bind_blob(s, 2, c->upin.p, (int)c->rsp_len, SQLITE_STATIC); /* reply */
+    sqlite3_bind_text(s, 3, c->id, -1, SQLITE_STATIC);
+    sqlite3_bind_text(s, 4, "bench-floor", -1, SQLITE_STATIC);
+    sqlite3_bind_int(s, 5, 1);                                        /* the attempt it ends */
+}
 
 static void put(buf *b, const char *p, size_t n) {
     if (b->n + n > b->cap) {
@@ -135,7 +248,19 @@ static void *committer(void *arg) {
         if (sqlite3_exec(db, "BEGIN", 0, 0, 0) != SQLITE_OK) die("BEGIN");
         conn *last = NULL;
         for (conn *c = batch; c; c = c->next) {
-            if (c->is_insert) {
+            if (berth_rows && c->is_insert) {
+                bind_berth_accept(ins, c);
+                if (sqlite3_step(ins) != SQLITE_ROW) die("berth's accept took no row");
+                c->row = sqlite3_column_int64(ins, 0); /* RETURNING seq */
+                while (sqlite3_step(ins) == SQLITE_ROW) {}
+                sqlite3_reset(ins);
+            } else if (berth_rows) {
+                bind_berth_settle(upd, c);
+                if (sqlite3_step(upd) != SQLITE_ROW) die("berth's settle found no row");
+                for (int k = 0; k < sqlite3_column_count(upd); k++) (void)sqlite3_column_value(upd, k);
+                while (sqlite3_step(upd) == SQLITE_ROW) {}
+                sqlite3_reset(upd);
+            } else if (c->is_insert) {
                 sqlite3_bind_blob(ins, 1, c->in.p + c->body_off, (int)c->body_len, SQLITE_STATIC);
                 if (sqlite3_step(ins) != SQLITE_DONE) die("INSERT");
                 c->row = sqlite3_last_insert_rowid(db);
@@ -225,6 +350,13 @@ static void on_request(conn *c) {
     }
     c->body_off = off;
     c->body_len = c->req_len - off;
+    if (berth_rows) { /* on the loop, as berth computes them before its accept */
+        c->now = now_s();
+        time_ordered_id(c->id);
+        message_id_of(c->in.p + off, c->body_len, c->message_id);
+        sha_hex(c->in.p + off, c->body_len, c->fingerprint);
+        caller_hash_of(c->in.p, off, c->caller_hash);
+    }
     c->state = LOGGING_IN;
     enqueue(c, 1);
 }
@@ -260,7 +392,7 @@ static void on_committed(void) {
 }
 
 int main(int argc, char **argv) {
-    if (argc != 4) { fprintf(stderr, "usage: floor PORT AGENT_PORT DB\n"); return 2; }
+    if (argc != 4 && argc != 5) { fprintf(stderr, "usage: floor PORT AGENT_PORT DB [BERTH_SQL_FILE]\n"); return 2; }
     int port = atoi(argv[1]);
     agent_port = atoi(argv[2]);
     if (sqlite3_open(argv[3], &db) != SQLITE_OK) die("sqlite3_open");
@@ -272,8 +404,19 @@ int main(int argc, char **argv) {
     sqlite3_step(q);
     synchronous = sqlite3_column_int(q, 0);
     sqlite3_finalize(q);
-    if (sqlite3_prepare_v2(db, "INSERT INTO log (body) VALUES (?)", -1, &ins, 0) != SQLITE_OK) die("prepare");
-    if (sqlite3_prepare_v2(db, "UPDATE log SET reply = ? WHERE id = ?", -1, &upd, 0) != SQLITE_OK) die("prepare");
+    if (argc == 5) { /* berth rows: berth's schema is there, its two statements in the file */
+        berth_rows = 1;
+        FILE *f = fopen(argv[4], "r");
+        if (!f) die("BERTH_SQL_FILE");
+        static char accept_sql[8192], settle_sql[8192];
+        if (!fgets(accept_sql, sizeof accept_sql, f) || !fgets(settle_sql, sizeof settle_sql, f)) die("BERTH_SQL_FILE: two lines");
+        fclose(f);
+        if (sqlite3_prepare_v2(db, accept_sql, -1, &ins, 0) != SQLITE_OK) { fprintf(stderr, "%s\n", sqlite3_errmsg(db)); die("prepare accept"); }
+        if (sqlite3_prepare_v2(db, settle_sql, -1, &upd, 0) != SQLITE_OK) { fprintf(stderr, "%s\n", sqlite3_errmsg(db)); die("prepare settle"); }
+    } else {
+        if (sqlite3_prepare_v2(db, "INSERT INTO log (body) VALUES (?)", -1, &ins, 0) != SQLITE_OK) die("prepare");
+        if (sqlite3_prepare_v2(db, "UPDATE log SET reply = ? WHERE id = ?", -1, &upd, 0) != SQLITE_OK) die("prepare");
+    }
 
     int ls = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0), one = 1;
     setsockopt(ls, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);

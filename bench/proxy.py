@@ -10,7 +10,9 @@ to SQLite with `synchronous=FULL` before it is forwarded and its answer committe
 the caller is answered, group commit, nothing else: the floor of a durable Python hop on
 this machine, SQLite runs only), the same floor written in C (bench/_floor.c, compiled
 here with gcc against libsqlite3 when both are present: what a compiled durable hop
-costs), and one berth per `--sync` value (SQLite's `synchronous`; one
+costs; and again writing berth's own rows with berth's own two statements, a time-ordered
+id and SHA-256 fingerprint per message: what a compiled data plane for berth would write),
+and one berth per `--sync` value (SQLite's `synchronous`; one
 berth on PostgreSQL with `--database-url`, each berth on a database of its own that the
 bench creates and drops) with an external workspace on the same agent.
 Then drives each with the same closed-loop load at every concurrency, and prints p50,
@@ -108,23 +110,65 @@ def start_trivial(procs: Procs) -> tuple[str, str, int]:
     return agent, f"http://127.0.0.1:{p}/", proxy.pid
 
 
-def start_c_floor(procs: Procs, agent: str, tmp: Path) -> tuple[str, int] | None:
-    """The durable floor in C (bench/_floor.c), compiled now: (url, pid); None (said why)
-    when there is no C compiler or SQLite header here."""
+async def start_c_floors(procs: Procs, agent: str, tmp: Path) -> list[tuple[str, str, int]]:
+    """The durable floor in C (bench/_floor.c), compiled now, twice: on a table of its own,
+    and writing berth's own rows with berth's own statements ("berth rows"): [(label, url,
+    pid)]; none (said why) when there is no C compiler, SQLite or OpenSSL header here."""
+    exe = _compile_floor(tmp)
+    if exe is None:
+        return []
+    agent_port = agent.rstrip("/").rsplit(":", 1)[1]
+    out = []
+    for label, extra in (("durable floor in C", []), ("C floor, berth rows", [berth_sql(tmp)])):
+        p = free_port()
+        db = tmp / f"floor-c-{len(out)}.db"
+        if extra:
+            await _berth_schema(db)
+        proc = procs.start(
+            [str(exe), str(p), agent_port, str(db), *extra], f"http://127.0.0.1:{p}/healthz"
+        )
+        out.append((label, f"http://127.0.0.1:{p}/", proc.pid))
+    return out
+
+
+def _compile_floor(tmp: Path) -> Path | None:
     exe = tmp / "floor"
-    cc = ["gcc", "-O2", "-o", str(exe), str(HERE / "_floor.c"), "-lsqlite3", "-lpthread"]
+    cc = ["gcc", "-O2", "-o", str(exe), str(HERE / "_floor.c")]
     try:
-        subprocess.run(cc, check=True, capture_output=True)
+        subprocess.run([*cc, "-lsqlite3", "-lpthread", "-lcrypto"], check=True, capture_output=True)
     except (OSError, subprocess.CalledProcessError) as e:
         why = getattr(e, "stderr", b"") or str(e).encode()
         print(f"# no C floor: {why.decode(errors='replace').strip()[:200]}")
         return None
-    p = free_port()
-    agent_port = agent.rstrip("/").rsplit(":", 1)[1]
-    proc = procs.start(
-        [str(exe), str(p), agent_port, str(tmp / "floor-c.db")], f"http://127.0.0.1:{p}/healthz"
+    return exe
+
+
+async def _berth_schema(db: Path) -> None:
+    from berth.adapters.sql.sqlite import SqliteStore
+
+    store = SqliteStore(str(db))
+    await store.migrate()
+    await store.close()
+
+
+def berth_sql(tmp: Path) -> str:
+    """The C floor's berth statements, a line each: the in-flight accept as berth runs it
+    (adapters/sql/sqlite_hot.py) and the settle of a replied message as
+    adapters/sql/sqlite_deliveries.py words it (its named parameters made positional)."""
+    from berth.adapters.sql import rows, sqlite_hot
+
+    assert rows.D_COLUMNS[0] == "id" and rows.D_COLUMNS[-1] == "updated_at"  # _floor.c binds
+    assert len(rows.D_COLUMNS) == 23  # the columns in this order (bind_berth_accept)
+    settle = (
+        "UPDATE deliveries SET status = 'done', attempts = attempts + 1, reason = NULL, "
+        "not_before = 0, lease_owner = NULL, lease_until = NULL, updated_at = ?1, "
+        "finished_at = ?1, reply = ?2, reply_status = 200, reply_type = 'application/json' "
+        f"WHERE id = ?3 AND status = '{rows.IN_FLIGHT}' AND lease_owner = ?4 "
+        "AND (?5 IS NULL OR forwards = ?5) RETURNING *"
     )
-    return f"http://127.0.0.1:{p}/", proc.pid
+    path = tmp / "berth.sql"
+    path.write_text(sqlite_hot._IN_FLIGHT_SQL.replace("\n", " ") + "\n" + settle + "\n")
+    return str(path)
 
 
 def start_durable(procs: Procs, agent: str, db: Path) -> tuple[str, int]:
@@ -236,7 +280,7 @@ async def measured(
 async def trivial(args: argparse.Namespace, tmp: Path, procs: Procs, dbs: Databases) -> None:
     agent, bare, bare_pid = start_trivial(procs)
     floor = None if args.database_url else start_durable(procs, agent, tmp / "floor.db")
-    c_floor = None if args.database_url else start_c_floor(procs, agent, tmp)
+    c_floors = [] if args.database_url else await start_c_floors(procs, agent, tmp)
     berths: list[tuple[str, str, int, dict[str, str]]] = []
     variants = ["postgresql"] if args.database_url else args.sync.split(",")
     sources = [("", None)] + ([("ref ", args.ref_src)] if args.ref_src else [])
@@ -268,11 +312,9 @@ async def trivial(args: argparse.Namespace, tmp: Path, procs: Procs, dbs: Databa
         if floor is not None:
             least = await measured("durable floor (FULL)", floor[0], c, args.seconds, {}, floor[1])
             print(compare("durable floor", plain, least))
-        if c_floor is not None:
-            compiled = await measured(
-                "durable floor in C", c_floor[0], c, args.seconds, {}, c_floor[1]
-            )
-            print(compare("durable floor in C", plain, compiled))
+        for c_label, c_url, c_pid in c_floors:
+            compiled = await measured(c_label, c_url, c, args.seconds, {}, c_pid)
+            print(compare(c_label, plain, compiled))
         for label, url, pid, headers in berths:
             via = await measured(label, url, c, args.seconds, headers, pid)
             print(compare(label, plain, via))
