@@ -1,20 +1,15 @@
 """SQLite's durability setting and its group commit.
 
-By default every commit is fsynced: the read connections run `synchronous=FULL`, and the
-group commit's connection runs NORMAL with berth making FULL's fsync of the write-ahead
-log itself after each COMMIT. Concurrent writes share one transaction, one COMMIT and one
-fsync; no write is handed back (no caller answered, no waiter woken, nothing forwarded)
-before the COMMIT holding it has returned and been fsynced, except a settle, which is
-handed back once committed while its fsync runs (the next batch waits for that fsync).
-One write's own error fails that write alone, and a batch the database cannot take (disk
-full, a failed fsync) fails every write waiting on it with StoreUnavailable.
+By default every connection runs `synchronous=FULL` (a commit is fsynced); concurrent
+writes share one transaction and one COMMIT; no write is handed back (no caller answered,
+no waiter woken, nothing forwarded) before the COMMIT holding it has returned; one write's
+own error fails that write alone, and a batch the database cannot take (disk full) fails
+every write in it with StoreUnavailable and keeps none of them.
 """
 
 from __future__ import annotations
 
 import asyncio
-import errno
-import os
 import sqlite3
 import threading
 import time
@@ -27,7 +22,8 @@ from berth.adapters.sql import sqlite_commit
 from berth.adapters.sql.sqlite import SqliteStore
 from berth.bootstrap import _store
 from berth.domain.delivery import DeliveryStatus as D
-from berth.domain.errors import Conflict, StoreUnavailable
+from berth.domain.delivery import QueueLimit
+from berth.domain.errors import Conflict, Overloaded, StoreUnavailable
 from berth.ports import Settle
 from berth.settings import Settings
 from tests.contract.test_store import make_d
@@ -42,7 +38,7 @@ def _committed(path: Path, sql: str, *args: Any) -> list[Any]:
         c.close()
 
 
-async def test_every_commit_is_fsynced_by_default(tmp_path: Path) -> None:
+async def test_every_connection_is_synchronous_full_by_default(tmp_path: Path) -> None:
     store = _store(Settings(data_dir=str(tmp_path)))
     assert isinstance(store, SqliteStore)
     await store.migrate()
@@ -50,132 +46,7 @@ async def test_every_commit_is_fsynced_by_default(tmp_path: Path) -> None:
         await store.accept(make_d("w1", "m"))
         await store.pending("w1")
         conns = [store.writes._connection(), store._hot_conn, store._connect()]
-        # the writer commits without syncing (NORMAL) because berth fsyncs after its COMMIT
-        assert [c.execute("PRAGMA synchronous").fetchone()[0] for c in conns] == [1, 2, 2]
-        assert store.writes._sync == store._fsync_wal
-    finally:
-        await store.close()
-
-
-async def test_synchronous_normal_when_asked_makes_no_fsync_of_its_own(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    synced = _fsyncs(monkeypatch)
-    store = SqliteStore(str(tmp_path / "b.db"), synchronous="NORMAL")
-    await store.migrate()
-    try:
-        await store.accept(make_d("w1", "m"))
-        assert store.writes._sync is None and synced == []
-        assert store.writes._connection().execute("PRAGMA synchronous").fetchone()[0] == 1
-    finally:
-        await store.close()
-
-
-def _fsyncs(monkeypatch: pytest.MonkeyPatch, gate: threading.Event | None = None) -> list[str]:
-    """Record the path of every fsync (after it returns); with `gate`, each waits for it."""
-    seen: list[str] = []
-    real = os.fsync
-
-    def fsync(fd: int) -> None:
-        if gate is not None:
-            assert gate.wait(10)
-        real(fd)
-        seen.append(os.readlink(f"/proc/self/fd/{fd}"))
-
-    monkeypatch.setattr(os, "fsync", fsync)
-    return seen
-
-
-async def test_an_accept_is_answered_only_after_the_fsync_that_follows_its_commit(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    path = tmp_path / "b.db"
-    store = SqliteStore(str(path))
-    await store.migrate()
-    events: list[str] = []
-    real_commit = sqlite_commit.GroupCommit._commit
-
-    def commit(c: sqlite3.Connection) -> None:
-        real_commit(c)
-        events.append("committed")
-
-    monkeypatch.setattr(sqlite_commit.GroupCommit, "_commit", staticmethod(commit))
-    synced = _fsyncs(monkeypatch)
-    try:
-        await store.accept(make_d("w1", "warm"))  # the WAL file and its directory, seen once
-        events.clear()
-        synced.clear()
-
-        async def accept(i: int) -> None:
-            await store.accept(make_d("w1", f"m{i}"))
-            events.append(f"answered after {len(synced)} fsyncs")
-
-        await asyncio.gather(*(accept(i) for i in range(5)))
-        assert events == ["committed"] + ["answered after 1 fsyncs"] * 5
-        assert synced == [str(path) + "-wal"]
-    finally:
-        await store.close()
-
-
-async def test_a_settle_is_answered_while_its_fsync_runs_but_nothing_else_is(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    path = tmp_path / "b.db"
-    store = SqliteStore(str(path))
-    await store.migrate()
-    gate = threading.Event()
-    try:
-        d, _ = await store.accept(make_d("w1", "flying"))
-        got = await store.claim("w1", capacity=None, owner="me", lease_seconds=30, now=time.time())
-        assert [g.id for g in got] == [d.id]
-        synced = _fsyncs(monkeypatch, gate)  # every fsync now waits for the gate
-        settle = asyncio.ensure_future(
-            store.settle(d.id, "me", Settle(D.DONE, reply=b"{}"), time.time())
-        )
-        accept = asyncio.ensure_future(store.accept(make_d("w1", "same batch")))
-        settled = await asyncio.wait_for(settle, 5)  # answered with the fsync still held
-        assert settled is not None and settled.status is D.DONE
-        assert _committed(path, "SELECT status FROM deliveries WHERE id = ?", d.id) == [("done",)]
-        later = asyncio.ensure_future(store.accept(make_d("w1", "next batch")))
-        await asyncio.sleep(0.2)
-        assert not accept.done() and not later.done() and synced == []
-        # the next batch has not started: its message is not even committed
-        seen = _committed(path, "SELECT message_id FROM deliveries ORDER BY seq")
-        assert [m for (m,) in seen] == ["flying", "same batch"]
-        gate.set()
-        await asyncio.wait_for(asyncio.gather(accept, later), 5)
-        assert synced[0] == str(path) + "-wal"
-    finally:
-        gate.set()
-        await store.close()
-
-
-async def test_a_failed_fsync_fails_the_writes_waiting_on_it(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    store = SqliteStore(str(tmp_path / "b.db"))
-    await store.migrate()
-    try:
-        d, _ = await store.accept(make_d("w1", "flying"))
-        await store.claim("w1", capacity=None, owner="me", lease_seconds=30, now=time.time())
-        real = os.fsync
-
-        def broken(fd: int) -> None:
-            raise OSError(errno.EIO, "Input/output error")
-
-        monkeypatch.setattr(os, "fsync", broken)
-        results = await asyncio.gather(
-            store.settle(d.id, "me", Settle(D.DONE, reply=b"{}"), time.time()),
-            store.accept(make_d("w1", "unsynced")),
-            return_exceptions=True,
-        )
-        settled, failed = results
-        assert not isinstance(settled, BaseException) and settled is not None  # before the fsync
-        assert isinstance(failed, StoreUnavailable) and "fsync" in str(failed)
-        monkeypatch.setattr(os, "fsync", real)
-        # the store serves again once the disk does; the accept a caller may retry is kept
-        again, created = await store.accept(make_d("w1", "unsynced"))
-        assert not created and again.message_id == "unsynced"
+        assert [c.execute("PRAGMA synchronous").fetchone()[0] for c in conns] == [2, 2, 2]
     finally:
         await store.close()
 
@@ -213,18 +84,20 @@ async def test_concurrent_writes_share_one_commit_and_answer_after_it(
         events.append("claimed")
         assert len(got) == 20 and events == ["committed", "claimed"]
 
-        async def settle(d_id: str) -> None:
-            settled = await store.settle(d_id, "me", Settle(D.DONE, reply=b"{}"), time.time())
-            assert settled is not None and settled.status is D.DONE
-            seen = _committed(path, "SELECT status FROM deliveries WHERE id = ?", d_id)
-            assert seen == [("done",)]  # a waiter woken now reads what is on disk
-            events.append("settled")
+        async def settle(d_id: str, how: Settle) -> None:
+            settled = await store.settle(d_id, "me", how, time.time())
+            assert settled is not None and settled.status is how.status
+            events.append(f"settled {how.status.value}")
 
         events.clear()
         before = store.writes.batches
-        await asyncio.gather(*(settle(d.id) for d in got))
+        hows = [Settle(D.DONE, reply=b"{}")] * 10 + [Settle(D.DEAD, reason="poison")] * 10
+        await asyncio.gather(*(settle(d.id, how) for d, how in zip(got, hows, strict=True)))
         assert store.writes.batches - before == 1
-        assert events[0] == "committed" and events.count("settled") == 20
+        # a reply is answered once its settle ran (before the COMMIT); any other outcome after
+        assert events == ["settled done"] * 10 + ["committed"] + ["settled dead"] * 10
+        seen = _committed(path, "SELECT status, count(*) FROM deliveries GROUP BY status")
+        assert sorted(seen) == [("dead", 10), ("done", 10)]
     finally:
         await store.close()
 
@@ -297,4 +170,100 @@ async def test_a_full_disk_fails_every_write_of_the_batch_and_keeps_none(
         d, created = await store.accept(make_d("w1", "big", request=big))
         assert created and d.request == big
     finally:
+        await store.close()
+
+
+def _held_commits(monkeypatch: pytest.MonkeyPatch, gate: threading.Event) -> list[str]:
+    """Every COMMIT from now on waits for `gate` before it runs; returns what committed."""
+    seen: list[str] = []
+    real = sqlite_commit.GroupCommit._commit
+
+    def commit(c: sqlite3.Connection) -> None:
+        assert gate.wait(10)
+        real(c)
+        seen.append("committed")
+
+    monkeypatch.setattr(sqlite_commit.GroupCommit, "_commit", staticmethod(commit))
+    return seen
+
+
+async def _flying(store: SqliteStore, *names: str) -> list[str]:
+    ids = [(await store.accept(make_d("w1", n)))[0].id for n in names]
+    got = await store.claim("w1", capacity=None, owner="me", lease_seconds=30, now=time.time())
+    assert sorted(g.id for g in got) == sorted(ids)
+    return ids
+
+
+async def test_a_replied_settle_is_answered_before_its_commit_and_nothing_else_is(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "b.db"
+    store = SqliteStore(str(path))
+    await store.migrate()
+    gate = threading.Event()
+    try:
+        replied, failed = await _flying(store, "replied", "failed")
+        committed = _held_commits(monkeypatch, gate)
+        done = asyncio.ensure_future(
+            store.settle(replied, "me", Settle(D.DONE, reply=b"{}"), time.time())
+        )
+        dead = asyncio.ensure_future(
+            store.settle(failed, "me", Settle(D.DEAD, reason="unreached"), time.time())
+        )
+        accept = asyncio.ensure_future(store.accept(make_d("w1", "same batch")))
+        settled = await asyncio.wait_for(done, 5)  # the COMMIT is still held
+        assert settled is not None and settled.status is D.DONE and committed == []
+        await asyncio.sleep(0.2)
+        assert not dead.done() and not accept.done()  # they wait for the COMMIT
+        # and nothing of the batch is visible before it: the replied one is in flight on disk
+        seen = _committed(path, "SELECT message_id, status FROM deliveries ORDER BY seq")
+        assert seen == [("replied", "in_flight"), ("failed", "in_flight")]
+        gate.set()
+        await asyncio.wait_for(asyncio.gather(dead, accept), 5)
+        seen = _committed(path, "SELECT message_id, status FROM deliveries ORDER BY seq")
+        assert seen == [("replied", "done"), ("failed", "dead"), ("same batch", "queued")]
+    finally:
+        gate.set()
+        await store.close()
+
+
+async def test_a_duplicate_over_the_queue_limit_is_not_answered_before_the_commit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The delivery log answers a messageId sent again while the queue is over its limit
+    from what the store has: never from an accept whose COMMIT (and fsync) has not
+    returned, which a power cut would take back."""
+    from berth.adapters.memory_bus import MemoryBus
+    from berth.metrics import Metrics
+    from berth.services.delivery_log import DeliveryLog
+    from berth.services.events import Events
+
+    store = SqliteStore(str(tmp_path / "b.db"))
+    await store.migrate()
+    bus = MemoryBus()
+    log = DeliveryLog(store, bus, Events(bus, "t"), Metrics(), replica="a", sole=True)
+    gate = threading.Event()
+    try:
+        await store.accept(make_d("w1", "warm"))
+        _held_commits(monkeypatch, gate)
+        first = asyncio.ensure_future(store.accept(make_d("w1", "m")))
+        await asyncio.sleep(0.2)
+        dup = asyncio.ensure_future(
+            log.accept(make_d("w1", "m"), workspace_name="w1", limit=QueueLimit(depth=1))
+        )
+        await asyncio.sleep(0.3)
+        assert not first.done()
+        if dup.done():  # refused (429: try again later), never answered from the unsynced row
+            assert isinstance(dup.exception(), Overloaded)
+        gate.set()
+        d, created = await asyncio.wait_for(first, 5)
+        assert created
+        (late,) = await asyncio.gather(dup, return_exceptions=True)
+        assert isinstance(late, Overloaded) or (not late[1] and late[0].id == d.id)
+        again, created_again = await log.accept(
+            make_d("w1", "m"), workspace_name="w1", limit=QueueLimit(depth=1)
+        )
+        assert not created_again and again.id == d.id  # once committed, the retry is answered
+    finally:
+        gate.set()
         await store.close()

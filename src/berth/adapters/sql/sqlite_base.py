@@ -3,9 +3,6 @@
 Every operation runs as one transaction (a savepoint of a group commit for writes), so
 each is atomic. WAL mode; `synchronous` is FULL by default: a write is fsynced before its
 operation returns, so it survives an OS crash or a power cut (NORMAL: a crash of berth).
-With FULL, the group commit's connection runs NORMAL and berth makes FULL's fsync of the
-write-ahead log itself, right after each COMMIT (`_fsync_wal`): the same fsync, made so that
-a settle can be answered while it runs (sqlite_commit.py).
 
 Three connections. Every write goes through the group commit's (sqlite_commit.py):
 concurrent writes share one transaction and one fsync, and the message path's statements
@@ -19,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import sqlite3
 import time
 from collections.abc import Callable
@@ -51,57 +47,28 @@ class SqliteBase:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="berth-sqlite")
         self._conn: sqlite3.Connection | None = None  # the worker thread's (reads)
         self._hot_conn: sqlite3.Connection | None = None  # the event loop's (reads)
-        own = self._sync == "FULL" and path != ":memory:"  # berth makes FULL's fsync itself
-        self._wal_inode: int | None = None  # the WAL file last fsynced (its directory with it)
         self.writes = GroupCommit(
-            lambda: self._open(HOT_BUSY_MS, synchronous="NORMAL" if own else None),
+            lambda: self._open(HOT_BUSY_MS),
             commit_in_thread=self._sync in ("FULL", "EXTRA"),
             busy_ms=busy_ms,
-            sync=self._fsync_wal if own else None,
         )
 
     # plumbing --------------------------------------------------------------
-    def _open(
-        self, busy_ms: int | None = None, *, synchronous: str | None = None
-    ) -> sqlite3.Connection:
+    def _open(self, busy_ms: int | None = None) -> sqlite3.Connection:
         busy_ms = self._busy_ms if busy_ms is None else busy_ms
         try:
             c = sqlite3.connect(
                 self.path, isolation_level=None, check_same_thread=False, timeout=busy_ms / 1000
             )
             c.row_factory = sqlite3.Row
-            mode = c.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-            if synchronous is not None and mode != "wal":
-                raise RuntimeError(f"SQLite did not take WAL mode ({mode}): berth needs it")
-            c.execute(f"PRAGMA synchronous={synchronous or self._sync}")
+            c.execute("PRAGMA journal_mode=WAL")
+            c.execute(f"PRAGMA synchronous={self._sync}")
             c.execute(f"PRAGMA busy_timeout={busy_ms}")
         except sqlite3.Error as e:
             if away(e):
                 raise StoreUnavailable(f"the SQLite database cannot be opened: {e}") from e
             raise
         return c
-
-    def _fsync_wal(self) -> None:
-        """What `synchronous=FULL` does after a WAL commit: fsync the write-ahead log (and,
-        the first time a WAL file is seen, its directory, so the file itself survives).
-        In the committer thread, right after the COMMIT. A failed fsync is the store
-        being unavailable: the writes waiting on it are not answered as durable."""
-        try:
-            fd = os.open(self.path + "-wal", os.O_RDONLY)
-            try:
-                os.fsync(fd)
-                inode = os.fstat(fd).st_ino
-            finally:
-                os.close(fd)
-            if inode != self._wal_inode:
-                d = os.open(os.path.dirname(os.path.abspath(self.path)), os.O_RDONLY)
-                try:
-                    os.fsync(d)
-                finally:
-                    os.close(d)
-                self._wal_inode = inode
-        except OSError as e:
-            raise StoreUnavailable(f"SQLite: the fsync of the write-ahead log failed: {e}") from e
 
     def _connect(self) -> sqlite3.Connection:
         if self._conn is None:

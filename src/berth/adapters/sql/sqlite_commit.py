@@ -13,20 +13,18 @@ COMMIT goes to the committer thread when it fsyncs; a batch with a cold write (o
 actions, upkeep scans, prune batches) runs whole in that thread, and so does a batch whose
 BEGIN finds the write lock held by another connection.
 
-With `sync` (berth's default on SQLite), the connection commits without an fsync of its
-own (`synchronous=NORMAL`) and the committer thread fsyncs the write-ahead log right after
-each COMMIT (`synchronous=FULL` does exactly that fsync inside COMMIT). That lets a write
-marked `early` (a settle: the agent's reply is in) be handed back as soon as its COMMIT
-has returned, while the fsync runs; every other write (an accept, a claim) is handed back
-only once the fsync has returned, and the next batch starts after it. A power cut in
-that window can lose an early write, never an accept: see docs/delivery-guarantee.md.
+One kind of write is handed back before its COMMIT: one marked `early` (the settle of a
+message the agent replied to), as soon as its statements have run on the loop, so its
+caller has the agent's reply while the COMMIT and its fsync run. Losing that write to a
+crash or a power cut leaves the delivery in flight on disk, redelivered and answered from
+the SDK's record (docs/delivery-guarantee.md). Nothing else is: no reader sees a write
+before its COMMIT has been fsynced (SQLite makes a WAL commit visible after its sync).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import queue
 import sqlite3
 import threading
@@ -82,13 +80,10 @@ class GroupCommit:
         *,
         commit_in_thread: bool,
         busy_ms: int,
-        sync: Callable[[], None] | None = None,
     ) -> None:
         self._connect = connect  # a connection whose busy timeout is short (the loop's wait)
         self._conn: sqlite3.Connection | None = None
-        self._offload = commit_in_thread or sync is not None
-        # the fsync after each COMMIT, in the committer thread (None: COMMIT syncs itself)
-        self._sync = sync
+        self._offload = commit_in_thread
         self._busy_ms = busy_ms
         # the committer thread: jobs through a SimpleQueue (C), results back with
         # call_soon_threadsafe; run_in_executor's concurrent.futures machinery (a work
@@ -107,7 +102,7 @@ class GroupCommit:
         self, fn: Callable[[sqlite3.Connection], T], *, cold: bool = False, early: bool = False
     ) -> T:
         """`fn(connection)` inside the next batch; its value once that batch is committed
-        and fsynced (`early`: once committed, while the fsync runs; with `sync` only)."""
+        (`early`: once its statements have run, when its batch runs on the loop)."""
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[T] = loop.create_future()
         self._pending.append(_Write(fn, fut, cold, early))
@@ -141,17 +136,11 @@ class GroupCommit:
             c = self._connection()
             if any(w.cold for w in batch) or not self._begin_now(c):
                 results = await self._in_thread(self._whole, c, batch)
-                if self._sync is not None:
-                    self._hand(batch, results, early=True)
-                    await self._in_thread(self._sync)
             else:
                 results = self._apply(c, batch)
+                self._hand(batch, results, early=True)
                 if c.in_transaction:
-                    if self._sync is not None:
-                        loop = asyncio.get_running_loop()
-                        early = functools.partial(self._hand, batch, results, early=True)
-                        await self._in_thread(self._commit_then_sync, c, loop, early)
-                    elif self._offload:
+                    if self._offload:
                         await self._in_thread(self._commit, c)
                     else:
                         self._commit(c)
@@ -176,16 +165,6 @@ class GroupCommit:
                 w.fut.set_result(value)
             else:
                 w.fut.set_exception(value)
-
-    def _commit_then_sync(
-        self, c: sqlite3.Connection, loop: asyncio.AbstractEventLoop, early: Callable[[], None]
-    ) -> None:
-        """In the committer thread: COMMIT, the early writes handed back, then the fsync."""
-        self._commit(c)
-        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
-            loop.call_soon_threadsafe(early)
-        assert self._sync is not None
-        self._sync()
 
     @staticmethod
     def _begin_now(c: sqlite3.Connection) -> bool:

@@ -133,9 +133,12 @@ class SqliteDeliveries(SqliteBase):
             ).fetchone()
             return None if row is None else rows.d_from_row(row)
 
-        # answered once committed, while its fsync runs: a power cut before that fsync ends
-        # leaves the delivery in flight, to be redelivered after its lease (nothing is lost)
-        return await self._hot(go, early=True)
+        # The agent's reply is answered as soon as its settle has run, before the COMMIT:
+        # a crash or power cut that loses it leaves the delivery in flight on disk, to be
+        # redelivered after its lease and answered from the SDK's record with the same
+        # reply. Any other outcome waits for its COMMIT (a `dead` or `canceled` the caller
+        # was told of must not be redelivered and run after all).
+        return await self._hot(go, early=how.status is DeliveryStatus.DONE)
 
     async def requeue_in_flight(self, workspace_id: str | None = None) -> list[str]:
         where, args = ("AND workspace_id = ?", (workspace_id,)) if workspace_id else ("", ())
