@@ -453,6 +453,42 @@ async def test_a_heartbeat_never_resumes_an_agent_while_a_restart_runs(
             await asyncio.sleep(0.05)
 
 
+async def test_a_heartbeat_resumes_only_what_the_store_says_is_online_and_after_a_fresh_wait(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Another replica may have paused the workspace (a pause writes no restart record)
+    while this replica's roster still says online: the store decides. And a drain heard of
+    long ago (heartbeats went to other replicas meanwhile) starts its wait again."""
+    monkeypatch.setattr(registry_module, "STUCK_DRAINING", 0.3)
+    async with world() as w:
+        url = "http://127.0.0.1/elsewhere.agent"
+        ws, secrets = await w.c.workspaces.create({"name": "elsewhere", "runtime": "external"})
+        token = secrets["agent_token"]
+        w.agents.by_url[url] = Agent(ws.id, token, url)
+        await w.c.registry.register(token, {"url": url})
+        await _until(_no_cycle(w, ws.id))
+        beat = {"active_tasks": 0, "draining": True}
+        assert "resume" not in await w.c.registry.heartbeat(token, beat)
+        # silent here for longer than three heartbeats (0.2 s here) and STUCK_DRAINING
+        await asyncio.sleep(1.0)
+        assert "resume" not in await w.c.registry.heartbeat(token, beat)  # a new wait
+        await asyncio.sleep(0.35)
+        # another replica paused it: the store moved, this roster has not heard yet
+        online = await w.c.roster.get(ws.id)
+        await w.store.move_workspace(ws.id, S.PAUSED)
+        w.c.roster.put(online)  # (the notice is still on its way)
+        assert (await w.c.roster.get(ws.id)).state is S.ONLINE
+        assert "resume" not in await w.c.registry.heartbeat(token, beat)
+        await w.store.move_workspace(ws.id, S.OFFLINE)
+        await w.store.move_workspace(ws.id, S.PROVISIONING)
+        await w.store.move_workspace(ws.id, S.ONLINE)
+
+        async def resumed() -> bool:
+            return (await w.c.registry.heartbeat(token, beat)).get("resume") is True
+
+        await _until(resumed)  # online again in the store: told, once its wait is over
+
+
 async def test_a_crash_of_the_agent_a_cycle_just_started_is_restarted_not_joined() -> None:
     """The agent a restart cycle started crashes while that cycle finishes (its replay: a
     held message that kills the agent is forwarded at once). The crash's restart must not

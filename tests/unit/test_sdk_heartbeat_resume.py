@@ -16,18 +16,23 @@ from berth.sdk.drain import Drain
 from berth.sdk.platform import Identity, Platform
 from tests.e2e.harness import free_port, serve_app
 
+_DURING_HEARTBEAT: list[Drain] = []  # drains asked again while a heartbeat is answered
+
 
 @pytest.fixture
 async def berth() -> AsyncIterator[tuple[str, list[dict[str, Any]]]]:
     """A fake berth whose every heartbeat answer says `resume`; yields its URL and the
     heartbeats' bodies."""
     beats: list[dict[str, Any]] = []
+    _DURING_HEARTBEAT.clear()
 
     async def register(request: web.Request) -> web.Response:
         return web.json_response({"workspace_id": "w", "name": "w", "heartbeat_seconds": 0.05})
 
     async def heartbeat(request: web.Request) -> web.Response:
         beats.append(await request.json())
+        for d in _DURING_HEARTBEAT:  # a new restart's restart_pending, before this answer
+            await d.drain(30)
         return web.json_response(
             {"ok": True, "reregister": False, "heartbeat_seconds": 0.05, "resume": True}
         )
@@ -93,3 +98,14 @@ async def test_the_process_own_exit_drain_is_never_reopened_by_a_heartbeat(
     beats = await _beat_with(berth, tmp_path, drain)
     assert len(beats) >= 3 and drain.draining
     assert all(b["draining"] is True and b["exiting"] is True for b in beats)
+
+
+async def test_a_resume_answer_does_not_end_a_drain_asked_after_its_heartbeat_left(
+    berth: tuple[str, list[dict[str, Any]]], tmp_path: Path
+) -> None:
+    drain = Drain()
+    await drain.drain(30)
+    _DURING_HEARTBEAT.append(drain)  # every heartbeat's answer comes after a new drain
+    beats = await _beat_with(berth, tmp_path, drain)
+    assert len(beats) >= 3 and drain.draining
+    assert all(b["draining"] is True for b in beats)

@@ -52,6 +52,7 @@ class Drain:
         self._idle_waiters: list[asyncio.Future[None]] = []
         self.draining = False
         self.exiting = False  # the drain is the process's own exit (SIGTERM), not berth's ask
+        self.generation = 0  # drains asked so far (platform.py: a late "resume" is ignored)
         self.deadline: float | None = None
         self._completed: list[str] = []
         self._gate_open = asyncio.Event()
@@ -93,6 +94,7 @@ class Drain:
     async def drain(self, seconds: float) -> DrainReport:
         """Refuse new work and wait for in-flight work, at most `seconds` (never a fixed sleep)."""
         loop = asyncio.get_running_loop()
+        self.generation += 1  # a heartbeat's answer about an earlier drain no longer holds
         if not self.draining:
             self.draining = True
             self._completed = []

@@ -77,6 +77,7 @@ class Platform:
             while True:
                 await asyncio.sleep(self.heartbeat_seconds)
                 try:
+                    generation = self._drain.generation  # the drain this heartbeat reports
                     r = await c.post(
                         "/v1/agents/heartbeat",
                         json={
@@ -89,7 +90,7 @@ class Platform:
                     doc = r.json() if r.status_code == 200 else {}
                     if "heartbeat_seconds" in doc:  # berth asks less often as it serves more
                         self.heartbeat_seconds = float(doc["heartbeat_seconds"])
-                    self._resume_if_told(doc)
+                    self._resume_if_told(doc, generation)
                     if r.status_code in (404, 409) or doc.get("reregister"):
                         await self._register(c)
                     elif r.status_code == 401:
@@ -97,10 +98,16 @@ class Platform:
                 except httpx.HTTPError as e:
                     log.info("heartbeat failed: %s", e)
 
-    def _resume_if_told(self, doc: dict[str, Any]) -> None:
+    def _resume_if_told(self, doc: dict[str, Any], generation: int) -> None:
         """berth's answer says the drain it asked for is over (its resume signal was lost:
-        the workspace is online and no restart runs). Never ends the process's own exit."""
-        if doc.get("resume") is True and self._drain.draining and not self._drain.exiting:
+        the workspace is online and no restart runs). Never ends the process's own exit,
+        nor a drain berth asked for after this heartbeat left (a new restart's)."""
+        if (
+            doc.get("resume") is True
+            and self._drain.draining
+            and not self._drain.exiting
+            and self._drain.generation == generation
+        ):
             log.warning("berth says the drain it asked for is over (its resume was lost): resuming")
             self._drain.resume()
 

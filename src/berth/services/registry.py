@@ -61,7 +61,8 @@ class Registry:
         self._loop_limit = crash_loop_limit
         self._loop_window = crash_loop_window
         self._crashes: dict[str, deque[float]] = defaultdict(deque)
-        self._draining_since: dict[str, float] = {}  # online workspaces whose agent drains
+        # online workspaces whose agent says it drains: (since, last heard)
+        self._draining_since: dict[str, tuple[float, float]] = {}
         self.agent_auth: Callable[[str | None], Awaitable[Workspace]] | None = None
         self.url_check: Callable[[str, Workspace], Awaitable[str]] | None = None
 
@@ -174,8 +175,19 @@ class Registry:
         if ws.state is not S.ONLINE:
             self._draining_since.pop(ws.id, None)
             return False
-        since = self._draining_since.setdefault(ws.id, now)
+        since, last = self._draining_since.get(ws.id, (now, now))
+        if now - last > 3 * self._beats.told(ws.id) + STUCK_DRAINING:
+            since = now  # heartbeats went elsewhere meanwhile (other replicas): a new wait
+        if ws.id not in self._draining_since:  # entries left by removed workspaces go here
+            old = now - 3 * self._beats.told(ws.id) - 2 * STUCK_DRAINING
+            for k in [k for k, (_, seen) in self._draining_since.items() if seen < old]:
+                del self._draining_since[k]
+        self._draining_since[ws.id] = (since, now)
         if now - since < STUCK_DRAINING or await self._store.active_restart(ws.id) is not None:
+            return False
+        # this replica's roster may lag a pause or a stop another replica began (those
+        # write no restart record): the store has the workspace's state as it is now
+        if (await self._store.get_workspace(ws.id)).state is not S.ONLINE:
             return False
         del self._draining_since[ws.id]
         log.warning(
