@@ -20,8 +20,9 @@
    (line 1: the in-flight accept of adapters/sql/sqlite_hot.py, with its guard: nothing
    claimable queued, the capacity; line 2: the settle, RETURNING the row as berth's does).
    Each request also gets what berth computes for its row before the accept: a
-   time-ordered id, the messageId read from the body, a SHA-256 fingerprint of the body,
-   a SHA-256 of the bearer credential. What a compiled data plane for berth would write
+   time-ordered id, the messageId read from the body, berth's fingerprint (the SHA-256 of
+   the params' canonical form, _canon.h: a strict parse of the whole body), a SHA-256 of
+   the bearer credential. What a compiled data plane for berth would write
    and hash per message, without berth's other rules (those are Python's, or the lane's to
    come: docs/benchmarks.md). */
 
@@ -44,6 +45,8 @@
 #include <sys/socket.h>
 #include <sys/time.h>
 #include <unistd.h>
+
+#include "_canon.h"
 
 enum { IDLE, LOGGING_IN, FORWARDING, LOGGING_OUT };
 enum { UP_TAG = 1 };
@@ -354,7 +357,10 @@ static void on_request(conn *c) {
         c->now = now_s();
         time_ordered_id(c->id);
         message_id_of(c->in.p + off, c->body_len, c->message_id);
-        sha_hex(c->in.p + off, c->body_len, c->fingerprint);
+        cbuf canon = {0}; /* berth's fingerprint: its params, canonical (_canon.h) */
+        if (canon_params(c->in.p + off, c->body_len, &canon) == 1) sha_hex(canon.p, canon.n, c->fingerprint);
+        else sha_hex(c->in.p + off, c->body_len, c->fingerprint); /* the lane would relay it */
+        free(canon.p);
         caller_hash_of(c->in.p, off, c->caller_hash);
     }
     c->state = LOGGING_IN;
