@@ -330,6 +330,19 @@ async def test_an_external_agent_that_registers_after_its_cycle_looked_stays_onl
         assert _drains(agent) == []  # the resume it is told (404 here) changes nothing
 
 
+async def _external(w: Any, name: str) -> tuple[Any, str, Agent]:
+    """An external workspace whose (fake) agent has registered, its first cycle over:
+    (workspace, the agent's credential, the agent)."""
+    url = f"http://127.0.0.1/{name}.agent"
+    ws, secrets = await w.c.workspaces.create({"name": name, "runtime": "external"})
+    token = secrets["agent_token"]
+    agent = Agent(ws.id, token, url)
+    w.agents.by_url[url] = agent
+    await w.c.registry.register(token, {"url": url})
+    await _until(_no_cycle(w, ws.id))
+    return ws, token, agent
+
+
 @pytest.mark.parametrize("lands", ["before the cycle looks", "before its start step"])
 async def test_a_paused_external_agent_that_registers_during_the_resume_is_told_to_resume(
     lands: str,
@@ -343,13 +356,8 @@ async def test_a_paused_external_agent_that_registers_during_the_resume_is_told_
     over, else it is online and never takes a message (CI: a send held on one replica,
     resumed on another, was never answered)."""
     async with world() as w:
-        url = "http://127.0.0.1/napping.agent"
-        ws, secrets = await w.c.workspaces.create({"name": "napping", "runtime": "external"})
-        token = secrets["agent_token"]
-        agent = Agent(ws.id, token, url)
-        w.agents.by_url[url] = agent
-        await w.c.registry.register(token, {"url": url})
-        await _until(_no_cycle(w, ws.id))
+        ws, token, agent = await _external(w, "napping")
+        url = agent.url
         await w.c.workspaces.pause("napping")
         assert agent.draining
         status, accepted, _ = await w.send(ws, "held while paused", message_id="p1", wait=0)
@@ -397,13 +405,8 @@ async def test_an_agent_left_draining_by_a_lost_resume_is_told_to_resume_by_its_
     drain for the agent's own exit, or one during a running cycle, is never ended so."""
     monkeypatch.setattr(registry_module, "STUCK_DRAINING", 0.3)
     async with world() as w:
-        url = "http://127.0.0.1/sleepy.agent"
-        ws, secrets = await w.c.workspaces.create({"name": "sleepy", "runtime": "external"})
-        token = secrets["agent_token"]
-        agent = Agent(ws.id, token, url)
-        w.agents.by_url[url] = agent
-        await w.c.registry.register(token, {"url": url})
-        await _until(_no_cycle(w, ws.id))
+        ws, token, agent = await _external(w, "sleepy")
+        url = agent.url
         await w.c.workspaces.pause("sleepy")
         status, accepted, _ = await w.send(ws, "held while paused", message_id="p1", wait=0)
         assert status == 202 and agent.draining
@@ -439,12 +442,7 @@ async def test_a_heartbeat_never_resumes_an_agent_while_a_restart_runs(
 ) -> None:
     monkeypatch.setattr(registry_module, "STUCK_DRAINING", 0.0)
     async with world() as w:
-        url = "http://127.0.0.1/busy.agent"
-        ws, secrets = await w.c.workspaces.create({"name": "busy", "runtime": "external"})
-        token = secrets["agent_token"]
-        w.agents.by_url[url] = Agent(ws.id, token, url)
-        await w.c.registry.register(token, {"url": url})
-        await _until(_no_cycle(w, ws.id))
+        ws, token, _ = await _external(w, "busy")
         r = RestartRecord("held", ws.id, Trigger.API, "held open by the test", 5.0)
         await w.c.store.save_restart(r)  # a cycle running (on any replica)
         beat = {"active_tasks": 0, "draining": True}
@@ -461,12 +459,7 @@ async def test_a_heartbeat_resumes_only_what_the_store_says_is_online_and_after_
     long ago (heartbeats went to other replicas meanwhile) starts its wait again."""
     monkeypatch.setattr(registry_module, "STUCK_DRAINING", 0.3)
     async with world() as w:
-        url = "http://127.0.0.1/elsewhere.agent"
-        ws, secrets = await w.c.workspaces.create({"name": "elsewhere", "runtime": "external"})
-        token = secrets["agent_token"]
-        w.agents.by_url[url] = Agent(ws.id, token, url)
-        await w.c.registry.register(token, {"url": url})
-        await _until(_no_cycle(w, ws.id))
+        ws, token, _ = await _external(w, "elsewhere")
         beat = {"active_tasks": 0, "draining": True}
         assert "resume" not in await w.c.registry.heartbeat(token, beat)
         # silent here for longer than three heartbeats (0.2 s here) and STUCK_DRAINING

@@ -13,8 +13,8 @@ import pytest
 from aiohttp import web
 
 from berth.sdk.drain import Drain
-from berth.sdk.platform import Identity, Platform
 from tests.e2e.harness import free_port, serve_app
+from tests.unit.test_sdk_register import _platform
 
 _DURING_HEARTBEAT: list[Drain] = []  # drains asked again while a heartbeat is answered
 
@@ -52,17 +52,7 @@ async def _beat_with(
 ) -> list[dict[str, Any]]:
     url, beats = berth
     port = free_port()
-    ident = Identity(
-        berth_url=url,
-        workspace_id="w",
-        token="t",
-        port=port,
-        state_dir=tmp_path,
-        drain_seconds=1,
-        advertise_url=f"http://127.0.0.1:{port}",
-        max_concurrency=None,
-    )
-    p = Platform(ident, drain, {"name": "a"}, {})
+    p = _platform(url, port, tmp_path, drain)
     p.heartbeat_seconds = 0.05
     server = await asyncio.start_server(lambda r, w: w.close(), "127.0.0.1", port)
     task = asyncio.create_task(p.run())

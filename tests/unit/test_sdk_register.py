@@ -51,7 +51,9 @@ async def berth() -> AsyncIterator[tuple[str, list[bool], int]]:
         await runner.cleanup()
 
 
-def _platform(berth_url: str, agent_port: int, tmp_path: Path) -> Platform:
+def _platform(
+    berth_url: str, agent_port: int, tmp_path: Path, drain: Drain | None = None
+) -> Platform:
     ident = Identity(
         berth_url=berth_url,
         workspace_id="w",
@@ -62,7 +64,7 @@ def _platform(berth_url: str, agent_port: int, tmp_path: Path) -> Platform:
         advertise_url=f"http://127.0.0.1:{agent_port}",
         max_concurrency=None,
     )
-    return Platform(ident, Drain(), {"name": "a"}, {})
+    return Platform(ident, drain or Drain(), {"name": "a"}, {})
 
 
 async def test_the_agent_registers_only_once_its_port_accepts_connections(
