@@ -213,13 +213,16 @@ async def test_a_replied_settle_is_answered_before_its_commit_and_nothing_else_i
         accept = asyncio.ensure_future(store.accept(make_d("w1", "same batch")))
         settled = await asyncio.wait_for(done, 5)  # the COMMIT is still held
         assert settled is not None and settled.status is D.DONE and committed == []
+        read = asyncio.ensure_future(store.get_delivery(replied))  # the caller reads it back
         await asyncio.sleep(0.2)
         assert not dead.done() and not accept.done()  # they wait for the COMMIT
+        assert not read.done()  # and so does a read through the store: never in flight
         # and nothing of the batch is visible before it: the replied one is in flight on disk
         seen = _committed(path, "SELECT message_id, status FROM deliveries ORDER BY seq")
         assert seen == [("replied", "in_flight"), ("failed", "in_flight")]
         gate.set()
         await asyncio.wait_for(asyncio.gather(dead, accept), 5)
+        assert (await asyncio.wait_for(read, 5)).status is D.DONE
         seen = _committed(path, "SELECT message_id, status FROM deliveries ORDER BY seq")
         assert seen == [("replied", "done"), ("failed", "dead"), ("same batch", "queued")]
     finally:

@@ -102,6 +102,7 @@ class SqliteBase:
         committer thread), a read on the worker thread's connection."""
         if write:
             return await self.writes.write(fn, cold=True)
+        await self.writes.committed()  # what a caller was handed early, read back
         return await asyncio.get_running_loop().run_in_executor(
             self._pool, lambda: self._tx(self._connect(), fn, False)
         )
@@ -116,6 +117,7 @@ class SqliteBase:
         the worker thread, so the event loop never stalls. `early`: see GroupCommit.write."""
         if write:
             return await self.writes.write(fn, early=early)
+        await self.writes.committed()  # what a caller was handed early, read back
         if self._hot_conn is None:
             self._hot_conn = self._open(HOT_BUSY_MS)
         try:

@@ -18,7 +18,9 @@ message the agent replied to), as soon as its statements have run on the loop, s
 caller has the agent's reply while the COMMIT and its fsync run. Losing that write to a
 crash or a power cut leaves the delivery in flight on disk, redelivered and answered from
 the SDK's record (docs/delivery-guarantee.md). Nothing else is: no reader sees a write
-before its COMMIT has been fsynced (SQLite makes a WAL commit visible after its sync).
+before its COMMIT has been fsynced (SQLite makes a WAL commit visible after its sync), and
+a read made while such a batch is uncommitted waits for its COMMIT (`committed`), so a
+caller handed an early write reads it back.
 """
 
 from __future__ import annotations
@@ -92,6 +94,9 @@ class GroupCommit:
         self._thread: threading.Thread | None = None
         self._pending: list[_Write] = []
         self._task: asyncio.Task[None] | None = None
+        # set while a batch whose early writes were handed back is not yet committed: a
+        # read waits for it (`committed`), so whoever got an early write reads it back
+        self._uncommitted: asyncio.Future[None] | None = None
         # as PostgreSQL's group commit counts (benchmarks, tests): transactions committed,
         # the writes they carried, writes of batches run again one savepoint each
         self.batches = 0
@@ -138,22 +143,39 @@ class GroupCommit:
                 results = await self._in_thread(self._whole, c, batch)
             else:
                 results = self._apply(c, batch)
-                self._hand(batch, results, early=True)
+                if any(w.early for w in batch):
+                    self._uncommitted = asyncio.get_running_loop().create_future()
+                    self._hand(batch, results, early=True)
                 if c.in_transaction:
                     if self._offload:
                         await self._in_thread(self._commit, c)
                     else:
                         self._commit(c)
         except BaseException as e:
+            self._committed()
             for w in batch:
                 if not w.fut.done():
                     w.fut.set_exception(_failed(e))
             if not isinstance(e, Exception):
                 raise
             return
+        self._committed()
         self.batches += 1
         self.items += sum(ok for ok, _ in results)
         self._hand(batch, results, early=False)
+
+    def _committed(self) -> None:
+        """The batch whose early writes were handed back is committed (or failed)."""
+        if self._uncommitted is not None:
+            if not self._uncommitted.done():
+                self._uncommitted.set_result(None)
+            self._uncommitted = None
+
+    async def committed(self) -> None:
+        """Once no batch whose early writes were handed back is left uncommitted (a read
+        made now sees every write any caller has been handed)."""
+        if self._uncommitted is not None:
+            await asyncio.shield(self._uncommitted)
 
     @staticmethod
     def _hand(batch: list[_Write], results: Results, *, early: bool) -> None:
