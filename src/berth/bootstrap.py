@@ -160,7 +160,7 @@ class Container:
         await self.workspaces.close()
         await self.registry.shutdown()
         await self.restarts.close()
-        await self.dispatcher.close()
+        await self.dispatcher.close(self.settings.shutdown_grace_seconds)
         await self.supervisor.close()
         for p in self.provisioners.values():
             await p.close()

@@ -40,6 +40,9 @@ class Settings:
     heartbeat_rate: float = 50.0
     start_timeout: float = 30.0
     stop_grace_seconds: float = 10.0
+    # berth stopping: how long forwards still running may finish before they are cut and
+    # their deliveries go back to the queue (docs/operations.md)
+    shutdown_grace_seconds: float = 10.0
     max_attempts: int = 3
     # the first retry of a failed forward waits this long, doubling (capped at 30 s): a
     # network blip of a few seconds must not use up max_attempts (bench/chaos found 0.2 s did)

@@ -535,6 +535,26 @@ async def test_requeue_expired_takes_over_any_owner(store: Store) -> None:
     assert ids(await claim(store, "w1", owner="r9", now=T0 + 41)) == [a.id]
 
 
+async def test_release_leases_gives_back_one_owners_in_flight_work(store: Store) -> None:
+    """A stopping replica gives its leases back: its in-flight deliveries are queued again
+    at once (attempts unchanged), another replica's stay its own."""
+    a1, a2 = await accept_many(store, "w1", 2)
+    b = (await store.accept(make_d("w2", "b")))[0]
+    q = (await store.accept(make_d("w3", "queued")))[0]
+    await claim(store, "w1", owner="stopping", now=T0)
+    await claim(store, "w2", owner="staying", now=T0)
+    got = await store.release_leases("stopping")
+    assert ids(got) == [a1.id, a2.id]  # in the log's order
+    for d in got:
+        assert (d.status, d.lease_owner, d.lease_until) == (D.QUEUED, None, None)
+        assert d.attempts == 0 and d.reason == "released by a stopping replica: redelivered"
+    assert (await store.get_delivery(b.id)).lease_owner == "staying"
+    assert (await store.get_delivery(q.id)).status is D.QUEUED
+    assert await store.release_leases("stopping") == []
+    assert await store.settle(a1.id, "stopping", Settle(D.DONE), T0 + 1) is None  # given up
+    assert ids(await claim(store, "w1", owner="staying", now=T0 + 1)) == [a1.id, a2.id]
+
+
 async def test_renew_keeps_a_lease_from_expiring(store: Store) -> None:
     (d,) = await accept_many(store, "w1", 1)
     await claim(store, "w1", owner="a", now=T0)

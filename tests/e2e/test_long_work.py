@@ -92,3 +92,68 @@ async def test_long_work_outlives_leases_and_the_replica_that_forwarded_it(tmp_p
             await asyncio.to_thread(s.stop)
             s.kill9()
         await _admin(pg, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+async def test_a_replica_stopped_gracefully_gives_its_work_back_at_once(tmp_path: Path):
+    """A replica stopped with SIGTERM while it forwards a message no caller waits on (sent
+    with X-Berth-Wait: 0): after BERTH_SHUTDOWN_GRACE_SECONDS it gives its lease back, and
+    another replica delivers the message at once, not after the lease (30 s) runs out; the
+    agent's execution, still running, is joined: one execution, one reply."""
+    pg, redis = require_postgres(), require_redis()
+    name = f"berth_e2e_{uuid.uuid4().hex[:10]}"
+    await _admin(pg, f"CREATE DATABASE {name}")
+    env = {
+        "BERTH_DATABASE_URL": pg.rsplit("/", 1)[0] + "/" + name,
+        "BERTH_REDIS_URL": redis,
+        "BERTH_REDIS_PREFIX": f"t-{name}:",
+        "BERTH_LEASE_SECONDS": "30",
+        "BERTH_SHUTDOWN_GRACE_SECONDS": "1",
+        "BERTH_HEARTBEAT_TIMEOUT": "120",  # the agent heartbeats to A, which stops
+    }
+    a, b = (BerthServer(tmp_path / f"r{i}", env={**env, "BERTH_REPLICA_ID": f"r{i}"}) for i in "ab")
+    agent: ExternalEcho | None = None
+    clients: list[httpx.AsyncClient] = []
+    try:
+        await asyncio.to_thread(a.start)
+        ca = a.client()
+        clients.append(ca)
+        r = await ca.post(
+            "/v1/workspaces",
+            json={
+                "name": "handed",
+                "runtime": "external",
+                "url": f"http://127.0.0.1:{(port := free_port())}",
+            },
+        )
+        assert r.status_code == 201, r.text
+        ws = r.json()
+        agent = ExternalEcho(tmp_path / "agent" / "state", port, a.url, ws["id"], ws["agent_token"])
+        await wait_status(ca, "handed", "online")
+        await asyncio.to_thread(b.start)
+        cb = b.client()
+        clients.append(cb)
+
+        accepted = await send(ca, "handed", "sleep:6 handed over", "hand-1", wait=0)
+        assert accepted.status_code == 202, accepted.text
+        t0 = time.monotonic()
+        while executions(agent.state)[0]["hand-1"] < 1:
+            assert time.monotonic() - t0 < 30, "the agent never started hand-1"
+            await asyncio.sleep(0.05)
+        stopped = time.monotonic()
+        assert await asyncio.to_thread(a.stop) == 0  # SIGTERM: a graceful stop
+        status_url = accepted.json()["status_url"]
+        while (d := (await cb.get(status_url)).json())["status"] != "done":
+            assert time.monotonic() - stopped < 20, d  # the lease alone would take 30 s
+            await asyncio.sleep(0.2)
+        assert d["forwards"] == 2  # A's, cut by its stop, and B's, which joined it
+        starts, dones = executions(agent.state)
+        assert (starts["hand-1"], dones["hand-1"]) == (1, 1)
+    finally:
+        for c in clients:
+            await c.aclose()
+        if agent is not None:
+            agent.stop()
+        for s in (a, b):
+            await asyncio.to_thread(s.stop)
+            s.kill9()
+        await _admin(pg, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")

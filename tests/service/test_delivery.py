@@ -343,3 +343,29 @@ async def test_a_send_forwarded_and_settled_before_its_accept_returns_is_answere
         assert status == 200 and body["result"]["message"]["parts"][0]["text"] == "echo: hi"
         assert time.monotonic() - started < 1.5  # the waiter's poll is 2 s
         assert w.c.deliveries._waiters._futs == {}  # nothing left registered
+
+
+async def test_a_stopping_dispatcher_lets_forwards_finish_within_its_grace_then_gives_the_rest_back() -> (
+    None
+):
+    """berth stopping: a forward that ends within the grace is settled as usual; one that
+    does not is cut, and its delivery is queued again at once (this replica's lease given
+    back, attempts unchanged), not left in flight until its lease runs out."""
+    async with world() as w:
+        ws = await w.create("g", max_concurrency=2)
+        agent = w.agent(ws)
+        _, quick, _ = await w.send(ws, "sleep:0.2 quick", message_id="q", wait=0)
+        _, slow, _ = await w.send(ws, "sleep:4 slow", message_id="s", wait=0)
+        for _ in range(250):
+            if agent.running == 2:
+                break
+            await asyncio.sleep(0.02)
+        assert agent.running == 2
+        t0 = time.monotonic()
+        await w.c.dispatcher.close(grace=1.0)
+        assert 0.9 < time.monotonic() - t0 < 3  # the grace, not the slow one's 4 s
+        done = await w.c.deliveries.get(quick["delivery_id"])
+        assert done.status is D.DONE
+        back = await w.c.deliveries.get(slow["delivery_id"])
+        assert (back.status, back.lease_owner, back.attempts) == (D.QUEUED, None, 0)
+        assert back.reason == "released by a stopping replica: redelivered"

@@ -251,6 +251,15 @@ class MemoryStore(AcceptThenClaim):
             out.append(d.id)
         return out
 
+    async def release_leases(self, owner: str) -> list[Delivery]:
+        out = []
+        for d in self._of(None, D.IN_FLIGHT):
+            if d.lease_owner == owner:
+                d.status, d.lease_owner, d.lease_until = D.QUEUED, None, None
+                d.reason = "released by a stopping replica: redelivered"
+                out.append(copy.deepcopy(d))
+        return out
+
     async def requeue_expired(self, now: float) -> list[Delivery]:
         out = []
         for d in self._of(None, D.IN_FLIGHT):

@@ -323,6 +323,15 @@ class DeliveryLog:
             await self._announce(workspace_id)
         return ids
 
+    async def release_leases(self) -> list[Delivery]:
+        """This replica's leases given back (it is stopping): what it had in flight goes
+        back to the queue at once, for another replica (or this one's next start) to
+        deliver, instead of waiting out the leases."""
+        got = await self._store.release_leases(self.replica)
+        for ws_id in dict.fromkeys(d.workspace_id for d in got):
+            await self._announce(ws_id)
+        return got
+
     async def requeue_expired(self) -> list[Delivery]:
         got = await self._store.requeue_expired(self._now())
         for ws_id in dict.fromkeys(d.workspace_id for d in got):

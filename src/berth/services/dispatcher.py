@@ -354,13 +354,27 @@ class Dispatcher:
                 if loop is None or loop.done():
                     self.wake(ws_id)
 
-    async def close(self) -> None:
+    async def close(self, grace: float = 0.0) -> None:
+        """Stop claiming; let the forwards running now finish for up to `grace` seconds
+        (their replies are settled as usual); cut the rest, and give this replica's leases
+        back, so another replica (or this one's next start) delivers what was cut at once
+        rather than after its lease (`lease_seconds`) runs out."""
         self._closing = True
         for ev in self._wake.values():
             ev.set()
+        running = [t for fw in self._forwards.values() for t in fw.values()]
+        if running and grace > 0:
+            await asyncio.wait(running, timeout=grace)
         tasks = list(self._loops.values()) + [
             t for fw in self._forwards.values() for t in fw.values()
         ]
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        try:
+            released = await self._log.release_leases()
+        except Exception:  # the store is away: the leases run out instead
+            log.exception("could not give this replica's leases back; they will expire")
+            return
+        if released:
+            log.info("gave back %d in-flight deliveries for redelivery", len(released))

@@ -183,6 +183,15 @@ class PostgresDeliveries(PostgresBatches):
         )
         return [r["id"] for r in got]
 
+    async def release_leases(self, owner: str) -> list[Delivery]:
+        got = await self._fetch(
+            f"UPDATE deliveries SET status = '{rows.QUEUED}', lease_owner = NULL, lease_until = NULL, "
+            "reason = 'released by a stopping replica: redelivered' "
+            f"WHERE status = '{rows.IN_FLIGHT}' AND lease_owner = $1 RETURNING *",
+            owner,
+        )
+        return _by_seq(got)
+
     async def requeue_expired(self, now: float) -> list[Delivery]:
         got = await self._fetch(
             f"UPDATE deliveries SET status = '{rows.QUEUED}', lease_owner = NULL, lease_until = NULL, "

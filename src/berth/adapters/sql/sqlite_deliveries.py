@@ -153,6 +153,23 @@ class SqliteDeliveries(SqliteBase):
             ]
         )
 
+    async def release_leases(self, owner: str) -> list[Delivery]:
+        return await self._run(
+            lambda c: sorted(
+                (
+                    rows.d_from_row(r)
+                    for r in c.execute(
+                        f"UPDATE deliveries INDEXED BY deliveries_lease SET status = '{rows.QUEUED}', "
+                        "lease_owner = NULL, lease_until = NULL, reason = 'released by a stopping "
+                        f"replica: redelivered' WHERE status = '{rows.IN_FLIGHT}' AND lease_owner = ? "
+                        "RETURNING *",
+                        (owner,),
+                    )
+                ),
+                key=lambda d: d.seq,
+            )
+        )
+
     async def requeue_expired(self, now: float) -> list[Delivery]:
         return await self._run(
             lambda c: [
