@@ -413,7 +413,7 @@ async def test_an_agent_left_draining_by_a_lost_resume_is_told_to_resume_by_its_
         agent.loses_resume = True
         await w.c.workspaces.resume("sleepy")
         await _until(_no_cycle(w, ws.id))
-        beat = {"active_tasks": 0, "draining": True}
+        beat = {"active_tasks": 0, "draining": True, "exiting": False}
         if (await w.c.registry.heartbeat(token, beat))["reregister"]:
             await w.c.registry.register(token, {"url": url})
         assert (await w.c.roster.get(ws.id)).state is S.ONLINE
@@ -428,8 +428,10 @@ async def test_an_agent_left_draining_by_a_lost_resume_is_told_to_resume_by_its_
 
         assert "resume" not in await w.c.registry.heartbeat(token, beat)  # not at once
         exiting = {**beat, "exiting": True}
+        unsaid = {"active_tasks": 0, "draining": True}  # an agent that does not tell them apart
         await asyncio.sleep(0.4)
         assert "resume" not in await w.c.registry.heartbeat(token, exiting)  # its own exit
+        assert "resume" not in await w.c.registry.heartbeat(token, unsaid)
         await _until(told)
         got = await w.c.deliveries.wait(accepted["delivery_id"], 5)
         assert got is not None and got.status is D.DONE, got
@@ -445,7 +447,7 @@ async def test_a_heartbeat_never_resumes_an_agent_while_a_restart_runs(
         ws, token, _ = await _external(w, "busy")
         r = RestartRecord("held", ws.id, Trigger.API, "held open by the test", 5.0)
         await w.c.store.save_restart(r)  # a cycle running (on any replica)
-        beat = {"active_tasks": 0, "draining": True}
+        beat = {"active_tasks": 0, "draining": True, "exiting": False}
         for _ in range(3):
             assert "resume" not in await w.c.registry.heartbeat(token, beat)
             await asyncio.sleep(0.05)
@@ -460,7 +462,7 @@ async def test_a_heartbeat_resumes_only_what_the_store_says_is_online_and_after_
     monkeypatch.setattr(registry_module, "STUCK_DRAINING", 0.3)
     async with world() as w:
         ws, token, _ = await _external(w, "elsewhere")
-        beat = {"active_tasks": 0, "draining": True}
+        beat = {"active_tasks": 0, "draining": True, "exiting": False}
         assert "resume" not in await w.c.registry.heartbeat(token, beat)
         # silent here for longer than three heartbeats (0.2 s here) and STUCK_DRAINING
         await asyncio.sleep(1.0)

@@ -159,7 +159,9 @@ class Registry:
             "reregister": ws.state in COMES_ONLINE or ws.agent_url is None,
             "heartbeat_seconds": self._beats.told(ws.id),
         }
-        if body.get("draining") is True and body.get("exiting") is not True:
+        # `exiting` false: an agent that tells a drain for berth from its own exit (the
+        # SDK); one that does not say (an older SDK, another language) is never told
+        if body.get("draining") is True and body.get("exiting") is False:
             if await self._stuck_draining(ws, now):
                 out["resume"] = True
         else:
