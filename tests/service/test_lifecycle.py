@@ -429,9 +429,10 @@ async def test_an_agent_left_draining_by_a_lost_resume_is_told_to_resume_by_its_
         assert "resume" not in await w.c.registry.heartbeat(token, beat)  # not at once
         exiting = {**beat, "exiting": True}
         unsaid = {"active_tasks": 0, "draining": True}  # an agent that does not tell them apart
-        await asyncio.sleep(0.4)
-        assert "resume" not in await w.c.registry.heartbeat(token, exiting)  # its own exit
         assert "resume" not in await w.c.registry.heartbeat(token, unsaid)
+        await asyncio.sleep(0.4)
+        assert "resume" not in await w.c.registry.heartbeat(token, unsaid)  # never, however long
+        assert "resume" not in await w.c.registry.heartbeat(token, exiting)  # its own exit
         await _until(told)
         got = await w.c.deliveries.wait(accepted["delivery_id"], 5)
         assert got is not None and got.status is D.DONE, got
