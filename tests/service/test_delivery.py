@@ -369,3 +369,25 @@ async def test_a_stopping_dispatcher_lets_forwards_finish_within_its_grace_then_
         back = await w.c.deliveries.get(slow["delivery_id"])
         assert (back.status, back.lease_owner, back.attempts) == (D.QUEUED, None, 0)
         assert back.reason == "released by a stopping replica: redelivered"
+
+
+async def test_leases_of_forwards_running_in_the_shutdown_grace_are_still_renewed() -> None:
+    """The grace lets a forward finish: its lease must outlive the grace (upkeep renews it
+    until the grace ends), else another replica takes the delivery over and forwards it a
+    second time while the first still runs (found in review: upkeep stopped with claims)."""
+    async with world(lease_seconds=1.5) as w:
+        ws = await w.create("g", max_concurrency=1)
+        agent = w.agent(ws)
+        _, slow, _ = await w.send(ws, "sleep:3.5 slow", message_id="s", wait=0)
+        for _ in range(250):
+            if agent.running == 1:
+                break
+            await asyncio.sleep(0.02)
+        closing = asyncio.create_task(w.c.dispatcher.close(grace=5.0))
+        await asyncio.sleep(2.5)  # past a whole lease, inside the grace
+        d = await w.c.deliveries.get(slow["delivery_id"])
+        assert d.status is D.IN_FLIGHT
+        assert d.lease_until is not None and d.lease_until > time.time(), "lease ran out"
+        await closing
+        done = await w.c.deliveries.get(slow["delivery_id"])
+        assert done.status is D.DONE and done.forwards == 1

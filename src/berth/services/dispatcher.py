@@ -80,7 +80,8 @@ class Dispatcher:
         # False after a claim that took less than it could (the queue was empty then) until
         # new work is announced (an accept, a requeue, another replica, a poll timeout).
         self._maybe_queued: dict[str, bool] = {}
-        self._closing = False
+        self._closing = False  # no new claims (berth is stopping)
+        self._stopped = False  # past the shutdown grace: upkeep ends too
         deliveries.dispatch_with(self)
 
     # wake-ups --------------------------------------------------------------
@@ -170,6 +171,8 @@ class Dispatcher:
                         log.exception("claim failed for %s", ws.name)
                     if cap is not None and len(claimed) >= cap - busy:
                         self._maybe_queued[ws_id] = True  # it took all it could: there may be more
+                if self._closing:  # stopping since the claim: close() gives these back
+                    claimed = []
                 for d in claimed:
                     self._start(ws, d)
             if claimed and self._maybe_queued.get(ws_id, True):
@@ -328,7 +331,7 @@ class Dispatcher:
     async def upkeep(self) -> None:
         """Renew this replica's leases, take over expired ones, expire TTLs (runs in the lifespan)."""
         last_renew = 0.0
-        while not self._closing:
+        while not self._stopped:  # through the shutdown grace: its forwards keep their leases
             await asyncio.sleep(self._poll)
             now = time.time()
             try:
@@ -365,6 +368,7 @@ class Dispatcher:
         running = [t for fw in self._forwards.values() for t in fw.values()]
         if running and grace > 0:
             await asyncio.wait(running, timeout=grace)
+        self._stopped = True
         tasks = list(self._loops.values()) + [
             t for fw in self._forwards.values() for t in fw.values()
         ]
