@@ -53,7 +53,7 @@ __all__ = ["Message", "Report", "Violation", "check", "parse_executions"]
 
 ACCEPTED = ("done", "accepted", "gave_up")
 # faults that may cut an execution of a workspace's agent ("*" = every workspace)
-CUTTING = ("restart", "agent_kill", "berth_kill", "replica_kill")
+CUTTING = ("restart", "agent_kill", "berth_kill", "replica_kill", "replica_stop")
 # faults that kill an agent without letting it record what it finished
 KILLING = ("agent_kill",)
 

@@ -326,6 +326,18 @@ class Cluster:
         await asyncio.sleep(down)
         await self.start_berth(i)
 
+    async def stop_berth(self, i: int, down: float) -> float:
+        """SIGTERM berth i (a graceful stop), then start it again after `down` seconds:
+        how long the stop took."""
+        b = self.berths[i]
+        self.generation += 1
+        t0 = time.monotonic()
+        await b.stop()
+        took = time.monotonic() - t0
+        await asyncio.sleep(down)
+        await self.start_berth(i)
+        return took
+
     async def start_berth(self, i: int, tries: int = 10) -> None:
         """Start berth i, again and again while it exits at once (e.g. its database is
         restarting: berth does not start without it)."""

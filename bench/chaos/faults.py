@@ -3,7 +3,8 @@ paced to reach its target count by the deadline, and records every fault it inje
 
 Kinds: `restart` (graceful, through the API), `agent_kill` (kill -9 of a workspace's
 agent), `berth_kill` / `replica_kill` (kill -9 of a `berth serve`, started again after a
-moment), `redis_restart`, `pg_restart` (the service stopped for a few seconds, then started
+moment), `replica_stop` (SIGTERM of a `berth serve`: it drains, lets its forwards run for
+its shutdown grace and gives its leases back; started again after a moment), `redis_restart`, `pg_restart` (the service stopped for a few seconds, then started
 again with scripts/services), `net` (drops, delays or resets on an external workspace's
 proxy between berth and its agent).
 """
@@ -29,6 +30,7 @@ KINDS = (
     "agent_kill",
     "berth_kill",
     "replica_kill",
+    "replica_stop",
     "redis_restart",
     "pg_restart",
     "net",
@@ -193,6 +195,16 @@ class Faults:
 
     async def _replica_kill(self) -> tuple[str, str]:
         return await self._kill_a_berth()
+
+    async def _replica_stop(self) -> tuple[str, str]:
+        i = self.rng.randrange(len(self.cluster.berths))
+        down = self.rng.uniform(0.2, 2.0)
+        self.berth_down.set()
+        try:
+            took = await self.cluster.stop_berth(i, down)
+        finally:
+            self.berth_down.clear()
+        return "*", f"{self.cluster.berths[i].name} stopped in {took:.1f}s, down {down:.1f}s"
 
     async def _kill_a_berth(self) -> tuple[str, str]:
         i = self.rng.randrange(len(self.cluster.berths))

@@ -113,6 +113,18 @@ def test_a_cut_execution_is_counted_and_needs_a_fault():
     assert rep.faults["agent_kill"] == 1
 
 
+def test_a_graceful_stop_of_a_replica_excuses_a_cut_on_every_workspace():
+    """A replica stopped with SIGTERM cuts what its grace did not let finish, on any
+    workspace ("*"): a cut during it is excused, as after a kill -9."""
+    records, ex = clean()
+    ex["w"].insert(0, ("start", "a"))
+    records.append(
+        {"type": "fault", "kind": "replica_stop", "target": "*", "t0": 0.2, "t1": 0.3, "ok": True}
+    )
+    rep = check(records, ex)
+    assert rep.ok and rep.cut == [("w", "a", 1)]
+
+
 def test_an_order_inversion_is_found():
     records, ex = clean()
     ex["w"] = [("start", "b"), ("done", "b"), ("start", "a"), ("done", "a")] + ex["w"][4:]
