@@ -6,9 +6,13 @@ the agent's work is joined, not run twice (PostgreSQL + Redis, a real SDK agent)
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -22,7 +26,40 @@ pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.redis]
 LEASE = 3.0  # seconds; both messages run over 3 leases
 
 
-async def test_long_work_outlives_leases_and_the_replica_that_forwarded_it(tmp_path: Path):
+@dataclass
+class Pair:
+    """Two replicas (A, B) on one fresh PostgreSQL database and Redis, not started yet; the
+    clients and agents a test adds are closed with them."""
+
+    a: BerthServer
+    b: BerthServer
+    tmp: Path
+    clients: list[httpx.AsyncClient] = field(default_factory=list)
+    agents: list[ExternalEcho] = field(default_factory=list)
+
+    async def start(self, s: BerthServer) -> httpx.AsyncClient:
+        await asyncio.to_thread(s.start)
+        c = s.client()
+        self.clients.append(c)
+        return c
+
+    async def external(
+        self, c: httpx.AsyncClient, s: BerthServer, name: str, **spec: Any
+    ) -> ExternalEcho:
+        """An external workspace made on `c`, served by an SDK echo agent registering with `s`."""
+        port = free_port()
+        body = {"name": name, "runtime": "external", "url": f"http://127.0.0.1:{port}", **spec}
+        r = await c.post("/v1/workspaces", json=body)
+        assert r.status_code == 201, r.text
+        ws = r.json()
+        agent = ExternalEcho(self.tmp / "agent" / "state", port, s.url, ws["id"], ws["agent_token"])
+        self.agents.append(agent)
+        await wait_status(c, name, "online")
+        return agent
+
+
+@contextlib.asynccontextmanager
+async def _pair(tmp_path: Path, **env: str) -> AsyncIterator[Pair]:
     pg, redis = require_postgres(), require_redis()
     name = f"berth_e2e_{uuid.uuid4().hex[:10]}"
     await _admin(pg, f"CREATE DATABASE {name}")
@@ -30,30 +67,29 @@ async def test_long_work_outlives_leases_and_the_replica_that_forwarded_it(tmp_p
         "BERTH_DATABASE_URL": pg.rsplit("/", 1)[0] + "/" + name,
         "BERTH_REDIS_URL": redis,
         "BERTH_REDIS_PREFIX": f"t-{name}:",
-        "BERTH_LEASE_SECONDS": f"{LEASE:g}",
-        # the agent heartbeats to A, which dies: its silence is not what is tested here
+        # the agent heartbeats to A, which goes away: its silence is not what is tested here
         "BERTH_HEARTBEAT_TIMEOUT": "120",
+        **env,
     }
     a, b = (BerthServer(tmp_path / f"r{i}", env={**env, "BERTH_REPLICA_ID": f"r{i}"}) for i in "ab")
-    agent: ExternalEcho | None = None
-    clients: list[httpx.AsyncClient] = []
+    pair = Pair(a, b, tmp_path)
     try:
-        await asyncio.to_thread(a.start)
-        ca = a.client()
-        clients.append(ca)
-        r = await ca.post(
-            "/v1/workspaces",
-            json={
-                "name": "long",
-                "runtime": "external",
-                "url": f"http://127.0.0.1:{(port := free_port())}",
-                "max_concurrency": 2,
-            },
-        )
-        assert r.status_code == 201, r.text
-        ws = r.json()
-        agent = ExternalEcho(tmp_path / "agent" / "state", port, a.url, ws["id"], ws["agent_token"])
-        await wait_status(ca, "long", "online")
+        yield pair
+    finally:
+        for c in pair.clients:
+            await c.aclose()
+        for agent in pair.agents:
+            agent.stop()
+        for s in (a, b):
+            await asyncio.to_thread(s.stop)
+            s.kill9()
+        await _admin(pg, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+async def test_long_work_outlives_leases_and_the_replica_that_forwarded_it(tmp_path: Path):
+    async with _pair(tmp_path, BERTH_LEASE_SECONDS=f"{LEASE:g}") as p:
+        ca = await p.start(p.a)
+        agent = await p.external(ca, p.a, "long", max_concurrency=2)
 
         # A is the only replica, so A forwards both; B starts while they run.
         t0 = time.monotonic()
@@ -62,12 +98,10 @@ async def test_long_work_outlives_leases_and_the_replica_that_forwarded_it(tmp_p
         while executions(agent.state)[0]["lw-cut"] < 1:
             assert time.monotonic() - t0 < 30, "the agent never started lw-cut"
             await asyncio.sleep(0.05)
-        await asyncio.to_thread(b.start)
-        cb = b.client()
-        clients.append(cb)
+        cb = await p.start(p.b)
         assert reply_text((await alive).json()) == f"echo: sleep:{4 * LEASE:g} alive"
 
-        a.kill9()  # lw-cut's forward dies with A; the agent keeps working on it
+        p.a.kill9()  # lw-cut's forward dies with A; the agent keeps working on it
         with pytest.raises(httpx.TransportError):
             await cut
         # its caller sends again (same messageId) to a live replica and gets the one result
@@ -83,15 +117,6 @@ async def test_long_work_outlives_leases_and_the_replica_that_forwarded_it(tmp_p
         starts, dones = executions(agent.state)
         assert (starts["lw-alive"], dones["lw-alive"]) == (1, 1)
         assert (starts["lw-cut"], dones["lw-cut"]) == (1, 1)  # joined, not run again
-    finally:
-        for c in clients:
-            await c.aclose()
-        if agent is not None:
-            agent.stop()
-        for s in (a, b):
-            await asyncio.to_thread(s.stop)
-            s.kill9()
-        await _admin(pg, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
 async def test_a_replica_stopped_gracefully_gives_its_work_back_at_once(tmp_path: Path):
@@ -99,39 +124,10 @@ async def test_a_replica_stopped_gracefully_gives_its_work_back_at_once(tmp_path
     with X-Berth-Wait: 0): after BERTH_SHUTDOWN_GRACE_SECONDS it gives its lease back, and
     another replica delivers the message at once, not after the lease (30 s) runs out; the
     agent's execution, still running, is joined: one execution, one reply."""
-    pg, redis = require_postgres(), require_redis()
-    name = f"berth_e2e_{uuid.uuid4().hex[:10]}"
-    await _admin(pg, f"CREATE DATABASE {name}")
-    env = {
-        "BERTH_DATABASE_URL": pg.rsplit("/", 1)[0] + "/" + name,
-        "BERTH_REDIS_URL": redis,
-        "BERTH_REDIS_PREFIX": f"t-{name}:",
-        "BERTH_LEASE_SECONDS": "30",
-        "BERTH_SHUTDOWN_GRACE_SECONDS": "1",
-        "BERTH_HEARTBEAT_TIMEOUT": "120",  # the agent heartbeats to A, which stops
-    }
-    a, b = (BerthServer(tmp_path / f"r{i}", env={**env, "BERTH_REPLICA_ID": f"r{i}"}) for i in "ab")
-    agent: ExternalEcho | None = None
-    clients: list[httpx.AsyncClient] = []
-    try:
-        await asyncio.to_thread(a.start)
-        ca = a.client()
-        clients.append(ca)
-        r = await ca.post(
-            "/v1/workspaces",
-            json={
-                "name": "handed",
-                "runtime": "external",
-                "url": f"http://127.0.0.1:{(port := free_port())}",
-            },
-        )
-        assert r.status_code == 201, r.text
-        ws = r.json()
-        agent = ExternalEcho(tmp_path / "agent" / "state", port, a.url, ws["id"], ws["agent_token"])
-        await wait_status(ca, "handed", "online")
-        await asyncio.to_thread(b.start)
-        cb = b.client()
-        clients.append(cb)
+    async with _pair(tmp_path, BERTH_LEASE_SECONDS="30", BERTH_SHUTDOWN_GRACE_SECONDS="1") as p:
+        ca = await p.start(p.a)
+        agent = await p.external(ca, p.a, "handed")
+        cb = await p.start(p.b)
 
         accepted = await send(ca, "handed", "sleep:6 handed over", "hand-1", wait=0)
         assert accepted.status_code == 202, accepted.text
@@ -140,7 +136,7 @@ async def test_a_replica_stopped_gracefully_gives_its_work_back_at_once(tmp_path
             assert time.monotonic() - t0 < 30, "the agent never started hand-1"
             await asyncio.sleep(0.05)
         stopped = time.monotonic()
-        assert await asyncio.to_thread(a.stop) == 0  # SIGTERM: a graceful stop
+        assert await asyncio.to_thread(p.a.stop) == 0  # SIGTERM: a graceful stop
         status_url = accepted.json()["status_url"]
         while (d := (await cb.get(status_url)).json())["status"] != "done":
             assert time.monotonic() - stopped < 20, d  # the lease alone would take 30 s
@@ -148,12 +144,3 @@ async def test_a_replica_stopped_gracefully_gives_its_work_back_at_once(tmp_path
         assert d["forwards"] == 2  # A's, cut by its stop, and B's, which joined it
         starts, dones = executions(agent.state)
         assert (starts["hand-1"], dones["hand-1"]) == (1, 1)
-    finally:
-        for c in clients:
-            await c.aclose()
-        if agent is not None:
-            agent.stop()
-        for s in (a, b):
-            await asyncio.to_thread(s.stop)
-            s.kill9()
-        await _admin(pg, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")

@@ -161,7 +161,7 @@ SCHEMAS: dict[str, Any] = {
     "CredentialList": _obj({"credentials": _list("Credential")}),
     "AllowList": _obj({"workspace": S, "allowed_callers": STRS}),
     "Registered": _obj({"workspace_id": S, "name": S, "heartbeat_seconds": N}),
-    "Heartbeat": _obj({"ok": B, "reregister": B}),
+    "Heartbeat": _obj({"ok": B, "reregister": B, "heartbeat_seconds": N}, {"resume": B}),
 }
 
 # (method, path) -> (success status, schema, or the media type of a text body)
