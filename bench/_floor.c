@@ -21,7 +21,7 @@
    claimable queued, the capacity; line 2: the settle, RETURNING the row as berth's does).
    Each request also gets what berth computes for its row before the accept: a
    time-ordered id, the messageId read from the body, berth's fingerprint (the SHA-256 of
-   the params' canonical form, _canon.h: a strict parse of the whole body), a SHA-256 of
+   the params' canonical form, src/berth/lane/canon.h: a strict parse of the whole body), a SHA-256 of
    the bearer credential. What a compiled data plane for berth would write
    and hash per message, without berth's other rules (those are Python's, or the lane's to
    come: docs/benchmarks.md). */
@@ -46,7 +46,7 @@
 #include <sys/time.h>
 #include <unistd.h>
 
-#include "_canon.h"
+#include "../src/berth/lane/canon.h"
 
 enum { IDLE, LOGGING_IN, FORWARDING, LOGGING_OUT };
 enum { UP_TAG = 1 };
@@ -357,7 +357,7 @@ static void on_request(conn *c) {
         c->now = now_s();
         time_ordered_id(c->id);
         message_id_of(c->in.p + off, c->body_len, c->message_id);
-        cbuf canon = {0}; /* berth's fingerprint: its params, canonical (_canon.h) */
+        cbuf canon = {0}; /* berth's fingerprint: its params, canonical (canon.h) */
         if (canon_params(c->in.p + off, c->body_len, &canon) == 1) sha_hex(canon.p, canon.n, c->fingerprint);
         else sha_hex(c->in.p + off, c->body_len, c->fingerprint); /* the lane would relay it */
         free(canon.p);

@@ -11,7 +11,7 @@ the caller is answered, group commit, nothing else: the floor of a durable Pytho
 this machine, SQLite runs only), the same floor written in C (bench/_floor.c, compiled
 here with gcc against libsqlite3 when both are present: what a compiled durable hop
 costs; and again writing berth's own rows with berth's own two statements, a time-ordered
-id and berth's fingerprint per message (bench/_canon.h): what a compiled data plane for
+id and berth's fingerprint per message (src/berth/lane/canon.h): what a compiled data plane for
 berth would write),
 and one berth per `--sync` value (SQLite's `synchronous`; one
 berth on PostgreSQL with `--database-url`, each berth on a database of its own that the

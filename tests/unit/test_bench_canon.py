@@ -1,4 +1,4 @@
-"""bench/_canon.h, the fast lane's fingerprint in C, against berth's own (orjson with
+"""src/berth/lane/canon.h, the fast lane's fingerprint in C, against berth's own (orjson with
 sorted keys, services/proxy_keys.py): byte for byte on generated documents written in
 several styles, and Python's to handle (RELAY) exactly where it says so."""
 
@@ -30,7 +30,7 @@ def _canon(tmp: Path, lines: list[bytes], *args: str) -> list[bytes]:
     if shutil.which("gcc") is None:
         pytest.skip("needs gcc (scripts/test installs it)")
     exe = tmp / "canon"
-    src = str(BENCH / "_canon.h")
+    src = str(BENCH.parent / "src" / "berth" / "lane" / "canon.h")
     subprocess.run(["gcc", "-O2", "-DCANON_MAIN", "-x", "c", "-o", str(exe), src], check=True)
     out = subprocess.run(
         [str(exe), *args], input=b"\n".join(lines) + b"\n", capture_output=True, check=True
