@@ -178,6 +178,12 @@ class DeliveryStore(Protocol):
     # a replica that stops gives its leases back rather than let them run out
     async def release_leases(self, owner: str) -> list[Delivery]: ...
     async def requeue_expired(self, now: float) -> list[Delivery]: ...
+    # the lease of a delivery in flight under `from_owner` moved to `to_owner` (the fast
+    # lane hands an attempt it cannot finish to Python); None when `from_owner` does not
+    # hold it (any more)
+    async def take_lease(
+        self, delivery_id: str, from_owner: str, to_owner: str
+    ) -> Delivery | None: ...
     # A final status for one delivery / all of a workspace's, from `only_from`; None / []
     # when nothing matched.
     async def finish(

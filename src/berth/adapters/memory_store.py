@@ -260,6 +260,15 @@ class MemoryStore(AcceptThenClaim):
                 out.append(copy.deepcopy(d))
         return out
 
+    async def take_lease(
+        self, delivery_id: str, from_owner: str, to_owner: str
+    ) -> Delivery | None:
+        d = self._d.get(delivery_id)
+        if d is None or d.status is not D.IN_FLIGHT or d.lease_owner != from_owner:
+            return None
+        d.lease_owner = to_owner
+        return copy.deepcopy(d)
+
     async def requeue_expired(self, now: float) -> list[Delivery]:
         out = []
         for d in self._of(None, D.IN_FLIGHT):

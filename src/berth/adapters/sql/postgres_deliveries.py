@@ -192,6 +192,18 @@ class PostgresDeliveries(PostgresBatches):
         )
         return _by_seq(got)
 
+    async def take_lease(
+        self, delivery_id: str, from_owner: str, to_owner: str
+    ) -> Delivery | None:
+        row = await self._fetchrow(
+            f"UPDATE deliveries SET lease_owner = $3 WHERE id = $1 AND status = '{rows.IN_FLIGHT}' "
+            "AND lease_owner = $2 RETURNING *",
+            delivery_id,
+            from_owner,
+            to_owner,
+        )
+        return None if row is None else rows.d_from_row(row)
+
     async def requeue_expired(self, now: float) -> list[Delivery]:
         got = await self._fetch(
             f"UPDATE deliveries SET status = '{rows.QUEUED}', lease_owner = NULL, lease_until = NULL, "

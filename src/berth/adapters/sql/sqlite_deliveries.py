@@ -170,6 +170,19 @@ class SqliteDeliveries(SqliteBase):
             )
         )
 
+    async def take_lease(
+        self, delivery_id: str, from_owner: str, to_owner: str
+    ) -> Delivery | None:
+        def go(c: sqlite3.Connection) -> Delivery | None:
+            row = c.execute(
+                f"UPDATE deliveries SET lease_owner = ? WHERE id = ? AND status = '{rows.IN_FLIGHT}' "
+                "AND lease_owner = ? RETURNING *",
+                (to_owner, delivery_id, from_owner),
+            ).fetchone()
+            return None if row is None else rows.d_from_row(row)
+
+        return await self._hot(go)
+
     async def requeue_expired(self, now: float) -> list[Delivery]:
         return await self._run(
             lambda c: [
