@@ -260,9 +260,7 @@ class MemoryStore(AcceptThenClaim):
                 out.append(copy.deepcopy(d))
         return out
 
-    async def take_lease(
-        self, delivery_id: str, from_owner: str, to_owner: str
-    ) -> Delivery | None:
+    async def take_lease(self, delivery_id: str, from_owner: str, to_owner: str) -> Delivery | None:
         d = self._d.get(delivery_id)
         if d is None or d.status is not D.IN_FLIGHT or d.lease_owner != from_owner:
             return None

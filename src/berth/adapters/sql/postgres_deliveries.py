@@ -192,9 +192,7 @@ class PostgresDeliveries(PostgresBatches):
         )
         return _by_seq(got)
 
-    async def take_lease(
-        self, delivery_id: str, from_owner: str, to_owner: str
-    ) -> Delivery | None:
+    async def take_lease(self, delivery_id: str, from_owner: str, to_owner: str) -> Delivery | None:
         row = await self._fetchrow(
             f"UPDATE deliveries SET lease_owner = $3 WHERE id = $1 AND status = '{rows.IN_FLIGHT}' "
             "AND lease_owner = $2 RETURNING *",

@@ -170,9 +170,7 @@ class SqliteDeliveries(SqliteBase):
             )
         )
 
-    async def take_lease(
-        self, delivery_id: str, from_owner: str, to_owner: str
-    ) -> Delivery | None:
+    async def take_lease(self, delivery_id: str, from_owner: str, to_owner: str) -> Delivery | None:
         def go(c: sqlite3.Connection) -> Delivery | None:
             row = c.execute(
                 f"UPDATE deliveries SET lease_owner = ? WHERE id = ? AND status = '{rows.IN_FLIGHT}' "
