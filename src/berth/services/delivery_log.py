@@ -113,14 +113,26 @@ class DeliveryLog:
     async def _announce(self, ws_id: str, *, claimed: bool = False) -> None:
         """New or returned work (`claimed`: an accept claimed along with its message, so
         only the listeners that watch activity need to know)."""
-        for fn in self._on_work:
-            fn(ws_id)
+        self.active(ws_id)
         if claimed:
             return
         if self._claimer is not None:
             self._claimer.wake(ws_id)
         if not self._sole:
             await self._events.signal(WORK_TOPIC, workspace_id=ws_id, replica=self.replica)
+
+    def active(self, ws_id: str) -> None:
+        """A message for the workspace is being delivered (idle suspend's activity)."""
+        for fn in self._on_work:
+            fn(ws_id)
+
+    def waiting(self, delivery_id: str) -> bool:
+        """Someone on this replica waits for the delivery's final answer."""
+        return self._waiters.waiting(delivery_id)
+
+    def resolve(self, d: Delivery) -> None:
+        """Wake this replica's waiters of `d`, settled final elsewhere (the fast lane)."""
+        self._waiters.resolve(d)
 
     def _flow(self, kind: str, d: Delivery, **extra: Any) -> None:
         """A message-flow event about `d` (buffered; see Events.flow)."""
@@ -323,14 +335,20 @@ class DeliveryLog:
             await self._announce(workspace_id)
         return ids
 
-    async def release_leases(self) -> list[Delivery]:
-        """This replica's leases given back (it is stopping): what it had in flight goes
-        back to the queue at once, for another replica (or this one's next start) to
-        deliver, instead of waiting out the leases."""
-        got = await self._store.release_leases(self.replica)
+    async def release_leases(self, owner: str | None = None) -> list[Delivery]:
+        """This replica's leases given back (it is stopping), or those of `owner` (the fast
+        lane, when it exits): what it had in flight goes back to the queue at once, for
+        another replica (or this one's next start) to deliver, instead of waiting out the
+        leases."""
+        got = await self._store.release_leases(owner or self.replica)
         for ws_id in dict.fromkeys(d.workspace_id for d in got):
             await self._announce(ws_id)
         return got
+
+    async def take_lease(self, delivery_id: str, from_owner: str) -> Delivery | None:
+        """The lease of an attempt `from_owner` (the fast lane) holds, now this replica's, so
+        its dispatcher settles it; None when `from_owner` no longer holds it."""
+        return await self._store.take_lease(delivery_id, from_owner, self.replica)
 
     async def requeue_expired(self) -> list[Delivery]:
         got = await self._store.requeue_expired(self._now())

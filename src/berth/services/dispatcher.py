@@ -72,6 +72,9 @@ class Dispatcher:
         self._loops: dict[str, asyncio.Task[None]] = {}
         self._forwards: dict[str, dict[str, asyncio.Task[None]]] = {}
         self._runs: dict[str, dict[str, str | None]] = {}  # ws -> delivery -> run it went to
+        # the fast lane's forwards (docs/fast-lane.md): ws -> delivery ids, and back
+        self._lane: dict[str, dict[str, None]] = {}
+        self._lane_ws: dict[str, str] = {}
         self._idle: dict[str, asyncio.Event] = {}
         self._draining_run: dict[
             str, str | None
@@ -111,7 +114,7 @@ class Dispatcher:
         if self._closing or ws is None or ws.state is not WorkspaceState.ONLINE:
             return None
         cap = None if ws.native_session else ws.max_concurrency
-        if cap is not None and len(self._forwards.get(workspace_id, {})) >= cap:
+        if cap is not None and self._busy(workspace_id) >= cap:
             return None
         return cap, self._lease
 
@@ -131,14 +134,51 @@ class Dispatcher:
         return [i for i, run in self._runs.get(ws_id, {}).items() if run == run_token_hash]
 
     def in_flight(self, ws_id: str) -> list[str]:
-        """Delivery ids this replica is forwarding to the workspace right now."""
-        return list(self._forwards.get(ws_id, {}))
+        """Delivery ids this replica (its fast lane included) is forwarding to the workspace
+        right now."""
+        return [*self._forwards.get(ws_id, {}), *self._lane.get(ws_id, {})]
+
+    def _busy(self, ws_id: str) -> int:
+        return len(self._forwards.get(ws_id, {})) + len(self._lane.get(ws_id, {}))
+
+    def _maybe_idle(self, ws_id: str) -> None:
+        if not self._forwards.get(ws_id) and not self._lane.get(ws_id):
+            ev = self._idle.get(ws_id)
+            if ev is not None:
+                ev.set()
+
+    # the fast lane's forwards ------------------------------------------------
+    def lane_started(self, ws_id: str, delivery_id: str) -> None:
+        """The fast lane accepted a delivery and forwards it: in flight here, as ours."""
+        self._lane.setdefault(ws_id, {})[delivery_id] = None
+        self._lane_ws[delivery_id] = ws_id
+
+    def lane_ended(self, delivery_id: str) -> None:
+        """The fast lane's forward of the delivery is over (settled, or handed to us): its
+        slot is free, which a message queued behind it may be waiting for."""
+        ws_id = self._lane_ws.pop(delivery_id, None)
+        if ws_id is None:
+            return
+        flights = self._lane.get(ws_id, {})
+        flights.pop(delivery_id, None)
+        if not flights:
+            self._lane.pop(ws_id, None)
+            self._maybe_idle(ws_id)
+        self.wake(ws_id, work=False)
+
+    def lane_forget(self) -> None:
+        """The fast lane exited: none of its forwards runs any more."""
+        gone = list(self._lane)
+        self._lane.clear()
+        self._lane_ws.clear()
+        for ws_id in gone:
+            self._maybe_idle(ws_id)
 
     async def wait_idle(self, ws_id: str, timeout: float) -> bool:
         """Wait until this replica forwards nothing to the workspace (berth-side drain)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        while self._forwards.get(ws_id):
+        while self._forwards.get(ws_id) or self._lane.get(ws_id):
             ev = self._idle.setdefault(ws_id, asyncio.Event())
             ev.clear()
             left = deadline - loop.time()
@@ -159,7 +199,7 @@ class Dispatcher:
             claimed: list[Delivery] = []
             if ws.state is WorkspaceState.ONLINE:
                 cap = None if ws.native_session else ws.max_concurrency
-                busy = len(self._forwards.get(ws_id, {}))
+                busy = self._busy(ws_id)
                 if (cap is None or busy < cap) and self._maybe_queued.get(ws_id, True):
                     self._maybe_queued[ws_id] = False  # an accept during the claim sets it again
                     try:
@@ -230,6 +270,39 @@ class Dispatcher:
         )
         body, status = (reply.body, reply.status) if reply else (None, None)
         ctype = reply.content_type if reply else None
+        await self._conclude(ws, d, outcome, body, status, detail, ctype)
+
+    def adopt(
+        self,
+        ws: Workspace,
+        d: Delivery,
+        outcome: Outcome,
+        body: bytes | None,
+        status: int | None,
+        detail: str | None,
+        content_type: str | None,
+    ) -> asyncio.Task[None]:
+        """Settle an attempt made elsewhere (the fast lane's, whose lease this replica has
+        taken over) exactly as one of its own forwards, counted in flight until settled."""
+        task = asyncio.create_task(
+            self._conclude(ws, d, outcome, body, status, detail, content_type),
+            name=f"adopt-{d.id[:8]}",
+        )
+        self._forwards.setdefault(ws.id, {})[d.id] = task
+        self._runs.setdefault(ws.id, {})[d.id] = ws.run_token_hash
+        return task
+
+    async def _conclude(
+        self,
+        ws: Workspace,
+        d: Delivery,
+        outcome: Outcome,
+        body: bytes | None,
+        status: int | None,
+        detail: str | None,
+        ctype: str | None,
+    ) -> None:
+        """Settle a forward's outcome (kept through a short store outage), then free its slot."""
         give_up = time.monotonic() + self._lease  # past it, the lease is someone else's to take
         try:
             while True:
@@ -249,10 +322,7 @@ class Dispatcher:
             if forwards.get(d.id) is asyncio.current_task():
                 del forwards[d.id]
                 self._runs.get(ws.id, {}).pop(d.id, None)
-            if not forwards:
-                ev = self._idle.get(ws.id)
-                if ev is not None:
-                    ev.set()
+            self._maybe_idle(ws.id)
             self.wake(ws.id, work=False)
 
     async def _stream(self, d: Delivery, url: str, headers: dict[str, str]) -> AgentReply:

@@ -32,6 +32,10 @@ class Waiters:
             if not fut.done():
                 fut.set_result(d)
 
+    def waiting(self, delivery_id: str) -> bool:
+        """Someone on this replica waits for the delivery (a cheap check before a read)."""
+        return delivery_id in self._futs
+
     def expect(self, delivery_id: str) -> asyncio.Future[Delivery | None]:
         """Register a wait for a delivery before it can be forwarded (before its accept):
         `resolve` fills the returned future from now on, so `wait(..., first=it)` need not
