@@ -1,0 +1,1311 @@
+/* berth's fast lane: the plain durable `message/send` served in C, everything else relayed
+   to the Python server byte for byte. The design, what is "plain", the feed and the
+   hand-off are in docs/fast-lane.md; this file follows it.
+
+     gcc -O2 -o berth-lane lane.c -lsqlite3 -lpthread -lcrypto   (src/berth/lane/build.py)
+
+   Configuration comes from the environment (BERTH_LANE_*), set by berth's Python side,
+   which starts this program, reads its standard output (the feed: one JSON object per
+   line) and restarts it if it exits.
+
+   Threads: one event loop (epoll) for every socket, and one writer that runs the
+   delivery log's writes in group commits (every write waiting shares one transaction and
+   one fsync) and wakes the loop through an eventfd. The loop reads the credential and
+   the workspace on its own connection (WAL readers do not wait for writers); every
+   decision that must be atomic with berth's own writes (the workspace still online, no
+   queue, a free slot, no such messageId yet) is the accept statement's guard. */
+
+#define _GNU_SOURCE
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <openssl/crypto.h>
+#include <openssl/sha.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <sqlite3.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <sys/random.h>
+#include <sys/signalfd.h>
+#include <sys/socket.h>
+#include <sys/time.h>
+#include <sys/timerfd.h>
+#include <sys/un.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "canon.h"
+
+#define MAX_HEAD 16384
+#define MAX_LISTEN 8
+#define IDLE_REUSE 4.0 /* seconds an idle agent connection is reused (agent_h1.py's) */
+
+/* ------------------------------------------------------------------ configuration */
+
+static const char *db_path, *upstream_path, *owner, *secret;
+static unsigned char admin_sha[32];
+static int have_admin;
+static double wait_s = 300, forward_timeout = 600, lease_s = 30, grace_s = 10;
+static long max_body = 1 << 20, max_queue = 10000;
+static const char *synchronous = "FULL";
+
+static void die(const char *what) {
+    fprintf(stderr, "lane: %s: %s\n", what, strerror(errno));
+    exit(1);
+}
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+static double mono(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* ------------------------------------------------------------------ buffers */
+
+typedef struct buf { char *p; size_t n, cap; } buf;
+
+static void put(buf *b, const void *p, size_t n) {
+    if (b->n + n > b->cap) {
+        b->cap = (b->n + n) * 2 + 4096;
+        b->p = realloc(b->p, b->cap);
+        if (!b->p) die("realloc");
+    }
+    memcpy(b->p + b->n, p, n);
+    b->n += n;
+}
+
+static void puts_(buf *b, const char *s) { put(b, s, strlen(s)); }
+
+static void putf(buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void putf(buf *b, const char *fmt, ...) {
+    char tmp[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(tmp, sizeof tmp, fmt, ap);
+    va_end(ap);
+    if (n > 0) put(b, tmp, (size_t)n < sizeof tmp ? (size_t)n : sizeof tmp - 1);
+}
+
+static void drop(buf *b, size_t n) {
+    if (n >= b->n) { b->n = 0; return; }
+    memmove(b->p, b->p + n, b->n - n);
+    b->n -= n;
+}
+
+static void buf_free(buf *b) { free(b->p); b->p = NULL; b->n = b->cap = 0; }
+
+/* ------------------------------------------------------------------ objects */
+
+enum { K_LISTEN = 1, K_CLIENT, K_UP, K_AGENT, K_EVENT, K_TIMER, K_SIGNAL };
+
+typedef struct ev { int kind; } ev;
+
+struct job;
+
+typedef struct client {
+    ev e;
+    int fd;
+    buf in;
+    struct job *job;      /* the send it waits for, or NULL */
+    int up;               /* relayed to Python: the upstream socket, or -1 */
+    ev up_e;              /* epoll tag of `up` (kind K_UP, container_of'd back) */
+    int close_after;      /* Connection: close */
+    struct client *prev, *next;
+} client;
+
+typedef struct agent {    /* a connection to an agent, in use by one job or idle in the pool */
+    ev e;
+    int fd;
+    char host[64];
+    int port;
+    buf in;
+    int connected, reused;
+    double idle_since;
+    struct job *job;
+    struct agent *next;   /* in the idle pool */
+} agent;
+
+enum { J_ACCEPTING, J_FORWARDING, J_SETTLING, J_GONE };
+enum { OP_ACCEPT = 1, OP_SETTLE, OP_RENEW };
+
+typedef struct job {
+    int op;               /* what the writer is asked (first member of the queue item) */
+    struct job *next_op;
+    int ok;               /* the writer's answer: the statement took its row */
+    int state;
+    client *c;            /* the caller waiting, or NULL once answered 202 / gone */
+    agent *a;
+    /* the delivery */
+    char id[37], ws_id[128], ws_name[128], caller[300], message_id[257], fingerprint[65];
+    char agent_host[64], agent_path[512], host_header[96];
+    int agent_port;
+    char *request; size_t request_len, req_len;
+    double fwd_s;         /* the forward's seconds, to the agent's whole answer */
+    char *headers_json;
+    char *fwd_headers;    /* header lines forwarded to the agent */
+    double created, forwarded_at, wait_deadline, forward_deadline;
+    long long capacity;   /* -1: none */
+    /* the agent's answer */
+    int status;
+    char ctype[256];
+    char *reply; size_t reply_len;
+    struct job *prev, *next;
+} job;
+
+static int ep, efd, tfd, sfd, nlisten;
+static int listen_fds[MAX_LISTEN];
+static ev listen_e = {K_LISTEN}, event_e = {K_EVENT}, timer_e = {K_TIMER}, signal_e = {K_SIGNAL};
+static client *clients;
+static job *jobs;
+static agent *idle_agents;
+static int stopping, debug;
+static double stop_deadline;
+
+/* ------------------------------------------------------------------ sockets */
+
+static void ep_add(int fd, ev *tag, uint32_t events) {
+    struct epoll_event e = {.events = events, .data.ptr = tag};
+    if (epoll_ctl(ep, EPOLL_CTL_ADD, fd, &e) < 0) die("epoll_ctl add");
+}
+
+static void ep_mod(int fd, ev *tag, uint32_t events) {
+    struct epoll_event e = {.events = events, .data.ptr = tag};
+    epoll_ctl(ep, EPOLL_CTL_MOD, fd, &e);
+}
+
+/* Write all of it (the loop waits for a slow reader; answers here are small). 0 if the
+   peer is gone. */
+static int send_all(int fd, const char *p, size_t n) {
+    while (n > 0) {
+        ssize_t w = send(fd, p, n, MSG_NOSIGNAL);
+        if (w > 0) { p += w; n -= (size_t)w; continue; }
+        if (w < 0 && (errno == EAGAIN || errno == EINTR)) {
+            struct pollfd pf = {fd, POLLOUT, 0};
+            if (poll(&pf, 1, 5000) <= 0) return 0;
+            continue;
+        }
+        return 0;
+    }
+    return 1;
+}
+
+/* Everything readable now into b: -1 once the peer closed or failed, else bytes read. */
+static long read_some(int fd, buf *b) {
+    char tmp[65536];
+    long got = 0;
+    for (;;) {
+        ssize_t r = recv(fd, tmp, sizeof tmp, 0);
+        if (r > 0) { put(b, tmp, (size_t)r); got += r; continue; }
+        if (r < 0 && (errno == EAGAIN || errno == EINTR)) return got;
+        return got > 0 ? got : -1;
+    }
+}
+
+static int connect_upstream(void) {
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) return -1;
+    struct sockaddr_un a = {.sun_family = AF_UNIX};
+    snprintf(a.sun_path, sizeof a.sun_path, "%s", upstream_path);
+    if (connect(fd, (struct sockaddr *)&a, sizeof a) < 0) { close(fd); return -1; }
+    fcntl(fd, F_SETFL, O_NONBLOCK);
+    return fd;
+}
+
+/* ------------------------------------------------------------------ the feed */
+
+static buf feed;
+
+static void feed_flush(void) {
+    if (!feed.n) return;
+    size_t off = 0;
+    while (off < feed.n) {
+        ssize_t w = write(1, feed.p + off, feed.n - off);
+        if (w > 0) { off += (size_t)w; continue; }
+        if (w < 0 && errno == EINTR) continue;
+        break; /* Python is gone: it will restart us */
+    }
+    feed.n = 0;
+}
+
+/* ------------------------------------------------------------------ clients */
+
+static void client_close(client *c);
+static void on_request(client *c);
+static void job_free(job *j);
+
+static void unlink_client(client *c) {
+    if (c->prev) c->prev->next = c->next; else clients = c->next;
+    if (c->next) c->next->prev = c->prev;
+}
+
+static void client_close(client *c) {
+    if (c->job) { c->job->c = NULL; c->job = NULL; }
+    if (c->fd >= 0) { epoll_ctl(ep, EPOLL_CTL_DEL, c->fd, NULL); close(c->fd); }
+    if (c->up >= 0) { epoll_ctl(ep, EPOLL_CTL_DEL, c->up, NULL); close(c->up); }
+    unlink_client(c);
+    buf_free(&c->in);
+    free(c);
+}
+
+/* From now on this connection is Python's: what it sent and sends goes to the Unix
+   socket as it came, and Python's answers come back the same way. `first` (if any) is
+   written upstream before the caller's buffered bytes. */
+static void client_pipe(client *c, const char *first, size_t first_n) {
+    int up = connect_upstream();
+    if (up < 0) {
+        static const char body[] = "{\"error\":{\"code\":\"unavailable\",\"message\":\"berth's server cannot be reached; try again\"}}";
+        char rsp[512];
+        int n = snprintf(rsp, sizeof rsp, "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n"
+                         "content-length: %zu\r\nconnection: close\r\n\r\n%s", sizeof body - 1, body);
+        if (c->fd >= 0) send_all(c->fd, rsp, (size_t)n);
+        fprintf(stderr, "lane: cannot reach berth's server at %s: %s\n", upstream_path, strerror(errno));
+        client_close(c);
+        return;
+    }
+    c->up = up;
+    c->up_e.kind = K_UP;
+    ep_add(up, &c->up_e, EPOLLIN);
+    if ((first_n && !send_all(up, first, first_n)) || (c->in.n && !send_all(up, c->in.p, c->in.n))) {
+        client_close(c);
+        return;
+    }
+    c->in.n = 0;
+}
+
+static void on_client(client *c) {
+    long r = read_some(c->fd, &c->in);
+    if (c->up >= 0) { /* a pipe: pass it on */
+        if (c->in.n && !send_all(c->up, c->in.p, c->in.n)) { client_close(c); return; }
+        c->in.n = 0;
+        if (r < 0) shutdown(c->up, SHUT_WR);
+        if (r < 0) { epoll_ctl(ep, EPOLL_CTL_DEL, c->fd, NULL); }
+        return;
+    }
+    if (r < 0) { client_close(c); return; }
+    if (!c->job) on_request(c);
+}
+
+static void on_up(client *c) {
+    char tmp[65536];
+    for (;;) {
+        ssize_t r = recv(c->up, tmp, sizeof tmp, 0);
+        if (r > 0) {
+            if (c->fd >= 0 && !send_all(c->fd, tmp, (size_t)r)) { client_close(c); return; }
+            continue;
+        }
+        if (r < 0 && (errno == EAGAIN || errno == EINTR)) return;
+        client_close(c); /* Python closed: so does the caller's connection */
+        return;
+    }
+}
+
+/* ------------------------------------------------------------------ HTTP requests */
+
+typedef struct hdr { const char *name; size_t nlen; const char *val; size_t vlen; } hdr;
+
+static int name_is(const hdr *h, const char *name) {
+    return h->nlen == strlen(name) && strncasecmp(h->name, name, h->nlen) == 0;
+}
+
+/* Header lines of the head [p, end): up to max, -1 when malformed. */
+static int parse_headers(const char *p, const char *end, hdr *out, int max) {
+    int n = 0;
+    while (p < end) {
+        const char *eol = memmem(p, (size_t)(end - p), "\r\n", 2);
+        if (!eol) eol = end;
+        if (eol == p) break;
+        const char *colon = memchr(p, ':', (size_t)(eol - p));
+        if (!colon || colon == p || n >= max) return -1;
+        for (const char *q = p; q < colon; q++)
+            if (*q <= ' ' || *q >= 127) return -1;
+        const char *v = colon + 1, *ve = eol;
+        while (v < ve && (*v == ' ' || *v == '\t')) v++;
+        while (ve > v && (ve[-1] == ' ' || ve[-1] == '\t')) ve--;
+        out[n++] = (hdr){p, (size_t)(colon - p), v, (size_t)(ve - v)};
+        p = eol + 2;
+    }
+    return n;
+}
+
+static int plain_value(const char *v, size_t n) { /* storable in JSON as it is, and a header */
+    for (size_t i = 0; i < n; i++)
+        if ((unsigned char)v[i] < 0x20 || (unsigned char)v[i] > 0x7e || v[i] == '"' || v[i] == '\\') return 0;
+    return 1;
+}
+
+static void sha_hex(const void *p, size_t n, char out[65]) {
+    unsigned char d[SHA256_DIGEST_LENGTH];
+    SHA256(p, n, d);
+    for (int i = 0; i < SHA256_DIGEST_LENGTH; i++) sprintf(out + 2 * i, "%02x", d[i]);
+}
+
+static int hexval(char c) {
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+    return -1;
+}
+
+/* berth's delivery id: a UUID laid out as version 7 (domain/ids.py) */
+static void time_ordered_id(char out[37]) {
+    struct timeval tv;
+    gettimeofday(&tv, NULL);
+    unsigned long long ms = (unsigned long long)tv.tv_sec * 1000 + (unsigned long long)tv.tv_usec / 1000;
+    unsigned char b[16];
+    if (getrandom(b + 6, 10, 0) != 10) die("getrandom");
+    for (int i = 0; i < 6; i++) b[i] = (unsigned char)(ms >> (40 - 8 * i));
+    b[6] = (unsigned char)(0x70 | (b[6] & 0x0f));
+    b[8] = (unsigned char)(0x80 | (b[8] & 0x3f));
+    sprintf(out, "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x",
+            b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7], b[8], b[9], b[10], b[11], b[12], b[13], b[14], b[15]);
+}
+
+/* ------------------------------------------------------------------ canonical JSON reading */
+
+/* In canonical JSON (compact, keys sorted, canon.h's output), the value that starts at p
+   ends where this returns. */
+static const char *skip_value(const char *p, const char *end) {
+    if (p >= end) return end;
+    if (*p == '"') {
+        for (p++; p < end; p++) {
+            if (*p == '\\') { p++; continue; }
+            if (*p == '"') return p + 1;
+        }
+        return end;
+    }
+    if (*p == '{' || *p == '[') {
+        int depth = 0;
+        for (; p < end; p++) {
+            if (*p == '"') { p = skip_value(p, end) - 1; continue; }
+            if (*p == '{' || *p == '[') depth++;
+            else if (*p == '}' || *p == ']') { if (--depth == 0) return p + 1; }
+        }
+        return end;
+    }
+    while (p < end && *p != ',' && *p != '}' && *p != ']') p++;
+    return p;
+}
+
+/* The member `key` of the canonical object at [p, end): its value's span, or 0. Keys
+   with escapes are not looked for (canon.h relays documents with escaped keys). */
+static int member(const char *p, const char *end, const char *key, const char **vs, const char **ve) {
+    if (p >= end || *p != '{') return 0;
+    size_t klen = strlen(key);
+    p++;
+    while (p < end && *p == '"') {
+        const char *ks = p + 1, *ke = skip_value(p, end) - 1;
+        p = ke + 2; /* past the quote and the colon */
+        const char *e = skip_value(p, end);
+        if ((size_t)(ke - ks) == klen && memcmp(ks, key, klen) == 0) { *vs = p; *ve = e; return 1; }
+        p = e;
+        if (p < end && *p == ',') p++;
+    }
+    return 0;
+}
+
+/* ------------------------------------------------------------------ the database */
+
+static sqlite3 *rdb, *wdb; /* the loop's reads, the writer's writes */
+static sqlite3_stmt *q_cred, *q_ws, *w_accept, *w_settle, *w_renew;
+
+static const char *Q_CRED =
+    "SELECT subject FROM credentials WHERE secret_hash = ? AND revoked_at IS NULL AND role = 'caller'";
+
+/* the workspace, if the lane may take a send to it: online, no deploy peer, the caller
+   allowed, a queue limit above 0 (the guard of the accept checks the state again) */
+static const char *Q_WS =
+    "SELECT id, name, agent_url, CASE WHEN json_extract(capabilities, '$.native_session') THEN -1 "
+    "ELSE max_concurrency END FROM workspaces WHERE (id = ?1 OR name = ?1) AND state = 'online' "
+    "AND peer IS NULL AND (?2 = 'operator' OR EXISTS (SELECT 1 FROM json_each(allowed_callers) "
+    "WHERE value IN ('*', ?2))) AND COALESCE(json_extract(limits, '$.max_queue'), ?3) > 0";
+
+/* berth's in-flight accept (adapters/sql/sqlite_hot.py) with the lane's stricter guard:
+   the workspace still online with no peer, nothing queued at all, a free slot */
+static const char *W_ACCEPT =
+    "INSERT INTO deliveries (id, workspace_id, caller, message_id, fingerprint, method, request, "
+    "headers, status, attempts, forwards, lease_owner, lease_until, not_before, created_at, "
+    "first_forwarded_at, updated_at) SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'in_flight', 0, 1, ?9, ?10, "
+    "0, ?11, ?11, ?11 WHERE EXISTS (SELECT 1 FROM workspaces WHERE id = ?2 AND state = 'online' AND "
+    "peer IS NULL) AND NOT EXISTS (SELECT 1 FROM deliveries INDEXED BY deliveries_queued WHERE "
+    "workspace_id = ?2 AND status = 'queued') AND (?12 < 0 OR (SELECT count(*) FROM deliveries "
+    "INDEXED BY deliveries_in_flight WHERE workspace_id = ?2 AND status = 'in_flight') < ?12) "
+    "ON CONFLICT (workspace_id, caller, message_id) DO NOTHING RETURNING seq";
+
+/* berth's settle of a replied forward (sqlite_deliveries.settle): done, the reply kept */
+static const char *W_SETTLE =
+    "UPDATE deliveries SET status = 'done', reason = NULL, not_before = 0, lease_owner = NULL, "
+    "lease_until = NULL, updated_at = ?1, finished_at = ?1, reply = ?2, reply_status = ?3, "
+    "reply_type = ?4 WHERE id = ?5 AND status = 'in_flight' AND lease_owner = ?6 AND forwards = 1 "
+    "RETURNING seq";
+
+static const char *W_RENEW =
+    "UPDATE deliveries SET lease_until = ?1 WHERE status = 'in_flight' AND lease_owner = ?2";
+
+static void prepare(sqlite3 *db, const char *sql, sqlite3_stmt **s) {
+    if (sqlite3_prepare_v3(db, sql, -1, SQLITE_PREPARE_PERSISTENT, s, NULL) != SQLITE_OK) {
+        fprintf(stderr, "lane: cannot prepare (%s): %s\n", sqlite3_errmsg(db), sql);
+        exit(1);
+    }
+}
+
+static sqlite3 *open_db(void) {
+    sqlite3 *db;
+    if (sqlite3_open_v2(db_path, &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX, NULL) != SQLITE_OK) {
+        fprintf(stderr, "lane: cannot open %s\n", db_path);
+        exit(1);
+    }
+    sqlite3_busy_timeout(db, 10000);
+    char sql[128];
+    snprintf(sql, sizeof sql, "PRAGMA synchronous=%s", synchronous);
+    sqlite3_exec(db, "PRAGMA journal_mode=WAL", 0, 0, 0);
+    sqlite3_exec(db, sql, 0, 0, 0);
+    return db;
+}
+
+/* ------------------------------------------------------------------ the writer (group commit) */
+
+static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t cv = PTHREAD_COND_INITIALIZER;
+static job *todo_head, *todo_tail, *done_head, *done_tail;
+static job renew_op; /* the lease renewal, queued like a job */
+
+static void enqueue(job *j, int op) {
+    j->op = op;
+    j->next_op = NULL;
+    pthread_mutex_lock(&mu);
+    if (todo_tail) todo_tail->next_op = j; else todo_head = j;
+    todo_tail = j;
+    pthread_cond_signal(&cv);
+    pthread_mutex_unlock(&mu);
+}
+
+static int step_row(sqlite3_stmt *s) {
+    int rc = sqlite3_step(s), got = rc == SQLITE_ROW;
+    while (rc == SQLITE_ROW) rc = sqlite3_step(s);
+    sqlite3_reset(s);
+    sqlite3_clear_bindings(s);
+    return rc == SQLITE_DONE ? got : -1;
+}
+
+static void run_op(job *j) {
+    sqlite3_stmt *s;
+    j->ok = 0;
+    if (j->op == OP_ACCEPT) {
+        s = w_accept;
+        sqlite3_bind_text(s, 1, j->id, -1, SQLITE_STATIC);
+        sqlite3_bind_text(s, 2, j->ws_id, -1, SQLITE_STATIC);
+        sqlite3_bind_text(s, 3, j->caller, -1, SQLITE_STATIC);
+        sqlite3_bind_text(s, 4, j->message_id, -1, SQLITE_STATIC);
+        sqlite3_bind_text(s, 5, j->fingerprint, -1, SQLITE_STATIC);
+        sqlite3_bind_text(s, 6, "message/send", -1, SQLITE_STATIC);
+        sqlite3_bind_blob(s, 7, j->request, (int)j->request_len, SQLITE_STATIC);
+        sqlite3_bind_text(s, 8, j->headers_json, -1, SQLITE_STATIC);
+        sqlite3_bind_text(s, 9, owner, -1, SQLITE_STATIC);
+        sqlite3_bind_double(s, 10, j->created + lease_s);
+        sqlite3_bind_double(s, 11, j->created);
+        sqlite3_bind_int64(s, 12, j->capacity);
+        j->ok = step_row(s) == 1;
+    } else if (j->op == OP_SETTLE) {
+        s = w_settle;
+        sqlite3_bind_double(s, 1, now_s());
+        sqlite3_bind_blob(s, 2, j->reply, (int)j->reply_len, SQLITE_STATIC);
+        sqlite3_bind_int(s, 3, j->status);
+        sqlite3_bind_text(s, 4, j->ctype, -1, SQLITE_STATIC);
+        sqlite3_bind_text(s, 5, j->id, -1, SQLITE_STATIC);
+        sqlite3_bind_text(s, 6, owner, -1, SQLITE_STATIC);
+        j->ok = step_row(s) == 1;
+    } else {
+        sqlite3_bind_double(w_renew, 1, now_s() + lease_s);
+        sqlite3_bind_text(w_renew, 2, owner, -1, SQLITE_STATIC);
+        j->ok = step_row(w_renew) >= 0;
+    }
+}
+
+static void *writer(void *arg) {
+    (void)arg;
+    for (;;) {
+        pthread_mutex_lock(&mu);
+        while (!todo_head) pthread_cond_wait(&cv, &mu);
+        job *batch = todo_head, *last = todo_tail;
+        todo_head = todo_tail = NULL;
+        pthread_mutex_unlock(&mu);
+        int committed = sqlite3_exec(wdb, "BEGIN IMMEDIATE", 0, 0, 0) == SQLITE_OK;
+        if (committed) {
+            for (job *j = batch; j; j = j->next_op) run_op(j);
+            committed = sqlite3_exec(wdb, "COMMIT", 0, 0, 0) == SQLITE_OK;
+            if (!committed) {
+                fprintf(stderr, "lane: COMMIT failed: %s\n", sqlite3_errmsg(wdb));
+                sqlite3_exec(wdb, "ROLLBACK", 0, 0, 0);
+            }
+        } else {
+            fprintf(stderr, "lane: BEGIN failed: %s\n", sqlite3_errmsg(wdb));
+        }
+        if (!committed)
+            for (job *j = batch; j; j = j->next_op) j->ok = 0; /* nothing of it is on disk */
+        pthread_mutex_lock(&mu);
+        if (done_tail) done_tail->next_op = batch; else done_head = batch;
+        done_tail = last;
+        pthread_mutex_unlock(&mu);
+        uint64_t one = 1;
+        if (write(efd, &one, 8) != 8) die("eventfd");
+    }
+    return NULL;
+}
+
+/* ------------------------------------------------------------------ answers */
+
+static const char *reason_of(int status) {
+    switch (status) {
+    case 200: return "OK";
+    case 201: return "Created";
+    case 202: return "Accepted";
+    case 400: return "Bad Request";
+    case 401: return "Unauthorized";
+    case 403: return "Forbidden";
+    case 404: return "Not Found";
+    case 409: return "Conflict";
+    case 413: return "Request Entity Too Large";
+    case 422: return "Unprocessable Entity";
+    case 429: return "Too Many Requests";
+    case 500: return "Internal Server Error";
+    case 502: return "Bad Gateway";
+    case 503: return "Service Unavailable";
+    case 504: return "Gateway Timeout";
+    default: return "";
+    }
+}
+
+/* The caller's answer as Python's proxy writes it (api/a2a.render under uvicorn). */
+static int answer(client *c, int status, const char *ctype, const char *body, size_t n, const job *j) {
+    char date[64];
+    time_t t = time(NULL);
+    struct tm tm;
+    gmtime_r(&t, &tm);
+    strftime(date, sizeof date, "%a, %d %b %Y %H:%M:%S GMT", &tm);
+    buf out = {0};
+    putf(&out, "HTTP/1.1 %d %s\r\ndate: %s\r\nserver: uvicorn\r\nx-berth-delivery-id: %s\r\n"
+               "x-berth-message-id: %s\r\ncontent-length: %zu\r\ncontent-type: %s\r\n",
+         status, reason_of(status), date, j->id, j->message_id, n, ctype);
+    if (c->close_after) puts_(&out, "connection: close\r\n");
+    puts_(&out, "\r\n");
+    put(&out, body, n);
+    int ok = send_all(c->fd, out.p, out.n);
+    buf_free(&out);
+    if (!ok || c->close_after) { client_close(c); return 0; }
+    return 1;
+}
+
+/* ------------------------------------------------------------------ jobs */
+
+static void job_link(job *j) { j->next = jobs; if (jobs) jobs->prev = j; jobs = j; }
+
+static void job_free(job *j) {
+    if (j->prev) j->prev->next = j->next; else jobs = j->next;
+    if (j->next) j->next->prev = j->prev;
+    if (j->c) j->c->job = NULL;
+    free(j->request);
+    free(j->headers_json);
+    free(j->fwd_headers);
+    free(j->reply);
+    free(j);
+}
+
+static void client_done(client *c) { /* back to reading requests */
+    if (!c) return;
+    c->job = NULL;
+    if (c->in.n) on_request(c);
+}
+
+static void agent_release(agent *a, int reuse);
+static void forward(job *j);
+
+/* The delivery goes to Python (docs/fast-lane.md, the hand-off): what came back from the
+   agent, or how the forward failed. A caller still waiting gets Python's answer, and its
+   connection is Python's from then on. */
+static void handoff(job *j, const char *outcome, const char *detail) {
+    buf req = {0};
+    double left = j->c ? j->wait_deadline - mono() : 0;
+    if (left < 0) left = 0;
+    putf(&req, "POST /v1/lane/handoff/%s HTTP/1.1\r\nhost: berth\r\nx-berth-lane-secret: %s\r\n"
+               "x-berth-lane-outcome: %s\r\nx-berth-lane-status: %d\r\nx-berth-lane-wait: %.3f\r\n",
+         j->id, secret, outcome, j->status, left);
+    if (j->ctype[0]) putf(&req, "content-type: %s\r\n", j->ctype);
+    if (detail) {
+        puts_(&req, "x-berth-lane-detail: ");
+        for (const char *p = detail; *p; p++) if (*p >= 0x20 && *p < 0x7f) put(&req, p, 1);
+        puts_(&req, "\r\n");
+    }
+    if (!j->c) puts_(&req, "connection: close\r\n");
+    putf(&req, "content-length: %zu\r\n\r\n", j->reply_len);
+    if (j->reply_len) put(&req, j->reply, j->reply_len);
+    client *c = j->c;
+    if (c) {
+        c->job = NULL;
+        j->c = NULL;
+        client_pipe(c, req.p, req.n); /* the caller's buffered bytes follow the hand-off */
+    } else {
+        /* nobody waits: Python's answer is read and dropped by a connection of its own */
+        client *ghost = calloc(1, sizeof *ghost);
+        ghost->e.kind = K_CLIENT;
+        ghost->fd = -1;
+        ghost->up = -1;
+        ghost->next = clients;
+        if (clients) clients->prev = ghost;
+        clients = ghost;
+        client_pipe(ghost, req.p, req.n);
+    }
+    buf_free(&req);
+    job_free(j);
+}
+
+/* ------------------------------------------------------------------ agents */
+
+static void agent_close(agent *a) {
+    epoll_ctl(ep, EPOLL_CTL_DEL, a->fd, NULL);
+    close(a->fd);
+    buf_free(&a->in);
+    free(a);
+}
+
+static void agent_release(agent *a, int reuse) {
+    a->job = NULL;
+    if (!reuse || stopping) { agent_close(a); return; }
+    a->in.n = 0;
+    a->idle_since = mono();
+    a->next = idle_agents;
+    idle_agents = a;
+    ep_mod(a->fd, &a->e, EPOLLIN); /* an idle connection the agent closes is noticed */
+}
+
+static agent *agent_take(const char *host, int port) {
+    double t = mono();
+    for (agent **pp = &idle_agents; *pp;) {
+        agent *a = *pp;
+        if (t - a->idle_since > IDLE_REUSE) { *pp = a->next; agent_close(a); continue; }
+        if (a->port == port && strcmp(a->host, host) == 0) { *pp = a->next; a->reused = 1; return a; }
+        pp = &a->next;
+    }
+    struct addrinfo hints = {.ai_socktype = SOCK_STREAM, .ai_flags = AI_NUMERICSERV}, *res;
+    char ps[16];
+    snprintf(ps, sizeof ps, "%d", port);
+    if (getaddrinfo(host, ps, &hints, &res) != 0) return NULL;
+    int fd = socket(res->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    int rc = fd < 0 ? -1 : connect(fd, res->ai_addr, res->ai_addrlen);
+    freeaddrinfo(res);
+    if (fd < 0 || (rc < 0 && errno != EINPROGRESS)) { if (fd >= 0) close(fd); return NULL; }
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    agent *a = calloc(1, sizeof *a);
+    a->e.kind = K_AGENT;
+    a->fd = fd;
+    snprintf(a->host, sizeof a->host, "%s", host);
+    a->port = port;
+    a->connected = rc == 0;
+    ep_add(fd, &a->e, EPOLLIN | (a->connected ? 0 : EPOLLOUT));
+    return a;
+}
+
+static void send_request(job *j) {
+    agent *a = j->a;
+    buf req = {0};
+    putf(&req, "POST %s HTTP/1.1\r\nHost: %s\r\n%sContent-Length: %zu\r\n\r\n", j->agent_path, j->host_header,
+         j->fwd_headers, j->request_len);
+    put(&req, j->request, j->request_len);
+    int ok = send_all(a->fd, req.p, req.n);
+    buf_free(&req);
+    if (!ok) {
+        int reused = a->reused;
+        agent_release(a, 0);
+        j->a = NULL;
+        if (reused) { forward(j); return; } /* a kept connection the agent had closed: once more */
+        handoff(j, "transport", "the connection to the agent failed while sending");
+    }
+}
+
+static void forward(job *j) {
+    j->state = J_FORWARDING;
+    j->a = agent_take(j->agent_host, j->agent_port);
+    if (!j->a) { handoff(j, "unreached", "cannot connect to the agent"); return; }
+    j->a->job = j;
+    if (j->a->connected) send_request(j);
+}
+
+/* The agent's answer, when it is all there: 1 (status, content type, body into j), 0 not
+   yet, -1 malformed. *keep: the connection may be reused. */
+static int parse_answer(agent *a, job *j, int eof, int *keep) {
+    char *p = a->in.p;
+    size_t n = a->in.n;
+    char *end = n >= 4 ? memmem(p, n, "\r\n\r\n", 4) : NULL;
+    if (!end) return eof ? -1 : (n > MAX_HEAD ? -1 : 0);
+    if (n < 12 || strncmp(p, "HTTP/1.", 7) != 0) return -1;
+    int http10 = p[7] == '0';
+    int status = atoi(p + 9);
+    if (status < 100 || status > 999) return -1;
+    const char *hs = memchr(p, '\n', (size_t)(end - p));
+    hdr h[64];
+    int nh = hs ? parse_headers(hs + 1, end + 2, h, 64) : 0;
+    if (nh < 0) return -1;
+    long clen = -1;
+    int chunked = 0, close_ = http10, encoded = 0;
+    j->ctype[0] = 0;
+    for (int i = 0; i < nh; i++) {
+        if (name_is(&h[i], "content-length")) clen = strtol(h[i].val, NULL, 10);
+        else if (name_is(&h[i], "transfer-encoding")) chunked = h[i].vlen >= 7 && strncasecmp(h[i].val + h[i].vlen - 7, "chunked", 7) == 0;
+        else if (name_is(&h[i], "connection")) close_ = h[i].vlen == 5 && strncasecmp(h[i].val, "close", 5) == 0;
+        else if (name_is(&h[i], "content-encoding")) encoded = !(h[i].vlen == 8 && strncasecmp(h[i].val, "identity", 8) == 0);
+        else if (name_is(&h[i], "content-type") && h[i].vlen < sizeof j->ctype) {
+            memcpy(j->ctype, h[i].val, h[i].vlen);
+            j->ctype[h[i].vlen] = 0;
+        }
+    }
+    if (status < 200) { drop(&a->in, (size_t)(end + 4 - p)); return parse_answer(a, j, eof, keep); } /* 100 Continue */
+    size_t body = (size_t)(end + 4 - p);
+    buf out = {0};
+    if (chunked) {
+        size_t at = body;
+        for (;;) {
+            char *eol = at < n ? memmem(p + at, n - at, "\r\n", 2) : NULL;
+            if (!eol) { buf_free(&out); return eof ? -1 : 0; }
+            long size = 0;
+            for (char *q = p + at; q < eol && *q != ';'; q++) {
+                int v = hexval(*q);
+                if (v < 0) { buf_free(&out); return -1; }
+                size = size * 16 + v;
+                if (size > max_body * 64L) { buf_free(&out); return -1; }
+            }
+            at = (size_t)(eol - p) + 2;
+            if (size == 0) { /* trailers, then the blank line */
+                char *fin = memmem(p + at - 2, n - at + 2, "\r\n\r\n", 4);
+                if (!fin) { buf_free(&out); return eof ? -1 : 0; }
+                at = (size_t)(fin - p) + 4;
+                break;
+            }
+            if (n < at + (size_t)size + 2) { buf_free(&out); return eof ? -1 : 0; }
+            put(&out, p + at, (size_t)size);
+            at += (size_t)size + 2;
+        }
+        body = at;
+    } else if (clen >= 0) {
+        if (n < body + (size_t)clen) return eof ? -1 : 0;
+        put(&out, p + body, (size_t)clen);
+        body += (size_t)clen;
+    } else { /* to the end of the connection */
+        if (!eof) return 0;
+        put(&out, p + body, n - body);
+        body = n;
+        close_ = 1;
+    }
+    if (encoded) { buf_free(&out); return -1; } /* Python's client inflates; here it is a failed forward */
+    j->status = status;
+    free(j->reply);
+    j->reply = out.p ? out.p : calloc(1, 1);
+    j->reply_len = out.n;
+    *keep = !close_ && body == n;
+    return 1;
+}
+
+/* services/replies.classify: a JSON-RPC answer (a result, or an error that is not a
+   DRAINING refusal) is the agent's reply; anything else is Python's to judge. */
+static int replied(const job *j) {
+    const char *b = j->reply;
+    size_t n = j->reply_len;
+    if (!memmem(b, n, "\"jsonrpc\"", 9)) return 0;
+    int result = memmem(b, n, "\"result\"", 8) != NULL, error = memmem(b, n, "\"error\"", 7) != NULL;
+    if (!result && !error) return 0;
+    if (error && memmem(b, n, "DRAINING", 8)) return 0;
+    return 1;
+}
+
+static void on_agent(agent *a, uint32_t events) {
+    job *j = a->job;
+    if (!j) { agent *x; /* idle: the agent closed it, or sent something unasked */
+        for (agent **pp = &idle_agents; (x = *pp); pp = &x->next)
+            if (x == a) { *pp = a->next; break; }
+        agent_close(a);
+        return;
+    }
+    if (!a->connected) {
+        int err = 0;
+        socklen_t len = sizeof err;
+        getsockopt(a->fd, SOL_SOCKET, SO_ERROR, &err, &len);
+        if (err || (events & (EPOLLERR | EPOLLHUP))) {
+            agent_release(a, 0);
+            j->a = NULL;
+            handoff(j, "unreached", "cannot connect to the agent");
+            return;
+        }
+        a->connected = 1;
+        ep_mod(a->fd, &a->e, EPOLLIN);
+        send_request(j);
+        return;
+    }
+    long r = read_some(a->fd, &a->in);
+    int keep = 0;
+    int got = parse_answer(a, j, r < 0, &keep);
+    if (got == 0) return;
+    if (got < 0) {
+        int retry = a->reused && a->in.n == 0;
+        agent_release(a, 0);
+        j->a = NULL;
+        if (retry) { forward(j); return; } /* a kept connection the agent had closed: once more */
+        handoff(j, "transport", "the agent's answer was cut or malformed");
+        return;
+    }
+    agent_release(a, keep);
+    j->a = NULL;
+    j->fwd_s = mono() - j->forwarded_at;
+    if (!replied(j)) { handoff(j, "reply", NULL); return; }
+    j->state = J_SETTLING;
+    enqueue(j, OP_SETTLE);
+}
+
+/* ------------------------------------------------------------------ a request */
+
+/* URL of a loopback agent: host, port, path, Host header; 0 if the lane does not forward to it */
+static int agent_target(const char *url, job *j) {
+    const char *p;
+    if (strncmp(url, "http://", 7) != 0) return 0;
+    p = url + 7;
+    const char *host_end;
+    char host[64];
+    if (*p == '[') {
+        host_end = strchr(p, ']');
+        if (!host_end || host_end - p - 1 >= (long)sizeof host) return 0;
+        memcpy(host, p + 1, (size_t)(host_end - p - 1));
+        host[host_end - p - 1] = 0;
+        host_end++;
+    } else {
+        host_end = p + strcspn(p, ":/?#");
+        if (host_end - p >= (long)sizeof host) return 0;
+        memcpy(host, p, (size_t)(host_end - p));
+        host[host_end - p] = 0;
+    }
+    if (strcmp(host, "127.0.0.1") && strcmp(host, "localhost") && strcmp(host, "::1")) return 0;
+    if (*host_end != ':') return 0;
+    char *pe;
+    long port = strtol(host_end + 1, &pe, 10);
+    if (port <= 0 || port > 65535) return 0;
+    const char *path = *pe ? pe : "/";
+    if (*path != '/' || strlen(path) >= sizeof j->agent_path || strpbrk(path, " \r\n#\"\\")) return 0;
+    snprintf(j->agent_host, sizeof j->agent_host, "%s", host);
+    j->agent_port = (int)port;
+    snprintf(j->agent_path, sizeof j->agent_path, "%s", path);
+    snprintf(j->host_header, sizeof j->host_header, "%.*s", (int)(pe - p), p);
+    return 1;
+}
+
+static const char *FORWARDED[] = {"a2a-version", "a2a-extensions", "x-a2a-extensions", "content-type"};
+
+/* The whole request is in c->in. Take it (a job, its accept queued), or relay it. */
+static void on_request(client *c) {
+    int why = 0;
+    if (c->up >= 0 || c->job) return;
+    char *p = c->in.p;
+    size_t n = c->in.n;
+    char *end = n >= 4 ? memmem(p, n, "\r\n\r\n", 4) : NULL;
+    if (!end) { if (n > MAX_HEAD || stopping) client_pipe(c, NULL, 0); return; }
+    size_t head = (size_t)(end - p) + 4;
+    char *eol = memmem(p, head, "\r\n", 2);
+    /* the request line: POST /v1/workspaces/<ref>/a2a[/] HTTP/1.1 */
+    static const char pre[] = "POST /v1/workspaces/";
+    char ref[128];
+    if (stopping || (size_t)(eol - p) < sizeof pre || memcmp(p, pre, sizeof pre - 1) != 0) { why = __LINE__; goto relay; }
+    {
+        const char *r = p + sizeof pre - 1, *slash = memchr(r, '/', (size_t)(eol - r));
+        if (!slash || slash == r || slash - r >= (long)sizeof ref) { why = __LINE__; goto relay; }
+        for (const char *q = r; q < slash; q++)
+            if (!((*q >= 'a' && *q <= 'z') || (*q >= 'A' && *q <= 'Z') || (*q >= '0' && *q <= '9') || *q == '-' || *q == '_' || *q == '.')) { why = __LINE__; goto relay; }
+        memcpy(ref, r, (size_t)(slash - r));
+        ref[slash - r] = 0;
+        size_t rest = (size_t)(eol - slash);
+        if (!((rest == 13 && memcmp(slash, "/a2a HTTP/1.1", 13) == 0) || (rest == 14 && memcmp(slash, "/a2a/ HTTP/1.1", 14) == 0))) { why = __LINE__; goto relay; }
+    }
+    hdr h[64];
+    int nh = parse_headers(eol + 2, end + 2, h, 64);
+    if (nh < 0) { why = __LINE__; goto relay; }
+    long clen = -1;
+    const hdr *auth = NULL, *fwd[4] = {0};
+    int close_after = 0;
+    for (int i = 0; i < nh; i++) {
+        if (name_is(&h[i], "content-length")) {
+            if (clen >= 0 || h[i].vlen == 0 || h[i].vlen > 12) { why = __LINE__; goto relay; }
+            clen = 0;
+            for (size_t k = 0; k < h[i].vlen; k++) {
+                if (h[i].val[k] < '0' || h[i].val[k] > '9') { why = __LINE__; goto relay; }
+                clen = clen * 10 + (h[i].val[k] - '0');
+            }
+        } else if (name_is(&h[i], "authorization")) {
+            if (auth) { why = __LINE__; goto relay; }
+            auth = &h[i];
+        } else if (name_is(&h[i], "connection")) {
+            if (h[i].vlen == 5 && strncasecmp(h[i].val, "close", 5) == 0) close_after = 1;
+            else if (!(h[i].vlen == 10 && strncasecmp(h[i].val, "keep-alive", 10) == 0)) { why = __LINE__; goto relay; }
+        } else if (name_is(&h[i], "transfer-encoding") || name_is(&h[i], "expect") || name_is(&h[i], "upgrade")) {
+            { why = __LINE__; goto relay; }
+        } else if (h[i].nlen > 8 && strncasecmp(h[i].name, "x-berth-", 8) == 0 && !name_is(&h[i], "x-berth-caller")) {
+            { why = __LINE__; goto relay; } /* X-Berth-Wait, X-Berth-Ttl and whatever berth reads next */
+        } else {
+            for (int k = 0; k < 4; k++)
+                if (name_is(&h[i], FORWARDED[k])) {
+                    if (fwd[k] || !plain_value(h[i].val, h[i].vlen)) { why = __LINE__; goto relay; }
+                    fwd[k] = &h[i];
+                }
+        }
+    }
+    if (clen < 0 || clen > max_body || !auth) { why = __LINE__; goto relay; }
+    if (n < head + (size_t)clen) return; /* the body is still coming */
+    size_t req_len = head + (size_t)clen;
+    const char *body = p + head;
+
+    /* who calls */
+    if (auth->vlen < 8 || strncasecmp(auth->val, "bearer ", 7) != 0) { why = __LINE__; goto relay; }
+    const char *tok = auth->val + 7;
+    size_t tlen = auth->vlen - 7;
+    while (tlen && *tok == ' ') { tok++; tlen--; }
+    if (!tlen) { why = __LINE__; goto relay; }
+    unsigned char tsha[32];
+    SHA256((const unsigned char *)tok, tlen, tsha);
+    char caller[300];
+    if (have_admin && CRYPTO_memcmp(tsha, admin_sha, 32) == 0) {
+        strcpy(caller, "operator");
+    } else {
+        char hex[65];
+        for (int i = 0; i < 32; i++) sprintf(hex + 2 * i, "%02x", tsha[i]);
+        sqlite3_bind_text(q_cred, 1, hex, 64, SQLITE_TRANSIENT);
+        int rc = sqlite3_step(q_cred);
+        int found = rc == SQLITE_ROW && sqlite3_column_bytes(q_cred, 0) < (int)sizeof caller;
+        if (found) snprintf(caller, sizeof caller, "%s", (const char *)sqlite3_column_text(q_cred, 0));
+        sqlite3_reset(q_cred);
+        if (!found || !plain_value(caller, strlen(caller))) { why = __LINE__; goto relay; }
+    }
+
+    /* the body: a strict parse, berth's canonical form; its fields read from that */
+    cbuf canon = {0};
+    if (canon_doc(body, (size_t)clen, &canon) != 0) { free(canon.p); { why = __LINE__; goto relay; } }
+    const char *ce = canon.p + canon.n, *vs, *ve, *ms, *me, *is, *ie;
+    int plain = canon.n && canon.p[0] == '{';
+    /* only jsonrpc, id, method, params */
+    if (plain) {
+        const char *q = canon.p + 1;
+        while (q < ce && *q == '"') {
+            const char *ks = q + 1, *ke = skip_value(q, ce) - 1;
+            size_t kl = (size_t)(ke - ks);
+            if (!((kl == 2 && !memcmp(ks, "id", 2)) || (kl == 7 && !memcmp(ks, "jsonrpc", 7)) ||
+                  (kl == 6 && !memcmp(ks, "method", 6)) || (kl == 6 && !memcmp(ks, "params", 6)))) { plain = 0; break; }
+            q = skip_value(ke + 2, ce);
+            if (q < ce && *q == ',') q++;
+        }
+    }
+    plain = plain && member(canon.p, ce, "jsonrpc", &vs, &ve) && ve - vs == 5 && !memcmp(vs, "\"2.0\"", 5);
+    plain = plain && member(canon.p, ce, "method", &vs, &ve) &&
+            ((ve - vs == 14 && !memcmp(vs, "\"message/send\"", 14)) || (ve - vs == 13 && !memcmp(vs, "\"SendMessage\"", 13)));
+    if (plain && member(canon.p, ce, "id", &is, &ie)) /* a string or an integer */
+        plain = *is == '"' || *is == '-' || (*is >= '0' && *is <= '9');
+    else plain = 0;
+    const char *ps = NULL, *pe = NULL;
+    plain = plain && member(canon.p, ce, "params", &ps, &pe) && *ps == '{' &&
+            member(ps, pe, "message", &ms, &me) && *ms == '{' && member(ms, me, "messageId", &vs, &ve) &&
+            *vs == '"' && ve - vs >= 3 && ve - vs <= 258 && plain_value(vs + 1, (size_t)(ve - vs - 2));
+    if (!plain) { free(canon.p); { why = __LINE__; goto relay; } }
+    char message_id[257], fingerprint[65];
+    memcpy(message_id, vs + 1, (size_t)(ve - vs - 2));
+    message_id[ve - vs - 2] = 0;
+    sha_hex(ps, (size_t)(pe - ps), fingerprint);
+    free(canon.p);
+
+    /* the workspace */
+    sqlite3_bind_text(q_ws, 1, ref, -1, SQLITE_TRANSIENT);
+    sqlite3_bind_text(q_ws, 2, caller, -1, SQLITE_TRANSIENT);
+    sqlite3_bind_int64(q_ws, 3, max_queue);
+    job *j = NULL;
+    if (sqlite3_step(q_ws) == SQLITE_ROW) {
+        const char *url = (const char *)sqlite3_column_text(q_ws, 2);
+        j = calloc(1, sizeof *j);
+        if (!url || sqlite3_column_bytes(q_ws, 0) >= (int)sizeof j->ws_id ||
+            sqlite3_column_bytes(q_ws, 1) >= (int)sizeof j->ws_name || !agent_target(url, j)) {
+            free(j);
+            j = NULL;
+        } else {
+            snprintf(j->ws_id, sizeof j->ws_id, "%s", (const char *)sqlite3_column_text(q_ws, 0));
+            snprintf(j->ws_name, sizeof j->ws_name, "%s", (const char *)sqlite3_column_text(q_ws, 1));
+            j->capacity = sqlite3_column_int64(q_ws, 3);
+        }
+    }
+    sqlite3_reset(q_ws);
+    if (!j) { why = __LINE__; goto relay; }
+
+    /* the job: berth's row, the forward's headers */
+    time_ordered_id(j->id);
+    snprintf(j->caller, sizeof j->caller, "%s", caller);
+    snprintf(j->message_id, sizeof j->message_id, "%s", message_id);
+    snprintf(j->fingerprint, sizeof j->fingerprint, "%s", fingerprint);
+    j->request = malloc((size_t)clen + 1);
+    memcpy(j->request, body, (size_t)clen);
+    j->request_len = (size_t)clen;
+    buf hj = {0}, fh = {0};
+    puts_(&hj, "{");
+    int first = 1;
+    for (int i = 0; i < nh; i++) /* the kept headers in the caller's order, as Python keeps them */
+        for (int k = 0; k < 4; k++)
+            if (fwd[k] == &h[i]) {
+                putf(&hj, "%s\"%s\":\"%.*s\"", first ? "" : ",", FORWARDED[k], (int)h[i].vlen, h[i].val);
+                first = 0;
+            }
+    putf(&hj, "%s\"x-berth-caller\":\"%s\"}", first ? "" : ",", caller);
+    put(&hj, "", 1);
+    j->headers_json = hj.p;
+    if (!fwd[3]) puts_(&fh, "content-type: application/json\r\n");
+    for (int i = 0; i < nh; i++)
+        for (int k = 0; k < 4; k++)
+            if (fwd[k] == &h[i]) putf(&fh, "%s: %.*s\r\n", FORWARDED[k], (int)h[i].vlen, h[i].val);
+    putf(&fh, "x-berth-caller: %s\r\n", caller);
+    put(&fh, "", 1);
+    j->fwd_headers = fh.p;
+    j->created = now_s();
+    j->wait_deadline = mono() + wait_s;
+    j->state = J_ACCEPTING;
+    j->c = c;
+    c->job = j;
+    c->close_after = close_after;
+    j->req_len = req_len; /* stays in c->in until the accept is on disk (relayed if not taken) */
+    job_link(j);
+    enqueue(j, OP_ACCEPT);
+    return;
+relay:
+    if (debug) fprintf(stderr, "lane: relayed (line %d)\n", why);
+    client_pipe(c, NULL, 0);
+}
+
+/* ------------------------------------------------------------------ writes done */
+
+static void feed_str(const char *k, const char *v) { putf(&feed, ",\"%s\":\"%s\"", k, v); }
+
+static void on_committed(void) {
+    uint64_t n;
+    if (read(efd, &n, 8) != 8) return;
+    pthread_mutex_lock(&mu);
+    job *j = done_head;
+    done_head = done_tail = NULL;
+    pthread_mutex_unlock(&mu);
+    /* the feed first: Python learns of a forward before a restart could ask about it */
+    for (job *x = j; x; x = x->next_op) {
+        if (x->op == OP_ACCEPT && x->ok) {
+            puts_(&feed, "{\"e\":\"f\"");
+            feed_str("id", x->id); feed_str("ws", x->ws_id); feed_str("mid", x->message_id); feed_str("caller", x->caller);
+            putf(&feed, ",\"created\":%.6f}\n", x->created);
+        } else if (x->op == OP_SETTLE && x->ok) {
+            puts_(&feed, "{\"e\":\"d\"");
+            feed_str("id", x->id); feed_str("ws", x->ws_id); feed_str("mid", x->message_id);
+            putf(&feed, ",\"created\":%.6f,\"finished\":%.6f,\"fwd\":%.6f}\n", x->created, now_s(), x->fwd_s);
+        }
+    }
+    feed_flush();
+    while (j) {
+        job *next = j->next_op;
+        if (j == &renew_op) { renew_op.state = 0; j = next; continue; }
+        if (j->op == OP_ACCEPT) {
+            client *c = j->c;
+            if (!j->ok) { /* not taken (or not written): nothing is on disk, Python decides */
+                j->c = NULL;
+                job_free(j);
+                if (c) { c->job = NULL; client_pipe(c, NULL, 0); } /* the request, as it came */
+            } else {
+                if (c) drop(&c->in, j->req_len);
+                j->forwarded_at = mono();
+                j->forward_deadline = j->forwarded_at + forward_timeout;
+                forward(j);
+            }
+        } else if (j->op == OP_SETTLE) {
+            if (!j->ok) handoff(j, "reply", NULL); /* not settled here: Python settles or waits */
+            else {
+                client *c = j->c;
+                if (c) {
+                    c->job = NULL;
+                    j->c = NULL;
+                    const char *ct = j->ctype[0] ? j->ctype : "application/json";
+                    if (!strncasecmp(ct, "text/event-stream", 17)) ct = "application/json";
+                    int alive = answer(c, j->status, ct, j->reply, j->reply_len, j);
+                    job_free(j);
+                    if (alive) client_done(c);
+                } else {
+                    job_free(j);
+                }
+            }
+        }
+        j = next;
+    }
+}
+
+/* ------------------------------------------------------------------ timers, stop */
+
+static double last_renew;
+
+static void on_tick(void) {
+    uint64_t n;
+    if (read(tfd, &n, 8) != 8) return;
+    double t = mono();
+    for (job *j = jobs, *next; j; j = next) {
+        next = j->next;
+        if (j->state != J_FORWARDING) continue;
+        if (j->c && t > j->wait_deadline) { /* 202, as Python answers a wait that ran out */
+            client *c = j->c;
+            char b[256];
+            int bn = snprintf(b, sizeof b, "{\"delivery_id\": \"%s\", \"status\": \"in_flight\", \"status_url\": \"/v1/deliveries/%s\"}", j->id, j->id);
+            j->c = NULL;
+            c->job = NULL;
+            if (answer(c, 202, "application/json", b, (size_t)bn, j)) client_done(c);
+        }
+        if (t > j->forward_deadline && j->a) {
+            agent_release(j->a, 0);
+            j->a = NULL;
+            handoff(j, "transport", "TimeoutError: no answer within the forward timeout");
+        }
+    }
+    if (t - last_renew > lease_s / 3 && renew_op.state == 0) {
+        last_renew = t;
+        renew_op.state = 1;
+        enqueue(&renew_op, OP_RENEW);
+    }
+    if (stopping && (!jobs || t > stop_deadline)) { feed_flush(); exit(0); }
+}
+
+static void on_signal(void) {
+    struct signalfd_siginfo si;
+    if (read(sfd, &si, sizeof si) != sizeof si) return;
+    if (stopping) return;
+    stopping = 1; /* no new sends: idle callers are closed, waiting ones answered first */
+    stop_deadline = mono() + grace_s;
+    for (int i = 0; i < nlisten; i++) { epoll_ctl(ep, EPOLL_CTL_DEL, listen_fds[i], NULL); close(listen_fds[i]); }
+    for (client *c = clients, *next; c; c = next) {
+        next = c->next;
+        if (!c->job && c->up < 0) client_close(c);
+    }
+    fprintf(stderr, "lane: stopping (grace %.0f s, %s sends running)\n", grace_s, jobs ? "some" : "no");
+}
+
+/* ------------------------------------------------------------------ main */
+
+static double env_f(const char *k, double d) { const char *v = getenv(k); return v && *v ? atof(v) : d; }
+
+static const char *env_s(const char *k) {
+    const char *v = getenv(k);
+    if (!v || !*v) { fprintf(stderr, "lane: %s is required\n", k); exit(2); }
+    return v;
+}
+
+int main(void) {
+    signal(SIGPIPE, SIG_IGN);
+    db_path = env_s("BERTH_LANE_DB");
+    upstream_path = env_s("BERTH_LANE_UPSTREAM");
+    owner = env_s("BERTH_LANE_OWNER");
+    secret = env_s("BERTH_LANE_SECRET");
+    const char *admin = getenv("BERTH_LANE_ADMIN_SHA256");
+    if (admin && strlen(admin) == 64) {
+        have_admin = 1;
+        for (int i = 0; i < 32; i++) {
+            int hi = hexval(admin[2 * i]), lo = hexval(admin[2 * i + 1]);
+            if (hi < 0 || lo < 0) { have_admin = 0; break; }
+            admin_sha[i] = (unsigned char)(hi << 4 | lo);
+        }
+    }
+    (void)canon_params;
+    debug = getenv("BERTH_LANE_DEBUG") != NULL;
+    wait_s = env_f("BERTH_LANE_WAIT", 300);
+    forward_timeout = env_f("BERTH_LANE_FORWARD_TIMEOUT", 600);
+    lease_s = env_f("BERTH_LANE_LEASE", 30);
+    grace_s = env_f("BERTH_LANE_GRACE", 10);
+    max_body = (long)env_f("BERTH_LANE_MAX_BODY", 1 << 20);
+    max_queue = (long)env_f("BERTH_LANE_MAX_QUEUE", 10000);
+    if (getenv("BERTH_LANE_SYNCHRONOUS") && *getenv("BERTH_LANE_SYNCHRONOUS")) synchronous = getenv("BERTH_LANE_SYNCHRONOUS");
+    if (strcasecmp(synchronous, "FULL") && strcasecmp(synchronous, "NORMAL") && strcasecmp(synchronous, "EXTRA")) synchronous = "FULL";
+
+    const char *fds = env_s("BERTH_LANE_LISTEN_FDS");
+    for (const char *q = fds; *q && nlisten < MAX_LISTEN;) {
+        listen_fds[nlisten++] = (int)strtol(q, (char **)&q, 10);
+        if (*q == ',') q++;
+    }
+
+    rdb = open_db();
+    wdb = open_db();
+    prepare(rdb, Q_CRED, &q_cred);
+    prepare(rdb, Q_WS, &q_ws);
+    prepare(wdb, W_ACCEPT, &w_accept);
+    prepare(wdb, W_SETTLE, &w_settle);
+    prepare(wdb, W_RENEW, &w_renew);
+
+    ep = epoll_create1(EPOLL_CLOEXEC);
+    efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    tfd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
+    struct itimerspec its = {{0, 250000000}, {0, 250000000}};
+    timerfd_settime(tfd, 0, &its, NULL);
+    sigset_t ss;
+    sigemptyset(&ss);
+    sigaddset(&ss, SIGTERM);
+    sigaddset(&ss, SIGINT);
+    sigprocmask(SIG_BLOCK, &ss, NULL);
+    sfd = signalfd(-1, &ss, SFD_NONBLOCK | SFD_CLOEXEC);
+    for (int i = 0; i < nlisten; i++) {
+        fcntl(listen_fds[i], F_SETFL, O_NONBLOCK);
+        ep_add(listen_fds[i], &listen_e, EPOLLIN);
+    }
+    ep_add(efd, &event_e, EPOLLIN);
+    ep_add(tfd, &timer_e, EPOLLIN);
+    ep_add(sfd, &signal_e, EPOLLIN);
+    pthread_t t;
+    pthread_create(&t, NULL, writer, NULL);
+    last_renew = mono();
+    puts_(&feed, "{\"e\":\"ready\"}\n");
+    feed_flush();
+
+    struct epoll_event evs[256];
+    for (;;) {
+        int n = epoll_wait(ep, evs, 256, -1);
+        if (n < 0 && errno == EINTR) continue;
+        for (int i = 0; i < n; i++) {
+            ev *tag = evs[i].data.ptr;
+            switch (tag->kind) {
+            case K_LISTEN:
+                for (int k = 0; k < nlisten; k++) {
+                    int fd;
+                    while ((fd = accept4(listen_fds[k], NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC)) >= 0) {
+                        int one = 1;
+                        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+                        client *c = calloc(1, sizeof *c);
+                        c->e.kind = K_CLIENT;
+                        c->fd = fd;
+                        c->up = -1;
+                        c->next = clients;
+                        if (clients) clients->prev = c;
+                        clients = c;
+                        ep_add(fd, &c->e, EPOLLIN);
+                    }
+                }
+                break;
+            case K_CLIENT: on_client((client *)tag); break;
+            case K_UP: on_up((client *)((char *)tag - offsetof(client, up_e))); break;
+            case K_AGENT: on_agent((agent *)tag, evs[i].events); break;
+            case K_EVENT: on_committed(); break;
+            case K_TIMER: on_tick(); break;
+            case K_SIGNAL: on_signal(); break;
+            }
+        }
+    }
+}
