@@ -10,6 +10,7 @@ import secrets
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from berth.adapters.agent_http import HttpAgentClient
 from berth.adapters.memory_bus import MemoryBus, MemoryCache, MemoryLocks
@@ -41,6 +42,9 @@ from berth.services.supervisor import Supervisor
 from berth.services.url_policy import AgentUrlPolicy, parse_networks
 from berth.services.workspaces import Workspaces
 from berth.settings import Settings
+
+if TYPE_CHECKING:
+    from berth.lane import Lane
 
 log = logging.getLogger("berth")
 __all__ = ["Container", "admin_token", "build"]
@@ -75,6 +79,7 @@ class Container:
     admin_token: str
     sole: bool  # the only replica on its log: on start it takes over every lease
     supervisor: Supervisor = field(default_factory=Supervisor)
+    lane: Lane | None = None  # the fast lane, set by `berth serve` (docs/fast-lane.md)
 
     async def start(self) -> None:
         await self._migrate()
@@ -104,6 +109,8 @@ class Container:
             self.heartbeats,
         )
         run("probe", lambda: prober.run(self.settings.heartbeat_seconds))
+        if self.lane is not None:  # after recovery: it may take work at once
+            await self.lane.start()
 
     async def _migrate(self) -> None:
         """Bring the schema up to date, waiting for a database that cannot be reached yet
@@ -156,6 +163,8 @@ class Container:
                 )
 
     async def stop(self) -> None:
+        if self.lane is not None:  # its hand-offs and settles end before the dispatcher's
+            await self.lane.stop()
         await self.idle.close()
         await self.workspaces.close()
         await self.registry.shutdown()

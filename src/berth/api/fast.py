@@ -21,6 +21,7 @@ from starlette.types import Receive, Scope, Send
 from berth.api.a2a import a2a_endpoint
 from berth.api.agents import beat
 from berth.api.errors import error_response, rpc_error_response
+from berth.api.lane import HANDOFF_PATH, lane_handoff, lane_secret
 from berth.api.limits import BodyLimit
 from berth.domain.errors import BerthError
 
@@ -29,6 +30,7 @@ __all__ = ["A2A_PATH", "HEARTBEAT_PATH", "App"]
 
 A2A_PATH = re.compile(r"^/v1/workspaces/([^/]+)/a2a/?$")
 HEARTBEAT_PATH = "/v1/agents/heartbeat"
+LANE_PREFIX = "/v1/lane/"
 
 
 class App(FastAPI):
@@ -45,6 +47,8 @@ class App(FastAPI):
                     self._fast = BodyLimit(_a2a, self.state.berth.settings.max_body_bytes)
                 await self._fast(scope, receive, send)
                 return
+            if scope["path"].startswith(LANE_PREFIX) and await self._lane(scope, receive, send):
+                return
             if scope["path"] == HEARTBEAT_PATH:
                 scope["app"] = self
                 if self._beat is None:
@@ -52,6 +56,17 @@ class App(FastAPI):
                 await self._beat(scope, receive, send)
                 return
         await super().__call__(scope, receive, send)
+
+    async def _lane(self, scope: Scope, receive: Receive, send: Send) -> bool:
+        """A hand-off of this berth's fast lane, served; anyone else's request is left to
+        FastAPI, to which the path is unknown (404)."""
+        lane = self.state.berth.lane
+        m = HANDOFF_PATH.match(scope["path"])
+        if m is None or lane is None or not lane.handoff.admits(lane_secret(scope)):
+            return False
+        scope["app"] = self
+        await lane_handoff(lane, m[1], scope, receive, send)
+        return True
 
 
 async def _heartbeat(scope: Scope, receive: Receive, send: Send) -> None:

@@ -33,6 +33,7 @@ __all__ = ["Dispatcher"]
 
 DRAINING_HOLD = 0.5  # seconds to wait before re-offering a message the agent refused while draining
 SETTLE_RETRY = 0.5  # seconds between settles of a known outcome while the store is away
+LANE_GONE_MAX = 1024  # hand-offs remembered until their feed line comes (see lane_ended)
 CRASH_NOTICE = 0.3  # seconds a transport failure waits for the exit of the agent to be noticed
 
 
@@ -75,6 +76,8 @@ class Dispatcher:
         # the fast lane's forwards (docs/fast-lane.md): ws -> delivery ids, and back
         self._lane: dict[str, dict[str, None]] = {}
         self._lane_ws: dict[str, str] = {}
+        # ended before the feed said they started (a hand-off can overtake its feed line)
+        self._lane_gone: dict[str, None] = {}
         self._idle: dict[str, asyncio.Event] = {}
         self._draining_run: dict[
             str, str | None
@@ -150,6 +153,9 @@ class Dispatcher:
     # the fast lane's forwards ------------------------------------------------
     def lane_started(self, ws_id: str, delivery_id: str) -> None:
         """The fast lane accepted a delivery and forwards it: in flight here, as ours."""
+        if delivery_id in self._lane_gone:
+            del self._lane_gone[delivery_id]
+            return
         self._lane.setdefault(ws_id, {})[delivery_id] = None
         self._lane_ws[delivery_id] = ws_id
 
@@ -158,6 +164,9 @@ class Dispatcher:
         slot is free, which a message queued behind it may be waiting for."""
         ws_id = self._lane_ws.pop(delivery_id, None)
         if ws_id is None:
+            self._lane_gone[delivery_id] = None
+            if len(self._lane_gone) > LANE_GONE_MAX:
+                del self._lane_gone[next(iter(self._lane_gone))]
             return
         flights = self._lane.get(ws_id, {})
         flights.pop(delivery_id, None)
@@ -171,6 +180,7 @@ class Dispatcher:
         gone = list(self._lane)
         self._lane.clear()
         self._lane_ws.clear()
+        self._lane_gone.clear()
         for ws_id in gone:
             self._maybe_idle(ws_id)
 

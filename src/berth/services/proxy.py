@@ -221,12 +221,28 @@ class Proxy:
                 await sub.aclose()
                 sub = self._bus.subscribe(stream_topic(stored.id))
             return await self._stream_reply(stored, sub, how, original=created)
-        if not stored.status.final:
-            got = await self._log.wait(stored.id, wait, first=first) if wait > 0 else None
+        return await self.answer(stored, how, wait, first=first, original=created)
+
+    async def answer(
+        self,
+        d: Delivery,
+        how: Binding,
+        wait: float,
+        *,
+        first: asyncio.Future[Delivery | None] | None = None,
+        original: bool,
+    ) -> ProxyReply:
+        """What the caller of a plain send gets: its answer once `d` is final, waiting up to
+        `wait` seconds (`first`: a wait registered before, DeliveryLog.expect), else 202
+        with where to look. `original`: the send that made `d` (not a replay)."""
+        if not d.status.final:
+            got = await self._log.wait(d.id, wait, first=first) if wait > 0 else None
             if got is None:
-                return self._accepted(stored)
-            stored = got
-        return self._answer(stored, how, original=created)
+                return self._accepted(d)
+            d = got
+        elif first is not None:
+            self._log.drop(d.id, first)
+        return self._answer(d, how, original=original)
 
     def _accepted(self, d: Delivery) -> ProxyReply:
         body = json.dumps(

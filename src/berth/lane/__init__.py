@@ -1,0 +1,91 @@
+"""The fast lane's Python side (docs/fast-lane.md): the compiled front owns berth's public
+port and serves plain sends itself; Python reads its feed, takes its hand-offs, and
+supervises its process."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import secrets
+import socket
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from berth.adapters.sql.sqlite import SqliteStore
+from berth.lane.build import build_lane
+from berth.lane.feed import LaneFeed
+from berth.lane.handoff import Handed, LaneHandoff
+from berth.lane.process import LaneProcess
+
+if TYPE_CHECKING:
+    from berth.bootstrap import Container
+
+log = logging.getLogger("berth.lane")
+__all__ = ["SOCKET_FILE", "Handed", "Lane", "LaneFeed", "LaneHandoff", "LaneProcess", "build_lane"]
+
+SOCKET_FILE = "berth.sock"  # in the data dir: where uvicorn listens when the lane is on
+
+
+class Lane:
+    """One berth's fast lane: its process, its feed and its hand-offs (`Container.lane`).
+    Started by the Container after recovery, stopped before the dispatcher closes."""
+
+    def __init__(
+        self,
+        c: Container,
+        exe: Path,
+        listen: Sequence[socket.socket],
+        upstream: Path,
+        *,
+        db: Path,
+    ) -> None:
+        """`db`: the SQLite database file the lane writes to (berth's own), `upstream`: the
+        Unix socket Python listens on, `listen`: the public sockets the lane serves."""
+        s = c.settings
+        self.owner = f"{c.dispatcher.owner}:lane"
+        self.upstream = upstream
+        self._deliveries, self._dispatcher = c.deliveries, c.dispatcher
+        secret = secrets.token_hex(16)
+        self.feed = LaneFeed(c.deliveries, c.dispatcher, c.events, c.metrics, c.roster.name_of)
+        self.handoff = LaneHandoff(
+            c.deliveries, c.dispatcher, c.roster, c.proxy, owner=self.owner, secret=secret
+        )
+        env = {
+            "BERTH_LANE_UPSTREAM": str(upstream),
+            "BERTH_LANE_DB": str(db),
+            "BERTH_LANE_OWNER": self.owner,
+            "BERTH_LANE_ADMIN_SHA256": hashlib.sha256(c.admin_token.encode()).hexdigest(),
+            "BERTH_LANE_SECRET": secret,
+            "BERTH_LANE_WAIT": repr(float(s.default_wait_seconds)),
+            "BERTH_LANE_FORWARD_TIMEOUT": repr(float(s.forward_timeout)),
+            "BERTH_LANE_LEASE": repr(float(s.lease_seconds)),
+            "BERTH_LANE_MAX_BODY": str(s.max_body_bytes),
+            "BERTH_LANE_GRACE": repr(float(s.shutdown_grace_seconds)),
+            "BERTH_LANE_MAX_QUEUE": str(s.max_queue),
+            "BERTH_LANE_SYNCHRONOUS": s.sqlite_synchronous.upper(),
+        }
+        self.process = LaneProcess(
+            exe, listen, env, self.feed, self._gone, grace=s.shutdown_grace_seconds
+        )
+
+    @staticmethod
+    def database(c: Container) -> Path | None:
+        """The SQLite file of the container's store; None on any other store."""
+        return Path(c.store.path).resolve() if isinstance(c.store, SqliteStore) else None
+
+    async def start(self) -> None:
+        await self.process.start()
+
+    async def stop(self) -> None:
+        await self.process.stop()
+
+    async def _gone(self) -> None:
+        """The lane exited (or was stopped): what it had in flight goes back to the queue
+        at once, announced, and none of it counts as in flight any more."""
+        try:
+            released = await self._deliveries.release_leases(self.owner)
+            if released:
+                log.info("fast lane: gave back %d in-flight deliveries", len(released))
+        finally:
+            self._dispatcher.lane_forget()

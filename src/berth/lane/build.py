@@ -1,0 +1,62 @@
+"""Building the lane: `lane.c` (with `canon.h` beside it) compiled once per version of
+its sources into a cache directory."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+log = logging.getLogger("berth.lane")
+__all__ = ["SOURCES", "build_lane"]
+
+HERE = Path(__file__).resolve().parent
+SOURCES = ("lane.c", "canon.h")
+LIBS = ("-lsqlite3", "-lpthread", "-lcrypto")
+COMPILE_TIMEOUT = 300.0
+STDERR_TAIL = 2000  # characters of the compiler's complaint that are logged
+
+
+def build_lane(cache_dir: Path, source_dir: Path = HERE) -> Path | None:
+    """The lane's executable, compiled unless this version of its sources already was
+    (`<cache_dir>/berth-lane-<12 hex of their sha256>`); None, with a warning saying why,
+    when it cannot be built (berth then serves everything itself)."""
+    try:
+        digest = hashlib.sha256()
+        for name in SOURCES:
+            digest.update(name.encode() + b"\0" + (source_dir / name).read_bytes() + b"\0")
+    except OSError as e:
+        log.warning("fast lane off: its sources cannot be read (%s)", e)
+        return None
+    exe = cache_dir / f"berth-lane-{digest.hexdigest()[:12]}"
+    if exe.is_file() and os.access(exe, os.X_OK):
+        return exe
+    gcc = shutil.which("gcc")
+    if gcc is None:
+        log.warning("fast lane off: no C compiler (gcc) to build it with")
+        return None
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    tmp = exe.with_name(f"{exe.name}.tmp-{os.getpid()}")
+    cmd = [gcc, "-O2", "-o", str(tmp), str(source_dir / "lane.c"), *LIBS]
+    try:
+        done = subprocess.run(
+            cmd, cwd=source_dir, capture_output=True, text=True, timeout=COMPILE_TIMEOUT
+        )
+    except (OSError, subprocess.TimeoutExpired) as e:
+        tmp.unlink(missing_ok=True)
+        log.warning("fast lane off: building it failed: %s", e)
+        return None
+    if done.returncode != 0:
+        tmp.unlink(missing_ok=True)
+        log.warning(
+            "fast lane off: building it failed (gcc exit %d): %s",
+            done.returncode,
+            done.stderr.strip()[-STDERR_TAIL:],
+        )
+        return None
+    os.replace(tmp, exe)  # atomic: a concurrent build or a reader sees a whole file or none
+    log.info("fast lane built: %s", exe)
+    return exe

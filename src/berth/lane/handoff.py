@@ -1,0 +1,120 @@
+"""A hand-off: the fast lane's forward ended in something other than a reply it may
+settle itself (a DRAINING refusal, another answer, a reset, a timeout, no connection).
+Python takes the delivery's lease over from the lane, settles the outcome as its own
+dispatcher would, and answers the lane's caller as for an original send."""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from dataclasses import dataclass
+
+import orjson
+
+from berth.domain.delivery import Delivery, Outcome
+from berth.domain.errors import InvalidInput
+from berth.ports import AgentReply
+from berth.services.bindings import JsonRpc, ProxyReply
+from berth.services.delivery_log import DeliveryLog
+from berth.services.dispatcher import Dispatcher
+from berth.services.proxy import Proxy
+from berth.services.replies import classify
+from berth.services.roster import Roster
+
+log = logging.getLogger("berth.lane")
+__all__ = ["Handed", "LaneHandoff"]
+
+FAILED = {"transport": Outcome.TRANSPORT, "unreached": Outcome.UNREACHED}
+
+
+@dataclass(frozen=True)
+class Handed:
+    """What the lane hands over: its attempt's outcome and the caller's remaining wait."""
+
+    delivery_id: str
+    outcome: str  # reply, transport or unreached
+    status: int | None = None  # the agent's HTTP status (reply)
+    content_type: str | None = None
+    detail: str | None = None
+    wait: float = 0.0  # seconds the caller may still wait; 0: no caller
+    body: bytes = b""  # the agent's answer (reply)
+
+
+class LaneHandoff:
+    def __init__(
+        self,
+        deliveries: DeliveryLog,
+        dispatcher: Dispatcher,
+        roster: Roster,
+        proxy: Proxy,
+        *,
+        owner: str,
+        secret: str,
+    ) -> None:
+        self._log, self._dispatcher, self._roster, self._proxy = (
+            deliveries,
+            dispatcher,
+            roster,
+            proxy,
+        )
+        self.owner = owner  # the lane's lease owner
+        self._secret = secret.encode()
+
+    def admits(self, secret: str | None) -> bool:
+        """The request comes from this berth's lane (it alone knows the secret)."""
+        return secret is not None and hmac.compare_digest(secret.encode(), self._secret)
+
+    async def take(self, h: Handed) -> ProxyReply:
+        outcome, body, status, ctype, detail = _outcome(h)
+        first = self._log.expect(h.delivery_id) if h.wait > 0 else None
+        try:
+            d = await self._log.take_lease(h.delivery_id, self.owner)
+            if d is not None:
+                self._adopt(d, outcome, body, status, ctype, detail)
+            self._dispatcher.lane_ended(h.delivery_id)
+            if d is None:  # a restart requeued it, or its lease ran out: its answer, then
+                d = await self._log.get(h.delivery_id)
+        except BaseException:
+            if first is not None:
+                self._log.drop(h.delivery_id, first)
+            raise
+        how = JsonRpc(_request_id(d))
+        return await self._proxy.answer(d, how, h.wait, first=first, original=True)
+
+    def _adopt(
+        self,
+        d: Delivery,
+        outcome: Outcome,
+        body: bytes | None,
+        status: int | None,
+        ctype: str | None,
+        detail: str | None,
+    ) -> None:
+        ws = self._roster.peek(d.workspace_id)
+        if ws is None:  # removed meanwhile: its removal cancels what it had pending
+            log.warning("fast lane: handed %s of a workspace berth no longer knows", d.id)
+            return
+        self._dispatcher.adopt(ws, d, outcome, body, status, detail, ctype)
+
+
+def _outcome(
+    h: Handed,
+) -> tuple[Outcome, bytes | None, int | None, str | None, str | None]:
+    """(outcome, body, status, content type, detail) as the dispatcher's forward has them."""
+    if h.outcome == "reply":
+        if h.status is None:
+            raise InvalidInput("a reply hand-off needs x-berth-lane-status")
+        ctype = h.content_type or "application/json"
+        outcome = classify(AgentReply(h.status, h.body, ctype))
+        return outcome, h.body, h.status, ctype, h.detail or f"HTTP {h.status}"
+    if h.outcome in FAILED:
+        return FAILED[h.outcome], None, None, None, h.detail or h.outcome
+    raise InvalidInput(f"x-berth-lane-outcome: reply, transport or unreached, not {h.outcome!r}")
+
+
+def _request_id(d: Delivery) -> object:
+    try:
+        doc = orjson.loads(d.request)
+    except orjson.JSONDecodeError:
+        return None
+    return doc.get("id") if isinstance(doc, dict) else None

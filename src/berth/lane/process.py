@@ -1,0 +1,158 @@
+"""The lane's process: started with berth's listening sockets inherited, its feed read
+from its standard output, its standard error logged, and started again after a crash."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from pathlib import Path
+
+from berth.lane.feed import LaneFeed
+
+log = logging.getLogger("berth.lane")
+__all__ = ["LaneProcess"]
+
+RESTART_AFTER = 1.0  # seconds between a crash of the lane and its next start
+KILL_AFTER = 5.0  # seconds past the shutdown grace before a SIGTERM becomes a SIGKILL
+CHUNK = 1 << 16
+# what the lane inherits of berth's environment (never berth's secrets)
+INHERITED = ("PATH", "LD_LIBRARY_PATH", "LANG", "LC_ALL", "TZ", "TMPDIR")
+
+
+class LaneProcess:
+    def __init__(
+        self,
+        exe: Path,
+        listen: Sequence[socket.socket],
+        env: Mapping[str, str],
+        feed: LaneFeed,
+        on_exit: Callable[[], Awaitable[None]],
+        *,
+        grace: float,
+        restart_after: float = RESTART_AFTER,
+        kill_after: float = KILL_AFTER,
+    ) -> None:
+        self._exe, self._listen, self._feed, self._on_exit = exe, list(listen), feed, on_exit
+        fds = ",".join(str(s.fileno()) for s in self._listen)
+        inherited = {k: os.environ[k] for k in INHERITED if k in os.environ}
+        self._env = {**inherited, **env, "BERTH_LANE_LISTEN_FDS": fds}
+        self._grace, self._restart_after, self._kill_after = grace, restart_after, kill_after
+        self._proc: asyncio.subprocess.Process | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = False
+        self.starts = 0
+        self.ready = asyncio.Event()
+        feed.on_ready = self._ready
+
+    @property
+    def pid(self) -> int | None:
+        return None if self._proc is None else self._proc.pid
+
+    async def start(self) -> None:
+        self._stopping = False
+        self._task = asyncio.create_task(self._run(), name="fast-lane")
+
+    async def stop(self) -> None:
+        """SIGTERM (the lane finishes its forwards for up to the shutdown grace), SIGKILL
+        past it, then the lane's leases given back. Safe to call twice."""
+        if self._task is None:
+            return
+        self._stopping = True
+        task, self._task = self._task, None
+        proc = self._proc
+        if proc is not None and proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(asyncio.shield(task), self._grace + self._kill_after)
+            except asyncio.TimeoutError:
+                log.warning(
+                    "fast lane did not stop in %g s: killed", self._grace + self._kill_after
+                )
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await self._on_exit()
+
+    def _ready(self) -> None:
+        where = ", ".join(_address(s) for s in self._listen)
+        log.info("fast lane serving on %s", where)
+        self.ready.set()
+
+    async def _run(self) -> None:
+        while not self._stopping:
+            code = await self._once()
+            if self._stopping:
+                return
+            log.error(
+                "fast lane exited (%s); its deliveries go back to the queue; starting it "
+                "again in %g s",
+                code,
+                self._restart_after,
+            )
+            self.ready.clear()
+            try:
+                await self._on_exit()
+            except Exception:
+                log.exception("fast lane: could not give its leases back; they will expire")
+            await asyncio.sleep(self._restart_after)
+
+    async def _once(self) -> str:
+        """One run of the lane, to its exit: how it ended."""
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                str(self._exe),
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                pass_fds=[s.fileno() for s in self._listen],
+                env=self._env,
+            )
+        except OSError as e:
+            return f"could not start {self._exe}: {e}"
+        self._proc = proc
+        self.starts += 1
+        assert proc.stdout is not None and proc.stderr is not None
+        readers = asyncio.gather(self._read_feed(proc.stdout), _log_lines(proc.stderr))
+        try:
+            await proc.wait()
+            await readers
+        except Exception:  # a bug in reading: the lane's exit is still handled as one
+            log.exception("fast lane: reading its output failed")
+        finally:
+            readers.cancel()
+        code = await proc.wait()
+        return f"exit code {code}" if code >= 0 else f"signal {-code}"
+
+    async def _read_feed(self, out: asyncio.StreamReader) -> None:
+        async for line in _lines(out):
+            await self._feed.apply(line)
+
+
+async def _log_lines(err: asyncio.StreamReader) -> None:
+    async for line in _lines(err):
+        log.info("lane: %s", line.decode(errors="replace").rstrip())
+
+
+async def _lines(out: asyncio.StreamReader) -> AsyncIterator[bytes]:
+    """Non-empty lines, read in chunks (the feed has thousands a second; any length)."""
+    rest = b""
+    while chunk := await out.read(CHUNK):
+        lines = (rest + chunk).split(b"\n")
+        rest = lines.pop()
+        for line in lines:
+            if line:
+                yield line
+    if rest:
+        yield rest
+
+
+def _address(s: socket.socket) -> str:
+    host, port = s.getsockname()[:2]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

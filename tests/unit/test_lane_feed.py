@@ -1,0 +1,204 @@
+"""The fast lane's feed, driven line by line (no lane needed) over berth's real services:
+an accepted-in-flight line counts the delivery as accepted, forwarded and in flight here
+(a drain waits for it); a done line ends it, counts it and wakes its waiter; bad lines
+are skipped and the feed goes on."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+import pytest
+
+from berth.adapters.memory_bus import MemoryBus
+from berth.domain.delivery import Delivery
+from berth.domain.delivery import DeliveryStatus as D
+from berth.domain.workspace import Workspace
+from berth.lane import LaneFeed
+from berth.ports import Settle
+from berth.services.events import BATCH_TOPIC, unpack
+from tests.contract.test_store import make_d
+from tests.service.fakes import World, world
+
+
+@pytest.fixture
+async def w() -> AsyncIterator[World]:
+    async with world() as w:
+        yield w
+
+
+def feed_of(w: World) -> LaneFeed:
+    c = w.c
+    return LaneFeed(c.deliveries, c.dispatcher, c.events, c.metrics, c.roster.name_of)
+
+
+def owner(w: World) -> str:
+    return f"{w.c.dispatcher.owner}:lane"
+
+
+async def lane_accepts(w: World, ws: Workspace, mid: str) -> Delivery:
+    """What the lane writes for a plain send: the delivery, in flight under its lease."""
+    d, _ = await w.store.accept(make_d(ws.id, mid, caller="operator", request=b'{"id": 7}'))
+    (got,) = await w.store.claim(
+        ws.id, capacity=None, owner=owner(w), lease_seconds=30, now=time.time()
+    )
+    assert got.id == d.id
+    return got
+
+
+def line(**ev: Any) -> bytes:
+    return orjson.dumps(ev)
+
+
+def f_line(d: Delivery) -> bytes:
+    return line(e="f", id=d.id, ws=d.workspace_id, mid=d.message_id, caller=d.caller, created=1.0)
+
+
+def d_line(d: Delivery, fwd: float = 0.25) -> bytes:
+    ev = {"e": "d", "id": d.id, "ws": d.workspace_id, "mid": d.message_id}
+    return line(**ev, created=d.created_at, finished=d.created_at + 0.5, fwd=fwd)
+
+
+def summary(w: World, name: str, ws: str) -> tuple[float, float]:
+    """(count, sum) of a per-workspace duration."""
+    n, total = w.c.metrics._durations[name].get(ws, [0.0, 0.0])
+    return n, total
+
+
+async def flows(bus: MemoryBus, sub: Any, n: int) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    while len(out) < n:
+        topic, payload = await asyncio.wait_for(sub.__anext__(), 2)
+        out += [p for kind, p in unpack(topic, payload) if kind.startswith("delivery.")]
+    return out
+
+
+async def test_an_accepted_line_is_counted_forwarded_and_in_flight(w: World) -> None:
+    ws = await w.create("a")
+    d = await lane_accepts(w, ws, "m1")
+    active: list[str] = []
+    w.c.deliveries.on_work(active.append)
+    sub = w.c.bus.subscribe(BATCH_TOPIC)
+    await feed_of(w).apply(f_line(d))
+    m = w.c.metrics
+    assert m.value("berth_deliveries_accepted_total", workspace="a") == 1
+    assert summary(w, "berth_queue_wait_seconds", "a") == (1, 0.0)
+    assert active == [ws.id]  # idle suspend sees the message
+    got = await flows(w.c.bus, sub, 2)
+    assert [(f["kind"], f["delivery_id"], f["message_id"]) for f in got] == [
+        ("delivery.accepted", d.id, "m1"),
+        ("delivery.forwarded", d.id, "m1"),
+    ]
+    assert got[1]["forward"] == 1
+    assert w.c.dispatcher.in_flight(ws.id) == [d.id]
+    assert not await w.c.dispatcher.wait_idle(ws.id, 0.05)  # a drain waits for it
+    await sub.aclose()
+
+
+async def test_a_done_line_ends_it_counts_it_and_wakes_its_waiter(w: World) -> None:
+    ws = await w.create("a")
+    d = await lane_accepts(w, ws, "m1")
+    feed = feed_of(w)
+    sub = w.c.bus.subscribe(BATCH_TOPIC)
+    await feed.apply(f_line(d))
+    waiter = asyncio.create_task(w.c.deliveries.wait(d.id, 5))
+    drained = asyncio.create_task(w.c.dispatcher.wait_idle(ws.id, 5))
+    await asyncio.sleep(0.05)
+    assert not waiter.done() and not drained.done()
+    how = Settle(D.DONE, reply=b'{"result": 1}', reply_status=200, forward=1)
+    assert await w.store.settle(d.id, owner(w), how, time.time()) is not None  # the lane's
+    await feed.apply(d_line(d))
+    got = await asyncio.wait_for(waiter, 1)
+    assert got is not None and (got.id, got.status, got.reply) == (d.id, D.DONE, b'{"result": 1}')
+    assert await asyncio.wait_for(drained, 1) is True
+    assert w.c.dispatcher.in_flight(ws.id) == []
+    m = w.c.metrics
+    assert m.value("berth_deliveries_total", workspace="a", outcome="done") == 1
+    assert summary(w, "berth_forward_seconds", "a") == (1, 0.25)
+    assert summary(w, "berth_delivery_seconds", "a") == (1, 0.5)
+    kinds = [f["kind"] for f in await flows(w.c.bus, sub, 3)]
+    assert kinds == ["delivery.accepted", "delivery.forwarded", "delivery.done"]
+    await sub.aclose()
+
+
+async def test_a_done_line_nobody_waits_for_reads_nothing(
+    w: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ws = await w.create("a")
+    d = await lane_accepts(w, ws, "m1")
+    reads: list[str] = []
+    real = w.store.get_delivery
+
+    async def counted(delivery_id: str) -> Delivery:
+        reads.append(delivery_id)
+        return await real(delivery_id)
+
+    monkeypatch.setattr(w.store, "get_delivery", counted)
+    feed = feed_of(w)
+    await feed.apply(f_line(d))
+    await feed.apply(d_line(d))
+    assert reads == [] and w.c.dispatcher.in_flight(ws.id) == []
+
+
+async def test_a_hand_off_that_overtakes_its_feed_line_leaves_nothing_in_flight(
+    w: World,
+) -> None:
+    ws = await w.create("a")
+    d = await lane_accepts(w, ws, "m1")
+    w.c.dispatcher.lane_ended(d.id)  # the hand-off came first
+    await feed_of(w).apply(f_line(d))
+    assert w.c.dispatcher.in_flight(ws.id) == []
+    assert w.c.metrics.value("berth_deliveries_accepted_total", workspace="a") == 1
+
+
+async def test_the_lane_exiting_forgets_its_forwards(w: World) -> None:
+    ws = await w.create("a")
+    d = await lane_accepts(w, ws, "m1")
+    await feed_of(w).apply(f_line(d))
+    drained = asyncio.create_task(w.c.dispatcher.wait_idle(ws.id, 5))
+    await asyncio.sleep(0.02)
+    w.c.dispatcher.lane_forget()
+    assert await asyncio.wait_for(drained, 1) is True
+    assert w.c.dispatcher.in_flight(ws.id) == []
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        b"{nope",
+        b"[1, 2]",
+        b'{"x": 1}',
+        b'{"e": "f", "id": "d1"}',  # fields missing
+        b'{"e": "f", "id": 5, "ws": "w", "mid": "m", "caller": "c", "created": 1}',
+        b'{"e": "d", "id": "d1", "ws": "w", "mid": "m", "created": "soon", "finished": 2, "fwd": 1}',
+    ],
+)
+async def test_a_malformed_line_is_skipped_with_a_warning(
+    w: World, bad: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
+    ws = await w.create("a")
+    d = await lane_accepts(w, ws, "m1")
+    feed = feed_of(w)
+    with caplog.at_level(logging.WARNING, logger="berth.lane"):
+        await feed.apply(bad)
+    assert "malformed feed line" in caplog.text
+    assert w.c.dispatcher.in_flight(ws.id) == [] and w.c.dispatcher._lane_gone == {}
+    await feed.apply(f_line(d))  # the feed goes on
+    assert w.c.dispatcher.in_flight(ws.id) == [d.id]
+
+
+async def test_ready_is_told_and_an_unknown_event_is_ignored(
+    w: World, caplog: pytest.LogCaptureFixture
+) -> None:
+    feed = feed_of(w)
+    told: list[bool] = []
+    feed.on_ready = lambda: told.append(True)
+    with caplog.at_level(logging.DEBUG, logger="berth.lane"):
+        await feed.apply(b'{"e": "later", "id": "x"}')
+        await feed.apply(b'{"e": "ready"}')
+    assert told == [True]
+    assert "does not know" in caplog.text and "malformed" not in caplog.text
