@@ -261,9 +261,19 @@ def compare(label: str, bare: Result, via: Result, what: str = "the bare proxy")
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far (Linux)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """User + system CPU time of a process and its children so far (Linux): berth with
+    its fast lane is two processes."""
+    total = 0.0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(entry.name) == pid or int(fields[1]) == pid:
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
 
 
 async def measured(
@@ -285,8 +295,13 @@ async def trivial(args: argparse.Namespace, tmp: Path, procs: Procs, dbs: Databa
     berths: list[tuple[str, str, int, dict[str, str]]] = []
     variants = ["postgresql"] if args.database_url else args.sync.split(",")
     sources = [("", None)] + ([("ref ", args.ref_src)] if args.ref_src else [])
-    for i, (sync, (tag, src)) in enumerate((v, s) for s in sources for v in variants):
+    runs = [(v, s, False) for s in sources for v in variants]
+    if args.lane:
+        runs.insert(0, (variants[0], ("", None), True))
+    for i, (sync, (tag, src), lane) in enumerate(runs):
         extra = await dbs.fresh()
+        if lane:
+            extra["BERTH_FAST_LANE"] = "on"
         if not args.database_url:
             extra["BERTH_SQLITE_SYNCHRONOUS"] = sync
         if src:
@@ -297,7 +312,7 @@ async def trivial(args: argparse.Namespace, tmp: Path, procs: Procs, dbs: Databa
         if args.caller:  # as a caller agent sends: its credential, read by berth per message
             headers = {"authorization": f"Bearer {caller_credential(url, 'bench')}"}
             spec["allowed_callers"] = ["caller:bench"]
-        label = f"{tag}berth ({sync})"
+        label = f"{tag}berth ({sync}{', fast lane' if lane else ''})"
         ws_url = workspace(url, f"trivial-{i}-{os.getpid()}", **spec)
         berths.append((label, ws_url, proc.pid, headers))
     print(
@@ -363,6 +378,9 @@ async def main() -> None:
     ap.add_argument("--echo", action="store_true", help="also the echo-agent comparison")
     ap.add_argument(
         "--ref-src", help="also berth imported from another checkout's src/ (before/after)"
+    )
+    ap.add_argument(
+        "--lane", action="store_true", help="also a berth with its fast lane on (docs/fast-lane.md)"
     )
     ap.add_argument(
         "--caller",

@@ -128,6 +128,8 @@ typedef struct client {
     int up;               /* relayed to Python: the upstream socket, or -1 */
     ev up_e;              /* epoll tag of `up` (kind K_UP, container_of'd back) */
     int close_after;      /* Connection: close */
+    int rd_eof, closing;  /* the caller half-closed; closed once out_c is sent */
+    buf out_c, out_up;    /* bytes waiting for the caller, for Python */
     struct client *prev, *next;
 } client;
 
@@ -256,13 +258,65 @@ static void unlink_client(client *c) {
     if (c->next) c->next->prev = c->prev;
 }
 
+#define HIGH_WATER (1 << 20) /* bytes waiting for a slow reader before its source is paused */
+
+/* What each of a caller's two sockets waits for: reading unless the caller half-closed or
+   the other side is backed up; writing while something waits to go out. */
+static void c_events(client *c) {
+    if (c->fd >= 0) {
+        uint32_t e = (!c->rd_eof && c->out_up.n < HIGH_WATER ? EPOLLIN : 0) | (c->out_c.n ? EPOLLOUT : 0);
+        ep_mod(c->fd, &c->e, e);
+    }
+    if (c->up >= 0) {
+        uint32_t e = (c->out_c.n < HIGH_WATER ? EPOLLIN : 0) | (c->out_up.n ? EPOLLOUT : 0);
+        ep_mod(c->up, &c->up_e, e);
+    }
+}
+
 static void client_close(client *c) {
     if (c->job) { c->job->c = NULL; c->job = NULL; }
     if (c->fd >= 0) { epoll_ctl(ep, EPOLL_CTL_DEL, c->fd, NULL); close(c->fd); }
     if (c->up >= 0) { epoll_ctl(ep, EPOLL_CTL_DEL, c->up, NULL); close(c->up); }
     unlink_client(c);
     buf_free(&c->in);
+    buf_free(&c->out_c);
+    buf_free(&c->out_up);
     free(c);
+}
+
+/* Send what waits in `pending`: 1 done or would block, 0 the peer is gone. */
+static int flush_to(int fd, buf *pending) {
+    size_t off = 0;
+    while (off < pending->n) {
+        ssize_t w = send(fd, pending->p + off, pending->n - off, MSG_NOSIGNAL);
+        if (w > 0) { off += (size_t)w; continue; }
+        if (w < 0 && errno == EINTR) continue;
+        if (w < 0 && errno == EAGAIN) break;
+        return 0;
+    }
+    drop(pending, off);
+    return 1;
+}
+
+/* Bytes for the caller (to_up 0) or for Python (1), never blocking the loop: what the
+   socket does not take now goes out when it can. 0: that peer is gone (c is closed). */
+static int c_write(client *c, int to_up, const char *p, size_t n) {
+    int fd = to_up ? c->up : c->fd;
+    buf *pending = to_up ? &c->out_up : &c->out_c;
+    if (fd < 0) return 1; /* a hand-off nobody waits for: Python's answer is dropped */
+    put(pending, p, n);
+    if (!flush_to(fd, pending)) { client_close(c); return 0; }
+    c_events(c);
+    return 1;
+}
+
+/* The caller's connection ends once what waits for it is out. */
+static void close_when_flushed(client *c) {
+    if (c->fd < 0 || !c->out_c.n) { client_close(c); return; }
+    c->closing = 1;
+    c->rd_eof = 1;
+    if (c->up >= 0) { epoll_ctl(ep, EPOLL_CTL_DEL, c->up, NULL); close(c->up); c->up = -1; }
+    c_events(c);
 }
 
 /* From now on this connection is Python's: what it sent and sends goes to the Unix
@@ -275,46 +329,63 @@ static void client_pipe(client *c, const char *first, size_t first_n) {
         char rsp[512];
         int n = snprintf(rsp, sizeof rsp, "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n"
                          "content-length: %zu\r\nconnection: close\r\n\r\n%s", sizeof body - 1, body);
-        if (c->fd >= 0) send_all(c->fd, rsp, (size_t)n);
         fprintf(stderr, "lane: cannot reach berth's server at %s: %s\n", upstream_path, strerror(errno));
-        client_close(c);
+        if (c_write(c, 0, rsp, (size_t)n)) close_when_flushed(c);
         return;
     }
     c->up = up;
     c->up_e.kind = K_UP;
     ep_add(up, &c->up_e, EPOLLIN);
-    if ((first_n && !send_all(up, first, first_n)) || (c->in.n && !send_all(up, c->in.p, c->in.n))) {
-        client_close(c);
-        return;
+    if (first_n && !c_write(c, 1, first, first_n)) return;
+    if (c->in.n) {
+        if (!c_write(c, 1, c->in.p, c->in.n)) return;
+        c->in.n = 0;
     }
-    c->in.n = 0;
+    if (c->rd_eof) shutdown(c->up, SHUT_WR);
 }
 
-static void on_client(client *c) {
+static void on_client(client *c, uint32_t events) {
+    if (events & EPOLLOUT) {
+        if (!flush_to(c->fd, &c->out_c)) { client_close(c); return; }
+        if (c->closing && !c->out_c.n) { client_close(c); return; }
+        c_events(c);
+    }
+    if (!(events & (EPOLLIN | EPOLLHUP | EPOLLERR)) || c->rd_eof) return;
     long r = read_some(c->fd, &c->in);
     if (c->up >= 0) { /* a pipe: pass it on */
-        if (c->in.n && !send_all(c->up, c->in.p, c->in.n)) { client_close(c); return; }
-        c->in.n = 0;
-        if (r < 0) shutdown(c->up, SHUT_WR);
-        if (r < 0) { epoll_ctl(ep, EPOLL_CTL_DEL, c->fd, NULL); }
+        if (c->in.n) {
+            if (!c_write(c, 1, c->in.p, c->in.n)) return;
+            c->in.n = 0;
+        }
+        if (r < 0) { /* the caller is done sending: so is its pipe, Python's answer still comes */
+            c->rd_eof = 1;
+            shutdown(c->up, SHUT_WR);
+            c_events(c);
+        }
         return;
     }
     if (r < 0) { client_close(c); return; }
     if (!c->job) on_request(c);
 }
 
-static void on_up(client *c) {
+static void on_up(client *c, uint32_t events) {
+    if (events & EPOLLOUT) {
+        if (!flush_to(c->up, &c->out_up)) { close_when_flushed(c); return; }
+        c_events(c);
+    }
+    if (!(events & (EPOLLIN | EPOLLHUP | EPOLLERR))) return;
     char tmp[65536];
-    for (;;) {
+    while (c->out_c.n < HIGH_WATER) {
         ssize_t r = recv(c->up, tmp, sizeof tmp, 0);
         if (r > 0) {
-            if (c->fd >= 0 && !send_all(c->fd, tmp, (size_t)r)) { client_close(c); return; }
+            if (!c_write(c, 0, tmp, (size_t)r)) return;
             continue;
         }
-        if (r < 0 && (errno == EAGAIN || errno == EINTR)) return;
-        client_close(c); /* Python closed: so does the caller's connection */
+        if (r < 0 && (errno == EAGAIN || errno == EINTR)) break;
+        close_when_flushed(c); /* Python closed: so does the caller's connection, once served */
         return;
     }
+    c_events(c);
 }
 
 /* ------------------------------------------------------------------ HTTP requests */
@@ -607,9 +678,10 @@ static int answer(client *c, int status, const char *ctype, const char *body, si
     if (c->close_after) puts_(&out, "connection: close\r\n");
     puts_(&out, "\r\n");
     put(&out, body, n);
-    int ok = send_all(c->fd, out.p, out.n);
+    int ok = c_write(c, 0, out.p, out.n);
     buf_free(&out);
-    if (!ok || c->close_after) { client_close(c); return 0; }
+    if (!ok) return 0;
+    if (c->close_after) { close_when_flushed(c); return 0; }
     return 1;
 }
 
@@ -1299,8 +1371,8 @@ int main(void) {
                     }
                 }
                 break;
-            case K_CLIENT: on_client((client *)tag); break;
-            case K_UP: on_up((client *)((char *)tag - offsetof(client, up_e))); break;
+            case K_CLIENT: on_client((client *)tag, evs[i].events); break;
+            case K_UP: on_up((client *)((char *)tag - offsetof(client, up_e)), evs[i].events); break;
             case K_AGENT: on_agent((agent *)tag, evs[i].events); break;
             case K_EVENT: on_committed(); break;
             case K_TIMER: on_tick(); break;
