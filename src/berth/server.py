@@ -32,6 +32,8 @@ GIL_SWITCH_SECONDS = 0.0005  # see serve()
 # freezes what exists once it is up (imports, the app: never garbage, never walked again)
 # and collects the young generation every GC_YOUNG allocations instead.
 GC_YOUNG = 20_000
+LISTEN_BACKLOG = 1024  # the public sockets handed to the fast lane
+UDS_MAX = 100  # bytes of a Unix socket's path (the kernel's limit is 107)
 # the Settings that `berth serve` takes as options (every one is also BERTH_<NAME>)
 SERVE_OPTIONS = (
     "host",
@@ -75,6 +77,10 @@ def serve(args: argparse.Namespace) -> None:
         log.info(where)
     else:
         print(where, file=sys.stderr)
+    container = app.state.berth
+    upstream = _fast_lane(
+        settings, container
+    )  # the lane takes the public port: Python listens here
     config = uvicorn.Config(
         app,
         log_config=None,  # uvicorn's own lines go through berth's handler (text or JSON)
@@ -86,9 +92,56 @@ def serve(args: argparse.Namespace) -> None:
         timeout_graceful_shutdown=60,
     )
     try:
-        _server_class()(config).run(sockets=_sockets(settings, app.state.berth))
+        server = _server_class()(config)
+        server.container = container
+        server.run(sockets=[upstream] if upstream else _sockets(settings, container))
     finally:
         os.close(lock)
+
+
+def _fast_lane(settings: Settings, container: Container) -> socket.socket | None:
+    """With BERTH_FAST_LANE=on and the lane built: the public sockets go to the lane (held
+    open here, so a restart of the lane refuses nobody), and uvicorn serves the Unix socket
+    returned, `<data dir>/berth.sock`, which only the lane connects to. None: berth serves
+    everything itself, as without the lane."""
+    if settings.fast_lane != "on":
+        return None
+    from berth.lane import SOCKET_FILE, Lane, build_lane
+
+    db = Lane.database(container)
+    if db is None:
+        log.warning("BERTH_FAST_LANE=on needs the SQLite store: serving without the fast lane")
+        return None
+    exe = build_lane(settings.data_path / "lane")
+    if exe is None:
+        return None
+    path = settings.data_path / SOCKET_FILE
+    if len(os.fsencode(path)) > UDS_MAX:
+        log.warning("fast lane off: the socket path %s is too long for a Unix socket", path)
+        return None
+    public = _sockets(settings, container) or [_public_socket(settings)]
+    for s in public:
+        s.listen(LISTEN_BACKLOG)
+    upstream = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()  # a stale one, left by a berth that was killed
+    upstream.bind(str(path))
+    os.chmod(path, 0o600)
+    container.lane = Lane(container, exe, public, path, db=db)
+    return upstream
+
+
+def _public_socket(settings: Settings) -> socket.socket:
+    """berth's port as uvicorn would bind it, for the lane."""
+    family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
+    s = socket.socket(family, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        s.bind((settings.host, settings.port))
+    except OSError:
+        s.close()
+        raise
+    return s
 
 
 def tune_gc() -> None:
@@ -176,7 +229,16 @@ def _server_class() -> Any:
     import uvicorn
 
     class _Server(uvicorn.Server):
-        """Exit 0 after a graceful shutdown on SIGTERM/SIGINT (uvicorn re-raises the signal)."""
+        """Exit 0 after a graceful shutdown on SIGTERM/SIGINT (uvicorn re-raises the signal).
+        A fast lane is stopped first, while Python still serves its hand-offs."""
+
+        container: Container | None = None
+
+        async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+            lane = None if self.container is None else self.container.lane
+            if lane is not None:
+                await lane.stop()
+            await super().shutdown(sockets)
 
         @contextlib.contextmanager
         def capture_signals(self) -> Iterator[None]:

@@ -11,6 +11,7 @@ import signal
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from berth.lane.feed import LaneFeed
 
@@ -68,14 +69,13 @@ class LaneProcess:
         if proc is not None and proc.returncode is None:
             with contextlib.suppress(ProcessLookupError):
                 proc.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(asyncio.shield(task), self._grace + self._kill_after)
-            except asyncio.TimeoutError:
-                log.warning(
-                    "fast lane did not stop in %g s: killed", self._grace + self._kill_after
-                )
+            stop_in = self._grace + self._kill_after
+            done, _ = await asyncio.wait({task}, timeout=stop_in)
+            if not done:
+                log.warning("fast lane did not stop in %g s: killed", stop_in)
                 with contextlib.suppress(ProcessLookupError):
                     proc.kill()
+                await asyncio.wait({task}, timeout=self._kill_after)  # reaped
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
         await self._on_exit()
@@ -99,8 +99,8 @@ class LaneProcess:
             self.ready.clear()
             try:
                 await self._on_exit()
-            except Exception:
-                log.exception("fast lane: could not give its leases back; they will expire")
+            except Exception:  # never the end of the restarts
+                log.exception("fast lane: handling its exit failed")
             await asyncio.sleep(self._restart_after)
 
     async def _once(self) -> str:
@@ -127,6 +127,7 @@ class LaneProcess:
             log.exception("fast lane: reading its output failed")
         finally:
             readers.cancel()
+            readers.add_done_callback(_retrieved)
         code = await proc.wait()
         return f"exit code {code}" if code >= 0 else f"signal {-code}"
 
@@ -151,6 +152,12 @@ async def _lines(out: asyncio.StreamReader) -> AsyncIterator[bytes]:
                 yield line
     if rest:
         yield rest
+
+
+def _retrieved(f: asyncio.Future[Any]) -> None:
+    """Readers cut by a stop: what they ended with is known, not an unretrieved error."""
+    if not f.cancelled():
+        f.exception()
 
 
 def _address(s: socket.socket) -> str:
