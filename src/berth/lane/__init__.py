@@ -51,7 +51,7 @@ class Lane:
         self.handoff = LaneHandoff(
             c.deliveries, c.dispatcher, c.roster, c.proxy, owner=self.owner, secret=secret
         )
-        env = {
+        self.env = {  # what the lane is told (docs/fast-lane.md)
             "BERTH_LANE_UPSTREAM": str(upstream),
             "BERTH_LANE_DB": str(db),
             "BERTH_LANE_OWNER": self.owner,
@@ -66,7 +66,7 @@ class Lane:
             "BERTH_LANE_SYNCHRONOUS": s.sqlite_synchronous.upper(),
         }
         self.process = LaneProcess(
-            exe, listen, env, self.feed, self._gone, grace=s.shutdown_grace_seconds
+            exe, listen, self.env, self.feed, self._gone, grace=s.shutdown_grace_seconds
         )
 
     @staticmethod

@@ -1,0 +1,180 @@
+"""The fast lane's hand-off at the HTTP edge, over the service tests' in-memory world (no
+lane process: the test writes what the lane would have written, then hands off as it
+would). Python takes the lease over, settles as its own dispatcher would, and answers the
+lane's caller as for an original send."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from berth.api.app import create_app
+from berth.domain.delivery import Delivery
+from berth.domain.delivery import DeliveryStatus as D
+from berth.domain.workspace import Workspace
+from berth.lane import Lane
+from berth.wire import draining_error, rpc_result
+from tests.contract.test_store import make_d
+from tests.service.fakes import World, world
+
+
+@dataclass
+class Handing:
+    w: World
+    lane: Lane
+    ws: Workspace
+    http: httpx.AsyncClient
+
+    @property
+    def owner(self) -> str:
+        return self.lane.owner
+
+    async def lane_accepts(self, mid: str, *, owner: str | None = None) -> Delivery:
+        """The lane's plain send: in flight under its lease, told to Python by the feed."""
+        msg = {"role": "ROLE_USER", "messageId": mid, "parts": [{"text": f"hi {mid}"}]}
+        raw = json.dumps({"jsonrpc": "2.0", "id": 7, "method": "message/send",
+                          "params": {"message": msg}}).encode()  # fmt: skip
+        d, _ = await self.w.store.accept(make_d(self.ws.id, mid, request=raw, caller="operator"))
+        (got,) = await self.w.store.claim(
+            self.ws.id, capacity=None, owner=owner or self.owner, lease_seconds=30, now=time.time()
+        )
+        assert got.id == d.id
+        line = {"e": "f", "id": d.id, "ws": self.ws.id, "mid": mid, "caller": "operator"}
+        await self.lane.feed.apply(json.dumps({**line, "created": d.created_at}).encode())
+        return got
+
+    async def hand(
+        self,
+        d: Delivery,
+        outcome: str,
+        *,
+        body: bytes = b"",
+        status: int | None = None,
+        wait: float = 5.0,
+        secret: str | None = "",
+    ) -> httpx.Response:
+        headers = {
+            "x-berth-lane-secret": self.lane.env["BERTH_LANE_SECRET"] if secret == "" else secret,
+            "x-berth-lane-outcome": outcome,
+            "x-berth-lane-wait": str(wait),
+            "x-berth-lane-detail": "from the lane",
+        }
+        if status is not None:
+            headers["x-berth-lane-status"] = str(status)
+            headers["content-type"] = "application/json"
+        headers = {k: v for k, v in headers.items() if v is not None}
+        return await self.http.post(f"/v1/lane/handoff/{d.id}", content=body, headers=headers)
+
+
+@pytest.fixture
+async def h() -> AsyncIterator[Handing]:
+    async with world(retry_backoff_seconds=0.05) as w:
+        ws = await w.create("a")
+        lane = Lane(w.c, Path("/nonexistent/lane"), [], Path("/nonexistent/berth.sock"),
+                    db=Path("/nonexistent/berth.db"))  # fmt: skip
+        w.c.lane = lane  # never started: the test plays the lane
+        transport = httpx.ASGITransport(create_app(container=w.c))
+        async with httpx.AsyncClient(transport=transport, base_url="http://berth") as http:
+            yield Handing(w, lane, ws, http)
+
+
+async def test_a_reply_hand_off_settles_done_and_answers_the_reply(h: Handing) -> None:
+    d = await h.lane_accepts("m1")
+    assert h.w.c.dispatcher.in_flight(h.ws.id) == [d.id]
+    reply = rpc_result(7, {"message": {"role": "ROLE_AGENT", "parts": [{"text": "late"}]}})
+    r = await h.hand(d, "reply", body=reply, status=200)
+    assert r.status_code == 200 and r.content == reply
+    assert r.headers["x-berth-delivery-id"] == d.id and r.headers["x-berth-message-id"] == "m1"
+    assert "x-berth-replayed" not in r.headers
+    got = await h.w.c.deliveries.get(d.id)
+    assert (got.status, got.reply, got.forwards, got.attempts) == (D.DONE, reply, 1, 0)
+    assert h.w.c.dispatcher.in_flight(h.ws.id) == []
+    assert h.w.agent(h.ws).received == []  # settled from the lane's answer, not forwarded again
+    m = h.w.c.metrics
+    assert m.value("berth_deliveries_total", workspace="a", outcome="done") == 1
+
+
+async def test_a_transport_hand_off_is_retried_by_the_dispatcher(h: Handing) -> None:
+    d = await h.lane_accepts("m1")
+    r = await h.hand(d, "transport")
+    assert r.status_code == 200, r.text  # the redelivery's answer, within the caller's wait
+    assert r.json()["result"]["message"]["parts"][0]["text"] == "echo: hi m1"
+    assert "x-berth-replayed" not in r.headers
+    got = await h.w.c.deliveries.get(d.id)
+    assert (got.status, got.forwards, got.attempts) == (D.DONE, 2, 1)
+    assert h.w.agent(h.ws).executed == ["m1"]
+    m = h.w.c.metrics
+    assert m.value("berth_forward_failures_total", workspace="a", kind="transport") == 1
+
+
+async def test_an_unreached_hand_off_with_no_caller_is_answered_at_once(h: Handing) -> None:
+    d = await h.lane_accepts("m1")
+    r = await h.hand(d, "unreached", wait=0)
+    assert r.status_code == 202 and r.json()["delivery_id"] == d.id
+    got = await h.w.c.deliveries.wait(d.id, 5)
+    assert got is not None and got.status is D.DONE and got.forwards == 2
+
+
+async def test_a_draining_reply_is_held_not_counted(h: Handing) -> None:
+    d = await h.lane_accepts("m1")
+    r = await h.hand(d, "reply", body=draining_error(7), status=200, wait=0)
+    assert r.status_code == 202
+    await asyncio.sleep(0.2)  # inside DRAINING_HOLD (0.5 s): back in the queue, held
+    held = await h.w.c.deliveries.get(d.id)
+    assert (held.status, held.attempts) == (D.QUEUED, 0) and held.not_before > time.time()
+    assert h.w.agent(h.ws).received == []
+    got = await h.w.c.deliveries.wait(d.id, 5)
+    assert got is not None and (got.status, got.attempts, got.forwards) == (D.DONE, 0, 2)
+
+
+@pytest.mark.parametrize("secret", [None, "wrong", "x" * 32])
+async def test_without_the_lanes_secret_the_path_is_unknown(h: Handing, secret: str | None) -> None:
+    d = await h.lane_accepts("m1")
+    r = await h.hand(d, "transport", secret=secret)
+    assert r.status_code == 404
+    assert r.json() == (await h.http.post("/v1/no/such/route")).json()
+    got = await h.w.c.deliveries.get(d.id)
+    assert (got.status, got.lease_owner) == (D.IN_FLIGHT, h.owner)
+    assert h.w.c.dispatcher.in_flight(h.ws.id) == [d.id]
+
+
+async def test_a_hand_off_is_refused_when_the_lane_is_off(h: Handing) -> None:
+    d = await h.lane_accepts("m1")
+    secret = h.lane.env["BERTH_LANE_SECRET"]
+    h.w.c.lane = None
+    r = await h.hand(d, "transport", secret=secret)
+    assert r.status_code == 404
+    assert (await h.w.c.deliveries.get(d.id)).lease_owner == h.owner
+
+
+async def test_a_delivery_no_longer_the_lanes_is_not_settled_but_its_answer_is_waited_for(
+    h: Handing,
+) -> None:
+    d = await h.lane_accepts("m1")
+    await h.w.c.deliveries.release_leases(h.owner)  # as after the lane exited: redelivered
+    handed = rpc_result(7, {"message": {"parts": [{"text": "the lane's"}]}})
+    r = await h.hand(d, "reply", body=handed, status=200)
+    assert r.status_code == 200, r.text
+    assert r.json()["result"]["message"]["parts"][0]["text"] == "echo: hi m1"  # not handed's
+    got = await h.w.c.deliveries.get(d.id)
+    assert (got.status, got.forwards) == (D.DONE, 2) and got.reply != handed
+    assert h.w.c.dispatcher.in_flight(h.ws.id) == []
+
+
+async def test_a_malformed_hand_off_is_refused(h: Handing) -> None:
+    d = await h.lane_accepts("m1")
+    assert (await h.hand(d, "maybe")).status_code == 422
+    assert (await h.hand(d, "reply", body=b"{}")).status_code == 422  # no status
+    assert (await h.w.c.deliveries.get(d.id)).lease_owner == h.owner
+
+
+async def test_the_hand_off_is_in_no_openapi_document(h: Handing) -> None:
+    doc = (await h.http.get("/openapi.json")).json()
+    assert doc["paths"] and not [p for p in doc["paths"] if "lane" in p]
