@@ -1,0 +1,126 @@
+"""Building the fast lane (once per version of its sources, atomically, or not at all with
+a warning), and `berth serve`'s choice: the public port to the lane and uvicorn on
+`<data dir>/berth.sock`, or everything served as before."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import stat
+from pathlib import Path
+
+import pytest
+
+import berth.lane as lane_pkg
+from berth.adapters.memory_bus import MemoryBus, MemoryCache, MemoryLocks
+from berth.adapters.memory_store import MemoryStore
+from berth.adapters.sql.sqlite import SqliteStore
+from berth.bootstrap import Container, assemble
+from berth.lane import build_lane
+from berth.server import _fast_lane
+from berth.settings import Settings
+from tests.service.fakes import FakeAgents
+
+LANE_C = '#include "canon.h"\nint main(void) { return ANSWER; }\n'
+
+
+def sources(tmp_path: Path, c: str = LANE_C) -> Path:
+    src = tmp_path / "src"
+    src.mkdir(exist_ok=True)
+    (src / "lane.c").write_text(c)
+    (src / "canon.h").write_text("#define ANSWER 0\n")
+    return src
+
+
+def test_the_lane_is_built_once_per_version_of_its_sources(tmp_path: Path) -> None:
+    src, cache = sources(tmp_path), tmp_path / "cache"
+    exe = build_lane(cache, src)
+    assert exe is not None and exe.parent == cache and exe.name.startswith("berth-lane-")
+    assert len(exe.name) == len("berth-lane-") + 12 and exe.stat().st_mode & stat.S_IXUSR
+    built = exe.stat().st_mtime_ns
+    assert build_lane(cache, src) == exe and exe.stat().st_mtime_ns == built  # cached
+    (src / "canon.h").write_text("#define ANSWER 0\n/* changed */\n")
+    again = build_lane(cache, src)
+    assert again is not None and again != exe  # a new version of either source: a new build
+    assert sorted(p.name for p in cache.iterdir()) == sorted([exe.name, again.name])  # no temp
+
+
+def test_a_failed_build_says_why_and_leaves_nothing(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    src, cache = sources(tmp_path, "int main(void) { return nope; }\n"), tmp_path / "cache"
+    with caplog.at_level(logging.WARNING, logger="berth.lane"):
+        assert build_lane(cache, src) is None
+    assert "fast lane off" in caplog.text and "nope" in caplog.text  # the compiler's words
+    assert list(cache.iterdir()) == []
+
+
+def test_no_compiler_or_no_sources_is_no_lane(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="berth.lane"):
+        assert build_lane(tmp_path / "cache", tmp_path / "empty") is None
+        monkeypatch.setattr("shutil.which", lambda name: None)
+        assert build_lane(tmp_path / "cache", sources(tmp_path)) is None
+    assert "cannot be read" in caplog.text and "no C compiler" in caplog.text
+
+
+def test_fast_lane_must_be_on_or_off() -> None:
+    with pytest.raises(ValueError, match="BERTH_FAST_LANE"):
+        Settings.from_env({"BERTH_FAST_LANE": "yes"})
+    assert Settings.from_env({"BERTH_FAST_LANE": "on"}).fast_lane == "on"
+    assert Settings().fast_lane == "off"
+
+
+def container(tmp_path: Path, store: object, **kw: object) -> Container:
+    settings = Settings(data_dir=str(tmp_path / "data"), port=0, fast_lane="on", **kw)  # type: ignore[arg-type]
+    return assemble(
+        settings,
+        store=store,  # type: ignore[arg-type]
+        shared=(MemoryCache(), MemoryLocks(), MemoryBus()),
+        client=FakeAgents(),
+        provisioners={},
+        admin="admin-token",
+    )
+
+
+def test_serve_hands_the_public_port_to_the_lane(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    exe = tmp_path / "berth-lane-x"
+    monkeypatch.setattr(lane_pkg, "build_lane", lambda cache: exe)
+    (tmp_path / "data").mkdir()
+    stale = tmp_path / "data" / "berth.sock"
+    stale.write_text("left by a killed berth")
+    c = container(tmp_path, SqliteStore(str(tmp_path / "data" / "berth.db")))
+    upstream = _fast_lane(c.settings, c)
+    assert upstream is not None and c.lane is not None
+    try:
+        assert upstream.family == socket.AF_UNIX and upstream.getsockname() == str(stale)
+        assert stat.S_IMODE(stale.stat().st_mode) == 0o600
+        (public,) = c.lane.process._listen
+        assert public.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN) == 1  # listening
+        env = c.lane.env
+        assert env["BERTH_LANE_UPSTREAM"] == str(stale)
+        assert env["BERTH_LANE_DB"] == str((tmp_path / "data" / "berth.db").resolve())
+        assert env["BERTH_LANE_OWNER"] == f"{c.settings.replica}:lane"
+        assert len(env["BERTH_LANE_SECRET"]) == 32 and "admin-token" not in env.values()
+        assert env["BERTH_LANE_WAIT"] == "300.0" and env["BERTH_LANE_SYNCHRONOUS"] == "FULL"
+    finally:
+        upstream.close()
+        for s in c.lane.process._listen:
+            s.close()
+
+
+def test_serve_without_sqlite_or_without_a_build_runs_without_the_lane(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    c = container(tmp_path, MemoryStore())
+    with caplog.at_level(logging.WARNING):
+        assert _fast_lane(c.settings, c) is None
+    assert "needs the SQLite store" in caplog.text and c.lane is None
+    monkeypatch.setattr(lane_pkg, "build_lane", lambda cache: None)
+    (tmp_path / "data").mkdir()
+    c = container(tmp_path, SqliteStore(str(tmp_path / "data" / "berth.db")))
+    assert _fast_lane(c.settings, c) is None and c.lane is None
+    assert _fast_lane(Settings(data_dir=str(tmp_path / "data")), c) is None  # off
