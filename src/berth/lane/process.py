@@ -138,7 +138,8 @@ class LaneProcess:
 
 async def _log_lines(err: asyncio.StreamReader) -> None:
     async for line in _lines(err):
-        log.info("lane: %s", line.decode(errors="replace").rstrip())
+        text = line.decode(errors="replace").rstrip()
+        log.info("%s", text if text.startswith("lane: ") else f"lane: {text}")
 
 
 async def _lines(out: asyncio.StreamReader) -> AsyncIterator[bytes]:
