@@ -59,6 +59,14 @@ _COUNTERS: dict[str, tuple[str, tuple[str, ...]]] = {
         "New messages refused because the workspace's queue was over its limit",
         _WS,
     ),
+    "berth_lane_deliveries_total": (
+        "Sends the fast lane served itself, to done (docs/fast-lane.md)",
+        _WS,
+    ),
+    "berth_lane_handoffs_total": (
+        "Deliveries the fast lane handed to Python, by what came back from the agent",
+        ("workspace", "outcome"),
+    ),
 }
 _DURATIONS: dict[str, str] = {
     "berth_delivery_seconds": "From accepted to final",
@@ -66,6 +74,10 @@ _DURATIONS: dict[str, str] = {
     "berth_forward_seconds": "One forward to the agent",
     "berth_restart_seconds": "Whole restart cycles",
     "berth_drain_seconds": "Drain phase of restart cycles",
+}
+# gauges of the server itself, without labels (shown once set)
+_PLAIN_GAUGES: dict[str, str] = {
+    "berth_lane_up": "1 while the fast lane serves berth's port, 0 while it is down (restarting)",
 }
 _GAUGES: dict[str, str] = {
     "berth_queue_depth": "Queued deliveries per workspace",
@@ -117,6 +129,7 @@ class Metrics:
         self._counts: dict[str, dict[tuple[str, ...], float]] = {n: {} for n in _COUNTERS}
         self._durations: dict[str, dict[str, list[float]]] = {n: {} for n in _DURATIONS}
         self._gauges: dict[str, dict[str, float]] = {n: {} for n in _GAUGES}
+        self._plain: dict[str, float] = {}
         self._fleet = CollectorRegistry(auto_describe=True)
         self._hist = {
             n: _Hist(_fleet_name(n), f"{t}, all workspaces") for n, t in _DURATIONS.items()
@@ -149,6 +162,14 @@ class Metrics:
         if set(labels) != set(names):
             return 0.0
         return self._counts[name].get(tuple(labels[k] for k in names), 0.0)
+
+    def set_value(self, name: str, value: float) -> None:
+        """Set a gauge of the server itself (`_PLAIN_GAUGES`)."""
+        if name not in _PLAIN_GAUGES:
+            raise KeyError(name)
+        if self._plain.get(name) != value:
+            self._plain[name] = value
+            self._version += 1
 
     def set_gauges(self, name: str, values: dict[str, float]) -> None:
         """Replace a per-workspace gauge's values (workspaces gone since drop out)."""
@@ -200,6 +221,9 @@ class Metrics:
                 for ws, (n, total) in durations.items():
                     lab = self._lab(_WS, (ws,))
                     out.append(f"{name}_count{lab} {n!r}\n{name}_sum{lab} {total!r}\n")
+        for name, value in self._plain.items():
+            head(name, "gauge", _PLAIN_GAUGES[name])
+            out.append(f"{name} {float(value)!r}\n")
         for name, text in _GAUGES.items():
             gauges = self._gauges[name]
             if gauges:

@@ -15,9 +15,40 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 ADMIN = "bad_test_admin_token"
 ECHO = [sys.executable, "-m", "berth.examples.echo"]
+
+
+# a test run twice: on berth alone, and with its fast lane (docs/fast-lane.md) in front
+BOTH_PATHS = pytest.mark.parametrize("berth_server", ["python", "lane"], indirect=True)
+LANE_ENV = {"BERTH_FAST_LANE": "on"}
+
+
+def require_lane(server: BerthServer, timeout: float = 15.0) -> None:
+    """The fast lane must be serving (built and started): a lane test that ran on Python
+    alone would prove nothing. Under CI a lane that cannot be built fails the test."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        r = httpx.get(server.url + "/metrics", headers={"authorization": f"Bearer {ADMIN}"})
+        if "berth_lane_up 1" in r.text:
+            return
+        time.sleep(0.1)
+    msg = f"the fast lane is not serving:\n{server.log.read_text()[-3000:]}"
+    if os.environ.get("CI"):
+        pytest.fail(msg)
+    pytest.skip(msg)
+
+
+def lane_served(server: BerthServer) -> float:
+    """Sends the fast lane served itself so far (0 without it)."""
+    r = httpx.get(server.url + "/metrics", headers={"authorization": f"Bearer {ADMIN}"})
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in r.text.splitlines()
+        if line.startswith("berth_lane_deliveries_total{")
+    )
 
 
 def free_port() -> int:
@@ -64,6 +95,11 @@ class BerthServer:
         self.args = args or []
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = data_dir / f"serve-{self.port}.log"
+
+    @property
+    def lane(self) -> bool:
+        """Started with its fast lane (docs/fast-lane.md)."""
+        return self.env.get("BERTH_FAST_LANE") == "on"
 
     def start(self, timeout: float = 30.0) -> BerthServer:
         self.data_dir.mkdir(parents=True, exist_ok=True)

@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from tests.e2e.harness import BerthServer, create, send_body
+from tests.e2e.harness import BOTH_PATHS, BerthServer, create, send_body
 
 pytestmark = pytest.mark.slow
 V1 = {"a2a-version": "1.0"}
@@ -18,6 +18,7 @@ def stream_body(text: str, mid: str) -> dict:
     return {**send_body(text, mid), "method": "SendStreamingMessage"}
 
 
+@BOTH_PATHS
 async def test_up_front_stream_errors_are_plain_jsonrpc_errors(berth_server):
     async with berth_server.client() as c:
         await create(c, "errs")
@@ -62,6 +63,7 @@ async def test_a_stream_whose_message_kills_its_agent_ends_with_an_sse_error_eve
         server.stop()
 
 
+@BOTH_PATHS
 async def test_resubscribe_and_push_config_are_forwarded(berth_server):
     async with berth_server.client() as c:
         await create(c, "subs")

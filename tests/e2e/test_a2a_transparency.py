@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.e2e.harness import ADMIN, BerthServer
+from tests.e2e.harness import ADMIN, LANE_ENV, BerthServer, require_lane
 from tests.e2e.stock import Ends, StockAgent, kinds, media, message
 
 pytestmark = pytest.mark.slow
@@ -36,12 +36,18 @@ def _wait_online(c: httpx.Client, ref: str, timeout: float = 60.0) -> dict[str, 
     raise AssertionError(f"{ref} not online: {last}")
 
 
-@pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[BerthServer, Ends]]:
+@pytest.fixture(scope="module", params=["python", "lane"])
+def world(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[BerthServer, Ends]]:
+    """Every check twice: on berth alone, and with its fast lane in front (docs/fast-lane.md)."""
     tmp: Path = tmp_path_factory.mktemp("transparency")
     agent = StockAgent(tmp).start()
-    server = BerthServer(tmp / "berth").start()
+    lane = request.param == "lane"
+    server = BerthServer(tmp / "berth", env=LANE_ENV if lane else None).start()
     try:
+        if lane:
+            require_lane(server)
         with httpx.Client(
             base_url=server.url, headers={"authorization": f"Bearer {ADMIN}"}, timeout=60
         ) as c:

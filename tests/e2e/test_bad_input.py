@@ -2,13 +2,14 @@
 
 import pytest
 
-from tests.e2e.harness import ADMIN, create, reply_text
+from tests.e2e.harness import ADMIN, BOTH_PATHS, create, reply_text
 
 pytestmark = pytest.mark.slow
 
 A2A = "/v1/workspaces/bad/a2a"
 
 
+@BOTH_PATHS
 async def test_proxy_bad_input(berth_server):
     async with berth_server.client() as c:
         await create(c, "bad")
@@ -70,6 +71,7 @@ async def test_proxy_bad_input(berth_server):
         assert r.status_code == 200 and reply_text(r.json()) == "echo: still here"
 
 
+@BOTH_PATHS
 async def test_auth(berth_server):
     async with berth_server.client() as c:
         ws = await create(c, "authz")
@@ -116,6 +118,7 @@ async def test_auth(berth_server):
                 assert (await anon.get(path)).status_code == 200
 
 
+@BOTH_PATHS
 async def test_management_bad_input(berth_server):
     async with berth_server.client() as c:
         cases = [

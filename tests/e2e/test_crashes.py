@@ -7,6 +7,7 @@ import signal
 import pytest
 
 from tests.e2e.harness import (
+    BOTH_PATHS,
     BerthServer,
     create,
     executions,
@@ -18,6 +19,7 @@ from tests.e2e.harness import (
 pytestmark = pytest.mark.slow
 
 
+@BOTH_PATHS
 async def test_kill9_of_agent_with_work_in_flight_and_queued(berth_server):
     async with berth_server.client() as c:
         ws = await create(c, "crashy", max_concurrency=1)
@@ -76,6 +78,7 @@ async def test_kill9_of_berth_with_work_queued_and_in_flight(tmp_path):
         second.kill9()
 
 
+@BOTH_PATHS
 async def test_poison_message_ends_dead_and_the_workspace_keeps_serving(berth_server):
     async with berth_server.client() as c:
         await create(c, "poisoned")

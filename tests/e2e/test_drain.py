@@ -6,11 +6,20 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.harness import create, executions, reply_text, send, wait_cycles_done, wait_status
+from tests.e2e.harness import (
+    BOTH_PATHS,
+    create,
+    executions,
+    reply_text,
+    send,
+    wait_cycles_done,
+    wait_status,
+)
 
 pytestmark = pytest.mark.slow
 
 
+@BOTH_PATHS
 async def test_in_flight_finishes_inside_the_drain_and_new_work_waits(berth_server):
     async with berth_server.client() as c:
         await create(c, "drainy", max_concurrency=2, drain_seconds=10)
@@ -53,6 +62,7 @@ async def test_in_flight_finishes_inside_the_drain_and_new_work_waits(berth_serv
         assert d["first_forwarded_at"] >= rec["phases"][-2]["started_at"]
 
 
+@BOTH_PATHS
 async def test_a_second_restart_request_joins_the_first(berth_server):
     async with berth_server.client() as c:
         await create(c, "joiny")
@@ -68,6 +78,7 @@ async def test_a_second_restart_request_joins_the_first(berth_server):
         )  # start + one restart
 
 
+@BOTH_PATHS
 async def test_pause_holds_messages_and_resume_delivers_them(berth_server):
     async with berth_server.client() as c:
         await create(c, "pausy")
@@ -94,6 +105,7 @@ async def test_pause_holds_messages_and_resume_delivers_them(berth_server):
         assert reply_text((await waiting).json()) == "echo: held"
 
 
+@BOTH_PATHS
 async def test_remove_cancels_pending_and_lists_them(berth_server):
     async with berth_server.client() as c:
         await create(c, "doomed")
@@ -113,6 +125,7 @@ async def test_remove_cancels_pending_and_lists_them(berth_server):
         assert not state_dir.exists()  # removed for good: its state goes with it
 
 
+@BOTH_PATHS
 async def test_cancel_and_retry_of_a_queued_delivery(berth_server):
     async with berth_server.client() as c:
         await create(c, "ops")

@@ -4,11 +4,12 @@ import asyncio
 
 import pytest
 
-from tests.e2e.harness import create, executions, reply_text, send
+from tests.e2e.harness import BOTH_PATHS, create, executions, lane_served, reply_text, send
 
 pytestmark = pytest.mark.slow
 
 
+@BOTH_PATHS
 async def test_sequential_and_concurrent_duplicates(berth_server):
     async with berth_server.client() as c:
         ws = await create(c, "idem", max_concurrency=4)
@@ -33,8 +34,11 @@ async def test_sequential_and_concurrent_duplicates(berth_server):
         log = (await c.get("/v1/workspaces/idem/deliveries")).json()["deliveries"]
         assert sorted(d["message_id"] for d in log) == ["dup-1", "dup-2"]
         del ws
+        if berth_server.lane:  # the first of each went through the lane, its duplicates not
+            assert lane_served(berth_server) >= 1
 
 
+@BOTH_PATHS
 async def test_a_send_without_message_id_gets_one(berth_server):
     async with berth_server.client() as c:
         await create(c, "noid")
@@ -49,6 +53,7 @@ async def test_a_send_without_message_id_gets_one(berth_server):
         assert len(r.headers["x-berth-message-id"]) >= 32
 
 
+@BOTH_PATHS
 async def test_wait_zero_gives_202_and_the_reply_is_readable_later(berth_server):
     async with berth_server.client() as c:
         await create(c, "later")

@@ -45,11 +45,17 @@ class Lane:
         s = c.settings
         self.owner = f"{c.dispatcher.owner}:lane"
         self.upstream = upstream
-        self._deliveries, self._dispatcher = c.deliveries, c.dispatcher
+        self._deliveries, self._dispatcher, self._metrics = c.deliveries, c.dispatcher, c.metrics
         secret = secrets.token_hex(16)
         self.feed = LaneFeed(c.deliveries, c.dispatcher, c.events, c.metrics, c.roster.name_of)
         self.handoff = LaneHandoff(
-            c.deliveries, c.dispatcher, c.roster, c.proxy, owner=self.owner, secret=secret
+            c.deliveries,
+            c.dispatcher,
+            c.roster,
+            c.proxy,
+            c.metrics,
+            owner=self.owner,
+            secret=secret,
         )
         self.env = {  # what the lane is told (docs/fast-lane.md)
             "BERTH_LANE_UPSTREAM": str(upstream),
@@ -83,6 +89,7 @@ class Lane:
     async def _gone(self) -> None:
         """The lane exited (or was stopped): what it had in flight goes back to the queue
         at once, announced, and none of it counts as in flight any more."""
+        self._metrics.set_value("berth_lane_up", 0.0)
         try:
             released = await self._deliveries.release_leases(self.owner)
             if released:

@@ -46,6 +46,7 @@ class LaneFeed:
             elif kind == "d":
                 await self._done(ev)
             elif kind == "ready":
+                self._metrics.set_value("berth_lane_up", 1.0)
                 self.on_ready()
             elif isinstance(kind, str):
                 log.debug("fast lane: an event berth does not know: %r", line[:200])
@@ -78,6 +79,7 @@ class LaneFeed:
         self._dispatcher.lane_ended(did)
         self._metrics.observe("berth_forward_seconds", forward, workspace=name)
         self._metrics.inc("berth_deliveries_total", workspace=name, outcome="done")
+        self._metrics.inc("berth_lane_deliveries_total", workspace=name)
         self._metrics.observe(
             "berth_delivery_seconds", took, workspace=name, exemplar={"delivery_id": did}
         )

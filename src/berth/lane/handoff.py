@@ -13,6 +13,7 @@ import orjson
 
 from berth.domain.delivery import Delivery, Outcome
 from berth.domain.errors import InvalidInput
+from berth.metrics import Metrics
 from berth.ports import AgentReply
 from berth.services.bindings import JsonRpc, ProxyReply
 from berth.services.delivery_log import DeliveryLog
@@ -47,10 +48,12 @@ class LaneHandoff:
         dispatcher: Dispatcher,
         roster: Roster,
         proxy: Proxy,
+        metrics: Metrics,
         *,
         owner: str,
         secret: str,
     ) -> None:
+        self._metrics = metrics
         self._log, self._dispatcher, self._roster, self._proxy = (
             deliveries,
             dispatcher,
@@ -94,6 +97,7 @@ class LaneHandoff:
         if ws is None:  # removed meanwhile: its removal cancels what it had pending
             log.warning("fast lane: handed %s of a workspace berth no longer knows", d.id)
             return
+        self._metrics.inc("berth_lane_handoffs_total", workspace=ws.name, outcome=outcome.value)
         self._dispatcher.adopt(ws, d, outcome, body, status, detail, ctype)
 
 

@@ -114,6 +114,8 @@ static void buf_free(buf *b) { free(b->p); b->p = NULL; b->n = b->cap = 0; }
 
 /* ------------------------------------------------------------------ objects */
 
+enum { M_LANE, M_RELAY, M_PIPE };
+enum { RS_HEAD, RS_BODY, RS_CHUNK_LINE, RS_CHUNK_DATA, RS_TRAILER, RS_UNTIL_CLOSE };
 enum { K_LISTEN = 1, K_CLIENT, K_UP, K_AGENT, K_EVENT, K_TIMER, K_SIGNAL };
 
 typedef struct ev { int kind; } ev;
@@ -129,6 +131,12 @@ typedef struct client {
     ev up_e;              /* epoll tag of `up` (kind K_UP, container_of'd back) */
     int close_after;      /* Connection: close */
     int rd_eof, closing;  /* the caller half-closed; closed once out_c is sent */
+    int mode;             /* M_LANE, M_RELAY (one request to Python, then back), M_PIPE */
+    /* the answer of a relayed request, parsed as it passes (to know where it ends) */
+    int rs, head_req, r_close;
+    buf rh;               /* its head (or a chunk-size line) so far */
+    long long rleft;
+    double up_idle_since;
     buf out_c, out_up;    /* bytes waiting for the caller, for Python */
     struct client *prev, *next;
 } client;
@@ -247,148 +255,7 @@ static void feed_flush(void) {
     feed.n = 0;
 }
 
-/* ------------------------------------------------------------------ clients */
-
-static void client_close(client *c);
-static void on_request(client *c);
-static void job_free(job *j);
-
-static void unlink_client(client *c) {
-    if (c->prev) c->prev->next = c->next; else clients = c->next;
-    if (c->next) c->next->prev = c->prev;
-}
-
-#define HIGH_WATER (1 << 20) /* bytes waiting for a slow reader before its source is paused */
-
-/* What each of a caller's two sockets waits for: reading unless the caller half-closed or
-   the other side is backed up; writing while something waits to go out. */
-static void c_events(client *c) {
-    if (c->fd >= 0) {
-        uint32_t e = (!c->rd_eof && c->out_up.n < HIGH_WATER ? EPOLLIN : 0) | (c->out_c.n ? EPOLLOUT : 0);
-        ep_mod(c->fd, &c->e, e);
-    }
-    if (c->up >= 0) {
-        uint32_t e = (c->out_c.n < HIGH_WATER ? EPOLLIN : 0) | (c->out_up.n ? EPOLLOUT : 0);
-        ep_mod(c->up, &c->up_e, e);
-    }
-}
-
-static void client_close(client *c) {
-    if (c->job) { c->job->c = NULL; c->job = NULL; }
-    if (c->fd >= 0) { epoll_ctl(ep, EPOLL_CTL_DEL, c->fd, NULL); close(c->fd); }
-    if (c->up >= 0) { epoll_ctl(ep, EPOLL_CTL_DEL, c->up, NULL); close(c->up); }
-    unlink_client(c);
-    buf_free(&c->in);
-    buf_free(&c->out_c);
-    buf_free(&c->out_up);
-    free(c);
-}
-
-/* Send what waits in `pending`: 1 done or would block, 0 the peer is gone. */
-static int flush_to(int fd, buf *pending) {
-    size_t off = 0;
-    while (off < pending->n) {
-        ssize_t w = send(fd, pending->p + off, pending->n - off, MSG_NOSIGNAL);
-        if (w > 0) { off += (size_t)w; continue; }
-        if (w < 0 && errno == EINTR) continue;
-        if (w < 0 && errno == EAGAIN) break;
-        return 0;
-    }
-    drop(pending, off);
-    return 1;
-}
-
-/* Bytes for the caller (to_up 0) or for Python (1), never blocking the loop: what the
-   socket does not take now goes out when it can. 0: that peer is gone (c is closed). */
-static int c_write(client *c, int to_up, const char *p, size_t n) {
-    int fd = to_up ? c->up : c->fd;
-    buf *pending = to_up ? &c->out_up : &c->out_c;
-    if (fd < 0) return 1; /* a hand-off nobody waits for: Python's answer is dropped */
-    put(pending, p, n);
-    if (!flush_to(fd, pending)) { client_close(c); return 0; }
-    c_events(c);
-    return 1;
-}
-
-/* The caller's connection ends once what waits for it is out. */
-static void close_when_flushed(client *c) {
-    if (c->fd < 0 || !c->out_c.n) { client_close(c); return; }
-    c->closing = 1;
-    c->rd_eof = 1;
-    if (c->up >= 0) { epoll_ctl(ep, EPOLL_CTL_DEL, c->up, NULL); close(c->up); c->up = -1; }
-    c_events(c);
-}
-
-/* From now on this connection is Python's: what it sent and sends goes to the Unix
-   socket as it came, and Python's answers come back the same way. `first` (if any) is
-   written upstream before the caller's buffered bytes. */
-static void client_pipe(client *c, const char *first, size_t first_n) {
-    int up = connect_upstream();
-    if (up < 0) {
-        static const char body[] = "{\"error\":{\"code\":\"unavailable\",\"message\":\"berth's server cannot be reached; try again\"}}";
-        char rsp[512];
-        int n = snprintf(rsp, sizeof rsp, "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n"
-                         "content-length: %zu\r\nconnection: close\r\n\r\n%s", sizeof body - 1, body);
-        fprintf(stderr, "lane: cannot reach berth's server at %s: %s\n", upstream_path, strerror(errno));
-        if (c_write(c, 0, rsp, (size_t)n)) close_when_flushed(c);
-        return;
-    }
-    c->up = up;
-    c->up_e.kind = K_UP;
-    ep_add(up, &c->up_e, EPOLLIN);
-    if (first_n && !c_write(c, 1, first, first_n)) return;
-    if (c->in.n) {
-        if (!c_write(c, 1, c->in.p, c->in.n)) return;
-        c->in.n = 0;
-    }
-    if (c->rd_eof) shutdown(c->up, SHUT_WR);
-}
-
-static void on_client(client *c, uint32_t events) {
-    if (events & EPOLLOUT) {
-        if (!flush_to(c->fd, &c->out_c)) { client_close(c); return; }
-        if (c->closing && !c->out_c.n) { client_close(c); return; }
-        c_events(c);
-    }
-    if (!(events & (EPOLLIN | EPOLLHUP | EPOLLERR)) || c->rd_eof) return;
-    long r = read_some(c->fd, &c->in);
-    if (c->up >= 0) { /* a pipe: pass it on */
-        if (c->in.n) {
-            if (!c_write(c, 1, c->in.p, c->in.n)) return;
-            c->in.n = 0;
-        }
-        if (r < 0) { /* the caller is done sending: so is its pipe, Python's answer still comes */
-            c->rd_eof = 1;
-            shutdown(c->up, SHUT_WR);
-            c_events(c);
-        }
-        return;
-    }
-    if (r < 0) { client_close(c); return; }
-    if (!c->job) on_request(c);
-}
-
-static void on_up(client *c, uint32_t events) {
-    if (events & EPOLLOUT) {
-        if (!flush_to(c->up, &c->out_up)) { close_when_flushed(c); return; }
-        c_events(c);
-    }
-    if (!(events & (EPOLLIN | EPOLLHUP | EPOLLERR))) return;
-    char tmp[65536];
-    while (c->out_c.n < HIGH_WATER) {
-        ssize_t r = recv(c->up, tmp, sizeof tmp, 0);
-        if (r > 0) {
-            if (!c_write(c, 0, tmp, (size_t)r)) return;
-            continue;
-        }
-        if (r < 0 && (errno == EAGAIN || errno == EINTR)) break;
-        close_when_flushed(c); /* Python closed: so does the caller's connection, once served */
-        return;
-    }
-    c_events(c);
-}
-
-/* ------------------------------------------------------------------ HTTP requests */
+/* ------------------------------------------------------------------ HTTP heads */
 
 typedef struct hdr { const char *name; size_t nlen; const char *val; size_t vlen; } hdr;
 
@@ -434,6 +301,265 @@ static int hexval(char c) {
     if (c >= 'A' && c <= 'F') return c - 'A' + 10;
     return -1;
 }
+
+/* ------------------------------------------------------------------ clients */
+
+static void client_close(client *c);
+static void on_request(client *c);
+static void job_free(job *j);
+
+static void unlink_client(client *c) {
+    if (c->prev) c->prev->next = c->next; else clients = c->next;
+    if (c->next) c->next->prev = c->prev;
+}
+
+#define HIGH_WATER (1 << 20) /* bytes waiting for a slow reader before its source is paused */
+
+/* What each of a caller's two sockets waits for: reading unless the caller half-closed or
+   the other side is backed up; writing while something waits to go out. */
+static void c_events(client *c) {
+    if (c->fd >= 0) {
+        uint32_t e = (!c->rd_eof && c->out_up.n < HIGH_WATER ? EPOLLIN : 0) | (c->out_c.n ? EPOLLOUT : 0);
+        ep_mod(c->fd, &c->e, e);
+    }
+    if (c->up >= 0) {
+        uint32_t e = (c->out_c.n < HIGH_WATER ? EPOLLIN : 0) | (c->out_up.n ? EPOLLOUT : 0);
+        ep_mod(c->up, &c->up_e, e);
+    }
+}
+
+static void client_close(client *c) {
+    if (c->job) { c->job->c = NULL; c->job = NULL; }
+    if (c->fd >= 0) { epoll_ctl(ep, EPOLL_CTL_DEL, c->fd, NULL); close(c->fd); }
+    if (c->up >= 0) { epoll_ctl(ep, EPOLL_CTL_DEL, c->up, NULL); close(c->up); }
+    unlink_client(c);
+    buf_free(&c->in);
+    buf_free(&c->out_c);
+    buf_free(&c->out_up);
+    buf_free(&c->rh);
+    free(c);
+}
+
+/* Send what waits in `pending`: 1 done or would block, 0 the peer is gone. */
+static int flush_to(int fd, buf *pending) {
+    size_t off = 0;
+    while (off < pending->n) {
+        ssize_t w = send(fd, pending->p + off, pending->n - off, MSG_NOSIGNAL);
+        if (w > 0) { off += (size_t)w; continue; }
+        if (w < 0 && errno == EINTR) continue;
+        if (w < 0 && errno == EAGAIN) break;
+        return 0;
+    }
+    drop(pending, off);
+    return 1;
+}
+
+/* Bytes for the caller (to_up 0) or for Python (1), never blocking the loop: what the
+   socket does not take now goes out when it can. 0: that peer is gone (c is closed). */
+static int c_write(client *c, int to_up, const char *p, size_t n) {
+    int fd = to_up ? c->up : c->fd;
+    buf *pending = to_up ? &c->out_up : &c->out_c;
+    if (fd < 0) return 1; /* a hand-off nobody waits for: Python's answer is dropped */
+    put(pending, p, n);
+    if (!flush_to(fd, pending)) { client_close(c); return 0; }
+    c_events(c);
+    return 1;
+}
+
+/* The caller's connection ends once what waits for it is out. */
+static void close_when_flushed(client *c) {
+    if (c->fd < 0 || !c->out_c.n) { client_close(c); return; }
+    c->closing = 1;
+    c->rd_eof = 1;
+    if (c->up >= 0) { epoll_ctl(ep, EPOLL_CTL_DEL, c->up, NULL); close(c->up); c->up = -1; }
+    c_events(c);
+}
+
+static int ensure_upstream(client *c) {
+    if (c->up >= 0 && mono() - c->up_idle_since > IDLE_REUSE) { /* uvicorn closes idle ones at 5 s */
+        epoll_ctl(ep, EPOLL_CTL_DEL, c->up, NULL);
+        close(c->up);
+        c->up = -1;
+        c->out_up.n = 0;
+    }
+    if (c->up >= 0) return 1;
+    int up = connect_upstream();
+    if (up < 0) {
+        static const char body[] = "{\"error\":{\"code\":\"unavailable\",\"message\":\"berth's server cannot be reached; try again\"}}";
+        char rsp[512];
+        int n = snprintf(rsp, sizeof rsp, "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n"
+                         "content-length: %zu\r\nconnection: close\r\n\r\n%s", sizeof body - 1, body);
+        fprintf(stderr, "lane: cannot reach berth's server at %s: %s\n", upstream_path, strerror(errno));
+        if (c_write(c, 0, rsp, (size_t)n)) close_when_flushed(c);
+        return 0;
+    }
+    c->up = up;
+    c->up_e.kind = K_UP;
+    ep_add(up, &c->up_e, EPOLLIN);
+    return 1;
+}
+
+/* From now on this connection is Python's: what it sent and sends goes to the Unix
+   socket as it came, and Python's answers come back the same way (a request whose end
+   the lane cannot see: chunked, an upgrade, Expect). */
+static void client_pipe(client *c) {
+    if (!ensure_upstream(c)) return;
+    c->mode = M_PIPE;
+    if (c->in.n) {
+        if (!c_write(c, 1, c->in.p, c->in.n)) return;
+        c->in.n = 0;
+    }
+    if (c->rd_eof) shutdown(c->up, SHUT_WR);
+}
+
+/* One request to Python: `first` (a hand-off the lane writes), else the first `len`
+   bytes the caller sent. Its answer goes back as it comes; once it has all passed, the
+   connection is the lane's again. */
+static void relay_one(client *c, const char *first, size_t first_n, size_t len, int head_req) {
+    if (!ensure_upstream(c)) return;
+    c->mode = M_RELAY;
+    c->rs = RS_HEAD;
+    c->rh.n = 0;
+    c->head_req = head_req;
+    c->r_close = 0;
+    if (first_n) {
+        if (!c_write(c, 1, first, first_n)) return;
+    } else {
+        if (!c_write(c, 1, c->in.p, len)) return;
+        drop(&c->in, len);
+    }
+}
+
+/* Where the relayed answer ends, from the bytes [p, p+n) that pass: the bytes of this
+   answer among them; *done once it has ended (-1: it ends when Python closes). */
+static size_t resp_feed(client *c, const char *p, size_t n, int *done) {
+    size_t i = 0;
+    *done = 0;
+    while (i < n && !*done) {
+        switch (c->rs) {
+        case RS_HEAD: case RS_CHUNK_LINE: case RS_TRAILER: {
+            const char *nl = memchr(p + i, '\n', n - i);
+            size_t take = nl ? (size_t)(nl - (p + i)) + 1 : n - i;
+            put(&c->rh, p + i, take);
+            i += take;
+            if (!nl) break;
+            if (c->rs == RS_CHUNK_LINE) {
+                long long size = 0;
+                for (size_t k = 0; k < c->rh.n && hexval(c->rh.p[k]) >= 0; k++) size = size * 16 + hexval(c->rh.p[k]);
+                c->rh.n = 0;
+                if (size == 0) c->rs = RS_TRAILER;
+                else { c->rs = RS_CHUNK_DATA; c->rleft = size + 2; }
+                break;
+            }
+            if (c->rs == RS_TRAILER) {
+                if (c->rh.n <= 2) *done = 1; /* the blank line after the last chunk */
+                c->rh.n = 0;
+                break;
+            }
+            /* RS_HEAD: a whole line in; the head ends at a blank one */
+            if (c->rh.n < 4 || memcmp(c->rh.p + c->rh.n - 4, "\r\n\r\n", 4) != 0) break;
+            int status = c->rh.n > 12 ? atoi(c->rh.p + 9) : 0;
+            const char *hs = memchr(c->rh.p, '\n', c->rh.n);
+            hdr h[64];
+            int nh = hs ? parse_headers(hs + 1, c->rh.p + c->rh.n - 2, h, 64) : -1;
+            long long clen = -1;
+            int chunked = 0;
+            for (int k = 0; k < nh; k++) {
+                if (name_is(&h[k], "content-length")) clen = strtoll(h[k].val, NULL, 10);
+                else if (name_is(&h[k], "transfer-encoding")) chunked = 1;
+                else if (name_is(&h[k], "connection") && h[k].vlen == 5 && !strncasecmp(h[k].val, "close", 5)) c->r_close = 1;
+            }
+            c->rh.n = 0;
+            if (nh < 0 || status == 101) { c->rs = RS_UNTIL_CLOSE; *done = -1; break; }
+            if (status >= 100 && status < 200) break; /* an interim answer: the real one follows */
+            if (c->head_req || status == 204 || status == 304) *done = 1;
+            else if (chunked) c->rs = RS_CHUNK_LINE;
+            else if (clen >= 0) { c->rleft = clen; c->rs = RS_BODY; if (!clen) *done = 1; }
+            else { c->rs = RS_UNTIL_CLOSE; *done = -1; }
+            break;
+        }
+        case RS_BODY: case RS_CHUNK_DATA: {
+            size_t take = (size_t)c->rleft < n - i ? (size_t)c->rleft : n - i;
+            c->rleft -= (long long)take;
+            i += take;
+            if (c->rleft == 0) {
+                if (c->rs == RS_BODY) *done = 1;
+                else c->rs = RS_CHUNK_LINE;
+            }
+            break;
+        }
+        default:
+            i = n;
+            *done = -1;
+        }
+    }
+    return i;
+}
+
+static void on_client(client *c, uint32_t events) {
+    if (events & EPOLLOUT) {
+        if (!flush_to(c->fd, &c->out_c)) { client_close(c); return; }
+        if (c->closing && !c->out_c.n) { client_close(c); return; }
+        c_events(c);
+    }
+    if (!(events & (EPOLLIN | EPOLLHUP | EPOLLERR)) || c->rd_eof) return;
+    long r = read_some(c->fd, &c->in);
+    if (c->mode == M_PIPE) { /* pass it on */
+        if (c->in.n) {
+            if (!c_write(c, 1, c->in.p, c->in.n)) return;
+            c->in.n = 0;
+        }
+        if (r < 0) { /* the caller is done sending: so is its pipe, Python's answer still comes */
+            c->rd_eof = 1;
+            shutdown(c->up, SHUT_WR);
+            c_events(c);
+        }
+        return;
+    }
+    if (r < 0) { client_close(c); return; }
+    if (c->mode == M_LANE && !c->job) on_request(c);
+}
+
+static void on_up(client *c, uint32_t events) {
+    if (events & EPOLLOUT) {
+        if (!flush_to(c->up, &c->out_up)) { close_when_flushed(c); return; }
+        c_events(c);
+    }
+    if (!(events & (EPOLLIN | EPOLLHUP | EPOLLERR))) return;
+    char tmp[65536];
+    while (c->out_c.n < HIGH_WATER) {
+        ssize_t r = recv(c->up, tmp, sizeof tmp, 0);
+        if (r > 0) {
+            size_t n = (size_t)r;
+            int done = 0;
+            if (c->mode == M_RELAY) n = resp_feed(c, tmp, n, &done);
+            else if (c->mode == M_LANE) n = 0; /* nothing was asked: dropped */
+            if (n && !c_write(c, 0, tmp, n)) return;
+            if (done == 1) { /* the answer has passed: the connection is the lane's again */
+                if (c->fd < 0 || c->r_close) { close_when_flushed(c); return; }
+                c->mode = M_LANE;
+                c->up_idle_since = mono();
+                c_events(c);
+                if (c->in.n && !c->job) on_request(c);
+                return;
+            }
+            continue;
+        }
+        if (r < 0 && (errno == EAGAIN || errno == EINTR)) break;
+        if (c->mode == M_LANE) { /* an idle keep-alive Python closed: the caller stays */
+            epoll_ctl(ep, EPOLL_CTL_DEL, c->up, NULL);
+            close(c->up);
+            c->up = -1;
+            c->out_up.n = 0;
+            return;
+        }
+        close_when_flushed(c); /* Python closed: so does the caller's connection, once served */
+        return;
+    }
+    c_events(c);
+}
+
+/* ------------------------------------------------------------------ HTTP requests */
 
 /* berth's delivery id: a UUID laid out as version 7 (domain/ids.py) */
 static void time_ordered_id(char out[37]) {
@@ -732,7 +858,7 @@ static void handoff(job *j, const char *outcome, const char *detail) {
     if (c) {
         c->job = NULL;
         j->c = NULL;
-        client_pipe(c, req.p, req.n); /* the caller's buffered bytes follow the hand-off */
+        relay_one(c, req.p, req.n, 0, 0); /* Python's answer is the caller's */
     } else {
         /* nobody waits: Python's answer is read and dropped by a connection of its own */
         client *ghost = calloc(1, sizeof *ghost);
@@ -742,7 +868,7 @@ static void handoff(job *j, const char *outcome, const char *detail) {
         ghost->next = clients;
         if (clients) clients->prev = ghost;
         clients = ghost;
-        client_pipe(ghost, req.p, req.n);
+        relay_one(ghost, req.p, req.n, 0, 0);
     }
     buf_free(&req);
     job_free(j);
@@ -989,13 +1115,36 @@ static const char *FORWARDED[] = {"a2a-version", "a2a-extensions", "x-a2a-extens
 /* The whole request is in c->in. Take it (a job, its accept queued), or relay it. */
 static void on_request(client *c) {
     int why = 0;
-    if (c->up >= 0 || c->job) return;
+    if (c->mode != M_LANE || c->job || !c->in.n) return;
     char *p = c->in.p;
     size_t n = c->in.n;
     char *end = n >= 4 ? memmem(p, n, "\r\n\r\n", 4) : NULL;
-    if (!end) { if (n > MAX_HEAD || stopping) client_pipe(c, NULL, 0); return; }
+    if (!end) { if (n > MAX_HEAD) client_pipe(c); return; }
     size_t head = (size_t)(end - p) + 4;
     char *eol = memmem(p, head, "\r\n", 2);
+    /* the request's framing: where it ends; a pipe to Python when the lane cannot tell */
+    size_t req_len;
+    int head_req = n >= 5 && !memcmp(p, "HEAD ", 5);
+    {
+        hdr fh[64];
+        int fn = parse_headers(eol + 2, end + 2, fh, 64), seen = 0;
+        long long fl = 0;
+        if (fn < 0 || eol - p < 9 || memcmp(eol - 9, " HTTP/1.1", 9) != 0) { client_pipe(c); return; }
+        for (int i = 0; i < fn; i++) {
+            if (name_is(&fh[i], "transfer-encoding") || name_is(&fh[i], "upgrade") || name_is(&fh[i], "expect")) {
+                client_pipe(c);
+                return;
+            }
+            if (name_is(&fh[i], "content-length")) {
+                char *e;
+                fl = strtoll(fh[i].val, &e, 10);
+                if (seen++ || fh[i].vlen == 0 || e != fh[i].val + fh[i].vlen || fl < 0) { client_pipe(c); return; }
+            }
+        }
+        if (fl > max_body) { client_pipe(c); return; }
+        req_len = head + (size_t)fl;
+        if (n < req_len) return; /* the body is still coming */
+    }
     /* the request line: POST /v1/workspaces/<ref>/a2a[/] HTTP/1.1 */
     static const char pre[] = "POST /v1/workspaces/";
     char ref[128];
@@ -1044,7 +1193,6 @@ static void on_request(client *c) {
     }
     if (clen < 0 || clen > max_body || !auth) { why = __LINE__; goto relay; }
     if (n < head + (size_t)clen) return; /* the body is still coming */
-    size_t req_len = head + (size_t)clen;
     const char *body = p + head;
 
     /* who calls */
@@ -1163,7 +1311,7 @@ static void on_request(client *c) {
     return;
 relay:
     if (debug) fprintf(stderr, "lane: relayed (line %d)\n", why);
-    client_pipe(c, NULL, 0);
+    relay_one(c, NULL, 0, req_len, head_req);
 }
 
 /* ------------------------------------------------------------------ writes done */
@@ -1195,10 +1343,11 @@ static void on_committed(void) {
         if (j == &renew_op) { renew_op.state = 0; j = next; continue; }
         if (j->op == OP_ACCEPT) {
             client *c = j->c;
+            size_t j_req_len = j->req_len;
             if (!j->ok) { /* not taken (or not written): nothing is on disk, Python decides */
                 j->c = NULL;
                 job_free(j);
-                if (c) { c->job = NULL; client_pipe(c, NULL, 0); } /* the request, as it came */
+                if (c) { c->job = NULL; relay_one(c, NULL, 0, j_req_len, 0); } /* the request, as it came */
             } else {
                 if (c) drop(&c->in, j->req_len);
                 j->forwarded_at = mono();

@@ -1,0 +1,310 @@
+"""The fast lane (docs/fast-lane.md) in front of a real `berth serve`: the plain send is
+served by the compiled lane, and everything about it that a caller, an agent or an
+operator can see is what Python alone gives: the answer, a retry's replay, the metrics,
+the delivery record; every way a forward can go wrong is handed to Python and ends as it
+would have there; a lane killed mid-forward loses nothing.
+
+The agent is a scripted aiohttp app (an `external` workspace found by its card): what it
+answers depends on the message's text."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+import uuid
+from collections import Counter
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from aiohttp import web
+
+from tests.e2e.harness import LANE_ENV, BerthServer, require_lane, send_body, serve_app
+
+pytestmark = pytest.mark.slow
+
+
+class Agent:
+    """A stock A2A agent whose answers the test scripts by the message's text."""
+
+    def __init__(self) -> None:
+        self.forwards: Counter[str] = Counter()  # messageId -> requests seen
+        self.headers: dict[str, dict[str, str]] = {}
+        self.drained: set[str] = set()
+        self.url = ""
+        self.runner: Any = None
+
+    async def card(self, _: web.Request) -> web.Response:
+        return web.json_response({"name": "scripted", "version": "1"})
+
+    async def rpc(self, request: web.Request) -> web.Response:
+        doc = await request.json()
+        msg = doc["params"]["message"]
+        mid, text = msg["messageId"], msg["parts"][0]["text"]
+        self.forwards[mid] += 1
+        self.headers[mid] = dict(request.headers)
+        if text.startswith("slow:"):
+            await asyncio.sleep(float(text[5:]))
+        if text == "drain-once" and mid not in self.drained:
+            self.drained.add(mid)
+            err = {"code": -32603, "message": "draining", "data": {"reason": "DRAINING"}}
+            return web.json_response({"jsonrpc": "2.0", "id": doc["id"], "error": err})
+        if text == "fail":
+            return web.Response(status=500, text="boom")
+        result = {
+            "message": {"role": "ROLE_AGENT", "messageId": "r-" + mid, "parts": [{"text": text}]}
+        }
+        return web.json_response({"jsonrpc": "2.0", "id": doc["id"], "result": result})
+
+    async def start(self, port: int | None = None) -> Agent:
+        app = web.Application()
+        app.router.add_get("/.well-known/agent-card.json", self.card)
+        app.router.add_post("/", self.rpc)
+        if port is None:
+            self.runner, self.url = await serve_app(app)
+        else:
+            self.runner = web.AppRunner(app)
+            await self.runner.setup()
+            await web.TCPSite(self.runner, "127.0.0.1", port).start()
+        return self
+
+    async def stop(self) -> None:
+        await self.runner.cleanup()
+
+
+def _lane_on(env: dict[str, str] | None = None) -> dict[str, str]:
+    return {**LANE_ENV, **(env or {})}
+
+
+def _metric(text: str, name: str, **labels: str) -> float:
+    total = 0.0
+    for line in text.splitlines():
+        if not line.startswith(name + "{") and not line.startswith(name + " "):
+            continue
+        if all(f'{k}="{v}"' in line for k, v in labels.items()):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+@pytest.fixture
+async def agent() -> AsyncIterator[Agent]:
+    a = await Agent().start()
+    yield a
+    await a.stop()
+
+
+@pytest.fixture
+def lane_server(tmp_path: Path, call_failed: Any) -> Iterator[BerthServer]:
+    server = BerthServer(tmp_path / "berth", env=_lane_on({"BERTH_MAX_ATTEMPTS": "2"})).start()
+    try:
+        require_lane(server)
+        yield server
+    finally:
+        server.stop()
+        server.kill9()
+        if call_failed():
+            server.print_log_tail()
+
+
+async def _workspace(c: httpx.AsyncClient, name: str, url: str, **spec: Any) -> None:
+    r = await c.post(
+        "/v1/workspaces", json={"name": name, "runtime": "external", "url": url, **spec}
+    )
+    assert r.status_code == 201, r.text
+    deadline = time.monotonic() + 30
+    while (await c.get(f"/v1/workspaces/{name}")).json()["status"] != "online":
+        assert time.monotonic() < deadline, "the workspace did not come online"
+        await asyncio.sleep(0.1)
+
+
+async def _send(c: httpx.AsyncClient, ws: str, text: str, mid: str | None = None) -> httpx.Response:
+    return await c.post(
+        f"/v1/workspaces/{ws}/a2a",
+        json=send_body(text, mid or str(uuid.uuid4())),
+        headers={"a2a-version": "1.0"},
+    )
+
+
+async def test_plain_sends_are_served_by_the_lane_and_counted_by_berth(lane_server, agent):
+    async with lane_server.client() as c:
+        await _workspace(c, "w", agent.url, max_concurrency=64)
+        before = (await c.get("/metrics")).text
+        rs = await asyncio.gather(*(_send(c, "w", f"hello {i}") for i in range(20)))
+        assert [r.status_code for r in rs] == [200] * 20
+        assert sorted(r.json()["result"]["message"]["parts"][0]["text"] for r in rs) == sorted(
+            f"hello {i}" for i in range(20)
+        )
+        assert all("x-berth-replayed" not in r.headers for r in rs)
+        ids = [r.headers["x-berth-delivery-id"] for r in rs]
+        # the records are berth's: done, one forward, the reply and who sent it
+        for i in ids:
+            d = (await c.get(f"/v1/deliveries/{i}")).json()
+            assert d["status"] == "done" and d["forwards"] == 1, d
+        after = (await c.get("/metrics")).text
+        assert (
+            _metric(after, "berth_lane_deliveries_total")
+            - _metric(before, "berth_lane_deliveries_total")
+            == 20
+        )
+        assert (
+            _metric(after, "berth_deliveries_total", workspace="w", outcome="done")
+            - _metric(before, "berth_deliveries_total", workspace="w", outcome="done")
+            == 20
+        )
+        # what the agent got is what berth forwards: the caller's A2A headers and berth's word
+        # on who called
+        h = next(iter(agent.headers.values()))
+        assert h["x-berth-caller"] == "operator" and h["a2a-version"] == "1.0"
+
+
+async def test_a_retry_through_the_lane_is_answered_as_a_replay(lane_server, agent):
+    async with lane_server.client() as c:
+        await _workspace(c, "w", agent.url)
+        first = await _send(c, "w", "once", "m-1")
+        again = await _send(c, "w", "once", "m-1")
+        assert first.status_code == again.status_code == 200
+        assert "x-berth-replayed" not in first.headers
+        assert again.headers["x-berth-replayed"] == "true"
+        assert again.headers["x-berth-delivery-id"] == first.headers["x-berth-delivery-id"]
+        assert again.json()["result"] == first.json()["result"]
+        assert agent.forwards["m-1"] == 1
+        # the same messageId for another request: refused by Python, nothing accepted
+        other = await _send(c, "w", "something else", "m-1")
+        assert other.json()["error"]["code"] == -32602
+
+
+async def test_the_lane_answers_as_python_does(tmp_path, agent):
+    """The same sends to a berth without the lane and to one with it: the same statuses,
+    bodies and header names (only the date and the ids differ)."""
+    seen: dict[str, list[tuple[int, Any, list[str]]]] = {}
+    for mode, env in (("python", {}), ("lane", _lane_on())):
+        server = BerthServer(tmp_path / mode, env=env).start()
+        try:
+            if mode == "lane":
+                require_lane(server)
+            async with server.client() as c:
+                await _workspace(c, "w", agent.url)
+                out = []
+                for body in (
+                    send_body("v1", "t-1"),
+                    send_body("v03", "t-2", v03=True, rid="abc"),
+                ):
+                    r = await c.post("/v1/workspaces/w/a2a", json=body)
+                    out.append(
+                        (r.status_code, r.json(), sorted(k for k in r.headers if k != "date"))
+                    )
+                seen[mode] = out
+        finally:
+            server.stop()
+    assert seen["lane"] == seen["python"]
+
+
+async def test_a_draining_refusal_is_handed_to_python_and_held(lane_server, agent):
+    async with lane_server.client() as c:
+        await _workspace(c, "w", agent.url)
+        r = await _send(c, "w", "drain-once", "d-1")
+        assert r.status_code == 200, r.text
+        assert r.json()["result"]["message"]["parts"][0]["text"] == "drain-once"
+        assert "x-berth-replayed" not in r.headers
+        assert agent.forwards["d-1"] == 2
+        d = (await c.get(f"/v1/deliveries/{r.headers['x-berth-delivery-id']}")).json()
+        assert d["status"] == "done" and d["forwards"] == 2 and d["attempts"] == 0, d
+
+
+async def test_an_agent_that_fails_is_retried_then_dead_as_python_decides(lane_server, agent):
+    async with lane_server.client() as c:
+        await _workspace(c, "w", agent.url)
+        r = await _send(c, "w", "fail", "f-1")
+        d = (await c.get(f"/v1/deliveries/{r.headers['x-berth-delivery-id']}")).json()
+        assert d["status"] == "dead" and d["attempts"] == 2, d  # BERTH_MAX_ATTEMPTS=2
+        assert agent.forwards["f-1"] == 2
+        assert "error" in r.json() and "x-berth-replayed" not in r.headers
+
+
+async def test_an_agent_away_is_handed_to_python_and_delivered_when_back(lane_server):
+    agent = await Agent().start()
+    port = int(agent.url.rsplit(":", 1)[1])
+    async with lane_server.client() as c:
+        await _workspace(c, "w", agent.url)
+        await agent.stop()  # nothing listens on its port now: the lane cannot connect
+        send = asyncio.create_task(_send(c, "w", "late", "a-1"))
+        await asyncio.sleep(1.5)
+        assert not send.done()
+        back = await Agent().start(port)
+        try:
+            r = await asyncio.wait_for(send, 60)
+            assert r.status_code == 200, r.text
+            assert r.json()["result"]["message"]["parts"][0]["text"] == "late"
+            assert "x-berth-replayed" not in r.headers
+            assert back.forwards["a-1"] == 1
+        finally:
+            await back.stop()
+
+
+async def test_a_wait_that_runs_out_is_answered_202_and_the_forward_goes_on(tmp_path, agent):
+    server = BerthServer(
+        tmp_path / "b", env=_lane_on({"BERTH_DEFAULT_WAIT_SECONDS": "0.5"})
+    ).start()
+    try:
+        require_lane(server)
+        async with server.client() as c:
+            await _workspace(c, "w", agent.url, max_concurrency=4)
+            r = await _send(c, "w", "slow:2", "s-1")
+            assert r.status_code == 202
+            i = r.headers["x-berth-delivery-id"]
+            assert r.json() == {
+                "delivery_id": i,
+                "status": "in_flight",
+                "status_url": f"/v1/deliveries/{i}",
+            }
+            # the connection goes on serving while the forward runs
+            ok = await _send(c, "w", "quick", "s-2")
+            assert ok.status_code == 200
+            deadline = time.monotonic() + 10
+            while (d := (await c.get(f"/v1/deliveries/{i}")).json())["status"] != "done":
+                assert time.monotonic() < deadline, d
+                await asyncio.sleep(0.1)
+            assert d["forwards"] == 1 and agent.forwards["s-1"] == 1
+    finally:
+        server.stop()
+
+
+def _lane_pid(server: BerthServer) -> int:
+    assert server.proc is not None
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmd = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"berth-lane" in cmd and int(stat.rsplit(")", 1)[1].split()[1]) == server.proc.pid:
+            return int(entry.name)
+    raise AssertionError("no lane process under berth")
+
+
+async def test_a_lane_killed_mid_forward_loses_nothing(lane_server, agent):
+    async with lane_server.client() as c:
+        await _workspace(c, "w", agent.url)
+        send = asyncio.create_task(_send(c, "w", "slow:1.5", "k-1"))
+        deadline = time.monotonic() + 10
+        while agent.forwards["k-1"] == 0:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.02)
+        os.kill(_lane_pid(lane_server), signal.SIGKILL)
+        with pytest.raises(httpx.HTTPError):
+            await send  # the caller's connection was the lane's: cut
+        require_lane(lane_server)  # berth starts it again
+        # the caller retries, as a caller whose connection broke does: answered, done
+        r = await _send(c, "w", "slow:1.5", "k-1")
+        assert r.status_code == 200, r.text
+        assert r.json()["result"]["message"]["parts"][0]["text"] == "slow:1.5"
+        d = (await c.get(f"/v1/deliveries/{r.headers['x-berth-delivery-id']}")).json()
+        assert d["status"] == "done", d
+        # the lease the lane held was given back at once, not after lease_seconds (30)
+        assert agent.forwards["k-1"] == 2
