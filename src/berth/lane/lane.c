@@ -242,17 +242,29 @@ static int connect_upstream(void) {
 /* ------------------------------------------------------------------ the feed */
 
 static buf feed;
+/* The feed goes out in batches, at most FEED_DELAY after its first line waited: Python
+   wakes once per batch, not twice per message (at c=1 that wake-up was most of the lane's
+   added latency). Nothing waits on it: a restart's drain, metrics and flows may lag by
+   this much; a hand-off sends it first. */
+#define FEED_DELAY 0.01
+static double feed_due;
 
 static void feed_flush(void) {
-    if (!feed.n) return;
+    if (!feed.n) { feed_due = 0; return; }
     size_t off = 0;
     while (off < feed.n) {
         ssize_t w = write(1, feed.p + off, feed.n - off);
         if (w > 0) { off += (size_t)w; continue; }
         if (w < 0 && errno == EINTR) continue;
+        if (w < 0 && errno == EAGAIN) { /* Python reads behind: the rest goes next time */
+            drop(&feed, off);
+            feed_due = mono() + FEED_DELAY;
+            return;
+        }
         break; /* Python is gone: it will restart us */
     }
     feed.n = 0;
+    feed_due = 0;
 }
 
 /* ------------------------------------------------------------------ HTTP heads */
@@ -839,6 +851,7 @@ static void forward(job *j);
    agent, or how the forward failed. A caller still waiting gets Python's answer, and its
    connection is Python's from then on. */
 static void handoff(job *j, const char *outcome, const char *detail) {
+    feed_flush(); /* Python hears of the forward before it is handed the delivery */
     buf req = {0};
     double left = j->c ? j->wait_deadline - mono() : 0;
     if (left < 0) left = 0;
@@ -1325,7 +1338,7 @@ static void on_committed(void) {
     job *j = done_head;
     done_head = done_tail = NULL;
     pthread_mutex_unlock(&mu);
-    /* the feed first: Python learns of a forward before a restart could ask about it */
+    /* the feed: what this commit wrote, for Python (sent within FEED_DELAY, batched) */
     for (job *x = j; x; x = x->next_op) {
         if (x->op == OP_ACCEPT && x->ok) {
             puts_(&feed, "{\"e\":\"f\"");
@@ -1337,7 +1350,7 @@ static void on_committed(void) {
             putf(&feed, ",\"created\":%.6f,\"finished\":%.6f,\"fwd\":%.6f}\n", x->created, now_s(), x->fwd_s);
         }
     }
-    feed_flush();
+    if (feed.n && !feed_due) feed_due = mono() + FEED_DELAY;
     while (j) {
         job *next = j->next_op;
         if (j == &renew_op) { renew_op.state = 0; j = next; continue; }
@@ -1405,7 +1418,11 @@ static void on_tick(void) {
         renew_op.state = 1;
         enqueue(&renew_op, OP_RENEW);
     }
-    if (stopping && (!jobs || t > stop_deadline)) { feed_flush(); exit(0); }
+    if (stopping && (!jobs || t > stop_deadline)) {
+        fcntl(1, F_SETFL, fcntl(1, F_GETFL) & ~O_NONBLOCK); /* the last of the feed, whole */
+        feed_flush();
+        exit(0);
+    }
 }
 
 static void on_signal(void) {
@@ -1495,10 +1512,16 @@ int main(void) {
     last_renew = mono();
     puts_(&feed, "{\"e\":\"ready\"}\n");
     feed_flush();
+    fcntl(1, F_SETFL, fcntl(1, F_GETFL) | O_NONBLOCK); /* a slow reader never stalls the loop */
 
     struct epoll_event evs[256];
     for (;;) {
-        int n = epoll_wait(ep, evs, 256, -1);
+        int wait_ms = -1;
+        if (feed_due) {
+            double left = feed_due - mono();
+            wait_ms = left <= 0 ? 0 : (int)(left * 1000) + 1;
+        }
+        int n = epoll_wait(ep, evs, 256, wait_ms);
         if (n < 0 && errno == EINTR) continue;
         for (int i = 0; i < n; i++) {
             ev *tag = evs[i].data.ptr;
@@ -1528,5 +1551,6 @@ int main(void) {
             case K_SIGNAL: on_signal(); break;
             }
         }
+        if (feed_due && mono() >= feed_due) feed_flush();
     }
 }
