@@ -95,6 +95,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument(
         "--refusals", type=int, default=3, help="overload: a caller gives up after this many 429s"
     )
+    ap.add_argument(
+        "--lane",
+        action="store_true",
+        help="berth with its fast lane on (SQLite; docs/fast-lane.md)",
+    )
     ap.add_argument("--seed", type=int, default=None)
     ap.add_argument(
         "--recheck",
@@ -141,7 +146,10 @@ async def run(a: argparse.Namespace) -> int:
         postgres=a.postgres,
         redis=a.redis,
         lease_seconds=a.lease_seconds,
-        extra_env={} if a.start_timeout is None else {"BERTH_START_TIMEOUT": str(a.start_timeout)},
+        extra_env={
+            **({} if a.start_timeout is None else {"BERTH_START_TIMEOUT": str(a.start_timeout)}),
+            **({"BERTH_FAST_LANE": "on"} if a.lane else {}),
+        },
     )
     say(f"workdir {workdir}")
     clients: list[httpx.AsyncClient] = []

@@ -308,3 +308,46 @@ async def test_a_lane_killed_mid_forward_loses_nothing(lane_server, agent):
         assert d["status"] == "done", d
         # the lease the lane held was given back at once, not after lease_seconds (30)
         assert agent.forwards["k-1"] == 2
+
+
+async def test_berth_killed_takes_its_lane_along_and_the_next_berth_delivers(tmp_path, agent):
+    """kill -9 of berth: its lane dies with it (a lane left behind would keep the port and
+    take sends no Python hears of); the next berth on the data dir gets the port and
+    redelivers what the lane had in flight."""
+    first = BerthServer(tmp_path / "b", env=_lane_on()).start()
+    second = None
+    try:
+        require_lane(first)
+        async with first.client() as c:
+            await _workspace(c, "w", agent.url)
+            send = asyncio.create_task(_send(c, "w", "slow:1", "x-1"))
+            deadline = time.monotonic() + 10
+            while agent.forwards["x-1"] == 0:
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.02)
+            lane = _lane_pid(first)
+            first.kill9()
+            with pytest.raises(httpx.HTTPError):
+                await send
+        deadline = time.monotonic() + 5
+        while Path(f"/proc/{lane}").exists() and "Z" not in _state(lane):
+            assert time.monotonic() < deadline, "the lane outlived berth"
+            await asyncio.sleep(0.05)
+        second = BerthServer(tmp_path / "b", port=first.port, env=_lane_on()).start()
+        require_lane(second)
+        async with second.client() as c:
+            r = await _send(c, "w", "slow:1", "x-1")  # the caller's retry
+            assert r.status_code == 200, r.text
+            d = (await c.get(f"/v1/deliveries/{r.headers['x-berth-delivery-id']}")).json()
+            assert d["status"] == "done" and d["forwards"] == 2, d
+    finally:
+        first.kill9()
+        if second is not None:
+            second.stop()
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return "Z"

@@ -36,6 +36,7 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/epoll.h>
+#include <sys/prctl.h>
 #include <sys/eventfd.h>
 #include <sys/random.h>
 #include <sys/signalfd.h>
@@ -1450,6 +1451,11 @@ static const char *env_s(const char *k) {
 }
 
 int main(void) {
+    /* berth killed (-9 included) takes its lane along: a lane left behind would keep its
+       port from the next berth and accept sends no Python hears of. What it had in flight
+       is in flight on disk: the next berth's recovery redelivers it. */
+    pid_t parent = getppid();
+    if (prctl(PR_SET_PDEATHSIG, SIGKILL) < 0 || getppid() != parent) return 3;
     signal(SIGPIPE, SIG_IGN);
     db_path = env_s("BERTH_LANE_DB");
     upstream_path = env_s("BERTH_LANE_UPSTREAM");
