@@ -106,6 +106,7 @@ def test_serve_hands_the_public_port_to_the_lane(
         assert env["BERTH_LANE_OWNER"] == f"{c.settings.replica}:lane"
         assert len(env["BERTH_LANE_SECRET"]) == 32 and "admin-token" not in env.values()
         assert env["BERTH_LANE_WAIT"] == "300.0" and env["BERTH_LANE_SYNCHRONOUS"] == "FULL"
+        assert env["BERTH_LANE_IN_DOCKER"] == ("1" if c.in_docker else "0")
     finally:
         upstream.close()
         for s in c.lane.process._listen:
@@ -124,17 +125,3 @@ def test_serve_without_sqlite_or_without_a_build_runs_without_the_lane(
     c = container(tmp_path, SqliteStore(str(tmp_path / "data" / "berth.db")))
     assert _fast_lane(c.settings, c) is None and c.lane is None
     assert _fast_lane(Settings(data_dir=str(tmp_path / "data")), c) is None  # off
-
-
-def test_serve_in_docker_runs_without_the_lane(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
-) -> None:
-    """berth in a container reaches agents at addresses it rewrites (ws-<id>:8000); the
-    lane forwards to the URL on record, so it stays off there."""
-    monkeypatch.setattr(lane_pkg, "build_lane", lambda cache: tmp_path / "berth-lane-x")
-    (tmp_path / "data").mkdir()
-    c = container(tmp_path, SqliteStore(str(tmp_path / "data" / "berth.db")))
-    c.in_docker = True
-    with caplog.at_level(logging.WARNING):
-        assert _fast_lane(c.settings, c) is None
-    assert "runs in Docker" in caplog.text and c.lane is None

@@ -70,6 +70,9 @@ class Lane:
             "BERTH_LANE_GRACE": repr(float(s.shutdown_grace_seconds)),
             "BERTH_LANE_MAX_QUEUE": str(s.max_queue),
             "BERTH_LANE_SYNCHRONOUS": s.sqlite_synchronous.upper(),
+            # berth in a container of its engine reaches Docker workspaces at rewritten
+            # addresses (agent_link.rewrite_for_docker): those stay Python's
+            "BERTH_LANE_IN_DOCKER": "1" if c.in_docker else "0",
         }
         self.process = LaneProcess(
             exe, listen, self.env, self.feed, self._gone, grace=s.shutdown_grace_seconds

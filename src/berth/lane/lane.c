@@ -60,6 +60,7 @@ static unsigned char admin_sha[32];
 static int have_admin;
 static double wait_s = 300, forward_timeout = 600, lease_s = 30, grace_s = 10;
 static long max_body = 1 << 20, max_queue = 10000;
+static int in_docker; /* Docker workspaces are reached at rewritten addresses: Python's */
 static const char *synchronous = "FULL";
 
 static void die(const char *what) {
@@ -644,7 +645,7 @@ static const char *Q_CRED =
 static const char *Q_WS =
     "SELECT id, name, agent_url, CASE WHEN json_extract(capabilities, '$.native_session') THEN -1 "
     "ELSE max_concurrency END FROM workspaces WHERE (id = ?1 OR name = ?1) AND state = 'online' "
-    "AND peer IS NULL AND (?2 = 'operator' OR EXISTS (SELECT 1 FROM json_each(allowed_callers) "
+    "AND peer IS NULL AND NOT (?4 AND runtime = 'docker') AND (?2 = 'operator' OR EXISTS (SELECT 1 FROM json_each(allowed_callers) "
     "WHERE value IN ('*', ?2))) AND COALESCE(json_extract(limits, '$.max_queue'), ?3) > 0";
 
 /* berth's in-flight accept (adapters/sql/sqlite_hot.py) with the lane's stricter guard:
@@ -1269,6 +1270,7 @@ static void on_request(client *c) {
     sqlite3_bind_text(q_ws, 1, ref, -1, SQLITE_TRANSIENT);
     sqlite3_bind_text(q_ws, 2, caller, -1, SQLITE_TRANSIENT);
     sqlite3_bind_int64(q_ws, 3, max_queue);
+    sqlite3_bind_int(q_ws, 4, in_docker);
     job *j = NULL;
     if (sqlite3_step(q_ws) == SQLITE_ROW) {
         const char *url = (const char *)sqlite3_column_text(q_ws, 2);
@@ -1478,6 +1480,7 @@ int main(void) {
     grace_s = env_f("BERTH_LANE_GRACE", 10);
     max_body = (long)env_f("BERTH_LANE_MAX_BODY", 1 << 20);
     max_queue = (long)env_f("BERTH_LANE_MAX_QUEUE", 10000);
+    in_docker = env_f("BERTH_LANE_IN_DOCKER", 0) != 0;
     if (getenv("BERTH_LANE_SYNCHRONOUS") && *getenv("BERTH_LANE_SYNCHRONOUS")) synchronous = getenv("BERTH_LANE_SYNCHRONOUS");
     if (strcasecmp(synchronous, "FULL") && strcasecmp(synchronous, "NORMAL") && strcasecmp(synchronous, "EXTRA")) synchronous = "FULL";
 
