@@ -205,6 +205,8 @@ async def run(a: argparse.Namespace) -> int:
         say(f"final reads: {finals}")
         report = check(history.records, executions)
         text = summary(report, a, targets, time.time() - started, load.sent)
+        if a.lane:
+            text += await _lane_counts(clients)
         if stale:
             text += (
                 f"\nobserved: {len(stale)} restart records never finished (their berth was "
@@ -230,6 +232,26 @@ async def run(a: argparse.Namespace) -> int:
         finally:
             cluster.terminate()  # a no-op when close() did its work
         history.close()
+
+
+async def _lane_counts(clients: list[httpx.AsyncClient]) -> str:
+    """What the fast lane served itself and handed to Python (metrics count from each
+    berth's last start): a lane run where the lane served nothing proves nothing."""
+    served = handed = 0.0
+    for c in clients:
+        try:
+            text = (await c.get("/metrics")).text
+        except httpx.HTTPError:
+            continue
+        for line in text.splitlines():
+            if line.startswith("berth_lane_deliveries_total{"):
+                served += float(line.rsplit(" ", 1)[1])
+            elif line.startswith("berth_lane_handoffs_total{"):
+                handed += float(line.rsplit(" ", 1)[1])
+    return (
+        f"\nfast lane (since its berth's last start): {served:.0f} sends served by the lane, "
+        f"{handed:.0f} handed to Python\n"
+    )
 
 
 async def _progress(load: Load, faults: Faults) -> None:
