@@ -107,12 +107,13 @@ def _fast_lane(settings: Settings, container: Container) -> socket.socket | None
     if settings.fast_lane != "on":
         return None
     from berth.lane import SOCKET_FILE, Lane, build_lane
+    from berth.lane.build import cache_dir
 
     db = Lane.database(container)
     if db is None:
         log.warning("BERTH_FAST_LANE=on needs the SQLite store: serving without the fast lane")
         return None
-    exe = build_lane(settings.data_path / "lane")
+    exe = build_lane(cache_dir())
     if exe is None:
         return None
     path = settings.data_path / SOCKET_FILE

@@ -125,3 +125,25 @@ def test_serve_without_sqlite_or_without_a_build_runs_without_the_lane(
     c = container(tmp_path, SqliteStore(str(tmp_path / "data" / "berth.db")))
     assert _fast_lane(c.settings, c) is None and c.lane is None
     assert _fast_lane(Settings(data_dir=str(tmp_path / "data")), c) is None  # off
+
+
+def test_a_cached_lane_anyone_else_may_write_is_built_again(tmp_path: Path) -> None:
+    """The build cache is shared by this user's berths: an executable others could have
+    replaced is never run."""
+    src, cache = sources(tmp_path), tmp_path / "cache"
+    exe = build_lane(cache, src)
+    assert exe is not None and stat.S_IMODE(cache.stat().st_mode) == 0o700
+    built = exe.stat().st_mtime_ns
+    exe.chmod(0o777)  # writable by anyone: not trusted
+    again = build_lane(cache, src)
+    assert again == exe and exe.stat().st_mtime_ns != built
+    assert stat.S_IMODE(exe.stat().st_mode) & 0o022 == 0
+
+
+def test_the_cache_is_the_users(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from berth.lane.build import cache_dir
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert cache_dir() == tmp_path / "berth" / "lane"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    assert cache_dir() == Path.home() / ".cache" / "berth" / "lane"
