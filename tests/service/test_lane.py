@@ -178,3 +178,20 @@ async def test_a_malformed_hand_off_is_refused(h: Handing) -> None:
 async def test_the_hand_off_is_in_no_openapi_document(h: Handing) -> None:
     doc = (await h.http.get("/openapi.json")).json()
     assert doc["paths"] and not [p for p in doc["paths"] if "lane" in p]
+
+
+async def test_a_hand_off_whose_take_fails_is_no_longer_counted_in_flight(
+    h: Handing, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    d = await h.lane_accepts("m1")
+    assert h.w.c.dispatcher.in_flight(h.ws.id) == [d.id]
+
+    async def away(*_: object) -> None:
+        raise RuntimeError("the store is away")
+
+    monkeypatch.setattr(h.w.c.deliveries, "take_lease", away)
+    r = await h.hand(d, "transport")
+    assert r.status_code == 500
+    # the lane's forward is over: a drain does not wait for it, its slot is free
+    assert h.w.c.dispatcher.in_flight(h.ws.id) == []
+    assert await h.w.c.dispatcher.wait_idle(h.ws.id, 0.1)

@@ -71,10 +71,13 @@ class LaneHandoff:
         outcome, body, status, ctype, detail = _outcome(h)
         first = self._log.expect(h.delivery_id) if h.wait > 0 else None
         try:
-            d = await self._log.take_lease(h.delivery_id, self.owner)
-            if d is not None:
-                self._adopt(d, outcome, body, status, ctype, detail)
-            self._dispatcher.lane_ended(h.delivery_id)
+            try:
+                d = await self._log.take_lease(h.delivery_id, self.owner)
+                if d is not None:
+                    self._adopt(d, outcome, body, status, ctype, detail)
+            finally:  # the lane's forward is over whatever happens here (a failed take
+                # leaves the row to its lease, which the lane no longer renews)
+                self._dispatcher.lane_ended(h.delivery_id)
             if d is None:  # a restart requeued it, or its lease ran out: its answer, then
                 d = await self._log.get(h.delivery_id)
         except BaseException:
