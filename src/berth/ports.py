@@ -184,6 +184,9 @@ class DeliveryStore(Protocol):
     async def take_lease(
         self, delivery_id: str, from_owner: str, to_owner: str
     ) -> Delivery | None: ...
+    # ids of the workspace's deliveries in flight under `owner`'s lease, oldest first (what
+    # the fast lane forwards to it: a restart's drain waits for them)
+    async def leased(self, workspace_id: str, owner: str) -> list[str]: ...
     # A final status for one delivery / all of a workspace's, from `only_from`; None / []
     # when nothing matched.
     async def finish(

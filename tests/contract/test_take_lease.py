@@ -29,3 +29,18 @@ async def test_only_an_in_flight_delivery_is_taken(store: Store) -> None:
     await store.release_leases("r1:lane")  # the lane exited: both back in the queue
     assert await store.take_lease(released.id, "r1:lane", "r1") is None
     assert (await store.get_delivery(released.id)).status is D.QUEUED
+
+
+async def test_leased_lists_the_workspaces_in_flight_ids_of_one_owner(store: Store) -> None:
+    a, b, c = await accept_many(store, "w1", 3)
+    (other,) = await accept_many(store, "w2", 1)
+    await claim(store, "w1", capacity=2, owner="r1:lane", now=T0)  # a and b
+    await claim(store, "w1", owner="r1", now=T0)  # c: Python's own
+    await claim(store, "w2", owner="r1:lane", now=T0)
+    assert await store.leased("w1", "r1:lane") == [a.id, b.id]
+    assert await store.leased("w1", "r1") == [c.id]
+    assert await store.leased("w2", "r1:lane") == [other.id]
+    assert await store.take_lease(a.id, "r1:lane", "r1") is not None
+    await store.settle(b.id, "r1:lane", Settle(D.DONE, forward=1), T0 + 1)
+    assert await store.leased("w1", "r1:lane") == []
+    assert await store.leased("w3", "r1:lane") == []

@@ -18,8 +18,10 @@ import pytest
 from berth.api.app import create_app
 from berth.domain.delivery import Delivery
 from berth.domain.delivery import DeliveryStatus as D
+from berth.domain.lifecycle import WorkspaceState as S
 from berth.domain.workspace import Workspace
 from berth.lane import Lane
+from berth.ports import Settle
 from berth.wire import draining_error, rpc_result
 from tests.contract.test_store import make_d
 from tests.service.fakes import World, world
@@ -36,19 +38,42 @@ class Handing:
     def owner(self) -> str:
         return self.lane.owner
 
-    async def lane_accepts(self, mid: str, *, owner: str | None = None) -> Delivery:
-        """The lane's plain send: in flight under its lease, told to Python by the feed."""
+    async def lane_accepts(
+        self, mid: str, *, owner: str | None = None, feed: bool = True, lease: float = 30
+    ) -> Delivery:
+        """The lane's plain send: in flight under its lease, told to Python by the feed
+        (`feed=False`: its feed line has not come yet)."""
         msg = {"role": "ROLE_USER", "messageId": mid, "parts": [{"text": f"hi {mid}"}]}
         raw = json.dumps({"jsonrpc": "2.0", "id": 7, "method": "message/send",
                           "params": {"message": msg}}).encode()  # fmt: skip
         d, _ = await self.w.store.accept(make_d(self.ws.id, mid, request=raw, caller="operator"))
         (got,) = await self.w.store.claim(
-            self.ws.id, capacity=None, owner=owner or self.owner, lease_seconds=30, now=time.time()
+            self.ws.id,
+            capacity=None,
+            owner=owner or self.owner,
+            lease_seconds=lease,
+            now=time.time(),
         )
         assert got.id == d.id
-        line = {"e": "f", "id": d.id, "ws": self.ws.id, "mid": mid, "caller": "operator"}
-        await self.lane.feed.apply(json.dumps({**line, "created": d.created_at}).encode())
+        if feed:
+            await self.feed(got, "f")
         return got
+
+    async def feed(self, d: Delivery, event: str) -> None:
+        """The lane's feed line for `d`: "f" (forwarding) or "d" (settled done)."""
+        line: dict[str, object] = {"e": event, "id": d.id, "ws": self.ws.id,
+                                   "mid": d.message_id, "created": d.created_at}  # fmt: skip
+        if event == "f":
+            line["caller"] = "operator"
+        else:
+            line.update(finished=time.time(), fwd=0.01)
+        await self.lane.feed.apply(json.dumps(line).encode())
+
+    async def lane_settles(self, d: Delivery, reply: bytes) -> None:
+        """The lane's settle of a reply: done in the store, then its feed line."""
+        how = Settle(D.DONE, False, reply=reply, reply_status=200, forward=1)
+        assert await self.w.store.settle(d.id, self.owner, how, time.time()) is not None
+        await self.feed(d, "d")
 
     async def hand(
         self,
@@ -195,3 +220,52 @@ async def test_a_hand_off_whose_take_fails_is_no_longer_counted_in_flight(
     # the lane's forward is over: a drain does not wait for it, its slot is free
     assert h.w.c.dispatcher.in_flight(h.ws.id) == []
     assert await h.w.c.dispatcher.wait_idle(h.ws.id, 0.1)
+
+
+async def _until(cond: object, timeout: float = 5.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not cond():  # type: ignore[operator]
+        assert loop.time() < deadline, "timed out"
+        await asyncio.sleep(0.02)
+
+
+async def test_a_drain_waits_for_a_lane_forward_whose_feed_line_has_not_come(h: Handing) -> None:
+    d = await h.lane_accepts("m1", feed=False)  # committed; its "f" line still in the lane
+    assert h.w.c.dispatcher.in_flight(h.ws.id) == []
+    await h.w.c.runner.move(h.ws, S.DRAINING)  # as a restart does before its drain
+    assert not await h.w.c.dispatcher.wait_idle(h.ws.id, 0.3)  # read from the store
+    assert h.w.c.dispatcher.in_flight(h.ws.id) == [d.id]
+    idle = asyncio.ensure_future(h.w.c.dispatcher.wait_idle(h.ws.id, 5))
+    await asyncio.sleep(0.1)
+    assert not idle.done()
+    r = await h.hand(d, "transport", wait=0)  # the lane's forward ends in a hand-off
+    assert r.status_code == 202
+    assert await asyncio.wait_for(idle, 5)
+    await h.feed(d, "f")  # the late feed line does not bring it back
+    assert h.w.c.dispatcher.in_flight(h.ws.id) == []
+    got = await h.w.c.deliveries.get(d.id)
+    assert (got.status, got.attempts) == (D.QUEUED, 0)  # planned: the workspace drains
+
+
+async def test_a_restart_drains_the_lanes_forward_before_its_feed_line(h: Handing) -> None:
+    agent = h.w.agent(h.ws)
+    agent.serves_signals = False  # a stock agent: berth drains on its side
+    d = await h.lane_accepts("m1", feed=False)
+    record, _ = await h.w.c.workspaces.restart("a", reason=None, drain_seconds=5)
+    await _until(lambda: h.w.c.roster.peek(h.ws.id).state is S.DRAINING)  # type: ignore[union-attr]
+    await asyncio.sleep(0.3)
+    assert h.w.c.roster.peek(h.ws.id).state is S.DRAINING  # type: ignore[union-attr]
+    assert h.w.agent(h.ws) is agent  # not stopped under the lane's forward
+    await h.feed(d, "f")
+    reply = rpc_result(7, {"message": {"parts": [{"text": "by the lane"}]}})
+    await h.lane_settles(d, reply)
+    await _until(lambda: h.w.agent(h.ws) is not agent)
+    await _until(lambda: h.w.c.roster.peek(h.ws.id).state is S.ONLINE)  # type: ignore[union-attr]
+    r = await h.w.c.store.get_restart(h.ws.id, record.id)
+    assert r.drain_report is not None
+    assert (r.drain_report["mode"], r.drain_report["drained"]) == ("berth", True)
+    assert r.drain_report["completed"] == ["m1"] and r.drain_report["in_flight"] == 0
+    got = await h.w.c.deliveries.get(d.id)
+    assert (got.status, got.reply, got.forwards) == (D.DONE, reply, 1)  # not run again
+    assert h.w.agent(h.ws).executed == []

@@ -267,6 +267,9 @@ class MemoryStore(AcceptThenClaim):
         d.lease_owner = to_owner
         return copy.deepcopy(d)
 
+    async def leased(self, workspace_id: str, owner: str) -> list[str]:
+        return [d.id for d in self._of(workspace_id, D.IN_FLIGHT) if d.lease_owner == owner]
+
     async def requeue_expired(self, now: float) -> list[Delivery]:
         out = []
         for d in self._of(None, D.IN_FLIGHT):

@@ -46,6 +46,7 @@ class Lane:
         self.owner = f"{c.dispatcher.owner}:lane"
         self.upstream = upstream
         self._deliveries, self._dispatcher, self._metrics = c.deliveries, c.dispatcher, c.metrics
+        c.dispatcher.lane_owner = self.owner  # a drain reads the lane's forwards from the store
         secret = secrets.token_hex(16)
         self.feed = LaneFeed(c.deliveries, c.dispatcher, c.events, c.metrics, c.roster.name_of)
         self.handoff = LaneHandoff(

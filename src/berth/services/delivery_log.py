@@ -350,6 +350,11 @@ class DeliveryLog:
         its dispatcher settles it; None when `from_owner` no longer holds it."""
         return await self._store.take_lease(delivery_id, from_owner, self.replica)
 
+    async def leased(self, workspace_id: str, owner: str) -> list[str]:
+        """Ids of the workspace's deliveries in flight under `owner`'s lease (the fast
+        lane's), read from the store: what it forwards now, whether or not its feed said so."""
+        return await self._store.leased(workspace_id, owner)
+
     async def requeue_expired(self) -> list[Delivery]:
         got = await self._store.requeue_expired(self._now())
         for ws_id in dict.fromkeys(d.workspace_id for d in got):

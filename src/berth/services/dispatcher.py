@@ -9,7 +9,6 @@ only who may claim, never the path a message takes.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 
@@ -34,6 +33,8 @@ __all__ = ["Dispatcher"]
 DRAINING_HOLD = 0.5  # seconds to wait before re-offering a message the agent refused while draining
 SETTLE_RETRY = 0.5  # seconds between settles of a known outcome while the store is away
 LANE_GONE_MAX = 1024  # hand-offs remembered until their feed line comes (see lane_ended)
+LANE_OVER_MAX = 4096  # lane forwards remembered as over, for sync_lane's store reads
+LANE_RESYNC = 1.0  # seconds between a drain's reads of the lane's forwards from the store
 CRASH_NOTICE = 0.3  # seconds a transport failure waits for the exit of the agent to be noticed
 
 
@@ -78,6 +79,11 @@ class Dispatcher:
         self._lane_ws: dict[str, str] = {}
         # ended before the feed said they started (a hand-off can overtake its feed line)
         self._lane_gone: dict[str, None] = {}
+        # the lane's lease owner while it is on (set by berth.lane.Lane): sync_lane reads its
+        # forwards from the store; the most recent ends, so a read never revives one
+        self.lane_owner: str | None = None
+        self._lane_over: dict[str, None] = {}
+        self._lane_runs = 0  # lane_forget calls: a read from before one is stale
         self._idle: dict[str, asyncio.Event] = {}
         self._draining_run: dict[
             str, str | None
@@ -156,12 +162,17 @@ class Dispatcher:
         if delivery_id in self._lane_gone:
             del self._lane_gone[delivery_id]
             return
+        if delivery_id in self._lane_over:
+            return  # a drain's read of the store knew it first, and it has ended since
         self._lane.setdefault(ws_id, {})[delivery_id] = None
         self._lane_ws[delivery_id] = ws_id
 
     def lane_ended(self, delivery_id: str) -> None:
         """The fast lane's forward of the delivery is over (settled, or handed to us): its
         slot is free, which a message queued behind it may be waiting for."""
+        self._lane_over[delivery_id] = None
+        if len(self._lane_over) > LANE_OVER_MAX:
+            del self._lane_over[next(iter(self._lane_over))]
         ws_id = self._lane_ws.pop(delivery_id, None)
         if ws_id is None:
             self._lane_gone[delivery_id] = None
@@ -177,25 +188,69 @@ class Dispatcher:
 
     def lane_forget(self) -> None:
         """The fast lane exited: none of its forwards runs any more."""
+        self._lane_runs += 1
         gone = list(self._lane)
         self._lane.clear()
         self._lane_ws.clear()
         self._lane_gone.clear()
+        self._lane_over.clear()
         for ws_id in gone:
             self._maybe_idle(ws_id)
 
+    def lane_lost(self, delivery_ids: list[str]) -> None:
+        """These deliveries went back to the queue (a lease that ran out, a restart's
+        requeue): those that were the fast lane's forwards are over."""
+        for i in delivery_ids:
+            if i in self._lane_ws:
+                self.lane_ended(i)
+
+    async def sync_lane(self, ws_id: str) -> None:
+        """Learn the fast lane's forwards to the workspace from the store, not only from
+        its feed, which comes up to 10 ms after the lane's COMMIT (docs/fast-lane.md): a
+        restart's drain must wait for a forward the lane runs now. Every lane forward is a
+        row in flight under the lane's lease, and the lane accepts only to a workspace that
+        is online (its INSERT's guard, atomic with berth's writes): once the workspace's
+        move out of online is committed, the read holds every forward that can exist.
+        Known forwards the store no longer shows as the lane's are over. The store away:
+        logged, and the feed's view is all there is."""
+        owner = self.lane_owner
+        if owner is None:
+            return
+        runs = self._lane_runs
+        known = set(self._lane.get(ws_id, {}))  # their feed lines came: on disk before this read
+        try:
+            leased = await self._log.leased(ws_id, owner)
+        except Exception:
+            log.warning("could not read the fast lane's forwards to %s", ws_id, exc_info=True)
+            return
+        if runs != self._lane_runs:
+            return  # the lane exited during the read: lane_forget said all there is
+        now = [i for i in leased if i not in self._lane_over]  # ended during the read
+        self.lane_lost(sorted(known - set(now)))  # settled, handed off, requeued: late news
+        for i in now:
+            if i not in self._lane_ws and i not in self._lane_gone:
+                self._lane.setdefault(ws_id, {})[i] = None
+                self._lane_ws[i] = ws_id
+
     async def wait_idle(self, ws_id: str, timeout: float) -> bool:
-        """Wait until this replica forwards nothing to the workspace (berth-side drain)."""
+        """Wait until this replica (its fast lane included) forwards nothing to the
+        workspace (berth-side drain). The lane's forwards are read from the store first, and
+        again every LANE_RESYNC seconds while any is left (one it gave up is over)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
+        await self.sync_lane(ws_id)
         while self._forwards.get(ws_id) or self._lane.get(ws_id):
             ev = self._idle.setdefault(ws_id, asyncio.Event())
             ev.clear()
             left = deadline - loop.time()
             if left <= 0:
                 return False
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(ev.wait(), left)
+            lane = bool(self._lane.get(ws_id)) and self.lane_owner is not None
+            try:
+                await asyncio.wait_for(ev.wait(), min(left, LANE_RESYNC) if lane else left)
+            except asyncio.TimeoutError:
+                if lane:
+                    await self.sync_lane(ws_id)
         return True
 
     # the loop --------------------------------------------------------------

@@ -202,6 +202,15 @@ class PostgresDeliveries(PostgresBatches):
         )
         return None if row is None else rows.d_from_row(row)
 
+    async def leased(self, workspace_id: str, owner: str) -> list[str]:
+        got = await self._fetch(
+            f"SELECT id FROM deliveries WHERE workspace_id = $1 AND status = '{rows.IN_FLIGHT}' "
+            "AND lease_owner = $2 ORDER BY seq",
+            workspace_id,
+            owner,
+        )
+        return [r["id"] for r in got]
+
     async def requeue_expired(self, now: float) -> list[Delivery]:
         got = await self._fetch(
             f"UPDATE deliveries SET status = '{rows.QUEUED}', lease_owner = NULL, lease_until = NULL, "

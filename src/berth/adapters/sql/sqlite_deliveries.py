@@ -181,6 +181,19 @@ class SqliteDeliveries(SqliteBase):
 
         return await self._hot(go)
 
+    async def leased(self, workspace_id: str, owner: str) -> list[str]:
+        def go(c: sqlite3.Connection) -> list[str]:
+            return [
+                r[0]
+                for r in c.execute(
+                    "SELECT id FROM deliveries INDEXED BY deliveries_in_flight WHERE workspace_id = ? "
+                    f"AND status = '{rows.IN_FLIGHT}' AND lease_owner = ? ORDER BY seq",
+                    (workspace_id, owner),
+                )
+            ]
+
+        return await self._hot(go, write=False)
+
     async def requeue_expired(self, now: float) -> list[Delivery]:
         return await self._run(
             lambda c: [
