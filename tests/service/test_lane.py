@@ -269,3 +269,15 @@ async def test_a_restart_drains_the_lanes_forward_before_its_feed_line(h: Handin
     got = await h.w.c.deliveries.get(d.id)
     assert (got.status, got.reply, got.forwards) == (D.DONE, reply, 1)  # not run again
     assert h.w.agent(h.ws).executed == []
+
+
+async def test_a_lane_forward_whose_lease_ran_out_is_redelivered_by_the_upkeep(
+    h: Handing,
+) -> None:
+    # the lane gave it up (a hand-off Python refused or never got) and renews it no more
+    d = await h.lane_accepts("m1", lease=0.3)
+    assert h.w.c.dispatcher.in_flight(h.ws.id) == [d.id]
+    got = await h.w.c.deliveries.wait(d.id, 8)
+    assert got is not None and (got.status, got.forwards) == (D.DONE, 2)
+    assert h.w.agent(h.ws).executed == ["m1"]
+    assert h.w.c.dispatcher.in_flight(h.ws.id) == []  # no longer counted as the lane's

@@ -474,8 +474,12 @@ class Dispatcher:
                     ids = [i for fw in self._forwards.values() for i in fw]
                     await self._log.renew(ids, self._lease)
                     last_renew = now
-                for d in await self._log.requeue_expired():
+                expired = await self._log.requeue_expired()
+                for d in expired:
                     log.warning("lease of delivery %s expired; redelivering", d.id)
+                # a fast lane forward whose lease ran out was given up by the lane (a
+                # hand-off Python refused or never got): over, its slot free for the redelivery
+                self.lane_lost([d.id for d in expired])
                 await self._log.expire_due()
                 await self._sweep()
             except Exception:
