@@ -9,8 +9,10 @@ import asyncio
 import json
 import time
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -84,12 +86,14 @@ class Handing:
         status: int | None = None,
         wait: float = 5.0,
         secret: str | None = "",
+        extra: dict[str, str] | None = None,
     ) -> httpx.Response:
         headers = {
             "x-berth-lane-secret": self.lane.env["BERTH_LANE_SECRET"] if secret == "" else secret,
             "x-berth-lane-outcome": outcome,
             "x-berth-lane-wait": str(wait),
             "x-berth-lane-detail": "from the lane",
+            **(extra or {}),
         }
         if status is not None:
             headers["x-berth-lane-status"] = str(status)
@@ -98,9 +102,9 @@ class Handing:
         return await self.http.post(f"/v1/lane/handoff/{d.id}", content=body, headers=headers)
 
 
-@pytest.fixture
-async def h() -> AsyncIterator[Handing]:
-    async with world(retry_backoff_seconds=0.05) as w:
+@asynccontextmanager
+async def handing(**settings: Any) -> AsyncIterator[Handing]:
+    async with world(retry_backoff_seconds=0.05, **settings) as w:
         ws = await w.create("a")
         lane = Lane(w.c, Path("/nonexistent/lane"), [], Path("/nonexistent/berth.sock"),
                     db=Path("/nonexistent/berth.db"))  # fmt: skip
@@ -108,6 +112,12 @@ async def h() -> AsyncIterator[Handing]:
         transport = httpx.ASGITransport(create_app(container=w.c))
         async with httpx.AsyncClient(transport=transport, base_url="http://berth") as http:
             yield Handing(w, lane, ws, http)
+
+
+@pytest.fixture
+async def h() -> AsyncIterator[Handing]:
+    async with handing() as h:
+        yield h
 
 
 async def test_a_reply_hand_off_settles_done_and_answers_the_reply(h: Handing) -> None:
@@ -281,3 +291,42 @@ async def test_a_lane_forward_whose_lease_ran_out_is_redelivered_by_the_upkeep(
     assert got is not None and (got.status, got.forwards) == (D.DONE, 2)
     assert h.w.agent(h.ws).executed == ["m1"]
     assert h.w.c.dispatcher.in_flight(h.ws.id) == []  # no longer counted as the lane's
+
+
+@pytest.mark.parametrize("told", [True, False])
+async def test_a_hand_off_is_judged_against_the_workspace_as_the_lane_read_it(told: bool) -> None:
+    async with handing(max_attempts=1) as h:
+        d = await h.lane_accepts("m1")
+        run = h.ws.run_token_hash or ""
+        ws = await h.w.c.runner.update(h.ws.id, crash_count=h.ws.crash_count + 1)  # since then
+        extra = {"x-berth-lane-crashes": str(h.ws.crash_count), "x-berth-lane-run": run}
+        r = await h.hand(d, "transport", wait=0, extra=extra if told else None)
+        assert r.status_code == 202
+        got = await h.w.c.deliveries.wait(d.id, 5)
+        assert got is not None and (got.status, got.attempts) == (D.DEAD, 1)
+        assert ws.crash_count == 1 and got.reason is not None
+        # the agent crashed during the forward: poison, as Python's own forward judges it
+        assert got.reason.startswith("poison: the agent crashed") is told, got.reason
+
+
+async def test_a_transport_failure_after_draining_is_planned_only_for_the_run_that_drained() -> (
+    None
+):
+    async with handing(max_attempts=1) as h:
+        old_run = h.ws.run_token_hash
+        assert old_run is not None
+        h.w.c.dispatcher.retire(h.ws.id, old_run)  # that run said DRAINING, then was replaced
+        await h.w.c.runner.update(h.ws.id, run_token_hash="a-newer-run")
+        d = await h.lane_accepts("m1")
+        r = await h.hand(d, "transport", wait=0, extra={"x-berth-lane-run": old_run})
+        assert r.status_code == 202
+        await asyncio.sleep(0.5)
+        got = await h.w.c.deliveries.get(d.id)
+        assert got.attempts == 0 and got.status is not D.DEAD  # the old run's planned exit
+
+
+async def test_malformed_crashes_are_refused(h: Handing) -> None:
+    d = await h.lane_accepts("m1")
+    r = await h.hand(d, "transport", extra={"x-berth-lane-crashes": "many"})
+    assert r.status_code == 422
+    assert (await h.w.c.deliveries.get(d.id)).lease_owner == h.owner

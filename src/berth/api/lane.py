@@ -50,6 +50,7 @@ def _handed(delivery_id: str, headers: Any, body: bytes) -> Handed:
     try:
         status = headers.get("x-berth-lane-status")
         wait = float(headers.get("x-berth-lane-wait") or 0)
+        crashes = headers.get("x-berth-lane-crashes")
         return Handed(
             delivery_id,
             headers.get("x-berth-lane-outcome", ""),
@@ -58,6 +59,8 @@ def _handed(delivery_id: str, headers: Any, body: bytes) -> Handed:
             detail=headers.get("x-berth-lane-detail"),
             wait=max(0.0, wait) if wait == wait else 0.0,  # NaN: no wait
             body=body,
+            run=headers.get("x-berth-lane-run"),  # "": the run had no token
+            crashes=int(crashes) if crashes else None,
         )
     except ValueError as e:
         raise InvalidInput(f"a malformed hand-off: {e}") from None

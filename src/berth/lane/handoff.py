@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import hmac
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import orjson
 
@@ -39,6 +39,10 @@ class Handed:
     detail: str | None = None
     wait: float = 0.0  # seconds the caller may still wait; 0: no caller
     body: bytes = b""  # the agent's answer (reply)
+    # the workspace as the lane read it for this forward (None: not told, the record now):
+    # the run it went to ("" when it had no run token) and its crash count then
+    run: str | None = None
+    crashes: int | None = None
 
 
 class LaneHandoff:
@@ -74,7 +78,7 @@ class LaneHandoff:
             try:
                 d = await self._log.take_lease(h.delivery_id, self.owner)
                 if d is not None:
-                    self._adopt(d, outcome, body, status, ctype, detail)
+                    self._adopt(h, d, outcome, body, status, ctype, detail)
             finally:  # the lane's forward is over whatever happens here (a failed take
                 # leaves the row to its lease, which the lane no longer renews)
                 self._dispatcher.lane_ended(h.delivery_id)
@@ -89,6 +93,7 @@ class LaneHandoff:
 
     def _adopt(
         self,
+        h: Handed,
         d: Delivery,
         outcome: Outcome,
         body: bytes | None,
@@ -100,6 +105,13 @@ class LaneHandoff:
         if ws is None:  # removed meanwhile: its removal cancels what it had pending
             log.warning("fast lane: handed %s of a workspace berth no longer knows", d.id)
             return
+        # judged against the run it went to, as Python's own forward is (the workspace as
+        # it was when the forward started): a crash since counts, a DRAINING refusal is
+        # that run's
+        if h.run is not None:
+            ws = replace(ws, run_token_hash=h.run or None)
+        if h.crashes is not None:
+            ws = replace(ws, crash_count=h.crashes)
         self._metrics.inc("berth_lane_handoffs_total", workspace=ws.name, outcome=outcome.value)
         self._dispatcher.adopt(ws, d, outcome, body, status, detail, ctype)
 
