@@ -161,3 +161,37 @@ async def test_a_lane_that_ignores_sigterm_is_killed_past_the_grace(tmp_path: Pa
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)
     assert exits.n == 1
+
+
+def refused(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    except ConnectionRefusedError:
+        return True
+    except OSError:  # a timeout: the connection waits in a backlog
+        return False
+    return False
+
+
+@pytest.mark.parametrize("mode", ["serve", "crash"])
+async def test_once_stopped_new_connections_are_refused_and_the_lane_stays_stopped(
+    tmp_path: Path, mode: str
+) -> None:
+    feed, exits = Feed(), Exits()
+    p, s, out = lane(tmp_path, mode, feed, exits, restart_after=0.05)
+    port = s.getsockname()[1]
+    try:
+        await p.start()
+        await asyncio.wait_for(p.ready.wait(), 5)
+        if mode == "crash":  # stopped between its runs
+            await until(lambda: exits.n >= 1)
+        await p.stop()
+        starts = p.starts
+        assert refused(port)  # berth's copy closed too: refused, not left in a backlog
+        await asyncio.sleep(0.3)
+        assert p.starts == starts and len(runs(out)) == starts  # not started again
+    finally:
+        await p.stop()
+        s.close()
+    with pytest.raises(RuntimeError):
+        await p.start()

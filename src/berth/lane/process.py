@@ -18,7 +18,9 @@ from berth.lane.feed import LaneFeed
 log = logging.getLogger("berth.lane")
 __all__ = ["LaneProcess"]
 
-RESTART_AFTER = 1.0  # seconds between a crash of the lane and its next start
+# seconds between a crash of the lane and its next start (meanwhile connections wait in
+# the listen backlog of berth's sockets: none is refused)
+RESTART_AFTER = 0.2
 KILL_AFTER = 5.0  # seconds past the shutdown grace before a SIGTERM becomes a SIGKILL
 CHUNK = 1 << 16
 # what the lane inherits of berth's environment (never berth's secrets)
@@ -55,20 +57,29 @@ class LaneProcess:
         return None if self._proc is None else self._proc.pid
 
     async def start(self) -> None:
+        if any(s.fileno() < 0 for s in self._listen):
+            raise RuntimeError("the fast lane was stopped: its listening sockets are closed")
         self._stopping = False
         self._task = asyncio.create_task(self._run(), name="fast-lane")
 
     async def stop(self) -> None:
         """SIGTERM (the lane finishes its forwards for up to the shutdown grace), SIGKILL
-        past it, then the lane's leases given back. Safe to call twice."""
+        past it, then the lane's leases given back. Berth's copies of the public sockets are
+        closed at once (the lane closes its own on SIGTERM), so a new connection is refused
+        while berth stops rather than left waiting in the backlog; the lane is not started
+        again. Safe to call twice."""
         if self._task is None:
             return
         self._stopping = True
         task, self._task = self._task, None
         proc = self._proc
-        if proc is not None and proc.returncode is None:
+        running = proc is not None and proc.returncode is None
+        if proc is not None and running:
             with contextlib.suppress(ProcessLookupError):
                 proc.send_signal(signal.SIGTERM)
+        for s in self._listen:
+            s.close()
+        if proc is not None and running:
             stop_in = self._grace + self._kill_after
             done, _ = await asyncio.wait({task}, timeout=stop_in)
             if not done:
@@ -81,6 +92,8 @@ class LaneProcess:
         await self._on_exit()
 
     def _ready(self) -> None:
+        if self._stopping:  # its sockets are closed: it serves no more
+            return
         where = ", ".join(_address(s) for s in self._listen)
         log.info("fast lane serving on %s", where)
         self.ready.set()
@@ -105,6 +118,8 @@ class LaneProcess:
 
     async def _once(self) -> str:
         """One run of the lane, to its exit: how it ended."""
+        if self._stopping:  # its sockets are closed
+            return "stopped"
         try:
             proc = await asyncio.create_subprocess_exec(
                 str(self._exe),
