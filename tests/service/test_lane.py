@@ -16,6 +16,7 @@ from typing import Any
 
 import httpx
 import pytest
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from berth.api.app import create_app
 from berth.domain.delivery import Delivery
@@ -34,7 +35,8 @@ class Handing:
     w: World
     lane: Lane
     ws: Workspace
-    http: httpx.AsyncClient
+    http: httpx.AsyncClient  # over the lane's Unix socket, as uvicorn serves it
+    tcp: httpx.AsyncClient  # over TCP (httpx's ASGI scope: a server with a port)
 
     @property
     def owner(self) -> str:
@@ -87,6 +89,7 @@ class Handing:
         wait: float = 5.0,
         secret: str | None = "",
         extra: dict[str, str] | None = None,
+        http: httpx.AsyncClient | None = None,
     ) -> httpx.Response:
         headers = {
             "x-berth-lane-secret": self.lane.env["BERTH_LANE_SECRET"] if secret == "" else secret,
@@ -99,7 +102,8 @@ class Handing:
             headers["x-berth-lane-status"] = str(status)
             headers["content-type"] = "application/json"
         headers = {k: v for k, v in headers.items() if v is not None}
-        return await self.http.post(f"/v1/lane/handoff/{d.id}", content=body, headers=headers)
+        client = http or self.http
+        return await client.post(f"/v1/lane/handoff/{d.id}", content=body, headers=headers)
 
 
 @asynccontextmanager
@@ -109,9 +113,24 @@ async def handing(**settings: Any) -> AsyncIterator[Handing]:
         lane = Lane(w.c, Path("/nonexistent/lane"), [], Path("/nonexistent/berth.sock"),
                     db=Path("/nonexistent/berth.db"))  # fmt: skip
         w.c.lane = lane  # never started: the test plays the lane
-        transport = httpx.ASGITransport(create_app(container=w.c))
-        async with httpx.AsyncClient(transport=transport, base_url="http://berth") as http:
-            yield Handing(w, lane, ws, http)
+        app = create_app(container=w.c)
+        uds = httpx.ASGITransport(over_unix_socket(app, str(lane.upstream)))  # type: ignore[arg-type]
+        async with (
+            httpx.AsyncClient(transport=uds, base_url="http://berth") as http,
+            httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://berth") as tcp,
+        ):
+            yield Handing(w, lane, ws, http, tcp)
+
+
+def over_unix_socket(app: ASGIApp, path: str) -> ASGIApp:
+    """`app` as uvicorn serves it on a Unix socket: `server` is (its path, None), no client."""
+
+    async def asgi(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            scope = {**scope, "server": (path, None), "client": None}
+        await app(scope, receive, send)
+
+    return asgi
 
 
 @pytest.fixture
@@ -330,3 +349,13 @@ async def test_malformed_crashes_are_refused(h: Handing) -> None:
     r = await h.hand(d, "transport", extra={"x-berth-lane-crashes": "many"})
     assert r.status_code == 422
     assert (await h.w.c.deliveries.get(d.id)).lease_owner == h.owner
+
+
+async def test_a_hand_off_that_did_not_come_over_the_lanes_socket_is_refused(h: Handing) -> None:
+    d = await h.lane_accepts("m1")
+    r = await h.hand(d, "transport", http=h.tcp)  # the secret, but over TCP
+    assert r.status_code == 404
+    got = await h.w.c.deliveries.get(d.id)
+    assert (got.status, got.lease_owner) == (D.IN_FLIGHT, h.owner)
+    assert h.w.c.dispatcher.in_flight(h.ws.id) == [d.id]
+    assert (await h.hand(d, "transport", wait=0)).status_code == 202  # over the socket: taken

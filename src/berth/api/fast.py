@@ -21,7 +21,7 @@ from starlette.types import Receive, Scope, Send
 from berth.api.a2a import a2a_endpoint
 from berth.api.agents import beat
 from berth.api.errors import error_response, rpc_error_response
-from berth.api.lane import HANDOFF_PATH, lane_handoff, lane_secret
+from berth.api.lane import HANDOFF_PATH, from_lane_socket, lane_handoff, lane_secret
 from berth.api.limits import BodyLimit
 from berth.domain.errors import BerthError
 
@@ -62,7 +62,9 @@ class App(FastAPI):
         FastAPI, to which the path is unknown (404)."""
         lane = self.state.berth.lane
         m = HANDOFF_PATH.match(scope["path"])
-        if m is None or lane is None or not lane.handoff.admits(lane_secret(scope)):
+        if m is None or lane is None or not from_lane_socket(lane, scope):
+            return False
+        if not lane.handoff.admits(lane_secret(scope)):
             return False
         scope["app"] = self
         await lane_handoff(lane, m[1], scope, receive, send)

@@ -17,10 +17,25 @@ from berth.domain.errors import BerthError, InvalidInput
 from berth.lane import Handed, Lane
 
 log = logging.getLogger("berth.api")
-__all__ = ["HANDOFF_PATH", "lane_secret", "lane_handoff"]
+__all__ = ["HANDOFF_PATH", "from_lane_socket", "lane_secret", "lane_handoff"]
 
 HANDOFF_PATH = re.compile(r"^/v1/lane/handoff/([^/]+)$")
 SECRET_HEADER = b"x-berth-lane-secret"
+
+
+def from_lane_socket(lane: Lane, scope: Scope) -> bool:
+    """The request came over the lane's Unix socket (`<data dir>/berth.sock`): uvicorn sets
+    `server` to (its path, None) for a Unix socket connection, and to (host, port) for a
+    TCP one. Not proof that the lane itself sent it (the lane relays its callers' requests
+    over the same socket: the secret says that), but a hand-off reaching Python any other
+    way (a listener on TCP) is refused whatever it carries."""
+    server = scope.get("server")
+    return (
+        server is not None
+        and len(server) == 2
+        and server[1] is None
+        and server[0] == str(lane.upstream)
+    )
 
 
 def lane_secret(scope: Scope) -> str | None:
