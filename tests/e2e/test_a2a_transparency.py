@@ -223,8 +223,11 @@ def _task(e: Ends, end: str, text: str = "task t") -> dict[str, Any]:
 def test_get_task_with_history_length_and_list_tasks(world):
     _, e = world
     seen = {}
+    # both tasks first: each end's list then sees the same agent (the lists are the agent's,
+    # and whether a test before this one made tasks depends on the order tests run in)
+    tasks = {end: _task(e, end) for end in ENDS}
     for end in ENDS:
-        task = _task(e, end)
+        task = tasks[end]
         got = e.rpc(end, "GetTask", {"id": task["id"], "historyLength": 0}).json()["result"]
         rest = e.rest_call(end, "GET", f"/tasks/{task['id']}?historyLength=1")
         listed = e.rest_call(end, "GET", "/tasks?pageSize=2")

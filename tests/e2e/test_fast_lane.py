@@ -10,8 +10,12 @@ answers depends on the message's text."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import os
 import signal
+import socket
+import threading
 import time
 import uuid
 from collections import Counter
@@ -23,7 +27,15 @@ import httpx
 import pytest
 from aiohttp import web
 
-from tests.e2e.harness import LANE_ENV, BerthServer, require_lane, send_body, serve_app
+from tests.e2e.harness import (
+    ADMIN,
+    LANE_ENV,
+    BerthServer,
+    lane_served,
+    require_lane,
+    send_body,
+    serve_app,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -351,3 +363,198 @@ def _state(pid: int) -> str:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
     except OSError:
         return "Z"
+
+
+# what a review found (2026-12-03): each test fails on the lane before its fix ------------
+class RawAgent:
+    """An agent that writes whatever bytes the test says (a card for GETs)."""
+
+    def __init__(self, answer: Any) -> None:
+        self.answer, self.posts = answer, 0
+        self.url = ""
+
+    async def _serve(self, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                head = await r.readuntil(b"\r\n\r\n")
+                clen = 0
+                for line in head.split(b"\r\n"):
+                    if line.lower().startswith(b"content-length:"):
+                        clen = int(line.split(b":")[1])
+                body = await r.readexactly(clen)
+                if head.startswith(b"GET"):
+                    card = b'{"name":"raw","version":"1"}'
+                    w.write(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n%s" % (len(card), card))
+                else:
+                    self.posts += 1
+                    w.write(self.answer(body))
+                await w.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            w.close()
+
+    async def start(self) -> RawAgent:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.url = f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
+        return self
+
+
+def _reply(body: bytes, ctype: bytes = b"application/json") -> bytes:
+    doc = json.loads(body)
+    out = json.dumps({"jsonrpc": "2.0", "id": doc["id"], "result": {"ok": 1}}).encode()
+    return b"HTTP/1.1 200 OK\r\ncontent-type: %s\r\ncontent-length: %d\r\n\r\n%s" % (
+        ctype,
+        len(out),
+        out,
+    )
+
+
+async def test_callers_hanging_up_mid_relay_never_crash_the_lane(lane_server):
+    """Both sockets of a relayed caller ready in one epoll batch: the first event closed
+    the caller, the second ran on freed memory (signal 11 within a second)."""
+    lane = _lane_pid(lane_server)
+
+    def hammer(stop: threading.Event) -> None:
+        req = b"GET /readyz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n"
+        while not stop.is_set():
+            try:
+                with socket.create_connection(("127.0.0.1", lane_server.port), timeout=2) as s:
+                    s.sendall(req)
+                    for _ in range(32):
+                        s.send(b"j" * 4096)
+            except OSError:
+                time.sleep(0.01)
+
+    stop = threading.Event()
+    threads = [threading.Thread(target=hammer, args=(stop,)) for _ in range(6)]
+    for t in threads:
+        t.start()
+    await asyncio.sleep(3)
+    stop.set()
+    for t in threads:
+        t.join()
+    assert _lane_pid(lane_server) == lane
+
+
+async def test_a_long_header_is_kept_whole(lane_server):
+    """A header of 2 KB was cut at 1 KB: the stored headers were not JSON and the forward
+    had no end; the delivery stuck in flight for good."""
+    agent = await RawAgent(_reply).start()
+    async with lane_server.client() as c:
+        await _workspace(c, "w", agent.url)
+        ext = "urn:x:" + "a" * 2000
+        r = await c.post(
+            "/v1/workspaces/w/a2a",
+            json=send_body("long", "l-1"),
+            headers={"a2a-version": "1.0", "a2a-extensions": ext},
+        )
+        assert r.status_code == 200 and r.json()["result"] == {"ok": 1}, r.text
+        d = (await c.get(f"/v1/deliveries/{r.headers['x-berth-delivery-id']}")).json()
+        assert d["status"] == "done", d
+    assert lane_served(lane_server) == 1
+
+
+async def test_an_agent_answer_with_a_control_character_is_a_failed_forward(lane_server):
+    """A bare CR in the agent's content type went into the hand-off; uvicorn refused the
+    hand-off and the delivery stayed the lane's forever. Now it is a failed forward, as
+    Python's own client says: retried, then dead (BERTH_MAX_ATTEMPTS=2)."""
+
+    def bad(body: bytes) -> bytes:
+        return b"HTTP/1.1 500 Oops\r\ncontent-type: text/plain\rx\r\ncontent-length: 4\r\n\r\nboom"
+
+    agent = await RawAgent(bad).start()
+    async with lane_server.client() as c:
+        await _workspace(c, "w", agent.url)
+        r = await _send(c, "w", "x", "c-1")
+        d = (await c.get(f"/v1/deliveries/{r.headers['x-berth-delivery-id']}")).json()
+        assert d["status"] == "dead" and d["forwards"] == 2, d
+        assert "error" in r.json()
+
+
+async def test_the_hand_off_route_is_not_reachable_from_outside(lane_server, agent):
+    """Even with the lane's secret (read here from its environment, as a process of the
+    same user could): from the public port the hand-off route does not exist."""
+    env = Path(f"/proc/{_lane_pid(lane_server)}/environ").read_bytes().split(b"\0")
+    secret = next(e.split(b"=", 1)[1] for e in env if e.startswith(b"BERTH_LANE_SECRET="))
+    async with lane_server.client() as c:
+        await _workspace(c, "w", agent.url)
+        sent = await _send(c, "w", "first", "h-0")
+        r = await c.post(
+            f"/v1/lane/handoff/{sent.headers['x-berth-delivery-id']}",
+            headers={
+                "x-berth-lane-secret": secret.decode(),
+                "x-berth-lane-outcome": "transport",
+            },
+            content=b"",
+        )
+        assert r.status_code == 404
+        assert r.json() == {"error": {"code": "not_found", "message": "Not Found"}}
+        # the connection is the lane's again after it: a send on it is served
+        assert (await _send(c, "w", "after", "h-1")).status_code == 200
+    assert lane_served(lane_server) == 2
+
+
+async def test_x_berth_wait_is_the_lane_s_too(lane_server, agent):
+    async with lane_server.client() as c:
+        await _workspace(c, "w", agent.url, max_concurrency=4)
+        body = send_body("slow:1", "w-0")
+        r = await c.post("/v1/workspaces/w/a2a", json=body, headers={"x-berth-wait": "0"})
+        assert r.status_code == 202
+        i = r.headers["x-berth-delivery-id"]
+        assert r.json() == {
+            "delivery_id": i,
+            "status": "in_flight",
+            "status_url": f"/v1/deliveries/{i}",
+        }
+        r = await c.post(
+            "/v1/workspaces/w/a2a", json=send_body("quick", "w-1"), headers={"x-berth-wait": "5"}
+        )
+        assert r.status_code == 200
+        deadline = time.monotonic() + 10
+        while (await c.get(f"/v1/deliveries/{i}")).json()["status"] != "done":
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.1)
+        # a value Python refuses is Python's to refuse
+        r = await c.post(
+            "/v1/workspaces/w/a2a", json=send_body("x", "w-2"), headers={"x-berth-wait": "-1"}
+        )
+        assert r.status_code == 400 and "X-Berth-Wait" in r.text
+    assert lane_served(lane_server) == 2
+
+
+async def test_a_caller_sending_ahead_cannot_grow_the_lane(lane_server, agent):
+    """Bytes a caller sends while its send waits were all kept: 400 MB in 0.3 s."""
+    async with lane_server.client() as c:
+        await _workspace(c, "w", agent.url)
+    lane = _lane_pid(lane_server)
+    body = json.dumps(send_body("slow:2", "g-1")).encode()
+    head = (
+        b"POST /v1/workspaces/w/a2a HTTP/1.1\r\nhost: x\r\nauthorization: Bearer %s\r\n"
+        b"content-type: application/json\r\ncontent-length: %d\r\n\r\n"
+    ) % (ADMIN.encode(), len(body))
+
+    def flood() -> tuple[int, int]:  # in a thread: the agent runs on this test's loop
+        with socket.create_connection(("127.0.0.1", lane_server.port)) as s:
+            s.sendall(head + body)
+            s.settimeout(1)
+            sent, junk = 0, b"x" * 65536
+            deadline = time.monotonic() + 1.5
+            with contextlib.suppress(OSError):
+                while time.monotonic() < deadline:
+                    sent += s.send(junk)
+            status = Path(f"/proc/{lane}/status").read_text().splitlines()
+            rss = int(next(line.split()[1] for line in status if line.startswith("VmRSS")))
+            return sent, rss
+
+    sent, rss = await asyncio.to_thread(flood)
+    assert rss < 64 * 1024, f"the lane holds {rss} kB after a caller sent {sent >> 20} MB ahead"
+    async with lane_server.client() as c:  # the send itself goes on to its end
+        deadline = time.monotonic() + 10
+        while (
+            agent.forwards["g-1"] == 0
+            or (await c.get("/v1/workspaces/w/deliveries")).json()["deliveries"][0]["status"]
+            != "done"
+        ):
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.1)

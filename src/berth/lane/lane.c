@@ -97,13 +97,21 @@ static void put(buf *b, const void *p, size_t n) {
 static void puts_(buf *b, const char *s) { put(b, s, strlen(s)); }
 
 static void putf(buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void putf(buf *b, const char *fmt, ...) {
-    char tmp[1024];
+static void putf(buf *b, const char *fmt, ...) { /* any length: never truncated */
     va_list ap;
     va_start(ap, fmt);
-    int n = vsnprintf(tmp, sizeof tmp, fmt, ap);
+    int n = vsnprintf(NULL, 0, fmt, ap);
     va_end(ap);
-    if (n > 0) put(b, tmp, (size_t)n < sizeof tmp ? (size_t)n : sizeof tmp - 1);
+    if (n <= 0) return;
+    if (b->n + (size_t)n + 1 > b->cap) {
+        b->cap = (b->n + (size_t)n + 1) * 2 + 4096;
+        b->p = realloc(b->p, b->cap);
+        if (!b->p) die("realloc");
+    }
+    va_start(ap, fmt);
+    vsnprintf(b->p + b->n, (size_t)n + 1, fmt, ap);
+    va_end(ap);
+    b->n += (size_t)n;
 }
 
 static void drop(buf *b, size_t n) {
@@ -131,6 +139,7 @@ typedef struct client {
     struct job *job;      /* the send it waits for, or NULL */
     int up;               /* relayed to Python: the upstream socket, or -1 */
     ev up_e;              /* epoll tag of `up` (kind K_UP, container_of'd back) */
+    int dead;             /* closed: freed after this turn of the loop (events may follow) */
     int close_after;      /* Connection: close */
     int rd_eof, closing;  /* the caller half-closed; closed once out_c is sent */
     int mode;             /* M_LANE, M_RELAY (one request to Python, then back), M_PIPE */
@@ -145,12 +154,18 @@ typedef struct client {
 
 typedef struct agent {    /* a connection to an agent, in use by one job or idle in the pool */
     ev e;
-    int fd;
+    int fd, dead;
     char host[64];
     int port;
     buf in;
     int connected, reused;
     double idle_since;
+    buf out;              /* the forward's bytes the agent has not taken yet */
+    /* its answer, parsed as it comes */
+    int rs, status, keep, encoded;
+    buf line, body;
+    long long left;
+    size_t got;
     struct job *job;
     struct agent *next;   /* in the idle pool */
 } agent;
@@ -168,6 +183,9 @@ typedef struct job {
     /* the delivery */
     char id[37], ws_id[128], ws_name[128], caller[300], message_id[257], fingerprint[65];
     char agent_host[64], agent_path[512], host_header[96];
+    char run[130];        /* the run it goes to and the crashes before (judging a hand-off) */
+    long long crashes;
+    int wait0;            /* X-Berth-Wait: 0: answered 202 once accepted */
     int agent_port;
     char *request; size_t request_len, req_len;
     double fwd_s;         /* the forward's seconds, to the agent's whole answer */
@@ -185,9 +203,9 @@ typedef struct job {
 static int ep, efd, tfd, sfd, nlisten;
 static int listen_fds[MAX_LISTEN];
 static ev listen_e = {K_LISTEN}, event_e = {K_EVENT}, timer_e = {K_TIMER}, signal_e = {K_SIGNAL};
-static client *clients;
+static client *clients, *dead_clients;
 static job *jobs;
-static agent *idle_agents;
+static agent *idle_agents, *dead_agents;
 static int stopping, debug;
 static double stop_deadline;
 
@@ -203,22 +221,6 @@ static void ep_mod(int fd, ev *tag, uint32_t events) {
     epoll_ctl(ep, EPOLL_CTL_MOD, fd, &e);
 }
 
-/* Write all of it (the loop waits for a slow reader; answers here are small). 0 if the
-   peer is gone. */
-static int send_all(int fd, const char *p, size_t n) {
-    while (n > 0) {
-        ssize_t w = send(fd, p, n, MSG_NOSIGNAL);
-        if (w > 0) { p += w; n -= (size_t)w; continue; }
-        if (w < 0 && (errno == EAGAIN || errno == EINTR)) {
-            struct pollfd pf = {fd, POLLOUT, 0};
-            if (poll(&pf, 1, 5000) <= 0) return 0;
-            continue;
-        }
-        return 0;
-    }
-    return 1;
-}
-
 /* Everything readable now into b: -1 once the peer closed or failed, else bytes read. */
 static long read_some(int fd, buf *b) {
     char tmp[65536];
@@ -229,6 +231,20 @@ static long read_some(int fd, buf *b) {
         if (r < 0 && (errno == EAGAIN || errno == EINTR)) return got;
         return got > 0 ? got : -1;
     }
+}
+
+/* As read_some, but stops once b holds `cap` bytes (the rest stays in the socket). */
+static long read_upto(int fd, buf *b, size_t cap) {
+    char tmp[65536];
+    long got = 0;
+    while (b->n < cap) {
+        size_t want = cap - b->n < sizeof tmp ? cap - b->n : sizeof tmp;
+        ssize_t r = recv(fd, tmp, want, 0);
+        if (r > 0) { put(b, tmp, (size_t)r); got += r; continue; }
+        if (r < 0 && (errno == EAGAIN || errno == EINTR)) return got;
+        return got > 0 ? got : -1;
+    }
+    return got;
 }
 
 static int connect_upstream(void) {
@@ -289,6 +305,8 @@ static int parse_headers(const char *p, const char *end, hdr *out, int max) {
         for (const char *q = p; q < colon; q++)
             if (*q <= ' ' || *q >= 127) return -1;
         const char *v = colon + 1, *ve = eol;
+        for (const char *q = v; q < ve; q++)
+            if (((unsigned char)*q < 0x20 && *q != '\t') || *q == 0x7f) return -1;
         while (v < ve && (*v == ' ' || *v == '\t')) v++;
         while (ve > v && (ve[-1] == ' ' || ve[-1] == '\t')) ve--;
         out[n++] = (hdr){p, (size_t)(colon - p), v, (size_t)(ve - v)};
@@ -300,6 +318,13 @@ static int parse_headers(const char *p, const char *end, hdr *out, int max) {
 static int plain_value(const char *v, size_t n) { /* storable in JSON as it is, and a header */
     for (size_t i = 0; i < n; i++)
         if ((unsigned char)v[i] < 0x20 || (unsigned char)v[i] > 0x7e || v[i] == '"' || v[i] == '\\') return 0;
+    return 1;
+}
+
+/* proxy_keys.ids: a messageId Python echoes as it is (else percent-encoded: Python's) */
+static int header_safe(const char *v, size_t n) {
+    for (size_t i = 0; i < n; i++)
+        if ((unsigned char)v[i] < 0x21 || (unsigned char)v[i] > 0x7e || v[i] == '"' || v[i] == '\\') return 0;
     return 1;
 }
 
@@ -319,6 +344,7 @@ static int hexval(char c) {
 /* ------------------------------------------------------------------ clients */
 
 static void client_close(client *c);
+static void client_done(client *c);
 static void on_request(client *c);
 static void job_free(job *j);
 
@@ -333,7 +359,10 @@ static void unlink_client(client *c) {
    the other side is backed up; writing while something waits to go out. */
 static void c_events(client *c) {
     if (c->fd >= 0) {
-        uint32_t e = (!c->rd_eof && c->out_up.n < HIGH_WATER ? EPOLLIN : 0) | (c->out_c.n ? EPOLLOUT : 0);
+        /* a pipe reads while Python keeps up; otherwise up to one request ahead (the rest
+           waits in the socket: what a caller sends early cannot grow the lane) */
+        int room = c->mode == M_PIPE ? c->out_up.n < HIGH_WATER : c->in.n < (size_t)max_body + MAX_HEAD;
+        uint32_t e = (!c->rd_eof && room ? EPOLLIN : 0) | (c->out_c.n ? EPOLLOUT : 0);
         ep_mod(c->fd, &c->e, e);
     }
     if (c->up >= 0) {
@@ -342,16 +371,38 @@ static void c_events(client *c) {
     }
 }
 
+/* Closed now; freed at the end of this turn of the loop, since an event for its other
+   socket may still be waiting in the same batch (reaped by the loop, which skips dead). */
 static void client_close(client *c) {
+    if (c->dead) return;
+    c->dead = 1;
     if (c->job) { c->job->c = NULL; c->job = NULL; }
-    if (c->fd >= 0) { epoll_ctl(ep, EPOLL_CTL_DEL, c->fd, NULL); close(c->fd); }
-    if (c->up >= 0) { epoll_ctl(ep, EPOLL_CTL_DEL, c->up, NULL); close(c->up); }
+    if (c->fd >= 0) { epoll_ctl(ep, EPOLL_CTL_DEL, c->fd, NULL); close(c->fd); c->fd = -1; }
+    if (c->up >= 0) { epoll_ctl(ep, EPOLL_CTL_DEL, c->up, NULL); close(c->up); c->up = -1; }
     unlink_client(c);
-    buf_free(&c->in);
-    buf_free(&c->out_c);
-    buf_free(&c->out_up);
-    buf_free(&c->rh);
-    free(c);
+    c->next = dead_clients;
+    dead_clients = c;
+}
+
+static void reap(void) {
+    while (dead_clients) {
+        client *c = dead_clients;
+        dead_clients = c->next;
+        buf_free(&c->in);
+        buf_free(&c->out_c);
+        buf_free(&c->out_up);
+        buf_free(&c->rh);
+        free(c);
+    }
+    while (dead_agents) {
+        agent *a = dead_agents;
+        dead_agents = a->next;
+        buf_free(&a->in);
+        buf_free(&a->out);
+        buf_free(&a->line);
+        buf_free(&a->body);
+        free(a);
+    }
 }
 
 /* Send what waits in `pending`: 1 done or would block, 0 the peer is gone. */
@@ -441,6 +492,7 @@ static void relay_one(client *c, const char *first, size_t first_n, size_t len, 
     } else {
         if (!c_write(c, 1, c->in.p, len)) return;
         drop(&c->in, len);
+        c_events(c);
     }
 }
 
@@ -517,7 +569,7 @@ static void on_client(client *c, uint32_t events) {
         c_events(c);
     }
     if (!(events & (EPOLLIN | EPOLLHUP | EPOLLERR)) || c->rd_eof) return;
-    long r = read_some(c->fd, &c->in);
+    long r = c->mode == M_PIPE ? read_some(c->fd, &c->in) : read_upto(c->fd, &c->in, (size_t)max_body + MAX_HEAD);
     if (c->mode == M_PIPE) { /* pass it on */
         if (c->in.n) {
             if (!c_write(c, 1, c->in.p, c->in.n)) return;
@@ -644,7 +696,7 @@ static const char *Q_CRED =
    allowed, a queue limit above 0 (the guard of the accept checks the state again) */
 static const char *Q_WS =
     "SELECT id, name, agent_url, CASE WHEN json_extract(capabilities, '$.native_session') THEN -1 "
-    "ELSE max_concurrency END FROM workspaces WHERE (id = ?1 OR name = ?1) AND state = 'online' "
+    "ELSE max_concurrency END, run_token_hash, crash_count FROM workspaces WHERE (id = ?1 OR name = ?1) AND state = 'online' "
     "AND peer IS NULL AND NOT (?4 AND runtime = 'docker') AND (?2 = 'operator' OR EXISTS (SELECT 1 FROM json_each(allowed_callers) "
     "WHERE value IN ('*', ?2))) AND COALESCE(json_extract(limits, '$.max_queue'), ?3) > 0";
 
@@ -667,8 +719,11 @@ static const char *W_SETTLE =
     "reply_type = ?4 WHERE id = ?5 AND status = 'in_flight' AND lease_owner = ?6 AND forwards = 1 "
     "RETURNING seq";
 
+/* the leases of the deliveries this lane is still working on, and no others: a row it
+   gave up on (a hand-off Python never took) runs out and Python's upkeep redelivers it */
 static const char *W_RENEW =
-    "UPDATE deliveries SET lease_until = ?1 WHERE status = 'in_flight' AND lease_owner = ?2";
+    "UPDATE deliveries SET lease_until = ?1 WHERE status = 'in_flight' AND lease_owner = ?2 "
+    "AND id IN (SELECT value FROM json_each(?3))";
 
 static void prepare(sqlite3 *db, const char *sql, sqlite3_stmt **s) {
     if (sqlite3_prepare_v3(db, sql, -1, SQLITE_PREPARE_PERSISTENT, s, NULL) != SQLITE_OK) {
@@ -696,7 +751,8 @@ static sqlite3 *open_db(void) {
 static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t cv = PTHREAD_COND_INITIALIZER;
 static job *todo_head, *todo_tail, *done_head, *done_tail;
-static job renew_op; /* the lease renewal, queued like a job */
+static job renew_op;  /* the lease renewal, queued like a job */
+static buf renew_ids; /* its JSON array of ids (rebuilt only while it is not queued) */
 
 static void enqueue(job *j, int op) {
     j->op = op;
@@ -746,6 +802,7 @@ static void run_op(job *j) {
     } else {
         sqlite3_bind_double(w_renew, 1, now_s() + lease_s);
         sqlite3_bind_text(w_renew, 2, owner, -1, SQLITE_STATIC);
+        sqlite3_bind_text(w_renew, 3, renew_ids.p, (int)renew_ids.n, SQLITE_STATIC);
         j->ok = step_row(w_renew) >= 0;
     }
 }
@@ -783,23 +840,71 @@ static void *writer(void *arg) {
 
 /* ------------------------------------------------------------------ answers */
 
+/* uvicorn's status lines: Python's http.HTTPStatus phrases, "" for any other status */
 static const char *reason_of(int status) {
     switch (status) {
+    case 100: return "Continue";
+    case 101: return "Switching Protocols";
+    case 102: return "Processing";
+    case 103: return "Early Hints";
     case 200: return "OK";
     case 201: return "Created";
     case 202: return "Accepted";
+    case 203: return "Non-Authoritative Information";
+    case 204: return "No Content";
+    case 205: return "Reset Content";
+    case 206: return "Partial Content";
+    case 207: return "Multi-Status";
+    case 208: return "Already Reported";
+    case 226: return "IM Used";
+    case 300: return "Multiple Choices";
+    case 301: return "Moved Permanently";
+    case 302: return "Found";
+    case 303: return "See Other";
+    case 304: return "Not Modified";
+    case 305: return "Use Proxy";
+    case 307: return "Temporary Redirect";
+    case 308: return "Permanent Redirect";
     case 400: return "Bad Request";
     case 401: return "Unauthorized";
+    case 402: return "Payment Required";
     case 403: return "Forbidden";
     case 404: return "Not Found";
+    case 405: return "Method Not Allowed";
+    case 406: return "Not Acceptable";
+    case 407: return "Proxy Authentication Required";
+    case 408: return "Request Timeout";
     case 409: return "Conflict";
+    case 410: return "Gone";
+    case 411: return "Length Required";
+    case 412: return "Precondition Failed";
     case 413: return "Request Entity Too Large";
+    case 414: return "Request-URI Too Long";
+    case 415: return "Unsupported Media Type";
+    case 416: return "Requested Range Not Satisfiable";
+    case 417: return "Expectation Failed";
+    case 418: return "I'm a Teapot";
+    case 421: return "Misdirected Request";
     case 422: return "Unprocessable Entity";
+    case 423: return "Locked";
+    case 424: return "Failed Dependency";
+    case 425: return "Too Early";
+    case 426: return "Upgrade Required";
+    case 428: return "Precondition Required";
     case 429: return "Too Many Requests";
+    case 431: return "Request Header Fields Too Large";
+    case 451: return "Unavailable For Legal Reasons";
     case 500: return "Internal Server Error";
+    case 501: return "Not Implemented";
     case 502: return "Bad Gateway";
     case 503: return "Service Unavailable";
     case 504: return "Gateway Timeout";
+    case 505: return "HTTP Version Not Supported";
+    case 506: return "Variant Also Negotiates";
+    case 507: return "Insufficient Storage";
+    case 508: return "Loop Detected";
+    case 510: return "Not Extended";
+    case 511: return "Network Authentication Required";
     default: return "";
     }
 }
@@ -825,14 +930,33 @@ static int answer(client *c, int status, const char *ctype, const char *body, si
     return 1;
 }
 
+/* An answer of the lane's own, without a delivery (404 for the hand-off route). */
+static void answer_plain(client *c, int status, const char *ctype, const char *body, size_t n) {
+    char date[64];
+    time_t t = time(NULL);
+    struct tm tm;
+    gmtime_r(&t, &tm);
+    strftime(date, sizeof date, "%a, %d %b %Y %H:%M:%S GMT", &tm);
+    buf out = {0};
+    putf(&out, "HTTP/1.1 %d %s\r\ndate: %s\r\nserver: uvicorn\r\ncontent-length: %zu\r\ncontent-type: %s\r\n\r\n",
+         status, reason_of(status), date, n, ctype);
+    put(&out, body, n);
+    int ok = c_write(c, 0, out.p, out.n);
+    buf_free(&out);
+    if (ok) { if (c->close_after) close_when_flushed(c); else client_done(c); }
+}
+
 /* ------------------------------------------------------------------ jobs */
 
 static void job_link(job *j) { j->next = jobs; if (jobs) jobs->prev = j; jobs = j; }
+
+static void agent_close(agent *a);
 
 static void job_free(job *j) {
     if (j->prev) j->prev->next = j->next; else jobs = j->next;
     if (j->next) j->next->prev = j->prev;
     if (j->c) j->c->job = NULL;
+    if (j->a) { agent_close(j->a); j->a = NULL; }
     free(j->request);
     free(j->headers_json);
     free(j->fwd_headers);
@@ -844,6 +968,7 @@ static void client_done(client *c) { /* back to reading requests */
     if (!c) return;
     c->job = NULL;
     if (c->in.n) on_request(c);
+    if (!c->dead) c_events(c);
 }
 
 static void agent_release(agent *a, int reuse);
@@ -861,6 +986,7 @@ static void handoff(job *j, const char *outcome, const char *detail) {
                "x-berth-lane-outcome: %s\r\nx-berth-lane-status: %d\r\nx-berth-lane-wait: %.3f\r\n",
          j->id, secret, outcome, j->status, left);
     if (j->ctype[0]) putf(&req, "content-type: %s\r\n", j->ctype);
+    putf(&req, "x-berth-lane-run: %s\r\nx-berth-lane-crashes: %lld\r\n", j->run, j->crashes);
     if (detail) {
         puts_(&req, "x-berth-lane-detail: ");
         for (const char *p = detail; *p; p++) if (*p >= 0x20 && *p < 0x7f) put(&req, p, 1);
@@ -873,6 +999,12 @@ static void handoff(job *j, const char *outcome, const char *detail) {
     if (c) {
         c->job = NULL;
         j->c = NULL;
+        if (c->up >= 0) { /* a connection of its own: nothing the caller sent before shares it */
+            epoll_ctl(ep, EPOLL_CTL_DEL, c->up, NULL);
+            close(c->up);
+            c->up = -1;
+            c->out_up.n = 0;
+        }
         relay_one(c, req.p, req.n, 0, 0); /* Python's answer is the caller's */
     } else {
         /* nobody waits: Python's answer is read and dropped by a connection of its own */
@@ -891,17 +1023,20 @@ static void handoff(job *j, const char *outcome, const char *detail) {
 
 /* ------------------------------------------------------------------ agents */
 
-static void agent_close(agent *a) {
+static void agent_close(agent *a) { /* freed by reap(), as a client */
+    if (a->dead) return;
+    a->dead = 1;
+    a->job = NULL;
     epoll_ctl(ep, EPOLL_CTL_DEL, a->fd, NULL);
     close(a->fd);
-    buf_free(&a->in);
-    free(a);
+    a->next = dead_agents;
+    dead_agents = a;
 }
 
 static void agent_release(agent *a, int reuse) {
     a->job = NULL;
     if (!reuse || stopping) { agent_close(a); return; }
-    a->in.n = 0;
+    a->out.n = 0;
     a->idle_since = mono();
     a->next = idle_agents;
     idle_agents = a;
@@ -936,21 +1071,28 @@ static agent *agent_take(const char *host, int port) {
     return a;
 }
 
+/* The forward's bytes go out as the agent takes them (an agent that does not read never
+   holds up the loop); its answer is parsed as it comes, each byte once. */
+static void agent_flush(agent *a) {
+    int ok = flush_to(a->fd, &a->out);
+    (void)ok; /* a failed write shows as the answer's failure (EPOLLERR / EOF) */
+    ep_mod(a->fd, &a->e, EPOLLIN | (a->out.n ? EPOLLOUT : 0));
+}
+
 static void send_request(job *j) {
     agent *a = j->a;
-    buf req = {0};
-    putf(&req, "POST %s HTTP/1.1\r\nHost: %s\r\n%sContent-Length: %zu\r\n\r\n", j->agent_path, j->host_header,
+    a->out.n = 0;
+    putf(&a->out, "POST %s HTTP/1.1\r\nHost: %s\r\n%sContent-Length: %zu\r\n\r\n", j->agent_path, j->host_header,
          j->fwd_headers, j->request_len);
-    put(&req, j->request, j->request_len);
-    int ok = send_all(a->fd, req.p, req.n);
-    buf_free(&req);
-    if (!ok) {
-        int reused = a->reused;
-        agent_release(a, 0);
-        j->a = NULL;
-        if (reused) { forward(j); return; } /* a kept connection the agent had closed: once more */
-        handoff(j, "transport", "the connection to the agent failed while sending");
-    }
+    put(&a->out, j->request, j->request_len);
+    a->rs = RS_HEAD;
+    a->line.n = a->body.n = 0;
+    a->got = 0;
+    a->status = 0;
+    a->keep = 1;
+    a->encoded = 0;
+    j->ctype[0] = 0;
+    agent_flush(a);
 }
 
 static void forward(job *j) {
@@ -961,78 +1103,105 @@ static void forward(job *j) {
     if (j->a->connected) send_request(j);
 }
 
-/* The agent's answer, when it is all there: 1 (status, content type, body into j), 0 not
-   yet, -1 malformed. *keep: the connection may be reused. */
-static int parse_answer(agent *a, job *j, int eof, int *keep) {
-    char *p = a->in.p;
-    size_t n = a->in.n;
-    char *end = n >= 4 ? memmem(p, n, "\r\n\r\n", 4) : NULL;
-    if (!end) return eof ? -1 : (n > MAX_HEAD ? -1 : 0);
-    if (n < 12 || strncmp(p, "HTTP/1.", 7) != 0) return -1;
-    int http10 = p[7] == '0';
-    int status = atoi(p + 9);
-    if (status < 100 || status > 999) return -1;
-    const char *hs = memchr(p, '\n', (size_t)(end - p));
-    hdr h[64];
-    int nh = hs ? parse_headers(hs + 1, end + 2, h, 64) : 0;
-    if (nh < 0) return -1;
-    long clen = -1;
-    int chunked = 0, close_ = http10, encoded = 0;
-    j->ctype[0] = 0;
-    for (int i = 0; i < nh; i++) {
-        if (name_is(&h[i], "content-length")) clen = strtol(h[i].val, NULL, 10);
-        else if (name_is(&h[i], "transfer-encoding")) chunked = h[i].vlen >= 7 && strncasecmp(h[i].val + h[i].vlen - 7, "chunked", 7) == 0;
-        else if (name_is(&h[i], "connection")) close_ = h[i].vlen == 5 && strncasecmp(h[i].val, "close", 5) == 0;
-        else if (name_is(&h[i], "content-encoding")) encoded = !(h[i].vlen == 8 && strncasecmp(h[i].val, "identity", 8) == 0);
-        else if (name_is(&h[i], "content-type") && h[i].vlen < sizeof j->ctype) {
-            memcpy(j->ctype, h[i].val, h[i].vlen);
-            j->ctype[h[i].vlen] = 0;
-        }
-    }
-    if (status < 200) { drop(&a->in, (size_t)(end + 4 - p)); return parse_answer(a, j, eof, keep); } /* 100 Continue */
-    size_t body = (size_t)(end + 4 - p);
-    buf out = {0};
-    if (chunked) {
-        size_t at = body;
-        for (;;) {
-            char *eol = at < n ? memmem(p + at, n - at, "\r\n", 2) : NULL;
-            if (!eol) { buf_free(&out); return eof ? -1 : 0; }
-            long size = 0;
-            for (char *q = p + at; q < eol && *q != ';'; q++) {
-                int v = hexval(*q);
-                if (v < 0) { buf_free(&out); return -1; }
-                size = size * 16 + v;
-                if (size > max_body * 64L) { buf_free(&out); return -1; }
+#define MAX_ANSWER (64L << 20) /* an agent's answer larger than this is a failed forward */
+
+/* The agent's answer, fed as it arrives: 1 once it is whole (status, content type, body
+   kept in the agent), 0 not yet, -1 malformed. `eof`: the agent closed. */
+static int agent_feed(agent *a, job *j, const char *p, size_t n, int eof) {
+    size_t i = 0;
+    a->got += n;
+    while (i < n) {
+        if (a->rs == RS_HEAD || a->rs == RS_CHUNK_LINE || a->rs == RS_TRAILER) {
+            const char *nl = memchr(p + i, '\n', n - i);
+            size_t take = nl ? (size_t)(nl - (p + i)) + 1 : n - i;
+            put(&a->line, p + i, take);
+            i += take;
+            if (a->line.n > MAX_HEAD) return -1;
+            if (!nl) break;
+            if (a->rs == RS_CHUNK_LINE) {
+                long long size = 0;
+                size_t k = 0;
+                for (; k < a->line.n && hexval(a->line.p[k]) >= 0; k++) {
+                    size = size * 16 + hexval(a->line.p[k]);
+                    if (size > MAX_ANSWER) return -1;
+                }
+                if (k == 0) return -1;
+                a->line.n = 0;
+                if (size == 0) a->rs = RS_TRAILER;
+                else { a->rs = RS_CHUNK_DATA; a->left = size + 2; }
+                continue;
             }
-            at = (size_t)(eol - p) + 2;
-            if (size == 0) { /* trailers, then the blank line */
-                char *fin = memmem(p + at - 2, n - at + 2, "\r\n\r\n", 4);
-                if (!fin) { buf_free(&out); return eof ? -1 : 0; }
-                at = (size_t)(fin - p) + 4;
-                break;
+            if (a->rs == RS_TRAILER) {
+                int blank = a->line.n <= 2;
+                a->line.n = 0;
+                if (blank) return i == n ? 1 : (a->keep = 0, 1);
+                continue;
             }
-            if (n < at + (size_t)size + 2) { buf_free(&out); return eof ? -1 : 0; }
-            put(&out, p + at, (size_t)size);
-            at += (size_t)size + 2;
+            if (a->line.n < 4 || memcmp(a->line.p + a->line.n - 4, "\r\n\r\n", 4) != 0) continue;
+            /* a whole head */
+            char *h0 = a->line.p;
+            if (a->line.n < 12 || strncmp(h0, "HTTP/1.", 7) != 0) return -1;
+            int status = atoi(h0 + 9);
+            if (status < 100 || status > 999) return -1;
+            const char *hs = memchr(h0, '\n', a->line.n);
+            hdr h[64];
+            int nh = parse_headers(hs + 1, h0 + a->line.n - 2, h, 64);
+            if (nh < 0) return -1;
+            long long clen = -1;
+            int chunked = 0;
+            a->keep = h0[7] != '0';
+            for (int k = 0; k < nh; k++) {
+                if (name_is(&h[k], "content-length")) {
+                    char *e;
+                    clen = strtoll(h[k].val, &e, 10);
+                    if (e != h[k].val + h[k].vlen || clen < 0 || clen > MAX_ANSWER) return -1;
+                } else if (name_is(&h[k], "transfer-encoding")) {
+                    chunked = h[k].vlen >= 7 && strncasecmp(h[k].val + h[k].vlen - 7, "chunked", 7) == 0;
+                    if (!chunked) return -1;
+                } else if (name_is(&h[k], "connection")) {
+                    if (h[k].vlen == 5 && strncasecmp(h[k].val, "close", 5) == 0) a->keep = 0;
+                } else if (name_is(&h[k], "content-encoding")) {
+                    a->encoded = !(h[k].vlen == 8 && strncasecmp(h[k].val, "identity", 8) == 0);
+                } else if (name_is(&h[k], "content-type")) {
+                    if (h[k].vlen >= sizeof j->ctype) return -1;
+                    memcpy(j->ctype, h[k].val, h[k].vlen);
+                    j->ctype[h[k].vlen] = 0;
+                }
+            }
+            a->line.n = 0;
+            if (status < 200) { j->ctype[0] = 0; continue; } /* an interim answer: the real one follows */
+            a->status = status;
+            if (status == 204 || status == 304) return i == n ? 1 : (a->keep = 0, 1);
+            if (chunked) a->rs = RS_CHUNK_LINE;
+            else if (clen >= 0) {
+                a->rs = RS_BODY;
+                a->left = clen;
+                if (clen == 0) return i == n ? 1 : (a->keep = 0, 1);
+            } else { a->rs = RS_UNTIL_CLOSE; a->keep = 0; }
+            continue;
         }
-        body = at;
-    } else if (clen >= 0) {
-        if (n < body + (size_t)clen) return eof ? -1 : 0;
-        put(&out, p + body, (size_t)clen);
-        body += (size_t)clen;
-    } else { /* to the end of the connection */
-        if (!eof) return 0;
-        put(&out, p + body, n - body);
-        body = n;
-        close_ = 1;
+        if (a->rs == RS_BODY || a->rs == RS_CHUNK_DATA) {
+            size_t take = (size_t)a->left < n - i ? (size_t)a->left : n - i;
+            size_t data = take;
+            if (a->rs == RS_CHUNK_DATA && (long long)take > a->left - 2) data = a->left - 2 > 0 ? (size_t)(a->left - 2) : 0;
+            if (data > take) data = take;
+            put(&a->body, p + i, data);
+            if ((long)a->body.n > MAX_ANSWER) return -1;
+            a->left -= (long long)take;
+            i += take;
+            if (a->left == 0) {
+                if (a->rs == RS_BODY) return i == n ? 1 : (a->keep = 0, 1);
+                a->rs = RS_CHUNK_LINE;
+            }
+            continue;
+        }
+        /* RS_UNTIL_CLOSE */
+        put(&a->body, p + i, n - i);
+        if ((long)a->body.n > MAX_ANSWER) return -1;
+        i = n;
     }
-    if (encoded) { buf_free(&out); return -1; } /* Python's client inflates; here it is a failed forward */
-    j->status = status;
-    free(j->reply);
-    j->reply = out.p ? out.p : calloc(1, 1);
-    j->reply_len = out.n;
-    *keep = !close_ && body == n;
-    return 1;
+    if (eof) return a->rs == RS_UNTIL_CLOSE && a->status ? 1 : -1;
+    return 0;
 }
 
 /* services/replies.classify: a JSON-RPC answer (a result, or an error that is not a
@@ -1060,29 +1229,52 @@ static void on_agent(agent *a, uint32_t events) {
         socklen_t len = sizeof err;
         getsockopt(a->fd, SOL_SOCKET, SO_ERROR, &err, &len);
         if (err || (events & (EPOLLERR | EPOLLHUP))) {
-            agent_release(a, 0);
+            agent_close(a);
             j->a = NULL;
             handoff(j, "unreached", "cannot connect to the agent");
             return;
         }
         a->connected = 1;
-        ep_mod(a->fd, &a->e, EPOLLIN);
         send_request(j);
         return;
     }
-    long r = read_some(a->fd, &a->in);
-    int keep = 0;
-    int got = parse_answer(a, j, r < 0, &keep);
-    if (got == 0) return;
+    if (events & EPOLLOUT) agent_flush(a);
+    if (!(events & (EPOLLIN | EPOLLHUP | EPOLLERR))) return;
+    char tmp[65536];
+    int got = 0;
+    for (;;) {
+        ssize_t r = recv(a->fd, tmp, sizeof tmp, 0);
+        if (r > 0) {
+            got = agent_feed(a, j, tmp, (size_t)r, 0);
+            if (got) break;
+            continue;
+        }
+        if (r < 0 && (errno == EAGAIN || errno == EINTR)) return;
+        got = agent_feed(a, j, tmp, 0, 1);
+        if (got == 1) a->keep = 0;
+        break;
+    }
     if (got < 0) {
-        int retry = a->reused && a->in.n == 0;
-        agent_release(a, 0);
+        int retry = a->reused && a->got == 0;
+        agent_close(a);
         j->a = NULL;
         if (retry) { forward(j); return; } /* a kept connection the agent had closed: once more */
         handoff(j, "transport", "the agent's answer was cut or malformed");
         return;
     }
-    agent_release(a, keep);
+    if (a->encoded) { /* Python's client inflates it; the lane hands it over as a failed forward */
+        agent_close(a);
+        j->a = NULL;
+        handoff(j, "transport", "the agent's answer is content-encoded");
+        return;
+    }
+    j->status = a->status;
+    free(j->reply);
+    j->reply_len = a->body.n;
+    j->reply = malloc(a->body.n + 1);
+    if (a->body.n) memcpy(j->reply, a->body.p, a->body.n);
+    a->body.n = 0;
+    agent_release(a, a->keep && !a->out.n);
     j->a = NULL;
     j->fwd_s = mono() - j->forwarded_at;
     if (!replied(j)) { handoff(j, "reply", NULL); return; }
@@ -1125,6 +1317,25 @@ static int agent_target(const char *url, job *j) {
     return 1;
 }
 
+/* services/envelope.wait_seconds for the values the lane takes: digits, maybe a fraction,
+   from 0 to 86400; -1 for anything else (Python answers it, an error included). */
+static double wait_value(const char *v, size_t n) {
+    size_t i = 0, digits = 0;
+    while (i < n && v[i] >= '0' && v[i] <= '9') { i++; digits++; }
+    if (!digits || digits > 5) return -1;
+    if (i < n && v[i] == '.') {
+        size_t f = ++i;
+        while (i < n && v[i] >= '0' && v[i] <= '9') i++;
+        if (i == f || i - f > 6) return -1;
+    }
+    if (i != n) return -1;
+    char tmp[16];
+    memcpy(tmp, v, n);
+    tmp[n] = 0;
+    double w = atof(tmp);
+    return w <= 86400 ? w : -1;
+}
+
 static const char *FORWARDED[] = {"a2a-version", "a2a-extensions", "x-a2a-extensions", "content-type"};
 
 /* The whole request is in c->in. Take it (a job, its accept queued), or relay it. */
@@ -1160,6 +1371,15 @@ static void on_request(client *c) {
         req_len = head + (size_t)fl;
         if (n < req_len) return; /* the body is still coming */
     }
+    {   /* the hand-off route is the lane's alone: from outside, an unknown route */
+        const char *sp = memchr(p, ' ', (size_t)(eol - p));
+        if (sp && eol - sp > 10 && !memcmp(sp + 1, "/v1/lane/", 9)) {
+            drop(&c->in, req_len);
+            static const char nf[] = "{\"error\":{\"code\":\"not_found\",\"message\":\"Not Found\"}}";
+            answer_plain(c, 404, "application/json", nf, sizeof nf - 1);
+            return;
+        }
+    }
     /* the request line: POST /v1/workspaces/<ref>/a2a[/] HTTP/1.1 */
     static const char pre[] = "POST /v1/workspaces/";
     char ref[128];
@@ -1178,6 +1398,7 @@ static void on_request(client *c) {
     int nh = parse_headers(eol + 2, end + 2, h, 64);
     if (nh < 0) { why = __LINE__; goto relay; }
     long clen = -1;
+    double wait = -1;
     const hdr *auth = NULL, *fwd[4] = {0};
     int close_after = 0;
     for (int i = 0; i < nh; i++) {
@@ -1196,6 +1417,8 @@ static void on_request(client *c) {
             else if (!(h[i].vlen == 10 && strncasecmp(h[i].val, "keep-alive", 10) == 0)) { why = __LINE__; goto relay; }
         } else if (name_is(&h[i], "transfer-encoding") || name_is(&h[i], "expect") || name_is(&h[i], "upgrade")) {
             { why = __LINE__; goto relay; }
+        } else if (name_is(&h[i], "x-berth-wait")) {
+            if (wait >= 0 || (wait = wait_value(h[i].val, h[i].vlen)) < 0) { why = __LINE__; goto relay; }
         } else if (h[i].nlen > 8 && strncasecmp(h[i].name, "x-berth-", 8) == 0 && !name_is(&h[i], "x-berth-caller")) {
             { why = __LINE__; goto relay; } /* X-Berth-Wait, X-Berth-Ttl and whatever berth reads next */
         } else {
@@ -1258,7 +1481,7 @@ static void on_request(client *c) {
     const char *ps = NULL, *pe = NULL;
     plain = plain && member(canon.p, ce, "params", &ps, &pe) && *ps == '{' &&
             member(ps, pe, "message", &ms, &me) && *ms == '{' && member(ms, me, "messageId", &vs, &ve) &&
-            *vs == '"' && ve - vs >= 3 && ve - vs <= 258 && plain_value(vs + 1, (size_t)(ve - vs - 2));
+            *vs == '"' && ve - vs >= 3 && ve - vs <= 258 && header_safe(vs + 1, (size_t)(ve - vs - 2));
     if (!plain) { free(canon.p); { why = __LINE__; goto relay; } }
     char message_id[257], fingerprint[65];
     memcpy(message_id, vs + 1, (size_t)(ve - vs - 2));
@@ -1283,6 +1506,9 @@ static void on_request(client *c) {
             snprintf(j->ws_id, sizeof j->ws_id, "%s", (const char *)sqlite3_column_text(q_ws, 0));
             snprintf(j->ws_name, sizeof j->ws_name, "%s", (const char *)sqlite3_column_text(q_ws, 1));
             j->capacity = sqlite3_column_int64(q_ws, 3);
+            const char *run = (const char *)sqlite3_column_text(q_ws, 4);
+            if (run && strlen(run) < sizeof j->run && header_safe(run, strlen(run))) strcpy(j->run, run);
+            j->crashes = sqlite3_column_int64(q_ws, 5);
         }
     }
     sqlite3_reset(q_ws);
@@ -1316,7 +1542,8 @@ static void on_request(client *c) {
     put(&fh, "", 1);
     j->fwd_headers = fh.p;
     j->created = now_s();
-    j->wait_deadline = mono() + wait_s;
+    j->wait_deadline = mono() + (wait >= 0 ? wait : wait_s);
+    j->wait0 = wait == 0;
     j->state = J_ACCEPTING;
     j->c = c;
     c->job = j;
@@ -1328,6 +1555,16 @@ static void on_request(client *c) {
 relay:
     if (debug) fprintf(stderr, "lane: relayed (line %d)\n", why);
     relay_one(c, NULL, 0, req_len, head_req);
+}
+
+/* 202 with the body Python writes (proxy._accepted); the caller is done with this send. */
+static void answer_accepted(job *j) {
+    client *c = j->c;
+    char b[256];
+    int bn = snprintf(b, sizeof b, "{\"delivery_id\": \"%s\", \"status\": \"in_flight\", \"status_url\": \"/v1/deliveries/%s\"}", j->id, j->id);
+    j->c = NULL;
+    c->job = NULL;
+    if (answer(c, 202, "application/json", b, (size_t)bn, j)) client_done(c);
 }
 
 /* ------------------------------------------------------------------ writes done */
@@ -1365,9 +1602,10 @@ static void on_committed(void) {
                 job_free(j);
                 if (c) { c->job = NULL; relay_one(c, NULL, 0, j_req_len, 0); } /* the request, as it came */
             } else {
-                if (c) drop(&c->in, j->req_len);
+                if (c) { drop(&c->in, j->req_len); c_events(c); }
                 j->forwarded_at = mono();
                 j->forward_deadline = j->forwarded_at + forward_timeout;
+                if (c && j->wait0) answer_accepted(j); /* Python's answer to X-Berth-Wait: 0 */
                 forward(j);
             }
         } else if (j->op == OP_SETTLE) {
@@ -1377,8 +1615,11 @@ static void on_committed(void) {
                 if (c) {
                     c->job = NULL;
                     j->c = NULL;
-                    const char *ct = j->ctype[0] ? j->ctype : "application/json";
-                    if (!strncasecmp(ct, "text/event-stream", 17)) ct = "application/json";
+                    char ct[300];
+                    snprintf(ct, sizeof ct, "%s", j->ctype[0] ? j->ctype : "application/json");
+                    if (!strncasecmp(ct, "text/event-stream", 17)) strcpy(ct, "application/json");
+                    else if (!strncasecmp(ct, "text/", 5) && !strcasestr(ct, "charset="))
+                        strcat(ct, "; charset=utf-8"); /* as Starlette's Response writes a text type */
                     int alive = answer(c, j->status, ct, j->reply, j->reply_len, j);
                     job_free(j);
                     if (alive) client_done(c);
@@ -1402,14 +1643,7 @@ static void on_tick(void) {
     for (job *j = jobs, *next; j; j = next) {
         next = j->next;
         if (j->state != J_FORWARDING) continue;
-        if (j->c && t > j->wait_deadline) { /* 202, as Python answers a wait that ran out */
-            client *c = j->c;
-            char b[256];
-            int bn = snprintf(b, sizeof b, "{\"delivery_id\": \"%s\", \"status\": \"in_flight\", \"status_url\": \"/v1/deliveries/%s\"}", j->id, j->id);
-            j->c = NULL;
-            c->job = NULL;
-            if (answer(c, 202, "application/json", b, (size_t)bn, j)) client_done(c);
-        }
+        if (j->c && t > j->wait_deadline) answer_accepted(j); /* as Python answers a wait run out */
         if (t > j->forward_deadline && j->a) {
             agent_release(j->a, 0);
             j->a = NULL;
@@ -1418,10 +1652,21 @@ static void on_tick(void) {
     }
     if (t - last_renew > lease_s / 3 && renew_op.state == 0) {
         last_renew = t;
-        renew_op.state = 1;
-        enqueue(&renew_op, OP_RENEW);
+        renew_ids.n = 0;
+        puts_(&renew_ids, "[");
+        for (job *j = jobs; j; j = j->next)
+            if (j->state == J_FORWARDING || j->state == J_SETTLING)
+                putf(&renew_ids, "%s\"%s\"", renew_ids.n > 1 ? "," : "", j->id);
+        puts_(&renew_ids, "]");
+        if (renew_ids.n > 2) {
+            renew_op.state = 1;
+            enqueue(&renew_op, OP_RENEW);
+        }
     }
-    if (stopping && (!jobs || t > stop_deadline)) {
+    int relaying = 0; /* a caller waiting on Python (Python finishes what it started) */
+    for (client *c = clients; c && !relaying; c = c->next)
+        relaying = c->mode != M_LANE || c->out_c.n;
+    if (stopping && ((!jobs && !relaying) || t > stop_deadline)) {
         fcntl(1, F_SETFL, fcntl(1, F_GETFL) & ~O_NONBLOCK); /* the last of the feed, whole */
         feed_flush();
         exit(0);
@@ -1437,7 +1682,8 @@ static void on_signal(void) {
     for (int i = 0; i < nlisten; i++) { epoll_ctl(ep, EPOLL_CTL_DEL, listen_fds[i], NULL); close(listen_fds[i]); }
     for (client *c = clients, *next; c; c = next) {
         next = c->next;
-        if (!c->job && c->up < 0) client_close(c);
+        if (!c->job && c->mode == M_LANE && !c->out_c.n) client_close(c);
+        else c->close_after = 1; /* answered, then closed */
     }
     fprintf(stderr, "lane: stopping (grace %.0f s, %s sends running)\n", grace_s, jobs ? "some" : "no");
 }
@@ -1501,7 +1747,7 @@ int main(void) {
     ep = epoll_create1(EPOLL_CLOEXEC);
     efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     tfd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
-    struct itimerspec its = {{0, 250000000}, {0, 250000000}};
+    struct itimerspec its = {{0, 50000000}, {0, 50000000}}; /* waits end within 50 ms */
     timerfd_settime(tfd, 0, &its, NULL);
     sigset_t ss;
     sigemptyset(&ss);
@@ -1552,14 +1798,19 @@ int main(void) {
                     }
                 }
                 break;
-            case K_CLIENT: on_client((client *)tag, evs[i].events); break;
-            case K_UP: on_up((client *)((char *)tag - offsetof(client, up_e)), evs[i].events); break;
-            case K_AGENT: on_agent((agent *)tag, evs[i].events); break;
+            case K_CLIENT: if (!((client *)tag)->dead) on_client((client *)tag, evs[i].events); break;
+            case K_UP: {
+                client *c = (client *)((char *)tag - offsetof(client, up_e));
+                if (!c->dead) on_up(c, evs[i].events);
+                break;
+            }
+            case K_AGENT: if (!((agent *)tag)->dead) on_agent((agent *)tag, evs[i].events); break;
             case K_EVENT: on_committed(); break;
             case K_TIMER: on_tick(); break;
             case K_SIGNAL: on_signal(); break;
             }
         }
         if (feed_due && mono() >= feed_due) feed_flush();
+        reap();
     }
 }
