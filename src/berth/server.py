@@ -78,9 +78,8 @@ def serve(args: argparse.Namespace) -> None:
     else:
         print(where, file=sys.stderr)
     container = app.state.berth
-    upstream = _fast_lane(
-        settings, container
-    )  # the lane takes the public port: Python listens here
+    # the lane takes the public port: Python listens on these (relays, hand-offs)
+    upstream = _fast_lane(settings, container)
     config = uvicorn.Config(
         app,
         log_config=None,  # uvicorn's own lines go through berth's handler (text or JSON)
@@ -94,19 +93,20 @@ def serve(args: argparse.Namespace) -> None:
     try:
         server = _server_class()(config)
         server.container = container
-        server.run(sockets=[upstream] if upstream else _sockets(settings, container))
+        server.run(sockets=upstream if upstream else _sockets(settings, container))
     finally:
         os.close(lock)
 
 
-def _fast_lane(settings: Settings, container: Container) -> socket.socket | None:
+def _fast_lane(settings: Settings, container: Container) -> list[socket.socket] | None:
     """With BERTH_FAST_LANE=on and the lane built: the public sockets go to the lane (held
-    open here, so a restart of the lane refuses nobody), and uvicorn serves the Unix socket
-    returned, `<data dir>/berth.sock`, which only the lane connects to. None: berth serves
-    everything itself, as without the lane."""
+    open here, so a restart of the lane refuses nobody), and uvicorn serves the two Unix
+    sockets returned, which only the lane connects to: `<data dir>/berth.sock` (what it
+    relays) and `<data dir>/berth-lane.sock` (its hand-offs, and nothing a caller sent).
+    None: berth serves everything itself, as without the lane."""
     if settings.fast_lane != "on":
         return None
-    from berth.lane import SOCKET_FILE, Lane, build_lane
+    from berth.lane import HANDOFF_FILE, SOCKET_FILE, Lane, build_lane
     from berth.lane.build import cache_dir
 
     db = Lane.database(container)
@@ -116,20 +116,23 @@ def _fast_lane(settings: Settings, container: Container) -> socket.socket | None
     exe = build_lane(cache_dir())
     if exe is None:
         return None
-    path = settings.data_path / SOCKET_FILE
-    if len(os.fsencode(path)) > UDS_MAX:
-        log.warning("fast lane off: the socket path %s is too long for a Unix socket", path)
+    path, handoff = settings.data_path / SOCKET_FILE, settings.data_path / HANDOFF_FILE
+    if len(os.fsencode(handoff)) > UDS_MAX:
+        log.warning("fast lane off: the socket path %s is too long for a Unix socket", handoff)
         return None
     public = _sockets(settings, container) or [_public_socket(settings)]
     for s in public:
         s.listen(LISTEN_BACKLOG)
-    upstream = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    with contextlib.suppress(FileNotFoundError):
-        path.unlink()  # a stale one, left by a berth that was killed
-    upstream.bind(str(path))
-    os.chmod(path, 0o600)
-    container.lane = Lane(container, exe, public, path, db=db)
-    return upstream
+    unix = []
+    for where in (path, handoff):
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        with contextlib.suppress(FileNotFoundError):
+            where.unlink()  # a stale one, left by a berth that was killed
+        s.bind(str(where))
+        os.chmod(where, 0o600)
+        unix.append(s)
+    container.lane = Lane(container, exe, public, path, db=db, handoff=handoff)
+    return unix
 
 
 def _public_socket(settings: Settings) -> socket.socket:

@@ -385,6 +385,8 @@ class RawAgent:
                 if head.startswith(b"GET"):
                     card = b'{"name":"raw","version":"1"}'
                     w.write(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n%s" % (len(card), card))
+                elif not head.startswith(b"POST / "):  # berth's signals (a resume at start)
+                    w.write(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n")
                 else:
                     self.posts += 1
                     w.write(self.answer(body))
@@ -558,3 +560,108 @@ async def test_a_caller_sending_ahead_cannot_grow_the_lane(lane_server, agent):
         ):
             assert time.monotonic() < deadline
             await asyncio.sleep(0.1)
+
+
+# what a second review found (2026-12-03) ------------------------------------------------
+def _lane_cpu(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def test_thousands_of_pipelined_requests_the_lane_answers_itself(lane_server):
+    """Each answer took the next pipelined request from inside itself: 128 KB of
+    `GET /v1/lane/x` without a credential overflowed the lane's stack (signal 11)."""
+    lane = _lane_pid(lane_server)
+    req = b"GET /v1/lane/x HTTP/1.1\r\nhost: x\r\n\r\n"
+
+    def pipeline() -> int:
+        with socket.create_connection(("127.0.0.1", lane_server.port)) as s:
+            s.sendall(req * 10_000)
+            s.settimeout(10)
+            got = b""
+            while got.count(b"HTTP/1.1 404") < 10_000:
+                chunk = s.recv(1 << 20)
+                if not chunk:
+                    break
+                got += chunk
+            return got.count(b"HTTP/1.1 404")
+
+    assert await asyncio.to_thread(pipeline) == 10_000
+    assert _lane_pid(lane_server) == lane
+
+
+async def test_a_caller_with_a_full_buffer_does_not_spin_the_lane(lane_server, agent):
+    """A caller pipelining past the read-ahead cap while its send waited kept the socket
+    readable and the loop spinning (2 of every 3 CPU seconds)."""
+    async with lane_server.client() as c:
+        await _workspace(c, "w", agent.url)
+    lane = _lane_pid(lane_server)
+    body = json.dumps(send_body("slow:3", "f-1")).encode()
+    head = (
+        b"POST /v1/workspaces/w/a2a HTTP/1.1\r\nhost: x\r\nauthorization: Bearer %s\r\n"
+        b"content-length: %d\r\n\r\n"
+    ) % (ADMIN.encode(), len(body))
+
+    def hold() -> float:
+        with socket.create_connection(("127.0.0.1", lane_server.port)) as s:
+            s.sendall(head + body)
+            s.settimeout(0.5)
+            with contextlib.suppress(OSError):
+                for _ in range(64):
+                    s.sendall(b"x" * 65536)
+            before = _lane_cpu(lane)
+            time.sleep(2)
+            return _lane_cpu(lane) - before
+
+    used = await asyncio.to_thread(hold)
+    assert used < 0.5, f"the lane used {used:.2f} s of CPU in 2 s with one caller's buffer full"
+
+
+async def test_a_head_longer_than_the_lane_reads_is_pythons(lane_server):
+    """A 40 KB head with a body of almost max_body_bytes waited for bytes the lane would
+    never read: no answer, ever. Now it is relayed, and Python answers it."""
+    big = b"x-pad: " + b"p" * 40_000 + b"\r\n"
+    body = b"{" + b" " * 1_040_000 + b"}"
+    req = (
+        b"POST /v1/workspaces/w/a2a HTTP/1.1\r\nhost: x\r\nauthorization: Bearer %s\r\n%s"
+        b"content-length: %d\r\n\r\n%s"
+    ) % (ADMIN.encode(), big, len(body), body)
+
+    def send() -> bytes:
+        with socket.create_connection(("127.0.0.1", lane_server.port)) as s:
+            s.sendall(req)
+            s.settimeout(10)
+            return s.recv(100)
+
+    assert (await asyncio.to_thread(send)).startswith(b"HTTP/1.1 ")
+
+
+async def test_connection_close_holds_through_a_hand_off(lane_server):
+    """The caller's `Connection: close` was lost when its send was handed to Python: the
+    answer said keep-alive and the socket stayed open."""
+
+    def fail(body: bytes) -> bytes:
+        return b"HTTP/1.1 500 Oops\r\ncontent-type: text/plain\r\ncontent-length: 4\r\n\r\nboom"
+
+    agent = await RawAgent(fail).start()
+    async with lane_server.client() as c:
+        await _workspace(c, "w", agent.url)
+    body = json.dumps(send_body("x", "cc-1")).encode()
+    req = (
+        b"POST /v1/workspaces/w/a2a HTTP/1.1\r\nhost: x\r\nauthorization: Bearer %s\r\n"
+        b"connection: close\r\ncontent-length: %d\r\n\r\n%s"
+    ) % (ADMIN.encode(), len(body), body)
+
+    def send() -> bytes:
+        with socket.create_connection(("127.0.0.1", lane_server.port)) as s:
+            s.sendall(req)
+            s.settimeout(20)
+            out = b""
+            while chunk := s.recv(65536):  # to the end: the lane must close it
+                out += chunk
+            return out
+
+    out = await asyncio.to_thread(send)
+    head = out.split(b"\r\n\r\n", 1)[0].lower()
+    assert b"connection: close" in head and b'"error"' in out
+    assert agent.posts == 2  # BERTH_MAX_ATTEMPTS=2: retried once by Python, then dead

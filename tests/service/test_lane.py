@@ -114,7 +114,7 @@ async def handing(**settings: Any) -> AsyncIterator[Handing]:
                     db=Path("/nonexistent/berth.db"))  # fmt: skip
         w.c.lane = lane  # never started: the test plays the lane
         app = create_app(container=w.c)
-        uds = httpx.ASGITransport(over_unix_socket(app, str(lane.upstream)))  # type: ignore[arg-type]
+        uds = httpx.ASGITransport(over_unix_socket(app, str(lane.handoff_path)))  # type: ignore[arg-type]
         async with (
             httpx.AsyncClient(transport=uds, base_url="http://berth") as http,
             httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://berth") as tcp,
@@ -359,3 +359,17 @@ async def test_a_hand_off_that_did_not_come_over_the_lanes_socket_is_refused(h: 
     assert (got.status, got.lease_owner) == (D.IN_FLIGHT, h.owner)
     assert h.w.c.dispatcher.in_flight(h.ws.id) == [d.id]
     assert (await h.hand(d, "transport", wait=0)).status_code == 202  # over the socket: taken
+
+
+async def test_a_hand_off_over_the_relay_socket_is_refused(h: Handing) -> None:
+    """What callers send reaches Python over berth.sock (relayed, however they spell the
+    path: %-escapes, an absolute form, a pipe): the hand-off route is not there, even with
+    the secret. Only berth-lane.sock, where the lane writes its own hand-offs alone."""
+    d = await h.lane_accepts("m1")
+    app = create_app(container=h.w.c)
+    relay = httpx.ASGITransport(over_unix_socket(app, str(h.lane.upstream)))  # type: ignore[arg-type]
+    async with httpx.AsyncClient(transport=relay, base_url="http://berth") as relayed:
+        r = await h.hand(d, "transport", http=relayed)
+    assert r.status_code == 404
+    got = await h.w.c.deliveries.get(d.id)
+    assert (got.status, got.lease_owner) == (D.IN_FLIGHT, h.owner)

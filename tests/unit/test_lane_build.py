@@ -93,11 +93,15 @@ def test_serve_hands_the_public_port_to_the_lane(
     stale = tmp_path / "data" / "berth.sock"
     stale.write_text("left by a killed berth")
     c = container(tmp_path, SqliteStore(str(tmp_path / "data" / "berth.db")))
-    upstream = _fast_lane(c.settings, c)
-    assert upstream is not None and c.lane is not None
+    unix = _fast_lane(c.settings, c)
+    assert unix is not None and c.lane is not None
+    upstream, handoff = unix
     try:
         assert upstream.family == socket.AF_UNIX and upstream.getsockname() == str(stale)
         assert stat.S_IMODE(stale.stat().st_mode) == 0o600
+        # hand-offs come over a socket of their own, which the lane relays nothing to
+        assert handoff.getsockname() == str(tmp_path / "data" / "berth-lane.sock")
+        assert c.lane.env["BERTH_LANE_HANDOFF"] == handoff.getsockname()
         (public,) = c.lane.process._listen
         assert public.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN) == 1  # listening
         env = c.lane.env
@@ -109,6 +113,7 @@ def test_serve_hands_the_public_port_to_the_lane(
         assert env["BERTH_LANE_IN_DOCKER"] == ("1" if c.in_docker else "0")
     finally:
         upstream.close()
+        handoff.close()
         for s in c.lane.process._listen:
             s.close()
 

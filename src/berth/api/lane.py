@@ -24,17 +24,17 @@ SECRET_HEADER = b"x-berth-lane-secret"
 
 
 def from_lane_socket(lane: Lane, scope: Scope) -> bool:
-    """The request came over the lane's Unix socket (`<data dir>/berth.sock`): uvicorn sets
-    `server` to (its path, None) for a Unix socket connection, and to (host, port) for a
-    TCP one. Not proof that the lane itself sent it (the lane relays its callers' requests
-    over the same socket: the secret says that), but a hand-off reaching Python any other
-    way (a listener on TCP) is refused whatever it carries."""
+    """The request came over the lane's hand-off socket (`<data dir>/berth-lane.sock`):
+    uvicorn sets `server` to (its path, None) for a Unix socket connection, and to (host,
+    port) for a TCP one. The lane relays its callers' requests over `berth.sock` only, and
+    writes nothing but its own hand-offs here, so no request a caller sent (however it
+    spells the path) reaches the hand-off route; the secret is checked as well."""
     server = scope.get("server")
     return (
         server is not None
         and len(server) == 2
         and server[1] is None
-        and server[0] == str(lane.upstream)
+        and server[0] == str(lane.handoff_path)
     )
 
 

@@ -22,9 +22,19 @@ if TYPE_CHECKING:
     from berth.bootstrap import Container
 
 log = logging.getLogger("berth.lane")
-__all__ = ["SOCKET_FILE", "Handed", "Lane", "LaneFeed", "LaneHandoff", "LaneProcess", "build_lane"]
+__all__ = [
+    "HANDOFF_FILE",
+    "SOCKET_FILE",
+    "Handed",
+    "Lane",
+    "LaneFeed",
+    "LaneHandoff",
+    "LaneProcess",
+    "build_lane",
+]
 
 SOCKET_FILE = "berth.sock"  # in the data dir: where uvicorn listens when the lane is on
+HANDOFF_FILE = "berth-lane.sock"  # the lane's hand-offs alone (it relays nothing there)
 
 
 class Lane:
@@ -39,12 +49,14 @@ class Lane:
         upstream: Path,
         *,
         db: Path,
+        handoff: Path | None = None,
     ) -> None:
         """`db`: the SQLite database file the lane writes to (berth's own), `upstream`: the
         Unix socket Python listens on, `listen`: the public sockets the lane serves."""
         s = c.settings
         self.owner = f"{c.dispatcher.owner}:lane"
         self.upstream = upstream
+        self.handoff_path = handoff or upstream.with_name(HANDOFF_FILE)
         self._deliveries, self._dispatcher, self._metrics = c.deliveries, c.dispatcher, c.metrics
         c.dispatcher.lane_owner = self.owner  # a drain reads the lane's forwards from the store
         secret = secrets.token_hex(16)
@@ -60,6 +72,7 @@ class Lane:
         )
         self.env = {  # what the lane is told (docs/fast-lane.md)
             "BERTH_LANE_UPSTREAM": str(upstream),
+            "BERTH_LANE_HANDOFF": str(self.handoff_path),
             "BERTH_LANE_DB": str(db),
             "BERTH_LANE_OWNER": self.owner,
             "BERTH_LANE_ADMIN_SHA256": hashlib.sha256(c.admin_token.encode()).hexdigest(),

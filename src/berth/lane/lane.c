@@ -52,10 +52,11 @@
 #define MAX_HEAD 16384
 #define MAX_LISTEN 8
 #define IDLE_REUSE 4.0 /* seconds an idle agent connection is reused (agent_h1.py's) */
+#define IDLE_CLIENT 5.0 /* seconds a caller may send nothing between requests (uvicorn's keep-alive) */
 
 /* ------------------------------------------------------------------ configuration */
 
-static const char *db_path, *upstream_path, *owner, *secret;
+static const char *db_path, *upstream_path, *handoff_path, *owner, *secret;
 static unsigned char admin_sha[32];
 static int have_admin;
 static double wait_s = 300, forward_timeout = 600, lease_s = 30, grace_s = 10;
@@ -140,6 +141,10 @@ typedef struct client {
     int up;               /* relayed to Python: the upstream socket, or -1 */
     ev up_e;              /* epoll tag of `up` (kind K_UP, container_of'd back) */
     int dead;             /* closed: freed after this turn of the loop (events may follow) */
+    int queued;           /* in the ready list: its next buffered request is taken after the batch */
+    int up_handoff;       /* `up` goes to the hand-off socket (closed once its answer passed) */
+    struct client *next_ready;
+    double last_read;     /* when it last sent anything (idle ones are closed, as uvicorn does) */
     int close_after;      /* Connection: close */
     int rd_eof, closing;  /* the caller half-closed; closed once out_c is sent */
     int mode;             /* M_LANE, M_RELAY (one request to Python, then back), M_PIPE */
@@ -203,7 +208,7 @@ typedef struct job {
 static int ep, efd, tfd, sfd, nlisten;
 static int listen_fds[MAX_LISTEN];
 static ev listen_e = {K_LISTEN}, event_e = {K_EVENT}, timer_e = {K_TIMER}, signal_e = {K_SIGNAL};
-static client *clients, *dead_clients;
+static client *clients, *dead_clients, *ready;
 static job *jobs;
 static agent *idle_agents, *dead_agents;
 static int stopping, debug;
@@ -247,11 +252,11 @@ static long read_upto(int fd, buf *b, size_t cap) {
     return got;
 }
 
-static int connect_upstream(void) {
+static int connect_unix(const char *path) {
     int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (fd < 0) return -1;
     struct sockaddr_un a = {.sun_family = AF_UNIX};
-    snprintf(a.sun_path, sizeof a.sun_path, "%s", upstream_path);
+    snprintf(a.sun_path, sizeof a.sun_path, "%s", path);
     if (connect(fd, (struct sockaddr *)&a, sizeof a) < 0) { close(fd); return -1; }
     fcntl(fd, F_SETFL, O_NONBLOCK);
     return fd;
@@ -440,15 +445,16 @@ static void close_when_flushed(client *c) {
     c_events(c);
 }
 
-static int ensure_upstream(client *c) {
-    if (c->up >= 0 && mono() - c->up_idle_since > IDLE_REUSE) { /* uvicorn closes idle ones at 5 s */
+static int ensure_upstream(client *c, int for_handoff) {
+    /* uvicorn closes idle ones at 5 s; and a hand-off's connection is never a caller's */
+    if (c->up >= 0 && (mono() - c->up_idle_since > IDLE_REUSE || c->up_handoff || for_handoff)) {
         epoll_ctl(ep, EPOLL_CTL_DEL, c->up, NULL);
         close(c->up);
         c->up = -1;
         c->out_up.n = 0;
     }
     if (c->up >= 0) return 1;
-    int up = connect_upstream();
+    int up = connect_unix(for_handoff ? handoff_path : upstream_path);
     if (up < 0) {
         static const char body[] = "{\"error\":{\"code\":\"unavailable\",\"message\":\"berth's server cannot be reached; try again\"}}";
         char rsp[512];
@@ -459,6 +465,7 @@ static int ensure_upstream(client *c) {
         return 0;
     }
     c->up = up;
+    c->up_handoff = for_handoff;
     c->up_e.kind = K_UP;
     ep_add(up, &c->up_e, EPOLLIN);
     return 1;
@@ -468,7 +475,7 @@ static int ensure_upstream(client *c) {
    socket as it came, and Python's answers come back the same way (a request whose end
    the lane cannot see: chunked, an upgrade, Expect). */
 static void client_pipe(client *c) {
-    if (!ensure_upstream(c)) return;
+    if (!ensure_upstream(c, 0)) return;
     c->mode = M_PIPE;
     if (c->in.n) {
         if (!c_write(c, 1, c->in.p, c->in.n)) return;
@@ -481,7 +488,7 @@ static void client_pipe(client *c) {
    bytes the caller sent. Its answer goes back as it comes; once it has all passed, the
    connection is the lane's again. */
 static void relay_one(client *c, const char *first, size_t first_n, size_t len, int head_req) {
-    if (!ensure_upstream(c)) return;
+    if (!ensure_upstream(c, first_n > 0)) return; /* `first` is a hand-off: its own socket */
     c->mode = M_RELAY;
     c->rs = RS_HEAD;
     c->rh.n = 0;
@@ -569,7 +576,11 @@ static void on_client(client *c, uint32_t events) {
         c_events(c);
     }
     if (!(events & (EPOLLIN | EPOLLHUP | EPOLLERR)) || c->rd_eof) return;
-    long r = c->mode == M_PIPE ? read_some(c->fd, &c->in) : read_upto(c->fd, &c->in, (size_t)max_body + MAX_HEAD);
+    size_t cap = (size_t)max_body + MAX_HEAD;
+    if (c->mode != M_PIPE && c->in.n >= cap && (events & (EPOLLHUP | EPOLLERR))) { client_close(c); return; }
+    long r = c->mode == M_PIPE ? read_some(c->fd, &c->in) : read_upto(c->fd, &c->in, cap);
+    c->last_read = mono();
+    if (c->mode != M_PIPE && c->in.n >= cap) c_events(c); /* full: not read again until served */
     if (c->mode == M_PIPE) { /* pass it on */
         if (c->in.n) {
             if (!c_write(c, 1, c->in.p, c->in.n)) return;
@@ -602,11 +613,16 @@ static void on_up(client *c, uint32_t events) {
             else if (c->mode == M_LANE) n = 0; /* nothing was asked: dropped */
             if (n && !c_write(c, 0, tmp, n)) return;
             if (done == 1) { /* the answer has passed: the connection is the lane's again */
-                if (c->fd < 0 || c->r_close) { close_when_flushed(c); return; }
+                if (c->fd < 0 || c->r_close || c->close_after) { close_when_flushed(c); return; }
                 c->mode = M_LANE;
                 c->up_idle_since = mono();
-                c_events(c);
-                if (c->in.n && !c->job) on_request(c);
+                if (c->up_handoff) { /* the caller's next requests go to berth.sock, never here */
+                    epoll_ctl(ep, EPOLL_CTL_DEL, c->up, NULL);
+                    close(c->up);
+                    c->up = -1;
+                    c->up_handoff = 0;
+                }
+                client_done(c);
                 return;
             }
             continue;
@@ -931,15 +947,15 @@ static int answer(client *c, int status, const char *ctype, const char *body, si
 }
 
 /* An answer of the lane's own, without a delivery (404 for the hand-off route). */
-static void answer_plain(client *c, int status, const char *ctype, const char *body, size_t n) {
+static void answer_plain(client *c, int status, const char *ctype, const char *body, size_t n, size_t clen) {
     char date[64];
     time_t t = time(NULL);
     struct tm tm;
     gmtime_r(&t, &tm);
     strftime(date, sizeof date, "%a, %d %b %Y %H:%M:%S GMT", &tm);
     buf out = {0};
-    putf(&out, "HTTP/1.1 %d %s\r\ndate: %s\r\nserver: uvicorn\r\ncontent-length: %zu\r\ncontent-type: %s\r\n\r\n",
-         status, reason_of(status), date, n, ctype);
+    putf(&out, "HTTP/1.1 %d %s\r\ndate: %s\r\nserver: uvicorn\r\ncontent-length: %zu\r\ncontent-type: %s\r\n%s\r\n",
+         status, reason_of(status), date, clen, ctype, c->close_after ? "connection: close\r\n" : "");
     put(&out, body, n);
     int ok = c_write(c, 0, out.p, out.n);
     buf_free(&out);
@@ -964,11 +980,27 @@ static void job_free(job *j) {
     free(j);
 }
 
-static void client_done(client *c) { /* back to reading requests */
-    if (!c) return;
+/* Back to reading requests. Its next one (already buffered, pipelined) is taken after this
+   turn of the loop, never from inside an answer: a caller pipelining thousands of requests
+   the lane answers itself would otherwise nest a call per request (a stack overflow). */
+static void client_done(client *c) {
+    if (!c || c->dead) return;
     c->job = NULL;
-    if (c->in.n) on_request(c);
-    if (!c->dead) c_events(c);
+    c_events(c);
+    if (c->in.n && !c->queued) {
+        c->queued = 1;
+        c->next_ready = ready;
+        ready = c;
+    }
+}
+
+static void serve_ready(void) {
+    while (ready) {
+        client *c = ready;
+        ready = c->next_ready;
+        c->queued = 0;
+        if (!c->dead && c->mode == M_LANE && !c->job) on_request(c);
+    }
 }
 
 static void agent_release(agent *a, int reuse);
@@ -992,7 +1024,7 @@ static void handoff(job *j, const char *outcome, const char *detail) {
         for (const char *p = detail; *p; p++) if (*p >= 0x20 && *p < 0x7f) put(&req, p, 1);
         puts_(&req, "\r\n");
     }
-    if (!j->c) puts_(&req, "connection: close\r\n");
+    if (!j->c || j->c->close_after) puts_(&req, "connection: close\r\n");
     putf(&req, "content-length: %zu\r\n\r\n", j->reply_len);
     if (j->reply_len) put(&req, j->reply, j->reply_len);
     client *c = j->c;
@@ -1048,7 +1080,14 @@ static agent *agent_take(const char *host, int port) {
     for (agent **pp = &idle_agents; *pp;) {
         agent *a = *pp;
         if (t - a->idle_since > IDLE_REUSE) { *pp = a->next; agent_close(a); continue; }
-        if (a->port == port && strcmp(a->host, host) == 0) { *pp = a->next; a->reused = 1; return a; }
+        if (a->port == port && strcmp(a->host, host) == 0) {
+            *pp = a->next;
+            char b;
+            ssize_t r = recv(a->fd, &b, 1, MSG_PEEK | MSG_DONTWAIT);
+            if (r == 0 || r > 0 || (errno != EAGAIN && errno != EWOULDBLOCK)) { agent_close(a); continue; }
+            a->reused = 1; /* nothing unasked waiting on it, and the agent has not closed it */
+            return a;
+        }
         pp = &a->next;
     }
     struct addrinfo hints = {.ai_socktype = SOCK_STREAM, .ai_flags = AI_NUMERICSERV}, *res;
@@ -1153,11 +1192,13 @@ static int agent_feed(agent *a, job *j, const char *p, size_t n, int eof) {
             for (int k = 0; k < nh; k++) {
                 if (name_is(&h[k], "content-length")) {
                     char *e;
+                    if (clen >= 0 || !h[k].vlen || h[k].val[0] < '0' || h[k].val[0] > '9') return -1;
                     clen = strtoll(h[k].val, &e, 10);
                     if (e != h[k].val + h[k].vlen || clen < 0 || clen > MAX_ANSWER) return -1;
                 } else if (name_is(&h[k], "transfer-encoding")) {
-                    chunked = h[k].vlen >= 7 && strncasecmp(h[k].val + h[k].vlen - 7, "chunked", 7) == 0;
-                    if (!chunked) return -1;
+                    /* chunked alone: another coding is one Python's client would decode */
+                    if (chunked || h[k].vlen != 7 || strncasecmp(h[k].val, "chunked", 7) != 0) return -1;
+                    chunked = 1;
                 } else if (name_is(&h[k], "connection")) {
                     if (h[k].vlen == 5 && strncasecmp(h[k].val, "close", 5) == 0) a->keep = 0;
                 } else if (name_is(&h[k], "content-encoding")) {
@@ -1172,6 +1213,7 @@ static int agent_feed(agent *a, job *j, const char *p, size_t n, int eof) {
             if (status < 200) { j->ctype[0] = 0; continue; } /* an interim answer: the real one follows */
             a->status = status;
             if (status == 204 || status == 304) return i == n ? 1 : (a->keep = 0, 1);
+            if (chunked && clen >= 0) return -1; /* both: a smuggling shape, refused as h11 does */
             if (chunked) a->rs = RS_CHUNK_LINE;
             else if (clen >= 0) {
                 a->rs = RS_BODY;
@@ -1185,6 +1227,11 @@ static int agent_feed(agent *a, job *j, const char *p, size_t n, int eof) {
             size_t data = take;
             if (a->rs == RS_CHUNK_DATA && (long long)take > a->left - 2) data = a->left - 2 > 0 ? (size_t)(a->left - 2) : 0;
             if (data > take) data = take;
+            if (a->rs == RS_CHUNK_DATA) /* the CRLF after a chunk's data, byte by byte */
+                for (size_t k = data; k < take; k++) {
+                    long long pos = a->left - (long long)k; /* 2: the CR, 1: the LF */
+                    if (p[i + k] != (pos == 2 ? '\r' : '\n')) return -1;
+                }
             put(&a->body, p + i, data);
             if ((long)a->body.n > MAX_ANSWER) return -1;
             a->left -= (long long)take;
@@ -1351,6 +1398,7 @@ static void on_request(client *c) {
     /* the request's framing: where it ends; a pipe to Python when the lane cannot tell */
     size_t req_len;
     int head_req = n >= 5 && !memcmp(p, "HEAD ", 5);
+    if (head > MAX_HEAD) { client_pipe(c); return; } /* past one read-ahead: Python's to read */
     {
         hdr fh[64];
         int fn = parse_headers(eol + 2, end + 2, fh, 64), seen = 0;
@@ -1361,8 +1409,11 @@ static void on_request(client *c) {
                 client_pipe(c);
                 return;
             }
+            if (name_is(&fh[i], "connection") && fh[i].vlen == 5 && !strncasecmp(fh[i].val, "close", 5))
+                c->close_after = 1;
             if (name_is(&fh[i], "content-length")) {
                 char *e;
+                if (!fh[i].vlen || fh[i].val[0] < '0' || fh[i].val[0] > '9') { client_pipe(c); return; }
                 fl = strtoll(fh[i].val, &e, 10);
                 if (seen++ || fh[i].vlen == 0 || e != fh[i].val + fh[i].vlen || fl < 0) { client_pipe(c); return; }
             }
@@ -1376,7 +1427,8 @@ static void on_request(client *c) {
         if (sp && eol - sp > 10 && !memcmp(sp + 1, "/v1/lane/", 9)) {
             drop(&c->in, req_len);
             static const char nf[] = "{\"error\":{\"code\":\"not_found\",\"message\":\"Not Found\"}}";
-            answer_plain(c, 404, "application/json", nf, sizeof nf - 1);
+            answer_plain(c, 404, "application/json", head_req ? "" : nf, head_req ? 0 : sizeof nf - 1,
+                         sizeof nf - 1);
             return;
         }
     }
@@ -1663,6 +1715,11 @@ static void on_tick(void) {
             enqueue(&renew_op, OP_RENEW);
         }
     }
+    for (client *c = clients, *next; c; c = next) { /* idle callers: closed at 5 s, as uvicorn */
+        next = c->next;
+        if (c->fd >= 0 && c->mode == M_LANE && !c->job && !c->out_c.n && t - c->last_read > IDLE_CLIENT)
+            client_close(c);
+    }
     int relaying = 0; /* a caller waiting on Python (Python finishes what it started) */
     for (client *c = clients; c && !relaying; c = c->next)
         relaying = c->mode != M_LANE || c->out_c.n;
@@ -1707,6 +1764,7 @@ int main(void) {
     signal(SIGPIPE, SIG_IGN);
     db_path = env_s("BERTH_LANE_DB");
     upstream_path = env_s("BERTH_LANE_UPSTREAM");
+    handoff_path = env_s("BERTH_LANE_HANDOFF");
     owner = env_s("BERTH_LANE_OWNER");
     secret = env_s("BERTH_LANE_SECRET");
     const char *admin = getenv("BERTH_LANE_ADMIN_SHA256");
@@ -1791,6 +1849,7 @@ int main(void) {
                         c->e.kind = K_CLIENT;
                         c->fd = fd;
                         c->up = -1;
+                        c->last_read = mono();
                         c->next = clients;
                         if (clients) clients->prev = c;
                         clients = c;
@@ -1810,6 +1869,7 @@ int main(void) {
             case K_SIGNAL: on_signal(); break;
             }
         }
+        serve_ready();
         if (feed_due && mono() >= feed_due) feed_flush();
         reap();
     }
