@@ -412,6 +412,14 @@ def _reply(body: bytes, ctype: bytes = b"application/json") -> bytes:
     )
 
 
+def _raw_send(body: bytes, extra: bytes = b"") -> bytes:
+    """A send to workspace w as raw bytes, with the admin token (and `extra` header lines)."""
+    return (
+        b"POST /v1/workspaces/w/a2a HTTP/1.1\r\nhost: x\r\nauthorization: Bearer %s\r\n%s"
+        b"content-length: %d\r\n\r\n%s"
+    ) % (ADMIN.encode(), extra, len(body), body)
+
+
 async def test_callers_hanging_up_mid_relay_never_crash_the_lane(lane_server):
     """Both sockets of a relayed caller ready in one epoll batch: the first event closed
     the caller, the second ran on freed memory (signal 11 within a second)."""
@@ -530,15 +538,11 @@ async def test_a_caller_sending_ahead_cannot_grow_the_lane(lane_server, agent):
     async with lane_server.client() as c:
         await _workspace(c, "w", agent.url)
     lane = _lane_pid(lane_server)
-    body = json.dumps(send_body("slow:2", "g-1")).encode()
-    head = (
-        b"POST /v1/workspaces/w/a2a HTTP/1.1\r\nhost: x\r\nauthorization: Bearer %s\r\n"
-        b"content-type: application/json\r\ncontent-length: %d\r\n\r\n"
-    ) % (ADMIN.encode(), len(body))
+    req = _raw_send(json.dumps(send_body("slow:2", "g-1")).encode())
 
     def flood() -> tuple[int, int]:  # in a thread: the agent runs on this test's loop
         with socket.create_connection(("127.0.0.1", lane_server.port)) as s:
-            s.sendall(head + body)
+            s.sendall(req)
             s.settimeout(1)
             sent, junk = 0, b"x" * 65536
             deadline = time.monotonic() + 1.5
@@ -596,15 +600,11 @@ async def test_a_caller_with_a_full_buffer_does_not_spin_the_lane(lane_server, a
     async with lane_server.client() as c:
         await _workspace(c, "w", agent.url)
     lane = _lane_pid(lane_server)
-    body = json.dumps(send_body("slow:3", "f-1")).encode()
-    head = (
-        b"POST /v1/workspaces/w/a2a HTTP/1.1\r\nhost: x\r\nauthorization: Bearer %s\r\n"
-        b"content-length: %d\r\n\r\n"
-    ) % (ADMIN.encode(), len(body))
+    req = _raw_send(json.dumps(send_body("slow:3", "f-1")).encode())
 
     def hold() -> float:
         with socket.create_connection(("127.0.0.1", lane_server.port)) as s:
-            s.sendall(head + body)
+            s.sendall(req)
             s.settimeout(0.5)
             with contextlib.suppress(OSError):
                 for _ in range(64):
@@ -621,11 +621,7 @@ async def test_a_head_longer_than_the_lane_reads_is_pythons(lane_server):
     """A 40 KB head with a body of almost max_body_bytes waited for bytes the lane would
     never read: no answer, ever. Now it is relayed, and Python answers it."""
     big = b"x-pad: " + b"p" * 40_000 + b"\r\n"
-    body = b"{" + b" " * 1_040_000 + b"}"
-    req = (
-        b"POST /v1/workspaces/w/a2a HTTP/1.1\r\nhost: x\r\nauthorization: Bearer %s\r\n%s"
-        b"content-length: %d\r\n\r\n%s"
-    ) % (ADMIN.encode(), big, len(body), body)
+    req = _raw_send(b"{" + b" " * 1_040_000 + b"}", big)
 
     def send() -> bytes:
         with socket.create_connection(("127.0.0.1", lane_server.port)) as s:
@@ -646,11 +642,7 @@ async def test_connection_close_holds_through_a_hand_off(lane_server):
     agent = await RawAgent(fail).start()
     async with lane_server.client() as c:
         await _workspace(c, "w", agent.url)
-    body = json.dumps(send_body("x", "cc-1")).encode()
-    req = (
-        b"POST /v1/workspaces/w/a2a HTTP/1.1\r\nhost: x\r\nauthorization: Bearer %s\r\n"
-        b"connection: close\r\ncontent-length: %d\r\n\r\n%s"
-    ) % (ADMIN.encode(), len(body), body)
+    req = _raw_send(json.dumps(send_body("x", "cc-1")).encode(), b"connection: close\r\n")
 
     def send() -> bytes:
         with socket.create_connection(("127.0.0.1", lane_server.port)) as s:
