@@ -167,6 +167,8 @@ async def test_plain_sends_are_served_by_the_lane_and_counted_by_berth(lane_serv
             - _metric(before, "berth_deliveries_total", workspace="w", outcome="done")
             == 20
         )
+        # the lane's own writes are power-loss durable: its writer's connection says FULL
+        assert "lane: writing with synchronous=2 " in lane_server.log.read_text()
         # what the agent got is what berth forwards: the caller's A2A headers and berth's word
         # on who called
         h = next(iter(agent.headers.values()))

@@ -1801,6 +1801,14 @@ int main(void) {
     prepare(wdb, W_ACCEPT, &w_accept);
     prepare(wdb, W_SETTLE, &w_settle);
     prepare(wdb, W_RENEW, &w_renew);
+    { /* said once, read back from the writer's own connection: what a commit is on disk by */
+        sqlite3_stmt *q;
+        int level = -1;
+        if (sqlite3_prepare_v2(wdb, "PRAGMA synchronous", -1, &q, NULL) == SQLITE_OK && sqlite3_step(q) == SQLITE_ROW)
+            level = sqlite3_column_int(q, 0);
+        sqlite3_finalize(q);
+        fprintf(stderr, "lane: writing with synchronous=%d (2: FULL, fsynced before any answer)\n", level);
+    }
 
     ep = epoll_create1(EPOLL_CLOEXEC);
     efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
