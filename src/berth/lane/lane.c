@@ -163,7 +163,7 @@ typedef struct agent {    /* a connection to an agent, in use by one job or idle
     char host[64];
     int port;
     buf in;
-    int connected, reused;
+    int connected;
     double idle_since;
     buf out;              /* the forward's bytes the agent has not taken yet */
     /* its answer, parsed as it comes */
@@ -1085,7 +1085,7 @@ static agent *agent_take(const char *host, int port) {
             char b;
             ssize_t r = recv(a->fd, &b, 1, MSG_PEEK | MSG_DONTWAIT);
             if (r == 0 || r > 0 || (errno != EAGAIN && errno != EWOULDBLOCK)) { agent_close(a); continue; }
-            a->reused = 1; /* nothing unasked waiting on it, and the agent has not closed it */
+            /* nothing unasked waiting on it, and the agent has not closed it: reused */
             return a;
         }
         pp = &a->next;
@@ -1301,11 +1301,9 @@ static void on_agent(agent *a, uint32_t events) {
         if (got == 1) a->keep = 0;
         break;
     }
-    if (got < 0) {
-        int retry = a->reused && a->got == 0;
+    if (got < 0) { /* as Python's client says it: a failed forward (no second try here) */
         agent_close(a);
         j->a = NULL;
-        if (retry) { forward(j); return; } /* a kept connection the agent had closed: once more */
         handoff(j, "transport", "the agent's answer was cut or malformed");
         return;
     }
