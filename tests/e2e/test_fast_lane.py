@@ -302,14 +302,19 @@ def _lane_pid(server: BerthServer) -> int:
     raise AssertionError("no lane process under berth")
 
 
+async def _forwarded(agent: Agent, mid: str, timeout: float = 10.0) -> None:
+    """Until the agent has the message (its forward is running)."""
+    deadline = time.monotonic() + timeout
+    while agent.forwards[mid] == 0:
+        assert time.monotonic() < deadline, f"{mid} never reached the agent"
+        await asyncio.sleep(0.02)
+
+
 async def test_a_lane_killed_mid_forward_loses_nothing(lane_server, agent):
     async with lane_server.client() as c:
         await _workspace(c, "w", agent.url)
         send = asyncio.create_task(_send(c, "w", "slow:1.5", "k-1"))
-        deadline = time.monotonic() + 10
-        while agent.forwards["k-1"] == 0:
-            assert time.monotonic() < deadline
-            await asyncio.sleep(0.02)
+        await _forwarded(agent, "k-1")
         os.kill(_lane_pid(lane_server), signal.SIGKILL)
         with pytest.raises(httpx.HTTPError):
             await send  # the caller's connection was the lane's: cut
@@ -335,10 +340,7 @@ async def test_berth_killed_takes_its_lane_along_and_the_next_berth_delivers(tmp
         async with first.client() as c:
             await _workspace(c, "w", agent.url)
             send = asyncio.create_task(_send(c, "w", "slow:1", "x-1"))
-            deadline = time.monotonic() + 10
-            while agent.forwards["x-1"] == 0:
-                assert time.monotonic() < deadline
-                await asyncio.sleep(0.02)
+            await _forwarded(agent, "x-1")
             lane = _lane_pid(first)
             first.kill9()
             with pytest.raises(httpx.HTTPError):
