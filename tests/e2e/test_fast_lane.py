@@ -661,3 +661,34 @@ async def test_connection_close_holds_through_a_hand_off(lane_server):
     head = out.split(b"\r\n\r\n", 1)[0].lower()
     assert b"connection: close" in head and b'"error"' in out
     assert agent.posts == 2  # BERTH_MAX_ATTEMPTS=2: retried once by Python, then dead
+
+
+async def test_a_caller_that_never_reads_its_answers_is_not_read_either(lane_server, agent):
+    """Found by fuzzing: answers the lane writes itself (a 404 for /v1/lane/) piled up for
+    a caller that never read them (536 MB from one connection), and its pipelined
+    requests were all answered in one turn of the loop (other callers waited seconds)."""
+    async with lane_server.client() as c:
+        await _workspace(c, "w", agent.url)
+    lane = _lane_pid(lane_server)
+    req = b"GET /v1/lane/x HTTP/1.1\r\nhost: x\r\n\r\n" * 1000
+    socks = [socket.create_connection(("127.0.0.1", lane_server.port)) for _ in range(8)]
+    try:
+
+        def flood(s: socket.socket) -> None:
+            s.settimeout(1)
+            with contextlib.suppress(OSError):
+                for _ in range(400):  # 15 MB each, unless the lane stops reading
+                    s.sendall(req)
+
+        await asyncio.gather(*(asyncio.to_thread(flood, s) for s in socks))
+        async with lane_server.client() as c:
+            t0 = time.monotonic()
+            r = await _send(c, "w", "still served", "n-1")
+            took = time.monotonic() - t0
+        status = Path(f"/proc/{lane}/status").read_text().splitlines()
+        rss = int(next(line.split()[1] for line in status if line.startswith("VmRSS")))
+    finally:
+        for s in socks:
+            s.close()
+    assert r.status_code == 200 and took < 1.0, took
+    assert rss < 64 * 1024, f"the lane holds {rss} kB for callers that do not read"

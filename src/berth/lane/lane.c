@@ -366,7 +366,8 @@ static void c_events(client *c) {
     if (c->fd >= 0) {
         /* a pipe reads while Python keeps up; otherwise up to one request ahead (the rest
            waits in the socket: what a caller sends early cannot grow the lane) */
-        int room = c->mode == M_PIPE ? c->out_up.n < HIGH_WATER : c->in.n < (size_t)max_body + MAX_HEAD;
+        int room = c->out_c.n < HIGH_WATER && /* a caller not reading its answers is not read */
+                   (c->mode == M_PIPE ? c->out_up.n < HIGH_WATER : c->in.n < (size_t)max_body + MAX_HEAD);
         uint32_t e = (!c->rd_eof && room ? EPOLLIN : 0) | (c->out_c.n ? EPOLLOUT : 0);
         ep_mod(c->fd, &c->e, e);
     }
@@ -518,8 +519,12 @@ static size_t resp_feed(client *c, const char *p, size_t n, int *done) {
             if (!nl) break;
             if (c->rs == RS_CHUNK_LINE) {
                 long long size = 0;
-                for (size_t k = 0; k < c->rh.n && hexval(c->rh.p[k]) >= 0; k++) size = size * 16 + hexval(c->rh.p[k]);
+                for (size_t k = 0; k < c->rh.n && hexval(c->rh.p[k]) >= 0; k++) {
+                    size = size * 16 + hexval(c->rh.p[k]);
+                    if (size > (1LL << 40)) break;
+                }
                 c->rh.n = 0;
+                if (size > (1LL << 40)) { c->rs = RS_UNTIL_CLOSE; *done = -1; break; } /* not uvicorn's */
                 if (size == 0) c->rs = RS_TRAILER;
                 else { c->rs = RS_CHUNK_DATA; c->rleft = size + 2; }
                 break;
@@ -538,7 +543,8 @@ static size_t resp_feed(client *c, const char *p, size_t n, int *done) {
             long long clen = -1;
             int chunked = 0;
             for (int k = 0; k < nh; k++) {
-                if (name_is(&h[k], "content-length")) clen = strtoll(h[k].val, NULL, 10);
+                if (name_is(&h[k], "content-length"))
+                    clen = h[k].vlen && h[k].val[0] >= '0' && h[k].val[0] <= '9' ? strtoll(h[k].val, NULL, 10) : -1;
                 else if (name_is(&h[k], "transfer-encoding")) chunked = 1;
                 else if (name_is(&h[k], "connection") && h[k].vlen == 5 && !strncasecmp(h[k].val, "close", 5)) c->r_close = 1;
             }
@@ -571,9 +577,11 @@ static size_t resp_feed(client *c, const char *p, size_t n, int *done) {
 
 static void on_client(client *c, uint32_t events) {
     if (events & EPOLLOUT) {
+        int held = c->out_c.n >= HIGH_WATER;
         if (!flush_to(c->fd, &c->out_c)) { client_close(c); return; }
         if (c->closing && !c->out_c.n) { client_close(c); return; }
         c_events(c);
+        if (held && c->out_c.n < HIGH_WATER && c->mode == M_LANE && !c->job) client_done(c);
     }
     if (!(events & (EPOLLIN | EPOLLHUP | EPOLLERR)) || c->rd_eof) return;
     size_t cap = (size_t)max_body + MAX_HEAD;
@@ -994,12 +1002,16 @@ static void client_done(client *c) {
     }
 }
 
-static void serve_ready(void) {
-    while (ready) {
-        client *c = ready;
-        ready = c->next_ready;
+static void serve_ready(void) { /* one request of each ready caller per turn of the loop */
+    client *list = ready;
+    ready = NULL;
+    while (list) {
+        client *c = list;
+        list = c->next_ready;
         c->queued = 0;
-        if (!c->dead && c->mode == M_LANE && !c->job) on_request(c);
+        if (c->dead || c->mode != M_LANE || c->job) continue;
+        if (c->out_c.n >= HIGH_WATER) continue; /* taken up again once its answers are out */
+        on_request(c);
     }
 }
 
@@ -1835,8 +1847,8 @@ int main(void) {
 
     struct epoll_event evs[256];
     for (;;) {
-        int wait_ms = -1;
-        if (feed_due) {
+        int wait_ms = ready ? 0 : -1;
+        if (feed_due && !ready) {
             double left = feed_due - mono();
             wait_ms = left <= 0 ? 0 : (int)(left * 1000) + 1;
         }
