@@ -92,6 +92,15 @@ def _lane_on(env: dict[str, str] | None = None) -> dict[str, str]:
     return {**LANE_ENV, **(env or {})}
 
 
+def _accepted(delivery_id: str) -> dict[str, str]:
+    """The body Python answers a wait that ran out with (proxy._accepted)."""
+    return {
+        "delivery_id": delivery_id,
+        "status": "in_flight",
+        "status_url": f"/v1/deliveries/{delivery_id}",
+    }
+
+
 def _metric(text: str, name: str, **labels: str) -> float:
     total = 0.0
     for line in text.splitlines():
@@ -270,11 +279,7 @@ async def test_a_wait_that_runs_out_is_answered_202_and_the_forward_goes_on(tmp_
             r = await _send(c, "w", "slow:2", "s-1")
             assert r.status_code == 202
             i = r.headers["x-berth-delivery-id"]
-            assert r.json() == {
-                "delivery_id": i,
-                "status": "in_flight",
-                "status_url": f"/v1/deliveries/{i}",
-            }
+            assert r.json() == _accepted(i)
             # the connection goes on serving while the forward runs
             ok = await _send(c, "w", "quick", "s-2")
             assert ok.status_code == 200
@@ -516,11 +521,7 @@ async def test_x_berth_wait_is_the_lane_s_too(lane_server, agent):
         r = await c.post("/v1/workspaces/w/a2a", json=body, headers={"x-berth-wait": "0"})
         assert r.status_code == 202
         i = r.headers["x-berth-delivery-id"]
-        assert r.json() == {
-            "delivery_id": i,
-            "status": "in_flight",
-            "status_url": f"/v1/deliveries/{i}",
-        }
+        assert r.json() == _accepted(i)
         r = await c.post(
             "/v1/workspaces/w/a2a", json=send_body("quick", "w-1"), headers={"x-berth-wait": "5"}
         )

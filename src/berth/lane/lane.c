@@ -162,7 +162,6 @@ typedef struct agent {    /* a connection to an agent, in use by one job or idle
     int fd, dead;
     char host[64];
     int port;
-    buf in;
     int connected;
     double idle_since;
     buf out;              /* the forward's bytes the agent has not taken yet */
@@ -175,7 +174,7 @@ typedef struct agent {    /* a connection to an agent, in use by one job or idle
     struct agent *next;   /* in the idle pool */
 } agent;
 
-enum { J_ACCEPTING, J_FORWARDING, J_SETTLING, J_GONE };
+enum { J_ACCEPTING, J_FORWARDING, J_SETTLING };
 enum { OP_ACCEPT = 1, OP_SETTLE, OP_RENEW };
 
 typedef struct job {
@@ -186,7 +185,7 @@ typedef struct job {
     client *c;            /* the caller waiting, or NULL once answered 202 / gone */
     agent *a;
     /* the delivery */
-    char id[37], ws_id[128], ws_name[128], caller[300], message_id[257], fingerprint[65];
+    char id[37], ws_id[128], caller[300], message_id[257], fingerprint[65];
     char agent_host[64], agent_path[512], host_header[96];
     char run[130];        /* the run it goes to and the crashes before (judging a hand-off) */
     long long crashes;
@@ -403,7 +402,6 @@ static void reap(void) {
     while (dead_agents) {
         agent *a = dead_agents;
         dead_agents = a->next;
-        buf_free(&a->in);
         buf_free(&a->out);
         buf_free(&a->line);
         buf_free(&a->body);
@@ -1561,12 +1559,11 @@ static void on_request(client *c) {
         const char *url = (const char *)sqlite3_column_text(q_ws, 2);
         j = calloc(1, sizeof *j);
         if (!url || sqlite3_column_bytes(q_ws, 0) >= (int)sizeof j->ws_id ||
-            sqlite3_column_bytes(q_ws, 1) >= (int)sizeof j->ws_name || !agent_target(url, j)) {
+            !agent_target(url, j)) {
             free(j);
             j = NULL;
         } else {
             snprintf(j->ws_id, sizeof j->ws_id, "%s", (const char *)sqlite3_column_text(q_ws, 0));
-            snprintf(j->ws_name, sizeof j->ws_name, "%s", (const char *)sqlite3_column_text(q_ws, 1));
             j->capacity = sqlite3_column_int64(q_ws, 3);
             const char *run = (const char *)sqlite3_column_text(q_ws, 4);
             if (run && strlen(run) < sizeof j->run && header_safe(run, strlen(run))) strcpy(j->run, run);
