@@ -216,15 +216,49 @@ _OWN = (
     "AND {x}status = '" + rows.IN_FLIGHT + "' AND {x}lease_owner = p_owner[i] "
     "AND {x}forwards = 1 AND {x}first_forwarded_at = p_now[i]"
 )
+# The same, for every claim of the call at once (u: the arguments, unnested).
+_OWN_SET = (
+    "id = ANY (string_to_array(u.ifs, ' ')) AND xmin = pg_current_xact_id()::xid "
+    "AND status = '" + rows.IN_FLIGHT + "' AND lease_owner = u.owner "
+    "AND forwards = 1 AND first_forwarded_at = u.now"
+)
 _CLAIM_MANY_FUNCTION = f"""
 CREATE OR REPLACE FUNCTION berth_claim_many(p_ws text[], p_cap integer[], p_owner text[],
                                             p_now double precision[], p_until double precision[],
                                             p_if text[], p_own boolean[])
 RETURNS TABLE (k integer, d deliveries) LANGUAGE plpgsql VOLATILE
 SET enable_seqscan = off AS $$
-DECLARE i integer; ids text[]; n bigint; mine bigint; keep bigint;
+DECLARE i integer; ids text[]; n bigint; mine bigint; keep bigint; quick integer[];
 BEGIN
+    IF true = ALL (p_own) THEN
+        -- every claim is of rows written in flight (the proxy's accept_claims): the locks in
+        -- their order, then one statement that finds the claims keeping all their rows, and
+        -- one that returns those rows; the loop below decides the others, one by one
+        PERFORM pg_advisory_xact_lock({_CLAIM_LOCK_CLASS}, s.h) FROM (
+            SELECT DISTINCT hashtext(u.ws) AS h FROM unnest(p_ws, p_cap) AS u(ws, cap)
+            WHERE u.cap IS NOT NULL ORDER BY 1
+        ) AS s;
+        SELECT array_agg(q.k) INTO quick FROM (
+            SELECT u.k, u.cap,
+                (SELECT count(*) FROM deliveries WHERE {_OWN_SET}) AS mine,
+                (SELECT count(*) FROM deliveries WHERE workspace_id = u.ws AND status = '{rows.IN_FLIGHT}') AS n,
+                EXISTS (
+                    SELECT 1 FROM deliveries WHERE workspace_id = u.ws AND status = '{rows.QUEUED}'
+                        AND not_before <= u.now
+                ) AS older
+            FROM unnest(p_ws, p_cap, p_owner, p_now, p_if) WITH ORDINALITY AS u(ws, cap, owner, now, ifs, k)
+        ) AS q
+        WHERE q.mine > 0 AND NOT q.older AND (q.cap IS NULL OR q.n <= q.cap);
+        IF quick IS NOT NULL THEN
+            RETURN QUERY
+            SELECT u.k::integer, x
+            FROM unnest(p_owner, p_now, p_if) WITH ORDINALITY AS u(owner, now, ifs, k)
+            JOIN deliveries AS x ON {_OWN_SET}
+            WHERE u.k = ANY (quick);
+        END IF;
+    END IF;
     FOR i IN SELECT u.k FROM unnest(p_ws) WITH ORDINALITY AS u(ws, k) ORDER BY hashtext(u.ws), u.ws, u.k LOOP
+        CONTINUE WHEN i = ANY (quick);
         ids := string_to_array(p_if[i], ' ');
         CONTINUE WHEN p_if[i] IS NOT NULL AND NOT EXISTS (SELECT 1 FROM deliveries WHERE id = ANY (ids));
         mine := 0;
