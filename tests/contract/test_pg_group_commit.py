@@ -613,3 +613,48 @@ async def test_a_delivery_accepted_again_while_in_flight_is_not_handed_out_again
     stored = await store.get_delivery(e.id)
     assert stored.status is D.IN_FLIGHT and stored.forwards == 1
     assert await store.pending("w2") == (1, 1)
+
+
+async def test_two_claims_of_one_workspace_in_a_flush_keep_its_order(pg: tuple[Any, str]) -> None:
+    """The accept_claims of one workspace share a claim per capacity: a capacity changed
+    between two of them makes two claims in one flush. The first (capacity 1, full) puts its
+    message back in the queue; the second must then see it as older work and claim oldest
+    first, as one claim after the other would (found by review: the all-in-flight path
+    decided the second before the first had put anything back)."""
+    from berth.adapters.sql.postgres_batch import AcceptClaimCall, ClaimCall
+
+    store, _ = pg
+
+    def call(msg: str, cap: int) -> AcceptClaimCall:
+        return AcceptClaimCall(make_d("w1", msg), ClaimCall("w1", cap, "me", T0 + 1, T0 + LEASE))
+
+    out = await store._write_many([call("a", 1), call("b1", 5), call("b2", 5)])
+    status = {m: (await store.find_delivery("w1", m)).status for m in ("a", "b1", "b2")}
+    assert status == {"a": D.IN_FLIGHT, "b1": D.IN_FLIGHT, "b2": D.IN_FLIGHT}
+    assert sorted(g.message_id for o in out for g in o[2]) == ["a", "b1", "b2"]
+
+
+async def test_a_flush_after_a_newer_version_added_a_column_is_answered(
+    pg: tuple[Any, str],
+) -> None:
+    """A rolling deploy: a newer berth's migration adds a column to `deliveries` while this
+    version's pooled connections run. Its next flush must still answer its callers (it
+    commits before its rows are read: a row this version cannot decode would leave an
+    accepted message leased and its caller with an error; found by review when the rows
+    came back as one composite value, whose layout asyncpg caches per connection)."""
+    store, url = pg
+    stored, created, _ = await store.accept_claim(
+        make_d("w1", "warm"), capacity=None, owner="me", lease_seconds=LEASE, now=T0 + 1
+    )
+    assert created
+    other = await _other_connection(url)
+    try:
+        await other.execute("ALTER TABLE deliveries ADD COLUMN from_a_newer_version text")
+    finally:
+        await other.close()
+    stored, created, claimed = await store.accept_claim(
+        make_d("w1", "m1"), capacity=None, owner="me", lease_seconds=LEASE, now=T0 + 1
+    )
+    assert created and [g.message_id for g in claimed] == ["m1"]
+    settled = await store.settle(stored.id, "me", Settle(D.DONE, reply=b"{}"), T0 + 2)
+    assert settled is not None and settled.status is D.DONE

@@ -245,10 +245,14 @@ BEGIN
                 EXISTS (
                     SELECT 1 FROM deliveries WHERE workspace_id = u.ws AND status = '{rows.QUEUED}'
                         AND not_before <= u.now
-                ) AS older
+                ) AS older,
+                -- a workspace with two claims in the call (its capacity changed between two
+                -- accept_claims) is the loop's: the first may put rows back that the second
+                -- must then see as older work
+                (SELECT count(*) FROM unnest(p_ws) AS w WHERE w = u.ws) = 1 AS alone
             FROM unnest(p_ws, p_cap, p_owner, p_now, p_if) WITH ORDINALITY AS u(ws, cap, owner, now, ifs, k)
         ) AS q
-        WHERE q.mine > 0 AND NOT q.older AND (q.cap IS NULL OR q.n <= q.cap);
+        WHERE q.mine > 0 AND NOT q.older AND (q.cap IS NULL OR q.n <= q.cap) AND q.alone;
         IF quick IS NOT NULL THEN
             RETURN QUERY
             SELECT u.k::integer, x

@@ -161,7 +161,7 @@ BEGIN
 END $$
 """
 _WRITE = (
-    "SELECT t.w_kind, t.w_k, t.w_row FROM berth_write("
+    "SELECT t.w_kind, t.w_k, (t.w_row).* FROM berth_write("
     + ", ".join(f"${i}::{t}[]" for i, (_, t) in enumerate(_ARGS, 1))
     + ") AS t"
 )
@@ -251,7 +251,7 @@ class PostgresBatches(PostgresBase):
         latest: dict[str, Delivery] = {}  # what the flush's claims made of each row
         requeued: dict[str, Delivery] = {}  # written in flight, put back in the queue
         for r in got:
-            kind, d = r["w_kind"], rows.d_from_row(r["w_row"])
+            kind, d = r["w_kind"], rows.d_from_row(r)
             if kind == "claim":
                 claimed[r["w_k"]].append(d)
                 latest[d.id] = d
