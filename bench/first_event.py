@@ -1,7 +1,7 @@
 """Time to first event of a stream, through berth vs straight to the same echo agent.
 
     python bench/first_event.py [--n 200] [--rounds 2] [--database-url postgresql://…]
-    python bench/first_event.py --trivial [--n 300] [--rounds 2] [--ref-src DIR]
+    python bench/first_event.py --trivial [--n 300] [--rounds 2] [--ref-src DIR] [--lane]
 
 Each request is `SendStreamingMessage` of `task sleep:0.2 …`: the echo agent sends its
 first event (the task, `working`) at once and the last after 0.2 s, so the first-event
@@ -17,6 +17,8 @@ first event at once, its last 50 ms later, no a2a-sdk), as an external workspace
 echo agent's own 9 ms and its long tail no longer blur berth's share, which is the
 difference of "via berth" and "direct" there. `--ref-src DIR` adds a second berth
 imported from another checkout's `src/` (the code before a change), in the same rounds.
+`--lane` adds a berth with its fast lane (`BERTH_FAST_LANE=on`), which relays streams to
+berth's Python server: what that hop costs a stream's first event.
 """
 
 from __future__ import annotations
@@ -110,6 +112,9 @@ async def main() -> None:
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--trivial", action="store_true")
     ap.add_argument("--ref-src", help="with --trivial: also a berth from this src/")
+    ap.add_argument(
+        "--lane", action="store_true", help="with --trivial: also a berth with its fast lane"
+    )
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as t:
         tmp = Path(t)
@@ -167,11 +172,13 @@ async def trivial(args: argparse.Namespace, tmp: Path, procs: Procs, dbs: Databa
     spec = {"runtime": "external", "url": agent, "max_concurrency": 64}
     auth = {"authorization": f"Bearer {ADMIN}"}
     targets: list[tuple[str, str, dict[str, str]]] = [("direct", agent, {})]
-    for label, src in [("via berth", None), ("ref berth", args.ref_src)]:
-        if label == "ref berth" and not src:
+    for label, src in [("via berth", None), ("ref berth", args.ref_src), ("lane berth", None)]:
+        if (label == "ref berth" and not src) or (label == "lane berth" and not args.lane):
             continue
         extra = await dbs.fresh()  # a database of its own (see proxy.Databases)
         env = {**extra, "PYTHONPATH": src} if src else extra
+        if label == "lane berth":  # streams are relayed by the lane to berth's Python server
+            env = {**env, "BERTH_FAST_LANE": "on"}
         berth, _ = start_berth(procs, tmp / label.replace(" ", "-"), **env)
         via = external_workspace(berth, f"trivial-sse-{len(targets)}-{os.getpid()}", **spec)
         targets.append((label, via, auth))

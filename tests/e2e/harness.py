@@ -92,6 +92,10 @@ class BerthServer:
             "BERTH_AGENT_USER": "inherit",
             **(env or {}),
         }
+        if (
+            os.environ.get("TESTS_FAST_LANE") == "on"
+        ):  # the whole suite on the lane (docs/fast-lane.md)
+            self.env.setdefault("BERTH_FAST_LANE", "on")
         self.args = args or []
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = data_dir / f"serve-{self.port}.log"
