@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.harness import LANE_ENV, BerthServer, require_lane
+from tests.e2e.harness import LANE_ENV, PYTHON_ENV, BerthServer, require_lane
 
 os.environ.setdefault("OTEL_INSTRUMENTATION_A2A_SDK_ENABLED", "false")
 
@@ -36,8 +36,10 @@ def call_failed(request: pytest.FixtureRequest) -> Callable[[], bool]:
 def berth_server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[BerthServer]:
     """A real `berth serve` on the embedded default (SQLite, process runtime). When the
     test fails, the server's log ends its report (CI keeps no files)."""
-    lane = getattr(request, "param", "python") == "lane"  # BOTH_PATHS runs a test twice
-    server = BerthServer(tmp_path / "berth", env=LANE_ENV if lane else None).start()
+    path = getattr(request, "param", None)  # BOTH_PATHS runs a test twice: "python", "lane"
+    lane = path == "lane"
+    env = LANE_ENV if lane else PYTHON_ENV if path == "python" else None
+    server = BerthServer(tmp_path / "berth", env=env).start()
     try:
         if lane:
             require_lane(server)

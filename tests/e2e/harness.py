@@ -24,6 +24,9 @@ ECHO = [sys.executable, "-m", "berth.examples.echo"]
 # a test run twice: on berth alone, and with its fast lane (docs/fast-lane.md) in front
 BOTH_PATHS = pytest.mark.parametrize("berth_server", ["python", "lane"], indirect=True)
 LANE_ENV = {"BERTH_FAST_LANE": "on"}
+PYTHON_ENV = {
+    "BERTH_FAST_LANE": "off"
+}  # the other path of BOTH_PATHS, whatever TESTS_FAST_LANE says
 
 
 def require_lane(server: BerthServer, timeout: float = 15.0) -> None:

@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.e2e.harness import ADMIN, LANE_ENV, BerthServer, require_lane
+from tests.e2e.harness import ADMIN, LANE_ENV, PYTHON_ENV, BerthServer, require_lane
 from tests.e2e.stock import Ends, StockAgent, kinds, media, message
 
 pytestmark = pytest.mark.slow
@@ -44,7 +44,7 @@ def world(
     tmp: Path = tmp_path_factory.mktemp("transparency")
     agent = StockAgent(tmp).start()
     lane = request.param == "lane"
-    server = BerthServer(tmp / "berth", env=LANE_ENV if lane else None).start()
+    server = BerthServer(tmp / "berth", env=LANE_ENV if lane else PYTHON_ENV).start()
     try:
         if lane:
             require_lane(server)

@@ -30,6 +30,7 @@ from aiohttp import web
 from tests.e2e.harness import (
     ADMIN,
     LANE_ENV,
+    PYTHON_ENV,
     BerthServer,
     lane_served,
     require_lane,
@@ -204,7 +205,7 @@ async def test_the_lane_answers_as_python_does(tmp_path, agent):
     """The same sends to a berth without the lane and to one with it: the same statuses,
     bodies and header names (only the date and the ids differ)."""
     seen: dict[str, list[tuple[int, Any, list[str]]]] = {}
-    for mode, env in (("python", {}), ("lane", _lane_on())):
+    for mode, env in (("python", PYTHON_ENV), ("lane", _lane_on())):
         server = BerthServer(tmp_path / mode, env=env).start()
         try:
             if mode == "lane":
@@ -223,6 +224,46 @@ async def test_the_lane_answers_as_python_does(tmp_path, agent):
                 seen[mode] = out
         finally:
             server.stop()
+    assert seen["lane"] == seen["python"]
+
+
+async def test_the_lane_records_a_send_as_python_does(tmp_path, agent):
+    """A send the lane served leaves the delivery record Python's own would: the method as
+    the caller spelt it (A2A 1.0's SendMessage or 0.3's message/send), the headers, the
+    request (only the ids and the times differ)."""
+    volatile = {"id", "delivery_id", "workspace_id"}  # and the times:
+    volatile |= {"created_at", "first_forwarded_at", "finished_at"}
+    seen: dict[str, list[Any]] = {}
+    for mode, env in (("python", PYTHON_ENV), ("lane", _lane_on())):
+        server = BerthServer(tmp_path / mode, env=env).start()
+        try:
+            if mode == "lane":
+                require_lane(server)
+            before = lane_served(server)
+            async with server.client() as c:
+                await _workspace(c, "w", agent.url)
+                out: list[Any] = []
+                for body in (
+                    send_body("v1", "r-1"),
+                    send_body("v03", "r-2", v03=True, rid="abc"),
+                ):
+                    r = await c.post("/v1/workspaces/w/a2a", json=body)
+                    assert r.status_code == 200, r.text
+                    i = r.headers["x-berth-delivery-id"]
+                    shown = (await c.get(f"/v1/deliveries/{i}")).json()
+                    carried = (await c.get(f"/v1/deliveries/{i}/request")).json()
+                    for doc in (shown, carried):
+                        for k in volatile & doc.keys():
+                            doc[k] = None
+                    out.append((shown, carried))
+                listed = (await c.get("/v1/workspaces/w/deliveries")).json()["deliveries"]
+                out.append(sorted(d["method"] for d in listed))
+            seen[mode] = out
+            # the lane served both itself (else this compares Python with Python)
+            assert lane_served(server) - before == (2 if mode == "lane" else 0)
+        finally:
+            server.stop()
+    assert seen["python"][-1] == ["SendMessage", "message/send"]
     assert seen["lane"] == seen["python"]
 
 

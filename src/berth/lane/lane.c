@@ -186,6 +186,7 @@ typedef struct job {
     agent *a;
     /* the delivery */
     char id[37], ws_id[128], caller[300], message_id[257], fingerprint[65];
+    const char *method;   /* message/send or SendMessage, as the caller sent it (static) */
     char agent_host[64], agent_path[512], host_header[96];
     char run[130];        /* the run it goes to and the crashes before (judging a hand-off) */
     long long crashes;
@@ -804,7 +805,7 @@ static void run_op(job *j) {
         sqlite3_bind_text(s, 3, j->caller, -1, SQLITE_STATIC);
         sqlite3_bind_text(s, 4, j->message_id, -1, SQLITE_STATIC);
         sqlite3_bind_text(s, 5, j->fingerprint, -1, SQLITE_STATIC);
-        sqlite3_bind_text(s, 6, "message/send", -1, SQLITE_STATIC);
+        sqlite3_bind_text(s, 6, j->method, -1, SQLITE_STATIC);
         sqlite3_bind_blob(s, 7, j->request, (int)j->request_len, SQLITE_STATIC);
         sqlite3_bind_text(s, 8, j->headers_json, -1, SQLITE_STATIC);
         sqlite3_bind_text(s, 9, owner, -1, SQLITE_STATIC);
@@ -1533,8 +1534,13 @@ static void on_request(client *c) {
         }
     }
     plain = plain && member(canon.p, ce, "jsonrpc", &vs, &ve) && ve - vs == 5 && !memcmp(vs, "\"2.0\"", 5);
-    plain = plain && member(canon.p, ce, "method", &vs, &ve) &&
-            ((ve - vs == 14 && !memcmp(vs, "\"message/send\"", 14)) || (ve - vs == 13 && !memcmp(vs, "\"SendMessage\"", 13)));
+    /* the method as the caller spelt it (A2A 0.3 or 1.0): berth's record keeps it */
+    const char *method = NULL;
+    if (plain && member(canon.p, ce, "method", &vs, &ve)) {
+        if (ve - vs == 14 && !memcmp(vs, "\"message/send\"", 14)) method = "message/send";
+        else if (ve - vs == 13 && !memcmp(vs, "\"SendMessage\"", 13)) method = "SendMessage";
+    }
+    plain = plain && method;
     if (plain && member(canon.p, ce, "id", &is, &ie)) /* a string or an integer */
         plain = *is == '"' || *is == '-' || (*is >= '0' && *is <= '9');
     else plain = 0;
@@ -1578,6 +1584,7 @@ static void on_request(client *c) {
     snprintf(j->caller, sizeof j->caller, "%s", caller);
     snprintf(j->message_id, sizeof j->message_id, "%s", message_id);
     snprintf(j->fingerprint, sizeof j->fingerprint, "%s", fingerprint);
+    j->method = method;
     j->request = malloc((size_t)clen + 1);
     memcpy(j->request, body, (size_t)clen);
     j->request_len = (size_t)clen;
