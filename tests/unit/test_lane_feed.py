@@ -149,7 +149,7 @@ async def test_a_hand_off_that_overtakes_its_feed_line_leaves_nothing_in_flight(
 ) -> None:
     ws = await w.create("a")
     d = await lane_accepts(w, ws, "m1")
-    w.c.dispatcher.lane_ended(d.id)  # the hand-off came first
+    w.c.dispatcher.lane.ended(d.id)  # the hand-off came first
     await feed_of(w).apply(f_line(d))
     assert w.c.dispatcher.in_flight(ws.id) == []
     assert w.c.metrics.value("berth_deliveries_accepted_total", workspace="a") == 1
@@ -161,7 +161,7 @@ async def test_the_lane_exiting_forgets_its_forwards(w: World) -> None:
     await feed_of(w).apply(f_line(d))
     drained = asyncio.create_task(w.c.dispatcher.wait_idle(ws.id, 5))
     await asyncio.sleep(0.02)
-    w.c.dispatcher.lane_forget()
+    w.c.dispatcher.lane.forget()
     assert await asyncio.wait_for(drained, 1) is True
     assert w.c.dispatcher.in_flight(ws.id) == []
 
@@ -186,7 +186,7 @@ async def test_a_malformed_line_is_skipped_with_a_warning(
     with caplog.at_level(logging.WARNING, logger="berth.lane"):
         await feed.apply(bad)
     assert "malformed feed line" in caplog.text
-    assert w.c.dispatcher.in_flight(ws.id) == [] and w.c.dispatcher._lane_gone == {}
+    assert w.c.dispatcher.in_flight(ws.id) == [] and w.c.dispatcher.lane._gone == {}
     await feed.apply(f_line(d))  # the feed goes on
     assert w.c.dispatcher.in_flight(ws.id) == [d.id]
 

@@ -58,7 +58,7 @@ class Lane:
         self.upstream = upstream
         self.handoff_path = handoff or upstream.with_name(HANDOFF_FILE)
         self._deliveries, self._dispatcher, self._metrics = c.deliveries, c.dispatcher, c.metrics
-        c.dispatcher.lane_owner = self.owner  # a drain reads the lane's forwards from the store
+        c.dispatcher.lane.owner = self.owner  # a drain reads the lane's forwards from the store
         secret = secrets.token_hex(16)
         self.feed = LaneFeed(c.deliveries, c.dispatcher, c.events, c.metrics, c.roster.name_of)
         self.handoff = LaneHandoff(
@@ -113,4 +113,4 @@ class Lane:
                 log.info("fast lane: gave back %d in-flight deliveries", len(released))
         except Exception:  # the store is away: the lane's leases run out instead
             log.exception("fast lane: could not give its leases back; they will expire")
-        self._dispatcher.lane_forget()
+        self._dispatcher.lane.forget()

@@ -61,7 +61,7 @@ class LaneFeed:
         """Accepted in flight, and being forwarded: DeliveryLog.accept + claim's outcome."""
         did, ws_id, mid = _str(ev, "id"), _str(ev, "ws"), _str(ev, "mid")
         name = self._name_of(ws_id)
-        self._dispatcher.lane_started(ws_id, did)
+        self._dispatcher.lane.started(ws_id, did)
         self._metrics.inc("berth_deliveries_accepted_total", workspace=name)
         self._events.flow("delivery.accepted", delivery_id=did, workspace_id=ws_id, message_id=mid)
         self._events.flow(
@@ -76,7 +76,7 @@ class LaneFeed:
         took = float(ev["finished"]) - float(ev["created"])
         forward = float(ev["fwd"])
         name = self._name_of(ws_id)
-        self._dispatcher.lane_ended(did)
+        self._dispatcher.lane.ended(did)
         self._metrics.observe("berth_forward_seconds", forward, workspace=name)
         self._metrics.inc("berth_deliveries_total", workspace=name, outcome="done")
         self._metrics.inc("berth_lane_deliveries_total", workspace=name)

@@ -81,7 +81,7 @@ class LaneHandoff:
                     self._adopt(h, d, outcome, body, status, ctype, detail)
             finally:  # the lane's forward is over whatever happens here (a failed take
                 # leaves the row to its lease, which the lane no longer renews)
-                self._dispatcher.lane_ended(h.delivery_id)
+                self._dispatcher.lane.ended(h.delivery_id)
             if d is None:  # a restart requeued it, or its lease ran out: its answer, then
                 d = await self._log.get(h.delivery_id)
         except BaseException:

@@ -21,6 +21,7 @@ from berth.ports import AgentClient, AgentReply, Settle
 from berth.services.agent_link import AgentLink
 from berth.services.delivery_log import DeliveryLog
 from berth.services.events import Events
+from berth.services.lane_forwards import LaneForwards
 from berth.services.replies import classify, classify_rest
 from berth.services.roster import Roster
 from berth.services.routing import Router
@@ -32,8 +33,6 @@ __all__ = ["Dispatcher"]
 
 DRAINING_HOLD = 0.5  # seconds to wait before re-offering a message the agent refused while draining
 SETTLE_RETRY = 0.5  # seconds between settles of a known outcome while the store is away
-LANE_GONE_MAX = 1024  # hand-offs remembered until their feed line comes (see lane_ended)
-LANE_OVER_MAX = 4096  # lane forwards remembered as over, for sync_lane's store reads
 LANE_RESYNC = 1.0  # seconds between a drain's reads of the lane's forwards from the store
 CRASH_NOTICE = 0.3  # seconds a transport failure waits for the exit of the agent to be noticed
 
@@ -74,17 +73,11 @@ class Dispatcher:
         self._loops: dict[str, asyncio.Task[None]] = {}
         self._forwards: dict[str, dict[str, asyncio.Task[None]]] = {}
         self._runs: dict[str, dict[str, str | None]] = {}  # ws -> delivery -> run it went to
-        # the fast lane's forwards (docs/fast-lane.md): ws -> delivery ids, and back
-        self._lane: dict[str, dict[str, None]] = {}
-        self._lane_ws: dict[str, str] = {}
-        # ended before the feed said they started (a hand-off can overtake its feed line)
-        self._lane_gone: dict[str, None] = {}
-        # the lane's lease owner while it is on (set by berth.lane.Lane): sync_lane reads its
-        # forwards from the store; the most recent ends, so a read never revives one
-        self.lane_owner: str | None = None
-        self._lane_over: dict[str, None] = {}
-        self._lane_runs = 0  # lane_forget calls: a read from before one is stale
         self._idle: dict[str, asyncio.Event] = {}
+        # the fast lane's forwards (docs/fast-lane.md), counted with this replica's own
+        self.lane = LaneForwards(
+            deliveries, freed=lambda ws_id: self.wake(ws_id, work=False), idle=self._maybe_idle
+        )
         self._draining_run: dict[
             str, str | None
         ] = {}  # ws id -> the run whose agent refused: DRAINING
@@ -145,92 +138,16 @@ class Dispatcher:
     def in_flight(self, ws_id: str) -> list[str]:
         """Delivery ids this replica (its fast lane included) is forwarding to the workspace
         right now."""
-        return [*self._forwards.get(ws_id, {}), *self._lane.get(ws_id, {})]
+        return [*self._forwards.get(ws_id, {}), *self.lane.ids(ws_id)]
 
     def _busy(self, ws_id: str) -> int:
-        return len(self._forwards.get(ws_id, {})) + len(self._lane.get(ws_id, {}))
+        return len(self._forwards.get(ws_id, {})) + self.lane.busy(ws_id)
 
     def _maybe_idle(self, ws_id: str) -> None:
-        if not self._forwards.get(ws_id) and not self._lane.get(ws_id):
+        if not self._forwards.get(ws_id) and not self.lane.busy(ws_id):
             ev = self._idle.get(ws_id)
             if ev is not None:
                 ev.set()
-
-    # the fast lane's forwards ------------------------------------------------
-    def lane_started(self, ws_id: str, delivery_id: str) -> None:
-        """The fast lane accepted a delivery and forwards it: in flight here, as ours."""
-        if delivery_id in self._lane_gone:
-            del self._lane_gone[delivery_id]
-            return
-        if delivery_id in self._lane_over:
-            return  # a drain's read of the store knew it first, and it has ended since
-        self._lane.setdefault(ws_id, {})[delivery_id] = None
-        self._lane_ws[delivery_id] = ws_id
-
-    def lane_ended(self, delivery_id: str) -> None:
-        """The fast lane's forward of the delivery is over (settled, or handed to us): its
-        slot is free, which a message queued behind it may be waiting for."""
-        self._lane_over[delivery_id] = None
-        if len(self._lane_over) > LANE_OVER_MAX:
-            del self._lane_over[next(iter(self._lane_over))]
-        ws_id = self._lane_ws.pop(delivery_id, None)
-        if ws_id is None:
-            self._lane_gone[delivery_id] = None
-            if len(self._lane_gone) > LANE_GONE_MAX:
-                del self._lane_gone[next(iter(self._lane_gone))]
-            return
-        flights = self._lane.get(ws_id, {})
-        flights.pop(delivery_id, None)
-        if not flights:
-            self._lane.pop(ws_id, None)
-            self._maybe_idle(ws_id)
-        self.wake(ws_id, work=False)
-
-    def lane_forget(self) -> None:
-        """The fast lane exited: none of its forwards runs any more."""
-        self._lane_runs += 1
-        gone = list(self._lane)
-        self._lane.clear()
-        self._lane_ws.clear()
-        self._lane_gone.clear()
-        self._lane_over.clear()
-        for ws_id in gone:
-            self._maybe_idle(ws_id)
-
-    def lane_lost(self, delivery_ids: list[str]) -> None:
-        """These deliveries went back to the queue (a lease that ran out, a restart's
-        requeue): those that were the fast lane's forwards are over."""
-        for i in delivery_ids:
-            if i in self._lane_ws:
-                self.lane_ended(i)
-
-    async def sync_lane(self, ws_id: str) -> None:
-        """Learn the fast lane's forwards to the workspace from the store, not only from
-        its feed, which comes up to 10 ms after the lane's COMMIT (docs/fast-lane.md): a
-        restart's drain must wait for a forward the lane runs now. Every lane forward is a
-        row in flight under the lane's lease, and the lane accepts only to a workspace that
-        is online (its INSERT's guard, atomic with berth's writes): once the workspace's
-        move out of online is committed, the read holds every forward that can exist.
-        Known forwards the store no longer shows as the lane's are over. The store away:
-        logged, and the feed's view is all there is."""
-        owner = self.lane_owner
-        if owner is None:
-            return
-        runs = self._lane_runs
-        known = set(self._lane.get(ws_id, {}))  # their feed lines came: on disk before this read
-        try:
-            leased = await self._log.leased(ws_id, owner)
-        except Exception:
-            log.warning("could not read the fast lane's forwards to %s", ws_id, exc_info=True)
-            return
-        if runs != self._lane_runs:
-            return  # the lane exited during the read: lane_forget said all there is
-        now = [i for i in leased if i not in self._lane_over]  # ended during the read
-        self.lane_lost(sorted(known - set(now)))  # settled, handed off, requeued: late news
-        for i in now:
-            if i not in self._lane_ws and i not in self._lane_gone:
-                self._lane.setdefault(ws_id, {})[i] = None
-                self._lane_ws[i] = ws_id
 
     async def wait_idle(self, ws_id: str, timeout: float) -> bool:
         """Wait until this replica (its fast lane included) forwards nothing to the
@@ -238,19 +155,19 @@ class Dispatcher:
         again every LANE_RESYNC seconds while any is left (one it gave up is over)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        await self.sync_lane(ws_id)
-        while self._forwards.get(ws_id) or self._lane.get(ws_id):
+        await self.lane.sync(ws_id)
+        while self._forwards.get(ws_id) or self.lane.busy(ws_id):
             ev = self._idle.setdefault(ws_id, asyncio.Event())
             ev.clear()
             left = deadline - loop.time()
             if left <= 0:
                 return False
-            lane = bool(self._lane.get(ws_id)) and self.lane_owner is not None
+            lane = bool(self.lane.busy(ws_id)) and self.lane.owner is not None
             try:
                 await asyncio.wait_for(ev.wait(), min(left, LANE_RESYNC) if lane else left)
             except asyncio.TimeoutError:
                 if lane:
-                    await self.sync_lane(ws_id)
+                    await self.lane.sync(ws_id)
         return True
 
     # the loop --------------------------------------------------------------
@@ -479,7 +396,7 @@ class Dispatcher:
                     log.warning("lease of delivery %s expired; redelivering", d.id)
                 # a fast lane forward whose lease ran out was given up by the lane (a
                 # hand-off Python refused or never got): over, its slot free for the redelivery
-                self.lane_lost([d.id for d in expired])
+                self.lane.lost([d.id for d in expired])
                 await self._log.expire_due()
                 await self._sweep()
             except Exception:

@@ -148,7 +148,7 @@ class Runner:
         drain_seconds plus a small margin. Called once the workspace's move out of online
         (to draining) is committed: from then on the fast lane accepts nothing more for it,
         so what it forwards now is read from the store, whether or not its feed said so."""
-        await self._dispatcher.sync_lane(ws.id)
+        await self._dispatcher.lane.sync(ws.id)
         before = set(self._dispatcher.in_flight(ws.id))
         res = await self._link.signal_restart(
             ws, restart_id=restart_id, drain_seconds=drain_seconds, reason=reason
@@ -198,7 +198,7 @@ class Runner:
         (in flight when the stop began) that a failed forward already put back while the
         agent stopped, so the restart report says what will run again."""
         ids = set(await self._log.requeue_in_flight(ws.id))
-        self._dispatcher.lane_lost(sorted(ids))  # the fast lane's forwards cut by the stop
+        self._dispatcher.lane.lost(sorted(ids))  # the fast lane's forwards cut by the stop
         for i in cut - ids:
             with contextlib.suppress(BerthError):
                 if (await self._log.get(i)).status is DeliveryStatus.QUEUED:
