@@ -86,7 +86,12 @@ def main() -> None:
         )
         berth = subprocess.Popen(
             [sys.executable, "-m", "berth", "serve", "--port", str(bport), "--data-dir", t],
-            env=env(BERTH_ADMIN_TOKEN=ADMIN, BERTH_LOG_LEVEL="warning", BERTH_AGENT_USER="inherit"),
+            env=env(
+                BERTH_ADMIN_TOKEN=ADMIN,
+                BERTH_LOG_LEVEL="warning",
+                BERTH_AGENT_USER="inherit",
+                BERTH_FAST_LANE="off",  # both bindings through berth's Python path
+            ),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )

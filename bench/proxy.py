@@ -187,6 +187,9 @@ def start_berth(procs: Procs, data: Path, **extra: str) -> tuple[str, subprocess
         "BERTH_ADMIN_TOKEN": ADMIN,
         "BERTH_LOG_LEVEL": "warning",
         "BERTH_AGENT_USER": "inherit",
+        # berth's Python path unless the caller asks for the lane (BERTH_FAST_LANE's default,
+        # auto, would put the lane in front of every berth measured here)
+        "BERTH_FAST_LANE": "off",
         **extra,
     }
     url = f"http://127.0.0.1:{port}"

@@ -99,20 +99,22 @@ def serve(args: argparse.Namespace) -> None:
 
 
 def _fast_lane(settings: Settings, container: Container) -> list[socket.socket] | None:
-    """With BERTH_FAST_LANE=on and the lane built: the public sockets go to the lane (held
+    """With the fast lane (BERTH_FAST_LANE auto, the default, or on) on SQLite, and built:
+    the public sockets go to the lane (held
     open here, so a restart of the lane refuses nobody), and uvicorn serves the two Unix
     sockets returned, which only the lane connects to: `<data dir>/berth.sock` (what it
     relays) and `<data dir>/berth-lane.sock` (its hand-offs, and nothing a caller sent).
     None: berth serves everything itself, as without the lane."""
-    if settings.fast_lane != "on":
+    if settings.fast_lane == "off":
         return None
     from berth.lane import HANDOFF_FILE, SOCKET_FILE, Lane, build_lane
     from berth.lane.build import cache_dir
 
     db = Lane.database(container)
     if db is None:
-        log.warning("BERTH_FAST_LANE=on needs the SQLite store: serving without the fast lane")
-        return None
+        if settings.fast_lane == "on":
+            log.warning("BERTH_FAST_LANE=on needs the SQLite store: serving without the fast lane")
+        return None  # auto: PostgreSQL replicas serve everything themselves, as designed
     exe = build_lane(cache_dir())
     if exe is None:
         return None

@@ -73,13 +73,15 @@ class Settings:
     demo: bool = False
     log_level: str = "info"
     log_format: str = "text"  # text or json (one JSON object per line)
-    # on: a compiled front serves plain sends on berth's port (SQLite only; docs/fast-lane.md)
-    fast_lane: str = "off"
+    # a compiled front serves plain sends on berth's port (SQLite only; docs/fast-lane.md):
+    # auto, where it builds and the store is SQLite; on (the same, and a warning when it
+    # cannot); off
+    fast_lane: str = "auto"
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.fast_lane not in ("on", "off"):
-            raise ValueError(f"BERTH_FAST_LANE: on or off, not {self.fast_lane!r}")
+        if self.fast_lane not in ("auto", "on", "off"):
+            raise ValueError(f"BERTH_FAST_LANE: auto, on or off, not {self.fast_lane!r}")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:

@@ -24,9 +24,8 @@ ECHO = [sys.executable, "-m", "berth.examples.echo"]
 # a test run twice: on berth alone, and with its fast lane (docs/fast-lane.md) in front
 BOTH_PATHS = pytest.mark.parametrize("berth_server", ["python", "lane"], indirect=True)
 LANE_ENV = {"BERTH_FAST_LANE": "on"}
-PYTHON_ENV = {
-    "BERTH_FAST_LANE": "off"
-}  # the other path of BOTH_PATHS, whatever TESTS_FAST_LANE says
+# the other path of BOTH_PATHS, whatever the default or TESTS_FAST_LANE says
+PYTHON_ENV = {"BERTH_FAST_LANE": "off"}
 
 
 def require_lane(server: BerthServer, timeout: float = 15.0) -> None:
@@ -95,10 +94,9 @@ class BerthServer:
             "BERTH_AGENT_USER": "inherit",
             **(env or {}),
         }
-        if (
-            os.environ.get("TESTS_FAST_LANE") == "on"
-        ):  # the whole suite on the lane (docs/fast-lane.md)
-            self.env.setdefault("BERTH_FAST_LANE", "on")
+        # the whole suite with or without the lane (docs/fast-lane.md), where a test did not choose
+        if (mode := os.environ.get("TESTS_FAST_LANE")) in ("on", "off"):
+            self.env.setdefault("BERTH_FAST_LANE", mode)
         self.args = args or []
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = data_dir / f"serve-{self.port}.log"

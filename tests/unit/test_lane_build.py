@@ -65,15 +65,17 @@ def test_no_compiler_or_no_sources_is_no_lane(
     assert "cannot be read" in caplog.text and "no C compiler" in caplog.text
 
 
-def test_fast_lane_must_be_on_or_off() -> None:
-    with pytest.raises(ValueError, match="BERTH_FAST_LANE"):
+def test_fast_lane_is_auto_on_or_off_and_auto_by_default() -> None:
+    with pytest.raises(ValueError, match="BERTH_FAST_LANE: auto, on or off"):
         Settings.from_env({"BERTH_FAST_LANE": "yes"})
     assert Settings.from_env({"BERTH_FAST_LANE": "on"}).fast_lane == "on"
-    assert Settings().fast_lane == "off"
+    assert Settings.from_env({"BERTH_FAST_LANE": "off"}).fast_lane == "off"
+    assert Settings().fast_lane == "auto"
 
 
 def container(tmp_path: Path, store: object, **kw: object) -> Container:
-    settings = Settings(data_dir=str(tmp_path / "data"), port=0, fast_lane="on", **kw)  # type: ignore[arg-type]
+    kw = {"fast_lane": "on", **kw}
+    settings = Settings(data_dir=str(tmp_path / "data"), port=0, **kw)  # type: ignore[arg-type]
     return assemble(
         settings,
         store=store,  # type: ignore[arg-type]
@@ -129,7 +131,26 @@ def test_serve_without_sqlite_or_without_a_build_runs_without_the_lane(
     (tmp_path / "data").mkdir()
     c = container(tmp_path, SqliteStore(str(tmp_path / "data" / "berth.db")))
     assert _fast_lane(c.settings, c) is None and c.lane is None
-    assert _fast_lane(Settings(data_dir=str(tmp_path / "data")), c) is None  # off
+    off = Settings(data_dir=str(tmp_path / "data"), fast_lane="off")
+    assert _fast_lane(off, c) is None
+
+
+def test_by_default_the_lane_serves_sqlite_and_stays_quiet_on_postgresql(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """BERTH_FAST_LANE=auto (the default): the lane where it can serve (SQLite, built);
+    a store it cannot serve (PostgreSQL replicas) is no reason for a warning."""
+    c = container(tmp_path, MemoryStore(), fast_lane="auto")
+    with caplog.at_level(logging.INFO):
+        assert _fast_lane(c.settings, c) is None and c.lane is None
+    assert "needs the SQLite store" not in caplog.text
+    monkeypatch.setattr(lane_pkg, "build_lane", lambda cache: tmp_path / "berth-lane-x")
+    (tmp_path / "data").mkdir()
+    c = container(tmp_path, SqliteStore(str(tmp_path / "data" / "berth.db")), fast_lane="auto")
+    unix = _fast_lane(c.settings, c)
+    assert unix is not None and c.lane is not None
+    for s in [*unix, *c.lane.process._listen]:
+        s.close()
 
 
 def test_a_cached_lane_anyone_else_may_write_is_built_again(tmp_path: Path) -> None:
