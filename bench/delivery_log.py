@@ -35,7 +35,8 @@ same table and indexes, bare SQL without berth code (bench/_log_engines.py):
 Latency is accept -> settled at saturation: with a closed window it is mostly queueing
 (about window / throughput), so compare it between rows rather than read it as service time.
 Per delivery: "py us" is this process's CPU (Python, asyncpg, sqlite3), "pg us" the CPU of
-the PostgreSQL backends serving the bench's database (read from /proc), "stmts" the
+the PostgreSQL backends serving the bench's database (read from /proc), "wal B" the bytes
+of WAL PostgreSQL wrote (steady where CPU time and throughput move with the host), "stmts" the
 statements sent (each write statement one commit). Each row also shows how many calls a
 flush carried (accept/claim/settle), the load average and how busy the whole machine was.
 
@@ -90,6 +91,9 @@ class Result:
     latencies: list[float] = field(default_factory=list)
     cpu: float = 0.0  # CPU seconds of this process (client side: Python, drivers, sqlite)
     pg_cpu: float | None = None  # CPU seconds of the PostgreSQL backends of the bench's database
+    wal: float | None = (
+        None  # bytes of WAL written meanwhile (the whole cluster's; it is idle else)
+    )
     flushes: list[tuple[int, int]] = field(default_factory=list)  # (flushes, items) per step
 
     @property
@@ -344,6 +348,9 @@ class SqliteBackend:
     def backend_cpu(self) -> float | None:
         return None  # in this process: counted in "py us"
 
+    async def wal_position(self) -> int | None:
+        return None
+
     async def close(self) -> None:
         pass
 
@@ -479,6 +486,11 @@ class PgBackend:
         }
         return [out[m] for m in self.modes]
 
+    async def wal_position(self) -> int | None:
+        """Bytes of WAL written by the cluster so far: a measure of the work the writes did
+        that, unlike CPU time and throughput, does not move with the host's speed."""
+        return int(await self.conn.fetchval("SELECT pg_current_wal_lsn() - '0/0'::pg_lsn"))
+
     def backend_cpu(self) -> float | None:
         """CPU seconds of the server processes serving this bench's database so far."""
         tick = os.sysconf("SC_CLK_TCK")
@@ -545,10 +557,11 @@ async def measure(
     try:
         await drive(eng, ws_ids, args.warmup, dispatch, args.producers, args.window)
         await backend.cleanup()
-        pg0 = backend.backend_cpu()
+        pg0, wal0 = backend.backend_cpu(), await backend.wal_position()
         r = await drive(eng, ws_ids, args.count, dispatch, args.producers, args.window)
-        pg1 = backend.backend_cpu()
+        pg1, wal1 = backend.backend_cpu(), await backend.wal_position()
         r.pg_cpu = None if pg0 is None or pg1 is None else pg1 - pg0
+        r.wal = None if wal0 is None or wal1 is None else wal1 - wal0
         return r
     finally:
         await close()
@@ -557,18 +570,19 @@ async def measure(
 
 HEAD = (
     f"{'variant':<13}{'disp':>5}{'finished':>10} | {'berth/s':>8}{'p50 ms':>8}{'p99 ms':>8}"
-    f"{'py us':>7}{'pg us':>7}{'stmts':>6} | {'bare/s':>8}{'p50 ms':>8}{'p99 ms':>8}"
-    f"{'py us':>7}{'pg us':>7}{'stmts':>6} | {'berth/bare':>10}"
+    f"{'py us':>7}{'pg us':>7}{'wal B':>6}{'stmts':>6} | {'bare/s':>8}{'p50 ms':>8}"
+    f"{'p99 ms':>8}{'py us':>7}{'pg us':>7}{'wal B':>6}{'stmts':>6} | {'berth/bare':>10}"
 )
 
 
 def row(label: str, disp: str, finished: int, b: Result, r: Result) -> str:
     def cols(x: Result) -> str:
         pg = "-" if x.pg_cpu is None else f"{x.pg_cpu / x.n * 1e6:.0f}"
+        wal = "-" if x.wal is None else f"{x.wal / x.n:.0f}"
         stmts = f"{sum(f for f, _ in x.flushes) / x.n:.2f}" if x.flushes else "-"
         return (
             f"{x.rate:>8.0f}{x.pct(50):>8.2f}{x.pct(99):>8.2f}{x.cpu / x.n * 1e6:>7.0f}{pg:>7}"
-            f"{stmts:>6}"
+            f"{wal:>6}{stmts:>6}"
         )
 
     return (
@@ -632,7 +646,8 @@ async def main(args: argparse.Namespace) -> None:
     )
     print(
         "# per delivery: py us = CPU of this process (client side), pg us = CPU of the PostgreSQL "
-        "backends serving the bench's database, stmts = statements sent; berth/bare = throughput ratio"
+        "backends serving the bench's database, wal B = bytes of WAL written, stmts = statements "
+        "sent; berth/bare = throughput ratio"
     )
     lines: list[str] = []
     with tempfile.TemporaryDirectory(prefix="berth-bench-") as tmp:
