@@ -71,7 +71,7 @@ async def main() -> None:
     ap.add_argument("--quiet", type=float, default=3.0, help="seconds between operations")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="berth-bench-deploy-") as tmp:
-        server = BerthServer(Path(tmp) / "berth").start()
+        server = BerthServer(Path(tmp) / "berth", env={"BERTH_FAST_LANE": "off"}).start()
         try:
             async with server.client() as c:
                 spec = {

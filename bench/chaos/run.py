@@ -95,10 +95,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument(
         "--refusals", type=int, default=3, help="overload: a caller gives up after this many 429s"
     )
-    ap.add_argument(
+    path = ap.add_mutually_exclusive_group()
+    path.add_argument(
         "--lane",
         action="store_true",
-        help="berth with its fast lane on (SQLite; docs/fast-lane.md)",
+        help="berth with its fast lane on (BERTH_FAST_LANE=on; SQLite; docs/fast-lane.md). "
+        "Without this flag berth runs its default: on SQLite, the lane where it builds",
+    )
+    path.add_argument(
+        "--no-lane", action="store_true", help="berth's Python server alone (BERTH_FAST_LANE=off)"
     )
     ap.add_argument("--seed", type=int, default=None)
     ap.add_argument(
@@ -148,7 +153,13 @@ async def run(a: argparse.Namespace) -> int:
         lease_seconds=a.lease_seconds,
         extra_env={
             **({} if a.start_timeout is None else {"BERTH_START_TIMEOUT": str(a.start_timeout)}),
-            **({"BERTH_FAST_LANE": "on"} if a.lane else {}),
+            **(
+                {"BERTH_FAST_LANE": "on"}
+                if a.lane
+                else {"BERTH_FAST_LANE": "off"}
+                if a.no_lane
+                else {}
+            ),
         },
     )
     say(f"workdir {workdir}")
@@ -205,7 +216,7 @@ async def run(a: argparse.Namespace) -> int:
         say(f"final reads: {finals}")
         report = check(history.records, executions)
         text = summary(report, a, targets, time.time() - started, load.sent)
-        if a.lane:
+        if not a.no_lane and not a.postgres:
             text += await _lane_counts(clients)
         if stale:
             text += (

@@ -115,24 +115,34 @@ def _fast_lane(settings: Settings, container: Container) -> list[socket.socket] 
         if settings.fast_lane == "on":
             log.warning("BERTH_FAST_LANE=on needs the SQLite store: serving without the fast lane")
         return None  # auto: PostgreSQL replicas serve everything themselves, as designed
-    exe = build_lane(cache_dir())
+    # auto: a reason the lane cannot run here is news (INFO), not a fault (WARNING)
+    level = logging.WARNING if settings.fast_lane == "on" else logging.INFO
+    exe = build_lane(cache_dir(), quiet=settings.fast_lane != "on")
     if exe is None:
         return None
     path, handoff = settings.data_path / SOCKET_FILE, settings.data_path / HANDOFF_FILE
     if len(os.fsencode(handoff)) > UDS_MAX:
-        log.warning("fast lane off: the socket path %s is too long for a Unix socket", handoff)
+        log.log(level, "fast lane off: the socket path %s is too long for a Unix socket", handoff)
         return None
-    public = _sockets(settings, container) or [_public_socket(settings)]
-    for s in public:
-        s.listen(LISTEN_BACKLOG)
-    unix = []
-    for where in (path, handoff):
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        with contextlib.suppress(FileNotFoundError):
-            where.unlink()  # a stale one, left by a berth that was killed
-        s.bind(str(where))
-        os.chmod(where, 0o600)
-        unix.append(s)
+    public: list[socket.socket] = []
+    unix: list[socket.socket] = []
+    try:
+        public = _sockets(settings, container) or [_public_socket(settings)]
+        for s in public:
+            s.listen(LISTEN_BACKLOG)
+        for where in (path, handoff):
+            unix.append(s := socket.socket(socket.AF_UNIX, socket.SOCK_STREAM))
+            with contextlib.suppress(FileNotFoundError):
+                where.unlink()  # a stale one, left by a berth that was killed
+            s.bind(str(where))
+            os.chmod(where, 0o600)
+    except OSError as e:
+        # berth's port taken, a data dir that holds no Unix socket...: serving without the
+        # lane meets the same port as uvicorn would have, and fails as it always did
+        for s in [*public, *unix]:
+            s.close()
+        log.log(level, "fast lane off: its sockets could not be set up (%s)", e)
+        return None
     container.lane = Lane(container, exe, public, path, db=db, handoff=handoff)
     return unix
 

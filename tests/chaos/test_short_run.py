@@ -1,5 +1,7 @@
 """Issue #12: a short chaos run (SQLite, process workspaces, restarts, agent kills, one kill -9
-of berth) ends with zero violations, and really injected what it says."""
+of berth) ends with zero violations, and really injected what it says. It runs berth as it
+runs by default, with its fast lane in front (docs/fast-lane.md), and checks that the lane
+served sends itself."""
 
 from __future__ import annotations
 
@@ -30,7 +32,7 @@ def test_a_short_chaos_run_has_no_violation(tmp_path: Path):
         [sys.executable, "-m", "bench.chaos", "--duration", "150", "--rate", "6"]
         + ["--workspaces", "3", "--faults", "restart=8,agent_kill=2,berth_kill=1"]
         + ["--drain-seconds", "1", "--start-timeout", "120", "--settle", "90", "--seed", "12"]
-        + ["--workdir", str(work)],
+        + ["--workdir", str(work), "--lane"],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -53,3 +55,6 @@ def test_a_short_chaos_run_has_no_violation(tmp_path: Path):
     records = load(work / "history.jsonl")
     assert sum(1 for r in records if r["type"] == "fault" and r["ok"]) >= 5
     assert len({r["mid"] for r in records if r["type"] == "final"}) == messages
+    # the lane took part (counted since berth's last start, after the kill -9)
+    lane = re.search(r"^fast lane .*: (\d+) sends served by the lane", summary, re.M)
+    assert lane and int(lane.group(1)) > 0, summary

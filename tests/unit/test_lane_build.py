@@ -74,8 +74,8 @@ def test_fast_lane_is_auto_on_or_off_and_auto_by_default() -> None:
 
 
 def container(tmp_path: Path, store: object, **kw: object) -> Container:
-    kw = {"fast_lane": "on", **kw}
-    settings = Settings(data_dir=str(tmp_path / "data"), port=0, **kw)  # type: ignore[arg-type]
+    kw = {"fast_lane": "on", "port": 0, **kw}
+    settings = Settings(data_dir=str(tmp_path / "data"), **kw)  # type: ignore[arg-type]
     return assemble(
         settings,
         store=store,  # type: ignore[arg-type]
@@ -90,7 +90,7 @@ def test_serve_hands_the_public_port_to_the_lane(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     exe = tmp_path / "berth-lane-x"
-    monkeypatch.setattr(lane_pkg, "build_lane", lambda cache: exe)
+    monkeypatch.setattr(lane_pkg, "build_lane", lambda cache, **kw: exe)
     (tmp_path / "data").mkdir()
     stale = tmp_path / "data" / "berth.sock"
     stale.write_text("left by a killed berth")
@@ -127,7 +127,7 @@ def test_serve_without_sqlite_or_without_a_build_runs_without_the_lane(
     with caplog.at_level(logging.WARNING):
         assert _fast_lane(c.settings, c) is None
     assert "needs the SQLite store" in caplog.text and c.lane is None
-    monkeypatch.setattr(lane_pkg, "build_lane", lambda cache: None)
+    monkeypatch.setattr(lane_pkg, "build_lane", lambda cache, **kw: None)
     (tmp_path / "data").mkdir()
     c = container(tmp_path, SqliteStore(str(tmp_path / "data" / "berth.db")))
     assert _fast_lane(c.settings, c) is None and c.lane is None
@@ -144,7 +144,7 @@ def test_by_default_the_lane_serves_sqlite_and_stays_quiet_on_postgresql(
     with caplog.at_level(logging.INFO):
         assert _fast_lane(c.settings, c) is None and c.lane is None
     assert "needs the SQLite store" not in caplog.text
-    monkeypatch.setattr(lane_pkg, "build_lane", lambda cache: tmp_path / "berth-lane-x")
+    monkeypatch.setattr(lane_pkg, "build_lane", lambda cache, **kw: tmp_path / "berth-lane-x")
     (tmp_path / "data").mkdir()
     c = container(tmp_path, SqliteStore(str(tmp_path / "data" / "berth.db")), fast_lane="auto")
     unix = _fast_lane(c.settings, c)
@@ -173,3 +173,45 @@ def test_the_cache_is_the_users(monkeypatch: pytest.MonkeyPatch, tmp_path: Path)
     assert cache_dir() == tmp_path / "berth" / "lane"
     monkeypatch.delenv("XDG_CACHE_HOME")
     assert cache_dir() == Path.home() / ".cache" / "berth" / "lane"
+
+
+def test_where_the_lanes_sockets_cannot_be_set_up_berth_serves_without_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Found by review once the lane was on by default: berth's port already taken, or a
+    data dir whose socket path cannot be bound, ended berth's start in a traceback. Now
+    the lane is off and berth goes on as without it: the same port fails as uvicorn always
+    failed it (one line, exit 3), and a socket it cannot bind costs only the lane."""
+    monkeypatch.setattr(lane_pkg, "build_lane", lambda cache, **kw: tmp_path / "berth-lane-x")
+    (tmp_path / "data").mkdir()
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen()
+    try:
+        port = busy.getsockname()[1]
+        store = SqliteStore(str(tmp_path / "data" / "berth.db"))
+        c = container(tmp_path, store, fast_lane="auto", port=port)
+        with caplog.at_level(logging.INFO):
+            assert _fast_lane(c.settings, c) is None and c.lane is None
+        assert "its sockets could not be set up" in caplog.text
+    finally:
+        busy.close()
+    (tmp_path / "data" / "berth.sock").mkdir()  # not a socket a berth left behind
+    c = container(tmp_path, SqliteStore(str(tmp_path / "data" / "berth.db")), fast_lane="auto")
+    assert _fast_lane(c.settings, c) is None and c.lane is None
+    # and its public socket was closed again: berth (uvicorn) can bind the port itself
+    again = socket.socket()
+    again.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    again.bind((c.settings.host, c.settings.port or 0))
+    again.close()
+
+
+def test_under_auto_a_machine_without_a_compiler_is_news_not_a_warning(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """berth's Docker image has no compiler: under the default it says so at INFO."""
+    monkeypatch.setattr("shutil.which", lambda name: None)
+    with caplog.at_level(logging.INFO, logger="berth.lane"):
+        assert build_lane(tmp_path / "cache", sources(tmp_path), quiet=True) is None
+    (record,) = [r for r in caplog.records if "no C compiler" in r.message]
+    assert record.levelno == logging.INFO

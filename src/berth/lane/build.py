@@ -41,29 +41,32 @@ def _trusted(exe: Path) -> bool:
     return os.access(exe, os.X_OK)
 
 
-def build_lane(cache_dir: Path, source_dir: Path = HERE) -> Path | None:
+def build_lane(cache_dir: Path, source_dir: Path = HERE, *, quiet: bool = False) -> Path | None:
     """The lane's executable, compiled unless this version of its sources already was
     (`<cache_dir>/berth-lane-<12 hex of their sha256>`); None, with a warning saying why,
-    when it cannot be built (berth then serves everything itself)."""
+    when it cannot be built (berth then serves everything itself). `quiet`: the reason is
+    logged at INFO instead (BERTH_FAST_LANE=auto: a machine without a compiler, such as
+    berth's Docker image, is no fault)."""
+    level = logging.INFO if quiet else logging.WARNING
     try:
         digest = hashlib.sha256()
         for name in SOURCES:
             digest.update(name.encode() + b"\0" + (source_dir / name).read_bytes() + b"\0")
     except OSError as e:
-        log.warning("fast lane off: its sources cannot be read (%s)", e)
+        log.log(level, "fast lane off: its sources cannot be read (%s)", e)
         return None
     exe = cache_dir / f"berth-lane-{digest.hexdigest()[:12]}"
     if exe.is_file() and _trusted(exe):
         return exe
     gcc = shutil.which("gcc")
     if gcc is None:
-        log.warning("fast lane off: no C compiler (gcc) to build it with")
+        log.log(level, "fast lane off: no C compiler (gcc) to build it with")
         return None
     try:
         cache_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         cache_dir.chmod(0o700)
     except OSError as e:
-        log.warning("fast lane off: cannot make its build directory %s (%s)", cache_dir, e)
+        log.log(level, "fast lane off: cannot make its build directory %s (%s)", cache_dir, e)
         return None
     tmp = exe.with_name(f"{exe.name}.tmp-{os.getpid()}")
     cmd = [gcc, "-O2", "-o", str(tmp), str(source_dir / "lane.c"), *LIBS]
@@ -73,11 +76,12 @@ def build_lane(cache_dir: Path, source_dir: Path = HERE) -> Path | None:
         )
     except (OSError, subprocess.TimeoutExpired) as e:
         tmp.unlink(missing_ok=True)
-        log.warning("fast lane off: building it failed: %s", e)
+        log.log(level, "fast lane off: building it failed: %s", e)
         return None
     if done.returncode != 0:
         tmp.unlink(missing_ok=True)
-        log.warning(
+        log.log(
+            level,
             "fast lane off: building it failed (gcc exit %d): %s",
             done.returncode,
             done.stderr.strip()[-STDERR_TAIL:],
