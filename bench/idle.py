@@ -83,7 +83,9 @@ async def main() -> None:
         # Docker agents reach berth through the bridge's gateway, as in tests/docker
         extra = ["--host", "0.0.0.0"] if args.image else []
         # berth's Python server alone, as measured so far: the CPU counted is its pid's
-        server = BerthServer(Path(tmp) / "berth", env={"BERTH_FAST_LANE": "off"}, args=extra).start()
+        server = BerthServer(
+            Path(tmp) / "berth", env={"BERTH_FAST_LANE": "off"}, args=extra
+        ).start()
         assert server.proc is not None
         pid = server.proc.pid
         try:

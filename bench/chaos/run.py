@@ -216,7 +216,7 @@ async def run(a: argparse.Namespace) -> int:
         say(f"final reads: {finals}")
         report = check(history.records, executions)
         text = summary(report, a, targets, time.time() - started, load.sent)
-        if not a.no_lane and not a.postgres:
+        if not a.no_lane and not a.replicas:  # SQLite: one berth, its lane where it builds
             text += await _lane_counts(clients)
         if stale:
             text += (
