@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import atexit
 import contextlib
 import fcntl
 import gc
 import json
 import logging
 import os
+import shutil
 import socket
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -121,6 +124,12 @@ def _fast_lane(settings: Settings, container: Container) -> list[socket.socket] 
     if exe is None:
         return None
     path, handoff = settings.data_path / SOCKET_FILE, settings.data_path / HANDOFF_FILE
+    if len(os.fsencode(handoff)) > UDS_MAX:
+        # a data dir too deep for a Unix socket's path: the two sockets go to a directory of
+        # their own in the system's temporary dir (a random name, 0700), removed at exit
+        short = Path(tempfile.mkdtemp(prefix="berth-lane-"))
+        atexit.register(shutil.rmtree, short, True)
+        path, handoff = short / SOCKET_FILE, short / HANDOFF_FILE
     if len(os.fsencode(handoff)) > UDS_MAX:
         log.log(level, "fast lane off: the socket path %s is too long for a Unix socket", handoff)
         return None

@@ -215,3 +215,34 @@ def test_under_auto_a_machine_without_a_compiler_is_news_not_a_warning(
         assert build_lane(tmp_path / "cache", sources(tmp_path), quiet=True) is None
     (record,) = [r for r in caplog.records if "no C compiler" in r.message]
     assert record.levelno == logging.INFO
+
+
+def test_a_data_dir_too_deep_for_a_unix_socket_keeps_its_lane(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Unix socket's path holds about 100 bytes. With the lane on by default, a deep data
+    dir would have cost berth its lane (found when the suite's chaos run, in pytest's long
+    worker dirs, ran without it): the two sockets then go to a private directory of their
+    own in the system's temporary dir."""
+    monkeypatch.setattr(lane_pkg, "build_lane", lambda cache, **kw: tmp_path / "berth-lane-x")
+    deep = tmp_path / ("d" * 60) / ("e" * 60)
+    deep.mkdir(parents=True)
+    settings = Settings(data_dir=str(deep), port=0, fast_lane="auto")
+    c = assemble(
+        settings,
+        store=SqliteStore(str(deep / "berth.db")),
+        shared=(MemoryCache(), MemoryLocks(), MemoryBus()),
+        client=FakeAgents(),
+        provisioners={},
+        admin="admin-token",
+    )
+    unix = _fast_lane(c.settings, c)
+    assert unix is not None and c.lane is not None
+    try:
+        upstream, handoff = (Path(s.getsockname()) for s in unix)
+        assert upstream.parent == handoff.parent and upstream.parent.name.startswith("berth-lane-")
+        assert stat.S_IMODE(upstream.parent.stat().st_mode) == 0o700
+        assert c.lane.handoff_path == handoff and c.lane.env["BERTH_LANE_UPSTREAM"] == str(upstream)
+    finally:
+        for s in [*unix, *c.lane.process._listen]:
+            s.close()
