@@ -106,7 +106,8 @@ def _fast_lane(settings: Settings, container: Container) -> list[socket.socket] 
     the public sockets go to the lane (held
     open here, so a restart of the lane refuses nobody), and uvicorn serves the two Unix
     sockets returned, which only the lane connects to: `<data dir>/berth.sock` (what it
-    relays) and `<data dir>/berth-lane.sock` (its hand-offs, and nothing a caller sent).
+    relays) and `<data dir>/berth-lane.sock` (its hand-offs, and nothing a caller sent),
+    or the same in a private temporary dir when the data dir is too deep for them.
     None: berth serves everything itself, as without the lane."""
     if settings.fast_lane == "off":
         return None
@@ -119,8 +120,9 @@ def _fast_lane(settings: Settings, container: Container) -> list[socket.socket] 
             log.warning("BERTH_FAST_LANE=on needs the SQLite store: serving without the fast lane")
         return None  # auto: PostgreSQL replicas serve everything themselves, as designed
     # auto: a reason the lane cannot run here is news (INFO), not a fault (WARNING)
-    level = logging.WARNING if settings.fast_lane == "on" else logging.INFO
-    exe = build_lane(cache_dir(), quiet=settings.fast_lane != "on")
+    quiet = settings.fast_lane != "on"
+    level = logging.INFO if quiet else logging.WARNING
+    exe = build_lane(cache_dir(), quiet=quiet)
     if exe is None:
         return None
     path, handoff = settings.data_path / SOCKET_FILE, settings.data_path / HANDOFF_FILE

@@ -212,16 +212,13 @@ END $$
 # being forwarded is never taken for one (ids are fresh, but nothing here relies on it);
 # the lease, the forward count and the time tell them from a row this flush accepted queued.
 _OWN = (
-    "{x}id = ANY (ids) AND {x}xmin = pg_current_xact_id()::xid "
-    "AND {x}status = '" + rows.IN_FLIGHT + "' AND {x}lease_owner = p_owner[i] "
-    "AND {x}forwards = 1 AND {x}first_forwarded_at = p_now[i]"
+    "{x}id = ANY ({ids}) AND {x}xmin = pg_current_xact_id()::xid "
+    "AND {x}status = '" + rows.IN_FLIGHT + "' AND {x}lease_owner = {owner} "
+    "AND {x}forwards = 1 AND {x}first_forwarded_at = {now}"
 )
-# The same, for every claim of the call at once (u: the arguments, unnested).
-_OWN_SET = (
-    "id = ANY (string_to_array(u.ifs, ' ')) AND xmin = pg_current_xact_id()::xid "
-    "AND status = '" + rows.IN_FLIGHT + "' AND lease_owner = u.owner "
-    "AND forwards = 1 AND first_forwarded_at = u.now"
-)
+_OWN_I = {"ids": "ids", "owner": "p_owner[i]", "now": "p_now[i]"}  # the loop's claim i
+# every claim of the call at once (u: the arguments, unnested)
+_OWN_SET = _OWN.format(x="", ids="string_to_array(u.ifs, ' ')", owner="u.owner", now="u.now")
 _CLAIM_MANY_FUNCTION = f"""
 CREATE OR REPLACE FUNCTION berth_claim_many(p_ws text[], p_cap integer[], p_owner text[],
                                             p_now double precision[], p_until double precision[],
@@ -267,7 +264,7 @@ BEGIN
         CONTINUE WHEN p_if[i] IS NOT NULL AND NOT EXISTS (SELECT 1 FROM deliveries WHERE id = ANY (ids));
         mine := 0;
         IF p_own[i] THEN
-            SELECT count(*) INTO mine FROM deliveries WHERE {_OWN.format(x="")};
+            SELECT count(*) INTO mine FROM deliveries WHERE {_OWN.format(x="", **_OWN_I)};
         END IF;
         IF mine > 0 THEN
             IF p_cap[i] IS NOT NULL THEN
@@ -289,14 +286,14 @@ BEGIN
                     SET status = '{rows.QUEUED}', lease_owner = NULL, lease_until = NULL,
                         forwards = x.forwards - 1, first_forwarded_at = NULL, updated_at = p_now[i]
                     WHERE x.seq IN (
-                        SELECT seq FROM deliveries WHERE {_OWN.format(x="")} ORDER BY seq OFFSET keep
+                        SELECT seq FROM deliveries WHERE {_OWN.format(x="", **_OWN_I)} ORDER BY seq OFFSET keep
                     )
                     RETURNING x
                 )
                 SELECT -i, back.x FROM back;
             END IF;
             IF keep > 0 THEN
-                RETURN QUERY SELECT i, x FROM deliveries AS x WHERE {_OWN.format(x="x.")};
+                RETURN QUERY SELECT i, x FROM deliveries AS x WHERE {_OWN.format(x="x.", **_OWN_I)};
                 CONTINUE;
             END IF;
         END IF;
