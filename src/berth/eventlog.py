@@ -60,7 +60,8 @@ class EventLog:
             async for topic, payload in sub:
                 flow = topic == BATCH_TOPIC  # accepted/forwarded/done: too many to log
                 for kind, data in unpack(topic, payload):
-                    event = {**data, "kind": kind}
+                    # a flow event carries its kind already (Events.flow): kept as it came
+                    event = data if flow else {**data, "kind": kind}
                     self.recent.append(event)
                     if not flow and data.get("replica") in (None, self._c.settings.replica):
                         try:

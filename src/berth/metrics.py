@@ -156,6 +156,34 @@ class Metrics:
         self._hist[name].observe(value, exemplar)
         self._version += 1
 
+    def observe_many(
+        self, name: str, workspace: str, values: list[float], exemplars: list[str] | None = None
+    ) -> None:
+        """`observe` of each value, for one workspace at once (the fast lane's feed): the
+        same counts, sums and buckets; `exemplars`, a delivery id per value: each bucket
+        keeps the last one, as the values observed one by one would leave it."""
+        if not values:
+            return
+        got = self._durations[name].setdefault(workspace, [0.0, 0.0])
+        hist = self._hist[name]
+        total = 0.0
+        last: dict[int, tuple[float, str]] = {}
+        for k, v in enumerate(values):
+            v = max(0.0, v)
+            total += v
+            i = bisect_left(_BUCKETS, v)
+            hist.counts[i] += 1
+            if exemplars is not None:
+                last[i] = (v, exemplars[k])
+        got[0] += len(values)
+        got[1] += total
+        hist.sum += total
+        if last:
+            now = time.time()
+            for i, (v, ex) in last.items():
+                hist.exemplars[i] = Exemplar({"delivery_id": ex}, v, now)
+        self._version += 1
+
     def value(self, name: str, **labels: str) -> float:
         """A counter's current value (tests, status pages)."""
         names = _COUNTERS[name][1]

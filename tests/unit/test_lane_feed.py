@@ -202,3 +202,75 @@ async def test_ready_is_told_and_an_unknown_event_is_ignored(
         await feed.apply(b'{"e": "ready"}')
     assert told == [True]
     assert "does not know" in caplog.text and "malformed" not in caplog.text
+
+
+async def test_a_batch_of_lines_adds_up_as_the_lines_one_by_one(
+    w: World, caplog: pytest.LogCaptureFixture
+) -> None:
+    """What one read of the feed brings is applied at once (counts and durations per
+    workspace once, flows in the lane's order): the same as line by line, a malformed line
+    in the middle skipped alone, and the waiter of a delivery done in the batch woken."""
+    a, b = await w.create("a"), await w.create("b")
+    d1 = await lane_accepts(w, a, "m1")
+    d2 = await lane_accepts(w, a, "m2")
+    d3 = await lane_accepts(w, b, "m3")
+    how = Settle(D.DONE, reply=b'{"result": 1}', reply_status=200, forward=1)
+    assert await w.store.settle(d1.id, owner(w), how, time.time()) is not None
+    waiter = asyncio.create_task(w.c.deliveries.wait(d1.id, 5))
+    await asyncio.sleep(0.01)
+    sub = w.c.bus.subscribe(BATCH_TOPIC)
+    lines = [f_line(d1), f_line(d2), b"{nope", f_line(d3), d_line(d1, fwd=0.25)]
+    with caplog.at_level(logging.WARNING, logger="berth.lane"):
+        await feed_of(w).apply_many(lines)
+    assert "malformed feed line" in caplog.text
+    got = await asyncio.wait_for(waiter, 1)
+    assert got is not None and got.status is D.DONE
+    m = w.c.metrics
+    assert m.value("berth_deliveries_accepted_total", workspace="a") == 2
+    assert m.value("berth_deliveries_accepted_total", workspace="b") == 1
+    assert m.value("berth_deliveries_total", workspace="a", outcome="done") == 1
+    assert m.value("berth_lane_deliveries_total", workspace="a") == 1
+    assert summary(w, "berth_queue_wait_seconds", "a") == (2, 0.0)
+    assert summary(w, "berth_forward_seconds", "a") == (1, 0.25)
+    assert summary(w, "berth_delivery_seconds", "a") == (1, 0.5)
+    assert sorted(w.c.dispatcher.in_flight(a.id)) == sorted([d2.id])
+    assert w.c.dispatcher.in_flight(b.id) == [d3.id]
+    flows_got = [(f["kind"], f["delivery_id"]) for f in await flows(w.c.bus, sub, 7)]
+    assert flows_got == [
+        ("delivery.accepted", d1.id),
+        ("delivery.forwarded", d1.id),
+        ("delivery.accepted", d2.id),
+        ("delivery.forwarded", d2.id),
+        ("delivery.accepted", d3.id),
+        ("delivery.forwarded", d3.id),
+        ("delivery.done", d1.id),
+    ]
+    await sub.aclose()
+
+
+async def test_flow_events_past_the_buffer_are_dropped_and_counted(w: World) -> None:
+    from berth.services.events import FLOW_MAX
+
+    ev = w.c.events
+    ev._flow = [{"kind": "x"}] * (FLOW_MAX - 2)
+    ev.dropped = 0
+    ev.flows([{"kind": "delivery.done", "n": i} for i in range(5)])
+    assert len(ev._flow) == FLOW_MAX and ev.dropped == 3
+    assert [e.get("n") for e in ev._flow[-2:]] == [0, 1]
+    ev.flows([{"kind": "delivery.done"}])
+    assert len(ev._flow) == FLOW_MAX and ev.dropped == 4
+    ev._flow = []
+
+
+async def test_the_remembered_ends_keep_the_most_recent_and_drop_the_oldest(w: World) -> None:
+    from berth.services.lane_forwards import GONE_MAX, OVER_MAX
+
+    lane = w.c.dispatcher.lane
+    for i in range(OVER_MAX + 10):
+        lane.ended(f"d{i}")  # never started here: each is also remembered as gone
+    assert len(lane._over) == OVER_MAX and len(lane._gone) == GONE_MAX
+    assert "d9" not in lane._over and "d10" in lane._over and f"d{OVER_MAX + 9}" in lane._over
+    oldest_gone = OVER_MAX + 10 - GONE_MAX
+    assert f"d{oldest_gone - 1}" not in lane._gone and f"d{oldest_gone}" in lane._gone
+    lane.started("ws", f"d{OVER_MAX + 9}")  # its end came first: not in flight
+    assert lane.busy("ws") == 0

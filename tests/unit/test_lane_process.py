@@ -47,10 +47,11 @@ class Feed:
         self.lines: list[bytes] = []
         self.on_ready = lambda: None
 
-    async def apply(self, line: bytes) -> None:
-        self.lines.append(line)
-        if line == b'{"e":"ready"}':
-            self.on_ready()
+    async def apply_many(self, lines: list[bytes]) -> None:
+        for line in lines:
+            self.lines.append(line)
+            if line == b'{"e":"ready"}':
+                self.on_ready()
 
 
 class Exits:

@@ -115,3 +115,36 @@ async def test_a_fleet_histogram_counts_a_bound_in_its_own_bucket_and_keeps_the_
     total = {s.name: s.value for s in fam.samples}
     assert total["berth_fleet_forward_seconds_count"] == 6
     assert abs(total["berth_fleet_forward_seconds_sum"] - 401.20000001) < 1e-6
+
+
+async def test_observing_many_at_once_leaves_what_observing_one_by_one_leaves() -> None:
+    """observe_many (the fast lane's feed, a batch at a time) against observe, value by
+    value: the same per-workspace summary, fleet buckets, sum, and each bucket's exemplar
+    (the last delivery observed in it); a negative value counts as 0, as observe's."""
+    from prometheus_client.openmetrics.parser import text_string_to_metric_families as om_parse
+
+    values = [0.25, 0.0, 0.3, 400.0, 0.4, -1.0, 0.0009, 0.26]
+    ids = [f"d{i}" for i in range(len(values))]
+    one, many = Metrics(), Metrics()
+    for v, d in zip(values, ids, strict=True):
+        one.observe("berth_delivery_seconds", v, workspace="a", exemplar={"delivery_id": d})
+        one.observe("berth_queue_wait_seconds", v, workspace="b")
+    many.observe_many("berth_delivery_seconds", "a", values[:3], ids[:3])
+    many.observe_many("berth_delivery_seconds", "a", values[3:], ids[3:])
+    many.observe_many("berth_queue_wait_seconds", "b", values)
+    many.observe_many("berth_queue_wait_seconds", "b", [])  # nothing, no error
+    assert many._durations == one._durations
+    fmt = "application/openmetrics-text; version=1.0.0"
+
+    def fleet(m_text: bytes) -> dict[tuple[str, str], tuple[float, object]]:
+        out = {}
+        for fam in om_parse(m_text.decode()):
+            for s in fam.samples:
+                if s.name.startswith("berth_fleet_"):
+                    ex = None if s.exemplar is None else (s.exemplar.labels, s.exemplar.value)
+                    out[(s.name, s.labels.get("le", ""))] = (s.value, ex)
+        return out
+
+    got, want = fleet((await many.render(fmt))[0]), fleet((await one.render(fmt))[0])
+    assert got == want
+    assert want[("berth_fleet_delivery_seconds_bucket", "0.5")][1] == ({"delivery_id": "d7"}, 0.26)

@@ -147,8 +147,8 @@ class LaneProcess:
         return f"exit code {code}" if code >= 0 else f"signal {-code}"
 
     async def _read_feed(self, out: asyncio.StreamReader) -> None:
-        async for line in _lines(out):
-            await self._feed.apply(line)
+        async for lines in _batches(out):
+            await self._feed.apply_many(lines)
 
 
 async def _log_lines(err: asyncio.StreamReader) -> None:
@@ -158,16 +158,23 @@ async def _log_lines(err: asyncio.StreamReader) -> None:
 
 
 async def _lines(out: asyncio.StreamReader) -> AsyncIterator[bytes]:
-    """Non-empty lines, read in chunks (the feed has thousands a second; any length)."""
+    """Non-empty lines, read in chunks (any length)."""
+    async for lines in _batches(out):
+        for line in lines:
+            yield line
+
+
+async def _batches(out: asyncio.StreamReader) -> AsyncIterator[list[bytes]]:
+    """The non-empty lines each read brought, as a list (the feed has thousands a second,
+    written in batches: one list per batch, applied at once)."""
     rest = b""
     while chunk := await out.read(CHUNK):
         lines = (rest + chunk).split(b"\n")
         rest = lines.pop()
-        for line in lines:
-            if line:
-                yield line
+        if got := [line for line in lines if line]:
+            yield got
     if rest:
-        yield rest
+        yield [rest]
 
 
 def _retrieved(f: asyncio.Future[Any]) -> None:

@@ -40,6 +40,15 @@ class Events:
             return
         self._flow.append({"kind": kind, "at": time.time(), "replica": self.replica, **data})
 
+    def flows(self, events: list[dict[str, Any]]) -> None:
+        """Many flow events at once, each already `{"kind", "at", "replica", ...}` as `flow`
+        makes them (the fast lane's feed, a batch of lines at a time)."""
+        room = FLOW_MAX - len(self._flow)
+        if room < len(events):
+            self.dropped += len(events) - max(room, 0)
+            events = events[: max(room, 0)]
+        self._flow.extend(events)
+
     async def pump(self) -> None:
         """Publish buffered flow events (a background loop)."""
         while True:

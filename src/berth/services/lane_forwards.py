@@ -10,6 +10,7 @@ the lane runs now.
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
 from collections.abc import Callable
 
 from berth.services.delivery_log import DeliveryLog
@@ -34,10 +35,12 @@ class LaneForwards:
         self._log, self._freed, self._idle = deliveries, freed, idle
         self._by_ws: dict[str, dict[str, None]] = {}  # ws -> delivery ids, and back
         self._ws_of: dict[str, str] = {}
-        # ended before the feed said they started (a hand-off can overtake its feed line)
-        self._gone: dict[str, None] = {}
+        # ended before the feed said they started (a hand-off can overtake its feed line);
+        # ordered dicts: the oldest goes in O(1) (a dict's first key, after many deletions
+        # at its front, is a scan over their holes: 2 µs a message, against 0.2)
+        self._gone: OrderedDict[str, None] = OrderedDict()
         # the most recent ends, so that a read of the store never revives one
-        self._over: dict[str, None] = {}
+        self._over: OrderedDict[str, None] = OrderedDict()
         self._runs = 0  # forget calls: a read from before one is stale
         # the lane's lease owner while it is on (set by berth.lane.Lane): sync reads its
         # forwards from the store
@@ -64,12 +67,12 @@ class LaneForwards:
         slot is free, which a message queued behind it may be waiting for."""
         self._over[delivery_id] = None
         if len(self._over) > OVER_MAX:
-            del self._over[next(iter(self._over))]
+            self._over.popitem(last=False)
         ws_id = self._ws_of.pop(delivery_id, None)
         if ws_id is None:
             self._gone[delivery_id] = None
             if len(self._gone) > GONE_MAX:
-                del self._gone[next(iter(self._gone))]
+                self._gone.popitem(last=False)
             return
         flights = self._by_ws.get(ws_id, {})
         flights.pop(delivery_id, None)
