@@ -2,6 +2,7 @@
 
     python bench/proxy.py [--seconds 5] [--concurrency 1,16,64] [--sync FULL,NORMAL]
                           [--database-url postgresql://…] [--echo] [--ref-src DIR] [--caller]
+                          [--lane] [--rounds N]
 
 Starts, each as its own process: a trivial agent (a raw ASGI app answering one fixed
 JSON-RPC result, no a2a-sdk: bench/_trivial.py), a bare aiohttp pass-through proxy in
@@ -27,6 +28,10 @@ before a change), for a before/after in one run. Sends to berth carry the admin 
 caller agents do (berth then reads that credential from its store for every message).
 `--echo` adds the older comparison: berth with the demo echo agent (a2a-sdk, its task
 store, the SDK's dedupe) as a workspace vs the same echo agent directly.
+`--rounds N` runs every target N times in turn at each concurrency and ends each level
+with, for each target, the median and range of its figures against the bare proxy of the
+same round: this host's speed moves by a third between minutes, so one pass can put a
+target and its baseline in different weather.
 Figures, not assertions.
 """
 
@@ -36,6 +41,7 @@ import argparse
 import asyncio
 import os
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -324,21 +330,52 @@ async def trivial(args: argparse.Namespace, tmp: Path, procs: Procs, dbs: Databa
         + ", ".join(f"{label} pid {pid}" for label, _, pid, _ in berths)
     )
     for c in args.levels:
-        direct = await run("direct to the agent", agent, c, args.seconds, {})
-        print(direct.row())
-        plain = await measured("bare aiohttp proxy", bare, c, args.seconds, {}, bare_pid)
-        least = None
-        if floor is not None:
-            least = await measured("durable floor (FULL)", floor[0], c, args.seconds, {}, floor[1])
-            print(compare("durable floor", plain, least))
-        for c_label, c_url, c_pid in c_floors:
-            compiled = await measured(c_label, c_url, c, args.seconds, {}, c_pid)
-            print(compare(c_label, plain, compiled))
-        for label, url, pid, headers in berths:
-            via = await measured(label, url, c, args.seconds, headers, pid)
-            print(compare(label, plain, via))
-            if least is not None:
-                print(compare(label, least, via, "the durable floor"))
+        paired: dict[str, list[tuple[Result, Result]]] = {}  # label -> (bare, it) per round
+        for k in range(args.rounds):
+            if args.rounds > 1:
+                print(f"# c={c}: round {k + 1} of {args.rounds}")
+            direct = await run("direct to the agent", agent, c, args.seconds, {})
+            print(direct.row())
+            plain = await measured("bare aiohttp proxy", bare, c, args.seconds, {}, bare_pid)
+            least = None
+            if floor is not None:
+                least = await measured(
+                    "durable floor (FULL)", floor[0], c, args.seconds, {}, floor[1]
+                )
+                print(compare("durable floor", plain, least))
+                paired.setdefault("durable floor (FULL)", []).append((plain, least))
+            for c_label, c_url, c_pid in c_floors:
+                compiled = await measured(c_label, c_url, c, args.seconds, {}, c_pid)
+                print(compare(c_label, plain, compiled))
+                paired.setdefault(c_label, []).append((plain, compiled))
+            for label, url, pid, headers in berths:
+                via = await measured(label, url, c, args.seconds, headers, pid)
+                print(compare(label, plain, via))
+                if least is not None:
+                    print(compare(label, least, via, "the durable floor"))
+                paired.setdefault(label, []).append((plain, via))
+        if args.rounds > 1:
+            for label, pairs in paired.items():
+                print(over_rounds(label, c, pairs))
+
+
+def over_rounds(label: str, c: int, pairs: list[tuple[Result, Result]]) -> str:
+    """Each round's figures against the bare proxy of the same round (the host's speed moves
+    between minutes, less within a round): their median, and their range."""
+    share = [via.rps / bare.rps * 100 for bare, via in pairs]
+    added = [via.pct(50) - bare.pct(50) for bare, via in pairs]
+    tail = [via.pct(99) / bare.pct(99) for bare, via in pairs]
+
+    def span(xs: list[float], fmt: str) -> str:
+        return (
+            f"{fmt.format(statistics.median(xs))} ({fmt.format(min(xs))} to {fmt.format(max(xs))})"
+        )
+
+    return (
+        f"  == {label}, c={c}, {len(pairs)} rounds, each beside its round's bare proxy: "
+        f"throughput {span(share, '{:.1f} %')}, added p50 {span(added, '{:+.2f} ms')}, "
+        f"p99 {span(tail, '{:.2f}x')}"
+    )
 
 
 def start_echo(procs: Procs, tmp: Path) -> str:
@@ -378,6 +415,13 @@ async def main() -> None:
     ap.add_argument("--database-url")
     ap.add_argument("--concurrency", default="1,16,64")
     ap.add_argument("--sync", default="FULL", help="SQLite synchronous values, one berth each")
+    ap.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="run every target this many times, in turn, at each concurrency; print each "
+        "one's median and range against the bare proxy of the same round",
+    )
     ap.add_argument("--echo", action="store_true", help="also the echo-agent comparison")
     ap.add_argument(
         "--ref-src", help="also berth imported from another checkout's src/ (before/after)"
