@@ -435,6 +435,8 @@ async def main() -> None:
         help="send to berth with a caller credential (as caller agents do), not the admin token",
     )
     args = ap.parse_args()
+    if args.rounds < 1:
+        ap.error("--rounds must be 1 or more")
     args.levels = [int(x) for x in args.concurrency.split(",")]
     store = "postgresql" if args.database_url else "sqlite"
     print(f"# berth proxy benchmark: store {store}, load average {os.getloadavg()[0]:.1f}")

@@ -156,33 +156,35 @@ class Metrics:
         self._hist[name].observe(value, exemplar)
         self._version += 1
 
-    def observe_many(
-        self, name: str, workspace: str, values: list[float], exemplars: list[str] | None = None
-    ) -> None:
+    def observe_many(self, name: str, workspace: str, values: list[float]) -> None:
         """`observe` of each value, for one workspace at once (the fast lane's feed): the
-        same counts, sums and buckets; `exemplars`, a delivery id per value: each bucket
-        keeps the last one, as the values observed one by one would leave it."""
+        same counts, sums and buckets, added in the same order. Exemplars: `exemplars`."""
         if not values:
             return
         got = self._durations[name].setdefault(workspace, [0.0, 0.0])
         hist = self._hist[name]
-        total = 0.0
-        last: dict[int, tuple[float, str]] = {}
-        for k, v in enumerate(values):
+        for v in values:
             v = max(0.0, v)
-            total += v
-            i = bisect_left(_BUCKETS, v)
-            hist.counts[i] += 1
-            if exemplars is not None:
-                last[i] = (v, exemplars[k])
-        got[0] += len(values)
-        got[1] += total
-        hist.sum += total
+            got[0] += 1
+            got[1] += v
+            hist.sum += v
+            hist.counts[bisect_left(_BUCKETS, v)] += 1
+        self._version += 1
+
+    def exemplars(self, name: str, observed: list[tuple[float, str]]) -> None:
+        """The exemplars of values observed (with observe_many), in the order they were
+        observed, whatever their workspace: each bucket of the fleet histogram keeps its
+        last one, a delivery id, as `observe(..., exemplar=...)` one by one leaves it."""
+        hist = self._hist[name]
+        last: dict[int, tuple[float, str]] = {}
+        for v, ex in observed:
+            v = max(0.0, v)
+            last[bisect_left(_BUCKETS, v)] = (v, ex)
         if last:
             now = time.time()
             for i, (v, ex) in last.items():
                 hist.exemplars[i] = Exemplar({"delivery_id": ex}, v, now)
-        self._version += 1
+            self._version += 1
 
     def value(self, name: str, **labels: str) -> float:
         """A counter's current value (tests, status pages)."""

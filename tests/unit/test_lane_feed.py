@@ -205,37 +205,55 @@ async def test_ready_is_told_and_an_unknown_event_is_ignored(
 
 
 async def test_a_batch_of_lines_adds_up_as_the_lines_one_by_one(
-    w: World, caplog: pytest.LogCaptureFixture
+    w: World, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """What one read of the feed brings is applied at once (counts and durations per
-    workspace once, flows in the lane's order): the same as line by line, a malformed line
-    in the middle skipped alone, and the waiter of a delivery done in the batch woken."""
+    workspace once, flows in the lane's order): the same as line by line. A malformed line
+    in the middle is skipped alone; the waiters of deliveries done in the batch are woken
+    by it, each on its own: one whose read fails leaves the others woken at once."""
     a, b = await w.create("a"), await w.create("b")
     d1 = await lane_accepts(w, a, "m1")
     d2 = await lane_accepts(w, a, "m2")
     d3 = await lane_accepts(w, b, "m3")
-    how = Settle(D.DONE, reply=b'{"result": 1}', reply_status=200, forward=1)
-    assert await w.store.settle(d1.id, owner(w), how, time.time()) is not None
-    waiter = asyncio.create_task(w.c.deliveries.wait(d1.id, 5))
-    await asyncio.sleep(0.01)
+    feed = feed_of(w)
     sub = w.c.bus.subscribe(BATCH_TOPIC)
-    lines = [f_line(d1), f_line(d2), b"{nope", f_line(d3), d_line(d1, fwd=0.25)]
+    await feed.apply_many([f_line(d1), f_line(d2), f_line(d3)])
+    waiters = {d.id: asyncio.create_task(w.c.deliveries.wait(d.id, 5)) for d in (d1, d2, d3)}
+    await asyncio.sleep(0.05)
+    assert not any(t.done() for t in waiters.values())
+    how = Settle(D.DONE, reply=b'{"result": 1}', reply_status=200, forward=1)
+    for d in (d1, d2, d3):  # the lane settles them
+        assert await w.store.settle(d.id, owner(w), how, time.time()) is not None
+    real = w.c.deliveries.get
+
+    async def flaky(delivery_id: str) -> Delivery:
+        if delivery_id == d2.id:
+            raise RuntimeError("the store hiccups")
+        return await real(delivery_id)
+
+    monkeypatch.setattr(w.c.deliveries, "get", flaky)
+    lines = [d_line(d1, fwd=0.25), b"{nope", d_line(d3, fwd=0.1), d_line(d2, fwd=0.5)]
     with caplog.at_level(logging.WARNING, logger="berth.lane"):
-        await feed_of(w).apply_many(lines)
-    assert "malformed feed line" in caplog.text
-    got = await asyncio.wait_for(waiter, 1)
-    assert got is not None and got.status is D.DONE
+        await feed.apply_many(lines)
+    assert "malformed feed line" in caplog.text and "could not read" in caplog.text
+    for d in (d1, d3):  # woken by the feed, not by the waiters' own poll of the log
+        got = await asyncio.wait_for(waiters[d.id], 0.5)
+        assert got is not None and got.status is D.DONE
+    assert not waiters[d2.id].done()  # its read failed: it finds the answer in the log itself
     m = w.c.metrics
     assert m.value("berth_deliveries_accepted_total", workspace="a") == 2
     assert m.value("berth_deliveries_accepted_total", workspace="b") == 1
-    assert m.value("berth_deliveries_total", workspace="a", outcome="done") == 1
-    assert m.value("berth_lane_deliveries_total", workspace="a") == 1
+    assert m.value("berth_deliveries_total", workspace="a", outcome="done") == 2
+    assert m.value("berth_lane_deliveries_total", workspace="b") == 1
     assert summary(w, "berth_queue_wait_seconds", "a") == (2, 0.0)
-    assert summary(w, "berth_forward_seconds", "a") == (1, 0.25)
-    assert summary(w, "berth_delivery_seconds", "a") == (1, 0.5)
-    assert sorted(w.c.dispatcher.in_flight(a.id)) == sorted([d2.id])
-    assert w.c.dispatcher.in_flight(b.id) == [d3.id]
-    flows_got = [(f["kind"], f["delivery_id"]) for f in await flows(w.c.bus, sub, 7)]
+    assert summary(w, "berth_forward_seconds", "a") == (2, 0.75)
+    assert summary(w, "berth_delivery_seconds", "b") == (1, 0.5)
+    # the fleet bucket's exemplar is the lane's last (d2, of workspace a), though the
+    # batch counts workspace a's deliveries before b's
+    hist = m._hist["berth_delivery_seconds"]
+    assert [e.labels for e in hist.exemplars if e is not None] == [{"delivery_id": d2.id}]
+    assert w.c.dispatcher.in_flight(a.id) == [] and w.c.dispatcher.in_flight(b.id) == []
+    flows_got = [(f["kind"], f["delivery_id"]) for f in await flows(w.c.bus, sub, 9)]
     assert flows_got == [
         ("delivery.accepted", d1.id),
         ("delivery.forwarded", d1.id),
@@ -244,8 +262,11 @@ async def test_a_batch_of_lines_adds_up_as_the_lines_one_by_one(
         ("delivery.accepted", d3.id),
         ("delivery.forwarded", d3.id),
         ("delivery.done", d1.id),
+        ("delivery.done", d3.id),
+        ("delivery.done", d2.id),
     ]
     await sub.aclose()
+    assert (await asyncio.wait_for(waiters[d2.id], 5)) is not None
 
 
 async def test_flow_events_past_the_buffer_are_dropped_and_counted(w: World) -> None:

@@ -3,6 +3,7 @@ change (a count, a gauge value, a workspace gone) shows in the next one."""
 
 from __future__ import annotations
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from berth.metrics import Metrics
@@ -118,22 +119,30 @@ async def test_a_fleet_histogram_counts_a_bound_in_its_own_bucket_and_keeps_the_
 
 
 async def test_observing_many_at_once_leaves_what_observing_one_by_one_leaves() -> None:
-    """observe_many (the fast lane's feed, a batch at a time) against observe, value by
-    value: the same per-workspace summary, fleet buckets, sum, and each bucket's exemplar
-    (the last delivery observed in it); a negative value counts as 0, as observe's."""
+    """observe_many and exemplars (the fast lane's feed, a batch at a time, grouped by
+    workspace) against observe, value by value in the lane's order: the same per-workspace
+    summaries, fleet buckets and sums, and each bucket's exemplar the last delivery observed
+    in it, whichever workspace it was for; a negative value counts as 0, as observe's."""
     from prometheus_client.openmetrics.parser import text_string_to_metric_families as om_parse
 
-    values = [0.25, 0.0, 0.3, 400.0, 0.4, -1.0, 0.0009, 0.26]
-    ids = [f"d{i}" for i in range(len(values))]
+    # (workspace, seconds, delivery) in the order the lane settled them
+    seen = [
+        ("a", 0.1, "d0"), ("b", 0.3, "d1"), ("a", 0.2, "d2"), ("b", 400.0, "d3"),
+        ("a", 0.4, "d4"), ("b", -1.0, "d5"), ("a", 0.0009, "d6"), ("b", 0.26, "d7"),
+        ("a", 0.3, "d8"),
+    ]  # fmt: skip
     one, many = Metrics(), Metrics()
-    for v, d in zip(values, ids, strict=True):
-        one.observe("berth_delivery_seconds", v, workspace="a", exemplar={"delivery_id": d})
-        one.observe("berth_queue_wait_seconds", v, workspace="b")
-    many.observe_many("berth_delivery_seconds", "a", values[:3], ids[:3])
-    many.observe_many("berth_delivery_seconds", "a", values[3:], ids[3:])
-    many.observe_many("berth_queue_wait_seconds", "b", values)
-    many.observe_many("berth_queue_wait_seconds", "b", [])  # nothing, no error
-    assert many._durations == one._durations
+    for ws, v, d in seen:
+        one.observe("berth_delivery_seconds", v, workspace=ws, exemplar={"delivery_id": d})
+        one.observe("berth_queue_wait_seconds", v, workspace=ws)
+    for ws in ("b", "a"):  # grouped by workspace, as a batch applies them
+        mine = [v for w, v, _ in seen if w == ws]
+        many.observe_many("berth_delivery_seconds", ws, mine[:2])
+        many.observe_many("berth_delivery_seconds", ws, mine[2:])
+        many.observe_many("berth_queue_wait_seconds", ws, mine)
+    many.observe_many("berth_queue_wait_seconds", "a", [])  # nothing, no error
+    many.exemplars("berth_delivery_seconds", [(v, d) for _, v, d in seen])
+    assert many._durations == one._durations  # the same additions, in the same order
     fmt = "application/openmetrics-text; version=1.0.0"
 
     def fleet(m_text: bytes) -> dict[tuple[str, str], tuple[float, object]]:
@@ -146,5 +155,8 @@ async def test_observing_many_at_once_leaves_what_observing_one_by_one_leaves() 
         return out
 
     got, want = fleet((await many.render(fmt))[0]), fleet((await one.render(fmt))[0])
+    sums = [k for k in want if k[0].endswith("_sum")]  # added across workspaces in another order
+    assert {k: got.pop(k)[0] for k in sums} == pytest.approx({k: want.pop(k)[0] for k in sums})
     assert got == want
-    assert want[("berth_fleet_delivery_seconds_bucket", "0.5")][1] == ({"delivery_id": "d7"}, 0.26)
+    # the 0.5 bucket's last: d8 (workspace a), after d7 (workspace b)
+    assert want[("berth_fleet_delivery_seconds_bucket", "0.5")][1] == ({"delivery_id": "d8"}, 0.3)

@@ -91,10 +91,10 @@ class LaneFeed:
         self._dispatcher.lane.ended(did)
         done = b.done.get(ws_id)
         if done is None:
-            done = b.done[ws_id] = ([], [], [])
+            done = b.done[ws_id] = ([], [])
         done[0].append(forward)
         done[1].append(took)
-        done[2].append(did)
+        b.took.append((took, did))
         b.flows.append(
             {
                 "kind": "delivery.done",
@@ -109,36 +109,48 @@ class LaneFeed:
             b.waited.append(did)
 
     async def _flush(self, b: _Batch) -> None:
-        """What the batch's lines add up to: counts, durations, flows, waiters."""
+        """What the batch's lines add up to: counts, durations, flows, waiters; a failure
+        of one part leaves the others done (and one waiter's read, the others woken)."""
+        try:
+            self._count(b)
+        except Exception:  # a bug: the flows and waiters still go
+            log.exception("fast lane: counting %d feed lines failed", len(b.flows))
+        if b.flows:
+            self._events.flows(b.flows)
+        for did in b.waited:
+            try:
+                self._log.resolve(await self._log.get(did))
+            except Exception as e:  # the store away: its waiter polls the log itself
+                log.warning("fast lane: could not read %s for its waiter (%r)", did, e)
+
+    def _count(self, b: _Batch) -> None:
         m = self._metrics
         for ws_id, n in b.accepted.items():
             name = self._name_of(ws_id)
             m.inc("berth_deliveries_accepted_total", n, workspace=name)
             m.observe_many("berth_queue_wait_seconds", name, [0.0] * n)
             self._log.active(ws_id)
-        for ws_id, (forward, took, ids) in b.done.items():
+        for ws_id, (forward, took) in b.done.items():
             name = self._name_of(ws_id)
             m.observe_many("berth_forward_seconds", name, forward)
-            m.inc("berth_deliveries_total", len(ids), workspace=name, outcome="done")
-            m.inc("berth_lane_deliveries_total", len(ids), workspace=name)
-            m.observe_many("berth_delivery_seconds", name, took, ids)
-        if b.flows:
-            self._events.flows(b.flows)
-        for did in b.waited:
-            self._log.resolve(await self._log.get(did))
+            m.inc("berth_deliveries_total", len(took), workspace=name, outcome="done")
+            m.inc("berth_lane_deliveries_total", len(took), workspace=name)
+            m.observe_many("berth_delivery_seconds", name, took)
+        m.exemplars("berth_delivery_seconds", b.took)  # in the lane's order, across workspaces
 
 
 class _Batch:
     """What a batch of feed lines adds up to, applied once (LaneFeed._flush)."""
 
-    __slots__ = ("accepted", "at", "done", "flows", "replica", "waited")
+    __slots__ = ("accepted", "at", "done", "flows", "replica", "took", "waited")
 
     def __init__(self, replica: str) -> None:
         self.at = time.time()
         self.replica = replica
         self.accepted: dict[str, int] = {}  # ws -> accepted in flight
-        # ws -> (forward seconds, delivery seconds, delivery ids), a value per message
-        self.done: dict[str, tuple[list[float], list[float], list[str]]] = {}
+        # ws -> (forward seconds, delivery seconds), a value per message
+        self.done: dict[str, tuple[list[float], list[float]]] = {}
+        self.took: list[tuple[float, str]] = []  # (delivery seconds, id), in the lane's order
         self.flows: list[dict[str, Any]] = []
         self.waited: list[str] = []  # done, and someone on this replica waits for it
 
