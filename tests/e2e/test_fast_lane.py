@@ -734,3 +734,42 @@ async def test_a_caller_that_never_reads_its_answers_is_not_read_either(lane_ser
             s.close()
     assert r.status_code == 200 and took < 1.0, took
     assert rss < 64 * 1024, f"the lane holds {rss} kB for callers that do not read"
+
+
+async def test_a_caller_answered_after_a_long_send_keeps_its_connection(lane_server, agent):
+    """Found by CI under load (a restart under load, httpx.ReadError): the lane closed a
+    caller as idle 5 s after it last *sent* anything, so a send answered after more than 5
+    s (a slow agent, or a wait through a restart) had its connection closed at the next
+    tick, and the caller's next request on it was reset. Idle now counts from the answer,
+    as uvicorn counts its keep-alive; the next request on the same socket is answered."""
+    async with lane_server.client() as c:
+        await _workspace(c, "w", agent.url)
+    served = lane_served(lane_server)
+
+    def two_sends() -> tuple[bytes, bytes]:
+        with socket.create_connection(("127.0.0.1", lane_server.port)) as s:
+            s.settimeout(30)
+
+            def answer() -> bytes:  # one answer with a content-length (the lane's own)
+                out = b""
+                while b"\r\n\r\n" not in out:
+                    out += s.recv(65536) or b"<eof>"
+                    assert not out.endswith(b"<eof>"), out
+                head, body = out.split(b"\r\n\r\n", 1)
+                length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+                while len(body) < length:
+                    chunk = s.recv(65536)
+                    assert chunk, "the connection closed mid-answer"
+                    body += chunk
+                return head + b"\r\n\r\n" + body
+
+            s.sendall(_raw_send(json.dumps(send_body("slow:5.5", "long-1")).encode()))
+            first = answer()
+            time.sleep(0.3)  # a few of the lane's ticks (50 ms): an idle close would be done
+            s.sendall(_raw_send(json.dumps(send_body("after", "long-2")).encode()))
+            return first, answer()
+
+    first, second = await asyncio.to_thread(two_sends)
+    assert first.startswith(b"HTTP/1.1 200") and b'"slow:5.5"' in first
+    assert second.startswith(b"HTTP/1.1 200") and b'"after"' in second
+    assert lane_served(lane_server) >= served + 2  # both were the lane's own

@@ -144,7 +144,7 @@ typedef struct client {
     int queued;           /* in the ready list: its next buffered request is taken after the batch */
     int up_handoff;       /* `up` goes to the hand-off socket (closed once its answer passed) */
     struct client *next_ready;
-    double last_read;     /* when it last sent anything (idle ones are closed, as uvicorn does) */
+    double last_active;   /* when it last sent anything or was last answered (idle: closed) */
     int close_after;      /* Connection: close */
     int rd_eof, closing;  /* the caller half-closed; closed once out_c is sent */
     int mode;             /* M_LANE, M_RELAY (one request to Python, then back), M_PIPE */
@@ -592,7 +592,7 @@ static void on_client(client *c, uint32_t events) {
     size_t cap = (size_t)max_body + MAX_HEAD;
     if (c->mode != M_PIPE && c->in.n >= cap && (events & (EPOLLHUP | EPOLLERR))) { client_close(c); return; }
     long r = c->mode == M_PIPE ? read_some(c->fd, &c->in) : read_upto(c->fd, &c->in, cap);
-    c->last_read = mono();
+    c->last_active = mono();
     if (c->mode != M_PIPE && c->in.n >= cap) c_events(c); /* full: not read again until served */
     if (c->mode == M_PIPE) { /* pass it on */
         if (c->in.n) {
@@ -999,6 +999,9 @@ static void job_free(job *j) {
 static void client_done(client *c) {
     if (!c || c->dead) return;
     c->job = NULL;
+    /* idle from its answer on, as uvicorn's keep-alive counts: a send answered after more
+       than IDLE_CLIENT was closed at the next tick, and the caller's next request reset */
+    c->last_active = mono();
     c_events(c);
     if (c->in.n && !c->queued) {
         c->queued = 1;
@@ -1737,7 +1740,7 @@ static void on_tick(void) {
     }
     for (client *c = clients, *next; c; c = next) { /* idle callers: closed at 5 s, as uvicorn */
         next = c->next;
-        if (c->fd >= 0 && c->mode == M_LANE && !c->job && !c->out_c.n && t - c->last_read > IDLE_CLIENT)
+        if (c->fd >= 0 && c->mode == M_LANE && !c->job && !c->out_c.n && t - c->last_active > IDLE_CLIENT)
             client_close(c);
     }
     int relaying = 0; /* a caller waiting on Python (Python finishes what it started) */
@@ -1877,7 +1880,7 @@ int main(void) {
                         c->e.kind = K_CLIENT;
                         c->fd = fd;
                         c->up = -1;
-                        c->last_read = mono();
+                        c->last_active = mono();
                         c->next = clients;
                         if (clients) clients->prev = c;
                         clients = c;
