@@ -107,12 +107,19 @@ class _Hist:
         self.sum = 0.0
         self.exemplars: list[Exemplar | None] = [None] * (len(_BUCKETS) + 1)
 
-    def observe(self, value: float, exemplar: dict[str, str] | None) -> None:
+    def observe(self, value: float, exemplar: dict[str, str] | None = None) -> None:
         i = bisect_left(_BUCKETS, value)
         self.counts[i] += 1
         self.sum += value
         if exemplar is not None:
             self.exemplars[i] = Exemplar(exemplar, value, time.time())
+
+    def keep_exemplars(self, observed: list[tuple[float, dict[str, str]]]) -> None:
+        """Exemplars of values already observed, in their order: each bucket keeps its last."""
+        last = {bisect_left(_BUCKETS, v): (v, ex) for v, ex in observed}
+        now = time.time()
+        for i, (v, ex) in last.items():
+            self.exemplars[i] = Exemplar(ex, v, now)
 
     def collect(self) -> Iterator[HistogramMetricFamily]:
         buckets: list[tuple[str, float] | tuple[str, float, Exemplar]] = []
@@ -149,16 +156,13 @@ class Metrics:
     def observe(
         self, name: str, value: float, *, exemplar: dict[str, str] | None = None, **labels: str
     ) -> None:
-        value = max(0.0, value)
-        got = self._durations[name].setdefault(labels["workspace"], [0.0, 0.0])
-        got[0] += 1
-        got[1] += value
-        self._hist[name].observe(value, exemplar)
-        self._version += 1
+        self.observe_many(name, labels["workspace"], [value])
+        if exemplar is not None:
+            self._hist[name].keep_exemplars([(max(0.0, value), exemplar)])
 
     def observe_many(self, name: str, workspace: str, values: list[float]) -> None:
-        """`observe` of each value, for one workspace at once (the fast lane's feed): the
-        same counts, sums and buckets, added in the same order. Exemplars: `exemplars`."""
+        """`observe` of each value, for one workspace at once (the fast lane's feed); a
+        value under 0 counts as 0. Exemplars: `exemplars`."""
         if not values:
             return
         got = self._durations[name].setdefault(workspace, [0.0, 0.0])
@@ -167,23 +171,17 @@ class Metrics:
             v = max(0.0, v)
             got[0] += 1
             got[1] += v
-            hist.sum += v
-            hist.counts[bisect_left(_BUCKETS, v)] += 1
+            hist.observe(v)
         self._version += 1
 
     def exemplars(self, name: str, observed: list[tuple[float, str]]) -> None:
         """The exemplars of values observed (with observe_many), in the order they were
         observed, whatever their workspace: each bucket of the fleet histogram keeps its
         last one, a delivery id, as `observe(..., exemplar=...)` one by one leaves it."""
-        hist = self._hist[name]
-        last: dict[int, tuple[float, str]] = {}
-        for v, ex in observed:
-            v = max(0.0, v)
-            last[bisect_left(_BUCKETS, v)] = (v, ex)
-        if last:
-            now = time.time()
-            for i, (v, ex) in last.items():
-                hist.exemplars[i] = Exemplar({"delivery_id": ex}, v, now)
+        if observed:
+            self._hist[name].keep_exemplars(
+                [(max(0.0, v), {"delivery_id": d}) for v, d in observed]
+            )
             self._version += 1
 
     def value(self, name: str, **labels: str) -> float:

@@ -47,7 +47,7 @@ class LaneFeed:
     async def apply_many(self, lines: list[bytes]) -> None:
         """Lines in the order the lane wrote them; a malformed one is logged and skipped
         (the feed goes on)."""
-        batch = _Batch(self._events.replica)
+        batch = _Batch()
         for line in lines:
             try:
                 ev = orjson.loads(line)
@@ -77,11 +77,10 @@ class LaneFeed:
         did, ws_id, mid = _str(ev, "id"), _str(ev, "ws"), _str(ev, "mid")
         self._dispatcher.lane.started(ws_id, did)
         b.accepted[ws_id] = b.accepted.get(ws_id, 0) + 1
-        fl = {"delivery_id": did, "workspace_id": ws_id, "message_id": mid}
-        b.flows.append({"kind": "delivery.accepted", "at": b.at, "replica": b.replica, **fl})
-        b.flows.append(
-            {"kind": "delivery.forwarded", "at": b.at, "replica": b.replica, **fl, "forward": 1}
-        )
+        flow = self._events.flow_event
+        ids = {"delivery_id": did, "workspace_id": ws_id, "message_id": mid}
+        b.flows.append(flow("delivery.accepted", b.at, **ids))
+        b.flows.append(flow("delivery.forwarded", b.at, **ids, forward=1))
 
     def _done(self, ev: dict[str, Any], b: _Batch) -> None:
         """Settled done: a forward's end and DeliveryLog._finished's outcome."""
@@ -96,14 +95,9 @@ class LaneFeed:
         done[1].append(took)
         b.took.append((took, did))
         b.flows.append(
-            {
-                "kind": "delivery.done",
-                "at": b.at,
-                "replica": b.replica,
-                "delivery_id": did,
-                "workspace_id": ws_id,
-                "message_id": mid,
-            }
+            self._events.flow_event(
+                "delivery.done", b.at, delivery_id=did, workspace_id=ws_id, message_id=mid
+            )
         )
         if self._log.waiting(did):
             b.waited.append(did)
@@ -142,11 +136,10 @@ class LaneFeed:
 class _Batch:
     """What a batch of feed lines adds up to, applied once (LaneFeed._flush)."""
 
-    __slots__ = ("accepted", "at", "done", "flows", "replica", "took", "waited")
+    __slots__ = ("accepted", "at", "done", "flows", "took", "waited")
 
-    def __init__(self, replica: str) -> None:
+    def __init__(self) -> None:
         self.at = time.time()
-        self.replica = replica
         self.accepted: dict[str, int] = {}  # ws -> accepted in flight
         # ws -> (forward seconds, delivery seconds), a value per message
         self.done: dict[str, tuple[list[float], list[float]]] = {}

@@ -38,11 +38,15 @@ class Events:
         if len(self._flow) >= FLOW_MAX:
             self.dropped += 1
             return
-        self._flow.append({"kind": kind, "at": time.time(), "replica": self.replica, **data})
+        self._flow.append(self.flow_event(kind, time.time(), **data))
+
+    def flow_event(self, kind: str, at: float, **data: Any) -> dict[str, Any]:
+        """A flow event as `flow` buffers it, for `flows`."""
+        return {"kind": kind, "at": at, "replica": self.replica, **data}
 
     def flows(self, events: list[dict[str, Any]]) -> None:
-        """Many flow events at once, each already `{"kind", "at", "replica", ...}` as `flow`
-        makes them (the fast lane's feed, a batch of lines at a time)."""
+        """Many flow events at once, each made by `flow_event` (the fast lane's feed, a
+        batch of lines at a time)."""
         room = FLOW_MAX - len(self._flow)
         if room < len(events):
             self.dropped += len(events) - max(room, 0)
