@@ -773,3 +773,54 @@ async def test_a_caller_answered_after_a_long_send_keeps_its_connection(lane_ser
     assert first.startswith(b"HTTP/1.1 200") and b'"slow:5.5"' in first
     assert second.startswith(b"HTTP/1.1 200") and b'"after"' in second
     assert lane_served(lane_server) >= served + 2  # both were the lane's own
+
+
+async def test_python_behind_the_lane_keeps_an_idle_connection_past_the_lane_s_reuse(lane_server):
+    """The lane reuses its connection to Python for up to 4 s (IDLE_REUSE, counted from
+    when it saw the last answer end, so later than uvicorn counts). With uvicorn's default
+    keep-alive (5 s) a lane that was slow to read an answer could write the next request
+    into a connection uvicorn was closing at that instant, and cut its caller. Behind the
+    lane uvicorn keeps idle connections for UPSTREAM_KEEP_ALIVE: a request on
+    `berth.sock` after 5.5 s idle is answered on the same connection."""
+    from berth.lane import SOCKET_FILE, UPSTREAM_KEEP_ALIVE
+
+    reuse = float(
+        next(
+            line.split()[2]
+            for line in (Path(__file__).parents[2] / "src/berth/lane/lane.c")
+            .read_text()
+            .splitlines()
+            if line.startswith("#define IDLE_REUSE ")
+        )
+    )
+    assert UPSTREAM_KEEP_ALIVE >= 10 * reuse
+    path = lane_server.data_dir / SOCKET_FILE
+    assert path.exists(), "the test's data dir is short enough for berth.sock to be in it"
+
+    def two_requests() -> tuple[bytes, bytes]:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(30)
+            s.connect(str(path))
+
+            def get() -> bytes:
+                s.sendall(b"GET /healthz HTTP/1.1\r\nhost: berth\r\n\r\n")
+                out = b""
+                while b"\r\n\r\n" not in out:
+                    chunk = s.recv(65536)
+                    assert chunk, "Python closed the connection"
+                    out += chunk
+                head, body = out.split(b"\r\n\r\n", 1)
+                length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+                while len(body) < length:
+                    chunk = s.recv(65536)
+                    assert chunk, "the connection closed mid-answer"
+                    body += chunk
+                return head
+
+            first = get()
+            time.sleep(5.5)  # past uvicorn's default keep-alive
+            return first, get()
+
+    first, second = await asyncio.to_thread(two_requests)
+    assert first.startswith(b"HTTP/1.1 200"), first
+    assert second.startswith(b"HTTP/1.1 200"), second

@@ -51,7 +51,7 @@
 
 #define MAX_HEAD 16384
 #define MAX_LISTEN 8
-#define IDLE_REUSE 4.0 /* seconds an idle agent connection is reused (agent_h1.py's) */
+#define IDLE_REUSE 4.0 /* seconds an idle connection is reused: to an agent (agent_h1.py's), to Python (berth.lane.UPSTREAM_KEEP_ALIVE) */
 #define IDLE_CLIENT 5.0 /* seconds a caller may send nothing between requests (uvicorn's keep-alive) */
 
 /* ------------------------------------------------------------------ configuration */
