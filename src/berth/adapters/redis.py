@@ -316,7 +316,7 @@ class RedisBus:
                 self._tried.set()
             finally:
                 with contextlib.suppress(Exception):
-                    await asyncio.shield(pubsub.aclose())  # type: ignore[no-untyped-call]
+                    await asyncio.shield(pubsub.aclose())  # type: ignore[no-untyped-call, unused-ignore]  # typed from redis 8
             delay = min(self._max_backoff, max(0.05, delay * 2))
             await asyncio.sleep(delay * (0.5 + secrets.randbelow(1000) / 1000))
 
