@@ -3,6 +3,7 @@
     python bench/delivery_log.py [--backends sqlite,postgres] [--count 5000] [--finished 0,1000000]
                                  [--dispatch proxy,ws,1,8] [--producers 8] [--pg-modes batched,single]
                                  [--database-url postgresql://postgres@127.0.0.1:5432/test] [--quick]
+                                 [--no-c-floor] [--c-floor-seconds 8]
 
 Producers accept deliveries (round robin over 8 workspaces with max_concurrency 4), each
 one at a time, while dispatchers drain them. `--dispatch ws` runs berth's dispatcher shape:
@@ -31,6 +32,10 @@ same table and indexes, bare SQL without berth code (bench/_log_engines.py):
   multi-row INSERT, one UPDATE claiming for every waiting workspace, one UPDATE ... FROM
   unnest for the acks; beside berth with group commit on (its default).
 "berth/bare" is the throughput ratio.
+* the compiled floor (PostgreSQL, with `--dispatch proxy`; `--no-c-floor` leaves it out):
+  pgbench running the proxy shape's flush on the same table, 2 connections x 4 deliveries
+  a flush, no Python in the way (bench/_pg_floor.py); "berth proxy/floor" is berth's
+  `proxy` row as a share of it.
 
 Latency is accept -> settled at saturation: with a closed window it is mostly queueing
 (about window / throughput), so compare it between rows rather than read it as service time.
@@ -78,6 +83,7 @@ from _log_engines import (  # noqa: E402
     BerthEngine,
     Engine,
 )
+from _pg_floor import Floor, find_pgbench, run_floor  # noqa: E402
 
 WORKSPACES = 8
 DEFAULT_PG = "postgresql://postgres@127.0.0.1:5432/test"
@@ -591,6 +597,37 @@ def row(label: str, disp: str, finished: int, b: Result, r: Result) -> str:
     )
 
 
+async def c_floor(
+    backend: PgBackend, args: argparse.Namespace, finished: int, berth_rate: float | None
+) -> str:
+    """The compiled floor of the proxy shape's flush (bench/_pg_floor.py), on this level's
+    table: its line, with berth's `proxy` row (group commit on) as a share of it."""
+    label = f"{'pg C floor':<13}{'proxy':>5}{finished:>10,} | "
+    pgbench = find_pgbench()
+    if pgbench is None:
+        return label + "pgbench not found: no compiled floor"
+    seconds = 1.0 if args.quick else args.c_floor_seconds
+    try:
+        f: Floor = await run_floor(
+            pgbench,
+            backend.url,
+            [w.id for w in backend.ws],
+            REQUEST.decode(),
+            REPLY.decode(),
+            seconds=seconds,
+            host_cpu=host_cpu,
+        )
+    finally:
+        await backend.cleanup()
+    host = "-" if f.host_cpu_us is None else f"{f.host_cpu_us:.0f}"
+    share = f"{berth_rate / f.rate * 100:>9.0f}%" if berth_rate else f"{'-':>10}"
+    return (
+        label + f"{f.rate:>8.0f}/s, a flush {f.latency_ms:.2f} ms, host CPU {host} us a "
+        f"delivery (pgbench, {f.clients} connections x {f.k} settles + {f.k} "
+        f"in-flight accepts a flush, berth's table) | berth proxy/floor {share}"
+    )
+
+
 def parse() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--backends", default="sqlite,postgres")
@@ -622,6 +659,14 @@ def parse() -> argparse.Namespace:
     ap.add_argument(
         "--pool-size", type=int, help="PostgresStore max_size (default: the store's own)"
     )
+    ap.add_argument(
+        "--c-floor",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="PostgreSQL, with the proxy shape: pgbench running berth's flush on berth's table "
+        "beside berth (the compiled floor, bench/_pg_floor.py)",
+    )
+    ap.add_argument("--c-floor-seconds", type=float, default=8.0)
     ap.add_argument("--quick", action="store_true", help="small numbers for a smoke run")
     ap.add_argument(
         "--loop", choices=["uvloop", "asyncio"], default="uvloop", help="as berth serve runs"
@@ -672,11 +717,14 @@ async def main(args: argparse.Namespace) -> None:
                         for line in await backend.explain():
                             print(f"#   plan with {finished:,} finished rows, {line}")
                     print(HEAD)
+                    proxy_rate: float | None = None
                     for v in backend.variants():
                         for d in disps:
                             cpu0 = host_cpu()
                             b = await measure(v.berth, backend, args, d)
                             r = await measure(v.bare, backend, args, d)
+                            if d == "proxy" and v.label == "pg batched":
+                                proxy_rate = b.rate
                             lines.append(row(v.label, d, finished, b, r))
                             print(
                                 lines[-1] + f"   (calls/flush accept/claim/settle: berth "
@@ -684,6 +732,9 @@ async def main(args: argparse.Namespace) -> None:
                                 f"{host_busy(cpu0)})",
                                 flush=True,
                             )
+                    if isinstance(backend, PgBackend) and args.c_floor and "proxy" in disps:
+                        lines.append(await c_floor(backend, args, finished, proxy_rate))
+                        print(lines[-1], flush=True)
             finally:
                 await backend.close()
     print()

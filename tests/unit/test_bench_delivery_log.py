@@ -46,3 +46,13 @@ def test_the_delivery_log_bench_runs_every_shape_on_both_backends() -> None:
     got = {(backend, shape) for backend, shape, _ in rows}
     assert got == {(b, s) for b in ("sqlite FULL", "pg batched") for s in ("proxy", "ws", "8")}
     assert all(int(rate) > 0 for _, _, rate in rows)
+    # the compiled floor of the proxy's flush, on the same table, beside berth's proxy row
+    floor = re.search(
+        r"^pg C floor\s+proxy\s+0 \|\s+(\d+)/s, a flush ([\d.]+) ms, host CPU (\d+) us a "
+        r"delivery \(pgbench, 2 connections x 4 settles \+ 4 in-flight accepts.* berth "
+        r"proxy/floor\s+(\d+)%$",
+        out.stdout,
+        re.M,
+    )
+    assert floor is not None, out.stdout[-3000:]
+    assert int(floor[1]) > 0 and float(floor[2]) > 0 and int(floor[3]) > 0 and int(floor[4]) > 0
