@@ -470,6 +470,23 @@ def _raw_send(body: bytes, extra: bytes = b"") -> bytes:
     ) % (ADMIN.encode(), extra, len(body), body)
 
 
+def _read_answer(s: socket.socket) -> bytes:
+    """One HTTP answer with a content-length from a blocking socket, whole; a connection
+    closed before it ends fails the test."""
+    out = b""
+    while b"\r\n\r\n" not in out:
+        chunk = s.recv(65536)
+        assert chunk, f"the connection closed before an answer's head: {out!r}"
+        out += chunk
+    head, body = out.split(b"\r\n\r\n", 1)
+    length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+    while len(body) < length:
+        chunk = s.recv(65536)
+        assert chunk, "the connection closed mid-answer"
+        body += chunk
+    return head + b"\r\n\r\n" + body
+
+
 async def test_callers_hanging_up_mid_relay_never_crash_the_lane(lane_server):
     """Both sockets of a relayed caller ready in one epoll batch: the first event closed
     the caller, the second ran on freed memory (signal 11 within a second)."""
@@ -749,25 +766,11 @@ async def test_a_caller_answered_after_a_long_send_keeps_its_connection(lane_ser
     def two_sends() -> tuple[bytes, bytes]:
         with socket.create_connection(("127.0.0.1", lane_server.port)) as s:
             s.settimeout(30)
-
-            def answer() -> bytes:  # one answer with a content-length (the lane's own)
-                out = b""
-                while b"\r\n\r\n" not in out:
-                    out += s.recv(65536) or b"<eof>"
-                    assert not out.endswith(b"<eof>"), out
-                head, body = out.split(b"\r\n\r\n", 1)
-                length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
-                while len(body) < length:
-                    chunk = s.recv(65536)
-                    assert chunk, "the connection closed mid-answer"
-                    body += chunk
-                return head + b"\r\n\r\n" + body
-
             s.sendall(_raw_send(json.dumps(send_body("slow:5.5", "long-1")).encode()))
-            first = answer()
+            first = _read_answer(s)
             time.sleep(0.3)  # a few of the lane's ticks (50 ms): an idle close would be done
             s.sendall(_raw_send(json.dumps(send_body("after", "long-2")).encode()))
-            return first, answer()
+            return first, _read_answer(s)
 
     first, second = await asyncio.to_thread(two_sends)
     assert first.startswith(b"HTTP/1.1 200") and b'"slow:5.5"' in first
@@ -804,18 +807,7 @@ async def test_python_behind_the_lane_keeps_an_idle_connection_past_the_lane_s_r
 
             def get() -> bytes:
                 s.sendall(b"GET /healthz HTTP/1.1\r\nhost: berth\r\n\r\n")
-                out = b""
-                while b"\r\n\r\n" not in out:
-                    chunk = s.recv(65536)
-                    assert chunk, "Python closed the connection"
-                    out += chunk
-                head, body = out.split(b"\r\n\r\n", 1)
-                length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
-                while len(body) < length:
-                    chunk = s.recv(65536)
-                    assert chunk, "the connection closed mid-answer"
-                    body += chunk
-                return head
+                return _read_answer(s)
 
             first = get()
             time.sleep(5.5)  # past uvicorn's default keep-alive
