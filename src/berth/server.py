@@ -37,7 +37,7 @@ GIL_SWITCH_SECONDS = 0.0005  # see serve()
 GC_YOUNG = 20_000
 LISTEN_BACKLOG = 1024  # the public sockets handed to the fast lane
 UDS_MAX = 100  # bytes of a Unix socket's path (the kernel's limit is 107)
-CALLER_KEEP_ALIVE = 5  # uvicorn's default keep-alive, for callers it serves itself
+KEEP_ALIVE = 5  # seconds uvicorn keeps an idle caller's connection (its default)
 # the Settings that `berth serve` takes as options (every one is also BERTH_<NAME>)
 SERVE_OPTIONS = (
     "host",
@@ -93,7 +93,9 @@ def serve(args: argparse.Namespace) -> None:
         loop="uvloop" if _has("uvloop") else "asyncio",
         http="httptools" if _has("httptools") else "h11",
         timeout_graceful_shutdown=60,
-        timeout_keep_alive=_keep_alive(upstream),
+        # also the idle limit of the connections the lane pipes to Python: its callers'
+        # (the lane reuses its own connections to Python for less: UPSTREAM_REUSE, lane.c)
+        timeout_keep_alive=KEEP_ALIVE,
     )
     try:
         server = _server_class()(config)
@@ -101,16 +103,6 @@ def serve(args: argparse.Namespace) -> None:
         server.run(sockets=upstream if upstream else _sockets(settings, container))
     finally:
         os.close(lock)
-
-
-def _keep_alive(upstream: list[socket.socket] | None) -> int:
-    """uvicorn's idle keep-alive: its default (5 s) for callers; behind the lane, which
-    alone connects then, longer than the lane ever reuses a connection (UPSTREAM_KEEP_ALIVE)."""
-    if upstream:
-        from berth.lane import UPSTREAM_KEEP_ALIVE
-
-        return UPSTREAM_KEEP_ALIVE
-    return CALLER_KEEP_ALIVE
 
 
 def _fast_lane(settings: Settings, container: Container) -> list[socket.socket] | None:

@@ -25,7 +25,6 @@ log = logging.getLogger("berth.lane")
 __all__ = [
     "HANDOFF_FILE",
     "SOCKET_FILE",
-    "UPSTREAM_KEEP_ALIVE",
     "Handed",
     "Lane",
     "LaneFeed",
@@ -36,13 +35,6 @@ __all__ = [
 
 SOCKET_FILE = "berth.sock"  # in the data dir: where uvicorn listens when the lane is on
 HANDOFF_FILE = "berth-lane.sock"  # the lane's hand-offs alone (it relays nothing there)
-# How long uvicorn keeps an idle connection on those sockets open. The lane reuses one for
-# 4 s at most (IDLE_REUSE in lane.c, counted from when it saw the last answer end); far
-# longer here, so uvicorn never closes a connection at the instant the lane writes a
-# request into it (that request would find the socket closed, and its caller's connection
-# would be cut). Only the lane connects to these sockets: the long keep-alive costs nothing
-# to callers.
-UPSTREAM_KEEP_ALIVE = 60  # seconds (uvicorn takes whole ones)
 
 
 class Lane:

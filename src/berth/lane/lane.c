@@ -51,7 +51,12 @@
 
 #define MAX_HEAD 16384
 #define MAX_LISTEN 8
-#define IDLE_REUSE 4.0 /* seconds an idle connection is reused: to an agent (agent_h1.py's), to Python (berth.lane.UPSTREAM_KEEP_ALIVE) */
+#define IDLE_REUSE 4.0 /* seconds an idle agent connection is reused (agent_h1.py's) */
+/* seconds an idle connection to Python is reused, counted from when the lane saw the last
+   answer end, so later than uvicorn counts its keep-alive (5 s, server.KEEP_ALIVE): well
+   under it, so uvicorn never closes one at the instant the lane writes a request into it
+   (that request would find it closed, and its caller would be cut) */
+#define UPSTREAM_REUSE 2.0
 #define IDLE_CLIENT 5.0 /* seconds a caller may send nothing between requests (uvicorn's keep-alive) */
 
 /* ------------------------------------------------------------------ configuration */
@@ -452,8 +457,8 @@ static void close_when_flushed(client *c) {
 }
 
 static int ensure_upstream(client *c, int for_handoff) {
-    /* uvicorn closes idle ones at 5 s; and a hand-off's connection is never a caller's */
-    if (c->up >= 0 && (mono() - c->up_idle_since > IDLE_REUSE || c->up_handoff || for_handoff)) {
+    /* uvicorn closes idle ones at 5 s (UPSTREAM_REUSE); a hand-off's is never a caller's */
+    if (c->up >= 0 && (mono() - c->up_idle_since > UPSTREAM_REUSE || c->up_handoff || for_handoff)) {
         epoll_ctl(ep, EPOLL_CTL_DEL, c->up, NULL);
         close(c->up);
         c->up = -1;
