@@ -3,9 +3,13 @@ bench's own database and berth's own table and indexes, what one flush of berth'
 shape writes: the settles of the deliveries of the flush before (UPDATE ... to done, with
 a reply) and the accepts of new ones written in flight, in one statement and one commit.
 
-Two connections (berth's two lanes), each with its own workspace, k deliveries a flush:
-no Python, no asyncpg, no event loop, and no capacity check, lock or returned rows. What
-berth adds on top of it is what one Python process costs around each flush."""
+Two connections (berth's two lanes), each with its own workspace, k deliveries a flush,
+prepared statements (`-M prepared`, as berth's plans are cached): no Python, no asyncpg,
+no event loop. Also none of berth_write's checks: no capacity check or advisory lock, the
+settles pick their rows through the in-flight index where berth looks each one up by id
+(`FOR UPDATE NOWAIT`, checking its lease), and no rows are returned. What berth adds on
+top of it is mostly what one Python process costs around each flush (docs/benchmarks.md,
+"What bounds berth's own shape on PostgreSQL")."""
 
 from __future__ import annotations
 
@@ -42,7 +46,11 @@ def find_pgbench() -> str | None:
         candidate = Path(out.stdout.strip()) / "pgbench"
         if out.returncode == 0 and candidate.is_file():
             return str(candidate)
-    versions = sorted(Path("/usr/lib/postgresql").glob("*/bin/pgbench"))
+
+    def version(p: Path) -> tuple[int, ...]:
+        return tuple(int(x) for x in p.parts[-3].split(".") if x.isdigit())
+
+    versions = sorted(Path("/usr/lib/postgresql").glob("*/bin/pgbench"), key=version)
     return str(versions[-1]) if versions else None
 
 
@@ -52,13 +60,25 @@ def _literal(text: str) -> str:
 
 def script(workspaces: list[str], request: str, reply: str) -> str:
     """One flush per transaction: k settles of this client's workspace's oldest deliveries
-    in flight, k accepts written in flight (as berth's accept_claim writes them)."""
+    in flight, k accepts written in flight (as berth's accept_claim writes them: ids laid
+    out as UUID version 7, time first, as domain/ids.py makes them; the accept key's
+    conflict ignored)."""
     ws = "(ARRAY[" + ", ".join(_literal(w) for w in workspaces) + "])[1 + :client_id]"
     now = "extract(epoch from clock_timestamp())"
+    # 12 hex of milliseconds, a version nibble, 19 random hex: 8-4-4-4-12
+    hexid = (
+        "lpad(to_hex(floor(extract(epoch from clock_timestamp()) * 1000)::bigint), 12, '0') "
+        "|| '7' || substr(md5(random()::text || g), 1, 19)"
+    )
+    uuid7 = (
+        "substr(h, 1, 8) || '-' || substr(h, 9, 4) || '-' || substr(h, 13, 4) || '-' || "
+        "substr(h, 17, 4) || '-' || substr(h, 21, 12)"
+    )
     return f"""WITH s AS (
-  UPDATE deliveries AS x SET status = 'done', lease_owner = NULL, lease_until = NULL,
-      finished_at = {now}, updated_at = {now}, reply = convert_to({_literal(reply)}, 'UTF8'),
-      reply_status = 200, reply_type = 'application/json'
+  UPDATE deliveries AS x SET status = 'done', attempts = x.attempts + 1, lease_owner = NULL,
+      lease_until = NULL, finished_at = {now}, updated_at = {now},
+      reply = convert_to({_literal(reply)}, 'UTF8'), reply_status = 200,
+      reply_type = 'application/json'
   WHERE seq IN (SELECT seq FROM deliveries WHERE status = 'in_flight' AND workspace_id = {ws}
                 ORDER BY seq LIMIT :k FOR UPDATE SKIP LOCKED)
   RETURNING x.seq
@@ -66,10 +86,11 @@ def script(workspaces: list[str], request: str, reply: str) -> str:
   INSERT INTO deliveries (id, workspace_id, caller, message_id, method, request, headers, status,
       attempts, forwards, lease_owner, lease_until, not_before, created_at, first_forwarded_at,
       updated_at)
-  SELECT gen_random_uuid()::text, {ws}, 'anonymous', gen_random_uuid()::text, 'SendMessage',
-      convert_to({_literal(request)}, 'UTF8'), '{{"a2a-version": "1.0"}}', 'in_flight', 1, 1,
+  SELECT {uuid7}, {ws}, 'operator', gen_random_uuid()::text, 'SendMessage',
+      convert_to({_literal(request)}, 'UTF8'), '{{"a2a-version": "1.0"}}', 'in_flight', 0, 1,
       'pgbench', {now} + 30, 0, {now}, {now}, {now}
-  FROM generate_series(1, :k)
+  FROM generate_series(1, :k) AS g, LATERAL (SELECT {hexid} AS h) AS v
+  ON CONFLICT (workspace_id, caller, message_id) DO NOTHING
   RETURNING seq
 ) SELECT (SELECT count(*) FROM s), (SELECT count(*) FROM i);
 """
@@ -97,7 +118,7 @@ async def run_floor(
         f.flush()
         h0 = host_cpu() if host_cpu else None
         proc = await asyncio.create_subprocess_exec(
-            pgbench, "-n", "-c", str(clients), "-j", str(clients),
+            pgbench, "-n", "-M", "prepared", "-c", str(clients), "-j", str(clients),
             "-T", str(max(1, round(seconds))), "-D", f"k={k}", "-f", f.name, url,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
         )  # fmt: skip
@@ -114,5 +135,6 @@ async def run_floor(
     delivered = int(txs[1]) * k
     host = None
     if delivered and h0 is not None and h1 is not None and h1[2] > h0[2]:
-        host = (h1[0] - h0[0]) / os.sysconf("SC_CLK_TCK") / delivered * 1e6
+        busy = (h1[0] - h0[0]) - (h1[1] - h0[1])  # steal is another guest's time
+        host = busy / os.sysconf("SC_CLK_TCK") / delivered * 1e6
     return Floor(clients, k, float(tps[1]) * k, float(lat[1]), host)

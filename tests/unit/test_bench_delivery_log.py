@@ -4,6 +4,7 @@ the runs that use it."""
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -47,6 +48,11 @@ def test_the_delivery_log_bench_runs_every_shape_on_both_backends() -> None:
     assert got == {(b, s) for b in ("sqlite FULL", "pg batched") for s in ("proxy", "ws", "8")}
     assert all(int(rate) > 0 for _, _, rate in rows)
     # the compiled floor of the proxy's flush, on the same table, beside berth's proxy row
+    if _pgbench() is None:  # pgbench comes with PostgreSQL's server package
+        assert re.search(r"^pg C floor\s+proxy\s+0 \| pgbench not found", out.stdout, re.M)
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail("pgbench is missing (CI=true: the compiled floor must run)")
+        pytest.skip("pgbench is not installed here: the compiled floor did not run")
     floor = re.search(
         r"^pg C floor\s+proxy\s+0 \|\s+(\d+)/s, a flush ([\d.]+) ms, host CPU (\d+) us a "
         r"delivery \(pgbench, 2 connections x 4 settles \+ 4 in-flight accepts.* berth "
@@ -56,3 +62,12 @@ def test_the_delivery_log_bench_runs_every_shape_on_both_backends() -> None:
     )
     assert floor is not None, out.stdout[-3000:]
     assert int(floor[1]) > 0 and float(floor[2]) > 0 and int(floor[3]) > 0 and int(floor[4]) > 0
+
+
+def _pgbench() -> str | None:
+    sys.path.insert(0, str(BENCH))
+    try:
+        from _pg_floor import find_pgbench
+    finally:
+        sys.path.remove(str(BENCH))
+    return find_pgbench()
