@@ -53,10 +53,12 @@
 #define MAX_LISTEN 8
 #define IDLE_REUSE 4.0 /* seconds an idle agent connection is reused (agent_h1.py's) */
 /* seconds an idle connection to Python is reused, counted from when the lane saw the last
-   answer end, so later than uvicorn counts its keep-alive (5 s, server.KEEP_ALIVE): well
-   under it, so uvicorn never closes one at the instant the lane writes a request into it
-   (that request would find it closed, and its caller would be cut) */
-#define UPSTREAM_REUSE 2.0
+   answer end, so later than uvicorn counts its keep-alive (5 s, server.KEEP_ALIVE): under
+   it, so uvicorn does not close one at the instant the lane writes a request into it (that
+   request would find it closed, and its caller would be cut) unless the lane was a second
+   late reading the last answer. 2 s measured 1.2 points more idle CPU at 1,000 workspaces
+   (heartbeats relayed on fresh connections: docs/fast-lane.md) */
+#define UPSTREAM_REUSE 4.0
 #define IDLE_CLIENT 5.0 /* seconds a caller may send nothing between requests (uvicorn's keep-alive) */
 
 /* ------------------------------------------------------------------ configuration */
