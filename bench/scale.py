@@ -10,8 +10,8 @@ workspaces, so the agents are not the limit), then measures, first with 1 worksp
 baseline) and then with N:
 
 - berth's CPU at idle (heartbeats only): its utime+stime from /proc over --idle-seconds,
-  as % of one core (its fast lane's process included, when `--env BERTH_FAST_LANE=on`
-  runs one), and its RSS;
+  as % of one core (its fast lane's process included when it runs one: berth's default on
+  SQLite; `--env BERTH_FAST_LANE=off` for berth's Python server alone), and its RSS;
 - `GET /v1/workspaces` and `GET /metrics`: p50/p99 over 20 calls each (and /metrics again
   at the end: 5 calls once every workspace has delivery histograms, then 10 calls each
   after one message to one workspace, the usual case of a scrape of many workspaces);
@@ -72,13 +72,14 @@ def lane_pids(pid: int) -> list[int]:
     return out
 
 
-def berth_cpu_seconds(pid: int) -> tuple[float, float]:
-    """(berth's Python process, its fast lane's process) CPU seconds so far."""
+def berth_cpu_seconds(pid: int) -> tuple[float, float | None]:
+    """(berth's Python process, its fast lane's process: None without one) CPU seconds so far."""
+    lanes = lane_pids(pid)
     lane = 0.0
-    for child in lane_pids(pid):
+    for child in lanes:
         with contextlib.suppress(OSError):
             lane += cpu_seconds(child)
-    return cpu_seconds(pid), lane
+    return cpu_seconds(pid), lane if lanes else None
 
 
 def rss_mb(pid: int) -> float:
@@ -89,19 +90,22 @@ def rss_mb(pid: int) -> float:
     return 0.0
 
 
-async def idle_cpu(pid: int, seconds: float) -> tuple[float, float]:
-    """% of a core over `seconds`: berth's Python process, and its fast lane's (0 without)."""
+async def idle_cpu(pid: int, seconds: float) -> tuple[float, float | None]:
+    """% of a core over `seconds`: berth's Python process, and its fast lane's (None when
+    berth runs none)."""
     (p0, l0), t0 = berth_cpu_seconds(pid), time.monotonic()
     await asyncio.sleep(seconds)
     (p1, l1), dt = berth_cpu_seconds(pid), time.monotonic() - t0
-    return (p1 - p0) / dt * 100, (l1 - l0) / dt * 100
+    lane = None if l0 is None or l1 is None else (l1 - l0) / dt * 100
+    return (p1 - p0) / dt * 100, lane
 
 
 def start_berth(tmp: Path, db: dict[str, str], extra: dict[str, str]) -> tuple[Any, str]:
     """`db`: the environment naming berth's database ({}: SQLite in its data dir)."""
     port = free_port()
-    # berth's Python path, as these figures were first measured (the lane: BERTH_FAST_LANE=on)
-    e = {"BERTH_ADMIN_TOKEN": ADMIN, "BERTH_LOG_LEVEL": "warning", "BERTH_FAST_LANE": "off"}
+    # berth as it runs by default (its fast lane where it builds, on SQLite); the figures
+    # before 2026-12-04 were measured with `--env BERTH_FAST_LANE=off`
+    e = {"BERTH_ADMIN_TOKEN": ADMIN, "BERTH_LOG_LEVEL": "warning"}
     e |= {**db, **extra}
     proc = subprocess.Popen(
         [sys.executable, "-m", "berth", "serve", "--port", str(port), "--data-dir", str(tmp / "b")],
@@ -268,7 +272,7 @@ async def measure(
 ) -> dict[str, Any]:
     await asyncio.sleep(3.0)  # let registration and first heartbeats settle
     py, lane = await idle_cpu(pid, args.idle_seconds)
-    out: dict[str, Any] = {"cpu": py + lane, "py_cpu": py, "lane_cpu": lane, "rss": rss_mb(pid)}
+    out: dict[str, Any] = {"cpu": py + (lane or 0.0), "lane_cpu": lane, "rss": rss_mb(pid)}
     out["list"] = await timed_gets(s, url + "/v1/workspaces")
     out["metrics"] = await timed_gets(s, url + "/metrics")
     one = [f"{url}/v1/workspaces/{names[0]}/a2a"]
@@ -319,7 +323,7 @@ def report(base: dict[str, Any], big: dict[str, Any], n: int, c: int) -> None:
         return f"{x[0]:.0f} msg/s, p50 {x[1]:.1f} ms, p99 {x[2]:.1f} ms, err {x[3]}"
 
     def cpu(x: dict[str, Any]) -> str:  # berth's, its lane's included (shown when it ran)
-        lane = f" (lane {x['lane_cpu']:.1f} %)" if x["lane_cpu"] else ""
+        lane = "" if x["lane_cpu"] is None else f" (lane {x['lane_cpu']:.1f} %)"
         return f"{x['cpu']:.1f} %{lane}"
 
     rows = [
