@@ -65,7 +65,7 @@ from berth.domain.ids import time_ordered_id
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _log_backends import WORKSPACES, EngineFactory, PgBackend, SqliteBackend  # noqa: E402
 from _log_engines import MAX_CONCURRENCY, REPLY, REQUEST, Engine  # noqa: E402
-from _pg_floor import Floor, find_pgbench, run_floor  # noqa: E402
+from _pg_floor import find_pgbench, run_floor  # noqa: E402
 
 DEFAULT_PG = "postgresql://postgres@127.0.0.1:5432/test"
 
@@ -287,7 +287,7 @@ async def c_floor(
         return label + "pgbench not found: no compiled floor"
     seconds = 1.0 if args.quick else args.c_floor_seconds
     try:
-        f: Floor = await run_floor(
+        f = await run_floor(
             pgbench,
             backend.url,
             [w.id for w in backend.ws],

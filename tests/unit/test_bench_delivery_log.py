@@ -8,13 +8,12 @@ import os
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 from tests.services import require_postgres
+from tests.unit.bench_run import BENCH
 
-BENCH = Path(__file__).resolve().parents[2] / "bench"
 pytestmark = pytest.mark.postgres
 
 

@@ -4,41 +4,15 @@ run, so that the bench cannot rot between the runs that use it)."""
 
 from __future__ import annotations
 
-import os
 import re
-import signal
-import subprocess
-import sys
-from pathlib import Path
 
-BENCH = Path(__file__).resolve().parents[2] / "bench"
+from tests.unit.bench_run import run_bench
 
 
 def test_rounds_pair_each_target_with_the_bare_proxy_of_its_round() -> None:
-    # its own process group: a run cut short takes the agent, proxies and berths it started
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            str(BENCH / "proxy.py"),
-            "--seconds",
-            "0.3",
-            "--concurrency",
-            "2",
-            "--rounds",
-            "2",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
+    out = run_bench(
+        "proxy.py", "--seconds", "0.3", "--concurrency", "2", "--rounds", "2", timeout=150
     )
-    try:
-        stdout, stderr = proc.communicate(timeout=150)  # under pytest's own 180 s
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.communicate(timeout=20)
-        raise
-    out = subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
     assert out.returncode == 0, out.stderr[-2000:]
     text = out.stdout
     assert text.count("# c=2: round") == 2

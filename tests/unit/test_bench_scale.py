@@ -7,14 +7,11 @@ from __future__ import annotations
 
 import os
 import re
-import signal
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
-BENCH = Path(__file__).resolve().parents[2] / "bench"
+from tests.unit.bench_run import run_bench
+
 pytestmark = pytest.mark.slow
 
 
@@ -25,36 +22,12 @@ def test_the_scale_bench_measures_berth_and_its_lane_at_a_small_size() -> None:
         if os.environ.get("CI", "").lower() == "true":
             pytest.fail("the fast lane cannot be built (CI=true: scripts/test installs gcc)")
         pytest.skip("the fast lane cannot be built here")
-    # its own process group: a run cut short takes berth and the agents it started along
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            str(BENCH / "scale.py"),
-            "--n",
-            "20",
-            "--agents",
-            "2",
-            "--idle-seconds",
-            "1",
-            "--send-seconds",
-            "0.5",
-            "--rounds",
-            "1",
-            "--concurrency",
-            "4",
-        ],  # fmt: skip
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
-    try:
-        stdout, stderr = proc.communicate(timeout=150)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.communicate(timeout=20)
-        raise
-    assert proc.returncode == 0, stderr[-3000:]
+    out = run_bench(
+        "scale.py", "--n", "20", "--agents", "2", "--idle-seconds", "1",
+        "--send-seconds", "0.5", "--rounds", "1", "--concurrency", "4",
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    stdout = out.stdout
     idle = re.search(r"^idle CPU \(% of a core\)\s+\|(.*)\|(.*)\|", stdout, re.M)
     assert idle is not None, stdout
     # berth's default on SQLite: its fast lane runs, and its process is counted
