@@ -1,15 +1,18 @@
-"""A started process whose port another program took: the card that program serves does
-not bring the workspace online (the provisioner says the agent's process does not listen
-there); once the agent's own process does, the same card does."""
+"""A started process whose port another program took: neither the card that program
+serves nor a registration of that port brings the workspace online (the provisioner says
+the agent's process does not listen there); once the agent's own process does, they do."""
 
 from __future__ import annotations
 
 import asyncio
 from typing import Any
 
+import pytest
+
 from berth.adapters.memory_bus import MemoryBus, MemoryCache, MemoryLocks
 from berth.adapters.memory_store import MemoryStore
-from berth.bootstrap import assemble
+from berth.bootstrap import Container, assemble
+from berth.domain.errors import Conflict
 from berth.domain.workspace import Workspace
 from berth.ports import AgentReply, RunInfo
 from berth.settings import Settings
@@ -43,9 +46,7 @@ class Unregistered(FakeRuntime):
         return self.ours
 
 
-async def test_a_card_from_a_program_that_took_the_agent_s_port_does_not_bring_it_online() -> None:
-    agents = CardServer()
-    runtime = Unregistered(agents)
+def _berth(agents: FakeAgents, runtime: FakeRuntime) -> Container:
     options: dict[str, Any] = {
         "heartbeat_seconds": 0.1,
         "heartbeat_timeout": 60.0,
@@ -53,7 +54,7 @@ async def test_a_card_from_a_program_that_took_the_agent_s_port_does_not_bring_i
         "stop_grace_seconds": 0.1,
         "data_dir": "/nonexistent-berth-service-test",
     }
-    c = assemble(
+    return assemble(
         Settings(**options),
         store=MemoryStore(),
         shared=(MemoryCache(), MemoryLocks(), MemoryBus()),
@@ -62,6 +63,12 @@ async def test_a_card_from_a_program_that_took_the_agent_s_port_does_not_bring_i
         admin=ADMIN,
         sole=True,
     )
+
+
+async def test_a_card_from_a_program_that_took_the_agent_s_port_does_not_bring_it_online() -> None:
+    agents = CardServer()
+    runtime = Unregistered(agents)
+    c = _berth(agents, runtime)
     await c.start()
     try:
         ws, _ = await c.workspaces.create({"name": "p", "command": ["agent"]})
@@ -73,5 +80,67 @@ async def test_a_card_from_a_program_that_took_the_agent_s_port_does_not_bring_i
         )
         online = await c.roster.get(ws.id)
         assert online.agent_card is not None and online.agent_card["name"] == "someone"
+    finally:
+        await c.stop()
+
+
+class Registering(Unregistered):
+    """Keeps the run credential of each start, for the agent's registration."""
+
+    running = True
+
+    def __init__(self, agents: FakeAgents) -> None:
+        super().__init__(agents)
+        self.tokens: dict[str, str] = {}
+
+    async def start(self, ws: Workspace, identity: dict[str, str]) -> RunInfo:
+        self.tokens[ws.id] = identity["BERTH_WORKSPACE_TOKEN"]
+        return await super().start(ws, identity)
+
+    async def is_running(self, ws: Workspace) -> bool:
+        return self.running
+
+
+async def test_a_registration_of_a_port_another_program_serves_is_refused() -> None:
+    """An agent that sees its port accept connections may register before its own bind
+    fails, when another program took the port: berth refuses that registration (409
+    `not_the_agent`) and the workspace stays starting; the same registration counts once
+    the agent's own process listens there, or where this berth did not start the agent
+    (another replica's: its provisioner here cannot tell)."""
+    agents = FakeAgents()
+    runtime = Registering(agents)
+    c = _berth(agents, runtime)
+    await c.start()
+    try:
+        ws, _ = await c.workspaces.create({"name": "p", "command": ["agent"]})
+        assert await c.roster.wait_for(
+            ws.id, lambda w: w is not None and ws.id in runtime.tokens, 3
+        )
+        token, url = runtime.tokens[ws.id], "http://127.0.0.1:40001"
+        with pytest.raises(Conflict) as refused:
+            await c.registry.register(token, {"url": url})
+        assert refused.value.code == "not_the_agent" and url in str(refused.value)
+        assert (await c.roster.get(ws.id)).state.value == "provisioning"
+
+        runtime.ours = None  # cannot tell (another user's processes, not Linux): it counts
+        await c.registry.register(token, {"url": url})
+        assert (await c.roster.get(ws.id)).state.value == "online"
+    finally:
+        await c.stop()
+
+
+async def test_a_registration_counts_where_this_berth_did_not_start_the_agent() -> None:
+    agents = FakeAgents()
+    runtime = Registering(agents)
+    c = _berth(agents, runtime)
+    await c.start()
+    try:
+        ws, _ = await c.workspaces.create({"name": "p", "command": ["agent"]})
+        assert await c.roster.wait_for(
+            ws.id, lambda w: w is not None and ws.id in runtime.tokens, 3
+        )
+        runtime.running = False  # no process of it here: `serves` says False, and is not asked
+        await c.registry.register(runtime.tokens[ws.id], {"url": "http://127.0.0.1:40001"})
+        assert (await c.roster.get(ws.id)).state.value == "online"
     finally:
         await c.stop()

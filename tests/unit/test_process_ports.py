@@ -121,6 +121,10 @@ async def test_the_provisioner_tells_its_agent_from_a_program_that_took_the_port
         while await prov.serves(ws, run.url) is not True:
             assert time.monotonic() < deadline, prov.log_path(ws).read_text()
             await asyncio.sleep(0.05)
+        # a URL on another host than loopback (an agent's BERTH_ADVERTISE_URL): not looked at
+        port = run.url.rsplit(":", 1)[1]
+        assert await prov.serves(ws, f"http://agent.example:{port}") is None
+        assert await prov.serves(ws, f"http://localhost:{port}") is True
     finally:
         await prov.stop(ws, 1.0)
         await prov.close()

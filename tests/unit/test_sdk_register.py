@@ -9,9 +9,12 @@ a forward that counts no attempt, a second's retry (the dashboard's dead letter 
 from __future__ import annotations
 
 import asyncio
+import os
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import aiohttp
 import pytest
 from aiohttp import web
 
@@ -100,3 +103,99 @@ async def test_a_port_never_seen_listening_still_registers_after_the_wait(
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_an_agent_whose_port_another_program_took_exits_without_registering(
+    tmp_path: Path,
+) -> None:
+    """The port berth chose was free, but another program took it before the agent could
+    bind it. That program accepts connections there, so an agent that only waits to see its
+    port accept them would register it, and berth would forward the workspace's messages to
+    that program (CI saw one dead-lettered as "agent rejected the message"). `serve` binds
+    first: the agent exits with uvicorn's startup failure and never registers."""
+    registered: list[object] = []
+
+    async def register(request: web.Request) -> web.Response:
+        registered.append(await request.json())
+        return web.json_response({"workspace_id": "w", "name": "w", "heartbeat_seconds": 60})
+
+    app = web.Application()
+    app.router.add_post("/v1/agents/register", register)
+    runner, url = await serve_app(app)
+    other = await asyncio.start_server(lambda r, w: w.close(), "127.0.0.1", 0)
+    port = other.sockets[0].getsockname()[1]
+    env = {
+        **os.environ,
+        "BERTH_URL": url,
+        "BERTH_TOKEN": "t",
+        "BERTH_WORKSPACE_ID": "w",
+        "BERTH_PORT": str(port),
+        "BERTH_STATE_DIR": str(tmp_path),
+    }
+    try:
+        async with other:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "berth.examples.echo",
+                env=env,
+                stdout=asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.PIPE,
+            )
+            try:
+                _, err = await asyncio.wait_for(proc.communicate(), 60)
+            finally:
+                if proc.returncode is None:
+                    proc.kill()
+                    await proc.wait()
+            assert proc.returncode == 3, err.decode()
+            assert f"cannot listen on 127.0.0.1 port {port}" in err.decode()
+            await asyncio.sleep(0.3)  # a registration sent at the end would have landed
+            assert registered == []
+    finally:
+        await runner.cleanup()
+
+
+async def test_an_agent_registers_at_once_on_the_port_serve_bound(tmp_path: Path) -> None:
+    """The other side: on a free port the same agent registers, and answers at the URL it
+    registered (the socket bound before the app started is the one uvicorn serves)."""
+    registered: list[dict[str, object]] = []
+    got = asyncio.Event()
+
+    async def register(request: web.Request) -> web.Response:
+        registered.append(await request.json())
+        got.set()
+        return web.json_response({"workspace_id": "w", "name": "w", "heartbeat_seconds": 60})
+
+    app = web.Application()
+    app.router.add_post("/v1/agents/register", register)
+    runner, url = await serve_app(app)
+    port = free_port()
+    env = {
+        **os.environ,
+        "BERTH_URL": url,
+        "BERTH_TOKEN": "t",
+        "BERTH_WORKSPACE_ID": "w",
+        "BERTH_PORT": str(port),
+        "BERTH_STATE_DIR": str(tmp_path),
+    }
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "berth.examples.echo",
+        env=env,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    try:
+        await asyncio.wait_for(got.wait(), 60)
+        assert registered[0]["url"] == f"http://127.0.0.1:{port}"
+        async with aiohttp.ClientSession() as s:
+            async with s.get(f"http://127.0.0.1:{port}/healthz") as r:
+                assert r.status == 200 and (await r.json())["status"] == "ok"
+    finally:
+        if proc.returncode is None:
+            proc.terminate()
+            await asyncio.wait_for(proc.wait(), 30)
+        await runner.cleanup()
+    assert proc.returncode == 0  # SIGTERM: drained, then a clean exit

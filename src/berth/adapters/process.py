@@ -223,10 +223,10 @@ class ProcessProvisioner:
         proc = self._procs.get((ws.id, ws.version))
         if proc is None or proc.returncode is not None:
             return False
-        port = urlsplit(url).port
-        if port is None:
-            return None
-        return await asyncio.to_thread(listens_in_session, proc.pid, port)
+        parts = urlsplit(url)
+        if parts.port is None or parts.hostname not in ("127.0.0.1", "localhost"):
+            return None  # only loopback's listeners are looked at
+        return await asyncio.to_thread(listens_in_session, proc.pid, parts.port)
 
     async def cleanup_orphans(self, known: dict[str, Workspace]) -> list[str]:
         """Stop agent processes a previous berth on this data directory left running.

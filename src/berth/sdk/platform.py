@@ -64,6 +64,9 @@ class Platform:
         self._caps = capabilities
         self.heartbeat_seconds = 2.0
         self.registered = asyncio.Event()
+        # True when `serve` bound the agent's port itself before the app started: what
+        # listens there is this agent, and registration need not wait to see it listen
+        self.bound = False
 
     async def run(self) -> None:
         if not self.ident.berth_url:
@@ -118,6 +121,8 @@ class Platform:
         closed (connection refused: a forward that counts for nothing and a second's
         retry). A server bound elsewhere than loopback or all interfaces is never seen
         here: after LISTEN_WAIT the agent registers anyway."""
+        if self.bound:
+            return
         loop = asyncio.get_running_loop()
         deadline = loop.time() + LISTEN_WAIT
         while True:

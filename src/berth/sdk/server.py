@@ -8,6 +8,8 @@ import asyncio
 import contextlib
 import logging
 import os
+import socket
+import sys
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from types import FrameType
@@ -30,6 +32,7 @@ from starlette.applications import Starlette  # noqa: E402
 from starlette.requests import Request  # noqa: E402
 from starlette.responses import JSONResponse, Response  # noqa: E402
 from starlette.routing import Route  # noqa: E402
+from uvicorn.config import STARTUP_FAILURE  # noqa: E402
 
 from berth.sdk.dedupe import Dedupe  # noqa: E402
 from berth.sdk.drain import Drain  # noqa: E402
@@ -248,6 +251,16 @@ def serve(
     rt = build_app(
         executor, card, port=port, drain_seconds=drain_seconds, capabilities=capabilities
     )
+    # The port is bound before anything starts (uvicorn binds after the app's startup): a
+    # port another program took fails here, before the platform could see that program
+    # listening there and register it as this agent (berth would then forward this
+    # workspace's messages to it). berth starts the agent again on another port.
+    try:
+        sock = _bind(host, rt.ident.port)
+    except OSError as e:
+        log.error("cannot listen on %s port %d: %s", host, rt.ident.port, e)
+        sys.exit(STARTUP_FAILURE)
+    rt.platform.bound = True
     loop = "uvloop" if _has("uvloop") else "asyncio"
     config = uvicorn.Config(
         rt.app,
@@ -258,7 +271,21 @@ def serve(
         http="httptools" if _has("httptools") else "h11",
         timeout_graceful_shutdown=5,
     )
-    _Server(config, rt).run()
+    _Server(config, rt).run(sockets=[sock])
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    """A listening socket on (host, port), as uvicorn would make it."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(2048)
+    except OSError:
+        sock.close()
+        raise
+    return sock
 
 
 def _has(mod: str) -> bool:

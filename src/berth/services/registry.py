@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from berth.domain.deploy import Role
-from berth.domain.errors import InvalidInput, Unauthorized
+from berth.domain.errors import Conflict, InvalidInput, Unauthorized
 from berth.domain.lifecycle import SHOULD_RUN, WorkspaceState
 from berth.domain.restart import Trigger
 from berth.domain.workspace import RestartPolicy, Runtime, Workspace
@@ -94,7 +94,11 @@ class Registry:
             "last_heartbeat": time.time(),
         }
         if peer:
+            peer_inst = ws.peer
+            if peer_inst is not None:
+                await self._refuse_a_foreign_listener(ws.as_instance(peer_inst), url)
             return await self._register_peer(ws, url, card, caps)
+        await self._refuse_a_foreign_listener(ws, url)
         mc = body.get("max_concurrency")
         if mc is not None:
             if not isinstance(mc, int) or isinstance(mc, bool) or mc < 1:
@@ -113,6 +117,25 @@ class Registry:
             "name": ws.name,
             "heartbeat_seconds": self._beats.told(ws.id),
         }
+
+    async def _refuse_a_foreign_listener(self, ws: Workspace, url: str) -> None:
+        """A process agent whose port another program took before it could bind it still
+        sees that port accept connections; an agent that registers then (before its own
+        bind fails) would have berth forward the workspace's messages to that program. The
+        provisioner that started it here tells (`Provisioner.serves`); where it cannot tell,
+        or did not start it (another replica's), the registration counts."""
+        p = self._runner.provisioner(ws)
+        if p is None or not await p.is_running(ws):
+            return
+        if await p.serves(ws, url) is False:
+            log.warning(
+                "workspace %s registered %s, where another program listens: refused", ws.name, url
+            )
+            raise Conflict(
+                f"what listens at {url} is not workspace {ws.name}'s agent process (another "
+                "program holds the port)",
+                code="not_the_agent",
+            )
 
     async def _register_peer(
         self, ws: Workspace, url: str, card: Any, caps: dict[str, Any]
