@@ -119,6 +119,10 @@ class CredentialStore(Protocol):
     # secret_hash, rotated_at, revoked_at only; NotFound when it is gone
     async def update_credential(self, cred_id: str, **fields: Any) -> Credential: ...
     async def delete_credentials(self, workspace_id: str) -> None: ...
+    # A number every write of a credential changes, whoever made it (a count kept by the
+    # database); None where this process is the store's only writer (SQLite, memory): then
+    # its own writes are all the changes there are (services.credential_cache).
+    async def credentials_version(self) -> int | None: ...
 
 
 class DeliveryStore(Protocol):

@@ -46,7 +46,9 @@ _DROP_INDEX = re.compile(r"DROP INDEX (?:IF EXISTS )?(\w+)", re.I)
 _DROP_TABLE = re.compile(r"DROP TABLE (?:IF EXISTS )?(\w+)", re.I)
 _RENAME_TABLE = re.compile(r"ALTER TABLE (\w+) RENAME TO (\w+)", re.I)
 # statements that change no table's columns nor any index of the declaration
-_NO_SHAPE = re.compile(r"(INSERT INTO |ALTER TABLE \w+ (DROP|ADD) CONSTRAINT )", re.I)
+_NO_SHAPE = re.compile(
+    r"(INSERT INTO |ALTER TABLE \w+ (DROP|ADD) CONSTRAINT |CREATE (FUNCTION|TRIGGER) )", re.I
+)
 _CONSTRAINT_WORDS = {"UNIQUE", "PRIMARY", "CONSTRAINT", "CHECK", "FOREIGN"}
 
 

@@ -26,6 +26,7 @@ from tests.e2e.harness import (
     free_port,
     reply_text,
     send,
+    send_body,
     wait_status,
 )
 from tests.services import Outage, require_postgres, require_redis
@@ -520,3 +521,37 @@ async def test_lifecycle_asked_of_a_non_owner_runs_on_the_owner(cluster: Cluster
             await cl.aclose()
         for pid in _agent_pids(ws_id) if ws_id else []:  # the killed owner's agent
             os.kill(pid, 9)
+
+
+async def test_a_rotated_or_revoked_credential_is_refused_by_every_replica_once_answered(
+    cluster: Cluster,
+) -> None:
+    """Each replica keeps the credentials it authenticated with (services/credential_cache):
+    a rotation or revocation on one replica answers only once no replica takes the old
+    secret any more."""
+
+    async def status(c: httpx.AsyncClient, secret: str) -> int:
+        r = await c.post(
+            "/v1/workspaces/nobody/a2a",
+            json=send_body("x"),
+            headers={"authorization": f"Bearer {secret}", "a2a-version": "1.0"},
+        )
+        return r.status_code  # 404: authenticated (no such workspace); 401: refused
+
+    c0, c1, c2 = cluster.clients()
+    async with c0, c1, c2:
+        r = await c0.post("/v1/credentials", json={"name": "ci"})
+        assert r.status_code == 201, r.text
+        old = r.json()["secret"]
+        for c in (c1, c2):
+            assert [await status(c, old) for _ in range(3)] == [404] * 3  # kept there
+        r = await c0.post("/v1/credentials/caller:ci/rotate")
+        assert r.status_code == 200, r.text
+        new = r.json()["secret"]
+        for c in (c1, c2, c0):
+            assert await status(c, old) == 401
+            assert await status(c, new) == 404
+        r = await c0.post("/v1/credentials/caller:ci/revoke")
+        assert r.status_code == 200, r.text
+        for c in (c1, c2, c0):
+            assert await status(c, new) == 401

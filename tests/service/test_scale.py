@@ -79,9 +79,10 @@ async def test_a_beat_reaches_the_store_at_the_flush_and_a_failed_flush_keeps_it
         assert (await w.store.get_workspace(ws.id)).active_tasks == 2
 
 
-async def test_an_external_agent_s_beat_reads_the_store_once() -> None:
-    """Its agent credential is looked up first (one read per beat, the idle cost of many
-    external workspaces); a run token this replica has not seen yet is still found."""
+async def test_an_external_agent_s_beat_reads_the_store_at_most_once() -> None:
+    """Its agent credential is looked up first, and kept (services/credential_cache: a
+    read per beat was the idle cost of many external workspaces); a run token this replica
+    has not seen yet is still found."""
     async with world(heartbeat_seconds=30.0) as w:
         ws, token = await _external(w, "reads")
         reads: list[str] = []
@@ -94,6 +95,10 @@ async def test_an_external_agent_s_beat_reads_the_store_once() -> None:
 
             setattr(w.store, name, counted)
         await w.c.registry.heartbeat(token, {"active_tasks": 0})
+        assert reads == []  # kept since the agent registered with it
+        w.c.access.cache.forget()  # as a credential write on this replica does
+        for _ in range(3):
+            await w.c.registry.heartbeat(token, {"active_tasks": 0})
         assert reads == ["credential_by_secret"]
         # a run token known to the store but not to this replica's roster (a start elsewhere)
         run = "run-token-" + uuid.uuid4().hex

@@ -151,6 +151,9 @@ class MemoryStore(AcceptThenClaim):
         for cid in [i for i, c in self._creds.items() if c.workspace_id == workspace_id]:
             del self._creds[cid]
 
+    async def credentials_version(self) -> int | None:
+        return None  # one process: its own writes are all there are
+
     # deliveries ------------------------------------------------------------
     async def accept(self, d: Delivery) -> tuple[Delivery, bool]:
         key = (d.workspace_id, d.caller, d.message_id)

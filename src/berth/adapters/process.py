@@ -38,14 +38,13 @@ def free_port() -> int:
 def listens_in_session(sid: int, port: int) -> bool | None:
     """Whether the sockets that take connections to 127.0.0.1:`port` (bound to 127.0.0.1,
     0.0.0.0, :: or ::ffff:127.0.0.1) all belong to processes of session `sid` (an agent
-    berth starts leads its own session; its children stay in it). None when that cannot
-    be told: no /proc (not Linux), or the session's descriptors are not readable (another
-    user's processes, without CAP_SYS_PTRACE)."""
+    berth starts leads its own session; its children stay in it). None when nothing
+    listens there (no other program answers in the agent's place either), or when it
+    cannot be told: no /proc (not Linux), or the session's descriptors are not readable
+    (another user's processes, without CAP_SYS_PTRACE)."""
     inodes = _loopback_listeners(port)
-    if inodes is None:
-        return None
     if not inodes:
-        return False
+        return None
     wanted = {f"socket:[{i}]" for i in inodes}
     found: set[str] = set()
     denied = False

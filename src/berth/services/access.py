@@ -25,6 +25,7 @@ from berth.domain.credentials import (
 from berth.domain.errors import Conflict, Forbidden, InvalidInput, Unauthorized
 from berth.domain.workspace import Runtime, Workspace
 from berth.ports import CredentialStore, WorkspaceStore
+from berth.services.credential_cache import CHECK_SECONDS, CredentialCache
 from berth.services.events import WS_TOPIC, Events
 from berth.services.lifecycle import Runner
 from berth.services.roster import Roster
@@ -44,11 +45,14 @@ class Access:
         *,
         admin_token: str,
         url_policy: AgentUrlPolicy | None = None,
+        cache_check_seconds: float = CHECK_SECONDS,
     ) -> None:
         self.url_policy = url_policy or AgentUrlPolicy([])
         self._creds, self._ws, self._roster, self._runner = creds, workspaces, roster, runner
         self._events = events
         self._admin = admin_token.encode()
+        # active credentials by secret hash; every write below empties it (credential_cache)
+        self.cache = CredentialCache(creds, check_seconds=cache_check_seconds)
 
     # issuing -----------------------------------------------------------------
     async def _issue(self, subject: str, role: Role, workspace_id: str | None) -> str:
@@ -105,17 +109,20 @@ class Access:
         cred = await self._creds.update_credential(
             cred.id, secret_hash=hash_secret(secret), rotated_at=time.time()
         )
+        await self.cache.settled()  # answered once no replica takes the old secret
         return {**cred.public(), "secret": secret}
 
     async def revoke(self, ref: str) -> dict[str, Any]:
         cred = await self._creds.get_credential(ref)
         if cred.active:
             cred = await self._creds.update_credential(cred.id, revoked_at=time.time())
+            await self.cache.settled()  # answered once no replica takes it
         return cred.public()
 
     async def forget(self, ws: Workspace) -> None:
         """A removed workspace's credentials go, and so do the grants naming it."""
         await self._creds.delete_credentials(ws.id)
+        await self.cache.settled()
         gone = f"workspace:{ws.name}"
         for other in self._roster.all():
             if gone in other.allowed_callers:
@@ -152,7 +159,7 @@ class Access:
             )
         if self.is_admin(token):
             return Caller(OPERATOR)
-        cred = await self._creds.credential_by_secret(hash_secret(token))
+        cred = await self.cache.get(hash_secret(token))
         if cred is None or not cred.active:
             if await self._ws.workspace_by_run_token(hash_secret(token)) is not None:
                 raise Forbidden(
@@ -186,7 +193,7 @@ class Access:
             return ws
         # an external agent's credential (every beat of one: read first), else a run token
         # this replica's view does not hold yet (a start elsewhere, moments ago)
-        cred = await self._creds.credential_by_secret(h)
+        cred = await self.cache.get(h)
         if cred is None or not cred.active:
             # through the roster: a record it was given while this read ran is newer
             ws = await self._roster.read(lambda: self._ws.workspace_by_run_token(h))

@@ -103,3 +103,6 @@ class SqliteCredentials(SqliteBase):
         await self._run(
             lambda c: c.execute("DELETE FROM credentials WHERE workspace_id = ?", (workspace_id,))
         )
+
+    async def credentials_version(self) -> int | None:
+        return None  # one berth process writes a SQLite database: its own writes are all

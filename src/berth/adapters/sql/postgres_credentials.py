@@ -63,3 +63,9 @@ class PostgresCredentials(PostgresBase):
     async def delete_credentials(self, workspace_id: str) -> None:
         pool = await self._get_pool()
         await pool.execute("DELETE FROM credentials WHERE workspace_id = $1", workspace_id)
+
+    async def credentials_version(self) -> int | None:
+        row = await self._fetchrow("SELECT n FROM berth_counters WHERE name = 'credentials'")
+        if row is None:
+            raise RuntimeError("berth_counters has no 'credentials' row (schema migration 5)")
+        return int(row["n"])

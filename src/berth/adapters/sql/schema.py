@@ -6,6 +6,8 @@ A migration test checks that replaying every migration gives the schema of a fre
 
 from __future__ import annotations
 
+import re
+
 _COMMON = """
 CREATE TABLE workspaces (
     id TEXT PRIMARY KEY,
@@ -185,14 +187,50 @@ ALTER TABLE restarts ADD COLUMN versions TEXT
 """
 
 
+# 5: a count of the writes to `credentials` (issue 14), so that a replica may keep the
+# credentials it authenticated with and learn of another replica's rotation or revocation
+# by reading one row (services.credential_cache). Triggers count, whoever writes. (On
+# SQLite nobody reads it: one berth process writes a SQLite database, and its own writes
+# empty its cache.)
+_COUNTERS = """
+CREATE TABLE berth_counters (name TEXT PRIMARY KEY, n BIGINT NOT NULL);
+INSERT INTO berth_counters (name, n) VALUES ('credentials', 0)
+"""
+_SQLITE_CREDENTIALS_COUNT = "".join(
+    f"""
+CREATE TRIGGER credentials_counted_{event.lower()} AFTER {event} ON credentials BEGIN
+    UPDATE berth_counters SET n = n + 1 WHERE name = 'credentials';
+END;"""
+    for event in ("INSERT", "UPDATE", "DELETE")
+)
+_POSTGRES_CREDENTIALS_COUNT = """
+CREATE FUNCTION berth_count_credentials() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    UPDATE berth_counters SET n = n + 1 WHERE name = 'credentials';
+    RETURN NULL;
+END
+$$;
+CREATE TRIGGER credentials_counted
+    AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON credentials
+    FOR EACH STATEMENT EXECUTE FUNCTION berth_count_credentials()
+"""
+
+
 def migrations(types: dict[str, str]) -> list[tuple[int, str]]:
     """(version, script) pairs in order; a script may hold several statements."""
-    key = _SQLITE_ACCEPT_KEY if types["blob"] == "BLOB" else _POSTGRES_ACCEPT_KEY
+    sqlite = types["blob"] == "BLOB"
+    key = _SQLITE_ACCEPT_KEY if sqlite else _POSTGRES_ACCEPT_KEY
     return [
         (1, _COMMON.format(**types)),
         (2, _A2A_TRANSPARENCY),
         (3, _CREDENTIALS.format(**types) + ";" + key),
         (4, _VERSIONS),
+        (
+            5,
+            _COUNTERS
+            + ";"
+            + (_SQLITE_CREDENTIALS_COUNT if sqlite else _POSTGRES_CREDENTIALS_COUNT),
+        ),
     ]
 
 
@@ -204,5 +242,21 @@ def migrations_table(types: dict[str, str]) -> str:
     )
 
 
+# a CREATE TRIGGER whose BEGIN … END has not ended yet
+_OPEN_TRIGGER = re.compile(r"\s*CREATE TRIGGER\b(?!.*\bEND\s*$).*\bBEGIN\b", re.I | re.S)
+
+
 def statements(script: str) -> list[str]:
-    return [s.strip() for s in script.split(";") if s.strip()]
+    """The script's statements: split at each ';' outside a $$-quoted function body and
+    outside a SQLite trigger's BEGIN … END."""
+    out: list[str] = []
+    part = ""
+    for piece in script.split(";"):
+        part = piece if not part else f"{part};{piece}"
+        if part.count("$$") % 2 == 0 and not _OPEN_TRIGGER.match(part):
+            if part.strip():
+                out.append(part.strip())
+            part = ""
+    if part.strip():
+        out.append(part.strip())
+    return out
