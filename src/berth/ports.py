@@ -101,10 +101,12 @@ class WorkspaceStore(Protocol):
     async def delete_workspace(self, ws_id: str) -> None: ...
     # the workspace whose current run credential has this hash (agents of process/Docker)
     async def workspace_by_run_token(self, token_hash: str) -> Workspace | None: ...
-    # last_heartbeat of many workspaces in one write (heartbeats are kept in memory and
-    # flushed); a workspace gone meanwhile is skipped; updated_at is left alone
+    # The last beat of many workspaces in one write (heartbeats are kept in memory and
+    # flushed); a workspace gone meanwhile is skipped. Beats need not change the
+    # workspace's record nor its version (SQL stores keep them in a table of their own).
     async def record_heartbeats(self, beats: dict[str, float]) -> None: ...
-    # last_heartbeat of every workspace that has one (liveness across replicas)
+    # the last beat of every workspace that has one: the later of its record's
+    # last_heartbeat and the last one recorded (liveness across replicas)
     async def last_heartbeats(self) -> dict[str, float]: ...
 
 

@@ -65,10 +65,15 @@ async def test_record_heartbeats_in_one_write(store: Store) -> None:
         await store.create_workspace(ws)
     await store.update_workspace(two.id, last_heartbeat=T0 + 100)
     await store.record_heartbeats({one.id: T0 + 5, two.id: T0 + 50, "gone": T0 + 7})
-    assert (await store.get_workspace(one.id)).last_heartbeat == T0 + 5
-    assert (await store.get_workspace(two.id)).last_heartbeat == T0 + 100  # never backwards
-    assert (await store.get_workspace(three.id)).last_heartbeat is None
+    # the later of the record's beat and the recorded one: never backwards; none for three
     assert await store.last_heartbeats() == {one.id: T0 + 5, two.id: T0 + 100}
     await store.record_heartbeats({})
-    await store.record_heartbeats({one.id: T0 + 9})
-    assert (await store.get_workspace(one.id)).last_heartbeat == T0 + 9
+    await store.record_heartbeats({one.id: T0 + 9, two.id: T0 + 150})
+    await store.record_heartbeats({one.id: T0 + 8})  # an older beat flushed late
+    assert await store.last_heartbeats() == {one.id: T0 + 9, two.id: T0 + 150}
+    await store.update_workspace(one.id, last_heartbeat=T0 + 20)  # a registration, a probe
+    assert (await store.last_heartbeats())[one.id] == T0 + 20
+    await store.delete_workspace(one.id)
+    assert await store.last_heartbeats() == {two.id: T0 + 150}
+    await store.create_workspace(one)  # the same id again: no beat of the one removed
+    assert await store.last_heartbeats() == {two.id: T0 + 150}

@@ -118,6 +118,20 @@ async def test_liveness_counts_beats_another_replica_stored() -> None:
         assert await w.c.roster.wait_for(ws.id, lambda x: x is not None and x.state is S.OFFLINE, 3)
 
 
+async def test_a_beat_another_replica_took_shows_in_this_replica_s_list() -> None:
+    """The store keeps beats apart from the workspace's record (no refresh brings them):
+    liveness puts the stored ones into the roster, so every replica lists the last beat."""
+    async with world(heartbeat_seconds=0.1, heartbeat_timeout=60.0) as w:
+        ws, _ = await _external(w, "shown")
+        at = time.time() + 100.0  # later than any beat this replica took
+        await w.store.record_heartbeats({ws.id: at})
+        assert await w.c.roster.wait_for(
+            ws.id, lambda x: x is not None and x.last_heartbeat == at, 3
+        )
+        (listed,) = [d for d in await w.c.workspaces.list() if d["id"] == ws.id]
+        assert listed["last_heartbeat"] == at
+
+
 async def test_idle_workspaces_keep_no_loop_and_the_sweep_finds_unannounced_work() -> None:
     def loops() -> list[asyncio.Task[object]]:
         return [t for t in asyncio.all_tasks() if t.get_name().startswith("dispatch-")]

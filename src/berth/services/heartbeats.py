@@ -71,5 +71,13 @@ class Heartbeats:
             raise
 
     async def stored(self) -> dict[str, float]:
-        """The last beat of each workspace as the store has it (beats other replicas took)."""
-        return await self._store.last_heartbeats()
+        """The last beat of each workspace as the store has it (beats other replicas took),
+        also put into the roster's records where it is later than theirs: the store keeps
+        beats apart from the workspaces' rows, so a refresh no longer brings them, and
+        every replica's lists show the last beat whichever replica took it."""
+        stored = await self._store.last_heartbeats()
+        for ws_id, at in stored.items():
+            ws = self._roster.peek(ws_id)
+            if ws is not None and (ws.last_heartbeat or 0.0) < at:
+                self._roster.put(replace(ws, last_heartbeat=at), stamp=False)
+        return stored

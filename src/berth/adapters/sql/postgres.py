@@ -86,7 +86,11 @@ class PostgresStore(PostgresDeliveries, PostgresFleet, PostgresCredentials, rows
         return None if row is None else rows.ws_from_row(row)
 
     async def delete_workspace(self, ws_id: str) -> None:
-        await self._execute("DELETE FROM workspaces WHERE id = $1", ws_id)
+        await self._execute(
+            "WITH beats AS (DELETE FROM heartbeats WHERE workspace_id = $1) "
+            "DELETE FROM workspaces WHERE id = $1",
+            ws_id,
+        )
 
     # restarts --------------------------------------------------------------
     async def save_restart(self, r: RestartRecord) -> None:

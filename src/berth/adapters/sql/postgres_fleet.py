@@ -32,17 +32,24 @@ class PostgresFleet(PostgresBase):
         if not beats:
             return
         ids, ats = list(beats), [float(v) for v in beats.values()]
+        # in a table of their own: the workspaces' rows (and their versions) stay as they are
         await self._tx(
             lambda conn: conn.execute(
-                "UPDATE workspaces w SET last_heartbeat = GREATEST(w.last_heartbeat, b.at) "
-                "FROM unnest($1::text[], $2::float8[]) AS b(id, at) WHERE w.id = b.id",
+                "INSERT INTO heartbeats (workspace_id, at) "
+                "SELECT b.id, b.at FROM unnest($1::text[], $2::float8[]) AS b(id, at) "
+                "JOIN workspaces w ON w.id = b.id "
+                "ON CONFLICT (workspace_id) DO UPDATE "
+                "SET at = GREATEST(heartbeats.at, excluded.at)",
                 ids,
                 ats,
             )
         )
 
     async def last_heartbeats(self) -> dict[str, float]:
+        # the later of the beat a workspace's row was written with and the last one flushed
         got = await self._fetch(
-            "SELECT id, last_heartbeat FROM workspaces WHERE last_heartbeat IS NOT NULL"
+            "SELECT w.id, GREATEST(w.last_heartbeat, h.at) AS at "
+            "FROM workspaces w LEFT JOIN heartbeats h ON h.workspace_id = w.id "
+            "WHERE w.last_heartbeat IS NOT NULL OR h.at IS NOT NULL"
         )
-        return {r["id"]: float(r["last_heartbeat"]) for r in got}
+        return {r["id"]: float(r["at"]) for r in got}

@@ -216,6 +216,18 @@ CREATE TRIGGER credentials_counted
 """
 
 
+# 6: heartbeats in a table of their own (issue 14). A flush of many beats rewrote each
+# workspace's row (wide: its card, its spec), and so changed its version: every other
+# replica's roster read those rows again at its next refresh (a list of 1,000 workspaces
+# on PostgreSQL spent most of its time there). A workspace's row keeps the beat written
+# with it (a registration, a probe); `last_heartbeats` gives the later of the two.
+_HEARTBEATS = """
+CREATE TABLE heartbeats (workspace_id TEXT PRIMARY KEY, at {real} NOT NULL);
+INSERT INTO heartbeats (workspace_id, at)
+    SELECT id, last_heartbeat FROM workspaces WHERE last_heartbeat IS NOT NULL
+"""
+
+
 def migrations(types: dict[str, str]) -> list[tuple[int, str]]:
     """(version, script) pairs in order; a script may hold several statements."""
     sqlite = types["blob"] == "BLOB"
@@ -231,6 +243,7 @@ def migrations(types: dict[str, str]) -> list[tuple[int, str]]:
             + ";"
             + (_SQLITE_CREDENTIALS_COUNT if sqlite else _POSTGRES_CREDENTIALS_COUNT),
         ),
+        (6, _HEARTBEATS.format(**types)),
     ]
 
 

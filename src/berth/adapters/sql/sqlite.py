@@ -82,7 +82,11 @@ class SqliteStore(SqliteDeliveries, SqliteFleet, SqliteCredentials, rows.Workspa
         return await self._run(go)
 
     async def delete_workspace(self, ws_id: str) -> None:
-        await self._run(lambda c: c.execute("DELETE FROM workspaces WHERE id = ?", (ws_id,)))
+        def go(c: sqlite3.Connection) -> None:
+            c.execute("DELETE FROM heartbeats WHERE workspace_id = ?", (ws_id,))
+            c.execute("DELETE FROM workspaces WHERE id = ?", (ws_id,))
+
+        await self._run(go)
 
     # restarts --------------------------------------------------------------
     async def save_restart(self, r: RestartRecord) -> None:

@@ -43,19 +43,26 @@ class SqliteFleet(SqliteBase):
     async def record_heartbeats(self, beats: dict[str, float]) -> None:
         if not beats:
             return
+        # in a table of their own: the workspaces' rows stay as they are
         await self._run(
             lambda c: c.executemany(
-                "UPDATE workspaces SET last_heartbeat = max(coalesce(last_heartbeat, 0), ?) "
-                "WHERE id = ?",
+                "INSERT INTO heartbeats (workspace_id, at) "
+                "SELECT id, ? FROM workspaces WHERE id = ? "
+                "ON CONFLICT (workspace_id) DO UPDATE SET at = max(at, excluded.at)",
                 [(at, ws_id) for ws_id, at in beats.items()],
             )
         )
 
     async def last_heartbeats(self) -> dict[str, float]:
         def go(c: sqlite3.Connection) -> dict[str, float]:
-            got = c.execute(
-                "SELECT id, last_heartbeat FROM workspaces WHERE last_heartbeat IS NOT NULL"
-            )
-            return {ws_id: float(at) for ws_id, at in got}
+            return {ws_id: float(at) for ws_id, at in c.execute(_LAST_HEARTBEATS)}
 
         return await self._run(go, write=False)
+
+
+# the later of the beat a workspace's row was written with and the last one flushed
+_LAST_HEARTBEATS = (
+    "SELECT w.id, max(coalesce(w.last_heartbeat, h.at), coalesce(h.at, w.last_heartbeat)) "
+    "FROM workspaces w LEFT JOIN heartbeats h ON h.workspace_id = w.id "
+    "WHERE w.last_heartbeat IS NOT NULL OR h.at IS NOT NULL"
+)
