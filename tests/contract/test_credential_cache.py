@@ -14,8 +14,9 @@ import pytest
 
 from berth.adapters.memory_store import MemoryStore
 from berth.adapters.sql.sqlite import SqliteStore
-from berth.domain.credentials import Credential, Role
+from berth.domain.credentials import Credential, Role, hash_secret
 from berth.ports import Store
+from berth.services.access import Access
 from berth.services.credential_cache import CredentialCache
 from tests.contract.conftest import _execute, fresh_schema
 
@@ -134,3 +135,33 @@ async def test_a_write_made_outside_berth_is_seen_within_check_seconds(
     await _execute(url, "TRUNCATE credentials")
     await asyncio.sleep(0.35)
     assert await cache.get("h-e") is None
+
+
+@pytest.mark.postgres
+async def test_a_second_revocation_answers_no_sooner_than_the_first() -> None:
+    """A revocation asked again (a client's retry, another operator) while the first waits:
+    it answers only once no replica takes the secret either (found by a review)."""
+    from berth.adapters.sql.postgres import PostgresStore
+
+    async with fresh_schema() as url:
+        stores = [PostgresStore(url, min_size=1, max_size=2) for _ in range(3)]
+        for st in stores:
+            await st.migrate()
+        try:
+            a, b, c = (
+                Access(st, st, None, None, None, admin_token="adm", cache_check_seconds=1.0)  # type: ignore[arg-type]
+                for st in stores
+            )
+            secret = "bwc_a_secret_revoked_twice"
+            cr = cred(hash_secret(secret))
+            await stores[0].add_credential(cr)
+            assert await b.cache.get(hash_secret(secret)) == cr  # replica b keeps it
+            first = asyncio.create_task(a.revoke(cr.id))
+            await asyncio.sleep(0.1)
+            assert (await c.revoke(cr.id))["status"] == "revoked"  # answered: b must refuse
+            got = await b.cache.get(hash_secret(secret))
+            assert got is not None and not got.active
+            await first
+        finally:
+            for st in stores:
+                await st.close()

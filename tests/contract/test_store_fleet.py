@@ -4,8 +4,13 @@ one write land where they belong and never go back in time."""
 
 from __future__ import annotations
 
+import asyncio
+
+import pytest
+
 from berth.domain.delivery import DeliveryStatus
 from berth.ports import Pending, Settle, Store
+from tests.contract.conftest import fresh_schema
 from tests.contract.test_store import T0, accept_many, cancel, claim, make_d, make_ws, retry
 
 D = DeliveryStatus
@@ -77,3 +82,32 @@ async def test_record_heartbeats_in_one_write(store: Store) -> None:
     assert await store.last_heartbeats() == {two.id: T0 + 150}
     await store.create_workspace(one)  # the same id again: no beat of the one removed
     assert await store.last_heartbeats() == {two.id: T0 + 150}
+
+
+@pytest.mark.postgres
+async def test_flushes_of_the_same_beats_in_other_orders_do_not_deadlock() -> None:
+    """Two replicas flushing beats of the same workspaces, each in its own order (found by
+    a review: the upsert, and the UPDATE before it, deadlocked without an order)."""
+    from berth.adapters.sql.postgres import PostgresStore
+
+    async with fresh_schema() as url:
+        a, b = (PostgresStore(url, min_size=1, max_size=2) for _ in range(2))
+        await a.migrate()
+        await b.migrate()
+        try:
+            ids = []
+            for i in range(1500):
+                w = make_ws(f"w{i}")
+                await a.create_workspace(w)
+                ids.append(w.id)
+            await a.record_heartbeats(dict.fromkeys(ids, T0))
+
+            async def flush(store: PostgresStore, order: list[str]) -> None:
+                for k in range(12):
+                    await store.record_heartbeats({i: T0 + 1 + k for i in order})
+
+            await asyncio.gather(flush(a, ids), flush(b, ids[::-1]))
+            assert set((await a.last_heartbeats()).values()) == {T0 + 12}
+        finally:
+            await a.close()
+            await b.close()

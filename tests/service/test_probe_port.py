@@ -144,3 +144,26 @@ async def test_a_registration_counts_where_this_berth_did_not_start_the_agent() 
         assert (await c.roster.get(ws.id)).state.value == "online"
     finally:
         await c.stop()
+
+
+async def test_a_registration_counts_on_a_replica_without_the_workspace_s_runtime() -> None:
+    """A replica that cannot run the workspace's runtime cannot tell who listens there:
+    the registration counts (it must not answer 422 runtime_unavailable)."""
+    agents = FakeAgents()
+    runtime = Registering(agents)
+    c = _berth(agents, runtime)
+    await c.start()
+    try:
+        ws, _ = await c.workspaces.create({"name": "p", "command": ["agent"]})
+        assert await c.roster.wait_for(
+            ws.id, lambda w: w is not None and ws.id in runtime.tokens, 3
+        )
+        provisioners = c.runner.provisioners
+        runtime_here = provisioners.pop(ws.runtime.value)
+        try:
+            await c.registry.register(runtime.tokens[ws.id], {"url": "http://127.0.0.1:40001"})
+        finally:
+            provisioners[ws.runtime.value] = runtime_here
+        assert (await c.roster.get(ws.id)).state.value == "online"
+    finally:
+        await c.stop()

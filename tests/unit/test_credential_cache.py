@@ -159,3 +159,67 @@ async def test_settled_waits_check_seconds_when_others_write_too() -> None:
     began = loop.time()
     await cache.settled()
     assert loop.time() - began >= 0.3
+
+
+class SlowAnswer(Counting):
+    """The count is read when the statement runs; its answer arrives later."""
+
+    def __init__(self) -> None:
+        super().__init__(version=1)
+        self.answer: asyncio.Event | None = None
+
+    async def credentials_version(self) -> int | None:
+        self.version_reads += 1
+        seen = self.version  # what the database had when the statement ran
+        if self.answer is not None:
+            await self.answer.wait()
+        return seen
+
+
+async def test_a_check_that_began_too_long_before_a_request_does_not_answer_it() -> None:
+    """A request that arrives after a revocation answered joins a check whose read predates
+    the revocation (its answer came late): it must not be answered from the cache (found
+    by a review)."""
+    store, clock = SlowAnswer(), Clock()
+    c = cred("h")
+    await store.add_credential(c)
+    cache = CredentialCache(store, check_seconds=1.0, clock=clock)
+    assert await cache.get("h") == c  # kept
+    clock.now += 1.5
+    store.answer = asyncio.Event()
+    early = asyncio.create_task(cache.get("h"))  # starts a check: reads count 1
+    await asyncio.sleep(0.01)
+    # revoked elsewhere: the count moves; the revoking replica answers check_seconds later
+    await store.update_credential(c.id, revoked_at=T0 + 1)
+    store.version = 2
+    clock.now += 1.1  # the revocation has answered
+    late = asyncio.create_task(cache.get("h"))  # arrives now and joins the old check
+    await asyncio.sleep(0.01)
+    store.answer.set()
+    await early  # it arrived before the revocation: either answer is right for it
+    got = await late
+    assert got is not None and not got.active
+
+
+async def test_a_store_slower_than_check_seconds_is_read_for_each_request() -> None:
+    """When every check answers later than check_seconds, nothing kept may answer: the
+    request reads the store itself (and the answer is not kept)."""
+
+    class Slow(Counting):
+        def __init__(self, clock: Clock) -> None:
+            super().__init__(version=1)
+            self.clock = clock
+
+        async def credentials_version(self) -> int | None:
+            self.version_reads += 1
+            self.clock.now += 2.0  # each check takes two "seconds"
+            return self.version
+
+    clock = Clock()
+    store = Slow(clock)
+    c = cred("h")
+    await store.add_credential(c)
+    cache = CredentialCache(store, check_seconds=1.0, clock=clock)
+    for _ in range(3):
+        assert await cache.get("h") == c
+    assert store.reads == 3

@@ -7,13 +7,16 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from berth.adapters.memory_store import MemoryStore
+from berth.adapters.sql.sqlite import SqliteStore
 from berth.domain.errors import NotFound
 from berth.domain.workspace import Workspace
+from berth.services.heartbeats import Heartbeats
 from berth.services.roster import Roster
 from tests.contract.test_store import T0, make_ws
 
@@ -291,3 +294,29 @@ async def test_a_full_refresh_mends_a_record_the_store_never_got() -> None:
     (await roster.get(ws.id)).peer.canary = 50  # type: ignore[union-attr]
     await roster.refresh(full=True)
     assert roster.peek(ws.id).peer.canary is None  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("full", [False, True])
+async def test_a_refresh_never_takes_a_workspace_s_last_beat_back(
+    tmp_path: Path, full: bool
+) -> None:
+    """The row keeps only the beat written with it (beats are stored apart): a refresh of
+    one workspace (a replica's notice) or of all (housekeeping) keeps the later beat the
+    roster holds (found by a review)."""
+    store = SqliteStore(str(tmp_path / "b.db"))
+    await store.migrate()
+    try:
+        roster = Roster(store)
+        beats = Heartbeats(store, roster, seconds=2, rate=100, timeout=10)
+        ws = make_ws("a", last_heartbeat=T0)  # as registered at T0
+        await store.create_workspace(ws)
+        await roster.refresh()
+        beats.beat(ws.id, T0 + 3600)  # an hour of beats later
+        await beats.flush()
+        await roster.refresh(full=True) if full else await roster.refresh(ws.id)
+        assert roster.peek(ws.id).last_heartbeat == T0 + 3600  # type: ignore[union-attr]
+        await store.update_workspace(ws.id, last_heartbeat=T0 + 7200)  # a later probe's
+        await roster.refresh(full=True) if full else await roster.refresh(ws.id)
+        assert roster.peek(ws.id).last_heartbeat == T0 + 7200  # type: ignore[union-attr]
+    finally:
+        await store.close()

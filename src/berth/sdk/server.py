@@ -275,12 +275,15 @@ def serve(
 
 
 def _bind(host: str, port: int) -> socket.socket:
-    """A listening socket on (host, port), as uvicorn would make it."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    """A listening socket on (host, port), as uvicorn would make it. A name is resolved to
+    one address, IPv4 first (`localhost`: 127.0.0.1, where the default advertised URL
+    points); "" binds every IPv4 interface."""
+    found = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    family, kind, proto, _, addr = min(found, key=lambda a: a[0] != socket.AF_INET)
+    sock = socket.socket(family, kind, proto)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host, port))
+        sock.bind(addr)
         sock.listen(2048)
     except OSError:
         sock.close()

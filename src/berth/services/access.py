@@ -116,17 +116,19 @@ class Access:
         cred = await self._creds.get_credential(ref)
         if cred.active:
             cred = await self._creds.update_credential(cred.id, revoked_at=time.time())
-            await self.cache.settled()  # answered once no replica takes it
+        # answered once no replica takes it: also when revoked already (a retry, or another
+        # operator while the first revocation waits), which must not answer sooner
+        await self.cache.settled()
         return cred.public()
 
     async def forget(self, ws: Workspace) -> None:
         """A removed workspace's credentials go, and so do the grants naming it."""
         await self._creds.delete_credentials(ws.id)
-        await self.cache.settled()
         gone = f"workspace:{ws.name}"
         for other in self._roster.all():
             if gone in other.allowed_callers:
                 await self._set(other, [c for c in other.allowed_callers if c != gone])
+        await self.cache.settled()  # last: the grants go at once
 
     # who may call whom ---------------------------------------------------------
     async def allow(self, ref: str, callers: Any) -> Workspace:

@@ -60,14 +60,14 @@ class CredentialCache:
     async def get(self, secret_hash: str) -> Credential | None:
         """The credential with this secret's hash as the store has it now (within
         `check_seconds` for another replica's writes); None when there is none."""
-        await self._fresh()
-        kept = self._by_hash.get(secret_hash)
+        fresh = await self._fresh()
+        kept = self._by_hash.get(secret_hash) if fresh else None
         if kept is not None:
             return kept
         generation = self._generation
         self.reads += 1
         cred = await self._store.credential_by_secret(secret_hash)
-        if cred is not None and cred.active and generation == self._generation:
+        if fresh and cred is not None and cred.active and generation == self._generation:
             self._by_hash[secret_hash] = cred
         return cred
 
@@ -85,15 +85,28 @@ class CredentialCache:
         if not self._sole:
             await asyncio.sleep(self.check_seconds)
 
-    async def _fresh(self) -> None:
-        if self._sole or self._clock() - self._checked < self.check_seconds:
-            return
+    def _valid(self) -> bool:
+        return bool(self._sole) or self._clock() - self._checked < self.check_seconds
+
+    async def _fresh(self) -> bool:
+        """Whether what is kept may answer now: the count was confirmed by a read that
+        began less than `check_seconds` ago. A check this request joined may have begun
+        earlier than that (a slow answer): then one more, and if that is not recent enough
+        either (the store answers slower than `check_seconds`), the store is read
+        directly for this request."""
+        if self._valid():
+            return True
         if self._sole is None:  # the first use: inline, so that one writer never waits
             await self._read_version()
-            return
-        if self._check is None:
-            self._check = asyncio.create_task(self._shared_check())
-        await asyncio.shield(self._check)
+            return self._valid()
+        for _ in range(2):
+            if self._check is None:
+                self._check = asyncio.create_task(self._shared_check())
+                self._check.add_done_callback(_retrieve)
+            await asyncio.shield(self._check)
+            if self._valid():
+                return True
+        return False
 
     async def _shared_check(self) -> None:
         try:
@@ -113,3 +126,9 @@ class CredentialCache:
             self.forget()
             self._version = version
         self._checked = began
+
+
+def _retrieve(task: asyncio.Task[None]) -> None:
+    """A check every waiter stopped waiting for: its failure is not an unretrieved one."""
+    if not task.cancelled():
+        task.exception()

@@ -124,9 +124,11 @@ class Registry:
         bind fails) would have berth forward the workspace's messages to that program. The
         provisioner that started it here tells (`Provisioner.serves`); where it cannot tell,
         or did not start it (another replica's), the registration counts."""
-        p = self._runner.provisioner(ws)
-        if p is None or not await p.is_running(ws):
+        if ws.runtime is not Runtime.PROCESS:  # Docker: the engine binds the published port
             return
+        p = self._provisioners.get(ws.runtime.value)
+        if p is None or not await p.is_running(ws):
+            return  # not a runtime of this replica, or not started here: cannot tell
         if await p.serves(ws, url) is False:
             log.warning(
                 "workspace %s registered %s, where another program listens: refused", ws.name, url

@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import replace
 
 from berth.domain.errors import NotFound
 from berth.domain.workspace import Workspace
@@ -184,6 +185,7 @@ class Roster:
                 for w, version in changed:
                     if self._moved_since(w.id, gen):
                         continue  # its version is not marked seen: the next refresh reads it
+                    w = self._with_later_beat(w)
                     if self._by_id.get(w.id) != w:
                         self.put(w)
                     if version is not None:
@@ -197,10 +199,21 @@ class Roster:
                     if ws is None:
                         self.drop(ws_id)
                     else:
-                        self.put(ws)
+                        self.put(self._with_later_beat(ws))
                     return
             log.debug("refresh of %s: written here while it read; reading again", ws_id)
         log.info("refresh of %s skipped: written here during each of its reads", ws_id)
+
+    def _with_later_beat(self, ws: Workspace) -> Workspace:
+        """The record read, with the later beat of the one held: a workspace's row keeps
+        only the beat written with it (beats are stored apart, services/heartbeats.py),
+        so a refresh must not take a workspace's last beat back in time."""
+        held = self._by_id.get(ws.id)
+        if held is None or held.last_heartbeat is None:
+            return ws
+        if ws.last_heartbeat is None or ws.last_heartbeat < held.last_heartbeat:
+            return replace(ws, last_heartbeat=held.last_heartbeat)
+        return ws
 
     async def _stored(self, ws_id: str) -> Workspace | None:
         try:

@@ -26,9 +26,8 @@ class PostgresCredentials(PostgresBase):
         import asyncpg
 
         sql, args = _insert("credentials", rows.c_params(cred))
-        pool = await self._get_pool()
         try:
-            await pool.execute(sql, *args)
+            await self._execute(sql, *args)  # unreachable: StoreUnavailable, as elsewhere
         except asyncpg.UniqueViolationError:
             raise _exists(cred) from None
 
@@ -61,8 +60,7 @@ class PostgresCredentials(PostgresBase):
         return rows.c_from_row(row)
 
     async def delete_credentials(self, workspace_id: str) -> None:
-        pool = await self._get_pool()
-        await pool.execute("DELETE FROM credentials WHERE workspace_id = $1", workspace_id)
+        await self._execute("DELETE FROM credentials WHERE workspace_id = $1", workspace_id)
 
     async def credentials_version(self) -> int | None:
         row = await self._fetchrow("SELECT n FROM berth_counters WHERE name = 'credentials'")

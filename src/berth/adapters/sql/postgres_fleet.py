@@ -38,6 +38,9 @@ class PostgresFleet(PostgresBase):
                 "INSERT INTO heartbeats (workspace_id, at) "
                 "SELECT b.id, b.at FROM unnest($1::text[], $2::float8[]) AS b(id, at) "
                 "JOIN workspaces w ON w.id = b.id "
+                # rows in one order in every replica's flush: two flushes of the same
+                # workspaces in different orders would deadlock
+                "ORDER BY b.id "
                 "ON CONFLICT (workspace_id) DO UPDATE "
                 "SET at = GREATEST(heartbeats.at, excluded.at)",
                 ids,
