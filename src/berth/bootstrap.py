@@ -20,7 +20,7 @@ from berth.domain.delivery import DeliveryPolicy, QueueLimit
 from berth.domain.errors import StoreUnavailable
 from berth.hardening import agent_user, secure_data_dir
 from berth.metrics import Metrics
-from berth.ports import AgentClient, Bus, Cache, Locks, Provisioner, Store
+from berth.ports import BUS_GAP, AgentClient, Bus, Cache, Locks, Provisioner, Store
 from berth.services.access import Access
 from berth.services.agent_link import AgentLink
 from berth.services.canary import Canary
@@ -126,9 +126,19 @@ class Container:
 
     async def _follow_replicas(self) -> None:
         """Learn of other replicas' work and workspace changes."""
-        sub = self.bus.subscribe(WORK_TOPIC, WS_TOPIC)
+        sub = self.bus.subscribe(WORK_TOPIC, WS_TOPIC, BUS_GAP)
         try:
             async for topic, payload in sub:
+                if topic == BUS_GAP:
+                    # notices of changes (an allow-list, a run token, a state) were lost
+                    # while the bus was away: read what changed rather than wait for the
+                    # housekeeping's pass; work lost meanwhile the dispatcher's sweep finds
+                    log.info("the replica bus was away: refreshing the roster")
+                    try:
+                        await self.roster.refresh()
+                    except Exception as e:  # noqa: BLE001 - the housekeeping's pass mends it
+                        log.warning("roster refresh after the bus came back failed: %s", e)
+                    continue
                 ws_id = payload.get("workspace_id")
                 if not isinstance(ws_id, str):
                     continue

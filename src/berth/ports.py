@@ -16,6 +16,7 @@ from berth.domain.workspace import Workspace
 __all__ = [
     "AgentClient",
     "AgentReply",
+    "BUS_GAP",
     "AgentUnreachable",
     "Bus",
     "Cache",
@@ -264,8 +265,14 @@ class Subscription(Protocol):
     async def aclose(self) -> None: ...
 
 
+# The topic a bus delivers to this replica's own subscribers (payload {}) when its
+# connection came back after a loss: what other replicas published meanwhile was lost.
+BUS_GAP = "bus.gap"
+
+
 class Bus(Protocol):
-    """Fan-out of small JSON messages to every replica (wake-ups and events).
+    """Fan-out of small JSON messages to every replica (wake-ups and events). After a lost
+    connection comes back, subscribers of BUS_GAP hear of it (an in-process bus has none).
 
     `subscribe` registers before it returns; topics ending in '*' match by prefix. Call
     `start` once before relying on that across replicas: it waits until the bus is connected

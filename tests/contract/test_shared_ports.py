@@ -19,7 +19,7 @@ import pytest
 from berth.adapters.memory_bus import MemoryBus, MemoryCache, MemoryLocks
 from berth.api.errors import edge
 from berth.domain.errors import LocksUnavailable, Unavailable
-from berth.ports import Bus, Cache, Locks, Subscription
+from berth.ports import BUS_GAP, Bus, Cache, Locks, Subscription
 from tests.services import Outage, require_redis
 
 BACKENDS = ["memory", pytest.param("redis", marks=pytest.mark.redis)]
@@ -482,3 +482,20 @@ async def test_an_expired_lease_cannot_be_refreshed_even_if_nobody_took_it(locks
     await asyncio.sleep(0.35)
     assert await locks.refresh("ws:1", token, ttl=10) is False
     assert await locks.acquire("ws:1", ttl=10) is not None
+
+
+@pytest.mark.redis
+async def test_a_subscriber_hears_that_its_bus_was_away(
+    redis_buses: Callable[..., Any],
+    admin: Any,
+    names: Names,
+) -> None:
+    """What other replicas published while the connection was down is lost; the bus tells
+    its own subscribers when it is back (berth then refreshes its roster), and only then."""
+    bus = redis_buses(max_backoff=0.2)
+    await bus.start()
+    gap = bus.subscribe(BUS_GAP)
+    await nothing_more(gap)  # the first connection is no gap
+    assert await kill_clients(admin, names.name + "-0", "-sub") == 1
+    assert await receive(gap) == (BUS_GAP, {})
+    await nothing_more(gap)

@@ -15,6 +15,7 @@ from berth.domain.credentials import hash_secret
 from berth.domain.delivery import Delivery
 from berth.domain.delivery import DeliveryStatus as D
 from berth.domain.lifecycle import WorkspaceState as S
+from berth.ports import BUS_GAP
 from berth.services.heartbeats import Heartbeats
 from berth.services.roster import Roster
 from tests.contract.test_store import make_ws
@@ -166,3 +167,18 @@ async def test_idle_workspaces_keep_no_loop_and_the_sweep_finds_unannounced_work
         got = await w.c.deliveries.wait(d.id, 5)
         assert got is not None and got.status is D.DONE
         assert "quiet" in w.agent(ws).executed
+
+
+async def test_a_replica_whose_bus_came_back_reads_what_changed_meanwhile() -> None:
+    """Changes other replicas announced while this replica's bus was away (an allow-list
+    here) were lost with their notices: the bus says so (BUS_GAP) and the roster reads
+    what changed, instead of waiting for the housekeeping's pass."""
+    async with world(housekeeping_seconds=3600) as w:
+        ws = await w.create("gap")
+        await w.store.update_workspace(ws.id, allowed_callers=["caller:ci"])  # elsewhere
+        await asyncio.sleep(0.1)
+        assert (await w.c.roster.get(ws.id)).allowed_callers == []  # no notice came
+        await w.c.bus.publish(BUS_GAP, {})  # as the Redis bus does after a reconnect
+        assert await w.c.roster.wait_for(
+            ws.id, lambda x: x is not None and x.allowed_callers == ["caller:ci"], 3
+        )

@@ -31,6 +31,7 @@ from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.exceptions import RedisError
 
 from berth.domain.errors import LocksUnavailable
+from berth.ports import BUS_GAP
 
 log = logging.getLogger("berth.redis")
 __all__ = ["LocksUnavailable", "RedisBus", "RedisCache", "RedisLocks", "RedisSubscription"]
@@ -301,6 +302,8 @@ class RedisBus:
                         if not self._ready.is_set():
                             if self._ever_ready:
                                 log.info("redis bus reconnected")
+                                # what other replicas published meanwhile is lost: say so
+                                self._local(BUS_GAP, {})
                             self._ready.set()
                             self._ever_ready = True
                             self._tried.set()
@@ -319,6 +322,11 @@ class RedisBus:
                     await asyncio.shield(pubsub.aclose())  # type: ignore[no-untyped-call, unused-ignore]  # typed from redis 8
             delay = min(self._max_backoff, max(0.05, delay * 2))
             await asyncio.sleep(delay * (0.5 + secrets.randbelow(1000) / 1000))
+
+    def _local(self, topic: str, payload: dict[str, Any]) -> None:
+        for sub in self._subs:
+            if _matches(sub.topics, topic):
+                sub.queue.put_nowait((topic, payload))
 
     def _deliver(self, channel: bytes, data: bytes) -> None:
         topic = channel.decode()[len(self._channel) :]
