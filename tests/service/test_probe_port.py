@@ -5,6 +5,8 @@ the agent's process does not listen there); once the agent's own process does, t
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
@@ -101,12 +103,9 @@ class Registering(Unregistered):
         return self.running
 
 
-async def test_a_registration_of_a_port_another_program_serves_is_refused() -> None:
-    """An agent that sees its port accept connections may register before its own bind
-    fails, when another program took the port: berth refuses that registration (409
-    `not_the_agent`) and the workspace stays starting; the same registration counts once
-    the agent's own process listens there, or where this berth did not start the agent
-    (another replica's: its provisioner here cannot tell)."""
+@asynccontextmanager
+async def _registering() -> AsyncIterator[tuple[Container, Registering, Workspace]]:
+    """berth with a process workspace started (its run credential in `runtime.tokens`)."""
     agents = FakeAgents()
     runtime = Registering(agents)
     c = _berth(agents, runtime)
@@ -116,6 +115,18 @@ async def test_a_registration_of_a_port_another_program_serves_is_refused() -> N
         assert await c.roster.wait_for(
             ws.id, lambda w: w is not None and ws.id in runtime.tokens, 3
         )
+        yield c, runtime, ws
+    finally:
+        await c.stop()
+
+
+async def test_a_registration_of_a_port_another_program_serves_is_refused() -> None:
+    """An agent that sees its port accept connections may register before its own bind
+    fails, when another program took the port: berth refuses that registration (409
+    `not_the_agent`) and the workspace stays starting; the same registration counts once
+    the agent's own process listens there, or where this berth did not start the agent
+    (another replica's: its provisioner here cannot tell)."""
+    async with _registering() as (c, runtime, ws):
         token, url = runtime.tokens[ws.id], "http://127.0.0.1:40001"
         with pytest.raises(Conflict) as refused:
             await c.registry.register(token, {"url": url})
@@ -125,39 +136,19 @@ async def test_a_registration_of_a_port_another_program_serves_is_refused() -> N
         runtime.ours = None  # cannot tell (another user's processes, not Linux): it counts
         await c.registry.register(token, {"url": url})
         assert (await c.roster.get(ws.id)).state.value == "online"
-    finally:
-        await c.stop()
 
 
 async def test_a_registration_counts_where_this_berth_did_not_start_the_agent() -> None:
-    agents = FakeAgents()
-    runtime = Registering(agents)
-    c = _berth(agents, runtime)
-    await c.start()
-    try:
-        ws, _ = await c.workspaces.create({"name": "p", "command": ["agent"]})
-        assert await c.roster.wait_for(
-            ws.id, lambda w: w is not None and ws.id in runtime.tokens, 3
-        )
+    async with _registering() as (c, runtime, ws):
         runtime.running = False  # no process of it here: `serves` says False, and is not asked
         await c.registry.register(runtime.tokens[ws.id], {"url": "http://127.0.0.1:40001"})
         assert (await c.roster.get(ws.id)).state.value == "online"
-    finally:
-        await c.stop()
 
 
 async def test_a_registration_counts_on_a_replica_without_the_workspace_s_runtime() -> None:
     """A replica that cannot run the workspace's runtime cannot tell who listens there:
     the registration counts (it must not answer 422 runtime_unavailable)."""
-    agents = FakeAgents()
-    runtime = Registering(agents)
-    c = _berth(agents, runtime)
-    await c.start()
-    try:
-        ws, _ = await c.workspaces.create({"name": "p", "command": ["agent"]})
-        assert await c.roster.wait_for(
-            ws.id, lambda w: w is not None and ws.id in runtime.tokens, 3
-        )
+    async with _registering() as (c, runtime, ws):
         provisioners = c.runner.provisioners
         runtime_here = provisioners.pop(ws.runtime.value)
         try:
@@ -165,5 +156,3 @@ async def test_a_registration_counts_on_a_replica_without_the_workspace_s_runtim
         finally:
             provisioners[ws.runtime.value] = runtime_here
         assert (await c.roster.get(ws.id)).state.value == "online"
-    finally:
-        await c.stop()

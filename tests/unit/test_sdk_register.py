@@ -12,7 +12,9 @@ import asyncio
 import os
 import sys
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -105,61 +107,10 @@ async def test_a_port_never_seen_listening_still_registers_after_the_wait(
         await asyncio.gather(task, return_exceptions=True)
 
 
-async def test_an_agent_whose_port_another_program_took_exits_without_registering(
-    tmp_path: Path,
-) -> None:
-    """The port berth chose was free, but another program took it before the agent could
-    bind it. That program accepts connections there, so an agent that only waits to see its
-    port accept them would register it, and berth would forward the workspace's messages to
-    that program (CI saw one dead-lettered as "agent rejected the message"). `serve` binds
-    first: the agent exits with uvicorn's startup failure and never registers."""
-    registered: list[object] = []
-
-    async def register(request: web.Request) -> web.Response:
-        registered.append(await request.json())
-        return web.json_response({"workspace_id": "w", "name": "w", "heartbeat_seconds": 60})
-
-    app = web.Application()
-    app.router.add_post("/v1/agents/register", register)
-    runner, url = await serve_app(app)
-    other = await asyncio.start_server(lambda r, w: w.close(), "127.0.0.1", 0)
-    port = other.sockets[0].getsockname()[1]
-    env = {
-        **os.environ,
-        "BERTH_URL": url,
-        "BERTH_TOKEN": "t",
-        "BERTH_WORKSPACE_ID": "w",
-        "BERTH_PORT": str(port),
-        "BERTH_STATE_DIR": str(tmp_path),
-    }
-    try:
-        async with other:
-            proc = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "berth.examples.echo",
-                env=env,
-                stdout=asyncio.subprocess.DEVNULL,
-                stderr=asyncio.subprocess.PIPE,
-            )
-            try:
-                _, err = await asyncio.wait_for(proc.communicate(), 60)
-            finally:
-                if proc.returncode is None:
-                    proc.kill()
-                    await proc.wait()
-            assert proc.returncode == 3, err.decode()
-            assert f"cannot listen on 127.0.0.1 port {port}" in err.decode()
-            await asyncio.sleep(0.3)  # a registration sent at the end would have landed
-            assert registered == []
-    finally:
-        await runner.cleanup()
-
-
-async def test_an_agent_registers_at_once_on_the_port_serve_bound(tmp_path: Path) -> None:
-    """The other side: on a free port the same agent registers, and answers at the URL it
-    registered (the socket bound before the app started is the one uvicorn serves)."""
-    registered: list[dict[str, object]] = []
+@asynccontextmanager
+async def _recording_berth() -> AsyncIterator[tuple[str, list[dict[str, Any]], asyncio.Event]]:
+    """A fake berth that records each registration: (its URL, the bodies, set at the first)."""
+    registered: list[dict[str, Any]] = []
     got = asyncio.Event()
 
     async def register(request: web.Request) -> web.Response:
@@ -170,32 +121,70 @@ async def test_an_agent_registers_at_once_on_the_port_serve_bound(tmp_path: Path
     app = web.Application()
     app.router.add_post("/v1/agents/register", register)
     runner, url = await serve_app(app)
-    port = free_port()
+    try:
+        yield url, registered, got
+    finally:
+        await runner.cleanup()
+
+
+async def _echo(berth_url: str, port: int, state: Path, stderr: int) -> asyncio.subprocess.Process:
+    """The echo example served by the SDK's `serve`, as berth would start it."""
     env = {
         **os.environ,
-        "BERTH_URL": url,
+        "BERTH_URL": berth_url,
         "BERTH_TOKEN": "t",
         "BERTH_WORKSPACE_ID": "w",
         "BERTH_PORT": str(port),
-        "BERTH_STATE_DIR": str(tmp_path),
+        "BERTH_STATE_DIR": str(state),
     }
-    proc = await asyncio.create_subprocess_exec(
+    return await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
         "berth.examples.echo",
         env=env,
         stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.DEVNULL,
+        stderr=stderr,
     )
-    try:
-        await asyncio.wait_for(got.wait(), 60)
-        assert registered[0]["url"] == f"http://127.0.0.1:{port}"
-        async with aiohttp.ClientSession() as s:
-            async with s.get(f"http://127.0.0.1:{port}/healthz") as r:
-                assert r.status == 200 and (await r.json())["status"] == "ok"
-    finally:
-        if proc.returncode is None:
-            proc.terminate()
-            await asyncio.wait_for(proc.wait(), 30)
-        await runner.cleanup()
+
+
+async def test_an_agent_whose_port_another_program_took_exits_without_registering(
+    tmp_path: Path,
+) -> None:
+    """The port berth chose was free, but another program took it before the agent could
+    bind it. That program accepts connections there, so an agent that only waits to see its
+    port accept them would register it, and berth would forward the workspace's messages to
+    that program (CI saw one dead-lettered as "agent rejected the message"). `serve` binds
+    first: the agent exits with uvicorn's startup failure and never registers."""
+    other = await asyncio.start_server(lambda r, w: w.close(), "127.0.0.1", 0)
+    port = other.sockets[0].getsockname()[1]
+    async with _recording_berth() as (url, registered, _), other:
+        proc = await _echo(url, port, tmp_path, asyncio.subprocess.PIPE)
+        try:
+            _, err = await asyncio.wait_for(proc.communicate(), 60)
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+        assert proc.returncode == 3, err.decode()
+        assert f"cannot listen on 127.0.0.1 port {port}" in err.decode()
+        await asyncio.sleep(0.3)  # a registration sent at the end would have landed
+        assert registered == []
+
+
+async def test_an_agent_registers_at_once_on_the_port_serve_bound(tmp_path: Path) -> None:
+    """The other side: on a free port the same agent registers, and answers at the URL it
+    registered (the socket bound before the app started is the one uvicorn serves)."""
+    port = free_port()
+    async with _recording_berth() as (url, registered, got):
+        proc = await _echo(url, port, tmp_path, asyncio.subprocess.DEVNULL)
+        try:
+            await asyncio.wait_for(got.wait(), 60)
+            assert registered[0]["url"] == f"http://127.0.0.1:{port}"
+            async with aiohttp.ClientSession() as s:
+                async with s.get(f"http://127.0.0.1:{port}/healthz") as r:
+                    assert r.status == 200 and (await r.json())["status"] == "ok"
+        finally:
+            if proc.returncode is None:
+                proc.terminate()
+                await asyncio.wait_for(proc.wait(), 30)
     assert proc.returncode == 0  # SIGTERM: drained, then a clean exit
