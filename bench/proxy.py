@@ -25,7 +25,8 @@ against the durable floor.
 `--ref-src DIR` adds the same berths imported from another checkout's `src/` (the code
 before a change), for a before/after in one run. Sends to berth carry the admin token;
 `--caller` sends them with a named caller credential the workspace's allow-list names, as
-caller agents do (berth then reads that credential from its store for every message).
+caller agents do (berth reads that credential from its store once, then keeps it:
+services/credential_cache.py; before 2026-12-04, once per message).
 `--echo` adds the older comparison: berth with the demo echo agent (a2a-sdk, its task
 store, the SDK's dedupe) as a workspace vs the same echo agent directly.
 `--rounds N` runs every target N times in turn at each concurrency and ends each level
