@@ -119,14 +119,15 @@ def _fast_lane(settings: Settings, container: Container) -> list[socket.socket] 
     from berth.lane.build import cache_dir
 
     db = Lane.database(container)
-    if db is None:
-        if settings.fast_lane == "on":
-            log.warning("BERTH_FAST_LANE=on needs the SQLite store: serving without the fast lane")
-        return None  # auto: PostgreSQL replicas serve everything themselves, as designed
+    if db is None or (isinstance(db, str) and settings.fast_lane != "on"):
+        if db is None and settings.fast_lane == "on":
+            log.warning("BERTH_FAST_LANE=on needs a SQLite or PostgreSQL store: serving without it")
+        # auto on PostgreSQL: Python serves everything (the lane there is BERTH_FAST_LANE=on)
+        return None
     # auto: a reason the lane cannot run here is news (INFO), not a fault (WARNING)
     quiet = settings.fast_lane != "on"
     level = logging.INFO if quiet else logging.WARNING
-    exe = build_lane(cache_dir(), quiet=quiet)
+    exe = build_lane(cache_dir(), quiet=quiet, postgres=isinstance(db, str))
     if exe is None:
         return None
     path, handoff = settings.data_path / SOCKET_FILE, settings.data_path / HANDOFF_FILE

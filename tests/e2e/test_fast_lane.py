@@ -38,6 +38,8 @@ from tests.e2e.harness import (
     send_body,
     serve_app,
 )
+from tests.e2e.test_replicas import _admin
+from tests.services import require_postgres
 
 pytestmark = pytest.mark.slow
 
@@ -133,6 +135,46 @@ def lane_server(tmp_path: Path, call_failed: Any) -> Iterator[BerthServer]:
             server.print_log_tail()
 
 
+# the lane on each store: SQLite (its own group commit) and PostgreSQL (libpq, the accept
+# as berth_lane_accept: adapters/sql/postgres_lane.py)
+STORES = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+
+
+@contextlib.asynccontextmanager
+async def store_env(store: str) -> AsyncIterator[dict[str, str]]:
+    """The environment of a berth on `store`: nothing for SQLite, a fresh PostgreSQL
+    database (dropped afterwards) for postgres."""
+    if store == "sqlite":
+        yield {}
+        return
+    pg = require_postgres()
+    name = f"berth_lane_{uuid.uuid4().hex[:10]}"
+    await _admin(pg, f"CREATE DATABASE {name}")
+    try:
+        yield {"BERTH_DATABASE_URL": pg.rsplit("/", 1)[0] + "/" + name}
+    finally:
+        await _admin(pg, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+@pytest.fixture(params=STORES)
+async def store_lane_server(
+    request: pytest.FixtureRequest, tmp_path: Path, call_failed: Any
+) -> AsyncIterator[BerthServer]:
+    """lane_server, on each store."""
+    async with store_env(request.param) as env:
+        server = BerthServer(
+            tmp_path / "berth", env=_lane_on({"BERTH_MAX_ATTEMPTS": "2", **env})
+        ).start()
+        try:
+            require_lane(server)
+            yield server
+        finally:
+            server.stop()
+            server.kill9()
+            if call_failed():
+                server.print_log_tail()
+
+
 async def _workspace(c: httpx.AsyncClient, name: str, url: str, **spec: Any) -> None:
     r = await c.post(
         "/v1/workspaces", json={"name": name, "runtime": "external", "url": url, **spec}
@@ -152,7 +194,8 @@ async def _send(c: httpx.AsyncClient, ws: str, text: str, mid: str | None = None
     )
 
 
-async def test_plain_sends_are_served_by_the_lane_and_counted_by_berth(lane_server, agent):
+async def test_plain_sends_are_served_by_the_lane_and_counted_by_berth(store_lane_server, agent):
+    lane_server = store_lane_server
     async with lane_server.client() as c:
         await _workspace(c, "w", agent.url, max_concurrency=64)
         before = (await c.get("/metrics")).text
@@ -179,14 +222,20 @@ async def test_plain_sends_are_served_by_the_lane_and_counted_by_berth(lane_serv
             == 20
         )
         # the lane's own writes are power-loss durable: its writer's connection says FULL
-        assert "lane: writing with synchronous=2 " in lane_server.log.read_text()
+        # (on PostgreSQL: each commit waits for its WAL on disk)
+        said = lane_server.log.read_text()
+        assert (
+            "lane: writing with synchronous=2 " in said
+            or "lane: writing to PostgreSQL with synchronous_commit=on," in said
+        )
         # what the agent got is what berth forwards: the caller's A2A headers and berth's word
         # on who called
         h = next(iter(agent.headers.values()))
         assert h["x-berth-caller"] == "operator" and h["a2a-version"] == "1.0"
 
 
-async def test_a_retry_through_the_lane_is_answered_as_a_replay(lane_server, agent):
+async def test_a_retry_through_the_lane_is_answered_as_a_replay(store_lane_server, agent):
+    lane_server = store_lane_server
     async with lane_server.client() as c:
         await _workspace(c, "w", agent.url)
         first = await _send(c, "w", "once", "m-1")
@@ -202,33 +251,40 @@ async def test_a_retry_through_the_lane_is_answered_as_a_replay(lane_server, age
         assert other.json()["error"]["code"] == -32602
 
 
-async def test_the_lane_answers_as_python_does(tmp_path, agent):
+@pytest.mark.parametrize("store", STORES)
+async def test_the_lane_answers_as_python_does(tmp_path, agent, store):
     """The same sends to a berth without the lane and to one with it: the same statuses,
     bodies and header names (only the date and the ids differ)."""
     seen: dict[str, list[tuple[int, Any, list[str]]]] = {}
     for mode, env in (("python", PYTHON_ENV), ("lane", _lane_on())):
-        server = BerthServer(tmp_path / mode, env=env).start()
-        try:
-            if mode == "lane":
-                require_lane(server)
-            async with server.client() as c:
-                await _workspace(c, "w", agent.url)
-                out = []
-                for body in (
-                    send_body("v1", "t-1"),
-                    send_body("v03", "t-2", v03=True, rid="abc"),
-                ):
-                    r = await c.post("/v1/workspaces/w/a2a", json=body)
-                    out.append(
-                        (r.status_code, r.json(), sorted(k for k in r.headers if k != "date"))
-                    )
-                seen[mode] = out
-        finally:
-            server.stop()
+        async with store_env(store) as db:
+            seen[mode] = await _answers(tmp_path / mode, {**env, **db}, mode, agent)
     assert seen["lane"] == seen["python"]
 
 
-async def test_the_lane_records_a_send_as_python_does(tmp_path, agent):
+async def _answers(
+    data: Path, env: dict[str, str], mode: str, agent: Agent
+) -> list[tuple[int, Any, list[str]]]:
+    server = BerthServer(data, env=env).start()
+    try:
+        if mode == "lane":
+            require_lane(server)
+        async with server.client() as c:
+            await _workspace(c, "w", agent.url)
+            out = []
+            for body in (
+                send_body("v1", "t-1"),
+                send_body("v03", "t-2", v03=True, rid="abc"),
+            ):
+                r = await c.post("/v1/workspaces/w/a2a", json=body)
+                out.append((r.status_code, r.json(), sorted(k for k in r.headers if k != "date")))
+            return out
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize("store", STORES)
+async def test_the_lane_records_a_send_as_python_does(tmp_path, agent, store):
     """A send the lane served leaves the delivery record Python's own would: the method as
     the caller spelt it (A2A 1.0's SendMessage or 0.3's message/send), the headers, the
     request (only the ids and the times differ)."""
@@ -236,39 +292,47 @@ async def test_the_lane_records_a_send_as_python_does(tmp_path, agent):
     volatile |= {"created_at", "first_forwarded_at", "finished_at"}
     seen: dict[str, list[Any]] = {}
     for mode, env in (("python", PYTHON_ENV), ("lane", _lane_on())):
-        server = BerthServer(tmp_path / mode, env=env).start()
-        try:
-            if mode == "lane":
-                require_lane(server)
-            before = lane_served(server)
-            async with server.client() as c:
-                await _workspace(c, "w", agent.url)
-                out: list[Any] = []
-                for body in (
-                    send_body("v1", "r-1"),
-                    send_body("v03", "r-2", v03=True, rid="abc"),
-                ):
-                    r = await c.post("/v1/workspaces/w/a2a", json=body)
-                    assert r.status_code == 200, r.text
-                    i = r.headers["x-berth-delivery-id"]
-                    shown = (await c.get(f"/v1/deliveries/{i}")).json()
-                    carried = (await c.get(f"/v1/deliveries/{i}/request")).json()
-                    for doc in (shown, carried):
-                        for k in volatile & doc.keys():
-                            doc[k] = None
-                    out.append((shown, carried))
-                listed = (await c.get("/v1/workspaces/w/deliveries")).json()["deliveries"]
-                out.append(sorted(d["method"] for d in listed))
-            seen[mode] = out
-            # the lane served both itself (else this compares Python with Python)
-            assert lane_served(server) - before == (2 if mode == "lane" else 0)
-        finally:
-            server.stop()
+        async with store_env(store) as db:
+            seen[mode] = await _records(tmp_path / mode, {**env, **db}, mode, agent, volatile)
     assert seen["python"][-1] == ["SendMessage", "message/send"]
     assert seen["lane"] == seen["python"]
 
 
-async def test_a_draining_refusal_is_handed_to_python_and_held(lane_server, agent):
+async def _records(
+    data: Path, env: dict[str, str], mode: str, agent: Agent, volatile: set[str]
+) -> list[Any]:
+    server = BerthServer(data, env=env).start()
+    try:
+        if mode == "lane":
+            require_lane(server)
+        before = lane_served(server)
+        async with server.client() as c:
+            await _workspace(c, "w", agent.url)
+            out: list[Any] = []
+            for body in (
+                send_body("v1", "r-1"),
+                send_body("v03", "r-2", v03=True, rid="abc"),
+            ):
+                r = await c.post("/v1/workspaces/w/a2a", json=body)
+                assert r.status_code == 200, r.text
+                i = r.headers["x-berth-delivery-id"]
+                shown = (await c.get(f"/v1/deliveries/{i}")).json()
+                carried = (await c.get(f"/v1/deliveries/{i}/request")).json()
+                for doc in (shown, carried):
+                    for k in volatile & doc.keys():
+                        doc[k] = None
+                out.append((shown, carried))
+            listed = (await c.get("/v1/workspaces/w/deliveries")).json()["deliveries"]
+            out.append(sorted(d["method"] for d in listed))
+        # the lane served both itself (else this compares Python with Python)
+        assert lane_served(server) - before == (2 if mode == "lane" else 0)
+        return out
+    finally:
+        server.stop()
+
+
+async def test_a_draining_refusal_is_handed_to_python_and_held(store_lane_server, agent):
+    lane_server = store_lane_server
     async with lane_server.client() as c:
         await _workspace(c, "w", agent.url)
         r = await _send(c, "w", "drain-once", "d-1")
@@ -280,7 +344,8 @@ async def test_a_draining_refusal_is_handed_to_python_and_held(lane_server, agen
         assert d["status"] == "done" and d["forwards"] == 2 and d["attempts"] == 0, d
 
 
-async def test_an_agent_that_fails_is_retried_then_dead_as_python_decides(lane_server, agent):
+async def test_an_agent_that_fails_is_retried_then_dead_as_python_decides(store_lane_server, agent):
+    lane_server = store_lane_server
     async with lane_server.client() as c:
         await _workspace(c, "w", agent.url)
         r = await _send(c, "w", "fail", "f-1")
@@ -290,7 +355,8 @@ async def test_an_agent_that_fails_is_retried_then_dead_as_python_decides(lane_s
         assert "error" in r.json() and "x-berth-replayed" not in r.headers
 
 
-async def test_an_agent_away_is_handed_to_python_and_delivered_when_back(lane_server):
+async def test_an_agent_away_is_handed_to_python_and_delivered_when_back(store_lane_server):
+    lane_server = store_lane_server
     agent = await Agent().start()
     port = int(agent.url.rsplit(":", 1)[1])
     async with lane_server.client() as c:
@@ -334,6 +400,28 @@ async def test_a_wait_that_runs_out_is_answered_202_and_the_forward_goes_on(tmp_
         server.stop()
 
 
+@pytest.mark.parametrize("store", STORES)
+async def test_the_lane_renews_the_lease_of_a_long_forward(tmp_path, agent, store):
+    """A forward longer than the lease: the lane renews it (every third of a lease), so
+    Python's upkeep never takes it back and sends it again."""
+    async with store_env(store) as db:
+        server = BerthServer(
+            tmp_path / "b", env=_lane_on({"BERTH_LEASE_SECONDS": "1.5", **db})
+        ).start()
+        try:
+            require_lane(server)
+            async with server.client() as c:
+                await _workspace(c, "w", agent.url)
+                r = await _send(c, "w", "slow:5", "l-1")
+                assert r.status_code == 200, r.text
+                d = (await c.get(f"/v1/deliveries/{r.headers['x-berth-delivery-id']}")).json()
+                assert d["status"] == "done" and d["forwards"] == 1, d
+                assert agent.forwards["l-1"] == 1
+            assert lane_served(server) == 1
+        finally:
+            server.stop()
+
+
 def _lane_pid(server: BerthServer) -> int:
     assert server.proc is not None
     for entry in Path("/proc").iterdir():
@@ -357,7 +445,8 @@ async def _forwarded(agent: Agent, mid: str, timeout: float = 10.0) -> None:
         await asyncio.sleep(0.02)
 
 
-async def test_a_lane_killed_mid_forward_loses_nothing(lane_server, agent):
+async def test_a_lane_killed_mid_forward_loses_nothing(store_lane_server, agent):
+    lane_server = store_lane_server
     async with lane_server.client() as c:
         await _workspace(c, "w", agent.url)
         send = asyncio.create_task(_send(c, "w", "slow:1.5", "k-1"))
@@ -573,7 +662,8 @@ async def test_the_hand_off_route_is_not_reachable_from_outside(lane_server, age
     assert lane_served(lane_server) == 2
 
 
-async def test_x_berth_wait_is_the_lane_s_too(lane_server, agent):
+async def test_x_berth_wait_is_the_lane_s_too(store_lane_server, agent):
+    lane_server = store_lane_server
     async with lane_server.client() as c:
         await _workspace(c, "w", agent.url, max_concurrency=4)
         body = send_body("slow:1", "w-0")

@@ -12,11 +12,12 @@ from pathlib import Path
 import pytest
 
 import berth.lane as lane_pkg
+import berth.lane.build as build_mod
 from berth.adapters.memory_bus import MemoryBus, MemoryCache, MemoryLocks
 from berth.adapters.memory_store import MemoryStore
 from berth.adapters.sql.sqlite import SqliteStore
 from berth.bootstrap import Container, assemble
-from berth.lane import build_lane
+from berth.lane import build_lane, libpq_url
 from berth.server import _fast_lane
 from berth.settings import Settings
 from tests.service.fakes import FakeAgents
@@ -126,7 +127,7 @@ def test_serve_without_sqlite_or_without_a_build_runs_without_the_lane(
     c = container(tmp_path, MemoryStore())
     with caplog.at_level(logging.WARNING):
         assert _fast_lane(c.settings, c) is None
-    assert "needs the SQLite store" in caplog.text and c.lane is None
+    assert "needs a SQLite or PostgreSQL store" in caplog.text and c.lane is None
     monkeypatch.setattr(lane_pkg, "build_lane", lambda cache, **kw: None)
     (tmp_path / "data").mkdir()
     c = container(tmp_path, SqliteStore(str(tmp_path / "data" / "berth.db")))
@@ -143,7 +144,7 @@ def test_by_default_the_lane_serves_sqlite_and_stays_quiet_on_postgresql(
     c = container(tmp_path, MemoryStore(), fast_lane="auto")
     with caplog.at_level(logging.INFO):
         assert _fast_lane(c.settings, c) is None and c.lane is None
-    assert "needs the SQLite store" not in caplog.text
+    assert "needs a SQLite or PostgreSQL store" not in caplog.text
     monkeypatch.setattr(lane_pkg, "build_lane", lambda cache, **kw: tmp_path / "berth-lane-x")
     (tmp_path / "data").mkdir()
     c = container(tmp_path, SqliteStore(str(tmp_path / "data" / "berth.db")), fast_lane="auto")
@@ -151,6 +152,60 @@ def test_by_default_the_lane_serves_sqlite_and_stays_quiet_on_postgresql(
     assert unix is not None and c.lane is not None
     for s in [*unix, *c.lane.process._listen]:
         s.close()
+
+
+def test_on_postgresql_the_lane_is_asked_for_and_told_the_url(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """auto: Python serves a PostgreSQL berth; on: the lane built against libpq, told
+    berth's database as libpq reads it (and no SQLite file)."""
+    from berth.adapters.sql.postgres import PostgresStore
+
+    built: list[bool] = []
+
+    def build(cache: Path, **kw: bool) -> Path:
+        built.append(kw.get("postgres", False))
+        return tmp_path / "berth-lane-x"
+
+    monkeypatch.setattr(lane_pkg, "build_lane", build)
+    (tmp_path / "data").mkdir()
+    url = "postgresql://u@127.0.0.1:5432/db?search_path=s"
+    c = container(tmp_path, PostgresStore(url), fast_lane="auto")
+    assert _fast_lane(c.settings, c) is None and c.lane is None and built == []
+    c = container(tmp_path, PostgresStore(url), fast_lane="on")
+    unix = _fast_lane(c.settings, c)
+    assert unix is not None and c.lane is not None and built == [True]
+    env = c.lane.env
+    assert env["BERTH_LANE_PG"] == "postgresql://u@127.0.0.1:5432/db?options=-c%20search_path%3Ds"
+    assert "BERTH_LANE_DB" not in env
+    for s in [*unix, *c.lane.process._listen]:
+        s.close()
+
+
+def test_the_lane_for_postgresql_is_built_against_libpq(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A build of its own (`berth-lane-pg-…`, LANE_PG defined, linked with libpq); none,
+    with the reason, where libpq's headers are missing."""
+    c = '#include "canon.h"\n#include <libpq-fe.h>\nint main(void) { return LANE_PG - 1; }\n'
+    src, cache = sources(tmp_path, c), tmp_path / "cache"
+    exe = build_lane(cache, src, postgres=True)
+    assert exe is not None and exe.name.startswith("berth-lane-pg-")
+    assert build_lane(cache, src) is None  # without LANE_PG it does not compile
+    monkeypatch.setattr(build_mod, "_libpq_include", lambda: None)
+    with caplog.at_level(logging.WARNING, logger="berth.lane"):
+        assert build_lane(tmp_path / "other", src, postgres=True) is None
+    assert "no libpq headers" in caplog.text
+
+
+def test_berth_s_postgresql_url_is_given_to_libpq_as_libpq_reads_it() -> None:
+    assert libpq_url("postgresql://u:p@h:5433/db") == "postgresql://u:p@h:5433/db"
+    # asyncpg sends unknown parameters as server settings; libpq takes them in `options`
+    assert (
+        libpq_url("postgresql://h/db?search_path=t_1&sslmode=require&x=a b")
+        == "postgresql://h/db?sslmode=require&options=-c%20search_path%3Dt_1%20-c%20x%3Da%5C%20b"
+    )
+    assert libpq_url("postgres://h/db?ssl=true") == "postgres://h/db?sslmode=require"
 
 
 def test_a_cached_lane_anyone_else_may_write_is_built_again(tmp_path: Path) -> None:

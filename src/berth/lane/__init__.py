@@ -11,6 +11,7 @@ import socket
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 from berth.adapters.sql.sqlite import SqliteStore
 from berth.lane.build import build_lane
@@ -31,6 +32,7 @@ __all__ = [
     "LaneHandoff",
     "LaneProcess",
     "build_lane",
+    "libpq_url",
 ]
 
 SOCKET_FILE = "berth.sock"  # in the data dir: where uvicorn listens when the lane is on
@@ -48,10 +50,11 @@ class Lane:
         listen: Sequence[socket.socket],
         upstream: Path,
         *,
-        db: Path,
+        db: Path | str,
         handoff: Path | None = None,
     ) -> None:
-        """`db`: the SQLite database file the lane writes to (berth's own), `upstream`: the
+        """`db`: the SQLite database file the lane writes to (berth's own), or the
+        PostgreSQL URL of berth's store (a string), `upstream`: the
         Unix socket Python listens on, `listen`: the public sockets the lane serves."""
         s = c.settings
         self.owner = f"{c.dispatcher.owner}:lane"
@@ -73,7 +76,11 @@ class Lane:
         self.env = {  # what the lane is told (docs/fast-lane.md)
             "BERTH_LANE_UPSTREAM": str(upstream),
             "BERTH_LANE_HANDOFF": str(self.handoff_path),
-            "BERTH_LANE_DB": str(db),
+            **(
+                {"BERTH_LANE_DB": str(db)}
+                if isinstance(db, Path)
+                else {"BERTH_LANE_PG": libpq_url(db)}
+            ),
             "BERTH_LANE_OWNER": self.owner,
             "BERTH_LANE_ADMIN_SHA256": hashlib.sha256(c.admin_token.encode()).hexdigest(),
             "BERTH_LANE_SECRET": secret,
@@ -93,9 +100,15 @@ class Lane:
         )
 
     @staticmethod
-    def database(c: Container) -> Path | None:
-        """The SQLite file of the container's store; None on any other store."""
-        return Path(c.store.path).resolve() if isinstance(c.store, SqliteStore) else None
+    def database(c: Container) -> Path | str | None:
+        """The SQLite file of the container's store, the URL of a PostgreSQL store (a
+        string); None on any other store (the in-memory one)."""
+        if isinstance(c.store, SqliteStore):
+            return Path(c.store.path).resolve()
+        url = getattr(c.store, "url", None)
+        if isinstance(url, str) and url.startswith(("postgresql://", "postgres://")):
+            return url
+        return None
 
     async def start(self) -> None:
         await self.process.start()
@@ -114,3 +127,39 @@ class Lane:
         except Exception:  # the store is away: the lane's leases run out instead
             log.exception("fast lane: could not give its leases back; they will expire")
         self._dispatcher.lane.forget()
+
+
+# what libpq reads from a URL's query; asyncpg passes any other parameter to the server as
+# a setting, which libpq takes as `options=-c name=value`
+_LIBPQ_PARAMS = {
+    "host", "hostaddr", "port", "dbname", "user", "password", "passfile", "connect_timeout",
+    "client_encoding", "options", "application_name", "sslmode", "sslcert", "sslkey",
+    "sslrootcert", "sslcrl", "sslpassword", "ssl_min_protocol_version",
+    "ssl_max_protocol_version", "target_session_attrs", "krbsrvname", "gsslib", "service",
+    "keepalives", "keepalives_idle", "keepalives_interval", "keepalives_count",
+    "tcp_user_timeout", "requirepeer", "channel_binding", "gssencmode", "sslcompression",
+}  # fmt: skip
+
+
+def libpq_url(url: str) -> str:
+    """berth's PostgreSQL URL (read by asyncpg) as libpq reads the same connection: the
+    query parameters libpq knows stay, asyncpg's `ssl` is libpq's `sslmode`, and the
+    server settings asyncpg would send (any other parameter, `search_path` say) go in
+    `options`."""
+    parts = urlsplit(url)
+    keep: list[tuple[str, str]] = []
+    settings: list[str] = []
+    for k, v in parse_qsl(parts.query, keep_blank_values=True):
+        if k in _LIBPQ_PARAMS:
+            keep.append((k, v))
+        elif k == "ssl":
+            keep.append(("sslmode", "require" if v.lower() in ("true", "1", "on") else v))
+        else:  # a space or backslash in a value is escaped with a backslash in `options`
+            value = v.replace("\\", "\\\\").replace(" ", "\\ ")
+            settings.append(f"-c {k}={value}")
+    if settings:
+        keep = [(k, v) for k, v in keep if k != "options"] + [
+            ("options", " ".join([*(v for k, v in keep if k == "options"), *settings]))
+        ]
+    query = urlencode(keep, quote_via=quote)
+    return urlunsplit(parts._replace(query=query))

@@ -41,12 +41,34 @@ def _trusted(exe: Path) -> bool:
     return os.access(exe, os.X_OK)
 
 
-def build_lane(cache_dir: Path, source_dir: Path = HERE, *, quiet: bool = False) -> Path | None:
+def _libpq_include() -> str | None:
+    """The directory holding libpq-fe.h (pg_config's, else Debian's), or None."""
+    pg_config = shutil.which("pg_config")
+    if pg_config is not None:
+        try:
+            done = subprocess.run(
+                [pg_config, "--includedir"], capture_output=True, text=True, timeout=30
+            )
+            d = done.stdout.strip()
+            if done.returncode == 0 and (Path(d) / "libpq-fe.h").is_file():
+                return d
+        except (OSError, subprocess.TimeoutExpired):
+            pass
+    for d in ("/usr/include/postgresql", "/usr/include"):
+        if (Path(d) / "libpq-fe.h").is_file():
+            return d
+    return None
+
+
+def build_lane(
+    cache_dir: Path, source_dir: Path = HERE, *, quiet: bool = False, postgres: bool = False
+) -> Path | None:
     """The lane's executable, compiled unless this version of its sources already was
-    (`<cache_dir>/berth-lane-<12 hex of their sha256>`); None, with a warning saying why,
-    when it cannot be built (berth then serves everything itself). `quiet`: the reason is
-    logged at INFO instead (BERTH_FAST_LANE=auto: a machine without a compiler, such as
-    berth's Docker image, is no fault)."""
+    (`<cache_dir>/berth-lane-<12 hex of their sha256>`, `berth-lane-pg-…` with PostgreSQL);
+    None, with a warning saying why, when it cannot be built (berth then serves everything
+    itself). `quiet`: the reason is logged at INFO instead (BERTH_FAST_LANE=auto: a machine
+    without a compiler, such as berth's Docker image, is no fault). `postgres`: built
+    against libpq too, for a berth whose store is PostgreSQL (it needs libpq's headers)."""
     level = logging.INFO if quiet else logging.WARNING
     try:
         digest = hashlib.sha256()
@@ -55,13 +77,21 @@ def build_lane(cache_dir: Path, source_dir: Path = HERE, *, quiet: bool = False)
     except OSError as e:
         log.log(level, "fast lane off: its sources cannot be read (%s)", e)
         return None
-    exe = cache_dir / f"berth-lane-{digest.hexdigest()[:12]}"
+    exe = cache_dir / f"berth-lane-{'pg-' if postgres else ''}{digest.hexdigest()[:12]}"
     if exe.is_file() and _trusted(exe):
         return exe
     gcc = shutil.which("gcc")
     if gcc is None:
         log.log(level, "fast lane off: no C compiler (gcc) to build it with")
         return None
+    flags: list[str] = []
+    libs = list(LIBS)
+    if postgres:
+        include = _libpq_include()
+        if include is None:
+            log.log(level, "fast lane off: no libpq headers (libpq-fe.h) to build it with")
+            return None
+        flags, libs = ["-DLANE_PG", f"-I{include}"], [*libs, "-lpq"]
     try:
         cache_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         cache_dir.chmod(0o700)
@@ -69,7 +99,7 @@ def build_lane(cache_dir: Path, source_dir: Path = HERE, *, quiet: bool = False)
         log.log(level, "fast lane off: cannot make its build directory %s (%s)", cache_dir, e)
         return None
     tmp = exe.with_name(f"{exe.name}.tmp-{os.getpid()}")
-    cmd = [gcc, "-O2", "-o", str(tmp), str(source_dir / "lane.c"), *LIBS]
+    cmd = [gcc, "-O2", *flags, "-o", str(tmp), str(source_dir / "lane.c"), *libs]
     try:
         done = subprocess.run(
             cmd, cwd=source_dir, capture_output=True, text=True, timeout=COMPILE_TIMEOUT

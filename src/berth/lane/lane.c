@@ -48,6 +48,9 @@
 #include <unistd.h>
 
 #include "canon.h"
+#ifdef LANE_PG
+#include <libpq-fe.h>
+#endif
 
 #define MAX_HEAD 16384
 #define MAX_LISTEN 8
@@ -70,6 +73,8 @@ static double wait_s = 300, forward_timeout = 600, lease_s = 30, grace_s = 10;
 static long max_body = 1 << 20, max_queue = 10000;
 static int in_docker; /* Docker workspaces are reached at rewritten addresses: Python's */
 static const char *synchronous = "FULL";
+/* BERTH_LANE_PG: berth's store is PostgreSQL (this libpq connection string), not SQLite */
+static const char *pg_url;
 
 static void die(const char *what) {
     fprintf(stderr, "lane: %s: %s\n", what, strerror(errno));
@@ -205,6 +210,11 @@ typedef struct job {
     char *fwd_headers;    /* header lines forwarded to the agent */
     double created, forwarded_at, wait_deadline, forward_deadline;
     long long capacity;   /* -1: none */
+    /* on PostgreSQL the accept itself reads the credential and the workspace: what the
+       request named (the workspace's name or id; the SHA-256 of the bearer secret, "" for
+       the operator), and the workspace's agent URL as the accept found it */
+    char ref[128], cred[65];
+    char *url;
     /* the agent's answer */
     int status;
     char ctype[256];
@@ -874,6 +884,192 @@ static void *writer(void *arg) {
     return NULL;
 }
 
+#ifdef LANE_PG
+/* ------------------------------------------------------------------ the writer on PostgreSQL */
+
+/* On PostgreSQL every read of the plain case is in the accept itself (berth_lane_accept,
+   adapters/sql/postgres_lane.py): the credential, the workspace and its rules, the guard,
+   under the workspace's claim lock, with the row written in flight. A flush is one
+   transaction sent as one pipeline (one round trip, one commit, one fsync): BEGIN, the
+   claim locks of every workspace its accepts name (in berth's lock order), the settles,
+   the renewal, the accepts, COMMIT. PG_WRITERS threads each flush on a connection of
+   their own, so one flush is written while the next gathers. */
+#define PG_WRITERS 2
+#define PG_BATCH 64 /* jobs a flush takes at most (the rest wait for the next one) */
+
+static const char *P_LOCK = "SELECT berth_lane_lock($1::text[])";
+static const char *P_ACCEPT =
+    "SELECT l_ws, l_url, l_cap, l_run, l_crashes, l_caller FROM berth_lane_accept($1, $2, $3, $4, $5, $6, "
+    "$7::bytea, $8, $9, $10::float8, $11::float8, $12::bigint, $13::boolean)";
+static const char *P_SETTLE =
+    "UPDATE deliveries SET status = 'done', reason = NULL, not_before = 0, lease_owner = NULL, "
+    "lease_until = NULL, updated_at = $1::float8, finished_at = $1::float8, reply = $2::bytea, "
+    "reply_status = $3::integer, reply_type = $4 WHERE id = $5 AND status = 'in_flight' AND lease_owner = $6 "
+    "AND forwards = 1 RETURNING seq";
+static const char *P_RENEW =
+    "UPDATE deliveries SET lease_until = $1::float8 WHERE status = 'in_flight' AND lease_owner = $2 "
+    "AND id IN (SELECT jsonb_array_elements_text(convert_from($3::bytea, 'UTF8')::jsonb))";
+
+static PGconn *pg_open(void) {
+    PGconn *pc = PQconnectdb(pg_url);
+    if (PQstatus(pc) != CONNECTION_OK) {
+        fprintf(stderr, "lane: cannot connect to PostgreSQL: %s", PQerrorMessage(pc));
+        PQfinish(pc);
+        return NULL;
+    }
+    const char *names[] = {"lock", "accept", "settle", "renew"};
+    const char *sqls[] = {P_LOCK, P_ACCEPT, P_SETTLE, P_RENEW};
+    PGresult *r = PQexec(pc, "SET application_name = 'berth-lane'");
+    PQclear(r);
+    for (int i = 0; i < 4; i++) {
+        r = PQprepare(pc, names[i], sqls[i], 0, NULL);
+        int ok = PQresultStatus(r) == PGRES_COMMAND_OK;
+        if (!ok) fprintf(stderr, "lane: cannot prepare %s: %s", names[i], PQresultErrorMessage(r));
+        PQclear(r);
+        if (!ok) { PQfinish(pc); return NULL; }
+    }
+    return pc;
+}
+
+static char *pg_dup(PGresult *r, int row, int col) {
+    return PQgetisnull(r, row, col) ? NULL : strdup(PQgetvalue(r, row, col));
+}
+
+/* One flush of `batch` (`n` jobs, each j->ok set): 1 committed, 0 not (nothing of it is
+   on disk), -1 not known (the connection failed after COMMIT was sent: an accept is then
+   relayed, so Python answers a replay of a row that was written, or accepts one that was
+   not; a settle is handed over, and Python settles it or finds it settled). */
+static int pg_flush(PGconn *pc, job **batch, int n) {
+    enum { K_BEGIN, K_LOCK, K_SETTLE, K_RENEW, K_ACCEPT, K_COMMIT };
+    int kinds[PG_BATCH + 4];
+    job *who[PG_BATCH + 4];
+    int sent = 0, accepts = 0;
+    char t1[40], t2[40], t3[40], t4[40];
+    if (!PQenterPipelineMode(pc)) return 0;
+    PQsendQueryParams(pc, "BEGIN", 0, NULL, NULL, NULL, NULL, 0);
+    kinds[sent] = K_BEGIN; who[sent++] = NULL;
+    buf refs = {0};
+    puts_(&refs, "{");
+    for (int i = 0; i < n; i++)
+        if (batch[i]->op == OP_ACCEPT) { /* refs are [A-Za-z0-9._-]: nothing to quote */
+            putf(&refs, "%s%s", accepts++ ? "," : "", batch[i]->ref);
+        }
+    put(&refs, "}", 2); /* with its NUL: a C string for libpq */
+    if (accepts) {
+        const char *v[1] = {refs.p};
+        PQsendQueryPrepared(pc, "lock", 1, v, NULL, NULL, 0);
+        kinds[sent] = K_LOCK; who[sent++] = NULL;
+    }
+    for (int pass = 0; pass < 3; pass++) /* settles, the renewal, then the accepts */
+        for (int i = 0; i < n; i++) {
+            job *j = batch[i];
+            if (pass == 0 && j->op == OP_SETTLE) {
+                snprintf(t1, sizeof t1, "%.6f", now_s());
+                snprintf(t2, sizeof t2, "%d", j->status);
+                const char *v[6] = {t1, j->reply ? j->reply : "", t2, j->ctype, j->id, owner};
+                int len[6] = {0, (int)j->reply_len, 0, 0, 0, 0}, fmt[6] = {0, 1, 0, 0, 0, 0};
+                PQsendQueryPrepared(pc, "settle", 6, v, len, fmt, 0);
+                kinds[sent] = K_SETTLE; who[sent++] = j;
+            } else if (pass == 1 && j->op == OP_RENEW) {
+                snprintf(t1, sizeof t1, "%.6f", now_s() + lease_s);
+                const char *v[3] = {t1, owner, renew_ids.p};
+                int len[3] = {0, 0, (int)renew_ids.n}, fmt[3] = {0, 0, 1}; /* not NUL-ended */
+                PQsendQueryPrepared(pc, "renew", 3, v, len, fmt, 0);
+                kinds[sent] = K_RENEW; who[sent++] = j;
+            } else if (pass == 2 && j->op == OP_ACCEPT) {
+                snprintf(t1, sizeof t1, "%.6f", j->created + lease_s);
+                snprintf(t2, sizeof t2, "%.6f", j->created);
+                snprintf(t3, sizeof t3, "%ld", max_queue);
+                snprintf(t4, sizeof t4, "%s", in_docker ? "true" : "false");
+                const char *v[13] = {j->id, j->ref, j->cred[0] ? j->cred : NULL, j->message_id, j->fingerprint,
+                                     j->method, j->request, j->headers_json, owner, t1, t2, t3, t4};
+                int len[13] = {0, 0, 0, 0, 0, 0, (int)j->request_len, 0, 0, 0, 0, 0, 0};
+                int fmt[13] = {0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0};
+                PQsendQueryPrepared(pc, "accept", 13, v, len, fmt, 0);
+                kinds[sent] = K_ACCEPT; who[sent++] = j;
+            }
+        }
+    PQsendQueryParams(pc, "COMMIT", 0, NULL, NULL, NULL, NULL, 0);
+    kinds[sent] = K_COMMIT; who[sent++] = NULL;
+    buf_free(&refs);
+    int synced = PQpipelineSync(pc) == 1, failed = !synced, committed = 0, commit_sent = synced;
+    for (int k = 0; k < sent && synced; k++) {
+        PGresult *r = PQgetResult(pc);
+        if (!r) { failed = 1; break; }
+        ExecStatusType st = PQresultStatus(r);
+        job *j = who[k];
+        if (st == PGRES_FATAL_ERROR) {
+            if (!failed) fprintf(stderr, "lane: a flush failed: %s", PQresultErrorMessage(r));
+            failed = 1;
+        } else if (st == PGRES_PIPELINE_ABORTED) {
+            failed = 1;
+        } else if (kinds[k] == K_COMMIT) {
+            committed = st == PGRES_COMMAND_OK && !strcmp(PQcmdStatus(r), "COMMIT");
+        } else if (kinds[k] == K_SETTLE) {
+            j->ok = st == PGRES_TUPLES_OK && PQntuples(r) == 1;
+        } else if (kinds[k] == K_RENEW) {
+            j->ok = st == PGRES_COMMAND_OK;
+        } else if (kinds[k] == K_ACCEPT && st == PGRES_TUPLES_OK && PQntuples(r) == 1) {
+            /* l_ws, l_url, l_cap, l_run, l_crashes, l_caller */
+            j->ok = 1;
+            snprintf(j->ws_id, sizeof j->ws_id, "%s", PQgetvalue(r, 0, 0));
+            free(j->url);
+            j->url = pg_dup(r, 0, 1);
+            j->capacity = PQgetisnull(r, 0, 2) ? -1 : atoll(PQgetvalue(r, 0, 2));
+            const char *run = PQgetisnull(r, 0, 3) ? "" : PQgetvalue(r, 0, 3);
+            j->run[0] = 0;
+            if (strlen(run) < sizeof j->run && header_safe(run, strlen(run))) strcpy(j->run, run);
+            j->crashes = atoll(PQgetvalue(r, 0, 4));
+            snprintf(j->caller, sizeof j->caller, "%s", PQgetvalue(r, 0, 5));
+        }
+        PQclear(r);
+        while ((r = PQgetResult(pc))) PQclear(r); /* the NULL that ends each query's results */
+    }
+    if (synced) { /* the pipeline's end */
+        PGresult *r = PQgetResult(pc);
+        if (!r || PQresultStatus(r) != PGRES_PIPELINE_SYNC) failed = 1;
+        PQclear(r);
+    }
+    PQexitPipelineMode(pc);
+    if (PQstatus(pc) != CONNECTION_OK) return commit_sent && !committed ? -1 : committed;
+    if (PQtransactionStatus(pc) != PQTRANS_IDLE) PQclear(PQexec(pc, "ROLLBACK"));
+    return committed && !failed;
+}
+
+static void *pg_writer(void *arg) {
+    (void)arg;
+    PGconn *pc = NULL;
+    for (;;) {
+        job *batch[PG_BATCH];
+        int n = 0;
+        pthread_mutex_lock(&mu);
+        while (!todo_head) pthread_cond_wait(&cv, &mu);
+        while (todo_head && n < PG_BATCH) {
+            batch[n++] = todo_head;
+            todo_head = todo_head->next_op;
+        }
+        if (!todo_head) todo_tail = NULL;
+        else pthread_cond_signal(&cv); /* the rest: another writer's flush */
+        pthread_mutex_unlock(&mu);
+        for (int i = 0; i < n; i++) batch[i]->ok = 0;
+        if (pc && PQstatus(pc) != CONNECTION_OK) { PQfinish(pc); pc = NULL; }
+        if (!pc) pc = pg_open();
+        int committed = pc ? pg_flush(pc, batch, n) : 0;
+        if (committed != 1)
+            for (int i = 0; i < n; i++) batch[i]->ok = 0; /* not on disk, or not known to be */
+        for (int i = 0; i + 1 < n; i++) batch[i]->next_op = batch[i + 1];
+        batch[n - 1]->next_op = NULL;
+        pthread_mutex_lock(&mu);
+        if (done_tail) done_tail->next_op = batch[0]; else done_head = batch[0];
+        done_tail = batch[n - 1];
+        pthread_mutex_unlock(&mu);
+        uint64_t one = 1;
+        if (write(efd, &one, 8) != 8) die("eventfd");
+    }
+    return NULL;
+}
+#endif
+
 /* ------------------------------------------------------------------ answers */
 
 /* uvicorn's status lines: Python's http.HTTPStatus phrases, "" for any other status */
@@ -996,6 +1192,7 @@ static void job_free(job *j) {
     free(j->request);
     free(j->headers_json);
     free(j->fwd_headers);
+    free(j->url);
     free(j->reply);
     free(j);
 }
@@ -1148,8 +1345,8 @@ static void agent_flush(agent *a) {
 static void send_request(job *j) {
     agent *a = j->a;
     a->out.n = 0;
-    putf(&a->out, "POST %s HTTP/1.1\r\nHost: %s\r\n%sContent-Length: %zu\r\n\r\n", j->agent_path, j->host_header,
-         j->fwd_headers, j->request_len);
+    putf(&a->out, "POST %s HTTP/1.1\r\nHost: %s\r\n%sx-berth-caller: %s\r\nContent-Length: %zu\r\n\r\n",
+         j->agent_path, j->host_header, j->fwd_headers, j->caller, j->request_len);
     put(&a->out, j->request, j->request_len);
     a->rs = RS_HEAD;
     a->line.n = a->body.n = 0;
@@ -1518,9 +1715,12 @@ static void on_request(client *c) {
     if (!tlen) { why = __LINE__; goto relay; }
     unsigned char tsha[32];
     SHA256((const unsigned char *)tok, tlen, tsha);
-    char caller[300];
+    char caller[300], cred_hex[65] = "";
     if (have_admin && CRYPTO_memcmp(tsha, admin_sha, 32) == 0) {
         strcpy(caller, "operator");
+    } else if (pg_url) { /* the accept reads it, in the transaction that writes the row */
+        for (int i = 0; i < 32; i++) sprintf(cred_hex + 2 * i, "%02x", tsha[i]);
+        caller[0] = 0;
     } else {
         char hex[65];
         for (int i = 0; i < 32; i++) sprintf(hex + 2 * i, "%02x", tsha[i]);
@@ -1572,11 +1772,18 @@ static void on_request(client *c) {
     free(canon.p);
 
     /* the workspace */
+    job *j = NULL;
+    if (pg_url) { /* read by the accept (berth_lane_accept), with every other rule */
+        j = calloc(1, sizeof *j);
+        snprintf(j->ref, sizeof j->ref, "%s", ref);
+        memcpy(j->cred, cred_hex, sizeof j->cred);
+        j->capacity = -1;
+        goto take;
+    }
     sqlite3_bind_text(q_ws, 1, ref, -1, SQLITE_TRANSIENT);
     sqlite3_bind_text(q_ws, 2, caller, -1, SQLITE_TRANSIENT);
     sqlite3_bind_int64(q_ws, 3, max_queue);
     sqlite3_bind_int(q_ws, 4, in_docker);
-    job *j = NULL;
     if (sqlite3_step(q_ws) == SQLITE_ROW) {
         const char *url = (const char *)sqlite3_column_text(q_ws, 2);
         j = calloc(1, sizeof *j);
@@ -1595,6 +1802,7 @@ static void on_request(client *c) {
     sqlite3_reset(q_ws);
     if (!j) { why = __LINE__; goto relay; }
 
+take:
     /* the job: berth's row, the forward's headers */
     time_ordered_id(j->id);
     snprintf(j->caller, sizeof j->caller, "%s", caller);
@@ -1613,15 +1821,15 @@ static void on_request(client *c) {
                 putf(&hj, "%s\"%s\":\"%.*s\"", first ? "" : ",", FORWARDED[k], (int)h[i].vlen, h[i].val);
                 first = 0;
             }
-    putf(&hj, "%s\"x-berth-caller\":\"%s\"}", first ? "" : ",", caller);
+    if (pg_url) puts_(&hj, first ? "" : ","); /* the accept ends it with the caller it read */
+    else putf(&hj, "%s\"x-berth-caller\":\"%s\"}", first ? "" : ",", caller);
     put(&hj, "", 1);
     j->headers_json = hj.p;
     if (!fwd[3]) puts_(&fh, "content-type: application/json\r\n");
     for (int i = 0; i < nh; i++)
         for (int k = 0; k < 4; k++)
             if (fwd[k] == &h[i]) putf(&fh, "%s: %.*s\r\n", FORWARDED[k], (int)h[i].vlen, h[i].val);
-    putf(&fh, "x-berth-caller: %s\r\n", caller);
-    put(&fh, "", 1);
+    put(&fh, "", 1); /* x-berth-caller is added as the forward is written (send_request) */
     j->fwd_headers = fh.p;
     j->created = now_s();
     j->wait_deadline = mono() + (wait >= 0 ? wait : wait_s);
@@ -1688,7 +1896,11 @@ static void on_committed(void) {
                 j->forwarded_at = mono();
                 j->forward_deadline = j->forwarded_at + forward_timeout;
                 if (c && j->wait0) answer_accepted(j); /* Python's answer to X-Berth-Wait: 0 */
-                forward(j);
+                if (pg_url && !(j->url && agent_target(j->url, j)))
+                    /* berth_lane_accept's URL test is a little wider than agent_target's:
+                       Python forwards it (never taken: the agent was not reached) */
+                    handoff(j, "unreached", "an agent URL the lane does not forward to");
+                else forward(j);
             }
         } else if (j->op == OP_SETTLE) {
             if (!j->ok) handoff(j, "reply", NULL); /* not settled here: Python settles or waits */
@@ -1792,7 +2004,12 @@ int main(void) {
     pid_t parent = getppid();
     if (prctl(PR_SET_PDEATHSIG, SIGKILL) < 0 || getppid() != parent) return 3;
     signal(SIGPIPE, SIG_IGN);
-    db_path = env_s("BERTH_LANE_DB");
+    pg_url = getenv("BERTH_LANE_PG");
+    if (pg_url && !*pg_url) pg_url = NULL;
+#ifndef LANE_PG
+    if (pg_url) { fprintf(stderr, "lane: built without PostgreSQL (libpq)\n"); return 2; }
+#endif
+    if (!pg_url) db_path = env_s("BERTH_LANE_DB");
     upstream_path = env_s("BERTH_LANE_UPSTREAM");
     handoff_path = env_s("BERTH_LANE_HANDOFF");
     owner = env_s("BERTH_LANE_OWNER");
@@ -1824,6 +2041,18 @@ int main(void) {
         if (*q == ',') q++;
     }
 
+#ifdef LANE_PG
+    if (pg_url) { /* said once: what a commit is on disk by */
+        PGconn *pc = pg_open();
+        if (!pc) return 1;
+        PGresult *r = PQexec(pc, "SHOW synchronous_commit");
+        fprintf(stderr, "lane: writing to PostgreSQL with synchronous_commit=%s, %d writers\n",
+                PQresultStatus(r) == PGRES_TUPLES_OK ? PQgetvalue(r, 0, 0) : "?", PG_WRITERS);
+        PQclear(r);
+        PQfinish(pc);
+    }
+#endif
+    if (!pg_url) {
     rdb = open_db();
     wdb = open_db();
     prepare(rdb, Q_CRED, &q_cred);
@@ -1831,7 +2060,8 @@ int main(void) {
     prepare(wdb, W_ACCEPT, &w_accept);
     prepare(wdb, W_SETTLE, &w_settle);
     prepare(wdb, W_RENEW, &w_renew);
-    { /* said once, read back from the writer's own connection: what a commit is on disk by */
+    }
+    if (!pg_url) { /* said once, read back from the writer's own connection: what a commit is on disk by */
         sqlite3_stmt *q;
         int level = -1;
         if (sqlite3_prepare_v2(wdb, "PRAGMA synchronous", -1, &q, NULL) == SQLITE_OK && sqlite3_step(q) == SQLITE_ROW)
@@ -1859,7 +2089,12 @@ int main(void) {
     ep_add(tfd, &timer_e, EPOLLIN);
     ep_add(sfd, &signal_e, EPOLLIN);
     pthread_t t;
-    pthread_create(&t, NULL, writer, NULL);
+#ifdef LANE_PG
+    if (pg_url)
+        for (int i = 0; i < PG_WRITERS; i++) pthread_create(&t, NULL, pg_writer, NULL);
+    else
+#endif
+        pthread_create(&t, NULL, writer, NULL);
     last_renew = mono();
     puts_(&feed, "{\"e\":\"ready\"}\n");
     feed_flush();

@@ -13,6 +13,7 @@ from berth.adapters.sql.postgres_base import _CLAIM_SQL, _insert
 from berth.adapters.sql.postgres_credentials import PostgresCredentials
 from berth.adapters.sql.postgres_deliveries import PostgresDeliveries
 from berth.adapters.sql.postgres_fleet import PostgresFleet
+from berth.adapters.sql.postgres_lane import LANE_FUNCTIONS
 from berth.domain.errors import Conflict, NotFound
 from berth.domain.lifecycle import WorkspaceState
 from berth.domain.restart import RestartRecord
@@ -27,6 +28,8 @@ __all__ = ["_CLAIM_SQL", "PostgresStore"]
 
 
 class PostgresStore(PostgresDeliveries, PostgresFleet, PostgresCredentials, rows.WorkspaceUpdates):
+    _FUNCTIONS = (*PostgresDeliveries._FUNCTIONS, *LANE_FUNCTIONS)  # the fast lane's too
+
     # workspaces ------------------------------------------------------------
     async def create_workspace(self, ws: Workspace) -> None:
         sql, args = _insert("workspaces", rows.ws_params(ws))

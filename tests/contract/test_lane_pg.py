@@ -1,0 +1,234 @@
+"""The fast lane's accept on PostgreSQL (adapters/sql/postgres_lane.py): one statement that
+reads the credential and the workspace and writes the row in flight only when every rule
+the SQLite lane checks holds, under the claim lock Python's claims take."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from berth.domain.credentials import Credential, Role
+from berth.domain.lifecycle import WorkspaceState
+from berth.domain.workspace import Runtime
+from tests.contract.conftest import fresh_schema
+from tests.contract.test_store import T0, make_d, make_ws
+
+pytestmark = pytest.mark.postgres
+OWNER = "replica-1:lane"
+URL = "http://127.0.0.1:8123/"
+
+
+@pytest.fixture
+async def pg() -> AsyncIterator[tuple[Any, str]]:
+    from berth.adapters.sql.postgres import PostgresStore
+
+    async with fresh_schema() as url:
+        store = PostgresStore(url, min_size=1, max_size=4)
+        await store.migrate()
+        try:
+            yield store, url
+        finally:
+            await store.close()
+
+
+async def _conn(url: str) -> Any:
+    import asyncpg
+
+    return await asyncpg.connect(url)
+
+
+async def _online(store: Any, name: str = "w", **kw: Any) -> Any:
+    fields: dict[str, Any] = {
+        "runtime": Runtime.EXTERNAL,
+        "command": None,
+        "state": WorkspaceState.ONLINE,
+        "agent_url": URL,
+        "max_concurrency": 2,
+    }
+    fields.update(kw)
+    ws = make_ws(name, **fields)
+    await store.create_workspace(ws)
+    return ws
+
+
+async def _caller(store: Any, name: str, *, revoked: bool = False, role: Role = Role.CALLER) -> str:
+    secret = f"secret-{name}-{uuid.uuid4().hex}"
+    await store.add_credential(
+        Credential(
+            id=uuid.uuid4().hex,
+            subject=f"caller:{name}",
+            role=role,
+            secret_hash=hashlib.sha256(secret.encode()).hexdigest(),
+            created_at=T0,
+            revoked_at=T0 if revoked else None,
+        )
+    )
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+async def _accept(
+    conn: Any,
+    ref: str,
+    *,
+    cred: str | None = None,
+    mid: str | None = None,
+    docker: bool = False,
+    max_queue: int = 10000,
+    headers: str = '{"a2a-version":"1.0",',
+) -> Any:
+    """berth_lane_accept as the lane calls it: the row it took, or None."""
+    return await conn.fetchrow(
+        "SELECT * FROM berth_lane_accept($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+        uuid.uuid4().hex, ref, cred, mid or uuid.uuid4().hex, "f" * 64, "SendMessage",
+        b'{"jsonrpc":"2.0"}', headers, OWNER, T0 + 30, T0, max_queue, docker,
+    )  # fmt: skip
+
+
+async def test_the_operator_s_send_is_written_in_flight_with_its_headers_ended(pg):
+    store, url = pg
+    ws = await _online(store, max_concurrency=3)
+    conn = await _conn(url)
+    try:
+        got = await _accept(conn, "w", mid="m-1")
+        assert got is not None
+        assert (got["l_ws"], got["l_url"], got["l_cap"], got["l_caller"]) == (
+            ws.id, URL, 3, "operator",
+        )  # fmt: skip
+        row = await conn.fetchrow("SELECT * FROM deliveries WHERE message_id = 'm-1'")
+        assert row["status"] == "in_flight" and row["forwards"] == 1 and row["attempts"] == 0
+        assert row["lease_owner"] == OWNER and row["lease_until"] == T0 + 30
+        assert json.loads(row["headers"]) == {"a2a-version": "1.0", "x-berth-caller": "operator"}
+        # by id as by name; a second send of the same messageId is not the lane's
+        assert await _accept(conn, ws.id) is not None
+        assert await _accept(conn, "w", mid="m-1") is None
+        assert await _accept(conn, "nope") is None
+        # no header of the caller's: the object is the caller alone
+        await _accept(conn, "w", mid="m-2", headers="{")
+        h = await conn.fetchval("SELECT headers FROM deliveries WHERE message_id = 'm-2'")
+        assert json.loads(h) == {"x-berth-caller": "operator"}
+    finally:
+        await conn.close()
+
+
+async def test_only_an_active_caller_on_the_allow_list_is_taken(pg):
+    store, url = pg
+    await _online(store, "w", allowed_callers=["caller:ann"])
+    await _online(store, "open", allowed_callers=["*"])
+    ann, bob = await _caller(store, "ann"), await _caller(store, "bob")
+    gone = await _caller(store, "cid", revoked=True)
+    agent = await _caller(store, "dan", role=Role.AGENT)
+    conn = await _conn(url)
+    try:
+        got = await _accept(conn, "w", cred=ann)
+        assert got is not None and got["l_caller"] == "caller:ann"
+        assert await _accept(conn, "w", cred=bob) is None  # not on the list: Python's 403
+        assert (await _accept(conn, "open", cred=bob))["l_caller"] == "caller:bob"
+        assert await _accept(conn, "open", cred=gone) is None  # revoked: Python's 401
+        assert await _accept(conn, "open", cred=agent) is None  # an agent's credential
+        assert await _accept(conn, "open", cred="0" * 64) is None  # nobody's
+        n = await conn.fetchval("SELECT count(*) FROM deliveries")
+        assert n == 2
+    finally:
+        await conn.close()
+
+
+async def test_a_workspace_the_lane_may_not_serve_is_left_to_python(pg):
+    store, url = pg
+    await _online(store, "off", state=WorkspaceState.OFFLINE)
+    await _online(store, "far", agent_url="http://10.0.0.1:8000/")
+    await _online(store, "nameonly", agent_url="http://agent.example:8000/")
+    await _online(store, "noport", agent_url="http://127.0.0.1/")
+    await _online(store, "closed", limits={"max_queue": 0})
+    await _online(store, "box", runtime=Runtime.DOCKER, image="x")
+    conn = await _conn(url)
+    try:
+        for ref in ("off", "far", "nameonly", "noport", "closed"):
+            assert await _accept(conn, ref) is None, ref
+        assert await _accept(conn, "closed", max_queue=0) is None
+        # a Docker workspace is the lane's unless berth runs in a container of its engine
+        assert await _accept(conn, "box") is not None
+        assert await _accept(conn, "box", docker=True) is None
+        # a queue limit of berth's own of 0 closes every workspace without one of its own
+        await _online(store, "open2")
+        assert await _accept(conn, "open2", max_queue=0) is None
+        await conn.execute("UPDATE workspaces SET peer = '{}' WHERE name = 'open2'")
+        assert await _accept(conn, "open2") is None  # a deploy's peer: Python's
+    finally:
+        await conn.close()
+
+
+async def test_the_guard_nothing_queued_a_free_slot(pg):
+    store, url = pg
+    ws = await _online(store, "w", max_concurrency=1)
+    ns = await _online(store, "ns", max_concurrency=1, capabilities={"native_session": True})
+    q = await _online(store, "q")
+    await store.accept(make_d(q.id, "waiting"))  # queued
+    conn = await _conn(url)
+    try:
+        assert await _accept(conn, "q") is None  # behind a queue: Python queues it
+        first = await _accept(conn, "w")
+        assert first is not None and first["l_cap"] == 1
+        assert await _accept(conn, "w") is None  # no free slot
+        # native sessions: no count (Python's claim counts none either)
+        a, b = await _accept(conn, "ns"), await _accept(conn, "ns")
+        assert a is not None and b is not None and a["l_cap"] is None
+        assert (
+            await conn.fetchval("SELECT count(*) FROM deliveries WHERE workspace_id = $1", ns.id)
+            == 2
+        )
+        assert ws.id == first["l_ws"]
+    finally:
+        await conn.close()
+
+
+async def test_two_lanes_accepting_at_once_share_one_slot(pg):
+    """Two flushes (two lanes, or a lane's two writers) for a workspace with one free slot:
+    the claim lock makes the second count the first's row, so only one is taken."""
+    store, url = pg
+    await _online(store, "w", max_concurrency=1)
+    a, b = await _conn(url), await _conn(url)
+    try:
+        ta = a.transaction()
+        await ta.start()
+        await a.execute("SELECT berth_lane_lock($1::text[])", ["w"])
+        assert await _accept(a, "w") is not None
+        tb = b.transaction()
+        await tb.start()
+        later = asyncio.create_task(_accept(b, "w"))
+        await asyncio.sleep(0.3)
+        assert not later.done()  # waits for the first flush's lock
+        await ta.commit()
+        assert await later is None  # and then counts its row
+        await tb.commit()
+        assert await a.fetchval("SELECT count(*) FROM deliveries") == 1
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_a_python_claim_waits_for_the_lane_s_flush_and_counts_its_row(pg):
+    store, url = pg
+    ws = await _online(store, "w", max_concurrency=1)
+    queued = make_d(ws.id, "q-1")
+    lane = await _conn(url)
+    try:
+        t = lane.transaction()
+        await t.start()
+        await lane.execute("SELECT berth_lane_lock($1::text[])", [ws.id])
+        assert await _accept(lane, ws.id) is not None
+        await store.accept(queued)  # Python queued one meanwhile (its accept takes no lock)
+        claim = asyncio.create_task(
+            store.claim(ws.id, capacity=1, owner="py", lease_seconds=30, now=T0)
+        )
+        await asyncio.sleep(0.3)
+        assert not claim.done()
+        await t.commit()
+        assert await claim == []  # the lane's row holds the one slot
+    finally:
+        await lane.close()
