@@ -82,11 +82,13 @@ async def _accept(
     max_queue: int = 10000,
     headers: str = '{"a2a-version":"1.0",',
 ) -> Any:
-    """berth_lane_accept as the lane calls it: the row it took, or None."""
+    """berth_lane_write with one accept, as the lane calls it: the row it took, or None."""
     return await conn.fetchrow(
-        "SELECT * FROM berth_lane_accept($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+        "SELECT * FROM berth_lane_write('{}', '{}', '{}', '{}', 0, NULL, 0, ARRAY[$1], ARRAY[$2],"
+        " ARRAY[$3], ARRAY[$4], ARRAY[$5], ARRAY[$6], ARRAY[$7::bytea], ARRAY[$8],"
+        " ARRAY[$9::float8], ARRAY[$10::float8], $11, $12, $13)",
         uuid.uuid4().hex, ref, cred, mid or uuid.uuid4().hex, "f" * 64, "SendMessage",
-        b'{"jsonrpc":"2.0"}', headers, OWNER, T0 + 30, T0, max_queue, docker,
+        b'{"jsonrpc":"2.0"}', headers, T0 + 30, T0, OWNER, max_queue, docker,
     )  # fmt: skip
 
 
@@ -96,7 +98,7 @@ async def test_the_operator_s_send_is_written_in_flight_with_its_headers_ended(p
     conn = await _conn(url)
     try:
         got = await _accept(conn, "w", mid="m-1")
-        assert got is not None
+        assert got is not None and got["k"] == 1
         assert (got["l_ws"], got["l_url"], got["l_cap"], got["l_caller"]) == (
             ws.id, URL, 3, "operator",
         )  # fmt: skip
@@ -132,6 +134,9 @@ async def test_only_an_active_caller_on_the_allow_list_is_taken(pg):
         assert await _accept(conn, "open", cred=gone) is None  # revoked: Python's 401
         assert await _accept(conn, "open", cred=agent) is None  # an agent's credential
         assert await _accept(conn, "open", cred="0" * 64) is None  # nobody's
+        # a name the lane could not write as it is into JSON and a header: Python's
+        for odd in ('a"b', "a\\b", "a\tb", "é"):
+            assert await _accept(conn, "open", cred=await _caller(store, odd)) is None, odd
         n = await conn.fetchval("SELECT count(*) FROM deliveries")
         assert n == 2
     finally:
@@ -196,7 +201,6 @@ async def test_two_lanes_accepting_at_once_share_one_slot(pg):
     try:
         ta = a.transaction()
         await ta.start()
-        await a.execute("SELECT berth_lane_lock($1::text[])", ["w"])
         assert await _accept(a, "w") is not None
         tb = b.transaction()
         await tb.start()
@@ -220,7 +224,6 @@ async def test_a_python_claim_waits_for_the_lane_s_flush_and_counts_its_row(pg):
     try:
         t = lane.transaction()
         await t.start()
-        await lane.execute("SELECT berth_lane_lock($1::text[])", [ws.id])
         assert await _accept(lane, ws.id) is not None
         await store.accept(queued)  # Python queued one meanwhile (its accept takes no lock)
         claim = asyncio.create_task(

@@ -215,6 +215,9 @@ typedef struct job {
        the operator), and the workspace's agent URL as the accept found it */
     char ref[128], cred[65];
     char *url;
+#ifdef LANE_LOG_BENCH
+    int bench_p;          /* the producer it is of (bench/delivery_log.py --lane) */
+#endif
     /* the agent's answer */
     int status;
     char ctype[256];
@@ -890,25 +893,18 @@ static void *writer(void *arg) {
 /* On PostgreSQL every read of the plain case is in the accept itself (berth_lane_accept,
    adapters/sql/postgres_lane.py): the credential, the workspace and its rules, the guard,
    under the workspace's claim lock, with the row written in flight. A flush is one
-   transaction sent as one pipeline (one round trip, one commit, one fsync): BEGIN, the
-   claim locks of every workspace its accepts name (in berth's lock order), the settles,
-   the renewal, the accepts, COMMIT. PG_WRITERS threads each flush on a connection of
-   their own, so one flush is written while the next gathers. */
-#define PG_WRITERS 2
+   statement, berth_lane_write, given every write waiting as arrays (one round trip, one
+   transaction, one commit, one fsync): the settles, the renewal, the claim locks of every
+   workspace its accepts name (in berth's lock order), the accepts. `pg_writers` threads
+   each flush on a connection of their own. */
+static int pg_writers = 2; /* BERTH_LANE_PG_WRITERS */
 #define PG_BATCH 64 /* jobs a flush takes at most (the rest wait for the next one) */
 
-static const char *P_LOCK = "SELECT berth_lane_lock($1::text[])";
-static const char *P_ACCEPT =
-    "SELECT l_ws, l_url, l_cap, l_run, l_crashes, l_caller FROM berth_lane_accept($1, $2, $3, $4, $5, $6, "
-    "$7::bytea, $8, $9, $10::float8, $11::float8, $12::bigint, $13::boolean)";
-static const char *P_SETTLE =
-    "UPDATE deliveries SET status = 'done', reason = NULL, not_before = 0, lease_owner = NULL, "
-    "lease_until = NULL, updated_at = $1::float8, finished_at = $1::float8, reply = $2::bytea, "
-    "reply_status = $3::integer, reply_type = $4 WHERE id = $5 AND status = 'in_flight' AND lease_owner = $6 "
-    "AND forwards = 1 RETURNING seq";
-static const char *P_RENEW =
-    "UPDATE deliveries SET lease_until = $1::float8 WHERE status = 'in_flight' AND lease_owner = $2 "
-    "AND id IN (SELECT jsonb_array_elements_text(convert_from($3::bytea, 'UTF8')::jsonb))";
+static const char *P_WRITE =
+    "SELECT k, l_ws, l_url, l_cap, l_run, l_crashes, l_caller FROM berth_lane_write($1::text[], "
+    "$2::bytea[], $3::integer[], $4::text[], $5::float8, $6, $7::float8, $8::text[], $9::text[], "
+    "$10::text[], $11::text[], $12::text[], $13::text[], $14::bytea[], $15::text[], $16::float8[], "
+    "$17::float8[], $18, $19::bigint, $20::boolean)";
 
 static PGconn *pg_open(void) {
     PGconn *pc = PQconnectdb(pg_url);
@@ -917,17 +913,13 @@ static PGconn *pg_open(void) {
         PQfinish(pc);
         return NULL;
     }
-    const char *names[] = {"lock", "accept", "settle", "renew"};
-    const char *sqls[] = {P_LOCK, P_ACCEPT, P_SETTLE, P_RENEW};
     PGresult *r = PQexec(pc, "SET application_name = 'berth-lane'");
     PQclear(r);
-    for (int i = 0; i < 4; i++) {
-        r = PQprepare(pc, names[i], sqls[i], 0, NULL);
-        int ok = PQresultStatus(r) == PGRES_COMMAND_OK;
-        if (!ok) fprintf(stderr, "lane: cannot prepare %s: %s", names[i], PQresultErrorMessage(r));
-        PQclear(r);
-        if (!ok) { PQfinish(pc); return NULL; }
-    }
+    r = PQprepare(pc, "write", P_WRITE, 0, NULL);
+    int ok = PQresultStatus(r) == PGRES_COMMAND_OK;
+    if (!ok) fprintf(stderr, "lane: cannot prepare its write: %s", PQresultErrorMessage(r));
+    PQclear(r);
+    if (!ok) { PQfinish(pc); return NULL; }
     return pc;
 }
 
@@ -935,106 +927,123 @@ static char *pg_dup(PGresult *r, int row, int col) {
     return PQgetisnull(r, row, col) ? NULL : strdup(PQgetvalue(r, row, col));
 }
 
-/* One flush of `batch` (`n` jobs, each j->ok set): 1 committed, 0 not (nothing of it is
-   on disk), -1 not known (the connection failed after COMMIT was sent: an accept is then
-   relayed, so Python answers a replay of a row that was written, or accepts one that was
-   not; a settle is handed over, and Python settles it or finds it settled). */
-static int pg_flush(PGconn *pc, job **batch, int n) {
-    enum { K_BEGIN, K_LOCK, K_SETTLE, K_RENEW, K_ACCEPT, K_COMMIT };
-    int kinds[PG_BATCH + 4];
-    job *who[PG_BATCH + 4];
-    int sent = 0, accepts = 0;
-    char t1[40], t2[40], t3[40], t4[40];
-    if (!PQenterPipelineMode(pc)) return 0;
-    PQsendQueryParams(pc, "BEGIN", 0, NULL, NULL, NULL, NULL, 0);
-    kinds[sent] = K_BEGIN; who[sent++] = NULL;
-    buf refs = {0};
-    puts_(&refs, "{");
-    for (int i = 0; i < n; i++)
-        if (batch[i]->op == OP_ACCEPT) { /* refs are [A-Za-z0-9._-]: nothing to quote */
-            putf(&refs, "%s%s", accepts++ ? "," : "", batch[i]->ref);
-        }
-    put(&refs, "}", 2); /* with its NUL: a C string for libpq */
-    if (accepts) {
-        const char *v[1] = {refs.p};
-        PQsendQueryPrepared(pc, "lock", 1, v, NULL, NULL, 0);
-        kinds[sent] = K_LOCK; who[sent++] = NULL;
+/* An element of a text-format array literal: quoted, `"` and `\` escaped; NULL as NULL. */
+static void arr_add(buf *a, const char *s, size_t n) {
+    put(a, a->n > 1 ? ",\"" : "\"", a->n > 1 ? 2 : 1);
+    if (!s) { a->n -= 1; puts_(a, "NULL"); return; }
+    for (size_t i = 0; i < n; i++) {
+        if (s[i] == '"' || s[i] == '\\') put(a, "\\", 1);
+        put(a, s + i, 1);
     }
-    for (int pass = 0; pass < 3; pass++) /* settles, the renewal, then the accepts */
-        for (int i = 0; i < n; i++) {
-            job *j = batch[i];
-            if (pass == 0 && j->op == OP_SETTLE) {
-                snprintf(t1, sizeof t1, "%.6f", now_s());
-                snprintf(t2, sizeof t2, "%d", j->status);
-                const char *v[6] = {t1, j->reply ? j->reply : "", t2, j->ctype, j->id, owner};
-                int len[6] = {0, (int)j->reply_len, 0, 0, 0, 0}, fmt[6] = {0, 1, 0, 0, 0, 0};
-                PQsendQueryPrepared(pc, "settle", 6, v, len, fmt, 0);
-                kinds[sent] = K_SETTLE; who[sent++] = j;
-            } else if (pass == 1 && j->op == OP_RENEW) {
-                snprintf(t1, sizeof t1, "%.6f", now_s() + lease_s);
-                const char *v[3] = {t1, owner, renew_ids.p};
-                int len[3] = {0, 0, (int)renew_ids.n}, fmt[3] = {0, 0, 1}; /* not NUL-ended */
-                PQsendQueryPrepared(pc, "renew", 3, v, len, fmt, 0);
-                kinds[sent] = K_RENEW; who[sent++] = j;
-            } else if (pass == 2 && j->op == OP_ACCEPT) {
-                snprintf(t1, sizeof t1, "%.6f", j->created + lease_s);
-                snprintf(t2, sizeof t2, "%.6f", j->created);
-                snprintf(t3, sizeof t3, "%ld", max_queue);
-                snprintf(t4, sizeof t4, "%s", in_docker ? "true" : "false");
-                const char *v[13] = {j->id, j->ref, j->cred[0] ? j->cred : NULL, j->message_id, j->fingerprint,
-                                     j->method, j->request, j->headers_json, owner, t1, t2, t3, t4};
-                int len[13] = {0, 0, 0, 0, 0, 0, (int)j->request_len, 0, 0, 0, 0, 0, 0};
-                int fmt[13] = {0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0};
-                PQsendQueryPrepared(pc, "accept", 13, v, len, fmt, 0);
-                kinds[sent] = K_ACCEPT; who[sent++] = j;
-            }
+    put(a, "\"", 1);
+}
+
+static void arr_str(buf *a, const char *s) { arr_add(a, s, s ? strlen(s) : 0); }
+
+/* A bytea element: its hex form (\x...), the backslash escaped for the array literal. */
+static void arr_bytes(buf *a, const char *p, size_t n) {
+    static const char hex[] = "0123456789abcdef";
+    put(a, a->n > 1 ? ",\"\\\\x" : "\"\\\\x", a->n > 1 ? 5 : 4);
+    for (size_t i = 0; i < n; i++) {
+        char two[2] = {hex[(unsigned char)p[i] >> 4], hex[(unsigned char)p[i] & 15]};
+        put(a, two, 2);
+    }
+    put(a, "\"", 1);
+}
+
+static void arr_num(buf *a, const char *fmt, double v) {
+    char t[40];
+    snprintf(t, sizeof t, fmt, v);
+    if (a->n > 1) put(a, ",", 1);
+    puts_(a, t);
+}
+
+enum { A_S_ID, A_S_REPLY, A_S_STATUS, A_S_TYPE, A_ID, A_REF, A_CRED, A_MID, A_FP, A_METHOD, A_REQ,
+       A_HDR, A_UNTIL, A_NOW, A_N };
+
+/* One flush of `batch` (`n` jobs, each j->ok set): one statement, so one transaction,
+   one round trip, one commit (berth_lane_write: the settles, the renewal, then the
+   accepts under their workspaces' claim locks). 1 committed, 0 not (nothing of it is on
+   disk), -1 not known (the connection failed once the statement was sent: an accept is
+   then relayed, so Python answers a replay of a row that was written, or accepts one that
+   was not; a settle is handed over, and Python settles it or finds it settled). */
+static int pg_flush(PGconn *pc, job **batch, int n) {
+    buf a[A_N] = {{0}};
+    for (int i = 0; i < A_N; i++) puts_(&a[i], "{");
+    job *renew = NULL;
+    job *accepts[PG_BATCH], *settles[PG_BATCH];
+    int na = 0, ns = 0;
+    for (int i = 0; i < n; i++) {
+        job *j = batch[i];
+        if (j->op == OP_SETTLE) {
+            settles[ns++] = j;
+            arr_str(&a[A_S_ID], j->id);
+            arr_bytes(&a[A_S_REPLY], j->reply ? j->reply : "", j->reply_len);
+            arr_num(&a[A_S_STATUS], "%.0f", j->status);
+            arr_str(&a[A_S_TYPE], j->ctype);
+        } else if (j->op == OP_RENEW) {
+            renew = j;
+        } else if (j->op == OP_ACCEPT) {
+            accepts[na++] = j;
+            arr_str(&a[A_ID], j->id);
+            arr_str(&a[A_REF], j->ref);
+            arr_str(&a[A_CRED], j->cred[0] ? j->cred : NULL);
+            arr_str(&a[A_MID], j->message_id);
+            arr_str(&a[A_FP], j->fingerprint);
+            arr_str(&a[A_METHOD], j->method);
+            arr_bytes(&a[A_REQ], j->request, j->request_len);
+            arr_str(&a[A_HDR], j->headers_json);
+            arr_num(&a[A_UNTIL], "%.6f", j->created + lease_s);
+            arr_num(&a[A_NOW], "%.6f", j->created);
         }
-    PQsendQueryParams(pc, "COMMIT", 0, NULL, NULL, NULL, NULL, 0);
-    kinds[sent] = K_COMMIT; who[sent++] = NULL;
-    buf_free(&refs);
-    int synced = PQpipelineSync(pc) == 1, failed = !synced, committed = 0, commit_sent = synced;
-    for (int k = 0; k < sent && synced; k++) {
-        PGresult *r = PQgetResult(pc);
-        if (!r) { failed = 1; break; }
-        ExecStatusType st = PQresultStatus(r);
-        job *j = who[k];
-        if (st == PGRES_FATAL_ERROR) {
-            if (!failed) fprintf(stderr, "lane: a flush failed: %s", PQresultErrorMessage(r));
-            failed = 1;
-        } else if (st == PGRES_PIPELINE_ABORTED) {
-            failed = 1;
-        } else if (kinds[k] == K_COMMIT) {
-            committed = st == PGRES_COMMAND_OK && !strcmp(PQcmdStatus(r), "COMMIT");
-        } else if (kinds[k] == K_SETTLE) {
-            j->ok = st == PGRES_TUPLES_OK && PQntuples(r) == 1;
-        } else if (kinds[k] == K_RENEW) {
-            j->ok = st == PGRES_COMMAND_OK;
-        } else if (kinds[k] == K_ACCEPT && st == PGRES_TUPLES_OK && PQntuples(r) == 1) {
-            /* l_ws, l_url, l_cap, l_run, l_crashes, l_caller */
+    }
+    for (int i = 0; i < A_N; i++) put(&a[i], "}", 2); /* with its NUL */
+    char now[40], until[40], queue[40];
+    snprintf(now, sizeof now, "%.6f", now_s());
+    snprintf(until, sizeof until, "%.6f", now_s() + lease_s);
+    snprintf(queue, sizeof queue, "%ld", max_queue);
+    char *ids = renew ? strndup(renew_ids.p, renew_ids.n) : NULL;
+    const char *v[20] = {a[A_S_ID].p, a[A_S_REPLY].p, a[A_S_STATUS].p, a[A_S_TYPE].p, now, ids, until,
+                         a[A_ID].p, a[A_REF].p, a[A_CRED].p, a[A_MID].p, a[A_FP].p, a[A_METHOD].p,
+                         a[A_REQ].p, a[A_HDR].p, a[A_UNTIL].p, a[A_NOW].p, owner, queue,
+                         in_docker ? "true" : "false"};
+    int sent = PQsendQueryPrepared(pc, "write", 20, v, NULL, NULL, 0);
+    for (int i = 0; i < A_N; i++) buf_free(&a[i]);
+    free(ids);
+    if (!sent) return 0;
+    PGresult *r = PQgetResult(pc), *more;
+    while ((more = PQgetResult(pc))) PQclear(more);
+    if (!r) return PQstatus(pc) == CONNECTION_OK ? 0 : -1;
+    int st = PQresultStatus(r);
+    if (st != PGRES_TUPLES_OK) {
+        fprintf(stderr, "lane: a flush failed: %s", PQresultErrorMessage(r));
+        PQclear(r);
+        return PQstatus(pc) == CONNECTION_OK ? 0 : -1;
+    }
+    if (renew) renew->ok = 1;
+    for (int row = 0; row < PQntuples(r); row++) { /* k: -n the nth settle done, n the nth accept taken */
+        int k = atoi(PQgetvalue(r, row, 0));
+        if (k < 0 && -k <= ns) {
+            settles[-k - 1]->ok = 1;
+        } else if (k > 0 && k <= na) { /* l_ws, l_url, l_cap, l_run, l_crashes, l_caller */
+            job *j = accepts[k - 1];
             j->ok = 1;
-            snprintf(j->ws_id, sizeof j->ws_id, "%s", PQgetvalue(r, 0, 0));
+            snprintf(j->ws_id, sizeof j->ws_id, "%s", PQgetvalue(r, row, 1));
             free(j->url);
-            j->url = pg_dup(r, 0, 1);
-            j->capacity = PQgetisnull(r, 0, 2) ? -1 : atoll(PQgetvalue(r, 0, 2));
-            const char *run = PQgetisnull(r, 0, 3) ? "" : PQgetvalue(r, 0, 3);
+            j->url = pg_dup(r, row, 2);
+            j->capacity = PQgetisnull(r, row, 3) ? -1 : atoll(PQgetvalue(r, row, 3));
+            const char *run = PQgetisnull(r, row, 4) ? "" : PQgetvalue(r, row, 4);
             j->run[0] = 0;
             if (strlen(run) < sizeof j->run && header_safe(run, strlen(run))) strcpy(j->run, run);
-            j->crashes = atoll(PQgetvalue(r, 0, 4));
-            snprintf(j->caller, sizeof j->caller, "%s", PQgetvalue(r, 0, 5));
+            j->crashes = atoll(PQgetvalue(r, row, 5));
+            snprintf(j->caller, sizeof j->caller, "%s", PQgetvalue(r, row, 6));
         }
-        PQclear(r);
-        while ((r = PQgetResult(pc))) PQclear(r); /* the NULL that ends each query's results */
     }
-    if (synced) { /* the pipeline's end */
-        PGresult *r = PQgetResult(pc);
-        if (!r || PQresultStatus(r) != PGRES_PIPELINE_SYNC) failed = 1;
-        PQclear(r);
-    }
-    PQexitPipelineMode(pc);
-    if (PQstatus(pc) != CONNECTION_OK) return commit_sent && !committed ? -1 : committed;
-    if (PQtransactionStatus(pc) != PQTRANS_IDLE) PQclear(PQexec(pc, "ROLLBACK"));
-    return committed && !failed;
+    PQclear(r);
+    return 1;
 }
+
+static long pg_flushes, pg_jobs; /* said at exit: how much a flush carried */
 
 static void *pg_writer(void *arg) {
     (void)arg;
@@ -1055,6 +1064,8 @@ static void *pg_writer(void *arg) {
         if (pc && PQstatus(pc) != CONNECTION_OK) { PQfinish(pc); pc = NULL; }
         if (!pc) pc = pg_open();
         int committed = pc ? pg_flush(pc, batch, n) : 0;
+        __atomic_add_fetch(&pg_flushes, 1, __ATOMIC_RELAXED);
+        __atomic_add_fetch(&pg_jobs, n, __ATOMIC_RELAXED);
         if (committed != 1)
             for (int i = 0; i < n; i++) batch[i]->ok = 0; /* not on disk, or not known to be */
         for (int i = 0; i + 1 < n; i++) batch[i]->next_op = batch[i + 1];
@@ -1861,6 +1872,105 @@ static void answer_accepted(job *j) {
 
 static void feed_str(const char *k, const char *v) { putf(&feed, ",\"%s\":\"%s\"", k, v); }
 
+#ifdef LANE_LOG_BENCH
+/* ------------------------------------------------------------------ the log alone (a bench build) */
+
+/* bench/delivery_log.py's `proxy` shape through this lane's own writers, with no HTTP and
+   no agent: built only with -DLANE_LOG_BENCH (never by berth). BERTH_LANE_LOG_BENCH is
+   "<producers> <seconds> <workspace> ...": each producer accepts its next message (the
+   operator's, to the workspaces in turn) as soon as its last accept is on disk; a taken
+   message is forwarded at once to an agent that answers at once (nothing is sent), so its
+   settle is queued with the producer's next accept. At the end, one JSON line on stderr. */
+static int bench_producers, bench_nrefs, bench_stopping;
+static char **bench_refs;
+static double bench_until, bench_t0;
+static long bench_seq, bench_accepted, bench_refused, bench_settled, bench_lat_n;
+static double *bench_lat;
+static const char BENCH_BODY[] = "{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"SendMessage\",\"params\":"
+                                 "{\"message\":{\"role\":\"ROLE_USER\",\"messageId\":\"m\",\"parts\":[{\"text\":\"hi\"}]}}}";
+static const char BENCH_REPLY[] = "{\"jsonrpc\":\"2.0\",\"id\":1,\"result\":{\"message\":{\"role\":\"ROLE_AGENT\","
+                                  "\"messageId\":\"r\",\"parts\":[{\"text\":\"hi\"}]}}}";
+
+static void bench_next(int p) {
+    if (mono() >= bench_until) { bench_stopping = 1; return; }
+    job *j = calloc(1, sizeof *j);
+    j->bench_p = p;
+    snprintf(j->ref, sizeof j->ref, "%s", bench_refs[bench_seq % bench_nrefs]);
+    time_ordered_id(j->id);
+    snprintf(j->message_id, sizeof j->message_id, "b-%d-%ld-%s", p, bench_seq++, j->id);
+    memset(j->fingerprint, 'f', 64);
+    j->method = "SendMessage";
+    j->request = malloc(sizeof BENCH_BODY);
+    memcpy(j->request, BENCH_BODY, sizeof BENCH_BODY);
+    j->request_len = sizeof BENCH_BODY - 1;
+    j->headers_json = strdup("{\"content-type\":\"application/json\",");
+    j->capacity = -1;
+    j->created = now_s();
+    j->forwarded_at = mono();
+    j->state = J_ACCEPTING;
+    job_link(j);
+    enqueue(j, OP_ACCEPT);
+}
+
+/* A write of the bench committed: 1 if the job is the bench's (handled here). */
+static int bench_done(job *j) {
+    if (!bench_producers) return 0;
+    if (j->op == OP_ACCEPT) {
+        int p = j->bench_p;
+        if (!j->ok) { bench_refused++; job_free(j); bench_next(p); return 1; }
+        bench_accepted++;
+        if (bench_lat_n < 4000000) bench_lat[bench_lat_n++] = mono() - j->forwarded_at;
+        j->status = 200;
+        snprintf(j->ctype, sizeof j->ctype, "application/json");
+        j->reply = malloc(sizeof BENCH_REPLY);
+        memcpy(j->reply, BENCH_REPLY, sizeof BENCH_REPLY);
+        j->reply_len = sizeof BENCH_REPLY - 1;
+        j->state = J_SETTLING;
+        enqueue(j, OP_SETTLE);
+        bench_next(p);
+    } else if (j->op == OP_SETTLE) {
+        if (j->ok) bench_settled++;
+        job_free(j);
+    }
+    return 1;
+}
+
+static int cmp_double(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+static void bench_end(void) {
+    if (!bench_producers || !bench_stopping || jobs) return;
+    double secs = mono() - bench_t0;
+    qsort(bench_lat, (size_t)bench_lat_n, sizeof *bench_lat, cmp_double);
+    double p50 = bench_lat_n ? bench_lat[bench_lat_n / 2] : 0, p99 = bench_lat_n ? bench_lat[bench_lat_n * 99 / 100] : 0;
+    fprintf(stderr, "{\"accepted\": %ld, \"refused\": %ld, \"settled\": %ld, \"seconds\": %.6f, "
+                    "\"accept_p50_ms\": %.3f, \"accept_p99_ms\": %.3f, \"flushes\": %ld, \"writes\": %ld}\n",
+            bench_accepted, bench_refused, bench_settled, secs, p50 * 1e3, p99 * 1e3, pg_flushes, pg_jobs);
+    exit(0);
+}
+
+static void bench_start(const char *spec) {
+    char *copy = strdup(spec), *save = NULL;
+    double seconds = 5;
+    char *tok = strtok_r(copy, " ", &save);
+    bench_producers = tok ? atoi(tok) : 8;
+    tok = strtok_r(NULL, " ", &save);
+    if (tok) seconds = atof(tok);
+    bench_refs = calloc(256, sizeof *bench_refs);
+    while ((tok = strtok_r(NULL, " ", &save)) && bench_nrefs < 256) bench_refs[bench_nrefs++] = tok;
+    if (bench_producers < 1 || !bench_nrefs) { fprintf(stderr, "lane: BERTH_LANE_LOG_BENCH: producers seconds refs...\n"); exit(2); }
+    bench_lat = malloc(4000000 * sizeof *bench_lat);
+    bench_t0 = mono();
+    bench_until = bench_t0 + seconds;
+    for (int p = 0; p < bench_producers; p++) bench_next(p);
+}
+#else
+static int bench_done(job *j) { (void)j; return 0; }
+static void bench_end(void) {}
+#endif
+
 static void on_committed(void) {
     uint64_t n;
     if (read(efd, &n, 8) != 8) return;
@@ -1884,6 +1994,7 @@ static void on_committed(void) {
     while (j) {
         job *next = j->next_op;
         if (j == &renew_op) { renew_op.state = 0; j = next; continue; }
+        if (bench_done(j)) { j = next; continue; }
         if (j->op == OP_ACCEPT) {
             client *c = j->c;
             size_t j_req_len = j->req_len;
@@ -1966,6 +2077,11 @@ static void on_tick(void) {
     for (client *c = clients; c && !relaying; c = c->next)
         relaying = c->mode != M_LANE || c->out_c.n;
     if (stopping && ((!jobs && !relaying) || t > stop_deadline)) {
+#ifdef LANE_PG
+        if (pg_url)
+            fprintf(stderr, "lane: %ld flushes, %.1f writes a flush\n", pg_flushes,
+                    pg_flushes ? (double)pg_jobs / pg_flushes : 0.0);
+#endif
         fcntl(1, F_SETFL, fcntl(1, F_GETFL) & ~O_NONBLOCK); /* the last of the feed, whole */
         feed_flush();
         exit(0);
@@ -2035,7 +2151,12 @@ int main(void) {
     if (getenv("BERTH_LANE_SYNCHRONOUS") && *getenv("BERTH_LANE_SYNCHRONOUS")) synchronous = getenv("BERTH_LANE_SYNCHRONOUS");
     if (strcasecmp(synchronous, "FULL") && strcasecmp(synchronous, "NORMAL") && strcasecmp(synchronous, "EXTRA")) synchronous = "FULL";
 
+#ifdef LANE_LOG_BENCH
+    const char *bench_spec = getenv("BERTH_LANE_LOG_BENCH");
+    const char *fds = bench_spec ? "" : env_s("BERTH_LANE_LISTEN_FDS");
+#else
     const char *fds = env_s("BERTH_LANE_LISTEN_FDS");
+#endif
     for (const char *q = fds; *q && nlisten < MAX_LISTEN;) {
         listen_fds[nlisten++] = (int)strtol(q, (char **)&q, 10);
         if (*q == ',') q++;
@@ -2043,11 +2164,13 @@ int main(void) {
 
 #ifdef LANE_PG
     if (pg_url) { /* said once: what a commit is on disk by */
+        pg_writers = (int)env_f("BERTH_LANE_PG_WRITERS", 2);
+        if (pg_writers < 1 || pg_writers > 8) pg_writers = 2;
         PGconn *pc = pg_open();
         if (!pc) return 1;
         PGresult *r = PQexec(pc, "SHOW synchronous_commit");
         fprintf(stderr, "lane: writing to PostgreSQL with synchronous_commit=%s, %d writers\n",
-                PQresultStatus(r) == PGRES_TUPLES_OK ? PQgetvalue(r, 0, 0) : "?", PG_WRITERS);
+                PQresultStatus(r) == PGRES_TUPLES_OK ? PQgetvalue(r, 0, 0) : "?", pg_writers);
         PQclear(r);
         PQfinish(pc);
     }
@@ -2091,11 +2214,14 @@ int main(void) {
     pthread_t t;
 #ifdef LANE_PG
     if (pg_url)
-        for (int i = 0; i < PG_WRITERS; i++) pthread_create(&t, NULL, pg_writer, NULL);
+        for (int i = 0; i < pg_writers; i++) pthread_create(&t, NULL, pg_writer, NULL);
     else
 #endif
         pthread_create(&t, NULL, writer, NULL);
     last_renew = mono();
+#ifdef LANE_LOG_BENCH
+    if (bench_spec) bench_start(bench_spec);
+#endif
     puts_(&feed, "{\"e\":\"ready\"}\n");
     feed_flush();
     fcntl(1, F_SETFL, fcntl(1, F_GETFL) | O_NONBLOCK); /* a slow reader never stalls the loop */
@@ -2143,6 +2269,7 @@ int main(void) {
             }
         }
         serve_ready();
+        bench_end();
         if (feed_due && mono() >= feed_due) feed_flush();
         reap();
     }
