@@ -235,3 +235,59 @@ async def test_a_python_claim_waits_for_the_lane_s_flush_and_counts_its_row(pg):
         assert await claim == []  # the lane's row holds the one slot
     finally:
         await lane.close()
+
+
+async def _settle(conn: Any, ids: list[str], renew: list[str] | None = None) -> Any:
+    return await conn.fetch(
+        "SELECT * FROM berth_lane_write($1::text[], $2::bytea[], $3::integer[], $4::text[], $5,"
+        " $6, $7, '{}', '{}', '{}', '{}', '{}', '{}', '{}', '{}', '{}', '{}', $8, 10000, false)",
+        ids, [b"reply-" + i.encode() for i in ids], [200] * len(ids),
+        ["application/json"] * len(ids), T0 + 1, None if renew is None else json.dumps(renew),
+        T0 + 99, OWNER,
+    )  # fmt: skip
+
+
+async def test_a_settle_takes_only_the_lane_s_own_forward_and_a_renewal_only_its_leases(pg):
+    store, url = pg
+    ws = await _online(store, "w", max_concurrency=8)
+    conn = await _conn(url)
+    try:
+        mine = [await _accept(conn, "w", mid=f"m-{i}") for i in range(3)]
+        ids = [
+            await conn.fetchval("SELECT id FROM deliveries WHERE message_id = $1", f"m-{i}")
+            for i in range(3)
+        ]
+        assert all(m is not None for m in mine)
+        # the third was taken over by Python meanwhile (a hand-off): not the lane's to settle
+        await conn.execute("UPDATE deliveries SET lease_owner = 'py' WHERE id = $1", ids[2])
+        queued = make_d(ws.id, "q-1")
+        await store.accept(queued)  # not in flight
+        got = await _settle(conn, [ids[0], "nope", ids[2], queued.id, ids[1]])
+        assert sorted(r["k"] for r in got) == [-5, -1]  # the 1st and the 5th
+        rows = {r["id"]: r for r in await conn.fetch("SELECT * FROM deliveries")}
+        for i in (ids[0], ids[1]):
+            r = rows[i]
+            assert (r["status"], r["lease_owner"], r["reply"]) == (
+                "done",
+                None,
+                b"reply-" + i.encode(),
+            )
+            assert (r["reply_status"], r["reply_type"], r["finished_at"]) == (
+                200,
+                "application/json",
+                T0 + 1,
+            )
+        assert rows[ids[2]]["status"] == "in_flight" and rows[queued.id]["status"] == "queued"
+        # a settle already made is not made again
+        assert await _settle(conn, [ids[0]]) == []
+        # the renewal moves the lane's own in-flight leases alone
+        await conn.execute("DELETE FROM deliveries WHERE id = $1", queued.id)
+        assert await _accept(conn, "w", mid="m-9") is not None
+        nine = await conn.fetchval("SELECT id FROM deliveries WHERE message_id = 'm-9'")
+        await _settle(conn, [], renew=[nine, ids[2], ids[0]])
+        rows = {r["id"]: r for r in await conn.fetch("SELECT * FROM deliveries")}
+        assert rows[nine]["lease_until"] == T0 + 99
+        assert rows[ids[2]]["lease_until"] == T0 + 30  # Python's now
+        assert rows[ids[0]]["lease_until"] is None  # done
+    finally:
+        await conn.close()

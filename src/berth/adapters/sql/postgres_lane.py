@@ -88,22 +88,30 @@ CREATE OR REPLACE FUNCTION berth_lane_write(
     p_owner text, p_max_queue bigint, p_docker boolean)
 RETURNS TABLE (k integer, l_ws text, l_url text, l_cap integer, l_run text, l_crashes integer,
                l_caller text)
-LANGUAGE plpgsql VOLATILE SET enable_seqscan = off AS $$
+LANGUAGE plpgsql VOLATILE SET enable_seqscan = off
+-- planned once per connection: a custom plan of the accepts' statement for each flush cost
+-- 41 % of the lane's backend in a profile (2026-12-04)
+SET plan_cache_mode = force_generic_plan AS $$
 #variable_conflict use_column
-DECLARE i integer; who text;
+DECLARE i integer;
 BEGIN
-    -- one UPDATE by id each: half the cost of one UPDATE ... FROM unnest(...) here
-    FOR i IN 1 .. coalesce(cardinality(s_id), 0) LOOP
-        UPDATE deliveries
-        SET status = 'done', reason = NULL, not_before = 0, lease_owner = NULL,
-            lease_until = NULL, updated_at = s_now, finished_at = s_now, reply = s_reply[i],
-            reply_status = s_status[i], reply_type = s_type[i]
-        WHERE id = s_id[i] AND status = '{_IN_FLIGHT}' AND lease_owner = p_owner AND forwards = 1;
-        IF FOUND THEN
-            k := -i;
-            RETURN NEXT;
-        END IF;
-    END LOOP;
+    IF cardinality(s_id) > 0 THEN
+        RETURN QUERY
+        WITH moved AS (
+            UPDATE deliveries AS x
+            SET status = 'done', reason = NULL, not_before = 0, lease_owner = NULL,
+                lease_until = NULL, updated_at = s_now, finished_at = s_now, reply = u.reply,
+                reply_status = u.status, reply_type = u.type
+            FROM unnest(s_id, s_reply, s_status, s_type) WITH ORDINALITY
+                AS u(id, reply, status, type, n)
+            WHERE x.id = u.id AND x.status = '{_IN_FLIGHT}' AND x.lease_owner = p_owner
+                AND x.forwards = 1
+            RETURNING u.n
+        )
+        SELECT -moved.n::integer, NULL::text, NULL::text, NULL::integer, NULL::text,
+            NULL::integer, NULL::text
+        FROM moved;
+    END IF;
     IF r_ids IS NOT NULL THEN
         UPDATE deliveries SET lease_until = r_until
         WHERE status = '{_IN_FLIGHT}' AND lease_owner = p_owner
@@ -111,52 +119,68 @@ BEGIN
     END IF;
     IF cardinality(a_id) > 0 THEN
         PERFORM berth_lane_lock(a_ref);
-        FOR i IN 1 .. cardinality(a_id) LOOP
-            -- the caller: the operator (known by the lane), else an active caller credential
-            -- whose name the lane can write as it is into JSON and a header (plain_value)
-            IF a_cred[i] IS NULL THEN
-                who := 'operator';
-            ELSE
-                SELECT c.subject INTO who FROM credentials AS c
-                WHERE c.secret_hash = a_cred[i] AND c.revoked_at IS NULL AND c.role = 'caller';
-                CONTINUE WHEN who IS NULL OR who !~ '^[\\x20-\\x7e]*$' OR who ~ '["\\\\]';
-            END IF;
-            -- the workspace, if the lane may serve it
-            SELECT x.id, x.agent_url, x.run_token_hash, x.crash_count,
+        -- every accept in one statement (a fresh snapshot, taken under the claim locks; it
+        -- sees the settles above): the caller, the workspace and the guard per workspace,
+        -- then the first accepts of each workspace that fit in its free slots are inserted
+        RETURN QUERY
+        WITH a AS (
+            SELECT * FROM unnest(a_id, a_ref, a_cred, a_mid, a_fp, a_method, a_request,
+                                 a_headers, a_until, a_now)
+                WITH ORDINALITY AS a(id, ref, cred, mid, fp, method, request, headers, until,
+                                     now, n)
+        ), who AS (  -- the operator (known by the lane), else an active caller credential
+            SELECT a.*, CASE WHEN a.cred IS NULL THEN 'operator' ELSE (
+                SELECT c.subject FROM credentials AS c
+                WHERE c.secret_hash = a.cred AND c.revoked_at IS NULL AND c.role = 'caller'
+            ) END AS who
+            FROM a
+        ), w AS (  -- the workspace, if the lane may serve it
+            SELECT who.*, x.id AS ws, x.agent_url AS url, x.run_token_hash AS run,
+                x.crash_count AS crashes,
                 CASE WHEN berth_truthy(x.capabilities::jsonb -> 'native_session') THEN NULL
-                    ELSE x.max_concurrency END
-            INTO l_ws, l_url, l_run, l_crashes, l_cap
-            FROM workspaces AS x
-            WHERE (x.id = a_ref[i] OR x.name = a_ref[i]) AND x.state = 'online' AND x.peer IS NULL
-                AND NOT (p_docker AND x.runtime = 'docker')
-                AND (who = 'operator' OR x.allowed_callers::jsonb ?| ARRAY['*', who])
-                AND COALESCE(
-                    CASE WHEN jsonb_typeof(x.limits::jsonb -> 'max_queue') = 'number'
-                        THEN (x.limits::jsonb ->> 'max_queue')::numeric END,
-                    p_max_queue) > 0
-                AND x.agent_url ~ '{_LOOPBACK}'
-            ORDER BY x.id = a_ref[i] DESC LIMIT 1;
-            CONTINUE WHEN NOT FOUND;
-            -- the guard, in the statement that writes the row (a fresh snapshot, taken under
-            -- the claim locks): nothing queued there, a free slot, no such messageId yet
-            INSERT INTO deliveries (id, workspace_id, caller, message_id, fingerprint, method,
-                request, headers, status, attempts, forwards, lease_owner, lease_until,
+                    ELSE x.max_concurrency END AS cap
+            FROM who CROSS JOIN LATERAL (
+                SELECT * FROM workspaces AS x
+                WHERE (x.id = who.ref OR x.name = who.ref) AND x.state = 'online'
+                    AND x.peer IS NULL AND NOT (p_docker AND x.runtime = 'docker')
+                    AND (who.who = 'operator' OR x.allowed_callers::jsonb ?| ARRAY['*', who.who])
+                    AND COALESCE(
+                        CASE WHEN jsonb_typeof(x.limits::jsonb -> 'max_queue') = 'number'
+                            THEN (x.limits::jsonb ->> 'max_queue')::numeric END,
+                        p_max_queue) > 0
+                    AND x.agent_url ~ '{_LOOPBACK}'
+                ORDER BY x.id = who.ref DESC LIMIT 1
+            ) AS x
+            -- a name the lane can write as it is into JSON and a header (plain_value)
+            WHERE who.who IS NOT NULL AND who.who ~ '^[\\x20-\\x7e]*$' AND who.who !~ '["\\\\]'
+        ), g AS (  -- the guard of each workspace: nothing queued there, its slots taken
+            SELECT s.ws,
+                NOT EXISTS (
+                    SELECT 1 FROM deliveries AS d WHERE d.workspace_id = s.ws AND d.status = '{_QUEUED}'
+                ) AS clear,
+                (SELECT count(*) FROM deliveries AS d
+                 WHERE d.workspace_id = s.ws AND d.status = '{_IN_FLIGHT}') AS busy
+            FROM (SELECT DISTINCT w.ws FROM w) AS s
+        ), fit AS (  -- the first accepts of each workspace, as many as its free slots
+            SELECT w.*, g.busy, row_number() OVER (PARTITION BY w.ws ORDER BY w.n) AS r
+            FROM w JOIN g ON g.ws = w.ws
+            WHERE g.clear
+        ), ins AS (
+            INSERT INTO deliveries AS x (id, workspace_id, caller, message_id, fingerprint,
+                method, request, headers, status, attempts, forwards, lease_owner, lease_until,
                 not_before, created_at, first_forwarded_at, updated_at)
-            SELECT a_id[i], l_ws, who, a_mid[i], a_fp[i], a_method[i], a_request[i],
-                a_headers[i] || '"x-berth-caller":' || to_json(who)::text || '}}',
-                '{_IN_FLIGHT}', 0, 1, p_owner, a_until[i], 0, a_now[i], a_now[i], a_now[i]
-            WHERE NOT EXISTS (
-                    SELECT 1 FROM deliveries WHERE workspace_id = l_ws AND status = '{_QUEUED}'
-                ) AND (l_cap IS NULL OR (
-                    SELECT count(*) FROM deliveries
-                    WHERE workspace_id = l_ws AND status = '{_IN_FLIGHT}'
-                ) < l_cap)
-            ON CONFLICT (workspace_id, caller, message_id) DO NOTHING;
-            CONTINUE WHEN NOT FOUND;
-            k := i;
-            l_caller := who;
-            RETURN NEXT;
-        END LOOP;
+            SELECT f.id, f.ws, f.who, f.mid, f.fp, f.method, f.request,
+                f.headers || '"x-berth-caller":' || to_json(f.who)::text || '}}',
+                '{_IN_FLIGHT}', 0, 1, p_owner, f.until, 0, f.now, f.now, f.now
+            FROM fit AS f
+            WHERE f.cap IS NULL OR f.busy + f.r <= f.cap
+            -- in key order: two flushes sharing messages wait for each other in one order
+            ORDER BY f.ws, f.who, f.mid
+            ON CONFLICT (workspace_id, caller, message_id) DO NOTHING
+            RETURNING x.id
+        )
+        SELECT w.n::integer, w.ws, w.url, w.cap, w.run, w.crashes, w.who
+        FROM w JOIN ins ON ins.id = w.id;
     END IF;
 END $$
 """
