@@ -66,6 +66,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _log_backends import WORKSPACES, EngineFactory, PgBackend, SqliteBackend  # noqa: E402
 from _log_engines import MAX_CONCURRENCY, REPLY, REQUEST, Engine  # noqa: E402
 from _pg_floor import find_pgbench, run_floor  # noqa: E402
+from _pg_lane import build_lane_bench, run_lane  # noqa: E402
 
 DEFAULT_PG = "postgresql://postgres@127.0.0.1:5432/test"
 
@@ -277,10 +278,15 @@ def row(label: str, disp: str, finished: int, b: Result, r: Result) -> str:
 
 
 async def c_floor(
-    backend: PgBackend, args: argparse.Namespace, finished: int, berth_rate: float | None
+    backend: PgBackend,
+    args: argparse.Namespace,
+    finished: int,
+    berth_rate: float | None,
+    lane_rate: float | None = None,
 ) -> str:
     """The compiled floor of the proxy shape's flush (bench/_pg_floor.py), on this level's
-    table: its line, with berth's `proxy` row (group commit on) as a share of it."""
+    table: its line, with berth's `proxy` row (group commit on) and the lane's as shares of
+    it."""
     label = f"{'pg C floor':<13}{'proxy':>5}{finished:>10,} | "
     pgbench = find_pgbench()
     if pgbench is None:
@@ -304,6 +310,42 @@ async def c_floor(
         label + f"{f.rate:>8.0f}/s, a flush {f.latency_ms:.2f} ms, host CPU {host} us a "
         f"delivery (pgbench, {f.clients} connections x {f.k} settles + {f.k} "
         f"in-flight accepts a flush, berth's table) | berth proxy/floor {share}"
+        + (f", lane/floor {lane_rate / f.rate * 100:.0f}%" if lane_rate else "")
+    )
+
+
+async def lane_row(
+    backend: PgBackend, args: argparse.Namespace, finished: int, exe: Path | None, why: str
+) -> tuple[str, float | None]:
+    """berth's proxy shape through the fast lane's own writer (bench/_pg_lane.py): its line
+    and rate."""
+    label = f"{'pg lane (C)':<13}{'proxy':>5}{finished:>10,} | "
+    if exe is None:
+        return label + f"the lane could not be built ({why})", None
+    seconds = 1.0 if args.quick else args.lane_seconds
+    # the bench's workspaces as berth holds an external workspace whose agent registered:
+    # its agent URL (loopback; nothing is sent to it)
+    await backend.conn.execute(
+        "UPDATE workspaces SET agent_url = url WHERE agent_url IS NULL AND url IS NOT NULL"
+    )
+    try:
+        r = await run_lane(
+            exe,
+            backend.url,
+            [w.id for w in backend.ws],
+            producers=args.producers,
+            seconds=seconds,
+            host_cpu=host_cpu,
+        )
+    finally:
+        await backend.cleanup()
+    host = "-" if r.host_cpu_us is None else f"{r.host_cpu_us:.0f}"
+    return (
+        label + f"{r.rate:>8.0f}/s accepted -> settled, accept p50 {r.p50_ms:.2f} ms, "
+        f"p99 {r.p99_ms:.2f} ms, {r.writes_per_flush:.1f} writes a flush (one statement, "
+        f"one commit), host CPU {host} us a delivery; {r.settled:,} settled, "
+        f"{r.refused} left to Python",
+        r.rate,
     )
 
 
@@ -346,6 +388,14 @@ def parse() -> argparse.Namespace:
         "beside berth (the compiled floor, bench/_pg_floor.py)",
     )
     ap.add_argument("--c-floor-seconds", type=float, default=8.0)
+    ap.add_argument(
+        "--lane",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="PostgreSQL, with the proxy shape: the same shape through the fast lane's own "
+        "writer, compiled here with -DLANE_LOG_BENCH (bench/_pg_lane.py)",
+    )
+    ap.add_argument("--lane-seconds", type=float, default=5.0)
     ap.add_argument("--quick", action="store_true", help="small numbers for a smoke run")
     ap.add_argument(
         "--loop", choices=["uvloop", "asyncio"], default="uvloop", help="as berth serve runs"
@@ -375,6 +425,9 @@ async def main(args: argparse.Namespace) -> None:
     )
     lines: list[str] = []
     with tempfile.TemporaryDirectory(prefix="berth-bench-") as tmp:
+        lane_exe, lane_why = None, "not asked for"
+        if args.lane and "postgres" in args.backends.split(",") and "proxy" in disps:
+            lane_exe, lane_why = build_lane_bench(Path(tmp))
         for name in args.backends.split(","):
             backend: SqliteBackend | PgBackend
             if name == "sqlite":
@@ -411,8 +464,15 @@ async def main(args: argparse.Namespace) -> None:
                                 f"{host_busy(cpu0)})",
                                 flush=True,
                             )
+                    lane_rate: float | None = None
+                    if isinstance(backend, PgBackend) and args.lane and "proxy" in disps:
+                        line, lane_rate = await lane_row(
+                            backend, args, finished, lane_exe, lane_why
+                        )
+                        lines.append(line)
+                        print(lines[-1], flush=True)
                     if isinstance(backend, PgBackend) and args.c_floor and "proxy" in disps:
-                        lines.append(await c_floor(backend, args, finished, proxy_rate))
+                        lines.append(await c_floor(backend, args, finished, proxy_rate, lane_rate))
                         print(lines[-1], flush=True)
             finally:
                 await backend.close()

@@ -798,18 +798,31 @@ static sqlite3 *open_db(void) {
 /* ------------------------------------------------------------------ the writer (group commit) */
 
 static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
-static pthread_cond_t cv = PTHREAD_COND_INITIALIZER;
-static job *todo_head, *todo_tail, *done_head, *done_tail;
+#define MAX_WRITERS 8
+/* one queue a writer (one writer on SQLite): on PostgreSQL a workspace's writes go to one
+   writer (by the name or id the caller used), so the lane's own flushes never wait for each
+   other's claim locks (berth_lane_lock holds a workspace's until the flush commits) */
+static pthread_cond_t cvs[MAX_WRITERS];
+static job *todo_heads[MAX_WRITERS], *todo_tails[MAX_WRITERS], *done_head, *done_tail;
+static int nqueues = 1;
 static job renew_op;  /* the lease renewal, queued like a job */
 static buf renew_ids; /* its JSON array of ids (rebuilt only while it is not queued) */
+
+static int queue_of(const job *j) {
+    if (nqueues == 1 || j == &renew_op) return 0;
+    unsigned h = 2166136261u; /* FNV-1a of the workspace as the caller named it */
+    for (const char *p = j->ref; *p; p++) h = (h ^ (unsigned char)*p) * 16777619u;
+    return (int)(h % (unsigned)nqueues);
+}
 
 static void enqueue(job *j, int op) {
     j->op = op;
     j->next_op = NULL;
+    int q = queue_of(j);
     pthread_mutex_lock(&mu);
-    if (todo_tail) todo_tail->next_op = j; else todo_head = j;
-    todo_tail = j;
-    pthread_cond_signal(&cv);
+    if (todo_tails[q]) todo_tails[q]->next_op = j; else todo_heads[q] = j;
+    todo_tails[q] = j;
+    pthread_cond_signal(&cvs[q]);
     pthread_mutex_unlock(&mu);
 }
 
@@ -860,9 +873,9 @@ static void *writer(void *arg) {
     (void)arg;
     for (;;) {
         pthread_mutex_lock(&mu);
-        while (!todo_head) pthread_cond_wait(&cv, &mu);
-        job *batch = todo_head, *last = todo_tail;
-        todo_head = todo_tail = NULL;
+        while (!todo_heads[0]) pthread_cond_wait(&cvs[0], &mu);
+        job *batch = todo_heads[0], *last = todo_tails[0];
+        todo_heads[0] = todo_tails[0] = NULL;
         pthread_mutex_unlock(&mu);
         int committed = sqlite3_exec(wdb, "BEGIN IMMEDIATE", 0, 0, 0) == SQLITE_OK;
         if (committed) {
@@ -1044,21 +1057,26 @@ static int pg_flush(PGconn *pc, job **batch, int n) {
 }
 
 static long pg_flushes, pg_jobs; /* said at exit: how much a flush carried */
+/* After a flush its writer waits (at most pg_linger seconds) for the loop to have taken
+   the results: what they set off (a caller's next send, a settle) then rides the writer's
+   next flush instead of waiting for the one after it */
+static double pg_linger = 0.0005;
+static long flushed_gen, taken_gen;
+static pthread_cond_t taken_cv = PTHREAD_COND_INITIALIZER;
 
 static void *pg_writer(void *arg) {
-    (void)arg;
+    int q = (int)(intptr_t)arg; /* its queue */
     PGconn *pc = NULL;
     for (;;) {
         job *batch[PG_BATCH];
         int n = 0;
         pthread_mutex_lock(&mu);
-        while (!todo_head) pthread_cond_wait(&cv, &mu);
-        while (todo_head && n < PG_BATCH) {
-            batch[n++] = todo_head;
-            todo_head = todo_head->next_op;
+        while (!todo_heads[q]) pthread_cond_wait(&cvs[q], &mu);
+        while (todo_heads[q] && n < PG_BATCH) { /* the rest: this writer's next flush */
+            batch[n++] = todo_heads[q];
+            todo_heads[q] = todo_heads[q]->next_op;
         }
-        if (!todo_head) todo_tail = NULL;
-        else pthread_cond_signal(&cv); /* the rest: another writer's flush */
+        if (!todo_heads[q]) todo_tails[q] = NULL;
         pthread_mutex_unlock(&mu);
         for (int i = 0; i < n; i++) batch[i]->ok = 0;
         if (pc && PQstatus(pc) != CONNECTION_OK) { PQfinish(pc); pc = NULL; }
@@ -1073,9 +1091,19 @@ static void *pg_writer(void *arg) {
         pthread_mutex_lock(&mu);
         if (done_tail) done_tail->next_op = batch[0]; else done_head = batch[0];
         done_tail = batch[n - 1];
+        long gen = ++flushed_gen;
         pthread_mutex_unlock(&mu);
         uint64_t one = 1;
         if (write(efd, &one, 8) != 8) die("eventfd");
+        if (pg_linger > 0) {
+            struct timespec until;
+            clock_gettime(CLOCK_REALTIME, &until);
+            until.tv_nsec += (long)(pg_linger * 1e9);
+            if (until.tv_nsec >= 1000000000L) { until.tv_sec++; until.tv_nsec -= 1000000000L; }
+            pthread_mutex_lock(&mu);
+            while (taken_gen < gen && pthread_cond_timedwait(&taken_cv, &mu, &until) == 0) {}
+            pthread_mutex_unlock(&mu);
+        }
     }
     return NULL;
 }
@@ -1977,6 +2005,9 @@ static void on_committed(void) {
     pthread_mutex_lock(&mu);
     job *j = done_head;
     done_head = done_tail = NULL;
+#ifdef LANE_PG
+    long gen = flushed_gen;
+#endif
     pthread_mutex_unlock(&mu);
     /* the feed: what this commit wrote, for Python (sent within FEED_DELAY, batched) */
     for (job *x = j; x; x = x->next_op) {
@@ -2035,6 +2066,12 @@ static void on_committed(void) {
         }
         j = next;
     }
+#ifdef LANE_PG
+    pthread_mutex_lock(&mu); /* what these set off is queued: the writers may flush it */
+    if (gen > taken_gen) taken_gen = gen;
+    pthread_cond_broadcast(&taken_cv);
+    pthread_mutex_unlock(&mu);
+#endif
 }
 
 /* ------------------------------------------------------------------ timers, stop */
@@ -2164,8 +2201,10 @@ int main(void) {
 
 #ifdef LANE_PG
     if (pg_url) { /* said once: what a commit is on disk by */
-        pg_writers = (int)env_f("BERTH_LANE_PG_WRITERS", 1);
-        if (pg_writers < 1 || pg_writers > 8) pg_writers = 1;
+        pg_linger = env_f("BERTH_LANE_PG_LINGER", pg_linger);
+        pg_writers = (int)env_f("BERTH_LANE_PG_WRITERS", pg_writers);
+        if (pg_writers < 1 || pg_writers > MAX_WRITERS) pg_writers = 1;
+        nqueues = pg_writers;
         PGconn *pc = pg_open();
         if (!pc) return 1;
         PGresult *r = PQexec(pc, "SHOW synchronous_commit");
@@ -2193,6 +2232,7 @@ int main(void) {
         fprintf(stderr, "lane: writing with synchronous=%d (2: FULL, fsynced before any answer)\n", level);
     }
 
+    for (int i = 0; i < MAX_WRITERS; i++) pthread_cond_init(&cvs[i], NULL);
     ep = epoll_create1(EPOLL_CLOEXEC);
     efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     tfd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
@@ -2214,7 +2254,7 @@ int main(void) {
     pthread_t t;
 #ifdef LANE_PG
     if (pg_url)
-        for (int i = 0; i < pg_writers; i++) pthread_create(&t, NULL, pg_writer, NULL);
+        for (int i = 0; i < pg_writers; i++) pthread_create(&t, NULL, pg_writer, (void *)(intptr_t)i);
     else
 #endif
         pthread_create(&t, NULL, writer, NULL);
