@@ -55,12 +55,23 @@ def test_the_delivery_log_bench_runs_every_shape_on_both_backends() -> None:
     floor = re.search(
         r"^pg C floor\s+proxy\s+0 \|\s+(\d+)/s, a flush ([\d.]+) ms, host CPU (\d+) us a "
         r"delivery \(pgbench, 2 connections x 4 settles \+ 4 in-flight accepts.* berth "
-        r"proxy/floor\s+(\d+)%$",
+        r"proxy/floor\s+(\d+)%, lane/floor (\d+)%$",
         out.stdout,
         re.M,
     )
     assert floor is not None, out.stdout[-3000:]
     assert int(floor[1]) > 0 and float(floor[2]) > 0 and int(floor[3]) > 0 and int(floor[4]) > 0
+    assert int(floor[5]) > 0
+    # the same shape through the fast lane's own writer (built here against libpq)
+    lane = re.search(
+        r"^pg lane \(C\)\s+proxy\s+0 \|\s+(\d+)/s accepted -> settled, .* ([\d.]+) writes a "
+        r"flush .*; ([\d,]+) settled, (\d+) left to Python$",
+        out.stdout,
+        re.M,
+    )
+    assert lane is not None, out.stdout[-3000:]
+    assert int(lane[1]) > 0 and float(lane[2]) > 1 and int(lane[3].replace(",", "")) > 0
+    assert lane[4] == "0"  # every accept taken: the bench's workspaces have room
 
 
 def _pgbench() -> str | None:
