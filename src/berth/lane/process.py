@@ -24,7 +24,16 @@ RESTART_AFTER = 0.2
 KILL_AFTER = 5.0  # seconds past the shutdown grace before a SIGTERM becomes a SIGKILL
 CHUNK = 1 << 16
 # what the lane inherits of berth's environment (never berth's secrets)
-INHERITED = ("PATH", "LD_LIBRARY_PATH", "LANG", "LC_ALL", "TZ", "TMPDIR", "BERTH_LANE_PG_WRITERS", "BERTH_LANE_PG_LINGER")
+INHERITED = (
+    "PATH",
+    "LD_LIBRARY_PATH",
+    "LANG",
+    "LC_ALL",
+    "TZ",
+    "TMPDIR",
+    "BERTH_LANE_PG_WRITERS",
+    "BERTH_LANE_PG_LINGER",
+)
 
 
 class LaneProcess:
