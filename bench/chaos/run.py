@@ -99,8 +99,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     path.add_argument(
         "--lane",
         action="store_true",
-        help="berth with its fast lane on (BERTH_FAST_LANE=on; SQLite; docs/fast-lane.md). "
-        "Without this flag berth runs its default: on SQLite, the lane where it builds",
+        help="berth with its fast lane on (BERTH_FAST_LANE=on; SQLite, or each PostgreSQL "
+        "replica's; docs/fast-lane.md). Without this flag berth runs its default: on SQLite, "
+        "the lane where it builds; on PostgreSQL, none",
     )
     path.add_argument(
         "--no-lane", action="store_true", help="berth's Python server alone (BERTH_FAST_LANE=off)"
@@ -216,7 +217,7 @@ async def run(a: argparse.Namespace) -> int:
         say(f"final reads: {finals}")
         report = check(history.records, executions)
         text = summary(report, a, targets, time.time() - started, load.sent)
-        if not a.no_lane and not a.replicas:  # SQLite: one berth, its lane where it builds
+        if a.lane or (not a.no_lane and not a.replicas):  # the lane, where berth runs one
             text += await _lane_counts(clients)
         if stale:
             text += (
@@ -246,8 +247,9 @@ async def run(a: argparse.Namespace) -> int:
 
 
 async def _lane_counts(clients: list[httpx.AsyncClient]) -> str:
-    """What the fast lane served itself and handed to Python (metrics count from each
-    berth's last start): a lane run where the lane served nothing proves nothing."""
+    """What the fast lanes served themselves and handed to Python (metrics count from each
+    berth's last start, summed over the replicas): a lane run where the lane served nothing
+    proves nothing."""
     served = handed = 0.0
     for c in clients:
         try:
