@@ -21,6 +21,7 @@ from tests.contract.test_store import T0, make_d, make_ws
 
 pytestmark = pytest.mark.postgres
 OWNER = "replica-1:lane"
+LOCK = 0x62657274  # the claim lock's first key (postgres_base._CLAIM_LOCK_CLASS)
 URL = "http://127.0.0.1:8123/"
 
 
@@ -291,3 +292,127 @@ async def test_a_settle_takes_only_the_lane_s_own_forward_and_a_renewal_only_its
         assert rows[ids[0]]["lease_until"] is None  # done
     finally:
         await conn.close()
+
+
+async def _flush(conn: Any, refs: list[str], settles: list[str] | None = None) -> list[Any]:
+    """One flush as the lane writes it: `settles` (delivery ids), then an operator's accept
+    to each of `refs` in turn (fresh messageIds); the rows it returned."""
+    s = settles or []
+    n = len(refs)
+    return list(
+        await conn.fetch(
+            "SELECT * FROM berth_lane_write($1::text[], $2::bytea[], $3::integer[], $4::text[], $5,"
+            " NULL, 0, $6::text[], $7::text[], $8::text[], $9::text[], $10::text[], $11::text[],"
+            " $12::bytea[], $13::text[], $14::float8[], $15::float8[], $16, 10000, false)",
+            s,
+            [b"r"] * len(s),
+            [200] * len(s),
+            ["application/json"] * len(s),
+            T0 + 1,
+            [uuid.uuid4().hex for _ in refs],
+            refs,
+            [None] * n,
+            [uuid.uuid4().hex for _ in refs],
+            ["f" * 64] * n,
+            ["SendMessage"] * n,
+            [b"{}"] * n,
+            ["{"] * n,
+            [T0 + 30] * n,
+            [T0] * n,
+            OWNER,
+        )  # fmt: skip
+    )
+
+
+async def test_a_flush_takes_the_first_accepts_of_each_workspace_that_fit(pg):
+    """Several accepts in one flush: per workspace, the first ones up to its free slots
+    (counting what is in flight already and what the flush's own settles freed)."""
+    store, url = pg
+    a = await _online(store, "a", max_concurrency=2)
+    await _online(store, "b", max_concurrency=1)
+    await _online(store, "open", max_concurrency=1, capabilities={"native_session": True})
+    conn = await _conn(url)
+    try:
+        got = await _flush(conn, ["a", "b", "a", "b", "a", "open", "open", "nope"])
+        assert sorted(r["k"] for r in got) == [1, 2, 3, 6, 7]  # a: 2 of 3, b: 1 of 2, open: all
+        busy = await conn.fetch(
+            "SELECT id FROM deliveries WHERE workspace_id = $1 ORDER BY seq", a.id
+        )
+        assert len(busy) == 2
+        # a full workspace: nothing, unless the same flush settles one of its forwards first
+        assert await _flush(conn, ["a"]) == []
+        got = await _flush(conn, ["a", "a"], settles=[busy[0]["id"]])
+        assert sorted(r["k"] for r in got) == [-1, 1]  # the settle, then one accept fits
+    finally:
+        await conn.close()
+
+
+async def test_the_name_or_id_means_the_workspace_python_means(pg):
+    """An id before a name, as get_workspace picks, before any rule: a send to a
+    workspace's id is never written to another workspace named like that id."""
+    store, url = pg
+    a = await _online(store, "a", state=WorkspaceState.OFFLINE)
+    await _online(store, a.id)  # online, and named as the other's id
+    conn = await _conn(url)
+    try:
+        assert (await store.get_workspace(a.id)).id == a.id
+        assert await _accept(conn, a.id) is None  # a is offline: Python's (it queues it)
+        await conn.execute("UPDATE workspaces SET state = 'online' WHERE id = $1", a.id)
+        got = await _accept(conn, a.id)
+        assert got is not None and got["l_ws"] == a.id
+    finally:
+        await conn.close()
+
+
+async def test_a_move_out_of_online_and_a_flush_wait_for_each_other(pg):
+    """berth's moves of a workspace's state (and of its peer) take its claim lock, which
+    the lane's flush holds from before it reads the workspace to its commit: a move to
+    draining waits for that flush, so a drain that starts after the move reads the lane's
+    row; and a flush that comes while a move is being written waits for it and then
+    takes nothing."""
+    store, url = pg
+    ws = await _online(store, "w", max_concurrency=4)
+    lane = await _conn(url)
+    try:
+        t = lane.transaction()
+        await t.start()
+        assert await _accept(lane, "w") is not None
+        move = asyncio.create_task(store.move_workspace(ws.id, WorkspaceState.DRAINING))
+        await asyncio.sleep(0.3)
+        assert not move.done()  # waits for the lane's flush
+        await t.commit()
+        assert (await move) is not None
+        n = await lane.fetchval(
+            "SELECT count(*) FROM deliveries WHERE workspace_id = $1 AND status = 'in_flight'"
+            " AND lease_owner = $2",
+            ws.id,
+            OWNER,
+        )
+        assert n == 1  # what a drain reads once the move is committed
+        # the other order: a move being written (its lock taken), then a flush
+        await lane.execute("UPDATE workspaces SET state = 'online' WHERE id = $1", ws.id)
+        other = await _conn(url)
+        try:
+            t2 = other.transaction()
+            await t2.start()
+            await other.execute("SELECT pg_advisory_xact_lock($1, hashtext($2))", LOCK, ws.id)
+            await other.execute("UPDATE workspaces SET state = 'draining' WHERE id = $1", ws.id)
+            flush = asyncio.create_task(_accept(lane, "w"))
+            await asyncio.sleep(0.3)
+            assert not flush.done()
+            await t2.commit()
+            assert await flush is None  # it saw the move
+        finally:
+            await other.close()
+        # a deploy's peer too
+        await lane.execute("UPDATE workspaces SET state = 'online' WHERE id = $1", ws.id)
+        t3 = lane.transaction()
+        await t3.start()
+        assert await _accept(lane, "w") is not None
+        peer = asyncio.create_task(store.update_workspace(ws.id, peer=None))
+        await asyncio.sleep(0.3)
+        assert not peer.done()
+        await t3.commit()
+        await peer
+    finally:
+        await lane.close()

@@ -206,6 +206,10 @@ def test_berth_s_postgresql_url_is_given_to_libpq_as_libpq_reads_it() -> None:
         == "postgresql://h/db?sslmode=require&options=-c%20search_path%3Dt_1%20-c%20x%3Da%5C%20b"
     )
     assert libpq_url("postgres://h/db?ssl=true") == "postgres://h/db?sslmode=require"
+    assert libpq_url("postgres://h/db?ssl=false") == "postgres://h/db?sslmode=disable"
+    assert libpq_url("postgres://h/db?ssl=verify-full") == "postgres://h/db?sslmode=verify-full"
+    # asyncpg's `database` is libpq's `dbname` (not a server setting)
+    assert libpq_url("postgresql://h:5432/?database=b_1") == "postgresql://h:5432/?dbname=b_1"
 
 
 def test_a_cached_lane_anyone_else_may_write_is_built_again(tmp_path: Path) -> None:

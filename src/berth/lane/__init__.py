@@ -61,6 +61,7 @@ class Lane:
         self.upstream = upstream
         self.handoff_path = handoff or upstream.with_name(HANDOFF_FILE)
         self._deliveries, self._dispatcher, self._metrics = c.deliveries, c.dispatcher, c.metrics
+        self._store = c.store
         c.dispatcher.lane.owner = self.owner  # a drain reads the lane's forwards from the store
         secret = secrets.token_hex(16)
         self.feed = LaneFeed(c.deliveries, c.dispatcher, c.events, c.metrics, c.roster.name_of)
@@ -111,6 +112,20 @@ class Lane:
         return None
 
     async def start(self) -> None:
+        if "BERTH_LANE_PG" in self.env:
+            # the database and schema berth's own pool uses: the lane writes to them or to
+            # nothing (a libpq default or a PG* variable could lead it elsewhere)
+            try:
+                row = await self._store._fetchrow(  # type: ignore[attr-defined]
+                    "SELECT current_database() || ' ' || current_schema() AS at"
+                )
+                at = str(row["at"])
+            except Exception as e:  # the database away: the lane relays until berth restarts
+                log.warning(
+                    "fast lane: cannot read berth's database name (%s): it writes nothing", e
+                )
+                at = "?"
+            self.process.set_env("BERTH_LANE_PG_EXPECT", at)
         await self.process.start()
 
     async def stop(self) -> None:
@@ -152,8 +167,18 @@ def libpq_url(url: str) -> str:
     for k, v in parse_qsl(parts.query, keep_blank_values=True):
         if k in _LIBPQ_PARAMS:
             keep.append((k, v))
-        elif k == "ssl":
-            keep.append(("sslmode", "require" if v.lower() in ("true", "1", "on") else v))
+        elif k == "database":  # asyncpg's name of libpq's dbname
+            keep.append(("dbname", v))
+        elif k == "ssl":  # asyncpg's: a boolean or a mode
+            t = v.lower()
+            mode = (
+                "require"
+                if t in ("true", "1", "on", "yes")
+                else "disable"
+                if t in ("false", "0", "off", "no")
+                else v
+            )
+            keep.append(("sslmode", mode))
         else:  # a space or backslash in a value is escaped with a backslash in `options`
             value = v.replace("\\", "\\\\").replace(" ", "\\ ")
             settings.append(f"-c {k}={value}")

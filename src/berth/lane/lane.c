@@ -912,6 +912,7 @@ static void *writer(void *arg) {
    each flush on a connection of their own. */
 static int pg_writers = 1; /* BERTH_LANE_PG_WRITERS (2 measured slower: smaller flushes, more commits) */
 #define PG_BATCH 64 /* jobs a flush takes at most (the rest wait for the next one) */
+#define PG_BATCH_BYTES (16L << 20) /* bodies a flush takes at most (sent hex: twice that) */
 
 static const char *P_WRITE =
     "SELECT k, l_ws, l_url, l_cap, l_run, l_crashes, l_caller FROM berth_lane_write($1::text[], "
@@ -919,15 +920,34 @@ static const char *P_WRITE =
     "$10::text[], $11::text[], $12::text[], $13::text[], $14::bytea[], $15::text[], $16::float8[], "
     "$17::float8[], $18, $19::bigint, $20::boolean)";
 
+static const char *pg_expect; /* BERTH_LANE_PG_EXPECT: "<database> <schema>", as berth's pool sees them */
+static double last_refusal;
+
 static PGconn *pg_open(void) {
-    PGconn *pc = PQconnectdb(pg_url);
+    /* the URL, then what berth's own pool has: a timeout for connecting, keepalives */
+    const char *keys[] = {"dbname", "connect_timeout", "keepalives", "keepalives_idle", NULL};
+    const char *vals[] = {pg_url, "10", "1", "30", NULL};
+    PGconn *pc = PQconnectdbParams(keys, vals, 1);
+    int quiet = mono() - last_refusal < 10; /* said once every 10 s while it lasts */
     if (PQstatus(pc) != CONNECTION_OK) {
-        fprintf(stderr, "lane: cannot connect to PostgreSQL: %s", PQerrorMessage(pc));
+        if (!quiet) fprintf(stderr, "lane: cannot connect to PostgreSQL (its sends go to berth meanwhile): %s", PQerrorMessage(pc));
+        last_refusal = mono();
         PQfinish(pc);
         return NULL;
     }
-    PGresult *r = PQexec(pc, "SET application_name = 'berth-lane'");
+    /* a statement that waits (a lock, the network) gives up as berth's own do (30 s), and
+       its sends go to berth */
+    PGresult *r = PQexec(pc, "SET application_name = 'berth-lane'; SET statement_timeout = '30s'");
     PQclear(r);
+    if (pg_expect) { /* the database and schema berth itself uses, or no write at all */
+        r = PQexec(pc, "SELECT current_database() || ' ' || current_schema()");
+        int same = PQresultStatus(r) == PGRES_TUPLES_OK && PQntuples(r) == 1 && !strcmp(PQgetvalue(r, 0, 0), pg_expect);
+        if (!same && !quiet)
+            fprintf(stderr, "lane: connected to %s, not berth's %s: writing nothing (its sends go to berth)\n",
+                    PQresultStatus(r) == PGRES_TUPLES_OK && PQntuples(r) == 1 ? PQgetvalue(r, 0, 0) : "?", pg_expect);
+        PQclear(r);
+        if (!same) { last_refusal = mono(); PQfinish(pc); return NULL; }
+    }
     r = PQprepare(pc, "write", P_WRITE, 0, NULL);
     int ok = PQresultStatus(r) == PGRES_COMMAND_OK;
     if (!ok) fprintf(stderr, "lane: cannot prepare its write: %s", PQresultErrorMessage(r));
@@ -1023,16 +1043,20 @@ static int pg_flush(PGconn *pc, job **batch, int n) {
     int sent = PQsendQueryPrepared(pc, "write", 20, v, NULL, NULL, 0);
     for (int i = 0; i < A_N; i++) buf_free(&a[i]);
     free(ids);
-    if (!sent) return 0;
-    PGresult *r = PQgetResult(pc), *more;
-    while ((more = PQgetResult(pc))) PQclear(more);
-    if (!r) return PQstatus(pc) == CONNECTION_OK ? 0 : -1;
-    int st = PQresultStatus(r);
-    if (st != PGRES_TUPLES_OK) {
-        fprintf(stderr, "lane: a flush failed: %s", PQresultErrorMessage(r));
-        PQclear(r);
-        return PQstatus(pc) == CONNECTION_OK ? 0 : -1;
+    if (!sent) return PQstatus(pc) == CONNECTION_OK ? 0 : -1;
+    /* Every result to the end: the rows and CommandComplete come before the implicit
+       COMMIT, whose error (a deferred constraint, a failed fsync) is a result after them,
+       and a connection lost before ReadyForQuery leaves the commit unknown. */
+    PGresult *r = NULL, *more;
+    int failed = 0;
+    while ((more = PQgetResult(pc))) {
+        if (PQresultStatus(more) == PGRES_TUPLES_OK && !r && !failed) { r = more; continue; }
+        if (!failed) fprintf(stderr, "lane: a flush failed: %s", PQresultErrorMessage(more));
+        failed = 1;
+        PQclear(more);
     }
+    if (PQstatus(pc) != CONNECTION_OK) { PQclear(r); return -1; }
+    if (failed || !r) { PQclear(r); return 0; } /* rolled back: nothing of it is on disk */
     if (renew) renew->ok = 1;
     for (int row = 0; row < PQntuples(r); row++) { /* k: -n the nth settle done, n the nth accept taken */
         int k = atoi(PQgetvalue(r, row, 0));
@@ -1072,7 +1096,9 @@ static void *pg_writer(void *arg) {
         int n = 0;
         pthread_mutex_lock(&mu);
         while (!todo_heads[q]) pthread_cond_wait(&cvs[q], &mu);
-        while (todo_heads[q] && n < PG_BATCH) { /* the rest: this writer's next flush */
+        size_t bytes = 0; /* a flush's bodies, at most PG_BATCH_BYTES (one job, whatever its size) */
+        while (todo_heads[q] && n < PG_BATCH && (n == 0 || bytes < PG_BATCH_BYTES)) { /* the rest: next flush */
+            bytes += todo_heads[q]->request_len + todo_heads[q]->reply_len;
             batch[n++] = todo_heads[q];
             todo_heads[q] = todo_heads[q]->next_op;
         }
@@ -1080,7 +1106,7 @@ static void *pg_writer(void *arg) {
         pthread_mutex_unlock(&mu);
         for (int i = 0; i < n; i++) batch[i]->ok = 0;
         if (pc && PQstatus(pc) != CONNECTION_OK) { PQfinish(pc); pc = NULL; }
-        if (!pc) pc = pg_open();
+        if (!pc && mono() - last_refusal >= 1.0) pc = pg_open(); /* else relayed at once */
         int committed = pc ? pg_flush(pc, batch, n) : 0;
         __atomic_add_fetch(&pg_flushes, 1, __ATOMIC_RELAXED);
         __atomic_add_fetch(&pg_jobs, n, __ATOMIC_RELAXED);
@@ -1098,8 +1124,9 @@ static void *pg_writer(void *arg) {
         if (pg_linger > 0) {
             struct timespec until;
             clock_gettime(CLOCK_REALTIME, &until);
-            until.tv_nsec += (long)(pg_linger * 1e9);
-            if (until.tv_nsec >= 1000000000L) { until.tv_sec++; until.tv_nsec -= 1000000000L; }
+            long long ns = (long long)until.tv_nsec + (long long)(pg_linger * 1e9);
+            until.tv_sec += (time_t)(ns / 1000000000LL);
+            until.tv_nsec = (long)(ns % 1000000000LL);
             pthread_mutex_lock(&mu);
             while (taken_gen < gen && pthread_cond_timedwait(&taken_cv, &mu, &until) == 0) {}
             pthread_mutex_unlock(&mu);
@@ -1586,6 +1613,10 @@ static void on_agent(agent *a, uint32_t events) {
     j->a = NULL;
     j->fwd_s = mono() - j->forwarded_at;
     if (!replied(j)) { handoff(j, "reply", NULL); return; }
+    /* a content type the lane writes as text into PostgreSQL's statement: printable ASCII
+       (a byte that is not UTF-8 there would fail every write of its flush); else Python's */
+    for (const char *p = j->ctype; pg_url && *p; p++)
+        if ((unsigned char)*p < 0x20 || (unsigned char)*p > 0x7e) { handoff(j, "reply", NULL); return; }
     j->state = J_SETTLING;
     enqueue(j, OP_SETTLE);
 }
@@ -2201,17 +2232,20 @@ int main(void) {
 
 #ifdef LANE_PG
     if (pg_url) { /* said once: what a commit is on disk by */
+        pg_expect = getenv("BERTH_LANE_PG_EXPECT");
+        if (pg_expect && !*pg_expect) pg_expect = NULL;
         pg_linger = env_f("BERTH_LANE_PG_LINGER", pg_linger);
         pg_writers = (int)env_f("BERTH_LANE_PG_WRITERS", pg_writers);
         if (pg_writers < 1 || pg_writers > MAX_WRITERS) pg_writers = 1;
         nqueues = pg_writers;
-        PGconn *pc = pg_open();
-        if (!pc) return 1;
-        PGresult *r = PQexec(pc, "SHOW synchronous_commit");
-        fprintf(stderr, "lane: writing to PostgreSQL with synchronous_commit=%s, %d writers\n",
-                PQresultStatus(r) == PGRES_TUPLES_OK ? PQgetvalue(r, 0, 0) : "?", pg_writers);
-        PQclear(r);
-        PQfinish(pc);
+        PGconn *pc = pg_open(); /* none: the lane serves all the same, its sends relayed */
+        if (pc) {
+            PGresult *r = PQexec(pc, "SHOW synchronous_commit");
+            fprintf(stderr, "lane: writing to PostgreSQL with synchronous_commit=%s, %d writers\n",
+                    PQresultStatus(r) == PGRES_TUPLES_OK ? PQgetvalue(r, 0, 0) : "?", pg_writers);
+            PQclear(r);
+            PQfinish(pc);
+        }
     }
 #endif
     if (!pg_url) {

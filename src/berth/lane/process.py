@@ -33,6 +33,20 @@ INHERITED = (
     "TMPDIR",
     "BERTH_LANE_PG_WRITERS",
     "BERTH_LANE_PG_LINGER",
+    # what asyncpg and libpq both read to connect: the lane reaches berth's database as
+    # berth does (the password too, where it is given this way)
+    "PGHOST",
+    "PGPORT",
+    "PGUSER",
+    "PGPASSWORD",
+    "PGPASSFILE",
+    "PGDATABASE",
+    "PGSSLMODE",
+    "PGSSLROOTCERT",
+    "PGSSLCERT",
+    "PGSSLKEY",
+    "PGSSLCRL",
+    "PGTARGETSESSIONATTRS",
 )
 
 
@@ -60,6 +74,10 @@ class LaneProcess:
         self.starts = 0
         self.ready = asyncio.Event()
         feed.on_ready = self._ready
+
+    def set_env(self, key: str, value: str) -> None:
+        """One more setting for the lane, from its next start on."""
+        self._env[key] = value
 
     @property
     def pid(self) -> int | None:

@@ -9,7 +9,12 @@ from collections.abc import Mapping
 from typing import Any
 
 from berth.adapters.sql import rows
-from berth.adapters.sql.postgres_base import _CLAIM_SQL, _insert
+from berth.adapters.sql.postgres_base import (
+    _CLAIM_LOCK_CLASS,
+    _CLAIM_SQL,
+    _QUERY_TIMEOUT,
+    _insert,
+)
 from berth.adapters.sql.postgres_credentials import PostgresCredentials
 from berth.adapters.sql.postgres_deliveries import PostgresDeliveries
 from berth.adapters.sql.postgres_fleet import PostgresFleet
@@ -83,9 +88,20 @@ class PostgresStore(PostgresDeliveries, PostgresFleet, PostgresCredentials, rows
         where = "id = $1"
         if only_from is not None:
             where += f" AND state IN {rows.sql_set(only_from)}"
-        row = await self._fetchrow(
-            f"UPDATE workspaces SET {', '.join(sets)} WHERE {where} RETURNING *", *args
-        )
+        sql = f"UPDATE workspaces SET {', '.join(sets)} WHERE {where} RETURNING *"
+        if "state" in fields or "peer" in fields:
+            # under the workspace's claim lock, as the fast lane's accepts are
+            # (postgres_lane.py): a move out of `online`, or a deploy's peer, waits for a
+            # lane flush that read the workspace before it, and the next flush sees it
+            async def move(conn: Any) -> Any:
+                await conn.execute(
+                    "SELECT pg_advisory_xact_lock($1, hashtext($2))", _CLAIM_LOCK_CLASS, ws_id
+                )
+                return await conn.fetchrow(sql, *args, timeout=_QUERY_TIMEOUT)
+
+            row = await self._tx(move)
+        else:
+            row = await self._fetchrow(sql, *args)
         return None if row is None else rows.ws_from_row(row)
 
     async def delete_workspace(self, ws_id: str) -> None:

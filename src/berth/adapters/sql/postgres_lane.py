@@ -140,8 +140,16 @@ BEGIN
                 CASE WHEN berth_truthy(x.capabilities::jsonb -> 'native_session') THEN NULL
                     ELSE x.max_concurrency END AS cap
             FROM who CROSS JOIN LATERAL (
-                SELECT * FROM workspaces AS x
-                WHERE (x.id = who.ref OR x.name = who.ref) AND x.state = 'online'
+                -- the one workspace the name or id means, as get_workspace picks it (an
+                -- id before a name), and then its rules. A move of its state or its peer
+                -- takes its claim lock first (PostgresStore._update_ws), so it waits for
+                -- this flush's commit (a drain after it reads this flush's rows), and a
+                -- flush after it waits for its commit and sees it
+                SELECT * FROM (
+                    SELECT * FROM workspaces AS y WHERE y.id = who.ref OR y.name = who.ref
+                    ORDER BY y.id = who.ref DESC LIMIT 1
+                ) AS x
+                WHERE x.state = 'online'
                     AND x.peer IS NULL AND NOT (p_docker AND x.runtime = 'docker')
                     AND (who.who = 'operator' OR x.allowed_callers::jsonb ?| ARRAY['*', who.who])
                     AND COALESCE(
@@ -149,7 +157,6 @@ BEGIN
                             THEN (x.limits::jsonb ->> 'max_queue')::numeric END,
                         p_max_queue) > 0
                     AND x.agent_url ~ '{_LOOPBACK}'
-                ORDER BY x.id = who.ref DESC LIMIT 1
             ) AS x
             -- a name the lane can write as it is into JSON and a header (plain_value)
             WHERE who.who IS NOT NULL AND who.who ~ '^[\\x20-\\x7e]*$' AND who.who !~ '["\\\\]'
