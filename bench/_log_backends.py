@@ -31,7 +31,14 @@ from berth.adapters.sql.sqlite import SqliteStore
 from berth.domain.lifecycle import WorkspaceState
 from berth.domain.workspace import Runtime, Workspace
 
-__all__ = ["EngineFactory", "PgBackend", "SqliteBackend", "Variant", "WORKSPACES"]
+__all__ = [
+    "EngineFactory",
+    "PgBackend",
+    "SqliteBackend",
+    "Variant",
+    "WORKSPACES",
+    "pg_backends_cpu",
+]
 
 WORKSPACES = 8
 
@@ -169,6 +176,26 @@ class SqliteBackend:
 
     async def close(self) -> None:
         pass
+
+
+def pg_backends_cpu(db: str) -> float:
+    """CPU seconds of the PostgreSQL backends serving the database `db` so far (from /proc:
+    each backend's command line names its database)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    mark = f" {db} ".encode()
+    total = 0
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
+            if not cmd.startswith(b"postgres: ") or mark not in cmd:
+                continue
+            stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(stat[11]) + int(stat[12])  # utime, stime
+    return total / tick
 
 
 class PgBackend:
@@ -309,21 +336,7 @@ class PgBackend:
 
     def backend_cpu(self) -> float | None:
         """CPU seconds of the server processes serving this bench's database so far."""
-        tick = os.sysconf("SC_CLK_TCK")
-        mark = f" {self.db} ".encode()
-        total = 0
-        for pid in os.listdir("/proc"):
-            if not pid.isdigit():
-                continue
-            try:
-                cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
-                if not cmd.startswith(b"postgres: ") or mark not in cmd:
-                    continue
-                stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            total += int(stat[11]) + int(stat[12])  # utime, stime
-        return total / tick
+        return pg_backends_cpu(self.db)
 
     async def close(self) -> None:
         import asyncpg

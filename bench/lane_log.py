@@ -63,6 +63,7 @@ from typing import Any
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _log_backends import pg_backends_cpu  # noqa: E402
 from _pg_floor import find_pgbench, run_floor  # noqa: E402
 from delivery_log import host_cpu  # noqa: E402
 from proxy import (  # noqa: E402
@@ -172,24 +173,6 @@ class Cpu:
         kids = {k: proc_cpu(k) for k in children(berth)}
         pg = pg_backends_cpu(pg_db) if pg_db else None
         return cls(proc_cpu(berth), kids, proc_cpu(agent), pg, host_cpu())
-
-
-def pg_backends_cpu(db: str) -> float:
-    """CPU seconds of the PostgreSQL backends serving `db` (as bench/_log_backends.py)."""
-    mark = f" {db} ".encode()
-    total = 0
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
-        try:
-            cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
-            if not cmd.startswith(b"postgres: ") or mark not in cmd:
-                continue
-            stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += int(stat[11]) + int(stat[12])
-    return total / TICK
 
 
 # berth's store ----------------------------------------------------------------------------
