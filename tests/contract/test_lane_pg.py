@@ -8,7 +8,6 @@ import asyncio
 import hashlib
 import json
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -16,32 +15,15 @@ import pytest
 from berth.domain.credentials import Credential, Role
 from berth.domain.lifecycle import WorkspaceState
 from berth.domain.workspace import Runtime
-from tests.contract.conftest import fresh_schema
+from tests.contract import test_pg_group_commit as _group_commit
 from tests.contract.test_store import T0, make_d, make_ws
 
 pytestmark = pytest.mark.postgres
+pg = _group_commit.pg  # the fixture: a migrated PostgresStore on a schema of its own, its URL
+_conn = _group_commit._other_connection
 OWNER = "replica-1:lane"
 LOCK = 0x62657274  # the claim lock's first key (postgres_base._CLAIM_LOCK_CLASS)
 URL = "http://127.0.0.1:8123/"
-
-
-@pytest.fixture
-async def pg() -> AsyncIterator[tuple[Any, str]]:
-    from berth.adapters.sql.postgres import PostgresStore
-
-    async with fresh_schema() as url:
-        store = PostgresStore(url, min_size=1, max_size=4)
-        await store.migrate()
-        try:
-            yield store, url
-        finally:
-            await store.close()
-
-
-async def _conn(url: str) -> Any:
-    import asyncpg
-
-    return await asyncpg.connect(url)
 
 
 async def _online(store: Any, name: str = "w", **kw: Any) -> Any:
