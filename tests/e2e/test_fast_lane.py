@@ -122,9 +122,11 @@ async def agent() -> AsyncIterator[Agent]:
     await a.stop()
 
 
-@pytest.fixture
-def lane_server(tmp_path: Path, call_failed: Any) -> Iterator[BerthServer]:
-    server = BerthServer(tmp_path / "berth", env=_lane_on({"BERTH_MAX_ATTEMPTS": "2"})).start()
+@contextlib.contextmanager
+def _serving(tmp_path: Path, call_failed: Any, **env: str) -> Iterator[BerthServer]:
+    """A berth with its lane serving, stopped afterwards (its log's tail when the test failed)."""
+    server = BerthServer(tmp_path / "berth", env=_lane_on({"BERTH_MAX_ATTEMPTS": "2", **env}))
+    server.start()
     try:
         require_lane(server)
         yield server
@@ -135,8 +137,14 @@ def lane_server(tmp_path: Path, call_failed: Any) -> Iterator[BerthServer]:
             server.print_log_tail()
 
 
+@pytest.fixture
+def lane_server(tmp_path: Path, call_failed: Any) -> Iterator[BerthServer]:
+    with _serving(tmp_path, call_failed) as server:
+        yield server
+
+
 # the lane on each store: SQLite (its own group commit) and PostgreSQL (libpq, the accept
-# as berth_lane_accept: adapters/sql/postgres_lane.py)
+# in berth_lane_write: adapters/sql/postgres_lane.py)
 STORES = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
 
 
@@ -162,17 +170,8 @@ async def store_lane_server(
 ) -> AsyncIterator[BerthServer]:
     """lane_server, on each store."""
     async with store_env(request.param) as env:
-        server = BerthServer(
-            tmp_path / "berth", env=_lane_on({"BERTH_MAX_ATTEMPTS": "2", **env})
-        ).start()
-        try:
-            require_lane(server)
+        with _serving(tmp_path, call_failed, **env) as server:
             yield server
-        finally:
-            server.stop()
-            server.kill9()
-            if call_failed():
-                server.print_log_tail()
 
 
 async def _workspace(c: httpx.AsyncClient, name: str, url: str, **spec: Any) -> None:
