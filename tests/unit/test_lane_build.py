@@ -210,6 +210,10 @@ def test_berth_s_postgresql_url_is_given_to_libpq_as_libpq_reads_it() -> None:
     assert libpq_url("postgres://h/db?ssl=verify-full") == "postgres://h/db?sslmode=verify-full"
     # asyncpg's `database` is libpq's `dbname` (not a server setting)
     assert libpq_url("postgresql://h:5432/?database=b_1") == "postgresql://h:5432/?dbname=b_1"
+    # as asyncpg reads it: the address and the path before the query
+    assert libpq_url("postgresql://h:5432/test?port=5433") == "postgresql://h:5432/test"
+    assert libpq_url("postgresql://u@h/test?database=x&user=v") == "postgresql://u@h/test"
+    assert libpq_url("postgresql://h/test?user=v") == "postgresql://h/test?user=v"
 
 
 def test_a_cached_lane_anyone_else_may_write_is_built_again(tmp_path: Path) -> None:

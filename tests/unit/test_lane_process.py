@@ -196,3 +196,24 @@ async def test_once_stopped_new_connections_are_refused_and_the_lane_stays_stopp
         s.close()
     with pytest.raises(RuntimeError):
         await p.start()
+
+
+async def test_settings_read_before_each_start_reach_that_start(tmp_path: Path) -> None:
+    """`prepare` is read again before each start (the PostgreSQL lane's database check): a
+    value that could not be read at one start is there at the next."""
+    feed, exits = Feed(), Exits()
+    reads: list[int] = []
+
+    async def prepare() -> dict[str, str]:
+        reads.append(1)
+        return {} if len(reads) == 1 else {"BERTH_LANE_PG_EXPECT": f"db-{len(reads)}"}
+
+    p, s, out = lane(tmp_path, "crash", feed, exits, restart_after=0.1, prepare=prepare)  # type: ignore[arg-type]
+    try:
+        await p.start()
+        await until(lambda: len(runs(out)) >= 3)
+    finally:
+        await p.stop()
+        s.close()
+    got = [r["env"].get("BERTH_LANE_PG_EXPECT") for r in runs(out)[:3]]  # type: ignore[union-attr]
+    assert got == [None, "db-2", "db-3"]

@@ -4,6 +4,7 @@ supervises its process."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import secrets
@@ -97,7 +98,13 @@ class Lane:
             "BERTH_LANE_IN_DOCKER": "1" if c.in_docker else "0",
         }
         self.process = LaneProcess(
-            exe, listen, self.env, self.feed, self._gone, grace=s.shutdown_grace_seconds
+            exe,
+            listen,
+            self.env,
+            self.feed,
+            self._gone,
+            grace=s.shutdown_grace_seconds,
+            prepare=self._where,
         )
 
     @staticmethod
@@ -112,21 +119,28 @@ class Lane:
         return None
 
     async def start(self) -> None:
-        if "BERTH_LANE_PG" in self.env:
-            # the database and schema berth's own pool uses: the lane writes to them or to
-            # nothing (a libpq default or a PG* variable could lead it elsewhere)
+        await self.process.start()
+
+    async def _where(self) -> dict[str, str]:
+        """Before each start of a lane on PostgreSQL: the database and schema berth's own
+        pool uses, which the lane writes to or not at all (a libpq default, a PG* variable
+        or a URL read otherwise could lead it elsewhere). Read again at every start; when
+        it cannot be read (the database away for berth too), the lane starts without the
+        check rather than writing nothing until berth restarts."""
+        if "BERTH_LANE_PG" not in self.env:
+            return {}
+        for attempt in range(3):
             try:
                 row = await self._store._fetchrow(  # type: ignore[attr-defined]
                     "SELECT current_database() || ' ' || current_schema() AS at"
                 )
-                at = str(row["at"])
-            except Exception as e:  # the database away: the lane relays until berth restarts
-                log.warning(
-                    "fast lane: cannot read berth's database name (%s): it writes nothing", e
-                )
-                at = "?"
-            self.process.set_env("BERTH_LANE_PG_EXPECT", at)
-        await self.process.start()
+                return {"BERTH_LANE_PG_EXPECT": str(row["at"])}
+            except Exception as e:
+                if attempt == 2:
+                    log.warning("fast lane: cannot read berth's database name (%s): not checked", e)
+                else:
+                    await asyncio.sleep(1.0)
+        return {}
 
     async def stop(self) -> None:
         await self.process.stop()
@@ -164,7 +178,21 @@ def libpq_url(url: str) -> str:
     parts = urlsplit(url)
     keep: list[tuple[str, str]] = []
     settings: list[str] = []
+    # asyncpg takes the address's host, port, user and password, and the path's database,
+    # before the query's; libpq the other way round: the query's are dropped where the
+    # address or the path gives them
+    given = {
+        "host": bool(parts.hostname),
+        "hostaddr": bool(parts.hostname),
+        "port": parts.port is not None,
+        "user": bool(parts.username),
+        "password": parts.password is not None,
+        "dbname": bool(parts.path.strip("/")),
+        "database": bool(parts.path.strip("/")),
+    }
     for k, v in parse_qsl(parts.query, keep_blank_values=True):
+        if given.get(k):
+            continue
         if k in _LIBPQ_PARAMS:
             keep.append((k, v))
         elif k == "database":  # asyncpg's name of libpq's dbname

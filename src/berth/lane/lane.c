@@ -921,28 +921,48 @@ static const char *P_WRITE =
     "$17::float8[], $18, $19::bigint, $20::boolean)";
 
 static const char *pg_expect; /* BERTH_LANE_PG_EXPECT: "<database> <schema>", as berth's pool sees them */
-static double last_refusal;
+static double last_refusal, last_said = -100;
+#define PG_DEADLINE 35.0 /* seconds a flush may take, whatever the server or the network do */
+
+static int pg_say(void) { /* a refusal is said at most once every 10 s while it lasts */
+    if (mono() - last_said < 10) return 0;
+    last_said = mono();
+    return 1;
+}
+
+/* Until the socket is readable (or writable too): 1, 0 past the deadline, -1 failed. */
+static int pg_wait(PGconn *pc, int for_write, double deadline) {
+    for (;;) {
+        double left = deadline - mono();
+        if (left <= 0) return 0;
+        struct pollfd p = {PQsocket(pc), (short)(POLLIN | (for_write ? POLLOUT : 0)), 0};
+        int rc = poll(&p, 1, (int)(left * 1000) + 1);
+        if (rc > 0) return 1;
+        if (rc < 0 && errno != EINTR) return -1;
+    }
+}
 
 static PGconn *pg_open(void) {
-    /* the URL, then what berth's own pool has: a timeout for connecting, keepalives */
-    const char *keys[] = {"dbname", "connect_timeout", "keepalives", "keepalives_idle", NULL};
-    const char *vals[] = {pg_url, "10", "1", "30", NULL};
+    /* the URL, then: a timeout for connecting, keepalives, and unacknowledged data given up
+       after 30 s (a peer or a network that stalls) */
+    const char *keys[] = {"dbname", "connect_timeout", "keepalives", "keepalives_idle", "keepalives_interval",
+                          "keepalives_count", "tcp_user_timeout", NULL};
+    const char *vals[] = {pg_url, "10", "1", "30", "10", "3", "30000", NULL};
     PGconn *pc = PQconnectdbParams(keys, vals, 1);
-    int quiet = mono() - last_refusal < 10; /* said once every 10 s while it lasts */
     if (PQstatus(pc) != CONNECTION_OK) {
-        if (!quiet) fprintf(stderr, "lane: cannot connect to PostgreSQL (its sends go to berth meanwhile): %s", PQerrorMessage(pc));
+        if (pg_say()) fprintf(stderr, "lane: cannot connect to PostgreSQL (its sends go to berth meanwhile): %s", PQerrorMessage(pc));
         last_refusal = mono();
         PQfinish(pc);
         return NULL;
     }
-    /* a statement that waits (a lock, the network) gives up as berth's own do (30 s), and
-       its sends go to berth */
+    /* a statement that waits on the server (a lock) gives up as berth's own do (30 s), and
+       its sends go to berth; a flush's own deadline covers the rest (pg_flush) */
     PGresult *r = PQexec(pc, "SET application_name = 'berth-lane'; SET statement_timeout = '30s'");
     PQclear(r);
     if (pg_expect) { /* the database and schema berth itself uses, or no write at all */
         r = PQexec(pc, "SELECT current_database() || ' ' || current_schema()");
         int same = PQresultStatus(r) == PGRES_TUPLES_OK && PQntuples(r) == 1 && !strcmp(PQgetvalue(r, 0, 0), pg_expect);
-        if (!same && !quiet)
+        if (!same && pg_say())
             fprintf(stderr, "lane: connected to %s, not berth's %s: writing nothing (its sends go to berth)\n",
                     PQresultStatus(r) == PGRES_TUPLES_OK && PQntuples(r) == 1 ? PQgetvalue(r, 0, 0) : "?", pg_expect);
         PQclear(r);
@@ -950,9 +970,10 @@ static PGconn *pg_open(void) {
     }
     r = PQprepare(pc, "write", P_WRITE, 0, NULL);
     int ok = PQresultStatus(r) == PGRES_COMMAND_OK;
-    if (!ok) fprintf(stderr, "lane: cannot prepare its write: %s", PQresultErrorMessage(r));
+    if (!ok && pg_say()) fprintf(stderr, "lane: cannot prepare its write: %s", PQresultErrorMessage(r));
     PQclear(r);
-    if (!ok) { PQfinish(pc); return NULL; }
+    if (!ok) { last_refusal = mono(); PQfinish(pc); return NULL; }
+    if (PQsetnonblocking(pc, 1) != 0) { last_refusal = mono(); PQfinish(pc); return NULL; }
     return pc;
 }
 
@@ -1044,12 +1065,26 @@ static int pg_flush(PGconn *pc, job **batch, int n) {
     for (int i = 0; i < A_N; i++) buf_free(&a[i]);
     free(ids);
     if (!sent) return PQstatus(pc) == CONNECTION_OK ? 0 : -1;
+    /* the connection is non-blocking: sent and answered within PG_DEADLINE, else the
+       outcome is unknown (-2: the caller closes the connection) */
+    double deadline = mono() + PG_DEADLINE;
+    int f;
+    while ((f = PQflush(pc)) == 1) {
+        if (pg_wait(pc, 1, deadline) <= 0) return -2;
+        if (!PQconsumeInput(pc)) return -1;
+    }
+    if (f < 0) return -1;
     /* Every result to the end: the rows and CommandComplete come before the implicit
        COMMIT, whose error (a deferred constraint, a failed fsync) is a result after them,
        and a connection lost before ReadyForQuery leaves the commit unknown. */
     PGresult *r = NULL, *more;
     int failed = 0;
-    while ((more = PQgetResult(pc))) {
+    for (;;) {
+        while (PQisBusy(pc)) {
+            if (pg_wait(pc, 0, deadline) <= 0) { PQclear(r); return -2; }
+            if (!PQconsumeInput(pc)) break; /* lost: PQgetResult says so */
+        }
+        if (!(more = PQgetResult(pc))) break;
         if (PQresultStatus(more) == PGRES_TUPLES_OK && !r && !failed) { r = more; continue; }
         if (!failed) fprintf(stderr, "lane: a flush failed: %s", PQresultErrorMessage(more));
         failed = 1;
@@ -1108,6 +1143,12 @@ static void *pg_writer(void *arg) {
         if (pc && PQstatus(pc) != CONNECTION_OK) { PQfinish(pc); pc = NULL; }
         if (!pc && mono() - last_refusal >= 1.0) pc = pg_open(); /* else relayed at once */
         int committed = pc ? pg_flush(pc, batch, n) : 0;
+        if (committed == -2) { /* no answer in time: this connection is done with */
+            if (pg_say()) fprintf(stderr, "lane: a flush had no answer in %.0f s: connecting again\n", PG_DEADLINE);
+            PQfinish(pc);
+            pc = NULL;
+            committed = -1;
+        }
         __atomic_add_fetch(&pg_flushes, 1, __ATOMIC_RELAXED);
         __atomic_add_fetch(&pg_jobs, n, __ATOMIC_RELAXED);
         if (committed != 1)

@@ -62,7 +62,10 @@ class LaneProcess:
         grace: float,
         restart_after: float = RESTART_AFTER,
         kill_after: float = KILL_AFTER,
+        prepare: Callable[[], Awaitable[Mapping[str, str]]] | None = None,
     ) -> None:
+        """`prepare`: settings read again before each start of the lane (added to `env`)."""
+        self._prepare = prepare
         self._exe, self._listen, self._feed, self._on_exit = exe, list(listen), feed, on_exit
         fds = ",".join(str(s.fileno()) for s in self._listen)
         inherited = {k: os.environ[k] for k in INHERITED if k in os.environ}
@@ -74,10 +77,6 @@ class LaneProcess:
         self.starts = 0
         self.ready = asyncio.Event()
         feed.on_ready = self._ready
-
-    def set_env(self, key: str, value: str) -> None:
-        """One more setting for the lane, from its next start on."""
-        self._env[key] = value
 
     @property
     def pid(self) -> int | None:
@@ -147,6 +146,12 @@ class LaneProcess:
         """One run of the lane, to its exit: how it ended."""
         if self._stopping:  # its sockets are closed
             return "stopped"
+        env = self._env
+        if self._prepare is not None:
+            try:
+                env = {**env, **await self._prepare()}
+            except Exception:  # a bug: the lane starts with what it has
+                log.exception("fast lane: reading its settings failed")
         try:
             proc = await asyncio.create_subprocess_exec(
                 str(self._exe),
@@ -154,7 +159,7 @@ class LaneProcess:
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
                 pass_fds=[s.fileno() for s in self._listen],
-                env=self._env,
+                env=env,
             )
         except OSError as e:
             return f"could not start {self._exe}: {e}"

@@ -95,7 +95,10 @@ class PostgresStore(PostgresDeliveries, PostgresFleet, PostgresCredentials, rows
             # lane flush that read the workspace before it, and the next flush sees it
             async def move(conn: Any) -> Any:
                 await conn.execute(
-                    "SELECT pg_advisory_xact_lock($1, hashtext($2))", _CLAIM_LOCK_CLASS, ws_id
+                    "SELECT pg_advisory_xact_lock($1, hashtext($2))",
+                    _CLAIM_LOCK_CLASS,
+                    ws_id,
+                    timeout=_QUERY_TIMEOUT,
                 )
                 return await conn.fetchrow(sql, *args, timeout=_QUERY_TIMEOUT)
 
