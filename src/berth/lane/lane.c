@@ -903,7 +903,7 @@ static void *writer(void *arg) {
 #ifdef LANE_PG
 /* ------------------------------------------------------------------ the writer on PostgreSQL */
 
-/* On PostgreSQL every read of the plain case is in the accept itself (berth_lane_accept,
+/* On PostgreSQL every read of the plain case is in the accept itself (berth_lane_write,
    adapters/sql/postgres_lane.py): the credential, the workspace and its rules, the guard,
    under the workspace's claim lock, with the row written in flight. A flush is one
    statement, berth_lane_write, given every write waiting as arrays (one round trip, one
@@ -1884,7 +1884,7 @@ static void on_request(client *c) {
 
     /* the workspace */
     job *j = NULL;
-    if (pg_url) { /* read by the accept (berth_lane_accept), with every other rule */
+    if (pg_url) { /* read by the accept (berth_lane_write), with every other rule */
         j = calloc(1, sizeof *j);
         snprintf(j->ref, sizeof j->ref, "%s", ref);
         memcpy(j->cred, cred_hex, sizeof j->cred);
@@ -2111,7 +2111,7 @@ static void on_committed(void) {
                 j->forward_deadline = j->forwarded_at + forward_timeout;
                 if (c && j->wait0) answer_accepted(j); /* Python's answer to X-Berth-Wait: 0 */
                 if (pg_url && !(j->url && agent_target(j->url, j)))
-                    /* berth_lane_accept's URL test is a little wider than agent_target's:
+                    /* berth_lane_write's URL test is a little wider than agent_target's:
                        Python forwards it (never taken: the agent was not reached) */
                     handoff(j, "unreached", "an agent URL the lane does not forward to");
                 else forward(j);
