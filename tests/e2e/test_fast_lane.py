@@ -896,58 +896,54 @@ async def test_a_caller_piped_to_python_is_closed_idle_as_uvicorn_closes_callers
 
 
 # the lane on PostgreSQL: what a review found (2026-12-04), each failing before its fix ---
-@contextlib.asynccontextmanager
-async def _pg_lane(tmp_path: Path, **extra: str) -> AsyncIterator[tuple[BerthServer, str]]:
+@pytest.fixture
+async def pg_lane(tmp_path: Path, call_failed: Any) -> AsyncIterator[tuple[BerthServer, str]]:
+    """A berth on a fresh PostgreSQL database with its lane serving, and that database."""
     async with store_env("postgres") as db:
-        server = BerthServer(tmp_path / "b", env=_lane_on({**db, **extra})).start()
-        try:
-            require_lane(server)
+        with _serving(tmp_path, call_failed, **db) as server:
             yield server, db["BERTH_DATABASE_URL"]
-        finally:
-            server.stop()
-            server.kill9()
 
 
 @pytest.mark.postgres
-async def test_a_flush_whose_commit_fails_forwards_nothing(tmp_path, agent):
+async def test_a_flush_whose_commit_fails_forwards_nothing(pg_lane, agent):
     """An error at COMMIT (here a deferred constraint trigger; in life a failed fsync or
     a connection lost before the commit is confirmed) comes after the statement's rows:
     the lane reads every result, so nothing is forwarded and the send is Python's."""
     import asyncpg
 
-    async with _pg_lane(tmp_path) as (server, url):
-        conn = await asyncpg.connect(url)
-        try:
-            await conn.execute(
-                "CREATE FUNCTION boom() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
-                "RAISE EXCEPTION 'refused at commit'; END $$;"
-                "CREATE CONSTRAINT TRIGGER boom AFTER INSERT ON deliveries DEFERRABLE "
-                "INITIALLY DEFERRED FOR EACH ROW WHEN (NEW.message_id LIKE 'boom%') "
-                "EXECUTE FUNCTION boom()"
+    server, url = pg_lane
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute(
+            "CREATE FUNCTION boom() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+            "RAISE EXCEPTION 'refused at commit'; END $$;"
+            "CREATE CONSTRAINT TRIGGER boom AFTER INSERT ON deliveries DEFERRABLE "
+            "INITIALLY DEFERRED FOR EACH ROW WHEN (NEW.message_id LIKE 'boom%') "
+            "EXECUTE FUNCTION boom()"
+        )
+        async with server.client() as c:
+            await _workspace(c, "w", agent.url)
+            r = await c.post(
+                "/v1/workspaces/w/a2a",
+                json=send_body("hi", "boom-1"),
+                headers={"x-berth-wait": "0"},
             )
-            async with server.client() as c:
-                await _workspace(c, "w", agent.url)
-                r = await c.post(
-                    "/v1/workspaces/w/a2a",
-                    json=send_body("hi", "boom-1"),
-                    headers={"x-berth-wait": "0"},
-                )
-                await asyncio.sleep(0.5)
-                # relayed: Python's accept hits the same trigger and answers an error
-                assert r.status_code >= 500, r.text
-                n = await conn.fetchval("SELECT count(*) FROM deliveries")
-                assert n == 0 and agent.forwards["boom-1"] == 0
-                # the lane goes on: the next send is its own
-                ok = await _send(c, "w", "fine", "ok-1")
-                assert ok.status_code == 200 and agent.forwards["ok-1"] == 1
-            assert lane_served(server) == 1
-            assert "lane: a flush failed" in server.log.read_text()
-        finally:
-            await conn.close()
+            await asyncio.sleep(0.5)
+            # relayed: Python's accept hits the same trigger and answers an error
+            assert r.status_code >= 500, r.text
+            n = await conn.fetchval("SELECT count(*) FROM deliveries")
+            assert n == 0 and agent.forwards["boom-1"] == 0
+            # the lane goes on: the next send is its own
+            ok = await _send(c, "w", "fine", "ok-1")
+            assert ok.status_code == 200 and agent.forwards["ok-1"] == 1
+        assert lane_served(server) == 1
+        assert "lane: a flush failed" in server.log.read_text()
+    finally:
+        await conn.close()
 
 
 @pytest.mark.postgres
-async def test_an_agent_s_odd_content_type_is_python_s_and_fails_no_flush(tmp_path, agent):
+async def test_an_agent_s_odd_content_type_is_python_s_and_fails_no_flush(pg_lane, agent):
     """A content type the lane cannot write as text into PostgreSQL's statement would fail
     every write of its flush (other workspaces' accepts, settles, lease renewals): the lane
     hands such an answer to Python, which settles it, and no flush fails."""
@@ -959,58 +955,58 @@ async def test_an_agent_s_odd_content_type_is_python_s_and_fails_no_flush(tmp_pa
 
     odd = await RawAgent(answer).start()
     try:
-        async with _pg_lane(tmp_path) as (server, _):
-            async with server.client() as c:
-                await _workspace(c, "v", agent.url, max_concurrency=8)
-                await _workspace(c, "e", odd.url + "/", max_concurrency=8)
-                rs = await asyncio.gather(
-                    *(_send(c, "e", "x", f"e-{i}") for i in range(6)),
-                    *(_send(c, "v", "y", f"v-{i}") for i in range(6)),
-                )
-                assert [r.status_code for r in rs] == [200] * 12
-                for r in rs[:6]:  # done, its reply kept, by Python
-                    d = (await c.get(f"/v1/deliveries/{r.headers['x-berth-delivery-id']}")).json()
-                    assert d["status"] == "done" and d["forwards"] == 1, d
-                assert all(agent.forwards[f"v-{i}"] == 1 for i in range(6))
-            assert "a flush failed" not in server.log.read_text()
-            assert sorted(got) == [f"e-{i}" for i in range(6)]
-            assert lane_served(server) == 6  # the other workspace's, all the lane's
+        server, _ = pg_lane
+        async with server.client() as c:
+            await _workspace(c, "v", agent.url, max_concurrency=8)
+            await _workspace(c, "e", odd.url + "/", max_concurrency=8)
+            rs = await asyncio.gather(
+                *(_send(c, "e", "x", f"e-{i}") for i in range(6)),
+                *(_send(c, "v", "y", f"v-{i}") for i in range(6)),
+            )
+            assert [r.status_code for r in rs] == [200] * 12
+            for r in rs[:6]:  # done, its reply kept, by Python
+                d = (await c.get(f"/v1/deliveries/{r.headers['x-berth-delivery-id']}")).json()
+                assert d["status"] == "done" and d["forwards"] == 1, d
+            assert all(agent.forwards[f"v-{i}"] == 1 for i in range(6))
+        assert "a flush failed" not in server.log.read_text()
+        assert sorted(got) == [f"e-{i}" for i in range(6)]
+        assert lane_served(server) == 6  # the other workspace's, all the lane's
     finally:
         odd.server.close()
 
 
 @pytest.mark.postgres
-async def test_a_lane_that_cannot_reach_the_database_relays_and_comes_back(tmp_path, agent):
+async def test_a_lane_that_cannot_reach_the_database_relays_and_comes_back(pg_lane, agent):
     """The lane starts again while PostgreSQL takes no new connection: it serves berth's
     port all the same (every send relayed to Python, which has its pool), and writes
     again itself once it can connect."""
     import asyncpg
 
-    async with _pg_lane(tmp_path) as (server, url):
-        name = url.rsplit("/", 1)[1]
-        admin = await asyncpg.connect(url.rsplit("/", 1)[0] + "/postgres")
-        try:
-            async with server.client() as c:
-                await _workspace(c, "w", agent.url)
-                assert (await _send(c, "w", "a", "a-1")).status_code == 200
-                await admin.execute(f"ALTER DATABASE {name} ALLOW_CONNECTIONS false")
-                os.kill(_lane_pid(server), signal.SIGKILL)
-                require_lane(server)  # started again, and serving the port
-                before = lane_served(server)
-                r = await _send(c, "w", "b", "b-1")
-                assert r.status_code == 200, r.text  # Python's, through the lane's relay
-                assert lane_served(server) == before
-                await admin.execute(f"ALTER DATABASE {name} ALLOW_CONNECTIONS true")
-                deadline = time.monotonic() + 15
-                i = 0
-                while lane_served(server) == before:  # the lane connects again
-                    assert time.monotonic() < deadline, "the lane never wrote again"
-                    assert (await _send(c, "w", "c", f"c-{i}")).status_code == 200
-                    i += 1
-                    await asyncio.sleep(0.3)
-            log = server.log.read_text()
-            assert "cannot connect to PostgreSQL" in log
-            assert log.count("fast lane exited") <= 1  # the kill; no exit of its own since
-        finally:
+    server, url = pg_lane
+    name = url.rsplit("/", 1)[1]
+    admin = await asyncpg.connect(url.rsplit("/", 1)[0] + "/postgres")
+    try:
+        async with server.client() as c:
+            await _workspace(c, "w", agent.url)
+            assert (await _send(c, "w", "a", "a-1")).status_code == 200
+            await admin.execute(f"ALTER DATABASE {name} ALLOW_CONNECTIONS false")
+            os.kill(_lane_pid(server), signal.SIGKILL)
+            require_lane(server)  # started again, and serving the port
+            before = lane_served(server)
+            r = await _send(c, "w", "b", "b-1")
+            assert r.status_code == 200, r.text  # Python's, through the lane's relay
+            assert lane_served(server) == before
             await admin.execute(f"ALTER DATABASE {name} ALLOW_CONNECTIONS true")
-            await admin.close()
+            deadline = time.monotonic() + 15
+            i = 0
+            while lane_served(server) == before:  # the lane connects again
+                assert time.monotonic() < deadline, "the lane never wrote again"
+                assert (await _send(c, "w", "c", f"c-{i}")).status_code == 200
+                i += 1
+                await asyncio.sleep(0.3)
+        log = server.log.read_text()
+        assert "cannot connect to PostgreSQL" in log
+        assert log.count("fast lane exited") <= 1  # the kill; no exit of its own since
+    finally:
+        await admin.execute(f"ALTER DATABASE {name} ALLOW_CONNECTIONS true")
+        await admin.close()

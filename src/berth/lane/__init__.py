@@ -131,10 +131,8 @@ class Lane:
             return {}
         for attempt in range(3):
             try:
-                row = await self._store._fetchrow(  # type: ignore[attr-defined]
-                    "SELECT current_database() || ' ' || current_schema() AS at"
-                )
-                return {"BERTH_LANE_PG_EXPECT": str(row["at"])}
+                at = await self._store.whereabouts()  # type: ignore[attr-defined]
+                return {"BERTH_LANE_PG_EXPECT": at}
             except Exception as e:
                 if attempt == 2:
                     log.warning("fast lane: cannot read berth's database name (%s): not checked", e)
@@ -170,6 +168,12 @@ _LIBPQ_PARAMS = {
 }  # fmt: skip
 
 
+_SSL_BOOL = {
+    **dict.fromkeys(("true", "1", "on", "yes"), "require"),
+    **dict.fromkeys(("false", "0", "off", "no"), "disable"),
+}
+
+
 def libpq_url(url: str) -> str:
     """berth's PostgreSQL URL (read by asyncpg) as libpq reads the same connection: the
     query parameters libpq knows stay, asyncpg's `ssl` is libpq's `sslmode`, and the
@@ -198,15 +202,7 @@ def libpq_url(url: str) -> str:
         elif k == "database":  # asyncpg's name of libpq's dbname
             keep.append(("dbname", v))
         elif k == "ssl":  # asyncpg's: a boolean or a mode
-            t = v.lower()
-            mode = (
-                "require"
-                if t in ("true", "1", "on", "yes")
-                else "disable"
-                if t in ("false", "0", "off", "no")
-                else v
-            )
-            keep.append(("sslmode", mode))
+            keep.append(("sslmode", _SSL_BOOL.get(v.lower(), v)))
         else:  # a space or backslash in a value is escaped with a backslash in `options`
             value = v.replace("\\", "\\\\").replace(" ", "\\ ")
             settings.append(f"-c {k}={value}")

@@ -2289,16 +2289,14 @@ int main(void) {
         }
     }
 #endif
-    if (!pg_url) {
-    rdb = open_db();
-    wdb = open_db();
-    prepare(rdb, Q_CRED, &q_cred);
-    prepare(rdb, Q_WS, &q_ws);
-    prepare(wdb, W_ACCEPT, &w_accept);
-    prepare(wdb, W_SETTLE, &w_settle);
-    prepare(wdb, W_RENEW, &w_renew);
-    }
-    if (!pg_url) { /* said once, read back from the writer's own connection: what a commit is on disk by */
+    if (!pg_url) { /* SQLite: said once, read back from the writer's own connection: what a commit is on disk by */
+        rdb = open_db();
+        wdb = open_db();
+        prepare(rdb, Q_CRED, &q_cred);
+        prepare(rdb, Q_WS, &q_ws);
+        prepare(wdb, W_ACCEPT, &w_accept);
+        prepare(wdb, W_SETTLE, &w_settle);
+        prepare(wdb, W_RENEW, &w_renew);
         sqlite3_stmt *q;
         int level = -1;
         if (sqlite3_prepare_v2(wdb, "PRAGMA synchronous", -1, &q, NULL) == SQLITE_OK && sqlite3_step(q) == SQLITE_ROW)

@@ -89,6 +89,12 @@ class PostgresBase:
             pool = await self._get_pool()
             return await pool.fetchrow(sql, *args, timeout=_QUERY_TIMEOUT)
 
+    async def whereabouts(self) -> str:
+        """`<database> <schema>` as this store's connections see them (the fast lane checks
+        that its own connection writes to the same)."""
+        row = await self._fetchrow("SELECT current_database() || ' ' || current_schema() AS at")
+        return str(row["at"])
+
     async def _execute(self, sql: str, *args: Any) -> str:
         with _reachable():
             pool = await self._get_pool()
